@@ -1,0 +1,544 @@
+//! The upstream processes of each host, their configuration files and command lines,
+//! and how to tell that each is ready.
+//!
+//! Cloud host: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+//! Edge host: containerd, kubelet, kube-proxy.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::image;
+use crate::paths::{FleetPaths, HostPaths};
+use crate::pki::{Identity, PkiPaths};
+use crate::probe::Probe;
+use crate::spec::{EdgePlan, HostId, Plan, Timings, net};
+use crate::upstream::{Binary, UpstreamBinaries};
+
+/// A process the fleet runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Component {
+    /// etcd (cloud).
+    Etcd,
+    /// kube-apiserver (cloud).
+    KubeApiserver,
+    /// kube-controller-manager (cloud).
+    KubeControllerManager,
+    /// kube-scheduler (cloud).
+    KubeScheduler,
+    /// containerd (edge).
+    Containerd,
+    /// kubelet (edge).
+    Kubelet,
+    /// kube-proxy (edge).
+    KubeProxy,
+}
+
+impl Component {
+    /// Cloud-host processes in start order.
+    pub const CLOUD: [Component; 4] = [
+        Component::Etcd,
+        Component::KubeApiserver,
+        Component::KubeControllerManager,
+        Component::KubeScheduler,
+    ];
+    /// Edge-host processes in start order.
+    pub const EDGE: [Component; 3] = [Component::Containerd, Component::Kubelet, Component::KubeProxy];
+
+    /// The process name (also its log and pid file name).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Etcd => "etcd",
+            Self::KubeApiserver => "kube-apiserver",
+            Self::KubeControllerManager => "kube-controller-manager",
+            Self::KubeScheduler => "kube-scheduler",
+            Self::Containerd => "containerd",
+            Self::Kubelet => "kubelet",
+            Self::KubeProxy => "kube-proxy",
+        }
+    }
+
+    /// The processes of `host`, in start order.
+    pub fn of(host: &HostId) -> &'static [Component] {
+        match host {
+            HostId::Cloud => &Self::CLOUD,
+            HostId::Edge(_) => &Self::EDGE,
+            HostId::Router => &[],
+        }
+    }
+
+    /// How long a SIGTERM may take before SIGKILL.
+    pub fn stop_grace(self) -> Duration {
+        match self {
+            Self::Etcd | Self::KubeApiserver => Duration::from_secs(10),
+            _ => Duration::from_secs(5),
+        }
+    }
+
+    /// How long the process may take to become ready.
+    pub fn start_timeout(self) -> Duration {
+        match self {
+            Self::KubeApiserver => Duration::from_secs(90),
+            _ => Duration::from_secs(60),
+        }
+    }
+
+    /// The readiness probe, run inside the host.
+    pub fn probe(self, host: &HostPaths) -> Probe {
+        let local = |port| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
+        match self {
+            Self::Etcd => Probe::Http(local(2379), "/health"),
+            Self::KubeApiserver => Probe::Tcp(local(net::API_PORT)),
+            Self::KubeControllerManager => Probe::Tcp(local(10257)),
+            Self::KubeScheduler => Probe::Tcp(local(10259)),
+            Self::Containerd => Probe::Unix(host.containerd_socket()),
+            Self::Kubelet => Probe::Http(local(10248), "/healthz"),
+            Self::KubeProxy => Probe::Http(local(10256), "/healthz"),
+        }
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Component {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::CLOUD
+            .iter()
+            .chain(Self::EDGE.iter())
+            .copied()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| Error::Unknown {
+                kind: "process",
+                name: s.to_owned(),
+                known: Self::CLOUD
+                    .iter()
+                    .chain(Self::EDGE.iter())
+                    .map(|c| c.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+}
+
+/// Everything needed to render a host's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// The network plan.
+    pub plan: &'a Plan,
+    /// The data folder.
+    pub paths: &'a FleetPaths,
+    /// Certificates.
+    pub pki: &'a PkiPaths,
+    /// Upstream binaries.
+    pub bins: &'a UpstreamBinaries,
+    /// Failure-detection timings.
+    pub timings: Timings,
+}
+
+/// A program and its arguments.
+#[derive(Debug, Clone)]
+pub struct CommandLine {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+}
+
+fn arg(a: impl Into<String>) -> OsString {
+    OsString::from(a.into())
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+fn write(path: &Path, contents: &str) -> Result<()> {
+    crate::state::write_atomic(path, contents.as_bytes())
+}
+
+impl Context<'_> {
+    /// Writes the configuration of `component` on `host` and returns its command line.
+    ///
+    /// # Errors
+    /// I/O errors writing configuration files.
+    pub fn command_line(&self, component: Component, host: &HostId) -> Result<CommandLine> {
+        let hp = self.paths.host(host);
+        let edge = match host {
+            HostId::Edge(name) => self.plan.edge(name.as_str()),
+            _ => None,
+        };
+        let need_edge = || {
+            edge.ok_or_else(|| Error::Invalid(format!("{component} runs on edge hosts, not on {host}")))
+        };
+        let pki = self.pki;
+        let cert = |stem: &str| p(&pki.cert(stem));
+        let key = |stem: &str| p(&pki.key(stem));
+        let t = self.timings;
+        Ok(match component {
+            Component::Etcd => {
+                let url = "http://127.0.0.1";
+                CommandLine {
+                    program: "/usr/bin/etcd".into(),
+                    args: vec![
+                        arg("--name=cloud"),
+                        arg(format!("--data-dir={}", p(&hp.etcd_data()))),
+                        arg(format!("--listen-client-urls={url}:2379")),
+                        arg(format!("--advertise-client-urls={url}:2379")),
+                        arg(format!("--listen-peer-urls={url}:2380")),
+                        arg(format!("--initial-advertise-peer-urls={url}:2380")),
+                        arg(format!("--initial-cluster=cloud={url}:2380")),
+                        arg("--quota-backend-bytes=2147483648"),
+                        arg("--logger=zap"),
+                    ],
+                }
+            }
+            Component::KubeApiserver => CommandLine {
+                program: self.bins.path(Binary::KubeApiserver),
+                args: vec![
+                    arg("--etcd-servers=http://127.0.0.1:2379"),
+                    arg("--bind-address=0.0.0.0"),
+                    arg(format!("--secure-port={}", net::API_PORT)),
+                    arg(format!("--advertise-address={}", net::CLOUD_IP.addr)),
+                    arg(format!("--tls-cert-file={}", cert("apiserver"))),
+                    arg(format!("--tls-private-key-file={}", key("apiserver"))),
+                    arg(format!("--client-ca-file={}", p(&pki.ca_cert()))),
+                    arg(format!("--service-cluster-ip-range={}", net::SERVICE_CIDR)),
+                    arg("--authorization-mode=Node,RBAC"),
+                    arg("--enable-admission-plugins=NodeRestriction"),
+                    arg("--allow-privileged=true"),
+                    arg(format!("--service-account-key-file={}", p(&pki.sa_pub()))),
+                    arg(format!("--service-account-signing-key-file={}", p(&pki.sa_key()))),
+                    arg("--service-account-issuer=https://kubernetes.default.svc"),
+                    arg(format!("--kubelet-client-certificate={}", cert("apiserver-kubelet-client"))),
+                    arg(format!("--kubelet-client-key={}", key("apiserver-kubelet-client"))),
+                    arg("--kubelet-preferred-address-types=InternalIP,Hostname"),
+                    arg(format!(
+                        "--default-not-ready-toleration-seconds={}",
+                        t.eviction_toleration.as_secs()
+                    )),
+                    arg(format!(
+                        "--default-unreachable-toleration-seconds={}",
+                        t.eviction_toleration.as_secs()
+                    )),
+                    arg("--profiling=false"),
+                    arg("--v=1"),
+                ],
+            },
+            Component::KubeControllerManager => {
+                let kc = p(&pki.kubeconfig(&Identity::ControllerManager.stem()));
+                CommandLine {
+                    program: self.bins.path(Binary::KubeControllerManager),
+                    args: vec![
+                        arg(format!("--kubeconfig={kc}")),
+                        arg(format!("--authentication-kubeconfig={kc}")),
+                        arg(format!("--authorization-kubeconfig={kc}")),
+                        arg("--bind-address=127.0.0.1"),
+                        arg("--leader-elect=false"),
+                        arg(format!("--service-account-private-key-file={}", p(&pki.sa_key()))),
+                        arg(format!("--root-ca-file={}", p(&pki.ca_cert()))),
+                        arg("--use-service-account-credentials=true"),
+                        arg(format!("--cluster-signing-cert-file={}", p(&pki.ca_cert()))),
+                        arg(format!("--cluster-signing-key-file={}", p(&pki.ca_key()))),
+                        // Pod CIDRs are assigned by the fleet (each node's CNI range is fixed
+                        // by the address plan and written into its Node object up front).
+                        arg("--allocate-node-cidrs=false"),
+                        arg(format!("--cluster-cidr={}", net::CLUSTER_CIDR)),
+                        arg(format!("--service-cluster-ip-range={}", net::SERVICE_CIDR)),
+                        arg(format!("--node-monitor-period={}", secs(t.node_monitor_period))),
+                        arg(format!("--node-monitor-grace-period={}", secs(t.node_grace))),
+                        arg("--profiling=false"),
+                        arg("--v=1"),
+                    ],
+                }
+            }
+            Component::KubeScheduler => {
+                let kc = p(&pki.kubeconfig(&Identity::Scheduler.stem()));
+                CommandLine {
+                    program: self.bins.path(Binary::KubeScheduler),
+                    args: vec![
+                        arg(format!("--kubeconfig={kc}")),
+                        arg(format!("--authentication-kubeconfig={kc}")),
+                        arg(format!("--authorization-kubeconfig={kc}")),
+                        arg("--bind-address=127.0.0.1"),
+                        arg("--leader-elect=false"),
+                        arg("--profiling=false"),
+                        arg("--v=1"),
+                    ],
+                }
+            }
+            Component::Containerd => {
+                let edge = need_edge()?;
+                let config = hp.config().join("containerd.toml");
+                write(&config, &containerd_config(&hp))?;
+                write(&hp.cni_conf().join("10-yurt-bridge.conflist"), &cni_config(&hp, edge))?;
+                CommandLine {
+                    program: "/usr/bin/containerd".into(),
+                    args: vec![arg("--config"), arg(p(&config))],
+                }
+            }
+            Component::Kubelet => {
+                let edge = need_edge()?;
+                let config = hp.config().join("kubelet.yaml");
+                write(&config, &kubelet_config(self, &hp, edge)?)?;
+                let pool = &self.plan.pools[edge.pool];
+                let socket = format!("unix://{}", p(&hp.containerd_socket()));
+                CommandLine {
+                    program: self.bins.path(Binary::Kubelet),
+                    args: vec![
+                        arg(format!("--config={}", p(&config))),
+                        arg(format!(
+                            "--kubeconfig={}",
+                            p(&pki.kubeconfig(&Identity::Node(edge.name.clone()).stem()))
+                        )),
+                        arg("--container-runtime=remote"),
+                        arg(format!("--container-runtime-endpoint={socket}")),
+                        arg(format!("--image-service-endpoint={socket}")),
+                        arg("--runtime-request-timeout=5m"),
+                        arg(format!("--pod-infra-container-image={}", image::PAUSE_IMAGE)),
+                        arg(format!("--root-dir={}", p(&hp.kubelet_root()))),
+                        arg(format!("--hostname-override={}", edge.name)),
+                        arg(format!("--node-ip={}", edge.ip)),
+                        arg(format!(
+                            "--node-labels={}={},{}=true",
+                            yurt_api::labels::NODE_POOL,
+                            pool.name,
+                            yurt_api::labels::IS_EDGE_WORKER
+                        )),
+                        arg("--v=1"),
+                    ],
+                }
+            }
+            Component::KubeProxy => {
+                let edge = need_edge()?;
+                let config = hp.config().join("kube-proxy.yaml");
+                write(&config, &kube_proxy_config(pki, edge)?)?;
+                CommandLine {
+                    program: self.bins.path(Binary::KubeProxy),
+                    args: vec![arg(format!("--config={}", p(&config))), arg("--v=1")],
+                }
+            }
+        })
+    }
+}
+
+/// The containerd configuration of an edge host.
+pub fn containerd_config(hp: &HostPaths) -> String {
+    let root = p(&hp.containerd_root());
+    format!(
+        r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.tracing.processor.v1.otlp",
+]
+
+[grpc]
+  address = "{socket}"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{root}/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  disable_apparmor = true
+  # root here lacks CAP_SYS_RESOURCE: a negative oom_score_adj (-998 for sandboxes) is
+  # refused and runc fails with "can't get final child's PID from pipe: EOF".
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+"#,
+        state = p(&hp.containerd_state()),
+        socket = p(&hp.containerd_socket()),
+        pause = image::PAUSE_IMAGE,
+        cni = p(&hp.cni_conf()),
+    )
+}
+
+/// The CNI network of an edge host: a bridge with the host's pod CIDR. Pod addresses
+/// are not masqueraded: the fleet routes every pod CIDR, so pods see real peers.
+pub fn cni_config(hp: &HostPaths, edge: &EdgePlan) -> String {
+    serde_json::json!({
+        "cniVersion": "0.4.0",
+        "name": "yurt",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": true,
+                "ipMasq": false,
+                "hairpinMode": true,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": edge.pod_cidr.to_string()}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": p(&hp.cni_ipam()),
+                }
+            },
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    })
+    .to_string()
+}
+
+fn yaml(value: &serde_json::Value) -> Result<String> {
+    serde_yaml::to_string(value).map_err(|e| Error::Invalid(format!("render YAML: {e}")))
+}
+
+/// The kubelet configuration of an edge host.
+///
+/// # Errors
+/// Only if YAML rendering fails.
+pub fn kubelet_config(ctx: &Context<'_>, hp: &HostPaths, edge: &EdgePlan) -> Result<String> {
+    let serving = PkiPaths::kubelet_serving(&edge.name);
+    let t = ctx.timings;
+    let resolv = hp.config().join("resolv.conf");
+    // Pods get no upstream resolver: nothing in the fleet may reach outside the machine.
+    write(&resolv, "# yurt fleet: no upstream DNS\n")?;
+    yaml(&serde_json::json!({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": "0.0.0.0",
+        "port": 10250,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": 10248,
+        "authentication": {
+            "anonymous": {"enabled": false},
+            "webhook": {"enabled": true},
+            "x509": {"clientCAFile": p(&ctx.pki.ca_cert())},
+        },
+        "authorization": {"mode": "Webhook"},
+        "tlsCertFile": p(&ctx.pki.cert(&serving)),
+        "tlsPrivateKeyFile": p(&ctx.pki.key(&serving)),
+        "cgroupDriver": "cgroupfs",
+        "cgroupRoot": format!("/{}", crate::fleet::host_cgroup(ctx.plan.slot, &HostId::Edge(edge.name.clone()))),
+        "cgroupsPerQOS": true,
+        "enforceNodeAllocatable": ["pods"],
+        "failSwapOn": false,
+        "clusterDomain": "cluster.local",
+        "resolvConf": p(&resolv),
+        "staticPodPath": p(&hp.manifests()),
+        "serializeImagePulls": false,
+        "nodeLeaseDurationSeconds": t.node_lease.as_secs(),
+        "nodeStatusUpdateFrequency": secs(t.node_status_update),
+        // Images come from no registry: never garbage-collect them.
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "evictionHard": {
+            "memory.available": "100Mi",
+            "nodefs.available": "1%",
+            "imagefs.available": "1%",
+        },
+        "maxPods": 110,
+    }))
+}
+
+/// The kube-proxy configuration of an edge host.
+///
+/// # Errors
+/// Only if YAML rendering fails.
+pub fn kube_proxy_config(pki: &PkiPaths, edge: &EdgePlan) -> Result<String> {
+    yaml(&serde_json::json!({
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": p(&pki.kubeconfig(&Identity::KubeProxy.stem()))},
+        "hostnameOverride": edge.name.as_str(),
+        "bindAddress": "0.0.0.0",
+        "clusterCIDR": net::CLUSTER_CIDR.to_string(),
+        "mode": "iptables",
+        "metricsBindAddress": "127.0.0.1:10249",
+        "healthzBindAddress": "127.0.0.1:10256",
+        // Leave the machine-wide nf_conntrack_max alone.
+        "conntrack": {"maxPerCore": 0},
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{FleetSpec, Slot, Timing};
+
+    fn fixture() -> (tempfile::TempDir, Plan, FleetPaths, PkiPaths, UpstreamBinaries) {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan::new(&FleetSpec::default(), Slot(1)).unwrap();
+        let paths = FleetPaths::new(dir.path());
+        let pki = PkiPaths::new(&paths);
+        let bins = crate::upstream::UpstreamBinaries::at(dir.path().join("bin"));
+        (dir, plan, paths, pki, bins)
+    }
+
+    #[test]
+    fn kubelet_gets_pool_labels_node_ip_and_own_cgroup_root() {
+        let (_d, plan, paths, pki, bins) = fixture();
+        let ctx = Context { plan: &plan, paths: &paths, pki: &pki, bins: &bins, timings: Timing::Fast.timings() };
+        let host = plan.host("edge-b1").unwrap();
+        let line = ctx.command_line(Component::Kubelet, &host).unwrap();
+        let args: Vec<String> = line.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(args.contains(&"--node-ip=10.20.1.11".to_owned()), "{args:?}");
+        assert!(args.contains(&"--node-labels=apps.openyurt.io/nodepool=pool-b,openyurt.io/is-edge-worker=true".to_owned()));
+        let config: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(paths.host(&host).config().join("kubelet.yaml")).unwrap()).unwrap();
+        assert_eq!(config["cgroupRoot"].as_str(), Some("/yurt-1/edge-b1"));
+        assert_eq!(config["nodeLeaseDurationSeconds"].as_u64(), Some(10));
+    }
+
+    #[test]
+    fn cni_uses_the_planned_pod_cidr_without_masquerade() {
+        let (_d, plan, paths, _pki, _bins) = fixture();
+        let edge = plan.edge("edge-a2").unwrap();
+        let cni: serde_json::Value =
+            serde_json::from_str(&cni_config(&paths.host(&HostId::Edge(edge.name.clone())), edge)).unwrap();
+        assert_eq!(cni["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.3.0/24");
+        assert_eq!(cni["plugins"][0]["ipMasq"], false);
+    }
+
+    #[test]
+    fn controller_manager_uses_the_timing_profile() {
+        let (_d, plan, paths, pki, bins) = fixture();
+        let ctx = Context { plan: &plan, paths: &paths, pki: &pki, bins: &bins, timings: Timing::Fast.timings() };
+        let line = ctx.command_line(Component::KubeControllerManager, &HostId::Cloud).unwrap();
+        let args: Vec<String> = line.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(args.contains(&"--node-monitor-grace-period=16s".to_owned()), "{args:?}");
+    }
+
+    #[test]
+    fn edge_components_refuse_the_cloud_host() {
+        let (_d, plan, paths, pki, bins) = fixture();
+        let ctx = Context { plan: &plan, paths: &paths, pki: &pki, bins: &bins, timings: Timing::Fast.timings() };
+        let err = ctx.command_line(Component::Kubelet, &HostId::Cloud).unwrap_err();
+        assert!(err.to_string().contains("runs on edge hosts"), "{err}");
+    }
+
+    #[test]
+    fn process_names_parse() {
+        assert_eq!("kubelet".parse::<Component>().unwrap(), Component::Kubelet);
+        let err = "kubelett".parse::<Component>().unwrap_err().to_string();
+        assert!(err.contains("known: etcd, kube-apiserver"), "{err}");
+    }
+}

@@ -1,0 +1,154 @@
+//! The fleet's use of the Kubernetes API: an admin client, node pre-registration and
+//! waiting for nodes to become Ready.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, NodeSpec};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::error::{Error, Result};
+use crate::spec::Plan;
+
+/// A client from a kubeconfig file.
+///
+/// # Errors
+/// If the kubeconfig is unreadable or invalid.
+pub async fn admin_client(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| Error::Corrupt {
+        path: kubeconfig.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| Error::Corrupt {
+            path: kubeconfig.to_owned(),
+            reason: e.to_string(),
+        })?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(60));
+    kube::Client::try_from(config).map_err(|e| Error::kube("build the API client", e))
+}
+
+/// Whether the API server answers `/readyz` with `ok`.
+pub async fn api_ready(client: &kube::Client) -> bool {
+    let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else {
+        return false;
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), client.request_text(req)).await,
+        Ok(Ok(body)) if body.trim() == "ok"
+    )
+}
+
+/// Creates each edge host's Node object before its kubelet starts, with its pool
+/// labels and the pod CIDR the address plan gave it. An existing Node is left as it is.
+///
+/// # Errors
+/// API errors other than "already exists".
+pub async fn register_nodes(client: &kube::Client, plan: &Plan) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    for edge in &plan.edges {
+        let pool = &plan.pools[edge.pool];
+        let node = Node {
+            metadata: ObjectMeta {
+                name: Some(edge.name.to_string()),
+                labels: Some(BTreeMap::from([
+                    (yurt_api::labels::NODE_POOL.to_owned(), pool.name.to_string()),
+                    (yurt_api::labels::IS_EDGE_WORKER.to_owned(), "true".to_owned()),
+                ])),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                pod_cidr: Some(edge.pod_cidr.to_string()),
+                pod_cidrs: Some(vec![edge.pod_cidr.to_string()]),
+                ..NodeSpec::default()
+            }),
+            status: None,
+        };
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(Error::kube(format!("register node {}", edge.name), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Readiness of the plan's nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReadiness {
+    /// Nodes whose Ready condition is True.
+    pub ready: Vec<String>,
+    /// Nodes that are not (yet) Ready.
+    pub not_ready: Vec<String>,
+}
+
+/// Readiness of every edge node of `plan`.
+///
+/// # Errors
+/// API errors.
+pub async fn node_readiness(client: &kube::Client, plan: &Plan) -> Result<NodeReadiness> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let list = nodes
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube("list nodes", e))?;
+    let is_ready = |name: &str| {
+        list.items.iter().any(|n| {
+            n.metadata.name.as_deref() == Some(name)
+                && n.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+    };
+    let (ready, not_ready) = plan
+        .edges
+        .iter()
+        .map(|e| e.name.to_string())
+        .partition(|n| is_ready(n));
+    Ok(NodeReadiness { ready, not_ready })
+}
+
+/// Waits until every edge node of `plan` is Ready, calling `progress` on each change.
+///
+/// # Errors
+/// [`Error::NotReady`] naming the nodes that are not Ready after `timeout`.
+pub async fn wait_nodes_ready(
+    client: &kube::Client,
+    plan: &Plan,
+    timeout: Duration,
+    progress: &(dyn Fn(&NodeReadiness) + Sync),
+) -> Result<()> {
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        match node_readiness(client, plan).await {
+            Ok(r) => {
+                if last.as_ref() != Some(&r) {
+                    progress(&r);
+                }
+                if r.not_ready.is_empty() {
+                    return Ok(());
+                }
+                last = Some(r);
+            }
+            Err(e) if start.elapsed() > timeout => return Err(e),
+            Err(_) => {}
+        }
+        if start.elapsed() > timeout {
+            return Err(Error::NotReady {
+                what: format!(
+                    "nodes {}",
+                    last.map(|r| r.not_ready.join(", ")).unwrap_or_default()
+                ),
+                waited: timeout,
+                log: None,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,229 @@
+//! A fleet: the hosts, processes and state of one data folder, and the operations on it
+//! (up, down, status, cut/restore, reboot, stop/start a process, exec).
+
+mod api;
+mod ops;
+mod teardown;
+mod up;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Mutex;
+
+pub use api::{NodeReadiness, admin_client, wait_nodes_ready};
+pub use ops::{HostStatus, ProcessState, ProcessStatus};
+pub use teardown::{down, down_all};
+pub use up::{UpOptions, up};
+
+use crate::cgroup::Cgroups;
+use crate::components::Component;
+use crate::error::{Error, Result};
+use crate::paths::FleetPaths;
+use crate::pki::PkiPaths;
+use crate::spec::{HostId, Plan, Slot};
+use crate::state::{self, FleetState};
+use crate::upstream::{self, Binary, UpstreamBinaries};
+
+/// Machine-wide settings: where caches and the fleet registry live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineConfig {
+    /// Cache of built upstream binaries (`/var/cache/yurt`).
+    pub cache_dir: PathBuf,
+    /// Registry of fleets on this machine (`/var/lib/yurt`).
+    pub registry_dir: PathBuf,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: PathBuf::from("/var/cache/yurt"),
+            registry_dir: PathBuf::from("/var/lib/yurt"),
+        }
+    }
+}
+
+/// The cgroup of a fleet (`yurt-<slot>`).
+pub fn fleet_cgroup(slot: Slot) -> String {
+    format!("yurt-{}", slot.0)
+}
+
+/// The cgroup of one host (`yurt-<slot>/<host>`); kubelet uses it as its cgroup root.
+pub fn host_cgroup(slot: Slot, host: &HostId) -> String {
+    format!("{}/{host}", fleet_cgroup(slot))
+}
+
+/// Where a host's own daemons live, beside kubelet's `kubepods`.
+pub fn system_cgroup(slot: Slot, host: &HostId) -> String {
+    format!("{}/system", host_cgroup(slot, host))
+}
+
+/// Checks that a data folder path is absolute and plain (it is written into configs,
+/// scripts and unix socket paths).
+///
+/// # Errors
+/// [`Error::Invalid`] explaining the rule.
+pub fn check_data_dir(dir: &Path) -> Result<()> {
+    let text = dir.to_string_lossy();
+    if !dir.is_absolute() {
+        return Err(Error::Invalid(format!("--data-dir must be an absolute path, got {text}")));
+    }
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
+    {
+        return Err(Error::Invalid(format!(
+            "--data-dir may contain only letters, digits and / . _ -, got {text}"
+        )));
+    }
+    // Unix socket paths are limited to 108 bytes; the longest we make is
+    // DIR/hosts/<node>/run/containerd.sock.
+    if text.len() > 50 {
+        return Err(Error::Invalid(format!(
+            "--data-dir must be at most 50 characters (unix socket paths inside it are limited), got {} ({text})",
+            text.len()
+        )));
+    }
+    Ok(())
+}
+
+/// An existing fleet, opened from its data folder.
+#[derive(Debug)]
+pub struct Fleet {
+    machine: MachineConfig,
+    paths: FleetPaths,
+    state: FleetState,
+    plan: Plan,
+    cgroups: Cgroups,
+    bins: UpstreamBinaries,
+    pki: PkiPaths,
+    children: Mutex<Vec<Child>>,
+}
+
+impl Fleet {
+    /// Opens the fleet in `data_dir`.
+    ///
+    /// # Errors
+    /// [`Error::NoFleet`] if there is none; state or cgroup errors.
+    pub fn open(machine: &MachineConfig, data_dir: &Path) -> Result<Self> {
+        let paths = FleetPaths::new(data_dir);
+        let state = state::load(&paths.state_file())?.ok_or_else(|| Error::NoFleet {
+            dir: data_dir.to_owned(),
+        })?;
+        let plan = Plan::new(&state.spec, state.slot)?;
+        let bins = upstream::cached(&machine.cache_dir)
+            .unwrap_or_else(|| UpstreamBinaries::at(machine.cache_dir.join("kubernetes/missing")));
+        Ok(Self {
+            machine: machine.clone(),
+            pki: PkiPaths::new(&paths),
+            paths,
+            state,
+            plan,
+            cgroups: Cgroups::detect()?,
+            bins,
+            children: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The machine-wide settings the fleet was opened with.
+    pub fn machine(&self) -> &MachineConfig {
+        &self.machine
+    }
+
+    /// The data folder layout.
+    pub fn paths(&self) -> &FleetPaths {
+        &self.paths
+    }
+
+    /// The persisted state.
+    pub fn state(&self) -> &FleetState {
+        &self.state
+    }
+
+    /// The network plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The admin kubeconfig for clients on this machine.
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.paths.admin_kubeconfig()
+    }
+
+    /// The upstream binaries the fleet runs.
+    pub fn binaries(&self) -> &UpstreamBinaries {
+        &self.bins
+    }
+
+    /// A `kubectl` 1.20 command pointed at this fleet.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new(self.bins.path(Binary::Kubectl));
+        c.env("KUBECONFIG", self.admin_kubeconfig());
+        c
+    }
+
+    /// A Kubernetes client with admin rights.
+    ///
+    /// # Errors
+    /// If the kubeconfig cannot be loaded.
+    pub async fn client(&self) -> Result<kube::Client> {
+        admin_client(&self.admin_kubeconfig()).await
+    }
+
+    /// Whether the fleet's hosts exist (it was brought up and not brought down).
+    pub fn is_up(&self) -> bool {
+        crate::netns::exists(&self.plan.netns(&HostId::Cloud))
+    }
+
+    fn require_up(&self) -> Result<()> {
+        if self.is_up() {
+            Ok(())
+        } else {
+            Err(Error::NotRunning {
+                dir: self.paths.root().to_owned(),
+            })
+        }
+    }
+
+    /// Reaps exited child processes this handle started (keeps zombies from piling up).
+    pub fn reap(&self) {
+        if let Ok(mut children) = self.children.lock() {
+            children.retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        }
+    }
+
+    fn keep_child(&self, child: Child) {
+        if let Ok(mut children) = self.children.lock() {
+            children.push(child);
+        }
+    }
+
+    /// Processes that should be running but are not: `(host, process, log)`.
+    pub fn crashed(&self) -> Vec<(HostId, Component, PathBuf)> {
+        let mut out = Vec::new();
+        for host in self.plan.hosts() {
+            let hp = self.paths.host(&host);
+            for &c in Component::of(&host) {
+                if self.state.is_stopped(&host.to_string(), c.name()) {
+                    continue;
+                }
+                let alive = crate::process::PidRecord::read(&hp.pid_file(c.name()))
+                    .is_some_and(|r| r.is_alive());
+                if !alive {
+                    out.push((host.clone(), c, hp.log(c.name())));
+                }
+            }
+        }
+        out
+    }
+
+    fn reload_state(&mut self) -> Result<()> {
+        if let Some(s) = state::load(&self.paths.state_file())? {
+            self.state = s;
+        }
+        Ok(())
+    }
+
+    fn save_state(&self) -> Result<()> {
+        state::save(&self.paths.state_file(), &self.state)
+    }
+}

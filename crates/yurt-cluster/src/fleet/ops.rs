@@ -1,0 +1,420 @@
+//! Operations on a running fleet: starting processes, status, cutting and restoring
+//! links, rebooting an edge host, stopping and starting one process, running a command
+//! inside a host.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use super::{Fleet, host_cgroup, system_cgroup};
+use crate::cmd;
+use crate::components::{Component, Context};
+use crate::error::{Error, Result};
+use crate::image;
+use crate::lock;
+use crate::mountns;
+use crate::netns;
+use crate::network::{self, LinkTarget};
+use crate::paths::HostPaths;
+use crate::probe;
+use crate::process::{self, Launch, PidRecord};
+use crate::spec::{EdgePlan, HostId};
+
+/// Whether a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessState {
+    /// Running.
+    Running,
+    /// Stopped on purpose (`yurt fleet stop`).
+    Stopped,
+    /// Not running although it should.
+    Dead,
+}
+
+/// One process of a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessStatus {
+    /// The process.
+    pub component: Component,
+    /// Its state.
+    pub state: ProcessState,
+    /// Its pid, when running.
+    pub pid: Option<i32>,
+    /// Its log.
+    pub log: PathBuf,
+}
+
+/// One host of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStatus {
+    /// The host.
+    pub host: HostId,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its address inside the fleet.
+    pub address: Ipv4Addr,
+    /// Its pool (edge hosts).
+    pub pool: Option<String>,
+    /// Whether its link to the cloud is up (edge hosts; false when its node, pool or
+    /// the cloud link is cut).
+    pub connected: Option<bool>,
+    /// Its processes.
+    pub processes: Vec<ProcessStatus>,
+}
+
+impl Fleet {
+    fn context(&self) -> Context<'_> {
+        Context {
+            plan: &self.plan,
+            paths: &self.paths,
+            pki: &self.pki,
+            bins: &self.bins,
+            timings: self.state.spec.timing.timings(),
+        }
+    }
+
+    /// Starts `component` on `host` and waits until it is ready.
+    ///
+    /// # Errors
+    /// [`Error::ProcessExited`] if it dies while starting, [`Error::NotReady`] on timeout.
+    pub(crate) async fn start_component(&self, host: &HostId, component: Component) -> Result<()> {
+        let line = self.context().command_line(component, host)?;
+        let hp = self.paths.host(host);
+        let ns = self.plan.netns(host);
+        let launch = Launch {
+            program: line.program,
+            args: line.args,
+            env: Vec::new(),
+            netns: Some(netns::path(&ns)),
+            mountns: matches!(host, HostId::Edge(_)).then(|| hp.mount_ns()),
+            cgroup_procs: self.cgroups.procs_files(&system_cgroup(self.plan.slot, host)),
+        };
+        let log = hp.log(component.name());
+        let (record, child) = process::spawn(&launch, &log, &hp.pid_file(component.name()))?;
+        self.keep_child(child);
+        let host_name = host.to_string();
+        let failed = || {
+            (!record.is_alive()).then(|| Error::ProcessExited {
+                host: host_name.clone(),
+                process: component.name().to_owned(),
+                status: "exited while starting".into(),
+                log: log.clone(),
+                tail: cmd::tail_file(&log, 8),
+            })
+        };
+        let what = format!("{component} on {host}");
+        let check = component.probe(&hp);
+        probe::wait_until(&what, component.start_timeout(), Some(&log), &failed, || {
+            probe::check(&ns, &check)
+        })
+        .await?;
+        if component == Component::KubeApiserver {
+            let client = self.client().await?;
+            probe::wait_until(&what, component.start_timeout(), Some(&log), &failed, || {
+                super::api::api_ready(&client)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Brings up one edge host: its mount namespace, containerd (with the fleet's
+    /// images), kubelet and kube-proxy.
+    pub(crate) async fn start_edge(&self, edge: &EdgePlan) -> Result<()> {
+        let host = HostId::Edge(edge.name.clone());
+        let hp = self.paths.host(&host);
+        let images = self.paths.images();
+        {
+            let hp = hp.clone();
+            blocking(move || mountns::create(&hp)).await?;
+        }
+        self.start_component(&host, Component::Containerd).await?;
+        {
+            let socket = hp.containerd_socket();
+            blocking(move || import_all(&socket, &images)).await?;
+        }
+        self.start_component(&host, Component::Kubelet).await?;
+        self.start_component(&host, Component::KubeProxy).await
+    }
+
+    /// The status of every host and process.
+    pub fn status(&self) -> Vec<HostStatus> {
+        self.plan
+            .hosts()
+            .into_iter()
+            .map(|host| {
+                let hp = self.paths.host(&host);
+                let edge = match &host {
+                    HostId::Edge(n) => self.plan.edge(n.as_str()),
+                    _ => None,
+                };
+                let address = match &host {
+                    HostId::Cloud => crate::spec::net::CLOUD_IP.addr,
+                    HostId::Router => crate::spec::net::ROUTER_WAN_IP.addr,
+                    HostId::Edge(_) => edge.map(|e| e.ip).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                };
+                let connected = edge.map(|e| {
+                    let pool = &self.plan.pools[e.pool];
+                    [
+                        LinkTarget::Node(e.name.to_string()),
+                        LinkTarget::Pool(pool.name.to_string()),
+                        LinkTarget::Cloud,
+                    ]
+                    .iter()
+                    .all(|t| network::link_is_up(&self.plan, t).unwrap_or(false))
+                });
+                let processes = Component::of(&host)
+                    .iter()
+                    .map(|&c| self.process_status(&host, &hp, c))
+                    .collect();
+                HostStatus {
+                    netns: self.plan.netns(&host),
+                    pool: edge.map(|e| self.plan.pools[e.pool].name.to_string()),
+                    host,
+                    address,
+                    connected,
+                    processes,
+                }
+            })
+            .collect()
+    }
+
+    fn process_status(&self, host: &HostId, hp: &HostPaths, c: Component) -> ProcessStatus {
+        let record = PidRecord::read(&hp.pid_file(c.name())).filter(PidRecord::is_alive);
+        let state = match record {
+            Some(_) => ProcessState::Running,
+            None if self.state.is_stopped(&host.to_string(), c.name()) => ProcessState::Stopped,
+            None => ProcessState::Dead,
+        };
+        ProcessStatus {
+            component: c,
+            state,
+            pid: record.map(|r| r.pid),
+            log: hp.log(c.name()),
+        }
+    }
+
+    fn with_state_lock<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let _guard = lock::exclusive(&self.paths.state_lock())?;
+        self.reload_state()?;
+        let out = f(self)?;
+        self.save_state()?;
+        Ok(out)
+    }
+
+    /// Cuts the link between the cloud and a node, a pool or (`cloud`) every site.
+    /// The hosts keep running.
+    ///
+    /// # Errors
+    /// Unknown target, fleet not running, `ip` failure.
+    pub fn cut(&mut self, target: &str) -> Result<LinkTarget> {
+        self.set_link(target, false)
+    }
+
+    /// Restores a link cut with [`Fleet::cut`].
+    ///
+    /// # Errors
+    /// Unknown target, fleet not running, `ip` failure.
+    pub fn restore(&mut self, target: &str) -> Result<LinkTarget> {
+        self.set_link(target, true)
+    }
+
+    fn set_link(&mut self, target: &str, connected: bool) -> Result<LinkTarget> {
+        self.require_up()?;
+        let t = LinkTarget::resolve(&self.plan, target)?;
+        self.with_state_lock(|f| {
+            network::set_link(&f.plan, &t, connected)?;
+            if connected {
+                f.state.cut.remove(t.name());
+            } else {
+                f.state.cut.insert(t.name().to_owned());
+            }
+            Ok(t.clone())
+        })
+    }
+
+    fn component_on(&self, host: &str, process: &str) -> Result<(HostId, Component)> {
+        let host = self.plan.host(host)?;
+        let c: Component = process.parse()?;
+        if !Component::of(&host).contains(&c) {
+            return Err(Error::Unknown {
+                kind: "process",
+                name: format!("{c} on {host}"),
+                known: Component::of(&host)
+                    .iter()
+                    .map(|c| c.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Ok((host, c))
+    }
+
+    /// Stops one process on a host (SIGTERM, then SIGKILL after its grace period) and
+    /// records that it was stopped on purpose. Its children (a containerd's containers)
+    /// keep running, as with `systemctl stop`.
+    ///
+    /// # Errors
+    /// Unknown host or process, fleet not running.
+    pub fn stop_process(&mut self, host: &str, process: &str) -> Result<()> {
+        self.require_up()?;
+        let (host, c) = self.component_on(host, process)?;
+        let hp = self.paths.host(&host);
+        if let Some(r) = PidRecord::read(&hp.pid_file(c.name())) {
+            process::stop(r, c.stop_grace());
+        }
+        self.with_state_lock(|f| {
+            f.state.set_stopped(&host.to_string(), c.name(), true);
+            Ok(())
+        })
+    }
+
+    /// Starts one process on a host (if it is not running) and waits until it is ready.
+    ///
+    /// # Errors
+    /// Unknown host or process, fleet not running, start failures.
+    pub async fn start_process(&mut self, host: &str, process: &str) -> Result<()> {
+        self.require_up()?;
+        let (host, c) = self.component_on(host, process)?;
+        let hp = self.paths.host(&host);
+        let running = PidRecord::read(&hp.pid_file(c.name())).is_some_and(|r| r.is_alive());
+        if !running {
+            if c == Component::Kubelet || c == Component::KubeProxy || c == Component::Containerd {
+                let hp2 = hp.clone();
+                blocking(move || mountns::create(&hp2)).await?;
+            }
+            self.start_component(&host, c).await?;
+            if c == Component::Containerd {
+                let socket = hp.containerd_socket();
+                let images = self.paths.images();
+                blocking(move || import_all(&socket, &images)).await?;
+            }
+        }
+        let name = host.to_string();
+        self.with_state_lock(|f| {
+            f.state.set_stopped(&name, c.name(), false);
+            Ok(())
+        })
+    }
+
+    /// Reboots an edge host: every process on it dies at once (containers included, as
+    /// in a power loss), its volatile state (`/run`, mounts, pod networks, iptables rules)
+    /// is lost, then containerd, kubelet and kube-proxy start again. Its link state is kept.
+    ///
+    /// # Errors
+    /// Unknown or non-edge host, fleet not running, start failures.
+    pub async fn reboot(&mut self, host: &str) -> Result<()> {
+        self.require_up()?;
+        let host = self.plan.host(host)?;
+        let HostId::Edge(name) = &host else {
+            return Err(Error::Invalid(format!(
+                "only edge hosts can be rebooted, not {host}"
+            )));
+        };
+        let edge = self
+            .plan
+            .edge(name.as_str())
+            .cloned()
+            .ok_or_else(|| Error::Invalid(format!("no edge host {name}")))?;
+        {
+            let cgroups = self.cgroups.clone();
+            let cg = host_cgroup(self.plan.slot, &host);
+            let hp = self.paths.host(&host);
+            let ns = self.plan.netns(&host);
+            blocking(move || power_off(&cgroups, &cg, &hp, &ns)).await?;
+        }
+        let name = host.to_string();
+        self.with_state_lock(|f| {
+            f.state.stopped.remove(&name);
+            Ok(())
+        })?;
+        self.start_edge(&edge).await
+    }
+
+    /// A command that runs `argv` inside `host` (its network namespace, and for edge
+    /// hosts its mount namespace and cgroup, so a reboot ends it too).
+    ///
+    /// # Errors
+    /// Unknown host, empty command, fleet not running.
+    pub fn exec_command(&self, host: &str, argv: &[String]) -> Result<Command> {
+        self.require_up()?;
+        let host = self.plan.host(host)?;
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| Error::Invalid("no command given: use -- CMD [ARGS...]".into()))?;
+        let hp = self.paths.host(&host);
+        let launch = Launch {
+            program: program.into(),
+            args: args.iter().map(Into::into).collect(),
+            env: std::env::var("TERM").map(|t| vec![("TERM".to_owned(), t)]).unwrap_or_default(),
+            netns: Some(netns::path(&self.plan.netns(&host))),
+            mountns: (matches!(host, HostId::Edge(_)) && mountns::exists(&hp)).then(|| hp.mount_ns()),
+            cgroup_procs: self.cgroups.procs_files(&system_cgroup(self.plan.slot, &host)),
+        };
+        Ok(launch.command())
+    }
+}
+
+/// Kills everything in a host's cgroup, drops its mount namespace and volatile state,
+/// and resets its network namespace to what it had at "power on" (its uplink only).
+fn power_off(cgroups: &crate::cgroup::Cgroups, cgroup: &str, hp: &HostPaths, ns: &str) -> Result<()> {
+    cgroups.kill_all(cgroup, Duration::from_secs(30))?;
+    mountns::destroy(hp)?;
+    let run = hp.run();
+    if run.exists() {
+        std::fs::remove_dir_all(&run).map_err(|e| Error::io(&run, e))?;
+    }
+    // Pod network namespaces die with the mount namespace; give the kernel a moment to
+    // release their links, then drop whatever else the host had built (cni0, ...).
+    for _ in 0..50 {
+        let links = netns::ip(Some(ns), &["-o", "link", "show"])?;
+        let extra: Vec<String> = links
+            .lines()
+            .filter_map(|l| l.split(':').nth(1))
+            .map(|n| n.trim().split('@').next().unwrap_or("").to_owned())
+            .filter(|n| n != "lo" && n != "eth0" && !n.is_empty())
+            .collect();
+        if extra.is_empty() {
+            break;
+        }
+        for link in extra {
+            let _ = netns::ip(Some(ns), &["link", "delete", &link]);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for table in ["filter", "nat", "mangle", "raw"] {
+        for tool in ["iptables", "ip6tables"] {
+            let _ = netns::run_in(ns, "flush rules", tool, &["-w", "-t", table, "-F"]);
+            let _ = netns::run_in(ns, "delete chains", tool, &["-w", "-t", table, "-X"]);
+        }
+    }
+    let _ = netns::run_in(ns, "flush conntrack", "conntrack", &["-F"]);
+    Ok(())
+}
+
+/// Imports every image archive in `dir` into the containerd at `socket`.
+pub(crate) fn import_all(socket: &std::path::Path, dir: &std::path::Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut archives: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tar"))
+        .collect();
+    archives.sort();
+    for archive in archives {
+        image::import(socket, &archive)?;
+    }
+    Ok(())
+}
+
+/// Runs a blocking closure on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Invalid(format!("background task failed: {e}")))?
+}

@@ -1,0 +1,215 @@
+//! Bringing a fleet up: checks, packages, upstream binaries, certificates, network,
+//! images, the control plane, the edge hosts, and the sample app.
+//!
+//! `up` on a data folder that already holds a fleet restarts that fleet with its state
+//! (etcd data, certificates, images, containerd content). If any step fails, everything
+//! made on the machine is removed again before the error is returned.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ops::blocking;
+use super::teardown::teardown_runtime;
+use super::{Fleet, MachineConfig, check_data_dir, system_cgroup};
+use crate::cgroup::Cgroups;
+use crate::components::Component;
+use crate::error::{Error, Result};
+use crate::image::{self, ImageSpec};
+use crate::network;
+use crate::packages;
+use crate::paths::FleetPaths;
+use crate::pki;
+use crate::progress::{Reporter, Step};
+use crate::sample;
+use crate::slots::Registry;
+use crate::spec::{FleetSpec, HostId, Slot};
+use crate::state::{self, FleetState};
+use crate::upstream;
+
+/// Options of [`up`].
+#[derive(Debug, Clone, Default)]
+pub struct UpOptions {
+    /// The fleet to create. `None` restarts the fleet in the data folder, or creates the
+    /// default fleet if there is none. A spec that differs from an existing fleet's is refused.
+    pub spec: Option<FleetSpec>,
+}
+
+/// Commands the fleet shells out to; all come with the runtime packages.
+const TOOLS: &[&str] = &["ip", "nsenter", "unshare", "mount", "umount", "iptables", "ctr", "containerd", "runc", "etcd"];
+
+fn preflight() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NotRoot);
+    }
+    crate::netns::check_support()?;
+    Cgroups::detect()?;
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !filesystems.lines().any(|l| l.trim_end().ends_with("overlay")) {
+        return Err(Error::MissingFeature {
+            feature: "overlay filesystem".into(),
+            hint: "load the overlay module (modprobe overlay); containerd needs it".into(),
+        });
+    }
+    if !Path::new("/proc/sys/net/bridge").exists() {
+        return Err(Error::MissingFeature {
+            feature: "br_netfilter".into(),
+            hint: "load the br_netfilter module (modprobe br_netfilter); kube-proxy needs it".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_tools() -> Result<()> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs: Vec<_> = std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(Into::into))
+        .collect();
+    for tool in TOOLS {
+        if !dirs.iter().any(|d| d.join(tool).is_file()) {
+            return Err(Error::MissingFeature {
+                feature: format!("the `{tool}` command"),
+                hint: "install the runtime packages (yurt up does this with apt-get)".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Slots whose namespaces or root interface exist on the machine.
+fn slot_has_leftovers(slot: Slot) -> bool {
+    crate::netns::exists(&format!("yurt{}-cloud", slot.0))
+        || Path::new("/sys/class/net").join(format!("yurt{}h", slot.0)).exists()
+}
+
+/// Brings up (or restarts) the fleet in `data_dir` and waits until every node is Ready
+/// and the sample app is available.
+///
+/// # Errors
+/// The first failing step, after removing what was made on the machine.
+pub async fn up(
+    machine: &MachineConfig,
+    data_dir: &Path,
+    options: UpOptions,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Fleet> {
+    check_data_dir(data_dir)?;
+    preflight()?;
+    {
+        let r = reporter.clone();
+        blocking(move || packages::ensure(packages::RUNTIME_PACKAGES, r.as_ref())).await?;
+    }
+    check_tools()?;
+    {
+        let (cache, r) = (machine.cache_dir.clone(), reporter.clone());
+        blocking(move || upstream::ensure(&cache, r.as_ref())).await?;
+    }
+    std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
+    let paths = FleetPaths::new(data_dir);
+    let existing = state::load(&paths.state_file())?;
+    let spec = match (&existing, options.spec) {
+        (Some(s), Some(wanted)) if s.spec != wanted => {
+            return Err(Error::Invalid(format!(
+                "{} holds a fleet of {} edge nodes in {} pools ({} mode); remove it with `yurt down --purge --data-dir {}` or use another --data-dir",
+                data_dir.display(),
+                s.spec.edge_nodes,
+                s.spec.pools,
+                s.spec.mode,
+                data_dir.display()
+            )));
+        }
+        (Some(s), _) => s.spec.clone(),
+        (None, Some(wanted)) => wanted,
+        (None, None) => FleetSpec::default(),
+    };
+    spec.validate()?;
+    let registry = Registry::new(&machine.registry_dir);
+    let slot = {
+        let (reg, dir, preferred) = (registry.clone(), data_dir.to_owned(), existing.as_ref().map(|s| s.slot));
+        blocking(move || reg.claim(&dir, preferred, &slot_has_leftovers)).await?
+    };
+    state::save(&paths.state_file(), &FleetState::new(spec, slot))?;
+    let fleet = Fleet::open(machine, data_dir)?;
+
+    // Leftovers of an earlier run of this data folder (a killed `yurt up`) go first.
+    {
+        let (cgroups, p) = (fleet.cgroups.clone(), paths.clone());
+        blocking(move || teardown_runtime(&cgroups, &p, slot)).await?;
+    }
+    match bring_up(&fleet, reporter.as_ref()).await {
+        Ok(()) => Ok(fleet),
+        Err(e) => {
+            reporter.warn(&format!("bring-up failed; removing what was made: {e}"));
+            let (cgroups, p) = (fleet.cgroups.clone(), paths.clone());
+            let _ = blocking(move || teardown_runtime(&cgroups, &p, slot)).await;
+            Err(e)
+        }
+    }
+}
+
+async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
+    let plan = fleet.plan.clone();
+    let paths = fleet.paths.clone();
+
+    let step = Step::start(reporter, "certificates, network namespaces and cgroups");
+    {
+        let (plan, paths, cgroups) = (plan.clone(), paths.clone(), fleet.cgroups.clone());
+        blocking(move || {
+            network::check_free(&plan)?;
+            pki::ensure(&paths, &plan)?;
+            for host in plan.hosts() {
+                cgroups.create(&system_cgroup(plan.slot, &host))?;
+            }
+            network::create(&plan)
+        })
+        .await?;
+    }
+    step.finish();
+
+    let step = Step::start(reporter, "building images (pause, busybox, sample-web)");
+    {
+        let images = paths.images();
+        blocking(move || {
+            for spec in [ImageSpec::pause(), ImageSpec::busybox(image::BUSYBOX_IMAGE), sample::image_spec()] {
+                let out = image::archive_path(&images, &spec.reference);
+                image::build(&spec, Path::new(image::BUSYBOX), &out)?;
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    step.finish();
+
+    let step = Step::start(reporter, "control plane: etcd, kube-apiserver, controller-manager, scheduler");
+    for component in Component::CLOUD {
+        step.detail(component.name());
+        fleet.start_component(&HostId::Cloud, component).await?;
+    }
+    step.finish();
+
+    let client = fleet.client().await?;
+    super::api::register_nodes(&client, &plan).await?;
+
+    let step = Step::start(
+        reporter,
+        format!("edge hosts: containerd, kubelet, kube-proxy on {} nodes", plan.edges.len()),
+    );
+    futures::future::try_join_all(plan.edges.iter().map(|e| fleet.start_edge(e))).await?;
+    step.finish();
+
+    let step = Step::start(reporter, "waiting for every node to be Ready");
+    let total = plan.edges.len();
+    super::api::wait_nodes_ready(&client, &plan, Duration::from_secs(180), &|r| {
+        step.detail(&format!("{}/{total} nodes Ready", r.ready.len()));
+    })
+    .await?;
+    step.finish();
+
+    if fleet.state.spec.sample_app {
+        let step = Step::start(reporter, "deploying the sample app (one Deployment and Service per pool)");
+        sample::apply(&client, &plan).await?;
+        sample::wait_available(&client, &plan, Duration::from_secs(180)).await?;
+        step.finish();
+    }
+    Ok(())
+}

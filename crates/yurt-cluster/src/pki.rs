@@ -1,0 +1,294 @@
+//! The fleet's certificates and kubeconfigs: one cluster CA, the API server's serving
+//! certificate, service-account keys, a client certificate per component and per node,
+//! and a serving certificate per kubelet. Node and RBAC authorization rely on the
+//! names and groups chosen here (`system:node:<name>` in `system:nodes`, ...).
+//!
+//! Existing keys are kept, so a restarted fleet keeps its identity; the API server's
+//! serving certificate is reissued each start because its addresses depend on the slot.
+
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use yurt_core::NodeName;
+use yurt_core::pki::{CertSpec, CertificateAuthority, IssuedCert, generate_key_pair};
+
+use crate::error::{Error, Result};
+use crate::paths::FleetPaths;
+use crate::spec::{Plan, net};
+
+/// The CA's common name.
+pub const CA_NAME: &str = "yurt-fleet-ca";
+
+/// A client identity with a certificate in the pki folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// `kubernetes-admin` in `system:masters`.
+    Admin,
+    /// `system:kube-controller-manager`.
+    ControllerManager,
+    /// `system:kube-scheduler`.
+    Scheduler,
+    /// `system:kube-proxy`.
+    KubeProxy,
+    /// The API server's client certificate towards kubelets.
+    ApiserverKubeletClient,
+    /// `system:node:<name>` in `system:nodes`.
+    Node(NodeName),
+}
+
+impl Identity {
+    /// File stem of the certificate and kubeconfig.
+    pub fn stem(&self) -> String {
+        match self {
+            Self::Admin => "admin".into(),
+            Self::ControllerManager => "controller-manager".into(),
+            Self::Scheduler => "scheduler".into(),
+            Self::KubeProxy => "kube-proxy".into(),
+            Self::ApiserverKubeletClient => "apiserver-kubelet-client".into(),
+            Self::Node(n) => format!("kubelet-{n}"),
+        }
+    }
+
+    fn spec(&self) -> CertSpec {
+        match self {
+            Self::Admin => CertSpec::client("kubernetes-admin", &["system:masters"]),
+            Self::ControllerManager => CertSpec::client("system:kube-controller-manager", &[]),
+            Self::Scheduler => CertSpec::client("system:kube-scheduler", &[]),
+            Self::KubeProxy => CertSpec::client("system:kube-proxy", &[]),
+            Self::ApiserverKubeletClient => {
+                CertSpec::client("kube-apiserver-kubelet-client", &["system:masters"])
+            }
+            Self::Node(n) => CertSpec::client(format!("system:node:{n}"), &["system:nodes"]),
+        }
+    }
+}
+
+/// Paths of the fleet's PKI files.
+#[derive(Debug, Clone)]
+pub struct PkiPaths {
+    dir: PathBuf,
+}
+
+impl PkiPaths {
+    /// The PKI of a fleet.
+    pub fn new(paths: &FleetPaths) -> Self {
+        Self { dir: paths.pki() }
+    }
+
+    /// The folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The CA certificate.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// The CA key.
+    pub fn ca_key(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+
+    /// `<stem>.crt`.
+    pub fn cert(&self, stem: &str) -> PathBuf {
+        self.dir.join(format!("{stem}.crt"))
+    }
+
+    /// `<stem>.key`.
+    pub fn key(&self, stem: &str) -> PathBuf {
+        self.dir.join(format!("{stem}.key"))
+    }
+
+    /// `<stem>.kubeconfig`.
+    pub fn kubeconfig(&self, stem: &str) -> PathBuf {
+        self.dir.join(format!("{stem}.kubeconfig"))
+    }
+
+    /// Service-account signing key.
+    pub fn sa_key(&self) -> PathBuf {
+        self.dir.join("sa.key")
+    }
+
+    /// Service-account verification key.
+    pub fn sa_pub(&self) -> PathBuf {
+        self.dir.join("sa.pub")
+    }
+
+    /// The kubelet serving certificate stem of `node`.
+    pub fn kubelet_serving(node: &NodeName) -> String {
+        format!("kubelet-{node}-serving")
+    }
+}
+
+fn write_file(path: &Path, contents: &str, secret: bool) -> Result<()> {
+    crate::state::write_atomic(path, contents.as_bytes())?;
+    if secret {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+fn write_pair(pki: &PkiPaths, stem: &str, cert: &IssuedCert) -> Result<()> {
+    write_file(&pki.key(stem), &cert.key_pem, true)?;
+    write_file(&pki.cert(stem), &cert.cert_pem, false)
+}
+
+/// Creates what is missing of the fleet's PKI and rewrites every kubeconfig.
+///
+/// # Errors
+/// I/O or signing errors.
+pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
+    let pki = PkiPaths::new(paths);
+    std::fs::create_dir_all(pki.dir()).map_err(|e| Error::io(pki.dir(), e))?;
+    let ca = if pki.ca_cert().exists() && pki.ca_key().exists() {
+        CertificateAuthority::from_pem(CA_NAME, &read(&pki.ca_cert())?, &read(&pki.ca_key())?)?
+    } else {
+        let ca = CertificateAuthority::generate(CA_NAME)?;
+        write_file(&pki.ca_key(), ca.key_pem(), true)?;
+        write_file(&pki.ca_cert(), ca.cert_pem(), false)?;
+        ca
+    };
+    if !pki.sa_key().exists() || !pki.sa_pub().exists() {
+        let sa = generate_key_pair("service-account")?;
+        write_file(&pki.sa_key(), &sa.private_pem, true)?;
+        write_file(&pki.sa_pub(), &sa.public_pem, false)?;
+    }
+
+    let ips: Vec<IpAddr> = [
+        net::CLOUD_IP.addr,
+        plan.cloud_host_side_ip().addr,
+        net::KUBERNETES_SERVICE_IP,
+        std::net::Ipv4Addr::LOCALHOST,
+    ]
+    .into_iter()
+    .map(IpAddr::V4)
+    .collect();
+    let apiserver = CertSpec::server(
+        "kube-apiserver",
+        &[
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+            "localhost",
+        ],
+        &ips,
+    );
+    write_pair(&pki, "apiserver", &ca.issue(&apiserver)?)?;
+
+    let mut identities = vec![
+        Identity::Admin,
+        Identity::ControllerManager,
+        Identity::Scheduler,
+        Identity::KubeProxy,
+        Identity::ApiserverKubeletClient,
+    ];
+    identities.extend(plan.edges.iter().map(|e| Identity::Node(e.name.clone())));
+    for id in &identities {
+        let stem = id.stem();
+        if !pki.cert(&stem).exists() || !pki.key(&stem).exists() {
+            write_pair(&pki, &stem, &ca.issue(&id.spec())?)?;
+        }
+    }
+    for edge in &plan.edges {
+        let stem = PkiPaths::kubelet_serving(&edge.name);
+        if !pki.cert(&stem).exists() || !pki.key(&stem).exists() {
+            let spec = CertSpec::server(
+                edge.name.as_str(),
+                &[edge.name.as_str(), "localhost"],
+                &[IpAddr::V4(edge.ip), IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
+            );
+            write_pair(&pki, &stem, &ca.issue(&spec)?)?;
+        }
+    }
+
+    let ca_pem = read(&pki.ca_cert())?;
+    let local = format!("https://127.0.0.1:{}", net::API_PORT);
+    let in_fleet = plan.api_url_in_fleet();
+    for id in &identities {
+        let server = match id {
+            Identity::ControllerManager | Identity::Scheduler | Identity::Admin => &local,
+            Identity::KubeProxy | Identity::Node(_) | Identity::ApiserverKubeletClient => &in_fleet,
+        };
+        let stem = id.stem();
+        let text = kubeconfig(server, &ca_pem, &read(&pki.cert(&stem))?, &read(&pki.key(&stem))?, &stem)?;
+        write_file(&pki.kubeconfig(&stem), &text, true)?;
+    }
+    let admin = kubeconfig(
+        &plan.api_url_from_host(),
+        &ca_pem,
+        &read(&pki.cert("admin"))?,
+        &read(&pki.key("admin"))?,
+        "admin",
+    )?;
+    write_file(&paths.admin_kubeconfig(), &admin, true)?;
+    Ok(pki)
+}
+
+/// Renders a kubeconfig with the certificates embedded, so it can be copied anywhere.
+///
+/// # Errors
+/// Only if YAML serialisation fails.
+pub fn kubeconfig(server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str, user: &str) -> Result<String> {
+    let value = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "yurt", "cluster": {
+            "server": server,
+            "certificate-authority-data": BASE64.encode(ca_pem),
+        }}],
+        "users": [{"name": user, "user": {
+            "client-certificate-data": BASE64.encode(cert_pem),
+            "client-key-data": BASE64.encode(key_pem),
+        }}],
+        "contexts": [{"name": "yurt", "context": {"cluster": "yurt", "user": user}}],
+        "current-context": "yurt",
+    });
+    serde_yaml::to_string(&value).map_err(|e| Error::Invalid(format!("kubeconfig: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{FleetSpec, Slot};
+
+    #[test]
+    fn ensure_creates_everything_and_keeps_keys_on_rerun() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = FleetPaths::new(dir.path());
+        let plan = Plan::new(&FleetSpec::default(), Slot(5)).unwrap();
+        let pki = ensure(&paths, &plan).unwrap();
+        for stem in ["admin", "kubelet-edge-a1", "kubelet-edge-b2-serving", "apiserver", "kube-proxy"] {
+            assert!(pki.cert(stem).exists(), "{stem}");
+            let mode = std::fs::metadata(pki.key(stem)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{stem} key mode");
+        }
+        let node_key = std::fs::read(pki.key("kubelet-edge-a1")).unwrap();
+        let ca = std::fs::read(pki.ca_cert()).unwrap();
+        ensure(&paths, &plan).unwrap();
+        assert_eq!(std::fs::read(pki.key("kubelet-edge-a1")).unwrap(), node_key);
+        assert_eq!(std::fs::read(pki.ca_cert()).unwrap(), ca);
+
+        let admin: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(paths.admin_kubeconfig()).unwrap()).unwrap();
+        assert_eq!(
+            admin["clusters"][0]["cluster"]["server"].as_str(),
+            Some("https://10.255.5.2:6443")
+        );
+        let kubelet: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(pki.kubeconfig("kubelet-edge-a1")).unwrap()).unwrap();
+        assert_eq!(
+            kubelet["clusters"][0]["cluster"]["server"].as_str(),
+            Some("https://10.10.0.1:6443")
+        );
+    }
+}

@@ -1,0 +1,561 @@
+//! What a fleet is made of ([`FleetSpec`]) and the address plan derived from it
+//! ([`Plan`]): host names, pools, network namespaces, interfaces, addresses and routes.
+//!
+//! Everything here is pure; the plan is recomputed from the spec and the fleet's slot
+//! every time, so it never drifts from what was provisioned.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use yurt_core::{NodeName, PoolName};
+
+use crate::error::{Error, Result};
+
+/// How the edge sites connect to the cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NetMode {
+    /// The cloud can open connections to edge hosts (a flat, routed network).
+    #[default]
+    Routed,
+    /// Edge sites sit behind NAT: they reach the cloud, the cloud cannot reach them.
+    Nat,
+}
+
+impl FromStr for NetMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "routed" => Ok(Self::Routed),
+            "nat" => Ok(Self::Nat),
+            other => Err(Error::Invalid(format!(
+                "unknown network mode '{other}': use 'routed' or 'nat'"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for NetMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Routed => "routed",
+            Self::Nat => "nat",
+        })
+    }
+}
+
+/// Failure-detection timings of the control plane and kubelets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Timing {
+    /// Upstream defaults (node grace period 40 s, eviction after 300 s).
+    #[default]
+    Standard,
+    /// Shortened for tests (node grace period 16 s, eviction after 30 s).
+    Fast,
+}
+
+impl FromStr for Timing {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "standard" => Ok(Self::Standard),
+            "fast" => Ok(Self::Fast),
+            other => Err(Error::Invalid(format!(
+                "unknown timing '{other}': use 'standard' or 'fast'"
+            ))),
+        }
+    }
+}
+
+/// The concrete durations behind a [`Timing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    /// kubelet `nodeLeaseDurationSeconds` (it renews every quarter of it).
+    pub node_lease: Duration,
+    /// kubelet `nodeStatusUpdateFrequency`.
+    pub node_status_update: Duration,
+    /// kube-controller-manager `--node-monitor-period`.
+    pub node_monitor_period: Duration,
+    /// kube-controller-manager `--node-monitor-grace-period`: silence before NotReady.
+    pub node_grace: Duration,
+    /// Default NoExecute toleration for not-ready/unreachable nodes (API server flags).
+    pub eviction_toleration: Duration,
+}
+
+impl Timing {
+    /// The durations for this profile.
+    pub fn timings(self) -> Timings {
+        match self {
+            Self::Standard => Timings {
+                node_lease: Duration::from_secs(40),
+                node_status_update: Duration::from_secs(10),
+                node_monitor_period: Duration::from_secs(5),
+                node_grace: Duration::from_secs(40),
+                eviction_toleration: Duration::from_secs(300),
+            },
+            Self::Fast => Timings {
+                node_lease: Duration::from_secs(10),
+                node_status_update: Duration::from_secs(4),
+                node_monitor_period: Duration::from_secs(2),
+                node_grace: Duration::from_secs(16),
+                eviction_toleration: Duration::from_secs(30),
+            },
+        }
+    }
+}
+
+/// The shape of a fleet, as the user asked for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSpec {
+    /// Number of edge hosts (each a Kubernetes node).
+    pub edge_nodes: u16,
+    /// Number of node pools the edge hosts are spread over.
+    pub pools: u16,
+    /// Network mode.
+    #[serde(default)]
+    pub mode: NetMode,
+    /// Failure-detection timings.
+    #[serde(default)]
+    pub timing: Timing,
+    /// Whether to deploy the sample app (one Deployment and Service per pool).
+    #[serde(default = "default_true")]
+    pub sample_app: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for FleetSpec {
+    fn default() -> Self {
+        Self {
+            edge_nodes: 4,
+            pools: 2,
+            mode: NetMode::Routed,
+            timing: Timing::Standard,
+            sample_app: true,
+        }
+    }
+}
+
+/// Most edge hosts one fleet can have (the pod CIDR plan gives each a /24 of 10.244/16).
+pub const MAX_EDGE_NODES: u16 = 250;
+/// Most pools one fleet can have (pools are lettered a..z).
+pub const MAX_POOLS: u16 = 26;
+
+impl FleetSpec {
+    /// Checks the spec.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the bad field.
+    pub fn validate(&self) -> Result<()> {
+        if self.edge_nodes == 0 || self.edge_nodes > MAX_EDGE_NODES {
+            return Err(Error::Invalid(format!(
+                "--edge-nodes must be between 1 and {MAX_EDGE_NODES}, got {}",
+                self.edge_nodes
+            )));
+        }
+        if self.pools == 0 || self.pools > MAX_POOLS || self.pools > self.edge_nodes {
+            return Err(Error::Invalid(format!(
+                "--pools must be between 1 and min({MAX_POOLS}, --edge-nodes={}), got {}",
+                self.edge_nodes, self.pools
+            )));
+        }
+        let per_pool = self.edge_nodes.div_ceil(self.pools);
+        if per_pool > MAX_NODES_PER_POOL {
+            return Err(Error::Invalid(format!(
+                "at most {MAX_NODES_PER_POOL} edge nodes per pool: raise --pools (got {per_pool} per pool)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Most edge hosts in one pool (one /24 per site, hosts from .11).
+pub const MAX_NODES_PER_POOL: u16 = 240;
+
+/// A fleet's slot on this machine: it keeps namespace names, interface names and the
+/// host-side link address of fleets that run side by side apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Slot(pub u8);
+
+/// Number of fleet slots on one machine.
+pub const SLOTS: usize = 250;
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// An IPv4 network in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv4Cidr {
+    /// The network (or interface) address.
+    pub addr: Ipv4Addr,
+    /// The prefix length.
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    /// `a.b.c.d/prefix`.
+    pub const fn new(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> Self {
+        Self {
+            addr: Ipv4Addr::new(a, b, c, d),
+            prefix,
+        }
+    }
+
+    /// Whether `ip` lies inside this network.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        };
+        (u32::from(ip) & mask) == (u32::from(self.addr) & mask)
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Cluster-wide address constants.
+pub mod net {
+    use super::Ipv4Cidr;
+    use std::net::Ipv4Addr;
+
+    /// Service ClusterIP range.
+    pub const SERVICE_CIDR: Ipv4Cidr = Ipv4Cidr::new(10, 96, 0, 0, 12);
+    /// The `kubernetes` Service's ClusterIP.
+    pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+    /// Pod range of the whole cluster; node `i` (0-based) gets `10.244.(i+1).0/24`.
+    pub const CLUSTER_CIDR: Ipv4Cidr = Ipv4Cidr::new(10, 244, 0, 0, 16);
+    /// Edge site range; pool `p` gets `10.20.p.0/24`.
+    pub const EDGE_RANGE: Ipv4Cidr = Ipv4Cidr::new(10, 20, 0, 0, 16);
+    /// The cloud host's address on its link to the router (the API server's advertised address).
+    pub const CLOUD_IP: Ipv4Cidr = Ipv4Cidr::new(10, 10, 0, 1, 30);
+    /// The router's address on its link to the cloud.
+    pub const ROUTER_WAN_IP: Ipv4Cidr = Ipv4Cidr::new(10, 10, 0, 2, 30);
+    /// API server port.
+    pub const API_PORT: u16 = 6443;
+}
+
+/// One node pool in the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolPlan {
+    /// Pool name (`pool-a`, ...).
+    pub name: PoolName,
+    /// 0-based index.
+    pub index: u8,
+    /// The site's subnet.
+    pub subnet: Ipv4Cidr,
+    /// The router's address in the site (the edge hosts' default gateway).
+    pub gateway: Ipv4Addr,
+    /// Bridge in the router namespace joining the site's hosts.
+    pub bridge: String,
+    /// Router-side L3 interface of the site (carries the gateway address).
+    pub uplink: String,
+    /// Bridge port peered with `uplink`; taking it down cuts the site off, while hosts
+    /// inside the site still reach each other.
+    pub uplink_port: String,
+}
+
+/// One edge host in the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgePlan {
+    /// Node name (`edge-a1`, ...).
+    pub name: NodeName,
+    /// Index of its pool in [`Plan::pools`].
+    pub pool: usize,
+    /// 0-based index among all edge hosts.
+    pub index: u16,
+    /// Its address in the site.
+    pub ip: Ipv4Addr,
+    /// Its pod CIDR.
+    pub pod_cidr: Ipv4Cidr,
+    /// Its port on the site bridge, in the router namespace; taking it down cuts the host off.
+    pub router_port: String,
+}
+
+/// A host of the fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostId {
+    /// The cloud host: etcd and the control plane.
+    Cloud,
+    /// The router between the cloud and the edge sites.
+    Router,
+    /// An edge host, by node name.
+    Edge(NodeName),
+}
+
+impl fmt::Display for HostId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cloud => f.write_str("cloud"),
+            Self::Router => f.write_str("router"),
+            Self::Edge(n) => f.write_str(n.as_str()),
+        }
+    }
+}
+
+/// The full network plan of a fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The fleet's slot.
+    pub slot: Slot,
+    /// Network mode.
+    pub mode: NetMode,
+    /// Pools, in order.
+    pub pools: Vec<PoolPlan>,
+    /// Edge hosts, ordered by pool then by number.
+    pub edges: Vec<EdgePlan>,
+}
+
+impl Plan {
+    /// Derives the plan of `spec` in `slot`.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if the spec is invalid.
+    pub fn new(spec: &FleetSpec, slot: Slot) -> Result<Self> {
+        spec.validate()?;
+        let pools: Vec<PoolPlan> = (0..spec.pools)
+            .map(|p| {
+                let index = p as u8;
+                let letter = char::from(b'a' + index);
+                let name = format!("pool-{letter}")
+                    .parse()
+                    .expect("generated pool names are DNS labels");
+                PoolPlan {
+                    name,
+                    index,
+                    subnet: Ipv4Cidr::new(10, 20, index, 0, 24),
+                    gateway: Ipv4Addr::new(10, 20, index, 1),
+                    bridge: format!("br{index}"),
+                    uplink: format!("gw{index}"),
+                    uplink_port: format!("gwp{index}"),
+                }
+            })
+            .collect();
+        let mut edges: Vec<EdgePlan> = (0..spec.edge_nodes)
+            .map(|i| {
+                let pool = usize::from(i % spec.pools);
+                let number = i / spec.pools + 1;
+                let letter = char::from(b'a' + pool as u8);
+                let pool_index = pool as u8;
+                let cidr_octet = u8::try_from(i + 1).expect("edge_nodes <= 250");
+                EdgePlan {
+                    name: format!("edge-{letter}{number}")
+                        .parse()
+                        .expect("generated node names are DNS labels"),
+                    pool,
+                    index: i,
+                    ip: Ipv4Addr::new(
+                        10,
+                        20,
+                        pool_index,
+                        u8::try_from(10 + number).expect("at most 245 hosts per pool"),
+                    ),
+                    pod_cidr: Ipv4Cidr::new(10, 244, cidr_octet, 0, 24),
+                    router_port: format!("e{i}"),
+                }
+            })
+            .collect();
+        edges.sort_by(|a, b| (a.pool, a.index).cmp(&(b.pool, b.index)));
+        Ok(Self {
+            slot,
+            mode: spec.mode,
+            pools,
+            edges,
+        })
+    }
+
+    /// The network namespace of `host`.
+    pub fn netns(&self, host: &HostId) -> String {
+        format!("{}{}", self.netns_prefix(), host)
+    }
+
+    /// The prefix every namespace of this fleet has (`yurt<slot>-`).
+    pub fn netns_prefix(&self) -> String {
+        netns_prefix(self.slot)
+    }
+
+    /// The root-namespace end of the host↔cloud link.
+    pub fn host_link_interface(&self) -> String {
+        format!("yurt{}h", self.slot.0)
+    }
+
+    /// The host↔cloud link subnet: `10.255.<slot>.0/30`.
+    pub fn host_link_subnet(&self) -> Ipv4Cidr {
+        Ipv4Cidr::new(10, 255, self.slot.0, 0, 30)
+    }
+
+    /// The root namespace's address on the host↔cloud link.
+    pub fn host_link_ip(&self) -> Ipv4Cidr {
+        Ipv4Cidr::new(10, 255, self.slot.0, 1, 30)
+    }
+
+    /// The cloud's address on the host↔cloud link: where this machine reaches the API server.
+    pub fn cloud_host_side_ip(&self) -> Ipv4Cidr {
+        Ipv4Cidr::new(10, 255, self.slot.0, 2, 30)
+    }
+
+    /// The API server URL for clients on this machine (outside the fleet).
+    pub fn api_url_from_host(&self) -> String {
+        format!("https://{}:{}", self.cloud_host_side_ip().addr, net::API_PORT)
+    }
+
+    /// The API server URL for clients inside the fleet (edge hosts).
+    pub fn api_url_in_fleet(&self) -> String {
+        format!("https://{}:{}", net::CLOUD_IP.addr, net::API_PORT)
+    }
+
+    /// The edge host named `name`.
+    pub fn edge(&self, name: &str) -> Option<&EdgePlan> {
+        self.edges.iter().find(|e| e.name.as_str() == name)
+    }
+
+    /// The pool named `name`.
+    pub fn pool(&self, name: &str) -> Option<&PoolPlan> {
+        self.pools.iter().find(|p| p.name.as_str() == name)
+    }
+
+    /// The edge hosts of pool `pool`.
+    pub fn pool_members(&self, pool: usize) -> impl Iterator<Item = &EdgePlan> {
+        self.edges.iter().filter(move |e| e.pool == pool)
+    }
+
+    /// Every host with a network namespace, cloud first.
+    pub fn hosts(&self) -> Vec<HostId> {
+        let mut hosts = vec![HostId::Cloud, HostId::Router];
+        hosts.extend(self.edges.iter().map(|e| HostId::Edge(e.name.clone())));
+        hosts
+    }
+
+    /// Resolves a host name given on the command line.
+    ///
+    /// # Errors
+    /// [`Error::Unknown`] listing the valid names.
+    pub fn host(&self, name: &str) -> Result<HostId> {
+        match name {
+            "cloud" => Ok(HostId::Cloud),
+            "router" => Ok(HostId::Router),
+            _ => self
+                .edge(name)
+                .map(|e| HostId::Edge(e.name.clone()))
+                .ok_or_else(|| Error::Unknown {
+                    kind: "host",
+                    name: name.to_owned(),
+                    known: self
+                        .hosts()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
+        }
+    }
+}
+
+/// The netns prefix of a slot.
+pub fn netns_prefix(slot: Slot) -> String {
+    format!("yurt{}-", slot.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(edge_nodes: u16, pools: u16) -> FleetSpec {
+        FleetSpec {
+            edge_nodes,
+            pools,
+            ..FleetSpec::default()
+        }
+    }
+
+    #[test]
+    fn default_plan_spreads_four_nodes_over_two_pools() {
+        let plan = Plan::new(&FleetSpec::default(), Slot(3)).unwrap();
+        let names: Vec<_> = plan.edges.iter().map(|e| e.name.to_string()).collect();
+        assert_eq!(names, ["edge-a1", "edge-a2", "edge-b1", "edge-b2"]);
+        let pools: Vec<_> = plan.pools.iter().map(|p| p.name.to_string()).collect();
+        assert_eq!(pools, ["pool-a", "pool-b"]);
+        let a2 = plan.edge("edge-a2").unwrap();
+        assert_eq!(a2.ip, Ipv4Addr::new(10, 20, 0, 12));
+        assert_eq!(a2.pod_cidr.to_string(), "10.244.3.0/24");
+        assert!(plan.pools[a2.pool].subnet.contains(a2.ip));
+        assert_eq!(plan.netns(&HostId::Cloud), "yurt3-cloud");
+        assert_eq!(plan.host_link_interface(), "yurt3h");
+        assert_eq!(plan.api_url_from_host(), "https://10.255.3.2:6443");
+    }
+
+    #[test]
+    fn addresses_and_interfaces_are_unique() {
+        let plan = Plan::new(&spec(250, 26), Slot(249)).unwrap();
+        let mut ips: Vec<_> = plan.edges.iter().map(|e| e.ip).collect();
+        ips.sort();
+        ips.dedup();
+        assert_eq!(ips.len(), 250);
+        let mut cidrs: Vec<_> = plan.edges.iter().map(|e| e.pod_cidr.addr).collect();
+        cidrs.sort();
+        cidrs.dedup();
+        assert_eq!(cidrs.len(), 250);
+        for e in &plan.edges {
+            assert!(net::CLUSTER_CIDR.contains(e.pod_cidr.addr));
+            assert!(net::EDGE_RANGE.contains(e.ip));
+            assert!(e.router_port.len() <= 15);
+        }
+        assert!(plan.host_link_interface().len() <= 15);
+    }
+
+    #[test]
+    fn invalid_specs_are_rejected_with_the_flag_name() {
+        for (n, p, needle) in [
+            (0, 1, "--edge-nodes"),
+            (251, 2, "--edge-nodes"),
+            (4, 0, "--pools"),
+            (2, 3, "--pools"),
+            (100, 27, "--pools"),
+            (250, 1, "--pools"),
+        ] {
+            let err = Plan::new(&spec(n, p), Slot(0)).unwrap_err().to_string();
+            assert!(err.contains(needle), "{n}/{p}: {err}");
+        }
+    }
+
+    #[test]
+    fn hosts_resolve_by_name() {
+        let plan = Plan::new(&FleetSpec::default(), Slot(0)).unwrap();
+        assert_eq!(plan.host("cloud").unwrap(), HostId::Cloud);
+        assert_eq!(
+            plan.host("edge-b2").unwrap(),
+            HostId::Edge("edge-b2".parse().unwrap())
+        );
+        let err = plan.host("edge-z9").unwrap_err().to_string();
+        assert!(err.contains("known: cloud, router, edge-a1"), "{err}");
+    }
+
+    #[test]
+    fn cidr_contains() {
+        let c = Ipv4Cidr::new(10, 244, 0, 0, 16);
+        assert!(c.contains(Ipv4Addr::new(10, 244, 200, 1)));
+        assert!(!c.contains(Ipv4Addr::new(10, 245, 0, 1)));
+        assert!(Ipv4Cidr::new(0, 0, 0, 0, 0).contains(Ipv4Addr::new(1, 2, 3, 4)));
+    }
+
+    #[test]
+    fn spec_modes_parse() {
+        assert_eq!("nat".parse::<NetMode>().unwrap(), NetMode::Nat);
+        assert!("bridged".parse::<NetMode>().is_err());
+        assert_eq!("fast".parse::<Timing>().unwrap(), Timing::Fast);
+    }
+}

@@ -1,0 +1,151 @@
+//! The fleet's persisted state (`fleet.json`): what was asked for, which slot it has,
+//! which links are cut and which processes were stopped on purpose.
+//!
+//! Writes are atomic (temporary file, fsync, rename, fsync of the folder), so a crash
+//! leaves either the old or the new state, never a torn file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::spec::{FleetSpec, Slot};
+
+/// Current format of `fleet.json`.
+pub const FORMAT: u32 = 1;
+
+/// What `fleet.json` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetState {
+    /// Format version.
+    pub format: u32,
+    /// The fleet's slot on this machine.
+    pub slot: Slot,
+    /// The fleet's shape.
+    pub spec: FleetSpec,
+    /// Nodes and pools whose link to the cloud is cut.
+    #[serde(default)]
+    pub cut: BTreeSet<String>,
+    /// Processes stopped on purpose, per host: not restarted, not reported as crashed.
+    #[serde(default)]
+    pub stopped: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl FleetState {
+    /// A new state for `spec` in `slot`.
+    pub fn new(spec: FleetSpec, slot: Slot) -> Self {
+        Self {
+            format: FORMAT,
+            slot,
+            spec,
+            cut: BTreeSet::new(),
+            stopped: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `process` on `host` was stopped on purpose.
+    pub fn is_stopped(&self, host: &str, process: &str) -> bool {
+        self.stopped.get(host).is_some_and(|s| s.contains(process))
+    }
+
+    /// Records that `process` on `host` was stopped (or started again).
+    pub fn set_stopped(&mut self, host: &str, process: &str, stopped: bool) {
+        if stopped {
+            self.stopped
+                .entry(host.to_owned())
+                .or_default()
+                .insert(process.to_owned());
+        } else if let Some(set) = self.stopped.get_mut(host) {
+            set.remove(process);
+            if set.is_empty() {
+                self.stopped.remove(host);
+            }
+        }
+    }
+}
+
+/// Reads the state file; `None` if there is none.
+///
+/// # Errors
+/// [`Error::Corrupt`] if it cannot be parsed, I/O errors otherwise.
+pub fn load(path: &Path) -> Result<Option<FleetState>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let state: FleetState = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    if state.format != FORMAT {
+        return Err(Error::Corrupt {
+            path: path.to_owned(),
+            reason: format!("format {} is not the supported {FORMAT}", state.format),
+        });
+    }
+    Ok(Some(state))
+}
+
+/// Writes `bytes` to `path` atomically and durably.
+///
+/// # Errors
+/// I/O errors.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+/// Writes the state file atomically.
+///
+/// # Errors
+/// I/O errors.
+pub fn save(path: &Path, state: &FleetState) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(state).map_err(|e| Error::Corrupt {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_tracks_stopped_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.json");
+        assert_eq!(load(&path).unwrap(), None);
+        let mut state = FleetState::new(FleetSpec::default(), Slot(7));
+        state.set_stopped("edge-a1", "kubelet", true);
+        state.cut.insert("pool-a".into());
+        save(&path, &state).unwrap();
+        let back = load(&path).unwrap().unwrap();
+        assert_eq!(back, state);
+        assert!(back.is_stopped("edge-a1", "kubelet"));
+        let mut back = back;
+        back.set_stopped("edge-a1", "kubelet", false);
+        assert!(back.stopped.is_empty());
+    }
+
+    #[test]
+    fn corrupt_state_is_reported_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fleet.json");
+        std::fs::write(&path, b"{\"format\": 1, \"slot\"").unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"format\": 1, \"slot\"");
+    }
+}

@@ -1,0 +1,19 @@
+//! Building blocks shared by every openyurt-rs component: validated names
+//! ([`names`]), a small certificate authority ([`pki`]) and signal-driven shutdown
+//! ([`shutdown`]).
+//!
+//! This crate is layer 0: it depends on no other `yurt-*` crate.
+//!
+//! ```no_run
+//! use yurt_core::pki::{CertSpec, CertificateAuthority};
+//! let ca = CertificateAuthority::generate("yurt-ca")?;
+//! let admin = ca.issue(&CertSpec::client("kubernetes-admin", &["system:masters"]))?;
+//! println!("{}", admin.cert_pem);
+//! # Ok::<(), yurt_core::pki::Error>(())
+//! ```
+
+pub mod names;
+pub mod pki;
+pub mod shutdown;
+
+pub use names::{NodeName, PoolName};
