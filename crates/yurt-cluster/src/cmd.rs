@@ -83,10 +83,16 @@ mod tests {
 
     #[test]
     fn failure_names_the_purpose_command_and_output() {
-        let err = run("probing", Command::new("sh").args(["-c", "echo boom >&2; exit 3"]))
-            .unwrap_err();
+        let err = run(
+            "probing",
+            Command::new("sh").args(["-c", "echo boom >&2; exit 3"]),
+        )
+        .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.starts_with("probing failed (`sh -c echo boom >&2; exit 3`"), "{msg}");
+        assert!(
+            msg.starts_with("probing failed (`sh -c echo boom >&2; exit 3`"),
+            "{msg}"
+        );
         assert!(msg.contains("exit status: 3"), "{msg}");
         assert!(msg.ends_with("boom"), "{msg}");
     }

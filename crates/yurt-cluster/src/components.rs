@@ -47,7 +47,11 @@ impl Component {
         Component::KubeScheduler,
     ];
     /// Edge-host processes in start order.
-    pub const EDGE: [Component; 3] = [Component::Containerd, Component::Kubelet, Component::KubeProxy];
+    pub const EDGE: [Component; 3] = [
+        Component::Containerd,
+        Component::Kubelet,
+        Component::KubeProxy,
+    ];
 
     /// The process name (also its log and pid file name).
     pub fn name(self) -> &'static str {
@@ -181,7 +185,9 @@ impl Context<'_> {
             _ => None,
         };
         let need_edge = || {
-            edge.ok_or_else(|| Error::Invalid(format!("{component} runs on edge hosts, not on {host}")))
+            edge.ok_or_else(|| {
+                Error::Invalid(format!("{component} runs on edge hosts, not on {host}"))
+            })
         };
         let pki = self.pki;
         let cert = |stem: &str| p(&pki.cert(stem));
@@ -220,10 +226,19 @@ impl Context<'_> {
                     arg("--enable-admission-plugins=NodeRestriction"),
                     arg("--allow-privileged=true"),
                     arg(format!("--service-account-key-file={}", p(&pki.sa_pub()))),
-                    arg(format!("--service-account-signing-key-file={}", p(&pki.sa_key()))),
+                    arg(format!(
+                        "--service-account-signing-key-file={}",
+                        p(&pki.sa_key())
+                    )),
                     arg("--service-account-issuer=https://kubernetes.default.svc"),
-                    arg(format!("--kubelet-client-certificate={}", cert("apiserver-kubelet-client"))),
-                    arg(format!("--kubelet-client-key={}", key("apiserver-kubelet-client"))),
+                    arg(format!(
+                        "--kubelet-client-certificate={}",
+                        cert("apiserver-kubelet-client")
+                    )),
+                    arg(format!(
+                        "--kubelet-client-key={}",
+                        key("apiserver-kubelet-client")
+                    )),
                     arg("--kubelet-preferred-address-types=InternalIP,Hostname"),
                     arg(format!(
                         "--default-not-ready-toleration-seconds={}",
@@ -247,7 +262,10 @@ impl Context<'_> {
                         arg(format!("--authorization-kubeconfig={kc}")),
                         arg("--bind-address=127.0.0.1"),
                         arg("--leader-elect=false"),
-                        arg(format!("--service-account-private-key-file={}", p(&pki.sa_key()))),
+                        arg(format!(
+                            "--service-account-private-key-file={}",
+                            p(&pki.sa_key())
+                        )),
                         arg(format!("--root-ca-file={}", p(&pki.ca_cert()))),
                         arg("--use-service-account-credentials=true"),
                         arg(format!("--cluster-signing-cert-file={}", p(&pki.ca_cert()))),
@@ -257,8 +275,14 @@ impl Context<'_> {
                         arg("--allocate-node-cidrs=false"),
                         arg(format!("--cluster-cidr={}", net::CLUSTER_CIDR)),
                         arg(format!("--service-cluster-ip-range={}", net::SERVICE_CIDR)),
-                        arg(format!("--node-monitor-period={}", secs(t.node_monitor_period))),
-                        arg(format!("--node-monitor-grace-period={}", secs(t.node_grace))),
+                        arg(format!(
+                            "--node-monitor-period={}",
+                            secs(t.node_monitor_period)
+                        )),
+                        arg(format!(
+                            "--node-monitor-grace-period={}",
+                            secs(t.node_grace)
+                        )),
                         arg("--profiling=false"),
                         arg("--v=1"),
                     ],
@@ -283,7 +307,10 @@ impl Context<'_> {
                 let edge = need_edge()?;
                 let config = hp.config().join("containerd.toml");
                 write(&config, &containerd_config(&hp))?;
-                write(&hp.cni_conf().join("10-yurt-bridge.conflist"), &cni_config(&hp, edge))?;
+                write(
+                    &hp.cni_conf().join("10-yurt-bridge.conflist"),
+                    &cni_config(&hp, edge),
+                )?;
                 CommandLine {
                     program: "/usr/bin/containerd".into(),
                     args: vec![arg("--config"), arg(p(&config))],
@@ -307,7 +334,10 @@ impl Context<'_> {
                         arg(format!("--container-runtime-endpoint={socket}")),
                         arg(format!("--image-service-endpoint={socket}")),
                         arg("--runtime-request-timeout=5m"),
-                        arg(format!("--pod-infra-container-image={}", image::PAUSE_IMAGE)),
+                        arg(format!(
+                            "--pod-infra-container-image={}",
+                            image::PAUSE_IMAGE
+                        )),
                         arg(format!("--root-dir={}", p(&hp.kubelet_root()))),
                         arg(format!("--hostname-override={}", edge.name)),
                         arg(format!("--node-ip={}", edge.ip)),
@@ -484,7 +514,13 @@ mod tests {
     use super::*;
     use crate::spec::{FleetSpec, Slot, Timing};
 
-    fn fixture() -> (tempfile::TempDir, Plan, FleetPaths, PkiPaths, UpstreamBinaries) {
+    fn fixture() -> (
+        tempfile::TempDir,
+        Plan,
+        FleetPaths,
+        PkiPaths,
+        UpstreamBinaries,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let plan = Plan::new(&FleetSpec::default(), Slot(1)).unwrap();
         let paths = FleetPaths::new(dir.path());
@@ -496,14 +532,34 @@ mod tests {
     #[test]
     fn kubelet_gets_pool_labels_node_ip_and_own_cgroup_root() {
         let (_d, plan, paths, pki, bins) = fixture();
-        let ctx = Context { plan: &plan, paths: &paths, pki: &pki, bins: &bins, timings: Timing::Fast.timings() };
+        let ctx = Context {
+            plan: &plan,
+            paths: &paths,
+            pki: &pki,
+            bins: &bins,
+            timings: Timing::Fast.timings(),
+        };
         let host = plan.host("edge-b1").unwrap();
         let line = ctx.command_line(Component::Kubelet, &host).unwrap();
-        let args: Vec<String> = line.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-        assert!(args.contains(&"--node-ip=10.20.1.11".to_owned()), "{args:?}");
-        assert!(args.contains(&"--node-labels=apps.openyurt.io/nodepool=pool-b,openyurt.io/is-edge-worker=true".to_owned()));
-        let config: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(paths.host(&host).config().join("kubelet.yaml")).unwrap()).unwrap();
+        let args: Vec<String> = line
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            args.contains(&"--node-ip=10.20.1.11".to_owned()),
+            "{args:?}"
+        );
+        assert!(
+            args.contains(
+                &"--node-labels=apps.openyurt.io/nodepool=pool-b,openyurt.io/is-edge-worker=true"
+                    .to_owned()
+            )
+        );
+        let config: serde_yaml::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(paths.host(&host).config().join("kubelet.yaml")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(config["cgroupRoot"].as_str(), Some("/yurt-1/edge-b1"));
         assert_eq!(config["nodeLeaseDurationSeconds"].as_u64(), Some(10));
     }
@@ -512,26 +568,55 @@ mod tests {
     fn cni_uses_the_planned_pod_cidr_without_masquerade() {
         let (_d, plan, paths, _pki, _bins) = fixture();
         let edge = plan.edge("edge-a2").unwrap();
-        let cni: serde_json::Value =
-            serde_json::from_str(&cni_config(&paths.host(&HostId::Edge(edge.name.clone())), edge)).unwrap();
-        assert_eq!(cni["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.3.0/24");
+        let cni: serde_json::Value = serde_json::from_str(&cni_config(
+            &paths.host(&HostId::Edge(edge.name.clone())),
+            edge,
+        ))
+        .unwrap();
+        assert_eq!(
+            cni["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.244.3.0/24"
+        );
         assert_eq!(cni["plugins"][0]["ipMasq"], false);
     }
 
     #[test]
     fn controller_manager_uses_the_timing_profile() {
         let (_d, plan, paths, pki, bins) = fixture();
-        let ctx = Context { plan: &plan, paths: &paths, pki: &pki, bins: &bins, timings: Timing::Fast.timings() };
-        let line = ctx.command_line(Component::KubeControllerManager, &HostId::Cloud).unwrap();
-        let args: Vec<String> = line.args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-        assert!(args.contains(&"--node-monitor-grace-period=16s".to_owned()), "{args:?}");
+        let ctx = Context {
+            plan: &plan,
+            paths: &paths,
+            pki: &pki,
+            bins: &bins,
+            timings: Timing::Fast.timings(),
+        };
+        let line = ctx
+            .command_line(Component::KubeControllerManager, &HostId::Cloud)
+            .unwrap();
+        let args: Vec<String> = line
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            args.contains(&"--node-monitor-grace-period=16s".to_owned()),
+            "{args:?}"
+        );
     }
 
     #[test]
     fn edge_components_refuse_the_cloud_host() {
         let (_d, plan, paths, pki, bins) = fixture();
-        let ctx = Context { plan: &plan, paths: &paths, pki: &pki, bins: &bins, timings: Timing::Fast.timings() };
-        let err = ctx.command_line(Component::Kubelet, &HostId::Cloud).unwrap_err();
+        let ctx = Context {
+            plan: &plan,
+            paths: &paths,
+            pki: &pki,
+            bins: &bins,
+            timings: Timing::Fast.timings(),
+        };
+        let err = ctx
+            .command_line(Component::Kubelet, &HostId::Cloud)
+            .unwrap_err();
         assert!(err.to_string().contains("runs on edge hosts"), "{err}");
     }
 

@@ -177,7 +177,9 @@ pub enum Error {
     },
 
     /// Every fleet slot on this machine is taken.
-    #[error("all {0} fleet slots on this machine are in use; remove old fleets with `yurt down --all --purge`")]
+    #[error(
+        "all {0} fleet slots on this machine are in use; remove old fleets with `yurt down --all --purge`"
+    )]
     SlotsExhausted(usize),
 }
 

@@ -88,13 +88,21 @@ pub fn check_reference(reference: &str) -> Result<()> {
     };
     let (name, tag) = reference.rsplit_once(':').ok_or_else(bad)?;
     let name_ok = name.contains('/')
-        && name
-            .split('/')
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)));
+        && name.split('/').all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        });
     let tag_ok = !tag.is_empty()
         && tag.len() <= 128
-        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if name_ok && tag_ok { Ok(()) } else { Err(bad()) }
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if name_ok && tag_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
 }
 
 /// Reads every regular file under `dir` as image files placed under `prefix`.
@@ -114,10 +122,18 @@ pub fn files_from_dir(dir: &Path, prefix: &str) -> Result<Vec<ImageFile>> {
             if meta.is_dir() {
                 stack.push(path);
             } else if meta.is_file() {
-                let rel = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned();
                 let prefix = prefix.trim_matches('/');
                 out.push(ImageFile {
-                    path: if prefix.is_empty() { rel } else { format!("{prefix}/{rel}") },
+                    path: if prefix.is_empty() {
+                        rel
+                    } else {
+                        format!("{prefix}/{rel}")
+                    },
                     contents: std::fs::read(&path).map_err(|e| Error::io(&path, e))?,
                     mode: meta.permissions().mode() & 0o7777,
                 });
@@ -146,7 +162,12 @@ fn add_dir(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32) -> std::io::Res
     b.append_data(&mut h, path, std::io::empty())
 }
 
-fn add_file(b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]) -> std::io::Result<()> {
+fn add_file(
+    b: &mut tar::Builder<Vec<u8>>,
+    path: &str,
+    mode: u32,
+    data: &[u8],
+) -> std::io::Result<()> {
     let mut h = header(tar::EntryType::Regular, mode, data.len() as u64);
     b.append_data(&mut h, path, data)
 }
@@ -157,7 +178,10 @@ fn add_symlink(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) -> std::
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The applets of a busybox binary (`busybox --list`).
@@ -265,8 +289,20 @@ pub fn build(spec: &ImageSpec, busybox: &Path, out: &Path) -> Result<String> {
     add_dir(&mut b, &layer_sha, 0o755).map_err(io)?;
     add_file(&mut b, &format!("{layer_sha}/VERSION"), 0o644, b"1.0").map_err(io)?;
     add_file(&mut b, &format!("{layer_sha}/layer.tar"), 0o644, &layer).map_err(io)?;
-    add_file(&mut b, "manifest.json", 0o644, manifest.to_string().as_bytes()).map_err(io)?;
-    add_file(&mut b, "repositories", 0o644, repositories.to_string().as_bytes()).map_err(io)?;
+    add_file(
+        &mut b,
+        "manifest.json",
+        0o644,
+        manifest.to_string().as_bytes(),
+    )
+    .map_err(io)?;
+    add_file(
+        &mut b,
+        "repositories",
+        0o644,
+        repositories.to_string().as_bytes(),
+    )
+    .map_err(io)?;
     let archive = b.into_inner().map_err(io)?;
     crate::state::write_atomic(out, &archive)?;
     Ok(format!("sha256:{config_sha}"))
@@ -307,7 +343,13 @@ pub fn list(socket: &Path) -> Result<Vec<String>> {
 pub fn archive_path(dir: &Path, reference: &str) -> PathBuf {
     let safe: String = reference
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     dir.join(format!("{safe}.tar"))
 }
@@ -349,7 +391,8 @@ mod tests {
 
         let files = entries(&std::fs::read(&a).unwrap());
         let get = |n: &str| files.iter().find(|(p, _)| p == n).map(|(_, d)| d.clone());
-        let manifest: serde_json::Value = serde_json::from_slice(&get("manifest.json").unwrap()).unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&get("manifest.json").unwrap()).unwrap();
         assert_eq!(manifest[0]["RepoTags"][0], "yurt.local/test:1");
         let config_name = manifest[0]["Config"].as_str().unwrap();
         let config = get(config_name).unwrap();
@@ -363,8 +406,18 @@ mod tests {
         );
         let layer_files = entries(&layer);
         let names: Vec<&str> = layer_files.iter().map(|(p, _)| p.as_str()).collect();
-        for want in ["bin/busybox", "bin/sh", "bin/httpd", "etc/passwd", "app", "app/run.sh"] {
-            assert!(names.iter().any(|n| n.trim_end_matches('/') == want), "{want} missing");
+        for want in [
+            "bin/busybox",
+            "bin/sh",
+            "bin/httpd",
+            "etc/passwd",
+            "app",
+            "app/run.sh",
+        ] {
+            assert!(
+                names.iter().any(|n| n.trim_end_matches('/') == want),
+                "{want} missing"
+            );
         }
     }
 
@@ -373,7 +426,13 @@ mod tests {
         for ok in ["yurt.local/web:1", "yurt.local/a/b:v1.2-x"] {
             assert!(check_reference(ok).is_ok(), "{ok}");
         }
-        for bad in ["web:1", "yurt.local/Web:1", "yurt.local/web", "yurt.local/web:", "yurt.local//w:1"] {
+        for bad in [
+            "web:1",
+            "yurt.local/Web:1",
+            "yurt.local/web",
+            "yurt.local/web:",
+            "yurt.local//w:1",
+        ] {
             let err = check_reference(bad).unwrap_err().to_string();
             assert!(err.contains("expected registry/name:tag"), "{bad}: {err}");
         }
@@ -385,7 +444,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("sub")).unwrap();
         std::fs::write(dir.path().join("sub/run.sh"), b"x").unwrap();
-        std::fs::set_permissions(dir.path().join("sub/run.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("sub/run.sh"),
+            std::fs::Permissions::from_mode(0o750),
+        )
+        .unwrap();
         let files = files_from_dir(dir.path(), "/app").unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].path, "app/sub/run.sh");

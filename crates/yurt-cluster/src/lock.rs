@@ -40,7 +40,8 @@ fn open(path: &Path) -> Result<File> {
 fn record_pid(lock: &mut Flock<File>, path: &Path) -> Result<()> {
     let file: &mut File = lock;
     file.set_len(0).map_err(|e| Error::io(path, e))?;
-    file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(path, e))?;
     file.write_all(std::process::id().to_string().as_bytes())
         .map_err(|e| Error::io(path, e))
 }
@@ -52,7 +53,10 @@ fn record_pid(lock: &mut Flock<File>, path: &Path) -> Result<()> {
 pub fn exclusive(path: &Path) -> Result<FileLock> {
     let file = open(path)?;
     let mut lock = loop {
-        match Flock::lock(file.try_clone().map_err(|e| Error::io(path, e))?, FlockArg::LockExclusive) {
+        match Flock::lock(
+            file.try_clone().map_err(|e| Error::io(path, e))?,
+            FlockArg::LockExclusive,
+        ) {
             Ok(lock) => break lock,
             Err((_, Errno::EINTR)) => continue,
             Err((_, errno)) => return Err(Error::io(path, errno.into())),

@@ -46,9 +46,15 @@ pub fn create(host: &HostPaths) -> Result<()> {
     // The namespace file must sit on a private mount, or the bind mount of the namespace
     // is refused (EINVAL): make the folder its own private mount.
     if !mounts::is_mount_point(&dir) {
-        cmd::run("bind the mount namespace folder", Command::new("mount").arg("--bind").arg(&dir).arg(&dir))?;
+        cmd::run(
+            "bind the mount namespace folder",
+            Command::new("mount").arg("--bind").arg(&dir).arg(&dir),
+        )?;
     }
-    cmd::run("make the namespace folder private", Command::new("mount").arg("--make-private").arg(&dir))?;
+    cmd::run(
+        "make the namespace folder private",
+        Command::new("mount").arg("--make-private").arg(&dir),
+    )?;
     let file = host.mount_ns();
     std::fs::write(&file, b"").map_err(|e| Error::io(&file, e))?;
     for (source, target) in private_mounts(host) {

@@ -74,7 +74,11 @@ pub fn ip(ns: Option<&str>, args: &[&str]) -> Result<String> {
         c.args(["-n", ns]);
     }
     c.args(args);
-    let what = format!("ip {}{}", args.join(" "), ns.map(|n| format!(" in {n}")).unwrap_or_default());
+    let what = format!(
+        "ip {}{}",
+        args.join(" "),
+        ns.map(|n| format!(" in {n}")).unwrap_or_default()
+    );
     cmd::run(&what, &mut c)
 }
 
@@ -112,7 +116,13 @@ pub fn sysctl(ns: &str, key: &str, value: &str, optional: bool) -> Result<()> {
     } else {
         format!("echo {value} > {file}")
     };
-    run_in(ns, &format!("set {key}={value} in {ns}"), "sh", &["-c", &script]).map(drop)
+    run_in(
+        ns,
+        &format!("set {key}={value} in {ns}"),
+        "sh",
+        &["-c", &script],
+    )
+    .map(drop)
 }
 
 /// Opens a TCP connection from inside namespace `ns`.

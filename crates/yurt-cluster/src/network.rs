@@ -97,7 +97,10 @@ pub fn check_free(plan: &Plan) -> Result<()> {
     for line in out.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         if let (Some(dev), Some(addr)) = (words.get(1), words.get(3))
-            && let Some(a) = addr.split('/').next().and_then(|a| a.parse::<Ipv4Addr>().ok())
+            && let Some(a) = addr
+                .split('/')
+                .next()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok())
             && subnet.contains(a)
         {
             return Err(Error::AddressInUse {
@@ -126,7 +129,11 @@ fn addr(ns: Option<&str>, dev: &str, cidr: &str) -> Result<()> {
 }
 
 fn route(ns: &str, dst: &str, via: Ipv4Addr) -> Result<()> {
-    ip(Some(ns), &["route", "replace", dst, "via", &via.to_string()]).map(drop)
+    ip(
+        Some(ns),
+        &["route", "replace", dst, "via", &via.to_string()],
+    )
+    .map(drop)
 }
 
 /// Creates every namespace, link, address, route and rule of the plan.
@@ -151,7 +158,11 @@ pub fn create(plan: &Plan) -> Result<()> {
     )?;
     addr(None, &host_if, &plan.host_link_ip().to_string())?;
     up(None, &host_if)?;
-    addr(Some(&cloud), "host0", &plan.cloud_host_side_ip().to_string())?;
+    addr(
+        Some(&cloud),
+        "host0",
+        &plan.cloud_host_side_ip().to_string(),
+    )?;
     up(Some(&cloud), "host0")?;
 
     // cloud <-> router
@@ -160,18 +171,32 @@ pub fn create(plan: &Plan) -> Result<()> {
     up(Some(&cloud), "wan0")?;
     addr(Some(&router), "wan0", &net::ROUTER_WAN_IP.to_string())?;
     up(Some(&router), "wan0")?;
-    route(&cloud, &net::EDGE_RANGE.to_string(), net::ROUTER_WAN_IP.addr)?;
-    route(&cloud, &net::CLUSTER_CIDR.to_string(), net::ROUTER_WAN_IP.addr)?;
+    route(
+        &cloud,
+        &net::EDGE_RANGE.to_string(),
+        net::ROUTER_WAN_IP.addr,
+    )?;
+    route(
+        &cloud,
+        &net::CLUSTER_CIDR.to_string(),
+        net::ROUTER_WAN_IP.addr,
+    )?;
     netns::sysctl(&router, "net/ipv4/ip_forward", "1", false)?;
     // The site bridges live in the router: keep bridged frames out of its iptables.
     netns::sysctl(&router, "net/bridge/bridge-nf-call-iptables", "0", true)?;
 
     // sites
     for pool in &plan.pools {
-        ip(Some(&router), &["link", "add", &pool.bridge, "type", "bridge"])?;
+        ip(
+            Some(&router),
+            &["link", "add", &pool.bridge, "type", "bridge"],
+        )?;
         up(Some(&router), &pool.bridge)?;
         veth(&router, &pool.uplink, None, &pool.uplink_port)?;
-        ip(Some(&router), &["link", "set", &pool.uplink_port, "master", &pool.bridge])?;
+        ip(
+            Some(&router),
+            &["link", "set", &pool.uplink_port, "master", &pool.bridge],
+        )?;
         up(Some(&router), &pool.uplink_port)?;
         addr(Some(&router), &pool.uplink, &format!("{}/24", pool.gateway))?;
         up(Some(&router), &pool.uplink)?;
@@ -182,11 +207,23 @@ pub fn create(plan: &Plan) -> Result<()> {
         let ns = plan.netns(&HostId::Edge(edge.name.clone()));
         let pool = &plan.pools[edge.pool];
         veth(&router, &edge.router_port, Some(&ns), "eth0")?;
-        ip(Some(&router), &["link", "set", &edge.router_port, "master", &pool.bridge])?;
+        ip(
+            Some(&router),
+            &["link", "set", &edge.router_port, "master", &pool.bridge],
+        )?;
         up(Some(&router), &edge.router_port)?;
         addr(Some(&ns), "eth0", &format!("{}/24", edge.ip))?;
         up(Some(&ns), "eth0")?;
-        ip(Some(&ns), &["route", "replace", "default", "via", &pool.gateway.to_string()])?;
+        ip(
+            Some(&ns),
+            &[
+                "route",
+                "replace",
+                "default",
+                "via",
+                &pool.gateway.to_string(),
+            ],
+        )?;
         route(&router, &edge.pod_cidr.to_string(), edge.ip)?;
         for peer in plan.pool_members(edge.pool).filter(|p| p.name != edge.name) {
             route(&ns, &peer.pod_cidr.to_string(), peer.ip)?;
@@ -205,16 +242,52 @@ pub fn create(plan: &Plan) -> Result<()> {
 /// and connections opened towards a site from outside it are refused.
 fn nat_rules(plan: &Plan) -> Result<()> {
     let router = plan.netns(&HostId::Router);
-    let ipt = |args: &[&str]| netns::run_in(&router, "add a NAT rule in the router", "iptables", args).map(drop);
-    ipt(&["-w", "-t", "nat", "-A", "POSTROUTING", "-o", "wan0", "-j", "MASQUERADE"])?;
+    let ipt = |args: &[&str]| {
+        netns::run_in(&router, "add a NAT rule in the router", "iptables", args).map(drop)
+    };
+    ipt(&[
+        "-w",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-o",
+        "wan0",
+        "-j",
+        "MASQUERADE",
+    ])?;
     for pool in &plan.pools {
         ipt(&[
-            "-w", "-A", "FORWARD", "-o", &pool.uplink, "-p", "tcp", "-m", "conntrack", "--ctstate", "NEW", "-j",
-            "REJECT", "--reject-with", "tcp-reset",
+            "-w",
+            "-A",
+            "FORWARD",
+            "-o",
+            &pool.uplink,
+            "-p",
+            "tcp",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
         ])?;
         ipt(&[
-            "-w", "-A", "FORWARD", "-o", &pool.uplink, "-m", "conntrack", "--ctstate", "NEW", "-j", "REJECT",
-            "--reject-with", "icmp-port-unreachable",
+            "-w",
+            "-A",
+            "FORWARD",
+            "-o",
+            &pool.uplink,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "NEW",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "icmp-port-unreachable",
         ])?;
     }
     Ok(())
@@ -229,7 +302,11 @@ pub fn set_link(plan: &Plan, target: &LinkTarget, connected: bool) -> Result<()>
         .router_interface(plan)
         .ok_or_else(|| Error::Invalid(format!("no link for {}", target.name())))?;
     let state = if connected { "up" } else { "down" };
-    ip(Some(&plan.netns(&HostId::Router)), &["link", "set", &dev, state]).map(drop)
+    ip(
+        Some(&plan.netns(&HostId::Router)),
+        &["link", "set", &dev, state],
+    )
+    .map(drop)
 }
 
 /// Whether a link is up.
@@ -240,7 +317,10 @@ pub fn link_is_up(plan: &Plan, target: &LinkTarget) -> Result<bool> {
     let dev = target
         .router_interface(plan)
         .ok_or_else(|| Error::Invalid(format!("no link for {}", target.name())))?;
-    let out = ip(Some(&plan.netns(&HostId::Router)), &["-o", "link", "show", &dev])?;
+    let out = ip(
+        Some(&plan.netns(&HostId::Router)),
+        &["-o", "link", "show", &dev],
+    )?;
     Ok(out.contains(",UP") || out.contains("<UP"))
 }
 
@@ -253,7 +333,10 @@ pub fn destroy(prefix: &str, host_interface: &str) -> Result<()> {
     for name in netns::list().into_iter().filter(|n| n.starts_with(prefix)) {
         netns::delete(&name)?;
     }
-    if std::path::Path::new("/sys/class/net").join(host_interface).exists() {
+    if std::path::Path::new("/sys/class/net")
+        .join(host_interface)
+        .exists()
+    {
         let _ = ip(None, &["link", "delete", host_interface]);
     }
     Ok(())

@@ -46,7 +46,10 @@ pub fn ensure(packages: &[&str], reporter: &dyn Reporter) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let step = Step::start(reporter, format!("installing Debian packages: {}", missing.join(" ")));
+    let step = Step::start(
+        reporter,
+        format!("installing Debian packages: {}", missing.join(" ")),
+    );
     let install = || {
         let mut c = Command::new("apt-get");
         c.env("DEBIAN_FRONTEND", "noninteractive")

@@ -205,7 +205,10 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
             let spec = CertSpec::server(
                 edge.name.as_str(),
                 &[edge.name.as_str(), "localhost"],
-                &[IpAddr::V4(edge.ip), IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
+                &[
+                    IpAddr::V4(edge.ip),
+                    IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                ],
             );
             write_pair(&pki, &stem, &ca.issue(&spec)?)?;
         }
@@ -220,7 +223,13 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
             Identity::KubeProxy | Identity::Node(_) | Identity::ApiserverKubeletClient => &in_fleet,
         };
         let stem = id.stem();
-        let text = kubeconfig(server, &ca_pem, &read(&pki.cert(&stem))?, &read(&pki.key(&stem))?, &stem)?;
+        let text = kubeconfig(
+            server,
+            &ca_pem,
+            &read(&pki.cert(&stem))?,
+            &read(&pki.key(&stem))?,
+            &stem,
+        )?;
         write_file(&pki.kubeconfig(&stem), &text, true)?;
     }
     let admin = kubeconfig(
@@ -238,7 +247,13 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
 ///
 /// # Errors
 /// Only if YAML serialisation fails.
-pub fn kubeconfig(server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str, user: &str) -> Result<String> {
+pub fn kubeconfig(
+    server: &str,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    user: &str,
+) -> Result<String> {
     let value = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
@@ -267,9 +282,18 @@ mod tests {
         let paths = FleetPaths::new(dir.path());
         let plan = Plan::new(&FleetSpec::default(), Slot(5)).unwrap();
         let pki = ensure(&paths, &plan).unwrap();
-        for stem in ["admin", "kubelet-edge-a1", "kubelet-edge-b2-serving", "apiserver", "kube-proxy"] {
+        for stem in [
+            "admin",
+            "kubelet-edge-a1",
+            "kubelet-edge-b2-serving",
+            "apiserver",
+            "kube-proxy",
+        ] {
             assert!(pki.cert(stem).exists(), "{stem}");
-            let mode = std::fs::metadata(pki.key(stem)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(pki.key(stem))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600, "{stem} key mode");
         }
         let node_key = std::fs::read(pki.key("kubelet-edge-a1")).unwrap();
@@ -279,13 +303,16 @@ mod tests {
         assert_eq!(std::fs::read(pki.ca_cert()).unwrap(), ca);
 
         let admin: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(paths.admin_kubeconfig()).unwrap()).unwrap();
+            serde_yaml::from_str(&std::fs::read_to_string(paths.admin_kubeconfig()).unwrap())
+                .unwrap();
         assert_eq!(
             admin["clusters"][0]["cluster"]["server"].as_str(),
             Some("https://10.255.5.2:6443")
         );
-        let kubelet: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(pki.kubeconfig("kubelet-edge-a1")).unwrap()).unwrap();
+        let kubelet: serde_yaml::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(pki.kubeconfig("kubelet-edge-a1")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             kubelet["clusters"][0]["cluster"]["server"].as_str(),
             Some("https://10.10.0.1:6443")

@@ -35,9 +35,10 @@ pub async fn check(ns: &str, probe: &Probe) -> bool {
 
 async fn connect(ns: &str, addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
     let ns = ns.to_owned();
-    let stream = tokio::task::spawn_blocking(move || netns::connect_tcp(&ns, addr, CONNECT_TIMEOUT))
-        .await
-        .map_err(std::io::Error::other)??;
+    let stream =
+        tokio::task::spawn_blocking(move || netns::connect_tcp(&ns, addr, CONNECT_TIMEOUT))
+            .await
+            .map_err(std::io::Error::other)??;
     stream.set_nonblocking(true)?;
     tokio::net::TcpStream::from_std(stream)
 }
@@ -57,7 +58,10 @@ pub async fn http_get(ns: &str, addr: SocketAddr, path: &str) -> std::io::Result
             .header(hyper::header::HOST, addr.to_string())
             .body(Empty::<Bytes>::new())
             .map_err(std::io::Error::other)?;
-        let resp = sender.send_request(req).await.map_err(std::io::Error::other)?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(std::io::Error::other)?;
         let status = resp.status().as_u16();
         let body = resp
             .into_body()

@@ -59,17 +59,14 @@ impl Launch {
             c.arg("--");
         }
         c.arg(&self.program).args(&self.args);
-        c.env_clear()
-            .env("PATH", PATH)
-            .env("HOME", "/root")
-            .env(
-                "YURT_CGROUP_PROCS",
-                self.cgroup_procs
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(":"),
-            );
+        c.env_clear().env("PATH", PATH).env("HOME", "/root").env(
+            "YURT_CGROUP_PROCS",
+            self.cgroup_procs
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
+        );
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -118,7 +115,10 @@ impl PidRecord {
     /// # Errors
     /// I/O errors.
     pub fn write(&self, path: &Path) -> Result<()> {
-        crate::state::write_atomic(path, format!("{} {}\n", self.pid, self.start_time).as_bytes())
+        crate::state::write_atomic(
+            path,
+            format!("{} {}\n", self.pid, self.start_time).as_bytes(),
+        )
     }
 }
 
@@ -189,7 +189,10 @@ pub fn humantime_now() -> String {
     time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -214,7 +217,10 @@ mod tests {
         assert_eq!(PidRecord::read(&pid_file), Some(record));
         assert!(record.is_alive());
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !std::fs::read_to_string(&log).unwrap().contains("started hello") {
+        while !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("started hello")
+        {
             assert!(Instant::now() < deadline, "log never showed the greeting");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -229,8 +235,20 @@ mod tests {
     fn a_recycled_pid_is_not_our_process() {
         let me = std::process::id() as i32;
         let (_, start) = stat(me).unwrap();
-        assert!(PidRecord { pid: me, start_time: start }.is_alive());
-        assert!(!PidRecord { pid: me, start_time: start + 1 }.is_alive());
+        assert!(
+            PidRecord {
+                pid: me,
+                start_time: start
+            }
+            .is_alive()
+        );
+        assert!(
+            !PidRecord {
+                pid: me,
+                start_time: start + 1
+            }
+            .is_alive()
+        );
     }
 
     #[test]

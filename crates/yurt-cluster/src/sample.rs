@@ -63,7 +63,7 @@ pub fn deployment(pool: &str, replicas: usize) -> serde_json::Value {
                         "name": "web",
                         "image": IMAGE,
                         "imagePullPolicy": "IfNotPresent",
-                        "ports": [{"containerPort": CONTAINER_PORT}],
+                        "ports": [{"containerPort": CONTAINER_PORT, "protocol": "TCP"}],
                         "env": [
                             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
@@ -92,7 +92,7 @@ pub fn service(pool: &str) -> serde_json::Value {
         "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": name}},
         "spec": {
             "selector": {"app": name},
-            "ports": [{"port": 80, "targetPort": CONTAINER_PORT}],
+            "ports": [{"port": 80, "targetPort": CONTAINER_PORT, "protocol": "TCP"}],
         }
     })
 }
@@ -109,7 +109,11 @@ pub async fn apply(client: &kube::Client, plan: &Plan) -> Result<()> {
         let name = app_name(pool.name.as_str());
         let replicas = plan.pool_members(usize::from(pool.index)).count();
         deployments
-            .patch(&name, &params, &Patch::Apply(deployment(pool.name.as_str(), replicas)))
+            .patch(
+                &name,
+                &params,
+                &Patch::Apply(deployment(pool.name.as_str(), replicas)),
+            )
             .await
             .map_err(|e| Error::kube(format!("apply deployment {name}"), e))?;
         services
@@ -134,7 +138,11 @@ pub async fn wait_available(client: &kube::Client, plan: &Plan, timeout: Duratio
             let ready = match deployments.get_opt(&name).await {
                 Ok(Some(d)) => {
                     let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                    let have = d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+                    let have = d
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.available_replicas)
+                        .unwrap_or(0);
                     have >= want
                 }
                 _ => false,
@@ -179,7 +187,14 @@ mod tests {
     #[test]
     fn image_runs_the_serve_script() {
         let spec = image_spec();
-        assert_eq!(spec.entrypoint.as_deref(), Some(&["/app/serve.sh".to_owned()][..]));
-        assert!(spec.files.iter().any(|f| f.path == "app/serve.sh" && f.mode == 0o755));
+        assert_eq!(
+            spec.entrypoint.as_deref(),
+            Some(&["/app/serve.sh".to_owned()][..])
+        );
+        assert!(
+            spec.files
+                .iter()
+                .any(|f| f.path == "app/serve.sh" && f.mode == 0o755)
+        );
     }
 }

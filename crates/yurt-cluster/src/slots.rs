@@ -52,7 +52,8 @@ impl Registry {
             else {
                 continue;
             };
-            let target = std::fs::read_to_string(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+            let target =
+                std::fs::read_to_string(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
             out.push((Slot(slot), PathBuf::from(target.trim())));
         }
         out.sort();
@@ -87,11 +88,7 @@ impl Registry {
         };
         let chosen = preferred
             .filter(|s| owner_of(*s).is_some_and(|d| d == data_dir) || free(*s))
-            .or_else(|| {
-                (0..SLOTS)
-                    .map(|n| Slot(n as u8))
-                    .find(|s| free(*s))
-            })
+            .or_else(|| (0..SLOTS).map(|n| Slot(n as u8)).find(|s| free(*s)))
             .ok_or(Error::SlotsExhausted(SLOTS))?;
         let file = self.slot_file(chosen);
         state::write_atomic(&file, data_dir.as_os_str().as_encoded_bytes())?;
@@ -130,7 +127,11 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         let none = |_| false;
         let sa = reg.claim(a.path(), None, &none).unwrap();
-        state::save(&a.path().join("fleet.json"), &FleetState::new(FleetSpec::default(), sa)).unwrap();
+        state::save(
+            &a.path().join("fleet.json"),
+            &FleetState::new(FleetSpec::default(), sa),
+        )
+        .unwrap();
         let sb = reg.claim(b.path(), None, &none).unwrap();
         assert_eq!((sa, sb), (Slot(0), Slot(1)));
         assert_eq!(reg.claim(a.path(), Some(sa), &none).unwrap(), sa);

@@ -410,7 +410,11 @@ impl Plan {
 
     /// The API server URL for clients on this machine (outside the fleet).
     pub fn api_url_from_host(&self) -> String {
-        format!("https://{}:{}", self.cloud_host_side_ip().addr, net::API_PORT)
+        format!(
+            "https://{}:{}",
+            self.cloud_host_side_ip().addr,
+            net::API_PORT
+        )
     }
 
     /// The API server URL for clients inside the fleet (edge hosts).

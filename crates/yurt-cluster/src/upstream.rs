@@ -93,7 +93,9 @@ impl UpstreamBinaries {
 }
 
 fn version_dir(cache_dir: &Path) -> PathBuf {
-    cache_dir.join("kubernetes").join(format!("v{KUBERNETES_VERSION}"))
+    cache_dir
+        .join("kubernetes")
+        .join(format!("v{KUBERNETES_VERSION}"))
 }
 
 fn complete_marker(bin: &Path) -> PathBuf {
@@ -104,7 +106,9 @@ fn complete_marker(bin: &Path) -> PathBuf {
 pub fn cached(cache_dir: &Path) -> Option<UpstreamBinaries> {
     let dir = version_dir(cache_dir).join("bin");
     let complete = complete_marker(&dir).exists()
-        && Binary::ALL.iter().all(|b| dir.join(b.file_name()).is_file());
+        && Binary::ALL
+            .iter()
+            .all(|b| dir.join(b.file_name()).is_file());
     complete.then_some(UpstreamBinaries { dir })
 }
 
@@ -163,7 +167,9 @@ fn mirror_in(text: &str) -> Option<String> {
             })
         };
         if let (Some(types), Some(uris)) = (field("Types"), field("URIs"))
-            && types.split_whitespace().any(|t| t == "deb" || t == "deb-src")
+            && types
+                .split_whitespace()
+                .any(|t| t == "deb" || t == "deb-src")
             && let Some(uri) = uris.split_whitespace().find(|u| is_debian(u))
         {
             return Some(uri.trim_end_matches('/').to_owned());
@@ -192,7 +198,10 @@ fn download_source(
     if let Some(orig) = find_orig(&download) {
         return Ok(orig);
     }
-    let step = Step::start(reporter, "fetching Debian's kubernetes source package (34 MB)");
+    let step = Step::start(
+        reporter,
+        "fetching Debian's kubernetes source package (34 MB)",
+    );
     let mirror = debian_mirror().ok_or_else(|| Error::Build {
         step: "find the Debian mirror".into(),
         detail: "no Debian archive URI in /etc/apt/sources.list or /etc/apt/sources.list.d".into(),
@@ -251,7 +260,11 @@ fn unpack(vdir: &Path, orig: &Path, log: &Path, reporter: &dyn Reporter) -> Resu
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     let mut tar = Command::new("tar");
-    tar.arg("xzf").arg(orig).arg("-C").arg(&tmp).arg("--strip-components=1");
+    tar.arg("xzf")
+        .arg(orig)
+        .arg("-C")
+        .arg(&tmp)
+        .arg("--strip-components=1");
     run_logged("unpack the source", &mut tar, log)?;
     // The build wants the tree at $GOPATH/src/k8s.io/kubernetes.
     let gopath_dir = tmp.join(".go/src/k8s.io");
@@ -271,7 +284,9 @@ fn build(cache_dir: &Path, src: &Path, log: &Path, reporter: &dyn Reporter) -> R
         .collect();
     let step = Step::start(
         reporter,
-        format!("building Kubernetes {KUBERNETES_VERSION} with Go (about 5 minutes on 2 cores, once)"),
+        format!(
+            "building Kubernetes {KUBERNETES_VERSION} with Go (about 5 minutes on 2 cores, once)"
+        ),
     );
     // A failed earlier attempt can leave an empty generator binary behind.
     let _ = std::fs::remove_dir_all(src.join("_output"));
@@ -311,7 +326,10 @@ fn build(cache_dir: &Path, src: &Path, log: &Path, reporter: &dyn Reporter) -> R
     .map(|pipe| {
         let tx = tx.clone();
         std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(std::result::Result::ok) {
+            for line in BufReader::new(pipe)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
                 if tx.send(line).is_err() {
                     break;
                 }
@@ -337,10 +355,7 @@ fn build(cache_dir: &Path, src: &Path, log: &Path, reporter: &dyn Reporter) -> R
     if !status.success() {
         return Err(Error::Build {
             step: format!("make WHAT=\"{}\"", targets.join(" ")),
-            detail: format!(
-                "{status}; last output:\n{}",
-                cmd::tail_file(log, 8)
-            ),
+            detail: format!("{status}; last output:\n{}", cmd::tail_file(log, 8)),
             log: log.to_owned(),
         });
     }
@@ -402,19 +417,28 @@ mod tests {
     fn finds_mirror_in_deb822_sources() {
         let text = "Types: deb\n# comment\nURIs: http://deb.debian.org/debian\nSuites: bookworm\nComponents: main\n\n\
                     Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n";
-        assert_eq!(mirror_in(text).as_deref(), Some("http://deb.debian.org/debian"));
+        assert_eq!(
+            mirror_in(text).as_deref(),
+            Some("http://deb.debian.org/debian")
+        );
     }
 
     #[test]
     fn finds_mirror_in_one_line_sources() {
         let text = "# x\ndeb http://security.debian.org/debian-security bookworm-security main\n\
                     deb [arch=amd64 signed-by=/k.gpg] http://mirror.example/debian/ bookworm main\n";
-        assert_eq!(mirror_in(text).as_deref(), Some("http://mirror.example/debian"));
+        assert_eq!(
+            mirror_in(text).as_deref(),
+            Some("http://mirror.example/debian")
+        );
     }
 
     #[test]
     fn ignores_non_debian_sources() {
-        assert_eq!(mirror_in("deb https://packages.cloud.google.com/apt cloud-sdk main\n"), None);
+        assert_eq!(
+            mirror_in("deb https://packages.cloud.google.com/apt cloud-sdk main\n"),
+            None
+        );
     }
 
     #[test]
@@ -427,6 +451,9 @@ mod tests {
         }
         assert!(cached(dir.path()).is_none());
         std::fs::write(complete_marker(&bin), b"1.20.2").unwrap();
-        assert_eq!(cached(dir.path()).unwrap().path(Binary::Kubelet), bin.join("kubelet"));
+        assert_eq!(
+            cached(dir.path()).unwrap().path(Binary::Kubelet),
+            bin.join("kubelet")
+        );
     }
 }

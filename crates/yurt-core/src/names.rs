@@ -119,7 +119,10 @@ mod tests {
     #[test]
     fn accepts_dns_labels() {
         for ok in ["a", "edge-a1", "pool-b", "x0", &"a".repeat(63)] {
-            assert_eq!(ok.parse::<NodeName>().map(|n| n.to_string()), Ok(ok.to_owned()));
+            assert_eq!(
+                ok.parse::<NodeName>().map(|n| n.to_string()),
+                Ok(ok.to_owned())
+            );
         }
     }
 
@@ -128,7 +131,10 @@ mod tests {
         let cases = [
             ("", "must not be empty"),
             ("Edge", "may contain only lowercase letters, digits and '-'"),
-            ("edge_1", "may contain only lowercase letters, digits and '-'"),
+            (
+                "edge_1",
+                "may contain only lowercase letters, digits and '-'",
+            ),
             ("-edge", "must start and end with a letter or digit"),
             ("edge-", "must start and end with a letter or digit"),
         ];

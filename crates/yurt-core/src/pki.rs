@@ -138,7 +138,8 @@ pub struct CertificateAuthority {
 
 impl std::fmt::Debug for CertificateAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertificateAuthority").finish_non_exhaustive()
+        f.debug_struct("CertificateAuthority")
+            .finish_non_exhaustive()
     }
 }
 
@@ -245,13 +246,10 @@ impl CertificateAuthority {
             ],
         };
         for name in &spec.dns_names {
-            let ia5 = name
-                .clone()
-                .try_into()
-                .map_err(|_| Error::InvalidDnsName {
-                    subject: spec.common_name.clone(),
-                    name: name.clone(),
-                })?;
+            let ia5 = name.clone().try_into().map_err(|_| Error::InvalidDnsName {
+                subject: spec.common_name.clone(),
+                name: name.clone(),
+            })?;
             params.subject_alt_names.push(SanType::DnsName(ia5));
         }
         for ip in &spec.ip_addresses {
@@ -346,7 +344,11 @@ mod tests {
         let ca = CertificateAuthority::generate("test-ca").unwrap();
         let ip: IpAddr = "10.10.0.1".parse().unwrap();
         let server = ca
-            .issue(&CertSpec::server("apiserver", &["kubernetes.default"], &[ip]))
+            .issue(&CertSpec::server(
+                "apiserver",
+                &["kubernetes.default"],
+                &[ip],
+            ))
             .unwrap();
         let client = ca
             .issue(&CertSpec::client("admin", &["system:masters"]))
@@ -381,10 +383,15 @@ mod tests {
     fn certificates_from_a_foreign_ca_are_rejected() {
         let ca = CertificateAuthority::generate("test-ca").unwrap();
         let other = CertificateAuthority::generate("other-ca").unwrap();
-        let server = ca.issue(&CertSpec::server("s", &["localhost"], &[])).unwrap();
+        let server = ca
+            .issue(&CertSpec::server("s", &["localhost"], &[]))
+            .unwrap();
         let client = other.issue(&CertSpec::client("c", &[])).unwrap();
         let err = handshake(&ca, &ca, &server, &client, "localhost").unwrap_err();
-        assert!(matches!(err, rustls::Error::InvalidCertificate(_)), "{err:?}");
+        assert!(
+            matches!(err, rustls::Error::InvalidCertificate(_)),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -1,1 +1,354 @@
-//! placeholder
+//! Test fixtures on real fleets (dev-only).
+//!
+//! - [`shared`]: one fleet (4 edge nodes in 2 pools, routed, fast timings) started by
+//!   the first test that asks for it and reused by every test that does not disturb it,
+//!   across test processes (a file lock guards its creation).
+//! - [`fresh`]: a fleet of its own for a test that cuts links, reboots hosts or stops
+//!   processes; removed (with its data) when the handle is dropped, even on panic.
+//!
+//! Every wait is bounded and says what it waited for.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let fleet = yurt_testkit::shared().await?;
+//! let nodes = fleet.kubectl(&["get", "nodes"])?;
+//! assert!(nodes.contains("edge-a1"));
+//! # Ok(()) }
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use yurt_cluster::progress::LineReporter;
+use yurt_cluster::{Fleet, FleetSpec, MachineConfig, NetMode, Timing, UpOptions};
+
+/// Where test fleets keep their data.
+pub const TEST_ROOT: &str = "/var/lib/yurt-test";
+
+/// The installed kubectl (1.27–1.33, matched to the server by its dispatcher).
+pub const INSTALLED_KUBECTL: &str = "/usr/bin/kubectl";
+
+/// Machine settings for tests: the same cache and registry as `yurt`, so `yurt down
+/// --all` clears test fleets too.
+pub fn machine() -> MachineConfig {
+    MachineConfig::default()
+}
+
+/// The spec of the shared fleet.
+pub fn shared_spec() -> FleetSpec {
+    FleetSpec {
+        edge_nodes: 4,
+        pools: 2,
+        mode: NetMode::Routed,
+        timing: Timing::Fast,
+        sample_app: true,
+    }
+}
+
+/// A fleet under test.
+pub struct TestFleet {
+    fleet: Fleet,
+    client: kube::Client,
+    dir: PathBuf,
+    remove_on_drop: bool,
+}
+
+impl std::fmt::Debug for TestFleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestFleet")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+async fn healthy(fleet: &Fleet) -> bool {
+    if !fleet.is_up() || !fleet.crashed().is_empty() {
+        return false;
+    }
+    let Ok(client) = fleet.client().await else {
+        return false;
+    };
+    let ready = yurt_cluster::fleet::wait_nodes_ready(
+        &client,
+        fleet.plan(),
+        Duration::from_secs(30),
+        &|_| {},
+    );
+    ready.await.is_ok()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("blocking task panicked")
+}
+
+async fn bring_up(dir: &Path, spec: FleetSpec) -> anyhow::Result<Fleet> {
+    let fleet = yurt_cluster::up(
+        &machine(),
+        dir,
+        UpOptions { spec: Some(spec) },
+        Arc::new(LineReporter),
+    )
+    .await
+    .with_context(|| format!("bringing up the test fleet in {}", dir.display()))?;
+    Ok(fleet)
+}
+
+/// The shared fleet, started if no healthy one is running.
+///
+/// # Errors
+/// If the fleet cannot be brought up.
+pub async fn shared() -> anyhow::Result<TestFleet> {
+    let dir = PathBuf::from(TEST_ROOT).join("shared");
+    let lock_path = PathBuf::from(TEST_ROOT).join("shared.lock");
+    let lock = blocking(move || yurt_cluster::lock::exclusive(&lock_path)).await??;
+    let existing = Fleet::open(&machine(), &dir)
+        .ok()
+        .filter(|f| f.state().spec == shared_spec());
+    let fleet = match existing {
+        Some(f) if healthy(&f).await => f,
+        _ => {
+            let d = dir.clone();
+            blocking(move || yurt_cluster::down(&machine(), &d, true, &LineReporter)).await??;
+            bring_up(&dir, shared_spec()).await?
+        }
+    };
+    drop(lock);
+    let client = fleet.client().await?;
+    Ok(TestFleet {
+        fleet,
+        client,
+        dir,
+        remove_on_drop: false,
+    })
+}
+
+/// A new fleet of its own for one test, in `TEST_ROOT/<name>`; removed when dropped.
+///
+/// # Errors
+/// If the fleet cannot be brought up.
+pub async fn fresh(name: &str, spec: FleetSpec) -> anyhow::Result<TestFleet> {
+    let dir = PathBuf::from(TEST_ROOT).join(name);
+    let d = dir.clone();
+    blocking(move || yurt_cluster::down(&machine(), &d, true, &LineReporter)).await??;
+    let fleet = bring_up(&dir, spec).await?;
+    let client = fleet.client().await?;
+    Ok(TestFleet {
+        fleet,
+        client,
+        dir,
+        remove_on_drop: true,
+    })
+}
+
+impl Drop for TestFleet {
+    fn drop(&mut self) {
+        if self.remove_on_drop
+            && let Err(e) = yurt_cluster::down(&machine(), &self.dir, true, &LineReporter)
+        {
+            eprintln!("removing test fleet {}: {e}", self.dir.display());
+        }
+    }
+}
+
+impl TestFleet {
+    /// The fleet.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// The fleet, mutably (for cut/restore/stop/start/reboot).
+    pub fn fleet_mut(&mut self) -> &mut Fleet {
+        &mut self.fleet
+    }
+
+    /// An admin client.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
+    /// The data folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Runs the built kubectl 1.20 with `args`; fails with its output unless it succeeds.
+    ///
+    /// # Errors
+    /// Non-zero exit, with stderr in the message.
+    pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
+        run_checked(self.fleet.kubectl().args(args))
+    }
+
+    /// Runs the installed kubectl with `args`.
+    ///
+    /// # Errors
+    /// Non-zero exit, with stderr in the message.
+    pub fn kubectl_installed(&self, args: &[&str]) -> anyhow::Result<String> {
+        run_checked(self.installed_kubectl().args(args))
+    }
+
+    /// A command for the installed kubectl pointed at this fleet.
+    pub fn installed_kubectl(&self) -> Command {
+        let mut c = Command::new(INSTALLED_KUBECTL);
+        c.env("KUBECONFIG", self.fleet.admin_kubeconfig());
+        c
+    }
+
+    /// Runs `argv` inside `host`.
+    ///
+    /// # Errors
+    /// If the command cannot start (a failing command is returned as its output).
+    pub fn exec(&self, host: &str, argv: &[&str]) -> anyhow::Result<Output> {
+        let argv: Vec<String> = argv.iter().map(|s| (*s).to_owned()).collect();
+        let mut cmd = self.fleet.exec_command(host, &argv)?;
+        cmd.output()
+            .with_context(|| format!("run {argv:?} in {host}"))
+    }
+
+    /// Cuts a node, pool or `cloud` link.
+    ///
+    /// # Errors
+    /// Unknown target or `ip` failure.
+    pub fn cut(&mut self, target: &str) -> anyhow::Result<()> {
+        self.fleet.cut(target)?;
+        Ok(())
+    }
+
+    /// Restores a link.
+    ///
+    /// # Errors
+    /// Unknown target or `ip` failure.
+    pub fn restore(&mut self, target: &str) -> anyhow::Result<()> {
+        self.fleet.restore(target)?;
+        Ok(())
+    }
+
+    /// Stops a process on a host.
+    ///
+    /// # Errors
+    /// Unknown host or process.
+    pub fn stop(&mut self, host: &str, process: &str) -> anyhow::Result<()> {
+        self.fleet.stop_process(host, process)?;
+        Ok(())
+    }
+
+    /// Starts a process on a host and waits until it is ready.
+    ///
+    /// # Errors
+    /// Unknown host or process, start failure.
+    pub async fn start(&mut self, host: &str, process: &str) -> anyhow::Result<()> {
+        self.fleet.start_process(host, process).await?;
+        Ok(())
+    }
+
+    /// Reboots an edge host.
+    ///
+    /// # Errors
+    /// Unknown host, start failure.
+    pub async fn reboot(&mut self, node: &str) -> anyhow::Result<()> {
+        self.fleet.reboot(node).await?;
+        Ok(())
+    }
+
+    /// The Ready condition of `node` (`"True"`, `"False"`, `"Unknown"`).
+    ///
+    /// # Errors
+    /// API errors.
+    pub async fn node_ready(&self, node: &str) -> anyhow::Result<String> {
+        let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(self.client());
+        let n = nodes.get(node).await?;
+        Ok(n.status
+            .and_then(|s| s.conditions)
+            .and_then(|c| c.into_iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status)
+            .unwrap_or_else(|| "Missing".into()))
+    }
+}
+
+/// Runs a command and returns its stdout, failing with both streams if it fails.
+///
+/// # Errors
+/// Spawn failure or non-zero exit.
+pub fn run_checked(cmd: &mut Command) -> anyhow::Result<String> {
+    let rendered = yurt_cluster::cmd::render(cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot run {rendered}"))?;
+    if !out.status.success() {
+        bail!(
+            "`{rendered}` failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `check` until it returns `Ok(Some(value))`, or fails after `timeout` with
+/// `what` and the last error or observation.
+///
+/// # Errors
+/// Timeout.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "condition not met".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}; last: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wait_for_names_what_it_waited_for() {
+        let err = wait_for::<(), _, _>("the moon", Duration::from_millis(100), || async {
+            anyhow::bail!("still dark")
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("waiting for the moon"), "{err}");
+        assert!(err.contains("still dark"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn wait_for_returns_the_value() {
+        let mut n = 0;
+        let v = wait_for("three", Duration::from_secs(5), || {
+            n += 1;
+            let done = n == 3;
+            async move { Ok(done.then_some(n)) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(v, 3);
+    }
+
+    #[test]
+    fn run_checked_reports_failures() {
+        let err = run_checked(Command::new("sh").args(["-c", "echo out; echo err >&2; exit 2"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("out") && err.contains("err"), "{err}");
+        assert_eq!(run_checked(Command::new("echo").arg("hi")).unwrap(), "hi\n");
+    }
+}

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, NodeSpec};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -44,7 +45,9 @@ pub async fn api_ready(client: &kube::Client) -> bool {
 }
 
 /// Creates each edge host's Node object before its kubelet starts, with its pool
-/// labels and the pod CIDR the address plan gave it. An existing Node is left as it is.
+/// labels and the pod CIDR the address plan gave it, so every node's CNI range, its
+/// Node object and the fleet's routes agree from the start. An existing Node (a
+/// restarted fleet) is left as it is.
 ///
 /// # Errors
 /// API errors other than "already exists".
@@ -56,9 +59,21 @@ pub async fn register_nodes(client: &kube::Client, plan: &Plan) -> Result<()> {
             metadata: ObjectMeta {
                 name: Some(edge.name.to_string()),
                 labels: Some(BTreeMap::from([
-                    (yurt_api::labels::NODE_POOL.to_owned(), pool.name.to_string()),
-                    (yurt_api::labels::IS_EDGE_WORKER.to_owned(), "true".to_owned()),
+                    (
+                        yurt_api::labels::NODE_POOL.to_owned(),
+                        pool.name.to_string(),
+                    ),
+                    (
+                        yurt_api::labels::IS_EDGE_WORKER.to_owned(),
+                        "true".to_owned(),
+                    ),
                 ])),
+                // kubelet 1.20 writes into the annotations of an existing Node without
+                // creating the map (and panics on a nil map): give it the value it sets.
+                annotations: Some(BTreeMap::from([(
+                    "volumes.kubernetes.io/controller-managed-attach-detach".to_owned(),
+                    "true".to_owned(),
+                )])),
                 ..ObjectMeta::default()
             },
             spec: Some(NodeSpec {
@@ -66,7 +81,19 @@ pub async fn register_nodes(client: &kube::Client, plan: &Plan) -> Result<()> {
                 pod_cidrs: Some(vec![edge.pod_cidr.to_string()]),
                 ..NodeSpec::default()
             }),
-            status: None,
+            // kubelet 1.20 also writes into the capacity maps of an existing Node; they
+            // must be non-empty to survive serialisation. kubelet replaces them at once.
+            status: Some(NodeStatus {
+                capacity: Some(BTreeMap::from([(
+                    "pods".to_owned(),
+                    Quantity("110".into()),
+                )])),
+                allocatable: Some(BTreeMap::from([(
+                    "pods".to_owned(),
+                    Quantity("110".into()),
+                )])),
+                ..NodeStatus::default()
+            }),
         };
         match nodes.create(&PostParams::default(), &node).await {
             Ok(_) => {}

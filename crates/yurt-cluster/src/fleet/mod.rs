@@ -65,7 +65,9 @@ pub fn system_cgroup(slot: Slot, host: &HostId) -> String {
 pub fn check_data_dir(dir: &Path) -> Result<()> {
     let text = dir.to_string_lossy();
     if !dir.is_absolute() {
-        return Err(Error::Invalid(format!("--data-dir must be an absolute path, got {text}")));
+        return Err(Error::Invalid(format!(
+            "--data-dir must be an absolute path, got {text}"
+        )));
     }
     if !text
         .bytes()

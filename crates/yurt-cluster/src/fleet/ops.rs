@@ -88,7 +88,9 @@ impl Fleet {
             env: Vec::new(),
             netns: Some(netns::path(&ns)),
             mountns: matches!(host, HostId::Edge(_)).then(|| hp.mount_ns()),
-            cgroup_procs: self.cgroups.procs_files(&system_cgroup(self.plan.slot, host)),
+            cgroup_procs: self
+                .cgroups
+                .procs_files(&system_cgroup(self.plan.slot, host)),
         };
         let log = hp.log(component.name());
         let (record, child) = process::spawn(&launch, &log, &hp.pid_file(component.name()))?;
@@ -105,15 +107,23 @@ impl Fleet {
         };
         let what = format!("{component} on {host}");
         let check = component.probe(&hp);
-        probe::wait_until(&what, component.start_timeout(), Some(&log), &failed, || {
-            probe::check(&ns, &check)
-        })
+        probe::wait_until(
+            &what,
+            component.start_timeout(),
+            Some(&log),
+            &failed,
+            || probe::check(&ns, &check),
+        )
         .await?;
         if component == Component::KubeApiserver {
             let client = self.client().await?;
-            probe::wait_until(&what, component.start_timeout(), Some(&log), &failed, || {
-                super::api::api_ready(&client)
-            })
+            probe::wait_until(
+                &what,
+                component.start_timeout(),
+                Some(&log),
+                &failed,
+                || super::api::api_ready(&client),
+            )
             .await?;
         }
         Ok(())
@@ -201,6 +211,22 @@ impl Fleet {
         let out = f(self)?;
         self.save_state()?;
         Ok(out)
+    }
+
+    /// Resident memory of every process on `host` (daemons, shims and containers), in bytes.
+    pub fn host_rss_bytes(&self, host: &HostId) -> u64 {
+        self.cgroups
+            .pids(&host_cgroup(self.plan.slot, host))
+            .into_iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+            .sum::<u64>()
+            * 1024
     }
 
     /// Cuts the link between the cloud and a node, a pool or (`cloud`) every site.
@@ -347,10 +373,15 @@ impl Fleet {
         let launch = Launch {
             program: program.into(),
             args: args.iter().map(Into::into).collect(),
-            env: std::env::var("TERM").map(|t| vec![("TERM".to_owned(), t)]).unwrap_or_default(),
+            env: std::env::var("TERM")
+                .map(|t| vec![("TERM".to_owned(), t)])
+                .unwrap_or_default(),
             netns: Some(netns::path(&self.plan.netns(&host))),
-            mountns: (matches!(host, HostId::Edge(_)) && mountns::exists(&hp)).then(|| hp.mount_ns()),
-            cgroup_procs: self.cgroups.procs_files(&system_cgroup(self.plan.slot, &host)),
+            mountns: (matches!(host, HostId::Edge(_)) && mountns::exists(&hp))
+                .then(|| hp.mount_ns()),
+            cgroup_procs: self
+                .cgroups
+                .procs_files(&system_cgroup(self.plan.slot, &host)),
         };
         Ok(launch.command())
     }
@@ -358,7 +389,12 @@ impl Fleet {
 
 /// Kills everything in a host's cgroup, drops its mount namespace and volatile state,
 /// and resets its network namespace to what it had at "power on" (its uplink only).
-fn power_off(cgroups: &crate::cgroup::Cgroups, cgroup: &str, hp: &HostPaths, ns: &str) -> Result<()> {
+fn power_off(
+    cgroups: &crate::cgroup::Cgroups,
+    cgroup: &str,
+    hp: &HostPaths,
+    ns: &str,
+) -> Result<()> {
     cgroups.kill_all(cgroup, Duration::from_secs(30))?;
     mountns::destroy(hp)?;
     let run = hp.run();

@@ -82,9 +82,17 @@ pub(crate) fn teardown_runtime(cgroups: &Cgroups, paths: &FleetPaths, slot: Slot
 ///
 /// # Errors
 /// If something cannot be removed.
-pub fn down(machine: &MachineConfig, data_dir: &Path, purge: bool, reporter: &dyn Reporter) -> Result<()> {
+pub fn down(
+    machine: &MachineConfig,
+    data_dir: &Path,
+    purge: bool,
+    reporter: &dyn Reporter,
+) -> Result<()> {
     let paths = FleetPaths::new(data_dir);
-    let step = Step::start(reporter, format!("stopping the fleet in {}", data_dir.display()));
+    let step = Step::start(
+        reporter,
+        format!("stopping the fleet in {}", data_dir.display()),
+    );
     if let Some(pid) = lock::holder(&paths.up_lock())? {
         step.detail(&format!("asking yurt up (pid {pid}) to stop"));
         if pid > 0 && pid != std::process::id() as i32 {
@@ -145,7 +153,10 @@ pub fn down_all(machine: &MachineConfig, purge: bool, reporter: &dyn Reporter) -
     if let Ok(ifaces) = std::fs::read_dir("/sys/class/net") {
         slots.extend(ifaces.flatten().filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            name.strip_prefix("yurt")?.strip_suffix('h')?.parse::<u8>().ok()
+            name.strip_prefix("yurt")?
+                .strip_suffix('h')?
+                .parse::<u8>()
+                .ok()
         }));
     }
     slots.sort_unstable();
@@ -153,14 +164,19 @@ pub fn down_all(machine: &MachineConfig, purge: bool, reporter: &dyn Reporter) -
     // Mount namespaces of data folders that are no longer registered.
     for m in mounts::mounts() {
         let t = m.target.to_string_lossy();
-        if m.fstype == "nsfs" && t.ends_with("/ns/mnt") && t.contains("/hosts/")
+        if m.fstype == "nsfs"
+            && t.ends_with("/ns/mnt")
+            && t.contains("/hosts/")
             && let Some(ns_dir) = m.target.parent()
         {
             mounts::unmount_under(ns_dir)?;
         }
     }
     if !slots.is_empty() {
-        let step = Step::start(reporter, format!("removing leftovers of fleet slots {slots:?}"));
+        let step = Step::start(
+            reporter,
+            format!("removing leftovers of fleet slots {slots:?}"),
+        );
         for slot in slots {
             let cg = fleet_cgroup(Slot(slot));
             if cgroups.exists(&cg) {

@@ -36,7 +36,18 @@ pub struct UpOptions {
 }
 
 /// Commands the fleet shells out to; all come with the runtime packages.
-const TOOLS: &[&str] = &["ip", "nsenter", "unshare", "mount", "umount", "iptables", "ctr", "containerd", "runc", "etcd"];
+const TOOLS: &[&str] = &[
+    "ip",
+    "nsenter",
+    "unshare",
+    "mount",
+    "umount",
+    "iptables",
+    "ctr",
+    "containerd",
+    "runc",
+    "etcd",
+];
 
 fn preflight() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
@@ -45,7 +56,10 @@ fn preflight() -> Result<()> {
     crate::netns::check_support()?;
     Cgroups::detect()?;
     let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !filesystems.lines().any(|l| l.trim_end().ends_with("overlay")) {
+    if !filesystems
+        .lines()
+        .any(|l| l.trim_end().ends_with("overlay"))
+    {
         return Err(Error::MissingFeature {
             feature: "overlay filesystem".into(),
             hint: "load the overlay module (modprobe overlay); containerd needs it".into(),
@@ -54,7 +68,8 @@ fn preflight() -> Result<()> {
     if !Path::new("/proc/sys/net/bridge").exists() {
         return Err(Error::MissingFeature {
             feature: "br_netfilter".into(),
-            hint: "load the br_netfilter module (modprobe br_netfilter); kube-proxy needs it".into(),
+            hint: "load the br_netfilter module (modprobe br_netfilter); kube-proxy needs it"
+                .into(),
         });
     }
     Ok(())
@@ -79,7 +94,9 @@ fn check_tools() -> Result<()> {
 /// Slots whose namespaces or root interface exist on the machine.
 fn slot_has_leftovers(slot: Slot) -> bool {
     crate::netns::exists(&format!("yurt{}-cloud", slot.0))
-        || Path::new("/sys/class/net").join(format!("yurt{}h", slot.0)).exists()
+        || Path::new("/sys/class/net")
+            .join(format!("yurt{}h", slot.0))
+            .exists()
 }
 
 /// Brings up (or restarts) the fleet in `data_dir` and waits until every node is Ready
@@ -125,7 +142,11 @@ pub async fn up(
     spec.validate()?;
     let registry = Registry::new(&machine.registry_dir);
     let slot = {
-        let (reg, dir, preferred) = (registry.clone(), data_dir.to_owned(), existing.as_ref().map(|s| s.slot));
+        let (reg, dir, preferred) = (
+            registry.clone(),
+            data_dir.to_owned(),
+            existing.as_ref().map(|s| s.slot),
+        );
         blocking(move || reg.claim(&dir, preferred, &slot_has_leftovers)).await?
     };
     state::save(&paths.state_file(), &FleetState::new(spec, slot))?;
@@ -170,7 +191,11 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     {
         let images = paths.images();
         blocking(move || {
-            for spec in [ImageSpec::pause(), ImageSpec::busybox(image::BUSYBOX_IMAGE), sample::image_spec()] {
+            for spec in [
+                ImageSpec::pause(),
+                ImageSpec::busybox(image::BUSYBOX_IMAGE),
+                sample::image_spec(),
+            ] {
                 let out = image::archive_path(&images, &spec.reference);
                 image::build(&spec, Path::new(image::BUSYBOX), &out)?;
             }
@@ -180,7 +205,10 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     }
     step.finish();
 
-    let step = Step::start(reporter, "control plane: etcd, kube-apiserver, controller-manager, scheduler");
+    let step = Step::start(
+        reporter,
+        "control plane: etcd, kube-apiserver, controller-manager, scheduler",
+    );
     for component in Component::CLOUD {
         step.detail(component.name());
         fleet.start_component(&HostId::Cloud, component).await?;
@@ -192,7 +220,10 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
 
     let step = Step::start(
         reporter,
-        format!("edge hosts: containerd, kubelet, kube-proxy on {} nodes", plan.edges.len()),
+        format!(
+            "edge hosts: containerd, kubelet, kube-proxy on {} nodes",
+            plan.edges.len()
+        ),
     );
     futures::future::try_join_all(plan.edges.iter().map(|e| fleet.start_edge(e))).await?;
     step.finish();
@@ -206,7 +237,10 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     step.finish();
 
     if fleet.state.spec.sample_app {
-        let step = Step::start(reporter, "deploying the sample app (one Deployment and Service per pool)");
+        let step = Step::start(
+            reporter,
+            "deploying the sample app (one Deployment and Service per pool)",
+        );
         sample::apply(&client, &plan).await?;
         sample::wait_available(&client, &plan, Duration::from_secs(180)).await?;
         step.finish();

@@ -1,0 +1,246 @@
+//! The command-line tree.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Environment variable for `--data-dir`.
+pub const ENV_DATA_DIR: &str = "YURT_DATA_DIR";
+/// Environment variable for the cache of built upstream binaries.
+pub const ENV_CACHE_DIR: &str = "YURT_CACHE_DIR";
+/// Environment variable for the machine-wide fleet registry.
+pub const ENV_REGISTRY_DIR: &str = "YURT_REGISTRY_DIR";
+
+/// Default data folder of `yurt up`.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/yurt/default";
+
+/// OpenYurt, rebuilt in Rust.
+#[derive(Debug, Parser)]
+#[command(name = "yurt", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Cache of built upstream binaries.
+    #[arg(long, global = true, env = ENV_CACHE_DIR, default_value = "/var/cache/yurt", hide_default_value = false)]
+    pub cache_dir: PathBuf,
+    /// Machine-wide registry of fleets.
+    #[arg(long, global = true, env = ENV_REGISTRY_DIR, default_value = "/var/lib/yurt")]
+    pub registry_dir: PathBuf,
+    /// The fleet's data folder.
+    #[arg(long, global = true, env = ENV_DATA_DIR, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a local edge fleet (real Kubernetes, edge hosts in network namespaces) and stay in the foreground.
+    Up(UpArgs),
+    /// Stop a fleet and remove every process, namespace, mount and cgroup it made.
+    Down(DownArgs),
+    /// Act on a running fleet: status, cut/restore links, reboot a node, stop/start a process, exec.
+    Fleet(FleetArgs),
+    /// Build container images from busybox without a registry, and import them into a fleet.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Install the Debian packages and build the upstream Kubernetes binaries (once; cached).
+    Setup,
+    /// Benchmarks that print a table.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Network mode of the edge sites.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Mode {
+    /// The cloud can reach the edge hosts.
+    Routed,
+    /// Edge sites behind NAT: the cloud cannot open connections to them.
+    Nat,
+}
+
+/// Failure-detection timings.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TimingArg {
+    /// Upstream defaults (node NotReady after 40 s).
+    Standard,
+    /// Shortened for tests and demos (node NotReady after 16 s).
+    Fast,
+}
+
+/// `yurt up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Number of edge hosts (Kubernetes nodes) [default: 4].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=250))]
+    pub edge_nodes: Option<u16>,
+    /// Number of node pools the edge hosts are spread over [default: 2].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=26))]
+    pub pools: Option<u16>,
+    /// Network mode of the edge sites [default: routed].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Failure-detection timings [default: standard].
+    #[arg(long, value_enum)]
+    pub timing: Option<TimingArg>,
+    /// Do not deploy the sample app.
+    #[arg(long)]
+    pub no_sample_app: bool,
+    /// Return once the fleet is up, leaving it running (stop it with `yurt down`).
+    #[arg(long)]
+    pub detach: bool,
+}
+
+/// `yurt down`.
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Stop every fleet on this machine and sweep leftovers of any fleet.
+    #[arg(long)]
+    pub all: bool,
+    /// Also delete the data folder(s) (certificates, etcd data, images, logs).
+    #[arg(long)]
+    pub purge: bool,
+}
+
+/// `yurt fleet`.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: FleetCommand,
+}
+
+/// `yurt fleet ...`.
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Hosts, addresses, links and processes.
+    Status,
+    /// Cut the link between the cloud and a node, a pool, or (`cloud`) every site. Hosts keep running.
+    Cut {
+        /// Node, pool or `cloud`.
+        target: String,
+    },
+    /// Restore a link cut with `cut`.
+    Restore {
+        /// Node, pool or `cloud`.
+        target: String,
+    },
+    /// Reboot an edge host: everything on it dies at once (containers too), then it starts again.
+    Reboot {
+        /// The edge node.
+        node: String,
+    },
+    /// Stop one process on a host (it stays stopped until `start`).
+    Stop {
+        /// The host (`cloud` or an edge node).
+        host: String,
+        /// The process (kubelet, containerd, kube-proxy, etcd, kube-apiserver, ...).
+        process: String,
+    },
+    /// Start a process stopped with `stop` (or one that died).
+    Start {
+        /// The host.
+        host: String,
+        /// The process.
+        process: String,
+    },
+    /// Run a command inside a host.
+    Exec {
+        /// The host (`cloud`, `router` or an edge node).
+        host: String,
+        /// The command and its arguments (after `--`).
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print the path of the admin kubeconfig.
+    Kubeconfig,
+}
+
+/// `yurt image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build an image archive: busybox plus the files of a folder.
+    Build {
+        /// Image reference, e.g. yurt.local/web:1.
+        #[arg(long)]
+        tag: String,
+        /// Folder whose files are copied into the image.
+        #[arg(long)]
+        from_dir: Option<PathBuf>,
+        /// Where in the image the folder's files go.
+        #[arg(long, default_value = "/")]
+        dest: String,
+        /// Entrypoint, as a JSON array (e.g. '["/app/run.sh"]').
+        #[arg(long)]
+        entrypoint: Option<String>,
+        /// Default command, as a JSON array.
+        #[arg(long)]
+        cmd: Option<String>,
+        /// Output archive.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Import image archives into every node of a fleet (and into nodes started later).
+    Import {
+        /// Archives made by `yurt image build` (or `docker save`).
+        #[arg(required = true)]
+        archives: Vec<PathBuf>,
+    },
+}
+
+/// `yurt bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Cold `yurt up` to Ready and serving, memory per edge host, pod start latency.
+    Fleet(BenchFleetArgs),
+}
+
+/// `yurt bench fleet`.
+#[derive(Debug, Args)]
+pub struct BenchFleetArgs {
+    /// Fleet sizes to bring up cold, in edge nodes.
+    #[arg(long, value_delimiter = ',', default_value = "4,10")]
+    pub sizes: Vec<u16>,
+    /// Pods to create for the start-latency measurement.
+    #[arg(long, default_value_t = 100)]
+    pub pods: usize,
+    /// Folder for the benchmark fleets (removed afterwards).
+    #[arg(long, default_value = "/var/lib/yurt/bench")]
+    pub bench_dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_takes_the_command_after_double_dash() {
+        let cli = Cli::try_parse_from([
+            "yurt", "fleet", "exec", "edge-a1", "--", "sh", "-c", "echo hi",
+        ])
+        .unwrap();
+        let Command::Fleet(FleetArgs {
+            command: FleetCommand::Exec { host, command },
+            ..
+        }) = cli.command
+        else {
+            panic!("parsed into the wrong command");
+        };
+        assert_eq!(host, "edge-a1");
+        assert_eq!(command, ["sh", "-c", "echo hi"]);
+    }
+
+    #[test]
+    fn out_of_range_sizes_are_rejected() {
+        let err = Cli::try_parse_from(["yurt", "up", "--edge-nodes", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--edge-nodes"), "{err}");
+        assert!(Cli::try_parse_from(["yurt", "up", "--bogus"]).is_err());
+    }
+}

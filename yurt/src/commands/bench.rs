@@ -1,0 +1,232 @@
+//! `yurt bench fleet`: how long a cold `yurt up` takes, what an edge host costs in
+//! memory, and how fast pods start, printed as a table.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt as _;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+use yurt_cluster::progress::Step;
+use yurt_cluster::spec::HostId;
+use yurt_cluster::{FleetSpec, MachineConfig, UpOptions};
+
+use crate::cli::{BenchCommand, BenchFleetArgs};
+use crate::progress::SpinnerReporter;
+
+/// Runs `yurt bench ...`.
+pub async fn run(machine: &MachineConfig, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCommand::Fleet(args) => fleet(machine, args).await,
+    }
+}
+
+struct Row {
+    edge_nodes: u16,
+    cold_up: Duration,
+    edge_rss_mib: f64,
+    cloud_rss_mib: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn fleet(machine: &MachineConfig, args: BenchFleetArgs) -> anyhow::Result<ExitCode> {
+    let reporter = SpinnerReporter::for_stderr();
+    let quiet: Arc<dyn yurt_cluster::progress::Reporter> = Arc::new(Quiet);
+    let mut rows = Vec::new();
+    let mut latencies = Vec::new();
+    for (i, &size) in args.sizes.iter().enumerate() {
+        let dir = args.bench_dir.join(format!("n{size}"));
+        let m = machine.clone();
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            yurt_cluster::down(&m, &d, true, &yurt_cluster::progress::LineReporter)
+        })
+        .await??;
+        // Binaries and packages first, so the timing below is a cold fleet, not a build.
+        {
+            let (m, r) = (machine.clone(), reporter.clone());
+            tokio::task::spawn_blocking(move || {
+                yurt_cluster::upstream::ensure(&m.cache_dir, r.as_ref())
+            })
+            .await??;
+        }
+        let step = Step::start(
+            reporter.as_ref(),
+            format!("cold yurt up with {size} edge nodes"),
+        );
+        let spec = FleetSpec {
+            edge_nodes: size,
+            pools: size.min(2),
+            ..FleetSpec::default()
+        };
+        let started = Instant::now();
+        let fleet =
+            yurt_cluster::up(machine, &dir, UpOptions { spec: Some(spec) }, quiet.clone()).await?;
+        let cold_up = started.elapsed();
+        step.finish();
+        // Let the nodes settle before reading memory.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let edge_total: u64 = fleet
+            .plan()
+            .edges
+            .iter()
+            .map(|e| fleet.host_rss_bytes(&HostId::Edge(e.name.clone())))
+            .sum();
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        rows.push(Row {
+            edge_nodes: size,
+            cold_up,
+            edge_rss_mib: mib(edge_total) / f64::from(size),
+            cloud_rss_mib: mib(fleet.host_rss_bytes(&HostId::Cloud)),
+        });
+        if i == 0 && args.pods > 0 {
+            let step = Step::start(reporter.as_ref(), format!("starting {} pods", args.pods));
+            latencies = pod_start_latencies(&fleet.client().await?, args.pods).await?;
+            step.finish();
+        }
+        let m = machine.clone();
+        tokio::task::spawn_blocking(move || {
+            yurt_cluster::down(&m, &dir, true, &yurt_cluster::progress::LineReporter)
+        })
+        .await??;
+    }
+    println!(
+        "\nyurt bench fleet (Kubernetes {}, upstream binaries cached)",
+        yurt_cluster::upstream::KUBERNETES_VERSION
+    );
+    println!(
+        "| edge nodes | cold up → Ready + sample serving | RSS per edge host | RSS cloud host |"
+    );
+    println!("|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} s | {:.0} MiB | {:.0} MiB |",
+            r.edge_nodes,
+            r.cold_up.as_secs_f64(),
+            r.edge_rss_mib,
+            r.cloud_rss_mib
+        );
+    }
+    if !latencies.is_empty() {
+        latencies.sort();
+        println!(
+            "\npod create → Running, {} pods on {} edge nodes: p50 {:.2} s, p99 {:.2} s (Kubernetes SLO: p99 ≤ 5 s)",
+            latencies.len(),
+            rows.first().map_or(0, |r| r.edge_nodes),
+            percentile(&latencies, 50.0).as_secs_f64(),
+            percentile(&latencies, 99.0).as_secs_f64()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `count` pods one after another and measures, for each, the time from its
+/// create call to the watch event that shows it Running.
+async fn pod_start_latencies(client: &kube::Client, count: usize) -> anyhow::Result<Vec<Duration>> {
+    const NS: &str = "yurt-bench";
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(NS.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let watch_pods = pods.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let watcher = tokio::spawn(async move {
+        let params = WatchParams::default().labels("app=yurt-bench").timeout(290);
+        let Ok(stream) = watch_pods.watch(&params, "0").await else {
+            return;
+        };
+        let mut stream = std::pin::pin!(stream);
+        while let Some(Ok(event)) = stream.next().await {
+            if let WatchEvent::Added(p) | WatchEvent::Modified(p) = event
+                && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && let Some(name) = p.metadata.name
+                && tx.send((name, Instant::now())).is_err()
+            {
+                return;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut created = HashMap::new();
+    for i in 0..count {
+        let name = format!("bench-{i}");
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"app": "yurt-bench"}},
+            "spec": {
+                "containers": [{"name": "c", "image": yurt_cluster::image::BUSYBOX_IMAGE, "command": ["sleep", "3600"],
+                                "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}}}],
+                "terminationGracePeriodSeconds": 0,
+                "tolerations": [{"operator": "Exists"}],
+            }
+        }))?;
+        created.insert(name, Instant::now());
+        pods.create(&PostParams::default(), &pod).await?;
+    }
+    let mut latencies = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while seen.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some((name, at))) => {
+                if seen.insert(name.clone())
+                    && let Some(t0) = created.get(&name)
+                {
+                    latencies.push(at.saturating_duration_since(*t0));
+                }
+            }
+            _ => anyhow::bail!(
+                "only {} of {count} pods reached Running within 5 minutes",
+                seen.len()
+            ),
+        }
+    }
+    watcher.abort();
+    let _ = namespaces.delete(NS, &DeleteParams::default()).await;
+    Ok(latencies)
+}
+
+/// Swallows the progress of the fleet under measurement (the bench prints its own).
+struct Quiet;
+
+impl yurt_cluster::progress::Reporter for Quiet {
+    fn begin(&self, _: &str) {}
+    fn detail(&self, _: &str) {}
+    fn done(&self, _: &str, _: Duration) {}
+    fn warn(&self, message: &str) {
+        eprintln!("! {message}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&v, 50.0), Duration::from_millis(50));
+        assert_eq!(percentile(&v, 99.0), Duration::from_millis(99));
+        assert_eq!(percentile(&v[..1], 99.0), Duration::from_millis(1));
+        assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+    }
+}

@@ -1,0 +1,79 @@
+//! One module per subcommand.
+
+mod bench;
+mod fleet;
+mod image;
+mod up;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use yurt_cluster::MachineConfig;
+
+use crate::cli::{Cli, Command, DownArgs};
+use crate::progress::SpinnerReporter;
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let machine = MachineConfig {
+        cache_dir: cli.cache_dir.clone(),
+        registry_dir: cli.registry_dir.clone(),
+    };
+    match cli.command {
+        Command::Up(args) => up::run(&machine, &cli.data_dir, args).await,
+        Command::Down(args) => down(&machine, &cli.data_dir, args).await,
+        Command::Fleet(args) => fleet::run(&machine, &cli.data_dir, args).await,
+        Command::Image(cmd) => image::run(&machine, &cli.data_dir, cmd).await,
+        Command::Setup => setup(&machine).await,
+        Command::Bench(cmd) => bench::run(&machine, cmd).await,
+    }
+}
+
+/// Makes `--data-dir` absolute (relative to the working folder).
+pub fn absolute(dir: &Path) -> anyhow::Result<PathBuf> {
+    if dir.is_absolute() {
+        return Ok(dir.to_owned());
+    }
+    Ok(std::env::current_dir()
+        .context("cannot read the working folder")?
+        .join(dir))
+}
+
+async fn down(
+    machine: &MachineConfig,
+    data_dir: &Path,
+    args: DownArgs,
+) -> anyhow::Result<ExitCode> {
+    let reporter = SpinnerReporter::for_stderr();
+    let machine = machine.clone();
+    let dir = absolute(data_dir)?;
+    tokio::task::spawn_blocking(move || {
+        if args.all {
+            yurt_cluster::down_all(&machine, args.purge, reporter.as_ref())
+        } else {
+            yurt_cluster::down(&machine, &dir, args.purge, reporter.as_ref())
+        }
+    })
+    .await??;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn setup(machine: &MachineConfig) -> anyhow::Result<ExitCode> {
+    let reporter = SpinnerReporter::for_stderr();
+    let cache = machine.cache_dir.clone();
+    let bins = tokio::task::spawn_blocking(move || {
+        yurt_cluster::packages::ensure(
+            yurt_cluster::packages::RUNTIME_PACKAGES,
+            reporter.as_ref(),
+        )?;
+        yurt_cluster::upstream::ensure(&cache, reporter.as_ref())
+    })
+    .await??;
+    println!(
+        "upstream Kubernetes {} binaries: {}",
+        yurt_cluster::upstream::KUBERNETES_VERSION,
+        bins.dir().display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
