@@ -1,1 +1,2 @@
-//! e2e
+//! End-to-end scenarios live in `tests/`: `shared_fleet.rs` runs on the shared fleet,
+//! `fault_fleets.rs` on fleets of their own (link cuts, reboots, teardown, NAT).

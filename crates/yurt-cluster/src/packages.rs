@@ -24,7 +24,16 @@ pub const RUNTIME_PACKAGES: &[&str] = &[
 ];
 
 /// Packages needed to build the upstream Kubernetes binaries.
-pub const BUILD_PACKAGES: &[&str] = &["golang-go", "make", "rsync", "tar", "gzip", "apt"];
+pub const BUILD_PACKAGES: &[&str] = &[
+    "golang-go",
+    "make",
+    "rsync",
+    "tar",
+    "gzip",
+    "apt",
+    // Go 1.18+-compatible reflect2, swapped into the vendored tree (see upstream.rs).
+    "golang-github-modern-go-reflect2-dev",
+];
 
 /// Whether `package` is installed, per dpkg.
 pub fn is_installed(package: &str) -> bool {

@@ -95,6 +95,11 @@ fn stat(pid: i32) -> Option<(char, u64)> {
 }
 
 impl PidRecord {
+    /// The record of the running process `pid`, if there is one.
+    pub fn of(pid: i32) -> Option<Self> {
+        stat(pid).map(|(_, start_time)| Self { pid, start_time })
+    }
+
     /// Whether the recorded process is still running (zombies count as dead).
     pub fn is_alive(&self) -> bool {
         matches!(stat(self.pid), Some((state, start)) if start == self.start_time && state != 'Z' && state != 'X')

@@ -20,6 +20,8 @@ use crate::progress::{Reporter, Step};
 pub const KUBERNETES_VERSION: &str = "1.20.2";
 /// Debian's source package version carrying it.
 const DEBIAN_SOURCE_SUFFIX: &str = "really1.20.2.orig.tar.gz";
+/// Revision of our build recipe; part of the cache key, so a changed recipe rebuilds.
+const BUILD_REVISION: &str = "yurt.1";
 /// Debian suite that carries the source package.
 const DEBIAN_SUITE: &str = "bookworm";
 const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -95,7 +97,39 @@ impl UpstreamBinaries {
 fn version_dir(cache_dir: &Path) -> PathBuf {
     cache_dir
         .join("kubernetes")
-        .join(format!("v{KUBERNETES_VERSION}"))
+        .join(format!("v{KUBERNETES_VERSION}+{BUILD_REVISION}"))
+}
+
+/// Debian's packaged reflect2 1.0.2 (the Go 1.18+ fix), as Go source.
+const REFLECT2_SOURCE: &str = "/usr/share/gocode/src/github.com/modern-go/reflect2";
+/// Where Kubernetes 1.20 vendors reflect2 1.0.1.
+const REFLECT2_VENDOR: &str = "vendor/github.com/modern-go/reflect2";
+
+/// Replaces the vendored reflect2 1.0.1 with Debian's 1.0.2.
+///
+/// reflect2 1.0.1 iterates maps through a copy of the runtime's iterator struct whose
+/// size changed in Go 1.18; built with Debian's Go 1.19, kube-apiserver then corrupts
+/// memory and dies with "fatal error: fault" in `aeshashbody` (json-iterator encoding a
+/// map) within minutes under load. 1.0.2 is the upstream fix and keeps the same API.
+fn patch_vendor(src: &Path) -> Result<()> {
+    let vendor = src.join(REFLECT2_VENDOR);
+    let fixed = Path::new(REFLECT2_SOURCE);
+    let is_source = |p: &Path| p.extension().is_some_and(|e| e == "go" || e == "s");
+    let entries = |dir: &Path| -> Result<Vec<PathBuf>> {
+        Ok(std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_source(p))
+            .collect())
+    };
+    for old in entries(&vendor)? {
+        std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
+    }
+    for new in entries(fixed)? {
+        let to = vendor.join(new.file_name().unwrap_or_default());
+        std::fs::copy(&new, &to).map_err(|e| Error::io(&to, e))?;
+    }
+    Ok(())
 }
 
 fn complete_marker(bin: &Path) -> PathBuf {
@@ -271,6 +305,7 @@ fn unpack(vdir: &Path, orig: &Path, log: &Path, reporter: &dyn Reporter) -> Resu
     std::fs::create_dir_all(&gopath_dir).map_err(|e| Error::io(&gopath_dir, e))?;
     std::os::unix::fs::symlink("../../..", gopath_dir.join("kubernetes"))
         .map_err(|e| Error::io(&gopath_dir, e))?;
+    patch_vendor(&tmp)?;
     let _ = std::fs::remove_dir_all(&src);
     std::fs::rename(&tmp, &src).map_err(|e| Error::io(&src, e))?;
     step.finish();

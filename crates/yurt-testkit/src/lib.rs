@@ -64,12 +64,22 @@ impl std::fmt::Debug for TestFleet {
     }
 }
 
-async fn healthy(fleet: &Fleet) -> bool {
-    if !fleet.is_up() || !fleet.crashed().is_empty() {
-        return false;
+/// Why a fleet cannot be reused, if it cannot.
+async fn unhealthy(fleet: &Fleet) -> Option<String> {
+    if !fleet.is_up() {
+        return Some("it is not running".into());
     }
-    let Ok(client) = fleet.client().await else {
-        return false;
+    let crashed = fleet.crashed();
+    if !crashed.is_empty() {
+        let names: Vec<String> = crashed
+            .iter()
+            .map(|(h, c, _)| format!("{c} on {h}"))
+            .collect();
+        return Some(format!("processes are down: {}", names.join(", ")));
+    }
+    let client = match fleet.client().await {
+        Ok(c) => c,
+        Err(e) => return Some(e.to_string()),
     };
     let ready = yurt_cluster::fleet::wait_nodes_ready(
         &client,
@@ -77,7 +87,7 @@ async fn healthy(fleet: &Fleet) -> bool {
         Duration::from_secs(30),
         &|_| {},
     );
-    ready.await.is_ok()
+    ready.await.err().map(|e| e.to_string())
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
@@ -109,9 +119,24 @@ pub async fn shared() -> anyhow::Result<TestFleet> {
     let existing = Fleet::open(&machine(), &dir)
         .ok()
         .filter(|f| f.state().spec == shared_spec());
-    let fleet = match existing {
-        Some(f) if healthy(&f).await => f,
-        _ => {
+    // A crashed process is restarted in place: tearing the fleet down would pull it
+    // from under tests running in other processes.
+    if let Some(f) = existing.as_ref().filter(|f| f.is_up()) {
+        for (host, process, result) in f.restart_crashed().await {
+            eprintln!("restarted {process} on {host} of the shared fleet: {result:?}");
+        }
+    }
+    let reason = match &existing {
+        Some(f) => unhealthy(f).await,
+        None => Some("there is none".to_owned()),
+    };
+    let fleet = match (existing, reason) {
+        (Some(f), None) => f,
+        (_, reason) => {
+            eprintln!(
+                "starting the shared test fleet: {}",
+                reason.unwrap_or_default()
+            );
             let d = dir.clone();
             blocking(move || yurt_cluster::down(&machine(), &d, true, &LineReporter)).await??;
             bring_up(&dir, shared_spec()).await?

@@ -47,6 +47,10 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     let data_dir = absolute(data_dir)?;
     check_data_dir(&data_dir)?;
+    let spec = spec_from(&args);
+    if let Some(spec) = &spec {
+        spec.validate()?;
+    }
     std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
     let paths = yurt_cluster::paths::FleetPaths::new(&data_dir);
     let _up_lock = match lock::try_exclusive(&paths.up_lock())? {
@@ -76,19 +80,28 @@ pub async fn run(
         return Ok(ExitCode::SUCCESS);
     }
     println!("\nThe fleet runs while this command does: Ctrl-C (or `yurt down`) stops it.");
-    let mut reported = std::collections::BTreeSet::new();
     loop {
         tokio::select! {
             () = token.cancelled() => break,
             () = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
         fleet.reap();
-        for (host, process, log) in fleet.crashed() {
-            if reported.insert(format!("{host}/{process}")) {
-                reporter.warn(&format!(
-                    "{process} on {host} is not running; see {}",
+        // Like a service manager with Restart=always: a crashed process starts again.
+        let restart = fleet.restart_crashed();
+        let restarted = tokio::select! {
+            r = restart => r,
+            () = token.cancelled() => break,
+        };
+        for (host, process, result) in restarted {
+            let log = fleet.paths().host(&host).log(process.name());
+            match result {
+                Ok(()) => reporter.warn(&format!(
+                    "{process} on {host} had exited and was restarted; see {}",
                     log.display()
-                ));
+                )),
+                Err(e) => reporter.warn(&format!(
+                    "{process} on {host} is down and could not be restarted: {e}"
+                )),
             }
         }
     }

@@ -148,6 +148,31 @@ impl Fleet {
         self.start_component(&host, Component::KubeProxy).await
     }
 
+    /// Starts again every process that should run but does not (it crashed or was
+    /// killed), in start order, like a service manager with `Restart=always`. Processes
+    /// stopped on purpose stay stopped. Returns what was restarted and how it went.
+    pub async fn restart_crashed(&self) -> Vec<(HostId, Component, Result<()>)> {
+        let mut done = Vec::new();
+        for (host, component, _) in self.crashed() {
+            let result = async {
+                if let HostId::Edge(_) = host {
+                    let hp = self.paths.host(&host);
+                    blocking(move || mountns::create(&hp)).await?;
+                }
+                self.start_component(&host, component).await?;
+                if component == Component::Containerd {
+                    let socket = self.paths.host(&host).containerd_socket();
+                    let images = self.paths.images();
+                    blocking(move || import_all(&socket, &images)).await?;
+                }
+                Ok(())
+            }
+            .await;
+            done.push((host, component, result));
+        }
+        done
+    }
+
     /// The status of every host and process.
     pub fn status(&self) -> Vec<HostStatus> {
         self.plan

@@ -111,6 +111,9 @@ pub async fn up(
     reporter: Arc<dyn Reporter>,
 ) -> Result<Fleet> {
     check_data_dir(data_dir)?;
+    if let Some(spec) = &options.spec {
+        spec.validate()?;
+    }
     preflight()?;
     {
         let r = reporter.clone();

@@ -1,0 +1,335 @@
+//! Scenarios that disturb a fleet, each on a fleet of its own: link cuts, stopped
+//! processes, reboots, a restart with state, a complete teardown, and NAT mode.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use yurt_cluster::spec::HostId;
+use yurt_cluster::{FleetSpec, NetMode, Timing, UpOptions};
+use yurt_testkit::{TestFleet, fresh, machine, wait_for};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+async fn within<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(TEST_TIMEOUT, fut)
+        .await
+        .context("test did not finish in time")?
+}
+
+fn spec(edge_nodes: u16, pools: u16, mode: NetMode, sample_app: bool) -> FleetSpec {
+    FleetSpec {
+        edge_nodes,
+        pools,
+        mode,
+        timing: Timing::Fast,
+        sample_app,
+    }
+}
+
+async fn wait_ready_is(
+    f: &TestFleet,
+    node: &str,
+    want: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let what = format!("node {node} Ready={want}");
+    wait_for(&what, timeout, || async {
+        let ready = f.node_ready(node).await? == "True";
+        Ok((ready == want).then_some(()))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_readiness_follows_link_cuts_and_kubelet_stops() -> anyhow::Result<()> {
+    within(async {
+        let mut f = fresh("e2e-cut", spec(2, 2, NetMode::Routed, false)).await?;
+        let grace = f.fleet().state().spec.timing.timings().node_grace;
+        let limit = grace + Duration::from_secs(30);
+
+        f.cut("edge-a1")?;
+        wait_ready_is(&f, "edge-a1", false, limit).await?;
+        assert_eq!(
+            f.node_ready("edge-b1").await?,
+            "True",
+            "the other node is not affected"
+        );
+        f.restore("edge-a1")?;
+        wait_ready_is(&f, "edge-a1", true, Duration::from_secs(60)).await?;
+
+        f.cut("pool-b")?;
+        wait_ready_is(&f, "edge-b1", false, limit).await?;
+        f.restore("pool-b")?;
+        wait_ready_is(&f, "edge-b1", true, Duration::from_secs(60)).await?;
+
+        f.stop("edge-b1", "kubelet")?;
+        let status = f.fleet().status();
+        let b1 = status
+            .iter()
+            .find(|h| h.host.to_string() == "edge-b1")
+            .context("edge-b1 status")?;
+        let kubelet = b1
+            .processes
+            .iter()
+            .find(|p| p.component.name() == "kubelet")
+            .context("kubelet")?;
+        assert_eq!(kubelet.state, yurt_cluster::fleet::ProcessState::Stopped);
+        assert!(
+            f.fleet().crashed().is_empty(),
+            "a stopped process is not a crash"
+        );
+        wait_ready_is(&f, "edge-b1", false, limit).await?;
+        f.start("edge-b1", "kubelet").await?;
+        wait_ready_is(&f, "edge-b1", true, Duration::from_secs(60)).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_kills_every_container_and_the_pod_comes_back_in_place() -> anyhow::Result<()> {
+    within(async {
+        let mut f = fresh("e2e-reboot", spec(1, 1, NetMode::Routed, true)).await?;
+        let pods: Api<Pod> = Api::namespaced(f.client(), "default");
+        let before = pods
+            .list(&ListParams::default().labels("app=web-pool-a"))
+            .await?;
+        let pod = before.items.first().context("sample pod")?.clone();
+        let name = pod.metadata.name.clone().context("name")?;
+        let uid = pod.metadata.uid.clone();
+        let restarts = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c.first())
+                .map_or(0, |c| c.restart_count)
+        };
+        let before_restarts = restarts(&pod);
+        // Everything on the host (daemons, shims, containers) is in its cgroup.
+        let cgroups = yurt_cluster::cgroup::Cgroups::detect()?;
+        let host = HostId::Edge("edge-a1".parse()?);
+        let cg = yurt_cluster::fleet::host_cgroup(f.fleet().state().slot, &host);
+        let before_procs: Vec<_> = cgroups
+            .pids(&cg)
+            .into_iter()
+            .filter_map(yurt_cluster::process::PidRecord::of)
+            .collect();
+        ensure!(
+            before_procs.len() >= 6,
+            "daemons, shims and containers run: {before_procs:?}"
+        );
+
+        f.reboot("edge-a1").await?;
+
+        let after = wait_for(
+            "the sample pod Ready again after the reboot",
+            Duration::from_secs(120),
+            || {
+                let pods = pods.clone();
+                let name = name.clone();
+                async move {
+                    let p = pods.get(&name).await?;
+                    let ready = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    Ok((ready && restarts(&p) > before_restarts).then_some(p))
+                }
+            },
+        )
+        .await?;
+        assert_eq!(after.metadata.uid, uid, "same pod, restarted in place");
+        let survivors: Vec<_> = before_procs.iter().filter(|r| r.is_alive()).collect();
+        assert!(
+            survivors.is_empty(),
+            "processes survived the reboot: {survivors:?}"
+        );
+        let b = f.kubectl(&[
+            "get",
+            "svc",
+            "web-pool-a",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])?;
+        let served = f.exec("edge-a1", &["wget", "-qO-", &format!("http://{b}/")])?;
+        assert!(
+            String::from_utf8_lossy(&served.stdout).contains("in pool-a"),
+            "{served:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+fn iptables_rules() -> anyhow::Result<String> {
+    let out = Command::new("iptables-save").output()?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        // packet counters change on their own
+        .map(|l| l.split(" [").next().unwrap_or(l).to_owned())
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+fn leftovers(dir: &Path, slot: u8) -> Vec<String> {
+    let mut found = Vec::new();
+    let prefix = format!("yurt{slot}-");
+    for ns in yurt_cluster::netns::list() {
+        if ns.starts_with(&prefix) {
+            found.push(format!("network namespace {ns}"));
+        }
+    }
+    if Path::new("/sys/class/net")
+        .join(format!("yurt{slot}h"))
+        .exists()
+    {
+        found.push(format!("interface yurt{slot}h"));
+    }
+    for m in yurt_cluster::mounts::mounts_under(dir) {
+        found.push(format!("mount {}", m.display()));
+    }
+    let cgroups = yurt_cluster::cgroup::Cgroups::detect().expect("cgroups");
+    if cgroups.exists(&format!("yurt-{slot}")) {
+        found.push(format!("cgroup yurt-{slot}"));
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn down_removes_everything_and_up_restarts_with_the_state() -> anyhow::Result<()> {
+    within(async {
+        let rules_before = iptables_rules()?;
+        let f = fresh("e2e-down", spec(2, 1, NetMode::Routed, true)).await?;
+        let dir = f.dir().to_owned();
+        let slot = f.fleet().state().slot.0;
+        let cms: Api<ConfigMap> = Api::namespaced(f.client(), "default");
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some("survives".into()),
+                ..ObjectMeta::default()
+            },
+            data: Some([("k".to_owned(), "v".to_owned())].into()),
+            ..ConfigMap::default()
+        };
+        cms.create(&PostParams::default(), &cm).await?;
+        let pid_files: Vec<_> = f
+            .fleet()
+            .plan()
+            .hosts()
+            .iter()
+            .flat_map(|h| {
+                yurt_cluster::components::Component::of(h)
+                    .iter()
+                    .map(|c| f.fleet().paths().host(h).pid_file(c.name()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let records: Vec<_> = pid_files
+            .iter()
+            .filter_map(|p| yurt_cluster::process::PidRecord::read(p))
+            .collect();
+        ensure!(
+            records.len() == 4 + 2 * 3,
+            "every process has a pid file: {records:?}"
+        );
+        let cgroups = yurt_cluster::cgroup::Cgroups::detect()?;
+        let cg = format!("yurt-{slot}");
+        ensure!(
+            cgroups.pids(&cg).len() > records.len(),
+            "containers and shims run in the fleet's cgroups"
+        );
+
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            yurt_cluster::down(&machine(), &d, false, &yurt_cluster::progress::LineReporter)
+        })
+        .await??;
+        assert!(
+            records.iter().all(|r| !r.is_alive()),
+            "a fleet process survived"
+        );
+        assert_eq!(leftovers(&dir, slot), Vec::<String>::new());
+        assert_eq!(
+            iptables_rules()?,
+            rules_before,
+            "this machine's iptables rules changed"
+        );
+        assert!(
+            dir.join("fleet.json").exists() && dir.join("pki/ca.crt").exists(),
+            "state kept"
+        );
+
+        // Up again on the same folder: same fleet, same data.
+        let again = yurt_cluster::up(
+            &machine(),
+            &dir,
+            UpOptions::default(),
+            std::sync::Arc::new(yurt_cluster::progress::LineReporter),
+        )
+        .await?;
+        let client = again.client().await?;
+        let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+        let back = cms.get("survives").await?;
+        assert_eq!(
+            back.data.unwrap_or_default().get("k").map(String::as_str),
+            Some("v")
+        );
+        assert_eq!(again.state().slot.0, slot);
+        drop(again);
+        drop(f); // removes the fleet and its data
+        assert_eq!(leftovers(&dir, slot), Vec::<String>::new());
+        assert!(!dir.exists(), "purged");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat_fleet_runs_pods_while_the_cloud_cannot_connect_to_edges() -> anyhow::Result<()> {
+    within(async {
+        let f = fresh("e2e-nat", spec(2, 2, NetMode::Nat, true)).await?;
+        for node in ["edge-a1", "edge-b1"] {
+            assert_eq!(f.node_ready(node).await?, "True", "{node}");
+        }
+        let pods: Api<Pod> = Api::namespaced(f.client(), "default");
+        let list = pods.list(&ListParams::default()).await?;
+        ensure!(
+            list.items.len() == 2,
+            "one sample pod per pool: {}",
+            list.items.len()
+        );
+        for p in &list.items {
+            assert_eq!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Running")
+            );
+        }
+        let plan = f.fleet().plan();
+        let cloud = plan.netns(&HostId::Cloud);
+        for e in &plan.edges {
+            let err = yurt_cluster::netns::connect_tcp(
+                &cloud,
+                SocketAddr::from((e.ip, 10250)),
+                Duration::from_secs(3),
+            )
+            .expect_err("the cloud must not reach an edge kubelet behind NAT");
+            assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::ConnectionRefused,
+                "{}: {err}",
+                e.name
+            );
+        }
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,437 @@
+//! Scenarios that do not disturb the fleet, on the shared fleet (4 edge nodes in 2 pools,
+//! routed mode), with kubectl 1.20 (built from source) and the installed kubectl.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams};
+use yurt_testkit::{TestFleet, shared, wait_for};
+
+/// Bound for a whole test, fleet start included.
+const TEST_TIMEOUT: Duration = Duration::from_secs(420);
+const POD_TIMEOUT: Duration = Duration::from_secs(120);
+
+async fn within<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(TEST_TIMEOUT, fut)
+        .await
+        .context("test did not finish in time")?
+}
+
+/// Creates namespace `ns` afresh (deleting a leftover from an earlier run).
+fn fresh_namespace(f: &TestFleet, ns: &str) -> anyhow::Result<()> {
+    let _ = f.kubectl(&[
+        "delete",
+        "namespace",
+        ns,
+        "--ignore-not-found",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    f.kubectl(&["create", "namespace", ns])?;
+    // The service account controller creates `default` shortly after the namespace.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while f
+        .kubectl(&["get", "serviceaccount", "default", "-n", ns])
+        .is_err()
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "no default service account in {ns}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Ok(())
+}
+
+fn apply(f: &TestFleet, manifest: &serde_json::Value) -> anyhow::Result<()> {
+    let mut child = f
+        .fleet()
+        .kubectl()
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("kubectl stdin")?
+        .write_all(manifest.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "kubectl apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+async fn wait_pod_running(f: &TestFleet, ns: &str, name: &str) -> anyhow::Result<Pod> {
+    let pods: Api<Pod> = Api::namespaced(f.client(), ns);
+    wait_for(
+        &format!("pod {ns}/{name} Running and Ready"),
+        POD_TIMEOUT,
+        || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get(name).await?;
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                Ok(ready.then_some(p))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_are_ready_with_pool_labels_and_planned_pod_cidrs() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let nodes: Api<Node> = Api::all(f.client());
+        let list = nodes.list(&ListParams::default()).await?;
+        for edge in &f.fleet().plan().edges {
+            let node = list
+                .items
+                .iter()
+                .find(|n| n.metadata.name.as_deref() == Some(edge.name.as_str()))
+                .with_context(|| format!("node {} missing", edge.name))?;
+            let labels = node.metadata.labels.clone().unwrap_or_default();
+            let pool = &f.fleet().plan().pools[edge.pool].name;
+            assert_eq!(
+                labels.get("apps.openyurt.io/nodepool").map(String::as_str),
+                Some(pool.as_str())
+            );
+            assert_eq!(
+                labels.get("openyurt.io/is-edge-worker").map(String::as_str),
+                Some("true")
+            );
+            assert_eq!(
+                node.spec.as_ref().and_then(|s| s.pod_cidr.clone()),
+                Some(edge.pod_cidr.to_string())
+            );
+            assert_eq!(
+                f.node_ready(edge.name.as_str()).await?,
+                "True",
+                "{}",
+                edge.name
+            );
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_spread_over_both_pools_becomes_available() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let ns = "e2e-spread";
+        fresh_namespace(&f, ns)?;
+        apply(
+            &f,
+            &serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "spread", "namespace": ns},
+                "spec": {
+                    "replicas": 4,
+                    "selector": {"matchLabels": {"app": "spread"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "spread"}},
+                        "spec": {
+                            "topologySpreadConstraints": [{
+                                "maxSkew": 1,
+                                "topologyKey": "apps.openyurt.io/nodepool",
+                                "whenUnsatisfiable": "DoNotSchedule",
+                                "labelSelector": {"matchLabels": {"app": "spread"}},
+                            }],
+                            "containers": [{"name": "c", "image": "yurt.local/busybox:1", "command": ["sleep", "3600"]}],
+                            "terminationGracePeriodSeconds": 0,
+                        }
+                    }
+                }
+            }),
+        )?;
+        f.kubectl(&["rollout", "status", "deployment/spread", "-n", ns, "--timeout=120s"])?;
+        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(f.client(), ns);
+        wait_for("deployment spread Available", POD_TIMEOUT, || {
+            let deployments = deployments.clone();
+            async move {
+                let d = deployments.get("spread").await?;
+                let available = d
+                    .status
+                    .and_then(|s| s.conditions)
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Available" && c.status == "True"));
+                Ok(available.then_some(()))
+            }
+        })
+        .await?;
+        let pods: Api<Pod> = Api::namespaced(f.client(), ns);
+        let list = pods.list(&ListParams::default().labels("app=spread")).await?;
+        let plan = f.fleet().plan();
+        let mut per_pool = std::collections::BTreeMap::<String, usize>::new();
+        for p in &list.items {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.clone()).context("pod not scheduled")?;
+            let edge = plan.edge(&node).with_context(|| format!("{node} is not an edge node"))?;
+            *per_pool.entry(plan.pools[edge.pool].name.to_string()).or_default() += 1;
+        }
+        assert_eq!(per_pool.get("pool-a"), Some(&2), "{per_pool:?}");
+        assert_eq!(per_pool.get("pool-b"), Some(&2), "{per_pool:?}");
+        f.kubectl(&["delete", "namespace", ns, "--wait=false"])?;
+        Ok(())
+    })
+    .await
+}
+
+/// A pod that logs a numbered line every second and serves "pf-ok" on port 8080.
+fn chatty_pod(ns: &str, name: &str, node: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "nodeName": node,
+            "containers": [{
+                "name": "c", "image": "yurt.local/busybox:1",
+                "command": ["sh", "-c", "echo pf-ok > /var/www/index.html; httpd -p 8080 -h /var/www; i=0; while true; do echo line $i; i=$((i+1)); sleep 1; done"],
+                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
+            }],
+            "terminationGracePeriodSeconds": 0,
+        }
+    })
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The stdout lines of a child, read on a thread.
+fn lines(child: &mut Child) -> anyhow::Result<std::sync::mpsc::Receiver<String>> {
+    let stdout = child.stdout.take().context("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Waits for a line that satisfies `want`, within `timeout`.
+fn read_until(
+    rx: &std::sync::mpsc::Receiver<String>,
+    timeout: Duration,
+    want: impl Fn(&str) -> bool,
+) -> anyhow::Result<String> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if want(&line) => return Ok(line),
+            Ok(line) => seen.push(line),
+            Err(e) => bail!("no wanted line within {timeout:?} ({e}); saw {seen:?}"),
+        }
+    }
+}
+
+/// logs, logs -f, exec and port-forward with one kubectl binary.
+async fn kubectl_streams_work(
+    f: &TestFleet,
+    kubectl: impl Fn() -> Command,
+    ns: &str,
+) -> anyhow::Result<()> {
+    fresh_namespace(f, ns)?;
+    let node = "edge-b2";
+    apply(f, &chatty_pod(ns, "chatty", node))?;
+    wait_pod_running(f, ns, "chatty").await?;
+    let run = |args: &[&str]| yurt_testkit::run_checked(kubectl().args(args));
+
+    wait_for(
+        "`kubectl logs` to show the first line",
+        Duration::from_secs(30),
+        || async {
+            Ok(run(&["logs", "-n", ns, "chatty"])?
+                .contains("line 0")
+                .then_some(()))
+        },
+    )
+    .await?;
+
+    let follow = kubectl()
+        .args(["logs", "-f", "-n", ns, "chatty", "--since=1s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut follow = Killed(follow);
+    let followed = lines(&mut follow.0)?;
+    let first = read_until(&followed, Duration::from_secs(20), |l| {
+        l.starts_with("line ")
+    })?;
+    let n: u64 = first.trim_start_matches("line ").parse()?;
+    read_until(&followed, Duration::from_secs(20), |l| {
+        l.trim_start_matches("line ")
+            .parse::<u64>()
+            .is_ok_and(|m| m >= n + 2)
+    })
+    .context("`kubectl logs -f` did not stream new lines")?;
+    drop(follow);
+
+    assert_eq!(
+        run(&["exec", "-n", ns, "chatty", "--", "sh", "-c", "echo hi"])?,
+        "hi\n"
+    );
+
+    let pf = kubectl()
+        .args(["port-forward", "-n", ns, "pod/chatty", ":8080"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut pf = Killed(pf);
+    let forwarded = lines(&mut pf.0)?;
+    let line = read_until(&forwarded, Duration::from_secs(20), |l| {
+        l.starts_with("Forwarding from 127.0.0.1:")
+    })?;
+    let port: u16 = line
+        .trim_start_matches("Forwarding from 127.0.0.1:")
+        .split_whitespace()
+        .next()
+        .context("no port")?
+        .parse()?;
+    let mut s = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(5),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    ensure!(body.contains("pf-ok"), "port-forward answered {body:?}");
+    drop(pf);
+    f.kubectl(&["delete", "namespace", ns, "--wait=false"])?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_1_20_logs_follow_exec_and_port_forward_reach_an_edge_pod() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let kubectl = || f.fleet().kubectl();
+        kubectl_streams_work(&f, kubectl, "e2e-kubectl-120").await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_kubectl_logs_follow_exec_and_port_forward_reach_an_edge_pod()
+-> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let kubectl = || f.installed_kubectl();
+        kubectl_streams_work(&f, kubectl, "e2e-kubectl-new").await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_ip_services_answer_from_a_pod_in_each_pool() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let svc_ip =
+            |name: &str| f.kubectl(&["get", "svc", name, "-o", "jsonpath={.spec.clusterIP}"]);
+        let (a, b) = (svc_ip("web-pool-a")?, svc_ip("web-pool-b")?);
+        for pool in ["pool-a", "pool-b"] {
+            let pod = f.kubectl(&[
+                "get",
+                "pods",
+                "-l",
+                &format!("app=web-{pool}"),
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ])?;
+            ensure!(!pod.is_empty(), "no sample pod in {pool}");
+            let out = f.kubectl(&[
+                "exec",
+                &pod,
+                "--",
+                "sh",
+                "-c",
+                &format!("wget -qO- http://{a}/ && wget -qO- http://{b}/"),
+            ])?;
+            assert!(out.contains("in pool-a"), "from {pool}: {out}");
+            assert!(out.contains("in pool-b"), "from {pool}: {out}");
+        }
+        // kube-proxy programs the same Services inside each edge host.
+        let out = f.exec("edge-a2", &["wget", "-qO-", &format!("http://{b}/")])?;
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("in pool-b"),
+            "{out:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_reaches_the_api_server_with_its_service_account_token() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let ns = "e2e-token";
+        fresh_namespace(&f, ns)?;
+        f.kubectl(&["create", "role", "pod-reader", "-n", ns, "--verb=get", "--resource=pods"])?;
+        f.kubectl(&["create", "rolebinding", "pod-reader", "-n", ns, "--role=pod-reader", &format!("--serviceaccount={ns}:default")])?;
+        apply(&f, &chatty_pod(ns, "client", "edge-a1"))?;
+        wait_pod_running(&f, ns, "client").await?;
+        let url = format!("https://10.96.0.1/api/v1/namespaces/{ns}/pods/client");
+        let with_token = f.kubectl(&[
+            "exec", "-n", ns, "client", "--", "sh", "-c",
+            &format!("wget -qO- --no-check-certificate --header \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" {url}"),
+        ])?;
+        let pod: serde_json::Value = serde_json::from_str(&with_token)
+            .with_context(|| format!("the API should answer with the pod, got {with_token:?}"))?;
+        assert_eq!(pod["metadata"]["name"], "client");
+        // Without the token the same request is anonymous and refused.
+        let anonymous = f
+            .fleet()
+            .kubectl()
+            .args(["exec", "-n", ns, "client", "--", "sh", "-c", &format!("wget -qO- --no-check-certificate {url}")])
+            .output()?;
+        assert!(!anonymous.status.success(), "anonymous request must be refused");
+        assert!(String::from_utf8_lossy(&anonymous.stderr).contains("403"), "{anonymous:?}");
+        f.kubectl(&["delete", "namespace", ns, "--wait=false"])?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_routed_mode_the_cloud_reaches_every_kubelet() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let plan = f.fleet().plan();
+        let cloud = plan.netns(&yurt_cluster::spec::HostId::Cloud);
+        for e in &plan.edges {
+            yurt_cluster::netns::connect_tcp(
+                &cloud,
+                SocketAddr::from((e.ip, 10250)),
+                Duration::from_secs(3),
+            )
+            .with_context(|| format!("cloud -> {} kubelet", e.name))?;
+        }
+        Ok(())
+    })
+    .await
+}

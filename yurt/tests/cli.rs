@@ -1,0 +1,282 @@
+//! The `yurt` command line as a user meets it: bad input gets one clear line and a
+//! non-zero exit; a data folder held by a running `yurt up` is refused; a `yurt up`
+//! killed with SIGKILL is cleaned up by `yurt down`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const YURT: &str = env!("CARGO_BIN_EXE_yurt");
+
+fn yurt(args: &[&str]) -> Output {
+    Command::new(YURT)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run yurt")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn unknown_flag_is_refused_with_a_usage_error() {
+    let out = yurt(&["up", "--edge-nodez", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: unexpected argument '--edge-nodez'"),
+        "{err}"
+    );
+}
+
+#[test]
+fn out_of_range_sizes_are_refused() {
+    let out = yurt(&["up", "--edge-nodes", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--edge-nodes"), "{}", stderr(&out));
+    let out = yurt(&[
+        "up",
+        "--pools",
+        "3",
+        "--edge-nodes",
+        "2",
+        "--data-dir",
+        "/var/lib/yurt-test/cli-pools",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("--pools must be between 1 and min(26, --edge-nodes=2), got 3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fleet_commands_without_a_fleet_say_how_to_start_one() {
+    let out = yurt(&[
+        "fleet",
+        "--data-dir",
+        "/var/lib/yurt-test/cli-none",
+        "status",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: no fleet in /var/lib/yurt-test/cli-none; start one with `yurt up --data-dir /var/lib/yurt-test/cli-none`"
+    );
+}
+
+#[test]
+fn unusable_data_folders_are_refused() {
+    for (dir, needle) in [
+        ("/tmp/with space", "may contain only letters"),
+        (
+            "/var/lib/yurt-test/a-folder-name-that-is-much-too-long-for-sockets-xx",
+            "at most 50 characters",
+        ),
+    ] {
+        let out = yurt(&["up", "--data-dir", dir]);
+        assert_eq!(out.status.code(), Some(1), "{dir}");
+        let err = stderr(&out);
+        assert!(err.contains(needle), "{dir}: {err}");
+        assert!(!Path::new(dir).exists(), "nothing made for {dir}");
+    }
+}
+
+#[test]
+fn image_build_writes_an_archive_and_refuses_bad_tags() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("site")).unwrap();
+    std::fs::write(dir.path().join("site/index.html"), "hi").unwrap();
+    let out_file = dir.path().join("web.tar");
+    let site = dir.path().join("site");
+    let out = yurt(&[
+        "image",
+        "build",
+        "--tag",
+        "yurt.local/web:1",
+        "--from-dir",
+        site.to_str().unwrap(),
+        "--dest",
+        "/www",
+        "--entrypoint",
+        r#"["httpd","-f","-h","/www"]"#,
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("built yurt.local/web:1 (sha256:"));
+    assert!(
+        std::fs::metadata(&out_file).unwrap().len() > 1_000_000,
+        "busybox is inside"
+    );
+
+    let out = yurt(&[
+        "image",
+        "build",
+        "--tag",
+        "Web",
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("expected registry/name:tag"),
+        "{}",
+        stderr(&out)
+    );
+    let out = yurt(&[
+        "image",
+        "build",
+        "--tag",
+        "yurt.local/w:1",
+        "--entrypoint",
+        "httpd",
+        "-o",
+        "/tmp/x.tar",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("--entrypoint must be a JSON array"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Reads the child's stdout until a line contains `needle`.
+fn wait_for_line(child: &mut std::process::Child, needle: &str, timeout: Duration) -> Vec<String> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let done = line.contains(needle);
+                seen.push(line);
+                if done {
+                    return seen;
+                }
+            }
+            Err(_) => panic!("`{needle}` not printed within {timeout:?}; printed: {seen:?}"),
+        }
+    }
+}
+
+#[test]
+fn second_up_is_refused_and_a_killed_up_is_cleaned_by_down() {
+    let dir = "/var/lib/yurt-test/cli-up";
+    let _ = yurt(&["down", "--purge", "--data-dir", dir]);
+    let mut up = Command::new(YURT)
+        .args([
+            "up",
+            "--data-dir",
+            dir,
+            "--edge-nodes",
+            "1",
+            "--pools",
+            "1",
+            "--no-sample-app",
+            "--timing",
+            "fast",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start yurt up");
+    let printed = wait_for_line(
+        &mut up,
+        "Ctrl-C (or `yurt down`) stops it",
+        Duration::from_secs(300),
+    );
+    let text = printed.join("\n");
+    assert!(
+        text.contains(&format!("export KUBECONFIG={dir}/admin.kubeconfig")),
+        "{text}"
+    );
+    assert!(text.contains("fleet cut pool-a"), "{text}");
+
+    let second = yurt(&["up", "--data-dir", dir]);
+    assert_eq!(second.status.code(), Some(1));
+    let err = stderr(&second);
+    assert!(
+        err.contains(&format!(
+            "data folder {dir} is in use by a running fleet (yurt up, pid {})",
+            up.id()
+        )),
+        "{err}"
+    );
+
+    let status = yurt(&["fleet", "--data-dir", dir, "status"]);
+    let status_text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(
+        status_text.contains("edge-a1") && status_text.contains("kubelet("),
+        "{status_text}"
+    );
+    let slot: u8 = status_text
+        .split("(slot ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.parse().ok())
+        .expect("slot in status");
+
+    // The foreground `yurt up` restarts a process that dies.
+    let pid_file = format!("{dir}/hosts/edge-a1/run/pids/kubelet.pid");
+    let old =
+        yurt_cluster::process::PidRecord::read(Path::new(&pid_file)).expect("kubelet pid file");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(old.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = yurt_cluster::process::PidRecord::read(Path::new(&pid_file));
+        if now.is_some_and(|r| r != old && r.is_alive()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kubelet was not restarted after it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = up.wait();
+    assert!(
+        yurt_cluster::netns::exists(&format!("yurt{slot}-cloud")),
+        "SIGKILL leaves the fleet behind"
+    );
+
+    let down = yurt(&["down", "--data-dir", dir]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    assert!(
+        !yurt_cluster::netns::list()
+            .iter()
+            .any(|n| n.starts_with(&format!("yurt{slot}-")))
+    );
+    assert!(yurt_cluster::mounts::mounts_under(Path::new(dir)).is_empty());
+    let cgroups = yurt_cluster::cgroup::Cgroups::detect().unwrap();
+    assert!(!cgroups.exists(&format!("yurt-{slot}")));
+    let purge = yurt(&["down", "--purge", "--data-dir", dir]);
+    assert!(purge.status.success(), "{}", stderr(&purge));
+    assert!(!Path::new(dir).exists());
+}
