@@ -276,6 +276,51 @@ fn second_up_is_refused_and_a_killed_up_is_cleaned_by_down() {
     assert!(yurt_cluster::mounts::mounts_under(Path::new(dir)).is_empty());
     let cgroups = yurt_cluster::cgroup::Cgroups::detect().unwrap();
     assert!(!cgroups.exists(&format!("yurt-{slot}")));
+    // `yurt up` on the same folder restarts that fleet; Ctrl-C (SIGINT) stops it and
+    // removes what it made.
+    let mut again = Command::new(YURT)
+        .args(["up", "--data-dir", dir])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("restart yurt up");
+    let printed = wait_for_line(
+        &mut again,
+        "Ctrl-C (or `yurt down`) stops it",
+        Duration::from_secs(300),
+    );
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains("1 edge hosts in 1 pools")),
+        "restarted with its spec: {printed:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(again.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = again.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "yurt up did not stop after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        !yurt_cluster::netns::list()
+            .iter()
+            .any(|n| n.starts_with(&format!("yurt{slot}-")))
+    );
+    assert!(yurt_cluster::mounts::mounts_under(Path::new(dir)).is_empty());
+    assert!(!cgroups.exists(&format!("yurt-{slot}")));
+
     let purge = yurt(&["down", "--purge", "--data-dir", dir]);
     assert!(purge.status.success(), "{}", stderr(&purge));
     assert!(!Path::new(dir).exists());

@@ -100,10 +100,7 @@ pub fn holder(path: &Path) -> Result<Option<i32>> {
     if !path.exists() {
         return Ok(None);
     }
-    Ok(match try_exclusive(path)? {
-        Ok(_free) => None,
-        Err(pid) => Some(pid),
-    })
+    Ok(try_exclusive(path)?.err())
 }
 
 #[cfg(test)]

@@ -15,15 +15,29 @@ pub trait Reporter: Send + Sync {
     fn warn(&self, message: &str);
 }
 
-/// Prints each step as one line on standard error; used by tests and non-terminals.
+/// Prints each step as one line on standard error, and the step's news at most every
+/// ten seconds; used by tests and when standard error is not a terminal.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LineReporter;
 
+/// When [`LineReporter`] last printed a detail line.
+static LAST_DETAIL: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
 impl Reporter for LineReporter {
     fn begin(&self, step: &str) {
+        if let Ok(mut last) = LAST_DETAIL.lock() {
+            *last = Some(std::time::Instant::now());
+        }
         eprintln!("… {step}");
     }
-    fn detail(&self, _detail: &str) {}
+    fn detail(&self, detail: &str) {
+        if let Ok(mut last) = LAST_DETAIL.lock()
+            && last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            *last = Some(std::time::Instant::now());
+            eprintln!("  … {detail}");
+        }
+    }
     fn done(&self, step: &str, elapsed: Duration) {
         eprintln!("✓ {step} ({:.1}s)", elapsed.as_secs_f64());
     }

@@ -369,7 +369,7 @@ impl Plan {
                 }
             })
             .collect();
-        edges.sort_by(|a, b| (a.pool, a.index).cmp(&(b.pool, b.index)));
+        edges.sort_by_key(|e| (e.pool, e.index));
         Ok(Self {
             slot,
             mode: spec.mode,

@@ -158,7 +158,7 @@ pub fn ensure(cache_dir: &Path, reporter: &dyn Reporter) -> Result<UpstreamBinar
     }
     let vdir = version_dir(cache_dir);
     std::fs::create_dir_all(&vdir).map_err(|e| Error::io(&vdir, e))?;
-    let _guard = lock::exclusive(&vdir.with_extension("lock"))?;
+    let _guard = lock::exclusive(&PathBuf::from(format!("{}.lock", vdir.display())))?;
     if let Some(bins) = cached(cache_dir) {
         return Ok(bins);
     }
@@ -320,7 +320,7 @@ fn build(cache_dir: &Path, src: &Path, log: &Path, reporter: &dyn Reporter) -> R
     let step = Step::start(
         reporter,
         format!(
-            "building Kubernetes {KUBERNETES_VERSION} with Go (about 5 minutes on 2 cores, once)"
+            "building Kubernetes {KUBERNETES_VERSION} with Go (about 8 minutes on 2 cores, once)"
         ),
     );
     // A failed earlier attempt can leave an empty generator binary behind.
@@ -473,6 +473,37 @@ mod tests {
         assert_eq!(
             mirror_in("deb https://packages.cloud.google.com/apt cloud-sdk main\n"),
             None
+        );
+    }
+
+    #[test]
+    fn a_failed_build_step_names_the_step_and_keeps_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("build.log");
+        let err = run_logged(
+            "apt-get source kubernetes",
+            Command::new("sh").args([
+                "-c",
+                "echo progress; echo 'E: no such package' >&2; exit 100",
+            ]),
+            &log,
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(
+                "building Kubernetes failed at step 'apt-get source kubernetes': E: no such package"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with(&format!("(full output: {})", log.display())),
+            "{msg}"
+        );
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("progress") && text.contains("E: no such package"),
+            "{text}"
         );
     }
 
