@@ -532,13 +532,7 @@ mod tests {
     #[test]
     fn kubelet_gets_pool_labels_node_ip_and_own_cgroup_root() {
         let (_d, plan, paths, pki, bins) = fixture();
-        let ctx = Context {
-            plan: &plan,
-            paths: &paths,
-            pki: &pki,
-            bins: &bins,
-            timings: Timing::Fast.timings(),
-        };
+        let ctx = context(&plan, &paths, &pki, &bins);
         let host = plan.host("edge-b1").unwrap();
         let line = ctx.command_line(Component::Kubelet, &host).unwrap();
         let args: Vec<String> = line
@@ -583,13 +577,7 @@ mod tests {
     #[test]
     fn controller_manager_uses_the_timing_profile() {
         let (_d, plan, paths, pki, bins) = fixture();
-        let ctx = Context {
-            plan: &plan,
-            paths: &paths,
-            pki: &pki,
-            bins: &bins,
-            timings: Timing::Fast.timings(),
-        };
+        let ctx = context(&plan, &paths, &pki, &bins);
         let line = ctx
             .command_line(Component::KubeControllerManager, &HostId::Cloud)
             .unwrap();
@@ -607,13 +595,7 @@ mod tests {
     #[test]
     fn edge_components_refuse_the_cloud_host() {
         let (_d, plan, paths, pki, bins) = fixture();
-        let ctx = Context {
-            plan: &plan,
-            paths: &paths,
-            pki: &pki,
-            bins: &bins,
-            timings: Timing::Fast.timings(),
-        };
+        let ctx = context(&plan, &paths, &pki, &bins);
         let err = ctx
             .command_line(Component::Kubelet, &HostId::Cloud)
             .unwrap_err();

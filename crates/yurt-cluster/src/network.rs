@@ -71,12 +71,13 @@ impl LinkTarget {
     }
 
     /// The router interface that carries this link.
-    fn router_interface(&self, plan: &Plan) -> Option<String> {
+    fn router_interface(&self, plan: &Plan) -> Result<String> {
         match self {
             Self::Node(n) => plan.edge(n).map(|e| e.router_port.clone()),
             Self::Pool(p) => plan.pool(p).map(|p| p.uplink_port.clone()),
             Self::Cloud => Some("wan0".into()),
         }
+        .ok_or_else(|| Error::Invalid(format!("no link for {}", self.name())))
     }
 }
 
@@ -242,53 +243,21 @@ pub fn create(plan: &Plan) -> Result<()> {
 /// and connections opened towards a site from outside it are refused.
 fn nat_rules(plan: &Plan) -> Result<()> {
     let router = plan.netns(&HostId::Router);
-    let ipt = |args: &[&str]| {
-        netns::run_in(&router, "add a NAT rule in the router", "iptables", args).map(drop)
-    };
-    ipt(&[
-        "-w",
-        "-t",
-        "nat",
-        "-A",
-        "POSTROUTING",
-        "-o",
-        "wan0",
-        "-j",
-        "MASQUERADE",
-    ])?;
+    let mut rules = vec!["-t nat -A POSTROUTING -o wan0 -j MASQUERADE".to_owned()];
     for pool in &plan.pools {
-        ipt(&[
-            "-w",
-            "-A",
-            "FORWARD",
-            "-o",
-            &pool.uplink,
-            "-p",
-            "tcp",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "NEW",
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ])?;
-        ipt(&[
-            "-w",
-            "-A",
-            "FORWARD",
-            "-o",
-            &pool.uplink,
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "NEW",
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "icmp-port-unreachable",
-        ])?;
+        let new_into_site = format!("-A FORWARD -o {} -m conntrack --ctstate NEW", pool.uplink);
+        rules.push(format!(
+            "{new_into_site} -p tcp -j REJECT --reject-with tcp-reset"
+        ));
+        rules.push(format!(
+            "{new_into_site} -j REJECT --reject-with icmp-port-unreachable"
+        ));
+    }
+    for rule in rules {
+        let args: Vec<&str> = std::iter::once("-w")
+            .chain(rule.split_whitespace())
+            .collect();
+        netns::run_in(&router, "add a NAT rule in the router", "iptables", &args)?;
     }
     Ok(())
 }
@@ -298,9 +267,7 @@ fn nat_rules(plan: &Plan) -> Result<()> {
 /// # Errors
 /// If the target is unknown or `ip` fails.
 pub fn set_link(plan: &Plan, target: &LinkTarget, connected: bool) -> Result<()> {
-    let dev = target
-        .router_interface(plan)
-        .ok_or_else(|| Error::Invalid(format!("no link for {}", target.name())))?;
+    let dev = target.router_interface(plan)?;
     let state = if connected { "up" } else { "down" };
     ip(
         Some(&plan.netns(&HostId::Router)),
@@ -314,9 +281,7 @@ pub fn set_link(plan: &Plan, target: &LinkTarget, connected: bool) -> Result<()>
 /// # Errors
 /// If `ip` fails.
 pub fn link_is_up(plan: &Plan, target: &LinkTarget) -> Result<bool> {
-    let dev = target
-        .router_interface(plan)
-        .ok_or_else(|| Error::Invalid(format!("no link for {}", target.name())))?;
+    let dev = target.router_interface(plan)?;
     let out = ip(
         Some(&plan.netns(&HostId::Router)),
         &["-o", "link", "show", &dev],
