@@ -514,6 +514,21 @@ mod tests {
     use super::*;
     use crate::spec::{FleetSpec, Slot, Timing};
 
+    fn context<'a>(
+        plan: &'a Plan,
+        paths: &'a FleetPaths,
+        pki: &'a PkiPaths,
+        bins: &'a UpstreamBinaries,
+    ) -> Context<'a> {
+        Context {
+            plan,
+            paths,
+            pki,
+            bins,
+            timings: Timing::Fast.timings(),
+        }
+    }
+
     fn fixture() -> (
         tempfile::TempDir,
         Plan,
