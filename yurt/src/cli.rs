@@ -202,9 +202,12 @@ pub struct BenchFleetArgs {
     /// Fleet sizes to bring up cold, in edge nodes.
     #[arg(long, value_delimiter = ',', default_value = "4,10")]
     pub sizes: Vec<u16>,
-    /// Pods to create for the start-latency measurement.
+    /// Pods to create for the start-latency measurement (once all at once, once paced).
     #[arg(long, default_value_t = 100)]
     pub pods: usize,
+    /// Creation rate of the paced start-latency run, pods per second.
+    #[arg(long, default_value_t = 2.0)]
+    pub paced_rate: f64,
     /// Folder for the benchmark fleets (removed afterwards).
     #[arg(long, default_value = "/var/lib/yurt/bench")]
     pub bench_dir: PathBuf,

@@ -486,6 +486,10 @@ pub fn kubelet_config(ctx: &Context<'_>, hp: &HostPaths, edge: &EdgePlan) -> Res
             "imagefs.available": "1%",
         },
         "maxPods": 110,
+        // 1.20 defaults to 5 requests/s towards the API: with a few dozen pods starting
+        // at once, their status updates queue behind it for tens of seconds.
+        "kubeAPIQPS": 50,
+        "kubeAPIBurst": 100,
     }))
 }
 
