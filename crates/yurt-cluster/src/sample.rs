@@ -24,7 +24,8 @@ const SERVE_SCRIPT: &str = r#"#!/bin/sh
 # Serves one page saying which pod, node and pool answered.
 mkdir -p /www
 echo "hello from ${POD_NAME:-$(hostname)} on ${NODE_NAME:-unknown} in ${POOL:-unknown}" > /www/index.html
-exec httpd -f -p "${PORT:-8080}" -h /www
+echo "serving $(cat /www/index.html) on port ${PORT:-8080}"
+exec httpd -f -v -p "${PORT:-8080}" -h /www
 "#;
 
 /// The sample image: busybox plus the serving script.
@@ -77,6 +78,8 @@ pub fn deployment(pool: &str, replicas: usize) -> serde_json::Value {
                         "resources": {"requests": {"cpu": "10m", "memory": "8Mi"}},
                     }],
                     "terminationGracePeriodSeconds": 2,
+                    // The fleet runs no cluster DNS yet; say so rather than fall back.
+                    "dnsPolicy": "Default",
                 }
             }
         }
