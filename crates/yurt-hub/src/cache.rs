@@ -1,0 +1,730 @@
+//! What the hub caches and how it answers from the cache.
+//!
+//! Responses to cache agents (selected by User-Agent, as OpenYurt does) are stored
+//! unfiltered, once per (component, resource, namespace, name). Every complete LIST
+//! records its shape (namespace, label and field selector), and any shape covered by a
+//! recorded one can be answered offline by selecting from the stored objects, so a
+//! component may list one resource in several shapes (OpenYurt caches one per path).
+//! Filters run when a response is served, online or offline, in the client's format.
+
+use std::collections::HashSet;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+
+use crate::body::{self, ResponseBody};
+use crate::codec::{self, Format, RawObject, WatchDecoder};
+use crate::filter::Filters;
+use crate::request::{ResourceRequest, Verb};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::store::{ObjectKey, Shape, Store};
+
+/// Components cached by default (OpenYurt's list).
+pub const DEFAULT_AGENTS: &[&str] = &[
+    "kubelet",
+    "kube-proxy",
+    "flanneld",
+    "coredns",
+    "raven-agent-ds",
+    "yurttunnel-agent",
+    "yurthub",
+];
+
+/// Resources never cached.
+const NEVER_CACHED: &[&str] = &[
+    "certificatesigningrequests",
+    "subjectaccessreviews",
+    "tokenreviews",
+    "selfsubjectaccessreviews",
+];
+
+/// Component under which non-resource responses (`/version`, discovery) are kept.
+const NON_RESOURCE: &str = "_nonresource";
+
+/// The set of components whose responses are cached.
+#[derive(Debug)]
+pub struct Agents {
+    defaults: HashSet<String>,
+    configured: RwLock<HashSet<String>>,
+}
+
+impl Agents {
+    /// The defaults plus `multiplexer-proxy-<node>` and `extra`.
+    pub fn new(node: &str, extra: &[String]) -> Self {
+        let mut defaults: HashSet<String> =
+            DEFAULT_AGENTS.iter().map(|a| (*a).to_owned()).collect();
+        defaults.insert(format!("multiplexer-proxy-{node}"));
+        defaults.extend(
+            extra
+                .iter()
+                .map(|a| a.trim().to_lowercase())
+                .filter(|a| !a.is_empty()),
+        );
+        Self {
+            defaults,
+            configured: RwLock::new(HashSet::new()),
+        }
+    }
+
+    /// Replaces the agents configured in `yurt-hub-cfg` (`cache_agents`, comma list).
+    pub fn set_configured(&self, list: &str) {
+        let set = list
+            .split(',')
+            .map(|a| a.trim().to_lowercase())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if let Ok(mut c) = self.configured.write() {
+            *c = set;
+        }
+    }
+
+    /// Whether `component` is cached.
+    pub fn contains(&self, component: &str) -> bool {
+        if self.defaults.contains("*") || self.defaults.contains(component) {
+            return true;
+        }
+        self.configured
+            .read()
+            .map(|c| c.contains("*") || c.contains(component))
+            .unwrap_or(false)
+    }
+}
+
+/// The cache manager.
+#[derive(Debug)]
+pub struct Cache {
+    store: Store,
+    agents: Agents,
+    node: String,
+}
+
+fn status_response(
+    format: Format,
+    code: StatusCode,
+    reason: &str,
+    message: &str,
+) -> Response<ResponseBody> {
+    let mut r = Response::new(body::full(codec::encode_status(
+        format,
+        code.as_u16(),
+        reason,
+        message,
+    )));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(format.content_type()),
+    );
+    r
+}
+
+/// A Kubernetes Status error response in the first format the client accepts.
+pub fn status(
+    accept: &[Format],
+    code: StatusCode,
+    reason: &str,
+    message: &str,
+) -> Response<ResponseBody> {
+    status_response(
+        accept.first().copied().unwrap_or(Format::Json),
+        code,
+        reason,
+        message,
+    )
+}
+
+fn object_response(code: StatusCode, format: Format, bytes: Bytes) -> Response<ResponseBody> {
+    let mut r = Response::new(body::full(bytes));
+    *r.status_mut() = code;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(format.content_type()),
+    );
+    r
+}
+
+impl Cache {
+    /// A cache over `store`.
+    pub fn new(store: Store, agents: Agents, node: &str) -> Self {
+        Self {
+            store,
+            agents,
+            node: node.to_owned(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The agent set.
+    pub fn agents(&self) -> &Agents {
+        &self.agents
+    }
+
+    /// Whether a response to this request should be cached.
+    pub fn cacheable(&self, component: Option<&str>, r: &ResourceRequest) -> bool {
+        let Some(component) = component else {
+            return false;
+        };
+        if !self.agents.contains(component) {
+            return false;
+        }
+        if NEVER_CACHED.contains(&r.gvr.resource.as_str()) {
+            return false;
+        }
+        if r.subresource.as_deref().is_some_and(|s| s != "status") {
+            return false;
+        }
+        matches!(
+            r.verb,
+            Verb::Get | Verb::List | Verb::Watch | Verb::Create | Verb::Update | Verb::Patch
+        )
+    }
+
+    fn key(component: &str, r: &ResourceRequest, obj: &RawObject) -> ObjectKey {
+        ObjectKey {
+            component: component.to_owned(),
+            gvr: r.gvr.to_string(),
+            namespace: obj.info.namespace.clone(),
+            name: obj.info.name.clone(),
+        }
+    }
+
+    /// Stores a complete (non-watch) response body.
+    pub fn ingest(
+        &self,
+        component: &str,
+        r: &ResourceRequest,
+        format: Format,
+        body: &[u8],
+        paginated: bool,
+    ) {
+        let result = match r.verb {
+            Verb::List => codec::decode_list(format, body).map(|list| {
+                let items = list.items;
+                if paginated || !list.continue_token.is_empty() {
+                    for item in items {
+                        let key = Self::key(component, r, &item);
+                        let _ = self.store.upsert(key, item);
+                    }
+                } else {
+                    let shape = Shape {
+                        namespace: r.namespace.clone().unwrap_or_default(),
+                        label_selector: r.label_selector.clone().unwrap_or_default(),
+                        field_selector: r.field_selector.clone().unwrap_or_default(),
+                    };
+                    let _ = self.store.replace_list(
+                        component,
+                        &r.gvr.to_string(),
+                        shape,
+                        &list.api_version,
+                        &list.kind,
+                        items,
+                    );
+                }
+            }),
+            _ => codec::decode_object(format, body).map(|obj| {
+                if obj.kind != "Status" && !obj.info.name.is_empty() {
+                    let key = Self::key(component, r, &obj);
+                    let _ = self.store.upsert(key, obj);
+                }
+            }),
+        };
+        if let Err(e) = result {
+            tracing::debug!(component, gvr = %r.gvr, error = %e, "response not cached");
+        }
+    }
+
+    /// Stores the events of a watch stream as they arrive.
+    pub fn watch_ingestor(
+        &self,
+        component: &str,
+        r: &ResourceRequest,
+        format: Format,
+    ) -> WatchIngestor<'_> {
+        WatchIngestor {
+            cache: self,
+            component: component.to_owned(),
+            request: r.clone(),
+            decoder: Some(WatchDecoder::new(format)),
+        }
+    }
+
+    /// Keeps a non-resource GET response (`/version`, discovery) for offline use.
+    pub fn ingest_non_resource(&self, path: &str, content_type: &str, body: Bytes) {
+        let obj = RawObject {
+            format: Format::Json,
+            api_version: content_type.to_owned(),
+            kind: "NonResource".into(),
+            info: codec::ObjectInfo {
+                name: path.to_owned(),
+                ..codec::ObjectInfo::default()
+            },
+            data: body,
+        };
+        let key = ObjectKey {
+            component: NON_RESOURCE.into(),
+            gvr: "_".into(),
+            namespace: String::new(),
+            name: path.to_owned(),
+        };
+        let _ = self.store.upsert(key, obj);
+    }
+
+    /// A non-resource response from the cache.
+    pub fn serve_non_resource(&self, path: &str) -> Response<ResponseBody> {
+        let key = ObjectKey {
+            component: NON_RESOURCE.into(),
+            gvr: "_".into(),
+            namespace: String::new(),
+            name: path.to_owned(),
+        };
+        match self.store.get(&key) {
+            Ok(Some(obj)) => {
+                let mut r = Response::new(body::full(obj.data));
+                if let Ok(ct) = header::HeaderValue::from_str(&obj.api_version) {
+                    r.headers_mut().insert(header::CONTENT_TYPE, ct);
+                }
+                r
+            }
+            _ => status(
+                &[Format::Json],
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                &format!("{path} is not cached and the cloud is unreachable"),
+            ),
+        }
+    }
+
+    /// GET from the cache.
+    pub fn serve_get(
+        &self,
+        component: &str,
+        r: &ResourceRequest,
+        accept: &[Format],
+        filters: &Filters,
+    ) -> Response<ResponseBody> {
+        let key = ObjectKey {
+            component: component.to_owned(),
+            gvr: r.gvr.to_string(),
+            namespace: r.namespace.clone().unwrap_or_default(),
+            name: r.name.clone().unwrap_or_default(),
+        };
+        let not_found = || {
+            status(
+                accept,
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!(
+                    "{} \"{}\" not found in the hub's cache",
+                    r.gvr.resource, key.name
+                ),
+            )
+        };
+        match self.store.get(&key) {
+            Ok(Some(obj)) if accept.contains(&obj.format) => {
+                match filters.apply(component, &r.gvr, obj) {
+                    Some(obj) => {
+                        object_response(StatusCode::OK, obj.format, codec::encode_object(&obj))
+                    }
+                    None => not_found(),
+                }
+            }
+            Ok(Some(obj)) => status(
+                accept,
+                StatusCode::NOT_ACCEPTABLE,
+                "NotAcceptable",
+                &format!(
+                    "cached as {}, which the client does not accept",
+                    obj.format.content_type()
+                ),
+            ),
+            Ok(None) => not_found(),
+            Err(e) => status(
+                accept,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                &e.to_string(),
+            ),
+        }
+    }
+
+    /// LIST from the cache: the stored objects the request's shape selects, if a complete
+    /// listing covering that shape was cached.
+    pub fn serve_list(
+        &self,
+        component: &str,
+        r: &ResourceRequest,
+        accept: &[Format],
+        filters: &Filters,
+    ) -> Response<ResponseBody> {
+        let gvr = r.gvr.to_string();
+        let wanted = Shape {
+            namespace: r.namespace.clone().unwrap_or_default(),
+            label_selector: r.label_selector.clone().unwrap_or_default(),
+            field_selector: r.field_selector.clone().unwrap_or_default(),
+        };
+        let not_cached = || {
+            status(
+                accept,
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                &format!(
+                    "{} of {component} are not cached for this selector",
+                    r.gvr.resource
+                ),
+            )
+        };
+        let (labels, fields) = match (
+            LabelSelector::parse(&wanted.label_selector),
+            FieldSelector::parse(&wanted.field_selector),
+        ) {
+            (Ok(l), Ok(f)) => (l, f),
+            (Err(e), _) | (_, Err(e)) => {
+                return status(
+                    accept,
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &e.to_string(),
+                );
+            }
+        };
+        let shapes = match self.store.shapes(component, &gvr) {
+            Ok(s) => s,
+            Err(e) => {
+                return status(
+                    accept,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    &e.to_string(),
+                );
+            }
+        };
+        let Some(covering) = shapes.iter().find(|(s, _, _)| wanted.covered_by(s)) else {
+            return not_cached();
+        };
+        let (list_api_version, list_kind) = (covering.1.clone(), covering.2.clone());
+        let objects = match self.store.list(component, &gvr, &wanted.namespace) {
+            Ok(o) => o,
+            Err(e) => {
+                return status(
+                    accept,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    &e.to_string(),
+                );
+            }
+        };
+        let format = objects
+            .first()
+            .map(|o| o.format)
+            .filter(|f| accept.contains(f))
+            .or_else(|| accept.first().copied())
+            .unwrap_or(Format::Json);
+        let mut items: Vec<RawObject> = objects
+            .into_iter()
+            .filter(|o| o.format == format)
+            .filter(|o| labels.matches(&o.info.labels) && fields.matches(|f| o.info.field(f)))
+            .filter_map(|o| filters.apply(component, &r.gvr, o))
+            .collect();
+        items.sort_by(|a, b| {
+            (&a.info.namespace, &a.info.name).cmp(&(&b.info.namespace, &b.info.name))
+        });
+        // An empty pod list would make kubelet delete every pod it runs: refuse instead.
+        if component == "kubelet" && r.gvr.resource == "pods" && items.is_empty() {
+            return status(
+                accept,
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "no cached pods for kubelet",
+            );
+        }
+        let rv = items
+            .iter()
+            .map(|i| i.info.rv())
+            .max()
+            .unwrap_or(0)
+            .to_string();
+        let bytes = codec::encode_list(format, &list_api_version, &list_kind, &rv, &items);
+        object_response(StatusCode::OK, format, bytes)
+    }
+
+    /// The node this cache serves.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+}
+
+/// Feeds a watch stream into the cache.
+pub struct WatchIngestor<'a> {
+    cache: &'a Cache,
+    component: String,
+    request: ResourceRequest,
+    decoder: Option<WatchDecoder>,
+}
+
+impl WatchIngestor<'_> {
+    /// Takes the next bytes of the stream.
+    pub fn push(&mut self, chunk: &[u8]) {
+        let Some(decoder) = self.decoder.as_mut() else {
+            return;
+        };
+        match decoder.push(chunk) {
+            Ok(events) => {
+                for (ev, _) in events {
+                    let key = Cache::key(&self.component, &self.request, &ev.object);
+                    let store = &self.cache.store;
+                    let _ = match ev.event_type.as_str() {
+                        "ADDED" | "MODIFIED" => store.upsert(key, ev.object),
+                        "DELETED" => store.delete(key),
+                        _ => Ok(()),
+                    };
+                }
+            }
+            Err(e) => {
+                tracing::debug!(component = %self.component, error = %e, "watch stream not cached any further");
+                self.decoder = None;
+            }
+        }
+    }
+}
+
+/// How long a watch is held open while offline when the client set no timeout: a
+/// random value in [min, 2·min), like the API server.
+pub fn offline_watch_timeout(r: &ResourceRequest, min: Duration) -> Duration {
+    match r.timeout_seconds {
+        Some(t) if t > 0 => Duration::from_secs(t),
+        _ => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or(0);
+            min + min.mul_f64(f64::from(nanos % 1000) / 1000.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::HubMetrics;
+    use crate::request::{Gvr, RequestInfo};
+    use crate::store::StoreConfig;
+    use http_body_util::BodyExt;
+
+    fn request(path: &str, query: Option<&str>) -> ResourceRequest {
+        match RequestInfo::parse(&http::Method::GET, path, query) {
+            RequestInfo::Resource(r) => r,
+            RequestInfo::NonResource { .. } => panic!("not a resource"),
+        }
+    }
+
+    fn cache(dir: &std::path::Path) -> Cache {
+        let store = Store::open(
+            &StoreConfig {
+                dir: dir.to_owned(),
+                batch_max: 32,
+            },
+            HubMetrics::default(),
+        )
+        .unwrap();
+        Cache::new(store, Agents::new("edge-a1", &[]), "edge-a1")
+    }
+
+    fn pods_json(items: &[(&str, &str, &str)]) -> Vec<u8> {
+        let items: Vec<_> = items
+            .iter()
+            .map(|(name, node, app)| {
+                serde_json::json!({"metadata": {"name": name, "namespace": "default", "resourceVersion": "7", "labels": {"app": app}},
+                                   "spec": {"nodeName": node}})
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "9"}, "items": items}))
+            .unwrap()
+    }
+
+    async fn body_json(r: Response<ResponseBody>) -> serde_json::Value {
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    #[tokio::test]
+    async fn several_list_shapes_of_one_resource_are_served_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        let filters = Filters::none();
+        let by_node = request(
+            "/api/v1/pods",
+            Some("fieldSelector=spec.nodeName%3Dedge-a1"),
+        );
+        let by_label = request(
+            "/api/v1/namespaces/default/pods",
+            Some("labelSelector=app%3Ddb"),
+        );
+        c.ingest(
+            "kubelet",
+            &by_node,
+            Format::Json,
+            &pods_json(&[("p1", "edge-a1", "web"), ("p2", "edge-a1", "db")]),
+            false,
+        );
+        c.ingest(
+            "kubelet",
+            &by_label,
+            Format::Json,
+            &pods_json(&[("p2", "edge-a1", "db"), ("p3", "edge-b1", "db")]),
+            false,
+        );
+        c.store().flush().unwrap();
+
+        let names = |v: serde_json::Value| -> Vec<String> {
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let r = c.serve_list("kubelet", &by_node, &[Format::Json], &filters);
+        assert_eq!(r.status(), 200);
+        let v = body_json(r).await;
+        assert_eq!(v["kind"], "PodList");
+        assert_eq!(names(v), ["p1", "p2"], "p3 is cached but on another node");
+        assert_eq!(
+            names(body_json(c.serve_list("kubelet", &by_label, &[Format::Json], &filters)).await),
+            ["p2", "p3"]
+        );
+
+        let never = request("/api/v1/pods", Some("labelSelector=app%3Dweb"));
+        assert_eq!(
+            c.serve_list("kubelet", &never, &[Format::Json], &filters)
+                .status(),
+            404,
+            "a shape never listed is not guessed"
+        );
+        assert_eq!(
+            c.serve_list("kube-proxy", &by_node, &[Format::Json], &filters)
+                .status(),
+            404,
+            "other components' caches are separate"
+        );
+
+        let get = request("/api/v1/namespaces/default/pods/p3", None);
+        let v = body_json(c.serve_get("kubelet", &get, &[Format::Json], &filters)).await;
+        assert_eq!(v["spec"]["nodeName"], "edge-b1");
+        assert_eq!(
+            c.serve_get("kubelet", &get, &[Format::Protobuf], &filters)
+                .status(),
+            406
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_kubelet_pod_list_is_refused_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        let r = request(
+            "/api/v1/pods",
+            Some("fieldSelector=spec.nodeName%3Dedge-a1"),
+        );
+        c.ingest("kubelet", &r, Format::Json, &pods_json(&[]), false);
+        c.store().flush().unwrap();
+        assert_eq!(
+            c.serve_list("kubelet", &r, &[Format::Json], &Filters::none())
+                .status(),
+            404
+        );
+        let proxy = request("/api/v1/services", None);
+        c.ingest("kube-proxy", &proxy, Format::Json, br#"{"kind":"ServiceList","apiVersion":"v1","metadata":{"resourceVersion":"3"},"items":[]}"#, false);
+        c.store().flush().unwrap();
+        let v =
+            body_json(c.serve_list("kube-proxy", &proxy, &[Format::Json], &Filters::none())).await;
+        assert_eq!(
+            (v["kind"].as_str(), v["items"].as_array().map(Vec::len)),
+            (Some("ServiceList"), Some(0))
+        );
+    }
+
+    #[tokio::test]
+    async fn watch_events_update_and_delete_cached_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        let list = request(
+            "/api/v1/pods",
+            Some("fieldSelector=spec.nodeName%3Dedge-a1"),
+        );
+        c.ingest(
+            "kubelet",
+            &list,
+            Format::Json,
+            &pods_json(&[("p1", "edge-a1", "web")]),
+            false,
+        );
+        let watch = request(
+            "/api/v1/pods",
+            Some("fieldSelector=spec.nodeName%3Dedge-a1&watch=true"),
+        );
+        let mut ing = c.watch_ingestor("kubelet", &watch, Format::Json);
+        let added = br#"{"type":"ADDED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p2","namespace":"default","resourceVersion":"10"},"spec":{"nodeName":"edge-a1"}}}"#;
+        let deleted = br#"{"type":"DELETED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p1","namespace":"default","resourceVersion":"11"},"spec":{"nodeName":"edge-a1"}}}"#;
+        ing.push(added);
+        ing.push(b"\n");
+        ing.push(deleted);
+        c.store().flush().unwrap();
+        let v = body_json(c.serve_list("kubelet", &list, &[Format::Json], &Filters::none())).await;
+        let names: Vec<_> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["metadata"]["name"].clone())
+            .collect();
+        assert_eq!(names, ["p2"]);
+        assert_eq!(v["metadata"]["resourceVersion"], "10");
+    }
+
+    #[test]
+    fn cache_agents_and_cacheable_requests() {
+        let a = Agents::new("edge-a1", &["my-app".into()]);
+        assert!(
+            a.contains("kubelet")
+                && a.contains("multiplexer-proxy-edge-a1")
+                && a.contains("my-app")
+        );
+        assert!(!a.contains("kubectl"));
+        a.set_configured("kubectl, Foo");
+        assert!(a.contains("kubectl") && a.contains("foo"));
+        a.set_configured("*");
+        assert!(a.contains("anything"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        let get_log = request("/api/v1/namespaces/d/pods/p/log", None);
+        assert!(!c.cacheable(Some("kubelet"), &get_log));
+        assert!(c.cacheable(
+            Some("kubelet"),
+            &request("/api/v1/namespaces/d/pods/p", None)
+        ));
+        assert!(!c.cacheable(None, &request("/api/v1/namespaces/d/pods/p", None)));
+        let csr = ResourceRequest {
+            gvr: Gvr::new("certificates.k8s.io", "v1", "certificatesigningrequests"),
+            ..request("/api/v1/pods", None)
+        };
+        assert!(!c.cacheable(Some("kubelet"), &csr));
+    }
+
+    #[test]
+    fn offline_watch_timeouts() {
+        let r = request("/api/v1/pods", Some("watch=1&timeoutSeconds=30"));
+        assert_eq!(
+            offline_watch_timeout(&r, Duration::from_secs(1800)),
+            Duration::from_secs(30)
+        );
+        let r = request("/api/v1/pods", Some("watch=1"));
+        let t = offline_watch_timeout(&r, Duration::from_secs(1800));
+        assert!(t >= Duration::from_secs(1800) && t < Duration::from_secs(3600));
+    }
+}

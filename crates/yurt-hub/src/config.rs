@@ -1,0 +1,120 @@
+//! The hub's typed configuration, built once by the binary from flags.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use yurt_core::{NodeName, PoolName};
+
+/// The pod-facing HTTPS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureProxy {
+    /// Where it listens (OpenYurt: 169.254.2.1:10268).
+    pub addr: SocketAddr,
+    /// Serving certificate (PEM), signed by the cluster CA.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
+}
+
+/// The dummy interface that carries the pod-facing address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DummyInterface {
+    /// Interface name (`hub-dummy0`).
+    pub name: String,
+    /// Its address (`169.254.2.1`).
+    pub ip: IpAddr,
+}
+
+/// Cloud health checking (OpenYurt's lease-based prober).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Time between probes (10 s).
+    pub interval: Duration,
+    /// Timeout of one probe attempt (2 s).
+    pub timeout: Duration,
+    /// Attempts per probe before it counts as failed (3).
+    pub retries: u32,
+    /// Consecutive successes that make an unhealthy server healthy again (2).
+    pub healthy_threshold: u32,
+    /// Lease duration written, and how long kubelet may be silent before the hub stops
+    /// renewing the node's lease for it (40 s).
+    pub kubelet_grace: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
+            retries: 3,
+            healthy_threshold: 2,
+            kubelet_grace: Duration::from_secs(40),
+        }
+    }
+}
+
+/// Connections to the API servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// TCP+TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// HTTP/2 ping interval on upstream connections; a missed ping closes the
+    /// connection, so a cut link is noticed even while all streams are idle watches.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered.
+    pub keepalive_timeout: Duration,
+    /// How long a GET or LIST may wait for response headers before it is answered from
+    /// the cache instead.
+    pub read_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            keepalive_interval: Duration::from_millis(500),
+            keepalive_timeout: Duration::from_millis(500),
+            read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything the hub needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This node.
+    pub node_name: NodeName,
+    /// This node's pool, if it has one.
+    pub pool: Option<PoolName>,
+    /// API servers, `https://host:port`, in priority order.
+    pub servers: Vec<http::Uri>,
+    /// Cluster CA (PEM).
+    pub ca_file: PathBuf,
+    /// The hub's client certificate towards API servers (`system:node:<node>`).
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+    /// Plain-HTTP listener for local components (127.0.0.1:10261).
+    pub proxy_addr: SocketAddr,
+    /// HTTPS listener for pods.
+    pub secure_proxy: Option<SecureProxy>,
+    /// Health, readiness and metrics listener (:10267).
+    pub admin_addr: SocketAddr,
+    /// Cache folder.
+    pub cache_dir: PathBuf,
+    /// Dummy interface to create for the pod-facing address.
+    pub dummy_interface: Option<DummyInterface>,
+    /// Health checking.
+    pub health: HealthConfig,
+    /// Upstream connections.
+    pub upstream: UpstreamConfig,
+    /// Base of the random timeout of watches held while offline (1800 s).
+    pub min_request_timeout: Duration,
+    /// Namespace of `yurt-hub-cfg`.
+    pub namespace: String,
+    /// Cache agents beyond the defaults and `yurt-hub-cfg` (`*` caches every client).
+    pub extra_cache_agents: Vec<String>,
+    /// Most objects per cache transaction.
+    pub cache_batch_max: usize,
+}

@@ -1,0 +1,282 @@
+//! Cloud health, as OpenYurt judges it: the hub renews the node's Lease itself, every
+//! interval, against one server after another. A server is unhealthy after one failed
+//! probe (all retries failed) and healthy again after `healthy_threshold` successes in a
+//! row (one at start). A request whose upstream connection fails also marks its server
+//! unhealthy at once, so the next requests are answered from the cache without waiting.
+//!
+//! kubelet's own lease traffic is answered locally; if kubelet stays silent longer than
+//! the grace period, the hub stops renewing the lease for it (so a dead kubelet still
+//! makes the node NotReady) and only checks that the server answers.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HealthConfig;
+use crate::metrics::{HubMetrics, ServerLabel};
+use crate::upstream::Backend;
+
+/// The namespace of node leases.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+struct ServerState {
+    url: String,
+    healthy: AtomicBool,
+    streak: AtomicU32,
+}
+
+/// Health of every API server.
+pub struct Health {
+    servers: Vec<ServerState>,
+    any: watch::Sender<bool>,
+    kubelet_seen: Mutex<Option<Instant>>,
+    started: Instant,
+    metrics: HubMetrics,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("any", &*self.any.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Health {
+    /// Health for `urls`, all unknown (unhealthy) until probed.
+    pub fn new(urls: &[String], metrics: HubMetrics) -> Self {
+        Self {
+            servers: urls
+                .iter()
+                .map(|u| ServerState {
+                    url: u.clone(),
+                    healthy: AtomicBool::new(false),
+                    streak: AtomicU32::new(0),
+                })
+                .collect(),
+            any: watch::channel(false).0,
+            kubelet_seen: Mutex::new(None),
+            started: Instant::now(),
+            metrics,
+        }
+    }
+
+    /// Whether server `index` is healthy.
+    pub fn is_healthy(&self, index: usize) -> bool {
+        self.servers
+            .get(index)
+            .is_some_and(|s| s.healthy.load(Ordering::Acquire))
+    }
+
+    /// Whether any server is healthy (the hub is online).
+    pub fn online(&self) -> bool {
+        *self.any.borrow()
+    }
+
+    /// Follows [`Health::online`].
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.any.subscribe()
+    }
+
+    fn set(&self, index: usize, healthy: bool) {
+        if let Some(s) = self.servers.get(index) {
+            let was = s.healthy.swap(healthy, Ordering::AcqRel);
+            if was != healthy {
+                tracing::info!(server = %s.url, healthy, "server health changed");
+            }
+            self.metrics
+                .server_healthy
+                .get_or_create(&ServerLabel {
+                    server: s.url.clone(),
+                })
+                .set(i64::from(healthy));
+        }
+        let any = self
+            .servers
+            .iter()
+            .any(|s| s.healthy.load(Ordering::Acquire));
+        self.any.send_if_modified(|v| {
+            let changed = *v != any;
+            *v = any;
+            changed
+        });
+    }
+
+    /// A request to server `index` failed at the transport level: treat it as unhealthy
+    /// until the prober sees it healthy again.
+    pub fn transport_failed(&self, index: usize) {
+        if let Some(s) = self.servers.get(index) {
+            s.streak.store(0, Ordering::Release);
+        }
+        self.set(index, false);
+    }
+
+    fn probe_result(&self, index: usize, ok: bool, threshold: u32) {
+        let Some(s) = self.servers.get(index) else {
+            return;
+        };
+        if ok {
+            let streak = s.streak.fetch_add(1, Ordering::AcqRel) + 1;
+            if streak >= threshold {
+                self.set(index, true);
+            }
+        } else {
+            s.streak.store(0, Ordering::Release);
+            self.set(index, false);
+        }
+    }
+
+    /// kubelet touched its lease through the hub.
+    pub fn kubelet_seen(&self) {
+        if let Ok(mut t) = self.kubelet_seen.lock() {
+            *t = Some(Instant::now());
+        }
+    }
+
+    /// Whether kubelet has talked to the hub within `grace` (counting from hub start).
+    fn kubelet_alive(&self, grace: Duration) -> bool {
+        let last = self
+            .kubelet_seen
+            .lock()
+            .ok()
+            .and_then(|t| *t)
+            .unwrap_or(self.started);
+        last.elapsed() <= grace
+    }
+}
+
+async fn renew_lease(backend: &Backend, node: &str, grace: Duration) -> Result<(), kube::Error> {
+    let api: Api<Lease> = Api::namespaced(backend.kube.clone(), LEASE_NAMESPACE);
+    let now = MicroTime(jiff::Timestamp::now());
+    let duration = i32::try_from(grace.as_secs()).unwrap_or(40);
+    match api.get_opt(node).await? {
+        Some(mut lease) => {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            spec.renew_time = Some(now);
+            spec.holder_identity = Some(node.to_owned());
+            spec.lease_duration_seconds = Some(duration);
+            if let Some(a) = lease.metadata.annotations.as_mut() {
+                a.remove("openyurt.io/delegate-heartbeat");
+            }
+            api.replace(node, &PostParams::default(), &lease).await?;
+        }
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(node.to_owned()),
+                    namespace: Some(LEASE_NAMESPACE.to_owned()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(node.to_owned()),
+                    lease_duration_seconds: Some(duration),
+                    renew_time: Some(now),
+                    ..LeaseSpec::default()
+                }),
+            };
+            api.create(&PostParams::default(), &lease).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn server_answers(backend: &Backend) -> Result<(), kube::Error> {
+    let req = http::Request::get("/readyz")
+        .body(Vec::new())
+        .map_err(kube::Error::HttpError)?;
+    backend.kube.request_text(req).await.map(drop)
+}
+
+/// One probe: up to `retries` attempts, each bounded by `timeout`.
+async fn probe(backend: &Backend, node: &str, cfg: &HealthConfig, renew: bool) -> bool {
+    for attempt in 0..cfg.retries.max(1) {
+        let fut = async {
+            if renew {
+                renew_lease(backend, node, cfg.kubelet_grace).await
+            } else {
+                server_answers(backend).await
+            }
+        };
+        match tokio::time::timeout(cfg.timeout, fut).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => {
+                tracing::debug!(server = %backend.url, attempt, error = %e, "health probe failed")
+            }
+            Err(_) => tracing::debug!(server = %backend.url, attempt, "health probe timed out"),
+        }
+    }
+    false
+}
+
+/// Probes once at start (a single success makes a server healthy), then every interval.
+pub async fn run(
+    health: std::sync::Arc<Health>,
+    backends: Vec<std::sync::Arc<Backend>>,
+    node: String,
+    cfg: HealthConfig,
+    shutdown: CancellationToken,
+) {
+    let mut first = true;
+    loop {
+        for b in &backends {
+            let renew = health.kubelet_alive(cfg.kubelet_grace);
+            let ok = probe(b, &node, &cfg, renew).await;
+            let threshold = if first { 1 } else { cfg.healthy_threshold };
+            health.probe_result(b.index, ok, threshold);
+        }
+        first = false;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(cfg.interval) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_failure_makes_unhealthy_and_two_successes_make_healthy() {
+        let h = Health::new(
+            &["https://a".into(), "https://b".into()],
+            HubMetrics::default(),
+        );
+        let rx = h.subscribe();
+        assert!(!h.online());
+        h.probe_result(0, true, 1);
+        assert!(h.is_healthy(0) && h.online() && *rx.borrow());
+        h.probe_result(0, false, 2);
+        assert!(!h.is_healthy(0) && !h.online());
+        h.probe_result(0, true, 2);
+        assert!(
+            !h.is_healthy(0),
+            "one success is not enough after a failure"
+        );
+        h.probe_result(0, true, 2);
+        assert!(h.is_healthy(0));
+        h.transport_failed(0);
+        assert!(
+            !h.online(),
+            "a transport failure takes the server out at once"
+        );
+        h.probe_result(1, true, 1);
+        assert!(h.online() && !h.is_healthy(0) && h.is_healthy(1));
+    }
+
+    #[test]
+    fn kubelet_silence_is_measured_from_start_or_last_touch() {
+        let h = Health::new(&[], HubMetrics::default());
+        assert!(h.kubelet_alive(Duration::from_secs(40)));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(!h.kubelet_alive(Duration::from_millis(1)));
+        h.kubelet_seen();
+        assert!(h.kubelet_alive(Duration::from_secs(1)));
+    }
+}

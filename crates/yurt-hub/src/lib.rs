@@ -1,0 +1,280 @@
+//! YurtHub in Rust: the node-local proxy between kubelet, kube-proxy and pods on one side
+//! and the API servers on the other. It caches what cache agents read (durably, on
+//! disk), judges cloud health by renewing the node's lease itself, and answers from the
+//! cache when the cloud is unreachable, so an edge node keeps working, and restarts,
+//! through a cloud outage.
+//!
+//! Layer: a component; it talks to nothing but the Kubernetes API.
+//!
+//! ```no_run
+//! # async fn demo(config: yurt_hub::Config) -> Result<(), yurt_hub::HubError> {
+//! use std::sync::Arc;
+//! let metrics = yurt_hub::metrics::HubMetrics::default();
+//! let mut registry = prometheus_client::registry::Registry::default();
+//! metrics.register(registry.sub_registry_with_prefix("yurt_hub"));
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! yurt_hub::run(config, metrics, Arc::new(registry), shutdown).await
+//! # }
+//! ```
+
+pub mod admin;
+pub mod body;
+pub mod cache;
+pub mod codec;
+pub mod config;
+pub mod filter;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod request;
+pub mod selector;
+pub mod store;
+pub mod tls;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub use config::Config;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The cache could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// Upstream clients could not be built.
+    #[error(transparent)]
+    Upstream(#[from] upstream::UpstreamError),
+    /// TLS material for the pod-facing port is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The dummy interface could not be set up.
+    #[error("dummy interface {name}: {reason}")]
+    Dummy {
+        /// Interface name.
+        name: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<TcpListener, HubError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| HubError::Bind { addr, what, source })
+}
+
+/// Creates the dummy interface carrying the pod-facing address, if missing.
+fn setup_dummy(d: &config::DummyInterface) -> Result<(), HubError> {
+    let run = |args: &[&str]| -> Result<(), HubError> {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .map_err(|e| HubError::Dummy {
+                name: d.name.clone(),
+                reason: e.to_string(),
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(HubError::Dummy {
+                name: d.name.clone(),
+                reason: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            })
+        }
+    };
+    if !std::path::Path::new("/sys/class/net")
+        .join(&d.name)
+        .exists()
+    {
+        run(&["link", "add", &d.name, "type", "dummy"])?;
+    }
+    let prefix = if d.ip.is_ipv4() { 32 } else { 128 };
+    run(&[
+        "addr",
+        "replace",
+        &format!("{}/{prefix}", d.ip),
+        "dev",
+        &d.name,
+    ])?;
+    run(&["link", "set", &d.name, "up"])
+}
+
+fn serve_connection<I>(tracker: &TaskTracker, io: I, hub: Arc<proxy::Hub>, peer: SocketAddr)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    tracker.spawn(async move {
+        let svc = service_fn(move |req| proxy::handle(hub.clone(), req));
+        if let Err(e) = auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(io, svc)
+            .await
+        {
+            tracing::debug!(client.addr = %peer, error = %e, "connection ended");
+        }
+    });
+}
+
+/// Runs the hub until `shutdown` fires.
+///
+/// # Errors
+/// Start-up failures: a port in use, an unusable cache folder or certificates.
+pub async fn run(
+    config: Config,
+    metrics: metrics::HubMetrics,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> Result<(), HubError> {
+    if let Some(d) = &config.dummy_interface {
+        setup_dummy(d)?;
+    }
+    let store = store::Store::open(
+        &store::StoreConfig {
+            dir: config.cache_dir.clone(),
+            batch_max: config.cache_batch_max,
+        },
+        metrics.clone(),
+    )?;
+    let backends = upstream::backends(&config)?;
+    let urls: Vec<String> = config.servers.iter().map(ToString::to_string).collect();
+    let health = Arc::new(health::Health::new(&urls, metrics.clone()));
+    let node = config.node_name.to_string();
+    let cache = cache::Cache::new(
+        store.clone(),
+        cache::Agents::new(&node, &config.extra_cache_agents),
+        &node,
+    );
+    let plain = bind(config.proxy_addr, "proxy").await?;
+    let secure = match &config.secure_proxy {
+        Some(s) => {
+            let tls = tls::server_config(&s.cert, &s.key, &config.ca_file)?;
+            let listener = bind(s.addr, "pod-facing proxy").await?;
+            Some((listener, tokio_rustls::TlsAcceptor::from(Arc::new(tls))))
+        }
+        None => None,
+    };
+    let admin_listener = bind(config.admin_addr, "admin").await?;
+    let ready = Arc::new(AtomicBool::new(false));
+    let tracker = TaskTracker::new();
+    let hub = Arc::new(proxy::Hub {
+        config: config.clone(),
+        cache,
+        health: health.clone(),
+        balancer: upstream::Balancer::new(backends.clone()),
+        filters: filter::Filters::none(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+    });
+
+    {
+        let (health, backends, token, ready) = (
+            health.clone(),
+            backends.clone(),
+            shutdown.clone(),
+            ready.clone(),
+        );
+        let cfg = config.health;
+        let node = node.clone();
+        tracker.spawn(async move {
+            // The first round decides whether the hub starts online or offline.
+            let first = health::run(health, backends, node, cfg, token);
+            tokio::pin!(first);
+            tokio::select! {
+                () = &mut first => {}
+                () = tokio::time::sleep(cfg.timeout * cfg.retries.max(1) + std::time::Duration::from_millis(200)) => {
+                    ready.store(true, Ordering::Release);
+                    first.await;
+                }
+            }
+        });
+    }
+    {
+        let (health, ready) = (health.clone(), ready.clone());
+        tracker.spawn(async move {
+            let mut rx = health.subscribe();
+            // Ready as soon as the first probe succeeded (or the timer above gave up).
+            let _ = rx.wait_for(|online| *online).await;
+            ready.store(true, Ordering::Release);
+        });
+    }
+    {
+        let (hub, token, t) = (hub.clone(), shutdown.clone(), tracker.clone());
+        tracker.spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    r = plain.accept() => match r {
+                        Ok(s) => s,
+                        Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                    },
+                    () = token.cancelled() => return,
+                };
+                let _ = stream.set_nodelay(true);
+                serve_connection(&t, TokioIo::new(stream), hub.clone(), peer);
+            }
+        });
+    }
+    if let Some((listener, acceptor)) = secure {
+        let (hub, token, t) = (hub.clone(), shutdown.clone(), tracker.clone());
+        tracker.spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(s) => s,
+                        Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                    },
+                    () = token.cancelled() => return,
+                };
+                let (acceptor, hub, t2) = (acceptor.clone(), hub.clone(), t.clone());
+                t.spawn(async move {
+                    match acceptor.accept(stream).await {
+                        Ok(tls) => serve_connection(&t2, TokioIo::new(tls), hub, peer),
+                        Err(e) => {
+                            tracing::debug!(client.addr = %peer, error = %e, "TLS handshake failed")
+                        }
+                    }
+                });
+            }
+        });
+    }
+    {
+        let app = admin::router(admin::AdminState {
+            ready: ready.clone(),
+            registry,
+        });
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let serve = axum::serve(admin_listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "admin server stopped");
+            }
+        });
+    }
+    tracing::info!(node = %node, proxy = %config.proxy_addr, admin = %config.admin_addr, "yurt hub started");
+    shutdown.cancelled().await;
+    tracker.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tracker.wait()).await;
+    let s = store.clone();
+    let _ = tokio::task::spawn_blocking(move || s.close()).await;
+    Ok(())
+}

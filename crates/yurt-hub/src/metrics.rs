@@ -1,0 +1,108 @@
+//! The hub's Prometheus metrics, registered under `yurt_hub_` in the registry `main`
+//! creates.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of per-server metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServerLabel {
+    /// The API server URL.
+    pub server: String,
+}
+
+/// Labels of request counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// How the request was answered: `upstream`, `cache`, `local`, `error`.
+    pub served_by: String,
+    /// The verb.
+    pub verb: String,
+}
+
+/// Labels of cache write error counters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why: `disk_full`, `io`, `other`.
+    pub reason: String,
+}
+
+/// Every metric of the hub.
+#[derive(Debug, Default, Clone)]
+pub struct HubMetrics {
+    /// 1 when the server is healthy, 0 otherwise.
+    pub server_healthy: Family<ServerLabel, Gauge>,
+    /// Requests, by who answered them and verb.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Requests in flight.
+    pub in_flight: Gauge,
+    /// Objects written to the cache.
+    pub cache_writes: Counter,
+    /// Cache transactions that failed, by reason.
+    pub cache_write_errors: Family<ReasonLabel, Counter>,
+    /// Cache entries found corrupt (checksum mismatch or undecodable) and dropped.
+    pub cache_corrupt_entries: Counter,
+    /// Times the cache database was unreadable at start and was set aside.
+    pub cache_resets: Counter,
+    /// Objects in the cache.
+    pub cache_objects: Gauge,
+}
+
+impl HubMetrics {
+    /// Registers every metric in `registry` (prefix it with `yurt_hub` via a sub-registry).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "server_healthy",
+            "Whether an API server is healthy (1) or not (0)",
+            self.server_healthy.clone(),
+        );
+        registry.register(
+            "requests",
+            "Requests by who answered them and verb",
+            self.requests.clone(),
+        );
+        registry.register(
+            "in_flight_requests",
+            "Requests in flight",
+            self.in_flight.clone(),
+        );
+        registry.register(
+            "cache_writes",
+            "Objects written to the cache",
+            self.cache_writes.clone(),
+        );
+        registry.register(
+            "cache_write_errors",
+            "Cache transactions that failed, by reason",
+            self.cache_write_errors.clone(),
+        );
+        registry.register(
+            "cache_corrupt_entries",
+            "Cache entries found corrupt and dropped",
+            self.cache_corrupt_entries.clone(),
+        );
+        registry.register(
+            "cache_resets",
+            "Unreadable cache databases set aside at start",
+            self.cache_resets.clone(),
+        );
+        registry.register(
+            "cache_objects",
+            "Objects in the cache",
+            self.cache_objects.clone(),
+        );
+    }
+
+    /// Counts a request.
+    pub fn request(&self, served_by: &str, verb: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                served_by: served_by.to_owned(),
+                verb: verb.to_owned(),
+            })
+            .inc();
+    }
+}

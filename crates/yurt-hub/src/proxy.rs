@@ -1,0 +1,648 @@
+//! The request path: every request from kubelet, kube-proxy or a pod goes to a healthy
+//! API server (responses to cache agents are teed into the cache, filtered responses are
+//! rewritten), or, when no server is healthy or the chosen one fails, is answered
+//! locally per verb (OpenYurt's offline semantics):
+//!
+//! | verb | offline |
+//! |---|---|
+//! | get, list | from the cache (a never-listed shape is 404; an empty kubelet pod list is 404) |
+//! | watch | held open with no events; ends when the cloud is back (clients then re-watch) |
+//! | create | echoed back (201) |
+//! | update, patch | the cached object |
+//! | delete | refused (403), so the client retries later |
+//!
+//! kubelet's node Lease is always answered locally; the health checker renews it upstream.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::{self, ResponseBody};
+use crate::cache::{self, Cache, status};
+use crate::codec::{self, Format, WatchDecoder};
+use crate::config::Config;
+use crate::filter::Filters;
+use crate::health::{Health, LEASE_NAMESPACE};
+use crate::metrics::HubMetrics;
+use crate::request::{RequestInfo, ResourceRequest, Verb, component};
+use crate::upstream::{Backend, Balancer, uri_on};
+
+/// Largest response body the hub buffers to cache or filter it.
+const MAX_BUFFERED: usize = 128 * 1024 * 1024;
+
+/// Everything a request needs.
+pub struct Hub {
+    /// Settings.
+    pub config: Config,
+    /// The cache.
+    pub cache: Cache,
+    /// Cloud health.
+    pub health: Arc<Health>,
+    /// API servers.
+    pub balancer: Balancer,
+    /// Response filters.
+    pub filters: Filters,
+    /// Metrics.
+    pub metrics: HubMetrics,
+    /// Stops held watches on shutdown.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("node", &self.config.node_name)
+            .finish_non_exhaustive()
+    }
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+        && headers.contains_key(header::UPGRADE)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Per-request facts the handlers share.
+struct Ctx {
+    component: Option<String>,
+    accept: Vec<Format>,
+    info: RequestInfo,
+    paginated: bool,
+}
+
+/// Handles one request.
+pub async fn handle(
+    hub: Arc<Hub>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    hub.metrics.in_flight.inc();
+    let response = route(&hub, req).await;
+    hub.metrics.in_flight.dec();
+    Ok(response)
+}
+
+async fn route(hub: &Arc<Hub>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let query = req.uri().query().unwrap_or("");
+    let ctx = Ctx {
+        component: component(header_str(req.headers(), header::USER_AGENT)),
+        accept: Format::accepted(header_str(req.headers(), header::ACCEPT)),
+        info: RequestInfo::parse(req.method(), req.uri().path(), Some(query)),
+        paginated: query.split('&').any(|kv| kv.starts_with("continue=")),
+    };
+    if let RequestInfo::Resource(r) = &ctx.info
+        && ctx.component.as_deref() == Some("kubelet")
+        && is_own_lease(r, hub.config.node_name.as_str())
+    {
+        return kubelet_lease(hub, &ctx, r.clone(), req).await;
+    }
+    match hub.balancer.pick(&hub.health) {
+        Some(backend) if is_upgrade(req.headers()) => forward_upgrade(hub, &backend, req).await,
+        Some(backend) => forward(hub, &backend, &ctx, req).await,
+        None => local(hub, &ctx, Some(req)).await,
+    }
+}
+
+fn is_own_lease(r: &ResourceRequest, node: &str) -> bool {
+    r.gvr.group == "coordination.k8s.io"
+        && r.gvr.resource == "leases"
+        && r.namespace.as_deref() == Some(LEASE_NAMESPACE)
+        && r.name.as_deref().is_none_or(|n| n == node)
+}
+
+// === forwarding ===
+
+fn unavailable(accept: &[Format], message: &str) -> Response<ResponseBody> {
+    status(
+        accept,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        message,
+    )
+}
+
+async fn forward(
+    hub: &Arc<Hub>,
+    backend: &Arc<Backend>,
+    ctx: &Ctx,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let Ok(uri) = uri_on(&backend.url, &path_and_query) else {
+        return status(
+            &ctx.accept,
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "invalid request URI",
+        );
+    };
+    let bearer = parts.headers.contains_key(header::AUTHORIZATION);
+    strip_hop_by_hop(&mut parts.headers);
+    // Compression buys nothing on the node-local hop and would hide bodies from the cache.
+    parts.headers.remove(header::ACCEPT_ENCODING);
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let method = parts.method.clone();
+    let client = if bearer {
+        &backend.bearer
+    } else {
+        &backend.node
+    };
+    let verb = match &ctx.info {
+        RequestInfo::Resource(r) => r.verb,
+        RequestInfo::NonResource { .. } if method == http::Method::GET => Verb::Get,
+        RequestInfo::NonResource { .. } => Verb::Other,
+    };
+    let reads = matches!(verb, Verb::Get | Verb::List);
+    let fut = client.request(Request::from_parts(parts, body));
+    let result = if reads {
+        match tokio::time::timeout(hub.config.upstream.read_timeout, fut).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("timed out waiting for response headers".to_owned()),
+        }
+    } else {
+        fut.await.map_err(|e| e.to_string())
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(server = %backend.url, path = %path_and_query, error = %e, "upstream request failed; server marked unhealthy");
+            hub.health.transport_failed(backend.index);
+            return match &ctx.info {
+                RequestInfo::Resource(r)
+                    if matches!(r.verb, Verb::Get | Verb::List | Verb::Watch) =>
+                {
+                    local(hub, ctx, None).await
+                }
+                RequestInfo::NonResource { path } if method == http::Method::GET => {
+                    hub.metrics.request("cache", "get");
+                    let (hub, path) = (hub.clone(), path.clone());
+                    blocking(move || hub.cache.serve_non_resource(&path)).await
+                }
+                _ => {
+                    hub.metrics.request("error", verb.as_str());
+                    unavailable(&ctx.accept, &format!("the API server is unreachable: {e}"))
+                }
+            };
+        }
+    };
+    hub.metrics.request("upstream", verb.as_str());
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    let format =
+        header_str(&rparts.headers, header::CONTENT_TYPE).and_then(Format::of_content_type);
+    let success = rparts.status.is_success();
+    match (&ctx.info, format) {
+        (RequestInfo::Resource(r), Some(format)) if success => {
+            let component = ctx.component.clone().unwrap_or_default();
+            let cache_it = hub.cache.cacheable(ctx.component.as_deref(), r);
+            let filter_it = hub.filters.applies(&component, &r.gvr)
+                && matches!(r.verb, Verb::Get | Verb::List | Verb::Watch);
+            if r.verb == Verb::Watch && (cache_it || filter_it) {
+                rparts.headers.remove(header::CONTENT_LENGTH);
+                let body = pump_watch(
+                    hub.clone(),
+                    backend.index,
+                    component,
+                    r.clone(),
+                    format,
+                    cache_it,
+                    filter_it,
+                    rbody,
+                );
+                return Response::from_parts(rparts, body);
+            }
+            if cache_it || filter_it {
+                let bytes = match collect(rbody).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return unavailable(
+                            &ctx.accept,
+                            &format!("reading the API server's response: {e}"),
+                        );
+                    }
+                };
+                if cache_it {
+                    let (hub2, r2, c2, b2, paginated) = (
+                        hub.clone(),
+                        r.clone(),
+                        component.clone(),
+                        bytes.clone(),
+                        ctx.paginated,
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        hub2.cache.ingest(&c2, &r2, format, &b2, paginated)
+                    });
+                }
+                let out = if filter_it {
+                    filter_body(&hub.filters, &component, r, format, bytes)
+                } else {
+                    bytes
+                };
+                rparts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+                return Response::from_parts(rparts, body::full(out));
+            }
+            Response::from_parts(rparts, rbody.map_err(Into::into).boxed())
+        }
+        (RequestInfo::NonResource { path }, _)
+            if success
+                && method == http::Method::GET
+                && ctx
+                    .component
+                    .as_deref()
+                    .is_some_and(|c| hub.cache.agents().contains(c)) =>
+        {
+            let Ok(bytes) = collect(rbody).await else {
+                return unavailable(&ctx.accept, "reading the API server's response failed");
+            };
+            let ct = header_str(&rparts.headers, header::CONTENT_TYPE)
+                .unwrap_or("application/json")
+                .to_owned();
+            let (hub2, p, b) = (hub.clone(), path.clone(), bytes.clone());
+            tokio::task::spawn_blocking(move || hub2.cache.ingest_non_resource(&p, &ct, b));
+            Response::from_parts(rparts, body::full(bytes))
+        }
+        _ => Response::from_parts(rparts, rbody.map_err(Into::into).boxed()),
+    }
+}
+
+async fn collect(body: Incoming) -> Result<Bytes, String> {
+    let limited = http_body_util::Limited::new(body, MAX_BUFFERED);
+    limited
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string())
+}
+
+/// Applies the filters to a complete GET or LIST response.
+fn filter_body(
+    filters: &Filters,
+    component: &str,
+    r: &ResourceRequest,
+    format: Format,
+    bytes: Bytes,
+) -> Bytes {
+    match r.verb {
+        Verb::List => match codec::decode_list(format, &bytes) {
+            Ok(list) => {
+                let items: Vec<_> = list
+                    .items
+                    .into_iter()
+                    .filter_map(|o| filters.apply(component, &r.gvr, o))
+                    .collect();
+                codec::encode_list(
+                    format,
+                    &list.api_version,
+                    &list.kind,
+                    &list.resource_version,
+                    &items,
+                )
+            }
+            Err(_) => bytes,
+        },
+        _ => match codec::decode_object(format, &bytes) {
+            Ok(obj) if obj.kind != "Status" => {
+                match filters.apply(component, &r.gvr, obj.clone()) {
+                    Some(o) => codec::encode_object(&o),
+                    None => codec::encode_status(format, 404, "NotFound", "filtered out"),
+                }
+            }
+            _ => bytes,
+        },
+    }
+}
+
+/// Streams a watch to the client, teeing it into the cache and filtering its events.
+#[allow(clippy::too_many_arguments)]
+fn pump_watch(
+    hub: Arc<Hub>,
+    backend_index: usize,
+    component: String,
+    r: ResourceRequest,
+    format: Format,
+    cache_it: bool,
+    filter_it: bool,
+    mut upstream: Incoming,
+) -> ResponseBody {
+    let (tx, body) = body::channel(32);
+    tokio::spawn(async move {
+        let mut ingestor = cache_it.then(|| hub.cache.watch_ingestor(&component, &r, format));
+        let mut decoder = filter_it.then(|| WatchDecoder::new(format));
+        loop {
+            let frame = tokio::select! {
+                f = upstream.frame() => f,
+                () = tx.closed() => break,
+            };
+            let chunk = match frame {
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => {
+                    // The connection died under the watch (a missed HTTP/2 ping, a reset):
+                    // the server is not to be trusted until the prober says otherwise.
+                    tracing::debug!(error = %e, "upstream watch broke");
+                    hub.health.transport_failed(backend_index);
+                    break;
+                }
+                None => break,
+            };
+            if let Some(i) = ingestor.as_mut() {
+                i.push(&chunk);
+            }
+            let out = match decoder.as_mut() {
+                None => chunk,
+                Some(d) => match d.push(&chunk) {
+                    Ok(events) => {
+                        let mut buf = Vec::new();
+                        for (ev, wire) in events {
+                            match hub.filters.apply(&component, &r.gvr, ev.object.clone()) {
+                                Some(o) if o == ev.object => buf.extend_from_slice(&wire),
+                                Some(o) => buf.extend_from_slice(&codec::encode_watch_event(
+                                    format,
+                                    &ev.event_type,
+                                    &o,
+                                )),
+                                None => buf.extend_from_slice(&codec::encode_watch_event(
+                                    format, "DELETED", &ev.object,
+                                )),
+                            }
+                        }
+                        Bytes::from(buf)
+                    }
+                    Err(_) => break,
+                },
+            };
+            if !out.is_empty() && tx.send(Ok(out)).await.is_err() {
+                break;
+            }
+        }
+    });
+    body
+}
+
+/// Forwards an upgrade (exec, attach, port-forward) and splices the two connections.
+async fn forward_upgrade(
+    hub: &Arc<Hub>,
+    backend: &Arc<Backend>,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let accept = Format::accepted(header_str(req.headers(), header::ACCEPT));
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let Ok(uri) = uri_on(&backend.url, &path_and_query) else {
+        return status(
+            &accept,
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "invalid request URI",
+        );
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    parts.headers.remove(header::HOST);
+    let client = if parts.headers.contains_key(header::AUTHORIZATION) {
+        &backend.bearer_h1
+    } else {
+        &backend.node_h1
+    };
+    let mut resp = match client.request(Request::from_parts(parts, body)).await {
+        Ok(r) => r,
+        Err(e) => {
+            hub.health.transport_failed(backend.index);
+            return unavailable(&accept, &format!("the API server is unreachable: {e}"));
+        }
+    };
+    hub.metrics.request("upstream", "upgrade");
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (parts, b) = resp.into_parts();
+        return Response::from_parts(parts, b.map_err(Into::into).boxed());
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    tokio::spawn(async move {
+        match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok((c, u)) => {
+                let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    tracing::debug!(error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let (parts, _) = resp.into_parts();
+    Response::from_parts(parts, body::empty())
+}
+
+// === local answers ===
+
+async fn blocking(
+    f: impl FnOnce() -> Response<ResponseBody> + Send + 'static,
+) -> Response<ResponseBody> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        status(
+            &[Format::Json],
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &e.to_string(),
+        )
+    })
+}
+
+/// Answers without the cloud. `req` is present when its body was not consumed yet.
+async fn local(
+    hub: &Arc<Hub>,
+    ctx: &Ctx,
+    req: Option<Request<Incoming>>,
+) -> Response<ResponseBody> {
+    let r = match &ctx.info {
+        RequestInfo::Resource(r) => r.clone(),
+        RequestInfo::NonResource { path } => {
+            if req
+                .as_ref()
+                .is_some_and(|r| r.method() != http::Method::GET)
+            {
+                return unavailable(&ctx.accept, "the API server is unreachable");
+            }
+            hub.metrics.request("cache", "get");
+            let (hub, path) = (hub.clone(), path.clone());
+            return blocking(move || hub.cache.serve_non_resource(&path)).await;
+        }
+    };
+    let component = ctx.component.clone().unwrap_or_default();
+    hub.metrics.request("cache", r.verb.as_str());
+    let accept = ctx.accept.clone();
+    match r.verb {
+        Verb::Get | Verb::Update | Verb::Patch => {
+            let hub = hub.clone();
+            blocking(move || hub.cache.serve_get(&component, &r, &accept, &hub.filters)).await
+        }
+        Verb::List => {
+            let hub = hub.clone();
+            blocking(move || hub.cache.serve_list(&component, &r, &accept, &hub.filters)).await
+        }
+        Verb::Watch => hold_watch(hub, &r, &accept),
+        Verb::Create => match req {
+            Some(req) => echo(req, StatusCode::CREATED).await,
+            None => unavailable(&accept, "the API server is unreachable"),
+        },
+        Verb::Delete | Verb::DeleteCollection => status(
+            &accept,
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "the cloud is unreachable: deletes are not supported by the hub's local cache; retry later",
+        ),
+        Verb::Other => unavailable(&accept, "the API server is unreachable"),
+    }
+}
+
+/// A watch with no events that ends when the cloud is healthy again (the client then
+/// re-watches upstream from its resourceVersion), when its timeout passes, or on shutdown.
+fn hold_watch(hub: &Arc<Hub>, r: &ResourceRequest, accept: &[Format]) -> Response<ResponseBody> {
+    let format = accept.first().copied().unwrap_or(Format::Json);
+    let (tx, body) = body::channel(1);
+    let mut online = hub.health.subscribe();
+    let timeout = cache::offline_watch_timeout(r, hub.config.min_request_timeout);
+    let shutdown = hub.shutdown.clone();
+    tokio::spawn(async move {
+        let until_online = async {
+            while !*online.borrow_and_update() {
+                if online.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            () = until_online => {}
+            () = tokio::time::sleep(timeout) => {}
+            () = shutdown.cancelled() => {}
+            () = tx.closed() => {}
+        }
+        drop(tx);
+    });
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.watch_content_type()),
+    );
+    resp
+}
+
+async fn echo(req: Request<Incoming>, code: StatusCode) -> Response<ResponseBody> {
+    let ct = req.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = collect(req.into_body()).await.unwrap_or_default();
+    let mut resp = Response::new(body::full(bytes));
+    *resp.status_mut() = code;
+    if let Some(ct) = ct {
+        resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    resp
+}
+
+/// kubelet's own Lease: renewals are kept locally (the health checker renews the lease
+/// upstream for it), reads come from that local copy.
+async fn kubelet_lease(
+    hub: &Arc<Hub>,
+    ctx: &Ctx,
+    r: ResourceRequest,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    hub.health.kubelet_seen();
+    match r.verb {
+        Verb::Update => {
+            let ct = header_str(req.headers(), header::CONTENT_TYPE)
+                .unwrap_or(codec::JSON)
+                .to_owned();
+            let format = Format::of_content_type(&ct).unwrap_or(Format::Json);
+            let bytes = collect(req.into_body()).await.unwrap_or_default();
+            match codec::decode_object(format, &bytes) {
+                Ok(obj) => {
+                    let key = crate::store::ObjectKey {
+                        component: "kubelet".into(),
+                        gvr: r.gvr.to_string(),
+                        namespace: LEASE_NAMESPACE.into(),
+                        name: obj.info.name.clone(),
+                    };
+                    let _ = hub.cache.store().upsert(key, obj);
+                    let mut resp = Response::new(body::full(bytes));
+                    if let Ok(v) = HeaderValue::from_str(&ct) {
+                        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+                    }
+                    resp
+                }
+                Err(e) => status(
+                    &ctx.accept,
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    &e.to_string(),
+                ),
+            }
+        }
+        Verb::Get => {
+            let key = crate::store::ObjectKey {
+                component: "kubelet".into(),
+                gvr: r.gvr.to_string(),
+                namespace: LEASE_NAMESPACE.into(),
+                name: r.name.clone().unwrap_or_default(),
+            };
+            let cached = {
+                let hub = hub.clone();
+                tokio::task::spawn_blocking(move || hub.cache.store().get(&key))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten()
+            };
+            match (cached, hub.balancer.pick(&hub.health)) {
+                (Some(_), _) | (None, None) => local(hub, ctx, Some(req)).await,
+                (None, Some(b)) => forward(hub, &b, ctx, req).await,
+            }
+        }
+        _ => match hub.balancer.pick(&hub.health) {
+            Some(b) => forward(hub, &b, ctx, req).await,
+            None => local(hub, ctx, Some(req)).await,
+        },
+    }
+}
