@@ -49,6 +49,8 @@ pub enum Command {
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The edge node proxy (alias `yurthub`): caches what node components read and serves it when the cloud is gone.
+    Hub(crate::commands::hub::HubArgs),
 }
 
 /// Network mode of the edge sites.

@@ -12,8 +12,25 @@ use clap::Parser;
 /// Warnings and errors, except the client's report of each failed readiness poll.
 const DEFAULT_LOG_FILTER: &str = "warn,kube_client::client::builder=off";
 
+/// OpenYurt's binary names, run as the matching subcommand.
+const ALIASES: &[(&str, &str)] = &[("yurthub", "hub")];
+
+/// The command line, with an OpenYurt binary name (argv[0]) turned into its subcommand.
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let name = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if let Some((_, sub)) = ALIASES.iter().find(|(alias, _)| *alias == name) {
+        args.insert(1, (*sub).into());
+    }
+    args
+}
+
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::Cli::parse_from(args());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -32,6 +32,8 @@ pub enum Component {
     KubeScheduler,
     /// containerd (edge).
     Containerd,
+    /// yurt hub (edge): kubelet and kube-proxy reach the API server only through it.
+    YurtHub,
     /// kubelet (edge).
     Kubelet,
     /// kube-proxy (edge).
@@ -47,8 +49,9 @@ impl Component {
         Component::KubeScheduler,
     ];
     /// Edge-host processes in start order.
-    pub const EDGE: [Component; 3] = [
+    pub const EDGE: [Component; 4] = [
         Component::Containerd,
+        Component::YurtHub,
         Component::Kubelet,
         Component::KubeProxy,
     ];
@@ -61,6 +64,7 @@ impl Component {
             Self::KubeControllerManager => "kube-controller-manager",
             Self::KubeScheduler => "kube-scheduler",
             Self::Containerd => "containerd",
+            Self::YurtHub => "yurt-hub",
             Self::Kubelet => "kubelet",
             Self::KubeProxy => "kube-proxy",
         }
@@ -100,6 +104,7 @@ impl Component {
             Self::KubeControllerManager => Probe::Tcp(local(10257)),
             Self::KubeScheduler => Probe::Tcp(local(10259)),
             Self::Containerd => Probe::Unix(host.containerd_socket()),
+            Self::YurtHub => Probe::Http(local(10267), "/v1/readyz"),
             Self::Kubelet => Probe::Http(local(10248), "/healthz"),
             Self::KubeProxy => Probe::Http(local(10256), "/healthz"),
         }
@@ -146,6 +151,8 @@ pub struct Context<'a> {
     pub bins: &'a UpstreamBinaries,
     /// Failure-detection timings.
     pub timings: Timings,
+    /// The `yurt` binary (runs the hub).
+    pub yurt_binary: &'a Path,
 }
 
 /// A program and its arguments.
@@ -155,6 +162,8 @@ pub struct CommandLine {
     pub program: PathBuf,
     /// Its arguments.
     pub args: Vec<OsString>,
+    /// Environment variables beyond the fleet's minimal set.
+    pub env: Vec<(String, String)>,
 }
 
 fn arg(a: impl Into<String>) -> OsString {
@@ -209,6 +218,7 @@ impl Context<'_> {
                         arg("--quota-backend-bytes=2147483648"),
                         arg("--logger=zap"),
                     ],
+                    env: Vec::new(),
                 }
             }
             Component::KubeApiserver => CommandLine {
@@ -251,6 +261,7 @@ impl Context<'_> {
                     arg("--profiling=false"),
                     arg("--v=1"),
                 ],
+                env: Vec::new(),
             },
             Component::KubeControllerManager => {
                 let kc = p(&pki.kubeconfig(&Identity::ControllerManager.stem()));
@@ -286,6 +297,7 @@ impl Context<'_> {
                         arg("--profiling=false"),
                         arg("--v=1"),
                     ],
+                    env: Vec::new(),
                 }
             }
             Component::KubeScheduler => {
@@ -301,6 +313,7 @@ impl Context<'_> {
                         arg("--profiling=false"),
                         arg("--v=1"),
                     ],
+                    env: Vec::new(),
                 }
             }
             Component::Containerd => {
@@ -314,6 +327,37 @@ impl Context<'_> {
                 CommandLine {
                     program: "/usr/bin/containerd".into(),
                     args: vec![arg("--config"), arg(p(&config))],
+                    env: Vec::new(),
+                }
+            }
+            Component::YurtHub => {
+                let edge = need_edge()?;
+                let pool = &self.plan.pools[edge.pool];
+                let hub_stem = Identity::Hub(edge.name.clone()).stem();
+                let serving = PkiPaths::hub_serving(&edge.name);
+                CommandLine {
+                    program: self.yurt_binary.to_owned(),
+                    args: vec![
+                        arg("hub"),
+                        arg(format!("--node-name={}", edge.name)),
+                        arg(format!("--nodepool-name={}", pool.name)),
+                        arg(format!("--server-addr={}", self.plan.api_url_in_fleet())),
+                        arg(format!("--ca-file={}", p(&pki.ca_cert()))),
+                        arg(format!("--client-cert={}", cert(&hub_stem))),
+                        arg(format!("--client-key={}", key(&hub_stem))),
+                        arg(format!("--serving-cert={}", cert(&serving))),
+                        arg(format!("--serving-key={}", key(&serving))),
+                        arg(format!("--disk-cache-path={}", p(&hp.hub_cache()))),
+                        arg(format!(
+                            "--heartbeat-interval-seconds={}",
+                            t.hub_heartbeat.as_secs()
+                        )),
+                        arg(format!(
+                            "--kubelet-health-grace-period={}",
+                            t.node_lease.as_secs()
+                        )),
+                    ],
+                    env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
                 }
             }
             Component::Kubelet => {
@@ -326,9 +370,10 @@ impl Context<'_> {
                     program: self.bins.path(Binary::Kubelet),
                     args: vec![
                         arg(format!("--config={}", p(&config))),
+                        // Through the hub: plain HTTP on the node, no credentials of its own.
                         arg(format!(
                             "--kubeconfig={}",
-                            p(&pki.kubeconfig(&Identity::Node(edge.name.clone()).stem()))
+                            p(&pki.kubeconfig(crate::pki::HUB_LOCAL))
                         )),
                         arg("--container-runtime=remote"),
                         arg(format!("--container-runtime-endpoint={socket}")),
@@ -349,6 +394,7 @@ impl Context<'_> {
                         )),
                         arg("--v=1"),
                     ],
+                    env: Vec::new(),
                 }
             }
             Component::KubeProxy => {
@@ -358,6 +404,7 @@ impl Context<'_> {
                 CommandLine {
                     program: self.bins.path(Binary::KubeProxy),
                     args: vec![arg(format!("--config={}", p(&config))), arg("--v=1")],
+                    env: Vec::new(),
                 }
             }
         })
@@ -501,7 +548,7 @@ pub fn kube_proxy_config(pki: &PkiPaths, edge: &EdgePlan) -> Result<String> {
     yaml(&serde_json::json!({
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
-        "clientConnection": {"kubeconfig": p(&pki.kubeconfig(&Identity::KubeProxy.stem()))},
+        "clientConnection": {"kubeconfig": p(&pki.kubeconfig(crate::pki::HUB_LOCAL))},
         "hostnameOverride": edge.name.as_str(),
         "bindAddress": "0.0.0.0",
         "clusterCIDR": net::CLUSTER_CIDR.to_string(),
@@ -530,6 +577,7 @@ mod tests {
             pki,
             bins,
             timings: Timing::Fast.timings(),
+            yurt_binary: Path::new("/usr/local/bin/yurt"),
         }
     }
 

@@ -158,6 +158,11 @@ impl HostPaths {
         self.root.join("kubelet")
     }
 
+    /// The hub's cache (persistent: it is what keeps the node working offline).
+    pub fn hub_cache(&self) -> PathBuf {
+        self.root.join("yurthub")
+    }
+
     /// Static pod manifests.
     pub fn manifests(&self) -> PathBuf {
         self.root.join("manifests")

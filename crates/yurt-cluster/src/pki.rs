@@ -37,7 +37,16 @@ pub enum Identity {
     ApiserverKubeletClient,
     /// `system:node:<name>` in `system:nodes`.
     Node(NodeName),
+    /// The node's hub: `system:node:<name>` in `system:nodes` and `openyurt:yurthub`.
+    Hub(NodeName),
 }
+
+/// The kubeconfig of local components on an edge host: the hub on 127.0.0.1:10261.
+pub const HUB_LOCAL: &str = "hub-local";
+/// The group of hub client certificates (OpenYurt's).
+pub const HUB_GROUP: &str = "openyurt:yurthub";
+/// The hub's pod-facing address.
+pub const HUB_POD_ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 2, 1);
 
 impl Identity {
     /// File stem of the certificate and kubeconfig.
@@ -49,6 +58,7 @@ impl Identity {
             Self::KubeProxy => "kube-proxy".into(),
             Self::ApiserverKubeletClient => "apiserver-kubelet-client".into(),
             Self::Node(n) => format!("kubelet-{n}"),
+            Self::Hub(n) => format!("yurthub-{n}"),
         }
     }
 
@@ -62,6 +72,9 @@ impl Identity {
                 CertSpec::client("kube-apiserver-kubelet-client", &["system:masters"])
             }
             Self::Node(n) => CertSpec::client(format!("system:node:{n}"), &["system:nodes"]),
+            Self::Hub(n) => {
+                CertSpec::client(format!("system:node:{n}"), &["system:nodes", HUB_GROUP])
+            }
         }
     }
 }
@@ -121,6 +134,11 @@ impl PkiPaths {
     /// The kubelet serving certificate stem of `node`.
     pub fn kubelet_serving(node: &NodeName) -> String {
         format!("kubelet-{node}-serving")
+    }
+
+    /// The hub's serving certificate stem of `node` (its pod-facing HTTPS port).
+    pub fn hub_serving(node: &NodeName) -> String {
+        format!("yurthub-{node}-serving")
     }
 }
 
@@ -193,6 +211,7 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
         Identity::ApiserverKubeletClient,
     ];
     identities.extend(plan.edges.iter().map(|e| Identity::Node(e.name.clone())));
+    identities.extend(plan.edges.iter().map(|e| Identity::Hub(e.name.clone())));
     for id in &identities {
         let stem = id.stem();
         if !pki.cert(&stem).exists() || !pki.key(&stem).exists() {
@@ -212,6 +231,24 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
             );
             write_pair(&pki, &stem, &ca.issue(&spec)?)?;
         }
+        let stem = PkiPaths::hub_serving(&edge.name);
+        if !pki.cert(&stem).exists() || !pki.key(&stem).exists() {
+            let spec = CertSpec::server(
+                format!("system:node:{}", edge.name),
+                &[
+                    "kubernetes",
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local",
+                    edge.name.as_str(),
+                ],
+                &[
+                    IpAddr::V4(HUB_POD_ADDRESS),
+                    IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+                ],
+            );
+            write_pair(&pki, &stem, &ca.issue(&spec)?)?;
+        }
     }
 
     let ca_pem = read(&pki.ca_cert())?;
@@ -220,7 +257,10 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
     for id in &identities {
         let server = match id {
             Identity::ControllerManager | Identity::Scheduler | Identity::Admin => &local,
-            Identity::KubeProxy | Identity::Node(_) | Identity::ApiserverKubeletClient => &in_fleet,
+            Identity::KubeProxy
+            | Identity::Node(_)
+            | Identity::Hub(_)
+            | Identity::ApiserverKubeletClient => &in_fleet,
         };
         let stem = id.stem();
         let text = kubeconfig(
@@ -240,7 +280,25 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
         "admin",
     )?;
     write_file(&paths.admin_kubeconfig(), &admin, true)?;
+    write_file(&pki.kubeconfig(HUB_LOCAL), &hub_local_kubeconfig()?, false)?;
     Ok(pki)
+}
+
+/// The kubeconfig of components behind the hub: plain HTTP to 127.0.0.1:10261, no
+/// credentials (the hub authenticates upstream as the node).
+///
+/// # Errors
+/// Only if YAML serialisation fails.
+pub fn hub_local_kubeconfig() -> Result<String> {
+    let value = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "hub", "cluster": {"server": "http://127.0.0.1:10261"}}],
+        "users": [{"name": "hub", "user": {}}],
+        "contexts": [{"name": "hub", "context": {"cluster": "hub", "user": "hub"}}],
+        "current-context": "hub",
+    });
+    serde_yaml::to_string(&value).map_err(|e| Error::Invalid(format!("kubeconfig: {e}")))
 }
 
 /// Renders a kubeconfig with the certificates embedded, so it can be copied anywhere.

@@ -84,6 +84,8 @@ pub struct Timings {
     pub node_grace: Duration,
     /// Default NoExecute toleration for not-ready/unreachable nodes (API server flags).
     pub eviction_toleration: Duration,
+    /// The hub's health-probe interval.
+    pub hub_heartbeat: Duration,
 }
 
 impl Timing {
@@ -96,6 +98,7 @@ impl Timing {
                 node_monitor_period: Duration::from_secs(5),
                 node_grace: Duration::from_secs(40),
                 eviction_toleration: Duration::from_secs(300),
+                hub_heartbeat: Duration::from_secs(10),
             },
             Self::Fast => Timings {
                 node_lease: Duration::from_secs(10),
@@ -103,6 +106,7 @@ impl Timing {
                 node_monitor_period: Duration::from_secs(2),
                 node_grace: Duration::from_secs(16),
                 eviction_toleration: Duration::from_secs(30),
+                hub_heartbeat: Duration::from_secs(4),
             },
         }
     }

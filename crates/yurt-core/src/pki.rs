@@ -24,6 +24,12 @@ pub enum Error {
         #[source]
         source: rcgen::Error,
     },
+    /// More than two organizations (groups) were asked for.
+    #[error("certificate {subject:?}: at most two organizations are supported")]
+    TooManyOrganizations {
+        /// Common name of the certificate.
+        subject: String,
+    },
     /// A DNS name in a certificate request is not a valid IA5 string.
     #[error("certificate {subject:?}: invalid DNS name {name:?}")]
     InvalidDnsName {
@@ -90,6 +96,9 @@ impl CertSpec {
         }
     }
 }
+
+/// The OID of the X.520 organizationName attribute.
+const ORGANIZATION_OID: [u64; 4] = [2, 5, 4, 10];
 
 const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Certificates start an hour in the past so that small clock differences between
@@ -225,8 +234,23 @@ impl CertificateAuthority {
         let key = KeyPair::generate().map_err(crypto)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        for org in &spec.organizations {
-            dn.push(DnType::OrganizationName, org.as_str());
+        // rcgen keeps one value per attribute type; Kubernetes reads every O attribute as
+        // a group. A second organization goes in under the same OID as a custom type.
+        match spec.organizations.as_slice() {
+            [] => {}
+            [one] => dn.push(DnType::OrganizationName, one.as_str()),
+            [one, two] => {
+                dn.push(DnType::OrganizationName, one.as_str());
+                dn.push(
+                    DnType::CustomDnType(ORGANIZATION_OID.to_vec()),
+                    two.as_str(),
+                );
+            }
+            _ => {
+                return Err(Error::TooManyOrganizations {
+                    subject: spec.common_name.clone(),
+                });
+            }
         }
         dn.push(DnType::CommonName, spec.common_name.as_str());
         params.distinguished_name = dn;
@@ -392,6 +416,27 @@ mod tests {
             matches!(err, rustls::Error::InvalidCertificate(_)),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn two_organizations_both_reach_the_subject() {
+        let ca = CertificateAuthority::generate("test-ca").unwrap();
+        let cert = ca
+            .issue(&CertSpec::client(
+                "system:node:n1",
+                &["system:nodes", "openyurt:yurthub"],
+            ))
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap();
+        let has = |s: &str| der.windows(s.len()).any(|w| w == s.as_bytes());
+        assert!(has("system:nodes") && has("openyurt:yurthub") && has("system:node:n1"));
+        // Both are encoded as organizationName (2.5.4.10) attributes.
+        let oid = [0x06, 0x03, 0x55, 0x04, 0x0a];
+        assert_eq!(der.windows(5).filter(|w| *w == oid).count(), 2);
+        let err = ca
+            .issue(&CertSpec::client("x", &["a", "b", "c"]))
+            .unwrap_err();
+        assert!(matches!(err, Error::TooManyOrganizations { .. }));
     }
 
     #[test]

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use config::Config;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -103,20 +103,17 @@ fn setup_dummy(d: &config::DummyInterface) -> Result<(), HubError> {
             })
         }
     };
-    if !std::path::Path::new("/sys/class/net")
-        .join(&d.name)
-        .exists()
-    {
-        run(&["link", "add", &d.name, "type", "dummy"])?;
-    }
     let prefix = if d.ip.is_ipv4() { 32 } else { 128 };
-    run(&[
-        "addr",
-        "replace",
-        &format!("{}/{prefix}", d.ip),
-        "dev",
-        &d.name,
-    ])?;
+    let address = format!("{}/{prefix}", d.ip);
+    let exists = std::path::Path::new("/sys/class/net")
+        .join(&d.name)
+        .exists();
+    if !exists && let Err(e) = run(&["link", "add", &d.name, "type", "dummy"]) {
+        // Kernels without the dummy driver: the address on loopback is just as local.
+        tracing::info!(error = %e, "no dummy interface support; putting {address} on lo");
+        return run(&["addr", "replace", &address, "dev", "lo"]);
+    }
+    run(&["addr", "replace", &address, "dev", &d.name])?;
     run(&["link", "set", &d.name, "up"])
 }
 
@@ -126,10 +123,10 @@ where
 {
     tracker.spawn(async move {
         let svc = service_fn(move |req| proxy::handle(hub.clone(), req));
-        if let Err(e) = auto::Builder::new(TokioExecutor::new())
-            .serve_connection_with_upgrades(io, svc)
-            .await
-        {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
+        if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
             tracing::debug!(client.addr = %peer, error = %e, "connection ended");
         }
     });

@@ -65,28 +65,22 @@ fn roots(ca: &Path) -> Result<rustls::RootCertStore, TlsError> {
     Ok(roots)
 }
 
-/// Client TLS towards API servers: trusts `ca`, presents `cert`/`key` if given.
+/// Client TLS towards API servers: trusts `ca`, presents `cert`/`key` if given. (ALPN is
+/// left to the HTTP connector, which offers the protocols it enables.)
 ///
 /// # Errors
 /// Unreadable files or a configuration rustls refuses.
 pub fn client_config(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
-    alpn_h2: bool,
 ) -> Result<rustls::ClientConfig, TlsError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca)?);
-    let mut config = match identity {
+    Ok(match identity {
         Some((cert, k)) => builder.with_client_auth_cert(certs(cert)?, key(k)?)?,
         None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = if alpn_h2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
-    Ok(config)
+    })
 }
 
 /// Server TLS for the pod-facing port: `cert`/`key`, client certificates optional (pods

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::{Config, UpstreamConfig};
 use crate::health::Health;
@@ -59,7 +59,9 @@ fn client(tls: rustls::ClientConfig, up: &UpstreamConfig, h2: bool) -> HttpsClie
         builder.enable_http1().wrap_connector(http)
     };
     let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(std::time::Duration::from_secs(90));
+    b.timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90));
     if h2 {
         b.http2_keep_alive_interval(up.keepalive_interval)
             .http2_keep_alive_timeout(up.keepalive_timeout)
@@ -96,22 +98,22 @@ pub fn backends(config: &Config) -> Result<Vec<Arc<Backend>>, UpstreamError> {
             index,
             url: url.clone(),
             node: client(
-                tls::client_config(&config.ca_file, identity, true)?,
+                tls::client_config(&config.ca_file, identity)?,
                 &config.upstream,
                 true,
             ),
             bearer: client(
-                tls::client_config(&config.ca_file, None, true)?,
+                tls::client_config(&config.ca_file, None)?,
                 &config.upstream,
                 true,
             ),
             node_h1: client(
-                tls::client_config(&config.ca_file, identity, false)?,
+                tls::client_config(&config.ca_file, identity)?,
                 &config.upstream,
                 false,
             ),
             bearer_h1: client(
-                tls::client_config(&config.ca_file, None, false)?,
+                tls::client_config(&config.ca_file, None)?,
                 &config.upstream,
                 false,
             ),

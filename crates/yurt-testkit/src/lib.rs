@@ -32,9 +32,16 @@ pub const TEST_ROOT: &str = "/var/lib/yurt-test";
 pub const INSTALLED_KUBECTL: &str = "/usr/bin/kubectl";
 
 /// Machine settings for tests: the same cache and registry as `yurt`, so `yurt down
-/// --all` clears test fleets too.
+/// --all` clears test fleets too, and the workspace's debug `yurt` binary (or
+/// `$YURT_BINARY`) to run the hub.
 pub fn machine() -> MachineConfig {
-    MachineConfig::default()
+    let yurt_binary = std::env::var_os("YURT_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/yurt"));
+    MachineConfig {
+        yurt_binary,
+        ..MachineConfig::default()
+    }
 }
 
 /// The spec of the shared fleet.

@@ -2,6 +2,7 @@
 
 mod bench;
 mod fleet;
+pub mod hub;
 mod image;
 mod up;
 
@@ -19,6 +20,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let machine = MachineConfig {
         cache_dir: cli.cache_dir.clone(),
         registry_dir: cli.registry_dir.clone(),
+        ..MachineConfig::default()
     };
     match cli.command {
         Command::Up(args) => up::run(&machine, &cli.data_dir, args).await,
@@ -27,6 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => image::run(&machine, &cli.data_dir, cmd).await,
         Command::Setup => setup(&machine).await,
         Command::Bench(cmd) => bench::run(&machine, cmd).await,
+        Command::Hub(args) => hub::run(args).await,
     }
 }
 

@@ -104,6 +104,47 @@ pub async fn register_nodes(client: &kube::Client, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
+/// Lets hubs (group `openyurt:yurthub`) read what they and the components behind them
+/// need beyond what the Node authorizer grants a node: Services, Endpoints and
+/// EndpointSlices for kube-proxy and the hub's filters, Nodes for pool membership, the
+/// hub's ConfigMaps, and writing Events.
+///
+/// # Errors
+/// API errors.
+pub async fn apply_hub_rbac(client: &kube::Client) -> Result<()> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use kube::api::{Patch, PatchParams};
+    let name = "openyurt:yurthub";
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [
+            {"apiGroups": [""], "resources": ["services", "endpoints", "nodes", "configmaps", "namespaces"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+            {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools", "nodebuckets"], "verbs": ["get", "list", "watch"]},
+        ],
+    }))
+    .map_err(|e| Error::Invalid(format!("hub ClusterRole: {e}")))?;
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": crate::pki::HUB_GROUP}],
+    }))
+    .map_err(|e| Error::Invalid(format!("hub ClusterRoleBinding: {e}")))?;
+    let params = PatchParams::apply("yurt-up").force();
+    Api::<ClusterRole>::all(client.clone())
+        .patch(name, &params, &Patch::Apply(&role))
+        .await
+        .map_err(|e| Error::kube("apply the hub ClusterRole", e))?;
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(name, &params, &Patch::Apply(&binding))
+        .await
+        .map_err(|e| Error::kube("apply the hub ClusterRoleBinding", e))?;
+    Ok(())
+}
+
 /// Readiness of the plan's nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeReadiness {

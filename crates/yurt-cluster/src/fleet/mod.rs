@@ -31,6 +31,8 @@ pub struct MachineConfig {
     pub cache_dir: PathBuf,
     /// Registry of fleets on this machine (`/var/lib/yurt`).
     pub registry_dir: PathBuf,
+    /// The `yurt` binary the fleet runs its own components with (the hub).
+    pub yurt_binary: PathBuf,
 }
 
 impl Default for MachineConfig {
@@ -38,6 +40,8 @@ impl Default for MachineConfig {
         Self {
             cache_dir: PathBuf::from("/var/cache/yurt"),
             registry_dir: PathBuf::from("/var/lib/yurt"),
+            yurt_binary: std::env::current_exe()
+                .unwrap_or_else(|_| PathBuf::from("/usr/local/bin/yurt")),
         }
     }
 }

@@ -71,6 +71,7 @@ impl Fleet {
             pki: &self.pki,
             bins: &self.bins,
             timings: self.state.spec.timing.timings(),
+            yurt_binary: &self.machine.yurt_binary,
         }
     }
 
@@ -85,7 +86,7 @@ impl Fleet {
         let launch = Launch {
             program: line.program,
             args: line.args,
-            env: Vec::new(),
+            env: line.env,
             netns: Some(netns::path(&ns)),
             mountns: matches!(host, HostId::Edge(_)).then(|| hp.mount_ns()),
             cgroup_procs: self
@@ -144,6 +145,7 @@ impl Fleet {
             let socket = hp.containerd_socket();
             blocking(move || import_all(&socket, &images)).await?;
         }
+        self.start_component(&host, Component::YurtHub).await?;
         self.start_component(&host, Component::Kubelet).await?;
         self.start_component(&host, Component::KubeProxy).await
     }

@@ -120,6 +120,12 @@ pub async fn up(
         blocking(move || packages::ensure(packages::RUNTIME_PACKAGES, r.as_ref())).await?;
     }
     check_tools()?;
+    if !machine.yurt_binary.is_file() {
+        return Err(Error::Invalid(format!(
+            "the yurt binary {} (runs the hub on every edge host) does not exist; build it with `cargo build -p yurt`",
+            machine.yurt_binary.display()
+        )));
+    }
     {
         let (cache, r) = (machine.cache_dir.clone(), reporter.clone());
         blocking(move || upstream::ensure(&cache, r.as_ref())).await?;
@@ -219,6 +225,7 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     step.finish();
 
     let client = fleet.client().await?;
+    super::api::apply_hub_rbac(&client).await?;
     super::api::register_nodes(&client, &plan).await?;
 
     let step = Step::start(
