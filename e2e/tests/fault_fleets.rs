@@ -238,7 +238,9 @@ async fn down_removes_everything_and_up_restarts_with_the_state() -> anyhow::Res
             .filter_map(|p| yurt_cluster::process::PidRecord::read(p))
             .collect();
         ensure!(
-            records.len() == 4 + 2 * 3,
+            records.len()
+                == yurt_cluster::components::Component::CLOUD.len()
+                    + 2 * yurt_cluster::components::Component::EDGE.len(),
             "every process has a pid file: {records:?}"
         );
         let cgroups = yurt_cluster::cgroup::Cgroups::detect()?;

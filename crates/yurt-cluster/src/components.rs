@@ -497,6 +497,8 @@ pub fn kubelet_config(ctx: &Context<'_>, hp: &HostPaths, edge: &EdgePlan) -> Res
     let resolv = hp.config().join("resolv.conf");
     // Pods get no upstream resolver: nothing in the fleet may reach outside the machine.
     write(&resolv, "# yurt fleet: no upstream DNS\n")?;
+    let manifests = hp.manifests();
+    std::fs::create_dir_all(&manifests).map_err(|e| Error::io(&manifests, e))?;
     yaml(&serde_json::json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",

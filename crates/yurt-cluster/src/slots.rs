@@ -60,9 +60,17 @@ impl Registry {
         Ok(out)
     }
 
-    /// Whether `data_dir` still holds a fleet in `slot`.
+    /// Whether `data_dir` still holds `slot`: it exists and its state names that slot, or
+    /// it has no state yet (a `yurt up` that claimed the slot is still writing it).
     fn owns(data_dir: &Path, slot: Slot) -> bool {
-        matches!(state::load(&data_dir.join("fleet.json")), Ok(Some(s)) if s.slot == slot)
+        if !data_dir.is_dir() {
+            return false;
+        }
+        match state::load(&data_dir.join("fleet.json")) {
+            Ok(Some(s)) => s.slot == slot,
+            Ok(None) => true,
+            Err(_) => true,
+        }
     }
 
     /// The slot registered to `data_dir`, claiming the lowest free one if it has none.
@@ -135,11 +143,18 @@ mod tests {
         let sb = reg.claim(b.path(), None, &none).unwrap();
         assert_eq!((sa, sb), (Slot(0), Slot(1)));
         assert_eq!(reg.claim(a.path(), Some(sa), &none).unwrap(), sa);
-        // b never wrote a state file: its slot is stale and can be reused by c.
+        // b has not written its state yet: its slot stays taken...
         let c = tempfile::tempdir().unwrap();
-        assert_eq!(reg.claim(c.path(), None, &none).unwrap(), Slot(1));
+        assert_eq!(reg.claim(c.path(), None, &none).unwrap(), Slot(2));
+        // ...until its folder is gone.
+        drop(b);
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(reg.claim(d.path(), None, &none).unwrap(), Slot(1));
         reg.release(sa, a.path()).unwrap();
-        assert_eq!(reg.entries().unwrap(), vec![(Slot(1), c.path().to_owned())]);
+        assert_eq!(
+            reg.entries().unwrap(),
+            vec![(Slot(1), d.path().to_owned()), (Slot(2), c.path().to_owned())]
+        );
     }
 
     #[test]
