@@ -239,10 +239,12 @@ async fn an_offline_node_restarts_kubelet_then_hub_then_reboots_and_keeps_its_po
 
         f.restore("edge-a1")?;
         wait_cloud_ready(&f, &["edge-a1"], true, Duration::from_secs(90)).await?;
-        let after = wait_for("pods Ready in the cloud after the reboot", Duration::from_secs(90), || async {
+        // The statuses kubelet wrote while offline reach the cloud: the new containers.
+        let after = wait_for("the pods' new containers reported to the cloud", Duration::from_secs(120), || async {
             let pods = app_pods(&f).await?;
             let ready = f.kubectl(&["wait", "--for=condition=Ready", "pod", "-l", "app=auto", "--timeout=5s"]).is_ok();
-            Ok(ready.then_some(pods))
+            let reported = pods.len() == before.len() && pods.iter().zip(&before).all(|(a, b)| a.3 != b.3);
+            Ok((ready && reported).then_some(pods))
         })
         .await?;
         assert_eq!(after.len(), before.len(), "none lost, none duplicated: {after:?}");
