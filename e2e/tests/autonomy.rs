@@ -11,8 +11,13 @@ use kube::api::{Api, ListParams};
 use yurt_cluster::{FleetSpec, NetMode, Timing};
 use yurt_testkit::{TestFleet, fresh, wait_for};
 
-async fn within<T>(limit: Duration, fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
-    tokio::time::timeout(limit, fut).await.context("test did not finish in time")?
+async fn within<T>(
+    limit: Duration,
+    fut: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .context("test did not finish in time")?
 }
 
 fn spec(edge_nodes: u16) -> FleetSpec {
@@ -94,7 +99,9 @@ async fn app_pods(f: &TestFleet) -> anyhow::Result<Vec<(String, String, i32, Str
                 p.metadata.name.clone().unwrap_or_default(),
                 p.metadata.uid.clone().unwrap_or_default(),
                 status.map_or(0, |c| c.restart_count),
-                status.and_then(|c| c.container_id.clone()).unwrap_or_default(),
+                status
+                    .and_then(|c| c.container_id.clone())
+                    .unwrap_or_default(),
             )
         })
         .collect();
@@ -104,19 +111,30 @@ async fn app_pods(f: &TestFleet) -> anyhow::Result<Vec<(String, String, i32, Str
 
 /// Asks the Service from inside `host` until every pod has answered; returns the pod
 /// names that answered.
-async fn service_answers(f: &TestFleet, host: &str, ip: &str, expect: usize) -> anyhow::Result<BTreeSet<String>> {
+async fn service_answers(
+    f: &TestFleet,
+    host: &str,
+    ip: &str,
+    expect: usize,
+) -> anyhow::Result<BTreeSet<String>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = BTreeSet::new();
     let mut last = String::new();
     while seen.len() < expect {
         let out = f.exec(host, &["wget", "-qO-", &format!("http://{ip}/")])?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if let Some(pod) = text.strip_prefix("hello from ").and_then(|t| t.split_whitespace().next()) {
+        if let Some(pod) = text
+            .strip_prefix("hello from ")
+            .and_then(|t| t.split_whitespace().next())
+        {
             seen.insert(pod.to_owned());
         } else {
             last = format!("{text} {}", String::from_utf8_lossy(&out.stderr));
         }
-        ensure!(Instant::now() < deadline, "the Service did not answer from every pod inside {host}: {seen:?}, last: {last}");
+        ensure!(
+            Instant::now() < deadline,
+            "the Service did not answer from every pod inside {host}: {seen:?}, last: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(seen)
@@ -124,7 +142,10 @@ async fn service_answers(f: &TestFleet, host: &str, ip: &str, expect: usize) -> 
 
 /// Pods whose `web` container runs on `host`, read from its containerd (works offline):
 /// pod name → number of running `web` containers.
-fn running_web_pods(f: &TestFleet, host: &str) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+fn running_web_pods(
+    f: &TestFleet,
+    host: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
     let id = yurt_cluster::spec::HostId::Edge(host.parse()?);
     let socket = f.fleet().paths().host(&id).containerd_socket();
     let ctr = |args: &[&str]| {
@@ -144,37 +165,59 @@ fn running_web_pods(f: &TestFleet, host: &str) -> anyhow::Result<std::collection
         .collect();
     let mut pods = std::collections::BTreeMap::new();
     for container in &running {
-        let info: serde_json::Value = serde_json::from_str(&ctr(&["containers", "info", container])?)?;
+        let info: serde_json::Value =
+            serde_json::from_str(&ctr(&["containers", "info", container])?)?;
         let labels = &info["Labels"];
         if labels["io.kubernetes.container.name"] == "web" {
-            let pod = labels["io.kubernetes.pod.name"].as_str().unwrap_or_default().to_owned();
+            let pod = labels["io.kubernetes.pod.name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             *pods.entry(pod).or_insert(0) += 1;
         }
     }
     Ok(pods)
 }
 
-async fn wait_running(f: &TestFleet, host: &str, names: &BTreeSet<String>, what: &str) -> anyhow::Result<()> {
-    let want: std::collections::BTreeMap<String, usize> = names.iter().map(|n| (n.clone(), 1)).collect();
-    wait_for(&format!("the same pods running on {host} after {what}"), Duration::from_secs(120), || async {
-        let now = running_web_pods(f, host)?;
-        Ok((now == want).then_some(()))
-    })
+async fn wait_running(
+    f: &TestFleet,
+    host: &str,
+    names: &BTreeSet<String>,
+    what: &str,
+) -> anyhow::Result<()> {
+    let want: std::collections::BTreeMap<String, usize> =
+        names.iter().map(|n| (n.clone(), 1)).collect();
+    wait_for(
+        &format!("the same pods running on {host} after {what}"),
+        Duration::from_secs(120),
+        || async {
+            let now = running_web_pods(f, host)?;
+            Ok((now == want).then_some(()))
+        },
+    )
     .await
 }
 
-async fn wait_cloud_ready(f: &TestFleet, nodes: &[&str], ready: bool, limit: Duration) -> anyhow::Result<()> {
+async fn wait_cloud_ready(
+    f: &TestFleet,
+    nodes: &[&str],
+    ready: bool,
+    limit: Duration,
+) -> anyhow::Result<()> {
     for node in nodes {
-        wait_for(&format!("{node} Ready={ready} in the cloud"), limit, || async {
-            Ok(((f.node_ready(node).await? == "True") == ready).then_some(()))
-        })
+        wait_for(
+            &format!("{node} Ready={ready} in the cloud"),
+            limit,
+            || async { Ok(((f.node_ready(node).await? == "True") == ready).then_some(())) },
+        )
         .await?;
     }
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_site_cut_off_for_five_minutes_keeps_serving_and_resyncs_without_restarts() -> anyhow::Result<()> {
+async fn a_site_cut_off_for_five_minutes_keeps_serving_and_resyncs_without_restarts()
+-> anyhow::Result<()> {
     within(Duration::from_secs(900), async {
         let mut f = fresh("e2e-cut5", spec(2)).await?;
         deploy_app(&f, 2)?;
@@ -195,19 +238,34 @@ async fn a_site_cut_off_for_five_minutes_keeps_serving_and_resyncs_without_resta
 
         f.restore("pool-a")?;
         wait_cloud_ready(&f, &["edge-a1", "edge-a2"], true, Duration::from_secs(90)).await?;
-        let after = wait_for("pod statuses back in the cloud", Duration::from_secs(60), || async {
-            f.kubectl(&["wait", "--for=condition=Ready", "pod", "-l", "app=auto", "--timeout=5s"])?;
-            Ok(Some(app_pods(&f).await?))
-        })
+        let after = wait_for(
+            "pod statuses back in the cloud",
+            Duration::from_secs(60),
+            || async {
+                f.kubectl(&[
+                    "wait",
+                    "--for=condition=Ready",
+                    "pod",
+                    "-l",
+                    "app=auto",
+                    "--timeout=5s",
+                ])?;
+                Ok(Some(app_pods(&f).await?))
+            },
+        )
         .await?;
-        assert_eq!(after, before, "same pods, same UIDs, same containers, no restarts");
+        assert_eq!(
+            after, before,
+            "same pods, same UIDs, same containers, no restarts"
+        );
         Ok(())
     })
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offline_node_restarts_kubelet_then_hub_then_reboots_and_keeps_its_pods() -> anyhow::Result<()> {
+async fn an_offline_node_restarts_kubelet_then_hub_then_reboots_and_keeps_its_pods()
+-> anyhow::Result<()> {
     within(Duration::from_secs(900), async {
         let mut f = fresh("e2e-offline", spec(1)).await?;
         deploy_app(&f, 1)?;
@@ -240,14 +298,32 @@ async fn an_offline_node_restarts_kubelet_then_hub_then_reboots_and_keeps_its_po
         f.restore("edge-a1")?;
         wait_cloud_ready(&f, &["edge-a1"], true, Duration::from_secs(90)).await?;
         // The statuses kubelet wrote while offline reach the cloud: the new containers.
-        let after = wait_for("the pods' new containers reported to the cloud", Duration::from_secs(120), || async {
-            let pods = app_pods(&f).await?;
-            let ready = f.kubectl(&["wait", "--for=condition=Ready", "pod", "-l", "app=auto", "--timeout=5s"]).is_ok();
-            let reported = pods.len() == before.len() && pods.iter().zip(&before).all(|(a, b)| a.3 != b.3);
-            Ok((ready && reported).then_some(pods))
-        })
+        let after = wait_for(
+            "the pods' new containers reported to the cloud",
+            Duration::from_secs(120),
+            || async {
+                let pods = app_pods(&f).await?;
+                let ready = f
+                    .kubectl(&[
+                        "wait",
+                        "--for=condition=Ready",
+                        "pod",
+                        "-l",
+                        "app=auto",
+                        "--timeout=5s",
+                    ])
+                    .is_ok();
+                let reported =
+                    pods.len() == before.len() && pods.iter().zip(&before).all(|(a, b)| a.3 != b.3);
+                Ok((ready && reported).then_some(pods))
+            },
+        )
         .await?;
-        assert_eq!(after.len(), before.len(), "none lost, none duplicated: {after:?}");
+        assert_eq!(
+            after.len(),
+            before.len(),
+            "none lost, none duplicated: {after:?}"
+        );
         for ((n1, uid1, _, c1), (n2, uid2, _, c2)) in before.iter().zip(&after) {
             assert_eq!((n1, uid1), (n2, uid2), "same pod identity");
             assert_ne!(c1, c2, "{n2}: the reboot ran a new container for it");

@@ -153,7 +153,10 @@ mod tests {
         reg.release(sa, a.path()).unwrap();
         assert_eq!(
             reg.entries().unwrap(),
-            vec![(Slot(1), d.path().to_owned()), (Slot(2), c.path().to_owned())]
+            vec![
+                (Slot(1), d.path().to_owned()),
+                (Slot(2), c.path().to_owned())
+            ]
         );
     }
 

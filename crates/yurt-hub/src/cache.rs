@@ -96,7 +96,7 @@ impl Agents {
 #[derive(Debug)]
 pub struct Cache {
     store: Store,
-    agents: Agents,
+    agents: std::sync::Arc<Agents>,
     node: String,
 }
 
@@ -147,7 +147,7 @@ fn object_response(code: StatusCode, format: Format, bytes: Bytes) -> Response<R
 
 impl Cache {
     /// A cache over `store`.
-    pub fn new(store: Store, agents: Agents, node: &str) -> Self {
+    pub fn new(store: Store, agents: std::sync::Arc<Agents>, node: &str) -> Self {
         Self {
             store,
             agents,
@@ -532,7 +532,11 @@ mod tests {
             HubMetrics::default(),
         )
         .unwrap();
-        Cache::new(store, Agents::new("edge-a1", &[]), "edge-a1")
+        Cache::new(
+            store,
+            std::sync::Arc::new(Agents::new("edge-a1", &[])),
+            "edge-a1",
+        )
     }
 
     fn pods_json(items: &[(&str, &str, &str)]) -> Vec<u8> {

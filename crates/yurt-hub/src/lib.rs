@@ -156,11 +156,22 @@ pub async fn run(
     let urls: Vec<String> = config.servers.iter().map(ToString::to_string).collect();
     let health = Arc::new(health::Health::new(&urls, metrics.clone()));
     let node = config.node_name.to_string();
-    let cache = cache::Cache::new(
-        store.clone(),
-        cache::Agents::new(&node, &config.extra_cache_agents),
-        &node,
-    );
+    let agents = Arc::new(cache::Agents::new(&node, &config.extra_cache_agents));
+    let cache = cache::Cache::new(store.clone(), agents.clone(), &node);
+    let view = Arc::new(filter::view::ClusterView::default());
+    let node_ctx = filter::builtin::NodeContext {
+        node: node.clone(),
+        pool: config.pool.as_ref().map(ToString::to_string),
+        hub_ip: config
+            .secure_proxy
+            .as_ref()
+            .map_or(std::net::IpAddr::from([169, 254, 2, 1]), |s| s.addr.ip()),
+        hub_port: config
+            .secure_proxy
+            .as_ref()
+            .map_or(10268, |s| s.addr.port()),
+        view: view.clone(),
+    };
     let plain = bind(config.proxy_addr, "proxy").await?;
     let secure = match &config.secure_proxy {
         Some(s) => {
@@ -178,7 +189,7 @@ pub async fn run(
         cache,
         health: health.clone(),
         balancer: upstream::Balancer::new(backends.clone()),
-        filters: filter::Filters::none(),
+        filters: filter::Filters::new(filter::builtin::all(&node_ctx)),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     });
@@ -266,6 +277,30 @@ pub async fn run(
                 tracing::warn!(error = %e, "admin server stopped");
             }
         });
+    }
+    {
+        // The filters' view of the cluster comes through the hub itself (cached, so it
+        // is there after an offline restart too).
+        let url: http::Uri = format!("http://{}", config.proxy_addr).parse().map_err(
+            |e: http::uri::InvalidUri| HubError::Dummy {
+                name: "self client".into(),
+                reason: e.to_string(),
+            },
+        )?;
+        let mut kc = kube::Config::new(url);
+        kc.headers.push((
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(concat!("yurthub/", env!("CARGO_PKG_VERSION"))),
+        ));
+        let client = kube::Client::try_from(kc)
+            .map_err(|e| HubError::Upstream(upstream::UpstreamError::Kube(e)))?;
+        let (view, agents, ns, token) = (
+            view.clone(),
+            agents.clone(),
+            config.namespace.clone(),
+            shutdown.clone(),
+        );
+        tracker.spawn(filter::view::run(view, agents, client, ns, token));
     }
     tracing::info!(node = %node, proxy = %config.proxy_addr, admin = %config.admin_addr, "yurt hub started");
     shutdown.cancelled().await;

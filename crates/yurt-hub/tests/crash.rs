@@ -58,7 +58,10 @@ fn sigkill_during_heavy_writes_never_loses_an_acknowledged_object() {
         let (tx, rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(n) = line.strip_prefix("acked ").and_then(|n| n.parse::<u64>().ok()) {
+                if let Some(n) = line
+                    .strip_prefix("acked ")
+                    .and_then(|n| n.parse::<u64>().ok())
+                {
                     let _ = tx.send(n);
                 }
             }
@@ -83,19 +86,26 @@ fn sigkill_during_heavy_writes_never_loses_an_acknowledged_object() {
             metrics.clone(),
         )
         .unwrap();
-        assert_eq!(metrics.cache_resets.get(), 0, "round {round}: the database had to be set aside");
+        assert_eq!(
+            metrics.cache_resets.get(),
+            0,
+            "round {round}: the database had to be set aside"
+        );
         if let Some(acked) = acked {
             for i in next..acked {
-                let obj = store
-                    .get(&key(i))
-                    .unwrap()
-                    .unwrap_or_else(|| panic!("round {round}: acknowledged object {i} lost (acked {acked})"));
+                let obj = store.get(&key(i)).unwrap().unwrap_or_else(|| {
+                    panic!("round {round}: acknowledged object {i} lost (acked {acked})")
+                });
                 assert_eq!(obj.info.resource_version, i.to_string());
             }
             acked_total = acked;
             next = acked;
         }
-        assert_eq!(metrics.cache_corrupt_entries.get(), 0, "round {round}: corrupt entries");
+        assert_eq!(
+            metrics.cache_corrupt_entries.get(),
+            0,
+            "round {round}: corrupt entries"
+        );
         store.close();
     }
     // Everything acknowledged over all rounds is still there.
@@ -107,9 +117,15 @@ fn sigkill_during_heavy_writes_never_loses_an_acknowledged_object() {
         HubMetrics::default(),
     )
     .unwrap();
-    assert!(acked_total > 0, "the writer never got to commit in {ROUNDS} rounds");
+    assert!(
+        acked_total > 0,
+        "the writer never got to commit in {ROUNDS} rounds"
+    );
     for i in (0..acked_total).step_by(97) {
         assert!(store.get(&key(i)).unwrap().is_some(), "object {i} lost");
     }
-    eprintln!("{ROUNDS} kills, {acked_total} acknowledged objects, {:?}", started.elapsed());
+    eprintln!(
+        "{ROUNDS} kills, {acked_total} acknowledged objects, {:?}",
+        started.elapsed()
+    );
 }

@@ -41,7 +41,8 @@ fn object(i: u64) -> (ObjectKey, RawObject) {
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let (Some(dir), Some(first)) = (args.get(1), args.get(2).and_then(|s| s.parse::<u64>().ok())) else {
+    let (Some(dir), Some(first)) = (args.get(1), args.get(2).and_then(|s| s.parse::<u64>().ok()))
+    else {
         eprintln!("usage: yurt-hub-cache-writer <cache-dir> <first-index> [batch]");
         return std::process::ExitCode::from(2);
     };
@@ -73,7 +74,10 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e}");
             return std::process::ExitCode::from(1);
         }
-        if writeln!(out, "acked {next}").and_then(|()| out.flush()).is_err() {
+        if writeln!(out, "acked {next}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
             return std::process::ExitCode::SUCCESS;
         }
     }

@@ -4,8 +4,20 @@
 //! the hub filters every item, for a watch every event (an event filtered to nothing is
 //! sent as DELETED).
 
+pub mod builtin;
+pub mod view;
+
 use crate::codec::RawObject;
 use crate::request::Gvr;
+
+/// The filters' names, as `yurt-hub-cfg` keys that add clients to them.
+pub const FILTER_NAMES: &[&str] = &[
+    "servicetopology",
+    "masterservice",
+    "discardcloudservice",
+    "inclusterconfig",
+    "nodeportisolation",
+];
 
 /// One response filter.
 pub trait Filter: Send + Sync {

@@ -1,0 +1,225 @@
+//! What the filters know about the cluster: Service annotations, each node's pool, and
+//! the hub's own configuration (`yurt-hub-cfg`). Kept current by watches the hub makes
+//! through itself (User-Agent `yurthub`), so they are cached and survive offline restarts.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures_util::TryStreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
+use kube::api::Api;
+use kube::runtime::watcher;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Agents;
+
+/// The ConfigMap of hub settings, and the label it carries.
+pub const HUB_CONFIGMAP: &str = "yurt-hub-cfg";
+const HUB_CONFIGMAP_LABEL: &str = "openyurt.io/configmap-name";
+/// The node label naming a node's pool.
+pub const POOL_LABEL: &str = "apps.openyurt.io/nodepool";
+
+/// The filters' view of the cluster.
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    services: RwLock<HashMap<(String, String), BTreeMap<String, String>>>,
+    node_pools: RwLock<HashMap<String, String>>,
+    filter_clients: RwLock<HashMap<String, HashSet<String>>>,
+    services_synced: AtomicBool,
+}
+
+impl ClusterView {
+    /// Annotations of Service `namespace/name`, if known.
+    pub fn service_annotations(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<BTreeMap<String, String>> {
+        self.services
+            .read()
+            .ok()?
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// The pool of `node`, if known.
+    pub fn pool_of(&self, node: &str) -> Option<String> {
+        self.node_pools.read().ok()?.get(node).cloned()
+    }
+
+    /// Components added to `filter` by `yurt-hub-cfg`.
+    pub fn extra_clients(&self, filter: &str, component: &str) -> bool {
+        self.filter_clients
+            .read()
+            .map(|m| m.get(filter).is_some_and(|s| s.contains(component)))
+            .unwrap_or(false)
+    }
+
+    /// Whether the Services have been listed once.
+    pub fn services_synced(&self) -> bool {
+        self.services_synced.load(Ordering::Acquire)
+    }
+
+    /// Records a Service (tests and watchers).
+    pub fn set_service(&self, namespace: &str, name: &str, annotations: BTreeMap<String, String>) {
+        if let Ok(mut s) = self.services.write() {
+            s.insert((namespace.to_owned(), name.to_owned()), annotations);
+        }
+    }
+
+    /// Records a node's pool (tests and watchers).
+    pub fn set_node_pool(&self, node: &str, pool: Option<&str>) {
+        if let Ok(mut n) = self.node_pools.write() {
+            match pool {
+                Some(p) => n.insert(node.to_owned(), p.to_owned()),
+                None => n.remove(node),
+            };
+        }
+    }
+
+    fn apply_config(&self, data: &BTreeMap<String, String>, agents: &Agents) {
+        agents.set_configured(data.get("cache_agents").map_or("", String::as_str));
+        let mut clients = HashMap::new();
+        for filter in super::FILTER_NAMES {
+            if let Some(list) = data.get(*filter) {
+                let set: HashSet<String> = list
+                    .split(',')
+                    .map(|c| c.trim().to_lowercase())
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                clients.insert((*filter).to_owned(), set);
+            }
+        }
+        if let Ok(mut f) = self.filter_clients.write() {
+            *f = clients;
+        }
+    }
+}
+
+fn key_of(meta: &kube::api::ObjectMeta) -> (String, String) {
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+/// Keeps `view` current until `shutdown`. `client` talks to the hub itself.
+pub async fn run(
+    view: std::sync::Arc<ClusterView>,
+    agents: std::sync::Arc<Agents>,
+    client: kube::Client,
+    namespace: String,
+    shutdown: CancellationToken,
+) {
+    let services = {
+        let view = view.clone();
+        let api: Api<Service> = Api::all(client.clone());
+        async move {
+            let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()));
+            let mut fresh: Option<HashMap<(String, String), BTreeMap<String, String>>> = None;
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(watcher::Event::Init)) => fresh = Some(HashMap::new()),
+                    Ok(Some(watcher::Event::InitApply(s))) => {
+                        if let Some(f) = fresh.as_mut() {
+                            f.insert(
+                                key_of(&s.metadata),
+                                s.metadata.annotations.clone().unwrap_or_default(),
+                            );
+                        }
+                    }
+                    Ok(Some(watcher::Event::InitDone)) => {
+                        if let (Some(f), Ok(mut s)) = (fresh.take(), view.services.write()) {
+                            *s = f;
+                        }
+                        view.services_synced.store(true, Ordering::Release);
+                    }
+                    Ok(Some(watcher::Event::Apply(s))) => {
+                        let (ns, name) = key_of(&s.metadata);
+                        view.set_service(
+                            &ns,
+                            &name,
+                            s.metadata.annotations.clone().unwrap_or_default(),
+                        );
+                    }
+                    Ok(Some(watcher::Event::Delete(s))) => {
+                        if let Ok(mut m) = view.services.write() {
+                            m.remove(&key_of(&s.metadata));
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "service watch");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    };
+    let nodes = {
+        let view = view.clone();
+        let api: Api<Node> = Api::all(client.clone());
+        async move {
+            let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()));
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(watcher::Event::Apply(n) | watcher::Event::InitApply(n))) => {
+                        let name = n.metadata.name.clone().unwrap_or_default();
+                        let pool = n
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(POOL_LABEL))
+                            .cloned();
+                        view.set_node_pool(&name, pool.as_deref());
+                    }
+                    Ok(Some(watcher::Event::Delete(n))) => {
+                        view.set_node_pool(&n.metadata.name.clone().unwrap_or_default(), None);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "node watch");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    };
+    let config = {
+        let view = view.clone();
+        let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+        let selector = format!("{HUB_CONFIGMAP_LABEL}={HUB_CONFIGMAP}");
+        async move {
+            let cfg = watcher::Config::default().labels(&selector);
+            let mut stream = std::pin::pin!(watcher(api, cfg));
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(watcher::Event::Apply(c) | watcher::Event::InitApply(c)))
+                        if c.metadata.name.as_deref() == Some(HUB_CONFIGMAP) =>
+                    {
+                        view.apply_config(&c.data.clone().unwrap_or_default(), &agents);
+                    }
+                    Ok(Some(watcher::Event::Delete(c)))
+                        if c.metadata.name.as_deref() == Some(HUB_CONFIGMAP) =>
+                    {
+                        view.apply_config(&BTreeMap::new(), &agents);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "yurt-hub-cfg watch");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = services => {}
+        () = nodes => {}
+        () = config => {}
+        () = shutdown.cancelled() => {}
+    }
+}
