@@ -386,7 +386,8 @@ async fn cluster_ip_services_answer_from_a_pod_in_each_pool() -> anyhow::Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pod_reaches_the_api_server_with_its_service_account_token() -> anyhow::Result<()> {
+async fn pods_reach_the_api_server_through_the_hub_with_their_service_account_token()
+-> anyhow::Result<()> {
     within(async {
         let f = shared().await?;
         let ns = "e2e-token";
@@ -395,22 +396,182 @@ async fn a_pod_reaches_the_api_server_with_its_service_account_token() -> anyhow
         f.kubectl(&["create", "rolebinding", "pod-reader", "-n", ns, "--role=pod-reader", &format!("--serviceaccount={ns}:default")])?;
         apply(&f, &chatty_pod(ns, "client", "edge-a1"))?;
         wait_pod_running(&f, ns, "client").await?;
-        let url = format!("https://10.96.0.1/api/v1/namespaces/{ns}/pods/client");
-        let with_token = f.kubectl(&[
-            "exec", "-n", ns, "client", "--", "sh", "-c",
-            &format!("wget -qO- --no-check-certificate --header \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" {url}"),
-        ])?;
-        let pod: serde_json::Value = serde_json::from_str(&with_token)
+        // kubelet (through the hub's masterservice filter) points pods at the hub.
+        let env = f.kubectl(&["exec", "-n", ns, "client", "--", "sh", "-c", "echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"])?;
+        assert_eq!(env.trim(), "169.254.2.1:10268");
+        let token = f.kubectl(&["exec", "-n", ns, "client", "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"])?;
+        // Busybox's TLS client offers no SHA-2 signature algorithms, which rustls refuses,
+        // so the pod's request is made with curl from inside the pod's host instead: same
+        // address, same token, same CA as the pod's in-cluster config.
+        let ca = f.fleet().paths().pki().join("ca.crt");
+        let url = format!("https://169.254.2.1:10268/api/v1/namespaces/{ns}/pods/client");
+        let ca_arg = ca.to_str().context("ca path")?;
+        let auth = format!("Authorization: Bearer {}", token.trim());
+        let with_token = f.exec("edge-a1", &["curl", "-s", "--cacert", ca_arg, "-H", &auth, &url])?;
+        let pod: serde_json::Value = serde_json::from_slice(&with_token.stdout)
             .with_context(|| format!("the API should answer with the pod, got {with_token:?}"))?;
         assert_eq!(pod["metadata"]["name"], "client");
-        // Without the token the same request is anonymous and refused.
-        let anonymous = f
-            .fleet()
-            .kubectl()
-            .args(["exec", "-n", ns, "client", "--", "sh", "-c", &format!("wget -qO- --no-check-certificate {url}")])
-            .output()?;
-        assert!(!anonymous.status.success(), "anonymous request must be refused");
-        assert!(String::from_utf8_lossy(&anonymous.stderr).contains("403"), "{anonymous:?}");
+        // The hub passes the caller's identity through: without a token the same request
+        // is anonymous and refused.
+        let anonymous = f.exec("edge-a1", &["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca_arg, &url])?;
+        assert_eq!(String::from_utf8_lossy(&anonymous.stdout), "403");
+        // Pods can still use the Service address directly.
+        let direct = f.kubectl(&[
+            "exec", "-n", ns, "client", "--", "sh", "-c",
+            &format!("wget -qO- --no-check-certificate --header \"Authorization: Bearer $(cat /var/run/secrets/kubernetes.io/serviceaccount/token)\" https://10.96.0.1/api/v1/namespaces/{ns}/pods/client"),
+        ])?;
+        let direct: serde_json::Value = serde_json::from_str(&direct).with_context(|| format!("direct answer: {direct}"))?;
+        assert_eq!(direct["metadata"]["name"], "client");
+        f.kubectl(&["delete", "namespace", ns, "--wait=false"])?;
+        Ok(())
+    })
+    .await
+}
+
+/// A Deployment with one pod on every edge node and a Service with `annotations`.
+fn everywhere(ns: &str, name: &str, annotations: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "List",
+        "items": [
+            {
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+                "spec": {"selector": {"app": name}, "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}]},
+            },
+            {
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {
+                    "replicas": 4,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {
+                        "metadata": {"labels": {"app": name}},
+                        "spec": {
+                            "topologySpreadConstraints": [{
+                                "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+                                "labelSelector": {"matchLabels": {"app": name}},
+                            }],
+                            "dnsPolicy": "Default",
+                            "containers": [{
+                                "name": "web", "image": "yurt.local/sample-web:1",
+                                "env": [
+                                    {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                                    {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                                ],
+                                "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+                            }],
+                            "terminationGracePeriodSeconds": 1,
+                        }
+                    }
+                }
+            }
+        ]
+    })
+}
+
+/// The nodes whose pods answer `ip` from inside `host`, over many requests.
+fn answering_nodes(
+    f: &TestFleet,
+    host: &str,
+    ip: &str,
+) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let out = f.exec(
+        host,
+        &[
+            "sh",
+            "-c",
+            &format!("for i in $(seq 40); do wget -qO- http://{ip}/; done"),
+        ],
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(" on ").nth(1))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_topology_keeps_kube_proxy_inside_the_pool_or_node() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let ns = "e2e-topology";
+        fresh_namespace(&f, ns)?;
+        for (name, key) in [
+            ("by-pool", "openyurt.io/nodepool"),
+            ("by-node", "kubernetes.io/hostname"),
+            ("plain", ""),
+        ] {
+            let annotations = if key.is_empty() {
+                serde_json::json!({})
+            } else {
+                serde_json::json!({"openyurt.io/topologyKeys": key})
+            };
+            apply(&f, &everywhere(ns, name, annotations))?;
+        }
+        for name in ["by-pool", "by-node", "plain"] {
+            f.kubectl(&[
+                "rollout",
+                "status",
+                &format!("deployment/{name}"),
+                "-n",
+                ns,
+                "--timeout=120s",
+            ])?;
+        }
+        let ip = |name: &str| {
+            f.kubectl(&[
+                "get",
+                "svc",
+                name,
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.spec.clusterIP}",
+            ])
+        };
+        let set = |v: &[&str]| {
+            v.iter()
+                .map(|s| (*s).to_owned())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let (pool_ip, node_ip, plain_ip) = (ip("by-pool")?, ip("by-node")?, ip("plain")?);
+        wait_for(
+            "kube-proxy on edge-a1 to use only pool-a endpoints",
+            Duration::from_secs(60),
+            || async {
+                Ok(
+                    (answering_nodes(&f, "edge-a1", &pool_ip)? == set(&["edge-a1", "edge-a2"]))
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+        wait_for(
+            "kube-proxy on edge-b2 to use only pool-b endpoints",
+            Duration::from_secs(60),
+            || async {
+                Ok(
+                    (answering_nodes(&f, "edge-b2", &pool_ip)? == set(&["edge-b1", "edge-b2"]))
+                        .then_some(()),
+                )
+            },
+        )
+        .await?;
+        wait_for(
+            "kube-proxy on edge-a2 to use only its own endpoint",
+            Duration::from_secs(60),
+            || async {
+                Ok((answering_nodes(&f, "edge-a2", &node_ip)? == set(&["edge-a2"])).then_some(()))
+            },
+        )
+        .await?;
+        wait_for(
+            "a Service without topology to use every endpoint",
+            Duration::from_secs(60),
+            || async { Ok((answering_nodes(&f, "edge-a1", &plain_ip)?.len() == 4).then_some(())) },
+        )
+        .await?;
         f.kubectl(&["delete", "namespace", ns, "--wait=false"])?;
         Ok(())
     })

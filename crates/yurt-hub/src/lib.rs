@@ -117,12 +117,17 @@ fn setup_dummy(d: &config::DummyInterface) -> Result<(), HubError> {
     run(&["link", "set", &d.name, "up"])
 }
 
-fn serve_connection<I>(tracker: &TaskTracker, io: I, hub: Arc<proxy::Hub>, peer: SocketAddr)
-where
+fn serve_connection<I>(
+    tracker: &TaskTracker,
+    io: I,
+    hub: Arc<proxy::Hub>,
+    origin: proxy::Origin,
+    peer: SocketAddr,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     tracker.spawn(async move {
-        let svc = service_fn(move |req| proxy::handle(hub.clone(), req));
+        let svc = service_fn(move |req| proxy::handle(hub.clone(), origin, req));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new());
         builder.http2().timer(TokioTimer::new());
@@ -237,7 +242,13 @@ pub async fn run(
                     () = token.cancelled() => return,
                 };
                 let _ = stream.set_nodelay(true);
-                serve_connection(&t, TokioIo::new(stream), hub.clone(), peer);
+                serve_connection(
+                    &t,
+                    TokioIo::new(stream),
+                    hub.clone(),
+                    proxy::Origin::Local,
+                    peer,
+                );
             }
         });
     }
@@ -255,7 +266,9 @@ pub async fn run(
                 let (acceptor, hub, t2) = (acceptor.clone(), hub.clone(), t.clone());
                 t.spawn(async move {
                     match acceptor.accept(stream).await {
-                        Ok(tls) => serve_connection(&t2, TokioIo::new(tls), hub, peer),
+                        Ok(tls) => {
+                            serve_connection(&t2, TokioIo::new(tls), hub, proxy::Origin::Pod, peer)
+                        }
                         Err(e) => {
                             tracing::debug!(client.addr = %peer, error = %e, "TLS handshake failed")
                         }

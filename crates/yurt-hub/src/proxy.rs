@@ -92,8 +92,19 @@ fn header_str<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Where a request came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The plain-HTTP port for node components: forwarded as the node.
+    Local,
+    /// The pod-facing HTTPS port: forwarded with the caller's own credentials only
+    /// (a request without a token reaches the API server as anonymous, never as the node).
+    Pod,
+}
+
 /// Per-request facts the handlers share.
 struct Ctx {
+    origin: Origin,
     component: Option<String>,
     accept: Vec<Format>,
     info: RequestInfo,
@@ -103,17 +114,19 @@ struct Ctx {
 /// Handles one request.
 pub async fn handle(
     hub: Arc<Hub>,
+    origin: Origin,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     hub.metrics.in_flight.inc();
-    let response = route(&hub, req).await;
+    let response = route(&hub, origin, req).await;
     hub.metrics.in_flight.dec();
     Ok(response)
 }
 
-async fn route(hub: &Arc<Hub>, req: Request<Incoming>) -> Response<ResponseBody> {
+async fn route(hub: &Arc<Hub>, origin: Origin, req: Request<Incoming>) -> Response<ResponseBody> {
     let query = req.uri().query().unwrap_or("");
     let ctx = Ctx {
+        origin,
         component: component(header_str(req.headers(), header::USER_AGENT)),
         accept: Format::accepted(header_str(req.headers(), header::ACCEPT)),
         info: RequestInfo::parse(req.method(), req.uri().path(), Some(query)),
@@ -126,7 +139,9 @@ async fn route(hub: &Arc<Hub>, req: Request<Incoming>) -> Response<ResponseBody>
         return kubelet_lease(hub, &ctx, r.clone(), req).await;
     }
     match hub.balancer.pick(&hub.health) {
-        Some(backend) if is_upgrade(req.headers()) => forward_upgrade(hub, &backend, req).await,
+        Some(backend) if is_upgrade(req.headers()) => {
+            forward_upgrade(hub, &backend, origin, req).await
+        }
         Some(backend) => forward(hub, &backend, &ctx, req).await,
         None => local(hub, &ctx, Some(req)).await,
     }
@@ -170,7 +185,7 @@ async fn forward(
             "invalid request URI",
         );
     };
-    let bearer = parts.headers.contains_key(header::AUTHORIZATION);
+    let bearer = ctx.origin == Origin::Pod || parts.headers.contains_key(header::AUTHORIZATION);
     strip_hop_by_hop(&mut parts.headers);
     // Compression buys nothing on the node-local hop and would hide bodies from the cache.
     parts.headers.remove(header::ACCEPT_ENCODING);
@@ -422,6 +437,7 @@ fn pump_watch(
 async fn forward_upgrade(
     hub: &Arc<Hub>,
     backend: &Arc<Backend>,
+    origin: Origin,
     mut req: Request<Incoming>,
 ) -> Response<ResponseBody> {
     let accept = Format::accepted(header_str(req.headers(), header::ACCEPT));
@@ -443,7 +459,7 @@ async fn forward_upgrade(
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     parts.headers.remove(header::HOST);
-    let client = if parts.headers.contains_key(header::AUTHORIZATION) {
+    let client = if origin == Origin::Pod || parts.headers.contains_key(header::AUTHORIZATION) {
         &backend.bearer_h1
     } else {
         &backend.node_h1
