@@ -50,7 +50,7 @@ pub enum Command {
     #[command(subcommand)]
     Bench(BenchCommand),
     /// The edge node proxy (alias `yurthub`): caches what node components read and serves it when the cloud is gone.
-    Hub(crate::commands::hub::HubArgs),
+    Hub(Box<crate::commands::hub::HubArgs>),
 }
 
 /// Network mode of the edge sites.

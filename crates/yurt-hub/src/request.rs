@@ -116,6 +116,7 @@ pub struct ResourceRequest {
 
 /// What a request is.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // built once per request and matched right away
 pub enum RequestInfo {
     /// A resource request.
     Resource(ResourceRequest),

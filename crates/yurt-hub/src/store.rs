@@ -864,6 +864,11 @@ mod tests {
         assert!(metrics.cache_corrupt_entries.get() >= 1);
         s.flush().unwrap();
         assert_eq!(s.count().unwrap(), 1, "the corrupt entry was removed");
+        // Online again, the next response repairs it.
+        s.upsert(key("a", "c1"), obj("a", "c1", 2, &[], "fresh bytes"))
+            .unwrap();
+        s.flush().unwrap();
+        assert_eq!(s.get(&key("a", "c1")).unwrap().unwrap().data, "fresh bytes");
     }
 
     #[test]

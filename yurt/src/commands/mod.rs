@@ -29,7 +29,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Image(cmd) => image::run(&machine, &cli.data_dir, cmd).await,
         Command::Setup => setup(&machine).await,
         Command::Bench(cmd) => bench::run(&machine, cmd).await,
-        Command::Hub(args) => hub::run(args).await,
+        Command::Hub(args) => hub::run(*args).await,
     }
 }
 
