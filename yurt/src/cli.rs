@@ -196,6 +196,8 @@ pub enum ImageCommand {
 pub enum BenchCommand {
     /// Cold `yurt up` to Ready and serving, memory per edge host, pod start latency.
     Fleet(BenchFleetArgs),
+    /// The hub: memory, cold start, cached LIST, added latency, cut-to-cache, offline reboot, durable writes.
+    Hub(crate::commands::bench_hub::BenchHubArgs),
 }
 
 /// `yurt bench fleet`.

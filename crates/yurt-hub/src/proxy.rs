@@ -508,7 +508,21 @@ async fn blocking(
 }
 
 /// Answers without the cloud. `req` is present when its body was not consumed yet.
+/// Response header naming who answered when it was not the API server.
+pub const SOURCE_HEADER: &str = "x-yurthub-source";
+
 async fn local(
+    hub: &Arc<Hub>,
+    ctx: &Ctx,
+    req: Option<Request<Incoming>>,
+) -> Response<ResponseBody> {
+    let mut resp = local_inner(hub, ctx, req).await;
+    resp.headers_mut()
+        .insert(SOURCE_HEADER, HeaderValue::from_static("cache"));
+    resp
+}
+
+async fn local_inner(
     hub: &Arc<Hub>,
     ctx: &Ctx,
     req: Option<Request<Incoming>>,

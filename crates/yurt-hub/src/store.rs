@@ -654,6 +654,10 @@ fn writer_loop(
     batch_max: usize,
     metrics: &HubMetrics,
 ) {
+    // A flush reports every failure since the previous flush, not only its own batch's:
+    // the writes it vouches for may have been committed (or not) in earlier batches.
+    let mut failure: Option<String> = None;
+    let mut counted = std::time::Instant::now() - Duration::from_secs(10);
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < batch_max {
@@ -671,15 +675,16 @@ fn writer_loop(
             tx.commit()?;
             Ok(written)
         })();
-        let ack = match result {
+        match result {
             Ok(written) => {
                 metrics.cache_writes.inc_by(written);
-                if let Ok(n) =
-                    conn.query_row("SELECT count(*) FROM objects", [], |r| r.get::<_, i64>(0))
+                if counted.elapsed() >= Duration::from_secs(1)
+                    && let Ok(n) =
+                        conn.query_row("SELECT count(*) FROM objects", [], |r| r.get::<_, i64>(0))
                 {
                     metrics.cache_objects.set(n);
+                    counted = std::time::Instant::now();
                 }
-                Ok(())
             }
             Err(e) => {
                 let reason = error_reason(&e);
@@ -694,12 +699,15 @@ fn writer_loop(
                         reason: reason.to_owned(),
                     })
                     .inc();
-                Err(e)
+                failure.get_or_insert_with(|| e.to_string());
             }
-        };
+        }
         for op in batch {
             if let WriteOp::Flush(done) = op {
-                let _ = done.send(ack.as_ref().map(|_| ()).map_err(ToString::to_string));
+                let _ = done.send(match failure.take() {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                });
             }
         }
     }

@@ -20,6 +20,7 @@ use crate::progress::SpinnerReporter;
 pub async fn run(machine: &MachineConfig, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Fleet(args) => fleet(machine, args).await,
+        BenchCommand::Hub(args) => super::bench_hub::run(machine, args).await,
     }
 }
 
@@ -30,7 +31,8 @@ struct Row {
     cloud_rss_mib: f64,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+/// The nearest-rank percentile `p` of sorted durations.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -271,7 +273,7 @@ async fn wait_gone(pods: &Api<Pod>) {
 }
 
 /// Swallows the progress of the fleet under measurement (the bench prints its own).
-struct Quiet;
+pub struct Quiet;
 
 impl yurt_cluster::progress::Reporter for Quiet {
     fn begin(&self, _: &str) {}

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod bench;
+pub mod bench_hub;
 mod fleet;
 pub mod hub;
 mod image;
