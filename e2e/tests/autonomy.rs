@@ -140,6 +140,18 @@ async fn service_answers(
     Ok(seen)
 }
 
+/// The hub's count of requests of `verb` it forwarded upstream, from its metrics.
+fn upstream_requests(f: &TestFleet, host: &str, verb: &str) -> anyhow::Result<u64> {
+    let out = f.exec(host, &["wget", "-qO-", "http://127.0.0.1:10267/metrics"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let needle = format!("yurt_hub_requests_total{{served_by=\"upstream\",verb=\"{verb}\"}} ");
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
 /// Pods whose `web` container runs on `host`, read from its containerd (works offline):
 /// pod name → number of running `web` containers.
 fn running_web_pods(
@@ -225,6 +237,7 @@ async fn a_site_cut_off_for_five_minutes_keeps_serving_and_resyncs_without_resta
         let before = app_pods(&f).await?;
         let names: BTreeSet<String> = before.iter().map(|p| p.0.clone()).collect();
 
+        let lists_before = upstream_requests(&f, "edge-a1", "list")?;
         f.cut("pool-a")?;
         wait_cloud_ready(&f, &["edge-a1", "edge-a2"], false, Duration::from_secs(60)).await?;
         let started = Instant::now();
@@ -257,6 +270,13 @@ async fn a_site_cut_off_for_five_minutes_keeps_serving_and_resyncs_without_resta
         assert_eq!(
             after, before,
             "same pods, same UIDs, same containers, no restarts"
+        );
+        // Clients resumed their watches from where they were: nothing was listed again.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            upstream_requests(&f, "edge-a1", "list")?,
+            lists_before,
+            "no relist after the outage"
         );
         Ok(())
     })

@@ -73,7 +73,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(1),
-            keepalive_interval: Duration::from_millis(500),
+            keepalive_interval: Duration::from_millis(300),
             keepalive_timeout: Duration::from_millis(500),
             read_timeout: Duration::from_secs(10),
         }

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod admin;
+pub mod autonomy;
 pub mod body;
 pub mod cache;
 pub mod codec;
@@ -197,6 +198,7 @@ pub async fn run(
         filters: filter::Filters::new(filter::builtin::all(&node_ctx)),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
+        autonomy: autonomy::AutonomyReporter::new(std::time::Duration::from_secs(30)),
     });
 
     {

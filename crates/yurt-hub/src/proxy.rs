@@ -52,6 +52,8 @@ pub struct Hub {
     pub metrics: HubMetrics,
     /// Stops held watches on shutdown.
     pub shutdown: CancellationToken,
+    /// Keeps the node's Autonomy condition current.
+    pub autonomy: crate::autonomy::AutonomyReporter,
 }
 
 impl std::fmt::Debug for Hub {
@@ -138,11 +140,29 @@ async fn route(hub: &Arc<Hub>, origin: Origin, req: Request<Incoming>) -> Respon
     {
         return kubelet_lease(hub, &ctx, r.clone(), req).await;
     }
+    let own_node_get = matches!(&ctx.info, RequestInfo::Resource(r)
+        if ctx.component.as_deref() == Some("kubelet")
+            && r.verb == Verb::Get
+            && r.gvr.group.is_empty()
+            && r.gvr.resource == "nodes"
+            && r.name.as_deref() == Some(hub.config.node_name.as_str()));
     match hub.balancer.pick(&hub.health) {
         Some(backend) if is_upgrade(req.headers()) => {
             forward_upgrade(hub, &backend, origin, req).await
         }
-        Some(backend) => forward(hub, &backend, &ctx, req).await,
+        Some(backend) => {
+            let resp = forward(hub, &backend, &ctx, req).await;
+            if own_node_get && resp.status().is_success() {
+                let hub = hub.clone();
+                tokio::spawn(async move {
+                    let node = hub.config.node_name.to_string();
+                    if let Err(e) = hub.autonomy.check(&backend.kube, &node, &hub.metrics).await {
+                        tracing::debug!(error = %e, "Autonomy condition not updated");
+                    }
+                });
+            }
+            resp
+        }
         None => local(hub, &ctx, Some(req)).await,
     }
 }

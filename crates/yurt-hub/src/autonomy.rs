@@ -1,0 +1,195 @@
+//! The node's `Autonomy` condition (OpenYurt §2.9): whether this node can keep working
+//! offline. `False` when the node is not an autonomous edge node, `True` when the hub's
+//! cache is healthy, `Unknown` when cache writes have been failing (a full disk, I/O
+//! errors). Checked when kubelet reads its Node; written with the node's identity, only
+//! when it changes.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+
+use crate::metrics::HubMetrics;
+
+/// The condition type.
+pub const CONDITION: &str = "Autonomy";
+/// Current autonomy annotation: a duration, `0` for forever.
+pub const AUTONOMY_DURATION: &str = "node.openyurt.io/autonomy-duration";
+/// Older autonomy annotation (`"true"`).
+pub const AUTONOMY_LEGACY: &str = "node.beta.openyurt.io/autonomy";
+const EDGE_LABEL: &str = "openyurt.io/is-edge-worker";
+
+/// What the condition should say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// `True`, `False` or `Unknown`.
+    pub status: &'static str,
+    /// Machine-readable reason.
+    pub reason: &'static str,
+    /// For humans.
+    pub message: String,
+}
+
+/// The verdict for `node`, given how many cache writes failed since the last check.
+pub fn verdict(node: &Node, failed_writes: u64) -> Verdict {
+    let meta = &node.metadata;
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    let autonomous = annotations.contains_key(AUTONOMY_DURATION)
+        || annotations.get(AUTONOMY_LEGACY).map(String::as_str) == Some("true");
+    let edge = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(EDGE_LABEL))
+        .is_none_or(|v| v != "false");
+    if !autonomous || !edge {
+        return Verdict {
+            status: "False",
+            reason: "AutonomyDisabled",
+            message: "the node is not an autonomous edge node".into(),
+        };
+    }
+    if failed_writes > 0 {
+        return Verdict {
+            status: "Unknown",
+            reason: "CacheFailed",
+            message: format!(
+                "{failed_writes} cache writes failed recently; offline serving may be incomplete"
+            ),
+        };
+    }
+    Verdict {
+        status: "True",
+        reason: "AutonomyEnabled",
+        message: "the hub's cache is healthy".into(),
+    }
+}
+
+/// Rate-limits checks and remembers failed-write counts between them.
+#[derive(Debug)]
+pub struct AutonomyReporter {
+    last: Mutex<(Option<Instant>, u64)>,
+    every: Duration,
+}
+
+impl AutonomyReporter {
+    /// Checks at most once per `every`.
+    pub fn new(every: Duration) -> Self {
+        Self {
+            last: Mutex::new((None, 0)),
+            every,
+        }
+    }
+
+    fn failed_writes(metrics: &HubMetrics) -> u64 {
+        ["disk_full", "io", "other"]
+            .iter()
+            .map(|r| {
+                metrics
+                    .cache_write_errors
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: (*r).to_owned(),
+                    })
+                    .get()
+            })
+            .sum()
+    }
+
+    /// Updates the node's condition if it is due and changed.
+    ///
+    /// # Errors
+    /// API errors.
+    pub async fn check(
+        &self,
+        client: &kube::Client,
+        node: &str,
+        metrics: &HubMetrics,
+    ) -> Result<(), kube::Error> {
+        let failed_now = Self::failed_writes(metrics);
+        let failed_since = {
+            let Ok(mut last) = self.last.lock() else {
+                return Ok(());
+            };
+            if last.0.is_some_and(|t| t.elapsed() < self.every) {
+                return Ok(());
+            }
+            let delta = failed_now.saturating_sub(last.1);
+            *last = (Some(Instant::now()), failed_now);
+            delta
+        };
+        let nodes: Api<Node> = Api::all(client.clone());
+        let current = nodes.get_status(node).await?;
+        let v = verdict(&current, failed_since);
+        let existing = current
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == CONDITION));
+        if existing.is_some_and(|c| c.status == v.status && c.reason.as_deref() == Some(v.reason)) {
+            return Ok(());
+        }
+        let now = Time(jiff::Timestamp::now());
+        let condition = NodeCondition {
+            type_: CONDITION.into(),
+            status: v.status.into(),
+            reason: Some(v.reason.into()),
+            message: Some(v.message),
+            last_heartbeat_time: Some(now.clone()),
+            last_transition_time: Some(now),
+        };
+        let patch = serde_json::json!({"status": {"conditions": [condition]}});
+        nodes
+            .patch_status(node, &PatchParams::default(), &Patch::Strategic(patch))
+            .await?;
+        tracing::info!(
+            node,
+            status = v.status,
+            reason = v.reason,
+            "Autonomy condition updated"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::api::ObjectMeta;
+
+    fn node(annotations: &[(&str, &str)], edge: Option<&str>) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n".into()),
+                annotations: Some(
+                    annotations
+                        .iter()
+                        .map(|(k, v)| ((*k).into(), (*v).into()))
+                        .collect(),
+                ),
+                labels: edge.map(|e| [(EDGE_LABEL.to_owned(), e.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Node::default()
+        }
+    }
+
+    #[test]
+    fn verdicts_follow_annotations_labels_and_cache_health() {
+        assert_eq!(verdict(&node(&[], Some("true")), 0).status, "False");
+        assert_eq!(
+            verdict(&node(&[(AUTONOMY_DURATION, "0")], Some("true")), 0).status,
+            "True"
+        );
+        assert_eq!(
+            verdict(&node(&[(AUTONOMY_LEGACY, "true")], None), 0).status,
+            "True"
+        );
+        assert_eq!(
+            verdict(&node(&[(AUTONOMY_DURATION, "1h")], Some("false")), 0).status,
+            "False"
+        );
+        let v = verdict(&node(&[(AUTONOMY_DURATION, "0")], Some("true")), 3);
+        assert_eq!((v.status, v.reason), ("Unknown", "CacheFailed"));
+    }
+}
