@@ -124,6 +124,29 @@ async fn nodes_are_ready_with_pool_labels_and_planned_pod_cidrs() -> anyhow::Res
                 edge.name
             );
         }
+        // The hub marks each autonomous edge node with its Autonomy condition.
+        for edge in &f.fleet().plan().edges {
+            let name = edge.name.to_string();
+            wait_for(
+                &format!("Autonomy=True on {name}"),
+                Duration::from_secs(90),
+                || {
+                    let nodes = nodes.clone();
+                    let name = name.clone();
+                    async move {
+                        let node = nodes.get(&name).await?;
+                        Ok(node
+                            .status
+                            .and_then(|s| s.conditions)
+                            .unwrap_or_default()
+                            .iter()
+                            .any(|c| c.type_ == "Autonomy" && c.status == "True")
+                            .then_some(()))
+                    }
+                },
+            )
+            .await?;
+        }
         Ok(())
     })
     .await

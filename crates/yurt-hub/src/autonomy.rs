@@ -13,13 +13,10 @@ use kube::api::{Api, Patch, PatchParams};
 
 use crate::metrics::HubMetrics;
 
-/// The condition type.
-pub const CONDITION: &str = "Autonomy";
-/// Current autonomy annotation: a duration, `0` for forever.
-pub const AUTONOMY_DURATION: &str = "node.openyurt.io/autonomy-duration";
-/// Older autonomy annotation (`"true"`).
-pub const AUTONOMY_LEGACY: &str = "node.beta.openyurt.io/autonomy";
-const EDGE_LABEL: &str = "openyurt.io/is-edge-worker";
+use yurt_api::labels::{
+    AUTONOMY_CONDITION as CONDITION, AUTONOMY_DURATION, AUTONOMY_LEGACY,
+    IS_EDGE_WORKER as EDGE_LABEL,
+};
 
 /// What the condition should say.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +116,7 @@ impl AutonomyReporter {
             delta
         };
         let nodes: Api<Node> = Api::all(client.clone());
-        let current = nodes.get_status(node).await?;
+        let current = nodes.get(node).await?;
         let v = verdict(&current, failed_since);
         let existing = current
             .status

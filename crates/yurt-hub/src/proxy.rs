@@ -157,7 +157,7 @@ async fn route(hub: &Arc<Hub>, origin: Origin, req: Request<Incoming>) -> Respon
                 tokio::spawn(async move {
                     let node = hub.config.node_name.to_string();
                     if let Err(e) = hub.autonomy.check(&backend.kube, &node, &hub.metrics).await {
-                        tracing::debug!(error = %e, "Autonomy condition not updated");
+                        tracing::warn!(error = %e, "Autonomy condition not updated");
                     }
                 });
             }

@@ -70,10 +70,19 @@ pub async fn register_nodes(client: &kube::Client, plan: &Plan) -> Result<()> {
                 ])),
                 // kubelet 1.20 writes into the annotations of an existing Node without
                 // creating the map (and panics on a nil map): give it the value it sets.
-                annotations: Some(BTreeMap::from([(
-                    "volumes.kubernetes.io/controller-managed-attach-detach".to_owned(),
-                    "true".to_owned(),
-                )])),
+                // Edge nodes of the fleet are autonomous (OpenYurt's default for edge
+                // nodes joined with the hub): the hub reports it in the node's Autonomy
+                // condition and the manager keeps their pods through outages.
+                annotations: Some(BTreeMap::from([
+                    (
+                        "volumes.kubernetes.io/controller-managed-attach-detach".to_owned(),
+                        "true".to_owned(),
+                    ),
+                    (
+                        yurt_api::labels::AUTONOMY_DURATION.to_owned(),
+                        "0".to_owned(),
+                    ),
+                ])),
                 ..ObjectMeta::default()
             },
             spec: Some(NodeSpec {
