@@ -51,6 +51,8 @@ pub enum Command {
     Bench(BenchCommand),
     /// The edge node proxy (alias `yurthub`): caches what node components read and serves it when the cloud is gone.
     Hub(Box<crate::commands::hub::HubArgs>),
+    /// OpenYurt's controllers and webhooks (alias `yurt-manager`): NodePools and edge autonomy.
+    Manager(Box<crate::commands::manager::ManagerArgs>),
 }
 
 /// Network mode of the edge sites.

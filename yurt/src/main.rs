@@ -13,7 +13,7 @@ use clap::Parser;
 const DEFAULT_LOG_FILTER: &str = "warn,kube_client::client::builder=off";
 
 /// OpenYurt's binary names, run as the matching subcommand.
-const ALIASES: &[(&str, &str)] = &[("yurthub", "hub")];
+const ALIASES: &[(&str, &str)] = &[("yurthub", "hub"), ("yurt-manager", "manager")];
 
 /// The command line, with an OpenYurt binary name (argv[0]) turned into its subcommand.
 fn args() -> Vec<std::ffi::OsString> {

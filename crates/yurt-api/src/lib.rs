@@ -1,6 +1,35 @@
-//! OpenYurt's API surface: the labels and annotations OpenYurt components agree on.
+//! OpenYurt's API surface for openyurt-rs: the custom resource types OpenYurt components
+//! agree on, their CustomResourceDefinitions, and the well-known labels and annotations.
 //!
-//! The CRD types (`apps.openyurt.io`, `iot.openyurt.io`, `raven.openyurt.io`) join this
-//! crate with the orchestration milestone. This crate does no I/O.
+//! - [`apps`]: `apps.openyurt.io` (NodePool, NodeBucket, YurtAppSet, YurtAppDaemon,
+//!   YurtStaticSet), one module per version.
+//! - [`raven`]: `raven.openyurt.io` Gateway. [`network`]: `network.openyurt.io` PoolService.
+//! - [`crds`]: one CRD per kind with all its versions, matching upstream's manifests.
+//! - [`labels`]: label, annotation and condition names.
+//!
+//! The `iot.openyurt.io` kinds join later. This crate does no I/O.
+//!
+//! ```
+//! use yurt_api::apps::v1beta2::{NodePool, NodePoolSpec, NodePoolType};
+//!
+//! let pool = NodePool::new(
+//!     "hangzhou",
+//!     NodePoolSpec { type_: Some(NodePoolType::Edge), ..NodePoolSpec::default() },
+//! );
+//! let json = serde_json::to_value(&pool).unwrap();
+//! assert_eq!(json["apiVersion"], "apps.openyurt.io/v1beta2");
+//! assert_eq!(json["spec"]["type"], "Edge");
+//!
+//! let yaml = yurt_api::crds::to_yaml(&yurt_api::crds::all());
+//! assert!(yaml.contains("name: nodepools.apps.openyurt.io"));
+//! ```
 
+pub mod apps;
+mod common;
+pub mod crds;
 pub mod labels;
+pub mod network;
+pub mod raven;
+mod schema;
+
+pub use common::ConditionStatus;

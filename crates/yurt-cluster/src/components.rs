@@ -38,15 +38,18 @@ pub enum Component {
     Kubelet,
     /// kube-proxy (edge).
     KubeProxy,
+    /// yurt manager (cloud): OpenYurt's controllers and webhooks.
+    YurtManager,
 }
 
 impl Component {
     /// Cloud-host processes in start order.
-    pub const CLOUD: [Component; 4] = [
+    pub const CLOUD: [Component; 5] = [
         Component::Etcd,
         Component::KubeApiserver,
         Component::KubeControllerManager,
         Component::KubeScheduler,
+        Component::YurtManager,
     ];
     /// Edge-host processes in start order.
     pub const EDGE: [Component; 4] = [
@@ -67,6 +70,7 @@ impl Component {
             Self::YurtHub => "yurt-hub",
             Self::Kubelet => "kubelet",
             Self::KubeProxy => "kube-proxy",
+            Self::YurtManager => "yurt-manager",
         }
     }
 
@@ -107,6 +111,7 @@ impl Component {
             Self::YurtHub => Probe::Http(local(10267), "/v1/readyz"),
             Self::Kubelet => Probe::Http(local(10248), "/healthz"),
             Self::KubeProxy => Probe::Http(local(10256), "/healthz"),
+            Self::YurtManager => Probe::Http(local(10272), "/readyz"),
         }
     }
 }
@@ -316,6 +321,22 @@ impl Context<'_> {
                     env: Vec::new(),
                 }
             }
+            Component::YurtManager => CommandLine {
+                program: self.yurt_binary.to_owned(),
+                args: vec![
+                    arg("manager"),
+                    arg(format!(
+                        "--kubeconfig={}",
+                        p(&pki.kubeconfig(&Identity::Manager.stem()))
+                    )),
+                    // The manager runs as a process of the cloud host, not in a pod:
+                    // the API server reaches its webhooks at the host's address.
+                    arg(format!("--webhook-host={}", net::CLOUD_IP.addr)),
+                    arg("--metrics-addr=127.0.0.1:10271"),
+                    arg("--health-probe-addr=127.0.0.1:10272"),
+                ],
+                env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
+            },
             Component::Containerd => {
                 let edge = need_edge()?;
                 let config = hp.config().join("containerd.toml");

@@ -39,10 +39,14 @@ pub enum Identity {
     Node(NodeName),
     /// The node's hub: `system:node:<name>` in `system:nodes` and `openyurt:yurthub`.
     Hub(NodeName),
+    /// yurt manager: `openyurt:yurt-manager`.
+    Manager,
 }
 
 /// The kubeconfig of local components on an edge host: the hub on 127.0.0.1:10261.
 pub const HUB_LOCAL: &str = "hub-local";
+/// The user name of yurt manager's client certificate.
+pub const MANAGER_USER: &str = "openyurt:yurt-manager";
 /// The group of hub client certificates (OpenYurt's).
 pub const HUB_GROUP: &str = "openyurt:yurthub";
 /// The hub's pod-facing address.
@@ -59,6 +63,7 @@ impl Identity {
             Self::ApiserverKubeletClient => "apiserver-kubelet-client".into(),
             Self::Node(n) => format!("kubelet-{n}"),
             Self::Hub(n) => format!("yurthub-{n}"),
+            Self::Manager => "yurt-manager".into(),
         }
     }
 
@@ -75,6 +80,7 @@ impl Identity {
             Self::Hub(n) => {
                 CertSpec::client(format!("system:node:{n}"), &["system:nodes", HUB_GROUP])
             }
+            Self::Manager => CertSpec::client(MANAGER_USER, &[]),
         }
     }
 }
@@ -209,6 +215,7 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
         Identity::Scheduler,
         Identity::KubeProxy,
         Identity::ApiserverKubeletClient,
+        Identity::Manager,
     ];
     identities.extend(plan.edges.iter().map(|e| Identity::Node(e.name.clone())));
     identities.extend(plan.edges.iter().map(|e| Identity::Hub(e.name.clone())));
@@ -256,7 +263,10 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
     let in_fleet = plan.api_url_in_fleet();
     for id in &identities {
         let server = match id {
-            Identity::ControllerManager | Identity::Scheduler | Identity::Admin => &local,
+            Identity::ControllerManager
+            | Identity::Scheduler
+            | Identity::Admin
+            | Identity::Manager => &local,
             Identity::KubeProxy
             | Identity::Node(_)
             | Identity::Hub(_)

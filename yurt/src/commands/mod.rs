@@ -5,6 +5,7 @@ pub mod bench_hub;
 mod fleet;
 pub mod hub;
 mod image;
+pub mod manager;
 mod up;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Setup => setup(&machine).await,
         Command::Bench(cmd) => bench::run(&machine, cmd).await,
         Command::Hub(args) => hub::run(*args).await,
+        Command::Manager(args) => manager::run(*args).await,
     }
 }
 

@@ -154,6 +154,87 @@ pub async fn apply_hub_rbac(client: &kube::Client) -> Result<()> {
     Ok(())
 }
 
+/// What yurt manager (user `openyurt:yurt-manager`) may do: install its CRDs and
+/// webhook configurations, keep its certificates, Lease and Events in `kube-system`,
+/// and run its controllers (nodes, pods, endpoints, NodePools and the other OpenYurt
+/// kinds).
+///
+/// # Errors
+/// API errors.
+pub async fn apply_manager_rbac(client: &kube::Client) -> Result<()> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use kube::api::{Patch, PatchParams};
+    let name = "openyurt:yurt-manager";
+    let all = [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ];
+    let read = ["get", "list", "watch"];
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [
+            {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": all},
+            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"], "verbs": all},
+            {"apiGroups": [""], "resources": ["secrets", "configmaps", "services", "endpoints"], "verbs": all},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": all},
+            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+            {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch", "update", "patch"]},
+            {"apiGroups": [""], "resources": ["nodes/status", "pods/status"], "verbs": ["get", "update", "patch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": all},
+            {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets", "controllerrevisions"], "verbs": all},
+            {"apiGroups": ["apps.openyurt.io", "raven.openyurt.io", "network.openyurt.io"], "resources": ["*"], "verbs": all},
+            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": read},
+        ],
+    }))
+    .map_err(|e| Error::Invalid(format!("manager ClusterRole: {e}")))?;
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::pki::MANAGER_USER}],
+    }))
+    .map_err(|e| Error::Invalid(format!("manager ClusterRoleBinding: {e}")))?;
+    let params = PatchParams::apply("yurt-up").force();
+    Api::<ClusterRole>::all(client.clone())
+        .patch(name, &params, &Patch::Apply(&role))
+        .await
+        .map_err(|e| Error::kube("apply the manager ClusterRole", e))?;
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .patch(name, &params, &Patch::Apply(&binding))
+        .await
+        .map_err(|e| Error::kube("apply the manager ClusterRoleBinding", e))?;
+    Ok(())
+}
+
+/// Creates a NodePool (`apps.openyurt.io/v1beta2`, type Edge) for each pool of the
+/// plan; its nodes already carry its label. Existing pools are left as they are.
+///
+/// # Errors
+/// API errors other than "already exists".
+pub async fn create_node_pools(client: &kube::Client, plan: &Plan) -> Result<()> {
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("apps.openyurt.io", "v1beta2", "NodePool"),
+        "nodepools",
+    );
+    let pools: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    for pool in &plan.pools {
+        let object: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps.openyurt.io/v1beta2",
+            "kind": "NodePool",
+            "metadata": {"name": pool.name.as_str()},
+            "spec": {"type": "Edge"},
+        }))
+        .map_err(|e| Error::Invalid(format!("NodePool {}: {e}", pool.name)))?;
+        match pools.create(&PostParams::default(), &object).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(Error::kube(format!("create NodePool {}", pool.name), e)),
+        }
+    }
+    Ok(())
+}
+
 /// Readiness of the plan's nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeReadiness {

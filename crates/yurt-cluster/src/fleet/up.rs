@@ -216,17 +216,22 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
 
     let step = Step::start(
         reporter,
-        "control plane: etcd, kube-apiserver, controller-manager, scheduler",
+        "control plane: etcd, kube-apiserver, controller-manager, scheduler, yurt manager",
     );
     for component in Component::CLOUD {
+        if component == Component::YurtManager {
+            let client = fleet.client().await?;
+            super::api::apply_hub_rbac(&client).await?;
+            super::api::apply_manager_rbac(&client).await?;
+        }
         step.detail(component.name());
         fleet.start_component(&HostId::Cloud, component).await?;
     }
     step.finish();
 
     let client = fleet.client().await?;
-    super::api::apply_hub_rbac(&client).await?;
     super::api::register_nodes(&client, &plan).await?;
+    super::api::create_node_pools(&client, &plan).await?;
 
     let step = Step::start(
         reporter,

@@ -1,0 +1,464 @@
+//! The nodepool controller (reference/openyurt.md §5.2): a pool's `labels`,
+//! `annotations` and `taints` are kept on its member nodes (membership by the
+//! `apps.openyurt.io/nodepool` label), with what was applied remembered in the node's
+//! `nodepool.openyurt.io/previous-attributes` annotation, so keys dropped from the
+//! pool, or a node leaving the pool, are cleaned up and nothing else on the node is
+//! touched; and the pool's status lists its nodes and counts the ready ones.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use yurt_api::apps::v1beta2::NodePool;
+use yurt_api::labels::{NODE_POOL, PREVIOUS_ATTRIBUTES};
+
+use crate::autonomy::is_ready;
+use crate::metrics::ManagerMetrics;
+
+/// The controller's name for `--controllers`.
+pub const NAME: &str = "nodepool";
+
+/// What a pool puts on its nodes (also the previous-attributes annotation's JSON).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Attributes {
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Taints (identity: key and effect).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taints: Vec<Taint>,
+}
+
+impl Attributes {
+    /// The attributes a pool's spec asks for.
+    pub fn of_pool(pool: &NodePool) -> Self {
+        let spec = serde_json::to_value(&pool.spec).unwrap_or(Value::Null);
+        let field = |k: &str| spec.get(k).cloned().unwrap_or(Value::Null);
+        Self {
+            labels: serde_json::from_value(field("labels")).unwrap_or_default(),
+            annotations: serde_json::from_value(field("annotations")).unwrap_or_default(),
+            taints: serde_json::from_value(field("taints")).unwrap_or_default(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.annotations.is_empty() && self.taints.is_empty()
+    }
+}
+
+fn same_taint(a: &Taint, b: &Taint) -> bool {
+    a.key == b.key && a.effect == b.effect
+}
+
+/// What a node's labels, annotations and taints become, given what its pool wants now
+/// and what was applied before. `None` when nothing changes.
+pub fn plan(node: &Node, desired: &Attributes) -> Option<(Value, Option<Vec<Taint>>)> {
+    let meta = &node.metadata;
+    let labels = meta.labels.clone().unwrap_or_default();
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    let previous: Attributes = annotations
+        .get(PREVIOUS_ATTRIBUTES)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    let mut label_patch = serde_json::Map::new();
+    for key in previous.labels.keys() {
+        if !desired.labels.contains_key(key) && labels.contains_key(key) {
+            label_patch.insert(key.clone(), Value::Null);
+        }
+    }
+    for (k, v) in &desired.labels {
+        if labels.get(k) != Some(v) {
+            label_patch.insert(k.clone(), json!(v));
+        }
+    }
+    let mut annotation_patch = serde_json::Map::new();
+    for key in previous.annotations.keys() {
+        if !desired.annotations.contains_key(key) && annotations.contains_key(key) {
+            annotation_patch.insert(key.clone(), Value::Null);
+        }
+    }
+    for (k, v) in &desired.annotations {
+        if annotations.get(k) != Some(v) {
+            annotation_patch.insert(k.clone(), json!(v));
+        }
+    }
+    let record = if desired.is_empty() {
+        None
+    } else {
+        serde_json::to_string(desired).ok()
+    };
+    if annotations.get(PREVIOUS_ATTRIBUTES) != record.as_ref() {
+        annotation_patch.insert(PREVIOUS_ATTRIBUTES.to_owned(), json!(record));
+    }
+    let current_taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let mut taints: Vec<Taint> = current_taints
+        .iter()
+        .filter(|t| {
+            let was_ours = previous.taints.iter().any(|p| same_taint(p, t));
+            let still_wanted = desired.taints.iter().any(|d| same_taint(d, t));
+            !was_ours || still_wanted
+        })
+        .cloned()
+        .collect();
+    for d in &desired.taints {
+        match taints.iter_mut().find(|t| same_taint(t, d)) {
+            Some(t) => {
+                if t.value != d.value {
+                    t.value = d.value.clone();
+                }
+            }
+            None => taints.push(d.clone()),
+        }
+    }
+    let taints_changed = taints != current_taints;
+    if label_patch.is_empty() && annotation_patch.is_empty() && !taints_changed {
+        return None;
+    }
+    let mut metadata = serde_json::Map::new();
+    if !label_patch.is_empty() {
+        metadata.insert("labels".to_owned(), Value::Object(label_patch));
+    }
+    if !annotation_patch.is_empty() {
+        metadata.insert("annotations".to_owned(), Value::Object(annotation_patch));
+    }
+    Some((Value::Object(metadata), taints_changed.then_some(taints)))
+}
+
+/// The status a pool should show, from the nodes carrying its label.
+pub fn status_of(pool_name: &str, nodes: &[Arc<Node>]) -> Value {
+    let members: Vec<&Arc<Node>> = nodes
+        .iter()
+        .filter(|n| {
+            n.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(NODE_POOL))
+                .is_some_and(|p| p == pool_name)
+        })
+        .collect();
+    let names: BTreeSet<String> = members
+        .iter()
+        .filter_map(|n| n.metadata.name.clone())
+        .collect();
+    let ready = members.iter().filter(|n| is_ready(n)).count();
+    json!({
+        "readyNodeNum": ready,
+        "unreadyNodeNum": members.len() - ready,
+        "nodes": names,
+    })
+}
+
+struct Ctx {
+    client: kube::Client,
+    pools: Store<NodePool>,
+    nodes: Store<Node>,
+    metrics: ManagerMetrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ReconcileError(#[from] kube::Error);
+
+async fn reconcile_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let Some(name) = node.metadata.name.as_deref() else {
+        return Ok(Action::await_change());
+    };
+    let pool = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(NODE_POOL))
+        .and_then(|p| ctx.pools.get(&ObjectRef::new(p)));
+    let desired = pool.as_deref().map(Attributes::of_pool).unwrap_or_default();
+    let Some((metadata, taints)) = plan(&node, &desired) else {
+        return Ok(Action::await_change());
+    };
+    let mut patch = json!({"metadata": metadata});
+    // The resourceVersion makes the patch conditional: a node changed since we read it
+    // is re-read and re-planned instead of overwritten.
+    patch["metadata"]["resourceVersion"] = json!(node.metadata.resource_version);
+    if let Some(t) = taints {
+        patch["spec"] = json!({"taints": t});
+    }
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    ctx.metrics.reconciled(NAME);
+    tracing::info!(node = name, pool = ?pool.as_ref().and_then(|p| p.metadata.name.clone()), "node attributes follow its pool");
+    Ok(Action::await_change())
+}
+
+async fn reconcile_pool(pool: Arc<NodePool>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let Some(name) = pool.metadata.name.as_deref() else {
+        return Ok(Action::await_change());
+    };
+    if pool.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let desired = status_of(name, &ctx.nodes.state());
+    let current = serde_json::to_value(&pool.status).unwrap_or(Value::Null);
+    let differs = ["readyNodeNum", "unreadyNodeNum", "nodes"].iter().any(|k| {
+        let now = current.get(*k).cloned().unwrap_or(Value::Null);
+        let want = &desired[*k];
+        match (k, &now) {
+            // An absent list or count reads as empty / zero.
+            (&"nodes", Value::Null) => want.as_array().is_some_and(|a| !a.is_empty()),
+            (_, Value::Null) => want.as_u64() != Some(0),
+            _ => &now != want,
+        }
+    });
+    if !differs {
+        return Ok(Action::await_change());
+    }
+    let api: Api<NodePool> = Api::all(ctx.client.clone());
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": desired})),
+    )
+    .await?;
+    ctx.metrics.reconciled(NAME);
+    tracing::info!(pool = name, status = %desired, "pool status updated");
+    Ok(Action::await_change())
+}
+
+fn node_error(_n: Arc<Node>, error: &ReconcileError, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.reconcile_failed(NAME);
+    tracing::warn!(controller = NAME, error = %error, "node reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+fn pool_error(_p: Arc<NodePool>, error: &ReconcileError, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.reconcile_failed(NAME);
+    tracing::warn!(controller = NAME, error = %error, "pool reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+fn pool_of(node: &Node) -> Option<String> {
+    node.metadata.labels.as_ref()?.get(NODE_POOL).cloned()
+}
+
+/// Runs both halves (nodes follow pools; pool status follows nodes) until `shutdown`.
+pub async fn run(
+    client: kube::Client,
+    _shared_pools: Store<NodePool>,
+    metrics: ManagerMetrics,
+    shutdown: CancellationToken,
+) {
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let pools_api: Api<NodePool> = Api::all(client.clone());
+
+    let node_controller = Controller::new(nodes_api.clone(), watcher::Config::default());
+    let pool_controller = Controller::new(pools_api.clone(), watcher::Config::default());
+    let node_store = node_controller.store();
+    let pool_store = pool_controller.store();
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        pools: pool_store.clone(),
+        nodes: node_store.clone(),
+        metrics,
+    });
+
+    let members_of = {
+        let node_store = node_store.clone();
+        move |pool: NodePool| {
+            let name = pool.metadata.name.clone().unwrap_or_default();
+            node_store
+                .state()
+                .into_iter()
+                .filter(|n| pool_of(n).as_deref() == Some(name.as_str()))
+                .map(|n| ObjectRef::from_obj(&*n))
+                .collect::<Vec<_>>()
+        }
+    };
+    let nodes_half = node_controller
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .watches(pools_api, watcher::Config::default(), members_of)
+        .run(reconcile_node, node_error, ctx.clone())
+        .for_each(|_| async {});
+
+    let pools_of = {
+        let pool_store = pool_store.clone();
+        move |node: Node| {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let label = pool_of(&node);
+            pool_store
+                .state()
+                .into_iter()
+                .filter(|p| {
+                    let listed = serde_json::to_value(&p.status)
+                        .ok()
+                        .and_then(|s| s.get("nodes").cloned())
+                        .and_then(|n| serde_json::from_value::<Vec<String>>(n).ok())
+                        .is_some_and(|n| n.contains(&name));
+                    listed || p.metadata.name == label
+                })
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        }
+    };
+    let pools_half = pool_controller
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .watches(nodes_api, watcher::Config::default(), pools_of)
+        .run(reconcile_pool, pool_error, ctx)
+        .for_each(|_| async {});
+    tokio::join!(nodes_half, pools_half);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::NodeSpec;
+    use kube::api::ObjectMeta;
+
+    fn taint(key: &str, value: &str, effect: &str) -> Taint {
+        Taint {
+            key: key.to_owned(),
+            value: Some(value.to_owned()),
+            effect: effect.to_owned(),
+            time_added: None,
+        }
+    }
+
+    fn node(labels: &[(&str, &str)], annotations: &[(&str, &str)], taints: Vec<Taint>) -> Node {
+        let map = |kv: &[(&str, &str)]| {
+            Some(
+                kv.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            )
+        };
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n1".into()),
+                labels: map(labels),
+                annotations: map(annotations),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                taints: Some(taints),
+                ..NodeSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    fn attrs(labels: &[(&str, &str)], taints: Vec<Taint>) -> Attributes {
+        Attributes {
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            annotations: BTreeMap::new(),
+            taints,
+        }
+    }
+
+    #[test]
+    fn a_pools_attributes_are_applied_and_recorded() {
+        let n = node(
+            &[(NODE_POOL, "p")],
+            &[],
+            vec![taint("user", "x", "NoSchedule")],
+        );
+        let want = attrs(&[("site", "hz")], vec![taint("pool", "1", "NoSchedule")]);
+        let (meta, taints) = plan(&n, &want).expect("changes");
+        assert_eq!(meta["labels"]["site"], "hz");
+        let recorded: Attributes = serde_json::from_str(
+            meta["annotations"][PREVIOUS_ATTRIBUTES]
+                .as_str()
+                .expect("text"),
+        )
+        .expect("json");
+        assert_eq!(recorded, want);
+        let taints = taints.expect("taints change");
+        assert_eq!(taints.len(), 2, "the user's taint stays: {taints:?}");
+    }
+
+    #[test]
+    fn keys_dropped_from_the_pool_are_removed_and_others_kept() {
+        let before = attrs(
+            &[("site", "hz"), ("tier", "a")],
+            vec![taint("pool", "1", "NoSchedule")],
+        );
+        let n = node(
+            &[
+                (NODE_POOL, "p"),
+                ("site", "hz"),
+                ("tier", "a"),
+                ("mine", "1"),
+            ],
+            &[(
+                PREVIOUS_ATTRIBUTES,
+                &serde_json::to_string(&before).expect("json"),
+            )],
+            vec![
+                taint("pool", "1", "NoSchedule"),
+                taint("user", "x", "NoExecute"),
+            ],
+        );
+        let now = attrs(&[("site", "sh")], Vec::new());
+        let (meta, taints) = plan(&n, &now).expect("changes");
+        assert_eq!(meta["labels"]["site"], "sh");
+        assert_eq!(meta["labels"]["tier"], Value::Null, "removed");
+        assert!(meta["labels"].get("mine").is_none(), "untouched");
+        assert_eq!(taints.expect("changed").len(), 1);
+        // Leaving the pool removes everything it applied, and the record.
+        let (meta, _) = plan(&n, &Attributes::default()).expect("changes");
+        assert_eq!(meta["annotations"][PREVIOUS_ATTRIBUTES], Value::Null);
+        assert_eq!(meta["labels"]["site"], Value::Null);
+    }
+
+    #[test]
+    fn an_up_to_date_node_needs_no_patch() {
+        let want = attrs(&[("site", "hz")], vec![taint("pool", "1", "NoSchedule")]);
+        let n = node(
+            &[(NODE_POOL, "p"), ("site", "hz")],
+            &[(
+                PREVIOUS_ATTRIBUTES,
+                &serde_json::to_string(&want).expect("json"),
+            )],
+            vec![taint("pool", "1", "NoSchedule")],
+        );
+        assert!(plan(&n, &want).is_none());
+        assert!(plan(&node(&[], &[], Vec::new()), &Attributes::default()).is_none());
+    }
+
+    #[test]
+    fn status_counts_members_only() {
+        let mut a = node(&[(NODE_POOL, "p")], &[], Vec::new());
+        a.metadata.name = Some("b-node".into());
+        a.status = Some(k8s_openapi::api::core::v1::NodeStatus {
+            conditions: Some(vec![k8s_openapi::api::core::v1::NodeCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        });
+        let mut b = node(&[(NODE_POOL, "p")], &[], Vec::new());
+        b.metadata.name = Some("a-node".into());
+        let c = node(&[(NODE_POOL, "q")], &[], Vec::new());
+        let s = status_of("p", &[Arc::new(a), Arc::new(b), Arc::new(c)]);
+        assert_eq!(
+            s,
+            json!({"readyNodeNum": 1, "unreadyNodeNum": 1, "nodes": ["a-node", "b-node"]})
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! yurt-manager in Rust: OpenYurt's controllers and webhooks (reference/openyurt.md §5).
+//!
+//! Every replica serves the webhooks; one replica, elected through a Lease, runs the
+//! controllers. Everything goes through the Kubernetes API, so the manager works
+//! against any upstream API server (1.20 and later).
+
+pub mod admin;
+pub mod autonomy;
+pub mod controllers;
+pub mod leader;
+pub mod metrics;
+pub mod webhook;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// Manager failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// A listening address could not be bound.
+    #[error("cannot listen on {addr} for the {what} server: {source}")]
+    Bind {
+        /// Which server.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An API call failed.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// Certificates could not be made.
+    #[error("webhook certificates: {0}")]
+    Pki(#[from] yurt_core::pki::Error),
+    /// TLS configuration failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// Objects kept changing under us.
+    #[error("{0}")]
+    Conflict(String),
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl ManagerError {
+    /// An API error while doing `what`.
+    pub fn kube(what: &str, source: kube::Error) -> Self {
+        Self::Kube {
+            what: what.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Manager configuration (upstream's flags where they exist).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Controllers to run (already resolved from `--controllers`).
+    pub controllers: BTreeSet<&'static str>,
+    /// Namespace for the Lease, the webhook Secret and Service (`--working-namespace`).
+    pub namespace: String,
+    /// Webhook HTTPS address (`--webhook-port`, default 10273).
+    pub webhook_addr: SocketAddr,
+    /// Where the API server reaches the webhooks.
+    pub webhook_endpoint: webhook::register::Endpoint,
+    /// Addresses the webhook certificate must cover besides the Service names.
+    pub webhook_ips: Vec<IpAddr>,
+    /// Prometheus metrics (`--metrics-addr`, default :10271).
+    pub metrics_addr: SocketAddr,
+    /// Health probes (`--health-probe-addr`, default :10272).
+    pub health_addr: SocketAddr,
+    /// Run the leader election (`--leader-elect`, default true).
+    pub leader_elect: bool,
+    /// This replica's identity in the election.
+    pub identity: String,
+    /// Lease duration.
+    pub lease_duration: Duration,
+    /// Lease renewal period.
+    pub lease_retry: Duration,
+}
+
+/// Runs the manager until `shutdown`.
+///
+/// # Errors
+/// Start-up failures: ports in use, the API server refusing our CRDs or webhooks.
+pub async fn run(
+    client: kube::Client,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ManagerError> {
+    let metrics = metrics::ManagerMetrics::default();
+    let mut registry = Registry::default();
+    metrics.register(registry.sub_registry_with_prefix("yurt_manager"));
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_state = admin::AdminState {
+        ready: ready.clone(),
+        registry: Arc::new(registry),
+    };
+    admin::serve(
+        config.health_addr,
+        admin_state.clone(),
+        "health",
+        shutdown.clone(),
+    )
+    .await?;
+    if config.metrics_addr != config.health_addr {
+        admin::serve(
+            config.metrics_addr,
+            admin_state,
+            "metrics",
+            shutdown.clone(),
+        )
+        .await?;
+    }
+
+    // One shared view of Nodes for the webhooks and controllers.
+    let (nodes, node_writer) = reflector::store::<Node>();
+    let node_stream = reflector::reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "node watch failed; retrying");
+        }
+    });
+    tokio::spawn(async move {
+        node_stream.await;
+    });
+    let (pools, pool_writer) = reflector::store::<yurt_api::apps::v1beta2::NodePool>();
+    let pool_stream = reflector::reflector(
+        pool_writer,
+        watcher(
+            Api::<yurt_api::apps::v1beta2::NodePool>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "nodepool watch failed; retrying");
+        }
+    });
+
+    // Webhooks first: the CRD's conversion and the pools' validation need them.
+    let certs = webhook::certs::ensure(&client, &config.namespace, &config.webhook_ips).await?;
+    let tls = webhook::certs::server_config(&certs)?;
+    let state = webhook::WebhookState {
+        client: client.clone(),
+        nodes: nodes.clone(),
+        pools: pools.clone(),
+        metrics: metrics.clone(),
+    };
+    webhook::serve(
+        config.webhook_addr,
+        tls,
+        webhook::router(state),
+        shutdown.clone(),
+    )
+    .await?;
+    webhook::register::install(&client, &config.webhook_endpoint, &certs.ca_pem).await?;
+    tokio::spawn(pool_stream);
+    tracing::info!("CRDs and webhooks registered");
+
+    let _ = tokio::time::timeout(Duration::from_secs(30), nodes.wait_until_ready()).await;
+    ready.store(true, Ordering::Release);
+
+    let mut leading = if config.leader_elect {
+        leader::run(
+            client.clone(),
+            leader::LeaseConfig {
+                namespace: config.namespace.clone(),
+                name: "yurt-manager".to_owned(),
+                identity: config.identity.clone(),
+                lease_duration: config.lease_duration,
+                retry_period: config.lease_retry,
+            },
+            shutdown.clone(),
+        )
+    } else {
+        tokio::sync::watch::channel(true).1
+    };
+    loop {
+        // Wait to lead.
+        while !*leading.borrow() {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                r = leading.changed() => if r.is_err() { return Ok(()) },
+            }
+        }
+        metrics.leader.set(1);
+        let term = shutdown.child_token();
+        let mut tasks = tokio::task::JoinSet::new();
+        if config.controllers.contains(controllers::nodepool::NAME) {
+            tasks.spawn(controllers::nodepool::run(
+                client.clone(),
+                pools.clone(),
+                metrics.clone(),
+                term.clone(),
+            ));
+        }
+        if config.controllers.contains(controllers::podbinding::NAME) {
+            tasks.spawn(controllers::podbinding::run(
+                client.clone(),
+                nodes.clone(),
+                metrics.clone(),
+                term.clone(),
+            ));
+        }
+        tracing::info!(controllers = ?config.controllers, "controllers started");
+        // Lead until the term ends.
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = leading.changed() => {
+                    if r.is_err() || !*leading.borrow() { break; }
+                }
+            }
+        }
+        term.cancel();
+        while tasks.join_next().await.is_some() {}
+        metrics.leader.set(0);
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        tracing::warn!("controllers stopped: leadership lost");
+    }
+}

@@ -1,0 +1,111 @@
+//! Node webhooks (reference/openyurt.md §5.3): the legacy `desired-nodepool` label
+//! becomes the pool label; a hostNetwork pool's nodes get the hostnetwork label; a
+//! node's pool label can be added or removed but not changed in place, and the
+//! hostnetwork label cannot change once set.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
+use serde_json::json;
+use yurt_api::labels::{DESIRED_NODEPOOL, HOSTNETWORK, NODE_POOL};
+
+use super::WebhookState;
+
+/// Path of the mutating Node webhook (OpenYurt's).
+pub const MUTATE_PATH: &str = "/mutate-core-openyurt-io-v1-node";
+/// Path of the validating Node webhook (OpenYurt's).
+pub const VALIDATE_PATH: &str = "/validate-core-openyurt-io-v1-node";
+
+fn node(obj: Option<&DynamicObject>) -> Option<Node> {
+    serde_json::to_value(obj?)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
+}
+
+fn labels(n: &Node) -> BTreeMap<String, String> {
+    n.metadata.labels.clone().unwrap_or_default()
+}
+
+/// Escapes a key for a JSON pointer.
+fn pointer_key(k: &str) -> String {
+    k.replace('~', "~0").replace('/', "~1")
+}
+
+/// The mutating webhook.
+pub async fn mutate(
+    state: &WebhookState,
+    req: &AdmissionRequest<DynamicObject>,
+) -> AdmissionResponse {
+    let resp = AdmissionResponse::from(req);
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return resp;
+    }
+    let Some(n) = node(req.object.as_ref()) else {
+        return resp;
+    };
+    let mut labels = labels(&n);
+    let mut changed = false;
+    if !labels.contains_key(NODE_POOL)
+        && let Some(desired) = labels.get(DESIRED_NODEPOOL).cloned()
+        && !desired.is_empty()
+    {
+        labels.insert(NODE_POOL.to_owned(), desired);
+        changed = true;
+    }
+    if let Some(pool) = labels.get(NODE_POOL)
+        && !labels.contains_key(HOSTNETWORK)
+        && state.pool_has_host_network(pool)
+    {
+        labels.insert(HOSTNETWORK.to_owned(), "true".to_owned());
+        changed = true;
+    }
+    if !changed {
+        return resp;
+    }
+    let ops = if n.metadata.labels.is_none() {
+        json!([{"op": "add", "path": "/metadata/labels", "value": labels}])
+    } else {
+        let ops: Vec<_> = [NODE_POOL, HOSTNETWORK]
+            .iter()
+            .filter(|k| labels.get(**k) != n.metadata.labels.as_ref().and_then(|l| l.get(**k)))
+            .map(|k| {
+                json!({"op": "add", "path": format!("/metadata/labels/{}", pointer_key(k)), "value": labels[*k]})
+            })
+            .collect();
+        json!(ops)
+    };
+    match serde_json::from_value::<json_patch::Patch>(ops) {
+        Ok(p) => resp.clone().with_patch(p).unwrap_or(resp),
+        Err(_) => resp,
+    }
+}
+
+/// The validating webhook.
+pub async fn validate(
+    _state: &WebhookState,
+    req: &AdmissionRequest<DynamicObject>,
+) -> AdmissionResponse {
+    let resp = AdmissionResponse::from(req);
+    if req.operation != Operation::Update {
+        return resp;
+    }
+    let (Some(new), Some(old)) = (node(req.object.as_ref()), node(req.old_object.as_ref())) else {
+        return resp;
+    };
+    let (new_labels, old_labels) = (labels(&new), labels(&old));
+    if let (Some(o), Some(n)) = (old_labels.get(NODE_POOL), new_labels.get(NODE_POOL))
+        && o != n
+    {
+        return resp.deny(format!(
+            "label {NODE_POOL} cannot be changed from {o:?} to {n:?} in place; remove it first, then add the new pool"
+        ));
+    }
+    if let Some(o) = old_labels.get(HOSTNETWORK)
+        && new_labels.get(HOSTNETWORK) != Some(o)
+    {
+        return resp.deny(format!("label {HOSTNETWORK} is immutable once set"));
+    }
+    resp
+}

@@ -1,0 +1,376 @@
+//! yurt manager on the shared fleet: NodePools for the fleet's pools, their status,
+//! labels/annotations/taints propagated and cleaned up, webhooks refusing what
+//! OpenYurt refuses (with the message kubectl shows), v1beta1 and v1beta2 clients
+//! seeing one object, and pods on autonomous nodes tolerating unreachability forever.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+use yurt_testkit::{TestFleet, shared, wait_for};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(420);
+
+async fn within<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(TEST_TIMEOUT, fut)
+        .await
+        .context("test did not finish in time")?
+}
+
+/// `kubectl <args> -f -` with `manifest` on stdin: (success, stdout + stderr).
+fn kubectl_stdin(f: &TestFleet, args: &[&str], manifest: &Value) -> anyhow::Result<(bool, String)> {
+    let mut child = f
+        .fleet()
+        .kubectl()
+        .args(args)
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(manifest.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+fn get_json(f: &TestFleet, args: &[&str]) -> anyhow::Result<Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    Ok(serde_json::from_str(&f.kubectl(&all)?)?)
+}
+
+async fn node(f: &TestFleet, name: &str) -> anyhow::Result<Node> {
+    Ok(Api::<Node>::all(f.client()).get(name).await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fleet_pool_is_a_nodepool_with_its_nodes_in_status() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let f = &f;
+        let plan = f.fleet().plan().clone();
+        for pool in &plan.pools {
+            let members: Vec<String> = plan
+                .edges
+                .iter()
+                .filter(|e| plan.pools[e.pool].name == pool.name)
+                .map(|e| e.name.to_string())
+                .collect();
+            let name = pool.name.to_string();
+            wait_for(
+                &format!("status of nodepool {name}"),
+                Duration::from_secs(60),
+                || {
+                    let (f, name, members) = (f, name.clone(), members.clone());
+                    async move {
+                        let np =
+                            get_json(f, &["get", "nodepools.v1beta2.apps.openyurt.io", &name])?;
+                        let nodes: Vec<String> =
+                            serde_json::from_value(np["status"]["nodes"].clone())
+                                .unwrap_or_default();
+                        Ok((nodes == members
+                            && np["status"]["readyNodeNum"] == json!(members.len())
+                            && np["metadata"]["labels"]["nodepool.openyurt.io/type"] == "edge"
+                            && np["spec"]["type"] == "Edge")
+                            .then_some(()))
+                    }
+                },
+            )
+            .await?;
+        }
+        // kubectl's short name and printer columns come from the CRD.
+        let table = f.kubectl(&["get", "np"])?;
+        ensure!(
+            table.contains("READYNODES") && table.contains("pool-a"),
+            "{table}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_labels_annotations_and_taints_reach_its_nodes_and_are_cleaned_up()
+-> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let f = &f;
+        let members = ["edge-b1", "edge-b2"];
+        let patch = json!({"spec": {
+            "labels": {"e2e.openyurt.io/site": "b"},
+            "annotations": {"e2e.openyurt.io/owner": "tests"},
+            "taints": [{"key": "e2e.openyurt.io/pool", "value": "b", "effect": "PreferNoSchedule"}],
+        }});
+        f.kubectl(&[
+            "patch",
+            "nodepool",
+            "pool-b",
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ])?;
+        for n in members {
+            wait_for(
+                &format!("pool attributes on {n}"),
+                Duration::from_secs(60),
+                || async move {
+                    let node = node(f, n).await?;
+                    let labels = node.metadata.labels.unwrap_or_default();
+                    let annotations = node.metadata.annotations.unwrap_or_default();
+                    let tainted = node
+                        .spec
+                        .and_then(|s| s.taints)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|t| t.key == "e2e.openyurt.io/pool" && t.effect == "PreferNoSchedule");
+                    Ok(
+                        (labels.get("e2e.openyurt.io/site").map(String::as_str) == Some("b")
+                            && annotations.contains_key("e2e.openyurt.io/owner")
+                            && tainted)
+                            .then_some(()),
+                    )
+                },
+            )
+            .await?;
+        }
+        // Pool-a's nodes are untouched.
+        let a = node(f, "edge-a1").await?;
+        ensure!(
+            !a.metadata
+                .labels
+                .unwrap_or_default()
+                .contains_key("e2e.openyurt.io/site")
+        );
+
+        // Dropping them from the pool removes them from the nodes, and only them.
+        let clear = json!({"spec": {"labels": null, "annotations": null, "taints": null}});
+        f.kubectl(&[
+            "patch",
+            "nodepool",
+            "pool-b",
+            "--type=merge",
+            "-p",
+            &clear.to_string(),
+        ])?;
+        for n in members {
+            wait_for(
+                &format!("pool attributes gone from {n}"),
+                Duration::from_secs(60),
+                || async move {
+                    let node = node(f, n).await?;
+                    let labels = node.metadata.labels.unwrap_or_default();
+                    let annotations = node.metadata.annotations.unwrap_or_default();
+                    let tainted = node
+                        .spec
+                        .and_then(|s| s.taints)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|t| t.key.starts_with("e2e.openyurt.io"));
+                    Ok((!labels.contains_key("e2e.openyurt.io/site")
+                        && !annotations.contains_key("e2e.openyurt.io/owner")
+                        && !tainted
+                        && labels.get("apps.openyurt.io/nodepool").map(String::as_str)
+                            == Some("pool-b"))
+                    .then_some(()))
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_refuse_invalid_pools_deletes_with_members_and_pool_moves() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let f = &f;
+        let bad = json!({
+            "apiVersion": "apps.openyurt.io/v1beta2", "kind": "NodePool",
+            "metadata": {"name": "e2e-bad"},
+            "spec": {"type": "Fog"},
+        });
+        let (ok, out) = kubectl_stdin(f, &["create"], &bad)?;
+        ensure!(!ok && out.contains("spec.type") && out.contains("Fog"), "{out}");
+
+        let (ok, out) = kubectl_stdin(
+            f,
+            &["create"],
+            &json!({
+                "apiVersion": "apps.openyurt.io/v1beta2", "kind": "NodePool",
+                "metadata": {"name": "e2e-cloud-hostnet"},
+                "spec": {"type": "Cloud", "hostNetwork": true},
+            }),
+        )?;
+        ensure!(!ok && out.contains("hostNetwork"), "{out}");
+
+        let change = f.kubectl(&["patch", "nodepool", "pool-a", "--type=merge", "-p", r#"{"spec":{"type":"Cloud"}}"#]);
+        let msg = format!("{change:?}");
+        ensure!(change.is_err() && msg.contains("immutable"), "{msg}");
+
+        let delete = f.kubectl(&["delete", "nodepool", "pool-a", "--wait=false"]);
+        let msg = format!("{delete:?}");
+        ensure!(delete.is_err() && msg.contains("edge-a1"), "{msg}");
+        f.kubectl(&["get", "nodepool", "pool-a"])?;
+
+        let relabel = f.kubectl(&["label", "node", "edge-a1", "apps.openyurt.io/nodepool=pool-b", "--overwrite"]);
+        let msg = format!("{relabel:?}");
+        ensure!(relabel.is_err() && msg.contains("cannot be changed"), "{msg}");
+
+        // An empty pool can be created (defaults filled in) and deleted.
+        f.kubectl(&["delete", "nodepool", "e2e-empty", "--ignore-not-found"])?;
+        let (ok, out) = kubectl_stdin(
+            f,
+            &["create"],
+            &json!({"apiVersion": "apps.openyurt.io/v1beta2", "kind": "NodePool", "metadata": {"name": "e2e-empty"}}),
+        )?;
+        ensure!(ok, "{out}");
+        let np = get_json(f, &["get", "nodepool", "e2e-empty"])?;
+        ensure!(np["spec"]["type"] == "Edge" && np["spec"]["leaderReplicas"] == 1, "{np}");
+        f.kubectl(&["delete", "nodepool", "e2e-empty"])?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1beta1_and_v1beta2_clients_see_the_same_pool() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let f = &f;
+        f.kubectl(&["delete", "nodepool", "e2e-versions", "--ignore-not-found"])?;
+        let (ok, out) = kubectl_stdin(
+            f,
+            &["create"],
+            &json!({
+                "apiVersion": "apps.openyurt.io/v1beta1", "kind": "NodePool",
+                "metadata": {"name": "e2e-versions"},
+                "spec": {"type": "Edge", "labels": {"zone": "z1"}},
+            }),
+        )?;
+        ensure!(ok, "{out}");
+        let v2 = get_json(
+            f,
+            &["get", "nodepools.v1beta2.apps.openyurt.io", "e2e-versions"],
+        )?;
+        ensure!(
+            v2["apiVersion"] == "apps.openyurt.io/v1beta2" && v2["spec"]["labels"]["zone"] == "z1",
+            "{v2}"
+        );
+        // A v1beta2-only field set through v1beta2 survives an update through v1beta1.
+        f.kubectl(&[
+            "patch",
+            "nodepools.v1beta2.apps.openyurt.io",
+            "e2e-versions",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"leaderReplicas":3}}"#,
+        ])?;
+        f.kubectl(&[
+            "patch",
+            "nodepools.v1beta1.apps.openyurt.io",
+            "e2e-versions",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"labels":{"zone":"z2"}}}"#,
+        ])?;
+        let v1 = get_json(
+            f,
+            &["get", "nodepools.v1beta1.apps.openyurt.io", "e2e-versions"],
+        )?;
+        ensure!(
+            v1["apiVersion"] == "apps.openyurt.io/v1beta1"
+                && v1["spec"]["labels"]["zone"] == "z2"
+                && v1["spec"].get("leaderReplicas").is_none(),
+            "{v1}"
+        );
+        let v2 = get_json(
+            f,
+            &["get", "nodepools.v1beta2.apps.openyurt.io", "e2e-versions"],
+        )?;
+        ensure!(
+            v2["spec"]["labels"]["zone"] == "z2" && v2["spec"]["leaderReplicas"] == 3,
+            "{v2}"
+        );
+        f.kubectl(&["delete", "nodepool", "e2e-versions"])?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_autonomous_nodes_tolerate_unreachability_forever() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let f = &f;
+        let pods: Api<Pod> = Api::namespaced(f.client(), "default");
+        wait_for(
+            "sample pods bound to their autonomous nodes",
+            Duration::from_secs(60),
+            || {
+                let pods = pods.clone();
+                async move {
+                    let list = pods.list(&ListParams::default()).await?;
+                    let on_edge: Vec<&Pod> = list
+                        .items
+                        .iter()
+                        .filter(|p| {
+                            p.spec
+                                .as_ref()
+                                .and_then(|s| s.node_name.as_deref())
+                                .is_some_and(|n| n.starts_with("edge-"))
+                        })
+                        .collect();
+                    let bound = on_edge.iter().all(|p| {
+                        let t = p
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.tolerations.clone())
+                            .unwrap_or_default();
+                        [
+                            "node.kubernetes.io/unreachable",
+                            "node.kubernetes.io/not-ready",
+                        ]
+                        .iter()
+                        .all(|k| {
+                            t.iter().any(|t| {
+                                t.key.as_deref() == Some(*k)
+                                    && t.effect.as_deref() == Some("NoExecute")
+                                    && t.toleration_seconds.is_none()
+                            })
+                        }) && p.metadata.annotations.as_ref().is_some_and(|a| {
+                            a.get("apps.openyurt.io/original-unreachable-toleration-duration")
+                                .map(String::as_str)
+                                == Some("300")
+                        })
+                    });
+                    Ok((!on_edge.is_empty() && bound).then_some(()))
+                }
+            },
+        )
+        .await?;
+        // The manager answers its probes and counts its work.
+        let out = f.exec("cloud", &["wget", "-qO-", "http://127.0.0.1:10271/metrics"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(text.contains("yurt_manager_leader 1"), "{text}");
+        ensure!(text.contains("yurt_manager_webhook_calls_total"), "{text}");
+        Ok(())
+    })
+    .await
+}

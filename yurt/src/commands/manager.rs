@@ -1,0 +1,132 @@
+//! `yurt manager` (alias `yurt-manager`): OpenYurt's controllers and webhooks.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use yurt_manager::webhook::register::Endpoint;
+
+/// `yurt manager` flags (OpenYurt's names where it has one).
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ManagerArgs {
+    /// Something other than running the manager.
+    #[command(subcommand)]
+    pub action: Option<ManagerAction>,
+    /// How to run it.
+    #[command(flatten)]
+    pub run: ManagerRunArgs,
+}
+
+/// `yurt manager` actions.
+#[derive(Debug, Subcommand)]
+pub enum ManagerAction {
+    /// Print the CustomResourceDefinitions of every OpenYurt kind the manager serves, as YAML.
+    Crds,
+}
+
+/// Flags of the running manager.
+#[derive(Debug, Args)]
+pub struct ManagerRunArgs {
+    /// kubeconfig of the manager's identity (default: $KUBECONFIG, then in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Controllers to run: `*` for all, `name` to add, `-name` to remove.
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub controllers: Vec<String>,
+    /// Namespace of the leader Lease and the webhook Secret and Service.
+    #[arg(long, default_value = "kube-system")]
+    pub working_namespace: String,
+    /// Address the webhook server listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub webhook_bind_address: IpAddr,
+    /// Port of the webhook server.
+    #[arg(long, default_value_t = 10273)]
+    pub webhook_port: u16,
+    /// Register the webhooks by URL at this address (the manager runs outside the
+    /// cluster's pods); without it they are registered through the Service
+    /// `yurt-manager-webhook-service`.
+    #[arg(long)]
+    pub webhook_host: Option<IpAddr>,
+    /// Metrics address.
+    #[arg(long, default_value = "0.0.0.0:10271")]
+    pub metrics_addr: SocketAddr,
+    /// Health probe address (`/healthz`, `/readyz`).
+    #[arg(long, default_value = "0.0.0.0:10272")]
+    pub health_probe_addr: SocketAddr,
+    /// Elect a leader among replicas through a Lease.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Lease duration, seconds.
+    #[arg(long, default_value_t = 15)]
+    pub leader_elect_lease_duration: u64,
+    /// Renewal period, seconds.
+    #[arg(long, default_value_t = 2)]
+    pub leader_elect_retry_period: u64,
+}
+
+fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
+    let controllers = yurt_manager::controllers::select(&a.controllers)
+        .map_err(|e| anyhow::anyhow!("--controllers: {e}"))?;
+    anyhow::ensure!(
+        a.leader_elect_retry_period > 0
+            && a.leader_elect_retry_period < a.leader_elect_lease_duration,
+        "--leader-elect-retry-period must be positive and shorter than --leader-elect-lease-duration"
+    );
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "yurt-manager".to_owned());
+    Ok(yurt_manager::Config {
+        controllers,
+        namespace: a.working_namespace.clone(),
+        webhook_addr: SocketAddr::new(a.webhook_bind_address, a.webhook_port),
+        webhook_endpoint: match a.webhook_host {
+            Some(ip) => Endpoint::Url {
+                authority: SocketAddr::new(ip, a.webhook_port).to_string(),
+            },
+            None => Endpoint::Service {
+                namespace: a.working_namespace.clone(),
+            },
+        },
+        webhook_ips: a.webhook_host.into_iter().collect(),
+        metrics_addr: a.metrics_addr,
+        health_addr: a.health_probe_addr,
+        leader_elect: a.leader_elect,
+        identity: format!("{host}_{}", std::process::id()),
+        lease_duration: Duration::from_secs(a.leader_elect_lease_duration),
+        lease_retry: Duration::from_secs(a.leader_elect_retry_period),
+    })
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("unusable kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig given and not running in a cluster")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Runs `yurt manager`.
+pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
+    if let Some(ManagerAction::Crds) = args.action {
+        print!("{}", yurt_api::crds::to_yaml(&yurt_api::crds::all()));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = config(&args.run)?;
+    let client = client(args.run.kubeconfig.as_ref()).await?;
+    let token = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(yurt_core::shutdown::cancel_on_signal(token.clone()));
+    yurt_manager::run(client, config, token).await?;
+    Ok(ExitCode::SUCCESS)
+}
