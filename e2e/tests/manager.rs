@@ -374,3 +374,228 @@ async fn pods_on_autonomous_nodes_tolerate_unreachability_forever() -> anyhow::R
     })
     .await
 }
+
+/// A PEM certificate request for `cn` in `orgs`, with `sans` DNS names.
+fn csr_pem(cn: &str, orgs: &[&str], sans: &[&str]) -> anyhow::Result<String> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params =
+        rcgen::CertificateParams::new(sans.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    // rcgen keeps one value per attribute type; a second organization goes in as its
+    // own attribute through the raw OID of organizationName.
+    ensure!(orgs.len() <= 2, "at most two organizations");
+    if let Some(first) = orgs.first() {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, *first);
+    }
+    if let Some(second) = orgs.get(1) {
+        params.distinguished_name.push(
+            rcgen::DnType::CustomDnType(vec![2, 5, 4, 10]),
+            rcgen::DnValue::Utf8String((*second).to_owned()),
+        );
+    }
+    Ok(params.serialize_request(&key)?.pem()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_certificate_requests_are_approved_and_others_left_alone() -> anyhow::Result<()> {
+    use base64::Engine as _;
+    within(async {
+        let f = shared().await?;
+        let f = &f;
+        let submit = |name: &str, signer: &str, usages: &[&str], pem: &str| -> anyhow::Result<()> {
+            let _ = f.kubectl(&["delete", "csr", name, "--ignore-not-found"]);
+            let (ok, out) = kubectl_stdin(
+                f,
+                &["create"],
+                &json!({
+                    "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+                    "metadata": {"name": name},
+                    "spec": {
+                        "signerName": signer,
+                        "usages": usages,
+                        "request": base64::engine::general_purpose::STANDARD.encode(pem),
+                    },
+                }),
+            )?;
+            ensure!(ok, "{out}");
+            Ok(())
+        };
+        let client = ["digital signature", "key encipherment", "client auth"];
+        submit(
+            "e2e-hub",
+            "kubernetes.io/kube-apiserver-client",
+            &client,
+            &csr_pem(
+                "system:node:edge-a1",
+                &["system:nodes", "openyurt:yurthub"],
+                &[],
+            )?,
+        )?;
+        submit(
+            "e2e-masters",
+            "kubernetes.io/kube-apiserver-client",
+            &client,
+            &csr_pem(
+                "system:node:edge-a1",
+                &["openyurt:yurthub", "system:masters"],
+                &[],
+            )?,
+        )?;
+        wait_for(
+            "the hub's request approved",
+            Duration::from_secs(60),
+            || async {
+                let csr = get_json(f, &["get", "csr", "e2e-hub"])?;
+                let approved = csr["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Approved"));
+                Ok(approved.then_some(()))
+            },
+        )
+        .await?;
+        // Give the manager time to (wrongly) act on the other one.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let other = get_json(f, &["get", "csr", "e2e-masters"])?;
+        ensure!(
+            other["status"]["conditions"].is_null(),
+            "a request asking for system:masters was decided: {other}"
+        );
+        f.kubectl(&["delete", "csr", "e2e-hub", "e2e-masters"])?;
+        Ok(())
+    })
+    .await
+}
+
+/// Deployments of a YurtAppSet: pool → (name, replicas, revision, template env value).
+fn yas_workloads(
+    f: &TestFleet,
+    yas: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, (String, i64, String, String)>> {
+    let list = get_json(
+        f,
+        &[
+            "get",
+            "deployments",
+            "-n",
+            "e2e-yas",
+            "-l",
+            &format!("apps.openyurt.io/ref-yurtappset={yas}"),
+        ],
+    )?;
+    let mut out = std::collections::BTreeMap::new();
+    for d in list["items"].as_array().into_iter().flatten() {
+        let labels = &d["metadata"]["labels"];
+        out.insert(
+            labels["apps.openyurt.io/pool-name"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+            (
+                d["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+                d["spec"]["replicas"].as_i64().unwrap_or(-1),
+                labels["apps.openyurt.io/controller-revision-hash"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                d["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            ),
+        );
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yurtappset_runs_one_tweaked_workload_per_pool_and_follows_its_pools()
+-> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let f = &f;
+        let _ = f.kubectl(&["delete", "namespace", "e2e-yas", "--ignore-not-found", "--wait=true", "--timeout=60s"]);
+        f.kubectl(&["create", "namespace", "e2e-yas"])?;
+        let yas = |pools: &[&str], version: &str| {
+            json!({
+                "apiVersion": "apps.openyurt.io/v1beta1", "kind": "YurtAppSet",
+                "metadata": {"name": "web", "namespace": "e2e-yas"},
+                "spec": {
+                    "pools": pools,
+                    "workload": {
+                        "workloadTemplate": {"deploymentTemplate": {
+                            "metadata": {"labels": {"app": "yas-web"}},
+                            "spec": {
+                                "replicas": 1,
+                                "selector": {"matchLabels": {"app": "yas-web"}},
+                                "template": {
+                                    "metadata": {"labels": {"app": "yas-web"}},
+                                    "spec": {"containers": [{
+                                        "name": "web", "image": "yurt.local/sample-web:1",
+                                        "env": [{"name": "VERSION", "value": version}],
+                                    }]},
+                                },
+                            },
+                        }},
+                        "workloadTweaks": [{
+                            "pools": ["pool-b"],
+                            "tweaks": {
+                                "replicas": 2,
+                                "patches": [{"operation": "add", "path": "/spec/template/metadata/labels/site", "value": "{{nodepool-name}}"}],
+                            },
+                        }],
+                    },
+                },
+            })
+        };
+        let (ok, out) = kubectl_stdin(f, &["apply"], &yas(&["pool-a", "pool-b"], "1"))?;
+        ensure!(ok, "{out}");
+        let first = wait_for("a workload per pool", Duration::from_secs(60), || async {
+            let w = yas_workloads(f, "web")?;
+            Ok((w.len() == 2).then_some(w))
+        })
+        .await?;
+        ensure!(first["pool-a"].1 == 1 && first["pool-b"].1 == 2, "tweaked replicas: {first:?}");
+        let b = get_json(f, &["get", "deployment", "-n", "e2e-yas", &first["pool-b"].0])?;
+        ensure!(b["spec"]["template"]["metadata"]["labels"]["site"] == "pool-b", "{b}");
+        ensure!(b["spec"]["template"]["spec"]["nodeSelector"]["apps.openyurt.io/nodepool"] == "pool-b", "{b}");
+        wait_for("pods of both pools ready and status counted", Duration::from_secs(120), || async {
+            let s = get_json(f, &["get", "yurtappset", "-n", "e2e-yas", "web"])?;
+            Ok((s["status"]["readyWorkloads"] == 2 && s["status"]["totalWorkloads"] == 2).then_some(()))
+        })
+        .await?;
+
+        // A template change rolls every pool's workload.
+        let (ok, out) = kubectl_stdin(f, &["apply"], &yas(&["pool-a", "pool-b"], "2"))?;
+        ensure!(ok, "{out}");
+        wait_for("both workloads on the new template", Duration::from_secs(60), || async {
+            let w = yas_workloads(f, "web")?;
+            Ok((w.len() == 2 && w.values().all(|x| x.3 == "2" && x.2 != first["pool-a"].2)).then_some(()))
+        })
+        .await?;
+
+        // A pool leaving the selection takes its workload with it.
+        let (ok, out) = kubectl_stdin(f, &["apply"], &yas(&["pool-a"], "2"))?;
+        ensure!(ok, "{out}");
+        wait_for("pool-b's workload removed", Duration::from_secs(60), || async {
+            let w = yas_workloads(f, "web")?;
+            Ok((w.len() == 1 && w.contains_key("pool-a")).then_some(()))
+        })
+        .await?;
+
+        // An invalid YurtAppSet is refused with the webhook's message.
+        let mut bad = yas(&["pool-a"], "2");
+        bad["metadata"]["name"] = json!("bad");
+        bad["spec"]["workload"]["workloadTemplate"]["statefulSetTemplate"] = json!({"spec": {"selector": {}, "serviceName": "x", "template": {}}});
+        let (ok, out) = kubectl_stdin(f, &["apply"], &bad)?;
+        ensure!(!ok && out.contains("exactly one"), "{out}");
+
+        f.kubectl(&["delete", "namespace", "e2e-yas", "--wait=false"])?;
+        Ok(())
+    })
+    .await
+}

@@ -21,7 +21,7 @@ pub const KUBERNETES_VERSION: &str = "1.20.2";
 /// Debian's source package version carrying it.
 const DEBIAN_SOURCE_SUFFIX: &str = "really1.20.2.orig.tar.gz";
 /// Revision of our build recipe; part of the cache key, so a changed recipe rebuilds.
-const BUILD_REVISION: &str = "yurt.1";
+const BUILD_REVISION: &str = "yurt.2";
 /// Debian suite that carries the source package.
 const DEBIAN_SUITE: &str = "bookworm";
 const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
@@ -105,13 +105,47 @@ const REFLECT2_SOURCE: &str = "/usr/share/gocode/src/github.com/modern-go/reflec
 /// Where Kubernetes 1.20 vendors reflect2 1.0.1.
 const REFLECT2_VENDOR: &str = "vendor/github.com/modern-go/reflect2";
 
+/// Fixes the vendored sources need to run correctly when built with Debian's newer Go.
+fn patch_vendor(src: &Path) -> Result<()> {
+    swap_reflect2(src)?;
+    fix_zero_value_type_check(src)
+}
+
+/// The OpenAPI type checks Kubernetes 1.20 vendors (kube-openapi's copy validates
+/// custom resources).
+const TYPE_CHECK_FILES: [&str; 2] = [
+    "vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go",
+    "vendor/github.com/go-openapi/validate/type.go",
+];
+/// The check that misfires under newer Go.
+const ZERO_VALUE_CHECK: &str = "if data == nil || reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data)) {";
+
+/// Makes the custom-resource type check treat only a missing value as null.
+///
+/// The vendored check compares two `reflect.Value`s with `DeepEqual`. Built with Go
+/// 1.15 that was never true for a real value; since Go 1.19 (Debian's) an empty string
+/// and `reflect.Zero` point at the same runtime zero buffer, so every `""` in a custom
+/// resource is rejected as "must be of type string: null". Later kube-openapi releases
+/// check `data == nil` only, which is what this patch does.
+fn fix_zero_value_type_check(src: &Path) -> Result<()> {
+    for file in TYPE_CHECK_FILES {
+        let path = src.join(file);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        if text.contains(ZERO_VALUE_CHECK) {
+            let fixed = text.replace(ZERO_VALUE_CHECK, "if data == nil {");
+            std::fs::write(&path, fixed).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Replaces the vendored reflect2 1.0.1 with Debian's 1.0.2.
 ///
 /// reflect2 1.0.1 iterates maps through a copy of the runtime's iterator struct whose
 /// size changed in Go 1.18; built with Debian's Go 1.19, kube-apiserver then corrupts
 /// memory and dies with "fatal error: fault" in `aeshashbody` (json-iterator encoding a
 /// map) within minutes under load. 1.0.2 is the upstream fix and keeps the same API.
-fn patch_vendor(src: &Path) -> Result<()> {
+fn swap_reflect2(src: &Path) -> Result<()> {
     let vendor = src.join(REFLECT2_VENDOR);
     let fixed = Path::new(REFLECT2_SOURCE);
     let is_source = |p: &Path| p.extension().is_some_and(|e| e == "go" || e == "s");

@@ -229,6 +229,31 @@ pub async fn run(
                 term.clone(),
             ));
         }
+        if config
+            .controllers
+            .contains(controllers::servicetopology::NAME)
+        {
+            tasks.spawn(controllers::servicetopology::run(
+                client.clone(),
+                metrics.clone(),
+                term.clone(),
+            ));
+        }
+        if config.controllers.contains(controllers::yurtappset::NAME) {
+            tasks.spawn(controllers::yurtappset::run(
+                client.clone(),
+                pools.clone(),
+                metrics.clone(),
+                term.clone(),
+            ));
+        }
+        if config.controllers.contains(controllers::csrapprover::NAME) {
+            tasks.spawn(controllers::csrapprover::run(
+                client.clone(),
+                metrics.clone(),
+                term.clone(),
+            ));
+        }
         tracing::info!(controllers = ?config.controllers, "controllers started");
         // Lead until the term ends.
         loop {

@@ -184,6 +184,8 @@ pub async fn apply_manager_rbac(client: &kube::Client) -> Result<()> {
             {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets", "controllerrevisions"], "verbs": all},
             {"apiGroups": ["apps.openyurt.io", "raven.openyurt.io", "network.openyurt.io"], "resources": ["*"], "verbs": all},
             {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": read},
+            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/approval"], "verbs": ["update"]},
+            {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "resourceNames": ["kubernetes.io/kube-apiserver-client", "kubernetes.io/kubelet-serving"], "verbs": ["approve"]},
         ],
     }))
     .map_err(|e| Error::Invalid(format!("manager ClusterRole: {e}")))?;

@@ -1,19 +1,33 @@
 //! The manager's controllers and the `--controllers` selection (upstream's syntax:
 //! `*` for all default controllers, `name` to add one, `-name` to remove one).
 
+pub mod csrapprover;
 pub mod nodepool;
 pub mod podbinding;
+pub mod servicetopology;
+pub mod yurtappset;
 
 use std::collections::BTreeSet;
 
 /// Every controller this manager has, by `--controllers` name.
-pub const ALL: &[&str] = &[nodepool::NAME, podbinding::NAME];
+pub const ALL: &[&str] = &[
+    csrapprover::NAME,
+    nodepool::NAME,
+    podbinding::NAME,
+    servicetopology::NAME,
+    yurtappset::NAME,
+];
 
 /// Upstream names and short aliases accepted for ours.
 fn canonical(name: &str) -> Option<&'static str> {
     match name {
         "nodepool" | "nodepool-controller" => Some(nodepool::NAME),
         "podbinding" | "pod-binding-controller" | "autonomy" => Some(podbinding::NAME),
+        "servicetopology"
+        | "service-topology-endpoints-controller"
+        | "service-topology-endpointslice-controller" => Some(servicetopology::NAME),
+        "csrapprover" | "csr-approver-controller" => Some(csrapprover::NAME),
+        "yurtappset" | "yurt-app-set-controller" => Some(yurtappset::NAME),
         _ => None,
     }
 }

@@ -3,7 +3,7 @@
 //! CRD conversion.
 //!
 //! Failure policies, per webhook:
-//! - NodePool mutate/validate: `Fail`. A NodePool that skipped validation could change
+//! - NodePool mutate/validate and YurtAppSet validate: `Fail`. A NodePool that skipped validation could change
 //!   an immutable type or be deleted with members; refusing NodePool writes while the
 //!   manager is down is the safer outage, and it touches nothing else.
 //! - Node, Endpoints, EndpointSlice: `Ignore`. These are core objects every component
@@ -16,6 +16,7 @@ pub mod endpoints;
 pub mod node;
 pub mod nodepool;
 pub mod register;
+pub mod yurtappset;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -121,6 +122,12 @@ pub fn router(state: WebhookState) -> Router {
                     endpoints::mutate_endpointslice,
                     r,
                 )
+            }),
+        )
+        .route(
+            yurtappset::VALIDATE_PATH,
+            post(|State(s): State<WebhookState>, Json(r)| {
+                admit(s, "yurtappset-validate", yurtappset::validate, r)
             }),
         )
         .route(

@@ -63,6 +63,20 @@ pub async fn mutate(
     let Some(pool) = object(req.object.as_ref()) else {
         return resp;
     };
+    match mutation(&pool) {
+        Ok(p) => resp.clone().with_patch(p).unwrap_or(resp),
+        Err(e) => {
+            tracing::warn!(error = %e, "NodePool defaults not applied");
+            resp
+        }
+    }
+}
+
+/// The JSON patch that fills in a NodePool's defaults and its type label.
+///
+/// # Errors
+/// Never for a JSON object; the patch type rejects malformed operations.
+pub fn mutation(pool: &Value) -> Result<json_patch::Patch, serde_json::Error> {
     let spec = defaulted_spec(pool.get("spec").unwrap_or(&Value::Null));
     let type_label = spec
         .get("type")
@@ -82,12 +96,8 @@ pub async fn mutate(
             "value": {NODEPOOL_TYPE: type_label},
         })),
     }
-    match serde_json::from_value::<json_patch::Patch>(Value::Array(ops)) {
-        Ok(p) => resp.clone().with_patch(p).unwrap_or(resp),
-        Err(_) => resp,
-    }
+    serde_json::from_value::<json_patch::Patch>(Value::Array(ops))
 }
-
 /// Problems with a NodePool spec on create or update (`old` on update).
 pub fn problems(spec: &Value, old: Option<&Value>) -> Vec<String> {
     let mut out = Vec::new();
@@ -200,6 +210,26 @@ pub async fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_patch_applies_defaults_and_the_type_label() {
+        let mut pool = json!({
+            "apiVersion": "apps.openyurt.io/v1beta2", "kind": "NodePool",
+            "metadata": {"name": "p"},
+            "spec": {"type": "Edge"},
+        });
+        let patch = mutation(&pool).expect("patch");
+        let wire: Value =
+            serde_json::from_slice(&serde_json::to_vec(&patch).expect("ser")).expect("de");
+        assert_eq!(
+            wire[0]["value"]["poolScopeMetadata"][0]["group"], "",
+            "{wire}"
+        );
+        json_patch::patch(&mut pool, &patch).expect("applies");
+        assert_eq!(pool["metadata"]["labels"][NODEPOOL_TYPE], "edge");
+        assert_eq!(pool["spec"]["poolScopeMetadata"][0]["group"], "");
+        assert_eq!(pool["spec"]["leaderReplicas"], 1);
+    }
 
     #[test]
     fn defaults_fill_only_what_is_missing() {

@@ -11,7 +11,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 
 use super::certs::SERVICE_NAME;
-use super::{conversion, endpoints, node, nodepool};
+use super::{conversion, endpoints, node, nodepool, yurtappset};
 use crate::ManagerError;
 
 /// Name of the mutating configuration (OpenYurt's).
@@ -153,6 +153,17 @@ fn validating_hooks() -> Vec<Hook> {
                 &["v1beta2"],
                 &["nodepools"],
                 &["CREATE", "UPDATE", "DELETE"],
+            ),
+            fail: true,
+        },
+        Hook {
+            name: "validate.apps.v1beta1.yurtappset.openyurt.io",
+            path: yurtappset::VALIDATE_PATH,
+            rule: rule(
+                &["apps.openyurt.io"],
+                &["v1beta1"],
+                &["yurtappsets"],
+                &["CREATE", "UPDATE"],
             ),
             fail: true,
         },
