@@ -84,14 +84,25 @@ pub async fn mutate(
 
 /// The validating webhook.
 pub async fn validate(
-    _state: &WebhookState,
+    state: &WebhookState,
     req: &AdmissionRequest<DynamicObject>,
 ) -> AdmissionResponse {
     let resp = AdmissionResponse::from(req);
     if req.operation != Operation::Update {
         return resp;
     }
-    let (Some(new), Some(old)) = (node(req.object.as_ref()), node(req.old_object.as_ref())) else {
+    let Some(new) = node(req.object.as_ref()) else {
+        return resp;
+    };
+    // The stored Node as the manager last saw it. Kubernetes 1.20 built with Go 1.19
+    // hands validating webhooks of built-in kinds an `oldObject` equal to the new one,
+    // so the request's own old object is only the fallback.
+    let old = state
+        .nodes
+        .get(&kube::runtime::reflector::ObjectRef::new(&req.name))
+        .map(|n| (*n).clone())
+        .or_else(|| node(req.old_object.as_ref()));
+    let Some(old) = old else {
         return resp;
     };
     let (new_labels, old_labels) = (labels(&new), labels(&old));
