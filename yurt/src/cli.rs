@@ -200,6 +200,8 @@ pub enum BenchCommand {
     Fleet(BenchFleetArgs),
     /// The hub: memory, cold start, cached LIST, added latency, cut-to-cache, offline reboot, durable writes.
     Hub(crate::commands::bench_hub::BenchHubArgs),
+    /// The manager at scale: pool changes reaching nodes, a YurtAppSet across many pools, memory and CPU.
+    Manager(crate::commands::bench_manager::BenchManagerArgs),
 }
 
 /// `yurt bench fleet`.

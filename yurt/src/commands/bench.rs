@@ -21,6 +21,7 @@ pub async fn run(machine: &MachineConfig, cmd: BenchCommand) -> anyhow::Result<E
     match cmd {
         BenchCommand::Fleet(args) => fleet(machine, args).await,
         BenchCommand::Hub(args) => super::bench_hub::run(machine, args).await,
+        BenchCommand::Manager(args) => super::bench_manager::run(machine, args).await,
     }
 }
 

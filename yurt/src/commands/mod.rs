@@ -2,6 +2,7 @@
 
 mod bench;
 pub mod bench_hub;
+pub mod bench_manager;
 mod fleet;
 pub mod hub;
 mod image;
