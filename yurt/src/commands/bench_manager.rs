@@ -189,6 +189,44 @@ async fn measure(
     step.finish();
     let setup = started.elapsed();
 
+    // Let the manager catch up: every pool lists its nodes.
+    let step = Step::start(
+        reporter,
+        "waiting for every pool's status to list its nodes",
+    );
+    let converge_begin = Instant::now();
+    loop {
+        let list = pools.list(&ListParams::default()).await?;
+        let settled = list
+            .items
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("bench-"))
+            })
+            .filter(|p| {
+                p.data
+                    .pointer("/status/nodes")
+                    .and_then(serde_json::Value::as_array)
+                    .is_some_and(|n| n.len() == args.nodes_per_pool)
+            })
+            .count();
+        step.detail(&format!("{settled}/{} pools", args.pools));
+        if settled == args.pools {
+            break;
+        }
+        anyhow::ensure!(
+            converge_begin.elapsed() < Duration::from_secs(600),
+            "only {settled} of {} pools list their nodes after 600 s",
+            args.pools
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let converged = started.elapsed();
+    step.finish();
+
     // Pool label + taint change → every node of the pool carries both.
     let step = Step::start(
         reporter,
@@ -222,12 +260,12 @@ async fn measure(
             )
             .await?;
         let mut done = BTreeSet::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while done.len() < args.nodes_per_pool {
             let next = tokio::time::timeout_at(deadline, events.next()).await;
             let Ok(Some(Ok(node))) = next else {
                 anyhow::bail!(
-                    "pool {pool}: only {} of {} nodes got the change within 60 s",
+                    "pool {pool}: only {} of {} nodes got the change within 120 s",
                     done.len(),
                     args.nodes_per_pool
                 );
@@ -316,6 +354,10 @@ async fn measure(
         args.pools,
         total,
         setup.as_secs_f64()
+    );
+    println!(
+        "| ... until every pool's status lists its nodes | {:.1} s | |",
+        converged.as_secs_f64()
     );
     println!(
         "| pool label+taint change -> all {} nodes carry it: p50 / p99 ({} changes) | {:.0} ms / {:.0} ms | |",

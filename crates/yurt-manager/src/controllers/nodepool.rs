@@ -212,18 +212,17 @@ async fn reconcile_pool(pool: Arc<NodePool>, ctx: Arc<Ctx>) -> Result<Action, Re
         return Ok(Action::await_change());
     }
     let desired = status_of(name, &ctx.nodes.state());
-    let current = serde_json::to_value(&pool.status).unwrap_or(Value::Null);
-    let differs = ["readyNodeNum", "unreadyNodeNum", "nodes"].iter().any(|k| {
-        let now = current.get(*k).cloned().unwrap_or(Value::Null);
-        let want = &desired[*k];
-        match (k, &now) {
-            // An absent list or count reads as empty / zero.
-            (&"nodes", Value::Null) => want.as_array().is_some_and(|a| !a.is_empty()),
-            (_, Value::Null) => want.as_u64() != Some(0),
-            _ => &now != want,
-        }
+    let current = pool.status.as_ref();
+    let want_nodes: Vec<String> =
+        serde_json::from_value(desired["nodes"].clone()).unwrap_or_default();
+    let same = current.is_some_and(|s| {
+        s.nodes.clone().unwrap_or_default() == want_nodes
+            && i64::from(s.ready_node_num.unwrap_or(0))
+                == desired["readyNodeNum"].as_i64().unwrap_or(0)
+            && i64::from(s.unready_node_num.unwrap_or(0))
+                == desired["unreadyNodeNum"].as_i64().unwrap_or(0)
     });
-    if !differs {
+    if same {
         return Ok(Action::await_change());
     }
     let api: Api<NodePool> = Api::all(ctx.client.clone());
@@ -297,20 +296,23 @@ pub async fn run(
         let pool_store = pool_store.clone();
         move |node: Node| {
             let name = node.metadata.name.clone().unwrap_or_default();
-            let label = pool_of(&node);
-            pool_store
-                .state()
-                .into_iter()
-                .filter(|p| {
-                    let listed = serde_json::to_value(&p.status)
-                        .ok()
-                        .and_then(|s| s.get("nodes").cloned())
-                        .and_then(|n| serde_json::from_value::<Vec<String>>(n).ok())
-                        .is_some_and(|n| n.contains(&name));
-                    listed || p.metadata.name == label
-                })
-                .map(|p| ObjectRef::from_obj(&*p))
-                .collect::<Vec<_>>()
+            match pool_of(&node) {
+                // Its pool; a node joins another pool only after leaving (webhook), and
+                // leaving is the event below.
+                Some(pool) => vec![ObjectRef::new(&pool)],
+                // No pool (any more): the pools that still list it.
+                None => pool_store
+                    .state()
+                    .into_iter()
+                    .filter(|p| {
+                        p.status
+                            .as_ref()
+                            .and_then(|s| s.nodes.as_ref())
+                            .is_some_and(|n| n.contains(&name))
+                    })
+                    .map(|p| ObjectRef::from_obj(&*p))
+                    .collect::<Vec<_>>(),
+            }
         }
     };
     let pools_half = pool_controller
