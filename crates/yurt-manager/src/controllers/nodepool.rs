@@ -239,6 +239,12 @@ async fn reconcile_pool(pool: Arc<NodePool>, ctx: Arc<Ctx>) -> Result<Action, Re
 
 fn node_error(_n: Arc<Node>, error: &ReconcileError, ctx: Arc<Ctx>) -> Action {
     ctx.metrics.reconcile_failed(NAME);
+    // A conflict means the node changed under us (kube-controller-manager writes taints
+    // too): re-plan as soon as the watch has delivered the new version.
+    if matches!(&error.0, kube::Error::Api(s) if s.code == 409) {
+        tracing::debug!(controller = NAME, error = %error, "node changed while patching; re-planning");
+        return Action::requeue(Duration::from_millis(200));
+    }
     tracing::warn!(controller = NAME, error = %error, "node reconcile failed; retrying");
     Action::requeue(Duration::from_secs(2))
 }
