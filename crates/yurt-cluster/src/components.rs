@@ -332,6 +332,10 @@ impl Context<'_> {
                     // The manager runs as a process of the cloud host, not in a pod:
                     // the API server reaches its webhooks at the host's address.
                     arg(format!("--webhook-host={}", net::CLOUD_IP.addr)),
+                    arg(format!(
+                        "--node-servant-image={}",
+                        crate::image::BUSYBOX_IMAGE
+                    )),
                     arg("--metrics-addr=127.0.0.1:10271"),
                     arg("--health-probe-addr=127.0.0.1:10272"),
                 ],
@@ -543,7 +547,9 @@ pub fn kubelet_config(ctx: &Context<'_>, hp: &HostPaths, edge: &EdgePlan) -> Res
         "failSwapOn": false,
         "clusterDomain": "cluster.local",
         "resolvConf": p(&resolv),
-        "staticPodPath": p(&hp.manifests()),
+        // Bind-mounted from the host's folder in its mount namespace (mountns.rs), at
+        // the path OpenYurt's static pod tooling expects.
+        "staticPodPath": crate::mountns::STATIC_POD_DIR,
         "serializeImagePulls": false,
         "nodeLeaseDurationSeconds": t.node_lease.as_secs(),
         "nodeStatusUpdateFrequency": secs(t.node_status_update),

@@ -1,8 +1,8 @@
 //! Persistent mount namespaces for edge hosts.
 //!
 //! containerd and kubelet of one host share a private mount namespace in which
-//! `/var/log` (kubelet hard-codes `/var/log/pods`), `/var/lib/cni`, `/run/netns` and
-//! `/run/containerd` are the host's own, so hosts never see or clean up each other's
+//! `/var/log` (kubelet hard-codes `/var/log/pods`), `/var/lib/cni`, `/run/netns`,
+//! `/run/containerd` and `/etc/kubernetes/manifests` are the host's own, so hosts never see or clean up each other's
 //! pods. The namespace is kept alive by a bind mount of its nsfs file (`ns/mnt`), the way
 //! `ip netns` keeps network namespaces, so processes can be started into it at any time.
 //!
@@ -19,11 +19,16 @@ use crate::error::{Error, Result};
 use crate::mounts;
 use crate::paths::HostPaths;
 
+/// kubelet's static pod folder inside an edge host (upstream's path, which the
+/// YurtStaticSet upgrade workers and the hub's OTA endpoint write to).
+pub const STATIC_POD_DIR: &str = "/etc/kubernetes/manifests";
+
 /// What the host's private view replaces.
 pub fn private_mounts(host: &HostPaths) -> Vec<(PathBuf, &'static str)> {
     vec![
         (host.var_log(), "/var/log"),
         (host.cni_cache(), "/var/lib/cni"),
+        (host.manifests(), STATIC_POD_DIR),
     ]
 }
 

@@ -1,5 +1,5 @@
 //! The hub's admin server (:10267): `/v1/healthz`, `/v1/readyz` (OpenYurt's paths),
-//! `/healthz`, `/readyz` and Prometheus `/metrics`.
+//! `/healthz`, `/readyz`, Prometheus `/metrics` and the OTA upgrade endpoint (ota.rs).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,7 +8,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 
 /// Shared admin state.
@@ -51,8 +51,14 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-/// The admin router.
-pub fn router(state: AdminState) -> Router {
+/// The admin router; with `ota`, also the OTA upgrade endpoint.
+pub fn router(state: AdminState, ota: Option<Arc<crate::ota::Ota>>) -> Router {
+    let upgrades = Router::new()
+        .route(
+            "/openyurt.io/v1/namespaces/{namespace}/pods/{pod}/upgrade",
+            post(crate::ota::handle),
+        )
+        .with_state(ota);
     Router::new()
         .route("/v1/healthz", get(healthz))
         .route("/healthz", get(healthz))
@@ -60,6 +66,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(upgrades)
 }
 
 #[cfg(test)]
@@ -79,7 +86,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(false)),
             registry: Arc::new(registry),
         };
-        let app = router(state.clone());
+        let app = router(state.clone(), None);
         let get = |p: &str| axum::http::Request::get(p).body(Body::empty()).unwrap();
         assert_eq!(
             app.clone()

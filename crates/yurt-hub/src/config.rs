@@ -117,4 +117,6 @@ pub struct Config {
     pub extra_cache_agents: Vec<String>,
     /// Most objects per cache transaction.
     pub cache_batch_max: usize,
+    /// kubelet's static pod folder, where OTA upgrades write manifests.
+    pub static_pod_dir: PathBuf,
 }

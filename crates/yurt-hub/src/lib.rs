@@ -26,6 +26,7 @@ pub mod config;
 pub mod filter;
 pub mod health;
 pub mod metrics;
+pub mod ota;
 pub mod proxy;
 pub mod request;
 pub mod selector;
@@ -279,23 +280,9 @@ pub async fn run(
             }
         });
     }
-    {
-        let app = admin::router(admin::AdminState {
-            ready: ready.clone(),
-            registry,
-        });
-        let token = shutdown.clone();
-        tracker.spawn(async move {
-            let serve = axum::serve(admin_listener, app)
-                .with_graceful_shutdown(async move { token.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::warn!(error = %e, "admin server stopped");
-            }
-        });
-    }
-    {
-        // The filters' view of the cluster comes through the hub itself (cached, so it
-        // is there after an offline restart too).
+    // The hub's own client goes through the hub itself (cached, so the filters' view
+    // of the cluster is there after an offline restart too).
+    let self_client = {
         let url: http::Uri = format!("http://{}", config.proxy_addr).parse().map_err(
             |e: http::uri::InvalidUri| HubError::Dummy {
                 name: "self client".into(),
@@ -307,15 +294,46 @@ pub async fn run(
             http::header::USER_AGENT,
             http::HeaderValue::from_static(concat!("yurthub/", env!("CARGO_PKG_VERSION"))),
         ));
-        let client = kube::Client::try_from(kc)
-            .map_err(|e| HubError::Upstream(upstream::UpstreamError::Kube(e)))?;
+        kube::Client::try_from(kc)
+            .map_err(|e| HubError::Upstream(upstream::UpstreamError::Kube(e)))?
+    };
+    {
         let (view, agents, ns, token) = (
             view.clone(),
             agents.clone(),
             config.namespace.clone(),
             shutdown.clone(),
         );
-        tracker.spawn(filter::view::run(view, agents, client, ns, token));
+        tracker.spawn(filter::view::run(
+            view,
+            agents,
+            self_client.clone(),
+            ns,
+            token,
+        ));
+    }
+    {
+        let ota = Arc::new(ota::Ota {
+            client: self_client.clone(),
+            health: health.clone(),
+            node: node.clone(),
+            static_pod_dir: config.static_pod_dir.clone(),
+        });
+        let app = admin::router(
+            admin::AdminState {
+                ready: ready.clone(),
+                registry,
+            },
+            Some(ota),
+        );
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            let serve = axum::serve(admin_listener, app)
+                .with_graceful_shutdown(async move { token.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::warn!(error = %e, "admin server stopped");
+            }
+        });
     }
     tracing::info!(node = %node, proxy = %config.proxy_addr, admin = %config.admin_addr, "yurt hub started");
     shutdown.cancelled().await;

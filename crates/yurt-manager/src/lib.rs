@@ -96,6 +96,8 @@ pub struct Config {
     pub lease_duration: Duration,
     /// Lease renewal period.
     pub lease_retry: Duration,
+    /// Image of the YurtStaticSet upgrade workers (`--node-servant-image`).
+    pub node_servant_image: String,
 }
 
 /// Runs the manager until `shutdown`.
@@ -243,6 +245,18 @@ pub async fn run(
             tasks.spawn(controllers::yurtappset::run(
                 client.clone(),
                 pools.clone(),
+                metrics.clone(),
+                term.clone(),
+            ));
+        }
+        if config
+            .controllers
+            .contains(controllers::yurtstaticset::NAME)
+        {
+            tasks.spawn(controllers::yurtstaticset::run(
+                client.clone(),
+                nodes.clone(),
+                config.node_servant_image.clone(),
                 metrics.clone(),
                 term.clone(),
             ));

@@ -216,6 +216,57 @@ impl TestFleet {
         run_checked(self.fleet.kubectl().args(args))
     }
 
+    /// Applies `object` (one JSON object or a `List`) with the built kubectl, from stdin.
+    ///
+    /// # Errors
+    /// kubectl's refusal, with its message (webhook denials included).
+    pub fn apply(&self, object: &serde_json::Value) -> anyhow::Result<String> {
+        self.kubectl_stdin(&["apply", "-f", "-"], &object.to_string())
+    }
+
+    /// Runs the built kubectl with `args`, feeding `input` on stdin.
+    ///
+    /// # Errors
+    /// Non-zero exit, with stderr in the message.
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> anyhow::Result<String> {
+        use std::io::Write as _;
+        use std::process::Stdio;
+        let mut cmd = self.fleet.kubectl();
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let rendered = yurt_cluster::cmd::render(&cmd);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot run {rendered}"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "`{rendered}` failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// kubelet's static pod folder of edge host `node`, as seen from this machine.
+    ///
+    /// # Errors
+    /// An invalid node name.
+    pub fn static_pod_dir(&self, node: &str) -> anyhow::Result<PathBuf> {
+        let id = yurt_cluster::spec::HostId::Edge(
+            node.parse()
+                .map_err(|e| anyhow::anyhow!("node {node:?}: {e}"))?,
+        );
+        Ok(self.fleet.paths().host(&id).manifests())
+    }
+
     /// Runs the installed kubectl with `args`.
     ///
     /// # Errors

@@ -98,6 +98,9 @@ pub struct HubArgs {
     /// More cache agents (User-Agent names; `*` caches every client).
     #[arg(long, value_delimiter = ',')]
     pub cache_agents: Vec<String>,
+    /// kubelet's static pod folder (OTA upgrades of YurtStaticSet pods write here).
+    #[arg(long, default_value = "/etc/kubernetes/manifests")]
+    pub static_pod_path: PathBuf,
 }
 
 fn config(a: HubArgs) -> anyhow::Result<Config> {
@@ -153,6 +156,7 @@ fn config(a: HubArgs) -> anyhow::Result<Config> {
         namespace: a.namespace,
         extra_cache_agents: a.cache_agents,
         cache_batch_max: 512,
+        static_pod_dir: a.static_pod_path,
     })
 }
 

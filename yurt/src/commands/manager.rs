@@ -66,6 +66,9 @@ pub struct ManagerRunArgs {
     /// Renewal period, seconds.
     #[arg(long, default_value_t = 2)]
     pub leader_elect_retry_period: u64,
+    /// Image of the YurtStaticSet upgrade workers (needs only `sh`, `cp` and `mv`).
+    #[arg(long, default_value = "openyurt/node-servant:latest")]
+    pub node_servant_image: String,
 }
 
 fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
@@ -98,6 +101,7 @@ fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
         identity: format!("{host}_{}", std::process::id()),
         lease_duration: Duration::from_secs(a.leader_elect_lease_duration),
         lease_retry: Duration::from_secs(a.leader_elect_retry_period),
+        node_servant_image: a.node_servant_image.clone(),
     })
 }
 

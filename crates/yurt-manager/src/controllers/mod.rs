@@ -6,6 +6,7 @@ pub mod nodepool;
 pub mod podbinding;
 pub mod servicetopology;
 pub mod yurtappset;
+pub mod yurtstaticset;
 
 use std::collections::BTreeSet;
 
@@ -16,6 +17,7 @@ pub const ALL: &[&str] = &[
     podbinding::NAME,
     servicetopology::NAME,
     yurtappset::NAME,
+    yurtstaticset::NAME,
 ];
 
 /// Upstream names and short aliases accepted for ours.
@@ -28,6 +30,7 @@ fn canonical(name: &str) -> Option<&'static str> {
         | "service-topology-endpointslice-controller" => Some(servicetopology::NAME),
         "csrapprover" | "csr-approver-controller" => Some(csrapprover::NAME),
         "yurtappset" | "yurt-app-set-controller" => Some(yurtappset::NAME),
+        "yurtstaticset" | "yurt-static-set-controller" => Some(yurtstaticset::NAME),
         _ => None,
     }
 }

@@ -17,6 +17,7 @@ pub mod node;
 pub mod nodepool;
 pub mod register;
 pub mod yurtappset;
+pub mod yurtstaticset;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -128,6 +129,12 @@ pub fn router(state: WebhookState) -> Router {
             yurtappset::VALIDATE_PATH,
             post(|State(s): State<WebhookState>, Json(r)| {
                 admit(s, "yurtappset-validate", yurtappset::validate, r)
+            }),
+        )
+        .route(
+            yurtstaticset::VALIDATE_PATH,
+            post(|State(s): State<WebhookState>, Json(r)| {
+                admit(s, "yurtstaticset-validate", yurtstaticset::validate, r)
             }),
         )
         .route(

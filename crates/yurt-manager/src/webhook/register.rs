@@ -11,7 +11,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 
 use super::certs::SERVICE_NAME;
-use super::{conversion, endpoints, node, nodepool, yurtappset};
+use super::{conversion, endpoints, node, nodepool, yurtappset, yurtstaticset};
 use crate::ManagerError;
 
 /// Name of the mutating configuration (OpenYurt's).
@@ -163,6 +163,17 @@ fn validating_hooks() -> Vec<Hook> {
                 &["apps.openyurt.io"],
                 &["v1beta1"],
                 &["yurtappsets"],
+                &["CREATE", "UPDATE"],
+            ),
+            fail: true,
+        },
+        Hook {
+            name: "validate.apps.v1alpha1.yurtstaticset.openyurt.io",
+            path: yurtstaticset::VALIDATE_PATH,
+            rule: rule(
+                &["apps.openyurt.io"],
+                &["v1alpha1"],
+                &["yurtstaticsets"],
                 &["CREATE", "UPDATE"],
             ),
             fail: true,
