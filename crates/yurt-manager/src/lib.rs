@@ -261,6 +261,17 @@ pub async fn run(
                 term.clone(),
             ));
         }
+        if config
+            .controllers
+            .contains(controllers::daemonpodupdater::NAME)
+        {
+            tasks.spawn(controllers::daemonpodupdater::run(
+                client.clone(),
+                nodes.clone(),
+                metrics.clone(),
+                term.clone(),
+            ));
+        }
         if config.controllers.contains(controllers::csrapprover::NAME) {
             tasks.spawn(controllers::csrapprover::run(
                 client.clone(),

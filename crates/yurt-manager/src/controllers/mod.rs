@@ -2,6 +2,7 @@
 //! `*` for all default controllers, `name` to add one, `-name` to remove one).
 
 pub mod csrapprover;
+pub mod daemonpodupdater;
 pub mod nodepool;
 pub mod podbinding;
 pub mod servicetopology;
@@ -13,6 +14,7 @@ use std::collections::BTreeSet;
 /// Every controller this manager has, by `--controllers` name.
 pub const ALL: &[&str] = &[
     csrapprover::NAME,
+    daemonpodupdater::NAME,
     nodepool::NAME,
     podbinding::NAME,
     servicetopology::NAME,
@@ -29,6 +31,7 @@ fn canonical(name: &str) -> Option<&'static str> {
         | "service-topology-endpoints-controller"
         | "service-topology-endpointslice-controller" => Some(servicetopology::NAME),
         "csrapprover" | "csr-approver-controller" => Some(csrapprover::NAME),
+        "daemonpodupdater" | "daemon-pod-updater-controller" => Some(daemonpodupdater::NAME),
         "yurtappset" | "yurt-app-set-controller" => Some(yurtappset::NAME),
         "yurtstaticset" | "yurt-static-set-controller" => Some(yurtstaticset::NAME),
         _ => None,

@@ -142,14 +142,14 @@ pub fn render_manifest(yss: &YurtStaticSet, hash: &str) -> String {
     serde_json::to_string_pretty(&pod).unwrap_or_default()
 }
 
-fn is_pod_ready(pod: &Pod) -> bool {
+pub(crate) fn is_pod_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn condition_status<'a>(pod: &'a Pod, type_: &str) -> Option<&'a str> {
+pub(crate) fn condition_status<'a>(pod: &'a Pod, type_: &str) -> Option<&'a str> {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -157,7 +157,7 @@ fn condition_status<'a>(pod: &'a Pod, type_: &str) -> Option<&'a str> {
         .map(|c| c.status.as_str())
 }
 
-fn is_node_ready(node: &Node) -> bool {
+pub(crate) fn is_node_ready(node: &Node) -> bool {
     node.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -281,7 +281,7 @@ enum ReconcileError {
     Serde(#[from] serde_json::Error),
 }
 
-fn ignore_not_found<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
+pub(crate) fn ignore_not_found<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
     match r {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -289,7 +289,7 @@ fn ignore_not_found<T>(r: Result<T, kube::Error>) -> Result<(), kube::Error> {
     }
 }
 
-async fn set_need_upgrade(
+pub(crate) async fn set_need_upgrade(
     pods: &Api<Pod>,
     pod: &Pod,
     need: bool,

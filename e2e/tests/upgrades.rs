@@ -1,5 +1,6 @@
-//! YurtStaticSet on a fleet of its own (3 edge nodes): an AdvancedRollingUpdate never
-//! has more than `maxUnavailable` static pods down, skips a disconnected node and
+//! Edge-safe upgrades on a fleet of their own (3 edge nodes), for a YurtStaticSet and a
+//! DaemonSet (`apps.openyurt.io/update-strategy`) side by side: an AdvancedRollingUpdate
+//! never has more than `maxUnavailable` pods down, skips a disconnected node and
 //! upgrades it when it returns (with a manager restart in the middle); OTA marks pods
 //! and upgrades only the one whose node's hub is asked to. Then the manager is stopped:
 //! the API server keeps serving core writes (the webhooks on core kinds fail open),
@@ -46,6 +47,89 @@ fn static_set(version: &str, strategy: &str) -> Value {
             },
         },
     })
+}
+
+fn daemon_set(version: &str, strategy: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {
+            "name": "agent-ds", "namespace": NS,
+            "annotations": {"apps.openyurt.io/update-strategy": strategy, "apps.openyurt.io/max-unavailable": "1"},
+        },
+        "spec": {
+            "selector": {"matchLabels": {"app": "agent-ds"}},
+            "updateStrategy": {"type": "OnDelete"},
+            "template": {
+                "metadata": {"labels": {"app": "agent-ds"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "agent", "image": "yurt.local/busybox:1",
+                        "command": ["/bin/sh", "-c", "echo agent $VERSION; exec sleep 100000"],
+                        "env": [{"name": "VERSION", "value": version}],
+                        "readinessProbe": {"exec": {"command": ["true"]}, "initialDelaySeconds": 3, "periodSeconds": 1},
+                    }],
+                },
+            },
+        },
+    })
+}
+
+/// The DaemonSet's pods by node: (name, version, Ready, PodNeedUpgrade, terminating).
+async fn daemon_pods(
+    f: &TestFleet,
+) -> anyhow::Result<BTreeMap<String, Vec<(String, String, bool, Option<String>, bool)>>> {
+    let pods: Api<Pod> = Api::namespaced(f.client(), NS);
+    let mut out: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for p in pods
+        .list(&ListParams::default().labels("app=agent-ds"))
+        .await?
+        .items
+    {
+        let spec = p.spec.clone().unwrap_or_default();
+        let version = spec
+            .containers
+            .first()
+            .and_then(|c| c.env.as_ref())
+            .and_then(|e| e.first())
+            .and_then(|e| e.value.clone())
+            .unwrap_or_default();
+        out.entry(spec.node_name.unwrap_or_default())
+            .or_default()
+            .push((
+                p.metadata.name.clone().unwrap_or_default(),
+                version,
+                condition(&p, "Ready").as_deref() == Some("True"),
+                condition(&p, "PodNeedUpgrade"),
+                p.metadata.deletion_timestamp.is_some(),
+            ));
+    }
+    Ok(out)
+}
+
+/// Waits until each of `nodes` runs exactly one DaemonSet pod, of `version`, Ready.
+async fn wait_daemon(
+    f: &TestFleet,
+    nodes: &[&str],
+    version: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    wait_for(
+        &format!("DaemonSet pods on {nodes:?} at {version}, Ready"),
+        timeout,
+        || async {
+            let by_node = daemon_pods(f).await?;
+            Ok(nodes
+                .iter()
+                .all(|n| {
+                    by_node
+                        .get(*n)
+                        .is_some_and(|ps| ps.len() == 1 && ps[0].1 == version && ps[0].2)
+                })
+                .then_some(()))
+        },
+    )
+    .await
 }
 
 #[derive(Debug, Clone)]
@@ -139,10 +223,11 @@ async fn wait_upgraded(
     .await
 }
 
-/// Watches how many of `nodes` have their static pod down (missing or not Ready) and
-/// keeps the largest number seen, until stopped.
+/// Watches how many of `nodes` have no Ready pod labelled `app` (none, not Ready, or
+/// terminating) and keeps the largest number seen, until stopped.
 fn watch_unavailable(
     f: &TestFleet,
+    app: &'static str,
     nodes: &'static [&'static str],
 ) -> (
     Arc<AtomicUsize>,
@@ -157,12 +242,16 @@ fn watch_unavailable(
     let handle = tokio::spawn(async move {
         let pods: Api<Pod> = Api::namespaced(client, NS);
         while !s2.load(Ordering::Acquire) {
-            if let Ok(list) = pods.list(&ListParams::default().labels("app=agent")).await {
+            if let Ok(list) = pods
+                .list(&ListParams::default().labels(&format!("app={app}")))
+                .await
+            {
                 let down = nodes
                     .iter()
                     .filter(|n| {
                         !list.items.iter().any(|p| {
-                            p.metadata.name.as_deref() == Some(&format!("agent-{n}"))
+                            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(**n)
+                                && p.metadata.deletion_timestamp.is_none()
                                 && condition(p, "Ready").as_deref() == Some("True")
                         })
                     })
@@ -215,6 +304,8 @@ async fn static_pods_roll_out_safely_and_the_api_works_without_the_manager() -> 
             "unclear refusal: {err:#}"
         );
 
+        f.apply(&daemon_set("v1", "AdvancedRollingUpdate"))?;
+
         // The set, and its manifest placed on every node (as `yurtadm join --static-pods` does).
         f.apply(&static_set("v1", "AdvancedRollingUpdate"))?;
         let h1 = new_hash(&f, "").await?;
@@ -240,17 +331,29 @@ async fn static_pods_roll_out_safely_and_the_api_works_without_the_manager() -> 
         })
         .await?;
 
+        wait_daemon(&f, &NODES, "v1", Duration::from_secs(120)).await?;
+
         // A rolling update, one node at a time.
-        let (max, stop, watcher) = watch_unavailable(&f, &NODES);
+        let (max, stop, watcher) = watch_unavailable(&f, "agent", &NODES);
+        let (ds_max, ds_stop, ds_watcher) = watch_unavailable(&f, "agent-ds", &NODES);
         f.apply(&static_set("v2", "AdvancedRollingUpdate"))?;
+        f.apply(&daemon_set("v2", "AdvancedRollingUpdate"))?;
         let h2 = new_hash(&f, &h1).await?;
         wait_upgraded(&f, &NODES, &h2, Duration::from_secs(180)).await?;
+        wait_daemon(&f, &NODES, "v2", Duration::from_secs(180)).await?;
         stop.store(true, Ordering::Release);
+        ds_stop.store(true, Ordering::Release);
         watcher.await?;
+        ds_watcher.await?;
         let seen = max.load(Ordering::Acquire);
         ensure!(
             seen <= 1,
             "{seen} static pods were down at once (maxUnavailable 1)"
+        );
+        let seen = ds_max.load(Ordering::Acquire);
+        ensure!(
+            seen <= 1,
+            "{seen} DaemonSet pods were down at once (max-unavailable 1)"
         );
         let backup = f
             .static_pod_dir("edge-a1")?
@@ -280,8 +383,10 @@ async fn static_pods_roll_out_safely_and_the_api_works_without_the_manager() -> 
         })
         .await?;
         const CONNECTED: &[&str] = &["edge-a1", "edge-a2"];
-        let (max, stop, watcher) = watch_unavailable(&f, CONNECTED);
+        let (max, stop, watcher) = watch_unavailable(&f, "agent", CONNECTED);
+        let (ds_max, ds_stop, ds_watcher) = watch_unavailable(&f, "agent-ds", CONNECTED);
         f.apply(&static_set("v3", "AdvancedRollingUpdate"))?;
+        f.apply(&daemon_set("v3", "AdvancedRollingUpdate"))?;
         let h3 = new_hash(&f, &h2).await?;
         wait_for(
             "a first node on the new version",
@@ -298,20 +403,39 @@ async fn static_pods_roll_out_safely_and_the_api_works_without_the_manager() -> 
         f.stop("cloud", "yurt-manager")?;
         f.start("cloud", "yurt-manager").await?;
         wait_upgraded(&f, CONNECTED, &h3, Duration::from_secs(180)).await?;
+        wait_daemon(&f, CONNECTED, "v3", Duration::from_secs(180)).await?;
         stop.store(true, Ordering::Release);
+        ds_stop.store(true, Ordering::Release);
         watcher.await?;
+        ds_watcher.await?;
         let seen = max.load(Ordering::Acquire);
         ensure!(
             seen <= 1,
             "{seen} connected static pods were down at once (maxUnavailable 1)"
         );
+        let seen = ds_max.load(Ordering::Acquire);
+        ensure!(
+            seen <= 1,
+            "{seen} connected DaemonSet pods were down at once"
+        );
         let on_disk = std::fs::read_to_string(f.static_pod_dir("edge-a3")?.join("agent.yaml"))?;
         ensure!(on_disk.contains(&h2), "the disconnected node was changed");
+        let a3 = daemon_pods(&f)
+            .await?
+            .get("edge-a3")
+            .cloned()
+            .unwrap_or_default();
+        ensure!(
+            a3.len() == 1 && a3[0].1 == "v2" && !a3[0].4,
+            "the disconnected node's DaemonSet pod was touched: {a3:?}"
+        );
         f.restore("edge-a3")?;
         wait_upgraded(&f, &NODES, &h3, Duration::from_secs(180)).await?;
+        wait_daemon(&f, &NODES, "v3", Duration::from_secs(180)).await?;
 
         // OTA: pods are marked, and only the node that asks is upgraded.
         f.apply(&static_set("v4", "OTA"))?;
+        f.apply(&daemon_set("v4", "OTA"))?;
         let h4 = new_hash(&f, &h3).await?;
         wait_for(
             "every static pod marked PodNeedUpgrade",
@@ -367,6 +491,37 @@ async fn static_pods_roll_out_safely_and_the_api_works_without_the_manager() -> 
         );
         let (code, _) = hub_upgrade(&f, "edge-a1", "nothing-here")?;
         ensure!(code == 404, "unknown pod: {code}");
+
+        // The DaemonSet under OTA: every pod marked, edge-a2 asks, only its pod is replaced.
+        wait_for(
+            "every DaemonSet pod marked PodNeedUpgrade",
+            Duration::from_secs(60),
+            || async {
+                let by_node = daemon_pods(&f).await?;
+                Ok((by_node.len() == 3
+                    && by_node
+                        .values()
+                        .all(|ps| ps.iter().all(|p| p.3.as_deref() == Some("True"))))
+                .then_some(()))
+            },
+        )
+        .await?;
+        let a2_pod = daemon_pods(&f)
+            .await?
+            .get("edge-a2")
+            .and_then(|ps| ps.first().cloned())
+            .context("no pod on edge-a2")?;
+        let (code, body) = hub_upgrade(&f, "edge-a2", &a2_pod.0)?;
+        ensure!(code == 200, "DaemonSet pod upgrade failed: {code} {body}");
+        wait_daemon(&f, &["edge-a2"], "v4", Duration::from_secs(90)).await?;
+        let by_node = daemon_pods(&f).await?;
+        for n in ["edge-a1", "edge-a3"] {
+            let ps = by_node.get(n).cloned().unwrap_or_default();
+            ensure!(
+                ps.len() == 1 && ps[0].1 == "v3" && ps[0].3.as_deref() == Some("True"),
+                "{n}'s DaemonSet pod changed without asking: {ps:?}"
+            );
+        }
 
         // The manager down: core writes go on, the manager's kinds are refused clearly.
         f.stop("cloud", "yurt-manager")?;
