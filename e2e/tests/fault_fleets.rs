@@ -97,7 +97,7 @@ async fn reboot_kills_every_container_and_the_pod_comes_back_in_place() -> anyho
         let mut f = fresh("e2e-reboot", spec(1, 1, NetMode::Routed, true)).await?;
         let pods: Api<Pod> = Api::namespaced(f.client(), "default");
         let before = pods
-            .list(&ListParams::default().labels("app=web-pool-a"))
+            .list(&ListParams::default().labels(&yurt_cluster::sample::pod_selector("pool-a")))
             .await?;
         let pod = before.items.first().context("sample pod")?.clone();
         let name = pod.metadata.name.clone().context("name")?;

@@ -381,7 +381,7 @@ async fn cluster_ip_services_answer_from_a_pod_in_each_pool() -> anyhow::Result<
                 "get",
                 "pods",
                 "-l",
-                &format!("app=web-{pool}"),
+                &yurt_cluster::sample::pod_selector(pool),
                 "-o",
                 "jsonpath={.items[0].metadata.name}",
             ])?;

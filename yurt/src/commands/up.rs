@@ -175,7 +175,9 @@ async fn print_welcome(fleet: &Fleet, data_dir: &Path) {
     );
     println!("\n  export KUBECONFIG={}", kubeconfig.display());
     println!("  kubectl get nodes -L apps.openyurt.io/nodepool");
-    println!("  kubectl get pods -o wide            # the sample app: one Deployment per pool");
+    println!(
+        "  kubectl get yas,deploy,pods -o wide # the sample app: a YurtAppSet, one Deployment per pool"
+    );
     println!("  {yurt} fleet status");
     println!("\nThree things to try:");
     let svc_a = cluster_ips
@@ -197,8 +199,11 @@ async fn print_welcome(fleet: &Fleet, data_dir: &Path) {
     println!("       {yurt} fleet reboot {last}");
     println!("       kubectl get pods -o wide -w");
     println!("  3. Logs and exec for pods on edge nodes:");
-    println!("       kubectl logs deploy/web-{pool_a}");
-    println!("       kubectl exec deploy/web-{pool_a} -- sh -c 'cat /www/index.html'");
+    let pods_a = yurt_cluster::sample::pod_selector(&pool_a);
+    println!("       kubectl logs -l {pods_a}");
+    println!(
+        "       kubectl exec $(kubectl get pod -l {pods_a} -o name | head -1) -- cat /www/index.html"
+    );
     if spec.mode == NetMode::Nat {
         println!(
             "     (in nat mode the cloud cannot reach the edge hosts, so logs/exec need the tunnel)"
