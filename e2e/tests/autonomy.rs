@@ -75,9 +75,7 @@ fn deploy_app(f: &TestFleet, replicas: usize) -> anyhow::Result<()> {
             }
         ]
     });
-    let path = std::env::temp_dir().join(format!("auto-{}.json", std::process::id()));
-    std::fs::write(&path, manifest.to_string())?;
-    f.kubectl(&["apply", "-f", path.to_str().context("path")?])?;
+    f.apply(&manifest)?;
     f.kubectl(&["rollout", "status", "deployment/auto", "--timeout=180s"])?;
     Ok(())
 }

@@ -77,17 +77,6 @@ fn ready_addresses(e: &Endpoints) -> (usize, usize) {
     (ready, not_ready)
 }
 
-fn apply(f: &TestFleet, v: &Value) -> anyhow::Result<()> {
-    let path = std::env::temp_dir().join(format!(
-        "eviction-{}-{}.json",
-        std::process::id(),
-        v["metadata"]["name"].as_str().unwrap_or("x")
-    ));
-    std::fs::write(&path, v.to_string())?;
-    f.kubectl(&["apply", "-f", path.to_str().context("path")?])?;
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_autonomous_pool_keeps_its_pods_and_endpoints_while_a_plain_pool_is_evicted()
 -> anyhow::Result<()> {
@@ -110,16 +99,13 @@ async fn an_autonomous_pool_keeps_its_pods_and_endpoints_while_a_plain_pool_is_e
             "edge-b1",
             "node.openyurt.io/autonomy-duration-",
         ])?;
-        apply(&f, &deployment("keep", "edge-a1", None))?;
-        apply(&f, &deployment("evict", "edge-b1", Some(20)))?;
-        apply(
-            &f,
-            &json!({
-                "apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "keep", "namespace": "default"},
-                "spec": {"selector": {"app": "keep"}, "ports": [{"port": 80, "targetPort": 8080}]},
-            }),
-        )?;
+        f.apply(&deployment("keep", "edge-a1", None))?;
+        f.apply(&deployment("evict", "edge-b1", Some(20)))?;
+        f.apply(&json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "keep", "namespace": "default"},
+            "spec": {"selector": {"app": "keep"}, "ports": [{"port": 80, "targetPort": 8080}]},
+        }))?;
         f.kubectl(&["rollout", "status", "deployment/keep", "--timeout=180s"])?;
         f.kubectl(&["rollout", "status", "deployment/evict", "--timeout=180s"])?;
         // The manager binds the autonomous pool's pod to its node.

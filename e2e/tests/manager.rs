@@ -3,8 +3,6 @@
 //! OpenYurt refuses (with the message kubectl shows), v1beta1 and v1beta2 clients
 //! seeing one object, and pods on autonomous nodes tolerating unreachability forever.
 
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
@@ -21,31 +19,14 @@ async fn within<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Resu
         .context("test did not finish in time")?
 }
 
-/// `kubectl <args> -f -` with `manifest` on stdin: (success, stdout + stderr).
+/// `kubectl <args> -f -` with `manifest` on stdin: (success, its output or its error).
 fn kubectl_stdin(f: &TestFleet, args: &[&str], manifest: &Value) -> anyhow::Result<(bool, String)> {
-    let mut child = f
-        .fleet()
-        .kubectl()
-        .args(args)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(manifest.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    let mut all = args.to_vec();
+    all.extend(["-f", "-"]);
+    Ok(match f.kubectl_stdin(&all, &manifest.to_string()) {
+        Ok(out) => (true, out),
+        Err(e) => (false, format!("{e:#}")),
+    })
 }
 
 fn get_json(f: &TestFleet, args: &[&str]) -> anyhow::Result<Value> {
@@ -595,6 +576,92 @@ async fn a_yurtappset_runs_one_tweaked_workload_per_pool_and_follows_its_pools()
         ensure!(!ok && out.contains("exactly one"), "{out}");
 
         f.kubectl(&["delete", "namespace", "e2e-yas", "--wait=false"])?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deprecated_yurt_app_daemon_still_follows_its_pool_selector() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let f = &f;
+        let ns = "e2e-yad";
+        f.kubectl(&["create", "namespace", ns])?;
+        let workloads = || -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+            let list = get_json(
+                f,
+                &["get", "deployments", "-n", ns, "-l", "apps.openyurt.io/yurtappdaemon=agent"],
+            )?;
+            Ok(list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    (
+                        d["metadata"]["labels"]["apps.openyurt.io/pool-name"].as_str().unwrap_or("").to_owned(),
+                        d["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                    )
+                })
+                .collect())
+        };
+        f.kubectl(&["label", "nodepool", "pool-a", "e2e-yad=yes", "--overwrite"])?;
+        let (ok, out) = kubectl_stdin(
+            f,
+            &["apply"],
+            &json!({
+                "apiVersion": "apps.openyurt.io/v1alpha1", "kind": "YurtAppDaemon",
+                "metadata": {"name": "agent", "namespace": ns},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "agent"}},
+                    "nodepoolSelector": {"matchLabels": {"e2e-yad": "yes"}},
+                    "workloadTemplate": {"deploymentTemplate": {
+                        "metadata": {"labels": {"app": "agent"}},
+                        "spec": {
+                            "replicas": 1,
+                            "selector": {"matchLabels": {"app": "agent"}},
+                            "template": {
+                                "metadata": {"labels": {"app": "agent"}},
+                                "spec": {
+                                    "terminationGracePeriodSeconds": 1,
+                                    "containers": [{"name": "a", "image": "yurt.local/busybox:1", "command": ["sleep", "100000"]}],
+                                },
+                            },
+                        },
+                    }},
+                },
+            }),
+        )?;
+        ensure!(ok, "{out}");
+        wait_for("pool-a's workload running", Duration::from_secs(90), || async {
+            let w = workloads()?;
+            Ok((w.len() == 1 && w.get("pool-a") == Some(&1)).then_some(()))
+        })
+        .await?;
+        let pods = get_json(f, &["get", "pods", "-n", ns, "-l", "app=agent"])?;
+        let node = pods["items"][0]["spec"]["nodeName"].as_str().unwrap_or("").to_owned();
+        ensure!(node.starts_with("edge-a"), "the pod runs outside pool-a: {node}");
+        // A pool that starts matching gets its workload; one that stops loses it.
+        f.kubectl(&["label", "nodepool", "pool-b", "e2e-yad=yes", "--overwrite"])?;
+        wait_for("pool-b's workload", Duration::from_secs(60), || async {
+            Ok(workloads()?.contains_key("pool-b").then_some(()))
+        })
+        .await?;
+        f.kubectl(&["label", "nodepool", "pool-a", "e2e-yad-"])?;
+        wait_for("pool-a's workload removed", Duration::from_secs(60), || async {
+            let w = workloads()?;
+            Ok((w.len() == 1 && w.contains_key("pool-b")).then_some(()))
+        })
+        .await?;
+        let status = get_json(f, &["get", "yurtappdaemon", "-n", ns, "agent"])?;
+        ensure!(
+            status["status"]["templateType"] == "Deployment"
+                && status["status"]["nodepools"] == json!(["pool-b"]),
+            "status: {}",
+            status["status"]
+        );
+        f.kubectl(&["label", "nodepool", "pool-b", "e2e-yad-"])?;
+        f.kubectl(&["delete", "namespace", ns, "--wait=false"])?;
         Ok(())
     })
     .await

@@ -47,29 +47,6 @@ fn fresh_namespace(f: &TestFleet, ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn apply(f: &TestFleet, manifest: &serde_json::Value) -> anyhow::Result<()> {
-    let mut child = f
-        .fleet()
-        .kubectl()
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("kubectl stdin")?
-        .write_all(manifest.to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    ensure!(
-        out.status.success(),
-        "kubectl apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 async fn wait_pod_running(f: &TestFleet, ns: &str, name: &str) -> anyhow::Result<Pod> {
     let pods: Api<Pod> = Api::namespaced(f.client(), ns);
     wait_for(
@@ -158,9 +135,7 @@ async fn deployment_spread_over_both_pools_becomes_available() -> anyhow::Result
         let f = shared().await?;
         let ns = "e2e-spread";
         fresh_namespace(&f, ns)?;
-        apply(
-            &f,
-            &serde_json::json!({
+        f.apply(&serde_json::json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": "spread", "namespace": ns},
                 "spec": {
@@ -279,7 +254,7 @@ async fn kubectl_streams_work(
 ) -> anyhow::Result<()> {
     fresh_namespace(f, ns)?;
     let node = "edge-b2";
-    apply(f, &chatty_pod(ns, "chatty", node))?;
+    f.apply(&chatty_pod(ns, "chatty", node))?;
     wait_pod_running(f, ns, "chatty").await?;
     let run = |args: &[&str]| yurt_testkit::run_checked(kubectl().args(args));
 
@@ -417,7 +392,7 @@ async fn pods_reach_the_api_server_through_the_hub_with_their_service_account_to
         fresh_namespace(&f, ns)?;
         f.kubectl(&["create", "role", "pod-reader", "-n", ns, "--verb=get", "--resource=pods"])?;
         f.kubectl(&["create", "rolebinding", "pod-reader", "-n", ns, "--role=pod-reader", &format!("--serviceaccount={ns}:default")])?;
-        apply(&f, &chatty_pod(ns, "client", "edge-a1"))?;
+        f.apply(&chatty_pod(ns, "client", "edge-a1"))?;
         wait_pod_running(&f, ns, "client").await?;
         // kubelet (through the hub's masterservice filter) points pods at the hub.
         let env = f.kubectl(&["exec", "-n", ns, "client", "--", "sh", "-c", "echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"])?;
@@ -530,7 +505,7 @@ async fn service_topology_keeps_kube_proxy_inside_the_pool_or_node() -> anyhow::
             } else {
                 serde_json::json!({"openyurt.io/topologyKeys": key})
             };
-            apply(&f, &everywhere(ns, name, annotations))?;
+            f.apply(&everywhere(ns, name, annotations))?;
         }
         for name in ["by-pool", "by-node", "plain"] {
             f.kubectl(&[

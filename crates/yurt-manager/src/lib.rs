@@ -251,6 +251,17 @@ pub async fn run(
         }
         if config
             .controllers
+            .contains(controllers::yurtappdaemon::NAME)
+        {
+            tasks.spawn(controllers::yurtappdaemon::run(
+                client.clone(),
+                pools.clone(),
+                metrics.clone(),
+                term.clone(),
+            ));
+        }
+        if config
+            .controllers
             .contains(controllers::yurtstaticset::NAME)
         {
             tasks.spawn(controllers::yurtstaticset::run(

@@ -215,7 +215,7 @@ pub async fn run(client: kube::Client, metrics: ManagerMetrics, shutdown: Cancel
     Controller::new(api, watcher::Config::default())
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, Arc::new(Ctx { client, metrics }))
-        .for_each(|_| async {})
+        .for_each(|r| super::log_stream_error(NAME, r))
         .await;
 }
 

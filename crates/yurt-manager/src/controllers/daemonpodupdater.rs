@@ -303,7 +303,7 @@ pub async fn run(
             },
         )
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(|r| super::log_stream_error(NAME, r))
         .await;
 }
 

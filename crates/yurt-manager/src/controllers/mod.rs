@@ -6,10 +6,34 @@ pub mod daemonpodupdater;
 pub mod nodepool;
 pub mod podbinding;
 pub mod servicetopology;
+pub mod yurtappdaemon;
 pub mod yurtappset;
 pub mod yurtstaticset;
 
 use std::collections::BTreeSet;
+
+use kube::runtime::controller;
+
+/// Logs what a controller's run stream reports besides reconciles: a failing watch
+/// (the watcher retries on its own, but a kind the manager cannot list or decode
+/// would otherwise fail silently). Reconcile errors are logged by each error policy.
+pub(crate) async fn log_stream_error<T, E1, E2>(
+    name: &'static str,
+    result: Result<T, controller::Error<E1, E2>>,
+) where
+    E1: std::error::Error + 'static,
+    E2: std::error::Error + 'static,
+{
+    match result {
+        Err(controller::Error::QueueError(e)) => {
+            tracing::warn!(controller = name, error = %e, "watch failed; retrying");
+        }
+        Err(controller::Error::RunnerError(e)) => {
+            tracing::warn!(controller = name, error = %e, "controller runner failed");
+        }
+        _ => {}
+    }
+}
 
 /// Every controller this manager has, by `--controllers` name.
 pub const ALL: &[&str] = &[
@@ -18,6 +42,7 @@ pub const ALL: &[&str] = &[
     nodepool::NAME,
     podbinding::NAME,
     servicetopology::NAME,
+    yurtappdaemon::NAME,
     yurtappset::NAME,
     yurtstaticset::NAME,
 ];
@@ -33,6 +58,7 @@ fn canonical(name: &str) -> Option<&'static str> {
         "csrapprover" | "csr-approver-controller" => Some(csrapprover::NAME),
         "daemonpodupdater" | "daemon-pod-updater-controller" => Some(daemonpodupdater::NAME),
         "yurtappset" | "yurt-app-set-controller" => Some(yurtappset::NAME),
+        "yurtappdaemon" | "yurt-app-daemon-controller" => Some(yurtappdaemon::NAME),
         "yurtstaticset" | "yurt-static-set-controller" => Some(yurtstaticset::NAME),
         _ => None,
     }

@@ -5,16 +5,17 @@
 //! pool, or a node leaving the pool, are cleaned up and nothing else on the node is
 //! touched; and the pool's status lists its nodes and counts the ready ones.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Taint};
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -140,35 +141,138 @@ pub fn plan(node: &Node, desired: &Attributes) -> Option<(Value, Option<Vec<Tain
     Some((Value::Object(metadata), taints_changed.then_some(taints)))
 }
 
-/// The status a pool should show, from the nodes carrying its label.
-pub fn status_of(pool_name: &str, nodes: &[Arc<Node>]) -> Value {
-    let members: Vec<&Arc<Node>> = nodes
-        .iter()
-        .filter(|n| {
-            n.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(NODE_POOL))
-                .is_some_and(|p| p == pool_name)
-        })
-        .collect();
-    let names: BTreeSet<String> = members
-        .iter()
-        .filter_map(|n| n.metadata.name.clone())
-        .collect();
-    let ready = members.iter().filter(|n| is_ready(n)).count();
+/// The status a pool should show, from its members and their readiness.
+pub fn status_of(members: &BTreeMap<String, bool>) -> Value {
+    let ready = members.values().filter(|r| **r).count();
     json!({
         "readyNodeNum": ready,
         "unreadyNodeNum": members.len() - ready,
-        "nodes": names,
+        "nodes": members.keys().collect::<Vec<_>>(),
     })
+}
+
+/// Which pool each node is in and whether it is Ready, as last seen on the node watch.
+/// A pool finds its members here without scanning every node, and a node event that
+/// changes neither its pool nor its readiness (most of them: heartbeats, taints) costs
+/// no pool reconcile.
+#[derive(Debug, Default)]
+pub struct Membership {
+    nodes: HashMap<String, (Option<String>, bool)>,
+    pools: HashMap<String, BTreeMap<String, bool>>,
+    relisted: Option<HashSet<String>>,
+}
+
+impl Membership {
+    fn set_pool_member(&mut self, pool: &str, node: &str, ready: Option<bool>) {
+        match ready {
+            Some(r) => {
+                self.pools
+                    .entry(pool.to_owned())
+                    .or_default()
+                    .insert(node.to_owned(), r);
+            }
+            None => {
+                if let Some(m) = self.pools.get_mut(pool) {
+                    m.remove(node);
+                    if m.is_empty() {
+                        self.pools.remove(pool);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Records a node as seen; returns the pools whose status changes.
+    pub fn observe(&mut self, node: &str, pool: Option<String>, ready: bool) -> Vec<String> {
+        if let Some(seen) = self.relisted.as_mut() {
+            seen.insert(node.to_owned());
+        }
+        let new = (pool.clone(), ready);
+        let old = self.nodes.insert(node.to_owned(), new);
+        if old.as_ref().is_some_and(|o| o.0 == pool && o.1 == ready) {
+            return Vec::new();
+        }
+        let mut affected = Vec::new();
+        if let Some((Some(was), _)) = old
+            && Some(&was) != pool.as_ref()
+        {
+            self.set_pool_member(&was, node, None);
+            affected.push(was);
+        }
+        if let Some(p) = pool {
+            self.set_pool_member(&p, node, Some(ready));
+            affected.push(p);
+        }
+        affected
+    }
+
+    /// Forgets a deleted node; returns the pool it left.
+    pub fn forget(&mut self, node: &str) -> Vec<String> {
+        match self.nodes.remove(node) {
+            Some((Some(pool), _)) => {
+                self.set_pool_member(&pool, node, None);
+                vec![pool]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// A relist starts: nodes it does not list again were deleted meanwhile.
+    pub fn relist_started(&mut self) {
+        self.relisted = Some(HashSet::new());
+    }
+
+    /// The relist is complete; forgets the nodes it did not list.
+    pub fn relist_done(&mut self) -> Vec<String> {
+        let Some(seen) = self.relisted.take() else {
+            return Vec::new();
+        };
+        let gone: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|n| !seen.contains(*n))
+            .cloned()
+            .collect();
+        gone.iter().flat_map(|n| self.forget(n)).collect()
+    }
+
+    /// A pool's members and their readiness.
+    pub fn members(&self, pool: &str) -> BTreeMap<String, bool> {
+        self.pools.get(pool).cloned().unwrap_or_default()
+    }
 }
 
 struct Ctx {
     client: kube::Client,
     pools: Store<NodePool>,
-    nodes: Store<Node>,
+    /// Each pool's attributes as last seen on the watch that triggers node reconciles,
+    /// so a reconcile never plans from an older copy of the pool than its trigger.
+    attributes: Arc<Mutex<HashMap<String, Attributes>>>,
+    membership: Arc<Mutex<Membership>>,
     metrics: ManagerMetrics,
+}
+
+impl Ctx {
+    fn attributes(&self, pool: &str) -> Attributes {
+        let seen = self
+            .attributes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(pool).cloned());
+        seen.or_else(|| {
+            self.pools
+                .get(&ObjectRef::new(pool))
+                .map(|p| Attributes::of_pool(&p))
+        })
+        .unwrap_or_default()
+    }
+
+    fn members(&self, pool: &str) -> BTreeMap<String, bool> {
+        self.membership
+            .lock()
+            .map(|m| m.members(pool))
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,13 +283,11 @@ async fn reconcile_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Reconc
     let Some(name) = node.metadata.name.as_deref() else {
         return Ok(Action::await_change());
     };
-    let pool = node
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(NODE_POOL))
-        .and_then(|p| ctx.pools.get(&ObjectRef::new(p)));
-    let desired = pool.as_deref().map(Attributes::of_pool).unwrap_or_default();
+    let pool = pool_of(&node);
+    let desired = pool
+        .as_deref()
+        .map(|p| ctx.attributes(p))
+        .unwrap_or_default();
     let Some((metadata, taints)) = plan(&node, &desired) else {
         return Ok(Action::await_change());
     };
@@ -200,7 +302,7 @@ async fn reconcile_node(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, Reconc
     api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await?;
     ctx.metrics.reconciled(NAME);
-    tracing::info!(node = name, pool = ?pool.as_ref().and_then(|p| p.metadata.name.clone()), "node attributes follow its pool");
+    tracing::info!(node = name, pool = ?pool, "node attributes follow its pool");
     Ok(Action::await_change())
 }
 
@@ -211,7 +313,7 @@ async fn reconcile_pool(pool: Arc<NodePool>, ctx: Arc<Ctx>) -> Result<Action, Re
     if pool.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let desired = status_of(name, &ctx.nodes.state());
+    let desired = status_of(&ctx.members(name));
     let current = pool.status.as_ref();
     let want_nodes: Vec<String> =
         serde_json::from_value(desired["nodes"].clone()).unwrap_or_default();
@@ -271,24 +373,43 @@ pub async fn run(
 
     let node_controller = Controller::new(nodes_api.clone(), watcher::Config::default());
     let pool_controller = Controller::new(pools_api.clone(), watcher::Config::default());
-    let node_store = node_controller.store();
     let pool_store = pool_controller.store();
+    let membership = Arc::new(Mutex::new(Membership::default()));
+    let attributes = Arc::new(Mutex::new(HashMap::new()));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        pools: pool_store.clone(),
-        nodes: node_store.clone(),
+        pools: pool_store,
+        attributes: attributes.clone(),
+        membership: membership.clone(),
         metrics,
     });
 
+    // A pool's spec changed (its generation moved): its members re-plan. Status writes
+    // (the pool's own, every few seconds at scale) leave the generation alone.
     let members_of = {
-        let node_store = node_store.clone();
+        let membership = membership.clone();
+        let generations: Mutex<HashMap<String, Option<i64>>> = Mutex::new(HashMap::new());
         move |pool: NodePool| {
             let name = pool.metadata.name.clone().unwrap_or_default();
-            node_store
-                .state()
-                .into_iter()
-                .filter(|n| pool_of(n).as_deref() == Some(name.as_str()))
-                .map(|n| ObjectRef::from_obj(&*n))
+            if let Ok(mut a) = attributes.lock() {
+                a.insert(name.clone(), Attributes::of_pool(&pool));
+            }
+            let unchanged = generations
+                .lock()
+                .map(|mut g| {
+                    g.insert(name.clone(), pool.metadata.generation)
+                        == Some(pool.metadata.generation)
+                })
+                .unwrap_or(false);
+            if unchanged {
+                return Vec::new();
+            }
+            membership
+                .lock()
+                .map(|m| m.members(&name))
+                .unwrap_or_default()
+                .into_keys()
+                .map(|n| ObjectRef::<Node>::new(&n))
                 .collect::<Vec<_>>()
         }
     };
@@ -296,36 +417,38 @@ pub async fn run(
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .watches(pools_api, watcher::Config::default(), members_of)
         .run(reconcile_node, node_error, ctx.clone())
-        .for_each(|_| async {});
+        .for_each(|r| super::log_stream_error(NAME, r));
 
-    let pools_of = {
-        let pool_store = pool_store.clone();
-        move |node: Node| {
-            let name = node.metadata.name.clone().unwrap_or_default();
-            match pool_of(&node) {
-                // Its pool; a node joins another pool only after leaving (webhook), and
-                // leaving is the event below.
-                Some(pool) => vec![ObjectRef::new(&pool)],
-                // No pool (any more): the pools that still list it.
-                None => pool_store
-                    .state()
-                    .into_iter()
-                    .filter(|p| {
-                        p.status
-                            .as_ref()
-                            .and_then(|s| s.nodes.as_ref())
-                            .is_some_and(|n| n.contains(&name))
-                    })
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>(),
-            }
-        }
-    };
+    // Pool status follows membership and readiness, kept from a node watch of its own
+    // (deletions included, which a plain trigger mapping cannot see).
+    let membership_events = watcher(nodes_api, watcher::Config::default())
+        .default_backoff()
+        .flat_map(move |event| {
+            let pools = match membership.lock() {
+                Ok(mut m) => match event {
+                    Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
+                        m.observe(&n.name_any(), pool_of(&n), is_ready(&n))
+                    }
+                    Ok(watcher::Event::Delete(n)) => m.forget(&n.name_any()),
+                    Ok(watcher::Event::Init) => {
+                        m.relist_started();
+                        Vec::new()
+                    }
+                    Ok(watcher::Event::InitDone) => m.relist_done(),
+                    Err(e) => {
+                        tracing::debug!(controller = NAME, error = %e, "node watch failed; retrying");
+                        Vec::new()
+                    }
+                },
+                Err(_) => Vec::new(),
+            };
+            futures_util::stream::iter(pools.into_iter().map(|p| ObjectRef::<NodePool>::new(&p)))
+        });
     let pools_half = pool_controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .watches(nodes_api, watcher::Config::default(), pools_of)
+        .reconcile_on(membership_events)
         .run(reconcile_pool, pool_error, ctx)
-        .for_each(|_| async {});
+        .for_each(|r| super::log_stream_error(NAME, r));
     tokio::join!(nodes_half, pools_half);
 }
 
@@ -449,24 +572,29 @@ mod tests {
     }
 
     #[test]
-    fn status_counts_members_only() {
-        let mut a = node(&[(NODE_POOL, "p")], &[], Vec::new());
-        a.metadata.name = Some("b-node".into());
-        a.status = Some(k8s_openapi::api::core::v1::NodeStatus {
-            conditions: Some(vec![k8s_openapi::api::core::v1::NodeCondition {
-                type_: "Ready".into(),
-                status: "True".into(),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        });
-        let mut b = node(&[(NODE_POOL, "p")], &[], Vec::new());
-        b.metadata.name = Some("a-node".into());
-        let c = node(&[(NODE_POOL, "q")], &[], Vec::new());
-        let s = status_of("p", &[Arc::new(a), Arc::new(b), Arc::new(c)]);
+    fn membership_tracks_moves_readiness_and_deletions() {
+        let mut m = Membership::default();
+        assert_eq!(m.observe("b-node", Some("p".into()), true), vec!["p"]);
+        assert_eq!(m.observe("a-node", Some("p".into()), false), vec!["p"]);
+        assert_eq!(m.observe("c-node", Some("q".into()), true), vec!["q"]);
+        // Nothing that matters changed: no pool reconcile.
+        assert!(m.observe("a-node", Some("p".into()), false).is_empty());
         assert_eq!(
-            s,
+            status_of(&m.members("p")),
             json!({"readyNodeNum": 1, "unreadyNodeNum": 1, "nodes": ["a-node", "b-node"]})
         );
+        assert_eq!(m.observe("a-node", Some("p".into()), true), vec!["p"]);
+        // A move touches both pools; leaving a pool touches it.
+        assert_eq!(m.observe("a-node", Some("q".into()), true), vec!["p", "q"]);
+        assert_eq!(m.observe("c-node", None, true), vec!["q"]);
+        assert_eq!(m.forget("b-node"), vec!["p"]);
+        assert!(m.members("p").is_empty());
+        // A relist forgets what it no longer lists.
+        m.relist_started();
+        assert!(m.observe("a-node", Some("q".into()), true).is_empty());
+        assert_eq!(m.relist_done(), Vec::<String>::new());
+        m.relist_started();
+        assert_eq!(m.relist_done(), vec!["q"]);
+        assert!(m.members("q").is_empty());
     }
 }

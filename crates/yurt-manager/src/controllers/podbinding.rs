@@ -9,8 +9,8 @@
 //! Kubernetes allows changing an existing toleration's `tolerationSeconds` and adding
 //! tolerations on a running pod, which is all this needs.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -37,6 +37,9 @@ const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 struct Ctx {
     client: kube::Client,
     nodes: Store<Node>,
+    /// Each node's autonomy as last seen on this controller's node watch: the same
+    /// stream that triggers the reconcile, so a reconcile never reads an older node.
+    autonomy: Arc<Mutex<HashMap<String, Autonomy>>>,
     metrics: ManagerMetrics,
 }
 
@@ -129,10 +132,19 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErro
     let Some(node_name) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
         return Ok(Action::await_change());
     };
-    let Some(node) = ctx.nodes.get(&ObjectRef::new(&node_name)) else {
-        return Ok(Action::await_change());
+    let seen = ctx
+        .autonomy
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&node_name).copied());
+    let autonomy = match seen {
+        Some(a) => a,
+        None => match ctx.nodes.get(&ObjectRef::new(&node_name)) {
+            Some(node) => autonomy::of(&node),
+            None => return Ok(Action::await_change()),
+        },
     };
-    let Some((tolerations, annotations)) = desired(&pod, autonomy::of(&node)) else {
+    let Some((tolerations, annotations)) = desired(&pod, autonomy) else {
         return Ok(Action::await_change());
     };
     let (Some(ns), Some(name)) = (
@@ -174,9 +186,11 @@ pub async fn run(
     let pods: Api<Pod> = Api::all(client.clone());
     let controller = Controller::new(pods, watcher::Config::default());
     let pod_store = controller.store();
+    let autonomy_seen = Arc::new(Mutex::new(HashMap::new()));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         nodes,
+        autonomy: autonomy_seen.clone(),
         metrics,
     });
     controller
@@ -185,8 +199,17 @@ pub async fn run(
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
             move |node: Node| {
-                // A node's autonomy changed (or it appeared): every pod on it.
+                // Only a change of the node's autonomy concerns its pods (not the
+                // status heartbeats and taint updates that make up most node events).
                 let name = node.metadata.name.clone().unwrap_or_default();
+                let now = autonomy::of(&node);
+                let changed = autonomy_seen
+                    .lock()
+                    .map(|mut m| m.insert(name.clone(), now) != Some(now))
+                    .unwrap_or(true);
+                if !changed {
+                    return Vec::new();
+                }
                 pod_store
                     .state()
                     .into_iter()
@@ -198,7 +221,7 @@ pub async fn run(
             },
         )
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(|r| super::log_stream_error(NAME, r))
         .await;
 }
 

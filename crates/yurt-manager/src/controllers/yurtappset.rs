@@ -11,12 +11,12 @@
 //! deleting it deletes them. The revision is a hash of the workload spec (template and
 //! tweaks); upstream also records ControllerRevisions, which this version does not.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::{Action, Controller};
@@ -133,6 +133,7 @@ fn merge_labels(target: &mut Value, pointer: &str, extra: &BTreeMap<&str, String
 /// A template with neither kind, or a tweak patch that does not apply.
 pub fn desired_workload(
     yas: &YurtAppSet,
+    owner_label: &str,
     pool: &str,
     pool_labels: &BTreeMap<String, String>,
     rev: &str,
@@ -168,7 +169,7 @@ pub fn desired_workload(
     });
     let ids: BTreeMap<&str, String> = BTreeMap::from([(POOL_NAME, pool.to_owned())]);
     let mut labels = ids.clone();
-    labels.insert(REF_YURTAPPSET, name.clone());
+    labels.insert(owner_label, name.clone());
     labels.insert(CONTROLLER_REVISION_HASH, rev.to_owned());
     merge_labels(&mut workload, "/metadata/labels", &labels);
     merge_labels(
@@ -276,17 +277,39 @@ struct Ctx {
 }
 
 #[derive(Debug, thiserror::Error)]
-enum ReconcileError {
+pub(crate) enum ReconcileError {
     #[error("{0}")]
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Serde(#[from] serde_json::Error),
 }
 
-async fn reconcile(yas: Arc<YurtAppSet>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
-    if yas.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
+/// What dispatching a set's workloads found.
+pub(crate) struct Dispatch {
+    /// The revision of the workload spec.
+    pub rev: String,
+    /// Pools selected.
+    pub pools: BTreeSet<String>,
+    /// Pools named but missing.
+    pub missing: BTreeSet<String>,
+    /// Workloads on the current revision.
+    pub updated: usize,
+    /// ... and ready.
+    pub ready: usize,
+    /// Pools whose workload could not be made.
+    pub errors: Vec<String>,
+}
+
+/// Creates, updates and deletes the per-pool workloads of `yas`, found by
+/// `owner_label=<name>` and owned through `owner` (YurtAppSet, or a YurtAppDaemon
+/// expressed as one).
+pub(crate) async fn dispatch(
+    client: &kube::Client,
+    pool_store: &Store<NodePool>,
+    yas: &YurtAppSet,
+    owner_label: &str,
+    owner: Option<OwnerReference>,
+) -> Result<Dispatch, ReconcileError> {
     let name = yas.name_any();
     let namespace = yas.namespace().unwrap_or_default();
     let spec_json = serde_json::to_value(&yas.spec.workload)?;
@@ -294,18 +317,14 @@ async fn reconcile(yas: Arc<YurtAppSet>, ctx: Arc<Ctx>) -> Result<Action, Reconc
     let (pools, missing) = target_pools(
         yas.spec.pools.as_deref().unwrap_or(&[]),
         yas.spec.nodepool_selector.as_ref(),
-        &ctx.pools.state(),
+        &pool_store.state(),
     );
-    let owner = yas.controller_owner_ref(&()).map(|mut o| {
-        o.block_owner_deletion = Some(true);
-        o
-    });
     let mut errors = Vec::new();
     let mut workloads = Vec::new();
     for kind in ["Deployment", "StatefulSet"] {
-        let api = workload_api(&ctx.client, &namespace, kind);
+        let api = workload_api(client, &namespace, kind);
         let list = api
-            .list(&ListParams::default().labels(&format!("{REF_YURTAPPSET}={name}")))
+            .list(&ListParams::default().labels(&format!("{owner_label}={name}")))
             .await?;
         workloads.extend(list.items.into_iter().map(|w| (kind, w)));
     }
@@ -327,7 +346,7 @@ async fn reconcile(yas: Arc<YurtAppSet>, ctx: Arc<Ctx>) -> Result<Action, Reconc
         if pools.contains(&pool) && kind == wanted_kind && !kept.contains_key(&pool) {
             kept.insert(pool, (kind, w));
         } else {
-            let api = workload_api(&ctx.client, &namespace, kind);
+            let api = workload_api(client, &namespace, kind);
             let wname = w.name_any();
             match api.delete(&wname, &DeleteParams::background()).await {
                 Ok(_) => {
@@ -346,12 +365,12 @@ async fn reconcile(yas: Arc<YurtAppSet>, ctx: Arc<Ctx>) -> Result<Action, Reconc
     let mut ready = 0;
     let mut updated = 0;
     for pool in &pools {
-        let pool_labels = ctx
-            .pools
+        let pool_labels = pool_store
             .get(&ObjectRef::new(pool))
             .map(|p| p.labels().clone())
             .unwrap_or_default();
-        let (kind, mut desired) = match desired_workload(&yas, pool, &pool_labels, &rev) {
+        let (kind, mut desired) = match desired_workload(yas, owner_label, pool, &pool_labels, &rev)
+        {
             Ok(x) => x,
             Err(e) => {
                 errors.push(e);
@@ -361,7 +380,7 @@ async fn reconcile(yas: Arc<YurtAppSet>, ctx: Arc<Ctx>) -> Result<Action, Reconc
         if let Some(o) = &owner {
             desired["metadata"]["ownerReferences"] = json!([o]);
         }
-        let api = workload_api(&ctx.client, &namespace, kind);
+        let api = workload_api(client, &namespace, kind);
         match kept.get(pool) {
             None => {
                 let obj: DynamicObject = serde_json::from_value(desired)?;
@@ -404,6 +423,34 @@ async fn reconcile(yas: Arc<YurtAppSet>, ctx: Arc<Ctx>) -> Result<Action, Reconc
             }
         }
     }
+    Ok(Dispatch {
+        rev,
+        pools,
+        missing,
+        updated,
+        ready,
+        errors,
+    })
+}
+
+async fn reconcile(yas: Arc<YurtAppSet>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    if yas.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let name = yas.name_any();
+    let namespace = yas.namespace().unwrap_or_default();
+    let owner = yas.controller_owner_ref(&()).map(|mut o| {
+        o.block_owner_deletion = Some(true);
+        o
+    });
+    let Dispatch {
+        rev,
+        pools,
+        missing,
+        updated,
+        ready,
+        errors,
+    } = dispatch(&ctx.client, &ctx.pools, &yas, REF_YURTAPPSET, owner).await?;
     let condition = |t: &str, ok: bool, reason: &str, message: String| {
         json!({"type": t, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message,
                "lastTransitionTime": jiff::Timestamp::now().to_string()})
@@ -491,6 +538,36 @@ fn error_policy(_y: Arc<YurtAppSet>, error: &ReconcileError, ctx: Arc<Ctx>) -> A
     Action::requeue(Duration::from_secs(3))
 }
 
+/// Remembers each pool's labels: only a new pool or a label change can change which
+/// pools a selector picks (status writes, most pool events at scale, change neither).
+#[derive(Default)]
+pub(crate) struct PoolLabelChanges(std::sync::Mutex<HashMap<String, BTreeMap<String, String>>>);
+
+impl PoolLabelChanges {
+    /// Whether `pool` is new or relabelled since last seen.
+    pub(crate) fn changed(&self, pool: &NodePool) -> bool {
+        let labels = pool.labels().clone();
+        self.0
+            .lock()
+            .map(|mut m| m.insert(pool.name_any(), labels.clone()) != Some(labels))
+            .unwrap_or(true)
+    }
+}
+
+/// The two workload kinds a set stamps out, for `owns_with`.
+pub(crate) fn workload_resources() -> [ApiResource; 2] {
+    [
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apps", "v1", "Deployment"),
+            "deployments",
+        ),
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apps", "v1", "StatefulSet"),
+            "statefulsets",
+        ),
+    ]
+}
+
 /// Runs until `shutdown`.
 pub async fn run(
     client: kube::Client,
@@ -501,20 +578,14 @@ pub async fn run(
     let sets: Api<YurtAppSet> = Api::all(client.clone());
     let controller = Controller::new(sets, watcher::Config::default());
     let set_store = controller.store();
-    let deploy = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("apps", "v1", "Deployment"),
-        "deployments",
-    );
-    let sts = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("apps", "v1", "StatefulSet"),
-        "statefulsets",
-    );
+    let [deploy, sts] = workload_resources();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         pools,
         metrics,
     });
     let owned = watcher::Config::default().labels(REF_YURTAPPSET);
+    let label_changes = PoolLabelChanges::default();
     controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .owns_with(
@@ -530,8 +601,12 @@ pub async fn run(
         .watches(
             Api::<NodePool>::all(client.clone()),
             watcher::Config::default(),
-            move |_pool| {
-                // Pool labels or existence changed: any YurtAppSet may select differently.
+            move |pool: NodePool| {
+                // A new pool or new pool labels: any YurtAppSet may select differently.
+                // A deleted pool is noticed by the periodic requeue.
+                if !label_changes.changed(&pool) {
+                    return Vec::new();
+                }
                 set_store
                     .state()
                     .iter()
@@ -540,7 +615,7 @@ pub async fn run(
             },
         )
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| async {})
+        .for_each(|r| super::log_stream_error(NAME, r))
         .await;
 }
 
@@ -583,7 +658,8 @@ mod tests {
                 "patches": [{"operation": "add", "path": "/spec/template/metadata/labels/site", "value": "{{nodepool-name}}"}],
             },
         }]));
-        let (kind, w) = desired_workload(&set, "hz", &BTreeMap::new(), "r1").expect("workload");
+        let (kind, w) =
+            desired_workload(&set, REF_YURTAPPSET, "hz", &BTreeMap::new(), "r1").expect("workload");
         assert_eq!(kind, "Deployment");
         assert_eq!(w["metadata"]["generateName"], "web-hz-");
         assert_eq!(w["metadata"]["labels"][POOL_NAME], "hz");
@@ -602,7 +678,8 @@ mod tests {
         );
         assert_eq!(w["spec"]["template"]["metadata"]["labels"]["site"], "hz");
         // Another pool gets no tweaks.
-        let (_, other) = desired_workload(&set, "sh", &BTreeMap::new(), "r1").expect("workload");
+        let (_, other) =
+            desired_workload(&set, REF_YURTAPPSET, "sh", &BTreeMap::new(), "r1").expect("workload");
         assert_eq!(other["spec"]["replicas"], 1);
         assert_eq!(
             other["spec"]["template"]["spec"]["containers"][0]["image"],
@@ -615,7 +692,7 @@ mod tests {
         let set = yas(
             json!([{"pools": ["hz"], "tweaks": {"patches": [{"operation": "replace", "path": "/spec/nothing/here", "value": 1}]}}]),
         );
-        assert!(desired_workload(&set, "hz", &BTreeMap::new(), "r").is_err());
+        assert!(desired_workload(&set, REF_YURTAPPSET, "hz", &BTreeMap::new(), "r").is_err());
     }
 
     #[test]
