@@ -14,8 +14,8 @@
 //! is that of its newest ControllerRevision (the DaemonSet controller records one for
 //! every template, OnDelete included).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use yurt_api::labels::{MAX_UNAVAILABLE, POD_NEED_UPGRADE, UPDATE_STRATEGY};
 
 use crate::controllers::yurtstaticset::{
-    condition_status, ignore_not_found, is_node_ready, is_pod_ready, max_unavailable,
-    set_need_upgrade,
+    ReadinessChanges, condition_status, ignore_not_found, is_node_ready, is_pod_ready,
+    max_unavailable, set_need_upgrade,
 };
 use crate::metrics::ManagerMetrics;
 
@@ -273,7 +273,7 @@ pub async fn run(
         nodes,
         metrics,
     });
-    let readiness: Mutex<HashMap<String, bool>> = Mutex::new(HashMap::new());
+    let readiness = ReadinessChanges::default();
     controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
@@ -286,12 +286,7 @@ pub async fn run(
             watcher::Config::default(),
             move |node: Node| {
                 // A node came back (or went): pods left for later may go now.
-                let ready = is_node_ready(&node);
-                let changed = readiness
-                    .lock()
-                    .map(|mut m| m.insert(node.name_any(), ready) != Some(ready))
-                    .unwrap_or(true);
-                if !changed {
+                if !readiness.changed(&node) {
                     return Vec::new();
                 }
                 store

@@ -168,6 +168,22 @@ fn pod_hash(pod: &Pod) -> Option<&str> {
     pod.annotations().get(STATIC_POD_HASH).map(String::as_str)
 }
 
+/// Each node's readiness as last seen: only a change of it (a node lost or back) is
+/// worth reconciling rollouts for, not the heartbeats that make up most node events.
+#[derive(Default)]
+pub(crate) struct ReadinessChanges(Mutex<HashMap<String, bool>>);
+
+impl ReadinessChanges {
+    /// Whether `node` is new or its readiness changed since last seen.
+    pub(crate) fn changed(&self, node: &Node) -> bool {
+        let ready = is_node_ready(node);
+        self.0
+            .lock()
+            .map(|mut m| m.insert(node.name_any(), ready) != Some(ready))
+            .unwrap_or(true)
+    }
+}
+
 /// One node's part in a rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeState {
@@ -544,8 +560,7 @@ pub async fn run(
         metrics,
         worker_image,
     });
-    // Node readiness as last seen: only a change of it is worth a reconcile.
-    let readiness: Mutex<HashMap<String, bool>> = Mutex::new(HashMap::new());
+    let readiness = ReadinessChanges::default();
     controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .watches(
@@ -583,12 +598,7 @@ pub async fn run(
             Api::<Node>::all(client.clone()),
             watcher::Config::default(),
             move |node: Node| {
-                let ready = is_node_ready(&node);
-                let changed = readiness
-                    .lock()
-                    .map(|mut m| m.insert(node.name_any(), ready) != Some(ready))
-                    .unwrap_or(true);
-                if changed {
+                if readiness.changed(&node) {
                     by_node
                         .state()
                         .iter()
