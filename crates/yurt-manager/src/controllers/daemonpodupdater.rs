@@ -124,6 +124,21 @@ struct Ctx {
 #[error("{0}")]
 struct ReconcileError(#[from] kube::Error);
 
+/// The DaemonSet's `matchLabels` as a list filter: its pods and ControllerRevisions
+/// carry them, so the namespace's other objects are not fetched (ownership is still
+/// checked by UID).
+fn selected(ds: &DaemonSet) -> ListParams {
+    let labels: Vec<String> = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    ListParams::default().labels(&labels.join(","))
+}
+
 /// The hash of the DaemonSet's newest ControllerRevision.
 async fn current_revision(
     client: &kube::Client,
@@ -133,7 +148,7 @@ async fn current_revision(
     let uid = ds.uid().unwrap_or_default();
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
     let newest = api
-        .list(&ListParams::default())
+        .list(&selected(ds))
         .await?
         .items
         .into_iter()
@@ -162,7 +177,7 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
     let uid = ds.uid().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Vec<Pod> = pods_api
-        .list(&ListParams::default())
+        .list(&selected(&ds))
         .await?
         .items
         .into_iter()

@@ -13,10 +13,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::DynamicObject;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -24,9 +22,7 @@ use yurt_api::apps::v1alpha1::YurtAppDaemon;
 use yurt_api::apps::v1beta1::YurtAppSet;
 use yurt_api::apps::v1beta2::NodePool;
 
-use crate::controllers::yurtappset::{
-    Dispatch, PoolLabelChanges, ReconcileError, dispatch, workload_resources,
-};
+use crate::controllers::yurtappset::{Dispatch, ReconcileError, dispatch, per_pool_controller};
 use crate::metrics::ManagerMetrics;
 
 /// The controller's name for `--controllers`.
@@ -145,44 +141,13 @@ pub async fn run(
     metrics: ManagerMetrics,
     shutdown: CancellationToken,
 ) {
-    let daemons: Api<YurtAppDaemon> = Api::all(client.clone());
-    let controller = Controller::new(daemons, watcher::Config::default());
-    let store = controller.store();
-    let [deploy, sts] = workload_resources();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         pools,
         metrics,
         warned: Mutex::new(HashSet::new()),
     });
-    let owned = watcher::Config::default().labels(REF_YURTAPPDAEMON);
-    let label_changes = PoolLabelChanges::default();
-    controller
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .owns_with(
-            Api::<DynamicObject>::all_with(client.clone(), &deploy),
-            deploy,
-            owned.clone(),
-        )
-        .owns_with(
-            Api::<DynamicObject>::all_with(client.clone(), &sts),
-            sts,
-            owned,
-        )
-        .watches(
-            Api::<NodePool>::all(client.clone()),
-            watcher::Config::default(),
-            move |pool: NodePool| {
-                if !label_changes.changed(&pool) {
-                    return Vec::new();
-                }
-                store
-                    .state()
-                    .iter()
-                    .map(|d| ObjectRef::from_obj(&**d))
-                    .collect::<Vec<_>>()
-            },
-        )
+    per_pool_controller::<YurtAppDaemon>(&client, REF_YURTAPPDAEMON, shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| super::log_stream_error(NAME, r))
         .await;

@@ -241,15 +241,18 @@ pub fn desired_workload(
     Ok((kind, workload))
 }
 
-fn workload_api(client: &kube::Client, namespace: &str, kind: &str) -> Api<DynamicObject> {
+/// The API resource of a per-pool workload kind (Deployment or StatefulSet).
+fn workload_resource(kind: &str) -> ApiResource {
     let plural = if kind == "StatefulSet" {
         "statefulsets"
     } else {
         "deployments"
     };
-    let resource =
-        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("apps", "v1", kind), plural);
-    Api::namespaced_with(client.clone(), namespace, &resource)
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("apps", "v1", kind), plural)
+}
+
+fn workload_api(client: &kube::Client, namespace: &str, kind: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &workload_resource(kind))
 }
 
 fn is_ready(w: &DynamicObject) -> bool {
@@ -541,11 +544,11 @@ fn error_policy(_y: Arc<YurtAppSet>, error: &ReconcileError, ctx: Arc<Ctx>) -> A
 /// Remembers each pool's labels: only a new pool or a label change can change which
 /// pools a selector picks (status writes, most pool events at scale, change neither).
 #[derive(Default)]
-pub(crate) struct PoolLabelChanges(std::sync::Mutex<HashMap<String, BTreeMap<String, String>>>);
+struct PoolLabelChanges(std::sync::Mutex<HashMap<String, BTreeMap<String, String>>>);
 
 impl PoolLabelChanges {
     /// Whether `pool` is new or relabelled since last seen.
-    pub(crate) fn changed(&self, pool: &NodePool) -> bool {
+    fn changed(&self, pool: &NodePool) -> bool {
         let labels = pool.labels().clone();
         self.0
             .lock()
@@ -554,18 +557,51 @@ impl PoolLabelChanges {
     }
 }
 
-/// The two workload kinds a set stamps out, for `owns_with`.
-pub(crate) fn workload_resources() -> [ApiResource; 2] {
-    [
-        ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("apps", "v1", "Deployment"),
-            "deployments",
-        ),
-        ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("apps", "v1", "StatefulSet"),
-            "statefulsets",
-        ),
-    ]
+/// A controller for a kind that stamps out one workload per pool (YurtAppSet,
+/// YurtAppDaemon): reconciled when it changes, when one of its Deployments or
+/// StatefulSets (labelled `owner_label`) changes, and when a pool appears or is
+/// relabelled (a deleted pool is noticed by the periodic requeue).
+pub(crate) fn per_pool_controller<K>(
+    client: &kube::Client,
+    owner_label: &str,
+    shutdown: CancellationToken,
+) -> Controller<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let controller = Controller::new(Api::<K>::all(client.clone()), watcher::Config::default());
+    let store = controller.store();
+    let owned = watcher::Config::default().labels(owner_label);
+    let label_changes = PoolLabelChanges::default();
+    let mut controller = controller.graceful_shutdown_on(shutdown.cancelled_owned());
+    for kind in ["Deployment", "StatefulSet"] {
+        let resource = workload_resource(kind);
+        controller = controller.owns_with(
+            Api::<DynamicObject>::all_with(client.clone(), &resource),
+            resource,
+            owned.clone(),
+        );
+    }
+    controller.watches(
+        Api::<NodePool>::all(client.clone()),
+        watcher::Config::default(),
+        move |pool: NodePool| {
+            if !label_changes.changed(&pool) {
+                return Vec::new();
+            }
+            store
+                .state()
+                .iter()
+                .map(|s| ObjectRef::from_obj(&**s))
+                .collect::<Vec<_>>()
+        },
+    )
 }
 
 /// Runs until `shutdown`.
@@ -575,45 +611,12 @@ pub async fn run(
     metrics: ManagerMetrics,
     shutdown: CancellationToken,
 ) {
-    let sets: Api<YurtAppSet> = Api::all(client.clone());
-    let controller = Controller::new(sets, watcher::Config::default());
-    let set_store = controller.store();
-    let [deploy, sts] = workload_resources();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         pools,
         metrics,
     });
-    let owned = watcher::Config::default().labels(REF_YURTAPPSET);
-    let label_changes = PoolLabelChanges::default();
-    controller
-        .graceful_shutdown_on(shutdown.cancelled_owned())
-        .owns_with(
-            Api::<DynamicObject>::all_with(client.clone(), &deploy),
-            deploy,
-            owned.clone(),
-        )
-        .owns_with(
-            Api::<DynamicObject>::all_with(client.clone(), &sts),
-            sts,
-            owned,
-        )
-        .watches(
-            Api::<NodePool>::all(client.clone()),
-            watcher::Config::default(),
-            move |pool: NodePool| {
-                // A new pool or new pool labels: any YurtAppSet may select differently.
-                // A deleted pool is noticed by the periodic requeue.
-                if !label_changes.changed(&pool) {
-                    return Vec::new();
-                }
-                set_store
-                    .state()
-                    .iter()
-                    .map(|s| ObjectRef::from_obj(&**s))
-                    .collect::<Vec<_>>()
-            },
-        )
+    per_pool_controller::<YurtAppSet>(&client, REF_YURTAPPSET, shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| super::log_stream_error(NAME, r))
         .await;
