@@ -126,7 +126,7 @@ pub struct FleetSpec {
     /// Failure-detection timings.
     #[serde(default)]
     pub timing: Timing,
-    /// Whether to deploy the sample app (one Deployment and Service per pool).
+    /// Whether to deploy the sample app (a YurtAppSet across the pools, a Service per pool).
     #[serde(default = "default_true")]
     pub sample_app: bool,
 }

@@ -254,7 +254,7 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     if fleet.state.spec.sample_app {
         let step = Step::start(
             reporter,
-            "deploying the sample app (one Deployment and Service per pool)",
+            "deploying the sample app (a YurtAppSet across the pools, a Service per pool)",
         );
         sample::apply(&client, &plan).await?;
         sample::wait_available(&client, &plan, Duration::from_secs(180)).await?;
