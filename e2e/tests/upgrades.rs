@@ -9,11 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use yurt_cluster::{FleetSpec, NetMode, Timing};
@@ -223,45 +223,86 @@ async fn wait_upgraded(
     .await
 }
 
-/// Watches how many of `nodes` have no Ready pod labelled `app` (none, not Ready, or
-/// terminating) and keeps the largest number seen, until stopped.
+/// Samples every 250 ms, until `stop`, how many of `nodes` are Ready but have no Ready,
+/// non-terminating `app` pod: the pods a rollout has taken down. A node that is not
+/// Ready is not counted (its pods are marked not Ready by the node lifecycle controller
+/// whatever the rollout does, and the rollout skips it). The task returns the worst
+/// count seen and what that sample looked like.
 fn watch_unavailable(
     f: &TestFleet,
     app: &'static str,
     nodes: &'static [&'static str],
-) -> (
-    Arc<AtomicUsize>,
-    Arc<AtomicBool>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (max, stop) = (
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let (m2, s2, client) = (max.clone(), stop.clone(), f.client());
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<(usize, String)>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s2, client) = (stop.clone(), f.client());
     let handle = tokio::spawn(async move {
-        let pods: Api<Pod> = Api::namespaced(client, NS);
+        let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+        let node_api: Api<Node> = Api::all(client);
+        let (mut worst, mut sample) = (0, String::new());
+        let (of_app, every) = (
+            ListParams::default().labels(&format!("app={app}")),
+            ListParams::default(),
+        );
         while !s2.load(Ordering::Acquire) {
-            if let Ok(list) = pods
-                .list(&ListParams::default().labels(&format!("app={app}")))
-                .await
-            {
+            let listed = tokio::try_join!(pods.list(&of_app), node_api.list(&every));
+            if let Ok((list, node_list)) = listed {
+                let node_ready = |n: &str| {
+                    node_list.items.iter().any(|node| {
+                        node.metadata.name.as_deref() == Some(n)
+                            && node
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.conditions.as_ref())
+                                .is_some_and(|c| {
+                                    c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                                })
+                    })
+                };
+                let on = |n: &str| {
+                    list.items
+                        .iter()
+                        .filter(move |p| {
+                            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(n)
+                        })
+                        .collect::<Vec<_>>()
+                };
                 let down = nodes
                     .iter()
                     .filter(|n| {
-                        !list.items.iter().any(|p| {
-                            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(**n)
-                                && p.metadata.deletion_timestamp.is_none()
-                                && condition(p, "Ready").as_deref() == Some("True")
-                        })
+                        node_ready(n)
+                            && !on(n).iter().any(|p| {
+                                p.metadata.deletion_timestamp.is_none()
+                                    && condition(p, "Ready").as_deref() == Some("True")
+                            })
                     })
                     .count();
-                m2.fetch_max(down, Ordering::AcqRel);
+                if down > worst {
+                    worst = down;
+                    sample = nodes
+                        .iter()
+                        .map(|n| {
+                            let pods: Vec<String> = on(n)
+                                .iter()
+                                .map(|p| {
+                                    format!(
+                                        "{} ready={} terminating={}",
+                                        p.metadata.name.as_deref().unwrap_or(""),
+                                        condition(p, "Ready").unwrap_or_default(),
+                                        p.metadata.deletion_timestamp.is_some()
+                                    )
+                                })
+                                .collect();
+                            format!("{n} (node ready {}): [{}]", node_ready(n), pods.join(", "))
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                }
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        (worst, sample)
     });
-    (max, stop, handle)
+    (stop, handle)
 }
 
 /// POSTs an OTA upgrade request to `node`'s hub; returns the HTTP code and body.
@@ -334,8 +375,8 @@ async fn static_pods_roll_out_safely_and_the_api_works_without_the_manager() -> 
         wait_daemon(&f, &NODES, "v1", Duration::from_secs(120)).await?;
 
         // A rolling update, one node at a time.
-        let (max, stop, watcher) = watch_unavailable(&f, "agent", &NODES);
-        let (ds_max, ds_stop, ds_watcher) = watch_unavailable(&f, "agent-ds", &NODES);
+        let (stop, watcher) = watch_unavailable(&f, "agent", &NODES);
+        let (ds_stop, ds_watcher) = watch_unavailable(&f, "agent-ds", &NODES);
         f.apply(&static_set("v2", "AdvancedRollingUpdate"))?;
         f.apply(&daemon_set("v2", "AdvancedRollingUpdate"))?;
         let h2 = new_hash(&f, &h1).await?;
@@ -343,17 +384,15 @@ async fn static_pods_roll_out_safely_and_the_api_works_without_the_manager() -> 
         wait_daemon(&f, &NODES, "v2", Duration::from_secs(180)).await?;
         stop.store(true, Ordering::Release);
         ds_stop.store(true, Ordering::Release);
-        watcher.await?;
-        ds_watcher.await?;
-        let seen = max.load(Ordering::Acquire);
+        let (seen, sample) = watcher.await?;
         ensure!(
             seen <= 1,
-            "{seen} static pods were down at once (maxUnavailable 1)"
+            "{seen} static pods were down at once (maxUnavailable 1): {sample}"
         );
-        let seen = ds_max.load(Ordering::Acquire);
+        let (seen, sample) = ds_watcher.await?;
         ensure!(
             seen <= 1,
-            "{seen} DaemonSet pods were down at once (max-unavailable 1)"
+            "{seen} DaemonSet pods were down at once (max-unavailable 1): {sample}"
         );
         let backup = f
             .static_pod_dir("edge-a1")?
@@ -383,8 +422,8 @@ async fn static_pods_roll_out_safely_and_the_api_works_without_the_manager() -> 
         })
         .await?;
         const CONNECTED: &[&str] = &["edge-a1", "edge-a2"];
-        let (max, stop, watcher) = watch_unavailable(&f, "agent", CONNECTED);
-        let (ds_max, ds_stop, ds_watcher) = watch_unavailable(&f, "agent-ds", CONNECTED);
+        let (stop, watcher) = watch_unavailable(&f, "agent", CONNECTED);
+        let (ds_stop, ds_watcher) = watch_unavailable(&f, "agent-ds", CONNECTED);
         f.apply(&static_set("v3", "AdvancedRollingUpdate"))?;
         f.apply(&daemon_set("v3", "AdvancedRollingUpdate"))?;
         let h3 = new_hash(&f, &h2).await?;
@@ -406,17 +445,15 @@ async fn static_pods_roll_out_safely_and_the_api_works_without_the_manager() -> 
         wait_daemon(&f, CONNECTED, "v3", Duration::from_secs(180)).await?;
         stop.store(true, Ordering::Release);
         ds_stop.store(true, Ordering::Release);
-        watcher.await?;
-        ds_watcher.await?;
-        let seen = max.load(Ordering::Acquire);
+        let (seen, sample) = watcher.await?;
         ensure!(
             seen <= 1,
-            "{seen} connected static pods were down at once (maxUnavailable 1)"
+            "{seen} connected static pods were down at once (maxUnavailable 1): {sample}"
         );
-        let seen = ds_max.load(Ordering::Acquire);
+        let (seen, sample) = ds_watcher.await?;
         ensure!(
             seen <= 1,
-            "{seen} connected DaemonSet pods were down at once"
+            "{seen} connected DaemonSet pods were down at once: {sample}"
         );
         let on_disk = std::fs::read_to_string(f.static_pod_dir("edge-a3")?.join("agent.yaml"))?;
         ensure!(on_disk.contains(&h2), "the disconnected node was changed");
