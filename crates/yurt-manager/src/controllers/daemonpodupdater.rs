@@ -80,6 +80,8 @@ pub struct PodState {
     pub ready: bool,
     /// It is being deleted.
     pub terminating: bool,
+    /// It has not started yet (phase Pending): a replacement on its way.
+    pub starting: bool,
 }
 
 /// The pods to delete now, given every pod (by name), how many of the DaemonSet's
@@ -89,10 +91,17 @@ pub fn plan_deletions(
     missing: usize,
     allowed: usize,
 ) -> Vec<String> {
+    // A new pod that has not started counts wherever it is: its node may be NotReady
+    // only for a moment (a kubelet that missed its lease under load), and skipping it
+    // then would start a second replacement. Pods that were running when their node
+    // went away do not count, so offline nodes do not stall the rollout.
     let unavailable = missing
         + pods
             .values()
-            .filter(|p| p.node_ready && (p.terminating || !p.ready))
+            .filter(|p| {
+                p.node_ready && (p.terminating || !p.ready)
+                    || p.current && p.starting && !p.terminating
+            })
             .count();
     let mut budget = allowed.saturating_sub(unavailable);
     let mut out = Vec::new();
@@ -227,6 +236,11 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
                             current: is_current(p),
                             ready: is_pod_ready(p),
                             terminating: p.metadata.deletion_timestamp.is_some(),
+                            starting: p
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.phase.as_deref())
+                                .is_none_or(|phase| phase == "Pending"),
                         },
                     )
                 })
@@ -356,6 +370,7 @@ mod tests {
             current,
             ready,
             terminating,
+            starting: false,
         }
     }
 
@@ -391,5 +406,23 @@ mod tests {
         // An old pod that is down is replaced at once.
         pods.insert("b".into(), pod(true, false, false, false));
         assert_eq!(plan_deletions(&pods, 0, 1), vec!["b"]);
+    }
+
+    #[test]
+    fn a_replacement_still_starting_counts_even_if_its_node_looks_not_ready() {
+        let mut pods = BTreeMap::from([
+            ("a2".to_owned(), pod(false, true, false, false)),
+            ("b".to_owned(), pod(true, false, true, false)),
+        ]);
+        assert_eq!(
+            plan_deletions(&pods, 0, 1),
+            vec!["b"],
+            "a pod that ran before its node went away does not count"
+        );
+        pods.get_mut("a2").expect("a2").starting = true;
+        assert!(
+            plan_deletions(&pods, 0, 1).is_empty(),
+            "a2 is a replacement still starting on a node that flapped"
+        );
     }
 }

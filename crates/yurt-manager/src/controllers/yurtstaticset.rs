@@ -207,7 +207,11 @@ pub fn plan_rolling_update(
     let current = |s: &NodeState| s.pod_hash.as_deref() == Some(hash);
     let unavailable = nodes
         .values()
-        .filter(|s| s.node_ready && (s.worker_active || (s.pod_hash.is_some() && !s.pod_ready)))
+        // An upgrade in flight counts wherever it is: its node may look NotReady only
+        // for a moment, and skipping it then would start a second one. A node that was
+        // not being upgraded when it went away does not count, so offline nodes do not
+        // stall the rollout.
+        .filter(|s| s.worker_active || s.node_ready && s.pod_hash.is_some() && !s.pod_ready)
         .count();
     let mut budget = max_unavailable.saturating_sub(unavailable);
     let mut chosen = Vec::new();
@@ -718,6 +722,21 @@ mod tests {
         // A static pod that is down already is upgraded without waiting.
         nodes.insert("b".into(), state(true, "old", false, false));
         assert_eq!(plan_rolling_update(&nodes, "new", 1), vec!["b"]);
+    }
+
+    #[test]
+    fn an_upgrade_in_flight_counts_even_if_its_node_looks_not_ready() {
+        let mut nodes = BTreeMap::from([
+            ("a".to_owned(), state(false, "old", false, true)),
+            ("b".to_owned(), state(true, "old", true, false)),
+        ]);
+        assert!(plan_rolling_update(&nodes, "new", 1).is_empty());
+        nodes.insert("a".into(), state(false, "old", false, false));
+        assert_eq!(
+            plan_rolling_update(&nodes, "new", 1),
+            vec!["b"],
+            "a node that went away without an upgrade in flight does not count"
+        );
     }
 
     #[test]
