@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod autonomy;
 pub mod controllers;
+pub mod feed;
 pub mod leader;
 pub mod metrics;
 pub mod webhook;
@@ -17,12 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+use yurt_api::apps::v1beta2::NodePool;
 
 /// Manager failures.
 #[derive(Debug, thiserror::Error)]
@@ -134,37 +134,15 @@ pub async fn run(
         .await?;
     }
 
-    // One shared view of Nodes for the webhooks and controllers.
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let node_stream = reflector::reflector(
-        node_writer,
-        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "node watch failed; retrying");
-        }
-    });
-    tokio::spawn(async move {
-        node_stream.await;
-    });
-    let (pools, pool_writer) = reflector::store::<yurt_api::apps::v1beta2::NodePool>();
-    let pool_stream = reflector::reflector(
-        pool_writer,
-        watcher(
-            Api::<yurt_api::apps::v1beta2::NodePool>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "nodepool watch failed; retrying");
-        }
-    });
+    // One watch of Nodes for the webhooks and every controller.
+    let node_feed = feed::Feed::new();
+    node_feed.start(Api::<Node>::all(client.clone()), "node", shutdown.clone());
+    let nodes = node_feed.store();
+    // One watch of Pods for the controllers that need them, started when first leading.
+    let mut pod_feed: Option<feed::Feed<Pod>> = None;
+    // One watch of NodePools, started once the conversion webhook is registered.
+    let pool_feed = feed::Feed::<NodePool>::new();
+    let pools = pool_feed.store();
 
     // Webhooks first: the CRD's conversion and the pools' validation need them.
     let certs = webhook::certs::ensure(&client, &config.namespace, &config.webhook_ips).await?;
@@ -183,7 +161,11 @@ pub async fn run(
     )
     .await?;
     webhook::register::install(&client, &config.webhook_endpoint, &certs.ca_pem).await?;
-    tokio::spawn(pool_stream);
+    pool_feed.start(
+        Api::<NodePool>::all(client.clone()),
+        "nodepool",
+        shutdown.clone(),
+    );
     tracing::info!("CRDs and webhooks registered");
 
     let _ = tokio::time::timeout(Duration::from_secs(30), nodes.wait_until_ready()).await;
@@ -215,80 +197,25 @@ pub async fn run(
         metrics.leader.set(1);
         let term = shutdown.child_token();
         let mut tasks = tokio::task::JoinSet::new();
-        if config.controllers.contains(controllers::nodepool::NAME) {
-            tasks.spawn(controllers::nodepool::run(
-                client.clone(),
-                pools.clone(),
-                metrics.clone(),
-                term.clone(),
-            ));
-        }
-        if config.controllers.contains(controllers::podbinding::NAME) {
-            tasks.spawn(controllers::podbinding::run(
-                client.clone(),
-                nodes.clone(),
-                metrics.clone(),
-                term.clone(),
-            ));
-        }
-        if config
-            .controllers
-            .contains(controllers::servicetopology::NAME)
-        {
-            tasks.spawn(controllers::servicetopology::run(
-                client.clone(),
-                metrics.clone(),
-                term.clone(),
-            ));
-        }
-        if config.controllers.contains(controllers::yurtappset::NAME) {
-            tasks.spawn(controllers::yurtappset::run(
-                client.clone(),
-                pools.clone(),
-                metrics.clone(),
-                term.clone(),
-            ));
-        }
-        if config
-            .controllers
-            .contains(controllers::yurtappdaemon::NAME)
-        {
-            tasks.spawn(controllers::yurtappdaemon::run(
-                client.clone(),
-                pools.clone(),
-                metrics.clone(),
-                term.clone(),
-            ));
-        }
-        if config
-            .controllers
-            .contains(controllers::yurtstaticset::NAME)
-        {
-            tasks.spawn(controllers::yurtstaticset::run(
-                client.clone(),
-                nodes.clone(),
-                config.node_servant_image.clone(),
-                metrics.clone(),
-                term.clone(),
-            ));
-        }
-        if config
-            .controllers
-            .contains(controllers::daemonpodupdater::NAME)
-        {
-            tasks.spawn(controllers::daemonpodupdater::run(
-                client.clone(),
-                nodes.clone(),
-                metrics.clone(),
-                term.clone(),
-            ));
-        }
-        if config.controllers.contains(controllers::csrapprover::NAME) {
-            tasks.spawn(controllers::csrapprover::run(
-                client.clone(),
-                metrics.clone(),
-                term.clone(),
-            ));
+        let pods = pod_feed
+            .get_or_insert_with(|| {
+                let pods = feed::Feed::new();
+                pods.start(Api::<Pod>::all(client.clone()), "pod", shutdown.clone());
+                pods
+            })
+            .clone();
+        let inputs = controllers::Inputs {
+            client: client.clone(),
+            nodes: node_feed.clone(),
+            pods,
+            pools: pool_feed.clone(),
+            node_servant_image: config.node_servant_image.clone(),
+            metrics: metrics.clone(),
+        };
+        for (name, run) in controllers::ALL {
+            if config.controllers.contains(*name) {
+                tasks.spawn(run(inputs.clone(), term.clone()));
+            }
         }
         tracing::info!(controllers = ?config.controllers, "controllers started");
         // Lead until the term ends.

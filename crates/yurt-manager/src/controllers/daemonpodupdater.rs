@@ -288,44 +288,36 @@ fn error_policy(_d: Arc<DaemonSet>, error: &ReconcileError, ctx: Arc<Ctx>) -> Ac
 }
 
 /// Runs until `shutdown`.
-pub async fn run(
-    client: kube::Client,
-    nodes: Store<Node>,
-    metrics: ManagerMetrics,
-    shutdown: CancellationToken,
-) {
+pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
+    let client = inputs.client;
     let sets: Api<DaemonSet> = Api::all(client.clone());
     let controller = Controller::new(sets, watcher::Config::default());
     let store = controller.store();
     let ctx = Arc::new(Ctx {
         client: client.clone(),
-        nodes,
-        metrics,
+        nodes: inputs.nodes.store(),
+        metrics: inputs.metrics,
     });
     let readiness = ReadinessChanges::default();
     controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .owns_stream(inputs.pods.objects())
         .owns(
             Api::<ControllerRevision>::all(client.clone()),
             watcher::Config::default(),
         )
-        .watches(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
-            move |node: Node| {
-                // A node came back (or went): pods left for later may go now.
-                if !readiness.changed(&node) {
-                    return Vec::new();
-                }
-                store
-                    .state()
-                    .iter()
-                    .filter(|d| strategy(d).is_some())
-                    .map(|d| ObjectRef::from_obj(&**d))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(inputs.nodes.objects(), move |node: Node| {
+            // A node came back (or went): pods left for later may go now.
+            if !readiness.changed(&node) {
+                return Vec::new();
+            }
+            store
+                .state()
+                .iter()
+                .filter(|d| strategy(d).is_some())
+                .map(|d| ObjectRef::from_obj(&**d))
+                .collect::<Vec<_>>()
+        })
         .run(reconcile, error_policy, ctx)
         .for_each(|r| super::log_stream_error(NAME, r))
         .await;

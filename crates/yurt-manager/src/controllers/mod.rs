@@ -12,7 +12,61 @@ pub mod yurtstaticset;
 
 use std::collections::BTreeSet;
 
+use futures_util::future::BoxFuture;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::controller;
+use tokio_util::sync::CancellationToken;
+use yurt_api::apps::v1beta2::NodePool;
+
+use crate::feed::Feed;
+use crate::metrics::ManagerMetrics;
+
+/// What every controller may draw on: one client, the shared watches, the metrics.
+#[derive(Clone)]
+pub struct Inputs {
+    /// The manager's client.
+    pub client: kube::Client,
+    /// Every Node, one watch for the whole manager.
+    pub nodes: Feed<Node>,
+    /// Every Pod, one watch for the whole manager.
+    pub pods: Feed<Pod>,
+    /// Every NodePool, one watch for the whole manager.
+    pub pools: Feed<NodePool>,
+    /// The image that runs YurtStaticSet upgrade workers.
+    pub node_servant_image: String,
+    /// The manager's metrics.
+    pub metrics: ManagerMetrics,
+}
+
+type Run = fn(Inputs, CancellationToken) -> BoxFuture<'static, ()>;
+
+/// Every controller this manager has, by `--controllers` name, and how to run it until
+/// its token is cancelled.
+pub const ALL: &[(&str, Run)] = &[
+    (csrapprover::NAME, |i, t| {
+        Box::pin(csrapprover::run(i.client, i.metrics, t))
+    }),
+    (daemonpodupdater::NAME, |i, t| {
+        Box::pin(daemonpodupdater::run(i, t))
+    }),
+    (nodepool::NAME, |i, t| Box::pin(nodepool::run(i, t))),
+    (podbinding::NAME, |i, t| Box::pin(podbinding::run(i, t))),
+    (servicetopology::NAME, |i, t| {
+        Box::pin(servicetopology::run(i.client, i.metrics, t))
+    }),
+    (yurtappdaemon::NAME, |i, t| {
+        Box::pin(yurtappdaemon::run(i, t))
+    }),
+    (yurtappset::NAME, |i, t| Box::pin(yurtappset::run(i, t))),
+    (yurtstaticset::NAME, |i, t| {
+        Box::pin(yurtstaticset::run(i, t))
+    }),
+];
+
+/// Every controller's name.
+fn names() -> impl Iterator<Item = &'static str> {
+    ALL.iter().map(|(name, _)| *name)
+}
 
 /// Logs what a controller's run stream reports besides reconciles: a failing watch
 /// (the watcher retries on its own, but a kind the manager cannot list or decode
@@ -34,18 +88,6 @@ pub(crate) async fn log_stream_error<T, E1, E2>(
         _ => {}
     }
 }
-
-/// Every controller this manager has, by `--controllers` name.
-pub const ALL: &[&str] = &[
-    csrapprover::NAME,
-    daemonpodupdater::NAME,
-    nodepool::NAME,
-    podbinding::NAME,
-    servicetopology::NAME,
-    yurtappdaemon::NAME,
-    yurtappset::NAME,
-    yurtstaticset::NAME,
-];
 
 /// Upstream names and short aliases accepted for ours.
 fn canonical(name: &str) -> Option<&'static str> {
@@ -73,15 +115,19 @@ pub fn select(list: &[String]) -> Result<BTreeSet<&'static str>, String> {
     let mut off = BTreeSet::new();
     for item in list.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
         if item == "*" {
-            on.extend(ALL.iter().copied());
+            on.extend(names());
             continue;
         }
         let (negated, name) = match item.strip_prefix('-') {
             Some(n) => (true, n),
             None => (false, item),
         };
-        let name = canonical(name)
-            .ok_or_else(|| format!("unknown controller {name:?}; known: {}", ALL.join(", ")))?;
+        let name = canonical(name).ok_or_else(|| {
+            format!(
+                "unknown controller {name:?}; known: {}",
+                names().collect::<Vec<_>>().join(", ")
+            )
+        })?;
         if negated {
             off.insert(name);
         } else {

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -362,18 +362,17 @@ fn pool_of(node: &Node) -> Option<String> {
 }
 
 /// Runs both halves (nodes follow pools; pool status follows nodes) until `shutdown`.
-pub async fn run(
-    client: kube::Client,
-    _shared_pools: Store<NodePool>,
-    metrics: ManagerMetrics,
-    shutdown: CancellationToken,
-) {
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    let pools_api: Api<NodePool> = Api::all(client.clone());
-
-    let node_controller = Controller::new(nodes_api.clone(), watcher::Config::default());
-    let pool_controller = Controller::new(pools_api.clone(), watcher::Config::default());
-    let pool_store = pool_controller.store();
+pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
+    let super::Inputs {
+        client,
+        nodes,
+        pools,
+        metrics,
+        ..
+    } = inputs;
+    let node_controller = Controller::for_stream(nodes.objects(), nodes.store());
+    let pool_controller = Controller::for_stream(pools.objects(), pools.store());
+    let pool_store = pools.store();
     let membership = Arc::new(Mutex::new(Membership::default()));
     let attributes = Arc::new(Mutex::new(HashMap::new()));
     let ctx = Arc::new(Ctx {
@@ -415,35 +414,29 @@ pub async fn run(
     };
     let nodes_half = node_controller
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .watches(pools_api, watcher::Config::default(), members_of)
+        .watches_stream(pools.objects(), members_of)
         .run(reconcile_node, node_error, ctx.clone())
         .for_each(|r| super::log_stream_error(NAME, r));
 
     // Pool status follows membership and readiness, kept from a node watch of its own
     // (deletions included, which a plain trigger mapping cannot see).
-    let membership_events = watcher(nodes_api, watcher::Config::default())
-        .default_backoff()
-        .flat_map(move |event| {
-            let pools = match membership.lock() {
-                Ok(mut m) => match event {
-                    Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => {
-                        m.observe(&n.name_any(), pool_of(&n), is_ready(&n))
-                    }
-                    Ok(watcher::Event::Delete(n)) => m.forget(&n.name_any()),
-                    Ok(watcher::Event::Init) => {
-                        m.relist_started();
-                        Vec::new()
-                    }
-                    Ok(watcher::Event::InitDone) => m.relist_done(),
-                    Err(e) => {
-                        tracing::debug!(controller = NAME, error = %e, "node watch failed; retrying");
-                        Vec::new()
-                    }
-                },
-                Err(_) => Vec::new(),
-            };
-            futures_util::stream::iter(pools.into_iter().map(|p| ObjectRef::<NodePool>::new(&p)))
-        });
+    let membership_events = nodes.events().flat_map(move |event| {
+        let pools = match membership.lock() {
+            Ok(mut m) => match &*event {
+                watcher::Event::Apply(n) | watcher::Event::InitApply(n) => {
+                    m.observe(&n.name_any(), pool_of(n), is_ready(n))
+                }
+                watcher::Event::Delete(n) => m.forget(&n.name_any()),
+                watcher::Event::Init => {
+                    m.relist_started();
+                    Vec::new()
+                }
+                watcher::Event::InitDone => m.relist_done(),
+            },
+            Err(_) => Vec::new(),
+        };
+        futures_util::stream::iter(pools.into_iter().map(|p| ObjectRef::<NodePool>::new(&p)))
+    });
     let pools_half = pool_controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .reconcile_on(membership_events)

@@ -18,7 +18,6 @@ use k8s_openapi::api::core::v1::{Node, Pod, Toleration};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use yurt_api::labels::{
@@ -177,49 +176,39 @@ fn error_policy(_pod: Arc<Pod>, error: &ReconcileError, ctx: Arc<Ctx>) -> Action
 }
 
 /// Runs the controller until `shutdown`.
-pub async fn run(
-    client: kube::Client,
-    nodes: Store<Node>,
-    metrics: ManagerMetrics,
-    shutdown: CancellationToken,
-) {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let controller = Controller::new(pods, watcher::Config::default());
-    let pod_store = controller.store();
+pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
+    let controller = Controller::for_stream(inputs.pods.objects(), inputs.pods.store());
+    let pod_store = inputs.pods.store();
     let autonomy_seen = Arc::new(Mutex::new(HashMap::new()));
     let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        nodes,
+        client: inputs.client,
+        nodes: inputs.nodes.store(),
         autonomy: autonomy_seen.clone(),
-        metrics,
+        metrics: inputs.metrics,
     });
     controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .watches(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
-            move |node: Node| {
-                // Only a change of the node's autonomy concerns its pods (not the
-                // status heartbeats and taint updates that make up most node events).
-                let name = node.metadata.name.clone().unwrap_or_default();
-                let now = autonomy::of(&node);
-                let changed = autonomy_seen
-                    .lock()
-                    .map(|mut m| m.insert(name.clone(), now) != Some(now))
-                    .unwrap_or(true);
-                if !changed {
-                    return Vec::new();
-                }
-                pod_store
-                    .state()
-                    .into_iter()
-                    .filter(|p| {
-                        p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
-                    })
-                    .map(|p| ObjectRef::from_obj(&*p))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(inputs.nodes.objects(), move |node: Node| {
+            // Only a change of the node's autonomy concerns its pods (not the
+            // status heartbeats and taint updates that make up most node events).
+            let name = node.metadata.name.clone().unwrap_or_default();
+            let now = autonomy::of(&node);
+            let changed = autonomy_seen
+                .lock()
+                .map(|mut m| m.insert(name.clone(), now) != Some(now))
+                .unwrap_or(true);
+            if !changed {
+                return Vec::new();
+            }
+            pod_store
+                .state()
+                .into_iter()
+                .filter(|p| {
+                    p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name.as_str())
+                })
+                .map(|p| ObjectRef::from_obj(&*p))
+                .collect::<Vec<_>>()
+        })
         .run(reconcile, error_policy, ctx)
         .for_each(|r| super::log_stream_error(NAME, r))
         .await;

@@ -135,22 +135,22 @@ fn error_policy(_y: Arc<YurtAppDaemon>, error: &ReconcileError, ctx: Arc<Ctx>) -
 }
 
 /// Runs until `shutdown`.
-pub async fn run(
-    client: kube::Client,
-    pools: Store<NodePool>,
-    metrics: ManagerMetrics,
-    shutdown: CancellationToken,
-) {
+pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
     let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        pools,
-        metrics,
+        client: inputs.client.clone(),
+        pools: inputs.pools.store(),
+        metrics: inputs.metrics,
         warned: Mutex::new(HashSet::new()),
     });
-    per_pool_controller::<YurtAppDaemon>(&client, REF_YURTAPPDAEMON, shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| super::log_stream_error(NAME, r))
-        .await;
+    per_pool_controller::<YurtAppDaemon>(
+        &inputs.client,
+        REF_YURTAPPDAEMON,
+        &inputs.pools,
+        shutdown,
+    )
+    .run(reconcile, error_policy, ctx)
+    .for_each(|r| super::log_stream_error(NAME, r))
+    .await;
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use yurt_api::labels::{
     CONTROLLER_REVISION_HASH, NODE_POOL, POOL_NAME, REF_NODEPOOL, REF_YURTAPPSET,
 };
 
+use crate::feed::Feed;
 use crate::metrics::ManagerMetrics;
 
 /// The controller's name for `--controllers`.
@@ -547,23 +548,29 @@ fn error_policy(_y: Arc<YurtAppSet>, error: &ReconcileError, ctx: Arc<Ctx>) -> A
 struct PoolLabelChanges(std::sync::Mutex<HashMap<String, BTreeMap<String, String>>>);
 
 impl PoolLabelChanges {
-    /// Whether `pool` is new or relabelled since last seen.
+    /// Whether `pool` is new, relabelled or being deleted since last seen.
     fn changed(&self, pool: &NodePool) -> bool {
+        let Ok(mut seen) = self.0.lock() else {
+            return true;
+        };
+        if pool.metadata.deletion_timestamp.is_some() {
+            seen.remove(&pool.name_any());
+            return true;
+        }
         let labels = pool.labels().clone();
-        self.0
-            .lock()
-            .map(|mut m| m.insert(pool.name_any(), labels.clone()) != Some(labels))
-            .unwrap_or(true)
+        seen.insert(pool.name_any(), labels.clone()) != Some(labels)
     }
 }
 
 /// A controller for a kind that stamps out one workload per pool (YurtAppSet,
 /// YurtAppDaemon): reconciled when it changes, when one of its Deployments or
-/// StatefulSets (labelled `owner_label`) changes, and when a pool appears or is
-/// relabelled (a deleted pool is noticed by the periodic requeue).
+/// StatefulSets (labelled `owner_label`) changes, and when a pool appears, is
+/// relabelled or is deleted. The pool trigger comes from the feed whose store the
+/// reconcile reads, so it never sees an older picture than the event (ADR 003).
 pub(crate) fn per_pool_controller<K>(
     client: &kube::Client,
     owner_label: &str,
+    pools: &Feed<NodePool>,
     shutdown: CancellationToken,
 ) -> Controller<K>
 where
@@ -588,35 +595,26 @@ where
             owned.clone(),
         );
     }
-    controller.watches(
-        Api::<NodePool>::all(client.clone()),
-        watcher::Config::default(),
-        move |pool: NodePool| {
-            if !label_changes.changed(&pool) {
-                return Vec::new();
-            }
-            store
-                .state()
-                .iter()
-                .map(|s| ObjectRef::from_obj(&**s))
-                .collect::<Vec<_>>()
-        },
-    )
+    controller.watches_stream(pools.objects(), move |pool: NodePool| {
+        if !label_changes.changed(&pool) {
+            return Vec::new();
+        }
+        store
+            .state()
+            .iter()
+            .map(|s| ObjectRef::from_obj(&**s))
+            .collect::<Vec<_>>()
+    })
 }
 
 /// Runs until `shutdown`.
-pub async fn run(
-    client: kube::Client,
-    pools: Store<NodePool>,
-    metrics: ManagerMetrics,
-    shutdown: CancellationToken,
-) {
+pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
     let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        pools,
-        metrics,
+        client: inputs.client.clone(),
+        pools: inputs.pools.store(),
+        metrics: inputs.metrics,
     });
-    per_pool_controller::<YurtAppSet>(&client, REF_YURTAPPSET, shutdown)
+    per_pool_controller::<YurtAppSet>(&inputs.client, REF_YURTAPPSET, &inputs.pools, shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| super::log_stream_error(NAME, r))
         .await;

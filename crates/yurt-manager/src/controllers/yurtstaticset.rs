@@ -547,72 +547,58 @@ fn error_policy(_y: Arc<YurtStaticSet>, error: &ReconcileError, ctx: Arc<Ctx>) -
 
 /// Runs until `shutdown`. `worker_image` runs the upgrade workers (a shell with `cp`
 /// and `mv` is all it needs).
-pub async fn run(
-    client: kube::Client,
-    nodes: Store<Node>,
-    worker_image: String,
-    metrics: ManagerMetrics,
-    shutdown: CancellationToken,
-) {
-    let sets: Api<YurtStaticSet> = Api::all(client.clone());
+pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
+    let sets: Api<YurtStaticSet> = Api::all(inputs.client.clone());
     let controller = Controller::new(sets, watcher::Config::default());
     let by_pod = controller.store();
     let by_node = controller.store();
     let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        nodes,
-        metrics,
-        worker_image,
+        client: inputs.client,
+        nodes: inputs.nodes.store(),
+        metrics: inputs.metrics,
+        worker_image: inputs.node_servant_image,
     });
     let readiness = ReadinessChanges::default();
     controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
-            move |pod: Pod| {
-                // Mirror pods `<set>-<node>` and the sets' workers.
-                let ns = pod.namespace().unwrap_or_default();
-                let node = pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.node_name.clone())
-                    .unwrap_or_default();
-                let owners: Vec<String> = pod
-                    .owner_references()
-                    .iter()
-                    .filter(|o| o.kind == "YurtStaticSet")
-                    .map(|o| o.name.clone())
-                    .collect();
-                let mirror = pod.annotations().contains_key(MIRROR_ANNOTATION);
-                let pod_name = pod.name_any();
-                by_pod
+        .watches_stream(inputs.pods.objects(), move |pod: Pod| {
+            // Mirror pods `<set>-<node>` and the sets' workers.
+            let ns = pod.namespace().unwrap_or_default();
+            let node = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default();
+            let owners: Vec<String> = pod
+                .owner_references()
+                .iter()
+                .filter(|o| o.kind == "YurtStaticSet")
+                .map(|o| o.name.clone())
+                .collect();
+            let mirror = pod.annotations().contains_key(MIRROR_ANNOTATION);
+            let pod_name = pod.name_any();
+            by_pod
+                .state()
+                .iter()
+                .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
+                .filter(|s| {
+                    owners.contains(&s.name_any())
+                        || (mirror && pod_name == format!("{}-{node}", s.name_any()))
+                })
+                .map(|s| ObjectRef::from_obj(&**s))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(inputs.nodes.objects(), move |node: Node| {
+            if readiness.changed(&node) {
+                by_node
                     .state()
                     .iter()
-                    .filter(|s| s.namespace().as_deref() == Some(ns.as_str()))
-                    .filter(|s| {
-                        owners.contains(&s.name_any())
-                            || (mirror && pod_name == format!("{}-{node}", s.name_any()))
-                    })
                     .map(|s| ObjectRef::from_obj(&**s))
                     .collect::<Vec<_>>()
-            },
-        )
-        .watches(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
-            move |node: Node| {
-                if readiness.changed(&node) {
-                    by_node
-                        .state()
-                        .iter()
-                        .map(|s| ObjectRef::from_obj(&**s))
-                        .collect::<Vec<_>>()
-                } else {
-                    Vec::new()
-                }
-            },
-        )
+            } else {
+                Vec::new()
+            }
+        })
         .run(reconcile, error_policy, ctx)
         .for_each(|r| super::log_stream_error(NAME, r))
         .await;
