@@ -500,6 +500,7 @@ async fn a_yurtappset_runs_one_tweaked_workload_per_pool_and_follows_its_pools()
         let f = shared().await?;
         let f = &f;
         let _ = f.kubectl(&["delete", "namespace", "e2e-yas", "--ignore-not-found", "--wait=true", "--timeout=60s"]);
+        let _ = f.kubectl(&["delete", "nodepool", "e2e-yas-gone", "--ignore-not-found"]);
         f.kubectl(&["create", "namespace", "e2e-yas"])?;
         let yas = |pools: &[&str], version: &str| {
             json!({
@@ -556,6 +557,27 @@ async fn a_yurtappset_runs_one_tweaked_workload_per_pool_and_follows_its_pools()
         wait_for("both workloads on the new template", Duration::from_secs(60), || async {
             let w = yas_workloads(f, "web")?;
             Ok((w.len() == 2 && w.values().all(|x| x.3 == "2" && x.2 != first["pool-a"].2)).then_some(()))
+        })
+        .await?;
+
+        // A pool that is deleted takes its workload with it at once, not at the
+        // controller's periodic requeue (60 s).
+        let gone = json!({
+            "apiVersion": "apps.openyurt.io/v1beta2", "kind": "NodePool",
+            "metadata": {"name": "e2e-yas-gone"}, "spec": {"type": "Edge"},
+        });
+        let (ok, out) = kubectl_stdin(f, &["apply"], &gone)?;
+        ensure!(ok, "{out}");
+        let (ok, out) = kubectl_stdin(f, &["apply"], &yas(&["pool-a", "pool-b", "e2e-yas-gone"], "2"))?;
+        ensure!(ok, "{out}");
+        wait_for("a workload for the new pool", Duration::from_secs(60), || async {
+            Ok(yas_workloads(f, "web")?.contains_key("e2e-yas-gone").then_some(()))
+        })
+        .await?;
+        f.kubectl(&["delete", "nodepool", "e2e-yas-gone"])?;
+        wait_for("the deleted pool's workload removed", Duration::from_secs(20), || async {
+            let w = yas_workloads(f, "web")?;
+            Ok((w.len() == 2 && !w.contains_key("e2e-yas-gone")).then_some(()))
         })
         .await?;
 

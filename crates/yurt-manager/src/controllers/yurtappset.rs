@@ -721,4 +721,23 @@ mod tests {
         assert_eq!(missing.into_iter().collect::<Vec<_>>(), vec!["zz"]);
         assert_ne!(revision(&json!({"a": 1})), revision(&json!({"a": 2})));
     }
+
+    #[test]
+    fn a_deleted_pool_is_a_change_and_a_recreated_one_is_new() {
+        let changes = PoolLabelChanges::default();
+        let mut pool: NodePool = serde_json::from_value(json!({
+            "apiVersion": "apps.openyurt.io/v1beta2", "kind": "NodePool",
+            "metadata": {"name": "hz", "labels": {"site": "1"}},
+            "spec": {"type": "Edge"},
+        }))
+        .expect("pool");
+        assert!(changes.changed(&pool), "new");
+        assert!(!changes.changed(&pool), "a status write changes nothing");
+        pool.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
+        assert!(changes.changed(&pool), "deleted");
+        pool.metadata.deletion_timestamp = None;
+        assert!(changes.changed(&pool), "recreated with the same labels");
+    }
 }
