@@ -1,8 +1,12 @@
 //! Cloud health, as OpenYurt judges it: the hub renews the node's Lease itself, every
 //! interval, against one server after another. A server is unhealthy after one failed
 //! probe (all retries failed) and healthy again after `healthy_threshold` successes in a
-//! row (one at start). A request whose upstream connection fails also marks its server
-//! unhealthy at once, so the next requests are answered from the cache without waiting.
+//! row (one at start). A request that cannot reach its server at all (no connection, no
+//! answer in time) marks the server unhealthy at once, so the next requests are answered
+//! from the cache without waiting. A request that fails on a live connection (a reset
+//! stream, a connection dropped after a missed HTTP/2 ping on a loaded machine) only
+//! makes the prober check now: one hiccup must not take the whole node offline (writes
+//! refused, kubelet's authorization checks failing) until two probes have passed.
 //!
 //! kubelet's own lease traffic is answered locally; if kubelet stays silent longer than
 //! the grace period, the hub stops renewing the lease for it (so a dead kubelet still
@@ -15,7 +19,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ObjectMeta, PostParams};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HealthConfig;
@@ -38,6 +42,7 @@ pub struct Health {
     kubelet_seen: Mutex<Option<Instant>>,
     started: Instant,
     metrics: HubMetrics,
+    probe_now: Notify,
 }
 
 impl std::fmt::Debug for Health {
@@ -64,6 +69,7 @@ impl Health {
             kubelet_seen: Mutex::new(None),
             started: Instant::now(),
             metrics,
+            probe_now: Notify::new(),
         }
     }
 
@@ -115,6 +121,12 @@ impl Health {
             s.streak.store(0, Ordering::Release);
         }
         self.set(index, false);
+    }
+
+    /// A request to a server failed on a live connection: probe every server now
+    /// instead of at the next interval.
+    pub fn request_failed(&self) {
+        self.probe_now.notify_one();
     }
 
     fn probe_result(&self, index: usize, ok: bool, threshold: u32) {
@@ -234,6 +246,9 @@ pub async fn run(
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(cfg.interval) => {}
+            () = health.probe_now.notified() => {
+                tracing::debug!("a request failed: probing now");
+            }
         }
     }
 }
@@ -241,6 +256,22 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_request_on_a_live_connection_asks_for_a_probe_and_keeps_health() {
+        let h = Health::new(&["https://a".into()], HubMetrics::default());
+        h.probe_result(0, true, 1);
+        h.request_failed();
+        assert!(h.is_healthy(0) && h.online(), "one hiccup is not an outage");
+        tokio::time::timeout(Duration::from_secs(1), h.probe_now.notified())
+            .await
+            .expect("the prober is woken");
+        h.transport_failed(0);
+        assert!(
+            !h.is_healthy(0),
+            "an unreachable server is unhealthy at once"
+        );
+    }
 
     #[test]
     fn one_failure_makes_unhealthy_and_two_successes_make_healthy() {

@@ -185,6 +185,32 @@ fn unavailable(accept: &[Format], message: &str) -> Response<ResponseBody> {
     )
 }
 
+/// Why an upstream request got no response.
+struct UpstreamFailure {
+    /// The error and its causes.
+    message: String,
+    /// The server could not be reached at all (no connection, or no answer in time),
+    /// as opposed to a failure on a live connection.
+    unreachable: bool,
+}
+
+impl UpstreamFailure {
+    fn of(e: hyper_util::client::legacy::Error) -> Self {
+        // The client's Display names only the kind ("SendRequest"): add the causes.
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        Self {
+            message,
+            unreachable: e.is_connect(),
+        }
+    }
+}
+
 async fn forward(
     hub: &Arc<Hub>,
     backend: &Arc<Backend>,
@@ -226,17 +252,28 @@ async fn forward(
     let fut = client.request(Request::from_parts(parts, body));
     let result = if reads {
         match tokio::time::timeout(hub.config.upstream.read_timeout, fut).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("timed out waiting for response headers".to_owned()),
+            Ok(r) => r.map_err(UpstreamFailure::of),
+            Err(_) => Err(UpstreamFailure {
+                message: "timed out waiting for response headers".to_owned(),
+                unreachable: true,
+            }),
         }
     } else {
-        fut.await.map_err(|e| e.to_string())
+        fut.await.map_err(UpstreamFailure::of)
     };
     let resp = match result {
         Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(server = %backend.url, path = %path_and_query, error = %e, "upstream request failed; server marked unhealthy");
-            hub.health.transport_failed(backend.index);
+        Err(UpstreamFailure {
+            message: e,
+            unreachable,
+        }) => {
+            if unreachable {
+                tracing::warn!(server = %backend.url, path = %path_and_query, error = %e, "upstream unreachable; server marked unhealthy");
+                hub.health.transport_failed(backend.index);
+            } else {
+                tracing::warn!(server = %backend.url, path = %path_and_query, error = %e, "upstream request failed; probing the server now");
+                hub.health.request_failed();
+            }
             return match &ctx.info {
                 RequestInfo::Resource(r)
                     if matches!(r.verb, Verb::Get | Verb::List | Verb::Watch) =>
@@ -271,7 +308,6 @@ async fn forward(
                 rparts.headers.remove(header::CONTENT_LENGTH);
                 let body = pump_watch(
                     hub.clone(),
-                    backend.index,
                     component,
                     r.clone(),
                     format,
@@ -385,10 +421,8 @@ fn filter_body(
 }
 
 /// Streams a watch to the client, teeing it into the cache and filtering its events.
-#[allow(clippy::too_many_arguments)]
 fn pump_watch(
     hub: Arc<Hub>,
-    backend_index: usize,
     component: String,
     r: ResourceRequest,
     format: Format,
@@ -412,9 +446,9 @@ fn pump_watch(
                 },
                 Some(Err(e)) => {
                     // The connection died under the watch (a missed HTTP/2 ping, a reset):
-                    // the server is not to be trusted until the prober says otherwise.
+                    // the prober decides now whether the server is gone.
                     tracing::debug!(error = %e, "upstream watch broke");
-                    hub.health.transport_failed(backend_index);
+                    hub.health.request_failed();
                     break;
                 }
                 None => break,
@@ -487,8 +521,16 @@ async fn forward_upgrade(
     let mut resp = match client.request(Request::from_parts(parts, body)).await {
         Ok(r) => r,
         Err(e) => {
-            hub.health.transport_failed(backend.index);
-            return unavailable(&accept, &format!("the API server is unreachable: {e}"));
+            let failure = UpstreamFailure::of(e);
+            if failure.unreachable {
+                hub.health.transport_failed(backend.index);
+            } else {
+                hub.health.request_failed();
+            }
+            return unavailable(
+                &accept,
+                &format!("the API server is unreachable: {}", failure.message),
+            );
         }
     };
     hub.metrics.request("upstream", "upgrade");
