@@ -209,6 +209,16 @@ impl UpstreamFailure {
             unreachable: e.is_connect(),
         }
     }
+
+    /// Tells the health checker: an unreachable server is unhealthy at once; any other
+    /// failure only makes it probe now.
+    fn report(&self, hub: &Hub, backend_index: usize) {
+        if self.unreachable {
+            hub.health.transport_failed(backend_index);
+        } else {
+            hub.health.request_failed();
+        }
+    }
 }
 
 async fn forward(
@@ -263,17 +273,14 @@ async fn forward(
     };
     let resp = match result {
         Ok(r) => r,
-        Err(UpstreamFailure {
-            message: e,
-            unreachable,
-        }) => {
-            if unreachable {
+        Err(failure) => {
+            let e = &failure.message;
+            if failure.unreachable {
                 tracing::warn!(server = %backend.url, path = %path_and_query, error = %e, "upstream unreachable; server marked unhealthy");
-                hub.health.transport_failed(backend.index);
             } else {
                 tracing::warn!(server = %backend.url, path = %path_and_query, error = %e, "upstream request failed; probing the server now");
-                hub.health.request_failed();
             }
+            failure.report(hub, backend.index);
             return match &ctx.info {
                 RequestInfo::Resource(r)
                     if matches!(r.verb, Verb::Get | Verb::List | Verb::Watch) =>
@@ -522,11 +529,7 @@ async fn forward_upgrade(
         Ok(r) => r,
         Err(e) => {
             let failure = UpstreamFailure::of(e);
-            if failure.unreachable {
-                hub.health.transport_failed(backend.index);
-            } else {
-                hub.health.request_failed();
-            }
+            failure.report(hub, backend.index);
             return unavailable(
                 &accept,
                 &format!("the API server is unreachable: {}", failure.message),

@@ -244,6 +244,19 @@ mod tests {
         }
     }
 
+    /// The next `n` items, each within 5 s.
+    async fn take<S: futures_util::Stream + Unpin>(s: &mut S, n: usize) -> Vec<S::Item> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let item = tokio::time::timeout(Duration::from_secs(5), s.next())
+                .await
+                .expect("an item in time")
+                .expect("stream open");
+            out.push(item);
+        }
+        out
+    }
+
     #[tokio::test]
     async fn a_late_subscriber_starts_from_the_store_then_follows_live_events() {
         let (feed, mut push) = manual();
@@ -254,27 +267,21 @@ mod tests {
         push(watcher::Event::InitApply(node("b")));
         push(watcher::Event::InitDone);
         push(watcher::Event::Apply(node("c")));
-        let mut seen = Vec::new();
-        for _ in 0..5 {
-            let e = tokio::time::timeout(Duration::from_secs(5), events.next())
-                .await
-                .expect("an event in time")
-                .expect("stream open");
-            seen.push(describe(&e));
-        }
+        let mut seen: Vec<String> = take(&mut events, 5)
+            .await
+            .iter()
+            .map(|e| describe(e))
+            .collect();
         // Subscribed after c was applied: c is part of its starting picture.
         seen[1..4].sort();
         assert_eq!(seen, ["init", "list a", "list b", "list c", "done"]);
         push(watcher::Event::Delete(node("a")));
         push(watcher::Event::Apply(node("d")));
-        let mut later = Vec::new();
-        for _ in 0..2 {
-            let e = tokio::time::timeout(Duration::from_secs(5), events.next())
-                .await
-                .expect("an event in time")
-                .expect("stream open");
-            later.push(describe(&e));
-        }
+        let later: Vec<String> = take(&mut events, 2)
+            .await
+            .iter()
+            .map(|e| describe(e))
+            .collect();
         assert_eq!(later, ["delete a", "apply d"]);
         let mut names: Vec<String> = feed
             .store()
@@ -297,18 +304,17 @@ mod tests {
         push(watcher::Event::Apply(node("x")));
         push(watcher::Event::Delete(node("x")));
         for s in [&mut first, &mut second] {
-            let mut seen = Vec::new();
-            for _ in 0..2 {
-                let o = tokio::time::timeout(Duration::from_secs(5), s.next())
-                    .await
-                    .expect("in time")
-                    .expect("open")
-                    .expect("no error");
-                seen.push((
-                    kube::ResourceExt::name_any(&o),
-                    o.metadata.deletion_timestamp.is_some(),
-                ));
-            }
+            let seen: Vec<(String, bool)> = take(s, 2)
+                .await
+                .into_iter()
+                .map(|o| {
+                    let o = o.expect("no error");
+                    (
+                        kube::ResourceExt::name_any(&o),
+                        o.metadata.deletion_timestamp.is_some(),
+                    )
+                })
+                .collect();
             assert_eq!(
                 seen,
                 [("x".to_owned(), false), ("x".to_owned(), true)],

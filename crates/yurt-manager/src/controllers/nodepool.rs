@@ -418,8 +418,8 @@ pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
         .run(reconcile_node, node_error, ctx.clone())
         .for_each(|r| super::log_stream_error(NAME, r));
 
-    // Pool status follows membership and readiness, kept from a node watch of its own
-    // (deletions included, which a plain trigger mapping cannot see).
+    // Pool status follows membership and readiness, kept from the node feed's events
+    // (deletions and relists included, which a plain trigger mapping cannot see).
     let membership_events = nodes.events().flat_map(move |event| {
         let pools = match membership.lock() {
             Ok(mut m) => match &*event {
