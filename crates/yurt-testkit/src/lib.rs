@@ -177,12 +177,41 @@ pub async fn fresh(name: &str, spec: FleetSpec) -> anyhow::Result<TestFleet> {
     })
 }
 
+/// Copies every host's logs of the fleet in `dir` to `TEST_ROOT/last-logs/<fleet>/<host>/`
+/// (replacing the previous run's), so a failed test can still be diagnosed after its
+/// fleet is removed.
+fn keep_logs(dir: &Path) -> std::io::Result<()> {
+    let Some(name) = dir.file_name() else {
+        return Ok(());
+    };
+    let target = Path::new(TEST_ROOT).join("last-logs").join(name);
+    if target.exists() {
+        std::fs::remove_dir_all(&target)?;
+    }
+    for host in std::fs::read_dir(dir.join("hosts"))? {
+        let host = host?;
+        let Ok(logs) = std::fs::read_dir(host.path().join("logs")) else {
+            continue;
+        };
+        let to = target.join(host.file_name());
+        std::fs::create_dir_all(&to)?;
+        for log in logs {
+            let log = log?;
+            std::fs::copy(log.path(), to.join(log.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
 impl Drop for TestFleet {
     fn drop(&mut self) {
-        if self.remove_on_drop
-            && let Err(e) = yurt_cluster::down(&machine(), &self.dir, true, &LineReporter)
-        {
-            eprintln!("removing test fleet {}: {e}", self.dir.display());
+        if self.remove_on_drop {
+            if let Err(e) = keep_logs(&self.dir) {
+                eprintln!("keeping the logs of {}: {e}", self.dir.display());
+            }
+            if let Err(e) = yurt_cluster::down(&machine(), &self.dir, true, &LineReporter) {
+                eprintln!("removing test fleet {}: {e}", self.dir.display());
+            }
         }
     }
 }
