@@ -92,6 +92,42 @@ impl Agents {
     }
 }
 
+/// Whose cached objects a request reads, and which client it is for the filters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reader {
+    /// The cache owner: a node component (from the User-Agent on the node-local port)
+    /// or a proven service account (`sa:<ns>:<name>`, pod-facing port).
+    pub owner: String,
+    /// The client component, from the User-Agent: picks the filters only.
+    pub component: String,
+    /// The cache is the only proof of this reader's rights: a miss means "not known to
+    /// be allowed" (403), not "absent" (404).
+    pub proves_rights: bool,
+}
+
+impl Reader {
+    /// A node component reading its own cache.
+    pub fn component(component: &str) -> Self {
+        Self {
+            owner: component.to_owned(),
+            component: component.to_owned(),
+            proves_rights: false,
+        }
+    }
+
+    fn not_cached(&self, accept: &[Format], r: &ResourceRequest) -> Response<ResponseBody> {
+        status(
+            accept,
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!(
+                "the cloud is unreachable and {} did not read these {} online: the hub cannot check its rights offline",
+                self.owner, r.gvr.resource
+            ),
+        )
+    }
+}
+
 /// The cache manager.
 #[derive(Debug)]
 pub struct Cache {
@@ -194,7 +230,7 @@ impl Cache {
         }
     }
 
-    /// Stores a complete (non-watch) response body.
+    /// Stores a complete (non-watch) response body under `component` (the cache owner).
     pub fn ingest(
         &self,
         component: &str,
@@ -303,18 +339,22 @@ impl Cache {
     /// GET from the cache.
     pub fn serve_get(
         &self,
-        component: &str,
+        reader: &Reader,
         r: &ResourceRequest,
         accept: &[Format],
         filters: &Filters,
     ) -> Response<ResponseBody> {
+        let component = reader.component.as_str();
         let key = ObjectKey {
-            component: component.to_owned(),
+            component: reader.owner.clone(),
             gvr: r.gvr.to_string(),
             namespace: r.namespace.clone().unwrap_or_default(),
             name: r.name.clone().unwrap_or_default(),
         };
         let not_found = || {
+            if reader.proves_rights {
+                return reader.not_cached(accept, r);
+            }
             status(
                 accept,
                 StatusCode::NOT_FOUND,
@@ -357,11 +397,12 @@ impl Cache {
     /// listing covering that shape was cached.
     pub fn serve_list(
         &self,
-        component: &str,
+        reader: &Reader,
         r: &ResourceRequest,
         accept: &[Format],
         filters: &Filters,
     ) -> Response<ResponseBody> {
+        let (owner, component) = (reader.owner.as_str(), reader.component.as_str());
         let gvr = r.gvr.to_string();
         let wanted = Shape {
             namespace: r.namespace.clone().unwrap_or_default(),
@@ -369,12 +410,15 @@ impl Cache {
             field_selector: r.field_selector.clone().unwrap_or_default(),
         };
         let not_cached = || {
+            if reader.proves_rights {
+                return reader.not_cached(accept, r);
+            }
             status(
                 accept,
                 StatusCode::NOT_FOUND,
                 "NotFound",
                 &format!(
-                    "{} of {component} are not cached for this selector",
+                    "{} of {owner} are not cached for this selector",
                     r.gvr.resource
                 ),
             )
@@ -393,7 +437,7 @@ impl Cache {
                 );
             }
         };
-        let shapes = match self.store.shapes(component, &gvr) {
+        let shapes = match self.store.shapes(owner, &gvr) {
             Ok(s) => s,
             Err(e) => {
                 return status(
@@ -408,7 +452,7 @@ impl Cache {
             return not_cached();
         };
         let (list_api_version, list_kind) = (covering.1.clone(), covering.2.clone());
-        let objects = match self.store.list(component, &gvr, &wanted.namespace) {
+        let objects = match self.store.list(owner, &gvr, &wanted.namespace) {
             Ok(o) => o,
             Err(e) => {
                 return status(
@@ -435,7 +479,7 @@ impl Cache {
             (&a.info.namespace, &a.info.name).cmp(&(&b.info.namespace, &b.info.name))
         });
         // An empty pod list would make kubelet delete every pod it runs: refuse instead.
-        if component == "kubelet" && r.gvr.resource == "pods" && items.is_empty() {
+        if owner == "kubelet" && r.gvr.resource == "pods" && items.is_empty() {
             return status(
                 accept,
                 StatusCode::NOT_FOUND,
@@ -451,6 +495,20 @@ impl Cache {
             .to_string();
         let bytes = codec::encode_list(format, &list_api_version, &list_kind, &rv, &items);
         object_response(StatusCode::OK, format, bytes)
+    }
+
+    /// Whether kubelet's cache holds pod `namespace/name` with `uid` (a bound token's
+    /// pod still runs here). The UID is looked for in the stored bytes: it is ASCII in
+    /// JSON and protobuf alike, and a bound token's UID comes from the API server.
+    pub fn holds_pod(&self, namespace: &str, name: &str, uid: &str) -> bool {
+        let key = ObjectKey {
+            component: "kubelet".into(),
+            gvr: crate::request::Gvr::new("", "v1", "pods").to_string(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        matches!(self.store.get(&key), Ok(Some(obj))
+            if !uid.is_empty() && obj.data.windows(uid.len()).any(|w| w == uid.as_bytes()))
     }
 
     /// The node this cache serves.
@@ -593,37 +651,136 @@ mod tests {
                 .map(|i| i["metadata"]["name"].as_str().unwrap().to_owned())
                 .collect()
         };
-        let r = c.serve_list("kubelet", &by_node, &[Format::Json], &filters);
+        let r = c.serve_list(
+            &Reader::component("kubelet"),
+            &by_node,
+            &[Format::Json],
+            &filters,
+        );
         assert_eq!(r.status(), 200);
         let v = body_json(r).await;
         assert_eq!(v["kind"], "PodList");
         assert_eq!(names(v), ["p1", "p2"], "p3 is cached but on another node");
         assert_eq!(
-            names(body_json(c.serve_list("kubelet", &by_label, &[Format::Json], &filters)).await),
+            names(
+                body_json(c.serve_list(
+                    &Reader::component("kubelet"),
+                    &by_label,
+                    &[Format::Json],
+                    &filters
+                ))
+                .await
+            ),
             ["p2", "p3"]
         );
 
         let never = request("/api/v1/pods", Some("labelSelector=app%3Dweb"));
         assert_eq!(
-            c.serve_list("kubelet", &never, &[Format::Json], &filters)
-                .status(),
+            c.serve_list(
+                &Reader::component("kubelet"),
+                &never,
+                &[Format::Json],
+                &filters
+            )
+            .status(),
             404,
             "a shape never listed is not guessed"
         );
         assert_eq!(
-            c.serve_list("kube-proxy", &by_node, &[Format::Json], &filters)
-                .status(),
+            c.serve_list(
+                &Reader::component("kube-proxy"),
+                &by_node,
+                &[Format::Json],
+                &filters
+            )
+            .status(),
             404,
             "other components' caches are separate"
         );
 
         let get = request("/api/v1/namespaces/default/pods/p3", None);
-        let v = body_json(c.serve_get("kubelet", &get, &[Format::Json], &filters)).await;
+        let v = body_json(c.serve_get(
+            &Reader::component("kubelet"),
+            &get,
+            &[Format::Json],
+            &filters,
+        ))
+        .await;
         assert_eq!(v["spec"]["nodeName"], "edge-b1");
         assert_eq!(
-            c.serve_get("kubelet", &get, &[Format::Protobuf], &filters)
-                .status(),
+            c.serve_get(
+                &Reader::component("kubelet"),
+                &get,
+                &[Format::Protobuf],
+                &filters
+            )
+            .status(),
             406
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_account_reads_only_its_own_cache_and_a_miss_is_forbidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        let filters = Filters::none();
+        let reader = Reader {
+            owner: "sa:idt:reader".into(),
+            component: "kubelet".into(),
+            proves_rights: true,
+        };
+        let by_node = request(
+            "/api/v1/pods",
+            Some("fieldSelector=spec.nodeName%3Dedge-a1"),
+        );
+        c.ingest(
+            "kubelet",
+            &by_node,
+            Format::Json,
+            &pods_json(&[("p1", "edge-a1", "web")]),
+            false,
+        );
+        let own = request("/api/v1/namespaces/default/pods", None);
+        c.ingest(
+            &reader.owner,
+            &own,
+            Format::Json,
+            &pods_json(&[("mine", "edge-a1", "web")]),
+            false,
+        );
+        c.store().flush().unwrap();
+        assert_eq!(
+            c.serve_list(&reader, &by_node, &[Format::Json], &filters)
+                .status(),
+            403,
+            "kubelet's list is not the account's, whatever its User-Agent"
+        );
+        let get = request("/api/v1/namespaces/default/pods/p1", None);
+        let denied = c.serve_get(&reader, &get, &[Format::Json], &filters);
+        assert_eq!(denied.status(), 403);
+        assert_eq!(body_json(denied).await["kind"], "Status");
+        let v = body_json(c.serve_list(&reader, &own, &[Format::Json], &filters)).await;
+        assert_eq!(v["items"][0]["metadata"]["name"], "mine");
+        assert_eq!(
+            c.serve_get(
+                &reader,
+                &request("/api/v1/namespaces/default/pods/mine", None),
+                &[Format::Json],
+                &filters
+            )
+            .status(),
+            200
+        );
+        assert_eq!(
+            c.serve_get(
+                &Reader::component("kubelet"),
+                &get,
+                &[Format::Json],
+                &filters
+            )
+            .status(),
+            200,
+            "kubelet still reads its own"
         );
     }
 
@@ -638,15 +795,25 @@ mod tests {
         c.ingest("kubelet", &r, Format::Json, &pods_json(&[]), false);
         c.store().flush().unwrap();
         assert_eq!(
-            c.serve_list("kubelet", &r, &[Format::Json], &Filters::none())
-                .status(),
+            c.serve_list(
+                &Reader::component("kubelet"),
+                &r,
+                &[Format::Json],
+                &Filters::none()
+            )
+            .status(),
             404
         );
         let proxy = request("/api/v1/services", None);
         c.ingest("kube-proxy", &proxy, Format::Json, br#"{"kind":"ServiceList","apiVersion":"v1","metadata":{"resourceVersion":"3"},"items":[]}"#, false);
         c.store().flush().unwrap();
-        let v =
-            body_json(c.serve_list("kube-proxy", &proxy, &[Format::Json], &Filters::none())).await;
+        let v = body_json(c.serve_list(
+            &Reader::component("kube-proxy"),
+            &proxy,
+            &[Format::Json],
+            &Filters::none(),
+        ))
+        .await;
         assert_eq!(
             (v["kind"].as_str(), v["items"].as_array().map(Vec::len)),
             (Some("ServiceList"), Some(0))
@@ -679,7 +846,13 @@ mod tests {
         ing.push(b"\n");
         ing.push(deleted);
         c.store().flush().unwrap();
-        let v = body_json(c.serve_list("kubelet", &list, &[Format::Json], &Filters::none())).await;
+        let v = body_json(c.serve_list(
+            &Reader::component("kubelet"),
+            &list,
+            &[Format::Json],
+            &Filters::none(),
+        ))
+        .await;
         let names: Vec<_> = v["items"]
             .as_array()
             .unwrap()

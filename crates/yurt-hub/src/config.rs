@@ -80,6 +80,24 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// How pods' service-account tokens are verified offline (ADR 004).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodTokenConfig {
+    /// Audiences a bound token must carry (empty: the issuer).
+    pub audiences: Vec<String>,
+    /// Time between refreshes of the issuer's public keys (300 s).
+    pub keys_refresh: Duration,
+}
+
+impl Default for PodTokenConfig {
+    fn default() -> Self {
+        Self {
+            audiences: Vec::new(),
+            keys_refresh: Duration::from_secs(300),
+        }
+    }
+}
+
 /// Everything the hub needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -119,4 +137,6 @@ pub struct Config {
     pub cache_batch_max: usize,
     /// kubelet's static pod folder, where OTA upgrades write manifests.
     pub static_pod_dir: PathBuf,
+    /// Offline verification of pods' tokens.
+    pub pod_tokens: PodTokenConfig,
 }

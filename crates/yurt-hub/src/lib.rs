@@ -25,8 +25,10 @@ pub mod codec;
 pub mod config;
 pub mod filter;
 pub mod health;
+pub mod identity;
 pub mod metrics;
 pub mod ota;
+pub mod peers;
 pub mod proxy;
 pub mod request;
 pub mod selector;
@@ -191,6 +193,7 @@ pub async fn run(
     let admin_listener = bind(config.admin_addr, "admin").await?;
     let ready = Arc::new(AtomicBool::new(false));
     let tracker = TaskTracker::new();
+    let verifier = Arc::new(identity::Verifier::new(config.pod_tokens.audiences.clone()));
     let hub = Arc::new(proxy::Hub {
         config: config.clone(),
         cache,
@@ -200,6 +203,7 @@ pub async fn run(
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         autonomy: autonomy::AutonomyReporter::new(std::time::Duration::from_secs(30)),
+        verifier: verifier.clone(),
     });
 
     {
@@ -257,6 +261,7 @@ pub async fn run(
     }
     if let Some((listener, acceptor)) = secure {
         let (hub, token, t) = (hub.clone(), shutdown.clone(), tracker.clone());
+        let local_peers = peers::LocalPeers::new(node.clone(), view.clone());
         tracker.spawn(async move {
             loop {
                 let (stream, peer) = tokio::select! {
@@ -266,6 +271,14 @@ pub async fn run(
                     },
                     () = token.cancelled() => return,
                 };
+                if !local_peers.allows(peer.ip()) {
+                    // Pods of this node and the host itself only: a LAN neighbour that
+                    // routes the hub's link-local address here is turned away.
+                    tracing::warn!(client.addr = %peer, "connection to the pod-facing port from outside this node refused");
+                    hub.metrics.request("refused", "connect");
+                    drop(stream);
+                    continue;
+                }
                 let (acceptor, hub, t2) = (acceptor.clone(), hub.clone(), t.clone());
                 t.spawn(async move {
                     match acceptor.accept(stream).await {
@@ -312,6 +325,13 @@ pub async fn run(
             token,
         ));
     }
+    tracker.spawn(identity::keep_keys(
+        verifier,
+        self_client.clone(),
+        config.pod_tokens.keys_refresh,
+        std::time::Duration::from_secs(5),
+        shutdown.clone(),
+    ));
     {
         let ota = Arc::new(ota::Ota {
             client: self_client.clone(),

@@ -12,6 +12,13 @@
 //! | delete | refused (403), so the client retries later |
 //!
 //! kubelet's node Lease is always answered locally; the health checker renews it upstream.
+//!
+//! Who is answered from the cache (ADR 004): on the node-local port, node components
+//! read what they read before (their cache is picked by User-Agent, as in OpenYurt). On
+//! the pod-facing port, a request is answered locally only for a caller whose token the
+//! hub verified, and only from what that service account read online; a request with no
+//! token or an unproven one gets 401, a proven one asking for what it never read 403.
+//! The lease shortcut and every node-identity path answer on the node-local port only.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,11 +31,13 @@ use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{self, ResponseBody};
+use crate::cache::Reader;
 use crate::cache::{self, Cache, status};
 use crate::codec::{self, Format, WatchDecoder};
 use crate::config::Config;
 use crate::filter::Filters;
 use crate::health::{Health, LEASE_NAMESPACE};
+use crate::identity::{Caller, Verifier};
 use crate::metrics::HubMetrics;
 use crate::request::{RequestInfo, ResourceRequest, Verb, component};
 use crate::upstream::{Backend, Balancer, uri_on};
@@ -54,6 +63,8 @@ pub struct Hub {
     pub shutdown: CancellationToken,
     /// Keeps the node's Autonomy condition current.
     pub autonomy: crate::autonomy::AutonomyReporter,
+    /// Verifies pods' service-account tokens.
+    pub verifier: Arc<Verifier>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -107,10 +118,29 @@ pub enum Origin {
 /// Per-request facts the handlers share.
 struct Ctx {
     origin: Origin,
+    caller: Caller,
     component: Option<String>,
     accept: Vec<Format>,
     info: RequestInfo,
     paginated: bool,
+}
+
+impl Ctx {
+    /// Under which owner this caller's responses are cached, if they may be: a node
+    /// component by its User-Agent, a pod only as the service account it proved.
+    fn cache_owner(&self) -> Option<String> {
+        match &self.caller {
+            Caller::Node => self.component.clone(),
+            Caller::ServiceAccount(sa, _) => Some(sa.cache_owner()),
+            Caller::Anonymous | Caller::Unproven(..) => None,
+        }
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Handles one request.
@@ -127,21 +157,31 @@ pub async fn handle(
 
 async fn route(hub: &Arc<Hub>, origin: Origin, req: Request<Incoming>) -> Response<ResponseBody> {
     let query = req.uri().query().unwrap_or("");
+    let caller = match origin {
+        Origin::Local => Caller::Node,
+        Origin::Pod => hub
+            .verifier
+            .caller(header_str(req.headers(), header::AUTHORIZATION), now_unix()),
+    };
     let ctx = Ctx {
         origin,
+        caller,
         component: component(header_str(req.headers(), header::USER_AGENT)),
         accept: Format::accepted(header_str(req.headers(), header::ACCEPT)),
         info: RequestInfo::parse(req.method(), req.uri().path(), Some(query)),
         paginated: query.split('&').any(|kv| kv.starts_with("continue=")),
     };
+    let node_local = origin == Origin::Local;
     if let RequestInfo::Resource(r) = &ctx.info
+        && node_local
         && ctx.component.as_deref() == Some("kubelet")
         && is_own_lease(r, hub.config.node_name.as_str())
     {
         return kubelet_lease(hub, &ctx, r.clone(), req).await;
     }
     let own_node_get = matches!(&ctx.info, RequestInfo::Resource(r)
-        if ctx.component.as_deref() == Some("kubelet")
+        if node_local
+            && ctx.component.as_deref() == Some("kubelet")
             && r.verb == Verb::Get
             && r.gvr.group.is_empty()
             && r.gvr.resource == "nodes"
@@ -287,10 +327,8 @@ async fn forward(
                 {
                     local(hub, ctx, None).await
                 }
-                RequestInfo::NonResource { path } if method == http::Method::GET => {
-                    hub.metrics.request("cache", "get");
-                    let (hub, path) = (hub.clone(), path.clone());
-                    blocking(move || hub.cache.serve_non_resource(&path)).await
+                RequestInfo::NonResource { .. } if method == http::Method::GET => {
+                    local(hub, ctx, None).await
                 }
                 _ => {
                     hub.metrics.request("error", verb.as_str());
@@ -305,20 +343,28 @@ async fn forward(
     let format =
         header_str(&rparts.headers, header::CONTENT_TYPE).and_then(Format::of_content_type);
     let success = rparts.status.is_success();
+    if rparts.status == StatusCode::UNAUTHORIZED
+        && let Caller::ServiceAccount(sa, hash) = &ctx.caller
+    {
+        tracing::info!(user = %sa.user(), "the API server refused a token the hub verified; refused offline from now on");
+        hub.verifier.revoke(hash);
+    }
+    let owner = ctx.cache_owner();
     match (&ctx.info, format) {
         (RequestInfo::Resource(r), Some(format)) if success => {
             let component = ctx.component.clone().unwrap_or_default();
-            let cache_it = hub.cache.cacheable(ctx.component.as_deref(), r);
+            let cache_it = owner.is_some() && hub.cache.cacheable(ctx.component.as_deref(), r);
+            let owner = owner.unwrap_or_default();
             let filter_it = hub.filters.applies(&component, &r.gvr)
                 && matches!(r.verb, Verb::Get | Verb::List | Verb::Watch);
             if r.verb == Verb::Watch && (cache_it || filter_it) {
                 rparts.headers.remove(header::CONTENT_LENGTH);
                 let body = pump_watch(
                     hub.clone(),
+                    cache_it.then(|| owner.clone()),
                     component,
                     r.clone(),
                     format,
-                    cache_it,
                     filter_it,
                     rbody,
                 );
@@ -335,13 +381,8 @@ async fn forward(
                     }
                 };
                 if cache_it {
-                    let (hub2, r2, c2, b2, paginated) = (
-                        hub.clone(),
-                        r.clone(),
-                        component.clone(),
-                        bytes.clone(),
-                        ctx.paginated,
-                    );
+                    let (hub2, r2, c2, b2, paginated) =
+                        (hub.clone(), r.clone(), owner, bytes.clone(), ctx.paginated);
                     tokio::task::spawn_blocking(move || {
                         hub2.cache.ingest(&c2, &r2, format, &b2, paginated)
                     });
@@ -360,6 +401,7 @@ async fn forward(
         }
         (RequestInfo::NonResource { path }, _)
             if success
+                && ctx.origin == Origin::Local
                 && method == http::Method::GET
                 && ctx
                     .component
@@ -428,18 +470,21 @@ fn filter_body(
 }
 
 /// Streams a watch to the client, teeing it into the cache and filtering its events.
+/// `cache_as` names the cache owner the events are stored under, if they are cached.
 fn pump_watch(
     hub: Arc<Hub>,
+    cache_as: Option<String>,
     component: String,
     r: ResourceRequest,
     format: Format,
-    cache_it: bool,
     filter_it: bool,
     mut upstream: Incoming,
 ) -> ResponseBody {
     let (tx, body) = body::channel(32);
     tokio::spawn(async move {
-        let mut ingestor = cache_it.then(|| hub.cache.watch_ingestor(&component, &r, format));
+        let mut ingestor = cache_as
+            .as_deref()
+            .map(|owner| hub.cache.watch_ingestor(owner, &r, format));
         let mut decoder = filter_it.then(|| WatchDecoder::new(format));
         loop {
             let frame = tokio::select! {
@@ -587,11 +632,42 @@ async fn local(
     resp
 }
 
+/// Whether a pod-port caller may be answered locally at all: only with a token the hub
+/// verified (and, for a token bound to a pod, with that pod still on this node).
+fn refuse_unproven(hub: &Hub, ctx: &Ctx) -> Option<Response<ResponseBody>> {
+    let unauthorized = |why: &str| {
+        Some(status(
+            &ctx.accept,
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            &format!("the cloud is unreachable and {why}"),
+        ))
+    };
+    match &ctx.caller {
+        Caller::Node => None,
+        Caller::Anonymous => unauthorized("the request carries no token"),
+        Caller::Unproven(e, _) => unauthorized(&format!("the hub cannot verify its token: {e}")),
+        Caller::ServiceAccount(sa, _) => match &sa.pod {
+            Some(pod) if !hub.cache.holds_pod(&sa.namespace, &pod.name, &pod.uid) => {
+                unauthorized(&format!(
+                    "the token is bound to pod {}/{}, which is not on this node",
+                    sa.namespace, pod.name
+                ))
+            }
+            _ => None,
+        },
+    }
+}
+
 async fn local_inner(
     hub: &Arc<Hub>,
     ctx: &Ctx,
     req: Option<Request<Incoming>>,
 ) -> Response<ResponseBody> {
+    if let Some(refused) = refuse_unproven(hub, ctx) {
+        hub.metrics.request("refused", "any");
+        return refused;
+    }
     let r = match &ctx.info {
         RequestInfo::Resource(r) => r.clone(),
         RequestInfo::NonResource { path } => {
@@ -607,16 +683,24 @@ async fn local_inner(
         }
     };
     let component = ctx.component.clone().unwrap_or_default();
+    let reader = match &ctx.caller {
+        Caller::ServiceAccount(sa, _) => Reader {
+            owner: sa.cache_owner(),
+            component,
+            proves_rights: true,
+        },
+        _ => Reader::component(&component),
+    };
     hub.metrics.request("cache", r.verb.as_str());
     let accept = ctx.accept.clone();
     match r.verb {
         Verb::Get | Verb::Update | Verb::Patch => {
             let hub = hub.clone();
-            blocking(move || hub.cache.serve_get(&component, &r, &accept, &hub.filters)).await
+            blocking(move || hub.cache.serve_get(&reader, &r, &accept, &hub.filters)).await
         }
         Verb::List => {
             let hub = hub.clone();
-            blocking(move || hub.cache.serve_list(&component, &r, &accept, &hub.filters)).await
+            blocking(move || hub.cache.serve_list(&reader, &r, &accept, &hub.filters)).await
         }
         Verb::Watch => hold_watch(hub, &r, &accept),
         Verb::Create => match req {

@@ -266,11 +266,17 @@ impl RequestInfo {
 }
 
 /// The client component: the User-Agent, lower-cased, up to its first `/`
-/// (`kubelet/v1.20.2 (linux/amd64) kubernetes/faecb19` → `kubelet`).
+/// (`kubelet/v1.20.2 (linux/amd64) kubernetes/faecb19` → `kubelet`). Only names of
+/// letters, digits, `.`, `_` and `-` count: anything else is no component, so a
+/// User-Agent can never name a cache owner of another kind (`sa:<ns>:<name>`).
 pub fn component(user_agent: Option<&str>) -> Option<String> {
     let ua = user_agent?.trim();
     let name = ua.split('/').next().unwrap_or(ua).trim().to_lowercase();
-    (!name.is_empty()).then_some(name)
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    valid.then_some(name)
 }
 
 #[cfg(test)]
@@ -412,6 +418,12 @@ mod tests {
             Some("kube-proxy")
         );
         assert_eq!(component(Some("")), None);
+        assert_eq!(
+            component(Some("sa:idt:reader/1")),
+            None,
+            "a User-Agent cannot name a service account's cache"
+        );
+        assert_eq!(component(Some("my app/1")), None);
         assert_eq!(component(None), None);
     }
 

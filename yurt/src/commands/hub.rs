@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use yurt_hub::config::{Config, DummyInterface, HealthConfig, SecureProxy, UpstreamConfig};
+use yurt_hub::config::{
+    Config, DummyInterface, HealthConfig, PodTokenConfig, SecureProxy, UpstreamConfig,
+};
 
 /// `yurt hub` flags (OpenYurt's names where it has one).
 #[derive(Debug, Args)]
@@ -101,6 +103,13 @@ pub struct HubArgs {
     /// kubelet's static pod folder (OTA upgrades of YurtStaticSet pods write here).
     #[arg(long, default_value = "/etc/kubernetes/manifests")]
     pub static_pod_path: PathBuf,
+    /// Audiences a pod's bound service-account token must carry to be verified offline
+    /// (the API server's `--api-audiences`; empty: the issuer, the API server's default).
+    #[arg(long, value_delimiter = ',', env = "YURT_HUB_TOKEN_AUDIENCES")]
+    pub token_audiences: Vec<String>,
+    /// Seconds between refreshes of the service-account issuer's public keys.
+    #[arg(long, default_value_t = 300)]
+    pub issuer_keys_refresh_seconds: u64,
 }
 
 fn config(a: HubArgs) -> anyhow::Result<Config> {
@@ -157,6 +166,15 @@ fn config(a: HubArgs) -> anyhow::Result<Config> {
         extra_cache_agents: a.cache_agents,
         cache_batch_max: 512,
         static_pod_dir: a.static_pod_path,
+        pod_tokens: PodTokenConfig {
+            audiences: a
+                .token_audiences
+                .into_iter()
+                .map(|a| a.trim().to_owned())
+                .filter(|a| !a.is_empty())
+                .collect(),
+            keys_refresh: Duration::from_secs(a.issuer_keys_refresh_seconds.max(10)),
+        },
     })
 }
 

@@ -14,9 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::Agents;
 
-/// The ConfigMap of hub settings, and the label it carries.
+/// The ConfigMap of hub settings.
 pub const HUB_CONFIGMAP: &str = "yurt-hub-cfg";
-const HUB_CONFIGMAP_LABEL: &str = "openyurt.io/configmap-name";
 /// The node label naming a node's pool.
 pub const POOL_LABEL: &str = "apps.openyurt.io/nodepool";
 
@@ -25,6 +24,7 @@ pub const POOL_LABEL: &str = "apps.openyurt.io/nodepool";
 pub struct ClusterView {
     services: RwLock<HashMap<(String, String), BTreeMap<String, String>>>,
     node_pools: RwLock<HashMap<String, String>>,
+    node_pod_cidrs: RwLock<HashMap<String, Vec<ipnet::IpNet>>>,
     filter_clients: RwLock<HashMap<String, HashSet<String>>>,
     services_synced: AtomicBool,
 }
@@ -46,6 +46,27 @@ impl ClusterView {
     /// The pool of `node`, if known.
     pub fn pool_of(&self, node: &str) -> Option<String> {
         self.node_pools.read().ok()?.get(node).cloned()
+    }
+
+    /// The pod CIDRs of `node`, if known.
+    pub fn pod_cidrs_of(&self, node: &str) -> Vec<ipnet::IpNet> {
+        self.node_pod_cidrs
+            .read()
+            .ok()
+            .and_then(|m| m.get(node).cloned())
+            .unwrap_or_default()
+    }
+
+    /// Records a node's pod CIDRs (unparsable ones are skipped; none forgets the node).
+    pub fn set_node_pod_cidrs(&self, node: &str, cidrs: &[String]) {
+        let parsed: Vec<ipnet::IpNet> = cidrs.iter().filter_map(|c| c.parse().ok()).collect();
+        if let Ok(mut m) = self.node_pod_cidrs.write() {
+            if parsed.is_empty() {
+                m.remove(node);
+            } else {
+                m.insert(node.to_owned(), parsed);
+            }
+        }
     }
 
     /// Components added to `filter` by `yurt-hub-cfg`.
@@ -173,9 +194,15 @@ pub async fn run(
                             .and_then(|l| l.get(POOL_LABEL))
                             .cloned();
                         view.set_node_pool(&name, pool.as_deref());
+                        let spec = n.spec.as_ref();
+                        let mut cidrs = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
+                        cidrs.extend(spec.and_then(|s| s.pod_cidr.clone()));
+                        view.set_node_pod_cidrs(&name, &cidrs);
                     }
                     Ok(Some(watcher::Event::Delete(n))) => {
-                        view.set_node_pool(&n.metadata.name.clone().unwrap_or_default(), None);
+                        let name = n.metadata.name.clone().unwrap_or_default();
+                        view.set_node_pool(&name, None);
+                        view.set_node_pod_cidrs(&name, &[]);
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => break,
@@ -190,9 +217,12 @@ pub async fn run(
     let config = {
         let view = view.clone();
         let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
-        let selector = format!("{HUB_CONFIGMAP_LABEL}={HUB_CONFIGMAP}");
+        // Selected by name: the hubs may read only this ConfigMap (RBAC `resourceNames`),
+        // and the API server allows a list or watch under `resourceNames` only when the
+        // request pins `metadata.name`.
+        let selector = format!("metadata.name={HUB_CONFIGMAP}");
         async move {
-            let cfg = watcher::Config::default().labels(&selector);
+            let cfg = watcher::Config::default().fields(&selector);
             let mut stream = std::pin::pin!(watcher(api, cfg));
             loop {
                 match stream.try_next().await {
