@@ -242,7 +242,13 @@ impl Cache {
         let result = match r.verb {
             Verb::List => codec::decode_list(format, body).map(|list| {
                 let items = list.items;
-                if paginated || !list.continue_token.is_empty() {
+                // A selector the hub cannot evaluate must not stand for a complete
+                // listing: it would be served offline unfiltered, and replacing the list
+                // would delete what the selector did not return.
+                let evaluable = LabelSelector::parse(r.label_selector.as_deref().unwrap_or(""))
+                    .is_ok()
+                    && FieldSelector::parse(r.field_selector.as_deref().unwrap_or("")).is_ok();
+                if paginated || !list.continue_token.is_empty() || !evaluable {
                     for item in items {
                         let key = Self::key(component, r, &item);
                         let _ = self.store.upsert(key, item);
@@ -431,9 +437,11 @@ impl Cache {
             (Err(e), _) | (_, Err(e)) => {
                 return status(
                     accept,
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    &e.to_string(),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    &format!(
+                        "the cloud is unreachable and the hub cannot evaluate this selector offline: {e}"
+                    ),
                 );
             }
         };
@@ -781,6 +789,56 @@ mod tests {
             .status(),
             200,
             "kubelet still reads its own"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_list_whose_selector_the_hub_cannot_evaluate_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path());
+        let all = request("/api/v1/namespaces/default/pods", None);
+        c.ingest(
+            "kubelet",
+            &all,
+            Format::Json,
+            &pods_json(&[("p1", "edge-a1", "web"), ("p2", "edge-a1", "db")]),
+            false,
+        );
+        // The API server accepts `x>1`; the hub does not evaluate it.
+        let odd = request(
+            "/api/v1/namespaces/default/pods",
+            Some("labelSelector=x%3E1"),
+        );
+        c.ingest(
+            "kubelet",
+            &odd,
+            Format::Json,
+            &pods_json(&[("p1", "edge-a1", "web")]),
+            false,
+        );
+        c.store().flush().unwrap();
+        let v = body_json(c.serve_list(
+            &Reader::component("kubelet"),
+            &all,
+            &[Format::Json],
+            &Filters::none(),
+        ))
+        .await;
+        assert_eq!(
+            v["items"].as_array().map(Vec::len),
+            Some(2),
+            "p2 is still cached"
+        );
+        assert_eq!(
+            c.serve_list(
+                &Reader::component("kubelet"),
+                &odd,
+                &[Format::Json],
+                &Filters::none()
+            )
+            .status(),
+            503,
+            "a shape the hub cannot evaluate is never served as complete"
         );
     }
 

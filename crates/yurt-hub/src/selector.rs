@@ -186,17 +186,17 @@ fn unescape(s: &str) -> String {
 
 /// Finds the first unescaped occurrence of `op`.
 fn find_op(s: &str, op: &str) -> Option<usize> {
-    let bytes = s.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            i += 2;
+    // Walks characters, not bytes: a selector may hold any UTF-8, and slicing inside a
+    // character would panic (in the cache writer, once).
+    let mut chars = s.char_indices();
+    while let Some((i, c)) = chars.next() {
+        if c == '\\' {
+            chars.next();
             continue;
         }
         if s[i..].starts_with(op) {
             return Some(i);
         }
-        i += 1;
     }
     None
 }
@@ -329,5 +329,19 @@ mod tests {
                 .pinned_name(),
             Some("n1")
         );
+    }
+}
+
+#[cfg(test)]
+mod non_ascii_tests {
+    use super::*;
+
+    #[test]
+    fn non_ascii_field_selectors_parse_without_panicking() {
+        let s = FieldSelector::parse("metadata.name=é,spec.nodeName!=ノード").unwrap();
+        assert_eq!(s.0[0].value, "é");
+        assert!(s.0[1].negated);
+        assert_eq!(s.0[1].value, "ノード");
+        assert!(FieldSelector::parse("é").is_err());
     }
 }

@@ -90,14 +90,21 @@ impl Shape {
         ns_ok && labels_ok && fields_ok
     }
 
-    /// Whether `obj` belongs to this shape.
+    /// Whether `obj` belongs to this shape. A selector that does not parse selects
+    /// nothing, so replacing such a shape's list never deletes anything.
     pub fn selects(&self, info: &ObjectInfo) -> bool {
         if !self.namespace.is_empty() && info.namespace != self.namespace {
             return false;
         }
-        let labels = LabelSelector::parse(&self.label_selector).unwrap_or_default();
-        let fields = FieldSelector::parse(&self.field_selector).unwrap_or_default();
-        labels.matches(&info.labels) && fields.matches(|f| info.field(f))
+        match (
+            LabelSelector::parse(&self.label_selector),
+            FieldSelector::parse(&self.field_selector),
+        ) {
+            (Ok(labels), Ok(fields)) => {
+                labels.matches(&info.labels) && fields.matches(|f| info.field(f))
+            }
+            _ => false,
+        }
     }
 }
 
