@@ -360,6 +360,7 @@ impl Context<'_> {
                 let pool = &self.plan.pools[edge.pool];
                 let hub_stem = Identity::Hub(edge.name.clone()).stem();
                 let serving = PkiPaths::hub_serving(&edge.name);
+                let up = t.hub_upstream;
                 CommandLine {
                     program: self.yurt_binary.to_owned(),
                     args: vec![
@@ -381,6 +382,19 @@ impl Context<'_> {
                             "--kubelet-health-grace-period={}",
                             t.node_lease.as_secs()
                         )),
+                        arg(format!(
+                            "--upstream-connect-timeout={}ms",
+                            up.connect.as_millis()
+                        )),
+                        arg(format!(
+                            "--upstream-keepalive-interval={}ms",
+                            up.keepalive_interval.as_millis()
+                        )),
+                        arg(format!(
+                            "--upstream-keepalive-timeout={}ms",
+                            up.keepalive_timeout.as_millis()
+                        )),
+                        arg(format!("--upstream-read-timeout={}ms", up.read.as_millis())),
                     ],
                     env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
                 }

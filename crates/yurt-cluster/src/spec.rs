@@ -86,6 +86,21 @@ pub struct Timings {
     pub eviction_toleration: Duration,
     /// The hub's health-probe interval.
     pub hub_heartbeat: Duration,
+    /// The hub's connections to the API server (real-WAN values for `standard`).
+    pub hub_upstream: HubUpstreamTimings,
+}
+
+/// The hub's upstream timeouts (its `--upstream-*` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HubUpstreamTimings {
+    /// TCP+TLS connect timeout.
+    pub connect: Duration,
+    /// HTTP/2 ping interval.
+    pub keepalive_interval: Duration,
+    /// HTTP/2 ping timeout.
+    pub keepalive_timeout: Duration,
+    /// How long a GET or LIST waits for response headers before the cache answers.
+    pub read: Duration,
 }
 
 impl Timing {
@@ -99,6 +114,12 @@ impl Timing {
                 node_grace: Duration::from_secs(40),
                 eviction_toleration: Duration::from_secs(300),
                 hub_heartbeat: Duration::from_secs(10),
+                hub_upstream: HubUpstreamTimings {
+                    connect: Duration::from_secs(10),
+                    keepalive_interval: Duration::from_secs(10),
+                    keepalive_timeout: Duration::from_secs(10),
+                    read: Duration::from_secs(30),
+                },
             },
             Self::Fast => Timings {
                 node_lease: Duration::from_secs(10),
@@ -107,6 +128,13 @@ impl Timing {
                 node_grace: Duration::from_secs(16),
                 eviction_toleration: Duration::from_secs(30),
                 hub_heartbeat: Duration::from_secs(4),
+                // Lab links: a cut is noticed within a second.
+                hub_upstream: HubUpstreamTimings {
+                    connect: Duration::from_secs(1),
+                    keepalive_interval: Duration::from_millis(300),
+                    keepalive_timeout: Duration::from_millis(500),
+                    read: Duration::from_secs(10),
+                },
             },
         }
     }

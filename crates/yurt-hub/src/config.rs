@@ -54,28 +54,32 @@ impl Default for HealthConfig {
     }
 }
 
-/// Connections to the API servers.
+/// Connections to the API servers. The defaults fit a real WAN (satellite or cellular,
+/// 500 ms+ round trips, some loss); `yurt up --timing fast` passes lab values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamConfig {
-    /// TCP+TLS connect timeout.
+    /// TCP+TLS connect timeout (10 s: a handshake is three round trips, and a lost SYN
+    /// is retried after a second). A failed connect makes the node offline at once.
     pub connect_timeout: Duration,
     /// HTTP/2 ping interval on upstream connections; a missed ping closes the
-    /// connection, so a cut link is noticed even while all streams are idle watches.
+    /// connection, so a cut link is noticed even while all streams are idle watches
+    /// (10 s).
     pub keepalive_interval: Duration,
-    /// How long a ping may go unanswered.
+    /// How long a ping may go unanswered (10 s).
     pub keepalive_timeout: Duration,
     /// How long a GET or LIST may wait for response headers before it is answered from
-    /// the cache instead.
+    /// the cache instead (30 s). A slow answer on a live connection only asks the health
+    /// checker to probe now; it never makes the node offline by itself.
     pub read_timeout: Duration,
 }
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
-            connect_timeout: Duration::from_secs(1),
-            keepalive_interval: Duration::from_millis(300),
-            keepalive_timeout: Duration::from_millis(500),
-            read_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -229,8 +229,8 @@ fn unavailable(accept: &[Format], message: &str) -> Response<ResponseBody> {
 struct UpstreamFailure {
     /// The error and its causes.
     message: String,
-    /// The server could not be reached at all (no connection, or no answer in time),
-    /// as opposed to a failure on a live connection.
+    /// The server could not be reached at all (no connection), as opposed to a failure
+    /// or a slow answer on a live connection.
     unreachable: bool,
 }
 
@@ -303,9 +303,13 @@ async fn forward(
     let result = if reads {
         match tokio::time::timeout(hub.config.upstream.read_timeout, fut).await {
             Ok(r) => r.map_err(UpstreamFailure::of),
+            // Slow is not gone: answer this one from the cache, let the prober judge.
             Err(_) => Err(UpstreamFailure {
-                message: "timed out waiting for response headers".to_owned(),
-                unreachable: true,
+                message: format!(
+                    "no response headers within {:?}",
+                    hub.config.upstream.read_timeout
+                ),
+                unreachable: false,
             }),
         }
     } else {

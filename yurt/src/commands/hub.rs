@@ -107,9 +107,28 @@ pub struct HubArgs {
     /// (the API server's `--api-audiences`; empty: the issuer, the API server's default).
     #[arg(long, value_delimiter = ',', env = "YURT_HUB_TOKEN_AUDIENCES")]
     pub token_audiences: Vec<String>,
+    /// TCP+TLS connect timeout towards API servers (`10s`, `500ms`); a failed connect
+    /// makes the node offline at once.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub upstream_connect_timeout: Duration,
+    /// HTTP/2 ping interval on connections to API servers.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub upstream_keepalive_interval: Duration,
+    /// How long an HTTP/2 ping may go unanswered before the connection is dropped.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub upstream_keepalive_timeout: Duration,
+    /// How long a GET or LIST waits for the API server's response headers before it is
+    /// answered from the cache (the node stays online; the health checker probes now).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub upstream_read_timeout: Duration,
     /// Seconds between refreshes of the service-account issuer's public keys.
     #[arg(long, default_value_t = 300)]
     pub issuer_keys_refresh_seconds: u64,
+}
+
+fn positive(d: Duration, flag: &str) -> anyhow::Result<Duration> {
+    anyhow::ensure!(!d.is_zero(), "{flag} must be longer than zero");
+    Ok(d)
 }
 
 fn config(a: HubArgs) -> anyhow::Result<Config> {
@@ -160,7 +179,18 @@ fn config(a: HubArgs) -> anyhow::Result<Config> {
             healthy_threshold: a.heartbeat_healthy_threshold.max(1),
             kubelet_grace: Duration::from_secs(a.kubelet_health_grace_period.max(1)),
         },
-        upstream: UpstreamConfig::default(),
+        upstream: UpstreamConfig {
+            connect_timeout: positive(a.upstream_connect_timeout, "--upstream-connect-timeout")?,
+            keepalive_interval: positive(
+                a.upstream_keepalive_interval,
+                "--upstream-keepalive-interval",
+            )?,
+            keepalive_timeout: positive(
+                a.upstream_keepalive_timeout,
+                "--upstream-keepalive-timeout",
+            )?,
+            read_timeout: positive(a.upstream_read_timeout, "--upstream-read-timeout")?,
+        },
         min_request_timeout: Duration::from_secs(a.min_request_timeout.max(1)),
         namespace: a.namespace,
         extra_cache_agents: a.cache_agents,
@@ -232,6 +262,30 @@ mod tests {
             "169.254.2.1:10268"
         );
         assert_eq!(c.dummy_interface.unwrap().name, "hub-dummy0");
+    }
+
+    #[test]
+    fn upstream_timeouts_default_to_real_wan_values_and_take_units() {
+        let c = parse(&["--proxy-secure-port", "0"]).unwrap();
+        assert_eq!(c.upstream, UpstreamConfig::default());
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.upstream.read_timeout, Duration::from_secs(30));
+        let c = parse(&[
+            "--proxy-secure-port",
+            "0",
+            "--upstream-keepalive-interval",
+            "300ms",
+            "--upstream-read-timeout",
+            "2m",
+        ])
+        .unwrap();
+        assert_eq!(c.upstream.keepalive_interval, Duration::from_millis(300));
+        assert_eq!(c.upstream.read_timeout, Duration::from_secs(120));
+        let e = parse(&["--proxy-secure-port", "0", "--upstream-connect-timeout", "0s"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--upstream-connect-timeout"), "{e}");
+        assert!(parse(&["--upstream-read-timeout", "soon"]).is_err());
     }
 
     #[test]
