@@ -1,7 +1,7 @@
 //! The node's `Autonomy` condition (OpenYurt §2.9): whether this node can keep working
-//! offline. `False` when the node is not an autonomous edge node, `True` when the hub's
-//! cache is healthy, `Unknown` when cache writes have been failing (a full disk, I/O
-//! errors). Checked when kubelet reads its Node; written with the node's identity, only
+//! offline. `False` when the node is not an autonomous edge node or the hub's cache
+//! writer has stopped, `True` when the hub's cache is healthy, `Unknown` when cache
+//! writes have been failing (a full disk, I/O errors, a skipped item). Checked when kubelet reads its Node; written with the node's identity, only
 //! when it changes.
 
 use std::sync::Mutex;
@@ -29,8 +29,18 @@ pub struct Verdict {
     pub message: String,
 }
 
-/// The verdict for `node`, given how many cache writes failed since the last check.
-pub fn verdict(node: &Node, failed_writes: u64) -> Verdict {
+/// What the hub knows of its cache when it judges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheHealth {
+    /// Cache writes that failed since the last check.
+    pub failed_writes: u64,
+    /// Whether the cache writer still runs.
+    pub writer_running: bool,
+}
+
+/// The verdict for `node`, given the cache's health since the last check.
+pub fn verdict(node: &Node, cache: CacheHealth) -> Verdict {
+    let failed_writes = cache.failed_writes;
     let meta = &node.metadata;
     let annotations = meta.annotations.clone().unwrap_or_default();
     let autonomous = annotations.contains_key(AUTONOMY_DURATION)
@@ -45,6 +55,13 @@ pub fn verdict(node: &Node, failed_writes: u64) -> Verdict {
             status: "False",
             reason: "AutonomyDisabled",
             message: "the node is not an autonomous edge node".into(),
+        };
+    }
+    if !cache.writer_running {
+        return Verdict {
+            status: "False",
+            reason: "CacheWriterStopped",
+            message: "the hub's cache writer has stopped: nothing new is cached, so the node cannot work offline as expected".into(),
         };
     }
     if failed_writes > 0 {
@@ -80,7 +97,7 @@ impl AutonomyReporter {
     }
 
     fn failed_writes(metrics: &HubMetrics) -> u64 {
-        ["disk_full", "io", "other"]
+        ["disk_full", "io", "other", "panic"]
             .iter()
             .map(|r| {
                 metrics
@@ -102,6 +119,7 @@ impl AutonomyReporter {
         client: &kube::Client,
         node: &str,
         metrics: &HubMetrics,
+        writer_running: bool,
     ) -> Result<(), kube::Error> {
         let failed_now = Self::failed_writes(metrics);
         let failed_since = {
@@ -117,7 +135,13 @@ impl AutonomyReporter {
         };
         let nodes: Api<Node> = Api::all(client.clone());
         let current = nodes.get(node).await?;
-        let v = verdict(&current, failed_since);
+        let v = verdict(
+            &current,
+            CacheHealth {
+                failed_writes: failed_since,
+                writer_running,
+            },
+        );
         let existing = current
             .status
             .as_ref()
@@ -171,22 +195,39 @@ mod tests {
         }
     }
 
+    fn failed(failed_writes: u64) -> CacheHealth {
+        CacheHealth {
+            failed_writes,
+            writer_running: true,
+        }
+    }
+
     #[test]
     fn verdicts_follow_annotations_labels_and_cache_health() {
-        assert_eq!(verdict(&node(&[], Some("true")), 0).status, "False");
+        assert_eq!(verdict(&node(&[], Some("true")), failed(0)).status, "False");
         assert_eq!(
-            verdict(&node(&[(AUTONOMY_DURATION, "0")], Some("true")), 0).status,
+            verdict(&node(&[(AUTONOMY_DURATION, "0")], Some("true")), failed(0)).status,
             "True"
         );
         assert_eq!(
-            verdict(&node(&[(AUTONOMY_LEGACY, "true")], None), 0).status,
+            verdict(&node(&[(AUTONOMY_LEGACY, "true")], None), failed(0)).status,
             "True"
         );
         assert_eq!(
-            verdict(&node(&[(AUTONOMY_DURATION, "1h")], Some("false")), 0).status,
+            verdict(
+                &node(&[(AUTONOMY_DURATION, "1h")], Some("false")),
+                failed(0)
+            )
+            .status,
             "False"
         );
-        let v = verdict(&node(&[(AUTONOMY_DURATION, "0")], Some("true")), 3);
+        let v = verdict(&node(&[(AUTONOMY_DURATION, "0")], Some("true")), failed(3));
         assert_eq!((v.status, v.reason), ("Unknown", "CacheFailed"));
+        let stopped = CacheHealth {
+            failed_writes: 0,
+            writer_running: false,
+        };
+        let v = verdict(&node(&[(AUTONOMY_DURATION, "0")], Some("true")), stopped);
+        assert_eq!((v.status, v.reason), ("False", "CacheWriterStopped"));
     }
 }

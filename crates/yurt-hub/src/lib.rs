@@ -325,6 +325,24 @@ pub async fn run(
             token,
         ));
     }
+    {
+        // A cache writer that stopped would cache nothing more while the node looked
+        // fine: report not-ready (and the Autonomy condition says why).
+        let (store, ready, token) = (store.clone(), ready.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    () = token.cancelled() => return,
+                }
+                if !store.writer_running() {
+                    tracing::error!("the cache writer has stopped: the hub reports not ready");
+                    ready.store(false, Ordering::Release);
+                    return;
+                }
+            }
+        });
+    }
     tracker.spawn(identity::keep_keys(
         verifier,
         self_client.clone(),

@@ -196,7 +196,16 @@ async fn route(hub: &Arc<Hub>, origin: Origin, req: Request<Incoming>) -> Respon
                 let hub = hub.clone();
                 tokio::spawn(async move {
                     let node = hub.config.node_name.to_string();
-                    if let Err(e) = hub.autonomy.check(&backend.kube, &node, &hub.metrics).await {
+                    if let Err(e) = hub
+                        .autonomy
+                        .check(
+                            &backend.kube,
+                            &node,
+                            &hub.metrics,
+                            hub.cache.store().writer_running(),
+                        )
+                        .await
+                    {
                         tracing::warn!(error = %e, "Autonomy condition not updated");
                     }
                 });

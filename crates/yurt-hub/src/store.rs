@@ -120,6 +120,9 @@ enum WriteOp {
         items: Vec<RawObject>,
     },
     Flush(mpsc::Sender<std::result::Result<(), String>>),
+    /// Panics inside the writer (tests of the writer's panic guard).
+    #[cfg(test)]
+    Panic,
 }
 
 /// Store settings.
@@ -375,6 +378,15 @@ impl Store {
         })
     }
 
+    /// Whether the writer thread is still running (it stops only on [`Store::close`]
+    /// or a fault it could not survive).
+    pub fn writer_running(&self) -> bool {
+        self.inner
+            .thread
+            .lock()
+            .is_ok_and(|t| t.as_ref().is_some_and(|t| !t.is_finished()))
+    }
+
     /// Waits until every write queued before it is committed to disk.
     ///
     /// # Errors
@@ -612,6 +624,8 @@ fn upsert_row(
 
 fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> rusqlite::Result<u64> {
     match op {
+        #[cfg(test)]
+        WriteOp::Panic => panic!("a write that panics"),
         WriteOp::Upsert(key, obj) => upsert_row(tx, key, obj).map(|n| n as u64),
         WriteOp::Delete(key) => {
             tx.prepare_cached(
@@ -695,6 +709,29 @@ fn error_reason(e: &rusqlite::Error) -> &'static str {
     }
 }
 
+/// Commits `ops` in one transaction; `Err` carries the message of a panic met on the
+/// way (the transaction is then rolled back).
+fn commit(
+    conn: &mut Connection,
+    ops: &[WriteOp],
+) -> std::result::Result<rusqlite::Result<u64>, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let tx = conn.transaction()?;
+        let mut written = 0;
+        for op in ops {
+            written += apply(&tx, op)?;
+        }
+        tx.commit()?;
+        Ok(written)
+    }))
+    .map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned())
+    })
+}
+
 fn writer_loop(
     mut conn: Connection,
     path: &Path,
@@ -714,15 +751,34 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let result = (|| -> rusqlite::Result<u64> {
-            let tx = conn.transaction()?;
-            let mut written = 0;
-            for op in &batch {
-                written += apply(&tx, op)?;
+        let result = match commit(&mut conn, &batch) {
+            Ok(r) => r,
+            // A bug met by one item must not stop the writer for good (every later write
+            // would fail and the node would still look autonomous): redo the batch item
+            // by item and drop only the items that panic.
+            Err(_) => {
+                let mut written = 0;
+                let mut last_error = None;
+                for op in &batch {
+                    match commit(&mut conn, std::slice::from_ref(op)) {
+                        Ok(Ok(n)) => written += n,
+                        Ok(Err(e)) => last_error = Some(e),
+                        Err(panic) => {
+                            tracing::error!(path = %path.display(), panic = %panic, "a cache write panicked; that item is skipped");
+                            failure
+                                .get_or_insert_with(|| format!("a cache write panicked: {panic}"));
+                            metrics
+                                .cache_write_errors
+                                .get_or_create(&ReasonLabel {
+                                    reason: "panic".to_owned(),
+                                })
+                                .inc();
+                        }
+                    }
+                }
+                last_error.map_or(Ok(written), Err)
             }
-            tx.commit()?;
-            Ok(written)
-        })();
+        };
         match result {
             Ok(written) => {
                 metrics.cache_writes.inc_by(written);
@@ -982,6 +1038,54 @@ mod tests {
         assert_eq!(decode_map(&encode_map(&m)), Some(m));
         assert_eq!(decode_map(&[]), Some(BTreeMap::new()));
         assert_eq!(decode_map(&[5, 0, b'a']), None);
+    }
+
+    #[test]
+    fn a_write_that_panics_is_skipped_and_the_writer_keeps_going() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = HubMetrics::default();
+        let s = Store::open(
+            &StoreConfig {
+                dir: dir.path().to_owned(),
+                batch_max: 64,
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        let key = |name: &str| ObjectKey {
+            component: "kubelet".into(),
+            gvr: "configmaps.v1.core".into(),
+            namespace: "ns".into(),
+            name: name.into(),
+        };
+        s.upsert(key("before"), obj("ns", "before", 1, &[], "{}"))
+            .unwrap();
+        s.send(WriteOp::Panic).unwrap();
+        s.upsert(key("after"), obj("ns", "after", 1, &[], "{}"))
+            .unwrap();
+        let flushed = s.flush();
+        assert!(
+            flushed
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("panicked")),
+            "the flush reports the skipped write: {flushed:?}"
+        );
+        assert!(s.get(&key("before")).unwrap().is_some());
+        assert!(s.get(&key("after")).unwrap().is_some());
+        assert!(s.writer_running());
+        s.upsert(key("later"), obj("ns", "later", 1, &[], "{}"))
+            .unwrap();
+        s.flush().unwrap();
+        assert!(s.get(&key("later")).unwrap().is_some());
+        let panics = metrics
+            .cache_write_errors
+            .get_or_create(&ReasonLabel {
+                reason: "panic".into(),
+            })
+            .get();
+        assert_eq!(panics, 1);
+        s.close();
+        assert!(!s.writer_running());
     }
 
     #[test]
