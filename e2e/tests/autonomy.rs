@@ -138,16 +138,22 @@ async fn service_answers(
     Ok(seen)
 }
 
-/// The hub's count of requests of `verb` it forwarded upstream, from its metrics.
+/// The hub's count of requests of `verb` it forwarded upstream, from its metrics. A
+/// failed scrape or a missing metric is an error, never a zero that would make "no
+/// relist" pass without measuring anything.
 fn upstream_requests(f: &TestFleet, host: &str, verb: &str) -> anyhow::Result<u64> {
     let out = f.exec(host, &["wget", "-qO-", "http://127.0.0.1:10267/metrics"])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "scraping the hub's metrics on {host} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let needle = format!("yurt_hub_requests_total{{served_by=\"upstream\",verb=\"{verb}\"}} ");
-    Ok(text
-        .lines()
+    text.lines()
         .find_map(|l| l.strip_prefix(&needle))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
+        .ok_or_else(|| anyhow::anyhow!("the hub on {host} has no metric {needle}"))
 }
 
 /// Pods whose `web` container runs on `host`, read from its containerd (works offline):
@@ -236,6 +242,10 @@ async fn a_site_cut_off_for_five_minutes_keeps_serving_and_resyncs_without_resta
         let names: BTreeSet<String> = before.iter().map(|p| p.0.clone()).collect();
 
         let lists_before = upstream_requests(&f, "edge-a1", "list")?;
+        anyhow::ensure!(
+            lists_before > 0,
+            "the hub forwarded no LIST before the outage: the relist check would prove nothing"
+        );
         f.cut("pool-a")?;
         wait_cloud_ready(&f, &["edge-a1", "edge-a2"], false, Duration::from_secs(60)).await?;
         let started = Instant::now();
