@@ -259,14 +259,14 @@ impl Cache {
                         label_selector: r.label_selector.clone().unwrap_or_default(),
                         field_selector: r.field_selector.clone().unwrap_or_default(),
                     };
-                    let _ = self.store.replace_list(
-                        component,
-                        &r.gvr.to_string(),
-                        shape,
-                        &list.api_version,
-                        &list.kind,
-                        items,
-                    );
+                    let meta = crate::store::ListMeta {
+                        api_version: list.api_version,
+                        kind: list.kind,
+                        resource_version: list.resource_version.parse().unwrap_or(0),
+                    };
+                    let _ =
+                        self.store
+                            .replace_list(component, &r.gvr.to_string(), shape, meta, items);
                 }
             }),
             _ => codec::decode_object(format, body).map(|obj| {
@@ -546,7 +546,7 @@ impl WatchIngestor<'_> {
                     let store = &self.cache.store;
                     let _ = match ev.event_type.as_str() {
                         "ADDED" | "MODIFIED" => store.upsert(key, ev.object),
-                        "DELETED" => store.delete(key),
+                        "DELETED" => store.delete(key, ev.object.info.rv()),
                         _ => Ok(()),
                     };
                 }

@@ -108,15 +108,26 @@ impl Shape {
     }
 }
 
+/// What a LIST response says about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListMeta {
+    /// The list's `apiVersion`.
+    pub api_version: String,
+    /// The list's `kind` (`PodList`).
+    pub kind: String,
+    /// The list's `metadata.resourceVersion` as a number (0 if it is not one).
+    pub resource_version: u64,
+}
+
 enum WriteOp {
     Upsert(ObjectKey, RawObject),
-    Delete(ObjectKey),
+    /// A deletion seen at a resourceVersion (0: unconditional).
+    Delete(ObjectKey, u64),
     ReplaceList {
         component: String,
         gvr: String,
         shape: Shape,
-        list_api_version: String,
-        list_kind: String,
+        meta: ListMeta,
         items: Vec<RawObject>,
     },
     Flush(mpsc::Sender<std::result::Result<(), String>>),
@@ -349,8 +360,8 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Closed`] after shutdown.
-    pub fn delete(&self, key: ObjectKey) -> Result<()> {
-        self.send(WriteOp::Delete(key))
+    pub fn delete(&self, key: ObjectKey, resource_version: u64) -> Result<()> {
+        self.send(WriteOp::Delete(key, resource_version))
     }
 
     /// Queues the result of a complete LIST of `shape`: its items are stored, cached
@@ -364,16 +375,14 @@ impl Store {
         component: &str,
         gvr: &str,
         shape: Shape,
-        list_api_version: &str,
-        list_kind: &str,
+        meta: ListMeta,
         items: Vec<RawObject>,
     ) -> Result<()> {
         self.send(WriteOp::ReplaceList {
             component: component.to_owned(),
             gvr: gvr.to_owned(),
             shape,
-            list_api_version: list_api_version.to_owned(),
-            list_kind: list_kind.to_owned(),
+            meta,
             items,
         })
     }
@@ -433,7 +442,7 @@ impl Store {
         if crc(&row.data) != row.crc {
             tracing::warn!(component = %key.component, gvr = %key.gvr, namespace = %key.namespace, name = %key.name, "corrupt cache entry dropped");
             self.inner.metrics.cache_corrupt_entries.inc();
-            let _ = self.delete(key.clone());
+            let _ = self.delete(key.clone(), 0);
             return None;
         }
         Some(RawObject {
@@ -627,37 +636,41 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> rusqlite::Result<u64> 
         #[cfg(test)]
         WriteOp::Panic => panic!("a write that panics"),
         WriteOp::Upsert(key, obj) => upsert_row(tx, key, obj).map(|n| n as u64),
-        WriteOp::Delete(key) => {
+        // A deletion never removes a newer version than the one it saw (a late event
+        // must not undo a later write).
+        WriteOp::Delete(key, rv) => {
             tx.prepare_cached(
-                "DELETE FROM objects WHERE component=?1 AND gvr=?2 AND namespace=?3 AND name=?4",
+                "DELETE FROM objects WHERE component=?1 AND gvr=?2 AND namespace=?3 AND name=?4 AND (?5 = 0 OR rv <= ?5)",
             )?
-            .execute(params![key.component, key.gvr, key.namespace, key.name])?;
+            .execute(params![key.component, key.gvr, key.namespace, key.name, rv.cast_signed()])?;
             Ok(0)
         }
         WriteOp::ReplaceList {
             component,
             gvr,
             shape,
-            list_api_version,
-            list_kind,
+            meta,
             items,
         } => {
+            let list_rv = meta.resource_version.cast_signed();
             let keep: HashSet<(&str, &str)> = items
                 .iter()
                 .map(|i| (i.info.namespace.as_str(), i.info.name.as_str()))
                 .collect();
-            // Objects this shape selects that the fresh list no longer has are gone.
-            let existing: Vec<(String, String, Vec<u8>, Vec<u8>)> = {
+            // Objects this shape selects that the fresh list no longer has are gone,
+            // unless a watch event newer than the list wrote them (the list was taken
+            // before they existed).
+            let existing: Vec<(String, String, Vec<u8>, Vec<u8>, i64)> = {
                 let mut stmt = tx.prepare_cached(
-                    "SELECT namespace, name, labels, fields FROM objects WHERE component=?1 AND gvr=?2",
+                    "SELECT namespace, name, labels, fields, rv FROM objects WHERE component=?1 AND gvr=?2",
                 )?;
                 stmt.query_map(params![component, gvr], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?
             };
-            for (ns, name, labels, fields) in existing {
-                if keep.contains(&(ns.as_str(), name.as_str())) {
+            for (ns, name, labels, fields, rv) in existing {
+                if keep.contains(&(ns.as_str(), name.as_str())) || (list_rv > 0 && rv > list_rv) {
                     continue;
                 }
                 let info = ObjectInfo {
@@ -692,8 +705,8 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> rusqlite::Result<u64> 
                 shape.namespace,
                 shape.label_selector,
                 shape.field_selector,
-                list_api_version,
-                list_kind
+                meta.api_version,
+                meta.kind
             ])?;
             Ok(written)
         }
@@ -870,7 +883,7 @@ mod tests {
             .unwrap();
         s.upsert(key("a", "c2"), obj("a", "c2", 1, &[], "x"))
             .unwrap();
-        s.delete(key("a", "c2")).unwrap();
+        s.delete(key("a", "c2"), 0).unwrap();
         s.flush().unwrap();
         assert_eq!(s.get(&key("a", "c1")).unwrap().unwrap().data, "v5");
         assert!(s.get(&key("a", "c2")).unwrap().is_none());
@@ -887,6 +900,45 @@ mod tests {
         assert_eq!(s.count().unwrap(), 1);
     }
 
+    fn list_meta(resource_version: u64) -> ListMeta {
+        ListMeta {
+            api_version: "v1".into(),
+            kind: "ConfigMapList".into(),
+            resource_version,
+        }
+    }
+
+    #[test]
+    fn a_late_list_or_delete_never_removes_a_newer_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let all = Shape {
+            namespace: "a".into(),
+            label_selector: String::new(),
+            field_selector: String::new(),
+        };
+        s.upsert(key("a", "old"), obj("a", "old", 5, &[], "o"))
+            .unwrap();
+        // A watch event created `new` at 20 before the ingest of a list taken at 10.
+        s.upsert(key("a", "new"), obj("a", "new", 20, &[], "n"))
+            .unwrap();
+        s.replace_list("kubelet", "configmaps.v1.core", all, list_meta(10), vec![])
+            .unwrap();
+        // A DELETED event seen at 15 arrives after `new` was written at 20.
+        s.delete(key("a", "new"), 15).unwrap();
+        s.flush().unwrap();
+        let names: Vec<String> = s
+            .list("kubelet", "configmaps.v1.core", "a")
+            .unwrap()
+            .into_iter()
+            .map(|o| o.info.name)
+            .collect();
+        assert_eq!(names, ["new"], "old is gone at 10, new (20) stays");
+        s.delete(key("a", "new"), 21).unwrap();
+        s.flush().unwrap();
+        assert!(s.get(&key("a", "new")).unwrap().is_none());
+    }
+
     #[test]
     fn replacing_a_list_removes_what_the_shape_no_longer_has_and_keeps_other_shapes() {
         let dir = tempfile::tempdir().unwrap();
@@ -900,8 +952,7 @@ mod tests {
             "kubelet",
             "configmaps.v1.core",
             web.clone(),
-            "v1",
-            "ConfigMapList",
+            list_meta(0),
             vec![
                 obj("a", "w1", 1, &[("app", "web")], "1"),
                 obj("a", "w2", 1, &[("app", "web")], "2"),
@@ -914,8 +965,7 @@ mod tests {
             "kubelet",
             "configmaps.v1.core",
             web.clone(),
-            "v1",
-            "ConfigMapList",
+            list_meta(0),
             vec![obj("a", "w1", 2, &[("app", "web")], "1b")],
         )
         .unwrap();

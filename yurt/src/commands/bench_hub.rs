@@ -203,8 +203,11 @@ fn prepared_cache(dir: &Path, extra: u64) -> anyhow::Result<()> {
             label_selector: String::new(),
             field_selector: "spec.nodeName=ghost".into(),
         },
-        "v1",
-        "PodList",
+        yurt_hub::store::ListMeta {
+            api_version: "v1".into(),
+            kind: "PodList".into(),
+            resource_version: 0,
+        },
         pods,
     )?;
     for i in 0..extra {
