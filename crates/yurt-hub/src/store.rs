@@ -631,6 +631,15 @@ fn upsert_row(
     ])
 }
 
+/// What a list replacement reads of each stored object: enough to select it by shape.
+struct IndexRow {
+    namespace: String,
+    name: String,
+    labels: Vec<u8>,
+    fields: Vec<u8>,
+    rv: i64,
+}
+
 fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> rusqlite::Result<u64> {
     match op {
         #[cfg(test)]
@@ -660,16 +669,29 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> rusqlite::Result<u64> 
             // Objects this shape selects that the fresh list no longer has are gone,
             // unless a watch event newer than the list wrote them (the list was taken
             // before they existed).
-            let existing: Vec<(String, String, Vec<u8>, Vec<u8>, i64)> = {
+            let existing: Vec<IndexRow> = {
                 let mut stmt = tx.prepare_cached(
                     "SELECT namespace, name, labels, fields, rv FROM objects WHERE component=?1 AND gvr=?2",
                 )?;
                 stmt.query_map(params![component, gvr], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    Ok(IndexRow {
+                        namespace: r.get(0)?,
+                        name: r.get(1)?,
+                        labels: r.get(2)?,
+                        fields: r.get(3)?,
+                        rv: r.get(4)?,
+                    })
                 })?
                 .collect::<rusqlite::Result<_>>()?
             };
-            for (ns, name, labels, fields, rv) in existing {
+            for IndexRow {
+                namespace: ns,
+                name,
+                labels,
+                fields,
+                rv,
+            } in existing
+            {
                 if keep.contains(&(ns.as_str(), name.as_str())) || (list_rv > 0 && rv > list_rv) {
                     continue;
                 }
