@@ -27,7 +27,7 @@ echo "== Debian packages and upstream Kubernetes"
 "$YURT" setup
 
 # Tests that bring up fleets of their own (nextest's own-fleet group, one at a time).
-OWN='binary(fault_fleets) | binary(autonomy) | binary(eviction) | binary(upgrades) | (package(yurt) & binary(cli))'
+OWN='binary(fault_fleets) | binary(autonomy) | binary(eviction) | binary(upgrades) | binary(pod_identity) | (package(yurt) & binary(cli))'
 # The five-minute outage mostly waits: it runs beside the other own-fleet tests.
 LONG_CUT='binary(autonomy) & test(five_minutes)'
 status=0

@@ -1,5 +1,6 @@
 //! Container images without a registry: `docker save`-format archives built here from
-//! Debian's static busybox plus any files, and imported into each node's containerd
+//! Debian's static busybox plus any files (and dynamically linked Debian programs with
+//! their shared libraries, such as curl), and imported into each node's containerd
 //! with `ctr`.
 //!
 //! An archive holds `manifest.json`, the image config (`<sha256>.json`) and one
@@ -20,6 +21,12 @@ pub const BUSYBOX: &str = "/bin/busybox";
 pub const PAUSE_IMAGE: &str = "yurt.local/pause:1";
 /// A plain busybox image.
 pub const BUSYBOX_IMAGE: &str = "yurt.local/busybox:1";
+/// Where Debian's curl lives (the `curl` package).
+pub const CURL: &str = "/usr/bin/curl";
+/// Busybox plus Debian's curl: a TLS client for pods (busybox's own TLS client offers
+/// no SHA-2 signature schemes, so it cannot talk to a rustls server such as the hub's
+/// pod port).
+pub const CURL_IMAGE: &str = "yurt.local/curl:1";
 
 /// Fixed modification time of every entry (reproducible builds).
 const MTIME: u64 = 1_600_000_000;
@@ -60,6 +67,46 @@ impl ImageSpec {
             env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
             files: Vec::new(),
         }
+    }
+
+    /// [`CURL_IMAGE`]: busybox plus Debian's curl and its shared libraries.
+    ///
+    /// # Errors
+    /// If curl is not installed or a library it needs cannot be read.
+    pub fn curl() -> Result<Self> {
+        Self::busybox(CURL_IMAGE).with_program(Path::new(CURL))
+    }
+
+    /// Adds the dynamically linked `program` at its own path, with the dynamic loader and
+    /// every shared library it loads, each at the path `ldd` resolves it to (the
+    /// loader's default search folders, so no `ld.so.cache` is needed).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if `ldd` fails or a library is not found; I/O errors.
+    pub fn with_program(mut self, program: &Path) -> Result<Self> {
+        let out = cmd::run(
+            &format!("list the shared libraries of {}", program.display()),
+            Command::new("ldd").arg(program),
+        )?;
+        let mut paths = vec![program.to_path_buf()];
+        paths.extend(shared_libraries(&out).map_err(|line| {
+            Error::Invalid(format!(
+                "{}: shared library not found: {line}",
+                program.display()
+            ))
+        })?);
+        for path in paths {
+            let rel = path.to_string_lossy().trim_start_matches('/').to_owned();
+            if self.files.iter().any(|f| f.path == rel) {
+                continue;
+            }
+            self.files.push(ImageFile {
+                contents: std::fs::read(&path).map_err(|e| Error::io(&path, e))?,
+                path: rel,
+                mode: 0o755,
+            });
+        }
+        Ok(self)
     }
 
     /// The sandbox ("pause") image: a shell that sleeps until told to stop.
@@ -144,6 +191,28 @@ pub fn files_from_dir(dir: &Path, prefix: &str) -> Result<Vec<ImageFile>> {
     Ok(out)
 }
 
+/// The absolute paths in `ldd`'s output (libraries and the loader), or the first line
+/// naming a library that was not found. The vDSO has no file and is skipped.
+fn shared_libraries(ldd: &str) -> std::result::Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for line in ldd.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if line.contains("not found") {
+            return Err(line.to_owned());
+        }
+        // `libz.so.1 => /lib/x86_64-linux-gnu/libz.so.1 (0x...)` or
+        // `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+        let target = line.split_once("=>").map_or(line, |(_, t)| t.trim());
+        if let Some(path) = target
+            .split_whitespace()
+            .next()
+            .filter(|p| p.starts_with('/'))
+        {
+            out.push(PathBuf::from(path));
+        }
+    }
+    Ok(out)
+}
+
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
@@ -201,7 +270,7 @@ fn applets(busybox: &Path) -> Result<Vec<String>> {
 fn layer(spec: &ImageSpec, busybox: &Path) -> Result<Vec<u8>> {
     let io = |e| Error::Invalid(format!("building image {}: {e}", spec.reference));
     let mut b = tar::Builder::new(Vec::new());
-    for (dir, mode) in [
+    let base = [
         ("bin", 0o755),
         ("dev", 0o755),
         ("etc", 0o755),
@@ -214,7 +283,8 @@ fn layer(spec: &ImageSpec, busybox: &Path) -> Result<Vec<u8>> {
         ("usr/bin", 0o755),
         ("var", 0o755),
         ("var/www", 0o755),
-    ] {
+    ];
+    for (dir, mode) in base {
         add_dir(&mut b, dir, mode).map_err(io)?;
     }
     let bb = std::fs::read(busybox).map_err(|e| Error::io(busybox, e))?;
@@ -230,7 +300,9 @@ fn layer(spec: &ImageSpec, busybox: &Path) -> Result<Vec<u8>> {
     )
     .map_err(io)?;
     add_file(&mut b, "etc/group", 0o644, b"root:x:0:\nnobody:x:65534:\n").map_err(io)?;
-    let mut made_dirs = std::collections::BTreeSet::new();
+    // Folders of the base layout are not made twice for the files put into them.
+    let mut made_dirs: std::collections::BTreeSet<String> =
+        base.iter().map(|(d, _)| (*d).to_owned()).collect();
     for f in &spec.files {
         let path = f.path.trim_start_matches('/');
         let mut parent = Path::new(path).parent();
@@ -419,6 +491,42 @@ mod tests {
                 "{want} missing"
             );
         }
+    }
+
+    #[test]
+    fn ldd_output_gives_libraries_and_the_loader() {
+        let ldd = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+            \tlibcurl.so.4 => /lib/x86_64-linux-gnu/libcurl.so.4 (0x00007fb8)\n\
+            \t/lib64/ld-linux-x86-64.so.2 (0x00007fb9)\n";
+        assert_eq!(
+            shared_libraries(ldd).unwrap(),
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libcurl.so.4"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
+        let missing = "\tlibfoo.so.1 => not found\n";
+        assert_eq!(
+            shared_libraries(missing).unwrap_err(),
+            "libfoo.so.1 => not found"
+        );
+    }
+
+    #[test]
+    fn curl_image_carries_curl_its_libraries_and_the_loader() {
+        let spec = ImageSpec::curl().unwrap();
+        assert_eq!(spec.reference, CURL_IMAGE);
+        let names: Vec<&str> = spec.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(names[0], "usr/bin/curl");
+        assert!(names.iter().any(|n| n.contains("libcurl.so")), "{names:?}");
+        assert!(
+            names.iter().any(|n| n.contains("ld-linux")),
+            "the dynamic loader: {names:?}"
+        );
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "no file twice: {names:?}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Debian packages the fleet runs on (containerd, runc, CNI plugins, etcd, iptables,
-//! busybox) or builds with (Go, make, rsync), installed idempotently with apt-get.
+//! busybox, curl) or builds with (Go, make, rsync), installed idempotently with apt-get.
 
 use std::process::Command;
 
@@ -21,6 +21,8 @@ pub const RUNTIME_PACKAGES: &[&str] = &[
     "ethtool",
     "socat",
     "util-linux",
+    // The pods' TLS client: copied with its libraries into the `yurt.local/curl:1` image.
+    "curl",
 ];
 
 /// Packages needed to build the upstream Kubernetes binaries.

@@ -382,6 +382,196 @@ impl TestFleet {
     }
 }
 
+// === pods, images and neighbours, seen from the edge hosts ===
+
+impl TestFleet {
+    /// Builds `spec` into the fleet's images and imports it into the containerd of every
+    /// edge host that runs one. The archive stays in the fleet, so hosts that start or
+    /// reboot later import it too. Returns the image ID.
+    ///
+    /// # Errors
+    /// A build or `ctr import` failure.
+    pub async fn add_image(&self, spec: yurt_cluster::image::ImageSpec) -> anyhow::Result<String> {
+        use yurt_cluster::image;
+        let images = self.fleet.paths().images();
+        let sockets: Vec<PathBuf> = self
+            .fleet
+            .plan()
+            .edges
+            .iter()
+            .map(|e| {
+                let host = yurt_cluster::spec::HostId::Edge(e.name.clone());
+                self.fleet.paths().host(&host).containerd_socket()
+            })
+            .collect();
+        blocking(move || -> anyhow::Result<String> {
+            std::fs::create_dir_all(&images)?;
+            let archive = image::archive_path(&images, &spec.reference);
+            let id = image::build(&spec, Path::new(image::BUSYBOX), &archive)?;
+            for socket in sockets.iter().filter(|s| s.exists()) {
+                image::import(socket, &archive)?;
+            }
+            Ok(id)
+        })
+        .await?
+    }
+
+    /// Runs `argv` inside the running container `container` of pod `namespace/pod` on
+    /// edge host `node`, through that host's containerd (`ctr tasks exec`): in the
+    /// container's namespaces, with its environment, and with neither the API server
+    /// nor kubelet involved, so it works while the node is cut off. A failing command
+    /// is returned as its output.
+    ///
+    /// # Errors
+    /// Unknown node, no running container of that name, or `ctr` cannot start.
+    pub fn exec_in_pod(
+        &self,
+        node: &str,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        argv: &[&str],
+    ) -> anyhow::Result<Output> {
+        static EXEC_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let socket = self.containerd_socket(node)?;
+        let socket = socket.to_str().context("containerd socket path")?;
+        // ctr makes its stdio FIFOs under /run/containerd, which is the host's own: it
+        // runs inside the host's namespaces.
+        let ctr = |args: &[&str]| -> anyhow::Result<Command> {
+            let full: Vec<String> = ["ctr", "-a", socket, "-n", "k8s.io"]
+                .iter()
+                .chain(args)
+                .map(|a| (*a).to_owned())
+                .collect();
+            Ok(self.fleet.exec_command(node, &full)?)
+        };
+        let id = running_container(&ctr, namespace, pod, container)?;
+        let exec_id = format!(
+            "yurt-test-{}-{}",
+            std::process::id(),
+            EXEC_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let mut args = vec!["tasks", "exec", "--exec-id", &exec_id, &id];
+        args.extend(argv);
+        ctr(&args)?
+            .output()
+            .with_context(|| format!("run {argv:?} in {namespace}/{pod}/{container} on {node}"))
+    }
+
+    fn containerd_socket(&self, node: &str) -> anyhow::Result<PathBuf> {
+        let id = yurt_cluster::spec::HostId::Edge(
+            node.parse()
+                .map_err(|e| anyhow::anyhow!("node {node:?}: {e}"))?,
+        );
+        Ok(self.fleet.paths().host(&id).containerd_socket())
+    }
+
+    /// A new host on the LAN of `pool` (a network namespace plugged into the pool's site
+    /// switch, address `<pool subnet>.<host>/24`, no default route): a neighbour of
+    /// the pool's edge hosts that is none of them. Removed when dropped, and with the
+    /// fleet in any case.
+    ///
+    /// # Errors
+    /// Unknown pool, or an `ip` failure.
+    pub fn lan_neighbour(&self, pool: &str, host: u8) -> anyhow::Result<LanNeighbour> {
+        use yurt_cluster::netns;
+        let plan = self.fleet.plan();
+        let p = plan
+            .pool(pool)
+            .with_context(|| format!("no pool {pool} in this fleet"))?;
+        let router = plan.netns(&yurt_cluster::spec::HostId::Router);
+        let name = format!("{}lan{}-{host}", plan.netns_prefix(), p.index);
+        let port = format!("nb{}-{host}", p.index);
+        let [a, b, c, _] = p.subnet.addr.octets();
+        let address = std::net::Ipv4Addr::new(a, b, c, host);
+        // Removed on drop from here on, even if a step below fails.
+        netns::delete(&name)?;
+        netns::add(&name)?;
+        let neighbour = LanNeighbour {
+            netns: name.clone(),
+            address,
+        };
+        netns::ip(
+            Some(&router),
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &name,
+            ],
+        )?;
+        netns::ip(Some(&router), &["link", "set", &port, "master", &p.bridge])?;
+        netns::ip(Some(&router), &["link", "set", &port, "up"])?;
+        netns::ip(
+            Some(&name),
+            &["addr", "add", &format!("{address}/24"), "dev", "eth0"],
+        )?;
+        netns::ip(Some(&name), &["link", "set", "eth0", "up"])?;
+        Ok(neighbour)
+    }
+}
+
+/// The ID of the running container `container` of pod `namespace/pod`, asking the
+/// containerd that `ctr` (a command for `ctr` with these arguments) talks to.
+fn running_container(
+    ctr: &dyn Fn(&[&str]) -> anyhow::Result<Command>,
+    namespace: &str,
+    pod: &str,
+    container: &str,
+) -> anyhow::Result<String> {
+    let ctr = |args: &[&str]| run_checked(&mut ctr(args)?);
+    let filter = format!(
+        "labels.\"io.kubernetes.pod.namespace\"==\"{namespace}\",\
+         labels.\"io.kubernetes.pod.name\"==\"{pod}\",\
+         labels.\"io.kubernetes.container.name\"==\"{container}\""
+    );
+    let candidates: Vec<String> = ctr(&["containers", "ls", "-q", &filter])?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let running: Vec<String> = ctr(&["tasks", "ls"])?
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains("RUNNING"))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    candidates
+        .into_iter()
+        .find(|c| running.contains(c))
+        .with_context(|| format!("no running container {container} of pod {namespace}/{pod}"))
+}
+
+/// A host plugged into a pool's LAN by [`TestFleet::lan_neighbour`].
+#[derive(Debug)]
+pub struct LanNeighbour {
+    netns: String,
+    address: std::net::Ipv4Addr,
+}
+
+impl LanNeighbour {
+    /// Its address on the LAN.
+    pub fn address(&self) -> std::net::Ipv4Addr {
+        self.address
+    }
+
+    /// Runs `argv` in its network namespace; a failing command is returned as its output.
+    ///
+    /// # Errors
+    /// If the command cannot start.
+    pub fn exec(&self, argv: &[&str]) -> anyhow::Result<Output> {
+        let (program, args) = argv.split_first().context("no command given")?;
+        yurt_cluster::netns::command(&self.netns, program)
+            .args(args)
+            .output()
+            .with_context(|| format!("run {argv:?} in {}", self.netns))
+    }
+}
+
+impl Drop for LanNeighbour {
+    fn drop(&mut self) {
+        if let Err(e) = yurt_cluster::netns::delete(&self.netns) {
+            eprintln!("removing the LAN neighbour {}: {e}", self.netns);
+        }
+    }
+}
+
 /// Runs a command and returns its stdout, failing with both streams if it fails.
 ///
 /// # Errors
