@@ -103,6 +103,18 @@ pub struct Reader {
     /// The cache is the only proof of this reader's rights: a miss means "not known to
     /// be allowed" (403), not "absent" (404).
     pub proves_rights: bool,
+    /// What it read is kept per format ([`format_owner`]): a pod's clients may read in
+    /// JSON and protobuf alike, and one copy must never hide the other.
+    pub per_format: bool,
+}
+
+/// The cache owner of what `owner` read in `format`.
+pub fn format_owner(owner: &str, format: Format) -> String {
+    let suffix = match format {
+        Format::Json => "json",
+        Format::Protobuf => "protobuf",
+    };
+    format!("{owner}:{suffix}")
 }
 
 impl Reader {
@@ -112,7 +124,33 @@ impl Reader {
             owner: component.to_owned(),
             component: component.to_owned(),
             proves_rights: false,
+            per_format: false,
         }
+    }
+
+    /// Serves from the first of the client's formats this reader read in.
+    fn per_format(
+        &self,
+        accept: &[Format],
+        serve: impl Fn(&Reader, &[Format]) -> Response<ResponseBody>,
+    ) -> Option<Response<ResponseBody>> {
+        if !self.per_format {
+            return None;
+        }
+        let mut last = None;
+        for format in accept {
+            let reader = Reader {
+                owner: format_owner(&self.owner, *format),
+                per_format: false,
+                ..self.clone()
+            };
+            let resp = serve(&reader, std::slice::from_ref(format));
+            if resp.status() != StatusCode::FORBIDDEN {
+                return Some(resp);
+            }
+            last = Some(resp);
+        }
+        last
     }
 
     fn not_cached(&self, accept: &[Format], r: &ResourceRequest) -> Response<ResponseBody> {
@@ -350,6 +388,9 @@ impl Cache {
         accept: &[Format],
         filters: &Filters,
     ) -> Response<ResponseBody> {
+        if let Some(resp) = reader.per_format(accept, |rd, f| self.serve_get(rd, r, f, filters)) {
+            return resp;
+        }
         let component = reader.component.as_str();
         let key = ObjectKey {
             component: reader.owner.clone(),
@@ -408,6 +449,9 @@ impl Cache {
         accept: &[Format],
         filters: &Filters,
     ) -> Response<ResponseBody> {
+        if let Some(resp) = reader.per_format(accept, |rd, f| self.serve_list(rd, r, f, filters)) {
+            return resp;
+        }
         let (owner, component) = (reader.owner.as_str(), reader.component.as_str());
         let gvr = r.gvr.to_string();
         let wanted = Shape {
@@ -477,10 +521,26 @@ impl Cache {
             .filter(|f| accept.contains(f))
             .or_else(|| accept.first().copied())
             .unwrap_or(Format::Json);
-        let mut items: Vec<RawObject> = objects
+        let selected: Vec<RawObject> = objects
             .into_iter()
-            .filter(|o| o.format == format)
             .filter(|o| labels.matches(&o.info.labels) && fields.matches(|f| o.info.field(f)))
+            .collect();
+        // A list is whole or not at all: objects kept in another format than the one
+        // served would silently be missing from it.
+        if let Some(other) = selected.iter().find(|o| o.format != format) {
+            return status(
+                accept,
+                StatusCode::NOT_ACCEPTABLE,
+                "NotAcceptable",
+                &format!(
+                    "some cached {} are kept as {}, which this list cannot hold with the others",
+                    r.gvr.resource,
+                    other.format.content_type()
+                ),
+            );
+        }
+        let mut items: Vec<RawObject> = selected
+            .into_iter()
             .filter_map(|o| filters.apply(component, &r.gvr, o))
             .collect();
         items.sort_by(|a, b| {
@@ -736,6 +796,7 @@ mod tests {
             owner: "sa:idt:reader".into(),
             component: "kubelet".into(),
             proves_rights: true,
+            per_format: true,
         };
         let by_node = request(
             "/api/v1/pods",
@@ -750,7 +811,7 @@ mod tests {
         );
         let own = request("/api/v1/namespaces/default/pods", None);
         c.ingest(
-            &reader.owner,
+            &format_owner(&reader.owner, Format::Json),
             &own,
             Format::Json,
             &pods_json(&[("mine", "edge-a1", "web")]),
@@ -769,6 +830,18 @@ mod tests {
         assert_eq!(body_json(denied).await["kind"], "Status");
         let v = body_json(c.serve_list(&reader, &own, &[Format::Json], &filters)).await;
         assert_eq!(v["items"][0]["metadata"]["name"], "mine");
+        let both = [Format::Protobuf, Format::Json];
+        let v = body_json(c.serve_list(&reader, &own, &both, &filters)).await;
+        assert_eq!(
+            v["items"][0]["metadata"]["name"], "mine",
+            "what was read in JSON serves a client that prefers protobuf but takes JSON"
+        );
+        assert_eq!(
+            c.serve_list(&reader, &own, &[Format::Protobuf], &filters)
+                .status(),
+            403,
+            "nothing was read in protobuf"
+        );
         assert_eq!(
             c.serve_get(
                 &reader,

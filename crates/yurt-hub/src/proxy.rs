@@ -128,10 +128,10 @@ struct Ctx {
 impl Ctx {
     /// Under which owner this caller's responses are cached, if they may be: a node
     /// component by its User-Agent, a pod only as the service account it proved.
-    fn cache_owner(&self) -> Option<String> {
+    fn cache_owner(&self, format: Format) -> Option<String> {
         match &self.caller {
             Caller::Node => self.component.clone(),
-            Caller::ServiceAccount(sa, _) => Some(sa.cache_owner()),
+            Caller::ServiceAccount(sa, _) => Some(cache::format_owner(&sa.cache_owner(), format)),
             Caller::Anonymous | Caller::Unproven(..) => None,
         }
     }
@@ -362,9 +362,9 @@ async fn forward(
         tracing::info!(user = %sa.user(), "the API server refused a token the hub verified; refused offline from now on");
         hub.verifier.revoke(hash);
     }
-    let owner = ctx.cache_owner();
     match (&ctx.info, format) {
         (RequestInfo::Resource(r), Some(format)) if success => {
+            let owner = ctx.cache_owner(format);
             let component = ctx.component.clone().unwrap_or_default();
             let cache_it = owner.is_some() && hub.cache.cacheable(ctx.component.as_deref(), r);
             let owner = owner.unwrap_or_default();
@@ -701,6 +701,7 @@ async fn local_inner(
             owner: sa.cache_owner(),
             component,
             proves_rights: true,
+            per_format: true,
         },
         _ => Reader::component(&component),
     };
