@@ -113,100 +113,244 @@ pub async fn register_nodes(client: &kube::Client, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-/// Lets hubs (group `openyurt:yurthub`) read what they and the components behind them
-/// need beyond what the Node authorizer grants a node: Services, Endpoints and
-/// EndpointSlices for kube-proxy and the hub's filters, Nodes for pool membership, the
-/// hub's ConfigMaps, and writing Events.
+// === RBAC ===
+
+/// Name of the hubs' ClusterRole, Role and bindings.
+pub const HUB_ROLE: &str = "openyurt:yurthub";
+/// Name of the manager's ClusterRole, Role and bindings.
+pub const MANAGER_ROLE: &str = "openyurt:yurt-manager";
+/// Where the components keep their own objects: the hubs' ConfigMap, the manager's
+/// Secret and Lease (the hub's `--namespace`, the manager's `--working-namespace`).
+pub const SYSTEM_NAMESPACE: &str = "kube-system";
+/// The hubs' settings (yurt-hub `filter/view.rs`, `HUB_CONFIGMAP`).
+const HUB_CONFIGMAP: &str = "yurt-hub-cfg";
+/// The manager's webhook CA and serving certificate (yurt-manager `webhook/certs.rs`).
+const MANAGER_SECRET: &str = "yurt-manager-webhook-certs";
+/// The manager's leader-election Lease (yurt-manager `lib.rs`, `leader.rs`).
+const MANAGER_LEASE: &str = "yurt-manager";
+/// Where the manager's csrapprover writes its Events (core/v1 Events about
+/// cluster-scoped objects, as client-go's recorder does).
+const MANAGER_EVENT_NAMESPACE: &str = "default";
+/// The manager's webhook configurations (yurt-manager `webhook/register.rs`).
+const MANAGER_WEBHOOK_CONFIGURATIONS: [&str; 2] = [
+    "yurt-manager-mutating-webhook-configuration",
+    "yurt-manager-validating-webhook-configuration",
+];
+
+/// What the hubs (group `openyurt:yurthub`) may do cluster-wide beyond what the Node
+/// authorizer grants their node. kubelet, kube-proxy and host-network processes reach
+/// the API server through the hub with its certificate, so this covers them too.
+fn hub_cluster_rules() -> serde_json::Value {
+    serde_json::json!([
+        // kube-proxy lists and watches Services, Endpoints and EndpointSlices and gets
+        // its Node; kubelet reads Services and Nodes; the hub's filters watch Services
+        // and Nodes (filter/view.rs) and rewrite Endpoints and EndpointSlices.
+        {"apiGroups": [""], "resources": ["services", "endpoints", "nodes"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+        // Events of kubelet and kube-proxy (core and events.k8s.io).
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+        // NodePools for the pool-scoped filters (upstream's hub reads them; ours reads
+        // pools from node labels today).
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get", "list", "watch"]},
+        // The service-account issuer's public keys, to verify pod tokens offline.
+        {"nonResourceURLs": ["/openid/v1/jwks", "/.well-known/openid-configuration"], "verbs": ["get"]},
+    ])
+}
+
+/// What the hubs may do in `kube-system`: read their own ConfigMap and nothing else
+/// there. The hub watches it with `fieldSelector=metadata.name=yurt-hub-cfg`
+/// (filter/view.rs), the only way RBAC lets a list or watch through `resourceNames`.
+fn hub_system_rules() -> serde_json::Value {
+    serde_json::json!([
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [HUB_CONFIGMAP], "verbs": ["get", "list", "watch"]},
+    ])
+}
+
+/// What yurt manager (user `openyurt:yurt-manager`) may do cluster-wide: exactly the
+/// calls its controllers and webhooks make (the file under yurt-manager/src that makes
+/// each is named beside its rule). Server-side apply authorizes the create of a missing
+/// object with its name, so `resourceNames` confine `create` too where the manager only
+/// applies (CRDs, webhook configurations); a plain POST cannot be confined by name.
+fn manager_cluster_rules() -> serde_json::Value {
+    let crds: Vec<String> = yurt_api::crds::all()
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    serde_json::json!([
+        // webhook/register.rs: server-side apply of our CRDs (NodePool's conversion
+        // webhook) and of our two webhook configurations, nothing else.
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "resourceNames": crds, "verbs": ["create", "patch"]},
+        {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"], "resourceNames": MANAGER_WEBHOOK_CONFIGURATIONS, "verbs": ["create", "patch"]},
+        // lib.rs: the node feed (webhooks and every controller); controllers/nodepool.rs
+        // patches node labels, annotations and taints from the pool.
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch", "patch"]},
+        // lib.rs: the pod feed; daemonpodupdater.rs and yurtstaticset.rs list a set's
+        // pods; webhook/endpoints.rs gets a pod; podbinding.rs patches tolerations;
+        // yurtstaticset.rs creates and deletes upgrade workers; daemonpodupdater.rs
+        // deletes old pods in an AdvancedRollingUpdate.
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        // daemonpodupdater.rs, yurtstaticset.rs: the PodNeedUpgrade condition.
+        {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
+        // servicetopology.rs: watches Services, bumps a trigger annotation on their
+        // Endpoints and EndpointSlices.
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["endpoints"], "verbs": ["patch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "patch"]},
+        // yurtstaticset.rs: server-side apply of `yurt-static-set-<name>` in the set's
+        // namespace (deleted through its owner reference).
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch"]},
+        // daemonpodupdater.rs: DaemonSets and their ControllerRevisions.
+        {"apiGroups": ["apps"], "resources": ["daemonsets", "controllerrevisions"], "verbs": ["list", "watch"]},
+        // yurtappset.rs (YurtAppSet and YurtAppDaemon): one workload per pool.
+        {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["list", "watch", "create", "patch", "delete"]},
+        // lib.rs: the NodePool feed; servicetopology.rs watches pools;
+        // yurtappset.rs, yurtappdaemon.rs, yurtstaticset.rs watch their kinds.
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools", "yurtappsets", "yurtappdaemons", "yurtstaticsets"], "verbs": ["list", "watch"]},
+        // nodepool.rs, yurtappset.rs, yurtappdaemon.rs, yurtstaticset.rs: status.
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools/status", "yurtappsets/status", "yurtappdaemons/status", "yurtstaticsets/status"], "verbs": ["patch"]},
+        // The workloads and ConfigMaps those write carry blockOwnerDeletion owner
+        // references, which OwnerReferencesPermissionEnforcement checks against this.
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["yurtappsets/finalizers", "yurtappdaemons/finalizers", "yurtstaticsets/finalizers"], "verbs": ["update"]},
+        // controllers/csrapprover.rs: watches CSRs, approves hub and tunnel ones.
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/approval"], "verbs": ["update"]},
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "resourceNames": ["kubernetes.io/kube-apiserver-client", "kubernetes.io/kubelet-serving"], "verbs": ["approve"]},
+    ])
+}
+
+/// What yurt manager may do in `kube-system`: keep its webhook certificate Secret and
+/// its leader Lease. `create` cannot be confined by name (a POST carries none), so it
+/// may create Secrets and Leases there but read or change only its own.
+fn manager_system_rules() -> serde_json::Value {
+    serde_json::json!([
+        // webhook/certs.rs: reads the Secret, creates it on first start, replaces an
+        // unusable one.
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [MANAGER_SECRET], "verbs": ["get", "update"]},
+        // leader.rs: reads, creates and renews (replaces) the Lease.
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [MANAGER_LEASE], "verbs": ["get", "update"]},
+    ])
+}
+
+/// What yurt manager may do in `default`: the csrapprover's Warning Events on requests
+/// it leaves pending, looked up first so each is written once.
+fn manager_event_rules() -> serde_json::Value {
+    serde_json::json!([
+        // controllers/csrapprover.rs: lists the refusal Events of a request, creates one.
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "create"]},
+    ])
+}
+
+/// One identity's rights: a ClusterRole and one Role per namespace, each bound to
+/// `subject` under the same name.
+struct Grant {
+    name: &'static str,
+    subject: serde_json::Value,
+    cluster_rules: serde_json::Value,
+    /// `(namespace, rules)` of each Role.
+    roles: Vec<(&'static str, serde_json::Value)>,
+}
+
+/// Server-side applies `object` (`apiVersion`, `kind`, `metadata.name` set) through `api`.
+async fn apply_object<K>(api: Api<K>, object: serde_json::Value) -> Result<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    use kube::api::{Patch, PatchParams};
+    let what = format!(
+        "{} {}",
+        object["kind"].as_str().unwrap_or_default(),
+        object["metadata"]["name"].as_str().unwrap_or_default()
+    );
+    let typed: K =
+        serde_json::from_value(object).map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+    let name = typed.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply("yurt-up").force(),
+        &Patch::Apply(&typed),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("apply {what}"), e))?;
+    Ok(())
+}
+
+async fn apply_grant(client: &kube::Client, grant: Grant) -> Result<()> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use serde_json::json;
+    let (rbac, name, subject) = ("rbac.authorization.k8s.io/v1", grant.name, &grant.subject);
+    let role_ref =
+        |kind: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name});
+    apply_object(
+        Api::<ClusterRole>::all(client.clone()),
+        json!({"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": name}, "rules": grant.cluster_rules}),
+    )
+    .await?;
+    apply_object(
+        Api::<ClusterRoleBinding>::all(client.clone()),
+        json!({"apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": name}, "roleRef": role_ref("ClusterRole"), "subjects": [subject]}),
+    )
+    .await?;
+    for (ns, rules) in grant.roles {
+        let metadata = json!({"name": name, "namespace": ns});
+        apply_object(
+            Api::<Role>::namespaced(client.clone(), ns),
+            json!({"apiVersion": rbac, "kind": "Role", "metadata": metadata, "rules": rules}),
+        )
+        .await?;
+        apply_object(
+            Api::<RoleBinding>::namespaced(client.clone(), ns),
+            json!({"apiVersion": rbac, "kind": "RoleBinding", "metadata": metadata, "roleRef": role_ref("Role"), "subjects": [subject]}),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Lets hubs (group `openyurt:yurthub`) do what they and the components behind them
+/// need beyond what the Node authorizer grants a node: read Services, Endpoints,
+/// EndpointSlices, Nodes and NodePools, write Events, fetch the service-account
+/// issuer's keys (ClusterRole `openyurt:yurthub`), and read `kube-system/yurt-hub-cfg`
+/// and no other ConfigMap (Role `kube-system/openyurt:yurthub`).
 ///
 /// # Errors
 /// API errors.
 pub async fn apply_hub_rbac(client: &kube::Client) -> Result<()> {
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-    use kube::api::{Patch, PatchParams};
-    let name = "openyurt:yurthub";
-    let role: ClusterRole = serde_json::from_value(serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": name},
-        "rules": [
-            {"apiGroups": [""], "resources": ["services", "endpoints", "nodes", "configmaps", "namespaces"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
-            {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools", "nodebuckets"], "verbs": ["get", "list", "watch"]},
-        ],
-    }))
-    .map_err(|e| Error::Invalid(format!("hub ClusterRole: {e}")))?;
-    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": crate::pki::HUB_GROUP}],
-    }))
-    .map_err(|e| Error::Invalid(format!("hub ClusterRoleBinding: {e}")))?;
-    let params = PatchParams::apply("yurt-up").force();
-    Api::<ClusterRole>::all(client.clone())
-        .patch(name, &params, &Patch::Apply(&role))
-        .await
-        .map_err(|e| Error::kube("apply the hub ClusterRole", e))?;
-    Api::<ClusterRoleBinding>::all(client.clone())
-        .patch(name, &params, &Patch::Apply(&binding))
-        .await
-        .map_err(|e| Error::kube("apply the hub ClusterRoleBinding", e))?;
-    Ok(())
+    apply_grant(
+        client,
+        Grant {
+            name: HUB_ROLE,
+            subject: serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": crate::pki::HUB_GROUP}),
+            cluster_rules: hub_cluster_rules(),
+            roles: vec![(SYSTEM_NAMESPACE, hub_system_rules())],
+        },
+    )
+    .await
 }
 
-/// What yurt manager (user `openyurt:yurt-manager`) may do: install its CRDs and
-/// webhook configurations, keep its certificates, Lease and Events in `kube-system`,
-/// and run its controllers (nodes, pods, endpoints, NodePools and the other OpenYurt
-/// kinds).
+/// What yurt manager (user `openyurt:yurt-manager`) may do: apply its own CRDs and
+/// webhook configurations, run its controllers and webhooks with the verbs they call
+/// (ClusterRole `openyurt:yurt-manager`), keep its webhook certificate Secret and
+/// leader Lease in `kube-system` (Role `kube-system/openyurt:yurt-manager`) and write
+/// the csrapprover's Events in `default` (Role `default/openyurt:yurt-manager`).
 ///
 /// # Errors
 /// API errors.
 pub async fn apply_manager_rbac(client: &kube::Client) -> Result<()> {
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-    use kube::api::{Patch, PatchParams};
-    let name = "openyurt:yurt-manager";
-    let all = [
-        "get", "list", "watch", "create", "update", "patch", "delete",
-    ];
-    let read = ["get", "list", "watch"];
-    let role: ClusterRole = serde_json::from_value(serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": name},
-        "rules": [
-            {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": all},
-            {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"], "verbs": all},
-            {"apiGroups": [""], "resources": ["secrets", "configmaps", "services", "endpoints"], "verbs": all},
-            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": all},
-            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
-            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "update", "patch"]},
-            {"apiGroups": [""], "resources": ["pods"], "verbs": all},
-            {"apiGroups": [""], "resources": ["nodes/status", "pods/status"], "verbs": ["get", "update", "patch"]},
-            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": all},
-            {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets", "controllerrevisions"], "verbs": all},
-            {"apiGroups": ["apps.openyurt.io", "raven.openyurt.io", "network.openyurt.io"], "resources": ["*"], "verbs": all},
-            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": read},
-            {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/approval"], "verbs": ["update"]},
-            {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "resourceNames": ["kubernetes.io/kube-apiserver-client", "kubernetes.io/kubelet-serving"], "verbs": ["approve"]},
-        ],
-    }))
-    .map_err(|e| Error::Invalid(format!("manager ClusterRole: {e}")))?;
-    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::pki::MANAGER_USER}],
-    }))
-    .map_err(|e| Error::Invalid(format!("manager ClusterRoleBinding: {e}")))?;
-    let params = PatchParams::apply("yurt-up").force();
-    Api::<ClusterRole>::all(client.clone())
-        .patch(name, &params, &Patch::Apply(&role))
-        .await
-        .map_err(|e| Error::kube("apply the manager ClusterRole", e))?;
-    Api::<ClusterRoleBinding>::all(client.clone())
-        .patch(name, &params, &Patch::Apply(&binding))
-        .await
-        .map_err(|e| Error::kube("apply the manager ClusterRoleBinding", e))?;
-    Ok(())
+    apply_grant(
+        client,
+        Grant {
+            name: MANAGER_ROLE,
+            subject: serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::pki::MANAGER_USER}),
+            cluster_rules: manager_cluster_rules(),
+            roles: vec![
+                (SYSTEM_NAMESPACE, manager_system_rules()),
+                (MANAGER_EVENT_NAMESPACE, manager_event_rules()),
+            ],
+        },
+    )
+    .await
 }
 
 /// Creates a NodePool (`apps.openyurt.io/v1beta2`, type Edge) for each pool of the
@@ -311,5 +455,141 @@ pub async fn wait_nodes_ready(
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::rbac::v1::PolicyRule;
+
+    fn rules(v: serde_json::Value) -> Vec<PolicyRule> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// The rules that grant `verb` on `group`/`resource`, whatever their names.
+    fn granting<'a>(
+        rules: &'a [PolicyRule],
+        group: &str,
+        resource: &str,
+        verb: &str,
+    ) -> Vec<&'a PolicyRule> {
+        let has = |v: &Option<Vec<String>>, x: &str| {
+            v.as_ref()
+                .is_some_and(|v| v.iter().any(|s| s == x || s == "*"))
+        };
+        rules
+            .iter()
+            .filter(|r| has(&r.api_groups, group) && has(&r.resources, resource))
+            .filter(|r| r.verbs.iter().any(|v| v == verb || v == "*"))
+            .collect()
+    }
+
+    #[test]
+    fn no_rule_uses_a_wildcard() {
+        for set in [
+            hub_cluster_rules(),
+            hub_system_rules(),
+            manager_cluster_rules(),
+            manager_system_rules(),
+            manager_event_rules(),
+        ] {
+            for r in rules(set) {
+                let all = [&r.api_groups, &r.resources, &r.resource_names]
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .chain(&r.verbs);
+                assert!(all.clone().all(|s| s != "*"), "wildcard in {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hubs_read_only_their_own_config_map() {
+        let cluster = rules(hub_cluster_rules());
+        assert!(granting(&cluster, "", "configmaps", "get").is_empty());
+        let system = rules(hub_system_rules());
+        for verb in ["get", "list", "watch"] {
+            let g = granting(&system, "", "configmaps", verb);
+            assert_eq!(g.len(), 1, "{verb}");
+            assert_eq!(g[0].resource_names, Some(vec![HUB_CONFIGMAP.to_owned()]));
+        }
+        assert!(cluster.iter().any(|r| {
+            r.non_resource_urls
+                .as_ref()
+                .is_some_and(|u| u.iter().any(|u| u == "/openid/v1/jwks"))
+        }));
+    }
+
+    #[test]
+    fn the_manager_keeps_secrets_and_leases_to_its_own_namespace_and_names() {
+        let cluster = rules(manager_cluster_rules());
+        for resource in ["secrets", "leases"] {
+            for group in ["", "coordination.k8s.io"] {
+                assert!(granting(&cluster, group, resource, "get").is_empty());
+                assert!(granting(&cluster, group, resource, "create").is_empty());
+            }
+        }
+        let system = rules(manager_system_rules());
+        for (group, resource, name) in [
+            ("", "secrets", MANAGER_SECRET),
+            ("coordination.k8s.io", "leases", MANAGER_LEASE),
+        ] {
+            for verb in ["get", "update"] {
+                let g = granting(&system, group, resource, verb);
+                assert_eq!(g.len(), 1, "{verb} {resource}");
+                assert_eq!(g[0].resource_names, Some(vec![name.to_owned()]));
+            }
+            assert!(granting(&system, group, resource, "delete").is_empty());
+            assert!(granting(&system, group, resource, "list").is_empty());
+        }
+    }
+
+    #[test]
+    fn the_manager_writes_only_its_own_crds_and_webhook_configurations() {
+        let cluster = rules(manager_cluster_rules());
+        let crds: Vec<String> = yurt_api::crds::all()
+            .into_iter()
+            .filter_map(|c| c.metadata.name)
+            .collect();
+        for verb in ["create", "patch"] {
+            let g = granting(
+                &cluster,
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                verb,
+            );
+            assert_eq!(g.len(), 1);
+            assert_eq!(g[0].resource_names.as_ref(), Some(&crds));
+            for kind in [
+                "mutatingwebhookconfigurations",
+                "validatingwebhookconfigurations",
+            ] {
+                let g = granting(&cluster, "admissionregistration.k8s.io", kind, verb);
+                assert_eq!(g.len(), 1);
+                assert_eq!(g[0].resource_names.as_ref().map(Vec::len), Some(2));
+            }
+        }
+        for verb in ["delete", "update", "get", "list"] {
+            assert!(
+                granting(
+                    &cluster,
+                    "apiextensions.k8s.io",
+                    "customresourcedefinitions",
+                    verb
+                )
+                .is_empty()
+            );
+        }
+        assert!(
+            cluster
+                .iter()
+                .all(|r| r.api_groups.as_ref().is_some_and(|g| !g
+                    .iter()
+                    .any(|g| g == "rbac.authorization.k8s.io"
+                        || g == "raven.openyurt.io"
+                        || g == "network.openyurt.io")))
+        );
     }
 }
