@@ -86,6 +86,9 @@ const TABLE: &[Row] = &[
     (Who::Hub, "list namespaces", false, "nothing behind the hub reads them"),
     (Who::Hub, "list nodebuckets.apps.openyurt.io", false, "nothing reads them"),
     (Who::Hub, "list yurtappsets.apps.openyurt.io -A", false, "the manager's business"),
+    (Who::Hub, "get yurtstaticsets.apps.openyurt.io -n default", true, "OTA renders static pod manifests (ota.rs)"),
+    (Who::Hub, "list yurtstaticsets.apps.openyurt.io -A", false, "one set at a time, by name"),
+    (Who::Hub, "get configmaps/yurt-static-set-x -n default", false, "OTA no longer reads the manager's ConfigMaps"),
     // The ConfigMap is the hubs', not every node's.
     (Who::Node, "get configmaps/yurt-hub-cfg -n kube-system", false, "a node without the hub group"),
     (Who::Node, "get /openid/v1/jwks", false, "a node without the hub group"),

@@ -3,8 +3,10 @@
 //!
 //! The cloud marks pods with a newer version waiting with the condition
 //! `PodNeedUpgrade=True` (the yurtstaticset and daemonpodupdater controllers); the node's
-//! owner decides when. For a static pod of a YurtStaticSet the hub writes the new
-//! manifest from ConfigMap `yurt-static-set-<set>` into kubelet's static pod folder
+//! owner decides when. For a static pod of a YurtStaticSet the hub renders the new
+//! manifest from the set itself (the same code the manager renders worker manifests
+//! with, in `yurt-api`; the hub may read YurtStaticSets but no ConfigMap except its
+//! own, ADR 004) and writes it into kubelet's static pod folder
 //! (the old one backed up under `openyurtio-upgrade/`, the new one renamed into place
 //! so kubelet never reads half a file); for a DaemonSet pod it deletes the pod and the
 //! DaemonSet controller recreates it on the new template. Refused while the cloud is
@@ -16,7 +18,8 @@ use std::sync::Arc;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::Pod;
+use yurt_api::apps::v1alpha1::YurtStaticSet;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 
@@ -225,24 +228,15 @@ impl Ota {
                 ))
             }
             Target::StaticPod { set } => {
-                let cm_name = format!("yurt-static-set-{set}");
-                let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
-                let cm = cms
-                    .get(&cm_name)
+                let sets: Api<YurtStaticSet> = Api::namespaced(self.client.clone(), namespace);
+                let yss = sets
+                    .get(&set)
                     .await
-                    .map_err(|e| api_error(&format!("ConfigMap {namespace}/{cm_name}"), e))?;
-                let data = cm.data.unwrap_or_default();
-                let mut entries = data.iter();
-                let (manifest, content) = match (entries.next(), entries.next()) {
-                    (Some(one), None) => one,
-                    _ => {
-                        return Err(OtaError::BadManifest(format!(
-                            "ConfigMap {namespace}/{cm_name} must hold exactly one manifest"
-                        )));
-                    }
-                };
+                    .map_err(|e| api_error(&format!("YurtStaticSet {namespace}/{set}"), e))?;
+                let manifest = yss.spec.static_pod_manifest.clone().unwrap_or_default();
+                let content = yss.render_manifest(&yss.template_hash());
                 let dir = self.static_pod_dir.clone();
-                let (m, c) = (manifest.clone(), content.clone());
+                let (m, c) = (manifest, content);
                 let path = tokio::task::spawn_blocking(move || write_manifest(&dir, &m, &c))
                     .await
                     .map_err(|e| OtaError::Api(e.to_string()))??;

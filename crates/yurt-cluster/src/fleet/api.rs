@@ -152,6 +152,9 @@ fn hub_cluster_rules() -> serde_json::Value {
         // NodePools for the pool-scoped filters (upstream's hub reads them; ours reads
         // pools from node labels today).
         {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get", "list", "watch"]},
+        // OTA upgrades of static pods: the hub renders the manifest from the
+        // YurtStaticSet itself (ota.rs), so it needs no ConfigMap but its own.
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["yurtstaticsets"], "verbs": ["get"]},
         // The service-account issuer's public keys, to verify pod tokens offline.
         {"nonResourceURLs": ["/openid/v1/jwks", "/.well-known/openid-configuration"], "verbs": ["get"]},
     ])

@@ -89,15 +89,7 @@ pub fn target_pools(
     (found, missing)
 }
 
-/// A short stable hash of a JSON value (FNV-1a 64, hex): the workload revision.
-pub fn revision(value: &Value) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in value.to_string().bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016x}")[..10].to_owned()
-}
+pub use yurt_api::apps::v1alpha1::revision;
 
 fn substitute(value: &Value, pool: &str) -> Value {
     match value {

@@ -40,7 +40,6 @@ use tokio_util::sync::CancellationToken;
 use yurt_api::apps::v1alpha1::{UpgradeStrategyType, YurtStaticSet};
 use yurt_api::labels::{POD_NEED_UPGRADE, STATIC_POD_HASH};
 
-use crate::controllers::yurtappset::revision;
 use crate::metrics::ManagerMetrics;
 
 /// The controller's name for `--controllers`.
@@ -117,29 +116,12 @@ pub fn max_unavailable(value: Option<&IntOrString>, total: usize) -> Result<usiz
 
 /// The template hash: a new hash means a new version to roll out.
 pub fn template_hash(yss: &YurtStaticSet) -> String {
-    revision(&serde_json::to_value(&yss.spec.template).unwrap_or(Value::Null))
+    yss.template_hash()
 }
 
 /// The static pod manifest for `yss` (JSON, which kubelet reads as YAML).
 pub fn render_manifest(yss: &YurtStaticSet, hash: &str) -> String {
-    let template = serde_json::to_value(&yss.spec.template).unwrap_or(Value::Null);
-    let mut metadata = template.get("metadata").cloned().unwrap_or(json!({}));
-    if !metadata.is_object() {
-        metadata = json!({});
-    }
-    metadata["name"] = json!(yss.name_any());
-    metadata["namespace"] = json!(yss.namespace().unwrap_or_default());
-    if !metadata.get("annotations").is_some_and(Value::is_object) {
-        metadata["annotations"] = json!({});
-    }
-    metadata["annotations"][STATIC_POD_HASH] = json!(hash);
-    let pod = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": template.get("spec").cloned().unwrap_or(json!({})),
-    });
-    serde_json::to_string_pretty(&pod).unwrap_or_default()
+    yss.render_manifest(hash)
 }
 
 pub(crate) fn is_pod_ready(pod: &Pod) -> bool {

@@ -24,5 +24,5 @@ pub use yurtappset::{
 };
 pub use yurtstaticset::{
     UpgradeStrategyType, YurtStaticSet, YurtStaticSetSpec, YurtStaticSetStatus,
-    YurtStaticSetUpgradeStrategy,
+    YurtStaticSetUpgradeStrategy, revision,
 };

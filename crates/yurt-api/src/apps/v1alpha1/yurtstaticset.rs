@@ -102,3 +102,48 @@ pub struct YurtStaticSetStatus {
     /// Nodes running the current template.
     pub upgraded_number: i32,
 }
+
+/// A short stable hash of a JSON value (FNV-1a 64, first 10 hex digits): the revision
+/// of a workload template. The manager marks revisions with it and the hub renders
+/// static pod manifests with it, so both must compute it alike: it lives here.
+pub fn revision(value: &serde_json::Value) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in value.to_string().bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")[..10].to_owned()
+}
+
+impl YurtStaticSet {
+    /// The template hash: a new hash means a new version to roll out.
+    pub fn template_hash(&self) -> String {
+        revision(&serde_json::to_value(&self.spec.template).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// The static pod manifest (JSON, which kubelet reads as YAML) of this set's
+    /// template: named after the set, in its namespace, annotated with `hash`
+    /// ([`crate::labels::STATIC_POD_HASH`]). The manager hands it to worker pods, and
+    /// the hub renders it itself for an OTA upgrade, from the same code.
+    pub fn render_manifest(&self, hash: &str) -> String {
+        use serde_json::{Value, json};
+        let template = serde_json::to_value(&self.spec.template).unwrap_or(Value::Null);
+        let mut metadata = template.get("metadata").cloned().unwrap_or(json!({}));
+        if !metadata.is_object() {
+            metadata = json!({});
+        }
+        metadata["name"] = json!(self.metadata.name.clone().unwrap_or_default());
+        metadata["namespace"] = json!(self.metadata.namespace.clone().unwrap_or_default());
+        if !metadata.get("annotations").is_some_and(Value::is_object) {
+            metadata["annotations"] = json!({});
+        }
+        metadata["annotations"][crate::labels::STATIC_POD_HASH] = json!(hash);
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": metadata,
+            "spec": template.get("spec").cloned().unwrap_or(json!({})),
+        });
+        serde_json::to_string_pretty(&pod).unwrap_or_default()
+    }
+}
