@@ -630,16 +630,34 @@ async fn blocking(
     })
 }
 
-/// Answers without the cloud. `req` is present when its body was not consumed yet.
 /// Response header naming who answered when it was not the API server.
 pub const SOURCE_HEADER: &str = "x-yurthub-source";
 
+/// Most of a request body read before a local answer that does not use it.
+const DRAIN_MAX: usize = 1024 * 1024;
+
+/// Reads and drops a request body: answering before the client has sent its body would
+/// make HTTP/2 reset the stream, and a client then sees a stream error instead of the
+/// answer. A body over [`DRAIN_MAX`] is left unread (the client gets the reset).
+async fn drain(body: Incoming) {
+    let mut body = http_body_util::Limited::new(body, DRAIN_MAX);
+    while let Some(Ok(_)) = body.frame().await {}
+}
+
+/// Answers without the cloud. `req` is present when its body was not consumed yet.
 async fn local(
     hub: &Arc<Hub>,
     ctx: &Ctx,
-    req: Option<Request<Incoming>>,
+    mut req: Option<Request<Incoming>>,
 ) -> Response<ResponseBody> {
-    let mut resp = local_inner(hub, ctx, req).await;
+    let not_get = req
+        .as_ref()
+        .is_some_and(|r| r.method() != http::Method::GET);
+    let echoes = matches!(&ctx.info, RequestInfo::Resource(r) if r.verb == Verb::Create);
+    if !echoes && let Some(r) = req.take() {
+        drain(r.into_body()).await;
+    }
+    let mut resp = local_inner(hub, ctx, req, not_get).await;
     resp.headers_mut()
         .insert(SOURCE_HEADER, HeaderValue::from_static("cache"));
     resp
@@ -672,10 +690,13 @@ fn refuse_unproven(hub: &Hub, ctx: &Ctx) -> Option<Response<ResponseBody>> {
     }
 }
 
+/// `req` is there only when its body is still to be used (an offline create's echo);
+/// `not_get` says whether it was anything but a GET.
 async fn local_inner(
     hub: &Arc<Hub>,
     ctx: &Ctx,
     req: Option<Request<Incoming>>,
+    not_get: bool,
 ) -> Response<ResponseBody> {
     if let Some(refused) = refuse_unproven(hub, ctx) {
         hub.metrics.request("refused", "any");
@@ -684,10 +705,7 @@ async fn local_inner(
     let r = match &ctx.info {
         RequestInfo::Resource(r) => r.clone(),
         RequestInfo::NonResource { path } => {
-            if req
-                .as_ref()
-                .is_some_and(|r| r.method() != http::Method::GET)
-            {
+            if not_get {
                 return unavailable(&ctx.accept, "the API server is unreachable");
             }
             hub.metrics.request("cache", "get");
