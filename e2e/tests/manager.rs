@@ -382,71 +382,184 @@ fn csr_pem(cn: &str, orgs: &[&str], sans: &[&str]) -> anyhow::Result<String> {
     Ok(params.serialize_request(&key)?.pem()?)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hub_certificate_requests_are_approved_and_others_left_alone() -> anyhow::Result<()> {
+const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
+const CLIENT_USAGES: &[&str] = &["digital signature", "key encipherment", "client auth"];
+const SERVER_USAGES: &[&str] = &["digital signature", "key encipherment", "server auth"];
+
+/// A CertificateSigningRequest object named `name`.
+fn csr_object(name: &str, signer: &str, usages: &[&str], pem: &str) -> Value {
     use base64::Engine as _;
+    json!({
+        "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "signerName": signer,
+            "usages": usages,
+            "request": base64::engine::general_purpose::STANDARD.encode(pem),
+        },
+    })
+}
+
+/// Creates `csr` as node `node`: from inside its host, through its hub's plain local port
+/// (the hub forwards it with the node's own certificate, as it does for kubelet). Returns
+/// the uid of the created request, after checking the API server recorded the node as
+/// its requester.
+fn create_as_node(f: &TestFleet, node: &str, csr: &Value) -> anyhow::Result<String> {
+    let name = csr["metadata"]["name"].as_str().context("a name")?;
+    f.kubectl(&["delete", "csr", name, "--ignore-not-found"])?;
+    let body = csr.to_string();
+    let out = f.exec(
+        node,
+        &[
+            "curl",
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+            "http://127.0.0.1:10261/apis/certificates.k8s.io/v1/certificatesigningrequests",
+        ],
+    )?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.trim_end().ends_with("201"),
+        "{node} could not create {name}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created = get_json(f, &["get", "csr", name])?;
+    ensure!(
+        created["spec"]["username"] == format!("system:node:{node}"),
+        "{name} was not created as {node}: {}",
+        created["spec"]
+    );
+    created["metadata"]["uid"]
+        .as_str()
+        .map(str::to_owned)
+        .context("a uid")
+}
+
+/// Creates `csr` as the fleet's admin; returns its uid.
+fn create_as_admin(f: &TestFleet, csr: &Value) -> anyhow::Result<String> {
+    let name = csr["metadata"]["name"].as_str().context("a name")?;
+    f.kubectl(&["delete", "csr", name, "--ignore-not-found"])?;
+    let (ok, out) = kubectl_stdin(f, &["create"], csr)?;
+    ensure!(ok, "{out}");
+    get_json(f, &["get", "csr", name])?["metadata"]["uid"]
+        .as_str()
+        .map(str::to_owned)
+        .context("a uid")
+}
+
+async fn approved(f: &TestFleet, name: &str) -> anyhow::Result<()> {
+    wait_for(
+        &format!("{name} approved"),
+        Duration::from_secs(60),
+        || async {
+            let csr = get_json(f, &["get", "csr", name])?;
+            let approved = csr["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Approved"));
+            Ok(approved.then_some(()))
+        },
+    )
+    .await
+}
+
+/// Waits for the manager's Event saying why request `name` (`uid`) is not approved,
+/// then checks it is still undecided; returns the Event's message.
+async fn refused(f: &TestFleet, name: &str, uid: &str) -> anyhow::Result<String> {
+    let selector = format!("involvedObject.uid={uid},reason=CSRNotApproved");
+    let message = wait_for(
+        &format!("an Event saying why {name} is not approved"),
+        Duration::from_secs(60),
+        || async {
+            let events = get_json(
+                f,
+                &[
+                    "get",
+                    "events",
+                    "-n",
+                    "default",
+                    "--field-selector",
+                    &selector,
+                ],
+            )?;
+            Ok(events["items"]
+                .as_array()
+                .and_then(|items| items.first())
+                .and_then(|e| e["message"].as_str())
+                .map(str::to_owned))
+        },
+    )
+    .await?;
+    let csr = get_json(f, &["get", "csr", name])?;
+    ensure!(
+        csr["status"]["conditions"].is_null(),
+        "{name} was decided although the manager refused it ({message}): {}",
+        csr["status"]
+    );
+    Ok(message)
+}
+
+/// Finding 2 of the 2026-11 review: a node (or anything on it, through its hub) could get
+/// a client certificate for another node, or a serving certificate for any name. Requests
+/// are made as the node itself, the way a hub or kubelet makes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_requests_are_approved_only_for_the_node_that_asks() -> anyhow::Result<()> {
     within(async {
         let f = shared().await?;
         let f = &f;
-        let submit = |name: &str, signer: &str, usages: &[&str], pem: &str| -> anyhow::Result<()> {
-            let _ = f.kubectl(&["delete", "csr", name, "--ignore-not-found"]);
-            let (ok, out) = kubectl_stdin(
-                f,
-                &["create"],
-                &json!({
-                    "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
-                    "metadata": {"name": name},
-                    "spec": {
-                        "signerName": signer,
-                        "usages": usages,
-                        "request": base64::engine::general_purpose::STANDARD.encode(pem),
-                    },
-                }),
-            )?;
-            ensure!(ok, "{out}");
-            Ok(())
-        };
-        let client = ["digital signature", "key encipherment", "client auth"];
-        submit(
-            "e2e-hub",
-            "kubernetes.io/kube-apiserver-client",
-            &client,
-            &csr_pem(
-                "system:node:edge-a1",
-                &["system:nodes", "openyurt:yurthub"],
-                &[],
-            )?,
-        )?;
-        submit(
-            "e2e-foreign",
-            "kubernetes.io/kube-apiserver-client",
-            &client,
-            &csr_pem(
-                "system:node:edge-a1",
-                &["openyurt:yurthub", "example:admins"],
-                &[],
-            )?,
-        )?;
-        wait_for(
-            "the hub's request approved",
-            Duration::from_secs(60),
-            || async {
-                let csr = get_json(f, &["get", "csr", "e2e-hub"])?;
-                let approved = csr["status"]["conditions"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Approved"));
-                Ok(approved.then_some(()))
-            },
-        )
-        .await?;
-        // Give the manager time to (wrongly) act on the other one.
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let other = get_json(f, &["get", "csr", "e2e-foreign"])?;
-        ensure!(
-            other["status"]["conditions"].is_null(),
-            "a request asking for a foreign group was decided: {other}"
-        );
-        f.kubectl(&["delete", "csr", "e2e-hub", "e2e-foreign"])?;
+        let a1_ip = node(f, "edge-a1")
+            .await?
+            .status
+            .and_then(|s| s.addresses)
+            .and_then(|a| a.into_iter().find(|a| a.type_ == "InternalIP"))
+            .map(|a| a.address)
+            .context("edge-a1 has an InternalIP")?;
+        let hub = |cn: &str| csr_pem(cn, &["system:nodes", "openyurt:yurthub"], &[]);
+        let serving = |sans: &[&str]| csr_pem("system:node:edge-a1", &["system:nodes"], sans);
+        let client = |name, pem: String| csr_object(name, CLIENT_SIGNER, CLIENT_USAGES, &pem);
+        let server = |name, pem: String| csr_object(name, SERVING_SIGNER, SERVER_USAGES, &pem);
+        let names = [
+            "e2e-own-client",
+            "e2e-other-client",
+            "e2e-admin-client",
+            "e2e-own-serving",
+            "e2e-foreign-serving",
+        ];
+
+        // Its own client and serving certificates: approved.
+        let own = client(names[0], hub("system:node:edge-a1")?);
+        create_as_node(f, "edge-a1", &own)?;
+        let own = server(names[3], serving(&["edge-a1", &a1_ip, "169.254.2.1"])?);
+        create_as_node(f, "edge-a1", &own)?;
+        // Another node's identity, a node identity asked for by an admin, and a serving
+        // certificate with an address that is not the node's: left pending, with an Event.
+        let other = create_as_node(f, "edge-a1", &client(names[1], hub("system:node:edge-b1")?))?;
+        let admin = create_as_admin(f, &client(names[2], hub("system:node:edge-a1")?))?;
+        let foreign = server(names[4], serving(&["edge-a1", "10.9.9.9"])?);
+        let foreign = create_as_node(f, "edge-a1", &foreign)?;
+
+        approved(f, names[0]).await?;
+        approved(f, names[3]).await?;
+        let expected = [
+            (names[1], &other, "requester system:node:edge-a1 may not obtain a certificate for system:node:edge-b1"),
+            (names[2], &admin, "requester kubernetes-admin may not obtain a certificate for system:node:edge-a1"),
+            (names[4], &foreign, "SAN 10.9.9.9 is not an address of node edge-a1"),
+        ];
+        for (name, uid, want) in expected {
+            let why = refused(f, name, uid).await?;
+            ensure!(why == want, "{name}: the Event says {why:?}, not {want:?}");
+        }
+
+        let mut delete = vec!["delete", "csr"];
+        delete.extend(names);
+        f.kubectl(&delete)?;
         Ok(())
     })
     .await

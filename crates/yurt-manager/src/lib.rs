@@ -98,6 +98,9 @@ pub struct Config {
     pub lease_retry: Duration,
     /// Image of the YurtStaticSet upgrade workers (`--node-servant-image`).
     pub node_servant_image: String,
+    /// The hubs' pod-facing address (`--hub-pod-address`, default 169.254.2.1), which the
+    /// csrapprover allows in every node's serving certificate.
+    pub hub_pod_address: IpAddr,
 }
 
 /// Runs the manager until `shutdown`.
@@ -210,6 +213,7 @@ pub async fn run(
             pods,
             pools: pool_feed.clone(),
             node_servant_image: config.node_servant_image.clone(),
+            hub_pod_address: config.hub_pod_address,
             metrics: metrics.clone(),
         };
         for (name, run) in controllers::ALL {

@@ -69,6 +69,14 @@ pub struct ManagerRunArgs {
     /// Image of the YurtStaticSet upgrade workers (needs only `sh`, `cp` and `mv`).
     #[arg(long, default_value = "openyurt/node-servant:latest")]
     pub node_servant_image: String,
+    /// The hubs' pod-facing address (their `--dummy-if-ip`): the one address besides a
+    /// node's own that its serving certificate may carry.
+    #[arg(
+        long,
+        env = "YURT_MANAGER_HUB_POD_ADDRESS",
+        default_value = "169.254.2.1"
+    )]
+    pub hub_pod_address: IpAddr,
 }
 
 fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
@@ -102,6 +110,7 @@ fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
         lease_duration: Duration::from_secs(a.leader_elect_lease_duration),
         lease_retry: Duration::from_secs(a.leader_elect_retry_period),
         node_servant_image: a.node_servant_image.clone(),
+        hub_pod_address: a.hub_pod_address,
     })
 }
 

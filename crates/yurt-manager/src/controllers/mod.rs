@@ -34,6 +34,8 @@ pub struct Inputs {
     pub pools: Feed<NodePool>,
     /// The image that runs YurtStaticSet upgrade workers.
     pub node_servant_image: String,
+    /// The hubs' pod-facing address, allowed in every node's serving certificate.
+    pub hub_pod_address: std::net::IpAddr,
     /// The manager's metrics.
     pub metrics: ManagerMetrics,
 }
@@ -43,9 +45,7 @@ type Run = fn(Inputs, CancellationToken) -> BoxFuture<'static, ()>;
 /// Every controller this manager has, by `--controllers` name, and how to run it until
 /// its token is cancelled.
 pub const ALL: &[(&str, Run)] = &[
-    (csrapprover::NAME, |i, t| {
-        Box::pin(csrapprover::run(i.client, i.metrics, t))
-    }),
+    (csrapprover::NAME, |i, t| Box::pin(csrapprover::run(i, t))),
     (daemonpodupdater::NAME, |i, t| {
         Box::pin(daemonpodupdater::run(i, t))
     }),
