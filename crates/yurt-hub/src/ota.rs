@@ -19,9 +19,9 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use k8s_openapi::api::core::v1::Pod;
-use yurt_api::apps::v1alpha1::YurtStaticSet;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
+use yurt_api::apps::v1alpha1::YurtStaticSet;
 
 use crate::health::Health;
 
