@@ -281,9 +281,14 @@ mod tests {
         .unwrap();
         assert_eq!(c.upstream.keepalive_interval, Duration::from_millis(300));
         assert_eq!(c.upstream.read_timeout, Duration::from_secs(120));
-        let e = parse(&["--proxy-secure-port", "0", "--upstream-connect-timeout", "0s"])
-            .unwrap_err()
-            .to_string();
+        let e = parse(&[
+            "--proxy-secure-port",
+            "0",
+            "--upstream-connect-timeout",
+            "0s",
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("--upstream-connect-timeout"), "{e}");
         assert!(parse(&["--upstream-read-timeout", "soon"]).is_err());
     }
