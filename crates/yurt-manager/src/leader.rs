@@ -26,14 +26,36 @@ pub struct LeaseConfig {
     pub lease_duration: Duration,
     /// How often the holder renews (and a candidate retries).
     pub retry_period: Duration,
+    /// How long the leader may go without a successful renewal (a call that fails or
+    /// hangs counts as none) before it steps down; shorter than the lease, so it stops
+    /// leading before another replica may take over.
+    pub renew_deadline: Duration,
+}
+
+/// The other holder's lease as this replica last saw it change, timed by the local
+/// monotonic clock: expiry is judged by how long it has looked unchanged here, never by
+/// comparing another host's `renewTime` with this host's wall clock (client-go does the
+/// same), so a replica whose clock runs ahead cannot steal a valid lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Observed {
+    holder: String,
+    renew_time: Option<String>,
+    resource_version: Option<String>,
+    at: tokio::time::Instant,
 }
 
 fn now() -> MicroTime {
     MicroTime(jiff::Timestamp::now())
 }
 
-/// Whether `lease` is held by someone else and still valid.
-fn held_by_other(lease: &Lease, identity: &str) -> bool {
+/// Whether `lease` is held by someone else and still valid, judged by when this replica
+/// last saw it change (`observed`, updated here) and the local clock `now`.
+fn held_by_other(
+    lease: &Lease,
+    identity: &str,
+    observed: &mut Option<Observed>,
+    now: tokio::time::Instant,
+) -> bool {
     let Some(spec) = &lease.spec else {
         return false;
     };
@@ -43,16 +65,35 @@ fn held_by_other(lease: &Lease, identity: &str) -> bool {
     if holder == identity {
         return false;
     }
-    let duration = i64::from(spec.lease_duration_seconds.unwrap_or(15));
-    let Some(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
-        return false;
+    let seen = Observed {
+        holder: holder.to_owned(),
+        renew_time: spec
+            .renew_time
+            .as_ref()
+            .or(spec.acquire_time.as_ref())
+            .map(|t| t.0.to_string()),
+        resource_version: lease.metadata.resource_version.clone(),
+        at: now,
     };
-    let age = jiff::Timestamp::now().duration_since(renewed.0);
-    age.as_secs() < duration
+    let unchanged = observed.as_ref().is_some_and(|o| {
+        (&o.holder, &o.renew_time, &o.resource_version)
+            == (&seen.holder, &seen.renew_time, &seen.resource_version)
+    });
+    if !unchanged {
+        *observed = Some(seen);
+    }
+    let since = observed.as_ref().map_or(now, |o| o.at);
+    let duration =
+        Duration::from_secs(u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15));
+    now.duration_since(since) < duration
 }
 
 /// One attempt to acquire or renew. `Ok(true)` when this replica holds the lease.
-async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::Error> {
+async fn try_acquire(
+    api: &Api<Lease>,
+    cfg: &LeaseConfig,
+    observed: &mut Option<Observed>,
+) -> Result<bool, kube::Error> {
     let seconds = i32::try_from(cfg.lease_duration.as_secs()).unwrap_or(i32::MAX);
     match api.get_opt(&cfg.name).await? {
         None => {
@@ -78,7 +119,7 @@ async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::
             }
         }
         Some(mut lease) => {
-            if held_by_other(&lease, &cfg.identity) {
+            if held_by_other(&lease, &cfg.identity, observed, tokio::time::Instant::now()) {
                 return Ok(false);
             }
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
@@ -101,9 +142,9 @@ async fn try_acquire(api: &Api<Lease>, cfg: &LeaseConfig) -> Result<bool, kube::
 }
 
 /// Runs the election until `shutdown`; the returned receiver says whether this replica
-/// leads. Leadership is given up (the receiver turns `false`) as soon as a renewal
-/// fails for longer than the lease lasts, so two replicas never both think they lead
-/// beyond one lease period.
+/// leads. Leadership is given up (the receiver turns `false`) when no renewal has
+/// succeeded within the renew deadline (each attempt is bounded by it too), which is
+/// shorter than the lease, so two replicas never both think they lead.
 pub fn run(
     client: kube::Client,
     cfg: LeaseConfig,
@@ -113,8 +154,21 @@ pub fn run(
     tokio::spawn(async move {
         let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
         let mut last_renewed: Option<tokio::time::Instant> = None;
+        let mut observed: Option<Observed> = None;
         loop {
-            match try_acquire(&api, &cfg).await {
+            let attempt =
+                tokio::time::timeout(cfg.renew_deadline, try_acquire(&api, &cfg, &mut observed))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(kube::Error::Service(
+                            format!(
+                                "no answer within the renew deadline {:?}",
+                                cfg.renew_deadline
+                            )
+                            .into(),
+                        ))
+                    });
+            match attempt {
                 Ok(true) => {
                     if !*tx.borrow() {
                         tracing::info!(lease = %cfg.name, identity = %cfg.identity, "became the leader");
@@ -131,8 +185,7 @@ pub fn run(
                 }
                 Err(e) => {
                     tracing::warn!(lease = %cfg.name, error = %e, "lease renewal failed");
-                    let expired =
-                        last_renewed.is_none_or(|t| t.elapsed() >= cfg.lease_duration * 2 / 3);
+                    let expired = last_renewed.is_none_or(|t| t.elapsed() >= cfg.renew_deadline);
                     if expired && *tx.borrow() {
                         tracing::warn!(lease = %cfg.name, "could not renew in time; stepping down");
                         let _ = tx.send(false);
@@ -163,25 +216,60 @@ pub fn run(
 mod tests {
     use super::*;
 
-    fn lease(holder: Option<&str>, age_secs: i64, duration: i32) -> Lease {
-        let renewed = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(age_secs);
+    /// A lease renewed at `renewed` (another host's wall clock), as read at `rv`.
+    fn lease(holder: Option<&str>, renewed: &str, rv: &str) -> Lease {
         Lease {
-            metadata: ObjectMeta::default(),
+            metadata: ObjectMeta {
+                resource_version: Some(rv.to_owned()),
+                ..ObjectMeta::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: holder.map(str::to_owned),
-                lease_duration_seconds: Some(duration),
-                renew_time: Some(MicroTime(renewed)),
+                lease_duration_seconds: Some(15),
+                renew_time: Some(MicroTime(renewed.parse().unwrap())),
                 ..LeaseSpec::default()
             }),
         }
     }
 
     #[test]
-    fn a_lease_is_taken_only_when_free_expired_or_ours() {
-        assert!(held_by_other(&lease(Some("b"), 3, 15), "a"));
-        assert!(!held_by_other(&lease(Some("b"), 20, 15), "a"), "expired");
-        assert!(!held_by_other(&lease(Some("a"), 3, 15), "a"), "ours");
-        assert!(!held_by_other(&lease(None, 3, 15), "a"), "released");
-        assert!(!held_by_other(&lease(Some(""), 3, 15), "a"), "released");
+    fn expiry_is_judged_by_local_observation_not_by_the_holders_clock() {
+        let t0 = tokio::time::Instant::now();
+        let s = Duration::from_secs;
+        let mut seen = None;
+        // Renewed "in 1970" by the holder's clock: a wall-clock comparison would call it
+        // expired; first seen now, it is valid for a lease duration from here.
+        let old = lease(Some("b"), "1970-01-01T00:00:00Z", "1");
+        assert!(held_by_other(&old, "a", &mut seen, t0));
+        assert!(held_by_other(&old, "a", &mut seen, t0 + s(14)));
+        assert!(
+            !held_by_other(&old, "a", &mut seen, t0 + s(15)),
+            "unchanged for a lease: expired"
+        );
+        // Renewed again (new renewTime and resourceVersion): valid from when it was seen.
+        let renewed = lease(Some("b"), "1970-01-01T00:00:10Z", "2");
+        assert!(held_by_other(&renewed, "a", &mut seen, t0 + s(16)));
+        assert!(held_by_other(&renewed, "a", &mut seen, t0 + s(30)));
+        assert!(!held_by_other(&renewed, "a", &mut seen, t0 + s(31)));
+        // Ours or released: free to take.
+        let mut fresh = None;
+        assert!(!held_by_other(
+            &lease(Some("a"), "2026-01-01T00:00:00Z", "3"),
+            "a",
+            &mut fresh,
+            t0
+        ));
+        assert!(!held_by_other(
+            &lease(None, "2026-01-01T00:00:00Z", "3"),
+            "a",
+            &mut fresh,
+            t0
+        ));
+        assert!(!held_by_other(
+            &lease(Some(""), "2026-01-01T00:00:00Z", "3"),
+            "a",
+            &mut fresh,
+            t0
+        ));
     }
 }

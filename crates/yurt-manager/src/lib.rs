@@ -96,6 +96,8 @@ pub struct Config {
     pub lease_duration: Duration,
     /// Lease renewal period.
     pub lease_retry: Duration,
+    /// How long the leader may go without a successful renewal before it steps down.
+    pub lease_renew_deadline: Duration,
     /// Image of the YurtStaticSet upgrade workers (`--node-servant-image`).
     pub node_servant_image: String,
     /// The hubs' pod-facing address (`--hub-pod-address`, default 169.254.2.1), which the
@@ -141,8 +143,10 @@ pub async fn run(
     let node_feed = feed::Feed::new();
     node_feed.start(Api::<Node>::all(client.clone()), "node", shutdown.clone());
     let nodes = node_feed.store();
-    // One watch of Pods for the controllers that need them, started when first leading.
-    let mut pod_feed: Option<feed::Feed<Pod>> = None;
+    // One watch of Pods for the endpoints webhooks (every replica serves them) and the
+    // controllers.
+    let pod_feed = feed::Feed::<Pod>::new();
+    pod_feed.start(Api::<Pod>::all(client.clone()), "pod", shutdown.clone());
     // One watch of NodePools, started once the conversion webhook is registered.
     let pool_feed = feed::Feed::<NodePool>::new();
     let pools = pool_feed.store();
@@ -153,6 +157,7 @@ pub async fn run(
     let state = webhook::WebhookState {
         client: client.clone(),
         nodes: nodes.clone(),
+        pods: pod_feed.store(),
         pools: pools.clone(),
         metrics: metrics.clone(),
     };
@@ -183,6 +188,7 @@ pub async fn run(
                 identity: config.identity.clone(),
                 lease_duration: config.lease_duration,
                 retry_period: config.lease_retry,
+                renew_deadline: config.lease_renew_deadline,
             },
             shutdown.clone(),
         )
@@ -200,17 +206,10 @@ pub async fn run(
         metrics.leader.set(1);
         let term = shutdown.child_token();
         let mut tasks = tokio::task::JoinSet::new();
-        let pods = pod_feed
-            .get_or_insert_with(|| {
-                let pods = feed::Feed::new();
-                pods.start(Api::<Pod>::all(client.clone()), "pod", shutdown.clone());
-                pods
-            })
-            .clone();
         let inputs = controllers::Inputs {
             client: client.clone(),
             nodes: node_feed.clone(),
-            pods,
+            pods: pod_feed.clone(),
             pools: pool_feed.clone(),
             node_servant_image: config.node_servant_image.clone(),
             hub_pod_address: config.hub_pod_address,

@@ -66,6 +66,10 @@ pub struct ManagerRunArgs {
     /// Renewal period, seconds.
     #[arg(long, default_value_t = 2)]
     pub leader_elect_retry_period: u64,
+    /// Seconds the leader may go without a successful renewal before it steps down
+    /// (controller-runtime's default: 10 of a 15-second lease).
+    #[arg(long, default_value_t = 10)]
+    pub leader_elect_renew_deadline: u64,
     /// Image of the YurtStaticSet upgrade workers (needs only `sh`, `cp` and `mv`).
     #[arg(long, default_value = "openyurt/node-servant:latest")]
     pub node_servant_image: String,
@@ -84,8 +88,9 @@ fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
         .map_err(|e| anyhow::anyhow!("--controllers: {e}"))?;
     anyhow::ensure!(
         a.leader_elect_retry_period > 0
-            && a.leader_elect_retry_period < a.leader_elect_lease_duration,
-        "--leader-elect-retry-period must be positive and shorter than --leader-elect-lease-duration"
+            && a.leader_elect_retry_period < a.leader_elect_renew_deadline
+            && a.leader_elect_renew_deadline < a.leader_elect_lease_duration,
+        "leader election needs 0 < --leader-elect-retry-period < --leader-elect-renew-deadline < --leader-elect-lease-duration"
     );
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -109,6 +114,7 @@ fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
         identity: format!("{host}_{}", std::process::id()),
         lease_duration: Duration::from_secs(a.leader_elect_lease_duration),
         lease_retry: Duration::from_secs(a.leader_elect_retry_period),
+        lease_renew_deadline: Duration::from_secs(a.leader_elect_renew_deadline),
         node_servant_image: a.node_servant_image.clone(),
         hub_pod_address: a.hub_pod_address,
     })

@@ -9,6 +9,7 @@
 //! pod's last status from kubelet had every container ready. Upstream checks only for
 //! CrashLoopBackOff; (c) also keeps out pods whose own probe failed before the outage.
 
+use futures_util::FutureExt as _;
 use k8s_openapi::api::core::v1::{Endpoints, Pod};
 use kube::api::Api;
 use kube::core::DynamicObject;
@@ -23,7 +24,12 @@ pub const ENDPOINTS_PATH: &str = "/mutate-core-openyurt-io-v1-endpoints";
 /// Path of the EndpointSlice webhook (OpenYurt's).
 pub const ENDPOINTSLICE_PATH: &str = "/mutate-discovery-k8s-io-v1-endpointslice";
 
-/// Whether an address on `node_name` for `pod` should be served as ready.
+/// Whether an address on `node_name` for `pod` should be served as ready. Pods are read
+/// from the manager's shared Pod store: a site outage puts every address of the site
+/// through here at once, and one API call per address could outlast the webhook's
+/// timeout (its failure policy is Ignore), dropping the pods from their Services
+/// exactly when autonomy needs them. Only while the store is still being filled is
+/// the pod fetched.
 async fn keep_ready(state: &WebhookState, node_name: &str, pod: Option<(&str, &str)>) -> bool {
     let Some(node) = state
         .nodes
@@ -37,6 +43,18 @@ async fn keep_ready(state: &WebhookState, node_name: &str, pod: Option<(&str, &s
     let Some((namespace, name)) = pod else {
         return false;
     };
+    let store_ready = state
+        .pods
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok());
+    if store_ready {
+        let key = kube::runtime::reflector::ObjectRef::new(name).within(namespace);
+        return state
+            .pods
+            .get(&key)
+            .is_some_and(|p| last_reported_ready(&p));
+    }
     let pods: Api<Pod> = Api::namespaced(state.client.clone(), namespace);
     match pods.get_opt(name).await {
         Ok(Some(p)) => last_reported_ready(&p),
@@ -231,6 +249,108 @@ mod tests {
             }),
             ..Pod::default()
         }
+    }
+
+    /// A webhook state over prefilled stores whose API client answers nothing and
+    /// counts the calls made to it.
+    fn state_with(
+        nodes: Vec<k8s_openapi::api::core::v1::Node>,
+        pods: Vec<Pod>,
+    ) -> (WebhookState, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use kube::runtime::watcher::Event;
+        fn filled<K>(objects: Vec<K>) -> kube::runtime::reflector::Store<K>
+        where
+            K: kube::Resource + Clone + 'static,
+            K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+        {
+            let (store, mut writer) = kube::runtime::reflector::store();
+            writer.apply_watcher_event(&Event::Init);
+            for o in objects {
+                writer.apply_watcher_event(&Event::InitApply(o));
+            }
+            writer.apply_watcher_event(&Event::InitDone);
+            store
+        }
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let service = tower::service_fn(move |_req: http::Request<kube::client::Body>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                Err::<http::Response<kube::client::Body>, _>(std::io::Error::other(
+                    "no API server in this test",
+                ))
+            }
+        });
+        let state = WebhookState {
+            client: kube::Client::new(service, "default"),
+            nodes: filled(nodes),
+            pods: filled(pods),
+            pools: filled(Vec::new()),
+            metrics: crate::metrics::ManagerMetrics::default(),
+        };
+        (state, calls)
+    }
+
+    #[tokio::test]
+    async fn a_site_outage_keeps_a_thousand_addresses_ready_without_one_api_call() {
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
+            "metadata": {"name": "edge-a1", "annotations": {"node.openyurt.io/autonomy-duration": "0"}},
+            "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]},
+        }))
+        .unwrap();
+        let mut pods = Vec::new();
+        let mut addresses = Vec::new();
+        for i in 0..1000 {
+            let mut p = pod(&[true], None);
+            p.metadata.name = Some(format!("web-{i}"));
+            p.metadata.namespace = Some("shop".into());
+            // Every tenth pod's own probe had failed before the outage.
+            if i % 10 == 0 {
+                p = Pod {
+                    metadata: p.metadata.clone(),
+                    ..pod(&[false], None)
+                };
+            }
+            pods.push(p);
+            addresses.push(
+                json!({"ip": format!("10.244.1.{}", i % 250), "nodeName": "edge-a1",
+                "targetRef": {"kind": "Pod", "namespace": "shop", "name": format!("web-{i}")}}),
+            );
+        }
+        let (state, calls) = state_with(vec![node], pods);
+        let review: kube::core::admission::AdmissionReview<DynamicObject> =
+            serde_json::from_value(json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {
+                    "uid": "u1", "operation": "UPDATE",
+                    "kind": {"group": "", "version": "v1", "kind": "Endpoints"},
+                    "resource": {"group": "", "version": "v1", "resource": "endpoints"},
+                    "name": "web", "namespace": "shop", "userInfo": {},
+                    "object": {"apiVersion": "v1", "kind": "Endpoints",
+                               "metadata": {"name": "web", "namespace": "shop"},
+                               "subsets": [{"notReadyAddresses": addresses, "ports": [{"port": 80}]}]},
+                },
+            }))
+            .unwrap();
+        let req: AdmissionRequest<DynamicObject> = review.try_into().unwrap();
+        let resp = mutate_endpoints(&state, &req).await;
+        assert_eq!(
+            calls.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no API call per address"
+        );
+        let patch = serde_json::to_value(
+            resp.patch
+                .as_ref()
+                .map(|p| serde_json::from_slice::<Value>(p).unwrap()),
+        )
+        .unwrap();
+        let subsets = &patch[0]["value"];
+        assert_eq!(subsets[0]["addresses"].as_array().map(Vec::len), Some(900));
+        assert_eq!(
+            subsets[0]["notReadyAddresses"].as_array().map(Vec::len),
+            Some(100)
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct WebhookState {
     pub client: kube::Client,
     /// Every Node, kept current by a reflector.
     pub nodes: Store<Node>,
+    /// Every Pod, kept current by a reflector (the endpoints webhooks read it).
+    pub pods: Store<k8s_openapi::api::core::v1::Pod>,
     /// Every NodePool (v1beta2), kept current by a reflector.
     pub pools: Store<NodePool>,
     /// Metrics.
