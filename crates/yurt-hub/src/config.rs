@@ -84,6 +84,30 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// What one client may cost the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body the hub reads itself (an offline create, kubelet's Lease):
+    /// 3 MiB, the API server's own limit. Larger: 413.
+    pub max_request_body: usize,
+    /// Largest response the hub buffers to cache or filter it (128 MiB). Larger: 503.
+    pub max_buffered_response: usize,
+    /// Short requests served at once (watches, exec, attach, port-forward and
+    /// log follows do not count, as in the API server): 250, OpenYurt's
+    /// `--max-requests-in-flight`. More: 429.
+    pub max_in_flight: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_body: 3 * 1024 * 1024,
+            max_buffered_response: 128 * 1024 * 1024,
+            max_in_flight: 250,
+        }
+    }
+}
+
 /// How pods' service-account tokens are verified offline (ADR 004).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodTokenConfig {
@@ -143,4 +167,6 @@ pub struct Config {
     pub static_pod_dir: PathBuf,
     /// Offline verification of pods' tokens.
     pub pod_tokens: PodTokenConfig,
+    /// Body sizes and concurrency.
+    pub limits: Limits,
 }

@@ -204,6 +204,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         autonomy: autonomy::AutonomyReporter::new(std::time::Duration::from_secs(30)),
         verifier: verifier.clone(),
+        short_requests: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
     });
 
     {

@@ -42,9 +42,6 @@ use crate::metrics::HubMetrics;
 use crate::request::{RequestInfo, ResourceRequest, Verb, component};
 use crate::upstream::{Backend, Balancer, uri_on};
 
-/// Largest response body the hub buffers to cache or filter it.
-const MAX_BUFFERED: usize = 128 * 1024 * 1024;
-
 /// Everything a request needs.
 pub struct Hub {
     /// Settings.
@@ -65,6 +62,8 @@ pub struct Hub {
     pub autonomy: crate::autonomy::AutonomyReporter,
     /// Verifies pods' service-account tokens.
     pub verifier: Arc<Verifier>,
+    /// Permits for short requests in flight ([`crate::config::Limits::max_in_flight`]).
+    pub short_requests: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -149,10 +148,46 @@ pub async fn handle(
     origin: Origin,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    // Long-running requests (watches, upgrades, log follows) hold no permit, as in the
+    // API server's max-in-flight filter: they would starve short ones.
+    let _permit = if is_long_running(&req) {
+        None
+    } else {
+        match hub.short_requests.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                hub.metrics.request("refused", "too_many");
+                let accept = Format::accepted(header_str(req.headers(), header::ACCEPT));
+                let mut resp = status(
+                    &accept,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyRequests",
+                    "too many requests in flight at the hub; retry shortly",
+                );
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Ok(resp);
+            }
+        }
+    };
     hub.metrics.in_flight.inc();
     let response = route(&hub, origin, req).await;
     hub.metrics.in_flight.dec();
     Ok(response)
+}
+
+/// Whether a request may stay open for long: a watch, an upgrade, a followed log.
+fn is_long_running(req: &Request<Incoming>) -> bool {
+    let query = req.uri().query().unwrap_or("");
+    let flag = |key: &str| {
+        query
+            .split('&')
+            .any(|kv| kv == format!("{key}=true") || kv == format!("{key}=1"))
+    };
+    is_upgrade(req.headers())
+        || flag("watch")
+        || flag("follow")
+        || req.uri().path().contains("/watch/")
 }
 
 async fn route(hub: &Arc<Hub>, origin: Origin, req: Request<Incoming>) -> Response<ResponseBody> {
@@ -384,7 +419,7 @@ async fn forward(
                 return Response::from_parts(rparts, body);
             }
             if cache_it || filter_it {
-                let bytes = match collect(rbody).await {
+                let bytes = match collect(rbody, hub.config.limits.max_buffered_response).await {
                     Ok(b) => b,
                     Err(e) => {
                         return unavailable(
@@ -421,7 +456,7 @@ async fn forward(
                     .as_deref()
                     .is_some_and(|c| hub.cache.agents().contains(c)) =>
         {
-            let Ok(bytes) = collect(rbody).await else {
+            let Ok(bytes) = collect(rbody, hub.config.limits.max_buffered_response).await else {
                 return unavailable(&ctx.accept, "reading the API server's response failed");
             };
             let ct = header_str(&rparts.headers, header::CONTENT_TYPE)
@@ -435,13 +470,44 @@ async fn forward(
     }
 }
 
-async fn collect(body: Incoming) -> Result<Bytes, String> {
-    let limited = http_body_util::Limited::new(body, MAX_BUFFERED);
-    limited
+/// Why a body could not be read whole.
+enum BodyError {
+    /// Longer than the limit.
+    TooLarge(usize),
+    /// The connection failed.
+    Read(String),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooLarge(limit) => write!(f, "the body is larger than {limit} bytes"),
+            Self::Read(e) => f.write_str(e),
+        }
+    }
+}
+
+async fn collect(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    http_body_util::Limited::new(body, limit)
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|e| e.to_string())
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                BodyError::TooLarge(limit)
+            } else {
+                BodyError::Read(e.to_string())
+            }
+        })
+}
+
+fn too_large(accept: &[Format], e: &BodyError) -> Response<ResponseBody> {
+    status(
+        accept,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestEntityTooLarge",
+        &e.to_string(),
+    )
 }
 
 /// Applies the filters to a complete GET or LIST response.
@@ -736,7 +802,15 @@ async fn local_inner(
         }
         Verb::Watch => hold_watch(hub, &r, &accept),
         Verb::Create => match req {
-            Some(req) => echo(req, StatusCode::CREATED).await,
+            Some(req) => {
+                echo(
+                    req,
+                    StatusCode::CREATED,
+                    &accept,
+                    hub.config.limits.max_request_body,
+                )
+                .await
+            }
             None => unavailable(&accept, "the API server is unreachable"),
         },
         Verb::Delete | Verb::DeleteCollection => status(
@@ -781,9 +855,18 @@ fn hold_watch(hub: &Arc<Hub>, r: &ResourceRequest, accept: &[Format]) -> Respons
     resp
 }
 
-async fn echo(req: Request<Incoming>, code: StatusCode) -> Response<ResponseBody> {
+async fn echo(
+    req: Request<Incoming>,
+    code: StatusCode,
+    accept: &[Format],
+    limit: usize,
+) -> Response<ResponseBody> {
     let ct = req.headers().get(header::CONTENT_TYPE).cloned();
-    let bytes = collect(req.into_body()).await.unwrap_or_default();
+    let bytes = match collect(req.into_body(), limit).await {
+        Ok(b) => b,
+        Err(e @ BodyError::TooLarge(_)) => return too_large(accept, &e),
+        Err(e) => return unavailable(accept, &format!("reading the request: {e}")),
+    };
     let mut resp = Response::new(body::full(bytes));
     *resp.status_mut() = code;
     if let Some(ct) = ct {
@@ -807,7 +890,18 @@ async fn kubelet_lease(
                 .unwrap_or(codec::JSON)
                 .to_owned();
             let format = Format::of_content_type(&ct).unwrap_or(Format::Json);
-            let bytes = collect(req.into_body()).await.unwrap_or_default();
+            let bytes = match collect(req.into_body(), hub.config.limits.max_request_body).await {
+                Ok(b) => b,
+                Err(e @ BodyError::TooLarge(_)) => return too_large(&ctx.accept, &e),
+                Err(e) => {
+                    return status(
+                        &ctx.accept,
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        &format!("reading the request: {e}"),
+                    );
+                }
+            };
             match codec::decode_object(format, &bytes) {
                 Ok(obj) => {
                     let key = crate::store::ObjectKey {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use yurt_hub::config::{
-    Config, DummyInterface, HealthConfig, PodTokenConfig, SecureProxy, UpstreamConfig,
+    Config, DummyInterface, HealthConfig, Limits, PodTokenConfig, SecureProxy, UpstreamConfig,
 };
 
 /// `yurt hub` flags (OpenYurt's names where it has one).
@@ -121,6 +121,17 @@ pub struct HubArgs {
     /// answered from the cache (the node stays online; the health checker probes now).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub upstream_read_timeout: Duration,
+    /// Short requests served at once (watches, exec and log follows excluded); more get
+    /// 429 Too Many Requests.
+    #[arg(long, default_value_t = 250)]
+    pub max_requests_in_flight: usize,
+    /// Largest request body the hub reads itself (an offline create, kubelet's Lease);
+    /// larger gets 413.
+    #[arg(long, default_value_t = 3 * 1024 * 1024)]
+    pub max_request_body_bytes: usize,
+    /// Largest API server response the hub buffers to cache or filter it.
+    #[arg(long, default_value_t = 128 * 1024 * 1024)]
+    pub max_buffered_response_bytes: usize,
     /// Seconds between refreshes of the service-account issuer's public keys.
     #[arg(long, default_value_t = 300)]
     pub issuer_keys_refresh_seconds: u64,
@@ -196,6 +207,11 @@ fn config(a: HubArgs) -> anyhow::Result<Config> {
         extra_cache_agents: a.cache_agents,
         cache_batch_max: 512,
         static_pod_dir: a.static_pod_path,
+        limits: Limits {
+            max_request_body: a.max_request_body_bytes.max(1),
+            max_buffered_response: a.max_buffered_response_bytes.max(1),
+            max_in_flight: a.max_requests_in_flight.max(1),
+        },
         pod_tokens: PodTokenConfig {
             audiences: a
                 .token_audiences
