@@ -331,6 +331,33 @@ async fn nat_fleet_runs_pods_while_the_cloud_cannot_connect_to_edges() -> anyhow
                 e.name
             );
         }
+        // A process that dies without the test stopping it is reported, with its log,
+        // so no test can pass over a crash (the testkit fails the test that sees one).
+        ensure!(
+            yurt_testkit::crash_report(f.fleet()).is_none(),
+            "nothing crashed yet"
+        );
+        let host = HostId::Edge("edge-a1".parse()?);
+        let pid_file = f.fleet().paths().host(&host).pid_file("yurt-hub");
+        let hub = yurt_cluster::process::PidRecord::read(&pid_file).context("the hub's pid")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(hub.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        let report = wait_for(
+            "the killed hub to be reported",
+            Duration::from_secs(10),
+            || async { Ok(yurt_testkit::crash_report(f.fleet())) },
+        )
+        .await?;
+        ensure!(
+            report.contains("yurt-hub on edge-a1") && report.contains("yurt-hub.log"),
+            "the report names the process and its log: {report}"
+        );
+        for (host, process, result) in f.fleet().restart_crashed().await {
+            result.with_context(|| format!("restarting {process} on {host}"))?;
+        }
+        ensure!(yurt_testkit::crash_report(f.fleet()).is_none(), "restarted");
         Ok(())
     })
     .await

@@ -71,6 +71,36 @@ impl std::fmt::Debug for TestFleet {
     }
 }
 
+/// The last `n` lines of a log file (or why it cannot be read).
+fn log_tail(path: &Path, n: usize) -> String {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("({}: {e})", path.display()),
+    }
+}
+
+/// What crashed in `fleet` (processes that should run but do not), with the end of
+/// each one's log; `None` if nothing did.
+pub fn crash_report(fleet: &Fleet) -> Option<String> {
+    let crashed = fleet.crashed();
+    if crashed.is_empty() {
+        return None;
+    }
+    let mut report = String::new();
+    for (host, process, log) in crashed {
+        report.push_str(&format!(
+            "\n--- {process} on {host} is not running; the end of {}:\n{}\n",
+            log.display(),
+            log_tail(&log, 20)
+        ));
+    }
+    Some(report)
+}
+
 /// Why a fleet cannot be reused, if it cannot.
 async fn unhealthy(fleet: &Fleet) -> Option<String> {
     if !fleet.is_up() {
@@ -126,12 +156,17 @@ pub async fn shared() -> anyhow::Result<TestFleet> {
     let existing = Fleet::open(&machine(), &dir)
         .ok()
         .filter(|f| f.state().spec == shared_spec());
-    // A crashed process is restarted in place: tearing the fleet down would pull it
-    // from under tests running in other processes.
-    if let Some(f) = existing.as_ref().filter(|f| f.is_up()) {
+    // A crash is never hidden: the test that finds one fails with the process and its
+    // log. The process is restarted in place first, so the tests after it (in this and
+    // other test processes) still have their fleet.
+    if let Some(f) = existing.as_ref().filter(|f| f.is_up())
+        && let Some(report) = crash_report(f)
+    {
         for (host, process, result) in f.restart_crashed().await {
             eprintln!("restarted {process} on {host} of the shared fleet: {result:?}");
         }
+        drop(lock);
+        bail!("processes of the shared test fleet crashed:{report}");
     }
     let reason = match &existing {
         Some(f) => unhealthy(f).await,
@@ -205,6 +240,15 @@ fn keep_logs(dir: &Path) -> std::io::Result<()> {
 
 impl Drop for TestFleet {
     fn drop(&mut self) {
+        // A process of the fleet that died without the test stopping it fails the test
+        // (unless it is failing already), with the process and its log.
+        // (The shared fleet is checked by the next `shared()` instead, which also
+        // restarts what crashed so the other tests keep their fleet.)
+        let crashed = if std::thread::panicking() || !self.remove_on_drop {
+            None
+        } else {
+            crash_report(&self.fleet)
+        };
         if self.remove_on_drop {
             if let Err(e) = keep_logs(&self.dir) {
                 eprintln!("keeping the logs of {}: {e}", self.dir.display());
@@ -212,6 +256,12 @@ impl Drop for TestFleet {
             if let Err(e) = yurt_cluster::down(&machine(), &self.dir, true, &LineReporter) {
                 eprintln!("removing test fleet {}: {e}", self.dir.display());
             }
+        }
+        if let Some(report) = crashed {
+            panic!(
+                "processes of test fleet {} crashed during the test:{report}",
+                self.dir.display()
+            );
         }
     }
 }
