@@ -255,6 +255,42 @@ fn second_up_is_refused_and_a_killed_up_is_cleaned_by_down() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // A reboot under the foreground `yurt up`: the reboot owns the host's processes
+    // until they are up, so the supervisor does not start them a second time.
+    let reboot = yurt(&["fleet", "--data-dir", dir, "reboot", "edge-a1"]);
+    assert!(reboot.status.success(), "reboot: {}", stderr(&reboot));
+    let hubs = || -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    c.contains("hub\0") && c.contains("--node-name=edge-a1") && c.contains(dir)
+                })
+            })
+            .collect()
+    };
+    let hub_pid = format!("{dir}/hosts/edge-a1/run/pids/yurt-hub.pid");
+    let after_reboot = yurt_cluster::process::PidRecord::read(Path::new(&hub_pid))
+        .expect("the hub's pid after the reboot");
+    assert!(after_reboot.is_alive(), "the hub runs after the reboot");
+    // Three supervisor rounds (every 2 s) later: still that one hub, nothing restarted.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(
+        hubs(),
+        vec![after_reboot.pid],
+        "exactly one hub for edge-a1"
+    );
+    assert_eq!(
+        yurt_cluster::process::PidRecord::read(Path::new(&hub_pid)),
+        Some(after_reboot),
+        "the hub was not restarted"
+    );
+    let status = yurt(&["fleet", "--data-dir", dir, "status"]);
+    let status_text = String::from_utf8_lossy(&status.stdout).into_owned();
+    assert!(!status_text.contains("DEAD"), "{status_text}");
+
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(up.id() as i32),
         nix::sys::signal::Signal::SIGKILL,

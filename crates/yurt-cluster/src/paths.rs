@@ -43,6 +43,13 @@ impl FleetPaths {
         self.root.join("up.lock")
     }
 
+    /// Lock held while processes are deliberately started or stopped (a reboot, a stop,
+    /// a start) and while a supervisor restarts crashed ones: one owner at a time, so a
+    /// reboot and the supervisor never both start a host's processes.
+    pub fn ops_lock(&self) -> PathBuf {
+        self.root.join("ops.lock")
+    }
+
     /// Lock serialising changes to the state file.
     pub fn state_lock(&self) -> PathBuf {
         self.root.join("state.lock")

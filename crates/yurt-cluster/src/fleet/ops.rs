@@ -150,26 +150,53 @@ impl Fleet {
         self.start_component(&host, Component::KubeProxy).await
     }
 
+    /// One round of a supervisor: unless a reboot, stop or start is under way (it holds
+    /// the operations lock; the round is then skipped), re-reads which processes were
+    /// stopped on purpose and restarts the crashed ones `allow` lets through. Returns
+    /// what was restarted and how it went.
+    ///
+    /// # Errors
+    /// The lock or state file cannot be read.
+    pub async fn supervise(
+        &mut self,
+        allow: impl Fn(&HostId, Component) -> bool,
+    ) -> Result<Vec<(HostId, Component, Result<()>)>> {
+        let ops = self.paths.ops_lock();
+        let Ok(_guard) = blocking(move || lock::try_exclusive(&ops)).await? else {
+            return Ok(Vec::new());
+        };
+        self.with_state_lock(|_| Ok(()))?;
+        let mut done = Vec::new();
+        for (host, component, _) in self.crashed() {
+            if allow(&host, component) {
+                let result = self.restart(&host, component).await;
+                done.push((host, component, result));
+            }
+        }
+        Ok(done)
+    }
+
+    async fn restart(&self, host: &HostId, component: Component) -> Result<()> {
+        if let HostId::Edge(_) = host {
+            let hp = self.paths.host(host);
+            blocking(move || mountns::create(&hp)).await?;
+        }
+        self.start_component(host, component).await?;
+        if component == Component::Containerd {
+            let socket = self.paths.host(host).containerd_socket();
+            let images = self.paths.images();
+            blocking(move || import_all(&socket, &images)).await?;
+        }
+        Ok(())
+    }
+
     /// Starts again every process that should run but does not (it crashed or was
     /// killed), in start order, like a service manager with `Restart=always`. Processes
     /// stopped on purpose stay stopped. Returns what was restarted and how it went.
     pub async fn restart_crashed(&self) -> Vec<(HostId, Component, Result<()>)> {
         let mut done = Vec::new();
         for (host, component, _) in self.crashed() {
-            let result = async {
-                if let HostId::Edge(_) = host {
-                    let hp = self.paths.host(&host);
-                    blocking(move || mountns::create(&hp)).await?;
-                }
-                self.start_component(&host, component).await?;
-                if component == Component::Containerd {
-                    let socket = self.paths.host(&host).containerd_socket();
-                    let images = self.paths.images();
-                    blocking(move || import_all(&socket, &images)).await?;
-                }
-                Ok(())
-            }
-            .await;
+            let result = self.restart(&host, component).await;
             done.push((host, component, result));
         }
         done
@@ -312,6 +339,7 @@ impl Fleet {
     /// Unknown host or process, fleet not running.
     pub fn stop_process(&mut self, host: &str, process: &str) -> Result<()> {
         self.require_up()?;
+        let _ops = lock::exclusive(&self.paths.ops_lock())?;
         let (host, c) = self.component_on(host, process)?;
         let hp = self.paths.host(&host);
         if let Some(r) = PidRecord::read(&hp.pid_file(c.name())) {
@@ -329,6 +357,8 @@ impl Fleet {
     /// Unknown host or process, fleet not running, start failures.
     pub async fn start_process(&mut self, host: &str, process: &str) -> Result<()> {
         self.require_up()?;
+        let ops = self.paths.ops_lock();
+        let _ops = blocking(move || lock::exclusive(&ops)).await?;
         let (host, c) = self.component_on(host, process)?;
         let hp = self.paths.host(&host);
         let running = PidRecord::read(&hp.pid_file(c.name())).is_some_and(|r| r.is_alive());
@@ -370,6 +400,10 @@ impl Fleet {
             .edge(name.as_str())
             .cloned()
             .ok_or_else(|| Error::Invalid(format!("no edge host {name}")))?;
+        // Held until every process is up again: a supervisor must not restart what the
+        // reboot is about to start.
+        let ops = self.paths.ops_lock();
+        let _ops = blocking(move || lock::exclusive(&ops)).await?;
         {
             let cgroups = self.cgroups.clone();
             let cg = host_cgroup(self.plan.slot, &host);
