@@ -130,15 +130,20 @@ fn serve_connection<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    tracker.spawn(async move {
-        let svc = service_fn(move |req| proxy::handle(hub.clone(), origin, req));
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new());
-        builder.http2().timer(TokioTimer::new());
-        if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
-            tracing::debug!(client.addr = %peer, error = %e, "connection ended");
+    use tracing::Instrument as _;
+    let span = tracing::debug_span!("connection", client.addr = %peer, origin = ?origin);
+    tracker.spawn(
+        async move {
+            let svc = service_fn(move |req| proxy::handle(hub.clone(), origin, req));
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new());
+            builder.http2().timer(TokioTimer::new());
+            if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
+                tracing::debug!(error = %e, "connection ended");
+            }
         }
-    });
+        .instrument(span),
+    );
 }
 
 /// Runs the hub until `shutdown` fires.

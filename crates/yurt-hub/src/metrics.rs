@@ -5,6 +5,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Labels of per-server metrics.
@@ -23,6 +24,40 @@ pub struct RequestLabels {
     pub verb: String,
 }
 
+/// Labels of request latency histograms.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ServedByLabel {
+    /// `upstream` (the API server answered), `cache` (answered locally), `refused`
+    /// (429 at the door).
+    pub served_by: String,
+}
+
+fn request_histogram() -> Histogram {
+    // 0.5 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Time from a request's arrival to its response headers, by who answered.
+#[derive(Debug, Clone)]
+pub struct RequestDurations(pub Family<ServedByLabel, Histogram, fn() -> Histogram>);
+
+impl Default for RequestDurations {
+    fn default() -> Self {
+        Self(Family::new_with_constructor(request_histogram))
+    }
+}
+
+impl RequestDurations {
+    /// Records one request.
+    pub fn observe(&self, served_by: &str, seconds: f64) {
+        self.0
+            .get_or_create(&ServedByLabel {
+                served_by: served_by.to_owned(),
+            })
+            .observe(seconds);
+    }
+}
+
 /// Labels of cache write error counters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -39,6 +74,8 @@ pub struct HubMetrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Requests in flight.
     pub in_flight: Gauge,
+    /// Time to response headers, by who answered.
+    pub request_duration: RequestDurations,
     /// Objects written to the cache.
     pub cache_writes: Counter,
     /// Cache transactions that failed, by reason.
@@ -63,6 +100,11 @@ impl HubMetrics {
             "requests",
             "Requests by who answered them and verb",
             self.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its response headers, by who answered",
+            self.request_duration.0.clone(),
         );
         registry.register(
             "in_flight_requests",

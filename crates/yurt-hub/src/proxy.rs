@@ -142,8 +142,41 @@ fn now_unix() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Handles one request.
+/// Handles one request, in a span naming it and who answered, and times it.
 pub async fn handle(
+    hub: Arc<Hub>,
+    origin: Origin,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    use tracing::Instrument as _;
+    let span = tracing::debug_span!(
+        "request",
+        http.method = %req.method(),
+        http.path = %req.uri().path(),
+        origin = ?origin,
+        served_by = tracing::field::Empty,
+    );
+    let started = std::time::Instant::now();
+    let response = handle_inner(hub.clone(), origin, req)
+        .instrument(span.clone())
+        .await;
+    if let Ok(resp) = &response {
+        let served_by = if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            "refused"
+        } else if resp.headers().contains_key(SOURCE_HEADER) {
+            "cache"
+        } else {
+            "upstream"
+        };
+        span.record("served_by", served_by);
+        hub.metrics
+            .request_duration
+            .observe(served_by, started.elapsed().as_secs_f64());
+    }
+    response
+}
+
+async fn handle_inner(
     hub: Arc<Hub>,
     origin: Origin,
     req: Request<Incoming>,

@@ -305,4 +305,16 @@ async fn short_requests_beyond_the_limit_get_429_and_watches_do_not_count() {
     )
     .await;
     assert_ne!(code, 429);
+    // Each answer was timed, by who gave it.
+    let mut registry = prometheus_client::registry::Registry::default();
+    hub.metrics
+        .register(registry.sub_registry_with_prefix("yurt_hub"));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        "yurt_hub_request_duration_seconds_count{served_by=\"refused\"} 1",
+        "yurt_hub_request_duration_seconds_count{served_by=\"cache\"} 3",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
 }
