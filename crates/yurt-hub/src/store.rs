@@ -1124,16 +1124,10 @@ mod tests {
             metrics.clone(),
         )
         .unwrap();
-        let key = |name: &str| ObjectKey {
-            component: "kubelet".into(),
-            gvr: "configmaps.v1.core".into(),
-            namespace: "ns".into(),
-            name: name.into(),
-        };
-        s.upsert(key("before"), obj("ns", "before", 1, &[], "{}"))
+        s.upsert(key("ns", "before"), obj("ns", "before", 1, &[], "{}"))
             .unwrap();
         s.send(WriteOp::Panic).unwrap();
-        s.upsert(key("after"), obj("ns", "after", 1, &[], "{}"))
+        s.upsert(key("ns", "after"), obj("ns", "after", 1, &[], "{}"))
             .unwrap();
         let flushed = s.flush();
         assert!(
@@ -1142,13 +1136,13 @@ mod tests {
                 .is_err_and(|e| e.to_string().contains("panicked")),
             "the flush reports the skipped write: {flushed:?}"
         );
-        assert!(s.get(&key("before")).unwrap().is_some());
-        assert!(s.get(&key("after")).unwrap().is_some());
+        assert!(s.get(&key("ns", "before")).unwrap().is_some());
+        assert!(s.get(&key("ns", "after")).unwrap().is_some());
         assert!(s.writer_running());
-        s.upsert(key("later"), obj("ns", "later", 1, &[], "{}"))
+        s.upsert(key("ns", "later"), obj("ns", "later", 1, &[], "{}"))
             .unwrap();
         s.flush().unwrap();
-        assert!(s.get(&key("later")).unwrap().is_some());
+        assert!(s.get(&key("ns", "later")).unwrap().is_some());
         let panics = metrics
             .cache_write_errors
             .get_or_create(&ReasonLabel {

@@ -71,18 +71,6 @@ impl std::fmt::Debug for TestFleet {
     }
 }
 
-/// The last `n` lines of a log file (or why it cannot be read).
-fn log_tail(path: &Path, n: usize) -> String {
-    match std::fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(n)..].join("\n")
-        }
-        Err(e) => format!("({}: {e})", path.display()),
-    }
-}
-
 /// What crashed in `fleet` (processes that should run but do not), with the end of
 /// each one's log; `None` if nothing did.
 pub fn crash_report(fleet: &Fleet) -> Option<String> {
@@ -95,7 +83,7 @@ pub fn crash_report(fleet: &Fleet) -> Option<String> {
         report.push_str(&format!(
             "\n--- {process} on {host} is not running; the end of {}:\n{}\n",
             log.display(),
-            log_tail(&log, 20)
+            yurt_cluster::cmd::tail_file(&log, 20)
         ));
     }
     Some(report)

@@ -112,7 +112,7 @@ pub async fn run(
                         reporter.warn(&format!(
                             "{process} on {host} keeps crashing ({crash_loop}); restarts now back off; see {}:\n{}",
                             log.display(),
-                            log_tail(&log, 10)
+                            yurt_cluster::cmd::tail_file(&log, 10)
                         ));
                     } else {
                         reporter.warn(&format!(
@@ -189,15 +189,6 @@ impl RestartBackoff {
             wait.as_secs()
         ))
     }
-}
-
-/// The last `n` lines of a log.
-fn log_tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 async fn take_down(machine: &MachineConfig, data_dir: &Path) -> anyhow::Result<()> {
