@@ -283,9 +283,11 @@ impl Cache {
                 // A selector the hub cannot evaluate must not stand for a complete
                 // listing: it would be served offline unfiltered, and replacing the list
                 // would delete what the selector did not return.
-                let evaluable = LabelSelector::parse(r.label_selector.as_deref().unwrap_or(""))
-                    .is_ok()
-                    && FieldSelector::parse(r.field_selector.as_deref().unwrap_or("")).is_ok();
+                let evaluable = crate::selector::evaluable(
+                    r.label_selector.as_deref().unwrap_or(""),
+                    r.field_selector.as_deref().unwrap_or(""),
+                    &list.kind,
+                );
                 if paginated || !list.continue_token.is_empty() || !evaluable {
                     for item in items {
                         let key = Self::key(component, r, &item);
@@ -504,6 +506,14 @@ impl Cache {
             return not_cached();
         };
         let (list_api_version, list_kind) = (covering.1.clone(), covering.2.clone());
+        if !fields.evaluable_for(&list_kind) {
+            return status(
+                accept,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the cloud is unreachable and the hub does not index a field of this field selector",
+            );
+        }
         let objects = match self.store.list(owner, &gvr, &wanted.namespace) {
             Ok(o) => o,
             Err(e) => {
@@ -877,10 +887,10 @@ mod tests {
             &pods_json(&[("p1", "edge-a1", "web"), ("p2", "edge-a1", "db")]),
             false,
         );
-        // The API server accepts `x>1`; the hub does not evaluate it.
+        // The API server accepts `status.podIPs`; the hub does not index it.
         let odd = request(
             "/api/v1/namespaces/default/pods",
-            Some("labelSelector=x%3E1"),
+            Some("fieldSelector=status.podIPs%3D10.0.0.1"),
         );
         c.ingest(
             "kubelet",
