@@ -502,11 +502,10 @@ impl Cache {
                 );
             }
         };
-        let Some(covering) = shapes.iter().find(|(s, _, _)| wanted.covered_by(s)) else {
-            return not_cached();
-        };
-        let (list_api_version, list_kind) = (covering.1.clone(), covering.2.clone());
-        if !fields.evaluable_for(&list_kind) {
+        // Every shape of a resource has its list kind, which says what fields there are.
+        if let Some((_, _, list_kind)) = shapes.first()
+            && !fields.evaluable_for(list_kind)
+        {
             return status(
                 accept,
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -514,6 +513,10 @@ impl Cache {
                 "the cloud is unreachable and the hub does not index a field of this field selector",
             );
         }
+        let Some(covering) = shapes.iter().find(|(s, _, _)| wanted.covered_by(s)) else {
+            return not_cached();
+        };
+        let (list_api_version, list_kind) = (covering.1.clone(), covering.2.clone());
         let objects = match self.store.list(owner, &gvr, &wanted.namespace) {
             Ok(o) => o,
             Err(e) => {
