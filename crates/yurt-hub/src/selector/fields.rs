@@ -123,7 +123,7 @@ impl fmt::Display for FieldSelector {
 }
 
 /// Escapes `\`, `,` and `=` in a value.
-pub fn escape_value(value: &str) -> String {
+fn escape_value(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
         if matches!(c, '\\' | ',' | '=') {

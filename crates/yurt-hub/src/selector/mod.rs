@@ -17,7 +17,7 @@ mod labels;
 #[cfg(test)]
 mod tests;
 
-pub use fields::{FieldRequirement, FieldSelector, escape_value};
+pub use fields::{FieldRequirement, FieldSelector};
 pub use labels::{LabelRequirement, LabelSelector};
 
 /// A selector string the API server would reject.

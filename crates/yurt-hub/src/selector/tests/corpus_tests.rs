@@ -149,3 +149,30 @@ fn field_selectors_parse_and_match_like_the_api_server() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert!(evaluated >= 60, "only {evaluated} answers were compared");
 }
+
+#[test]
+fn every_corpus_selector_that_parses_prints_back() {
+    // The corpus doubles as the fuzzing seeds: fixed inputs the property tests' random
+    // ones add to.
+    let c = corpus();
+    for entry in c["label_selectors"].as_array().expect("label_selectors") {
+        let selector = entry["selector"].as_str().expect("a selector");
+        if let Ok(parsed) = LabelSelector::parse(selector) {
+            assert_eq!(
+                LabelSelector::parse(&parsed.to_string()),
+                Ok(parsed),
+                "{selector:?}"
+            );
+        }
+    }
+    for entry in c["field_selectors"].as_array().expect("field_selectors") {
+        let selector = entry["selector"].as_str().expect("a selector");
+        if let Ok(parsed) = FieldSelector::parse(selector) {
+            assert_eq!(
+                FieldSelector::parse(&parsed.to_string()),
+                Ok(parsed),
+                "{selector:?}"
+            );
+        }
+    }
+}
