@@ -39,6 +39,11 @@ pub struct FieldSelector(pub Vec<FieldRequirement>);
 /// selectable fields.
 fn hub_knows(kind: &str, field: &str) -> bool {
     let kind = kind.strip_suffix("List").unwrap_or(kind);
+    if (kind, field) == ("Node", "spec.unschedulable") {
+        // The API server reads an absent `spec.unschedulable` as "false"; the codec
+        // indexes only a value the object holds, so an absent one would compare as "".
+        return false;
+    }
     matches!(field, "metadata.name" | "metadata.namespace")
         || crate::codec::selectable_fields(kind).contains(&field)
 }

@@ -198,6 +198,17 @@ fn field_selectors_on_fields_the_hub_does_not_index_cannot_be_evaluated() {
             .unwrap()
             .evaluable_for("Pod")
     );
+    assert!(
+        FieldSelector::parse("metadata.name=n")
+            .unwrap()
+            .evaluable_for("Node")
+    );
+    assert!(
+        !FieldSelector::parse("spec.unschedulable=false")
+            .unwrap()
+            .evaluable_for("Node"),
+        "the API server reads an absent spec.unschedulable as false; the codec does not index that"
+    );
     assert!(evaluable("x>1", "metadata.name=a", "ConfigMapList"));
     assert!(!evaluable("x>a", "", "ConfigMapList"));
     assert!(!evaluable("", "spec.nodeName=a", "ConfigMapList"));
