@@ -35,7 +35,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Start a local edge fleet (real Kubernetes, edge hosts in network namespaces) and stay in the foreground.
+    /// Start a local edge fleet (real Kubernetes, edge hosts in network namespaces) and stay in the foreground (or `--detach`).
     Up(UpArgs),
     /// Stop a fleet and remove every process, namespace, mount and cgroup it made.
     Down(DownArgs),
@@ -91,7 +91,8 @@ pub struct UpArgs {
     /// Do not deploy the sample app.
     #[arg(long)]
     pub no_sample_app: bool,
-    /// Return once the fleet is up, leaving it running (stop it with `yurt down`).
+    /// Return once the fleet is up, leaving it running under a detached supervisor that
+    /// restarts crashed processes (stop both with `yurt down`).
     #[arg(long)]
     pub detach: bool,
 }
@@ -159,6 +160,9 @@ pub enum FleetCommand {
     },
     /// Print the path of the admin kubeconfig.
     Kubeconfig,
+    /// Keep the fleet's processes running until `yurt down` (what `yurt up --detach` leaves behind).
+    #[command(hide = true)]
+    Supervise,
 }
 
 /// `yurt image ...`.

@@ -1,16 +1,21 @@
 //! The `yurt` command line as a user meets it: bad input gets one clear line and a
 //! non-zero exit; a data folder held by a running `yurt up` is refused; a `yurt up`
-//! killed with SIGKILL is cleaned up by `yurt down`.
+//! killed with SIGKILL is cleaned up by `yurt down`; `yurt up --detach` leaves a
+//! supervisor that restarts crashed processes until `yurt down`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const YURT: &str = env!("CARGO_BIN_EXE_yurt");
+/// The binary under test: `YURT_BINARY` if set (a copy that a concurrent build of the
+/// shared target folder cannot replace mid-test), else the one cargo built.
+fn yurt_binary() -> String {
+    std::env::var("YURT_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_yurt").to_owned())
+}
 
 fn yurt(args: &[&str]) -> Output {
-    Command::new(YURT)
+    Command::new(yurt_binary())
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -179,7 +184,7 @@ fn wait_for_line(child: &mut std::process::Child, needle: &str, timeout: Duratio
 fn second_up_is_refused_and_a_killed_up_is_cleaned_by_down() {
     let dir = "/var/lib/yurt-test/cli-up";
     let _ = yurt(&["down", "--purge", "--data-dir", dir]);
-    let mut up = Command::new(YURT)
+    let mut up = Command::new(yurt_binary())
         .args([
             "up",
             "--data-dir",
@@ -314,7 +319,7 @@ fn second_up_is_refused_and_a_killed_up_is_cleaned_by_down() {
     assert!(!cgroups.exists(&format!("yurt-{slot}")));
     // `yurt up` on the same folder restarts that fleet; Ctrl-C (SIGINT) stops it and
     // removes what it made.
-    let mut again = Command::new(YURT)
+    let mut again = Command::new(yurt_binary())
         .args(["up", "--data-dir", dir])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -356,6 +361,175 @@ fn second_up_is_refused_and_a_killed_up_is_cleaned_by_down() {
     );
     assert!(yurt_cluster::mounts::mounts_under(Path::new(dir)).is_empty());
     assert!(!cgroups.exists(&format!("yurt-{slot}")));
+
+    let purge = yurt(&["down", "--purge", "--data-dir", dir]);
+    assert!(purge.status.success(), "{}", stderr(&purge));
+    assert!(!Path::new(dir).exists());
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Waits until the pid file holds a live process other than `old`.
+fn wait_restarted(
+    pid_file: &Path,
+    old: yurt_cluster::process::PidRecord,
+    timeout: Duration,
+) -> yurt_cluster::process::PidRecord {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(r) = yurt_cluster::process::PidRecord::read(pid_file)
+            && r != old
+            && r.is_alive()
+        {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} was not restarted within {timeout:?}",
+            pid_file.display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until the supervisor log of `dir` holds `needle` `times` times.
+fn wait_logged(dir: &str, needle: &str, times: usize, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = std::fs::read_to_string(format!("{dir}/supervisor.log")).unwrap_or_default();
+        if log.matches(needle).count() >= times {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`{needle}` not logged {times} times within {timeout:?}: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Takes a test's fleet down (and deletes it) when the test ends, passed or not.
+struct Purge(&'static str);
+
+impl Drop for Purge {
+    fn drop(&mut self) {
+        let _ = yurt(&["down", "--purge", "--data-dir", self.0]);
+    }
+}
+
+fn sigkill(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+#[test]
+fn detached_up_leaves_a_supervisor_that_down_stops() {
+    let dir = "/var/lib/yurt-test/cli-detach";
+    let _ = yurt(&["down", "--purge", "--data-dir", dir]);
+    let _purge = Purge(dir);
+    let up = yurt(&[
+        "up",
+        "--detach",
+        "--data-dir",
+        dir,
+        "--edge-nodes",
+        "1",
+        "--pools",
+        "1",
+        "--no-sample-app",
+        "--timing",
+        "fast",
+    ]);
+    assert!(up.status.success(), "{}", stderr(&up));
+    let text = stdout(&up);
+    let supervisor: i32 = text
+        .split("detached supervisor (pid ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("the supervisor's pid is printed: {text}"));
+    let supervisor = yurt_cluster::process::PidRecord::of(supervisor).expect("the supervisor runs");
+
+    let status = stdout(&yurt(&["fleet", "--data-dir", dir, "status"]));
+    assert!(
+        status.contains(&format!("supervisor: detached (pid {})", supervisor.pid)),
+        "{status}"
+    );
+
+    // One owner: a second `yurt up` is refused while the supervisor holds the fleet.
+    let second = yurt(&["up", "--data-dir", dir]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        stderr(&second).contains(&format!(
+            "data folder {dir} is in use by a running fleet (yurt up, pid {})",
+            supervisor.pid
+        )),
+        "{}",
+        stderr(&second)
+    );
+
+    // The detached supervisor restarts a hub killed with SIGKILL, and reports it.
+    let hub_pid = format!("{dir}/hosts/edge-a1/run/pids/yurt-hub.pid");
+    let hub_pid = Path::new(&hub_pid);
+    let mut hub = yurt_cluster::process::PidRecord::read(hub_pid).expect("the hub's pid file");
+    sigkill(hub.pid);
+    hub = wait_restarted(hub_pid, hub, Duration::from_secs(60));
+    let restarted = "yurt-hub on edge-a1 had exited and was restarted";
+    wait_logged(dir, restarted, 1, Duration::from_secs(60));
+    // Two more crashes within a minute make a crash loop: reported once, with the
+    // hub's log, in the supervisor's log and in `yurt fleet status`. (Each kill waits
+    // until the last restart is reported, i.e. the new hub was ready.)
+    sigkill(hub.pid);
+    hub = wait_restarted(hub_pid, hub, Duration::from_secs(60));
+    wait_logged(dir, restarted, 2, Duration::from_secs(60));
+    sigkill(hub.pid);
+    wait_restarted(hub_pid, hub, Duration::from_secs(60));
+    wait_logged(
+        dir,
+        "yurt-hub on edge-a1 keeps crashing (3 restarts within 60s; next in 4s)",
+        1,
+        Duration::from_secs(60),
+    );
+    let status = stdout(&yurt(&["fleet", "--data-dir", dir, "status"]));
+    assert!(
+        status.contains("last supervisor report: ")
+            && status.contains("yurt-hub on edge-a1 keeps crashing"),
+        "{status}"
+    );
+    assert!(!status.contains("DEAD"), "{status}");
+    assert!(
+        supervisor.is_alive(),
+        "the supervisor outlives what it restarts"
+    );
+
+    let down = yurt(&["down", "--data-dir", dir]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    // Down waits until the supervisor let go of the fleet; it exits right after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while supervisor.is_alive() {
+        assert!(Instant::now() < deadline, "yurt down stops the supervisor");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(format!("{dir}/supervisor.log")).unwrap();
+    assert!(log.contains("stopped supervising"), "{log}");
+    let supervisors: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("supervise") && c.contains(dir)
+            }) && yurt_cluster::process::PidRecord::of(pid).is_some_and(|r| r.is_alive())
+        })
+        .collect();
+    assert!(supervisors.is_empty(), "supervisors left: {supervisors:?}");
+    let status = stdout(&yurt(&["fleet", "--data-dir", dir, "status"]));
+    assert!(status.contains("not running"), "{status}");
 
     let purge = yurt(&["down", "--purge", "--data-dir", dir]);
     assert!(purge.status.success(), "{}", stderr(&purge));

@@ -1,6 +1,7 @@
 //! Building blocks shared by every openyurt-rs component: validated names
-//! ([`names`]), a small certificate authority ([`pki`]) and signal-driven shutdown
-//! ([`shutdown`]).
+//! ([`names`]), a small certificate authority ([`pki`]), signal-driven shutdown
+//! ([`shutdown`]) and the admin server with `/healthz`, `/readyz` and `/metrics`
+//! ([`admin`]).
 //!
 //! This crate is layer 0: it depends on no other `yurt-*` crate.
 //!
@@ -12,6 +13,7 @@
 //! # Ok::<(), yurt_core::pki::Error>(())
 //! ```
 
+pub mod admin;
 pub mod names;
 pub mod pki;
 pub mod shutdown;

@@ -1,15 +1,14 @@
-//! The hub's admin server (:10267): `/v1/healthz`, `/v1/readyz` (OpenYurt's paths),
-//! `/healthz`, `/readyz`, Prometheus `/metrics` and the OTA upgrade endpoint (ota.rs).
+//! The hub's admin server (:10267): `yurt_core::admin`'s `/healthz`, `/readyz` and
+//! Prometheus `/metrics`, plus OpenYurt's `/v1/healthz` and `/v1/readyz` and the OTA
+//! upgrade endpoint (ota.rs).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::post;
 use prometheus_client::registry::Registry;
+use yurt_core::admin::Admin;
 
 /// Shared admin state.
 #[derive(Clone)]
@@ -20,38 +19,8 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
 }
 
-async fn healthz() -> &'static str {
-    "OK"
-}
-
-async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "OK")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
-}
-
-async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &s.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            e.to_string(),
-        ),
-    }
-}
-
-/// The admin router; with `ota`, also the OTA upgrade endpoint.
+/// The admin router (`yurt_core::admin` with OpenYurt's `/v1/` paths and `OK` bodies);
+/// with `ota`, also the OTA upgrade endpoint.
 pub fn router(state: AdminState, ota: Option<Arc<crate::ota::Ota>>) -> Router {
     let upgrades = Router::new()
         .route(
@@ -59,13 +28,19 @@ pub fn router(state: AdminState, ota: Option<Arc<crate::ota::Ota>>) -> Router {
             post(crate::ota::handle),
         )
         .with_state(ota);
-    Router::new()
-        .route("/v1/healthz", get(healthz))
-        .route("/healthz", get(healthz))
-        .route("/v1/readyz", get(readyz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    let ready = state.ready;
+    Admin::new(state.registry)
+        .ok_body("OK")
+        .health_path("/v1/healthz")
+        .ready_path("/v1/readyz")
+        .ready(move || {
+            if ready.load(Ordering::Acquire) {
+                Ok(())
+            } else {
+                Err("not ready".into())
+            }
+        })
+        .router()
         .merge(upgrades)
 }
 
@@ -122,6 +97,31 @@ mod tests {
         assert!(
             text.contains("yurt_hub_cache_corrupt_entries_total 1"),
             "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn openyurt_bodies_and_the_ota_route_are_kept() {
+        let state = AdminState {
+            ready: Arc::new(AtomicBool::new(true)),
+            registry: Arc::new(Registry::default()),
+        };
+        let app = router(state, None);
+        for path in ["/healthz", "/v1/healthz", "/readyz", "/v1/readyz"] {
+            let req = axum::http::Request::get(path).body(Body::empty()).unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"OK", "{path}");
+        }
+        let req = axum::http::Request::post("/openyurt.io/v1/namespaces/ns/pods/p/upgrade")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("OTA upgrades are not enabled"),
+            "the OTA handler answers, not the router's 404"
         );
     }
 }

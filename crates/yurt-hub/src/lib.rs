@@ -372,9 +372,7 @@ pub async fn run(
         );
         let token = shutdown.clone();
         tracker.spawn(async move {
-            let serve = axum::serve(admin_listener, app)
-                .with_graceful_shutdown(async move { token.cancelled().await });
-            if let Err(e) = serve.await {
+            if let Err(e) = yurt_core::admin::serve(admin_listener, app, token).await {
                 tracing::warn!(error = %e, "admin server stopped");
             }
         });

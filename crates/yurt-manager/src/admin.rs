@@ -1,16 +1,14 @@
-//! `/healthz`, `/readyz` and Prometheus `/metrics` for the manager.
+//! The manager's `/healthz`, `/readyz` and Prometheus `/metrics`: `yurt_core::admin`,
+//! served on the health address and (when it differs) the metrics address.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+use yurt_core::admin::Admin;
 
 use crate::ManagerError;
 
@@ -23,40 +21,18 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
 }
 
-async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-    }
-}
-
-async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
-    let mut text = String::new();
-    match prometheus_client::encoding::text::encode(&mut text, &s.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        ),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "text/plain")],
-            e.to_string(),
-        ),
-    }
-}
-
 /// The admin router.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    let ready = state.ready;
+    Admin::new(state.registry)
+        .ready(move || {
+            if ready.load(Ordering::Acquire) {
+                Ok(())
+            } else {
+                Err("not ready".into())
+            }
+        })
+        .router()
 }
 
 /// Serves the admin router on `addr` until `shutdown`.
@@ -73,9 +49,43 @@ pub async fn serve(
         .await
         .map_err(|source| ManagerError::Bind { what, addr, source })?;
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
+        if let Err(e) = yurt_core::admin::serve(listener, router(state), shutdown).await {
+            tracing::warn!(server = what, error = %e, "admin server stopped");
+        }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn readiness_follows_the_flag() {
+        let state = AdminState {
+            ready: Arc::new(AtomicBool::new(false)),
+            registry: Arc::new(Registry::default()),
+        };
+        let app = router(state.clone());
+        let status = |path: &'static str| {
+            let app = app.clone();
+            async move {
+                let req = http::Request::get(path)
+                    .body(Body::empty())
+                    .expect("request");
+                tokio::time::timeout(std::time::Duration::from_secs(5), app.oneshot(req))
+                    .await
+                    .expect("answered within 5 s")
+                    .expect("infallible")
+                    .status()
+            }
+        };
+        assert_eq!(status("/healthz").await, 200);
+        assert_eq!(status("/readyz").await, 503);
+        state.ready.store(true, Ordering::Release);
+        assert_eq!(status("/readyz").await, 200);
+        assert_eq!(status("/metrics").await, 200);
+    }
 }

@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Label naming a controller.
@@ -22,6 +23,21 @@ pub struct WebhookLabels {
     pub result: String,
 }
 
+fn reconcile_histogram() -> Histogram {
+    // 1 ms to about 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// How long reconciles take, per controller.
+#[derive(Clone, Debug)]
+pub struct ReconcileDurations(pub Family<ControllerLabel, Histogram, fn() -> Histogram>);
+
+impl Default for ReconcileDurations {
+    fn default() -> Self {
+        Self(Family::new_with_constructor(reconcile_histogram))
+    }
+}
+
 /// Every metric the manager exports (cheap to clone; clones share values).
 #[derive(Clone, Debug, Default)]
 pub struct ManagerMetrics {
@@ -29,6 +45,8 @@ pub struct ManagerMetrics {
     pub reconciles: Family<ControllerLabel, Counter>,
     /// Failed reconciles per controller.
     pub reconcile_errors: Family<ControllerLabel, Counter>,
+    /// Reconcile latency per controller, failed ones included.
+    pub reconcile_duration: ReconcileDurations,
     /// Admission and conversion calls.
     pub webhook_calls: Family<WebhookLabels, Counter>,
     /// 1 while this replica leads.
@@ -47,6 +65,11 @@ impl ManagerMetrics {
             "reconcile_errors",
             "Reconciles that failed and were retried, per controller",
             self.reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "How long reconciles take, per controller (failed ones included)",
+            self.reconcile_duration.0.clone(),
         );
         registry.register(
             "webhook_calls",
@@ -76,6 +99,16 @@ impl ManagerMetrics {
                 controller: controller.to_owned(),
             })
             .inc();
+    }
+
+    /// Records how long one reconcile of `controller` took.
+    pub fn reconcile_took(&self, controller: &str, took: std::time::Duration) {
+        self.reconcile_duration
+            .0
+            .get_or_create(&ControllerLabel {
+                controller: controller.to_owned(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Counts a webhook call.

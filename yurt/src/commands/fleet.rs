@@ -2,10 +2,14 @@
 
 use std::process::ExitCode;
 
-use yurt_cluster::fleet::ProcessState;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use yurt_cluster::fleet::{self, ProcessState, Supervision};
 use yurt_cluster::network::LinkTarget;
+use yurt_cluster::process::{PidRecord, humantime_now};
 use yurt_cluster::progress::Step;
-use yurt_cluster::{Fleet, MachineConfig};
+use yurt_cluster::{Error, Fleet, MachineConfig, lock};
 
 use super::absolute;
 use crate::cli::{FleetArgs, FleetCommand};
@@ -52,6 +56,7 @@ pub async fn run(
             ));
         }
         FleetCommand::Kubeconfig => println!("{}", fleet.admin_kubeconfig().display()),
+        FleetCommand::Supervise => supervise(fleet).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -82,6 +87,25 @@ fn print_status(fleet: &Fleet) {
         println!("not running (start it with `yurt up`)");
         return;
     }
+    let paths = fleet.paths();
+    match fleet::supervision(paths) {
+        Ok(Supervision::Foreground { pid }) => {
+            println!(
+                "supervisor: yurt up in the foreground (pid {pid}) restarts crashed processes"
+            );
+        }
+        Ok(Supervision::Detached { pid, log }) => println!(
+            "supervisor: detached (pid {pid}) restarts crashed processes; log {}",
+            log.display()
+        ),
+        Ok(Supervision::None) => {
+            println!("supervisor: none (crashed processes stay down until `yurt fleet start`)");
+        }
+        Err(e) => println!("supervisor: unknown ({e})"),
+    }
+    if let Some(report) = fleet::last_report(paths) {
+        println!("last supervisor report: {}", report.trim_end());
+    }
     println!(
         "{:<10} {:<8} {:<12} {:<10} PROCESSES",
         "HOST", "POOL", "ADDRESS", "LINK"
@@ -110,4 +134,64 @@ fn print_status(fleet: &Fleet) {
             procs.join(" ")
         );
     }
+}
+
+/// How long the detached supervisor waits for the `yurt up --detach` that started it to
+/// hand over the fleet's lock.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the supervisor looks for crashed processes.
+const SUPERVISE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// `yurt fleet supervise`: the detached supervisor `yurt up --detach` leaves behind. It
+/// holds the fleet's `up.lock` (so it is the fleet's one owner, and `yurt down` stops
+/// it first), restarts crashed processes until SIGTERM, and writes what it does to its
+/// stderr (the supervisor log). Stopping it leaves the fleet running.
+async fn supervise(mut fleet: Fleet) -> anyhow::Result<()> {
+    // A session of its own: the terminal of the `yurt up --detach` that started it
+    // can close (SIGHUP) or be interrupted (SIGINT) without reaching it.
+    let _ = nix::unistd::setsid();
+    if !fleet.is_up() {
+        anyhow::bail!(
+            "the fleet in {} is not running; nothing to supervise",
+            fleet.paths().root().display()
+        );
+    }
+    let paths = fleet.paths().clone();
+    let up_lock = paths.up_lock();
+    let dir = paths.root().to_owned();
+    let lock = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + HANDOVER_TIMEOUT;
+        loop {
+            match lock::try_exclusive(&up_lock)? {
+                Ok(lock) => return Ok(lock),
+                Err(pid) if Instant::now() >= deadline => {
+                    return Err(Error::DataDirInUse { dir, pid });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    })
+    .await??;
+    let me = std::process::id() as i32;
+    let pid_file = fleet::supervisor_pid_file(&paths);
+    PidRecord::of(me)
+        .ok_or_else(|| anyhow::anyhow!("cannot read this process's start time"))?
+        .write(&pid_file)?;
+    eprintln!(
+        "{}: supervising the fleet in {} (pid {me})",
+        humantime_now(),
+        paths.root().display()
+    );
+    let token = CancellationToken::new();
+    let signals = tokio::spawn(yurt_core::shutdown::cancel_on_signal(token.clone()));
+    fleet
+        .supervise_until(SUPERVISE_INTERVAL, token.cancelled(), |event| {
+            eprintln!("{}: {event}", humantime_now());
+        })
+        .await;
+    let _ = std::fs::remove_file(&pid_file);
+    eprintln!("{}: stopped supervising", humantime_now());
+    drop(lock);
+    let _ = signals.await;
+    Ok(())
 }

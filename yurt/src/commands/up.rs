@@ -1,17 +1,15 @@
-//! `yurt up`: bring a fleet up, print how to use it, and keep it running until Ctrl-C
-//! (or `yurt down`), then take it down.
+//! `yurt up`: bring a fleet up, print how to use it, and keep it running (restarting
+//! crashed processes) until Ctrl-C (or `yurt down`), then take it down; with `--detach`,
+//! hand the fleet to a detached supervisor and return.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
 use tokio_util::sync::CancellationToken;
-use yurt_cluster::components::Component;
 use yurt_cluster::fleet::check_data_dir;
-use yurt_cluster::spec::HostId;
 use yurt_cluster::{Error, Fleet, FleetSpec, MachineConfig, NetMode, Timing, UpOptions, lock};
 
 use super::absolute;
@@ -56,10 +54,12 @@ pub async fn run(
     }
     std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
     let paths = yurt_cluster::paths::FleetPaths::new(&data_dir);
-    let _up_lock = match lock::try_exclusive(&paths.up_lock())? {
+    let up_lock = match lock::try_exclusive(&paths.up_lock())? {
         Ok(lock) => lock,
         Err(pid) => return Err(Error::DataDirInUse { dir: data_dir, pid }.into()),
     };
+    // Reports of an earlier run are about processes that no longer exist.
+    let _ = std::fs::remove_file(yurt_cluster::fleet::last_report_file(&paths));
     let reporter = SpinnerReporter::for_stderr();
     let token = CancellationToken::new();
     let signals = tokio::spawn(yurt_core::shutdown::cancel_on_signal(token.clone()));
@@ -80,114 +80,60 @@ pub async fn run(
     if args.detach {
         token.cancel();
         let _ = signals.await;
+        hand_over(machine, &data_dir, up_lock).await?;
         return Ok(ExitCode::SUCCESS);
     }
     println!("\nThe fleet runs while this command does: Ctrl-C (or `yurt down`) stops it.");
-    let mut backoff = RestartBackoff::default();
-    loop {
-        tokio::select! {
-            () = token.cancelled() => break,
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
-        fleet.reap();
-        // Like a service manager with Restart=always: a crashed process starts again,
-        // unless a reboot, stop or start owns the host's processes right now.
-        let now = Instant::now();
-        let restarted = tokio::select! {
-            r = fleet.supervise(|host, process| backoff.allows(host, process, now)) => r,
-            () = token.cancelled() => break,
-        };
-        let restarted = match restarted {
-            Ok(r) => r,
-            Err(e) => {
-                reporter.warn(&format!("supervising the fleet: {e}"));
-                continue;
-            }
-        };
-        for (host, process, result) in restarted {
-            let log = fleet.paths().host(&host).log(process.name());
-            match result {
-                Ok(()) => {
-                    if let Some(crash_loop) = backoff.restarted(&host, process, Instant::now()) {
-                        reporter.warn(&format!(
-                            "{process} on {host} keeps crashing ({crash_loop}); restarts now back off; see {}:\n{}",
-                            log.display(),
-                            yurt_cluster::cmd::tail_file(&log, 10)
-                        ));
-                    } else {
-                        reporter.warn(&format!(
-                            "{process} on {host} had exited and was restarted; see {}",
-                            log.display()
-                        ));
-                    }
-                }
-                Err(e) => reporter.warn(&format!(
-                    "{process} on {host} is down and could not be restarted: {e}"
-                )),
-            }
-        }
-    }
+    // Like a service manager with Restart=always: a crashed process starts again,
+    // unless a reboot, stop or start owns the host's processes right now.
+    let warn = reporter.clone();
+    fleet
+        .supervise_until(SUPERVISE_INTERVAL, token.cancelled(), |event| {
+            warn.warn(&event.to_string());
+        })
+        .await;
     eprintln!("stopping the fleet ...");
     take_down(machine, &data_dir).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Restarts within this window count towards a crash loop.
-const CRASH_WINDOW: Duration = Duration::from_secs(60);
-/// Restarts within the window that make a crash loop.
-const CRASH_LOOP: usize = 3;
-/// The longest wait between restarts of a crash-looping process.
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How often the supervisor looks for crashed processes.
+const SUPERVISE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long `yurt up --detach` waits for its supervisor to take over.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Per process: recent restarts, when it may be restarted next, and whether its crash
-/// loop was reported (once per loop).
-#[derive(Default)]
-struct RestartBackoff {
-    processes: HashMap<(String, &'static str), ProcessRestarts>,
-}
-
-#[derive(Default)]
-struct ProcessRestarts {
-    recent: Vec<Instant>,
-    not_before: Option<Instant>,
-    reported: bool,
-}
-
-impl RestartBackoff {
-    fn allows(&self, host: &HostId, process: Component, now: Instant) -> bool {
-        self.processes
-            .get(&(host.to_string(), process.name()))
-            .and_then(|p| p.not_before)
-            .is_none_or(|t| now >= t)
-    }
-
-    /// Records a restart; when it makes (or continues) a crash loop, the next restart
-    /// waits twice as long as the last, and the loop is described the first time only.
-    fn restarted(&mut self, host: &HostId, process: Component, now: Instant) -> Option<String> {
-        let p = self
-            .processes
-            .entry((host.to_string(), process.name()))
-            .or_default();
-        p.recent.retain(|t| now.duration_since(*t) < CRASH_WINDOW);
-        p.recent.push(now);
-        let n = p.recent.len();
-        if n < CRASH_LOOP {
-            p.not_before = None;
-            p.reported = false;
-            return None;
+/// Starts the detached supervisor and hands it the fleet's `up.lock`: from then on it
+/// is the fleet's one owner (a second `yurt up` is refused, `yurt down` stops it first).
+async fn hand_over(
+    machine: &MachineConfig,
+    data_dir: &Path,
+    up_lock: lock::FileLock,
+) -> anyhow::Result<()> {
+    let paths = yurt_cluster::paths::FleetPaths::new(data_dir);
+    let mut child = yurt_cluster::fleet::spawn_supervisor(machine, data_dir)?;
+    drop(up_lock);
+    let p = paths.clone();
+    let taken = tokio::task::spawn_blocking(move || {
+        let r = yurt_cluster::fleet::wait_for_supervisor(&p, &mut child, HANDOVER_TIMEOUT);
+        (r, child)
+    })
+    .await?;
+    match taken {
+        (Ok(()), child) => {
+            println!(
+                "\nThe fleet keeps running under a detached supervisor (pid {}, log {}) that restarts crashed processes; `yurt down` stops both.",
+                child.id(),
+                yurt_cluster::fleet::supervisor_log(&paths).display()
+            );
+            Ok(())
         }
-        let doublings = u32::try_from(n - CRASH_LOOP).unwrap_or(u32::MAX).min(8);
-        let wait = (Duration::from_secs(4) * 2u32.pow(doublings)).min(MAX_BACKOFF);
-        p.not_before = Some(now + wait);
-        if p.reported {
-            return None;
+        (Err(e), mut child) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(anyhow::anyhow!(
+                "the fleet is up, but its supervisor did not start ({e}); it runs unsupervised until `yurt down`"
+            ))
         }
-        p.reported = true;
-        Some(format!(
-            "{n} restarts within {}s; next in {}s",
-            CRASH_WINDOW.as_secs(),
-            wait.as_secs()
-        ))
     }
 }
 
@@ -324,37 +270,5 @@ mod tests {
         assert_eq!(spec.pools, 2);
         assert_eq!(spec.mode, NetMode::Nat);
         assert!(spec.sample_app);
-    }
-
-    #[test]
-    fn a_crash_loop_is_reported_once_and_its_restarts_back_off() {
-        let mut b = RestartBackoff::default();
-        let host = HostId::Cloud;
-        let hub = Component::YurtHub;
-        let t0 = Instant::now();
-        let s = Duration::from_secs;
-        assert!(b.restarted(&host, hub, t0).is_none());
-        assert!(b.restarted(&host, hub, t0 + s(2)).is_none());
-        assert!(b.allows(&host, hub, t0 + s(3)), "two restarts are no loop");
-        let report = b.restarted(&host, hub, t0 + s(4)).expect("the third is");
-        assert!(
-            report.contains("3 restarts within 60s; next in 4s"),
-            "{report}"
-        );
-        assert!(!b.allows(&host, hub, t0 + s(7)));
-        assert!(b.allows(&host, hub, t0 + s(8)));
-        assert!(
-            b.restarted(&host, hub, t0 + s(8)).is_none(),
-            "reported once"
-        );
-        assert!(!b.allows(&host, hub, t0 + s(15)), "the wait doubles");
-        assert!(b.allows(&host, hub, t0 + s(16)));
-        assert!(
-            b.allows(&host, Component::Kubelet, t0 + s(9)),
-            "other processes are not held back"
-        );
-        // A quiet minute ends the loop.
-        assert!(b.restarted(&host, hub, t0 + s(200)).is_none());
-        assert!(b.allows(&host, hub, t0 + s(200)));
     }
 }

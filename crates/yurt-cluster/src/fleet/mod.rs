@@ -3,6 +3,7 @@
 
 mod api;
 mod ops;
+mod supervisor;
 mod teardown;
 mod up;
 
@@ -12,6 +13,10 @@ use std::sync::Mutex;
 
 pub use api::{NodeReadiness, admin_client, wait_nodes_ready};
 pub use ops::{HostStatus, ProcessState, ProcessStatus};
+pub use supervisor::{
+    RestartBackoff, Supervision, SupervisorEvent, last_report, last_report_file, spawn_supervisor,
+    supervision, supervisor_log, supervisor_pid_file, wait_for_supervisor,
+};
 pub use teardown::{down, down_all};
 pub use up::{UpOptions, up};
 

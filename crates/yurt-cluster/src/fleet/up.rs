@@ -132,6 +132,16 @@ pub async fn up(
     }
     std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
     let paths = FleetPaths::new(data_dir);
+    // A `yurt up` or a detached supervisor owns a running fleet here: restarting it
+    // under them would race their restarts.
+    if let Some(pid) = crate::lock::holder(&paths.up_lock())?
+        && pid != std::process::id() as i32
+    {
+        return Err(Error::DataDirInUse {
+            dir: data_dir.to_owned(),
+            pid,
+        });
+    }
     let existing = state::load(&paths.state_file())?;
     let spec = match (&existing, options.spec) {
         (Some(s), Some(wanted)) if s.spec != wanted => {

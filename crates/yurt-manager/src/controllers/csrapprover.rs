@@ -736,7 +736,11 @@ pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
     });
     controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
+        .run(
+            super::instrumented(NAME, ctx.metrics.clone(), reconcile),
+            error_policy,
+            ctx,
+        )
         .for_each(|r| super::log_stream_error(NAME, r))
         .await;
 }

@@ -415,7 +415,11 @@ pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
     let nodes_half = node_controller
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .watches_stream(pools.objects(), members_of)
-        .run(reconcile_node, node_error, ctx.clone())
+        .run(
+            super::instrumented(NAME, ctx.metrics.clone(), reconcile_node),
+            node_error,
+            ctx.clone(),
+        )
         .for_each(|r| super::log_stream_error(NAME, r));
 
     // Pool status follows membership and readiness, kept from the node feed's events
@@ -440,7 +444,11 @@ pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
     let pools_half = pool_controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .reconcile_on(membership_events)
-        .run(reconcile_pool, pool_error, ctx)
+        .run(
+            super::instrumented(NAME, ctx.metrics.clone(), reconcile_pool),
+            pool_error,
+            ctx,
+        )
         .for_each(|r| super::log_stream_error(NAME, r));
     tokio::join!(nodes_half, pools_half);
 }

@@ -209,7 +209,11 @@ pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
                 .map(|p| ObjectRef::from_obj(&*p))
                 .collect::<Vec<_>>()
         })
-        .run(reconcile, error_policy, ctx)
+        .run(
+            super::instrumented(NAME, ctx.metrics.clone(), reconcile),
+            error_policy,
+            ctx,
+        )
         .for_each(|r| super::log_stream_error(NAME, r))
         .await;
 }

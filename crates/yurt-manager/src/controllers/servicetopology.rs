@@ -6,7 +6,7 @@
 //! every edge watch gets a MODIFIED event and the hub filters it afresh.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Endpoints, Service};
@@ -15,6 +15,7 @@ use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use yurt_api::apps::v1beta2::NodePool;
 use yurt_api::labels::{TOPOLOGY_KEYS, UPDATE_TRIGGER};
 
@@ -145,30 +146,37 @@ pub async fn run(client: kube::Client, metrics: ManagerMetrics, shutdown: Cancel
             }
         }
         for (namespace, name) in to_touch {
+            let started = Instant::now();
+            let span = super::reconcile_span(NAME, &namespace, &name);
             let mut attempt = 0;
-            loop {
-                match touch(&client, &namespace, &name).await {
-                    Ok(()) => {
-                        metrics.reconciled(NAME);
-                        tracing::info!(
-                            service = name,
-                            namespace,
-                            "endpoints re-sent to edge clients"
-                        );
-                        break;
-                    }
-                    Err(e) if attempt < 3 => {
-                        attempt += 1;
-                        tracing::debug!(service = name, error = %e, "update trigger failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    Err(e) => {
-                        metrics.reconcile_failed(NAME);
-                        tracing::warn!(service = name, namespace, error = %e, "update trigger failed");
-                        break;
+            async {
+                loop {
+                    match touch(&client, &namespace, &name).await {
+                        Ok(()) => {
+                            metrics.reconciled(NAME);
+                            tracing::info!(
+                                service = name,
+                                namespace,
+                                "endpoints re-sent to edge clients"
+                            );
+                            break;
+                        }
+                        Err(e) if attempt < 3 => {
+                            attempt += 1;
+                            tracing::debug!(service = name, error = %e, "update trigger failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        Err(e) => {
+                            metrics.reconcile_failed(NAME);
+                            tracing::warn!(service = name, namespace, error = %e, "update trigger failed");
+                            break;
+                        }
                     }
                 }
             }
+            .instrument(span)
+            .await;
+            metrics.reconcile_took(NAME, started.elapsed());
         }
     }
 }
