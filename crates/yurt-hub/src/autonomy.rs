@@ -97,7 +97,7 @@ impl AutonomyReporter {
     }
 
     fn failed_writes(metrics: &HubMetrics) -> u64 {
-        ["disk_full", "io", "other", "panic"]
+        crate::metrics::CACHE_WRITE_ERROR_REASONS
             .iter()
             .map(|r| {
                 metrics

@@ -19,7 +19,7 @@ use crate::codec::{self, Format, RawObject, WatchDecoder};
 use crate::filter::Filters;
 use crate::request::{ResourceRequest, Verb};
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{ObjectKey, Shape, Store};
+use crate::store::{ObjectKey, Shape, Store, StoreError};
 
 /// Components cached by default (OpenYurt's list).
 pub const DEFAULT_AGENTS: &[&str] = &[
@@ -331,6 +331,7 @@ impl Cache {
             component: component.to_owned(),
             request: r.clone(),
             decoder: Some(WatchDecoder::new(format)),
+            queue_full: false,
         }
     }
 
@@ -586,16 +587,25 @@ impl Cache {
 }
 
 /// Feeds a watch stream into the cache.
+///
+/// Cache writes never hold up the client's stream for long: an event waits at most the
+/// store's write wait for room in its queue. If it still finds none, that write is
+/// dropped and the store marks the list shapes that may hold the object incomplete (not
+/// served offline until relisted, rather than served stale), and from then on this watch
+/// caches an event only if there is room at once. Deletes never wait and are never
+/// dropped (the store keeps them in memory when the queue is full).
 pub struct WatchIngestor<'a> {
     cache: &'a Cache,
     component: String,
     request: ResourceRequest,
     decoder: Option<WatchDecoder>,
+    /// The queue stayed full once for this watch: do not wait again.
+    queue_full: bool,
 }
 
 impl WatchIngestor<'_> {
-    /// Takes the next bytes of the stream.
-    pub fn push(&mut self, chunk: &[u8]) {
+    /// Takes the next bytes of the stream and caches the events they complete.
+    pub async fn ingest(&mut self, chunk: &[u8]) {
         let Some(decoder) = self.decoder.as_mut() else {
             return;
         };
@@ -604,11 +614,18 @@ impl WatchIngestor<'_> {
                 for (ev, _) in events {
                     let key = Cache::key(&self.component, &self.request, &ev.object);
                     let store = &self.cache.store;
-                    let _ = match ev.event_type.as_str() {
-                        "ADDED" | "MODIFIED" => store.upsert(key, ev.object),
+                    let written = match ev.event_type.as_str() {
+                        "ADDED" | "MODIFIED" if self.queue_full => store.try_upsert(key, ev.object),
+                        "ADDED" | "MODIFIED" => store.upsert_async(key, ev.object).await,
                         "DELETED" => store.delete(key, ev.object.info.rv()),
                         _ => Ok(()),
                     };
+                    if let Err(StoreError::QueueFull { waited }) = written
+                        && !self.queue_full
+                    {
+                        self.queue_full = true;
+                        tracing::warn!(component = %self.component, gvr = %self.request.gvr, ?waited, "cache write queue full: this watch caches only what fits at once from now on");
+                    }
                 }
             }
             Err(e) => {
@@ -652,8 +669,8 @@ mod tests {
     fn cache(dir: &std::path::Path) -> Cache {
         let store = Store::open(
             &StoreConfig {
-                dir: dir.to_owned(),
                 batch_max: 32,
+                ..StoreConfig::new(dir)
             },
             HubMetrics::default(),
         )
@@ -973,9 +990,9 @@ mod tests {
         let mut ing = c.watch_ingestor("kubelet", &watch, Format::Json);
         let added = br#"{"type":"ADDED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p2","namespace":"default","resourceVersion":"10"},"spec":{"nodeName":"edge-a1"}}}"#;
         let deleted = br#"{"type":"DELETED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p1","namespace":"default","resourceVersion":"11"},"spec":{"nodeName":"edge-a1"}}}"#;
-        ing.push(added);
-        ing.push(b"\n");
-        ing.push(deleted);
+        ing.ingest(added).await;
+        ing.ingest(b"\n").await;
+        ing.ingest(deleted).await;
         c.store().flush().unwrap();
         let v = body_json(c.serve_list(
             &Reader::component("kubelet"),

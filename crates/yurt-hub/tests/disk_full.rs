@@ -60,8 +60,8 @@ fn a_full_disk_is_reported_and_cached_objects_stay_readable() {
     let metrics = HubMetrics::default();
     let store = Store::open(
         &StoreConfig {
-            dir: fs.0.path().to_owned(),
             batch_max: 8,
+            ..StoreConfig::new(fs.0.path().to_owned())
         },
         metrics.clone(),
     )
@@ -101,8 +101,8 @@ fn a_full_disk_is_reported_and_cached_objects_stay_readable() {
     store.close();
     let store = Store::open(
         &StoreConfig {
-            dir: fs.0.path().to_owned(),
             batch_max: 8,
+            ..StoreConfig::new(fs.0.path().to_owned())
         },
         HubMetrics::default(),
     )
