@@ -145,6 +145,11 @@ impl Overlay {
             .retain(|_, t| !t.applied || t.queued_before > dequeued);
     }
 
+    /// Whether nothing is left to commit or to forget.
+    pub(super) fn is_settled(&self) -> bool {
+        self.tombstones.is_empty() && self.markers.values().flatten().all(|m| m.applied)
+    }
+
     /// Tombstones not committed yet, in number.
     pub(super) fn pending_deletes(&self) -> usize {
         self.tombstones.values().filter(|t| !t.applied).count()

@@ -101,6 +101,9 @@ impl Writer {
                 Err(flume::RecvTimeoutError::Timeout) => None,
                 Err(flume::RecvTimeoutError::Disconnected) => break,
             };
+            if first.is_none() && !self.has_work() {
+                continue;
+            }
             let mut batch: Vec<WriteOp> = first.into_iter().collect();
             while batch.len() < self.batch_max {
                 match self.rx.try_recv() {
@@ -123,6 +126,13 @@ impl Writer {
         }
         // Closing: one last try of what a full disk refused.
         let _ = self.round(Vec::new());
+    }
+
+    /// Whether an idle round has something to do.
+    fn has_work(&self) -> bool {
+        self.shared.corrupt_seen.load(Ordering::Acquire)
+            || !self.pending.is_empty()
+            || self.shared.overlay.lock().is_ok_and(|o| !o.is_settled())
     }
 
     fn conn(&mut self) -> Result<&mut Connection, StoreError> {
