@@ -1011,6 +1011,96 @@ mod tests {
         assert_eq!(v["metadata"]["resourceVersion"], "10");
     }
 
+    #[tokio::test]
+    async fn a_watch_waits_for_a_full_cache_queue_once_and_its_shape_is_not_served_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let wait = Duration::from_millis(200);
+        let store = Store::open(
+            &StoreConfig {
+                queue_capacity: 1,
+                write_wait: wait,
+                ..StoreConfig::new(dir.path())
+            },
+            HubMetrics::default(),
+        )
+        .unwrap();
+        let c = Cache::new(
+            store,
+            std::sync::Arc::new(Agents::new("edge-a1", &[])),
+            "edge-a1",
+        );
+        let list = request(
+            "/api/v1/pods",
+            Some("fieldSelector=spec.nodeName%3Dedge-a1"),
+        );
+        c.ingest(
+            "kubelet",
+            &list,
+            Format::Json,
+            &pods_json(&[("p1", "edge-a1", "web")]),
+            false,
+        );
+        c.store().flush().unwrap();
+        let serve = |c: &Cache| {
+            c.serve_list(
+                &Reader::component("kubelet"),
+                &list,
+                &[Format::Json],
+                &Filters::none(),
+            )
+        };
+        assert_eq!(serve(&c).status(), 200);
+        let watch = request(
+            "/api/v1/pods",
+            Some("fieldSelector=spec.nodeName%3Dedge-a1&watch=true"),
+        );
+        let event = |kind: &str, name: &str, rv: u32| {
+            format!(
+                r#"{{"type":"{kind}","object":{{"kind":"Pod","apiVersion":"v1","metadata":{{"name":"{name}","namespace":"default","resourceVersion":"{rv}"}},"spec":{{"nodeName":"edge-a1"}}}}}}"#
+            ) + "\n"
+        };
+        let release = c.store().hold_writer();
+        let mut ing = c.watch_ingestor("kubelet", &watch, Format::Json);
+        ing.ingest(event("ADDED", "p2", 10).as_bytes()).await;
+        let started = std::time::Instant::now();
+        ing.ingest(event("ADDED", "p3", 11).as_bytes()).await;
+        assert!(started.elapsed() >= wait, "it waited for room once");
+        let started = std::time::Instant::now();
+        ing.ingest(event("ADDED", "p4", 12).as_bytes()).await;
+        ing.ingest(event("DELETED", "p1", 13).as_bytes()).await;
+        assert!(
+            started.elapsed() < wait,
+            "then it no longer waits: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            serve(&c).status(),
+            404,
+            "the shape misses p3: not served offline"
+        );
+        let get = request("/api/v1/namespaces/default/pods/p1", None);
+        assert_eq!(
+            c.serve_get(
+                &Reader::component("kubelet"),
+                &get,
+                &[Format::Json],
+                &Filters::none()
+            )
+            .status(),
+            404,
+            "deleted, though its delete found no room in the queue"
+        );
+        drop(release);
+        c.store().flush().unwrap();
+        // A fresh list, newer than what was dropped, makes the shape servable again.
+        let fresh = serde_json::to_vec(&serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "14"},
+            "items": [{"metadata": {"name": "p3", "namespace": "default", "resourceVersion": "11"}, "spec": {"nodeName": "edge-a1"}}]}))
+        .unwrap();
+        c.ingest("kubelet", &list, Format::Json, &fresh, false);
+        c.store().flush().unwrap();
+        assert_eq!(serve(&c).status(), 200);
+    }
+
     #[test]
     fn cache_agents_and_cacheable_requests() {
         let a = Agents::new("edge-a1", &["my-app".into()]);

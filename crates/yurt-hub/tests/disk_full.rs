@@ -102,7 +102,10 @@ fn a_full_disk_is_reported_and_cached_objects_stay_readable() {
     let (gone, _) = object(0);
     store.delete(gone.clone(), 0).unwrap();
     let _ = store.flush();
-    assert!(store.get(&gone).unwrap().is_none(), "a deleted object is served");
+    assert!(
+        store.get(&gone).unwrap().is_none(),
+        "a deleted object is served"
+    );
     assert!(
         store
             .list("kubelet", "configmaps.v1.core", "ns")

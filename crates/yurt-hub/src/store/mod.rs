@@ -675,6 +675,22 @@ impl Store {
         }
     }
 
+    /// Holds the writer until the returned sender is dropped (tests fill the queue).
+    #[cfg(test)]
+    pub(crate) fn hold_writer(&self) -> mpsc::Sender<()> {
+        let (release, held) = mpsc::channel();
+        if let Ok(tx) = self.sender() {
+            let _ = tx.send(WriteOp::Hold(held));
+        }
+        // The writer has taken the hold once the queue is empty.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.queue_len() > 0 {
+            assert!(Instant::now() < deadline, "the writer never took the hold");
+            std::thread::yield_now();
+        }
+        release
+    }
+
     /// Asks the writer to look at the overlay and the corruption flag now (if the queue
     /// has room; it looks every second anyway).
     fn wake_writer(&self) {

@@ -343,17 +343,8 @@ fn open_with(dir: &Path, metrics: &HubMetrics, queue: usize, wait: Duration) -> 
     .unwrap()
 }
 
-/// Holds the writer: writes queued until the returned sender is dropped go in one batch.
 fn hold(s: &Store) -> mpsc::Sender<()> {
-    let (release, held) = mpsc::channel();
-    s.sender().unwrap().send(WriteOp::Hold(held)).unwrap();
-    // The writer has taken the hold off the queue once a probe queued after it waits.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while s.queue_len() > 0 {
-        assert!(Instant::now() < deadline, "the writer never took the hold");
-        std::thread::yield_now();
-    }
-    release
+    s.hold_writer()
 }
 
 fn exec(s: &Store, sql: &str) {
@@ -617,20 +608,16 @@ async fn the_async_side_awaits_room_for_a_bounded_time() {
     s.upsert_async(key("a", "c1"), obj("a", "c1", 1, &[], "1"))
         .await
         .unwrap();
-    // Room comes while it waits.
-    let waiting = {
-        let s = s.clone();
-        tokio::spawn(async move {
-            s.upsert_async(key("a", "c2"), obj("a", "c2", 2, &[], "2"))
-                .await
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    drop(release);
-    let landed = tokio::time::timeout(Duration::from_secs(10), waiting)
-        .await
-        .expect("the waiting upsert finished")
-        .unwrap();
+    // Room comes while it waits: `join!` polls the upsert first, so it finds the queue
+    // full and waits before the writer is let go.
+    let (landed, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(
+            s.upsert_async(key("a", "c2"), obj("a", "c2", 2, &[], "2")),
+            async move { drop(release) }
+        )
+    })
+    .await
+    .expect("the waiting upsert finished");
     assert!(landed.is_ok(), "{landed:?}");
     let s2 = s.clone();
     tokio::task::spawn_blocking(move || s2.flush())
