@@ -1,8 +1,9 @@
 //! The node's `Autonomy` condition (OpenYurt §2.9): whether this node can keep working
 //! offline. `False` when the node is not an autonomous edge node or the hub's cache
 //! writer has stopped, `True` when the hub's cache is healthy, `Unknown` when cache
-//! writes have been failing (a full disk, I/O errors, a skipped item). Checked when kubelet reads its Node; written with the node's identity, only
-//! when it changes.
+//! writes have been failing (a full disk, I/O errors, a corrupt database replaced, a
+//! skipped item, writes dropped because the write queue stayed full). Checked when
+//! kubelet reads its Node; written with the node's identity, only when it changes.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -97,7 +98,7 @@ impl AutonomyReporter {
     }
 
     fn failed_writes(metrics: &HubMetrics) -> u64 {
-        ["disk_full", "io", "other", "panic"]
+        crate::metrics::CACHE_WRITE_ERROR_REASONS
             .iter()
             .map(|r| {
                 metrics

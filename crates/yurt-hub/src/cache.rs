@@ -19,7 +19,7 @@ use crate::codec::{self, Format, RawObject, WatchDecoder};
 use crate::filter::Filters;
 use crate::request::{ResourceRequest, Verb};
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{ObjectKey, Shape, Store};
+use crate::store::{ObjectKey, Shape, Store, StoreError};
 
 /// Components cached by default (OpenYurt's list).
 pub const DEFAULT_AGENTS: &[&str] = &[
@@ -333,6 +333,7 @@ impl Cache {
             component: component.to_owned(),
             request: r.clone(),
             decoder: Some(WatchDecoder::new(format)),
+            queue_full: false,
         }
     }
 
@@ -599,16 +600,25 @@ impl Cache {
 }
 
 /// Feeds a watch stream into the cache.
+///
+/// Cache writes never hold up the client's stream for long: an event waits at most the
+/// store's write wait for room in its queue. If it still finds none, that write is
+/// dropped and the store marks the list shapes that may hold the object incomplete (not
+/// served offline until relisted, rather than served stale), and from then on this watch
+/// caches an event only if there is room at once. Deletes never wait and are never
+/// dropped (the store keeps them in memory when the queue is full).
 pub struct WatchIngestor<'a> {
     cache: &'a Cache,
     component: String,
     request: ResourceRequest,
     decoder: Option<WatchDecoder>,
+    /// The queue stayed full once for this watch: do not wait again.
+    queue_full: bool,
 }
 
 impl WatchIngestor<'_> {
-    /// Takes the next bytes of the stream.
-    pub fn push(&mut self, chunk: &[u8]) {
+    /// Takes the next bytes of the stream and caches the events they complete.
+    pub async fn ingest(&mut self, chunk: &[u8]) {
         let Some(decoder) = self.decoder.as_mut() else {
             return;
         };
@@ -617,11 +627,18 @@ impl WatchIngestor<'_> {
                 for (ev, _) in events {
                     let key = Cache::key(&self.component, &self.request, &ev.object);
                     let store = &self.cache.store;
-                    let _ = match ev.event_type.as_str() {
-                        "ADDED" | "MODIFIED" => store.upsert(key, ev.object),
+                    let written = match ev.event_type.as_str() {
+                        "ADDED" | "MODIFIED" if self.queue_full => store.try_upsert(key, ev.object),
+                        "ADDED" | "MODIFIED" => store.upsert_async(key, ev.object).await,
                         "DELETED" => store.delete(key, ev.object.info.rv()),
                         _ => Ok(()),
                     };
+                    if let Err(StoreError::QueueFull { waited }) = written
+                        && !self.queue_full
+                    {
+                        self.queue_full = true;
+                        tracing::warn!(component = %self.component, gvr = %self.request.gvr, ?waited, "cache write queue full: this watch caches only what fits at once from now on");
+                    }
                 }
             }
             Err(e) => {
@@ -665,8 +682,8 @@ mod tests {
     fn cache(dir: &std::path::Path) -> Cache {
         let store = Store::open(
             &StoreConfig {
-                dir: dir.to_owned(),
                 batch_max: 32,
+                ..StoreConfig::new(dir)
             },
             HubMetrics::default(),
         )
@@ -986,9 +1003,9 @@ mod tests {
         let mut ing = c.watch_ingestor("kubelet", &watch, Format::Json);
         let added = br#"{"type":"ADDED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p2","namespace":"default","resourceVersion":"10"},"spec":{"nodeName":"edge-a1"}}}"#;
         let deleted = br#"{"type":"DELETED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p1","namespace":"default","resourceVersion":"11"},"spec":{"nodeName":"edge-a1"}}}"#;
-        ing.push(added);
-        ing.push(b"\n");
-        ing.push(deleted);
+        ing.ingest(added).await;
+        ing.ingest(b"\n").await;
+        ing.ingest(deleted).await;
         c.store().flush().unwrap();
         let v = body_json(c.serve_list(
             &Reader::component("kubelet"),
@@ -1005,6 +1022,96 @@ mod tests {
             .collect();
         assert_eq!(names, ["p2"]);
         assert_eq!(v["metadata"]["resourceVersion"], "10");
+    }
+
+    #[tokio::test]
+    async fn a_watch_waits_for_a_full_cache_queue_once_and_its_shape_is_not_served_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let wait = Duration::from_millis(200);
+        let store = Store::open(
+            &StoreConfig {
+                queue_capacity: 1,
+                write_wait: wait,
+                ..StoreConfig::new(dir.path())
+            },
+            HubMetrics::default(),
+        )
+        .unwrap();
+        let c = Cache::new(
+            store,
+            std::sync::Arc::new(Agents::new("edge-a1", &[])),
+            "edge-a1",
+        );
+        let list = request(
+            "/api/v1/pods",
+            Some("fieldSelector=spec.nodeName%3Dedge-a1"),
+        );
+        c.ingest(
+            "kubelet",
+            &list,
+            Format::Json,
+            &pods_json(&[("p1", "edge-a1", "web")]),
+            false,
+        );
+        c.store().flush().unwrap();
+        let serve = |c: &Cache| {
+            c.serve_list(
+                &Reader::component("kubelet"),
+                &list,
+                &[Format::Json],
+                &Filters::none(),
+            )
+        };
+        assert_eq!(serve(&c).status(), 200);
+        let watch = request(
+            "/api/v1/pods",
+            Some("fieldSelector=spec.nodeName%3Dedge-a1&watch=true"),
+        );
+        let event = |kind: &str, name: &str, rv: u32| {
+            format!(
+                r#"{{"type":"{kind}","object":{{"kind":"Pod","apiVersion":"v1","metadata":{{"name":"{name}","namespace":"default","resourceVersion":"{rv}"}},"spec":{{"nodeName":"edge-a1"}}}}}}"#
+            ) + "\n"
+        };
+        let release = c.store().hold_writer();
+        let mut ing = c.watch_ingestor("kubelet", &watch, Format::Json);
+        ing.ingest(event("ADDED", "p2", 10).as_bytes()).await;
+        let started = std::time::Instant::now();
+        ing.ingest(event("ADDED", "p3", 11).as_bytes()).await;
+        assert!(started.elapsed() >= wait, "it waited for room once");
+        let started = std::time::Instant::now();
+        ing.ingest(event("ADDED", "p4", 12).as_bytes()).await;
+        ing.ingest(event("DELETED", "p1", 13).as_bytes()).await;
+        assert!(
+            started.elapsed() < wait,
+            "then it no longer waits: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            serve(&c).status(),
+            404,
+            "the shape misses p3: not served offline"
+        );
+        let get = request("/api/v1/namespaces/default/pods/p1", None);
+        assert_eq!(
+            c.serve_get(
+                &Reader::component("kubelet"),
+                &get,
+                &[Format::Json],
+                &Filters::none()
+            )
+            .status(),
+            404,
+            "deleted, though its delete found no room in the queue"
+        );
+        drop(release);
+        c.store().flush().unwrap();
+        // A fresh list, newer than what was dropped, makes the shape servable again.
+        let fresh = serde_json::to_vec(&serde_json::json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "14"},
+            "items": [{"metadata": {"name": "p3", "namespace": "default", "resourceVersion": "11"}, "spec": {"nodeName": "edge-a1"}}]}))
+        .unwrap();
+        c.ingest("kubelet", &list, Format::Json, &fresh, false);
+        c.store().flush().unwrap();
+        assert_eq!(serve(&c).status(), 200);
     }
 
     #[test]

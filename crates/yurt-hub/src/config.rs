@@ -163,6 +163,11 @@ pub struct Config {
     pub extra_cache_agents: Vec<String>,
     /// Most objects per cache transaction.
     pub cache_batch_max: usize,
+    /// Most writes waiting for the cache writer (4096; a LIST counts as one). A write
+    /// that finds the queue full waits up to a second for room, then is dropped and the
+    /// list shapes that may hold it are not served offline until relisted (deletes are
+    /// never dropped: they are held in memory). See ADR 002.
+    pub cache_write_queue: usize,
     /// kubelet's static pod folder, where OTA upgrades write manifests.
     pub static_pod_dir: PathBuf,
     /// Offline verification of pods' tokens.

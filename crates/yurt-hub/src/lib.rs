@@ -161,8 +161,9 @@ pub async fn run(
     }
     let store = store::Store::open(
         &store::StoreConfig {
-            dir: config.cache_dir.clone(),
             batch_max: config.cache_batch_max,
+            queue_capacity: config.cache_write_queue,
+            ..store::StoreConfig::new(config.cache_dir.clone())
         },
         metrics.clone(),
     )?;

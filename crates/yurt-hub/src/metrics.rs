@@ -61,8 +61,25 @@ impl RequestDurations {
 /// Labels of cache write error counters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReasonLabel {
-    /// Why: `disk_full`, `io`, `other`.
+    /// Why: `disk_full`, `io`, `corrupt` (the database file), `other`, `panic` (an item
+    /// skipped), `dropped` (a write given up: the queue stayed full, or too many writes
+    /// waited for the disk).
     pub reason: String,
+}
+
+/// Every reason a cache write fails for ([`ReasonLabel`]).
+pub const CACHE_WRITE_ERROR_REASONS: &[&str] =
+    &["disk_full", "io", "corrupt", "other", "panic", "dropped"];
+
+/// How long cache writers waited for room in the write queue.
+#[derive(Debug, Clone)]
+pub struct WriteWait(pub Histogram);
+
+impl Default for WriteWait {
+    fn default() -> Self {
+        // 10 µs to about 2.6 s (the longest wait is 1 s by default).
+        Self(Histogram::new(exponential_buckets(0.00001, 4.0, 10)))
+    }
 }
 
 /// Every metric of the hub.
@@ -86,6 +103,16 @@ pub struct HubMetrics {
     pub cache_resets: Counter,
     /// Objects in the cache.
     pub cache_objects: Gauge,
+    /// Writes waiting in the cache's write queue.
+    pub cache_write_queue_depth: Gauge,
+    /// Time a cache write waited for room in the queue.
+    pub cache_write_wait: WriteWait,
+    /// Deletes held in memory because the disk refused them or the queue was full.
+    pub cache_pending_deletes: Gauge,
+    /// Upserts and lists a full disk refused, held for a retry.
+    pub cache_pending_writes: Gauge,
+    /// Markers of list shapes made incomplete by dropped writes.
+    pub cache_incomplete_shapes: Gauge,
 }
 
 impl HubMetrics {
@@ -135,6 +162,31 @@ impl HubMetrics {
             "cache_objects",
             "Objects in the cache",
             self.cache_objects.clone(),
+        );
+        registry.register(
+            "cache_write_queue_depth",
+            "Writes waiting in the cache's write queue",
+            self.cache_write_queue_depth.clone(),
+        );
+        registry.register(
+            "cache_write_wait_seconds",
+            "Time a cache write waited for room in the write queue",
+            self.cache_write_wait.0.clone(),
+        );
+        registry.register(
+            "cache_pending_deletes",
+            "Deletes held in memory until the cache disk takes them",
+            self.cache_pending_deletes.clone(),
+        );
+        registry.register(
+            "cache_pending_writes",
+            "Writes a full cache disk refused, held for a retry",
+            self.cache_pending_writes.clone(),
+        );
+        registry.register(
+            "cache_incomplete_shapes",
+            "List shapes made incomplete by dropped cache writes (not served offline until relisted)",
+            self.cache_incomplete_shapes.clone(),
         );
     }
 

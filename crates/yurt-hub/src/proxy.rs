@@ -618,7 +618,7 @@ fn pump_watch(
                 None => break,
             };
             if let Some(i) = ingestor.as_mut() {
-                i.push(&chunk);
+                i.ingest(&chunk).await;
             }
             let out = match decoder.as_mut() {
                 None => chunk,
@@ -943,7 +943,7 @@ async fn kubelet_lease(
                         namespace: LEASE_NAMESPACE.into(),
                         name: obj.info.name.clone(),
                     };
-                    let _ = hub.cache.store().upsert(key, obj);
+                    let _ = hub.cache.store().upsert_async(key, obj).await;
                     let mut resp = Response::new(body::full(bytes));
                     if let Ok(v) = HeaderValue::from_str(&ct) {
                         resp.headers_mut().insert(header::CONTENT_TYPE, v);

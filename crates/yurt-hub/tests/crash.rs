@@ -80,8 +80,8 @@ fn sigkill_during_heavy_writes_never_loses_an_acknowledged_object() {
         let metrics = HubMetrics::default();
         let store = Store::open(
             &StoreConfig {
-                dir: dir.path().to_owned(),
                 batch_max: 64,
+                ..StoreConfig::new(dir.path().to_owned())
             },
             metrics.clone(),
         )
@@ -111,8 +111,8 @@ fn sigkill_during_heavy_writes_never_loses_an_acknowledged_object() {
     // Everything acknowledged over all rounds is still there.
     let store = Store::open(
         &StoreConfig {
-            dir: dir.path().to_owned(),
             batch_max: 64,
+            ..StoreConfig::new(dir.path().to_owned())
         },
         HubMetrics::default(),
     )

@@ -64,8 +64,8 @@ async fn offline_hub(limits: Limits) -> OfflineHub {
     let metrics = HubMetrics::default();
     let store = Store::open(
         &StoreConfig {
-            dir: dir.path().to_owned(),
             batch_max: 32,
+            ..StoreConfig::new(dir.path().to_owned())
         },
         metrics.clone(),
     )
@@ -88,6 +88,7 @@ async fn offline_hub(limits: Limits) -> OfflineHub {
         namespace: "kube-system".into(),
         extra_cache_agents: Vec::new(),
         cache_batch_max: 32,
+        cache_write_queue: 4096,
         static_pod_dir: dir.path().join("manifests"),
         pod_tokens: PodTokenConfig::default(),
         limits,

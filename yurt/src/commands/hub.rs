@@ -132,6 +132,11 @@ pub struct HubArgs {
     /// Largest API server response the hub buffers to cache or filter it.
     #[arg(long, default_value_t = 128 * 1024 * 1024)]
     pub max_buffered_response_bytes: usize,
+    /// Most writes waiting for the cache writer (a LIST counts as one). A write that
+    /// finds it full waits up to a second, then is dropped and the list shapes it
+    /// belongs to are not served offline until relisted; deletes are never dropped.
+    #[arg(long, default_value_t = yurt_hub::store::StoreConfig::DEFAULT_QUEUE_CAPACITY)]
+    pub cache_write_queue: usize,
     /// Seconds between refreshes of the service-account issuer's public keys.
     #[arg(long, default_value_t = 300)]
     pub issuer_keys_refresh_seconds: u64,
@@ -206,6 +211,7 @@ fn config(a: HubArgs) -> anyhow::Result<Config> {
         namespace: a.namespace,
         extra_cache_agents: a.cache_agents,
         cache_batch_max: 512,
+        cache_write_queue: a.cache_write_queue.max(1),
         static_pod_dir: a.static_pod_path,
         limits: Limits {
             max_request_body: a.max_request_body_bytes.max(1),

@@ -49,8 +49,10 @@ fn main() -> std::process::ExitCode {
     let batch: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(50);
     let store = match Store::open(
         &StoreConfig {
-            dir: dir.into(),
             batch_max: 4096,
+            // Acknowledged writes are what the crash test counts: wait, never drop.
+            write_wait: std::time::Duration::from_secs(600),
+            ..StoreConfig::new(dir)
         },
         yurt_hub::metrics::HubMetrics::default(),
     ) {
