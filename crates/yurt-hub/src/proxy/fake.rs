@@ -215,3 +215,46 @@ pub fn answer(code: u16, content_type: &str, body: impl Into<Bytes>) -> Response
         .body(crate::body::full(body))
         .expect("a valid response")
 }
+
+/// A filter that drops every object named `hidden` from every component's answers.
+pub struct DropHidden;
+
+impl crate::filter::Filter for DropHidden {
+    fn name(&self) -> &'static str {
+        "drophidden"
+    }
+
+    fn applies(&self, _: &str, _: &crate::request::Gvr) -> bool {
+        true
+    }
+
+    fn apply(&self, obj: crate::codec::RawObject) -> Option<crate::codec::RawObject> {
+        (obj.info.name != "hidden").then_some(obj)
+    }
+}
+
+/// A pod as JSON.
+pub fn pod(name: &str, rv: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "resourceVersion": rv},
+        "spec": {"nodeName": "edge-a1"},
+    })
+}
+
+/// A pod list as JSON bytes.
+pub fn pod_list(names: &[&str]) -> Vec<u8> {
+    let items: Vec<_> = names.iter().map(|n| pod(n, "5")).collect();
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "v1", "kind": "PodList",
+        "metadata": {"resourceVersion": "10"},
+        "items": items,
+    }))
+    .expect("JSON")
+}
+
+/// kubelet's User-Agent.
+pub const KUBELET: (&str, &str) = (
+    "user-agent",
+    "kubelet/v1.20.2 (linux/amd64) kubernetes/faecb19",
+);

@@ -464,3 +464,288 @@ pub fn filter_body(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::proxy::SOURCE_HEADER;
+    use crate::proxy::fake::{
+        self, DropHidden, FakeServer, FakeUpstream, KUBELET, answer, json, pod, pod_list, request,
+        send,
+    };
+
+    const PODS: &str = "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-a1";
+
+    fn names(list: &serde_json::Value) -> Vec<&str> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_upstream_request_loses_hop_by_hop_headers_and_encodings() {
+        let url: http::Uri = "https://api.test:6443".parse().unwrap();
+        let req = request(
+            "GET",
+            PODS,
+            &[
+                KUBELET,
+                ("connection", "keep-alive"),
+                ("te", "trailers"),
+                ("host", "127.0.0.1:10261"),
+                ("accept-encoding", "gzip"),
+                ("accept", "application/json"),
+            ],
+            b"",
+        );
+        let (req, class) = upstream_request(req, &url, Origin::Local).unwrap();
+        assert_eq!(class, ClientClass::Node);
+        assert_eq!(
+            req.uri().to_string(),
+            format!("https://api.test:6443{PODS}")
+        );
+        let names: Vec<_> = req.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["user-agent", "accept"]);
+        let with_token = request("GET", "/api", &[("authorization", "Bearer t")], b"");
+        assert_eq!(
+            upstream_request(with_token, &url, Origin::Local).unwrap().1,
+            ClientClass::Bearer
+        );
+        let pod = request("GET", "/api", &[], b"");
+        assert_eq!(
+            upstream_request(pod, &url, Origin::Pod).unwrap().1,
+            ClientClass::Bearer,
+            "a pod never goes as the node, token or not"
+        );
+    }
+
+    #[test]
+    fn reads_fall_back_to_the_cache_and_writes_do_not() {
+        let parse = |m: &str, p: &str| {
+            let m: http::Method = m.parse().unwrap();
+            let (path, query) = p.split_once('?').map_or((p, None), |(a, b)| (a, Some(b)));
+            (RequestInfo::parse(&m, path, query), m)
+        };
+        for (m, p, cache) in [
+            ("GET", "/api/v1/pods", true),
+            ("GET", "/api/v1/namespaces/d/pods/p", true),
+            ("GET", "/api/v1/pods?watch=1", true),
+            ("GET", "/version", true),
+            ("POST", "/api/v1/namespaces/d/pods", false),
+            ("PUT", "/api/v1/namespaces/d/pods/p", false),
+            ("DELETE", "/api/v1/namespaces/d/pods/p", false),
+            ("POST", "/version", false),
+        ] {
+            let (info, method) = parse(m, p);
+            assert_eq!(falls_back_to_cache(&info, &method), cache, "{m} {p}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kubelet_list_is_passed_on_and_cached_for_offline_reads() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let server =
+            FakeServer::new(|_| Ok(answer(200, "application/json", pod_list(&["a", "b"]))));
+        let online = FakeUpstream(Some(server.clone()));
+        let resp = send(
+            &hub,
+            &online,
+            Origin::Local,
+            request("GET", PODS, &[KUBELET], b""),
+        )
+        .await;
+        assert!(resp.headers().get(SOURCE_HEADER).is_none());
+        let (code, list) = json(resp).await;
+        assert_eq!((code, names(&list)), (200, vec!["a", "b"]));
+        let seen = server.requests();
+        assert_eq!((seen.len(), seen[0].class), (1, ClientClass::Node));
+        assert_eq!(
+            seen[0].parts.uri.to_string(),
+            format!("https://api.test:6443{PODS}")
+        );
+
+        // The list lands in the cache on the writer thread: read until it is there.
+        let offline = FakeUpstream(None);
+        let deadline = tokio::time::Instant::now() + fake::WAIT;
+        loop {
+            let (code, list) = json(
+                send(
+                    &hub,
+                    &offline,
+                    Origin::Local,
+                    request("GET", PODS, &[KUBELET], b""),
+                )
+                .await,
+            )
+            .await;
+            if code == 200 {
+                assert_eq!(names(&list), ["a", "b"]);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the list is never served offline"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_goes_upstream_with_its_body_and_the_answer_comes_back_as_it_is() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let server = FakeServer::new(|seen| Ok(answer(201, "application/json", seen.body.clone())));
+        let online = FakeUpstream(Some(server.clone()));
+        let body = serde_json::to_vec(&pod("p", "")).unwrap();
+        let create = request("POST", "/api/v1/namespaces/default/pods", &[KUBELET], &body);
+        let resp = send(&hub, &online, Origin::Local, create).await;
+        assert!(resp.headers().get(SOURCE_HEADER).is_none());
+        let (code, echoed) = json(resp).await;
+        assert_eq!((code, echoed), (201, pod("p", "")));
+        assert_eq!(server.requests()[0].body, body);
+    }
+
+    #[tokio::test]
+    async fn filters_rewrite_lists_and_objects_on_the_way() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::new(vec![Box::new(DropHidden)]));
+        let server = FakeServer::new(|seen| {
+            let body = if seen.parts.uri.path().ends_with("/hidden") {
+                serde_json::to_vec(&pod("hidden", "3")).unwrap()
+            } else {
+                pod_list(&["a", "hidden", "b"])
+            };
+            Ok(answer(200, "application/json", body))
+        });
+        let online = FakeUpstream(Some(server));
+        let resp = send(
+            &hub,
+            &online,
+            Origin::Local,
+            request("GET", PODS, &[KUBELET], b""),
+        )
+        .await;
+        let length: usize = resp.headers()[header::CONTENT_LENGTH]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (code, list) = json(resp).await;
+        assert_eq!((code, names(&list)), (200, vec!["a", "b"]));
+        assert_eq!(length, serde_json::to_vec(&list).unwrap().len());
+        let get = request(
+            "GET",
+            "/api/v1/namespaces/default/pods/hidden",
+            &[KUBELET],
+            b"",
+        );
+        let (code, status) = json(send(&hub, &online, Origin::Local, get).await).await;
+        assert_eq!(code, 200, "the API server's code stays");
+        assert_eq!(
+            (status["kind"].as_str(), status["reason"].as_str()),
+            (Some("Status"), Some("NotFound"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_is_answered_from_the_cache_and_a_failed_write_is_a_503_status() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let server = FakeServer::new(|_| {
+            Err(UpstreamFailure {
+                message: "stream reset".into(),
+                unreachable: false,
+            })
+        });
+        let online = FakeUpstream(Some(server));
+        let read = send(
+            &hub,
+            &online,
+            Origin::Local,
+            request("GET", "/api/v1/namespaces/d/pods/p", &[KUBELET], b""),
+        )
+        .await;
+        assert_eq!(read.headers()[SOURCE_HEADER], "cache");
+        assert_eq!(json(read).await.0, 404, "never cached");
+        let write = send(
+            &hub,
+            &online,
+            Origin::Local,
+            request("POST", "/api/v1/namespaces/d/pods", &[KUBELET], b"{}"),
+        )
+        .await;
+        assert!(write.headers().get(SOURCE_HEADER).is_none());
+        let (code, status) = json(write).await;
+        assert_eq!(
+            (code, status["reason"].as_str()),
+            (503, Some("ServiceUnavailable"))
+        );
+        assert_eq!(
+            status["message"],
+            "the API server is unreachable: stream reset"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_cache_agents_and_filtered_answers_are_buffered() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let ctx = |origin, ua: &str, path: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::USER_AGENT, ua.parse().unwrap());
+            let caller = if origin == Origin::Local {
+                Caller::Node
+            } else {
+                Caller::Anonymous
+            };
+            Ctx::new(
+                origin,
+                caller,
+                &http::Method::GET,
+                &path.parse().unwrap(),
+                &headers,
+            )
+        };
+        let get = http::Method::GET;
+        let json = Some(Format::Json);
+        let kubelet = ctx(Origin::Local, KUBELET.1, "/api/v1/pods");
+        assert_eq!(
+            handling(&hub, &kubelet, &get, StatusCode::OK, json),
+            Handling::Buffer {
+                cache_as: Some("kubelet".into()),
+                filter: false
+            }
+        );
+        assert_eq!(
+            handling(&hub, &kubelet, &get, StatusCode::FORBIDDEN, json),
+            Handling::PassThrough
+        );
+        assert_eq!(
+            handling(&hub, &kubelet, &get, StatusCode::OK, None),
+            Handling::PassThrough
+        );
+        let watch = ctx(Origin::Local, KUBELET.1, "/api/v1/pods?watch=true");
+        assert_eq!(
+            handling(&hub, &watch, &get, StatusCode::OK, json),
+            Handling::Watch {
+                cache_as: Some("kubelet".into()),
+                filter: false
+            }
+        );
+        let kubectl = ctx(Origin::Local, "kubectl/v1.20.2", "/api/v1/pods");
+        assert_eq!(
+            handling(&hub, &kubectl, &get, StatusCode::OK, json),
+            Handling::PassThrough
+        );
+        let anonymous_pod = ctx(Origin::Pod, KUBELET.1, "/api/v1/pods");
+        assert_eq!(
+            handling(&hub, &anonymous_pod, &get, StatusCode::OK, json),
+            Handling::PassThrough
+        );
+        let version = ctx(Origin::Local, KUBELET.1, "/version");
+        assert_eq!(
+            handling(&hub, &version, &get, StatusCode::OK, json),
+            Handling::CacheNonResource
+        );
+    }
+}

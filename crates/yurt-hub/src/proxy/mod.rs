@@ -251,3 +251,67 @@ async fn limited<B: RequestBody, U: Upstream<B>>(
     hub.metrics.in_flight.dec();
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fake::{self, FakeUpstream, KUBELET, json, request, send};
+    use super::*;
+    use crate::config::Limits;
+
+    #[tokio::test]
+    async fn over_the_in_flight_limit_short_requests_get_429_and_watches_go_on() {
+        let limits = Limits {
+            max_in_flight: 0,
+            ..Limits::default()
+        };
+        let (hub, _dir) = fake::hub(limits, Filters::none());
+        let offline = FakeUpstream(None);
+        let get = send(
+            &hub,
+            &offline,
+            Origin::Local,
+            request("GET", "/api/v1/pods", &[KUBELET], b""),
+        )
+        .await;
+        assert_eq!(get.headers()[header::RETRY_AFTER], "1");
+        let (code, status) = json(get).await;
+        assert_eq!(
+            (code, status["reason"].as_str()),
+            (429, Some("TooManyRequests"))
+        );
+        let watch = send(
+            &hub,
+            &offline,
+            Origin::Local,
+            request("GET", "/api/v1/pods?watch=true", &[KUBELET], b""),
+        )
+        .await;
+        assert_eq!(watch.status(), 200, "a watch holds no permit");
+    }
+
+    #[tokio::test]
+    async fn arbitrary_methods_and_paths_get_an_answer_and_errors_are_statuses() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let offline = FakeUpstream(None);
+        for (method, path) in [
+            ("OPTIONS", "/"),
+            ("GET", "/api/v1/namespaces//pods/"),
+            ("PATCH", "/apis/x/y/z/w/v/u"),
+            ("CONNECT", "/api/v1/namespaces/d/pods/p/proxy"),
+        ] {
+            let resp = send(
+                &hub,
+                &offline,
+                Origin::Local,
+                request(method, path, &[KUBELET], b""),
+            )
+            .await;
+            let code = resp.status();
+            let (_, body) = json(resp).await;
+            if !code.is_success() {
+                assert_eq!(body["kind"], "Status", "{method} {path}: {code}");
+                assert_eq!(body["code"], code.as_u16(), "{method} {path}");
+            }
+        }
+    }
+}

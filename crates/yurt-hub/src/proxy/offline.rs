@@ -162,3 +162,146 @@ async fn echo<B: RequestBody>(
     }
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Origin;
+    use super::super::fake::{self, FakeUpstream, KUBELET, json, request, send};
+    use crate::config::Limits;
+    use crate::filter::Filters;
+
+    const OFFLINE: FakeUpstream = FakeUpstream(None);
+
+    #[tokio::test]
+    async fn reads_of_what_was_never_cached_are_not_found_statuses_from_the_cache() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let resp = send(
+            &hub,
+            &OFFLINE,
+            Origin::Local,
+            request("GET", "/api/v1/namespaces/default/pods/p", &[KUBELET], b""),
+        )
+        .await;
+        assert_eq!(resp.headers()[super::SOURCE_HEADER], "cache");
+        let (code, status) = json(resp).await;
+        assert_eq!(code, 404);
+        assert_eq!(
+            (status["kind"].as_str(), status["reason"].as_str()),
+            (Some("Status"), Some("NotFound"))
+        );
+    }
+
+    #[tokio::test]
+    async fn deletes_are_refused_and_writes_without_an_object_unavailable() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        for (method, path, code, reason) in [
+            (
+                "DELETE",
+                "/api/v1/namespaces/default/pods/p",
+                403,
+                "Forbidden",
+            ),
+            (
+                "DELETE",
+                "/api/v1/namespaces/default/pods",
+                403,
+                "Forbidden",
+            ),
+            ("PUT", "/version", 503, "ServiceUnavailable"),
+            ("POST", "/healthz", 503, "ServiceUnavailable"),
+        ] {
+            let resp = send(
+                &hub,
+                &OFFLINE,
+                Origin::Local,
+                request(method, path, &[KUBELET], b"{}"),
+            )
+            .await;
+            let (got, status) = json(resp).await;
+            assert_eq!(
+                (got, status["reason"].as_str()),
+                (code, Some(reason)),
+                "{method} {path}: {status}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_offline_create_echoes_its_body_up_to_the_limit() {
+        let limits = Limits {
+            max_request_body: 16,
+            ..Limits::default()
+        };
+        let (hub, _dir) = fake::hub(limits, Filters::none());
+        let ct = ("content-type", "application/json");
+        let path = "/api/v1/namespaces/default/events";
+        let resp = send(
+            &hub,
+            &OFFLINE,
+            Origin::Local,
+            request("POST", path, &[KUBELET, ct], br#"{"a":1}"#),
+        )
+        .await;
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert_eq!(json(resp).await, (201, serde_json::json!({"a": 1})));
+        let big = send(
+            &hub,
+            &OFFLINE,
+            Origin::Local,
+            request("POST", path, &[KUBELET, ct], &[b' '; 17]),
+        )
+        .await;
+        let (code, status) = json(big).await;
+        assert_eq!(
+            (code, status["reason"].as_str()),
+            (413, Some("RequestEntityTooLarge"))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_pod_port_answers_an_unproven_caller_with_401() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        for auth in [None, Some(("authorization", "Bearer not-a-jwt"))] {
+            let headers: Vec<_> = auth.into_iter().collect();
+            let resp = send(
+                &hub,
+                &OFFLINE,
+                Origin::Pod,
+                request("GET", "/api/v1/namespaces/d/configmaps", &headers, b""),
+            )
+            .await;
+            let (code, status) = json(resp).await;
+            assert_eq!(
+                (code, status["reason"].as_str()),
+                (401, Some("Unauthorized")),
+                "{status}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_offline_watch_is_held_open_and_ends_on_shutdown() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let resp = send(
+            &hub,
+            &OFFLINE,
+            Origin::Local,
+            request("GET", "/api/v1/pods?watch=true", &[KUBELET], b""),
+        )
+        .await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["content-type"],
+            crate::codec::Format::Json.watch_content_type()
+        );
+        let mut body = resp.into_body();
+        use http_body_util::BodyExt as _;
+        let early = tokio::time::timeout(std::time::Duration::from_millis(50), body.frame()).await;
+        assert!(early.is_err(), "no event and no end while offline");
+        hub.shutdown.cancel();
+        let end = tokio::time::timeout(fake::WAIT, body.frame())
+            .await
+            .expect("ends on shutdown");
+        assert!(end.is_none(), "ends without an event");
+    }
+}

@@ -74,3 +74,80 @@ pub async fn forward<B: RequestBody, S: Server<B>>(
     let (parts, _) = resp.into_parts();
     Response::from_parts(parts, body::empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::filter::Filters;
+    use crate::proxy::fake::{self, FakeServer, answer, json, request};
+    use crate::proxy::forward::UpstreamFailure;
+
+    const EXEC: &str = "/api/v1/namespaces/d/pods/p/exec?command=sh&stdin=true";
+
+    fn exec(auth: bool) -> Request<http_body_util::Full<bytes::Bytes>> {
+        let mut headers = vec![
+            ("connection", "Upgrade"),
+            ("upgrade", "SPDY/3.1"),
+            ("host", "169.254.2.1:10268"),
+        ];
+        if auth {
+            headers.push(("authorization", "Bearer t"));
+        }
+        request("POST", EXEC, &headers, b"")
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_upgrade_headers_and_goes_over_http1() {
+        let url: http::Uri = "https://api.test:6443".parse().unwrap();
+        let (req, class) = upstream_request(exec(false), &url, Origin::Local).unwrap();
+        assert_eq!(class, ClientClass::NodeUpgrade);
+        assert_eq!(
+            req.uri().to_string(),
+            format!("https://api.test:6443{EXEC}")
+        );
+        assert_eq!(req.version(), http::Version::HTTP_11);
+        assert!(req.headers().contains_key(header::UPGRADE));
+        assert!(req.headers().contains_key(header::CONNECTION));
+        assert!(!req.headers().contains_key(header::HOST));
+        let (_, class) = upstream_request(exec(true), &url, Origin::Local).unwrap();
+        assert_eq!(class, ClientClass::BearerUpgrade);
+        let (_, class) = upstream_request(exec(false), &url, Origin::Pod).unwrap();
+        assert_eq!(
+            class,
+            ClientClass::BearerUpgrade,
+            "a pod's upgrade never goes as the node"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_is_passed_on_and_an_unreachable_server_is_a_503_status() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let refuses = FakeServer::new(|_| {
+            Ok(answer(
+                403,
+                "application/json",
+                r#"{"kind":"Status","code":403}"#,
+            ))
+        });
+        let (code, body) = json(forward(&hub, &refuses, Origin::Local, exec(false)).await).await;
+        assert_eq!((code, body["code"].as_u64()), (403, Some(403)));
+        let gone = FakeServer::new(|_| {
+            Err(UpstreamFailure {
+                message: "connection refused".into(),
+                unreachable: true,
+            })
+        });
+        let (code, status) = json(forward(&hub, &gone, Origin::Local, exec(false)).await).await;
+        assert_eq!(
+            (code, status["reason"].as_str()),
+            (503, Some("ServiceUnavailable"))
+        );
+        assert!(
+            status["message"]
+                .as_str()
+                .unwrap()
+                .contains("connection refused")
+        );
+    }
+}

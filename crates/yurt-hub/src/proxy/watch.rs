@@ -70,7 +70,7 @@ pub fn pump(
 }
 
 /// The complete events in `chunk` (with what `decoder` held before), filtered: an
-/// event passed unchanged keeps its bytes, a rewritten one is re-encoded, a dropped one
+/// event passed unchanged keeps its bytes (a JSON one on its own line), a rewritten one is re-encoded, a dropped one
 /// becomes a DELETED (the client may have seen it before). `None` when the stream is
 /// not a watch stream.
 pub fn filter_events(
@@ -85,7 +85,15 @@ pub fn filter_events(
     let mut buf = Vec::new();
     for (ev, wire) in events {
         match filters.apply(component, gvr, ev.object.clone()) {
-            Some(o) if o == ev.object => buf.extend_from_slice(&wire),
+            Some(o) if o == ev.object => {
+                buf.extend_from_slice(&wire);
+                // The decoder's bytes of a JSON event end at its closing brace: keep
+                // one event per line, as the API server sends them (line-reading
+                // clients split on it).
+                if format == Format::Json && !wire.ends_with(b"\n") {
+                    buf.push(b'\n');
+                }
+            }
             Some(o) => {
                 buf.extend_from_slice(&codec::encode_watch_event(format, &ev.event_type, &o));
             }
@@ -127,4 +135,96 @@ pub fn hold(hub: &Arc<Hub>, r: &ResourceRequest, accept: &[Format]) -> Response<
         HeaderValue::from_static(format.watch_content_type()),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::proxy::fake::{self, DropHidden, pod};
+
+    fn event(kind: &str, name: &str) -> Vec<u8> {
+        let mut line =
+            serde_json::to_vec(&serde_json::json!({"type": kind, "object": pod(name, "4")}))
+                .unwrap();
+        line.push(b'\n');
+        line
+    }
+
+    fn events(bytes: &[u8]) -> Vec<(String, String)> {
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+                (
+                    v["type"].as_str().unwrap().to_owned(),
+                    v["object"]["metadata"]["name"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_filtered_out_event_becomes_a_deletion_and_others_keep_their_bytes() {
+        let filters = Filters::new(vec![Box::new(DropHidden)]);
+        let gvr = Gvr::new("", "v1", "pods");
+        let mut decoder = WatchDecoder::new(Format::Json);
+        let a = event("ADDED", "a");
+        let mut chunk = a.clone();
+        chunk.extend(event("MODIFIED", "hidden"));
+        let (first, rest) = chunk.split_at(a.len() + 5);
+        let out =
+            filter_events(&filters, "kubelet", &gvr, Format::Json, &mut decoder, first).unwrap();
+        assert_eq!(
+            out, a,
+            "a complete event passes as it came; the partial one waits"
+        );
+        let out =
+            filter_events(&filters, "kubelet", &gvr, Format::Json, &mut decoder, rest).unwrap();
+        assert_eq!(events(&out), [("DELETED".to_owned(), "hidden".to_owned())]);
+        assert!(
+            filter_events(
+                &filters,
+                "kubelet",
+                &gvr,
+                Format::Json,
+                &mut decoder,
+                b"not json\n"
+            )
+            .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn pump_streams_filtered_events_until_the_upstream_ends() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::new(vec![Box::new(DropHidden)]));
+        let (tx, upstream) = body::channel(4);
+        let r = match crate::request::RequestInfo::parse(
+            &http::Method::GET,
+            "/api/v1/pods",
+            Some("watch=1"),
+        ) {
+            crate::request::RequestInfo::Resource(r) => r,
+            other => panic!("{other:?}"),
+        };
+        let out = pump(hub, None, "kubelet".into(), r, Format::Json, true, upstream);
+        tx.send(Ok(Bytes::from(event("ADDED", "a")))).await.unwrap();
+        tx.send(Ok(Bytes::from(event("ADDED", "hidden"))))
+            .await
+            .unwrap();
+        drop(tx);
+        let bytes = tokio::time::timeout(fake::WAIT, out.collect())
+            .await
+            .unwrap()
+            .unwrap()
+            .to_bytes();
+        assert_eq!(
+            events(&bytes),
+            [
+                ("ADDED".to_owned(), "a".to_owned()),
+                ("DELETED".to_owned(), "hidden".to_owned())
+            ]
+        );
+    }
 }
