@@ -35,6 +35,8 @@ pub mod watch;
 
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod fuzz;
 
 use std::convert::Infallible;
 use std::sync::Arc;

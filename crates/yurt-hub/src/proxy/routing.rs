@@ -17,7 +17,7 @@ use crate::request::{RequestInfo, ResourceRequest, Verb};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     /// kubelet's own node Lease: kept locally.
-    KubeletLease(ResourceRequest),
+    KubeletLease(Box<ResourceRequest>),
     /// An HTTP/1.1 upgrade (exec, attach, port-forward): spliced to a server, refused
     /// offline.
     Upgrade,
@@ -36,7 +36,7 @@ pub fn route(ctx: &Ctx, headers: &HeaderMap, node: &str) -> Route {
         && kubelet_here
         && is_own_lease(r, node)
     {
-        return Route::KubeletLease(r.clone());
+        return Route::KubeletLease(Box::new(r.clone()));
     }
     if is_upgrade(headers) {
         return Route::Upgrade;
@@ -95,7 +95,7 @@ pub async fn dispatch<B: RequestBody, U: Upstream<B>>(
         span.record("component", c.as_str());
     }
     match route(&ctx, req.headers(), hub.config.node_name.as_str()) {
-        Route::KubeletLease(r) => lease::answer(hub, upstream, &ctx, r, req).await,
+        Route::KubeletLease(r) => lease::answer(hub, upstream, &ctx, *r, req).await,
         Route::Upgrade => match upstream.pick(&hub.health) {
             Some(server) => upgrade::forward(hub, &server, origin, req).await,
             None => offline::answer(hub, &ctx, Some(req)).await,
