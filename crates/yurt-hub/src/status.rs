@@ -256,6 +256,25 @@ impl StatusError {
     }
 }
 
+/// A `Success` Status: the answer to an action with nothing else to return (as the API
+/// server answers some deletes), in JSON.
+pub fn success(message: &str) -> Response<ResponseBody> {
+    let status = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "message": message,
+        "code": 200,
+    });
+    let mut r = Response::new(body::full(status.to_string()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(Format::Json.content_type()),
+    );
+    r
+}
+
 /// The protobuf wire form of a `v1 Status`: the `k8s\0` magic and a `runtime.Unknown`
 /// envelope (the same framing `codec` reads; written here so the Status stays whole in
 /// this module).
@@ -346,6 +365,17 @@ mod tests {
         assert_eq!(s.code, Some(404));
         assert_eq!(s.reason.as_deref(), Some("NotFound"));
         assert_eq!(s.details.unwrap().name.as_deref(), Some("p"));
+    }
+
+    #[tokio::test]
+    async fn a_success_status_says_so() {
+        let r = success("done");
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = serde_json::from_slice(&body(r).await).unwrap();
+        assert_eq!(
+            (v["status"].as_str(), v["message"].as_str()),
+            (Some("Success"), Some("done"))
+        );
     }
 
     #[test]
