@@ -317,3 +317,106 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod span_tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::{Context, SubscriberExt as _};
+    use tracing_subscriber::registry::LookupSpan;
+
+    use super::fake::{self, FakeServer, FakeUpstream, KUBELET, answer, request, send};
+    use super::*;
+    use crate::config::Limits;
+
+    type SpanFields = BTreeMap<String, String>;
+
+    /// Collects the fields of every closed `request` span.
+    #[derive(Clone, Default)]
+    struct RequestSpans(Arc<Mutex<Vec<SpanFields>>>);
+
+    struct Collect<'a>(&'a mut SpanFields);
+
+    impl Visit for Collect<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
+
+    impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for RequestSpans {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+            if attrs.metadata().name() != "request" {
+                return;
+            }
+            let mut fields = SpanFields::new();
+            attrs.record(&mut Collect(&mut fields));
+            if let Some(span) = ctx.span(id) {
+                span.extensions_mut().insert(fields);
+            }
+        }
+
+        fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+            if let Some(span) = ctx.span(id)
+                && let Some(fields) = span.extensions_mut().get_mut::<SpanFields>()
+            {
+                values.record(&mut Collect(fields));
+            }
+        }
+
+        fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+            if let Some(span) = ctx.span(&id)
+                && let Some(fields) = span.extensions().get::<SpanFields>()
+            {
+                self.0.lock().unwrap().push(fields.clone());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_request_span_names_method_path_component_and_who_answered() {
+        let spans = RequestSpans::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let online = FakeUpstream(Some(FakeServer::new(|_| {
+            Ok(answer(200, "application/json", "{}"))
+        })));
+        let offline = FakeUpstream(None);
+        let node = "/api/v1/nodes/edge-a1";
+        drop(
+            send(
+                &hub,
+                &online,
+                Origin::Local,
+                request("GET", node, &[KUBELET], b""),
+            )
+            .await,
+        );
+        drop(
+            send(
+                &hub,
+                &offline,
+                Origin::Local,
+                request("DELETE", node, &[], b""),
+            )
+            .await,
+        );
+        let seen = spans.0.lock().unwrap().clone();
+        let field = |i: usize, k: &str| seen[i].get(k).map(String::as_str);
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(field(0, "http.method"), Some("GET"));
+        assert_eq!(field(0, "http.path"), Some(node));
+        assert_eq!(field(0, "component"), Some("kubelet"));
+        assert_eq!(field(0, "served_by"), Some("upstream"));
+        assert_eq!(field(1, "http.method"), Some("DELETE"));
+        assert_eq!(field(1, "component"), None, "no User-Agent, no component");
+        assert_eq!(field(1, "served_by"), Some("cache"));
+    }
+}
