@@ -19,6 +19,7 @@ use crate::codec::{self, Format, RawObject, WatchDecoder};
 use crate::filter::Filters;
 use crate::request::{ResourceRequest, Verb};
 use crate::selector::{FieldSelector, LabelSelector};
+use crate::status::StatusError;
 use crate::store::{ObjectKey, Shape, Store, StoreError};
 
 /// Components cached by default (OpenYurt's list).
@@ -154,15 +155,10 @@ impl Reader {
     }
 
     fn not_cached(&self, accept: &[Format], r: &ResourceRequest) -> Response<ResponseBody> {
-        status(
-            accept,
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            &format!(
+        StatusError::forbidden(format!(
                 "the cloud is unreachable and {} did not read these {} online: the hub cannot check its rights offline",
                 self.owner, r.gvr.resource
-            ),
-        )
+            )).into_response(accept)
     }
 }
 
@@ -172,41 +168,6 @@ pub struct Cache {
     store: Store,
     agents: std::sync::Arc<Agents>,
     node: String,
-}
-
-fn status_response(
-    format: Format,
-    code: StatusCode,
-    reason: &str,
-    message: &str,
-) -> Response<ResponseBody> {
-    let mut r = Response::new(body::full(codec::encode_status(
-        format,
-        code.as_u16(),
-        reason,
-        message,
-    )));
-    *r.status_mut() = code;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(format.content_type()),
-    );
-    r
-}
-
-/// A Kubernetes Status error response in the first format the client accepts.
-pub fn status(
-    accept: &[Format],
-    code: StatusCode,
-    reason: &str,
-    message: &str,
-) -> Response<ResponseBody> {
-    status_response(
-        accept.first().copied().unwrap_or(Format::Json),
-        code,
-        reason,
-        message,
-    )
 }
 
 fn object_response(code: StatusCode, format: Format, bytes: Bytes) -> Response<ResponseBody> {
@@ -374,12 +335,10 @@ impl Cache {
                 }
                 r
             }
-            _ => status(
-                &[Format::Json],
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                &format!("{path} is not cached and the cloud is unreachable"),
-            ),
+            _ => StatusError::service_unavailable(format!(
+                "{path} is not cached and the cloud is unreachable"
+            ))
+            .into_response(&[Format::Json]),
         }
     }
 
@@ -405,15 +364,11 @@ impl Cache {
             if reader.proves_rights {
                 return reader.not_cached(accept, r);
             }
-            status(
-                accept,
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!(
-                    "{} \"{}\" not found in the hub's cache",
-                    r.gvr.resource, key.name
-                ),
-            )
+            StatusError::not_found(format!(
+                "{} \"{}\" not found in the hub's cache",
+                r.gvr.resource, key.name
+            ))
+            .into_response(accept)
         };
         match self.store.get(&key) {
             Ok(Some(obj)) if accept.contains(&obj.format) => {
@@ -424,22 +379,13 @@ impl Cache {
                     None => not_found(),
                 }
             }
-            Ok(Some(obj)) => status(
-                accept,
-                StatusCode::NOT_ACCEPTABLE,
-                "NotAcceptable",
-                &format!(
-                    "cached as {}, which the client does not accept",
-                    obj.format.content_type()
-                ),
-            ),
+            Ok(Some(obj)) => StatusError::not_acceptable(format!(
+                "cached as {}, which the client does not accept",
+                obj.format.content_type()
+            ))
+            .into_response(accept),
             Ok(None) => not_found(),
-            Err(e) => status(
-                accept,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                &e.to_string(),
-            ),
+            Err(e) => StatusError::internal(e.to_string()).into_response(accept),
         }
     }
 
@@ -466,15 +412,11 @@ impl Cache {
             if reader.proves_rights {
                 return reader.not_cached(accept, r);
             }
-            status(
-                accept,
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                &format!(
-                    "{} of {owner} are not cached for this selector",
-                    r.gvr.resource
-                ),
-            )
+            StatusError::not_found(format!(
+                "{} of {owner} are not cached for this selector",
+                r.gvr.resource
+            ))
+            .into_response(accept)
         };
         let (labels, fields) = match (
             LabelSelector::parse(&wanted.label_selector),
@@ -482,37 +424,25 @@ impl Cache {
         ) {
             (Ok(l), Ok(f)) => (l, f),
             (Err(e), _) | (_, Err(e)) => {
-                return status(
-                    accept,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    &format!(
+                return StatusError::service_unavailable(format!(
                         "the cloud is unreachable and the hub cannot evaluate this selector offline: {e}"
-                    ),
-                );
+                    )).into_response(accept);
             }
         };
         let shapes = match self.store.shapes(owner, &gvr) {
             Ok(s) => s,
             Err(e) => {
-                return status(
-                    accept,
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    &e.to_string(),
-                );
+                return StatusError::internal(e.to_string()).into_response(accept);
             }
         };
         // Every shape of a resource has its list kind, which says what fields there are.
         if let Some((_, _, list_kind)) = shapes.first()
             && !fields.evaluable_for(list_kind)
         {
-            return status(
-                accept,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
+            return StatusError::service_unavailable(
                 "the cloud is unreachable and the hub does not index a field of this field selector",
-            );
+            )
+            .into_response(accept);
         }
         let Some(covering) = shapes.iter().find(|(s, _, _)| wanted.covered_by(s)) else {
             return not_cached();
@@ -521,12 +451,7 @@ impl Cache {
         let objects = match self.store.list(owner, &gvr, &wanted.namespace) {
             Ok(o) => o,
             Err(e) => {
-                return status(
-                    accept,
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
-                    &e.to_string(),
-                );
+                return StatusError::internal(e.to_string()).into_response(accept);
             }
         };
         let format = objects
@@ -542,16 +467,12 @@ impl Cache {
         // A list is whole or not at all: objects kept in another format than the one
         // served would silently be missing from it.
         if let Some(other) = selected.iter().find(|o| o.format != format) {
-            return status(
-                accept,
-                StatusCode::NOT_ACCEPTABLE,
-                "NotAcceptable",
-                &format!(
-                    "some cached {} are kept as {}, which this list cannot hold with the others",
-                    r.gvr.resource,
-                    other.format.content_type()
-                ),
-            );
+            return StatusError::not_acceptable(format!(
+                "some cached {} are kept as {}, which this list cannot hold with the others",
+                r.gvr.resource,
+                other.format.content_type()
+            ))
+            .into_response(accept);
         }
         let mut items: Vec<RawObject> = selected
             .into_iter()
@@ -562,12 +483,7 @@ impl Cache {
         });
         // An empty pod list would make kubelet delete every pod it runs: refuse instead.
         if owner == "kubelet" && r.gvr.resource == "pods" && items.is_empty() {
-            return status(
-                accept,
-                StatusCode::NOT_FOUND,
-                "NotFound",
-                "no cached pods for kubelet",
-            );
+            return StatusError::not_found("no cached pods for kubelet").into_response(accept);
         }
         let rv = items
             .iter()

@@ -32,6 +32,7 @@ pub mod peers;
 pub mod proxy;
 pub mod request;
 pub mod selector;
+pub mod status;
 pub mod store;
 pub mod tls;
 pub mod upstream;

@@ -16,14 +16,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::{Path as UrlPath, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use yurt_api::apps::v1alpha1::YurtStaticSet;
 
+use crate::codec::Format;
 use crate::health::Health;
+use crate::status::{self, StatusError};
 
 /// Pod condition the cloud sets when a newer version waits.
 pub const POD_NEED_UPGRADE: &str = "PodNeedUpgrade";
@@ -86,16 +87,17 @@ pub enum OtaError {
 }
 
 impl OtaError {
-    fn status(&self) -> (StatusCode, &'static str) {
+    fn status_error(&self) -> StatusError {
+        let message = self.to_string();
         match self {
-            Self::Offline => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
-            Self::NotFound(_) => (StatusCode::NOT_FOUND, "NotFound"),
-            Self::OtherNode { .. } => (StatusCode::FORBIDDEN, "Forbidden"),
+            Self::Offline => StatusError::service_unavailable(message),
+            Self::NotFound(_) => StatusError::not_found(message),
+            Self::OtherNode { .. } => StatusError::forbidden(message),
             Self::NotNeeded(_) | Self::ImageNotReady(_) | Self::Unsupported(_) => {
-                (StatusCode::BAD_REQUEST, "BadRequest")
+                StatusError::bad_request(message)
             }
             Self::BadManifest(_) | Self::Api(_) | Self::Write { .. } => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "InternalError")
+                StatusError::internal(message)
             }
         }
     }
@@ -250,18 +252,8 @@ impl Ota {
     }
 }
 
-fn status(code: StatusCode, reason: &str, message: &str) -> Response {
-    let body = serde_json::json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {},
-        "status": if code.is_success() { "Success" } else { "Failure" },
-        "message": message, "reason": reason, "code": code.as_u16(),
-    });
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+fn error(e: StatusError) -> Response {
+    e.into_response(&[Format::Json]).map(axum::body::Body::new)
 }
 
 /// `POST /openyurt.io/v1/namespaces/{ns}/pods/{pod}/upgrade`.
@@ -270,18 +262,15 @@ pub async fn handle(
     UrlPath((namespace, pod)): UrlPath<(String, String)>,
 ) -> Response {
     let Some(ota) = ota else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
+        return error(StatusError::not_found(
             "OTA upgrades are not enabled on this hub",
-        );
+        ));
     };
     match ota.upgrade(&namespace, &pod).await {
-        Ok(message) => status(StatusCode::OK, "", &message),
+        Ok(message) => status::success(&message).map(axum::body::Body::new),
         Err(e) => {
-            let (code, reason) = e.status();
             tracing::info!(namespace, pod, error = %e, "OTA upgrade refused");
-            status(code, reason, &e.to_string())
+            error(e.status_error())
         }
     }
 }

@@ -1,0 +1,751 @@
+//! Forwarding to an API server: the request as it goes upstream (hop-by-hop headers and
+//! the client's encodings dropped, the node's or the caller's client), what a failure
+//! turns into (the cache for reads, a 503 for writes), and what happens to the answer
+//! (teed into the cache, filtered, streamed).
+//!
+//! The API servers are reached through [`Upstream`] and [`Server`]: the hub's
+//! [`Balancer`] over its [`Backend`]s on the listeners, a fake in tests.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::bodies::collect;
+use super::{Ctx, Hub, Origin, RequestBody, header_str, offline, watch};
+use crate::body::{self, ResponseBody};
+use crate::codec::{self, Format};
+use crate::filter::Filters;
+use crate::health::Health;
+use crate::identity::Caller;
+use crate::request::{RequestInfo, ResourceRequest, Verb};
+use crate::status::StatusError;
+use crate::upstream::{Backend, Balancer, uri_on};
+
+/// Which of a server's clients carries a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientClass {
+    /// HTTP/2, authenticated as the node.
+    Node,
+    /// HTTP/2, the caller's own credentials.
+    Bearer,
+    /// HTTP/1.1 as the node (upgrades).
+    NodeUpgrade,
+    /// HTTP/1.1 with the caller's credentials (upgrades).
+    BearerUpgrade,
+}
+
+impl ClientClass {
+    /// The class for a request from `origin` with these headers: a pod's request, or
+    /// one that brings its own credentials, never goes as the node.
+    pub fn of(origin: Origin, headers: &HeaderMap, upgrade: bool) -> Self {
+        let bearer = origin == Origin::Pod || headers.contains_key(header::AUTHORIZATION);
+        match (bearer, upgrade) {
+            (false, false) => Self::Node,
+            (true, false) => Self::Bearer,
+            (false, true) => Self::NodeUpgrade,
+            (true, true) => Self::BearerUpgrade,
+        }
+    }
+}
+
+/// One API server as the request path uses it.
+pub trait Server<B>: Send + Sync + 'static {
+    /// Its index in [`Health`].
+    fn index(&self) -> usize;
+    /// Its URL.
+    fn url(&self) -> &http::Uri;
+    /// A typed client as the node, for the hub's own calls, if there is one.
+    fn kube(&self) -> Option<&kube::Client>;
+    /// Sends `req` (absolute URI on [`Server::url`]) with the client of `class`.
+    fn send(&self, class: ClientClass, req: Request<B>) -> SendFuture;
+}
+
+/// A request on its way to a server. Boxed and `'static` (it owns what it needs), so
+/// the hub's generic request path stays `Send` for every caller.
+pub type SendFuture =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, UpstreamFailure>> + Send>>;
+
+/// The API servers.
+pub trait Upstream<B>: Send + Sync {
+    /// A server.
+    type Server: Server<B>;
+    /// A healthy server, if any (none: the hub is offline).
+    fn pick(&self, health: &Health) -> Option<Self::Server>;
+}
+
+impl Upstream<Incoming> for Balancer {
+    type Server = Arc<Backend>;
+
+    fn pick(&self, health: &Health) -> Option<Arc<Backend>> {
+        Balancer::pick(self, health)
+    }
+}
+
+impl Server<Incoming> for Arc<Backend> {
+    fn index(&self) -> usize {
+        self.index
+    }
+
+    fn url(&self) -> &http::Uri {
+        &self.url
+    }
+
+    fn kube(&self) -> Option<&kube::Client> {
+        Some(&self.kube)
+    }
+
+    fn send(&self, class: ClientClass, req: Request<Incoming>) -> SendFuture {
+        let client = match class {
+            ClientClass::Node => &self.node,
+            ClientClass::Bearer => &self.bearer,
+            ClientClass::NodeUpgrade => &self.node_h1,
+            ClientClass::BearerUpgrade => &self.bearer_h1,
+        };
+        let sent = client.request(req);
+        Box::pin(async move {
+            sent.await
+                .map(|r| r.map(|b| b.map_err(Into::into).boxed()))
+                .map_err(UpstreamFailure::of)
+        })
+    }
+}
+
+/// Why an upstream request got no response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamFailure {
+    /// The error and its causes.
+    pub message: String,
+    /// The server could not be reached at all (no connection), as opposed to a failure
+    /// or a slow answer on a live connection.
+    pub unreachable: bool,
+}
+
+impl UpstreamFailure {
+    /// The failure of a client request.
+    pub fn of(e: hyper_util::client::legacy::Error) -> Self {
+        // The client's Display names only the kind ("SendRequest"): add the causes.
+        let mut message = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        Self {
+            message,
+            unreachable: e.is_connect(),
+        }
+    }
+
+    /// Tells the health checker: an unreachable server is unhealthy at once; any other
+    /// failure only makes it probe now.
+    pub fn report(&self, health: &Health, server_index: usize) {
+        if self.unreachable {
+            health.transport_failed(server_index);
+        } else {
+            health.request_failed();
+        }
+    }
+
+    /// The answer when nothing local can stand in.
+    pub fn status(&self) -> StatusError {
+        StatusError::service_unavailable(format!("the API server is unreachable: {}", self.message))
+    }
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// Removes the headers that belong to one hop.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
+    }
+}
+
+/// `req` as it goes to the server at `url`, and the client class that carries it.
+///
+/// # Errors
+/// A request URI that cannot be put on `url` (400).
+pub fn upstream_request<B>(
+    req: Request<B>,
+    url: &http::Uri,
+    origin: Origin,
+) -> Result<(Request<B>, ClientClass), StatusError> {
+    let (mut parts, body) = req.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let Ok(uri) = uri_on(url, path_and_query) else {
+        return Err(StatusError::bad_request("invalid request URI"));
+    };
+    let class = ClientClass::of(origin, &parts.headers, false);
+    strip_hop_by_hop(&mut parts.headers);
+    // Compression buys nothing on the node-local hop and would hide bodies from the cache.
+    parts.headers.remove(header::ACCEPT_ENCODING);
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    Ok((Request::from_parts(parts, body), class))
+}
+
+/// The verb a request counts as (metrics, timeouts, fallbacks).
+pub fn verb_of(info: &RequestInfo, method: &http::Method) -> Verb {
+    match info {
+        RequestInfo::Resource(r) => r.verb,
+        RequestInfo::NonResource { .. } if method == http::Method::GET => Verb::Get,
+        RequestInfo::NonResource { .. } => Verb::Other,
+    }
+}
+
+/// Whether a request that got no answer upstream is answered from the cache (reads and
+/// watches) rather than refused.
+pub fn falls_back_to_cache(info: &RequestInfo, method: &http::Method) -> bool {
+    match info {
+        RequestInfo::Resource(r) => matches!(r.verb, Verb::Get | Verb::List | Verb::Watch),
+        RequestInfo::NonResource { .. } => method == http::Method::GET,
+    }
+}
+
+/// Sends a request to `server` and handles the answer; with no answer, falls back to
+/// the cache or refuses.
+pub async fn forward<B: RequestBody, S: Server<B>>(
+    hub: &Arc<Hub>,
+    server: &S,
+    ctx: &Ctx,
+    req: Request<B>,
+) -> Response<ResponseBody> {
+    let method = req.method().clone();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let (req, class) = match upstream_request(req, server.url(), ctx.origin) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(&ctx.accept),
+    };
+    let verb = verb_of(&ctx.info, &method);
+    let reads = matches!(verb, Verb::Get | Verb::List);
+    let fut = server.send(class, req);
+    let result = if reads {
+        match tokio::time::timeout(hub.config.upstream.read_timeout, fut).await {
+            Ok(r) => r,
+            // Slow is not gone: answer this one from the cache, let the prober judge.
+            Err(_) => Err(UpstreamFailure {
+                message: format!(
+                    "no response headers within {:?}",
+                    hub.config.upstream.read_timeout
+                ),
+                unreachable: false,
+            }),
+        }
+    } else {
+        fut.await
+    };
+    let resp = match result {
+        Ok(r) => r,
+        Err(failure) => {
+            let e = &failure.message;
+            if failure.unreachable {
+                tracing::warn!(server = %server.url(), path = %path_and_query, error = %e, "upstream unreachable; server marked unhealthy");
+            } else {
+                tracing::warn!(server = %server.url(), path = %path_and_query, error = %e, "upstream request failed; probing the server now");
+            }
+            failure.report(&hub.health, server.index());
+            if falls_back_to_cache(&ctx.info, &method) {
+                return offline::answer::<B>(hub, ctx, None).await;
+            }
+            hub.metrics.request("error", verb.as_str());
+            return failure.status().into_response(&ctx.accept);
+        }
+    };
+    hub.metrics.request("upstream", verb.as_str());
+    respond(hub, ctx, &method, resp).await
+}
+
+/// What the hub does with a server's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handling {
+    /// Passed through as it streams.
+    PassThrough,
+    /// A watch: streamed through the cache (if `cache_as`) and the filters.
+    Watch {
+        /// The cache owner its events are stored under.
+        cache_as: Option<String>,
+        /// Whether filters rewrite its events.
+        filter: bool,
+    },
+    /// Read whole, cached (if `cache_as`) and filtered.
+    Buffer {
+        /// The cache owner it is stored under.
+        cache_as: Option<String>,
+        /// Whether filters rewrite it.
+        filter: bool,
+    },
+    /// A non-resource read of a cache agent (`/version`): read whole and cached.
+    CacheNonResource,
+}
+
+/// Decides what happens to an answer with `status` and `format` to the request `ctx`.
+pub fn handling(
+    hub: &Hub,
+    ctx: &Ctx,
+    method: &http::Method,
+    status: StatusCode,
+    format: Option<Format>,
+) -> Handling {
+    let success = status.is_success();
+    match (&ctx.info, format) {
+        (RequestInfo::Resource(r), Some(format)) if success => {
+            let owner = ctx.cache_owner(format);
+            let component = ctx.component.as_deref().unwrap_or_default();
+            let cache_as = owner.filter(|_| hub.cache.cacheable(ctx.component.as_deref(), r));
+            let filter = hub.filters.applies(component, &r.gvr)
+                && matches!(r.verb, Verb::Get | Verb::List | Verb::Watch);
+            match (r.verb == Verb::Watch, cache_as.is_some() || filter) {
+                (_, false) => Handling::PassThrough,
+                (true, true) => Handling::Watch { cache_as, filter },
+                (false, true) => Handling::Buffer { cache_as, filter },
+            }
+        }
+        (RequestInfo::NonResource { .. }, _)
+            if success
+                && ctx.origin == Origin::Local
+                && method == http::Method::GET
+                && ctx
+                    .component
+                    .as_deref()
+                    .is_some_and(|c| hub.cache.agents().contains(c)) =>
+        {
+            Handling::CacheNonResource
+        }
+        _ => Handling::PassThrough,
+    }
+}
+
+/// Handles a server's answer: tees it into the cache, filters it, or passes it on.
+async fn respond(
+    hub: &Arc<Hub>,
+    ctx: &Ctx,
+    method: &http::Method,
+    resp: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    let format =
+        header_str(&rparts.headers, header::CONTENT_TYPE).and_then(Format::of_content_type);
+    if rparts.status == StatusCode::UNAUTHORIZED
+        && let Caller::ServiceAccount(sa, hash) = &ctx.caller
+    {
+        tracing::info!(user = %sa.user(), "the API server refused a token the hub verified; refused offline from now on");
+        hub.verifier.revoke(hash);
+    }
+    let component = ctx.component.clone().unwrap_or_default();
+    match (handling(hub, ctx, method, rparts.status, format), &ctx.info) {
+        (Handling::Watch { cache_as, filter }, RequestInfo::Resource(r)) => {
+            rparts.headers.remove(header::CONTENT_LENGTH);
+            let format = format.unwrap_or(Format::Json);
+            let body = watch::pump(
+                hub.clone(),
+                cache_as,
+                component,
+                r.clone(),
+                format,
+                filter,
+                rbody,
+            );
+            Response::from_parts(rparts, body)
+        }
+        (Handling::Buffer { cache_as, filter }, RequestInfo::Resource(r)) => {
+            let format = format.unwrap_or(Format::Json);
+            let bytes =
+                match collect(plain_errors(rbody), hub.config.limits.max_buffered_response).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return StatusError::service_unavailable(format!(
+                            "reading the API server's response: {e}"
+                        ))
+                        .into_response(&ctx.accept);
+                    }
+                };
+            if let Some(owner) = cache_as {
+                let (hub2, r2, b2, paginated) =
+                    (hub.clone(), r.clone(), bytes.clone(), ctx.paginated);
+                tokio::task::spawn_blocking(move || {
+                    hub2.cache.ingest(&owner, &r2, format, &b2, paginated)
+                });
+            }
+            let out = if filter {
+                filter_body(&hub.filters, &component, r, format, bytes)
+            } else {
+                bytes
+            };
+            rparts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(out.len()));
+            Response::from_parts(rparts, body::full(out))
+        }
+        (Handling::CacheNonResource, RequestInfo::NonResource { path }) => {
+            let Ok(bytes) =
+                collect(plain_errors(rbody), hub.config.limits.max_buffered_response).await
+            else {
+                return StatusError::service_unavailable(
+                    "reading the API server's response failed",
+                )
+                .into_response(&ctx.accept);
+            };
+            let ct = header_str(&rparts.headers, header::CONTENT_TYPE)
+                .unwrap_or("application/json")
+                .to_owned();
+            let (hub2, p, b) = (hub.clone(), path.clone(), bytes.clone());
+            tokio::task::spawn_blocking(move || hub2.cache.ingest_non_resource(&p, &ct, b));
+            Response::from_parts(rparts, body::full(bytes))
+        }
+        _ => Response::from_parts(rparts, rbody),
+    }
+}
+
+/// `body` with its errors as `io::Error`s. A boxed `dyn Error` carries a lifetime
+/// bound, and rustc cannot prove the generic request path `Send` for every lifetime
+/// once such a box is converted inside it (rust-lang/rust#110338); a plain error type
+/// has none.
+fn plain_errors(
+    body: ResponseBody,
+) -> impl hyper::body::Body<Data = Bytes, Error = std::io::Error> {
+    body.map_err(std::io::Error::other)
+}
+
+/// Applies the filters to a complete GET or LIST response.
+pub fn filter_body(
+    filters: &Filters,
+    component: &str,
+    r: &ResourceRequest,
+    format: Format,
+    bytes: Bytes,
+) -> Bytes {
+    match r.verb {
+        Verb::List => match codec::decode_list(format, &bytes) {
+            Ok(list) => {
+                let items: Vec<_> = list
+                    .items
+                    .into_iter()
+                    .filter_map(|o| filters.apply(component, &r.gvr, o))
+                    .collect();
+                codec::encode_list(
+                    format,
+                    &list.api_version,
+                    &list.kind,
+                    &list.resource_version,
+                    &items,
+                )
+            }
+            Err(_) => bytes,
+        },
+        _ => match codec::decode_object(format, &bytes) {
+            Ok(obj) if obj.kind != "Status" => {
+                match filters.apply(component, &r.gvr, obj.clone()) {
+                    Some(o) => codec::encode_object(&o),
+                    None => StatusError::not_found("filtered out").encode(format),
+                }
+            }
+            _ => bytes,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::proxy::SOURCE_HEADER;
+    use crate::proxy::fake::{
+        self, DropHidden, FakeServer, FakeUpstream, KUBELET, answer, json, pod, pod_list, request,
+        send,
+    };
+
+    const PODS: &str = "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-a1";
+
+    fn names(list: &serde_json::Value) -> Vec<&str> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_upstream_request_loses_hop_by_hop_headers_and_encodings() {
+        let url: http::Uri = "https://api.test:6443".parse().unwrap();
+        let req = request(
+            "GET",
+            PODS,
+            &[
+                KUBELET,
+                ("connection", "keep-alive"),
+                ("te", "trailers"),
+                ("host", "127.0.0.1:10261"),
+                ("accept-encoding", "gzip"),
+                ("accept", "application/json"),
+            ],
+            b"",
+        );
+        let (req, class) = upstream_request(req, &url, Origin::Local).unwrap();
+        assert_eq!(class, ClientClass::Node);
+        assert_eq!(
+            req.uri().to_string(),
+            format!("https://api.test:6443{PODS}")
+        );
+        let names: Vec<_> = req.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["user-agent", "accept"]);
+        let with_token = request("GET", "/api", &[("authorization", "Bearer t")], b"");
+        assert_eq!(
+            upstream_request(with_token, &url, Origin::Local).unwrap().1,
+            ClientClass::Bearer
+        );
+        let pod = request("GET", "/api", &[], b"");
+        assert_eq!(
+            upstream_request(pod, &url, Origin::Pod).unwrap().1,
+            ClientClass::Bearer,
+            "a pod never goes as the node, token or not"
+        );
+    }
+
+    #[test]
+    fn reads_fall_back_to_the_cache_and_writes_do_not() {
+        let parse = |m: &str, p: &str| {
+            let m: http::Method = m.parse().unwrap();
+            let (path, query) = p.split_once('?').map_or((p, None), |(a, b)| (a, Some(b)));
+            (RequestInfo::parse(&m, path, query), m)
+        };
+        for (m, p, cache) in [
+            ("GET", "/api/v1/pods", true),
+            ("GET", "/api/v1/namespaces/d/pods/p", true),
+            ("GET", "/api/v1/pods?watch=1", true),
+            ("GET", "/version", true),
+            ("POST", "/api/v1/namespaces/d/pods", false),
+            ("PUT", "/api/v1/namespaces/d/pods/p", false),
+            ("DELETE", "/api/v1/namespaces/d/pods/p", false),
+            ("POST", "/version", false),
+        ] {
+            let (info, method) = parse(m, p);
+            assert_eq!(falls_back_to_cache(&info, &method), cache, "{m} {p}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kubelet_list_is_passed_on_and_cached_for_offline_reads() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let server =
+            FakeServer::new(|_| Ok(answer(200, "application/json", pod_list(&["a", "b"]))));
+        let online = FakeUpstream(Some(server.clone()));
+        let resp = send(
+            &hub,
+            &online,
+            Origin::Local,
+            request("GET", PODS, &[KUBELET], b""),
+        )
+        .await;
+        assert!(resp.headers().get(SOURCE_HEADER).is_none());
+        let (code, list) = json(resp).await;
+        assert_eq!((code, names(&list)), (200, vec!["a", "b"]));
+        let seen = server.requests();
+        assert_eq!((seen.len(), seen[0].class), (1, ClientClass::Node));
+        assert_eq!(
+            seen[0].parts.uri.to_string(),
+            format!("https://api.test:6443{PODS}")
+        );
+
+        // The list lands in the cache on the writer thread: read until it is there.
+        let offline = FakeUpstream(None);
+        let deadline = tokio::time::Instant::now() + fake::WAIT;
+        loop {
+            let (code, list) = json(
+                send(
+                    &hub,
+                    &offline,
+                    Origin::Local,
+                    request("GET", PODS, &[KUBELET], b""),
+                )
+                .await,
+            )
+            .await;
+            if code == 200 {
+                assert_eq!(names(&list), ["a", "b"]);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the list is never served offline"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_goes_upstream_with_its_body_and_the_answer_comes_back_as_it_is() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let server = FakeServer::new(|seen| Ok(answer(201, "application/json", seen.body.clone())));
+        let online = FakeUpstream(Some(server.clone()));
+        let body = serde_json::to_vec(&pod("p", "")).unwrap();
+        let create = request("POST", "/api/v1/namespaces/default/pods", &[KUBELET], &body);
+        let resp = send(&hub, &online, Origin::Local, create).await;
+        assert!(resp.headers().get(SOURCE_HEADER).is_none());
+        let (code, echoed) = json(resp).await;
+        assert_eq!((code, echoed), (201, pod("p", "")));
+        assert_eq!(server.requests()[0].body, body);
+    }
+
+    #[tokio::test]
+    async fn filters_rewrite_lists_and_objects_on_the_way() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::new(vec![Box::new(DropHidden)]));
+        let server = FakeServer::new(|seen| {
+            let body = if seen.parts.uri.path().ends_with("/hidden") {
+                serde_json::to_vec(&pod("hidden", "3")).unwrap()
+            } else {
+                pod_list(&["a", "hidden", "b"])
+            };
+            Ok(answer(200, "application/json", body))
+        });
+        let online = FakeUpstream(Some(server));
+        let resp = send(
+            &hub,
+            &online,
+            Origin::Local,
+            request("GET", PODS, &[KUBELET], b""),
+        )
+        .await;
+        let length: usize = resp.headers()[header::CONTENT_LENGTH]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let (code, list) = json(resp).await;
+        assert_eq!((code, names(&list)), (200, vec!["a", "b"]));
+        assert_eq!(length, serde_json::to_vec(&list).unwrap().len());
+        let get = request(
+            "GET",
+            "/api/v1/namespaces/default/pods/hidden",
+            &[KUBELET],
+            b"",
+        );
+        let (code, status) = json(send(&hub, &online, Origin::Local, get).await).await;
+        assert_eq!(code, 200, "the API server's code stays");
+        assert_eq!(
+            (status["kind"].as_str(), status["reason"].as_str()),
+            (Some("Status"), Some("NotFound"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_is_answered_from_the_cache_and_a_failed_write_is_a_503_status() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let server = FakeServer::new(|_| {
+            Err(UpstreamFailure {
+                message: "stream reset".into(),
+                unreachable: false,
+            })
+        });
+        let online = FakeUpstream(Some(server));
+        let read = send(
+            &hub,
+            &online,
+            Origin::Local,
+            request("GET", "/api/v1/namespaces/d/pods/p", &[KUBELET], b""),
+        )
+        .await;
+        assert_eq!(read.headers()[SOURCE_HEADER], "cache");
+        assert_eq!(json(read).await.0, 404, "never cached");
+        let write = send(
+            &hub,
+            &online,
+            Origin::Local,
+            request("POST", "/api/v1/namespaces/d/pods", &[KUBELET], b"{}"),
+        )
+        .await;
+        assert!(write.headers().get(SOURCE_HEADER).is_none());
+        let (code, status) = json(write).await;
+        assert_eq!(
+            (code, status["reason"].as_str()),
+            (503, Some("ServiceUnavailable"))
+        );
+        assert_eq!(
+            status["message"],
+            "the API server is unreachable: stream reset"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_cache_agents_and_filtered_answers_are_buffered() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let ctx = |origin, ua: &str, path: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::USER_AGENT, ua.parse().unwrap());
+            let caller = if origin == Origin::Local {
+                Caller::Node
+            } else {
+                Caller::Anonymous
+            };
+            Ctx::new(
+                origin,
+                caller,
+                &http::Method::GET,
+                &path.parse().unwrap(),
+                &headers,
+            )
+        };
+        let get = http::Method::GET;
+        let json = Some(Format::Json);
+        let kubelet = ctx(Origin::Local, KUBELET.1, "/api/v1/pods");
+        assert_eq!(
+            handling(&hub, &kubelet, &get, StatusCode::OK, json),
+            Handling::Buffer {
+                cache_as: Some("kubelet".into()),
+                filter: false
+            }
+        );
+        assert_eq!(
+            handling(&hub, &kubelet, &get, StatusCode::FORBIDDEN, json),
+            Handling::PassThrough
+        );
+        assert_eq!(
+            handling(&hub, &kubelet, &get, StatusCode::OK, None),
+            Handling::PassThrough
+        );
+        let watch = ctx(Origin::Local, KUBELET.1, "/api/v1/pods?watch=true");
+        assert_eq!(
+            handling(&hub, &watch, &get, StatusCode::OK, json),
+            Handling::Watch {
+                cache_as: Some("kubelet".into()),
+                filter: false
+            }
+        );
+        let kubectl = ctx(Origin::Local, "kubectl/v1.20.2", "/api/v1/pods");
+        assert_eq!(
+            handling(&hub, &kubectl, &get, StatusCode::OK, json),
+            Handling::PassThrough
+        );
+        let anonymous_pod = ctx(Origin::Pod, KUBELET.1, "/api/v1/pods");
+        assert_eq!(
+            handling(&hub, &anonymous_pod, &get, StatusCode::OK, json),
+            Handling::PassThrough
+        );
+        let version = ctx(Origin::Local, KUBELET.1, "/version");
+        assert_eq!(
+            handling(&hub, &version, &get, StatusCode::OK, json),
+            Handling::CacheNonResource
+        );
+    }
+}
