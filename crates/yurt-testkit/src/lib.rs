@@ -6,6 +6,9 @@
 //! - [`fresh`]: a fleet of its own for a test that cuts links, reboots hosts or stops
 //!   processes; removed (with its data) when the handle is dropped, even on panic.
 //!
+//! - [`fault_proxy`]: a userspace TCP relay that delays and cuts connections (no
+//!   `tc netem` here), listening and connecting inside the fleet's network namespaces.
+//!
 //! Every wait is bounded and says what it waited for.
 //!
 //! ```no_run
@@ -15,6 +18,8 @@
 //! assert!(nodes.contains("edge-a1"));
 //! # Ok(()) }
 //! ```
+
+pub mod fault_proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
