@@ -148,11 +148,19 @@ fn upstream_requests(metrics: &str, verb: &str) -> anyhow::Result<u64> {
 
 /// Whether the hub counts its (only) API server healthy: its online state.
 fn hub_online(metrics: &str) -> anyhow::Result<bool> {
-    let server = format!("https://{}:{}", net::CLOUD_IP.addr, net::API_PORT);
-    Ok(metric(
-        metrics,
-        &format!("yurt_hub_server_healthy{{server=\"{server}\"}}"),
-    )? == 1)
+    let servers: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("yurt_hub_server_healthy{"))
+        .collect();
+    let [sample] = servers[..] else {
+        anyhow::bail!("the hub on {NODE} should report one server's health: {servers:?}");
+    };
+    let value = sample.rsplit(' ').next().unwrap_or_default();
+    ensure!(
+        sample.contains(&format!("{}:{}", net::CLOUD_IP.addr, net::API_PORT)),
+        "the hub on {NODE} reports another server: {sample}"
+    );
+    Ok(value == "1")
 }
 
 /// One request's round trip from inside `NODE` to the API server on an established
@@ -204,7 +212,19 @@ fn hub_went_unhealthy(f: &TestFleet, from: u64) -> anyhow::Result<(u64, Vec<Stri
         .log("yurt-hub");
     let text = std::fs::read(&log).with_context(|| format!("reading {}", log.display()))?;
     let start = usize::try_from(from).unwrap_or(usize::MAX).min(text.len());
-    let lines = String::from_utf8_lossy(&text[start..])
+    // The log is colored: drop the escape sequences before matching `healthy=false`.
+    let plain = String::from_utf8_lossy(&text[start..])
+        .split('\u{1b}')
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part
+            } else {
+                part.split_once('m').map_or("", |(_, rest)| rest)
+            }
+        })
+        .collect::<String>();
+    let lines = plain
         .lines()
         .filter(|l| l.contains("server health changed") && l.contains("healthy=false"))
         .map(str::to_owned)
