@@ -379,6 +379,10 @@ impl Context<'_> {
                             t.hub_heartbeat.as_secs()
                         )),
                         arg(format!(
+                            "--heartbeat-timeout-seconds={}",
+                            t.hub_heartbeat_timeout.as_secs()
+                        )),
+                        arg(format!(
                             "--kubelet-health-grace-period={}",
                             t.node_lease.as_secs()
                         )),
@@ -700,6 +704,51 @@ mod tests {
             args.contains(&"--node-monitor-grace-period=16s".to_owned()),
             "{args:?}"
         );
+    }
+
+    #[test]
+    fn the_hub_gets_the_timing_profiles_upstream_settings() {
+        let (_d, plan, paths, pki, bins) = fixture();
+        let host = plan.host("edge-a1").unwrap();
+        let cases = [
+            // Real WANs: 500 ms+ round trips and some loss.
+            (
+                Timing::Standard,
+                ["10000ms", "10000ms", "10000ms", "30000ms"],
+                "--heartbeat-interval-seconds=10",
+                "--heartbeat-timeout-seconds=10",
+            ),
+            // Lab links: a cut is noticed within a second.
+            (
+                Timing::Fast,
+                ["1000ms", "300ms", "500ms", "10000ms"],
+                "--heartbeat-interval-seconds=4",
+                "--heartbeat-timeout-seconds=2",
+            ),
+        ];
+        for (timing, [connect, ping, ping_timeout, read], heartbeat, probe_timeout) in cases {
+            let ctx = Context {
+                timings: timing.timings(),
+                ..context(&plan, &paths, &pki, &bins)
+            };
+            let line = ctx.command_line(Component::YurtHub, &host).unwrap();
+            let args: Vec<String> = line
+                .args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            for want in [
+                format!("--upstream-connect-timeout={connect}"),
+                format!("--upstream-keepalive-interval={ping}"),
+                format!("--upstream-keepalive-timeout={ping_timeout}"),
+                format!("--upstream-read-timeout={read}"),
+                heartbeat.to_owned(),
+                probe_timeout.to_owned(),
+                "--server-addr=https://10.10.0.1:6443".to_owned(),
+            ] {
+                assert!(args.contains(&want), "{timing:?}: no {want} in {args:?}");
+            }
+        }
     }
 
     #[test]

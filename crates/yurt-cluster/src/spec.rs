@@ -86,6 +86,8 @@ pub struct Timings {
     pub eviction_toleration: Duration,
     /// The hub's health-probe interval.
     pub hub_heartbeat: Duration,
+    /// How long one attempt of the hub's health probe may take.
+    pub hub_heartbeat_timeout: Duration,
     /// The hub's connections to the API server (real-WAN values for `standard`).
     pub hub_upstream: HubUpstreamTimings,
 }
@@ -114,6 +116,7 @@ impl Timing {
                 node_grace: Duration::from_secs(40),
                 eviction_toleration: Duration::from_secs(300),
                 hub_heartbeat: Duration::from_secs(10),
+                hub_heartbeat_timeout: Duration::from_secs(10),
                 hub_upstream: HubUpstreamTimings {
                     connect: Duration::from_secs(10),
                     keepalive_interval: Duration::from_secs(10),
@@ -128,6 +131,7 @@ impl Timing {
                 node_grace: Duration::from_secs(16),
                 eviction_toleration: Duration::from_secs(30),
                 hub_heartbeat: Duration::from_secs(4),
+                hub_heartbeat_timeout: Duration::from_secs(2),
                 // Lab links: a cut is noticed within a second.
                 hub_upstream: HubUpstreamTimings {
                     connect: Duration::from_secs(1),

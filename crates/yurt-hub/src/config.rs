@@ -31,7 +31,10 @@ pub struct DummyInterface {
 pub struct HealthConfig {
     /// Time between probes (10 s).
     pub interval: Duration,
-    /// Timeout of one probe attempt (2 s).
+    /// Timeout of one probe attempt (10 s). On a new connection a probe is four round
+    /// trips (TCP, TLS, the Lease's GET and PUT): 2 s on a 500 ms link. OpenYurt's 2 s
+    /// never lets such a probe finish, and each timed-out attempt throws its connection
+    /// away, so the next one starts cold again: the hub would never come online.
     pub timeout: Duration,
     /// Attempts per probe before it counts as failed (3).
     pub retries: u32,
@@ -46,7 +49,7 @@ impl Default for HealthConfig {
     fn default() -> Self {
         Self {
             interval: Duration::from_secs(10),
-            timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(10),
             retries: 3,
             healthy_threshold: 2,
             kubelet_grace: Duration::from_secs(40),

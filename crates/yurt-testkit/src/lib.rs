@@ -6,6 +6,9 @@
 //! - [`fresh`]: a fleet of its own for a test that cuts links, reboots hosts or stops
 //!   processes; removed (with its data) when the handle is dropped, even on panic.
 //!
+//! - [`fault_proxy`]: a userspace TCP relay that delays and cuts connections (no
+//!   `tc netem` here), listening and connecting inside the fleet's network namespaces.
+//!
 //! Every wait is bounded and says what it waited for.
 //!
 //! ```no_run
@@ -15,6 +18,8 @@
 //! assert!(nodes.contains("edge-a1"));
 //! # Ok(()) }
 //! ```
+
+pub mod fault_proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -543,6 +548,121 @@ impl TestFleet {
         )?;
         netns::ip(Some(&name), &["link", "set", "eth0", "up"])?;
         Ok(neighbour)
+    }
+}
+
+// === faults on a hub's upstream link ===
+
+/// The `SO_MARK` of the fault proxy's own connections to the API server, which the
+/// redirect rule lets pass (bits clear of kube-proxy's 0x4000 and 0x8000).
+pub const FAULT_PROXY_MARK: u32 = 0x0079_0000;
+
+impl TestFleet {
+    /// Sends the hub of edge host `node` to the API server through a [`fault_proxy`]
+    /// with `faults`, without changing the hub's configuration: the proxy listens on the
+    /// host's loopback, a NAT rule in the host's namespace redirects its connections to
+    /// the API server's in-fleet address (what `--server-addr` names) there, and the
+    /// proxy connects onwards from the same namespace (its marked connections pass the
+    /// rule), so the link is the host's own WAN link and TLS still verifies the API
+    /// server's real address. The hub is restarted so that none of its connections
+    /// bypass the proxy; kubelet and kube-proxy reach the API server only through the hub.
+    ///
+    /// Dropping the returned handle removes the rule and stops the proxy (the hub's
+    /// connections then go straight to the API server again).
+    ///
+    /// # Errors
+    /// Unknown node, a proxy that cannot start, an `iptables` failure, or a hub that
+    /// does not come back.
+    pub async fn fault_hub_upstream(
+        &mut self,
+        node: &str,
+        faults: fault_proxy::Faults,
+    ) -> anyhow::Result<HubUpstreamFault> {
+        use yurt_cluster::spec::{HostId, net};
+        let host = HostId::Edge(
+            node.parse()
+                .map_err(|e| anyhow::anyhow!("node {node:?}: {e}"))?,
+        );
+        let netns = self.fleet.plan().netns(&host);
+        let api = std::net::SocketAddr::from((net::CLOUD_IP.addr, net::API_PORT));
+        let proxy = fault_proxy::FaultProxy::start(fault_proxy::FaultProxyConfig {
+            listen: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+            listen_netns: Some(netns.clone()),
+            target: api,
+            target_netns: Some(netns.clone()),
+            target_mark: Some(FAULT_PROXY_MARK),
+            faults,
+        })
+        .await
+        .with_context(|| format!("starting a fault proxy in {netns}"))?;
+        let rule: Vec<String> = [
+            "OUTPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &api.ip().to_string(),
+            "--dport",
+            &api.port().to_string(),
+            "-m",
+            "mark",
+            "!",
+            "--mark",
+            &format!("{FAULT_PROXY_MARK:#x}/{FAULT_PROXY_MARK:#x}"),
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &proxy.local_addr().port().to_string(),
+        ]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
+        let fault = HubUpstreamFault { proxy, netns, rule };
+        fault.iptables("-A")?;
+        self.stop(node, "yurt-hub")?;
+        self.start(node, "yurt-hub").await?;
+        Ok(fault)
+    }
+}
+
+/// A hub's upstream link routed through a fault proxy by
+/// [`TestFleet::fault_hub_upstream`]; restored when dropped.
+#[derive(Debug)]
+pub struct HubUpstreamFault {
+    proxy: fault_proxy::FaultProxy,
+    netns: String,
+    rule: Vec<String>,
+}
+
+impl HubUpstreamFault {
+    /// The proxy (its counters).
+    pub fn proxy(&self) -> &fault_proxy::FaultProxy {
+        &self.proxy
+    }
+
+    fn iptables(&self, op: &str) -> anyhow::Result<()> {
+        let mut args = vec!["-w", "-t", "nat", op];
+        args.extend(self.rule.iter().map(String::as_str));
+        yurt_cluster::netns::run_in(
+            &self.netns,
+            &format!("iptables {op} in {}", self.netns),
+            "iptables",
+            &args,
+        )?;
+        Ok(())
+    }
+}
+
+impl Drop for HubUpstreamFault {
+    fn drop(&mut self) {
+        // The namespace may be gone already with its fleet.
+        if yurt_cluster::netns::exists(&self.netns)
+            && let Err(e) = self.iptables("-D")
+        {
+            eprintln!(
+                "removing the fault proxy's redirect in {}: {e:#}",
+                self.netns
+            );
+        }
     }
 }
 

@@ -78,8 +78,9 @@ pub struct HubArgs {
     /// Seconds between health probes.
     #[arg(long, default_value_t = 10)]
     pub heartbeat_interval_seconds: u64,
-    /// Timeout of one health probe attempt, seconds.
-    #[arg(long, default_value_t = 2)]
+    /// Timeout of one health probe attempt, seconds (10, fit for 500 ms+ links where a
+    /// probe on a new connection takes four round trips; OpenYurt's default is 2).
+    #[arg(long, default_value_t = 10)]
     pub heartbeat_timeout_seconds: u64,
     /// Attempts per health probe.
     #[arg(long, default_value_t = 3)]
@@ -277,6 +278,9 @@ mod tests {
         assert_eq!(c.proxy_addr.to_string(), "127.0.0.1:10261");
         assert_eq!(c.admin_addr.to_string(), "127.0.0.1:10267");
         assert_eq!(c.health.interval, Duration::from_secs(10));
+        // Not OpenYurt's 2 s: a probe on a new connection over a 500 ms link takes 2 s.
+        assert_eq!(c.health.timeout, Duration::from_secs(10));
+        assert_eq!(c.health, HealthConfig::default());
         assert!(c.secure_proxy.is_none() && c.dummy_interface.is_none());
         let c = parse(&["--serving-cert", "/s", "--serving-key", "/sk"]).unwrap();
         assert_eq!(

@@ -270,5 +270,9 @@ mod tests {
         assert_eq!(spec.pools, 2);
         assert_eq!(spec.mode, NetMode::Nat);
         assert!(spec.sample_app);
+        // Real-WAN timings unless asked for the lab's.
+        assert_eq!(spec.timing, Timing::Standard);
+        let fast = spec_from(&parse(&["yurt", "up", "--timing", "fast"])).unwrap();
+        assert_eq!(fast.timing, Timing::Fast);
     }
 }

@@ -120,8 +120,11 @@ impl Server<Incoming> for Arc<Backend> {
 pub struct UpstreamFailure {
     /// The error and its causes.
     pub message: String,
-    /// The server could not be reached at all (no connection), as opposed to a failure
-    /// or a slow answer on a live connection.
+    /// The server could not be reached at all (no connection: refused, timed out, no
+    /// route, or a certificate that fails verification), as opposed to a failure or a
+    /// slow answer on a live connection. A connection cut during its TLS handshake
+    /// counts as live: the TCP handshake proved the path, and on a lossy WAN a cut can
+    /// land in a handshake as anywhere else; the prober judges it.
     pub unreachable: bool,
 }
 
@@ -137,8 +140,8 @@ impl UpstreamFailure {
             source = s.source();
         }
         Self {
+            unreachable: e.is_connect() && !super::handshake::cut_during_handshake(&e),
             message,
-            unreachable: e.is_connect(),
         }
     }
 

@@ -27,6 +27,7 @@
 
 pub mod bodies;
 pub mod forward;
+mod handshake;
 pub mod lease;
 pub mod offline;
 pub mod routing;
