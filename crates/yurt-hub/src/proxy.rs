@@ -312,7 +312,7 @@ struct UpstreamFailure {
 }
 
 impl UpstreamFailure {
-    fn of(e: hyper_util::client::legacy::Error) -> Self {
+    fn of(e: crate::upstream::RequestError) -> Self {
         // The client's Display names only the kind ("SendRequest"): add the causes.
         let mut message = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -360,7 +360,8 @@ async fn forward(
     };
     let bearer = ctx.origin == Origin::Pod || parts.headers.contains_key(header::AUTHORIZATION);
     strip_hop_by_hop(&mut parts.headers);
-    // Compression buys nothing on the node-local hop and would hide bodies from the cache.
+    // The client's own encodings never go upstream: the upstream layer asks for gzip
+    // itself and decodes it, so the cache and the client get plain bodies.
     parts.headers.remove(header::ACCEPT_ENCODING);
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
@@ -454,12 +455,7 @@ async fn forward(
             if cache_it || filter_it {
                 let bytes = match collect(rbody, hub.config.limits.max_buffered_response).await {
                     Ok(b) => b,
-                    Err(e) => {
-                        return unavailable(
-                            &ctx.accept,
-                            &format!("reading the API server's response: {e}"),
-                        );
-                    }
+                    Err(e) => return read_failed(&ctx.accept, &e),
                 };
                 if cache_it {
                     let (hub2, r2, c2, b2, paginated) =
@@ -489,8 +485,9 @@ async fn forward(
                     .as_deref()
                     .is_some_and(|c| hub.cache.agents().contains(c)) =>
         {
-            let Ok(bytes) = collect(rbody, hub.config.limits.max_buffered_response).await else {
-                return unavailable(&ctx.accept, "reading the API server's response failed");
+            let bytes = match collect(rbody, hub.config.limits.max_buffered_response).await {
+                Ok(b) => b,
+                Err(e) => return read_failed(&ctx.accept, &e),
             };
             let ct = header_str(&rparts.headers, header::CONTENT_TYPE)
                 .unwrap_or("application/json")
@@ -520,7 +517,11 @@ impl std::fmt::Display for BodyError {
     }
 }
 
-async fn collect(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+async fn collect<B>(body: B, limit: usize) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<body::BodyError>,
+{
     http_body_util::Limited::new(body, limit)
         .collect()
         .await
@@ -532,6 +533,16 @@ async fn collect(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
                 BodyError::Read(e.to_string())
             }
         })
+}
+
+/// An API server's response the hub could not read whole: too large to buffer (503), or
+/// broken on the way (502: cut short, a corrupt gzip body).
+fn read_failed(accept: &[Format], e: &BodyError) -> Response<ResponseBody> {
+    let message = format!("reading the API server's response: {e}");
+    match e {
+        BodyError::TooLarge(_) => unavailable(accept, &message),
+        BodyError::Read(_) => status(accept, StatusCode::BAD_GATEWAY, "BadGateway", &message),
+    }
 }
 
 fn too_large(accept: &[Format], e: &BodyError) -> Response<ResponseBody> {
@@ -590,7 +601,7 @@ fn pump_watch(
     r: ResourceRequest,
     format: Format,
     filter_it: bool,
-    mut upstream: Incoming,
+    mut upstream: crate::upstream::UpstreamBody,
 ) -> ResponseBody {
     let (tx, body) = body::channel(32);
     tokio::spawn(async move {
