@@ -115,3 +115,87 @@ where
         self.decoder.is_none()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    fn gzipped(plain: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(plain).expect("in memory");
+        e.finish().expect("in memory")
+    }
+
+    /// A body of `data` cut into `chunk`-byte frames.
+    fn chunked(data: &[u8], chunk: usize) -> UpstreamBody {
+        let frames: Vec<Result<Frame<Bytes>, UpstreamBodyError>> = data
+            .chunks(chunk)
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+    }
+
+    async fn decoded(data: &[u8], chunk: usize) -> Result<Bytes, UpstreamBodyError> {
+        decode(chunked(data, chunk))
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+    }
+
+    fn plain() -> Vec<u8> {
+        (0..20_000u32)
+            .flat_map(|i| format!("{{\"i\":{i}}},").into_bytes())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_gzip_body_decodes_whatever_its_frames() {
+        let plain = plain();
+        let gz = gzipped(&plain);
+        assert!(gz.len() * 4 < plain.len(), "the sample compresses");
+        for chunk in [1, 7, 10, 4096, gz.len()] {
+            let out = decoded(&gz, chunk).await.expect("valid gzip");
+            assert_eq!(out, plain, "frames of {chunk} bytes");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_truncated_or_corrupt_gzip_body_is_an_error() {
+        let gz = gzipped(&plain());
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("cut in the middle", gz[..gz.len() / 2].to_vec()),
+            ("cut before the checksum", gz[..gz.len() - 4].to_vec()),
+            ("cut in the header", gz[..5].to_vec()),
+            ("empty", Vec::new()),
+            ("not gzip", b"{\"kind\":\"PodList\"}".to_vec()),
+            ("checksum wrong", {
+                let mut g = gz.clone();
+                let n = g.len();
+                g[n - 6] ^= 0xff;
+                g
+            }),
+        ];
+        for (what, data) in cases {
+            let err = decoded(&data, 1000).await.expect_err(what);
+            assert!(
+                err.0.is::<CorruptGzip>(),
+                "{what}: {err} is named a corrupt gzip body"
+            );
+        }
+    }
+
+    #[test]
+    fn gzip_is_recognised_by_its_names() {
+        for (v, gzip) in [
+            ("gzip", true),
+            ("GZIP ", true),
+            ("x-gzip", true),
+            ("br", false),
+            ("deflate", false),
+        ] {
+            assert_eq!(is_gzip(&http::HeaderValue::from_static(v)), gzip, "{v}");
+        }
+    }
+}
