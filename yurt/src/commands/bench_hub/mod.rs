@@ -1,6 +1,9 @@
 //! `yurt bench hub`: the hub's figures beside their anchors, measured in one run.
 //!
 //! - storage: durable cache writes against one-fsync-per-object files;
+//! - a hub process against an in-process API server (`online`): the latency its own code
+//!   adds, 1,000 watches through it, bytes on its WAN link for a relist with and without
+//!   gzip, its RSS;
 //! - an offline hub process: cold start to serving a 10,000-object cache, RSS idle and
 //!   with 10,000 objects, LIST of 1,000 pods from the cache;
 //! - on a fleet: added latency through the hub against a direct TLS client to the same
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use k8s_pb::api::core::v1 as core;
 use k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -30,12 +33,24 @@ use yurt_hub::store::{ObjectKey, Shape, Store, StoreConfig};
 
 use super::bench::percentile;
 
+mod fake_api;
+mod online;
+
 /// `yurt bench hub` options.
 #[derive(Debug, Args)]
 pub struct BenchHubArgs {
     /// Request rates of the latency comparison (requests per second).
     #[arg(long, value_delimiter = ',', default_value = "500,2000")]
     pub rates: Vec<u32>,
+    /// Request rates of the latency comparison against the in-process API server.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub inprocess_rates: Vec<u32>,
+    /// Concurrent watches through one hub.
+    #[arg(long, default_value_t = 1000)]
+    pub watches: usize,
+    /// Skip the measurements on a fleet (the in-process and offline ones still run).
+    #[arg(long)]
+    pub no_fleet: bool,
     /// Seconds each side of the latency comparison runs.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
@@ -240,20 +255,33 @@ fn write_identity(dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("ca.crt"), ca.cert_pem())?;
     std::fs::write(dir.join("hub.crt"), &client.cert_pem)?;
     std::fs::write(dir.join("hub.key"), &client.key_pem)?;
+    let server = ca.issue(&CertSpec::server(
+        "kube-apiserver",
+        &["localhost"],
+        &[std::net::IpAddr::from([127, 0, 0, 1])],
+    ))?;
+    std::fs::write(dir.join("server.crt"), &server.cert_pem)?;
+    std::fs::write(dir.join("server.key"), &server.key_pem)?;
     Ok(())
 }
 
 /// Starts `yurt hub` pointed at a server that refuses connections, so it serves from cache.
 fn offline_hub(pki: &Path, cache: &Path, port: u16) -> anyhow::Result<HubProcess> {
+    hub_process(pki, cache, port, "https://127.0.0.1:1", &[])
+}
+
+/// Starts `yurt hub` for node `ghost` towards `server`, with `extra` flags.
+fn hub_process(
+    pki: &Path,
+    cache: &Path,
+    port: u16,
+    server: &str,
+    extra: &[&str],
+) -> anyhow::Result<HubProcess> {
     let exe = std::env::current_exe()?;
     let child = Command::new(exe)
-        .args([
-            "hub",
-            "--node-name",
-            "ghost",
-            "--server-addr",
-            "https://127.0.0.1:1",
-        ])
+        .args(["hub", "--node-name", "ghost", "--server-addr", server])
+        .args(extra)
         .arg("--ca-file")
         .arg(pki.join("ca.crt"))
         .arg("--client-cert")
@@ -381,7 +409,31 @@ async fn load<C, F>(
 ) -> anyhow::Result<(Vec<Duration>, usize)>
 where
     C: Fn() -> F,
-    F: Future<Output = anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>>,
+    F: Future<Output = anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>,
+{
+    load_requests(rate, seconds, conns, connect, move || {
+        http::Request::get(path)
+            .header(http::header::HOST, "kubernetes")
+            .header(http::header::USER_AGENT, user_agent)
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    })
+    .await
+}
+
+/// Open-loop load of the requests `make` builds (see [`load`]).
+async fn load_requests<C, F, M>(
+    rate: u32,
+    seconds: u64,
+    conns: usize,
+    connect: C,
+    make: M,
+) -> anyhow::Result<(Vec<Duration>, usize)>
+where
+    C: Fn() -> F,
+    F: Future<Output = anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>,
+    M: Fn() -> http::Request<Full<Bytes>> + Clone + Send + 'static,
 {
     let total = (u64::from(rate) * seconds) as usize;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
@@ -389,6 +441,7 @@ where
     let mut tasks = Vec::new();
     for c in 0..conns {
         let mut send = connect().await?;
+        let make = make.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0usize;
@@ -396,12 +449,7 @@ where
             while i < total {
                 let due = start + interval * i as u32;
                 tokio::time::sleep_until(due).await;
-                let req = http::Request::get(path)
-                    .header(http::header::HOST, "kubernetes")
-                    .header(http::header::USER_AGENT, user_agent)
-                    .header(http::header::ACCEPT, "application/json")
-                    .body(Empty::<Bytes>::new())
-                    .expect("request");
+                let req = make();
                 match send.send_request(req).await {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.into_body().collect().await;
@@ -438,7 +486,7 @@ async fn netns_stream(ns: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::
 
 async fn h1(
     io: impl hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
     let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(conn);
     Ok(send)
@@ -749,6 +797,19 @@ pub async fn run(
     let step = Step::start(reporter.as_ref(), "an offline hub process");
     offline_section(&args.bench_dir.join("offline"), &mut table).await?;
     step.finish();
+
+    online::section(
+        &args.bench_dir.join("online"),
+        &args,
+        reporter.as_ref(),
+        &mut table,
+    )
+    .await?;
+    if args.no_fleet {
+        table.print();
+        let _ = std::fs::remove_dir_all(&args.bench_dir);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
 
     let fleet_dir = args.bench_dir.join("fleet");
     let result = fleet_section(machine, &args, reporter.as_ref(), &mut table).await;
