@@ -334,3 +334,49 @@ pub fn uri_on(base: &http::Uri, path_and_query: &str) -> Result<http::Uri, http:
     parts.path_and_query = Some(path_and_query.parse()?);
     Ok(http::Uri::from_parts(parts)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watches_and_followed_logs_are_not_asked_to_be_compressed() {
+        for (uri, streaming) in [
+            ("https://a/api/v1/pods?watch=true", true),
+            ("https://a/api/v1/pods?labelSelector=x&watch=1", true),
+            ("https://a/api/v1/watch/pods", true),
+            ("https://a/api/v1/namespaces/d/pods/p/log?follow=true", true),
+            ("https://a/api/v1/pods?watch=false", false),
+            ("https://a/api/v1/pods?watchers=true", false),
+            ("https://a/api/v1/pods", false),
+            ("https://a/api/v1/namespaces/d/pods/p/log", false),
+        ] {
+            assert_eq!(is_streaming(&uri.parse().unwrap()), streaming, "{uri}");
+        }
+    }
+
+    #[test]
+    fn a_gzip_response_is_relabelled_plain_and_others_are_left_alone() {
+        let resp = |encoding: Option<&'static str>| {
+            let mut r = Response::new(
+                http_body_util::Empty::new()
+                    .map_err(|n: std::convert::Infallible| match n {})
+                    .boxed(),
+            );
+            r.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+            if let Some(e) = encoding {
+                r.headers_mut()
+                    .insert(header::CONTENT_ENCODING, HeaderValue::from_static(e));
+            }
+            r
+        };
+        let d = decoded(resp(Some("gzip")));
+        assert!(d.headers().get(header::CONTENT_ENCODING).is_none());
+        assert!(d.headers().get(header::CONTENT_LENGTH).is_none());
+        let d = decoded(resp(Some("br")));
+        assert_eq!(d.headers()[header::CONTENT_ENCODING], "br");
+        assert_eq!(d.headers()[header::CONTENT_LENGTH], "10");
+        assert_eq!(decoded(resp(None)).headers()[header::CONTENT_LENGTH], "10");
+    }
+}
