@@ -659,10 +659,13 @@ async fn a_thousand_watches_through_one_hub_and_writes_still_pass() {
             &[("content-type", "application/json")],
             b"{\"kind\":\"Event\"}",
         );
-        let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
-            .await
-            .expect("a write is answered while 1,000 watches run")
-            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), async {
+            send.ready().await?;
+            send.send_request(req).await
+        })
+        .await
+        .expect("a write is answered while 1,000 watches run")
+        .unwrap();
         assert_eq!(resp.status(), 201);
         let _ = resp.into_body().collect().await;
     }

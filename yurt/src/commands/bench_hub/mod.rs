@@ -398,7 +398,8 @@ async fn offline_section(dir: &Path, table: &mut Table) -> anyhow::Result<()> {
 // === on a fleet ===
 
 /// Open-loop load: requests scheduled at `rate`/s for `seconds` over `conns` connections
-/// made by `connect`; latency counts from each request's scheduled time.
+/// made by `connect`; latency counts from each request's scheduled time (or, when the
+/// connection was free before it, from when the timer woke the sender).
 async fn load<C, F>(
     rate: u32,
     seconds: u64,
@@ -448,12 +449,26 @@ where
             let mut i = c;
             while i < total {
                 let due = start + interval * i as u32;
-                tokio::time::sleep_until(due).await;
+                // Ahead of schedule: sleep, and count from the wake-up (the timer's
+                // lateness, up to its 1 ms tick, is the bench's, not the server's).
+                // Behind schedule: count from the due time, so waiting for the previous
+                // request counts too (no coordinated omission).
+                let began = if tokio::time::Instant::now() < due {
+                    tokio::time::sleep_until(due).await;
+                    tokio::time::Instant::now()
+                } else {
+                    due
+                };
                 let req = make();
-                match send.send_request(req).await {
+                // The connection takes the next request once it has finished the last.
+                let sent = match send.ready().await {
+                    Ok(()) => send.send_request(req).await,
+                    Err(e) => Err(e),
+                };
+                match sent {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.into_body().collect().await;
-                        lat.push(tokio::time::Instant::now() - due);
+                        lat.push(tokio::time::Instant::now() - began);
                     }
                     _ => errors += 1,
                 }

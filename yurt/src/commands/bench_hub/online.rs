@@ -242,9 +242,11 @@ pub(super) async fn section(
     super::write_identity(&pki)?;
     let step = Step::start(reporter, "a hub process against an in-process API server");
     let api = fake_api::start(&pki, PODS, SERVICES).await?;
+    // Hubs for the WAN figures reach the server through counting relays; the hub for the
+    // latency figures reaches it directly, as the direct anchor does.
     let wan_gzip = fake_api::relay(api.addr).await?;
     let wan_plain = fake_api::relay(api.addr).await?;
-    let hub = hub_process(
+    let hub_gzip = hub_process(
         &pki,
         &dir.join("cache-gzip"),
         40281,
@@ -258,20 +260,14 @@ pub(super) async fn section(
         &format!("https://{}", wan_plain.addr),
         &["--upstream-gzip=false"],
     )?;
-    wait_online(&hub).await?;
+    wait_online(&hub_gzip).await?;
     wait_online(&hub_plain).await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
     step.finish();
-    table.row(
-        "RSS, online and idle (against the in-process API server)",
-        mib(rss(hub.child.id())),
-        "≤ 10 MiB target".into(),
-    );
 
     // Bytes on the WAN link for a relist, gzip on and off.
     let step = Step::start(reporter, "a kubelet + kube-proxy relist, gzip on and off");
     let b = wan_gzip.bytes();
-    relist(hub.proxy).await?;
+    relist(hub_gzip.proxy).await?;
     let gz = wan_gzip.bytes() - b;
     let b = wan_plain.bytes();
     relist(hub_plain.proxy).await?;
@@ -287,7 +283,22 @@ pub(super) async fn section(
             kib(api.relist_plain_bytes() as u64)
         ),
     );
-    drop(hub_plain);
+    drop((hub_gzip, hub_plain));
+
+    let hub = hub_process(
+        &pki,
+        &dir.join("cache"),
+        40301,
+        &format!("https://{}", api.addr),
+        &[],
+    )?;
+    wait_online(&hub).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    table.row(
+        "RSS, online and idle (against the in-process API server)",
+        mib(rss(hub.child.id())),
+        "≤ 10 MiB target".into(),
+    );
 
     // Added latency of the hub's code.
     let pki_ca = pki.join("ca.crt");
