@@ -548,8 +548,19 @@ async fn fleet_section(
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    kubectl(&["create", "configmap", "bench-small", "--from-literal=k=v"])?;
-    const PATH: &str = "/api/v1/namespaces/default/configmaps/bench-small";
+    // A small object the node's identity may read (the hubs' RBAC allows this one
+    // ConfigMap and no other); created if the fleet has none.
+    if kubectl(&["-n", "kube-system", "get", "configmap", "yurt-hub-cfg"]).is_err() {
+        kubectl(&[
+            "-n",
+            "kube-system",
+            "create",
+            "configmap",
+            "yurt-hub-cfg",
+            "--from-literal=bench=1",
+        ])?;
+    }
+    const PATH: &str = "/api/v1/namespaces/kube-system/configmaps/yurt-hub-cfg";
 
     // Added latency: the same GET through the hub and straight to the API server.
     let hub_addr = SocketAddr::from(([127, 0, 0, 1], 10261));
