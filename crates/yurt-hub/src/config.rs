@@ -74,6 +74,13 @@ pub struct UpstreamConfig {
     /// the cache instead (30 s). A slow answer on a live connection only asks the health
     /// checker to probe now; it never makes the node offline by itself.
     pub read_timeout: Duration,
+    /// Streams one HTTP/2 connection carries before the hub opens another to the same
+    /// server (100; kube-apiserver 1.20 allows 250, and a connection past the server's
+    /// limit would queue requests, writes included, behind long watches).
+    pub max_streams_per_connection: usize,
+    /// Ask the API server for gzip (true): lists cross the WAN compressed; the hub
+    /// decodes them, so its cache and its clients see plain bodies.
+    pub gzip: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -83,6 +90,8 @@ impl Default for UpstreamConfig {
             keepalive_interval: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
+            max_streams_per_connection: 100,
+            gzip: true,
         }
     }
 }

@@ -37,6 +37,10 @@ pub enum Reason {
     TooManyRequests,
     /// 500.
     InternalError,
+    /// 502: the API server's answer broke on the way (cut short, a corrupt gzip body).
+    /// metav1 names no reason for 502; this one says what happened, and clients that do
+    /// not know it go by the code.
+    BadGateway,
     /// 503: nothing can answer now.
     ServiceUnavailable,
     /// 504: the request could not finish in time.
@@ -55,6 +59,7 @@ impl Reason {
             Self::RequestEntityTooLarge => "RequestEntityTooLarge",
             Self::TooManyRequests => "TooManyRequests",
             Self::InternalError => "InternalError",
+            Self::BadGateway => "BadGateway",
             Self::ServiceUnavailable => "ServiceUnavailable",
             Self::Timeout => "Timeout",
         }
@@ -71,6 +76,7 @@ impl Reason {
             Self::RequestEntityTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::InternalError => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }

@@ -122,6 +122,15 @@ pub struct HubArgs {
     /// answered from the cache (the node stays online; the health checker probes now).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub upstream_read_timeout: Duration,
+    /// Streams one HTTP/2 connection to an API server carries before the hub opens
+    /// another (keep it at or below the server's `--http2-max-streams-per-connection`,
+    /// 250 by default in kube-apiserver 1.20).
+    #[arg(long, default_value_t = 100)]
+    pub upstream_max_streams_per_connection: usize,
+    /// Ask the API servers for gzip-compressed responses (decoded by the hub: its cache
+    /// and clients get plain bodies).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub upstream_gzip: bool,
     /// Short requests served at once (watches, exec and log follows excluded); more get
     /// 429 Too Many Requests.
     #[arg(long, default_value_t = 250)]
@@ -207,6 +216,8 @@ fn config(a: HubArgs) -> anyhow::Result<Config> {
                 "--upstream-keepalive-timeout",
             )?,
             read_timeout: positive(a.upstream_read_timeout, "--upstream-read-timeout")?,
+            max_streams_per_connection: a.upstream_max_streams_per_connection.max(1),
+            gzip: a.upstream_gzip,
         },
         min_request_timeout: Duration::from_secs(a.min_request_timeout.max(1)),
         namespace: a.namespace,

@@ -13,9 +13,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
-use super::bodies::collect;
+use super::bodies::{BodyError, collect};
 use super::{Ctx, Hub, Origin, RequestBody, header_str, offline, watch};
 use crate::body::{self, ResponseBody};
 use crate::codec::{self, Format};
@@ -23,7 +22,7 @@ use crate::filter::Filters;
 use crate::health::Health;
 use crate::identity::Caller;
 use crate::request::{RequestInfo, ResourceRequest, Verb};
-use crate::status::StatusError;
+use crate::status::{Reason, StatusError};
 use crate::upstream::{Backend, Balancer, uri_on};
 
 /// Which of a server's clients carries a request.
@@ -78,7 +77,7 @@ pub trait Upstream<B>: Send + Sync {
     fn pick(&self, health: &Health) -> Option<Self::Server>;
 }
 
-impl Upstream<Incoming> for Balancer {
+impl<B: RequestBody> Upstream<B> for Balancer {
     type Server = Arc<Backend>;
 
     fn pick(&self, health: &Health) -> Option<Arc<Backend>> {
@@ -86,7 +85,7 @@ impl Upstream<Incoming> for Balancer {
     }
 }
 
-impl Server<Incoming> for Arc<Backend> {
+impl<B: RequestBody> Server<B> for Arc<Backend> {
     fn index(&self) -> usize {
         self.index
     }
@@ -99,17 +98,16 @@ impl Server<Incoming> for Arc<Backend> {
         Some(&self.kube)
     }
 
-    fn send(&self, class: ClientClass, req: Request<Incoming>) -> SendFuture {
-        let client = match class {
-            ClientClass::Node => &self.node,
-            ClientClass::Bearer => &self.bearer,
-            ClientClass::NodeUpgrade => &self.node_h1,
-            ClientClass::BearerUpgrade => &self.bearer_h1,
-        };
-        let sent = client.request(req);
+    fn send(&self, class: ClientClass, req: Request<B>) -> SendFuture {
+        let backend = Arc::clone(self);
         Box::pin(async move {
-            sent.await
-                .map(|r| r.map(|b| b.map_err(Into::into).boxed()))
+            let sent = match class {
+                ClientClass::Node => backend.node.request(req).await,
+                ClientClass::Bearer => backend.bearer.request(req).await,
+                ClientClass::NodeUpgrade => backend.node_h1.request(req).await,
+                ClientClass::BearerUpgrade => backend.bearer_h1.request(req).await,
+            };
+            sent.map(|r| r.map(|b| b.map_err(Into::into).boxed()))
                 .map_err(UpstreamFailure::of)
         })
     }
@@ -130,18 +128,10 @@ pub struct UpstreamFailure {
 
 impl UpstreamFailure {
     /// The failure of a client request.
-    pub fn of(e: hyper_util::client::legacy::Error) -> Self {
-        // The client's Display names only the kind ("SendRequest"): add the causes.
-        let mut message = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
+    pub fn of(e: crate::upstream::RequestError) -> Self {
         Self {
             unreachable: e.is_connect() && !super::handshake::cut_during_handshake(&e),
-            message,
+            message: crate::upstream::chain(&e),
         }
     }
 
@@ -196,7 +186,8 @@ pub fn upstream_request<B>(
     };
     let class = ClientClass::of(origin, &parts.headers, false);
     strip_hop_by_hop(&mut parts.headers);
-    // Compression buys nothing on the node-local hop and would hide bodies from the cache.
+    // The client's own encodings never go upstream: the upstream layer asks for gzip
+    // itself and decodes it, so the cache and the client get plain bodies.
     parts.headers.remove(header::ACCEPT_ENCODING);
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
@@ -376,12 +367,7 @@ async fn respond(
             let bytes =
                 match collect(plain_errors(rbody), hub.config.limits.max_buffered_response).await {
                     Ok(b) => b,
-                    Err(e) => {
-                        return StatusError::service_unavailable(format!(
-                            "reading the API server's response: {e}"
-                        ))
-                        .into_response(&ctx.accept);
-                    }
+                    Err(e) => return read_failed(&e).into_response(&ctx.accept),
                 };
             if let Some(owner) = cache_as {
                 let (hub2, r2, b2, paginated) =
@@ -401,14 +387,11 @@ async fn respond(
             Response::from_parts(rparts, body::full(out))
         }
         (Handling::CacheNonResource, RequestInfo::NonResource { path }) => {
-            let Ok(bytes) =
-                collect(plain_errors(rbody), hub.config.limits.max_buffered_response).await
-            else {
-                return StatusError::service_unavailable(
-                    "reading the API server's response failed",
-                )
-                .into_response(&ctx.accept);
-            };
+            let bytes =
+                match collect(plain_errors(rbody), hub.config.limits.max_buffered_response).await {
+                    Ok(b) => b,
+                    Err(e) => return read_failed(&e).into_response(&ctx.accept),
+                };
             let ct = header_str(&rparts.headers, header::CONTENT_TYPE)
                 .unwrap_or("application/json")
                 .to_owned();
@@ -417,6 +400,16 @@ async fn respond(
             Response::from_parts(rparts, body::full(bytes))
         }
         _ => Response::from_parts(rparts, rbody),
+    }
+}
+
+/// An API server's response the hub could not read whole: too large to buffer (503), or
+/// broken on the way (502: cut short, a corrupt gzip body).
+fn read_failed(e: &BodyError) -> StatusError {
+    let message = format!("reading the API server's response: {e}");
+    match e {
+        BodyError::TooLarge(_) => StatusError::service_unavailable(message),
+        BodyError::Read(_) => StatusError::new(Reason::BadGateway, message),
     }
 }
 

@@ -34,18 +34,19 @@ pub(crate) fn cut_during_handshake(e: &(dyn std::error::Error + 'static)) -> boo
 
 #[cfg(test)]
 mod tests {
+    use crate::config::UpstreamConfig;
     use crate::proxy::forward::UpstreamFailure;
+    use crate::upstream::{class_client, upgrade_client};
     use bytes::Bytes;
     use http_body_util::Empty;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
     use std::sync::Arc;
     use std::time::Duration;
     use tokio::io::AsyncReadExt as _;
 
-    /// The failure of one HTTPS request to `addr` (nothing is ever verified: the peers
-    /// below never finish a handshake).
-    async fn failure_towards(addr: std::net::SocketAddr) -> UpstreamFailure {
+    /// The failures of one HTTPS request to `addr` through the HTTP/2 pool and through
+    /// the HTTP/1.1 upgrade client (nothing is ever verified: the peers below never
+    /// finish a handshake).
+    async fn failures_towards(addr: std::net::SocketAddr) -> Vec<(&'static str, UpstreamFailure)> {
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -53,18 +54,28 @@ mod tests {
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .build();
-        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
-        let request = client.get(format!("https://{addr}/readyz").parse().unwrap());
-        let result = tokio::time::timeout(Duration::from_secs(10), request)
+        let url: http::Uri = format!("https://{addr}").parse().unwrap();
+        let up = UpstreamConfig::default();
+        let request = || {
+            http::Request::get(format!("https://{addr}/readyz"))
+                .body(Empty::<Bytes>::new())
+                .unwrap()
+        };
+        let h2 = class_client(&url, tls.clone(), &up).unwrap();
+        let h1 = upgrade_client(tls, &up);
+        let wait = Duration::from_secs(10);
+        let h2 = tokio::time::timeout(wait, h2.request(request()))
             .await
-            .expect("the request ends");
-        let e = result.expect_err("the request fails");
-        UpstreamFailure::of(e)
+            .expect("the request ends")
+            .expect_err("the request fails");
+        let h1 = tokio::time::timeout(wait, h1.request(request()))
+            .await
+            .expect("the request ends")
+            .expect_err("the request fails");
+        vec![
+            ("HTTP/2 pool", UpstreamFailure::of(h2)),
+            ("HTTP/1.1 upgrade client", UpstreamFailure::of(h1)),
+        ]
     }
 
     #[tokio::test]
@@ -74,8 +85,9 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let failure = failure_towards(addr).await;
-        assert!(failure.unreachable, "{}", failure.message);
+        for (client, failure) in failures_towards(addr).await {
+            assert!(failure.unreachable, "{client}: {}", failure.message);
+        }
     }
 
     #[tokio::test]
@@ -83,23 +95,23 @@ mod tests {
         // The server answered the TCP handshake: the path works. A reset or a close
         // before TLS is done (a lossy WAN, a middlebox) is a failure on a live path,
         // for the prober to judge, not proof that the server is gone.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut reset_next = true;
-            while let Ok((mut s, _)) = listener.accept().await {
-                let mut hello = [0u8; 1];
-                let _ = s.read(&mut hello).await;
-                if reset_next {
-                    let _ = s.set_zero_linger();
+        for reset in [true, false] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = listener.accept().await {
+                    let mut hello = [0u8; 1];
+                    let _ = s.read(&mut hello).await;
+                    if reset {
+                        let _ = s.set_zero_linger();
+                    }
+                    drop(s);
                 }
-                reset_next = !reset_next;
-                drop(s);
+            });
+            let cut = if reset { "reset" } else { "closed" };
+            for (client, failure) in failures_towards(addr).await {
+                assert!(!failure.unreachable, "{cut}, {client}: {}", failure.message);
             }
-        });
-        for cut in ["reset", "closed"] {
-            let failure = failure_towards(addr).await;
-            assert!(!failure.unreachable, "{cut}: {}", failure.message);
         }
     }
 }

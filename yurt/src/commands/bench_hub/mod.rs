@@ -1,6 +1,9 @@
 //! `yurt bench hub`: the hub's figures beside their anchors, measured in one run.
 //!
 //! - storage: durable cache writes against one-fsync-per-object files;
+//! - a hub process against an in-process API server (`online`): the latency its own code
+//!   adds, 1,000 watches through it, bytes on its WAN link for a relist with and without
+//!   gzip, its RSS;
 //! - an offline hub process: cold start to serving a 10,000-object cache, RSS idle and
 //!   with 10,000 objects, LIST of 1,000 pods from the cache;
 //! - on a fleet: added latency through the hub against a direct TLS client to the same
@@ -17,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use k8s_pb::api::core::v1 as core;
 use k8s_pb::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -30,12 +33,24 @@ use yurt_hub::store::{ObjectKey, Shape, Store, StoreConfig};
 
 use super::bench::percentile;
 
+mod fake_api;
+mod online;
+
 /// `yurt bench hub` options.
 #[derive(Debug, Args)]
 pub struct BenchHubArgs {
     /// Request rates of the latency comparison (requests per second).
     #[arg(long, value_delimiter = ',', default_value = "500,2000")]
     pub rates: Vec<u32>,
+    /// Request rates of the latency comparison against the in-process API server.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub inprocess_rates: Vec<u32>,
+    /// Concurrent watches through one hub.
+    #[arg(long, default_value_t = 1000)]
+    pub watches: usize,
+    /// Skip the measurements on a fleet (the in-process and offline ones still run).
+    #[arg(long)]
+    pub no_fleet: bool,
     /// Seconds each side of the latency comparison runs.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
@@ -244,20 +259,33 @@ fn write_identity(dir: &Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("ca.crt"), ca.cert_pem())?;
     std::fs::write(dir.join("hub.crt"), &client.cert_pem)?;
     std::fs::write(dir.join("hub.key"), &client.key_pem)?;
+    let server = ca.issue(&CertSpec::server(
+        "kube-apiserver",
+        &["localhost"],
+        &[std::net::IpAddr::from([127, 0, 0, 1])],
+    ))?;
+    std::fs::write(dir.join("server.crt"), &server.cert_pem)?;
+    std::fs::write(dir.join("server.key"), &server.key_pem)?;
     Ok(())
 }
 
 /// Starts `yurt hub` pointed at a server that refuses connections, so it serves from cache.
 fn offline_hub(pki: &Path, cache: &Path, port: u16) -> anyhow::Result<HubProcess> {
+    hub_process(pki, cache, port, "https://127.0.0.1:1", &[])
+}
+
+/// Starts `yurt hub` for node `ghost` towards `server`, with `extra` flags.
+fn hub_process(
+    pki: &Path,
+    cache: &Path,
+    port: u16,
+    server: &str,
+    extra: &[&str],
+) -> anyhow::Result<HubProcess> {
     let exe = std::env::current_exe()?;
     let child = Command::new(exe)
-        .args([
-            "hub",
-            "--node-name",
-            "ghost",
-            "--server-addr",
-            "https://127.0.0.1:1",
-        ])
+        .args(["hub", "--node-name", "ghost", "--server-addr", server])
+        .args(extra)
         .arg("--ca-file")
         .arg(pki.join("ca.crt"))
         .arg("--client-cert")
@@ -374,7 +402,8 @@ async fn offline_section(dir: &Path, table: &mut Table) -> anyhow::Result<()> {
 // === on a fleet ===
 
 /// Open-loop load: requests scheduled at `rate`/s for `seconds` over `conns` connections
-/// made by `connect`; latency counts from each request's scheduled time.
+/// made by `connect`; latency counts from each request's scheduled time (or, when the
+/// connection was free before it, from when the timer woke the sender).
 async fn load<C, F>(
     rate: u32,
     seconds: u64,
@@ -385,7 +414,31 @@ async fn load<C, F>(
 ) -> anyhow::Result<(Vec<Duration>, usize)>
 where
     C: Fn() -> F,
-    F: Future<Output = anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>>,
+    F: Future<Output = anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>,
+{
+    load_requests(rate, seconds, conns, connect, move || {
+        http::Request::get(path)
+            .header(http::header::HOST, "kubernetes")
+            .header(http::header::USER_AGENT, user_agent)
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    })
+    .await
+}
+
+/// Open-loop load of the requests `make` builds (see [`load`]).
+async fn load_requests<C, F, M>(
+    rate: u32,
+    seconds: u64,
+    conns: usize,
+    connect: C,
+    make: M,
+) -> anyhow::Result<(Vec<Duration>, usize)>
+where
+    C: Fn() -> F,
+    F: Future<Output = anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>,
+    M: Fn() -> http::Request<Full<Bytes>> + Clone + Send + 'static,
 {
     let total = (u64::from(rate) * seconds) as usize;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
@@ -393,23 +446,33 @@ where
     let mut tasks = Vec::new();
     for c in 0..conns {
         let mut send = connect().await?;
+        let make = make.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut errors = 0usize;
             let mut i = c;
             while i < total {
                 let due = start + interval * i as u32;
-                tokio::time::sleep_until(due).await;
-                let req = http::Request::get(path)
-                    .header(http::header::HOST, "kubernetes")
-                    .header(http::header::USER_AGENT, user_agent)
-                    .header(http::header::ACCEPT, "application/json")
-                    .body(Empty::<Bytes>::new())
-                    .expect("request");
-                match send.send_request(req).await {
+                // Ahead of schedule: sleep, and count from the wake-up (the timer's
+                // lateness, up to its 1 ms tick, is the bench's, not the server's).
+                // Behind schedule: count from the due time, so waiting for the previous
+                // request counts too (no coordinated omission).
+                let began = if tokio::time::Instant::now() < due {
+                    tokio::time::sleep_until(due).await;
+                    tokio::time::Instant::now()
+                } else {
+                    due
+                };
+                let req = make();
+                // The connection takes the next request once it has finished the last.
+                let sent = match send.ready().await {
+                    Ok(()) => send.send_request(req).await,
+                    Err(e) => Err(e),
+                };
+                match sent {
                     Ok(r) if r.status().is_success() => {
                         let _ = r.into_body().collect().await;
-                        lat.push(tokio::time::Instant::now() - due);
+                        lat.push(tokio::time::Instant::now() - began);
                     }
                     _ => errors += 1,
                 }
@@ -442,7 +505,7 @@ async fn netns_stream(ns: &str, addr: SocketAddr) -> anyhow::Result<tokio::net::
 
 async fn h1(
     io: impl hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
     let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(conn);
     Ok(send)
@@ -489,8 +552,19 @@ async fn fleet_section(
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    kubectl(&["create", "configmap", "bench-small", "--from-literal=k=v"])?;
-    const PATH: &str = "/api/v1/namespaces/default/configmaps/bench-small";
+    // A small object the node's identity may read (the hubs' RBAC allows this one
+    // ConfigMap and no other); created if the fleet has none.
+    if kubectl(&["-n", "kube-system", "get", "configmap", "yurt-hub-cfg"]).is_err() {
+        kubectl(&[
+            "-n",
+            "kube-system",
+            "create",
+            "configmap",
+            "yurt-hub-cfg",
+            "--from-literal=bench=1",
+        ])?;
+    }
+    const PATH: &str = "/api/v1/namespaces/kube-system/configmaps/yurt-hub-cfg";
 
     // Added latency: the same GET through the hub and straight to the API server.
     let hub_addr = SocketAddr::from(([127, 0, 0, 1], 10261));
@@ -753,6 +827,19 @@ pub async fn run(
     let step = Step::start(reporter.as_ref(), "an offline hub process");
     offline_section(&args.bench_dir.join("offline"), &mut table).await?;
     step.finish();
+
+    online::section(
+        &args.bench_dir.join("online"),
+        &args,
+        reporter.as_ref(),
+        &mut table,
+    )
+    .await?;
+    if args.no_fleet {
+        table.print();
+        let _ = std::fs::remove_dir_all(&args.bench_dir);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
 
     let fleet_dir = args.bench_dir.join("fleet");
     let result = fleet_section(machine, &args, reporter.as_ref(), &mut table).await;

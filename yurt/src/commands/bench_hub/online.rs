@@ -1,0 +1,375 @@
+//! A hub process against the in-process API server ([`super::fake_api`]), so the real
+//! API server's load is out of the figures:
+//!
+//! - the latency the hub's own code adds (open-loop GETs through the hub, against the
+//!   same GETs sent straight to the in-process server over TLS);
+//! - 1,000 concurrent watches through one hub: every event delivered, and the latency
+//!   of writes while they run;
+//! - bytes on the WAN link (a counting TCP relay between hub and server) for a kubelet +
+//!   kube-proxy relist of a 1,000-pod node, with gzip on and off;
+//! - the hub's RSS once online and idle.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use yurt_cluster::progress::{Reporter, Step};
+use yurt_hub::codec::{self, Format};
+
+use super::fake_api::{self, FakeApi, PODS_PATH, SERVICES_PATH, SLICES_PATH, SMALL_PATH};
+use super::{BenchHubArgs, HubProcess, Table, h1, hub_process, load, load_requests, mib, rss, us};
+use crate::commands::bench::percentile;
+
+const PODS: usize = 1000;
+const SERVICES: usize = 200;
+/// Events sent to every watch.
+const EVENTS: usize = 10;
+/// Writes per second while the watches run.
+const WRITE_RATE: u32 = 200;
+
+async fn plain(
+    addr: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let s = tokio::net::TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    h1(TokioIo::new(s)).await
+}
+
+/// One GET: status, whether the cache answered, body.
+async fn fetch(
+    addr: SocketAddr,
+    path: &str,
+    ua: &str,
+    accept: &str,
+) -> anyhow::Result<(u16, bool, Bytes)> {
+    let mut send = plain(addr).await?;
+    let req = http::Request::get(path)
+        .header(http::header::HOST, "kubernetes")
+        .header(http::header::USER_AGENT, ua)
+        .header(http::header::ACCEPT, accept)
+        .body(Full::new(Bytes::new()))?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), send.send_request(req)).await??;
+    let status = resp.status().as_u16();
+    let cached = resp.headers().contains_key(yurt_hub::proxy::SOURCE_HEADER);
+    let body = tokio::time::timeout(Duration::from_secs(30), resp.into_body().collect())
+        .await??
+        .to_bytes();
+    Ok((status, cached, body))
+}
+
+/// Waits until the hub forwards to the API server.
+async fn wait_online(hub: &HubProcess) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Ok((200, false, _)) =
+            fetch(hub.proxy, SMALL_PATH, "bench/1", "application/json").await
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "the hub never went online against the in-process API server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// kubelet's and kube-proxy's lists after a restart, in protobuf as they ask.
+async fn relist(hub: SocketAddr) -> anyhow::Result<()> {
+    let proto = "application/vnd.kubernetes.protobuf, application/json";
+    let kubelet = "kubelet/v1.20.2 (linux/amd64) kubernetes/faecb19";
+    let kube_proxy = "kube-proxy/v1.20.2 (linux/amd64) kubernetes/faecb19";
+    for (path, ua) in [
+        (PODS_PATH, kubelet),
+        (SERVICES_PATH, kubelet),
+        (SERVICES_PATH, kube_proxy),
+        (SLICES_PATH, kube_proxy),
+    ] {
+        let (status, cached, body) = fetch(hub, path, ua, proto).await?;
+        anyhow::ensure!(
+            status == 200 && !cached,
+            "{path} as {ua}: {status} (cached {cached})"
+        );
+        let items = codec::decode_list(Format::Protobuf, &body)?.items.len();
+        let want = if path == PODS_PATH { PODS } else { SERVICES };
+        anyhow::ensure!(items == want, "{path}: {items} items, not {want}");
+    }
+    Ok(())
+}
+
+fn kib(bytes: u64) -> String {
+    format!("{:.0} KiB", bytes as f64 / 1024.0)
+}
+
+async fn tls_to(
+    connector: tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+    h1(TokioIo::new(connector.connect(name, tcp).await?)).await
+}
+
+fn write_request() -> http::Request<Full<Bytes>> {
+    http::Request::post("/api/v1/namespaces/default/events")
+        .header(http::header::HOST, "kubernetes")
+        .header(http::header::USER_AGENT, "bench/1")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"apiVersion":"v1","kind":"Event","metadata":{"generateName":"bench-","namespace":"default"},"reason":"Bench"}"#,
+        )))
+        .expect("request")
+}
+
+/// Opens `n` watches through the hub; each task returns how many events it received
+/// (up to [`EVENTS`]).
+async fn open_watches(
+    hub: SocketAddr,
+    n: usize,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<usize>>> {
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut send = plain(hub).await?;
+        let req = http::Request::get(format!(
+            "/api/v1/namespaces/{}/configmaps?watch=true&resourceVersion=1&w={i}",
+            fake_api::WATCH_NAMESPACE
+        ))
+        .header(http::header::HOST, "kubernetes")
+        .header(http::header::USER_AGENT, "bench-watch/1")
+        .body(Full::new(Bytes::new()))?;
+        tasks.push(tokio::spawn(async move {
+            let Ok(resp) = send.send_request(req).await else {
+                return 0;
+            };
+            let mut body = resp.into_body();
+            let mut events = 0;
+            while events < EVENTS {
+                match body.frame().await {
+                    Some(Ok(f)) => {
+                        events += f
+                            .into_data()
+                            .map_or(0, |d| d.iter().filter(|b| **b == b'\n').count());
+                    }
+                    _ => break,
+                }
+            }
+            events.min(EVENTS)
+        }));
+    }
+    Ok(tasks)
+}
+
+async fn watches(
+    api: &FakeApi,
+    hub: &HubProcess,
+    args: &BenchHubArgs,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    let connect = || plain(hub.proxy);
+    let (quiet, quiet_err) =
+        load_requests(WRITE_RATE, args.seconds, 4, connect, write_request).await?;
+    let before = api.connections();
+    let tasks = open_watches(hub.proxy, args.watches).await?;
+    let started = std::time::Instant::now();
+    while api.watches() < args.watches {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} of {} watches reached the API server",
+            api.watches(),
+            args.watches
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let opened = api.connections() - before;
+    let spacing = Duration::from_millis(args.seconds * 1000 / EVENTS as u64);
+    let events = async {
+        for k in 0..EVENTS {
+            tokio::time::sleep(spacing).await;
+            api.send_event(Bytes::from(format!(
+                "{{\"type\":\"ADDED\",\"object\":{{\"kind\":\"ConfigMap\",\"apiVersion\":\"v1\",\"metadata\":{{\"name\":\"e{k}\",\"namespace\":\"{}\",\"resourceVersion\":\"{}\"}}}}}}\n",
+                fake_api::WATCH_NAMESPACE,
+                k + 2
+            )));
+        }
+    };
+    let (busy, _) = tokio::join!(
+        load_requests(WRITE_RATE, args.seconds, 4, connect, write_request),
+        events
+    );
+    let (busy, busy_err) = busy?;
+    let mut delivered = 0;
+    for t in tasks {
+        delivered += tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+    }
+    table.row(
+        &format!(
+            "{} watches through one hub: events delivered; writes at {WRITE_RATE}/s meanwhile: p50 / p99 (errors)",
+            args.watches
+        ),
+        format!(
+            "{delivered} / {}; {} / {} ({busy_err})",
+            args.watches * EVENTS,
+            us(percentile(&busy, 50.0)),
+            us(percentile(&busy, 99.0)),
+        ),
+        format!(
+            "writes with no watches: {} / {} ({quiet_err}); the watches took {opened} new upstream connections (≤ 100 streams each; server allows 250)",
+            us(percentile(&quiet, 50.0)),
+            us(percentile(&quiet, 99.0)),
+        ),
+    );
+    Ok(())
+}
+
+/// Runs the section.
+pub(super) async fn section(
+    dir: &Path,
+    args: &BenchHubArgs,
+    reporter: &dyn Reporter,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    let pki = dir.join("pki");
+    std::fs::create_dir_all(&pki)?;
+    super::write_identity(&pki)?;
+    let step = Step::start(reporter, "a hub process against an in-process API server");
+    let api = fake_api::start(&pki, PODS, SERVICES).await?;
+    // Hubs for the WAN figures reach the server through counting relays; the hub for the
+    // latency figures reaches it directly, as the direct anchor does.
+    let wan_gzip = fake_api::relay(api.addr).await?;
+    let wan_plain = fake_api::relay(api.addr).await?;
+    let hub_gzip = hub_process(
+        &pki,
+        &dir.join("cache-gzip"),
+        40281,
+        &format!("https://{}", wan_gzip.addr),
+        &[],
+    )?;
+    let hub_plain = hub_process(
+        &pki,
+        &dir.join("cache-plain"),
+        40291,
+        &format!("https://{}", wan_plain.addr),
+        &["--upstream-gzip=false"],
+    )?;
+    wait_online(&hub_gzip).await?;
+    wait_online(&hub_plain).await?;
+    step.finish();
+
+    // Bytes on the WAN link for a relist, gzip on and off.
+    let step = Step::start(reporter, "a kubelet + kube-proxy relist, gzip on and off");
+    let b = wan_gzip.bytes();
+    relist(hub_gzip.proxy).await?;
+    let gz = wan_gzip.bytes() - b;
+    let b = wan_plain.bytes();
+    relist(hub_plain.proxy).await?;
+    let pl = wan_plain.bytes() - b;
+    step.finish();
+    table.row(
+        &format!("WAN bytes, kubelet + kube-proxy relist of a {PODS}-pod node (pods, services ×2, endpointslices; protobuf): gzip on"),
+        kib(gz),
+        format!(
+            "gzip off: {} ({:.1}× more); bodies {}",
+            kib(pl),
+            pl as f64 / gz.max(1) as f64,
+            kib(api.relist_plain_bytes() as u64)
+        ),
+    );
+    drop((hub_gzip, hub_plain));
+
+    let hub = hub_process(
+        &pki,
+        &dir.join("cache"),
+        40301,
+        &format!("https://{}", api.addr),
+        &[],
+    )?;
+    wait_online(&hub).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    table.row(
+        "RSS, online and idle (against the in-process API server)",
+        mib(rss(hub.child.id())),
+        "≤ 10 MiB target".into(),
+    );
+
+    // Added latency of the hub's code.
+    let pki_ca = pki.join("ca.crt");
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(yurt_hub::tls::client_config(&pki_ca, None)?));
+    for &rate in &args.inprocess_rates {
+        let step = Step::start(
+            reporter,
+            format!("in-process API server: GETs at {rate}/s, through the hub and direct"),
+        );
+        let conns = 32;
+        let (pass, pass_err) = load(
+            rate,
+            args.seconds,
+            conns,
+            || plain(hub.proxy),
+            SMALL_PATH,
+            "bench/1",
+        )
+        .await?;
+        let (cached, cached_err) = load(
+            rate,
+            args.seconds,
+            conns,
+            || plain(hub.proxy),
+            SMALL_PATH,
+            "kubelet/bench",
+        )
+        .await?;
+        let (direct, direct_err) = load(
+            rate,
+            args.seconds,
+            conns,
+            || tls_to(connector.clone(), api.addr),
+            SMALL_PATH,
+            "bench/1",
+        )
+        .await?;
+        step.finish();
+        let p = |l: &[Duration], q: f64| percentile(l, q);
+        table.row(
+            &format!("in-process API server, GET at {rate} req/s (open loop): p50 / p99 (errors), through the hub"),
+            format!("{} / {} ({pass_err})", us(p(&pass, 50.0)), us(p(&pass, 99.0))),
+            format!(
+                "direct TLS client: {} / {} ({direct_err}); through the hub as kubelet (teed into the cache): {} / {} ({cached_err})",
+                us(p(&direct, 50.0)),
+                us(p(&direct, 99.0)),
+                us(p(&cached, 50.0)),
+                us(p(&cached, 99.0)),
+            ),
+        );
+        table.row(
+            &format!("added latency of the hub's code at {rate} req/s: p50 / p99"),
+            format!(
+                "{} / {}",
+                us(p(&pass, 50.0).saturating_sub(p(&direct, 50.0))),
+                us(p(&pass, 99.0).saturating_sub(p(&direct, 99.0)))
+            ),
+            format!(
+                "≤ 50 µs / ≤ 200 µs target; as kubelet: {} / {}",
+                us(p(&cached, 50.0).saturating_sub(p(&direct, 50.0))),
+                us(p(&cached, 99.0).saturating_sub(p(&direct, 99.0)))
+            ),
+        );
+    }
+
+    let step = Step::start(
+        reporter,
+        format!("{} watches through one hub", args.watches),
+    );
+    watches(&api, &hub, args, table).await?;
+    step.finish();
+    Ok(())
+}
