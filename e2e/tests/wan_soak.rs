@@ -273,7 +273,12 @@ async fn a_500ms_lossy_wan_for_ten_minutes_keeps_the_node_ready_and_the_hub_onli
             },
         )
         .await?;
-        let (rtt_before, handshake) = api_round_trip(&f)?;
+        // The measurement's own connection is delayed but not cut: a designed cut
+        // would fail the measurement, not the hub.
+        link.proxy().pause_cuts(true);
+        let measured = api_round_trip(&f);
+        link.proxy().pause_cuts(false);
+        let (rtt_before, handshake) = measured?;
         ensure!(
             rtt_before >= faults.round_trip(),
             "the proxy did not delay: a round trip took {rtt_before:?}"
@@ -320,6 +325,7 @@ async fn a_500ms_lossy_wan_for_ten_minutes_keeps_the_node_ready_and_the_hub_onli
             tokio::time::sleep(SAMPLE_EVERY).await;
         }
 
+        link.proxy().pause_cuts(true);
         let (rtt_after, _) = api_round_trip(&f)?;
         let metrics = hub_metrics(&f)?;
         let lists = upstream_requests(&metrics, "list")? - lists_before;

@@ -40,7 +40,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -177,6 +177,8 @@ impl Counters {
 pub struct FaultProxy {
     local_addr: SocketAddr,
     counters: Arc<Counters>,
+    /// While set, newly accepted connections are never cut (see [`FaultProxy::pause_cuts`]).
+    cuts_paused: Arc<AtomicBool>,
     accept_loop: tokio::task::JoinHandle<()>,
 }
 
@@ -196,10 +198,17 @@ impl FaultProxy {
         let listener = TcpListener::from_std(listener)?;
         let local_addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
-        let accept_loop = tokio::spawn(accept_loop(listener, Arc::new(config), counters.clone()));
+        let cuts_paused = Arc::new(AtomicBool::new(false));
+        let accept_loop = tokio::spawn(accept_loop(
+            listener,
+            Arc::new(config),
+            counters.clone(),
+            cuts_paused.clone(),
+        ));
         Ok(Self {
             local_addr,
             counters,
+            cuts_paused,
             accept_loop,
         })
     }
@@ -212,6 +221,13 @@ impl FaultProxy {
     /// What it has done so far.
     pub fn stats(&self) -> FaultStats {
         self.counters.snapshot()
+    }
+
+    /// While `paused`, connections accepted are never cut (they are still delayed);
+    /// connections accepted before keep their cut times. For a test's own measurement
+    /// through the link, which a designed cut must not fail.
+    pub fn pause_cuts(&self, paused: bool) {
+        self.cuts_paused.store(paused, Ordering::Relaxed);
     }
 }
 
@@ -267,6 +283,7 @@ async fn accept_loop(
     listener: TcpListener,
     config: Arc<FaultProxyConfig>,
     counters: Arc<Counters>,
+    cuts_paused: Arc<AtomicBool>,
 ) {
     let mut rng = fastrand::Rng::with_seed(config.faults.seed);
     let mut connections = JoinSet::new();
@@ -279,7 +296,13 @@ async fn accept_loop(
         match accepted {
             Ok((client, _)) => {
                 counters.accepted.fetch_add(1, Ordering::Relaxed);
-                let cut_after = lifetime(config.faults.cut_chance_per_second, rng.f64());
+                // The draw is made either way, so pausing does not shift later cuts.
+                let drawn = lifetime(config.faults.cut_chance_per_second, rng.f64());
+                let cut_after = if cuts_paused.load(Ordering::Relaxed) {
+                    None
+                } else {
+                    drawn
+                };
                 connections.spawn(relay(client, config.clone(), counters.clone(), cut_after));
             }
             Err(e) => {
@@ -662,6 +685,34 @@ mod tests {
             "{stats:?}"
         );
         assert_eq!(stats.bytes_to_target, 15);
+    }
+
+    #[tokio::test]
+    async fn connections_accepted_while_cuts_are_paused_are_never_cut() {
+        // Every connection would be cut at once (chance 1 per second means a lifetime
+        // of zero): paused, an echo still goes through, and nothing is counted as cut.
+        let target = echo_server().await;
+        let proxy = proxy_to(target, Faults::wan(Duration::ZERO, 1.0, 1)).await;
+        proxy.pause_cuts(true);
+        bounded(async {
+            let mut s = TcpStream::connect(proxy.local_addr()).await.unwrap();
+            s.write_all(b"ping").await.unwrap();
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"ping");
+        })
+        .await;
+        assert_eq!(proxy.stats().cut, 0, "{:?}", proxy.stats());
+        // Resumed, the next connection is cut.
+        proxy.pause_cuts(false);
+        bounded(async {
+            let mut s = TcpStream::connect(proxy.local_addr()).await.unwrap();
+            let mut buf = [0u8; 4];
+            let end = s.read(&mut buf).await.map_err(|e| e.kind());
+            assert_eq!(end, Err(io::ErrorKind::ConnectionReset));
+        })
+        .await;
+        assert_eq!(proxy.stats().cut, 1, "{:?}", proxy.stats());
     }
 
     #[tokio::test]
