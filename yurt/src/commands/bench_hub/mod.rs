@@ -397,7 +397,7 @@ async fn idle_hub_only(
     binary: &Path,
     table: &mut Table,
 ) -> anyhow::Result<()> {
-    const WHAT: &str = "RSS, idle, hub-only binary (`yurt-hub`, profile hub-small)";
+    const WHAT: &str = "RSS, idle, hub-only binary (`yurt-hub`)";
     let Ok(meta) = std::fs::metadata(binary) else {
         table.row(
             WHAT,
@@ -410,7 +410,7 @@ async fn idle_hub_only(
         );
         return Ok(());
     };
-    let hub = spawn_hub(
+    let mut hub = spawn_hub(
         Command::new(binary),
         pki,
         &dir.join("empty-cache-hub-only"),
@@ -419,13 +419,17 @@ async fn idle_hub_only(
         &[],
     )?;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Some(status) = hub.child.try_wait()? {
+        anyhow::bail!("{} exited while idle: {status}", binary.display());
+    }
     let resident = Resident::of(hub.child.id());
     table.row(
         WHAT,
         mib(resident.total),
         format!(
-            "{}; binary {:.1} MB; ≤ 10 MiB target",
+            "{}; {} is {:.1} MB; ≤ 10 MiB target",
             resident.parts(),
+            binary.display(),
             meta.len() as f64 / 1e6
         ),
     );
