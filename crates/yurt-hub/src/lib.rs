@@ -21,6 +21,8 @@ pub mod admin;
 pub mod autonomy;
 pub mod body;
 pub mod cache;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod filter;

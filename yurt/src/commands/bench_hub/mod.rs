@@ -5,7 +5,8 @@
 //!   adds, 1,000 watches through it, bytes on its WAN link for a relist with and without
 //!   gzip, its RSS;
 //! - an offline hub process: cold start to serving a 10,000-object cache, RSS idle and
-//!   with 10,000 objects, LIST of 1,000 pods from the cache;
+//!   with 10,000 objects, LIST of 1,000 pods from the cache; idle RSS of the hub-only
+//!   `yurt-hub` binary too, each split into anonymous and file-backed pages;
 //! - on a fleet: added latency through the hub against a direct TLS client to the same
 //!   API server at a fixed request rate, link cut to first answer from the cache, and
 //!   an offline reboot's kubelet start to all pods running.
@@ -63,6 +64,11 @@ pub struct BenchHubArgs {
     /// Folder for the benchmark's fleet and caches (removed afterwards).
     #[arg(long, default_value = "/var/lib/yurt/bench-hub")]
     pub bench_dir: PathBuf,
+    /// The hub-only binary whose idle RSS is measured beside `yurt hub`'s (default:
+    /// `hub-small/yurt-hub` in this binary's target folder, built by `cargo build
+    /// --profile hub-small -p yurt-hub --bin yurt-hub`).
+    #[arg(long)]
+    pub hub_binary: Option<PathBuf>,
 }
 
 struct Table(Vec<(String, String, String)>);
@@ -94,16 +100,42 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-fn rss(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
+/// A process's resident memory, bytes, from `/proc/PID/status` (0 where unreadable).
+struct Resident {
+    /// `VmRSS`: all of it.
+    total: u64,
+    /// `RssAnon`: the process's own memory (heap, stacks).
+    anon: u64,
+    /// `RssFile`: mapped file pages, mostly the binary's code.
+    file: u64,
+}
+
+impl Resident {
+    fn of(pid: u32) -> Self {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
                 .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
+                .unwrap_or(0)
+                * 1024
+        };
+        Self {
+            total: field("VmRSS"),
+            anon: field("RssAnon"),
+            file: field("RssFile"),
+        }
+    }
+
+    /// What the total is made of.
+    fn parts(&self) -> String {
+        format!("RssAnon {} + RssFile {}", mib(self.anon), mib(self.file))
+    }
+}
+
+fn rss(pid: u32) -> u64 {
+    Resident::of(pid).total
 }
 
 // === storage ===
@@ -282,9 +314,23 @@ fn hub_process(
     server: &str,
     extra: &[&str],
 ) -> anyhow::Result<HubProcess> {
-    let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
-        .args(["hub", "--node-name", "ghost", "--server-addr", server])
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("hub");
+    spawn_hub(command, pki, cache, port, server, extra)
+}
+
+/// Starts `program` (`yurt hub` or the hub-only `yurt-hub`) for node `ghost` towards
+/// `server`, with `extra` flags.
+fn spawn_hub(
+    mut program: Command,
+    pki: &Path,
+    cache: &Path,
+    port: u16,
+    server: &str,
+    extra: &[&str],
+) -> anyhow::Result<HubProcess> {
+    let child = program
+        .args(["--node-name", "ghost", "--server-addr", server])
         .args(extra)
         .arg("--ca-file")
         .arg(pki.join("ca.crt"))
@@ -329,7 +375,72 @@ async fn get(stream: tokio::net::TcpStream, path: &str, ua: &str) -> anyhow::Res
     Ok((status, body))
 }
 
-async fn offline_section(dir: &Path, table: &mut Table) -> anyhow::Result<()> {
+/// Where the hub-only binary is: `--hub-binary`, or `hub-small/yurt-hub` in the target
+/// folder this binary was built in (`target/release/yurt` → `target/hub-small/yurt-hub`).
+fn hub_only_binary(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = flag {
+        return Ok(path.to_owned());
+    }
+    let exe = std::env::current_exe()?;
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("this binary is not in a target folder")?;
+    Ok(target.join("hub-small").join("yurt-hub"))
+}
+
+/// Idle RSS of the hub-only binary, beside `yurt hub`'s: how much of the figure is the
+/// other roles' code mapped from the `yurt` binary.
+async fn idle_hub_only(
+    pki: &Path,
+    dir: &Path,
+    binary: &Path,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    const WHAT: &str = "RSS, idle, hub-only binary (`yurt-hub`)";
+    let Ok(meta) = std::fs::metadata(binary) else {
+        table.row(
+            WHAT,
+            "not built".into(),
+            format!(
+                "no {}: build it with `cargo build --profile hub-small -p yurt-hub --bin \
+                 yurt-hub` or pass --hub-binary PATH",
+                binary.display()
+            ),
+        );
+        return Ok(());
+    };
+    let mut hub = spawn_hub(
+        Command::new(binary),
+        pki,
+        &dir.join("empty-cache-hub-only"),
+        40311,
+        "https://127.0.0.1:1",
+        &[],
+    )?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    if let Some(status) = hub.child.try_wait()? {
+        anyhow::bail!("{} exited while idle: {status}", binary.display());
+    }
+    let resident = Resident::of(hub.child.id());
+    table.row(
+        WHAT,
+        mib(resident.total),
+        format!(
+            "{}; {} is {:.1} MB; ≤ 10 MiB target",
+            resident.parts(),
+            binary.display(),
+            meta.len() as f64 / 1e6
+        ),
+    );
+    Ok(())
+}
+
+async fn offline_section(
+    dir: &Path,
+    hub_binary: Option<&Path>,
+    table: &mut Table,
+) -> anyhow::Result<()> {
     let pki = dir.join("pki");
     std::fs::create_dir_all(&pki)?;
     write_identity(&pki)?;
@@ -339,12 +450,17 @@ async fn offline_section(dir: &Path, table: &mut Table) -> anyhow::Result<()> {
     let empty = dir.join("empty-cache");
     let hub = offline_hub(&pki, &empty, 40261)?;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let resident = Resident::of(hub.child.id());
     table.row(
-        "RSS, idle",
-        mib(rss(hub.child.id())),
-        "≤ 10 MiB target; YurtHub 30–40 MB (reported)".into(),
+        "RSS, idle (`yurt hub`, the full binary)",
+        mib(resident.total),
+        format!(
+            "{}; ≤ 10 MiB target; YurtHub 30–40 MB (reported)",
+            resident.parts()
+        ),
     );
     drop(hub);
+    idle_hub_only(&pki, dir, &hub_only_binary(hub_binary)?, table).await?;
 
     // Cold start to serving a 10,000-object cache.
     let full = dir.join("full-cache");
@@ -825,7 +941,12 @@ pub async fn run(
     );
 
     let step = Step::start(reporter.as_ref(), "an offline hub process");
-    offline_section(&args.bench_dir.join("offline"), &mut table).await?;
+    offline_section(
+        &args.bench_dir.join("offline"),
+        args.hub_binary.as_deref(),
+        &mut table,
+    )
+    .await?;
     step.finish();
 
     online::section(
