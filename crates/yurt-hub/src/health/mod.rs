@@ -1,5 +1,6 @@
 //! Cloud health, as OpenYurt judges it: the hub renews the node's Lease itself, every
-//! interval, against one server after another. A server is unhealthy after one failed
+//! interval, against one server after another (`lease.rs`: one PUT per renewal, from the
+//! copy the server last returned, as kubelet's lease controller does). A server is unhealthy after one failed
 //! probe (all retries failed) and healthy again after `healthy_threshold` successes in a
 //! row (one at start). A request that cannot reach its server at all (no connection, no
 //! answer in time) marks the server unhealthy at once, so the next requests are answered
@@ -16,15 +17,16 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HealthConfig;
 use crate::metrics::{HubMetrics, ServerLabel};
 use crate::upstream::Backend;
+
+mod lease;
+
+use lease::LeaseRenewer;
 
 /// The namespace of node leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
@@ -163,67 +165,49 @@ impl Health {
     }
 }
 
-async fn renew_lease(backend: &Backend, node: &str, grace: Duration) -> Result<(), kube::Error> {
-    let api: Api<Lease> = Api::namespaced(backend.kube.clone(), LEASE_NAMESPACE);
-    let now = MicroTime(jiff::Timestamp::now());
-    let duration = i32::try_from(grace.as_secs()).unwrap_or(40);
-    match api.get_opt(node).await? {
-        Some(mut lease) => {
-            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-            spec.renew_time = Some(now);
-            spec.holder_identity = Some(node.to_owned());
-            spec.lease_duration_seconds = Some(duration);
-            if let Some(a) = lease.metadata.annotations.as_mut() {
-                a.remove("openyurt.io/delegate-heartbeat");
-            }
-            api.replace(node, &PostParams::default(), &lease).await?;
-        }
-        None => {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(node.to_owned()),
-                    namespace: Some(LEASE_NAMESPACE.to_owned()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(node.to_owned()),
-                    lease_duration_seconds: Some(duration),
-                    renew_time: Some(now),
-                    ..LeaseSpec::default()
-                }),
-            };
-            api.create(&PostParams::default(), &lease).await?;
-        }
-    }
-    Ok(())
-}
-
-async fn server_answers(backend: &Backend) -> Result<(), kube::Error> {
+async fn server_answers(client: &kube::Client) -> Result<(), kube::Error> {
     let req = http::Request::get("/readyz")
         .body(Vec::new())
         .map_err(kube::Error::HttpError)?;
-    backend.kube.request_text(req).await.map(drop)
+    client.request_text(req).await.map(drop)
 }
 
-/// One probe: up to `retries` attempts, each bounded by `timeout`.
-async fn probe(backend: &Backend, node: &str, cfg: &HealthConfig, renew: bool) -> bool {
+/// One probe of the server behind `client` (at `url`): up to `retries` attempts, each
+/// bounded by `timeout`; a renewal of the node's Lease if `renew`, else a check that the
+/// server answers.
+async fn probe(
+    client: &kube::Client,
+    url: &http::Uri,
+    lease: &mut LeaseRenewer,
+    cfg: &HealthConfig,
+    renew: bool,
+) -> bool {
     for attempt in 0..cfg.retries.max(1) {
         let fut = async {
             if renew {
-                renew_lease(backend, node, cfg.kubelet_grace).await
+                lease.renew(client).await
             } else {
-                server_answers(backend).await
+                server_answers(client).await
             }
         };
         match tokio::time::timeout(cfg.timeout, fut).await {
             Ok(Ok(())) => return true,
             Ok(Err(e)) => {
-                tracing::debug!(server = %backend.url, attempt, error = %e, "health probe failed")
+                tracing::debug!(server = %url, attempt, error = %e, "health probe failed")
             }
-            Err(_) => tracing::debug!(server = %backend.url, attempt, "health probe timed out"),
+            Err(_) => tracing::debug!(server = %url, attempt, "health probe timed out"),
         }
     }
     false
+}
+
+/// One server as the prober sees it.
+struct ProbeTarget {
+    /// Its index in [`Health`].
+    index: usize,
+    url: http::Uri,
+    /// A typed client authenticating as the node.
+    client: kube::Client,
 }
 
 /// Probes once at start (a single success makes a server healthy), then every interval.
@@ -234,13 +218,33 @@ pub async fn run(
     cfg: HealthConfig,
     shutdown: CancellationToken,
 ) {
+    let targets = backends
+        .iter()
+        .map(|b| ProbeTarget {
+            index: b.index,
+            url: b.url.clone(),
+            client: b.kube.clone(),
+        })
+        .collect();
+    run_probes(&health, targets, &node, cfg, &shutdown).await;
+}
+
+async fn run_probes(
+    health: &Health,
+    targets: Vec<ProbeTarget>,
+    node: &str,
+    cfg: HealthConfig,
+    shutdown: &CancellationToken,
+) {
+    // One Lease for every server: they share one etcd.
+    let mut lease = LeaseRenewer::new(node, cfg.kubelet_grace);
     let mut first = true;
     loop {
-        for b in &backends {
+        for t in &targets {
             let renew = health.kubelet_alive(cfg.kubelet_grace);
-            let ok = probe(b, &node, &cfg, renew).await;
+            let ok = probe(&t.client, &t.url, &mut lease, &cfg, renew).await;
             let threshold = if first { 1 } else { cfg.healthy_threshold };
-            health.probe_result(b.index, ok, threshold);
+            health.probe_result(t.index, ok, threshold);
         }
         first = false;
         tokio::select! {
@@ -309,5 +313,56 @@ mod tests {
         assert!(!h.kubelet_alive(Duration::from_millis(1)));
         h.kubelet_seen();
         assert!(h.kubelet_alive(Duration::from_secs(1)));
+    }
+
+    /// The prober's loop keeps the Lease across rounds and servers: each round is one
+    /// PUT per server, the Lease is read once. Rounds after the first are asked for
+    /// through `probe_now` (the interval is an hour), so the test knows how many ran.
+    #[tokio::test]
+    async fn every_round_renews_by_put_and_reads_the_lease_once() {
+        use http::Method;
+        let fake = lease::fake::FakeLeases::with_lease("edge-a1");
+        let targets = (0..2)
+            .map(|index| ProbeTarget {
+                index,
+                url: format!("https://api-{index}.test:6443")
+                    .parse()
+                    .expect("url"),
+                client: fake.client(),
+            })
+            .collect();
+        let h = Health::new(
+            &["https://a".into(), "https://b".into()],
+            HubMetrics::default(),
+        );
+        let cfg = HealthConfig {
+            interval: Duration::from_secs(3600),
+            ..HealthConfig::default()
+        };
+        let shutdown = CancellationToken::new();
+        let prober = run_probes(&h, targets, "edge-a1", cfg, &shutdown);
+        tokio::pin!(prober);
+        let rounds = async {
+            for round in 1..=3 {
+                fake.wait_for_puts(2 * round).await;
+                if round < 3 {
+                    h.request_failed();
+                }
+            }
+        };
+        tokio::select! {
+            () = &mut prober => panic!("the prober ended on its own"),
+            () = rounds => {}
+        }
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), prober)
+            .await
+            .expect("the prober stops on shutdown");
+        assert!(h.is_healthy(0) && h.is_healthy(1));
+        assert_eq!(
+            (fake.count(&Method::GET), fake.count(&Method::PUT)),
+            (1, 6),
+            "3 rounds of 2 servers: 6 PUTs, 1 GET"
+        );
     }
 }
