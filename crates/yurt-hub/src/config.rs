@@ -34,8 +34,8 @@ pub struct HealthConfig {
     /// Timeout of one probe attempt (10 s). On a new connection a probe is up to four
     /// round trips (TCP, TLS, the Lease's GET and PUT at start or after a conflict, the
     /// PUT alone otherwise): 2 s on a 500 ms link. OpenYurt's 2 s never lets such a probe
-    /// finish, and each timed-out attempt throws its connection
-    /// away, so the next one starts cold again: the hub would never come online.
+    /// finish, and each timed-out attempt throws its connection away, so the next one
+    /// starts cold again: the hub would never come online.
     pub timeout: Duration,
     /// Attempts per probe before it counts as failed (3).
     pub retries: u32,

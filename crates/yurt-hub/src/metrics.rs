@@ -95,6 +95,9 @@ pub struct HubMetrics {
     pub request_duration: RequestDurations,
     /// Objects written to the cache.
     pub cache_writes: Counter,
+    /// Objects not written to the cache because it already held them unchanged (the same
+    /// resourceVersion, format and bytes: kubelet reading its Node again).
+    pub cache_unchanged_skipped: Counter,
     /// Cache transactions that failed, by reason.
     pub cache_write_errors: Family<ReasonLabel, Counter>,
     /// Cache entries found corrupt (checksum mismatch or undecodable) and dropped.
@@ -142,6 +145,11 @@ impl HubMetrics {
             "cache_writes",
             "Objects written to the cache",
             self.cache_writes.clone(),
+        );
+        registry.register(
+            "cache_unchanged_skipped",
+            "Objects not written to the cache because it already held them unchanged",
+            self.cache_unchanged_skipped.clone(),
         );
         registry.register(
             "cache_write_errors",

@@ -5,7 +5,9 @@
 //! Built on SQLite (WAL, `synchronous=FULL`): a write is acknowledged only once its
 //! transaction is on disk, and a killed process restarts from the last committed state.
 //! One writer thread ([`writer`]) applies writes in batches, one transaction and one
-//! fsync per batch (group commit), taken off a bounded queue.
+//! fsync per batch (group commit), taken off a bounded queue. An object it already
+//! holds unchanged (same resourceVersion, format and bytes) is not written again, so a
+//! batch of such reads makes no fsync.
 //!
 //! - Backpressure: the queue holds at most [`StoreConfig::queue_capacity`] writes. A
 //!   writer waits at most [`StoreConfig::write_wait`] for room (the async side awaits

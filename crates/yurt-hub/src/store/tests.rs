@@ -328,6 +328,117 @@ fn shapes_cover_narrower_requests() {
     assert!(node.covered_by(&node));
 }
 
+// === unchanged objects ===
+
+/// `PRAGMA data_version` as another connection sees it: it changes when any commit
+/// wrote the database.
+fn data_version(c: &Connection) -> i64 {
+    c.query_row("PRAGMA data_version", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn an_object_read_again_at_the_same_version_is_not_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = HubMetrics::default();
+    let s = open_with(dir.path(), &metrics, 64, Duration::from_secs(1));
+    s.upsert(key("a", "c1"), obj("a", "c1", 7, &[], "v7"))
+        .unwrap();
+    s.flush().unwrap();
+    assert_eq!(metrics.cache_writes.get(), 1);
+    let watcher = Connection::open(s.path()).unwrap();
+    let before = data_version(&watcher);
+    // kubelet GETs its Node every 10 s: the same object, the same resourceVersion.
+    for _ in 0..3 {
+        s.upsert(key("a", "c1"), obj("a", "c1", 7, &[], "v7"))
+            .unwrap();
+        s.flush().unwrap();
+    }
+    assert_eq!(metrics.cache_writes.get(), 1, "no row written again");
+    assert_eq!(metrics.cache_unchanged_skipped.get(), 3);
+    assert_eq!(
+        data_version(&watcher),
+        before,
+        "no commit wrote the database (nothing to fsync)"
+    );
+    // A new version is written.
+    s.upsert(key("a", "c1"), obj("a", "c1", 8, &[], "v8"))
+        .unwrap();
+    s.flush().unwrap();
+    assert_eq!(metrics.cache_writes.get(), 2);
+    assert_ne!(data_version(&watcher), before);
+    assert_eq!(s.get(&key("a", "c1")).unwrap().unwrap().data, "v8");
+    // The same version in other bytes (read in another format) replaces what is kept.
+    let mut other = obj("a", "c1", 8, &[], "v8 as protobuf");
+    other.format = Format::Protobuf;
+    s.upsert(key("a", "c1"), other).unwrap();
+    s.flush().unwrap();
+    assert_eq!(metrics.cache_writes.get(), 3);
+    let kept = s.get(&key("a", "c1")).unwrap().unwrap();
+    assert_eq!(
+        (kept.format, kept.data.as_ref()),
+        (Format::Protobuf, b"v8 as protobuf".as_slice())
+    );
+}
+
+#[test]
+fn a_list_read_again_unchanged_writes_nothing_and_keeps_its_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = HubMetrics::default();
+    let s = open_with(dir.path(), &metrics, 64, Duration::from_secs(1));
+    let items = || {
+        vec![
+            obj("a", "c1", 1, &[("app", "web")], "1"),
+            obj("a", "c2", 2, &[("app", "web")], "2"),
+        ]
+    };
+    s.replace_list(
+        "kubelet",
+        "configmaps.v1.core",
+        all_in("a"),
+        list_meta(5),
+        items(),
+    )
+    .unwrap();
+    s.flush().unwrap();
+    assert_eq!(metrics.cache_writes.get(), 2);
+    let watcher = Connection::open(s.path()).unwrap();
+    let before = data_version(&watcher);
+    s.replace_list(
+        "kubelet",
+        "configmaps.v1.core",
+        all_in("a"),
+        list_meta(6),
+        items(),
+    )
+    .unwrap();
+    s.flush().unwrap();
+    assert_eq!(metrics.cache_writes.get(), 2, "no item written again");
+    assert_eq!(metrics.cache_unchanged_skipped.get(), 2);
+    assert_eq!(
+        data_version(&watcher),
+        before,
+        "no commit wrote the database"
+    );
+    assert_eq!(
+        s.shapes("kubelet", "configmaps.v1.core").unwrap(),
+        vec![(all_in("a"), "v1".to_owned(), "ConfigMapList".to_owned())]
+    );
+    // A later list without c2 and with c1 unchanged: c2 goes, c1 is not rewritten.
+    s.replace_list(
+        "kubelet",
+        "configmaps.v1.core",
+        all_in("a"),
+        list_meta(7),
+        vec![obj("a", "c1", 1, &[("app", "web")], "1")],
+    )
+    .unwrap();
+    s.flush().unwrap();
+    assert_eq!(metrics.cache_writes.get(), 2);
+    assert_eq!(names(&s, "a"), ["c1"]);
+    assert_eq!(s.shapes("kubelet", "configmaps.v1.core").unwrap().len(), 1);
+}
+
 // === a full disk, a full queue, corruption while running ===
 
 fn open_with(dir: &Path, metrics: &HubMetrics, queue: usize, wait: Duration) -> Store {

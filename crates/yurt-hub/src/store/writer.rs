@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, params};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::overlay::{PendingMarker, Tombstone};
 use super::rows::{crc, decode_map, encode_map};
@@ -442,6 +443,10 @@ fn upsert_row(
     }) {
         return Ok(0);
     }
+    if unchanged(tx, key, obj)? {
+        shared.metrics.cache_unchanged_skipped.inc();
+        return Ok(0);
+    }
     let labels = encode_map(&obj.info.labels);
     let fields = encode_map(&obj.info.fields);
     let mut stmt = tx.prepare_cached(
@@ -468,6 +473,35 @@ fn upsert_row(
         obj.data.as_ref(),
         crc(&obj.data),
     ])
+}
+
+/// Whether the row of `key` already holds `obj` as it is (the same resourceVersion,
+/// format and bytes, and an intact checksum): rewriting it would change nothing but cost
+/// a commit and an fsync. A transaction whose writes are all skipped writes nothing.
+fn unchanged(
+    tx: &rusqlite::Transaction<'_>,
+    key: &ObjectKey,
+    obj: &RawObject,
+) -> rusqlite::Result<bool> {
+    let new_crc = crc(&obj.data);
+    tx.prepare_cached(
+        "SELECT resource_version, format, crc, data FROM objects
+         WHERE component=?1 AND gvr=?2 AND namespace=?3 AND name=?4",
+    )?
+    .query_row(
+        params![key.component, key.gvr, key.namespace, key.name],
+        |r| {
+            // The bytes are read only when everything cheaper matches.
+            Ok(
+                r.get_ref(0)?.as_str().ok() == Some(obj.info.resource_version.as_str())
+                    && r.get::<_, i64>(1)? == obj.format.to_i64()
+                    && r.get::<_, i64>(2)? == new_crc
+                    && matches!(r.get_ref(3)?, ValueRef::Blob(b) if b == obj.data.as_ref()),
+            )
+        },
+    )
+    .optional()
+    .map(|same| same.unwrap_or(false))
 }
 
 /// What a list replacement reads of each stored object: enough to select it by shape.
@@ -578,9 +612,13 @@ fn apply(tx: &rusqlite::Transaction<'_>, op: &WriteOp, shared: &Shared) -> rusql
                 o.outdates_list(component, gvr, shape, meta.resource_version)
             });
             if !outdated {
+                // A shape already recorded as it is is left alone (no write).
                 tx.prepare_cached(
-                    "INSERT OR REPLACE INTO shapes (component, gvr, namespace, label_selector, field_selector, list_api_version, list_kind)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    "INSERT INTO shapes (component, gvr, namespace, label_selector, field_selector, list_api_version, list_kind)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (component, gvr, namespace, label_selector, field_selector) DO UPDATE SET
+                       list_api_version=excluded.list_api_version, list_kind=excluded.list_kind
+                     WHERE list_api_version != excluded.list_api_version OR list_kind != excluded.list_kind",
                 )?
                 .execute(params![
                     component,
