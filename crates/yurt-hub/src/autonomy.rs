@@ -3,16 +3,22 @@
 //! writer has stopped, `True` when the hub's cache is healthy, `Unknown` when cache
 //! writes have been failing (a full disk, I/O errors, a corrupt database replaced, a
 //! skipped item, writes dropped because the write queue stayed full). Checked when
-//! kubelet reads its Node; written with the node's identity, only when it changes.
+//! kubelet reads its Node (at most every 30 s), judged from the freshest copy of the
+//! Node in the hub's cache (kubelet's reads and watch, the hub's node view: no extra
+//! read upstream; the server is asked only for a Node the hub has never seen); written
+//! with the node's identity, only when it changes.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use prost::Message as _;
 
+use crate::codec::{Format, RawObject};
 use crate::metrics::HubMetrics;
+use crate::store::{ObjectKey, Store};
 
 use yurt_api::labels::{
     AUTONOMY_CONDITION as CONDITION, AUTONOMY_DURATION, AUTONOMY_LEGACY,
@@ -81,6 +87,70 @@ pub fn verdict(node: &Node, cache: CacheHealth) -> Verdict {
     }
 }
 
+/// Who reads the node's own Node through the hub, so that its cache holds copies:
+/// kubelet (its GET every 10 s, its watch of its Node, the answers to its status
+/// patches) and the hub itself (its node view).
+const NODE_READERS: &[&str] = &["kubelet", "yurthub"];
+
+/// The freshest copy of Node `node` in the hub's cache (highest resourceVersion among
+/// [`NODE_READERS`]' copies), if the hub has seen it. Reads SQLite: call it from a
+/// blocking thread.
+pub fn cached_node(store: &Store, node: &str) -> Option<Node> {
+    NODE_READERS
+        .iter()
+        .filter_map(|owner| {
+            let key = ObjectKey {
+                component: (*owner).to_owned(),
+                gvr: "nodes.v1.core".to_owned(),
+                namespace: String::new(),
+                name: node.to_owned(),
+            };
+            // A copy of another kind (metadata only) cannot tell the condition.
+            store.get(&key).ok().flatten().filter(|o| o.kind == "Node")
+        })
+        .max_by_key(|o| o.info.rv())
+        .and_then(|o| decode_node(&o))
+}
+
+/// What the verdict needs of a stored Node: its labels, annotations and conditions
+/// (protobuf copies are decoded to those only).
+fn decode_node(obj: &RawObject) -> Option<Node> {
+    match obj.format {
+        Format::Json => serde_json::from_slice(&obj.data).ok(),
+        Format::Protobuf => {
+            let pb = k8s_pb::api::core::v1::Node::decode(obj.data.as_ref()).ok()?;
+            let meta = pb.metadata.unwrap_or_default();
+            let conditions = pb
+                .status
+                .map(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| NodeCondition {
+                    type_: c.r#type.unwrap_or_default(),
+                    status: c.status.unwrap_or_default(),
+                    reason: c.reason,
+                    message: c.message,
+                    ..NodeCondition::default()
+                })
+                .collect();
+            Some(Node {
+                metadata: ObjectMeta {
+                    name: meta.name,
+                    resource_version: meta.resource_version,
+                    labels: Some(meta.labels),
+                    annotations: Some(meta.annotations),
+                    ..ObjectMeta::default()
+                },
+                status: Some(NodeStatus {
+                    conditions: Some(conditions),
+                    ..NodeStatus::default()
+                }),
+                ..Node::default()
+            })
+        }
+    }
+}
+
 /// Rate-limits checks and remembers failed-write counts between them.
 #[derive(Debug)]
 pub struct AutonomyReporter {
@@ -119,6 +189,7 @@ impl AutonomyReporter {
         &self,
         client: &kube::Client,
         node: &str,
+        cache: Option<&Store>,
         metrics: &HubMetrics,
         writer_running: bool,
     ) -> Result<(), kube::Error> {
@@ -134,8 +205,22 @@ impl AutonomyReporter {
             *last = (Some(Instant::now()), failed_now);
             delta
         };
+        let cached = match cache {
+            Some(store) => {
+                let (store, name) = (store.clone(), node.to_owned());
+                tokio::task::spawn_blocking(move || cached_node(&store, &name))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
+        };
         let nodes: Api<Node> = Api::all(client.clone());
-        let current = nodes.get(node).await?;
+        let current = match cached {
+            Some(n) => n,
+            // The hub has never seen its Node: read it once.
+            None => nodes.get(node).await?,
+        };
         let v = verdict(
             &current,
             CacheHealth {
@@ -230,5 +315,230 @@ mod tests {
         };
         let v = verdict(&node(&[(AUTONOMY_DURATION, "0")], Some("true")), stopped);
         assert_eq!((v.status, v.reason), ("False", "CacheWriterStopped"));
+    }
+
+    // === the check against a fake API server ===
+
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+
+    use bytes::Bytes;
+    use http::{Method, Request, Response};
+    use http_body_util::{BodyExt, Full};
+    use prost::Message;
+
+    use crate::codec::{Format, ObjectInfo, RawObject};
+    use crate::store::{ObjectKey, StoreConfig};
+
+    const NODE: &str = "edge-a1";
+
+    /// An API server holding Node `edge-a1` (autonomous, no Autonomy condition yet) that
+    /// records every request.
+    #[derive(Clone, Default)]
+    struct FakeNodes {
+        seen: Arc<Mutex<Vec<(Method, String, Bytes)>>>,
+    }
+
+    impl FakeNodes {
+        fn client(&self) -> kube::Client {
+            let fake = self.clone();
+            let svc = tower::service_fn(move |req: Request<kube::client::Body>| {
+                let fake = fake.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    fake.seen.lock().expect("not poisoned").push((
+                        parts.method,
+                        parts.uri.path().to_owned(),
+                        body,
+                    ));
+                    let node = serde_json::to_vec(&autonomous_node()).expect("JSON");
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(node))))
+                }
+            });
+            kube::Client::new(svc, "default")
+        }
+
+        fn count(&self, method: &Method) -> usize {
+            self.seen
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .filter(|(m, _, _)| m == method)
+                .count()
+        }
+
+        /// The conditions' statuses every PATCH wrote.
+        fn patched(&self) -> Vec<String> {
+            self.seen
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .filter(|(m, _, _)| m == Method::PATCH)
+                .map(|(_, path, body)| {
+                    assert_eq!(path, &format!("/api/v1/nodes/{NODE}/status"));
+                    let v: serde_json::Value = serde_json::from_slice(body).expect("JSON patch");
+                    v["status"]["conditions"][0]["status"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect()
+        }
+    }
+
+    fn autonomous_node() -> Node {
+        let mut n = node(&[(AUTONOMY_DURATION, "0")], Some("true"));
+        n.metadata.name = Some(NODE.into());
+        n.metadata.resource_version = Some("41".into());
+        n
+    }
+
+    /// Node `edge-a1` as kubelet reads it (protobuf), with an Autonomy condition of
+    /// `status` if given.
+    fn node_proto(rv: &str, condition: Option<&str>) -> RawObject {
+        use k8s_pb::api::core::v1 as core;
+        use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
+        let msg = core::Node {
+            metadata: Some(meta::ObjectMeta {
+                name: Some(NODE.into()),
+                resource_version: Some(rv.into()),
+                annotations: [(AUTONOMY_DURATION.to_owned(), "0".to_owned())].into(),
+                labels: [(EDGE_LABEL.to_owned(), "true".to_owned())].into(),
+                ..Default::default()
+            }),
+            spec: None,
+            status: Some(core::NodeStatus {
+                conditions: condition
+                    .map(|status| core::NodeCondition {
+                        r#type: Some(CONDITION.into()),
+                        status: Some(status.into()),
+                        reason: Some("AutonomyEnabled".into()),
+                        ..Default::default()
+                    })
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }),
+        };
+        RawObject {
+            format: Format::Protobuf,
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            info: ObjectInfo {
+                name: NODE.into(),
+                resource_version: rv.into(),
+                ..ObjectInfo::default()
+            },
+            data: Bytes::from(msg.encode_to_vec()),
+        }
+    }
+
+    /// Node `edge-a1` as the hub's node view reads it (JSON), with an Autonomy condition.
+    fn node_json(rv: &str, status: &str) -> RawObject {
+        let mut n = autonomous_node();
+        n.metadata.resource_version = Some(rv.into());
+        n.status = Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: CONDITION.into(),
+                status: status.into(),
+                reason: Some("AutonomyEnabled".into()),
+                ..NodeCondition::default()
+            }]),
+            ..NodeStatus::default()
+        });
+        let mut v = serde_json::to_value(&n).expect("JSON");
+        v["apiVersion"] = "v1".into();
+        v["kind"] = "Node".into();
+        crate::codec::json_from_value(v).expect("a Node")
+    }
+
+    fn store_in(dir: &std::path::Path) -> Store {
+        Store::open(&StoreConfig::new(dir.to_owned()), HubMetrics::default()).expect("store")
+    }
+
+    /// Caches `nodes` as read by their owners.
+    fn cache(store: &Store, nodes: &[(&str, RawObject)]) {
+        for (owner, obj) in nodes {
+            let key = ObjectKey {
+                component: (*owner).into(),
+                gvr: "nodes.v1.core".into(),
+                namespace: String::new(),
+                name: NODE.into(),
+            };
+            store.upsert(key, obj.clone()).expect("queued");
+        }
+        store.flush().expect("written");
+    }
+
+    async fn check(reporter: &AutonomyReporter, fake: &FakeNodes, store: &Store) {
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            reporter.check(
+                &fake.client(),
+                NODE,
+                Some(store),
+                &HubMetrics::default(),
+                true,
+            ),
+        )
+        .await
+        .expect("the check ends in time")
+        .expect("the check succeeds");
+    }
+
+    #[tokio::test]
+    async fn the_verdict_comes_from_the_cached_node_without_reading_it_again() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let store = store_in(dir.path());
+        cache(&store, &[("kubelet", node_proto("40", None))]);
+        let fake = FakeNodes::default();
+        check(&AutonomyReporter::new(Duration::ZERO), &fake, &store).await;
+        assert_eq!(fake.count(&Method::GET), 0, "no GET of the Node");
+        assert_eq!(fake.patched(), ["True"], "the new verdict is written");
+        // The cached Node now says True (kubelet read it again): nothing to write.
+        cache(&store, &[("kubelet", node_proto("42", Some("True")))]);
+        check(&AutonomyReporter::new(Duration::ZERO), &fake, &store).await;
+        assert_eq!(fake.count(&Method::GET), 0);
+        assert_eq!(
+            fake.patched(),
+            ["True"],
+            "an unchanged verdict is not written"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_freshest_cached_copy_decides() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        // The hub's own view holds a newer copy that already says True; kubelet's is older.
+        let store = store_in(dir.path());
+        cache(
+            &store,
+            &[
+                ("kubelet", node_proto("40", None)),
+                ("yurthub", node_json("45", "True")),
+            ],
+        );
+        let fake = FakeNodes::default();
+        check(&AutonomyReporter::new(Duration::ZERO), &fake, &store).await;
+        assert_eq!(
+            (fake.count(&Method::GET), fake.count(&Method::PATCH)),
+            (0, 0),
+            "(GET, PATCH): the newest copy already holds the verdict"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_the_hub_never_saw_is_read_once_from_the_server() {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let store = store_in(dir.path());
+        let fake = FakeNodes::default();
+        check(&AutonomyReporter::new(Duration::ZERO), &fake, &store).await;
+        assert_eq!(fake.count(&Method::GET), 1);
+        assert_eq!(fake.patched(), ["True"]);
     }
 }

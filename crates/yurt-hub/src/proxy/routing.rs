@@ -126,6 +126,7 @@ fn check_autonomy<B, S: Server<B>>(hub: &Arc<Hub>, server: &S) {
             .check(
                 &kube,
                 &node,
+                Some(hub.cache.store()),
                 &hub.metrics,
                 hub.cache.store().writer_running(),
             )
