@@ -28,14 +28,6 @@ pub(super) struct LeaseRenewer {
     latest: Option<Lease>,
 }
 
-/// What a read of the Lease found.
-enum Ensured {
-    /// It existed: renew this copy.
-    Existing(Lease),
-    /// It did not: the hub created it, renewed now.
-    Created,
-}
-
 impl LeaseRenewer {
     /// Renews `node`'s Lease with a duration of `grace`.
     pub(super) fn new(node: &str, grace: Duration) -> Self {
@@ -59,28 +51,29 @@ impl LeaseRenewer {
         let base = match self.latest.clone() {
             Some(lease) => lease,
             None => match self.ensure(&api).await? {
-                Ensured::Existing(lease) => lease,
-                Ensured::Created => return Ok(()),
+                Some(lease) => lease,
+                None => return Ok(()),
             },
         };
         match self.put(&api, base).await {
             Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
                 tracing::debug!(node = %self.node, code = s.code, "lease changed upstream: reading it again");
                 match self.ensure(&api).await? {
-                    Ensured::Existing(fresh) => self.put(&api, fresh).await,
-                    Ensured::Created => Ok(()),
+                    Some(fresh) => self.put(&api, fresh).await,
+                    None => Ok(()),
                 }
             }
             other => other,
         }
     }
 
-    /// Reads the Lease, or creates it if there is none.
-    async fn ensure(&mut self, api: &Api<Lease>) -> Result<Ensured, kube::Error> {
+    /// Reads the Lease: `Some` to renew; `None` when there was none and the hub created
+    /// it (renewed by its creation).
+    async fn ensure(&mut self, api: &Api<Lease>) -> Result<Option<Lease>, kube::Error> {
         self.latest = None;
         if let Some(lease) = api.get_opt(&self.node).await? {
             self.latest = Some(lease.clone());
-            return Ok(Ensured::Existing(lease));
+            return Ok(Some(lease));
         }
         let lease = Lease {
             metadata: ObjectMeta {
@@ -96,7 +89,7 @@ impl LeaseRenewer {
             }),
         };
         self.latest = Some(api.create(&PostParams::default(), &lease).await?);
-        Ok(Ensured::Created)
+        Ok(None)
     }
 
     /// PUTs `base` renewed now, and keeps what the server returns.
