@@ -92,9 +92,9 @@ pub fn verdict(node: &Node, cache: CacheHealth) -> Verdict {
 /// patches) and the hub itself (its node view).
 const NODE_READERS: &[&str] = &["kubelet", "yurthub"];
 
-/// The freshest copy of Node `node` in the hub's cache (highest resourceVersion among
-/// [`NODE_READERS`]' copies), if the hub has seen it. Reads SQLite: call it from a
-/// blocking thread.
+/// The freshest copy of Node `node` in the hub's cache (the highest resourceVersion of
+/// kubelet's and the hub's copies), if the hub has seen it. Reads SQLite: call it from
+/// a blocking thread.
 pub fn cached_node(store: &Store, node: &str) -> Option<Node> {
     NODE_READERS
         .iter()
