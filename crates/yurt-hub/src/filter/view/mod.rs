@@ -253,3 +253,8 @@ pub async fn run(
         () = shutdown.cancelled() => {}
     }
 }
+
+#[cfg(test)]
+mod fake_api;
+#[cfg(test)]
+mod tests;
