@@ -28,7 +28,7 @@ struct Running {
     stop: tokio_util::sync::DropGuard,
 }
 
-fn start(api: &FakeApi) -> Running {
+fn start(api: &FakeApi, configured_pool: Option<&str>) -> Running {
     let view = Arc::new(ClusterView::default());
     let agents = Arc::new(Agents::new("edge-a1", &[]));
     let token = CancellationToken::new();
@@ -36,7 +36,11 @@ fn start(api: &FakeApi) -> Running {
         view.clone(),
         agents,
         api.client(),
-        "kube-system".into(),
+        Scope {
+            node: "edge-a1".into(),
+            configured_pool: configured_pool.map(str::to_owned),
+            namespace: "kube-system".into(),
+        },
         token.clone(),
     ));
     Running {
@@ -94,7 +98,7 @@ fn kept_nodes(filter: &ServiceTopology) -> Vec<String> {
 #[tokio::test]
 async fn the_view_asks_for_its_pools_nodes_as_metadata_and_for_its_own_node_by_name() {
     let api = fleet();
-    let running = start(&api);
+    let running = start(&api, None);
     let view = &running.view;
     eventually("edge-a2 is seen in pool-a", || {
         view.pool_of("edge-a2").as_deref() == Some("pool-a")
@@ -141,7 +145,7 @@ async fn the_view_asks_for_its_pools_nodes_as_metadata_and_for_its_own_node_by_n
 #[tokio::test]
 async fn when_its_own_node_moves_to_another_pool_the_view_and_the_filters_follow() {
     let api = fleet();
-    let running = start(&api);
+    let running = start(&api, None);
     let view = running.view.clone();
     eventually("pool-a and the Service are known", || {
         view.pool_of("edge-a2").as_deref() == Some("pool-a")
@@ -168,6 +172,38 @@ async fn when_its_own_node_moves_to_another_pool_the_view_and_the_filters_follow
             && r.metadata_only()
             && r.param("labelSelector") == Some(pool_selector("pool-b").as_str())),
         "it watches pool-b now"
+    );
+    drop(running.stop);
+}
+
+#[tokio::test]
+async fn a_configured_pool_is_watched_whatever_its_own_nodes_label_says() {
+    // The filters take the configured pool over the label (NodeContext::pool): the view
+    // holds that pool's Nodes, and a relabelled node does not move it.
+    let api = fleet();
+    let running = start(&api, Some("pool-b"));
+    let view = running.view.clone();
+    eventually("pool-b's Nodes are known", || {
+        view.pool_of("edge-b1").as_deref() == Some("pool-b")
+    })
+    .await;
+    assert_eq!(view.pool_of("edge-a2"), None);
+    eventually("its own label is known", || {
+        view.pool_of("edge-a1").as_deref() == Some("pool-a")
+    })
+    .await;
+    api.put(node("edge-a1", None, "10.244.1.0/24"));
+    eventually("its own label is gone", || {
+        view.pool_of("edge-a1").is_none()
+    })
+    .await;
+    assert_eq!(view.pool_of("edge-b1").as_deref(), Some("pool-b"));
+    assert!(
+        node_requests(&api)
+            .iter()
+            .filter(|r| r.param("labelSelector").is_some())
+            .all(|r| r.param("labelSelector") == Some(pool_selector("pool-b").as_str())),
+        "only pool-b is ever asked for"
     );
     drop(running.stop);
 }
