@@ -35,7 +35,7 @@ pub mod upgrade;
 pub mod watch;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod fuzz;
 

@@ -246,6 +246,52 @@ impl FakeApi {
         kube::Client::new(service, "default")
     }
 
+    /// This server as the hub's API server: every answer, watches included, streamed
+    /// through a [`crate::body::channel`].
+    pub fn as_upstream(&self) -> crate::proxy::fake::FakeServer {
+        let api = self.clone();
+        crate::proxy::fake::FakeServer::new(move |seen| {
+            let req = Request::from_parts(seen.parts.clone(), ());
+            let (parts, mut body) = api.handle(&req).into_parts();
+            let (tx, out) = crate::body::channel(16);
+            tokio::spawn(async move {
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(data) = frame.into_data()
+                        && tx.send(Ok(data)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            Ok(Response::from_parts(parts, out))
+        })
+    }
+
+    /// A client that talks to `hub` (User-Agent `yurthub`, from the node-local port),
+    /// whose API server is `upstream`.
+    pub fn hub_client(
+        hub: &Arc<crate::proxy::Hub>,
+        upstream: crate::proxy::fake::FakeUpstream,
+    ) -> kube::Client {
+        let hub = hub.clone();
+        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+            let (hub, upstream) = (hub.clone(), upstream.clone());
+            async move {
+                let (mut parts, body) = req.into_parts();
+                let body = body.collect_bytes().await?;
+                parts.headers.insert(
+                    http::header::USER_AGENT,
+                    http::HeaderValue::from_static("yurthub/test"),
+                );
+                let req = Request::from_parts(parts, Full::new(body));
+                let resp =
+                    crate::proxy::serve(hub, &upstream, crate::proxy::Origin::Local, req).await;
+                Ok::<_, kube::Error>(resp.unwrap_or_else(|never| match never {}))
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
     fn handle<B>(&self, req: &Request<B>) -> Response<UnsyncBoxBody<Bytes, Infallible>> {
         let seen = SeenRequest {
             path: req.uri().path().to_owned(),

@@ -30,7 +30,12 @@ pub(super) async fn watch_own_node(
         view.set_node_pool(&node, label.as_deref());
         let spec = n.and_then(|n| n.spec.as_ref());
         let mut cidrs = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
-        cidrs.extend(spec.and_then(|s| s.pod_cidr.clone()));
+        // `podCIDR` is the first of `podCIDRs` when both are set.
+        if let Some(c) = spec.and_then(|s| s.pod_cidr.clone())
+            && !cidrs.contains(&c)
+        {
+            cidrs.push(c);
+        }
         view.set_node_pod_cidrs(&node, &cidrs);
         if let Some(tx) = &pool {
             tx.send_if_modified(|p| {

@@ -29,13 +29,17 @@ struct Running {
 }
 
 fn start(api: &FakeApi, configured_pool: Option<&str>) -> Running {
+    start_with(api.client(), configured_pool)
+}
+
+fn start_with(client: kube::Client, configured_pool: Option<&str>) -> Running {
     let view = Arc::new(ClusterView::default());
     let agents = Arc::new(Agents::new("edge-a1", &[]));
     let token = CancellationToken::new();
     tokio::spawn(run(
         view.clone(),
         agents,
-        api.client(),
+        client,
         Scope {
             node: "edge-a1".into(),
             configured_pool: configured_pool.map(str::to_owned),
@@ -206,4 +210,37 @@ async fn a_configured_pool_is_watched_whatever_its_own_nodes_label_says() {
         "only pool-b is ever asked for"
     );
     drop(running.stop);
+}
+
+#[tokio::test]
+async fn after_an_offline_restart_the_view_comes_back_from_the_hubs_cache() {
+    // The view talks through the hub (as in lib.rs), which caches its own Node whole and
+    // its pool's Nodes as metadata: offline, a new view gets both back, each as it was read.
+    let api = fleet();
+    let (hub, _dir) = crate::proxy::fake::hub(
+        crate::config::Limits::default(),
+        crate::filter::Filters::none(),
+    );
+    let online = crate::proxy::fake::FakeUpstream(Some(api.as_upstream()));
+    let running = start_with(FakeApi::hub_client(&hub, online), None);
+    let view = running.view.clone();
+    eventually("pool-a and its own pod CIDRs are known online", || {
+        view.pool_of("edge-a2").as_deref() == Some("pool-a")
+            && !view.pod_cidrs_of("edge-a1").is_empty()
+    })
+    .await;
+    drop(running);
+
+    let offline = crate::proxy::fake::FakeUpstream(None);
+    let running = start_with(FakeApi::hub_client(&hub, offline), None);
+    let view = running.view.clone();
+    eventually("pool-a and its own pod CIDRs are known offline", || {
+        view.pool_of("edge-a2").as_deref() == Some("pool-a")
+            && view.pod_cidrs_of("edge-a1")
+                == ["10.244.1.0/24".parse::<ipnet::IpNet>().expect("CIDR")]
+    })
+    .await;
+    assert_eq!(view.pool_of("edge-b1"), None);
+    assert_eq!(view.pool_of("edge-a1").as_deref(), Some("pool-a"));
+    drop(running);
 }
