@@ -118,6 +118,13 @@ pub fn format_owner(owner: &str, format: Format) -> String {
     format!("{owner}:{suffix}")
 }
 
+/// The cache owner of what `owner` read as metadata only (`PartialObjectMetadata`):
+/// kept apart from the whole objects it read, which the same keys would overwrite (and
+/// offline a whole-object list would serve metadata, or the reverse).
+pub fn metadata_owner(owner: &str) -> String {
+    format!("{owner}:metadata")
+}
+
 impl Reader {
     /// A node component reading its own cache.
     pub fn component(component: &str) -> Self {

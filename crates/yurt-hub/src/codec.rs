@@ -88,6 +88,22 @@ impl Format {
         }
     }
 
+    /// Whether a client asks for metadata only (`PartialObjectMetadata`, as
+    /// `kube`'s metadata API and client-go's metadata client do): its first Accept entry
+    /// names `as=PartialObjectMetadata` or `as=PartialObjectMetadataList`, which the
+    /// API server (1.15 on) then serves.
+    pub fn metadata_only(accept: Option<&str>) -> bool {
+        let Some(first) = accept.and_then(|a| a.split(',').next()) else {
+            return false;
+        };
+        first.split(';').skip(1).any(|p| {
+            matches!(
+                p.trim(),
+                "as=PartialObjectMetadata" | "as=PartialObjectMetadataList"
+            )
+        })
+    }
+
     /// The formats a client accepts, most preferred first, from its Accept header.
     /// No header, `*/*` and `application/*` accept JSON.
     pub fn accepted(accept: Option<&str>) -> Vec<Format> {
@@ -891,6 +907,35 @@ mod tests {
             Format::of_content_type("application/vnd.kubernetes.protobuf;stream=watch"),
             Some(Format::Protobuf)
         );
+    }
+
+    #[test]
+    fn tells_metadata_only_requests_by_their_first_accept_entry() {
+        for (accept, metadata) in [
+            (
+                Some("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
+                true,
+            ),
+            (
+                Some("application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"),
+                true,
+            ),
+            (
+                Some(
+                    "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
+                ),
+                true,
+            ),
+            (Some("application/json;as=Table;g=meta.k8s.io;v=v1"), false),
+            (
+                Some("application/json,application/json;as=PartialObjectMetadata"),
+                false,
+            ),
+            (Some("application/json"), false),
+            (None, false),
+        ] {
+            assert_eq!(Format::metadata_only(accept), metadata, "{accept:?}");
+        }
     }
 
     #[test]

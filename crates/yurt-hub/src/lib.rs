@@ -321,17 +321,17 @@ pub async fn run(
             .map_err(|e| HubError::Upstream(upstream::UpstreamError::Kube(e)))?
     };
     {
-        let (view, agents, ns, token) = (
-            view.clone(),
-            agents.clone(),
-            config.namespace.clone(),
-            shutdown.clone(),
-        );
+        let scope = filter::view::Scope {
+            node: node.clone(),
+            configured_pool: config.pool.as_ref().map(ToString::to_string),
+            namespace: config.namespace.clone(),
+        };
+        let (view, agents, token) = (view.clone(), agents.clone(), shutdown.clone());
         tracker.spawn(filter::view::run(
             view,
             agents,
             self_client.clone(),
-            ns,
+            scope,
             token,
         ));
     }

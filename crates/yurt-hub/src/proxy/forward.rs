@@ -683,6 +683,112 @@ mod tests {
         );
     }
 
+    /// Lists `uri` offline until the cache answers it (the writer thread stores what
+    /// was read online a little later), at most [`fake::WAIT`].
+    async fn offline_list(hub: &Arc<Hub>, uri: &str, accept: &str) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + fake::WAIT;
+        loop {
+            let req = request("GET", uri, &[HUB_SELF, ("accept", accept)], b"");
+            let (code, list) = json(send(hub, &FakeUpstream(None), Origin::Local, req).await).await;
+            if code == 200 {
+                return list;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{uri} is never served offline"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
+
+    const HUB_SELF: (&str, &str) = ("user-agent", "yurthub/0.1.0");
+    const METADATA_LIST: &str = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
+    const OWN_NODE: &str = "/api/v1/nodes?fieldSelector=metadata.name%3Dedge-a1";
+    const POOL_NODES: &str = "/api/v1/nodes?labelSelector=apps.openyurt.io%2Fnodepool%3Dpool-a";
+
+    #[tokio::test]
+    async fn metadata_only_answers_are_cached_apart_from_whole_objects() {
+        // The hub's view reads its own Node whole and its pool's Nodes (its own among
+        // them) as metadata only, both as `yurthub`: offline, each gets back what it read.
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let server = FakeServer::new(|seen| {
+            let accept = seen.parts.headers[header::ACCEPT].to_str().unwrap();
+            let body = if accept.contains("as=PartialObjectMetadataList") {
+                let item = |name: &str| {
+                    serde_json::json!({
+                        "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                        "metadata": {"name": name, "resourceVersion": "5",
+                                     "labels": {"apps.openyurt.io/nodepool": "pool-a"}},
+                    })
+                };
+                serde_json::json!({
+                    "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                    "metadata": {"resourceVersion": "9"},
+                    "items": [item("edge-a1"), item("edge-a2")],
+                })
+            } else {
+                serde_json::json!({
+                    "apiVersion": "v1", "kind": "NodeList",
+                    "metadata": {"resourceVersion": "9"},
+                    "items": [{"metadata": {"name": "edge-a1", "resourceVersion": "5",
+                                            "labels": {"apps.openyurt.io/nodepool": "pool-a"}},
+                               "spec": {"podCIDR": "10.244.1.0/24"}}],
+                })
+            };
+            Ok(answer(
+                200,
+                "application/json",
+                serde_json::to_vec(&body).unwrap(),
+            ))
+        });
+        let online = FakeUpstream(Some(server));
+        let whole = request(
+            "GET",
+            OWN_NODE,
+            &[HUB_SELF, ("accept", "application/json")],
+            b"",
+        );
+        assert_eq!(
+            json(send(&hub, &online, Origin::Local, whole).await)
+                .await
+                .0,
+            200
+        );
+        offline_list(&hub, OWN_NODE, "application/json").await;
+        let metadata = request(
+            "GET",
+            POOL_NODES,
+            &[HUB_SELF, ("accept", METADATA_LIST)],
+            b"",
+        );
+        assert_eq!(
+            json(send(&hub, &online, Origin::Local, metadata).await)
+                .await
+                .0,
+            200
+        );
+
+        let pool = offline_list(&hub, POOL_NODES, METADATA_LIST).await;
+        assert_eq!(pool["kind"], "PartialObjectMetadataList");
+        assert_eq!(names(&pool), ["edge-a1", "edge-a2"]);
+        assert!(
+            pool["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|i| i["kind"] == "PartialObjectMetadata")
+        );
+        let own = offline_list(&hub, OWN_NODE, "application/json").await;
+        assert_eq!(
+            (
+                own["kind"].as_str(),
+                own["items"][0]["spec"]["podCIDR"].as_str()
+            ),
+            (Some("NodeList"), Some("10.244.1.0/24")),
+            "its own Node is still whole: {own}"
+        );
+    }
+
     #[tokio::test]
     async fn only_cache_agents_and_filtered_answers_are_buffered() {
         let (hub, _dir) = fake::hub(Limits::default(), Filters::none());

@@ -35,7 +35,7 @@ pub mod upgrade;
 pub mod watch;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod fuzz;
 
@@ -131,6 +131,8 @@ pub struct Ctx {
     pub component: Option<String>,
     /// The formats the client accepts, preferred first.
     pub accept: Vec<Format>,
+    /// The client asks for metadata only ([`Format::metadata_only`]).
+    pub metadata_only: bool,
     /// What is asked for.
     pub info: RequestInfo,
     /// A later page of a paginated LIST (`continue=`).
@@ -152,6 +154,7 @@ impl Ctx {
             caller,
             component: crate::request::component(header_str(headers, header::USER_AGENT)),
             accept: Format::accepted(header_str(headers, header::ACCEPT)),
+            metadata_only: Format::metadata_only(header_str(headers, header::ACCEPT)),
             info: RequestInfo::parse(method, uri.path(), Some(query)),
             paginated: query.split('&').any(|kv| kv.starts_with("continue=")),
         }
@@ -161,9 +164,22 @@ impl Ctx {
     /// component by its User-Agent, a pod only as the service account it proved.
     pub fn cache_owner(&self, format: Format) -> Option<String> {
         match &self.caller {
-            Caller::Node => self.component.clone(),
-            Caller::ServiceAccount(sa, _) => Some(cache::format_owner(&sa.cache_owner(), format)),
+            Caller::Node => self.component.as_deref().map(|c| self.shaped_owner(c)),
+            Caller::ServiceAccount(sa, _) => Some(cache::format_owner(
+                &self.shaped_owner(&sa.cache_owner()),
+                format,
+            )),
             Caller::Anonymous | Caller::Unproven(..) => None,
+        }
+    }
+
+    /// `owner`, or its metadata-only owner ([`cache::metadata_owner`]) when the client
+    /// asks for metadata only.
+    pub fn shaped_owner(&self, owner: &str) -> String {
+        if self.metadata_only {
+            cache::metadata_owner(owner)
+        } else {
+            owner.to_owned()
         }
     }
 }

@@ -100,12 +100,15 @@ async fn answer_inner<B: RequestBody>(
     let component = ctx.component.clone().unwrap_or_default();
     let reader = match &ctx.caller {
         Caller::ServiceAccount(sa, _) => Reader {
-            owner: sa.cache_owner(),
+            owner: ctx.shaped_owner(&sa.cache_owner()),
             component,
             proves_rights: true,
             per_format: true,
         },
-        _ => Reader::component(&component),
+        _ => Reader {
+            owner: ctx.shaped_owner(&component),
+            ..Reader::component(&component)
+        },
     };
     hub.metrics.request("cache", r.verb.as_str());
     let accept = ctx.accept.clone();

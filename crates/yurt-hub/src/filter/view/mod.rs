@@ -1,23 +1,46 @@
-//! What the filters know about the cluster: Service annotations, each node's pool, and
-//! the hub's own configuration (`yurt-hub-cfg`). Kept current by watches the hub makes
-//! through itself (User-Agent `yurthub`), so they are cached and survive offline restarts.
+//! What the filters know about the cluster: Service annotations, the Nodes of this
+//! node's pool, this node's own pool and pod CIDRs, and the hub's own configuration
+//! (`yurt-hub-cfg`). Kept current by watches the hub makes through itself (User-Agent
+//! `yurthub`), so they are cached and survive offline restarts.
+//!
+//! The filters ask two things of Nodes: this node's pool and pod CIDRs, and whether
+//! another node is in that pool (servicetopology, by the `apps.openyurt.io/nodepool`
+//! label as it does today; OpenYurt's newer hubs read NodePool `status.nodes`, which the
+//! nodepool controller fills from the same label). So the hub watches its own Node by
+//! name, whole, and its pool's Nodes by label selector as metadata only
+//! (`PartialObjectMetadata`): never all Nodes, whose cost grows with the square of the
+//! fleet. When its own Node moves to another pool the pool watch moves with it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::TryStreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::Api;
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Agents;
 
+mod nodes;
+
 /// The ConfigMap of hub settings.
 pub const HUB_CONFIGMAP: &str = "yurt-hub-cfg";
 /// The node label naming a node's pool.
 pub const POOL_LABEL: &str = "apps.openyurt.io/nodepool";
+
+/// Whose view it is.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    /// This node.
+    pub node: String,
+    /// This node's pool as the hub was told it (`--nodepool-name`): it wins over the
+    /// node's label, as in the filters ([`crate::filter::builtin::NodeContext`]).
+    pub configured_pool: Option<String>,
+    /// The hub's namespace (where `yurt-hub-cfg` is).
+    pub namespace: String,
+}
 
 /// The filters' view of the cluster.
 #[derive(Debug, Default)]
@@ -99,6 +122,15 @@ impl ClusterView {
         }
     }
 
+    /// Forgets every node's pool but `own`'s (which its own watch keeps), then records
+    /// `members` (node → pool).
+    fn replace_pool_members(&self, own: &str, members: HashMap<String, String>) {
+        if let Ok(mut n) = self.node_pools.write() {
+            n.retain(|name, _| name == own);
+            n.extend(members.into_iter().filter(|(name, _)| name != own));
+        }
+    }
+
     fn apply_config(&self, data: &BTreeMap<String, String>, agents: &Agents) {
         agents.set_configured(data.get("cache_agents").map_or("", String::as_str));
         let mut clients = HashMap::new();
@@ -130,9 +162,14 @@ pub async fn run(
     view: std::sync::Arc<ClusterView>,
     agents: std::sync::Arc<Agents>,
     client: kube::Client,
-    namespace: String,
+    scope: Scope,
     shutdown: CancellationToken,
 ) {
+    let Scope {
+        node,
+        configured_pool,
+        namespace,
+    } = scope;
     let services = {
         let view = view.clone();
         let api: Api<Service> = Api::all(client.clone());
@@ -178,42 +215,15 @@ pub async fn run(
             }
         }
     };
-    let nodes = {
-        let view = view.clone();
-        let api: Api<Node> = Api::all(client.clone());
-        async move {
-            let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()));
-            loop {
-                match stream.try_next().await {
-                    Ok(Some(watcher::Event::Apply(n) | watcher::Event::InitApply(n))) => {
-                        let name = n.metadata.name.clone().unwrap_or_default();
-                        let pool = n
-                            .metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get(POOL_LABEL))
-                            .cloned();
-                        view.set_node_pool(&name, pool.as_deref());
-                        let spec = n.spec.as_ref();
-                        let mut cidrs = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
-                        cidrs.extend(spec.and_then(|s| s.pod_cidr.clone()));
-                        view.set_node_pod_cidrs(&name, &cidrs);
-                    }
-                    Ok(Some(watcher::Event::Delete(n))) => {
-                        let name = n.metadata.name.clone().unwrap_or_default();
-                        view.set_node_pool(&name, None);
-                        view.set_node_pod_cidrs(&name, &[]);
-                    }
-                    Ok(Some(_)) => {}
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "node watch");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        }
-    };
+    // The pool whose Nodes the view holds: the configured one, else its own Node's label.
+    let (pool_tx, pool_rx) = tokio::sync::watch::channel(configured_pool.clone());
+    let own_node = nodes::watch_own_node(
+        view.clone(),
+        Api::all(client.clone()),
+        node.clone(),
+        configured_pool.is_none().then_some(pool_tx),
+    );
+    let pool_nodes = nodes::watch_pool_nodes(view.clone(), Api::all(client.clone()), node, pool_rx);
     let config = {
         let view = view.clone();
         let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
@@ -248,8 +258,14 @@ pub async fn run(
     };
     tokio::select! {
         () = services => {}
-        () = nodes => {}
+        () = own_node => {}
+        () = pool_nodes => {}
         () = config => {}
         () = shutdown.cancelled() => {}
     }
 }
+
+#[cfg(test)]
+mod fake_api;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,394 @@
+//! A small in-memory API server for the view's tests: lists and watches of Nodes,
+//! Services and ConfigMaps with equality label and field selectors, full objects or
+//! `PartialObjectMetadata` as the `Accept` header asks, and a record of every request.
+//! Hand-rolled: no maintained crate serves list/watch semantics in process, and the
+//! tests need to see exactly what the view asks for.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+/// One request the fake saw.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    /// The path (`/api/v1/nodes`).
+    pub path: String,
+    /// The decoded query parameters.
+    pub query: BTreeMap<String, String>,
+    /// The `Accept` header.
+    pub accept: String,
+}
+
+impl SeenRequest {
+    /// Whether it is a watch.
+    pub fn is_watch(&self) -> bool {
+        matches!(
+            self.query.get("watch").map(String::as_str),
+            Some("true" | "1")
+        )
+    }
+
+    /// Whether it asked for metadata only.
+    pub fn metadata_only(&self) -> bool {
+        self.accept.contains("as=PartialObjectMetadata")
+    }
+
+    /// A query parameter.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query.get(name).map(String::as_str)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Change {
+    resource: String,
+    rv: u64,
+    old: Option<Value>,
+    new: Option<Value>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    rv: u64,
+    objects: BTreeMap<(String, String), Value>,
+    history: Vec<Change>,
+}
+
+/// The fake API server.
+#[derive(Debug, Clone)]
+pub struct FakeApi {
+    state: Arc<Mutex<State>>,
+    changes: broadcast::Sender<Change>,
+    seen: Arc<Mutex<Vec<SeenRequest>>>,
+}
+
+/// A Node named `name` in `pool` (none: unlabelled) with pod CIDR `cidr`.
+pub fn node(name: &str, pool: Option<&str>, cidr: &str) -> Value {
+    let labels: BTreeMap<&str, &str> = pool.map(|p| (super::POOL_LABEL, p)).into_iter().collect();
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    })
+}
+
+/// A Service `default/<name>` with `annotations`.
+pub fn service(name: &str, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default", "annotations": annotations},
+        "spec": {"type": "ClusterIP"},
+    })
+}
+
+fn collection(path: &str) -> Option<&'static str> {
+    match path {
+        "/api/v1/nodes" => Some("nodes"),
+        "/api/v1/services" => Some("services"),
+        p if p.starts_with("/api/v1/namespaces/") && p.ends_with("/configmaps") => {
+            Some("configmaps")
+        }
+        _ => None,
+    }
+}
+
+fn kind_of(resource: &str) -> &'static str {
+    match resource {
+        "nodes" => "Node",
+        "services" => "Service",
+        _ => "ConfigMap",
+    }
+}
+
+/// `%XX` and `+` decoding of one query component (kube-rs encodes with
+/// `form_urlencoded`; the tests need only its inverse).
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(q: &str) -> BTreeMap<String, String> {
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// Whether `obj` satisfies the request's equality selectors (`a=b,c=d`).
+fn selects(req: &SeenRequest, obj: &Value) -> bool {
+    let pairs = |s: &str| -> Vec<(String, String)> {
+        s.split(',')
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                let (k, v) = r.split_once('=').unwrap_or((r, ""));
+                (k.trim_end_matches('=').to_owned(), v.to_owned())
+            })
+            .collect()
+    };
+    let labels = &obj["metadata"]["labels"];
+    let labels_ok = pairs(req.param("labelSelector").unwrap_or(""))
+        .iter()
+        .all(|(k, v)| labels[k].as_str() == Some(v));
+    let fields_ok = pairs(req.param("fieldSelector").unwrap_or(""))
+        .iter()
+        .all(|(k, v)| match k.as_str() {
+            "metadata.name" => obj["metadata"]["name"].as_str() == Some(v),
+            "metadata.namespace" => obj["metadata"]["namespace"].as_str() == Some(v),
+            _ => false,
+        });
+    labels_ok && fields_ok
+}
+
+/// `obj` as the request wants it: whole, or its metadata only.
+fn shaped(req: &SeenRequest, obj: &Value) -> Value {
+    if req.metadata_only() {
+        json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": obj["metadata"]})
+    } else {
+        obj.clone()
+    }
+}
+
+fn respond(body: UnsyncBoxBody<Bytes, Infallible>) -> Response<UnsyncBoxBody<Bytes, Infallible>> {
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+impl FakeApi {
+    /// A server holding `objects` (by their `kind`).
+    pub fn new(objects: impl IntoIterator<Item = Value>) -> Self {
+        let (changes, _) = broadcast::channel(1024);
+        let api = Self {
+            state: Arc::default(),
+            changes,
+            seen: Arc::default(),
+        };
+        for o in objects {
+            api.put(o);
+        }
+        api
+    }
+
+    /// Creates or replaces `obj`, and tells the watches.
+    pub fn put(&self, mut obj: Value) {
+        let resource = match obj["kind"].as_str() {
+            Some("Node") => "nodes",
+            Some("Service") => "services",
+            _ => "configmaps",
+        };
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut state = self.state.lock().expect("not poisoned");
+        state.rv += 1;
+        let rv = state.rv;
+        obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        let old = state
+            .objects
+            .insert((resource.to_owned(), name), obj.clone());
+        let change = Change {
+            resource: resource.to_owned(),
+            rv,
+            old,
+            new: Some(obj),
+        };
+        state.history.push(change.clone());
+        let _ = self.changes.send(change);
+    }
+
+    /// Every request so far.
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.seen.lock().expect("not poisoned").clone()
+    }
+
+    /// A client of this server.
+    pub fn client(&self) -> kube::Client {
+        let api = self.clone();
+        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(api.handle(&req)) }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    /// This server as the hub's API server: every answer, watches included, streamed
+    /// through a [`crate::body::channel`].
+    pub fn as_upstream(&self) -> crate::proxy::fake::FakeServer {
+        let api = self.clone();
+        crate::proxy::fake::FakeServer::new(move |seen| {
+            let req = Request::from_parts(seen.parts.clone(), ());
+            let (parts, mut body) = api.handle(&req).into_parts();
+            let (tx, out) = crate::body::channel(16);
+            tokio::spawn(async move {
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(data) = frame.into_data()
+                        && tx.send(Ok(data)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+            Ok(Response::from_parts(parts, out))
+        })
+    }
+
+    /// A client that talks to `hub` (User-Agent `yurthub`, from the node-local port),
+    /// whose API server is `upstream`.
+    pub fn hub_client(
+        hub: &Arc<crate::proxy::Hub>,
+        upstream: crate::proxy::fake::FakeUpstream,
+    ) -> kube::Client {
+        let hub = hub.clone();
+        let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+            let (hub, upstream) = (hub.clone(), upstream.clone());
+            async move {
+                let (mut parts, body) = req.into_parts();
+                let body = body.collect_bytes().await?;
+                parts.headers.insert(
+                    http::header::USER_AGENT,
+                    http::HeaderValue::from_static("yurthub/test"),
+                );
+                let req = Request::from_parts(parts, Full::new(body));
+                let resp =
+                    crate::proxy::serve(hub, &upstream, crate::proxy::Origin::Local, req).await;
+                Ok::<_, kube::Error>(resp.unwrap_or_else(|never| match never {}))
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+
+    fn handle<B>(&self, req: &Request<B>) -> Response<UnsyncBoxBody<Bytes, Infallible>> {
+        let seen = SeenRequest {
+            path: req.uri().path().to_owned(),
+            query: parse_query(req.uri().query().unwrap_or("")),
+            accept: req
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned(),
+        };
+        self.seen.lock().expect("not poisoned").push(seen.clone());
+        let Some(resource) = collection(&seen.path) else {
+            let mut resp = respond(Full::new(Bytes::from_static(b"{}")).boxed_unsync());
+            *resp.status_mut() = http::StatusCode::NOT_FOUND;
+            return resp;
+        };
+        if seen.is_watch() {
+            return self.watch(seen, resource);
+        }
+        let state = self.state.lock().expect("not poisoned");
+        let items: Vec<Value> = state
+            .objects
+            .iter()
+            .filter(|((r, _), o)| r == resource && selects(&seen, o))
+            .map(|(_, o)| shaped(&seen, o))
+            .collect();
+        let (api_version, kind) = if seen.metadata_only() {
+            ("meta.k8s.io/v1", "PartialObjectMetadataList".to_owned())
+        } else {
+            ("v1", format!("{}List", kind_of(resource)))
+        };
+        let list = json!({
+            "apiVersion": api_version, "kind": kind,
+            "metadata": {"resourceVersion": state.rv.to_string()},
+            "items": items,
+        });
+        respond(Full::new(Bytes::from(list.to_string())).boxed_unsync())
+    }
+
+    fn watch(
+        &self,
+        seen: SeenRequest,
+        resource: &'static str,
+    ) -> Response<UnsyncBoxBody<Bytes, Infallible>> {
+        let from: u64 = seen
+            .param("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        let (backlog, mut live) = {
+            let state = self.state.lock().expect("not poisoned");
+            let backlog: Vec<Change> = state
+                .history
+                .iter()
+                .filter(|c| c.rv > from)
+                .cloned()
+                .collect();
+            (backlog, self.changes.subscribe())
+        };
+        tokio::spawn(async move {
+            let event = |c: &Change| -> Option<Bytes> {
+                if c.resource != resource {
+                    return None;
+                }
+                let was = c.old.as_ref().is_some_and(|o| selects(&seen, o));
+                let is = c.new.as_ref().filter(|o| selects(&seen, o));
+                let (ty, obj) = match (was, is) {
+                    (false, Some(o)) => ("ADDED", o),
+                    (true, Some(o)) => ("MODIFIED", o),
+                    // It left the selection: the API server says DELETED.
+                    (true, None) => ("DELETED", c.new.as_ref().or(c.old.as_ref())?),
+                    (false, None) => return None,
+                };
+                let line = json!({"type": ty, "object": shaped(&seen, obj)});
+                Some(Bytes::from(format!("{line}\n")))
+            };
+            for c in &backlog {
+                if let Some(b) = event(c)
+                    && tx.send(b).is_err()
+                {
+                    return;
+                }
+            }
+            while let Ok(c) = live.recv().await {
+                if let Some(b) = event(&c)
+                    && tx.send(b).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        });
+        respond(StreamBody::new(stream).boxed_unsync())
+    }
+}
