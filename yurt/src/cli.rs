@@ -206,6 +206,9 @@ pub enum BenchCommand {
     Hub(crate::commands::bench_hub::BenchHubArgs),
     /// The manager at scale: pool changes reaching nodes, a YurtAppSet across many pools, memory and CPU.
     Manager(crate::commands::bench_manager::BenchManagerArgs),
+    /// The bare proxy `yurt bench hub` measures the hub against (started by it).
+    #[command(hide = true)]
+    BareProxy(crate::commands::bench_hub::bare_proxy::BareProxyArgs),
 }
 
 /// `yurt bench fleet`.

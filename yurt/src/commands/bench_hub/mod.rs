@@ -34,6 +34,7 @@ use yurt_hub::store::{ObjectKey, Shape, Store, StoreConfig};
 
 use super::bench::percentile;
 
+pub mod bare_proxy;
 mod fake_api;
 mod online;
 
