@@ -121,7 +121,7 @@ pub struct HubMetrics {
     /// Client watches served from shared upstream watches now.
     pub shared_watch_subscribers: Gauge,
     /// Client watches that took an upstream watch of their own, by why (`credentials`,
-    /// `path`, `query`, `resource_version`, `selector`, `too_old`, `race`, `request`).
+    /// `path`, `query`, `resource_version`, `selector`, `too_old`, `race`, `request`, `server`).
     pub shared_watch_fallbacks: Family<ReasonLabel, Counter>,
     /// Clients of shared watches ended because they fell behind.
     pub shared_watch_lagged: Counter,

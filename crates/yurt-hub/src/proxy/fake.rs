@@ -156,11 +156,11 @@ impl<B: RequestBody> Server<B> for FakeServer {
         })
     }
 
-    fn node_sender(&self) -> super::forward::NodeSender {
+    fn node_sender(&self) -> Option<super::forward::NodeSender> {
         let this = self.clone();
-        Arc::new(move |req| {
+        Some(Arc::new(move |req| {
             <FakeServer as Server<http_body_util::Full<Bytes>>>::send(&this, ClientClass::Node, req)
-        })
+        }))
     }
 }
 

@@ -63,8 +63,11 @@ pub trait Server<B>: Send + Sync + 'static {
     /// Sends `req` (absolute URI on [`Server::url`]) with the client of `class`.
     fn send(&self, class: ClientClass, req: Request<B>) -> SendFuture;
     /// Sends the hub's own requests as the node (a shared watch opening its upstream
-    /// watch again), for as long as the holder keeps it.
-    fn node_sender(&self) -> NodeSender;
+    /// watch again), for as long as the holder keeps it. A server without one shares
+    /// no watch.
+    fn node_sender(&self) -> Option<NodeSender> {
+        None
+    }
 }
 
 /// Sends a request the hub makes itself, as the node.
@@ -118,15 +121,15 @@ impl<B: RequestBody> Server<B> for Arc<Backend> {
         })
     }
 
-    fn node_sender(&self) -> NodeSender {
+    fn node_sender(&self) -> Option<NodeSender> {
         let backend = Arc::clone(self);
-        Arc::new(move |req| {
+        Some(Arc::new(move |req| {
             <Arc<Backend> as Server<http_body_util::Full<Bytes>>>::send(
                 &backend,
                 ClientClass::Node,
                 req,
             )
-        })
+        }))
     }
 }
 
@@ -240,11 +243,11 @@ pub async fn forward<B: RequestBody, S: Server<B>>(
     let method = req.method().clone();
     let shared = match shared_watch::plan(ctx, req.headers(), req.uri()) {
         Some(Ok(plan)) => {
-            let opener = shared_watch::Opener {
-                send: server.node_sender(),
+            let opener = server.node_sender().map(|send| shared_watch::Opener {
+                send,
                 url: server.url().clone(),
                 index: server.index(),
-            };
+            });
             match shared_watch::serve(hub, opener, ctx, plan).await {
                 shared_watch::Outcome::Served(resp) => {
                     hub.metrics.request("upstream", Verb::Watch.as_str());

@@ -298,7 +298,10 @@ impl SharedWatches {
 
 /// Serves the watch `plan` of `ctx` from a shared watch: joins the one open for its key,
 /// or opens one through `opener`.
-pub async fn serve(hub: &Arc<Hub>, opener: Opener, ctx: &Ctx, plan: Plan) -> Outcome {
+pub async fn serve(hub: &Arc<Hub>, opener: Option<Opener>, ctx: &Ctx, plan: Plan) -> Outcome {
+    let Some(opener) = opener else {
+        return Outcome::Fallback("server");
+    };
     let watches = &hub.shared_watches;
     let existing = watches.lock().get(&plan.key).cloned();
     if let Some(shared) = existing {
@@ -350,6 +353,7 @@ async fn open(hub: &Arc<Hub>, opener: Opener, ctx: &Ctx, plan: Plan) -> Outcome 
         if map.contains_key(&plan.key) {
             // Another client opened the same watch meanwhile: this one stays its own.
             drop(map);
+            hub.metrics.shared_watch_fallback("race");
             return Outcome::Answer(Ok(shared.response(body)));
         }
         let joined = shared.subscribe(&hub.metrics, plan.from);
@@ -360,8 +364,9 @@ async fn open(hub: &Arc<Hub>, opener: Opener, ctx: &Ctx, plan: Plan) -> Outcome 
     upstream::run(hub.clone(), shared.clone(), opener, body);
     match joined {
         Ok(joined) => Outcome::Served(subscriber::start(hub, &shared, ctx, &plan, joined)),
-        // Not reachable: a new shared watch starts at this client's resourceVersion.
-        Err(_) => Outcome::Fallback("race"),
+        // Not reachable: a new shared watch starts at this client's resourceVersion. Its
+        // upstream task closes it when no one has joined within the linger.
+        Err(_) => Outcome::Fallback("join"),
     }
 }
 

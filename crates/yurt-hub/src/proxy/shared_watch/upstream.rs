@@ -130,7 +130,8 @@ impl Shared {
                 subscribers: Vec::new(),
                 next_id: 0,
                 ended: false,
-                idle_since: None,
+                // Idle until its first subscriber joins (which it does right away).
+                idle_since: Some(Instant::now()),
             }),
             wake: Notify::new(),
         }
