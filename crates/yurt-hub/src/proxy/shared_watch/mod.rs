@@ -16,7 +16,8 @@
 //! asked for them.
 //!
 //! resourceVersion: the upstream watch starts from the first client's resourceVersion
-//! and keeps a bounded buffer of its recent events ([`Settings::buffer_events`]). A
+//! and keeps a bounded buffer of its recent events ([`Settings::buffer_events`],
+//! [`Settings::buffer_bytes`]). A
 //! client watching from X is served when every event after X is still at hand (X is the
 //! start or later, or within the buffer): it gets the buffered events after X, then the
 //! live ones. Anything the hub cannot serve exactly takes a dedicated upstream watch, as
@@ -60,8 +61,11 @@ pub use upstream::Shared;
 /// How shared watches behave.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// Recent events kept per shared watch for clients that join later (1024).
+    /// Recent events kept per shared watch for clients that join later (1024)...
     pub buffer_events: usize,
+    /// ... in at most this many bytes (4 MiB; an edge node's kube-proxy alone watches
+    /// every EndpointSlice of the cluster).
+    pub buffer_bytes: usize,
     /// Events waiting for one client; a client further behind is ended (1024).
     pub subscriber_queue: usize,
     /// How long an upstream watch stays open after its last client left (30 s: kubelet
@@ -76,6 +80,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             buffer_events: 1024,
+            buffer_bytes: 4 * 1024 * 1024,
             subscriber_queue: 1024,
             linger: Duration::from_secs(30),
             min_stream: Duration::from_secs(1),

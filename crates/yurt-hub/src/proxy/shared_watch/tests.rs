@@ -32,16 +32,19 @@ struct WatchServer {
 
 impl WatchServer {
     fn new() -> Self {
+        Self::answering("application/json")
+    }
+
+    /// A server whose watch streams are in `content_type`.
+    fn answering(content_type: &'static str) -> Self {
         let streams = Arc::new(Mutex::new(Vec::new()));
         let kept = streams.clone();
         let server = FakeServer::new(move |_| {
             let (tx, body) = body::channel(64);
             kept.lock().unwrap().push(tx);
             let mut resp = http::Response::new(body);
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            resp.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             Ok(resp)
         });
         Self { server, streams }
@@ -124,16 +127,38 @@ fn watch_uri(rv: u64, selector: Option<&str>) -> String {
 struct Client {
     body: crate::body::ResponseBody,
     decoder: WatchDecoder,
+    format: Format,
 }
 
 impl Client {
     async fn open(hub: &Arc<Hub>, up: &FakeUpstream, ua: (&str, &str), uri: &str) -> Self {
-        let resp = send(hub, up, Origin::Local, request("GET", uri, &[ua], b"")).await;
+        Self::open_as(hub, up, ua, uri, Format::Json).await
+    }
+
+    async fn open_as(
+        hub: &Arc<Hub>,
+        up: &FakeUpstream,
+        ua: (&str, &str),
+        uri: &str,
+        format: Format,
+    ) -> Self {
+        let accept = ("accept", format.content_type());
+        let resp = send(
+            hub,
+            up,
+            Origin::Local,
+            request("GET", uri, &[ua, accept], b""),
+        )
+        .await;
         assert_eq!(resp.status().as_u16(), 200, "{uri}");
-        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            format.watch_content_type()
+        );
         Self {
             body: resp.into_body(),
-            decoder: WatchDecoder::new(Format::Json),
+            decoder: WatchDecoder::new(format),
+            format,
         }
     }
 
@@ -147,7 +172,10 @@ impl Client {
                 .expect("the stream goes on")
                 .expect("the stream reads");
             let data = frame.into_data().unwrap();
-            assert!(data.ends_with(b"\n"), "one JSON event per line: {data:?}");
+            assert!(
+                self.format == Format::Protobuf || data.ends_with(b"\n"),
+                "one JSON event per line: {data:?}"
+            );
             for (ev, _) in self.decoder.push(&data).unwrap() {
                 let info = &ev.object.info;
                 out.push((
@@ -622,4 +650,105 @@ fn only_watches_the_hub_sends_as_the_node_and_can_serve_exactly_are_shared() {
     .unwrap()
     .unwrap();
     assert_ne!(metadata.key, ok.key, "metadata only is another shape");
+}
+
+fn proto_event(kind: &str, name: &str, rv: u64, labels: &[(&str, &str)]) -> Vec<u8> {
+    use k8s_pb::api::core::v1 as core;
+    use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
+    use prost::Message as _;
+    let svc = core::Service {
+        metadata: Some(meta::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("default".into()),
+            resource_version: Some(rv.to_string()),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let obj = crate::codec::proto_from_message("v1", "Service", Bytes::from(svc.encode_to_vec()))
+        .unwrap();
+    crate::codec::encode_watch_event(Format::Protobuf, kind, &obj).to_vec()
+}
+
+#[tokio::test]
+async fn protobuf_watches_share_and_label_selectors_read_protobuf_labels() {
+    let (hub, _dir) = hub_with(Settings::default());
+    let api = WatchServer::answering("application/vnd.kubernetes.protobuf;stream=watch");
+    let up = api.upstream();
+    let proto = Format::Protobuf;
+    let mut kubelet = Client::open_as(&hub, &up, KUBELET, &watch_uri(10, None), proto).await;
+    let proxy_uri = watch_uri(10, Some(PROXY_SELECTOR));
+    let mut proxy = Client::open_as(&hub, &up, KUBE_PROXY, &proxy_uri, proto).await;
+    assert_eq!(api.uris().len(), 1);
+    let headless = [("service.kubernetes.io/headless", "")];
+    api.send(0, proto_event("ADDED", "a", 11, &[])).await;
+    api.send(0, proto_event("MODIFIED", "a", 12, &headless))
+        .await;
+    api.send(0, proto_event("ADDED", "h", 13, &headless)).await;
+    assert_eq!(
+        kubelet.next(3).await,
+        [
+            ev("ADDED", "a", 11),
+            ev("MODIFIED", "a", 12),
+            ev("ADDED", "h", 13)
+        ]
+    );
+    assert_eq!(
+        proxy.next(2).await,
+        [ev("ADDED", "a", 11), ev("DELETED", "a", 12)]
+    );
+}
+
+#[tokio::test]
+async fn json_and_protobuf_watches_are_different_shapes() {
+    let (hub, _dir) = hub_with(Settings::default());
+    let api = WatchServer::new();
+    let up = api.upstream();
+    let _json = Client::open(&hub, &up, KUBELET, &watch_uri(10, None)).await;
+    let accept = ("accept", Format::Protobuf.content_type());
+    let _proto = send(
+        &hub,
+        &up,
+        Origin::Local,
+        request("GET", &watch_uri(10, None), &[KUBE_PROXY, accept], b""),
+    )
+    .await;
+    assert_eq!(api.uris().len(), 2);
+    let accepts: Vec<_> = api
+        .server
+        .requests()
+        .iter()
+        .map(|s| s.parts.headers.get(header::ACCEPT).cloned())
+        .collect();
+    assert_eq!(accepts[0].as_ref().unwrap(), "application/json");
+    assert_eq!(
+        accepts[1].as_ref().unwrap(),
+        Format::Protobuf.content_type()
+    );
+}
+
+#[tokio::test]
+async fn the_buffer_is_bounded_in_bytes_too() {
+    let settings = Settings {
+        buffer_bytes: 1,
+        ..Settings::default()
+    };
+    let (hub, _dir) = hub_with(settings);
+    let api = WatchServer::new();
+    let up = api.upstream();
+    let mut first = Client::open(&hub, &up, KUBELET, &watch_uri(10, None)).await;
+    api.send(0, event("ADDED", "s", 11, &[])).await;
+    api.send(0, event("MODIFIED", "s", 12, &[])).await;
+    assert_eq!(first.next(2).await.len(), 2);
+    // Nothing fits: only a client at the last version is served from the shared watch.
+    let _late = Client::open(&hub, &up, KUBE_PROXY, &watch_uri(11, None)).await;
+    assert_eq!(api.uris().len(), 2, "11 is older than what is kept");
+    let mut current = Client::open(&hub, &up, KUBE_PROXY, &watch_uri(12, None)).await;
+    assert_eq!(api.uris().len(), 2);
+    api.send(0, event("MODIFIED", "s", 13, &[])).await;
+    assert_eq!(current.next(1).await, [ev("MODIFIED", "s", 13)]);
 }

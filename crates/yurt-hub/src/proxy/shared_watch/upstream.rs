@@ -44,6 +44,13 @@ pub struct SharedEvent {
     pub prev: Prev,
 }
 
+impl SharedEvent {
+    /// The bytes it holds.
+    pub fn size(&self) -> usize {
+        self.wire.len() + self.event.object.data.len()
+    }
+}
+
 /// A subscriber as it joined.
 #[derive(Debug)]
 pub struct Joined {
@@ -75,6 +82,8 @@ struct State {
     /// The resourceVersion of the last event or bookmark.
     last_rv: u64,
     buffer: VecDeque<Arc<SharedEvent>>,
+    /// The bytes the buffer holds ([`SharedEvent::size`]).
+    buffer_bytes: usize,
     subscribers: Vec<Subscriber>,
     next_id: u64,
     ended: bool,
@@ -127,6 +136,7 @@ impl Shared {
                 floor: from,
                 last_rv: from,
                 buffer: VecDeque::new(),
+                buffer_bytes: 0,
                 subscribers: Vec::new(),
                 next_id: 0,
                 ended: false,
@@ -197,10 +207,15 @@ impl Shared {
         st.last_rv = st.last_rv.max(event.rv);
         if !matches!(event.event.event_type.as_str(), "BOOKMARK" | "ERROR") {
             st.buffer.push_back(event.clone());
-            while st.buffer.len() > self.settings.buffer_events {
-                if let Some(old) = st.buffer.pop_front() {
-                    st.floor = st.floor.max(old.rv);
-                }
+            st.buffer_bytes += event.size();
+            while st.buffer.len() > self.settings.buffer_events
+                || st.buffer_bytes > self.settings.buffer_bytes
+            {
+                let Some(old) = st.buffer.pop_front() else {
+                    break;
+                };
+                st.buffer_bytes -= old.size();
+                st.floor = st.floor.max(old.rv);
             }
         }
         let before = st.subscribers.len();
@@ -327,6 +342,10 @@ async fn pump(hub: &Arc<Hub>, shared: &Arc<Shared>, opener: &Opener, mut body: R
                 continue;
             }
             () = shared.wake.notified() => continue,
+            () = hub.shutdown.cancelled() => {
+                shared.end(hub);
+                return;
+            }
         };
         match frame {
             Some(Ok(frame)) => {
