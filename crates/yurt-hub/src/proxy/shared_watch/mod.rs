@@ -8,7 +8,8 @@
 //! callers with their own credentials, always watch on their own.
 //!
 //! What is shared: a [`Key`] is the group/version/resource, namespace, field selector and
-//! `Accept` header (JSON or protobuf, whole objects or metadata only). The upstream watch
+//! the shape the `Accept` header asks for (JSON or protobuf, whole objects or metadata
+//! only: [`shape_of_accept`]). The upstream watch
 //! carries no label selector and always asks for bookmarks; each client's label selector
 //! is evaluated here with [`crate::selector`] (the API server's 1.20 grammar), the way
 //! the API server's watch cache does it: an object that starts to match is ADDED, one
@@ -97,7 +98,7 @@ pub struct Key {
     pub namespace: Option<String>,
     /// The field selector (decoded).
     pub field_selector: Option<String>,
-    /// The `Accept` header as the client sent it.
+    /// The `Accept` header sent upstream ([`shape_of_accept`]).
     pub accept: String,
 }
 
@@ -177,11 +178,12 @@ fn plan_watch(
         None => None,
         Some(s) => Some(LabelSelector::parse(s).map_err(|_| "selector")?),
     };
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let accept = shape_of_accept(
+        headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    );
     Ok(Plan {
         key: Key {
             gvr: r.gvr.clone(),
@@ -195,6 +197,25 @@ fn plan_watch(
         bookmarks: r.allow_watch_bookmarks,
         raw_field_selector,
     })
+}
+
+/// The `Accept` a shared watch sends upstream for a client's `Accept`: the plain JSON
+/// or protobuf type the API server would pick when every entry is one of those or a
+/// wildcard with no parameters (kubelet's `application/vnd.kubernetes.protobuf, */*`
+/// and kube-proxy's `application/vnd.kubernetes.protobuf` get the same stream), the
+/// header as it is otherwise (metadata only, tables, weights: only equal headers share).
+pub fn shape_of_accept(accept: &str) -> String {
+    let mut first = None;
+    for entry in accept.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let media = match entry {
+            "*/*" | "application/*" => continue,
+            "application/json" => "application/json",
+            "application/vnd.kubernetes.protobuf" => "application/vnd.kubernetes.protobuf",
+            _ => return accept.to_owned(),
+        };
+        first.get_or_insert(media);
+    }
+    first.unwrap_or("application/json").to_owned()
 }
 
 /// The path of a collection: `/api/v1/namespaces/d/pods`, `/apis/g/v/nodes`.

@@ -752,3 +752,38 @@ async fn the_buffer_is_bounded_in_bytes_too() {
     api.send(0, event("MODIFIED", "s", 13, &[])).await;
     assert_eq!(current.next(1).await, [ev("MODIFIED", "s", 13)]);
 }
+
+#[test]
+fn accept_headers_that_get_the_same_stream_share() {
+    let protobuf = "application/vnd.kubernetes.protobuf";
+    for (accept, shape) in [
+        ("", "application/json"),
+        ("*/*", "application/json"),
+        ("application/json, */*", "application/json"),
+        (protobuf, protobuf),
+        ("application/vnd.kubernetes.protobuf, */*", protobuf),
+        (
+            "application/vnd.kubernetes.protobuf,application/json",
+            protobuf,
+        ),
+        (
+            "application/json,application/vnd.kubernetes.protobuf",
+            "application/json",
+        ),
+        (
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+        ),
+        (
+            "application/json;as=Table;v=v1;g=meta.k8s.io, application/json",
+            "application/json;as=Table;v=v1;g=meta.k8s.io, application/json",
+        ),
+        (
+            "application/json;q=0.5, application/vnd.kubernetes.protobuf",
+            "application/json;q=0.5, application/vnd.kubernetes.protobuf",
+        ),
+        ("application/yaml", "application/yaml"),
+    ] {
+        assert_eq!(shape_of_accept(accept), shape, "{accept}");
+    }
+}
