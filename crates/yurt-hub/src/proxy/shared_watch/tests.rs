@@ -787,3 +787,45 @@ fn accept_headers_that_get_the_same_stream_share() {
         assert_eq!(shape_of_accept(accept), shape, "{accept}");
     }
 }
+
+#[tokio::test]
+async fn a_captured_protobuf_stream_reaches_every_client_byte_for_byte() {
+    // A pod watch stream kube-apiserver 1.20.2 sent, in chunks that cut events.
+    let captured = include_bytes!("../../../tests/data/podwatch.pb");
+    let (hub, _dir) = hub_with(Settings::default());
+    let api = WatchServer::answering("application/vnd.kubernetes.protobuf;stream=watch");
+    let up = api.upstream();
+    let uri = "/api/v1/pods?fieldSelector=spec.nodeName%3Dedge-b2&resourceVersion=1&watch=true";
+    let accept = ("accept", "application/vnd.kubernetes.protobuf, */*");
+    let mut bodies = Vec::new();
+    for ua in [KUBELET, KUBE_PROXY] {
+        let resp = send(
+            &hub,
+            &up,
+            Origin::Local,
+            request("GET", uri, &[ua, accept], b""),
+        )
+        .await;
+        assert_eq!(resp.status().as_u16(), 200);
+        bodies.push(resp.into_body());
+    }
+    assert_eq!(api.uris().len(), 1);
+    assert!(api.uris()[0].contains("fieldSelector=spec.nodeName%3Dedge-b2"));
+    for chunk in captured.chunks(700) {
+        api.send(0, chunk.to_vec()).await;
+    }
+    api.end(0);
+    for body in bodies {
+        let mut got = Vec::new();
+        let mut body = body;
+        while got.len() < captured.len() {
+            let frame = tokio::time::timeout(WAIT, body.frame())
+                .await
+                .expect("in time")
+                .expect("more")
+                .expect("reads");
+            got.extend_from_slice(&frame.into_data().unwrap());
+        }
+        assert_eq!(got, captured.to_vec());
+    }
+}
