@@ -331,6 +331,7 @@ pub async fn serve(hub: &Arc<Hub>, opener: Option<Opener>, ctx: &Ctx, plan: Plan
     let watches = &hub.shared_watches;
     let existing = watches.lock().get(&plan.key).cloned();
     if let Some(shared) = existing {
+        tracing::debug!(gvr = %plan.key.gvr, from = plan.from, component = ?ctx.component, "joining a shared watch");
         return match shared.subscribe(&hub.metrics, plan.from) {
             Ok(joined) => Outcome::Served(subscriber::start(hub, &shared, ctx, &plan, joined)),
             Err(upstream::JoinError::TooOld) => Outcome::Fallback("too_old"),
@@ -387,6 +388,7 @@ async fn open(hub: &Arc<Hub>, opener: Opener, ctx: &Ctx, plan: Plan) -> Outcome 
         joined
     };
     hub.metrics.shared_watch_upstreams.inc();
+    tracing::info!(gvr = %plan.key.gvr, namespace = ?plan.key.namespace, field_selector = ?plan.key.field_selector, accept = %plan.key.accept, from = plan.from, component = ?ctx.component, "shared watch opened");
     upstream::run(hub.clone(), shared.clone(), opener, body);
     match joined {
         Ok(joined) => Outcome::Served(subscriber::start(hub, &shared, ctx, &plan, joined)),
