@@ -7,14 +7,16 @@
 //! a client never gets through sharing what its own request would not get. Pods, and
 //! callers with their own credentials, always watch on their own.
 //!
-//! What is shared: a [`Key`] is the group/version/resource, namespace, field selector and
-//! the shape the `Accept` header asks for (JSON or protobuf, whole objects or metadata
-//! only: [`shape_of_accept`]). The upstream watch
-//! carries no label selector and always asks for bookmarks; each client's label selector
-//! is evaluated here with [`crate::selector`] (the API server's 1.20 grammar), the way
-//! the API server's watch cache does it: an object that starts to match is ADDED, one
-//! that stops matching is DELETED ([`subscriber`]). Bookmarks reach only the clients that
-//! asked for them.
+//! What is shared: a [`Key`] is the group/version/resource, namespace, field selector,
+//! label selector and the shape the `Accept` header asks for (JSON or protobuf, whole
+//! objects or metadata only: [`shape_of_accept`]). A client with a label selector also
+//! joins the same watch without one (kube-proxy's Services watch joins kubelet's), its
+//! selector then evaluated here with [`crate::selector`] (the API server's 1.20 grammar)
+//! the way the API server's watch cache does it: an object that starts to match is
+//! ADDED, one that stops matching is DELETED ([`subscriber`]). With no such watch open,
+//! it opens one with its own selector upstream, so sharing never costs more bytes than
+//! a watch of its own. Upstream watches always ask for bookmarks; they reach only the
+//! clients that asked for them.
 //!
 //! resourceVersion: the upstream watch starts from the first client's resourceVersion
 //! and keeps a bounded buffer of its recent events ([`Settings::buffer_events`],
@@ -98,25 +100,44 @@ pub struct Key {
     pub namespace: Option<String>,
     /// The field selector (decoded).
     pub field_selector: Option<String>,
+    /// The label selector sent upstream (decoded), if any.
+    pub label_selector: Option<String>,
     /// The `Accept` header sent upstream ([`shape_of_accept`]).
     pub accept: String,
+}
+
+impl Key {
+    /// The same watch without a label selector.
+    fn unlabelled(&self) -> Self {
+        Self {
+            label_selector: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// A watch's selectors as its client encoded them, for the upstream query.
+#[derive(Debug, Clone, Default)]
+pub struct RawSelectors {
+    field: Option<String>,
+    label: Option<String>,
 }
 
 /// A watch that can be served from a shared upstream watch.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Its shared watch.
+    /// Its own shared watch (with its label selector upstream).
     pub key: Key,
     /// The resource request.
     pub request: ResourceRequest,
     /// It wants the events after this resourceVersion.
     pub from: u64,
-    /// Its label selector, evaluated locally.
+    /// Its label selector, evaluated here when it joins a watch without one.
     pub labels: Option<LabelSelector>,
     /// It asked for bookmarks.
     pub bookmarks: bool,
-    /// Its field selector as the client encoded it (for the upstream query).
-    raw_field_selector: Option<String>,
+    /// Its selectors as the client encoded them.
+    raw: RawSelectors,
 }
 
 /// The query parameters a shared watch serves; any other one takes a dedicated watch.
@@ -160,14 +181,16 @@ fn plan_watch(
         return Err("path");
     }
     let query = uri.query().unwrap_or("");
-    let mut raw_field_selector = None;
+    let mut raw = RawSelectors::default();
     for kv in query.split('&').filter(|kv| !kv.is_empty()) {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         if !SHARED_PARAMS.contains(&k) {
             return Err("query");
         }
-        if k == "fieldSelector" && !v.is_empty() {
-            raw_field_selector = Some(v.to_owned());
+        match k {
+            "fieldSelector" if !v.is_empty() => raw.field = Some(v.to_owned()),
+            "labelSelector" if !v.is_empty() => raw.label = Some(v.to_owned()),
+            _ => {}
         }
     }
     let from = match r.resource_version.as_deref().map(str::parse::<u64>) {
@@ -189,13 +212,14 @@ fn plan_watch(
             gvr: r.gvr.clone(),
             namespace: r.namespace.clone(),
             field_selector: r.field_selector.clone(),
+            label_selector: r.label_selector.clone(),
             accept,
         },
         request: r.clone(),
         from,
         labels,
         bookmarks: r.allow_watch_bookmarks,
-        raw_field_selector,
+        raw,
     })
 }
 
@@ -237,7 +261,7 @@ fn collection_path(gvr: &Gvr, namespace: Option<&str>) -> String {
 /// The upstream watch request of a shared watch, from resourceVersion `from`.
 fn upstream_request(
     key: &Key,
-    raw_field_selector: Option<&str>,
+    raw: &RawSelectors,
     from: u64,
     url: &http::Uri,
 ) -> Option<Request<http_body_util::Full<bytes::Bytes>>> {
@@ -245,9 +269,13 @@ fn upstream_request(
     path.push_str(&format!(
         "?allowWatchBookmarks=true&resourceVersion={from}&watch=true"
     ));
-    if let Some(fs) = raw_field_selector {
+    if let Some(fs) = &raw.field {
         path.push_str("&fieldSelector=");
         path.push_str(fs);
+    }
+    if let Some(ls) = raw.label.as_ref().filter(|_| key.label_selector.is_some()) {
+        path.push_str("&labelSelector=");
+        path.push_str(ls);
     }
     let uri = crate::upstream::uri_on(url, &path).ok()?;
     let mut req = Request::get(uri)
@@ -322,33 +350,53 @@ impl SharedWatches {
     }
 }
 
-/// Serves the watch `plan` of `ctx` from a shared watch: joins the one open for its key,
-/// or opens one through `opener`.
+/// Serves the watch `plan` of `ctx` from a shared watch: joins the one without a label
+/// selector (evaluating the client's here) or the one with its own, or opens one with
+/// its own through `opener`.
+///
+/// A client with a label selector prefers the watch without one, so that kube-proxy's
+/// next watch moves to kubelet's; it opens its own with its selector upstream (never
+/// more bytes than a watch of its own), which the next client with the same selector
+/// shares.
 pub async fn serve(hub: &Arc<Hub>, opener: Option<Opener>, ctx: &Ctx, plan: Plan) -> Outcome {
     let Some(opener) = opener else {
         return Outcome::Fallback("server");
     };
-    let watches = &hub.shared_watches;
-    let existing = watches.lock().get(&plan.key).cloned();
-    if let Some(shared) = existing {
-        tracing::debug!(gvr = %plan.key.gvr, from = plan.from, component = ?ctx.component, "joining a shared watch");
-        return match shared.subscribe(&hub.metrics, plan.from) {
-            Ok(joined) => Outcome::Served(subscriber::start(hub, &shared, ctx, &plan, joined)),
-            Err(upstream::JoinError::TooOld) => Outcome::Fallback("too_old"),
-            // It closed as we came: this client opens the next one.
-            Err(upstream::JoinError::Ended) => open(hub, opener, ctx, plan).await,
+    let mut candidates = Vec::with_capacity(2);
+    if plan.key.label_selector.is_some() {
+        candidates.push((plan.key.unlabelled(), true));
+    }
+    candidates.push((plan.key.clone(), false));
+    let mut own_too_old = false;
+    for (key, local_labels) in candidates {
+        let Some(shared) = hub.shared_watches.lock().get(&key).cloned() else {
+            continue;
         };
+        match shared.subscribe(&hub.metrics, plan.from) {
+            Ok(joined) => {
+                tracing::debug!(gvr = %key.gvr, label_selector = ?key.label_selector, from = plan.from, component = ?ctx.component, "joined a shared watch");
+                let labels = if local_labels {
+                    plan.labels.clone()
+                } else {
+                    None
+                };
+                return Outcome::Served(subscriber::start(
+                    hub, &shared, ctx, &plan, labels, joined,
+                ));
+            }
+            Err(upstream::JoinError::TooOld) => own_too_old = key == plan.key,
+            // It closed as we came: as if it were not there.
+            Err(upstream::JoinError::Ended) => {}
+        }
+    }
+    if own_too_old {
+        return Outcome::Fallback("too_old");
     }
     open(hub, opener, ctx, plan).await
 }
 
 async fn open(hub: &Arc<Hub>, opener: Opener, ctx: &Ctx, plan: Plan) -> Outcome {
-    let Some(req) = upstream_request(
-        &plan.key,
-        plan.raw_field_selector.as_deref(),
-        plan.from,
-        &opener.url,
-    ) else {
+    let Some(req) = upstream_request(&plan.key, &plan.raw, plan.from, &opener.url) else {
         return Outcome::Fallback("request");
     };
     let resp = match (opener.send)(req).await {
@@ -368,7 +416,7 @@ async fn open(hub: &Arc<Hub>, opener: Opener, ctx: &Ctx, plan: Plan) -> Outcome 
     head.headers.remove(header::CONTENT_LENGTH);
     let shared = Arc::new(Shared::new(
         plan.key.clone(),
-        plan.raw_field_selector.clone(),
+        plan.raw.clone(),
         format,
         head.status,
         head.headers,
@@ -378,7 +426,8 @@ async fn open(hub: &Arc<Hub>, opener: Opener, ctx: &Ctx, plan: Plan) -> Outcome 
     let joined = {
         let mut map = hub.shared_watches.lock();
         if map.contains_key(&plan.key) {
-            // Another client opened the same watch meanwhile: this one stays its own.
+            // Another client opened the same watch meanwhile (or one too old for this
+            // client had ended): this one stays its own.
             drop(map);
             hub.metrics.shared_watch_fallback("race");
             return Outcome::Answer(Ok(shared.response(body)));
@@ -388,10 +437,10 @@ async fn open(hub: &Arc<Hub>, opener: Opener, ctx: &Ctx, plan: Plan) -> Outcome 
         joined
     };
     hub.metrics.shared_watch_upstreams.inc();
-    tracing::info!(gvr = %plan.key.gvr, namespace = ?plan.key.namespace, field_selector = ?plan.key.field_selector, accept = %plan.key.accept, from = plan.from, component = ?ctx.component, "shared watch opened");
+    tracing::info!(gvr = %plan.key.gvr, namespace = ?plan.key.namespace, field_selector = ?plan.key.field_selector, label_selector = ?plan.key.label_selector, accept = %plan.key.accept, from = plan.from, component = ?ctx.component, "shared watch opened");
     upstream::run(hub.clone(), shared.clone(), opener, body);
     match joined {
-        Ok(joined) => Outcome::Served(subscriber::start(hub, &shared, ctx, &plan, joined)),
+        Ok(joined) => Outcome::Served(subscriber::start(hub, &shared, ctx, &plan, None, joined)),
         // Not reachable: a new shared watch starts at this client's resourceVersion. Its
         // upstream task closes it when no one has joined within the linger.
         Err(_) => Outcome::Fallback("join"),

@@ -79,12 +79,14 @@ fn static_kind(kind: &str) -> &'static str {
     }
 }
 
-/// Streams the shared watch to the client of `ctx` that joined as `joined`.
+/// Streams the shared watch to the client of `ctx` that joined as `joined`, evaluating
+/// `labels` (its label selector, when the upstream watch has none).
 pub fn start(
     hub: &Arc<Hub>,
     shared: &Arc<Shared>,
     ctx: &Ctx,
     plan: &Plan,
+    labels: Option<LabelSelector>,
     joined: Joined,
 ) -> Response<ResponseBody> {
     let format = shared.format;
@@ -122,8 +124,7 @@ pub fn start(
                     () = &mut deadline => break,
                 },
             };
-            let Some((kind, wire)) =
-                view(&ev, plan.from, plan.labels.as_ref(), plan.bookmarks, format)
+            let Some((kind, wire)) = view(&ev, plan.from, labels.as_ref(), plan.bookmarks, format)
             else {
                 continue;
             };

@@ -337,10 +337,11 @@ async fn a_client_older_than_the_buffer_gets_a_watch_of_its_own() {
     }
     assert_eq!(first.next(3).await.len(), 3);
     // 11 fell out of the buffer: a client at 10 cannot be served exactly.
-    let old_uri = watch_uri(10, Some("app%3Dweb"));
+    let old_uri = format!("{}&timeoutSeconds=300", watch_uri(10, None));
     let _old = Client::open(&hub, &up, KUBE_PROXY, &old_uri).await;
     assert_eq!(api.uris().len(), 2);
     assert_eq!(api.uris()[1], old_uri, "its own request, as it sent it");
+    assert_eq!(hub.metrics.shared_watch_upstreams.get(), 1);
     let too_old = || {
         hub.metrics
             .shared_watch_fallbacks
@@ -828,4 +829,43 @@ async fn a_captured_protobuf_stream_reaches_every_client_byte_for_byte() {
         }
         assert_eq!(got, captured.to_vec());
     }
+}
+
+#[tokio::test]
+async fn a_label_selector_goes_upstream_until_a_watch_without_one_is_open() {
+    let (hub, _dir) = hub_with(Settings::default());
+    let api = WatchServer::new();
+    let up = api.upstream();
+    let selected = watch_uri(10, Some(PROXY_SELECTOR));
+    // kube-proxy first: its selector goes upstream, as on its own.
+    let mut proxy = Client::open(&hub, &up, KUBE_PROXY, &selected).await;
+    let mut proxy_too = Client::open(&hub, &up, KUBE_PROXY, &selected).await;
+    assert_eq!(
+        api.uris(),
+        std::slice::from_ref(&selected),
+        "one watch, with the selector"
+    );
+    // The API server filtered it: what comes is passed as it is.
+    api.send(0, event("ADDED", "a", 11, &[])).await;
+    assert_eq!(proxy.next(1).await, [ev("ADDED", "a", 11)]);
+    assert_eq!(proxy_too.next(1).await, [ev("ADDED", "a", 11)]);
+    // kubelet cannot use it: a watch without a selector opens.
+    let mut kubelet = Client::open(&hub, &up, KUBELET, &watch_uri(11, None)).await;
+    assert_eq!(api.uris().len(), 2);
+    assert_eq!(api.uris()[1], watch_uri(11, None));
+    // kube-proxy's next watch moves to kubelet's and evaluates its selector here.
+    let mut moved = Client::open(&hub, &up, KUBE_PROXY, &watch_uri(11, Some(PROXY_SELECTOR))).await;
+    assert_eq!(api.uris().len(), 2);
+    api.send(
+        1,
+        event("ADDED", "h", 12, &[("service.kubernetes.io/headless", "")]),
+    )
+    .await;
+    api.send(1, event("ADDED", "b", 13, &[])).await;
+    assert_eq!(
+        kubelet.next(2).await,
+        [ev("ADDED", "h", 12), ev("ADDED", "b", 13)]
+    );
+    assert_eq!(moved.next(1).await, [ev("ADDED", "b", 13)]);
+    assert_eq!(hub.metrics.shared_watch_upstreams.get(), 2);
 }

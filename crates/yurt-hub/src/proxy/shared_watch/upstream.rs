@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use super::{Key, Opener, Settings, upstream_request};
+use super::{Key, Opener, RawSelectors, Settings, upstream_request};
 use crate::body::ResponseBody;
 use crate::codec::{Format, WatchDecoder, WatchEvent};
 use crate::metrics::HubMetrics;
@@ -95,7 +95,7 @@ struct State {
 pub struct Shared {
     /// What it watches.
     pub key: Key,
-    raw_field_selector: Option<String>,
+    raw: RawSelectors,
     /// The format of its events.
     pub format: Format,
     status: StatusCode,
@@ -118,7 +118,7 @@ impl Shared {
     /// and `headers`.
     pub fn new(
         key: Key,
-        raw_field_selector: Option<String>,
+        raw: RawSelectors,
         format: Format,
         status: StatusCode,
         headers: HeaderMap,
@@ -127,7 +127,7 @@ impl Shared {
     ) -> Self {
         Self {
             key,
-            raw_field_selector,
+            raw,
             format,
             status,
             headers,
@@ -402,12 +402,7 @@ async fn pump(hub: &Arc<Hub>, shared: &Arc<Shared>, opener: &Opener, mut body: R
 /// Opens the upstream watch again from the last resourceVersion it delivered.
 async fn reopen(hub: &Hub, shared: &Shared, opener: &Opener) -> Option<ResponseBody> {
     let from = shared.last_rv();
-    let req = upstream_request(
-        &shared.key,
-        shared.raw_field_selector.as_deref(),
-        from,
-        &opener.url,
-    )?;
+    let req = upstream_request(&shared.key, &shared.raw, from, &opener.url)?;
     let resp = match tokio::time::timeout(reopen_timeout(hub), (opener.send)(req)).await {
         Ok(Ok(r)) => r,
         Ok(Err(failure)) => {
