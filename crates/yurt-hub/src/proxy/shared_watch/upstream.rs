@@ -283,24 +283,43 @@ impl Shared {
     }
 }
 
-/// The labels each object had at its last event, to give every event its [`Prev`].
-#[derive(Default)]
-struct KnownLabels(HashMap<(String, String), BTreeMap<String, String>>);
+/// The labels each object had at its last event, to give every event its [`Prev`]: kept
+/// only for a watch without a label selector, the one where clients' selectors are
+/// evaluated here.
+struct KnownLabels {
+    kept: bool,
+    labels: HashMap<(String, String), BTreeMap<String, String>>,
+}
 
 impl KnownLabels {
+    fn new(kept: bool) -> Self {
+        Self {
+            kept,
+            labels: HashMap::new(),
+        }
+    }
+
     fn shared_event(&mut self, event: WatchEvent, wire: Bytes) -> SharedEvent {
         let info = &event.object.info;
+        if !self.kept {
+            return SharedEvent {
+                rv: info.rv(),
+                prev: Prev::Unknown,
+                event,
+                wire,
+            };
+        }
         let key = (info.namespace.clone(), info.name.clone());
         let prev = match event.event_type.as_str() {
             "ADDED" => {
-                self.0.insert(key, info.labels.clone());
+                self.labels.insert(key, info.labels.clone());
                 Prev::New
             }
             "MODIFIED" => self
-                .0
+                .labels
                 .insert(key, info.labels.clone())
                 .map_or(Prev::Unknown, Prev::Labels),
-            "DELETED" => self.0.remove(&key).map_or(Prev::Unknown, Prev::Labels),
+            "DELETED" => self.labels.remove(&key).map_or(Prev::Unknown, Prev::Labels),
             _ => Prev::Unknown,
         };
         SharedEvent {
@@ -322,7 +341,7 @@ pub fn run(hub: Arc<Hub>, shared: Arc<Shared>, opener: Opener, body: ResponseBod
 
 async fn pump(hub: &Arc<Hub>, shared: &Arc<Shared>, opener: &Opener, mut body: ResponseBody) {
     let mut decoder = WatchDecoder::new(shared.format);
-    let mut known = KnownLabels::default();
+    let mut known = KnownLabels::new(shared.key.label_selector.is_none());
     let mut opened = Instant::now();
     let mut events_since_open = 0_u64;
     loop {
