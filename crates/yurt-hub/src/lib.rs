@@ -214,6 +214,7 @@ pub async fn run(
         autonomy: autonomy::AutonomyReporter::new(std::time::Duration::from_secs(30)),
         verifier: verifier.clone(),
         short_requests: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
+        shared_watches: proxy::shared_watch::SharedWatches::default(),
     });
 
     {

@@ -116,6 +116,17 @@ pub struct HubMetrics {
     pub cache_pending_writes: Gauge,
     /// Markers of list shapes made incomplete by dropped writes.
     pub cache_incomplete_shapes: Gauge,
+    /// Upstream watches shared by the node's components, open now.
+    pub shared_watch_upstreams: Gauge,
+    /// Client watches served from shared upstream watches now.
+    pub shared_watch_subscribers: Gauge,
+    /// Client watches that took an upstream watch of their own, by why (`credentials`,
+    /// `path`, `query`, `resource_version`, `selector`, `too_old`, `race`, `request`, `server`).
+    pub shared_watch_fallbacks: Family<ReasonLabel, Counter>,
+    /// Clients of shared watches ended because they fell behind.
+    pub shared_watch_lagged: Counter,
+    /// Shared upstream watches opened again after they ended.
+    pub shared_watch_reopens: Counter,
 }
 
 impl HubMetrics {
@@ -196,6 +207,40 @@ impl HubMetrics {
             "List shapes made incomplete by dropped cache writes (not served offline until relisted)",
             self.cache_incomplete_shapes.clone(),
         );
+        registry.register(
+            "shared_watch_upstreams",
+            "Upstream watches shared by the node's components, open now",
+            self.shared_watch_upstreams.clone(),
+        );
+        registry.register(
+            "shared_watch_subscribers",
+            "Client watches served from shared upstream watches now",
+            self.shared_watch_subscribers.clone(),
+        );
+        registry.register(
+            "shared_watch_fallbacks",
+            "Client watches that took an upstream watch of their own, by why",
+            self.shared_watch_fallbacks.clone(),
+        );
+        registry.register(
+            "shared_watch_lagged",
+            "Clients of shared watches ended because they fell behind",
+            self.shared_watch_lagged.clone(),
+        );
+        registry.register(
+            "shared_watch_reopens",
+            "Shared upstream watches opened again after they ended",
+            self.shared_watch_reopens.clone(),
+        );
+    }
+
+    /// Counts a watch that could not be served from a shared watch.
+    pub fn shared_watch_fallback(&self, reason: &str) {
+        self.shared_watch_fallbacks
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a request.

@@ -105,6 +105,7 @@ async fn offline_hub(limits: Limits) -> OfflineHub {
         autonomy: yurt_hub::autonomy::AutonomyReporter::new(Duration::from_secs(30)),
         verifier: Arc::new(Verifier::new(Vec::new())),
         short_requests: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)),
+        shared_watches: yurt_hub::proxy::shared_watch::SharedWatches::default(),
         config,
     });
     OfflineHub {

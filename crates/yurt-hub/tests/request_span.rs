@@ -152,6 +152,7 @@ fn hub(dir: &tempfile::TempDir) -> Arc<Hub> {
         autonomy: yurt_hub::autonomy::AutonomyReporter::new(Duration::from_secs(30)),
         verifier: Arc::new(Verifier::new(Vec::new())),
         short_requests: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)),
+        shared_watches: yurt_hub::proxy::shared_watch::SharedWatches::default(),
         config,
     })
 }

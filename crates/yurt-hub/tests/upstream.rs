@@ -546,6 +546,7 @@ async fn online_hub(pki: &Pki, upstream: &Upstream, up: UpstreamConfig) -> Onlin
         autonomy: yurt_hub::autonomy::AutonomyReporter::new(Duration::from_secs(30)),
         verifier: Arc::new(Verifier::new(Vec::new())),
         short_requests: Arc::new(tokio::sync::Semaphore::new(config.limits.max_in_flight)),
+        shared_watches: yurt_hub::proxy::shared_watch::SharedWatches::default(),
         config,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -26,6 +26,15 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A hub on node `edge-a1` whose own balancer has no server.
 pub fn hub(limits: Limits, filters: Filters) -> (Arc<Hub>, tempfile::TempDir) {
+    hub_sharing(limits, filters, super::shared_watch::Settings::default())
+}
+
+/// A hub on node `edge-a1` with no server of its own, sharing watches with `shared_watches`.
+pub fn hub_sharing(
+    limits: Limits,
+    filters: Filters,
+    shared_watches: super::shared_watch::Settings,
+) -> (Arc<Hub>, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temporary folder");
     let metrics = HubMetrics::default();
     let store = Store::open(
@@ -69,6 +78,7 @@ pub fn hub(limits: Limits, filters: Filters) -> (Arc<Hub>, tempfile::TempDir) {
         autonomy: crate::autonomy::AutonomyReporter::new(Duration::from_secs(30)),
         verifier: Arc::new(Verifier::new(Vec::new())),
         short_requests: Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight)),
+        shared_watches: super::shared_watch::SharedWatches::new(shared_watches),
         config,
     });
     (hub, dir)
@@ -144,6 +154,13 @@ impl<B: RequestBody> Server<B> for FakeServer {
             this.seen.lock().expect("not poisoned").push(seen);
             answer
         })
+    }
+
+    fn node_sender(&self) -> Option<super::forward::NodeSender> {
+        let this = self.clone();
+        Some(Arc::new(move |req| {
+            <FakeServer as Server<http_body_util::Full<Bytes>>>::send(&this, ClientClass::Node, req)
+        }))
     }
 }
 

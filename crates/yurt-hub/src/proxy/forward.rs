@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 
 use super::bodies::{BodyError, collect};
-use super::{Ctx, Hub, Origin, RequestBody, header_str, offline, watch};
+use super::{Ctx, Hub, Origin, RequestBody, header_str, offline, shared_watch, watch};
 use crate::body::{self, ResponseBody};
 use crate::codec::{self, Format};
 use crate::filter::Filters;
@@ -62,7 +62,16 @@ pub trait Server<B>: Send + Sync + 'static {
     fn kube(&self) -> Option<&kube::Client>;
     /// Sends `req` (absolute URI on [`Server::url`]) with the client of `class`.
     fn send(&self, class: ClientClass, req: Request<B>) -> SendFuture;
+    /// Sends the hub's own requests as the node (a shared watch opening its upstream
+    /// watch again), for as long as the holder keeps it. A server without one shares
+    /// no watch.
+    fn node_sender(&self) -> Option<NodeSender> {
+        None
+    }
 }
+
+/// Sends a request the hub makes itself, as the node.
+pub type NodeSender = Arc<dyn Fn(Request<http_body_util::Full<Bytes>>) -> SendFuture + Send + Sync>;
 
 /// A request on its way to a server. Boxed and `'static` (it owns what it needs), so
 /// the hub's generic request path stays `Send` for every caller.
@@ -110,6 +119,17 @@ impl<B: RequestBody> Server<B> for Arc<Backend> {
             sent.map(|r| r.map(|b| b.map_err(Into::into).boxed()))
                 .map_err(UpstreamFailure::of)
         })
+    }
+
+    fn node_sender(&self) -> Option<NodeSender> {
+        let backend = Arc::clone(self);
+        Some(Arc::new(move |req| {
+            <Arc<Backend> as Server<http_body_util::Full<Bytes>>>::send(
+                &backend,
+                ClientClass::Node,
+                req,
+            )
+        }))
     }
 }
 
@@ -221,6 +241,31 @@ pub async fn forward<B: RequestBody, S: Server<B>>(
     req: Request<B>,
 ) -> Response<ResponseBody> {
     let method = req.method().clone();
+    let shared = match shared_watch::plan(ctx, req.headers(), req.uri()) {
+        Some(Ok(plan)) => {
+            let opener = server.node_sender().map(|send| shared_watch::Opener {
+                send,
+                url: server.url().clone(),
+                index: server.index(),
+            });
+            match shared_watch::serve(hub, opener, ctx, plan).await {
+                shared_watch::Outcome::Served(resp) => {
+                    hub.metrics.request("upstream", Verb::Watch.as_str());
+                    return resp;
+                }
+                shared_watch::Outcome::Answer(answer) => Some(answer),
+                shared_watch::Outcome::Fallback(reason) => {
+                    hub.metrics.shared_watch_fallback(reason);
+                    None
+                }
+            }
+        }
+        Some(Err(reason)) => {
+            hub.metrics.shared_watch_fallback(reason);
+            None
+        }
+        None => None,
+    };
     let path_and_query = req
         .uri()
         .path_and_query()
@@ -232,8 +277,10 @@ pub async fn forward<B: RequestBody, S: Server<B>>(
     };
     let verb = verb_of(&ctx.info, &method);
     let reads = matches!(verb, Verb::Get | Verb::List);
-    let fut = server.send(class, req);
-    let result = if reads {
+    let result = if let Some(answer) = shared {
+        answer
+    } else if reads {
+        let fut = server.send(class, req);
         match tokio::time::timeout(hub.config.upstream.read_timeout, fut).await {
             Ok(r) => r,
             // Slow is not gone: answer this one from the cache, let the prober judge.
@@ -246,7 +293,7 @@ pub async fn forward<B: RequestBody, S: Server<B>>(
             }),
         }
     } else {
-        fut.await
+        server.send(class, req).await
     };
     let resp = match result {
         Ok(r) => r,

@@ -21,7 +21,8 @@
 //! The lease shortcut and every node-identity path answer on the node-local port only.
 //!
 //! One job per module: [`routing`] decides where a request goes, [`forward`] sends it
-//! upstream and handles the answer, [`watch`] streams and holds watches, [`upgrade`]
+//! upstream and handles the answer, [`watch`] streams and holds watches,
+//! [`shared_watch`] shares one upstream watch among the node's components, [`upgrade`]
 //! splices exec/attach/port-forward, [`offline`] answers without the cloud, [`lease`]
 //! keeps kubelet's Lease. Every error answer is a [`crate::status::StatusError`].
 
@@ -31,6 +32,7 @@ mod handshake;
 pub mod lease;
 pub mod offline;
 pub mod routing;
+pub mod shared_watch;
 pub mod upgrade;
 pub mod watch;
 
@@ -84,6 +86,8 @@ pub struct Hub {
     pub verifier: Arc<Verifier>,
     /// Permits for short requests in flight ([`crate::config::Limits::max_in_flight`]).
     pub short_requests: Arc<tokio::sync::Semaphore>,
+    /// Upstream watches shared by the node's components ([`shared_watch`]).
+    pub shared_watches: shared_watch::SharedWatches,
 }
 
 impl std::fmt::Debug for Hub {

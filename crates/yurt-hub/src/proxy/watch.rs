@@ -84,25 +84,41 @@ pub fn filter_events(
     let events = decoder.push(chunk).ok()?;
     let mut buf = Vec::new();
     for (ev, wire) in events {
-        match filters.apply(component, gvr, ev.object.clone()) {
-            Some(o) if o == ev.object => {
-                buf.extend_from_slice(&wire);
-                // The decoder's bytes of a JSON event end at its closing brace: keep
-                // one event per line, as the API server sends them (line-reading
-                // clients split on it).
-                if format == Format::Json && !wire.ends_with(b"\n") {
-                    buf.push(b'\n');
-                }
-            }
-            Some(o) => {
-                buf.extend_from_slice(&codec::encode_watch_event(format, &ev.event_type, &o));
-            }
-            None => {
-                buf.extend_from_slice(&codec::encode_watch_event(format, "DELETED", &ev.object));
-            }
-        }
+        filter_event(filters, component, gvr, format, &ev, &wire, &mut buf);
     }
     Some(Bytes::from(buf))
+}
+
+/// Appends one event, filtered, to `buf`: passed unchanged it keeps its `wire` bytes (a
+/// JSON one on its own line), rewritten it is re-encoded, dropped it becomes a DELETED.
+pub fn filter_event(
+    filters: &Filters,
+    component: &str,
+    gvr: &Gvr,
+    format: Format,
+    ev: &codec::WatchEvent,
+    wire: &[u8],
+    buf: &mut Vec<u8>,
+) {
+    match filters.apply(component, gvr, ev.object.clone()) {
+        Some(o) if o == ev.object => push_event(format, wire, buf),
+        Some(o) => {
+            buf.extend_from_slice(&codec::encode_watch_event(format, &ev.event_type, &o));
+        }
+        None => {
+            buf.extend_from_slice(&codec::encode_watch_event(format, "DELETED", &ev.object));
+        }
+    }
+}
+
+/// Appends an event's `wire` bytes to `buf`.
+pub fn push_event(format: Format, wire: &[u8], buf: &mut Vec<u8>) {
+    buf.extend_from_slice(wire);
+    // The decoder's bytes of a JSON event end at its closing brace: keep one event per
+    // line, as the API server sends them (line-reading clients split on it).
+    if format == Format::Json && !wire.ends_with(b"\n") {
+        buf.push(b'\n');
+    }
 }
 
 /// A watch with no events that ends when the cloud is healthy again (the client then
@@ -194,6 +210,44 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn two_identical_node_watches_open_one_upstream_watch() {
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let streams = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = streams.clone();
+        let server = fake::FakeServer::new(move |_| {
+            let (tx, body) = body::channel(8);
+            kept.lock().unwrap().push(tx);
+            let mut resp = http::Response::new(body);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Ok(resp)
+        });
+        let online = fake::FakeUpstream(Some(server.clone()));
+        let uri = "/api/v1/services?allowWatchBookmarks=true&resourceVersion=10&watch=true";
+        let kubelet = fake::send(
+            &hub,
+            &online,
+            crate::proxy::Origin::Local,
+            fake::request("GET", uri, &[fake::KUBELET], b""),
+        )
+        .await;
+        let proxy = fake::send(
+            &hub,
+            &online,
+            crate::proxy::Origin::Local,
+            fake::request("GET", uri, &[("user-agent", "kube-proxy/v1.20.2")], b""),
+        )
+        .await;
+        assert_eq!(
+            (kubelet.status().as_u16(), proxy.status().as_u16()),
+            (200, 200)
+        );
+        assert_eq!(server.requests().len(), 1, "one upstream watch for both");
     }
 
     #[tokio::test]
