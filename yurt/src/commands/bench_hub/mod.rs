@@ -645,7 +645,10 @@ async fn fleet_section(
     let mut fleet = yurt_cluster::up(
         machine,
         &dir,
-        UpOptions { spec: Some(spec) },
+        UpOptions {
+            spec: Some(spec),
+            ..UpOptions::default()
+        },
         Arc::new(super::bench::Quiet),
     )
     .await?;
