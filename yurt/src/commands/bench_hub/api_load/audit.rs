@@ -5,7 +5,7 @@
 //! requests of a node's kubelet, kube-proxy and hub are told apart from everyone
 //! else's exactly, through the hub or not.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -79,7 +79,8 @@ const WRITES: &[&str] = &["create", "update", "patch", "delete", "deletecollecti
 /// What the log says about one client address.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientTally {
-    /// Requests per verb since the window began (a watch counts when it starts).
+    /// Requests per verb since the window began (a watch counts when the log records
+    /// it, which 1.20 does when it ends).
     pub requests: BTreeMap<String, u64>,
     /// Successful writes since the window began.
     pub writes: u64,
@@ -92,8 +93,11 @@ pub struct Tally {
     clients: Vec<String>,
     /// Per address, in the current window.
     window: HashMap<String, ClientTally>,
-    /// Open watches: audit id → address.
-    open_watches: HashMap<String, String>,
+    /// Requests whose response started (watches) and has not completed: their audit
+    /// ids. kube-apiserver 1.20 writes a watch's `ResponseStarted` event only when the
+    /// watch ends, next to its `ResponseComplete`, so this set cannot tell which
+    /// watches are open; it only keeps each request from counting twice.
+    started: HashSet<String>,
 }
 
 impl Tally {
@@ -117,15 +121,9 @@ impl Tally {
             return;
         };
         let counted = match event.stage {
-            Stage::ResponseStarted => {
-                if event.verb == "watch" {
-                    self.open_watches
-                        .insert(event.audit_id.clone(), client.clone());
-                }
-                true
-            }
+            Stage::ResponseStarted => self.started.insert(event.audit_id.clone()),
             // A request that started a response was counted then.
-            Stage::ResponseComplete => self.open_watches.remove(&event.audit_id).is_none(),
+            Stage::ResponseComplete => !self.started.remove(&event.audit_id),
             Stage::Other => false,
         };
         if !counted {
@@ -141,7 +139,7 @@ impl Tally {
         }
     }
 
-    /// Starts a new window: request counts go back to zero, open watches stay.
+    /// Starts a new window: request counts go back to zero.
     pub fn new_window(&mut self) {
         self.window.clear();
     }
@@ -149,11 +147,6 @@ impl Tally {
     /// What `client` did in the current window.
     pub fn client(&self, client: &str) -> ClientTally {
         self.window.get(client).cloned().unwrap_or_default()
-    }
-
-    /// Watches `client` has open now.
-    pub fn open_watches(&self, client: &str) -> usize {
-        self.open_watches.values().filter(|c| *c == client).count()
     }
 }
 
@@ -255,7 +248,7 @@ mod tests {
         let node = "10.20.0.11";
         let mut t = Tally::new(vec![node.to_owned(), "10.20.0.12".to_owned()]);
         let events = [
-            // A watch: counted when it starts, open until it completes.
+            // A watch: both stages, counted once.
             line("w1", "ResponseStarted", "watch", &[node], None),
             line("w2", "ResponseStarted", "watch", &["127.0.0.1", node], None),
             line("w1", "ResponseComplete", "watch", &[node], Some(200)),
@@ -283,14 +276,11 @@ mod tests {
         assert_eq!(c.requests["update"], 2);
         assert_eq!(c.requests.values().sum::<u64>(), 6);
         assert_eq!(c.writes, 1, "the conflict wrote nothing");
-        assert_eq!(t.open_watches(node), 1);
         assert_eq!(t.client("10.20.0.12"), ClientTally::default());
-        // A new window forgets counts, not open watches.
+        // A new window forgets counts, not which requests were counted.
         t.new_window();
         assert_eq!(t.client(node), ClientTally::default());
-        assert_eq!(t.open_watches(node), 1);
         t.add(&parse_line(&line("w2", "ResponseComplete", "watch", &[node], Some(200))).unwrap());
-        assert_eq!(t.open_watches(node), 0);
         assert_eq!(
             t.client(node),
             ClientTally::default(),

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
+use yurt_cluster::components::Component;
 use yurt_cluster::progress::{Reporter, Step};
 use yurt_cluster::spec::HostId;
 use yurt_cluster::{EdgeApi, FleetSpec, MachineConfig, NetMode, Timing, UpOptions};
@@ -51,8 +52,6 @@ pub struct Options {
 struct NodeFigures {
     /// Requests per second by verb.
     requests: BTreeMap<String, f64>,
-    /// Watches open at the window's end.
-    watches: f64,
     /// Bytes per second towards the node, on the wire.
     wire_bytes: f64,
     /// Successful writes per second.
@@ -82,8 +81,14 @@ struct Window {
     cluster: ClusterFigures,
 }
 
-/// One fleet's results, by window name.
-type Results = Vec<(String, Window)>;
+/// One fleet's results.
+#[derive(Debug, Clone, Default)]
+struct Results {
+    /// By window name.
+    windows: Vec<(String, Window)>,
+    /// Upstream watches per edge node, by kind.
+    watches: BTreeMap<String, f64>,
+}
 
 struct Measured {
     client: kube::Client,
@@ -103,6 +108,32 @@ impl Measured {
             .await
             .context("GET /metrics")?;
         Metrics::parse(&text)
+    }
+
+    async fn watchers_by_kind(&self) -> anyhow::Result<BTreeMap<String, f64>> {
+        Ok(self
+            .scrape()
+            .await?
+            .sum_by("apiserver_registered_watchers", |l| {
+                match l.get("group").map(String::as_str) {
+                    None | Some("") => l.get("kind").cloned().unwrap_or_default(),
+                    Some(group) => format!("{}.{group}", l.get("kind").map_or("", String::as_str)),
+                }
+            }))
+    }
+
+    /// Registered watchers once their count holds still for 3 s (at most 30 s).
+    async fn settled_watchers(&self) -> anyhow::Result<BTreeMap<String, f64>> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = self.watchers_by_kind().await?;
+        loop {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let now = self.watchers_by_kind().await?;
+            if now == last || Instant::now() > deadline {
+                return Ok(now);
+            }
+            last = now;
+        }
     }
 
     fn wire_bytes(&self) -> anyhow::Result<Vec<u64>> {
@@ -134,7 +165,6 @@ impl Measured {
                 *node.requests.entry(verb).or_insert(0.0) += count as f64 / secs / n;
             }
             node.writes += c.writes as f64 / secs / n;
-            node.watches += self.tally.open_watches(ip) as f64 / n;
             node.wire_bytes += wire_after[i].saturating_sub(wire_before[i]) as f64 / secs / n;
         }
         let delta = |name: &str, f: &dyn Fn(&BTreeMap<String, String>) -> bool| {
@@ -232,7 +262,7 @@ async fn one_fleet(
         router_ns: plan.netns(&HostId::Router),
     };
     let pool = plan.pools[0].name.to_string();
-    let mut results = Results::new();
+    let mut results = Results::default();
 
     // Start-up lists and the first status updates settle first.
     let step = Step::start(reporter, "settling (30 s)");
@@ -241,7 +271,9 @@ async fn one_fleet(
     step.finish();
 
     let step = Step::start(reporter, format!("steady state ({} s)", options.seconds));
-    results.push(("steady".into(), m.window(options.seconds).await?));
+    results
+        .windows
+        .push(("steady".into(), m.window(options.seconds).await?));
     step.finish();
 
     let step = Step::start(
@@ -265,7 +297,7 @@ async fn one_fleet(
     stop.cancel();
     pods.await??;
     flap.await??;
-    results.push(("churn".into(), churned?));
+    results.windows.push(("churn".into(), churned?));
     churn::delete_nodes(&client, &flappers).await?;
     step.finish();
 
@@ -309,11 +341,34 @@ async fn one_fleet(
         let measured = m.window(options.far_seconds).await;
         stop.cancel();
         flap.await??;
-        results.push((format!("+{in_pool} in pool, +{outside} outside"), measured?));
+        results
+            .windows
+            .push((format!("+{in_pool} in pool, +{outside} outside"), measured?));
         step.finish();
     }
-    drop(m);
-    drop(fleet);
+    let step = Step::start(
+        reporter,
+        "upstream watches: stopping the edge hosts' kubelets, kube-proxies and hubs",
+    );
+    let before = m.watchers_by_kind().await?;
+    let mut fleet = fleet;
+    for edge in &plan.edges {
+        let host = HostId::Edge(edge.name.clone());
+        for c in [Component::Kubelet, Component::KubeProxy, Component::YurtHub] {
+            if fleet.runs(&host, c) {
+                fleet.stop_process(edge.name.as_str(), c.name())?;
+            }
+        }
+    }
+    let after = m.settled_watchers().await?;
+    let n = plan.edges.len() as f64;
+    for (kind, count) in before {
+        let gone = count - after.get(&kind).copied().unwrap_or(0.0);
+        if gone > 0.0 {
+            results.watches.insert(kind, gone / n);
+        }
+    }
+    step.finish();
     Ok(results)
 }
 
@@ -396,14 +451,30 @@ fn print(options: &Options, direct: &Results, hub: &Results) {
     );
     println!("| window | measure, per edge node | direct | through hub | hub / direct | how |");
     println!("|---|---|---:|---:|---:|---|");
-    const AUDIT: &str = "audit log, requests from the node's address";
-    for (i, ((name, d), (_, h))) in direct.iter().zip(hub).enumerate() {
+    const AUDIT: &str = "audit log, requests from the node's address (a watch counts when it ends)";
+    let (wd, wh) = (
+        direct.watches.values().sum::<f64>(),
+        hub.watches.values().sum::<f64>(),
+    );
+    let kinds = |w: &BTreeMap<String, f64>| {
+        w.iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "| end | upstream watches | {wd:.1} | {wh:.1} | {} | apiserver_registered_watchers that went away when the edge hosts' kubelets, kube-proxies (and hubs) stopped, per node; direct: {}; through hub: {} |",
+        ratio(wh, wd),
+        kinds(&direct.watches),
+        kinds(&hub.watches)
+    );
+    for (i, ((name, d), (_, h))) in direct.windows.iter().zip(&hub.windows).enumerate() {
         // Steady state and churn in full; the far-node windows in brief.
         let full = i < 2;
         let row = |what: &str, dv: String, hv: String, r: String, how: &str| {
             println!("| {name} | {what} | {dv} | {hv} | {r} | {how} |");
         };
-        let all = |w: &Window| w.node.requests.values().sum::<f64>();
+        let all = |w: &Window| w.node.requests.values().fold(0.0, |a, b| a + b);
         row(
             "requests/s, all verbs",
             rate(all(d)),
@@ -424,13 +495,6 @@ fn print(options: &Options, direct: &Results, hub: &Results) {
                 );
             }
         }
-        row(
-            "upstream watches open",
-            format!("{:.1}", d.node.watches),
-            format!("{:.1}", h.node.watches),
-            ratio(h.node.watches, d.node.watches),
-            "audit log: watches started and not yet completed, at the window's end",
-        );
         row(
             "bytes from the API server",
             kib(d.node.wire_bytes),

@@ -46,6 +46,19 @@ impl Metrics {
             .map(|s| s.value)
             .sum()
     }
+
+    /// The sums of the samples named `name`, grouped by what `key` makes of their labels.
+    pub fn sum_by(
+        &self,
+        name: &str,
+        key: impl Fn(&BTreeMap<String, String>) -> String,
+    ) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for s in self.0.iter().filter(|s| s.name == name) {
+            *out.entry(key(&s.labels)).or_insert(0.0) += s.value;
+        }
+        out
+    }
 }
 
 fn parse_line(line: &str) -> anyhow::Result<Sample> {
