@@ -79,6 +79,8 @@ struct ClusterFigures {
 struct Window {
     node: NodeFigures,
     cluster: ClusterFigures,
+    /// Plain Node label patches per second the script made (far-node windows).
+    flaps: f64,
 }
 
 /// One fleet's results.
@@ -185,7 +187,11 @@ impl Measured {
             watchers: after.sum("apiserver_registered_watchers", |_| true),
             requests: delta("apiserver_request_total", &|_| true),
         };
-        Ok(Window { node, cluster })
+        Ok(Window {
+            node,
+            cluster,
+            flaps: 0.0,
+        })
     }
 }
 
@@ -338,9 +344,14 @@ async fn one_fleet(
             Duration::from_secs(10),
             stop.clone(),
         ));
+        let started = Instant::now();
         let measured = m.window(options.far_seconds).await;
         stop.cancel();
-        flap.await??;
+        let patches = flap.await??;
+        let measured = measured.map(|mut w| {
+            w.flaps = patches as f64 / started.elapsed().as_secs_f64();
+            w
+        });
         results
             .windows
             .push((format!("+{in_pool} in pool, +{outside} outside"), measured?));
@@ -510,6 +521,13 @@ fn print(options: &Options, direct: &Results, hub: &Results) {
             "audit log: create/update/patch/delete answered 2xx",
         );
         if !full {
+            row(
+                "plain Node flaps/s, all plain Nodes",
+                rate(d.flaps),
+                rate(h.flaps),
+                ratio(h.flaps, d.flaps),
+                "label patches the bench made (aim: each plain Node once per 10 s)",
+            );
             row(
                 "cluster: watch event bytes/s",
                 kib(d.cluster.watch_bytes),
