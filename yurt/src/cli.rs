@@ -91,6 +91,14 @@ pub struct UpArgs {
     /// Do not deploy the sample app.
     #[arg(long)]
     pub no_sample_app: bool,
+    /// Edge hosts run no hub: kubelet and kube-proxy talk to the API server directly
+    /// with their own certificates (to measure what the hub costs or saves).
+    #[arg(long, hide = true)]
+    pub direct_edges: bool,
+    /// The API server writes an audit log (every request at level Metadata) to the
+    /// cloud host's `logs/kube-apiserver-audit.log`.
+    #[arg(long, hide = true)]
+    pub api_audit_log: bool,
     /// Return once the fleet is up, leaving it running under a detached supervisor that
     /// restarts crashed processes (stop both with `yurt down`).
     #[arg(long)]

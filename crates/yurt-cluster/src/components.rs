@@ -16,7 +16,7 @@ use crate::image;
 use crate::paths::{FleetPaths, HostPaths};
 use crate::pki::{Identity, PkiPaths};
 use crate::probe::Probe;
-use crate::spec::{EdgePlan, HostId, Plan, Timings, net};
+use crate::spec::{EdgeApi, EdgePlan, HostId, Plan, Timings, net};
 use crate::upstream::{Binary, UpstreamBinaries};
 
 /// A process the fleet runs.
@@ -158,7 +158,26 @@ pub struct Context<'a> {
     pub timings: Timings,
     /// The `yurt` binary (runs the hub).
     pub yurt_binary: &'a Path,
+    /// How kubelet and kube-proxy reach the API server.
+    pub edge_api: EdgeApi,
+    /// Whether the API server writes an audit log.
+    pub api_audit_log: bool,
 }
+
+/// The API server's audit log (when the fleet has one): one JSON event per line.
+pub fn api_audit_log(paths: &FleetPaths) -> PathBuf {
+    paths.host(&HostId::Cloud).log("kube-apiserver-audit")
+}
+
+/// The audit policy: every request at level Metadata (user, user agent, source
+/// addresses, verb, resource, response code; no bodies), once when its response
+/// starts (watches) and once when it completes.
+const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+"#;
 
 /// A program and its arguments.
 #[derive(Debug, Clone)]
@@ -188,6 +207,26 @@ fn write(path: &Path, contents: &str) -> Result<()> {
 }
 
 impl Context<'_> {
+    /// The API server's audit flags (none unless the fleet asked for an audit log);
+    /// writes the policy file.
+    fn audit_flags(&self, hp: &HostPaths) -> Result<Vec<OsString>> {
+        if !self.api_audit_log {
+            return Ok(Vec::new());
+        }
+        let policy = hp.config().join("audit-policy.yaml");
+        write(&policy, AUDIT_POLICY)?;
+        Ok(vec![
+            arg(format!("--audit-policy-file={}", p(&policy))),
+            arg(format!(
+                "--audit-log-path={}",
+                p(&api_audit_log(self.paths))
+            )),
+            arg("--audit-log-format=json"),
+            // Written synchronously, so a reader sees every request that was answered.
+            arg("--audit-log-mode=blocking"),
+        ])
+    }
+
     /// Writes the configuration of `component` on `host` and returns its command line.
     ///
     /// # Errors
@@ -228,7 +267,7 @@ impl Context<'_> {
             }
             Component::KubeApiserver => CommandLine {
                 program: self.bins.path(Binary::KubeApiserver),
-                args: vec![
+                args: [
                     arg("--etcd-servers=http://127.0.0.1:2379"),
                     arg("--bind-address=0.0.0.0"),
                     arg(format!("--secure-port={}", net::API_PORT)),
@@ -265,7 +304,10 @@ impl Context<'_> {
                     )),
                     arg("--profiling=false"),
                     arg("--v=1"),
-                ],
+                ]
+                .into_iter()
+                .chain(self.audit_flags(&hp)?)
+                .collect(),
                 env: Vec::new(),
             },
             Component::KubeControllerManager => {
@@ -413,10 +455,14 @@ impl Context<'_> {
                     program: self.bins.path(Binary::Kubelet),
                     args: vec![
                         arg(format!("--config={}", p(&config))),
-                        // Through the hub: plain HTTP on the node, no credentials of its own.
+                        // Through the hub: plain HTTP on the node, no credentials of its
+                        // own. Direct: the node's own certificate.
                         arg(format!(
                             "--kubeconfig={}",
-                            p(&pki.kubeconfig(crate::pki::HUB_LOCAL))
+                            p(&pki.kubeconfig(&match self.edge_api {
+                                EdgeApi::ThroughHub => crate::pki::HUB_LOCAL.to_owned(),
+                                EdgeApi::Direct => Identity::Node(edge.name.clone()).stem(),
+                            }))
                         )),
                         arg("--container-runtime=remote"),
                         arg(format!("--container-runtime-endpoint={socket}")),
@@ -443,7 +489,7 @@ impl Context<'_> {
             Component::KubeProxy => {
                 let edge = need_edge()?;
                 let config = hp.config().join("kube-proxy.yaml");
-                write(&config, &kube_proxy_config(pki, edge)?)?;
+                write(&config, &kube_proxy_config(pki, edge, self.edge_api)?)?;
                 CommandLine {
                     program: self.bins.path(Binary::KubeProxy),
                     args: vec![arg(format!("--config={}", p(&config))), arg("--v=1")],
@@ -591,11 +637,15 @@ pub fn kubelet_config(ctx: &Context<'_>, hp: &HostPaths, edge: &EdgePlan) -> Res
 ///
 /// # Errors
 /// Only if YAML rendering fails.
-pub fn kube_proxy_config(pki: &PkiPaths, edge: &EdgePlan) -> Result<String> {
+pub fn kube_proxy_config(pki: &PkiPaths, edge: &EdgePlan, edge_api: EdgeApi) -> Result<String> {
+    let kubeconfig = match edge_api {
+        EdgeApi::ThroughHub => crate::pki::HUB_LOCAL.to_owned(),
+        EdgeApi::Direct => Identity::KubeProxy.stem(),
+    };
     yaml(&serde_json::json!({
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
-        "clientConnection": {"kubeconfig": p(&pki.kubeconfig(crate::pki::HUB_LOCAL))},
+        "clientConnection": {"kubeconfig": p(&pki.kubeconfig(&kubeconfig))},
         "hostnameOverride": edge.name.as_str(),
         "bindAddress": "0.0.0.0",
         "clusterCIDR": net::CLUSTER_CIDR.to_string(),
@@ -625,6 +675,8 @@ mod tests {
             bins,
             timings: Timing::Fast.timings(),
             yurt_binary: Path::new("/usr/local/bin/yurt"),
+            edge_api: EdgeApi::ThroughHub,
+            api_audit_log: false,
         }
     }
 
@@ -749,6 +801,73 @@ mod tests {
                 assert!(args.contains(&want), "{timing:?}: no {want} in {args:?}");
             }
         }
+    }
+
+    fn args_of(line: &CommandLine) -> Vec<String> {
+        line.args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn direct_edges_use_their_own_kubeconfigs_and_the_default_goes_through_the_hub() {
+        let (_d, plan, paths, pki, bins) = fixture();
+        let host = plan.host("edge-a1").unwrap();
+        let proxy_config = || {
+            let text = std::fs::read_to_string(paths.host(&host).config().join("kube-proxy.yaml"))
+                .unwrap();
+            let v: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            v["clientConnection"]["kubeconfig"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        let ctx = context(&plan, &paths, &pki, &bins);
+        let kubelet = args_of(&ctx.command_line(Component::Kubelet, &host).unwrap());
+        let hub_local = format!("--kubeconfig={}", p(&pki.kubeconfig("hub-local")));
+        assert!(kubelet.contains(&hub_local), "{kubelet:?}");
+        ctx.command_line(Component::KubeProxy, &host).unwrap();
+        assert_eq!(proxy_config(), p(&pki.kubeconfig("hub-local")));
+
+        let direct = Context {
+            edge_api: EdgeApi::Direct,
+            ..context(&plan, &paths, &pki, &bins)
+        };
+        let kubelet = args_of(&direct.command_line(Component::Kubelet, &host).unwrap());
+        let own = format!("--kubeconfig={}", p(&pki.kubeconfig("kubelet-edge-a1")));
+        assert!(kubelet.contains(&own), "{kubelet:?}");
+        direct.command_line(Component::KubeProxy, &host).unwrap();
+        assert_eq!(proxy_config(), p(&pki.kubeconfig("kube-proxy")));
+    }
+
+    #[test]
+    fn the_api_server_audits_only_when_asked() {
+        let (_d, plan, paths, pki, bins) = fixture();
+        let ctx = context(&plan, &paths, &pki, &bins);
+        let plain = args_of(
+            &ctx.command_line(Component::KubeApiserver, &HostId::Cloud)
+                .unwrap(),
+        );
+        assert!(!plain.iter().any(|a| a.starts_with("--audit")), "{plain:?}");
+        let audited = Context {
+            api_audit_log: true,
+            ..context(&plan, &paths, &pki, &bins)
+        };
+        let args = args_of(
+            &audited
+                .command_line(Component::KubeApiserver, &HostId::Cloud)
+                .unwrap(),
+        );
+        let want = format!("--audit-log-path={}", p(&api_audit_log(&paths)));
+        assert!(args.contains(&want), "{args:?}");
+        let policy = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--audit-policy-file="))
+            .expect("a policy file");
+        let policy: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(policy).unwrap()).unwrap();
+        assert_eq!(policy["rules"][0]["level"].as_str(), Some("Metadata"));
     }
 
     #[test]

@@ -46,4 +46,4 @@ pub mod upstream;
 
 pub use error::{Error, Result};
 pub use fleet::{Fleet, MachineConfig, UpOptions, down, down_all, up};
-pub use spec::{FleetSpec, HubUpstreamTimings, NetMode, Timing};
+pub use spec::{EdgeApi, FleetSpec, HubUpstreamTimings, NetMode, Timing};

@@ -47,6 +47,40 @@ impl fmt::Display for NetMode {
     }
 }
 
+/// How an edge host's kubelet and kube-proxy reach the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum EdgeApi {
+    /// Through the node's hub at 127.0.0.1:10261 (OpenYurt's way; the default).
+    #[default]
+    ThroughHub,
+    /// Straight to the API server with their own certificates; no hub runs on the host.
+    /// For measuring what the hub costs or saves (`yurt bench hub`).
+    Direct,
+}
+
+impl FromStr for EdgeApi {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "through-hub" => Ok(Self::ThroughHub),
+            "direct" => Ok(Self::Direct),
+            other => Err(Error::Invalid(format!(
+                "unknown edge API path '{other}': use 'through-hub' or 'direct'"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for EdgeApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ThroughHub => "through-hub",
+            Self::Direct => "direct",
+        })
+    }
+}
+
 /// Failure-detection timings of the control plane and kubelets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::spec::{FleetSpec, Slot};
+use crate::spec::{EdgeApi, FleetSpec, Slot};
 
 /// Current format of `fleet.json`.
 pub const FORMAT: u32 = 1;
@@ -32,6 +32,16 @@ pub struct FleetState {
     /// Processes stopped on purpose, per host: not restarted, not reported as crashed.
     #[serde(default)]
     pub stopped: BTreeMap<String, BTreeSet<String>>,
+    /// How the edge hosts' kubelets and kube-proxies reach the API server.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub edge_api: EdgeApi,
+    /// Whether the API server writes an audit log (level Metadata, every request).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub api_audit_log: bool,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl FleetState {
@@ -43,6 +53,8 @@ impl FleetState {
             spec,
             cut: BTreeSet::new(),
             stopped: BTreeMap::new(),
+            edge_api: EdgeApi::default(),
+            api_audit_log: false,
         }
     }
 
@@ -137,6 +149,21 @@ mod tests {
         let mut back = back;
         back.set_stopped("edge-a1", "kubelet", false);
         assert!(back.stopped.is_empty());
+    }
+
+    #[test]
+    fn the_default_edge_path_leaves_the_file_as_before_and_direct_round_trips() {
+        let state = FleetState::new(FleetSpec::default(), Slot(2));
+        let text = serde_json::to_string(&state).unwrap();
+        assert!(!text.contains("edge_api"), "{text}");
+        assert!(!text.contains("api_audit_log"), "{text}");
+        let mut direct = state.clone();
+        direct.edge_api = EdgeApi::Direct;
+        direct.api_audit_log = true;
+        let text = serde_json::to_string(&direct).unwrap();
+        assert!(text.contains(r#""edge_api":"direct""#), "{text}");
+        let back: FleetState = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, direct);
     }
 
     #[test]

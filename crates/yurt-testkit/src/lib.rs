@@ -130,7 +130,10 @@ async fn bring_up(dir: &Path, spec: FleetSpec) -> anyhow::Result<Fleet> {
     let fleet = yurt_cluster::up(
         &machine(),
         dir,
-        UpOptions { spec: Some(spec) },
+        UpOptions {
+            spec: Some(spec),
+            ..UpOptions::default()
+        },
         Arc::new(LineReporter),
     )
     .await

@@ -134,7 +134,10 @@ async fn measure(
     let fleet = yurt_cluster::up(
         machine,
         dir,
-        UpOptions { spec: Some(spec) },
+        UpOptions {
+            spec: Some(spec),
+            ..UpOptions::default()
+        },
         Arc::new(Quiet),
     )
     .await?;

@@ -107,6 +107,7 @@ pub async fn run(machine: &MachineConfig, args: BenchManagerArgs) -> anyhow::Res
                 timing: Timing::Standard,
                 sample_app: false,
             }),
+            ..UpOptions::default()
         },
         Arc::new(super::bench::Quiet),
     )

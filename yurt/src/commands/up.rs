@@ -65,6 +65,8 @@ pub async fn run(
     let signals = tokio::spawn(yurt_core::shutdown::cancel_on_signal(token.clone()));
     let options = UpOptions {
         spec: spec_from(&args),
+        edge_api: args.direct_edges.then_some(yurt_cluster::EdgeApi::Direct),
+        api_audit_log: args.api_audit_log.then_some(true),
     };
     let started = std::time::Instant::now();
     let mut fleet = tokio::select! {

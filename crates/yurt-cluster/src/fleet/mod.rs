@@ -25,7 +25,7 @@ use crate::components::Component;
 use crate::error::{Error, Result};
 use crate::paths::FleetPaths;
 use crate::pki::PkiPaths;
-use crate::spec::{HostId, Plan, Slot};
+use crate::spec::{EdgeApi, HostId, Plan, Slot};
 use crate::state::{self, FleetState};
 use crate::upstream::{self, Binary, UpstreamBinaries};
 
@@ -208,12 +208,27 @@ impl Fleet {
         }
     }
 
+    /// Whether `component` runs on `host` in this fleet (an edge host of a fleet whose
+    /// kubelets talk to the API server directly runs no hub).
+    pub fn runs(&self, host: &HostId, component: Component) -> bool {
+        Component::of(host).contains(&component)
+            && !(component == Component::YurtHub && self.state.edge_api == EdgeApi::Direct)
+    }
+
+    /// The processes of `host` in this fleet, in start order.
+    pub fn components_of<'a>(&'a self, host: &'a HostId) -> impl Iterator<Item = Component> + 'a {
+        Component::of(host)
+            .iter()
+            .copied()
+            .filter(move |&c| self.runs(host, c))
+    }
+
     /// Processes that should be running but are not: `(host, process, log)`.
     pub fn crashed(&self) -> Vec<(HostId, Component, PathBuf)> {
         let mut out = Vec::new();
         for host in self.plan.hosts() {
             let hp = self.paths.host(&host);
-            for &c in Component::of(&host) {
+            for c in self.components_of(&host) {
                 if self.state.is_stopped(&host.to_string(), c.name()) {
                     continue;
                 }

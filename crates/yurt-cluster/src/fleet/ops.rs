@@ -72,6 +72,8 @@ impl Fleet {
             bins: &self.bins,
             timings: self.state.spec.timing.timings(),
             yurt_binary: &self.machine.yurt_binary,
+            edge_api: self.state.edge_api,
+            api_audit_log: self.state.api_audit_log,
         }
     }
 
@@ -145,7 +147,9 @@ impl Fleet {
             let socket = hp.containerd_socket();
             blocking(move || import_all(&socket, &images)).await?;
         }
-        self.start_component(&host, Component::YurtHub).await?;
+        if self.runs(&host, Component::YurtHub) {
+            self.start_component(&host, Component::YurtHub).await?;
+        }
         self.start_component(&host, Component::Kubelet).await?;
         self.start_component(&host, Component::KubeProxy).await
     }
@@ -228,9 +232,9 @@ impl Fleet {
                     .iter()
                     .all(|t| network::link_is_up(&self.plan, t).unwrap_or(false))
                 });
-                let processes = Component::of(&host)
-                    .iter()
-                    .map(|&c| self.process_status(&host, &hp, c))
+                let processes = self
+                    .components_of(&host)
+                    .map(|c| self.process_status(&host, &hp, c))
                     .collect();
                 HostStatus {
                     netns: self.plan.netns(&host),
@@ -317,12 +321,12 @@ impl Fleet {
     fn component_on(&self, host: &str, process: &str) -> Result<(HostId, Component)> {
         let host = self.plan.host(host)?;
         let c: Component = process.parse()?;
-        if !Component::of(&host).contains(&c) {
+        if !self.runs(&host, c) {
             return Err(Error::Unknown {
                 kind: "process",
                 name: format!("{c} on {host}"),
-                known: Component::of(&host)
-                    .iter()
+                known: self
+                    .components_of(&host)
                     .map(|c| c.name())
                     .collect::<Vec<_>>()
                     .join(", "),

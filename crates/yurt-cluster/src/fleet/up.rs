@@ -23,7 +23,7 @@ use crate::pki;
 use crate::progress::{Reporter, Step};
 use crate::sample;
 use crate::slots::Registry;
-use crate::spec::{FleetSpec, HostId, Slot};
+use crate::spec::{EdgeApi, FleetSpec, HostId, Slot};
 use crate::state::{self, FleetState};
 use crate::upstream;
 
@@ -33,6 +33,13 @@ pub struct UpOptions {
     /// The fleet to create. `None` restarts the fleet in the data folder, or creates the
     /// default fleet if there is none. A spec that differs from an existing fleet's is refused.
     pub spec: Option<FleetSpec>,
+    /// How edge hosts reach the API server; `None` keeps an existing fleet's choice
+    /// (through the hub for a new one). A choice that differs from an existing fleet's
+    /// is refused.
+    pub edge_api: Option<EdgeApi>,
+    /// Whether the API server writes an audit log (`logs/kube-apiserver-audit.log` of
+    /// the cloud host); `None` keeps an existing fleet's choice (off for a new one).
+    pub api_audit_log: Option<bool>,
 }
 
 /// Commands the fleet shells out to; all come with the runtime packages.
@@ -159,6 +166,22 @@ pub async fn up(
         (None, None) => FleetSpec::default(),
     };
     spec.validate()?;
+    let edge_api = match (&existing, options.edge_api) {
+        (Some(s), Some(wanted)) if s.edge_api != wanted => {
+            return Err(Error::Invalid(format!(
+                "{} holds a fleet whose edge hosts reach the API server {}; remove it with `yurt down --purge --data-dir {}` or use another --data-dir",
+                data_dir.display(),
+                s.edge_api,
+                data_dir.display()
+            )));
+        }
+        (Some(s), None) => s.edge_api,
+        (_, wanted) => wanted.unwrap_or_default(),
+    };
+    let api_audit_log = options
+        .api_audit_log
+        .or(existing.as_ref().map(|s| s.api_audit_log))
+        .unwrap_or(false);
     let registry = Registry::new(&machine.registry_dir);
     let slot = {
         let (reg, dir, preferred) = (
@@ -168,7 +191,10 @@ pub async fn up(
         );
         blocking(move || reg.claim(&dir, preferred, &slot_has_leftovers)).await?
     };
-    state::save(&paths.state_file(), &FleetState::new(spec, slot))?;
+    let mut new_state = FleetState::new(spec, slot);
+    new_state.edge_api = edge_api;
+    new_state.api_audit_log = api_audit_log;
+    state::save(&paths.state_file(), &new_state)?;
     let fleet = Fleet::open(machine, data_dir)?;
 
     // Leftovers of an earlier run of this data folder (a killed `yurt up`) go first.

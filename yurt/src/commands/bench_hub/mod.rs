@@ -9,7 +9,8 @@
 //!   `yurt-hub` binary too, each split into anonymous and file-backed pages;
 //! - on a fleet: added latency through the hub against a direct TLS client to the same
 //!   API server at a fixed request rate, link cut to first answer from the cache, and
-//!   an offline reboot's kubelet start to all pods running.
+//!   an offline reboot's kubelet start to all pods running;
+//! - the API server's load per edge node, direct and through hubs (`api_load`).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ use yurt_hub::store::{ObjectKey, Shape, Store, StoreConfig};
 
 use super::bench::percentile;
 
+mod api_load;
 pub mod bare_proxy;
 mod fake_api;
 mod online;
@@ -53,6 +55,27 @@ pub struct BenchHubArgs {
     /// Skip the measurements on a fleet (the in-process and offline ones still run).
     #[arg(long)]
     pub no_fleet: bool,
+    /// Skip the API-load section (two fleets: edge nodes direct and through hubs).
+    #[arg(long)]
+    pub no_api_load: bool,
+    /// Run only the API-load section.
+    #[arg(long, conflicts_with_all = ["no_api_load", "no_fleet"])]
+    pub only_api_load: bool,
+    /// API load: edge nodes of each fleet (one pool).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=20))]
+    pub api_load_edge_nodes: u16,
+    /// API load: seconds of the steady-state and churn windows.
+    #[arg(long, default_value_t = 60)]
+    pub api_load_seconds: u64,
+    /// API load: seconds of each far-node window.
+    #[arg(long, default_value_t = 30)]
+    pub api_load_far_seconds: u64,
+    /// API load: plain Nodes (no kubelet) in the pool, one window per figure, cumulative.
+    #[arg(long, value_delimiter = ',', default_value = "50,200")]
+    pub api_load_pool_nodes: Vec<usize>,
+    /// API load: plain Nodes outside the pool, added in a last window (0: none).
+    #[arg(long, default_value_t = 200)]
+    pub api_load_outside_nodes: usize,
     /// Seconds each side of the latency comparison runs.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
@@ -646,7 +669,10 @@ async fn fleet_section(
     let mut fleet = yurt_cluster::up(
         machine,
         &dir,
-        UpOptions { spec: Some(spec) },
+        UpOptions {
+            spec: Some(spec),
+            ..UpOptions::default()
+        },
         Arc::new(super::bench::Quiet),
     )
     .await?;
@@ -927,6 +953,25 @@ pub async fn run(
     let _ = std::fs::remove_dir_all(&args.bench_dir);
     std::fs::create_dir_all(&args.bench_dir)?;
     let mut table = Table(Vec::new());
+    let api_load_options = api_load::Options {
+        edge_nodes: args.api_load_edge_nodes,
+        seconds: args.api_load_seconds,
+        far_seconds: args.api_load_far_seconds,
+        pool_nodes: args.api_load_pool_nodes.clone(),
+        outside_nodes: args.api_load_outside_nodes,
+    };
+    if args.only_api_load {
+        let report = api_load::section(
+            machine,
+            &args.bench_dir,
+            &api_load_options,
+            reporter.as_ref(),
+        )
+        .await?;
+        report.print();
+        let _ = std::fs::remove_dir_all(&args.bench_dir);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
 
     let step = Step::start(
         reporter.as_ref(),
@@ -971,7 +1016,23 @@ pub async fn run(
     })
     .await??;
     result?;
+    let api_load = if args.no_api_load {
+        None
+    } else {
+        Some(
+            api_load::section(
+                machine,
+                &args.bench_dir,
+                &api_load_options,
+                reporter.as_ref(),
+            )
+            .await?,
+        )
+    };
     table.print();
+    if let Some(report) = api_load {
+        report.print();
+    }
     let _ = std::fs::remove_dir_all(&args.bench_dir);
     Ok(std::process::ExitCode::SUCCESS)
 }

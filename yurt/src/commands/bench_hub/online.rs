@@ -340,7 +340,7 @@ pub(super) async fn section(
 
     // Added latency of the hub's code.
     let pki_ca = pki.join("ca.crt");
-    let bare = bare_proxy(&pki_ca, api.addr, 40311).await?;
+    let bare = bare_proxy(&pki_ca, api.addr, 40321).await?;
     let connector =
         tokio_rustls::TlsConnector::from(Arc::new(yurt_hub::tls::client_config(&pki_ca, None)?));
     for &rate in &args.inprocess_rates {
