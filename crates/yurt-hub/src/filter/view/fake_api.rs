@@ -1,6 +1,9 @@
 //! A small in-memory API server for the view's tests: lists and watches of Nodes,
-//! Services and ConfigMaps with equality label and field selectors, full objects or
-//! `PartialObjectMetadata` as the `Accept` header asks, and a record of every request.
+//! Services, ConfigMaps and NodePools (unless told the NodePool API is not served) with
+//! equality label and field selectors, full objects or `PartialObjectMetadata` as the
+//! `Accept` header asks, a record of every request and a count of the watch events it
+//! sent. Every change is queued to the open watches before `put` or `delete` returns, so
+//! a test can tell that a change was sent to no one.
 //! Hand-rolled: no maintained crate serves list/watch semantics in process, and the
 //! tests need to see exactly what the view asks for.
 
@@ -14,7 +17,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use serde_json::{Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 /// One request the fake saw.
 #[derive(Debug, Clone)]
@@ -55,20 +58,34 @@ struct Change {
     new: Option<Value>,
 }
 
+/// An open watch.
+#[derive(Debug)]
+struct Watcher {
+    seen: SeenRequest,
+    resource: &'static str,
+    tx: mpsc::UnboundedSender<Bytes>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     rv: u64,
     objects: BTreeMap<(String, String), Value>,
     history: Vec<Change>,
+    watchers: Vec<Watcher>,
+    /// Watch events sent, by resource.
+    sent: BTreeMap<&'static str, usize>,
 }
 
 /// The fake API server.
 #[derive(Debug, Clone)]
 pub struct FakeApi {
     state: Arc<Mutex<State>>,
-    changes: broadcast::Sender<Change>,
     seen: Arc<Mutex<Vec<SeenRequest>>>,
+    nodepools_served: bool,
 }
+
+/// The path of the NodePools the view reads.
+pub const NODEPOOLS: &str = "/apis/apps.openyurt.io/v1beta2/nodepools";
 
 /// A Node named `name` in `pool` (none: unlabelled) with pod CIDR `cidr`.
 pub fn node(name: &str, pool: Option<&str>, cidr: &str) -> Value {
@@ -81,6 +98,16 @@ pub fn node(name: &str, pool: Option<&str>, cidr: &str) -> Value {
     })
 }
 
+/// A NodePool `name` whose `status.nodes` are `members`.
+pub fn nodepool(name: &str, members: &[&str]) -> Value {
+    json!({
+        "apiVersion": "apps.openyurt.io/v1beta2", "kind": "NodePool",
+        "metadata": {"name": name},
+        "spec": {"type": "Edge"},
+        "status": {"readyNodeNum": members.len(), "unreadyNodeNum": 0, "nodes": members},
+    })
+}
+
 /// A Service `default/<name>` with `annotations`.
 pub fn service(name: &str, annotations: Value) -> Value {
     json!({
@@ -90,9 +117,10 @@ pub fn service(name: &str, annotations: Value) -> Value {
     })
 }
 
-fn collection(path: &str) -> Option<&'static str> {
+fn collection(path: &str, nodepools_served: bool) -> Option<&'static str> {
     match path {
         "/api/v1/nodes" => Some("nodes"),
+        NODEPOOLS if nodepools_served => Some("nodepools"),
         "/api/v1/services" => Some("services"),
         p if p.starts_with("/api/v1/namespaces/") && p.ends_with("/configmaps") => {
             Some("configmaps")
@@ -105,8 +133,36 @@ fn kind_of(resource: &str) -> &'static str {
     match resource {
         "nodes" => "Node",
         "services" => "Service",
+        "nodepools" => "NodePool",
         _ => "ConfigMap",
     }
+}
+
+fn resource_of(kind: Option<&str>) -> &'static str {
+    match kind {
+        Some("Node") => "nodes",
+        Some("Service") => "services",
+        Some("NodePool") => "nodepools",
+        _ => "configmaps",
+    }
+}
+
+/// The watch event line `change` makes for a watch of `resource` asking `seen`, if any.
+fn event_line(seen: &SeenRequest, resource: &str, c: &Change) -> Option<Bytes> {
+    if c.resource != resource {
+        return None;
+    }
+    let was = c.old.as_ref().is_some_and(|o| selects(seen, o));
+    let is = c.new.as_ref().filter(|o| selects(seen, o));
+    let (ty, obj) = match (was, is) {
+        (false, Some(o)) => ("ADDED", o),
+        (true, Some(o)) => ("MODIFIED", o),
+        // It left the selection, or was deleted: the API server says DELETED.
+        (true, None) => ("DELETED", c.new.as_ref().or(c.old.as_ref())?),
+        (false, None) => return None,
+    };
+    let line = json!({"type": ty, "object": shaped(seen, obj)});
+    Some(Bytes::from(format!("{line}\n")))
 }
 
 /// `%XX` and `+` decoding of one query component (kube-rs encodes with
@@ -191,11 +247,10 @@ fn respond(body: UnsyncBoxBody<Bytes, Infallible>) -> Response<UnsyncBoxBody<Byt
 impl FakeApi {
     /// A server holding `objects` (by their `kind`).
     pub fn new(objects: impl IntoIterator<Item = Value>) -> Self {
-        let (changes, _) = broadcast::channel(1024);
         let api = Self {
             state: Arc::default(),
-            changes,
             seen: Arc::default(),
+            nodepools_served: true,
         };
         for o in objects {
             api.put(o);
@@ -203,32 +258,71 @@ impl FakeApi {
         api
     }
 
+    /// This server without the NodePool API (a cluster without yurt-manager's CRDs):
+    /// its path is a 404.
+    pub fn without_nodepool_api(mut self) -> Self {
+        self.nodepools_served = false;
+        self
+    }
+
     /// Creates or replaces `obj`, and tells the watches.
     pub fn put(&self, mut obj: Value) {
-        let resource = match obj["kind"].as_str() {
-            Some("Node") => "nodes",
-            Some("Service") => "services",
-            _ => "configmaps",
-        };
+        let resource = resource_of(obj["kind"].as_str());
         let name = obj["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_owned();
         let mut state = self.state.lock().expect("not poisoned");
         state.rv += 1;
-        let rv = state.rv;
-        obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        obj["metadata"]["resourceVersion"] = Value::String(state.rv.to_string());
         let old = state
             .objects
             .insert((resource.to_owned(), name), obj.clone());
+        Self::record(&mut state, resource, old, Some(obj));
+    }
+
+    /// Deletes the `kind` object `name`, and tells the watches.
+    pub fn delete(&self, kind: &str, name: &str) {
+        let resource = resource_of(Some(kind));
+        let mut state = self.state.lock().expect("not poisoned");
+        if let Some(mut old) = state
+            .objects
+            .remove(&(resource.to_owned(), name.to_owned()))
+        {
+            state.rv += 1;
+            old["metadata"]["resourceVersion"] = Value::String(state.rv.to_string());
+            Self::record(&mut state, resource, Some(old), None);
+        }
+    }
+
+    /// Records a change and queues it to every watch that sees it.
+    fn record(state: &mut State, resource: &'static str, old: Option<Value>, new: Option<Value>) {
         let change = Change {
             resource: resource.to_owned(),
-            rv,
+            rv: state.rv,
             old,
-            new: Some(obj),
+            new,
         };
-        state.history.push(change.clone());
-        let _ = self.changes.send(change);
+        let State {
+            watchers,
+            sent,
+            history,
+            ..
+        } = state;
+        watchers.retain(|w| match event_line(&w.seen, w.resource, &change) {
+            Some(line) => {
+                *sent.entry(w.resource).or_default() += 1;
+                w.tx.send(line).is_ok()
+            }
+            None => !w.tx.is_closed(),
+        });
+        history.push(change);
+    }
+
+    /// How many watch events of `resource` (`nodes`, `nodepools`...) it has sent.
+    pub fn watch_events_sent(&self, resource: &str) -> usize {
+        let state = self.state.lock().expect("not poisoned");
+        state.sent.get(resource).copied().unwrap_or(0)
     }
 
     /// Every request so far.
@@ -304,8 +398,12 @@ impl FakeApi {
                 .to_owned(),
         };
         self.seen.lock().expect("not poisoned").push(seen.clone());
-        let Some(resource) = collection(&seen.path) else {
-            let mut resp = respond(Full::new(Bytes::from_static(b"{}")).boxed_unsync());
+        let Some(resource) = collection(&seen.path, self.nodepools_served) else {
+            let status = json!({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "reason": "NotFound", "code": 404, "message": "the server could not find the requested resource",
+            });
+            let mut resp = respond(Full::new(Bytes::from(status.to_string())).boxed_unsync());
             *resp.status_mut() = http::StatusCode::NOT_FOUND;
             return resp;
         };
@@ -321,6 +419,8 @@ impl FakeApi {
             .collect();
         let (api_version, kind) = if seen.metadata_only() {
             ("meta.k8s.io/v1", "PartialObjectMetadataList".to_owned())
+        } else if resource == "nodepools" {
+            ("apps.openyurt.io/v1beta2", "NodePoolList".to_owned())
         } else {
             ("v1", format!("{}List", kind_of(resource)))
         };
@@ -342,48 +442,21 @@ impl FakeApi {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-        let (backlog, mut live) = {
-            let state = self.state.lock().expect("not poisoned");
-            let backlog: Vec<Change> = state
+        {
+            let mut state = self.state.lock().expect("not poisoned");
+            let backlog: Vec<Bytes> = state
                 .history
                 .iter()
                 .filter(|c| c.rv > from)
-                .cloned()
+                .filter_map(|c| event_line(&seen, resource, c))
                 .collect();
-            (backlog, self.changes.subscribe())
-        };
-        tokio::spawn(async move {
-            let event = |c: &Change| -> Option<Bytes> {
-                if c.resource != resource {
-                    return None;
-                }
-                let was = c.old.as_ref().is_some_and(|o| selects(&seen, o));
-                let is = c.new.as_ref().filter(|o| selects(&seen, o));
-                let (ty, obj) = match (was, is) {
-                    (false, Some(o)) => ("ADDED", o),
-                    (true, Some(o)) => ("MODIFIED", o),
-                    // It left the selection: the API server says DELETED.
-                    (true, None) => ("DELETED", c.new.as_ref().or(c.old.as_ref())?),
-                    (false, None) => return None,
-                };
-                let line = json!({"type": ty, "object": shaped(&seen, obj)});
-                Some(Bytes::from(format!("{line}\n")))
-            };
-            for c in &backlog {
-                if let Some(b) = event(c)
-                    && tx.send(b).is_err()
-                {
-                    return;
-                }
+            *state.sent.entry(resource).or_default() += backlog.len();
+            for line in backlog {
+                // The receiver is below: it is still there.
+                let _ = tx.send(line);
             }
-            while let Ok(c) = live.recv().await {
-                if let Some(b) = event(&c)
-                    && tx.send(b).is_err()
-                {
-                    return;
-                }
-            }
-        });
+            state.watchers.push(Watcher { seen, resource, tx });
+        }
         let stream = futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv()
                 .await

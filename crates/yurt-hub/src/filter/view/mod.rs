@@ -4,12 +4,12 @@
 //! `yurthub`), so they are cached and survive offline restarts.
 //!
 //! The filters ask two things of Nodes: this node's pool and pod CIDRs, and whether
-//! another node is in that pool (servicetopology, by the `apps.openyurt.io/nodepool`
-//! label as it does today; OpenYurt's newer hubs read NodePool `status.nodes`, which the
-//! nodepool controller fills from the same label). So the hub watches its own Node by
-//! name, whole, and its pool's Nodes by label selector as metadata only
-//! (`PartialObjectMetadata`): never all Nodes, whose cost grows with the square of the
-//! fleet. When its own Node moves to another pool the pool watch moves with it.
+//! another node is in that pool (servicetopology). So the hub watches its own Node by
+//! name, whole, and its pool's members: from the pool's NodePool `status.nodes`, as
+//! OpenYurt's newer hubs do, or, where there is no NodePool, from its pool's Nodes by
+//! label selector as metadata only (`PartialObjectMetadata`); never all Nodes, whose
+//! cost grows with the square of the fleet. When its own Node moves to another pool
+//! the pool watch moves with it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::RwLock;
@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Agents;
 
 mod nodes;
+mod pool;
 
 /// The ConfigMap of hub settings.
 pub const HUB_CONFIGMAP: &str = "yurt-hub-cfg";
@@ -223,7 +224,8 @@ pub async fn run(
         node.clone(),
         configured_pool.is_none().then_some(pool_tx),
     );
-    let pool_nodes = nodes::watch_pool_nodes(view.clone(), Api::all(client.clone()), node, pool_rx);
+    let pool_members =
+        pool::watch_pool_members(view.clone(), pool::PoolApis::new(&client), node, pool_rx);
     let config = {
         let view = view.clone();
         let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
@@ -259,7 +261,7 @@ pub async fn run(
     tokio::select! {
         () = services => {}
         () = own_node => {}
-        () = pool_nodes => {}
+        () = pool_members => {}
         () = config => {}
         () = shutdown.cancelled() => {}
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::fake_api::{FakeApi, SeenRequest, node, service};
+use super::fake_api::{FakeApi, NODEPOOLS, SeenRequest, node, nodepool, service};
 use super::*;
 use crate::codec::{self, RawObject};
 use crate::filter::Filter as _;
@@ -60,6 +60,36 @@ fn fleet() -> FakeApi {
         node("edge-b1", Some("pool-b"), "10.244.3.0/24"),
         service("by-pool", json!({TOPOLOGY_KEYS: "openyurt.io/nodepool"})),
     ])
+}
+
+/// [`fleet`] with a NodePool for each pool, as yurt-manager keeps them.
+fn pooled_fleet() -> FakeApi {
+    let api = fleet();
+    api.put(nodepool("pool-a", &["edge-a1", "edge-a2"]));
+    api.put(nodepool("pool-b", &["edge-b1"]));
+    api
+}
+
+fn nodepool_requests(api: &FakeApi) -> Vec<SeenRequest> {
+    api.seen()
+        .into_iter()
+        .filter(|r| r.path == NODEPOOLS)
+        .collect()
+}
+
+/// Whether everything listed so far is being watched (the same path and selectors).
+fn watching_all_it_listed(api: &FakeApi) -> bool {
+    let seen = api.seen();
+    let shape = |r: &SeenRequest| {
+        (
+            r.path.clone(),
+            r.param("labelSelector").map(str::to_owned),
+            r.param("fieldSelector").map(str::to_owned),
+        )
+    };
+    seen.iter()
+        .filter(|r| !r.is_watch())
+        .all(|list| seen.iter().any(|w| w.is_watch() && shape(w) == shape(list)))
 }
 
 fn node_requests(api: &FakeApi) -> Vec<SeenRequest> {
@@ -148,7 +178,16 @@ async fn the_view_asks_for_its_pools_nodes_as_metadata_and_for_its_own_node_by_n
 
 #[tokio::test]
 async fn when_its_own_node_moves_to_another_pool_the_view_and_the_filters_follow() {
-    let api = fleet();
+    moves_with_its_node(fleet(), false).await;
+}
+
+#[tokio::test]
+async fn when_its_own_node_moves_to_another_pool_the_view_follows_that_pools_nodepool() {
+    moves_with_its_node(pooled_fleet(), true).await;
+}
+
+/// Moves `edge-a1` from pool-a to pool-b; `nodepools` says whether `api` has NodePools.
+async fn moves_with_its_node(api: FakeApi, nodepools: bool) {
     let running = start(&api, None);
     let view = running.view.clone();
     eventually("pool-a and the Service are known", || {
@@ -171,12 +210,27 @@ async fn when_its_own_node_moves_to_another_pool_the_view_and_the_filters_follow
     })
     .await;
     assert_eq!(kept_nodes(&topology), ["edge-a1", "edge-b1"]);
-    assert!(
-        node_requests(&api).iter().any(|r| r.is_watch()
-            && r.metadata_only()
-            && r.param("labelSelector") == Some(pool_selector("pool-b").as_str())),
-        "it watches pool-b now"
-    );
+    if nodepools {
+        assert!(
+            nodepool_requests(&api)
+                .iter()
+                .any(|r| r.is_watch() && r.param("fieldSelector") == Some("metadata.name=pool-b")),
+            "it watches pool-b's NodePool now"
+        );
+        assert!(
+            node_requests(&api)
+                .iter()
+                .all(|r| r.param("labelSelector").is_none()),
+            "and never a pool's Nodes"
+        );
+    } else {
+        assert!(
+            node_requests(&api).iter().any(|r| r.is_watch()
+                && r.metadata_only()
+                && r.param("labelSelector") == Some(pool_selector("pool-b").as_str())),
+            "it watches pool-b now"
+        );
+    }
     drop(running.stop);
 }
 
@@ -216,7 +270,29 @@ async fn a_configured_pool_is_watched_whatever_its_own_nodes_label_says() {
 async fn after_an_offline_restart_the_view_comes_back_from_the_hubs_cache() {
     // The view talks through the hub (as in lib.rs), which caches its own Node whole and
     // its pool's Nodes as metadata: offline, a new view gets both back, each as it was read.
-    let api = fleet();
+    comes_back_offline(fleet()).await;
+}
+
+#[tokio::test]
+async fn after_an_offline_restart_the_view_comes_back_from_the_cached_nodepool() {
+    // Here the hub has cached its own Node and its pool's NodePool, and never the pool's
+    // Nodes: offline, the members come back from the NodePool.
+    let api = pooled_fleet();
+    comes_back_offline(api.clone()).await;
+    assert!(
+        node_requests(&api)
+            .iter()
+            .all(|r| r.param("labelSelector").is_none()),
+        "the pool's Nodes were never asked for"
+    );
+    assert!(
+        nodepool_requests(&api).iter().any(|r| !r.is_watch()),
+        "its NodePool was"
+    );
+}
+
+/// Runs a view through a hub against `api`, then another with the hub offline.
+async fn comes_back_offline(api: FakeApi) {
     let (hub, _dir) = crate::proxy::fake::hub(
         crate::config::Limits::default(),
         crate::filter::Filters::none(),
@@ -243,4 +319,163 @@ async fn after_an_offline_restart_the_view_comes_back_from_the_hubs_cache() {
     assert_eq!(view.pool_of("edge-b1"), None);
     assert_eq!(view.pool_of("edge-a1").as_deref(), Some("pool-a"));
     drop(running);
+}
+
+#[tokio::test]
+async fn with_its_nodepool_the_view_takes_the_pools_members_from_it_and_watches_no_pool_nodes() {
+    let api = pooled_fleet();
+    let running = start(&api, None);
+    let view = &running.view;
+    eventually("edge-a2 is seen in pool-a, and its own pod CIDRs", || {
+        view.pool_of("edge-a2").as_deref() == Some("pool-a")
+            && !view.pod_cidrs_of("edge-a1").is_empty()
+    })
+    .await;
+    assert_eq!(
+        view.pool_of("edge-b1"),
+        None,
+        "another pool's node is never seen"
+    );
+
+    let pools = nodepool_requests(&api);
+    assert!(
+        pools.iter().any(|r| !r.is_watch()) && pools.iter().any(SeenRequest::is_watch),
+        "its NodePool is listed and watched: {pools:#?}"
+    );
+    for r in &pools {
+        assert_eq!(
+            r.param("fieldSelector"),
+            Some("metadata.name=pool-a"),
+            "only its own pool's NodePool: {r:?}"
+        );
+    }
+    for r in &node_requests(&api) {
+        assert!(
+            r.param("fieldSelector") == Some("metadata.name=edge-a1")
+                && r.param("labelSelector").is_none(),
+            "a Node request for other than its own node: {r:?}"
+        );
+    }
+    drop(running.stop);
+}
+
+#[tokio::test]
+async fn the_pools_members_follow_the_nodepools_status_nodes() {
+    let api = pooled_fleet();
+    let running = start(&api, None);
+    let view = running.view.clone();
+    eventually("pool-a and the Service are known", || {
+        view.pool_of("edge-a2").as_deref() == Some("pool-a")
+            && view.service_annotations("default", "by-pool").is_some()
+    })
+    .await;
+    let topology = ServiceTopology(NodeContext {
+        node: "edge-a1".into(),
+        pool: None,
+        hub_ip: "169.254.2.1".parse().expect("address"),
+        hub_port: 10268,
+        view: view.clone(),
+    });
+    assert_eq!(kept_nodes(&topology), ["edge-a1", "edge-a2"]);
+
+    // edge-a2 leaves the pool (yurt-manager has seen its label go).
+    api.put(nodepool("pool-a", &["edge-a1"]));
+    eventually("edge-a2 is out of pool-a", || {
+        view.pool_of("edge-a2").is_none()
+    })
+    .await;
+    assert_eq!(kept_nodes(&topology), ["edge-a1"]);
+
+    // edge-b1 joins it: the NodePool is what counts, not the label the view never reads.
+    api.put(nodepool("pool-a", &["edge-a1", "edge-b1"]));
+    eventually("edge-b1 is in pool-a", || {
+        view.pool_of("edge-b1").as_deref() == Some("pool-a")
+    })
+    .await;
+    assert_eq!(kept_nodes(&topology), ["edge-a1", "edge-b1"]);
+    drop(running.stop);
+}
+
+#[tokio::test]
+async fn a_status_change_of_a_pool_member_sends_the_hub_nothing() {
+    let api = pooled_fleet();
+    let running = start(&api, None);
+    let view = running.view.clone();
+    eventually("pool-a is known and all it listed is watched", || {
+        view.pool_of("edge-a2").as_deref() == Some("pool-a") && watching_all_it_listed(&api)
+    })
+    .await;
+    let (nodes_before, pools_before) = (
+        api.watch_events_sent("nodes"),
+        api.watch_events_sent("nodepools"),
+    );
+
+    // A kubelet status update of another member (changes are queued to every watch that
+    // sees them before `put` returns).
+    let mut heartbeat = node("edge-a2", Some("pool-a"), "10.244.2.0/24");
+    heartbeat["status"]["conditions"][0]["lastHeartbeatTime"] = json!("2026-12-01T00:00:10Z");
+    api.put(heartbeat);
+    assert_eq!(
+        (
+            api.watch_events_sent("nodes"),
+            api.watch_events_sent("nodepools")
+        ),
+        (nodes_before, pools_before),
+        "a pool member's status update reached the view's watches"
+    );
+    assert_eq!(view.pool_of("edge-a2").as_deref(), Some("pool-a"));
+    drop(running.stop);
+}
+
+#[tokio::test]
+async fn without_the_nodepool_api_the_view_watches_its_pools_nodes_by_label() {
+    let api = pooled_fleet().without_nodepool_api();
+    let running = start(&api, None);
+    let view = running.view.clone();
+    eventually("edge-a2 is seen in pool-a", || {
+        view.pool_of("edge-a2").as_deref() == Some("pool-a")
+    })
+    .await;
+    assert_eq!(view.pool_of("edge-b1"), None);
+    assert!(
+        !nodepool_requests(&api).is_empty(),
+        "it looked for the NodePool first"
+    );
+    assert!(
+        node_requests(&api).iter().any(|r| r.is_watch()
+            && r.metadata_only()
+            && r.param("labelSelector") == Some(pool_selector("pool-a").as_str())),
+        "its pool's Nodes are watched by label, as metadata"
+    );
+    drop(running.stop);
+}
+
+#[tokio::test]
+async fn the_view_takes_up_a_nodepool_that_appears_and_falls_back_when_it_goes() {
+    // The NodePool API is served, but pool-a has no NodePool yet: the label says.
+    let api = fleet();
+    let running = start(&api, None);
+    let view = running.view.clone();
+    eventually("edge-a2 is seen in pool-a by its label", || {
+        view.pool_of("edge-a2").as_deref() == Some("pool-a")
+    })
+    .await;
+
+    // yurt-manager creates it (its status lags: only edge-a1 so far).
+    api.put(nodepool("pool-a", &["edge-a1"]));
+    eventually("the NodePool's members replace the label's", || {
+        view.pool_of("edge-a2").is_none()
+    })
+    .await;
+    assert!(
+        nodepool_requests(&api).iter().any(SeenRequest::is_watch),
+        "the NodePool is watched"
+    );
+
+    api.delete("NodePool", "pool-a");
+    eventually("the label counts again", || {
+        view.pool_of("edge-a2").as_deref() == Some("pool-a")
+    })
+    .await;
+    drop(running.stop);
 }
