@@ -144,13 +144,13 @@ fn hub_cluster_rules() -> serde_json::Value {
     serde_json::json!([
         // kube-proxy lists and watches Services, Endpoints and EndpointSlices and gets
         // its Node; kubelet reads Services and Nodes; the hub's filters watch Services
-        // and Nodes (filter/view.rs) and rewrite Endpoints and EndpointSlices.
+        // and Nodes (filter/view/) and rewrite Endpoints and EndpointSlices.
         {"apiGroups": [""], "resources": ["services", "endpoints", "nodes"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
         // Events of kubelet and kube-proxy (core and events.k8s.io).
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
-        // NodePools for the pool-scoped filters (upstream's hub reads them; ours reads
-        // pools from node labels today).
+        // NodePools for the pool-scoped filters: the hub reads its pool's members from
+        // its NodePool's status.nodes (filter/view/pool.rs), as upstream's hub does.
         {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get", "list", "watch"]},
         // OTA upgrades of static pods: the hub renders the manifest from the
         // YurtStaticSet itself (ota.rs), so it needs no ConfigMap but its own.

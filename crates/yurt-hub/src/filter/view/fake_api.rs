@@ -98,14 +98,19 @@ pub fn node(name: &str, pool: Option<&str>, cidr: &str) -> Value {
     })
 }
 
-/// A NodePool `name` whose `status.nodes` are `members`.
+/// A NodePool `name` whose `status.nodes` are `members` (none: no status at all, as
+/// before any controller has seen it).
 pub fn nodepool(name: &str, members: &[&str]) -> Value {
-    json!({
+    let mut pool = json!({
         "apiVersion": "apps.openyurt.io/v1beta2", "kind": "NodePool",
         "metadata": {"name": name},
         "spec": {"type": "Edge"},
-        "status": {"readyNodeNum": members.len(), "unreadyNodeNum": 0, "nodes": members},
-    })
+    });
+    if !members.is_empty() {
+        pool["status"] =
+            json!({"readyNodeNum": members.len(), "unreadyNodeNum": 0, "nodes": members});
+    }
+    pool
 }
 
 /// A Service `default/<name>` with `annotations`.

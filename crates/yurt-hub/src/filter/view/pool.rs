@@ -10,8 +10,9 @@
 //!
 //! Which source is used is decided per pool: the NodePool while it can be read, the
 //! label watch when the NodePool API is not served (a cluster without yurt-manager's
-//! CRDs: 404), the hub may not read it, or the pool has no NodePool. From the label
-//! watch the NodePool is looked for again every [`NODEPOOL_RECHECK`].
+//! CRDs: 404), the hub may not read it, or the pool has no NodePool or one whose status
+//! lists no nodes (no controller keeps it). From the label watch the NodePool is looked
+//! for again every [`NODEPOOL_RECHECK`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -123,24 +124,23 @@ fn not_found(e: &watcher::Error) -> bool {
     }
 }
 
-/// The member names in a NodePool's `status.nodes`.
-fn members_of(np: &DynamicObject, pool: &str) -> HashMap<String, String> {
-    np.data["status"]["nodes"]
-        .as_array()
-        .map(|nodes| {
-            nodes
-                .iter()
-                .filter_map(|n| n.as_str())
-                .map(|n| (n.to_owned(), pool.to_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
+/// The members a NodePool's `status.nodes` lists, if it lists any. One that lists none
+/// is not kept by a controller (yet): this node is labelled into the pool, so a kept
+/// NodePool lists at least this node.
+fn members_of(np: &DynamicObject, pool: &str) -> Option<HashMap<String, String>> {
+    let members: HashMap<String, String> = np.data["status"]["nodes"]
+        .as_array()?
+        .iter()
+        .filter_map(|n| n.as_str())
+        .map(|n| (n.to_owned(), pool.to_owned()))
+        .collect();
+    (!members.is_empty()).then_some(members)
 }
 
 /// Keeps `pool`'s members from its NodePool's `status.nodes`, selected by name, until
-/// it is deleted, its API goes (404), or, before it has been read once, any error (so
-/// a hub that may not read NodePools, or an offline hub that never cached one, falls
-/// back to the label).
+/// it is deleted or lists no nodes, its API goes (404), or, before it has been read
+/// once, any error (so a hub that may not read NodePools, or an offline hub that never
+/// cached one, falls back to the label).
 async fn watch_nodepool(
     view: &ClusterView,
     api: Api<DynamicObject>,
@@ -157,17 +157,24 @@ async fn watch_nodepool(
             Ok(Some(watcher::Event::InitApply(np)))
                 if np.metadata.name.as_deref() == Some(pool) =>
             {
-                fresh = Some(members_of(&np, pool));
+                fresh = members_of(&np, pool);
             }
             Ok(Some(watcher::Event::InitDone)) => match fresh.take() {
                 Some(members) => {
                     read = true;
                     view.replace_pool_members(own, members);
                 }
-                None => return NodePoolWatch::Unavailable("the pool has no NodePool"),
+                None => {
+                    return NodePoolWatch::Unavailable(
+                        "the pool has no NodePool listing its nodes",
+                    );
+                }
             },
             Ok(Some(watcher::Event::Apply(np))) if np.metadata.name.as_deref() == Some(pool) => {
-                view.replace_pool_members(own, members_of(&np, pool));
+                match members_of(&np, pool) {
+                    Some(members) => view.replace_pool_members(own, members),
+                    None => return NodePoolWatch::Unavailable("its NodePool lists no nodes"),
+                }
             }
             Ok(Some(watcher::Event::Delete(np))) if np.metadata.name.as_deref() == Some(pool) => {
                 return NodePoolWatch::Unavailable("its NodePool was deleted");
@@ -189,17 +196,17 @@ async fn watch_nodepool(
     }
 }
 
-/// Returns once `pool`'s NodePool can be read, looking every [`NODEPOOL_RECHECK`].
+/// Returns once `pool`'s NodePool can be read and lists nodes, looking every
+/// [`NODEPOOL_RECHECK`].
 async fn nodepool_appears(api: &Api<DynamicObject>, pool: &str) {
     let params = ListParams::default().fields(&format!("metadata.name={pool}"));
     loop {
         tokio::time::sleep(NODEPOOL_RECHECK).await;
         match api.list(&params).await {
             Ok(list)
-                if list
-                    .items
-                    .iter()
-                    .any(|np| np.metadata.name.as_deref() == Some(pool)) =>
+                if list.items.iter().any(|np| {
+                    np.metadata.name.as_deref() == Some(pool) && members_of(np, pool).is_some()
+                }) =>
             {
                 return;
             }

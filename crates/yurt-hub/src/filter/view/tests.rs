@@ -479,3 +479,31 @@ async fn the_view_takes_up_a_nodepool_that_appears_and_falls_back_when_it_goes()
     .await;
     drop(running.stop);
 }
+
+#[tokio::test]
+async fn a_nodepool_that_lists_no_nodes_leaves_the_pool_to_the_label_until_it_does() {
+    // A NodePool no controller keeps (created, with no yurt-manager running) has no
+    // `status.nodes`: taken at its word, it would scope the filters to this node alone.
+    let api = fleet();
+    api.put(nodepool("pool-a", &[]));
+    let running = start(&api, None);
+    let view = running.view.clone();
+    eventually("edge-a2 is seen in pool-a by its label", || {
+        view.pool_of("edge-a2").as_deref() == Some("pool-a")
+    })
+    .await;
+    assert!(
+        node_requests(&api)
+            .iter()
+            .any(|r| r.is_watch()
+                && r.param("labelSelector") == Some(pool_selector("pool-a").as_str())),
+        "its pool's Nodes are watched by label"
+    );
+
+    api.put(nodepool("pool-a", &["edge-a1"]));
+    eventually("the NodePool's members count once it lists them", || {
+        view.pool_of("edge-a2").is_none()
+    })
+    .await;
+    drop(running.stop);
+}
