@@ -11,8 +11,9 @@
 //! Which source is used is decided per pool: the NodePool while it can be read, the
 //! label watch when the NodePool API is not served (a cluster without yurt-manager's
 //! CRDs: 404), the hub may not read it, or the pool has no NodePool or one whose status
-//! lists no nodes (no controller keeps it). From the label watch the NodePool is looked
-//! for again every [`NODEPOOL_RECHECK`].
+//! lists no nodes (no controller keeps it, or not yet). On the label the NodePool is
+//! watched too when it can be read, and looked for again every [`NODEPOOL_RECHECK`]
+//! when it cannot.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,14 +21,14 @@ use std::time::Duration;
 
 use futures_util::TryStreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, PartialObjectMeta};
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use super::nodes::pool_label;
 use super::{ClusterView, POOL_LABEL};
 
-/// How often the label watch looks for the pool's NodePool again.
+/// How often, on the label, a NodePool that could not be read is looked for again.
 const NODEPOOL_RECHECK: Duration = if cfg!(test) {
     Duration::from_millis(100)
 } else {
@@ -196,23 +197,33 @@ async fn watch_nodepool(
     }
 }
 
-/// Returns once `pool`'s NodePool can be read and lists nodes, looking every
-/// [`NODEPOOL_RECHECK`].
+/// Returns once `pool`'s NodePool lists nodes: watched while it can be read (its
+/// status may be filled any moment, as when the hub starts with its cluster, and one
+/// NodePool's watch costs little), else looked for again every [`NODEPOOL_RECHECK`].
 async fn nodepool_appears(api: &Api<DynamicObject>, pool: &str) {
-    let params = ListParams::default().fields(&format!("metadata.name={pool}"));
+    let selector = format!("metadata.name={pool}");
     loop {
-        tokio::time::sleep(NODEPOOL_RECHECK).await;
-        match api.list(&params).await {
-            Ok(list)
-                if list.items.iter().any(|np| {
-                    np.metadata.name.as_deref() == Some(pool) && members_of(np, pool).is_some()
-                }) =>
-            {
-                return;
+        let mut stream = std::pin::pin!(watcher(
+            api.clone(),
+            watcher::Config::default().fields(&selector)
+        ));
+        loop {
+            match stream.try_next().await {
+                Ok(Some(watcher::Event::Apply(np) | watcher::Event::InitApply(np)))
+                    if np.metadata.name.as_deref() == Some(pool)
+                        && members_of(&np, pool).is_some() =>
+                {
+                    return;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, pool, "nodepool watch, while on the label");
+                    break;
+                }
             }
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, pool, "nodepool check"),
         }
+        tokio::time::sleep(NODEPOOL_RECHECK).await;
     }
 }
 

@@ -499,6 +499,12 @@ async fn a_nodepool_that_lists_no_nodes_leaves_the_pool_to_the_label_until_it_do
                 && r.param("labelSelector") == Some(pool_selector("pool-a").as_str())),
         "its pool's Nodes are watched by label"
     );
+    // yurt-manager may fill the status a moment later (a hub starting with its
+    // cluster): the view watches the NodePool meanwhile rather than looking now and then.
+    eventually("the NodePool is watched for its status", || {
+        nodepool_requests(&api).iter().any(SeenRequest::is_watch)
+    })
+    .await;
 
     api.put(nodepool("pool-a", &["edge-a1"]));
     eventually("the NodePool's members count once it lists them", || {
