@@ -35,8 +35,8 @@ const NODEPOOL_RECHECK: Duration = if cfg!(test) {
     Duration::from_secs(300)
 };
 
-/// The NodePool version read: the storage version, served by every manager that has
-/// `status.nodes` in it as upstream's hubs read it.
+/// The NodePool version read: the storage version, as upstream's current hubs read it
+/// (a cluster serving only older versions is a 404: the label is used there).
 type NodePool = yurt_api::apps::v1beta2::NodePool;
 
 /// The clients of both sources.
