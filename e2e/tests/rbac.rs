@@ -3,7 +3,7 @@
 //! `openyurt:yurt-manager`) is listed and printed, then `kubectl auth can-i` answers a
 //! table of what each identity may and may not do (printed whole before any mismatch
 //! fails the test), and real requests as the hub show the API server accepting the one
-//! ConfigMap watch the hub makes (by name, `filter/view.rs`) and refusing any other.
+//! ConfigMap watch the hub makes (by name, `filter/view/mod.rs`) and refusing any other.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -78,8 +78,9 @@ const TABLE: &[Row] = &[
     (Who::Hub, "list services -A", true, "kube-proxy, kubelet, filters"),
     (Who::Hub, "watch endpoints -A", true, "kube-proxy"),
     (Who::Hub, "watch endpointslices.discovery.k8s.io -A", true, "kube-proxy"),
-    (Who::Hub, "list nodes", true, "pool labels (filter/view.rs)"),
-    (Who::Hub, "list nodepools.apps.openyurt.io", true, "pool-scoped filters"),
+    (Who::Hub, "list nodes", true, "its own Node; its pool's by label without a NodePool (filter/view/)"),
+    (Who::Hub, "list nodepools.apps.openyurt.io", true, "pool members for the pool-scoped filters (filter/view/pool.rs)"),
+    (Who::Hub, "watch nodepools.apps.openyurt.io", true, "watched by metadata.name"),
     (Who::Hub, "create events -n default", true, "kubelet, kube-proxy"),
     (Who::Hub, "get secrets -n kube-system", false, "Secrets: only kubelet's, by the Node authorizer"),
     (Who::Hub, "list secrets -A", false, "Secrets cluster-wide"),
@@ -351,7 +352,7 @@ async fn hub_and_manager_hold_only_the_rights_they_use() -> anyhow::Result<()> {
         ensure!(wrong.is_empty(), "{} differences:\n{}", wrong.len(), wrong.join("\n"));
 
         // The requests themselves, as the hub makes them. The hub lists and watches its
-        // ConfigMap by name (filter/view.rs), which RBAC matches against resourceNames;
+        // ConfigMap by name (filter/view/), which RBAC matches against resourceNames;
         // without the name the same list is refused.
         let hub = Who::Hub.flags();
         let by_name = ["get", "configmaps", "-n", "kube-system", "--field-selector=metadata.name=yurt-hub-cfg"];
@@ -371,7 +372,7 @@ async fn hub_and_manager_hold_only_the_rights_they_use() -> anyhow::Result<()> {
         );
 
         // And through a real hub, with its own certificate (edge-a1's 127.0.0.1:10261):
-        // the watch filter/view.rs makes is let through, a list of all is not.
+        // the watch filter/view/ makes is let through, a list of all is not.
         let hub_api = "http://127.0.0.1:10261/api/v1/namespaces/kube-system/configmaps";
         let status = |query: &str| -> anyhow::Result<String> {
             let url = format!("{hub_api}?{query}");
