@@ -1,7 +1,9 @@
 //! A small in-memory API server for the view's tests: lists and watches of Nodes,
 //! Services, ConfigMaps and NodePools (unless told the NodePool API is not served) with
 //! equality label and field selectors, full objects or `PartialObjectMetadata` as the
-//! `Accept` header asks, a record of every request and a count of the watch events it
+//! `Accept` header asks, Nodes and Services in protobuf when it comes first in `Accept`
+//! (as the API server serves built-in kinds; the view reads only their metadata and a
+//! Node's pod CIDRs, so only those are encoded), a record of every request and a count of the watch events it
 //! sent. Every change is queued to the open watches before `put` or `delete` returns, so
 //! a test can tell that a change was sent to no one.
 //! Hand-rolled: no maintained crate serves list/watch semantics in process, and the
@@ -42,6 +44,11 @@ impl SeenRequest {
     /// Whether it asked for metadata only.
     pub fn metadata_only(&self) -> bool {
         self.accept.contains("as=PartialObjectMetadata")
+    }
+
+    /// Whether it asked for protobuf first.
+    pub fn protobuf_first(&self) -> bool {
+        self.accept.trim_start().starts_with(crate::codec::PROTOBUF)
     }
 
     /// A query parameter.
@@ -166,8 +173,72 @@ fn event_line(seen: &SeenRequest, resource: &str, c: &Change) -> Option<Bytes> {
         (true, None) => ("DELETED", c.new.as_ref().or(c.old.as_ref())?),
         (false, None) => return None,
     };
+    if let Some(obj) = protobuf(seen, resource, obj) {
+        return Some(crate::codec::encode_watch_event(
+            crate::codec::Format::Protobuf,
+            ty,
+            &obj,
+        ));
+    }
     let line = json!({"type": ty, "object": shaped(seen, obj)});
     Some(Bytes::from(format!("{line}\n")))
+}
+
+/// `obj` in protobuf, if `seen` asked for it first and `resource` is a built-in kind
+/// the fake encodes (Nodes and Services, whole).
+fn protobuf(seen: &SeenRequest, resource: &str, obj: &Value) -> Option<crate::codec::RawObject> {
+    use k8s_pb::api::core::v1 as core;
+    use k8s_pb::apimachinery::pkg::apis::meta::v1 as pb_meta;
+    use prost::Message as _;
+    if !seen.protobuf_first() || seen.metadata_only() {
+        return None;
+    }
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let map = |v: &Value| -> BTreeMap<String, String> {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let m = &obj["metadata"];
+    let metadata = Some(pb_meta::ObjectMeta {
+        name: text(&m["name"]),
+        namespace: text(&m["namespace"]),
+        resource_version: text(&m["resourceVersion"]),
+        labels: map(&m["labels"]),
+        annotations: map(&m["annotations"]),
+        ..Default::default()
+    });
+    let (kind, message) = match resource {
+        "nodes" => {
+            let spec = &obj["spec"];
+            let node = core::Node {
+                metadata,
+                spec: Some(core::NodeSpec {
+                    pod_cidr: text(&spec["podCIDR"]),
+                    pod_cid_rs: spec["podCIDRs"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(text).collect())
+                        .unwrap_or_default(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            ("Node", node.encode_to_vec())
+        }
+        "services" => {
+            let service = core::Service {
+                metadata,
+                ..Default::default()
+            };
+            ("Service", service.encode_to_vec())
+        }
+        _ => return None,
+    };
+    crate::codec::proto_from_message("v1", kind, Bytes::from(message)).ok()
 }
 
 /// `%XX` and `+` decoding of one query component (kube-rs encodes with
@@ -241,12 +312,24 @@ fn shaped(req: &SeenRequest, obj: &Value) -> Value {
 }
 
 fn respond(body: UnsyncBoxBody<Bytes, Infallible>) -> Response<UnsyncBoxBody<Bytes, Infallible>> {
+    respond_as("application/json", body)
+}
+
+fn respond_as(
+    content_type: &'static str,
+    body: UnsyncBoxBody<Bytes, Infallible>,
+) -> Response<UnsyncBoxBody<Bytes, Infallible>> {
     let mut resp = Response::new(body);
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
+        http::HeaderValue::from_static(content_type),
     );
     resp
+}
+
+/// Whether the fake answers `seen` for `resource` in protobuf.
+fn answers_protobuf(seen: &SeenRequest, resource: &str) -> bool {
+    seen.protobuf_first() && !seen.metadata_only() && matches!(resource, "nodes" | "services")
 }
 
 impl FakeApi {
@@ -416,6 +499,22 @@ impl FakeApi {
             return self.watch(seen, resource);
         }
         let state = self.state.lock().expect("not poisoned");
+        if answers_protobuf(&seen, resource) {
+            let items: Vec<crate::codec::RawObject> = state
+                .objects
+                .iter()
+                .filter(|((r, _), o)| r == resource && selects(&seen, o))
+                .filter_map(|(_, o)| protobuf(&seen, resource, o))
+                .collect();
+            let list = crate::codec::encode_list(
+                crate::codec::Format::Protobuf,
+                "v1",
+                &format!("{}List", kind_of(resource)),
+                &state.rv.to_string(),
+                &items,
+            );
+            return respond_as(crate::codec::PROTOBUF, Full::new(list).boxed_unsync());
+        }
         let items: Vec<Value> = state
             .objects
             .iter()
@@ -446,6 +545,11 @@ impl FakeApi {
             .param("resourceVersion")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        let content_type = if answers_protobuf(&seen, resource) {
+            "application/vnd.kubernetes.protobuf;stream=watch"
+        } else {
+            "application/json"
+        };
         let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
         {
             let mut state = self.state.lock().expect("not poisoned");
@@ -467,6 +571,6 @@ impl FakeApi {
                 .await
                 .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
         });
-        respond(StreamBody::new(stream).boxed_unsync())
+        respond_as(content_type, StreamBody::new(stream).boxed_unsync())
     }
 }

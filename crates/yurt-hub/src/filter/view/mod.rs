@@ -16,14 +16,16 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::TryStreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Agents;
 
+mod feed;
 mod nodes;
+mod objects;
 mod pool;
 
 /// The ConfigMap of hub settings.
@@ -151,13 +153,6 @@ impl ClusterView {
     }
 }
 
-fn key_of(meta: &kube::api::ObjectMeta) -> (String, String) {
-    (
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    )
-}
-
 /// Keeps `view` current until `shutdown`. `client` talks to the hub itself.
 pub async fn run(
     view: std::sync::Arc<ClusterView>,
@@ -173,54 +168,39 @@ pub async fn run(
     } = scope;
     let services = {
         let view = view.clone();
-        let api: Api<Service> = Api::all(client.clone());
-        async move {
-            let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()));
-            let mut fresh: Option<HashMap<(String, String), BTreeMap<String, String>>> = None;
-            loop {
-                match stream.try_next().await {
-                    Ok(Some(watcher::Event::Init)) => fresh = Some(HashMap::new()),
-                    Ok(Some(watcher::Event::InitApply(s))) => {
-                        if let Some(f) = fresh.as_mut() {
-                            f.insert(
-                                key_of(&s.metadata),
-                                s.metadata.annotations.clone().unwrap_or_default(),
-                            );
-                        }
-                    }
-                    Ok(Some(watcher::Event::InitDone)) => {
-                        if let (Some(f), Ok(mut s)) = (fresh.take(), view.services.write()) {
-                            *s = f;
-                        }
-                        view.services_synced.store(true, Ordering::Release);
-                    }
-                    Ok(Some(watcher::Event::Apply(s))) => {
-                        let (ns, name) = key_of(&s.metadata);
-                        view.set_service(
-                            &ns,
-                            &name,
-                            s.metadata.annotations.clone().unwrap_or_default(),
-                        );
-                    }
-                    Ok(Some(watcher::Event::Delete(s))) => {
-                        if let Ok(mut m) = view.services.write() {
-                            m.remove(&key_of(&s.metadata));
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "service watch");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    }
+        let services = feed::Collection {
+            path: "/api/v1/services".into(),
+            field_selector: None,
+        };
+        feed::follow(client.clone(), services, move |event| match event {
+            feed::FeedEvent::Listed(items) => {
+                let fresh = items
+                    .iter()
+                    .map(|s| {
+                        let key = (s.info.namespace.clone(), s.info.name.clone());
+                        (key, objects::annotations(s))
+                    })
+                    .collect();
+                if let Ok(mut s) = view.services.write() {
+                    *s = fresh;
+                }
+                view.services_synced.store(true, Ordering::Release);
+            }
+            feed::FeedEvent::Applied(s) => {
+                view.set_service(&s.info.namespace, &s.info.name, objects::annotations(&s));
+            }
+            feed::FeedEvent::Deleted(s) => {
+                if let Ok(mut m) = view.services.write() {
+                    m.remove(&(s.info.namespace.clone(), s.info.name.clone()));
                 }
             }
-        }
+        })
     };
     // The pool whose Nodes the view holds: the configured one, else its own Node's label.
     let (pool_tx, pool_rx) = tokio::sync::watch::channel(configured_pool.clone());
     let own_node = nodes::watch_own_node(
         view.clone(),
-        Api::all(client.clone()),
+        client.clone(),
         node.clone(),
         configured_pool.is_none().then_some(pool_tx),
     );

@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use futures_util::TryStreamExt;
-use k8s_openapi::api::core::v1::Node;
-use kube::api::Api;
-use kube::runtime::watcher;
 use tokio::sync::watch;
 
-use super::{ClusterView, POOL_LABEL};
+use super::feed::{self, FeedEvent};
+use super::{ClusterView, POOL_LABEL, objects};
+use crate::codec::RawObject;
 
 pub(super) fn pool_label(meta: &kube::api::ObjectMeta) -> Option<String> {
     meta.labels.as_ref()?.get(POOL_LABEL).cloned()
@@ -17,24 +15,17 @@ pub(super) fn pool_label(meta: &kube::api::ObjectMeta) -> Option<String> {
 
 /// Keeps this node's own pool and pod CIDRs from its Node (whole: the CIDRs are in its
 /// spec), and tells `pool` (when the pool is not configured) when its label changes.
+/// Watched by name as kubelet watches it, so the hub shares kubelet's upstream watch.
 pub(super) async fn watch_own_node(
     view: Arc<ClusterView>,
-    api: Api<Node>,
+    client: kube::Client,
     node: String,
     pool: Option<watch::Sender<Option<String>>>,
 ) {
-    let learn = |n: Option<&Node>| {
-        let label = n.and_then(|n| pool_label(&n.metadata));
+    let learn = |n: Option<&RawObject>| {
+        let label = n.and_then(|n| n.info.labels.get(POOL_LABEL).cloned());
         view.set_node_pool(&node, label.as_deref());
-        let spec = n.and_then(|n| n.spec.as_ref());
-        let mut cidrs = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
-        // `podCIDR` is the first of `podCIDRs` when both are set.
-        if let Some(c) = spec.and_then(|s| s.pod_cidr.clone())
-            && !cidrs.contains(&c)
-        {
-            cidrs.push(c);
-        }
-        view.set_node_pod_cidrs(&node, &cidrs);
+        view.set_node_pod_cidrs(&node, &n.map(objects::pod_cidrs).unwrap_or_default());
         if let Some(tx) = &pool {
             tx.send_if_modified(|p| {
                 let changed = *p != label;
@@ -45,32 +36,18 @@ pub(super) async fn watch_own_node(
             });
         }
     };
-    let selector = format!("metadata.name={node}");
-    let mut stream = std::pin::pin!(watcher(api, watcher::Config::default().fields(&selector)));
-    // Whether the current (re)list had it: a Node deleted while the watch was down
-    // shows only as its absence from the next list.
-    let mut listed = false;
-    loop {
-        match stream.try_next().await {
-            Ok(Some(watcher::Event::Init)) => listed = false,
-            Ok(Some(watcher::Event::Apply(n) | watcher::Event::InitApply(n)))
-                if n.metadata.name.as_deref() == Some(node.as_str()) =>
-            {
-                listed = true;
-                learn(Some(&n));
-            }
-            Ok(Some(watcher::Event::InitDone)) if !listed => learn(None),
-            Ok(Some(watcher::Event::Delete(n)))
-                if n.metadata.name.as_deref() == Some(node.as_str()) =>
-            {
-                learn(None);
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(e) => {
-                tracing::debug!(error = %e, "own node watch");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-            }
-        }
-    }
+    let own = feed::Collection {
+        path: "/api/v1/nodes".into(),
+        field_selector: Some(format!("metadata.name={node}")),
+    };
+    let is_own = |n: &RawObject| n.info.name == node;
+    feed::follow(client, own, |event| match event {
+        // A Node deleted while the watch was down shows only as its absence from the
+        // next list.
+        FeedEvent::Listed(items) => learn(items.iter().find(|n| is_own(n))),
+        FeedEvent::Applied(n) if is_own(&n) => learn(Some(&n)),
+        FeedEvent::Deleted(n) if is_own(&n) => learn(None),
+        FeedEvent::Applied(_) | FeedEvent::Deleted(_) => {}
+    })
+    .await;
 }

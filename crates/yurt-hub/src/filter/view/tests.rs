@@ -172,7 +172,128 @@ async fn the_view_asks_for_its_pools_nodes_as_metadata_and_for_its_own_node_by_n
             own || in_pool.iter().any(|p| std::ptr::eq(*p, r)),
             "a Node request neither for its pool nor for its own node: {r:?}"
         );
+        assert!(
+            !own || r.protobuf_first(),
+            "its own Node is asked for as kubelet asks, protobuf first: {r:?}"
+        );
     }
+    let services: Vec<SeenRequest> = api
+        .seen()
+        .into_iter()
+        .filter(|r| r.path == "/api/v1/services")
+        .collect();
+    assert!(
+        services.iter().any(SeenRequest::is_watch)
+            && services.iter().all(SeenRequest::protobuf_first),
+        "Services are listed and watched protobuf first: {services:#?}"
+    );
+    drop(running.stop);
+}
+
+/// kubelet's watch of `uri` through `hub` (the node-local port, its own User-Agent,
+/// protobuf first), as a body to read.
+async fn kubelet_watch(
+    hub: &Arc<crate::proxy::Hub>,
+    upstream: &crate::proxy::fake::FakeUpstream,
+    uri: &str,
+) -> crate::body::ResponseBody {
+    let req = crate::proxy::fake::request(
+        "GET",
+        uri,
+        &[
+            crate::proxy::fake::KUBELET,
+            ("accept", "application/vnd.kubernetes.protobuf, */*"),
+        ],
+        b"",
+    );
+    let resp = crate::proxy::fake::send(hub, upstream, crate::proxy::Origin::Local, req).await;
+    assert_eq!(resp.status(), http::StatusCode::OK, "{uri}");
+    resp.into_body()
+}
+
+#[tokio::test]
+async fn the_hub_shares_kubelets_services_and_own_node_watches_with_the_view() {
+    use http_body_util::BodyExt as _;
+    let api = fleet();
+    let (hub, _dir) = crate::proxy::fake::hub(
+        crate::config::Limits::default(),
+        crate::filter::Filters::none(),
+    );
+    let upstream = crate::proxy::fake::FakeUpstream(Some(api.as_upstream()));
+    let running = start_with(FakeApi::hub_client(&hub, upstream.clone()), None);
+    let view = running.view.clone();
+    let watches = |path: &str, field: Option<&str>| {
+        api.seen()
+            .iter()
+            .filter(|r| r.path == path && r.is_watch() && r.param("fieldSelector") == field)
+            .count()
+    };
+    eventually("the view watches Services and its own Node", || {
+        view.services_synced()
+            && watches("/api/v1/services", None) == 1
+            && watches("/api/v1/nodes", Some("metadata.name=edge-a1")) == 1
+    })
+    .await;
+
+    // kubelet watches both from what it listed (now), as kubelet does.
+    let now = {
+        let list = crate::proxy::fake::send(
+            &hub,
+            &upstream,
+            crate::proxy::Origin::Local,
+            crate::proxy::fake::request(
+                "GET",
+                "/api/v1/services",
+                &[crate::proxy::fake::KUBELET, ("accept", "application/json")],
+                b"",
+            ),
+        )
+        .await;
+        let body = list.into_body().collect().await.expect("list").to_bytes();
+        codec::decode_list(codec::Format::Json, &body)
+            .expect("a list")
+            .resource_version
+    };
+    let mut services = kubelet_watch(
+        &hub,
+        &upstream,
+        &format!("/api/v1/services?allowWatchBookmarks=true&resourceVersion={now}&timeoutSeconds=400&watch=true"),
+    )
+    .await;
+    let _own = kubelet_watch(
+        &hub,
+        &upstream,
+        &format!("/api/v1/nodes?allowWatchBookmarks=true&fieldSelector=metadata.name%3Dedge-a1&resourceVersion={now}&timeoutSeconds=400&watch=true"),
+    )
+    .await;
+    api.put(service("shared", json!({"a": "b"})));
+    eventually("the view sees the new Service", || {
+        view.service_annotations("default", "shared")
+            .is_some_and(|a| a.get("a").map(String::as_str) == Some("b"))
+    })
+    .await;
+    let mut decoder = codec::WatchDecoder::new(codec::Format::Protobuf);
+    let mut seen = Vec::new();
+    while seen.is_empty() {
+        let frame = tokio::time::timeout(WAIT, services.frame())
+            .await
+            .expect("kubelet gets the event")
+            .expect("a frame")
+            .expect("no error");
+        if let Ok(data) = frame.into_data() {
+            seen.extend(decoder.push(&data).expect("protobuf events"));
+        }
+    }
+    assert_eq!(seen[0].0.event_type, "ADDED");
+    assert_eq!(seen[0].0.object.info.name, "shared");
+    assert_eq!(
+        (
+            watches("/api/v1/services", None),
+            watches("/api/v1/nodes", Some("metadata.name=edge-a1"))
+        ),
+        (1, 1),
+        "kubelet's watches joined the view's: one upstream watch each"
+    );
     drop(running.stop);
 }
 
