@@ -313,13 +313,7 @@ pub async fn run(
                 reason: e.to_string(),
             },
         )?;
-        let mut kc = kube::Config::new(url);
-        kc.headers.push((
-            http::header::USER_AGENT,
-            http::HeaderValue::from_static(concat!("yurthub/", env!("CARGO_PKG_VERSION"))),
-        ));
-        kube::Client::try_from(kc)
-            .map_err(|e| HubError::Upstream(upstream::UpstreamError::Kube(e)))?
+        upstream::kube_client::plain(url, upstream::kube_client::Timeouts::default())
     };
     {
         let scope = filter::view::Scope {

@@ -1,11 +1,19 @@
 //! `yurt-hub`: the hub alone, for nodes that run nothing else of openyurt-rs. Runs exactly
 //! what `yurt hub` runs, with the same flags ([`yurt_hub::cli::HubArgs`]), the same
-//! logging and the same runtime, from a binary without the other roles' code, so its
+//! log format and the same runtime, from a binary without the other roles' code, so its
 //! resident size is smaller (built with `--profile hub-small`: see the README).
+//!
+//! `RUST_LOG` takes `target=level` directives (`warn,yurt_hub::health=debug`), read by
+//! tracing-subscriber's `Targets` filter rather than `yurt`'s `EnvFilter`: the span and
+//! field directives only `EnvFilter` understands need a regex engine, a few hundred KB
+//! of code mapped for a feature a node's hub is not debugged with.
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Warnings and errors, except the client's report of each failed readiness poll (as
 /// `yurt`).
@@ -21,12 +29,20 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
-        )
-        .with_writer(std::io::stderr)
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) => match directives.parse::<Targets>() {
+            Ok(filter) => filter,
+            Err(e) => {
+                eprintln!("error: RUST_LOG={directives:?}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        // A constant, parsed in the tests below.
+        Err(_) => DEFAULT_LOG_FILTER.parse().unwrap_or_default(),
+    };
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -39,11 +55,24 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(yurt_hub::cli::run(cli.hub)) {
+    match runtime.block_on(Box::pin(yurt_hub::cli::run(cli.hub))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_log_filter_parses_as_targets() {
+        let filter: Targets = DEFAULT_LOG_FILTER.parse().expect("parses");
+        assert!(filter.would_enable("yurt_hub", &tracing::Level::WARN));
+        assert!(!filter.would_enable("yurt_hub", &tracing::Level::INFO));
+        assert!(!filter.would_enable("kube_client::client::builder", &tracing::Level::ERROR));
     }
 }

@@ -8,6 +8,7 @@
 //! everything above this layer (the cache, the filters, clients) sees plain bodies.
 
 pub mod gzip;
+pub mod kube_client;
 pub mod pool;
 
 use std::sync::Arc;
@@ -239,27 +240,19 @@ pub(crate) fn class_client(
 /// Builds a backend per configured server.
 ///
 /// # Errors
-/// Unreadable certificates or a kube client that cannot be built.
+/// Unreadable certificates or keys, or a server URL the pool cannot use.
 pub fn backends(config: &Config) -> Result<Vec<Arc<Backend>>, UpstreamError> {
     let identity = Some((config.client_cert.as_path(), config.client_key.as_path()));
     let mut out = Vec::new();
     for (index, url) in config.servers.iter().enumerate() {
-        let mut kc = kube::Config::new(url.clone());
-        kc.root_cert = Some(
-            tls::certs(&config.ca_file)?
-                .into_iter()
-                .map(|c| c.to_vec())
-                .collect(),
+        let kube = kube_client::https(
+            url.clone(),
+            tls::client_config(&config.ca_file, identity)?,
+            kube_client::Timeouts {
+                connect: Some(config.upstream.connect_timeout),
+                read: Some(config.health.timeout),
+            },
         );
-        kc.auth_info.client_certificate = Some(config.client_cert.display().to_string());
-        kc.auth_info.client_key = Some(config.client_key.display().to_string());
-        kc.connect_timeout = Some(config.upstream.connect_timeout);
-        kc.read_timeout = Some(config.health.timeout);
-        kc.headers.push((
-            http::header::USER_AGENT,
-            http::HeaderValue::from_static(concat!("yurthub/", env!("CARGO_PKG_VERSION"))),
-        ));
-        let kube = kube::Client::try_from(kc).map_err(UpstreamError::Kube)?;
         out.push(Arc::new(Backend {
             index,
             url: url.clone(),
@@ -290,9 +283,6 @@ pub enum UpstreamError {
     /// TLS material.
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// The typed client.
-    #[error("API client: {0}")]
-    Kube(#[source] kube::Error),
     /// A server URL the pool cannot use.
     #[error(transparent)]
     Url(RequestError),
