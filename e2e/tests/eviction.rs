@@ -153,7 +153,7 @@ async fn an_autonomous_pool_keeps_its_pods_and_endpoints_while_a_plain_pool_is_e
         }
         // The plain pool's pod is evicted by kube-controller-manager's taint manager.
         let evict_uid = evict_before.metadata.uid.clone();
-        wait_for(
+        let evicted = wait_for(
             "the plain pool's pod evicted",
             Duration::from_secs(120),
             || {
@@ -170,7 +170,20 @@ async fn an_autonomous_pool_keeps_its_pods_and_endpoints_while_a_plain_pool_is_e
                 }
             },
         )
-        .await?;
+        .await;
+        if let Err(e) = evicted {
+            // Whether the node controller tainted the node is what tells a stalled
+            // taint queue (kube-controller-manager logs it only at -v=2) from a taint
+            // manager that did not act.
+            let node = f.kubectl(&[
+                "get",
+                "node",
+                "edge-b1",
+                "-o",
+                "jsonpath={.spec.taints} {.status.conditions[?(@.type==\"Ready\")]}",
+            ]);
+            return Err(e.context(format!("edge-b1 taints and Ready condition: {node:?}")));
+        }
 
         // The manager restarts in the middle: nothing it did is undone.
         f.stop("cloud", "yurt-manager")?;
