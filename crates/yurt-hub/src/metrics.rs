@@ -19,9 +19,9 @@ pub struct ServerLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
     /// How the request was answered: `upstream`, `cache`, `local`, `error`.
-    pub served_by: String,
+    pub served_by: &'static str,
     /// The verb.
-    pub verb: String,
+    pub verb: &'static str,
 }
 
 /// Labels of request latency histograms.
@@ -29,7 +29,7 @@ pub struct RequestLabels {
 pub struct ServedByLabel {
     /// `upstream` (the API server answered), `cache` (answered locally), `refused`
     /// (429 at the door).
-    pub served_by: String,
+    pub served_by: &'static str,
 }
 
 fn request_histogram() -> Histogram {
@@ -49,11 +49,9 @@ impl Default for RequestDurations {
 
 impl RequestDurations {
     /// Records one request.
-    pub fn observe(&self, served_by: &str, seconds: f64) {
+    pub fn observe(&self, served_by: &'static str, seconds: f64) {
         self.0
-            .get_or_create(&ServedByLabel {
-                served_by: served_by.to_owned(),
-            })
+            .get_or_create(&ServedByLabel { served_by })
             .observe(seconds);
     }
 }
@@ -244,12 +242,9 @@ impl HubMetrics {
     }
 
     /// Counts a request.
-    pub fn request(&self, served_by: &str, verb: &str) {
+    pub fn request(&self, served_by: &'static str, verb: &'static str) {
         self.requests
-            .get_or_create(&RequestLabels {
-                served_by: served_by.to_owned(),
-                verb: verb.to_owned(),
-            })
+            .get_or_create(&RequestLabels { served_by, verb })
             .inc();
     }
 }

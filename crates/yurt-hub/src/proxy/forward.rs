@@ -23,7 +23,7 @@ use crate::health::Health;
 use crate::identity::Caller;
 use crate::request::{RequestInfo, ResourceRequest, Verb};
 use crate::status::{Reason, StatusError};
-use crate::upstream::{Backend, Balancer, uri_on};
+use crate::upstream::{Backend, Balancer, uri_with};
 
 /// Which of a server's clients carries a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,22 +171,23 @@ impl UpstreamFailure {
     }
 }
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
+/// Header names, not strings: removing by a string parses it again on every request.
+const HOP_BY_HOP: [header::HeaderName; 9] = [
+    header::CONNECTION,
+    header::HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
 ];
 
 /// Removes the headers that belong to one hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for h in HOP_BY_HOP {
-        headers.remove(*h);
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
     }
 }
 
@@ -200,8 +201,12 @@ pub fn upstream_request<B>(
     origin: Origin,
 ) -> Result<(Request<B>, ClientClass), StatusError> {
     let (mut parts, body) = req.into_parts();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let Ok(uri) = uri_on(url, path_and_query) else {
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let Ok(uri) = uri_with(url, path_and_query) else {
         return Err(StatusError::bad_request("invalid request URI"));
     };
     let class = ClientClass::of(origin, &parts.headers, false);
@@ -266,11 +271,8 @@ pub async fn forward<B: RequestBody, S: Server<B>>(
         }
         None => None,
     };
-    let path_and_query = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    // Kept for the log line of a failure (a reference-counted clone, no copy).
+    let path_and_query = req.uri().path_and_query().cloned();
     let (req, class) = match upstream_request(req, server.url(), ctx.origin) {
         Ok(r) => r,
         Err(e) => return e.into_response(&ctx.accept),
@@ -300,9 +302,9 @@ pub async fn forward<B: RequestBody, S: Server<B>>(
         Err(failure) => {
             let e = &failure.message;
             if failure.unreachable {
-                tracing::warn!(server = %server.url(), path = %path_and_query, error = %e, "upstream unreachable; server marked unhealthy");
+                tracing::warn!(server = %server.url(), path = path_and_query.as_ref().map_or("/", |p| p.as_str()), error = %e, "upstream unreachable; server marked unhealthy");
             } else {
-                tracing::warn!(server = %server.url(), path = %path_and_query, error = %e, "upstream request failed; probing the server now");
+                tracing::warn!(server = %server.url(), path = path_and_query.as_ref().map_or("/", |p| p.as_str()), error = %e, "upstream request failed; probing the server now");
             }
             failure.report(&hub.health, server.index());
             if falls_back_to_cache(&ctx.info, &method) {
@@ -350,9 +352,12 @@ pub fn handling(
     let success = status.is_success();
     match (&ctx.info, format) {
         (RequestInfo::Resource(r), Some(format)) if success => {
-            let owner = ctx.cache_owner(format);
             let component = ctx.component.as_deref().unwrap_or_default();
-            let cache_as = owner.filter(|_| hub.cache.cacheable(ctx.component.as_deref(), r));
+            let cache_as = if hub.cache.cacheable(ctx.component.as_deref(), r) {
+                ctx.cache_owner(format)
+            } else {
+                None
+            };
             let filter = hub.filters.applies(component, &r.gvr)
                 && matches!(r.verb, Verb::Get | Verb::List | Verb::Watch);
             match (r.verb == Verb::Watch, cache_as.is_some() || filter) {
@@ -393,7 +398,7 @@ async fn respond(
         tracing::info!(user = %sa.user(), "the API server refused a token the hub verified; refused offline from now on");
         hub.verifier.revoke(hash);
     }
-    let component = ctx.component.clone().unwrap_or_default();
+    let component = || ctx.component.clone().unwrap_or_default();
     match (handling(hub, ctx, method, rparts.status, format), &ctx.info) {
         (Handling::Watch { cache_as, filter }, RequestInfo::Resource(r)) => {
             rparts.headers.remove(header::CONTENT_LENGTH);
@@ -401,7 +406,7 @@ async fn respond(
             let body = watch::pump(
                 hub.clone(),
                 cache_as,
-                component,
+                component(),
                 r.clone(),
                 format,
                 filter,
@@ -424,7 +429,7 @@ async fn respond(
                 });
             }
             let out = if filter {
-                filter_body(&hub.filters, &component, r, format, bytes)
+                filter_body(&hub.filters, &component(), r, format, bytes)
             } else {
                 bytes
             };

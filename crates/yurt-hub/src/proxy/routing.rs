@@ -60,18 +60,20 @@ pub fn is_own_lease(r: &ResourceRequest, node: &str) -> bool {
 
 /// Whether the request asks for a protocol upgrade.
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    header_str(headers, header::CONNECTION)
-        .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
-        && headers.contains_key(header::UPGRADE)
+    headers.contains_key(header::UPGRADE)
+        && header_str(headers, header::CONNECTION)
+            .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
 }
 
 /// Whether a request may stay open for long: a watch, an upgrade, a followed log.
 pub fn is_long_running(uri: &http::Uri, headers: &HeaderMap) -> bool {
     let query = uri.query().unwrap_or("");
     let flag = |key: &str| {
-        query
-            .split('&')
-            .any(|kv| kv == format!("{key}=true") || kv == format!("{key}=1"))
+        query.split('&').any(|kv| {
+            kv.strip_prefix(key)
+                .and_then(|rest| rest.strip_prefix('='))
+                .is_some_and(|v| v == "true" || v == "1")
+        })
     };
     is_upgrade(headers) || flag("watch") || flag("follow") || uri.path().contains("/watch/")
 }

@@ -325,9 +325,18 @@ impl Balancer {
 
 /// The URI of `path_and_query` on `base`.
 pub fn uri_on(base: &http::Uri, path_and_query: &str) -> Result<http::Uri, http::Error> {
+    Ok(uri_with(base, path_and_query.parse()?)?)
+}
+
+/// The URI of an already parsed `path_and_query` on `base` (a request's own, as it came
+/// in: parsing it again would cost every forwarded request).
+pub fn uri_with(
+    base: &http::Uri,
+    path_and_query: http::uri::PathAndQuery,
+) -> Result<http::Uri, http::uri::InvalidUriParts> {
     let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(path_and_query.parse()?);
-    Ok(http::Uri::from_parts(parts)?)
+    parts.path_and_query = Some(path_and_query);
+    http::Uri::from_parts(parts)
 }
 
 /// An error and its causes, joined by ": " (a client error's own Display often names

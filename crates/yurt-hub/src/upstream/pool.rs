@@ -205,6 +205,23 @@ impl H2Pool {
         let Ok(mut conns) = self.conns.lock() else {
             return None;
         };
+        // Every forwarded request passes here, on either worker thread: with one
+        // connection (the usual case) the lock is held only to find it, and the sweep of
+        // closed and idle connections runs when there is something to sweep.
+        if conns.len() > 1 || conns.first().is_some_and(|c| c.dead()) {
+            self.sweep(&mut conns);
+        }
+        // First fit: streams pack onto the oldest connections and the newer ones empty
+        // and close when the load falls.
+        let conn = conns
+            .iter()
+            .find(|c| !c.dead() && c.in_flight.load(Ordering::Acquire) < self.config.max_streams)?;
+        conn.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some((conn.sender.clone(), StreamLease { conn: conn.clone() }))
+    }
+
+    /// Drops closed connections, and connections idle for the idle timeout but the first.
+    fn sweep(&self, conns: &mut Vec<Arc<Conn>>) {
         let now = Instant::now();
         conns.retain(|c| !c.dead());
         let idle_timeout = self.config.idle_timeout;
@@ -216,13 +233,6 @@ impl H2Pool {
             }
             !expired
         });
-        // First fit: streams pack onto the oldest connections and the newer ones empty
-        // and close when the load falls.
-        let conn = conns
-            .iter()
-            .find(|c| c.in_flight.load(Ordering::Acquire) < self.config.max_streams)?;
-        conn.in_flight.fetch_add(1, Ordering::AcqRel);
-        Some((conn.sender.clone(), StreamLease { conn: conn.clone() }))
     }
 
     async fn lease(&self) -> Result<(http2::SendRequest<RequestBody>, StreamLease), RequestError> {
