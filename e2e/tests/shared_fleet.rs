@@ -21,32 +21,6 @@ async fn within<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Resu
         .context("test did not finish in time")?
 }
 
-/// Creates namespace `ns` afresh (deleting a leftover from an earlier run).
-fn fresh_namespace(f: &TestFleet, ns: &str) -> anyhow::Result<()> {
-    let _ = f.kubectl(&[
-        "delete",
-        "namespace",
-        ns,
-        "--ignore-not-found",
-        "--wait=true",
-        "--timeout=60s",
-    ]);
-    f.kubectl(&["create", "namespace", ns])?;
-    // The service account controller creates `default` shortly after the namespace.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while f
-        .kubectl(&["get", "serviceaccount", "default", "-n", ns])
-        .is_err()
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "no default service account in {ns}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    Ok(())
-}
-
 async fn wait_pod_running(f: &TestFleet, ns: &str, name: &str) -> anyhow::Result<Pod> {
     let pods: Api<Pod> = Api::namespaced(f.client(), ns);
     wait_for(
@@ -134,7 +108,7 @@ async fn deployment_spread_over_both_pools_becomes_available() -> anyhow::Result
     within(async {
         let f = shared().await?;
         let ns = "e2e-spread";
-        fresh_namespace(&f, ns)?;
+        f.fresh_namespace(ns)?;
         f.apply(&serde_json::json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": "spread", "namespace": ns},
@@ -252,7 +226,7 @@ async fn kubectl_streams_work(
     kubectl: impl Fn() -> Command,
     ns: &str,
 ) -> anyhow::Result<()> {
-    fresh_namespace(f, ns)?;
+    f.fresh_namespace(ns)?;
     let node = "edge-b2";
     f.apply(&chatty_pod(ns, "chatty", node))?;
     wait_pod_running(f, ns, "chatty").await?;
@@ -389,7 +363,7 @@ async fn pods_reach_the_api_server_through_the_hub_with_their_service_account_to
     within(async {
         let f = shared().await?;
         let ns = "e2e-token";
-        fresh_namespace(&f, ns)?;
+        f.fresh_namespace(ns)?;
         f.kubectl(&["create", "role", "pod-reader", "-n", ns, "--verb=get", "--resource=pods"])?;
         f.kubectl(&["create", "rolebinding", "pod-reader", "-n", ns, "--role=pod-reader", &format!("--serviceaccount={ns}:default")])?;
         f.apply(&chatty_pod(ns, "client", "edge-a1"))?;
@@ -494,7 +468,7 @@ async fn service_topology_keeps_kube_proxy_inside_the_pool_or_node() -> anyhow::
     within(async {
         let f = shared().await?;
         let ns = "e2e-topology";
-        fresh_namespace(&f, ns)?;
+        f.fresh_namespace(ns)?;
         for (name, key) in [
             ("by-pool", "openyurt.io/nodepool"),
             ("by-node", "kubernetes.io/hostname"),

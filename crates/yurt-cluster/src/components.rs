@@ -1,7 +1,8 @@
 //! The upstream processes of each host, their configuration files and command lines,
 //! and how to tell that each is ready.
 //!
-//! Cloud host: etcd, kube-apiserver, kube-controller-manager, kube-scheduler.
+//! Cloud host: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, yurt
+//! manager, and the image registry (a pull and a push process, [`crate::registry`]).
 //! Edge host: containerd, kubelet, kube-proxy.
 
 use std::ffi::OsString;
@@ -40,16 +41,22 @@ pub enum Component {
     KubeProxy,
     /// yurt manager (cloud): OpenYurt's controllers and webhooks.
     YurtManager,
+    /// The image registry's read-only process (cloud): what every host pulls from.
+    Registry,
+    /// The image registry's push process (cloud): password-protected, for this machine.
+    RegistryPush,
 }
 
 impl Component {
     /// Cloud-host processes in start order.
-    pub const CLOUD: [Component; 5] = [
+    pub const CLOUD: [Component; 7] = [
         Component::Etcd,
         Component::KubeApiserver,
         Component::KubeControllerManager,
         Component::KubeScheduler,
         Component::YurtManager,
+        Component::Registry,
+        Component::RegistryPush,
     ];
     /// Edge-host processes in start order.
     pub const EDGE: [Component; 4] = [
@@ -71,6 +78,8 @@ impl Component {
             Self::Kubelet => "kubelet",
             Self::KubeProxy => "kube-proxy",
             Self::YurtManager => "yurt-manager",
+            Self::Registry => "registry",
+            Self::RegistryPush => "registry-push",
         }
     }
 
@@ -112,6 +121,8 @@ impl Component {
             Self::Kubelet => Probe::Http(local(10248), "/healthz"),
             Self::KubeProxy => Probe::Http(local(10256), "/healthz"),
             Self::YurtManager => Probe::Http(local(10272), "/readyz"),
+            Self::Registry => Probe::Tcp(local(crate::registry::PULL_PORT)),
+            Self::RegistryPush => Probe::Tcp(local(crate::registry::PUSH_PORT)),
         }
     }
 }
@@ -383,10 +394,35 @@ impl Context<'_> {
                 ],
                 env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
             },
+            Component::Registry | Component::RegistryPush => {
+                let role = if component == Component::Registry {
+                    crate::registry::Role::Pull
+                } else {
+                    crate::registry::Role::Push
+                };
+                let files = crate::registry::RegistryFiles {
+                    storage: hp.registry_data(),
+                    cert: pki.cert(crate::pki::REGISTRY_STEM),
+                    key: pki.key(crate::pki::REGISTRY_STEM),
+                    htpasswd: crate::registry::htpasswd_file(pki.dir()),
+                };
+                std::fs::create_dir_all(&files.storage)
+                    .map_err(|e| Error::io(&files.storage, e))?;
+                let config = hp.config().join(format!("{}.yml", component.name()));
+                write(&config, &crate::registry::config(role, &files))?;
+                CommandLine {
+                    program: "/usr/bin/docker-registry".into(),
+                    args: vec![arg("serve"), arg(p(&config))],
+                    env: Vec::new(),
+                }
+            }
             Component::Containerd => {
                 let edge = need_edge()?;
                 let config = hp.config().join("containerd.toml");
                 write(&config, &containerd_config(&hp))?;
+                for (file, text) in crate::registry::containerd_hosts(&pki.ca_cert()) {
+                    write(&hp.containerd_certs_d().join(file), &text)?;
+                }
                 write(
                     &hp.cni_conf().join("10-yurt-bridge.conflist"),
                     &cni_config(&hp, edge),
@@ -531,6 +567,9 @@ disabled_plugins = [
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni}"
+  # docker.io, registry.k8s.io and k8s.gcr.io resolve to the fleet's registry.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{certs_d}"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -543,6 +582,7 @@ disabled_plugins = [
         socket = p(&hp.containerd_socket()),
         pause = image::PAUSE_IMAGE,
         cni = p(&hp.cni_conf()),
+        certs_d = p(&hp.containerd_certs_d()),
     )
 }
 

@@ -1,7 +1,7 @@
-//! Container images without a registry: `docker save`-format archives built here from
-//! Debian's static busybox plus any files (and dynamically linked Debian programs with
-//! their shared libraries, such as curl), and imported into each node's containerd
-//! with `ctr`.
+//! Container images built here from Debian's static busybox plus any files (and
+//! dynamically linked Debian programs with their shared libraries, such as curl):
+//! `docker save`-format archives imported into each node's containerd with `ctr`, and
+//! the same config and layer pushed to the fleet's registry ([`crate::registry`]).
 //!
 //! An archive holds `manifest.json`, the image config (`<sha256>.json`) and one
 //! uncompressed layer; containerd's importer accepts it as-is. Builds are reproducible:
@@ -253,6 +253,30 @@ fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
+/// The upstream version of a busybox binary (`1.35.0` from `BusyBox v1.35.0 (Debian
+/// ...)`), the tag its image gets besides `latest`.
+///
+/// # Errors
+/// If busybox cannot run or names no version.
+pub fn busybox_version(busybox: &Path) -> Result<String> {
+    let out = cmd::run(
+        "read the busybox version",
+        Command::new(busybox).arg("--help"),
+    )?;
+    parse_busybox_version(&out)
+        .ok_or_else(|| Error::Invalid(format!("{}: no version in its help", busybox.display())))
+}
+
+fn parse_busybox_version(help: &str) -> Option<String> {
+    let word = help.split_whitespace().find(|w| w.starts_with('v'))?;
+    let version = word.trim_start_matches('v');
+    let valid = !version.is_empty()
+        && version
+            .split('.')
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    valid.then(|| version.to_owned())
+}
+
 /// The applets of a busybox binary (`busybox --list`).
 fn applets(busybox: &Path) -> Result<Vec<String>> {
     let out = cmd::run("list busybox applets", Command::new(busybox).arg("--list"))?;
@@ -321,11 +345,27 @@ fn layer(spec: &ImageSpec, busybox: &Path) -> Result<Vec<u8>> {
     b.into_inner().map_err(io)
 }
 
-/// Builds the image archive `out`; returns the image ID (`sha256:<config digest>`).
+/// A built image: its config and its one uncompressed layer, as a registry stores them.
+#[derive(Debug, Clone)]
+pub struct BuiltImage {
+    /// The image config (JSON).
+    pub config: Vec<u8>,
+    /// The layer (an uncompressed tar); its digest is the config's only `diff_id`.
+    pub layer: Vec<u8>,
+}
+
+impl BuiltImage {
+    /// The image ID: `sha256:<config digest>`.
+    pub fn id(&self) -> String {
+        format!("sha256:{}", sha256_hex(&self.config))
+    }
+}
+
+/// Builds the image of `spec`: busybox plus its files in one layer, and its config.
 ///
 /// # Errors
-/// Invalid reference, unreadable busybox, I/O errors.
-pub fn build(spec: &ImageSpec, busybox: &Path, out: &Path) -> Result<String> {
+/// Invalid reference, unreadable busybox.
+pub fn build_image(spec: &ImageSpec, busybox: &Path) -> Result<BuiltImage> {
     check_reference(&spec.reference)?;
     let layer = layer(spec, busybox)?;
     let layer_sha = sha256_hex(&layer);
@@ -343,8 +383,29 @@ pub fn build(spec: &ImageSpec, busybox: &Path, out: &Path) -> Result<String> {
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_sha}")]},
         "history": [{"created": created, "created_by": "yurt image build (busybox-static)"}],
     });
-    let config_bytes = serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
-    let config_sha = sha256_hex(&config_bytes);
+    let config = serde_json::to_vec(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+    Ok(BuiltImage { config, layer })
+}
+
+/// Builds the image archive `out` (docker-archive format, for `ctr import`); returns the
+/// image ID (`sha256:<config digest>`).
+///
+/// # Errors
+/// Invalid reference, unreadable busybox, I/O errors.
+pub fn build(spec: &ImageSpec, busybox: &Path, out: &Path) -> Result<String> {
+    let built = build_image(spec, busybox)?;
+    write_archive(spec, &built, out)?;
+    Ok(built.id())
+}
+
+/// Writes `built` as the docker-archive `out`, tagged with `spec`'s reference.
+///
+/// # Errors
+/// I/O errors.
+pub fn write_archive(spec: &ImageSpec, built: &BuiltImage, out: &Path) -> Result<()> {
+    let (config_bytes, layer) = (&built.config, &built.layer);
+    let layer_sha = sha256_hex(layer);
+    let config_sha = sha256_hex(config_bytes);
     let (repo, tag) = spec
         .reference
         .rsplit_once(':')
@@ -357,10 +418,10 @@ pub fn build(spec: &ImageSpec, busybox: &Path, out: &Path) -> Result<String> {
     let repositories = serde_json::json!({ repo: { tag: layer_sha } });
     let io = |e| Error::Invalid(format!("building image {}: {e}", spec.reference));
     let mut b = tar::Builder::new(Vec::new());
-    add_file(&mut b, &format!("{config_sha}.json"), 0o644, &config_bytes).map_err(io)?;
+    add_file(&mut b, &format!("{config_sha}.json"), 0o644, config_bytes).map_err(io)?;
     add_dir(&mut b, &layer_sha, 0o755).map_err(io)?;
     add_file(&mut b, &format!("{layer_sha}/VERSION"), 0o644, b"1.0").map_err(io)?;
-    add_file(&mut b, &format!("{layer_sha}/layer.tar"), 0o644, &layer).map_err(io)?;
+    add_file(&mut b, &format!("{layer_sha}/layer.tar"), 0o644, layer).map_err(io)?;
     add_file(
         &mut b,
         "manifest.json",
@@ -376,8 +437,7 @@ pub fn build(spec: &ImageSpec, busybox: &Path, out: &Path) -> Result<String> {
     )
     .map_err(io)?;
     let archive = b.into_inner().map_err(io)?;
-    crate::state::write_atomic(out, &archive)?;
-    Ok(format!("sha256:{config_sha}"))
+    crate::state::write_atomic(out, &archive)
 }
 
 /// Imports an image archive into the containerd listening on `socket` (CRI namespace).
@@ -430,6 +490,23 @@ pub fn archive_path(dir: &Path, reference: &str) -> PathBuf {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn the_busybox_version_comes_from_its_help_line() {
+        assert_eq!(
+            parse_busybox_version(
+                "BusyBox v1.35.0 (Debian 1:1.35.0-4+deb12u1+b1) multi-call binary.\nUsage: ..."
+            )
+            .as_deref(),
+            Some("1.35.0")
+        );
+        assert_eq!(
+            parse_busybox_version("BusyBox (no version) multi-call"),
+            None
+        );
+        assert_eq!(parse_busybox_version("BusyBox vx.1 multi-call"), None);
+        assert_eq!(parse_busybox_version(""), None);
+    }
 
     fn entries(archive: &[u8]) -> Vec<(String, Vec<u8>)> {
         let mut a = tar::Archive::new(archive);

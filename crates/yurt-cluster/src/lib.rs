@@ -1,7 +1,8 @@
 //! Local fleet provisioning: a real upstream Kubernetes (built once from Debian's
 //! `kubernetes` source and cached) with a cloud host and edge hosts as Linux network
-//! namespaces behind a router, real certificates, registry-free images, and supervised
-//! processes. Used by `yurt up`/`down`/`fleet` and by the test fixture.
+//! namespaces behind a router, real certificates, images built here (imported into each
+//! node, and pushed to the fleet's own registry, [`registry`]), and supervised processes.
+//! Used by `yurt up`/`down`/`fleet` and by the test fixture.
 //!
 //! Layer: a library beside the components; it talks to the cluster only through the
 //! Kubernetes API.
@@ -38,6 +39,7 @@ pub mod pki;
 pub mod probe;
 pub mod process;
 pub mod progress;
+pub mod registry;
 pub mod sample;
 pub mod slots;
 pub mod spec;

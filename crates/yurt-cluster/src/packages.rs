@@ -13,6 +13,8 @@ pub const RUNTIME_PACKAGES: &[&str] = &[
     "runc",
     "containernetworking-plugins",
     "busybox-static",
+    // The fleet's image registry (CNCF distribution 2.8).
+    "docker-registry",
     "etcd-server",
     "iptables",
     "iproute2",

@@ -130,6 +130,16 @@ impl HostPaths {
         self.root.join("etcd")
     }
 
+    /// The image registry's storage (cloud host; both registry processes share it).
+    pub fn registry_data(&self) -> PathBuf {
+        self.root.join("registry")
+    }
+
+    /// containerd's registry host configuration (`config_path`).
+    pub fn containerd_certs_d(&self) -> PathBuf {
+        self.config().join("certs.d")
+    }
+
     /// containerd's persistent root.
     pub fn containerd_root(&self) -> PathBuf {
         self.root.join("containerd")

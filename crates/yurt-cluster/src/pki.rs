@@ -43,6 +43,9 @@ pub enum Identity {
     Manager,
 }
 
+/// File stem of the registry's serving certificate.
+pub const REGISTRY_STEM: &str = "registry";
+
 /// The kubeconfig of local components on an edge host: the hub on 127.0.0.1:10261.
 pub const HUB_LOCAL: &str = "hub-local";
 /// The user name of yurt manager's client certificate.
@@ -208,6 +211,15 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
         &ips,
     );
     write_pair(&pki, "apiserver", &ca.issue(&apiserver)?)?;
+    // The registry's certificate names both of the cloud host's addresses, like the API
+    // server's: reissued each start, as they depend on the slot.
+    let registry = CertSpec::server(
+        crate::registry::REGISTRY_NAME,
+        &[crate::registry::REGISTRY_NAME, "localhost"],
+        &ips,
+    );
+    write_pair(&pki, REGISTRY_STEM, &ca.issue(&registry)?)?;
+    crate::registry::ensure_push_credentials(pki.dir())?;
 
     let mut identities = vec![
         Identity::Admin,

@@ -291,6 +291,36 @@ impl TestFleet {
         run_checked(self.fleet.kubectl().args(args))
     }
 
+    /// Creates namespace `ns` afresh (deleting a leftover from an earlier run) and waits
+    /// for its `default` service account.
+    ///
+    /// # Errors
+    /// kubectl's refusal; no service account within 30 s.
+    pub fn fresh_namespace(&self, ns: &str) -> anyhow::Result<()> {
+        let _ = self.kubectl(&[
+            "delete",
+            "namespace",
+            ns,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=60s",
+        ]);
+        self.kubectl(&["create", "namespace", ns])?;
+        // The service account controller creates `default` shortly after the namespace.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self
+            .kubectl(&["get", "serviceaccount", "default", "-n", ns])
+            .is_err()
+        {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "no default service account in {ns}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Ok(())
+    }
+
     /// Applies `object` (one JSON object or a `List`) with the built kubectl, from stdin.
     ///
     /// # Errors

@@ -87,6 +87,14 @@ fn print_status(fleet: &Fleet) {
         println!("not running (start it with `yurt up`)");
         return;
     }
+    println!(
+        "image registry: https://{} for the fleet (pull only); pushes from this machine to https://{}:{} (user {}, password in {})",
+        yurt_cluster::registry::pull_host(),
+        fleet.plan().cloud_host_side_ip().addr,
+        yurt_cluster::registry::PUSH_PORT,
+        yurt_cluster::registry::PUSH_USER,
+        yurt_cluster::registry::password_file(&fleet.paths().pki()).display(),
+    );
     let paths = fleet.paths();
     match fleet::supervision(paths) {
         Ok(Supervision::Foreground { pid }) => {

@@ -42,6 +42,33 @@ pub struct UpOptions {
     pub api_audit_log: Option<bool>,
 }
 
+/// Pushes `images` (image, repository, tags) to the fleet registry's push process, from
+/// this machine.
+async fn push_images(
+    paths: &FleetPaths,
+    plan: &crate::spec::Plan,
+    images: &[(image::BuiltImage, &str, Vec<String>)],
+    step: &Step<'_>,
+) -> Result<()> {
+    let pki = crate::pki::PkiPaths::new(paths);
+    let ca = pki.ca_cert();
+    let target = crate::registry::push::PushTarget {
+        registry: format!(
+            "{}:{}",
+            plan.cloud_host_side_ip().addr,
+            crate::registry::PUSH_PORT
+        ),
+        ca_pem: std::fs::read(&ca).map_err(|e| Error::io(&ca, e))?,
+        credentials: crate::registry::push_credentials(pki.dir())?,
+    };
+    for (built, repository, tags) in images {
+        step.detail(repository);
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        crate::registry::push::push(&target, built, repository, &tags).await?;
+    }
+    Ok(())
+}
+
 /// Commands the fleet shells out to; all come with the runtime packages.
 const TOOLS: &[&str] = &[
     "ip",
@@ -54,6 +81,7 @@ const TOOLS: &[&str] = &[
     "containerd",
     "runc",
     "etcd",
+    "docker-registry",
 ];
 
 fn preflight() -> Result<()> {
@@ -233,21 +261,40 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     step.finish();
 
     let step = Step::start(reporter, "building images (pause, busybox, sample-web)");
-    {
+    let to_push = {
         let images = paths.images();
         blocking(move || {
+            let busybox = Path::new(image::BUSYBOX);
+            let mut to_push = Vec::new();
             for spec in [
                 ImageSpec::pause(),
                 ImageSpec::busybox(image::BUSYBOX_IMAGE),
                 sample::image_spec(),
             ] {
-                let out = image::archive_path(&images, &spec.reference);
-                image::build(&spec, Path::new(image::BUSYBOX), &out)?;
+                let built = image::build_image(&spec, busybox)?;
+                image::write_archive(
+                    &spec,
+                    &built,
+                    &image::archive_path(&images, &spec.reference),
+                )?;
+                // Under their upstream names too (ADR 005): `busybox` and the pause image
+                // kubelet 1.20 asks for resolve through every host's containerd mirror.
+                if spec.reference == image::PAUSE_IMAGE {
+                    to_push.push((built, "pause", vec!["3.2".to_owned()]));
+                } else if spec.reference == image::BUSYBOX_IMAGE {
+                    let version = image::busybox_version(busybox)?;
+                    let minor = version.rsplit_once('.').map(|(m, _)| m.to_owned());
+                    let tags = ["latest".to_owned(), version]
+                        .into_iter()
+                        .chain(minor)
+                        .collect();
+                    to_push.push((built, "library/busybox", tags));
+                }
             }
-            Ok(())
+            Ok(to_push)
         })
-        .await?;
-    }
+        .await?
+    };
     step.finish();
 
     let step = Step::start(
@@ -263,6 +310,15 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
         step.detail(component.name());
         fleet.start_component(&HostId::Cloud, component).await?;
     }
+    step.finish();
+
+    let step = Step::start(
+        reporter,
+        "pushing images to the fleet registry (busybox, pause)",
+    );
+    // Boxed: the registry client's futures are large, and every caller of `up` would
+    // carry them.
+    Box::pin(push_images(&paths, &plan, &to_push, &step)).await?;
     step.finish();
 
     let client = fleet.client().await?;
