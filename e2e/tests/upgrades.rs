@@ -284,9 +284,28 @@ fn watch_unavailable(
                             let pods: Vec<String> = on(n)
                                 .iter()
                                 .map(|p| {
+                                    // The version: the DaemonSet's env value, the
+                                    // static pod's hash.
+                                    let version = p
+                                        .spec
+                                        .as_ref()
+                                        .and_then(|s| s.containers.first())
+                                        .and_then(|c| c.env.as_ref())
+                                        .and_then(|e| e.first())
+                                        .and_then(|e| e.value.clone())
+                                        .or_else(|| {
+                                            p.metadata.annotations.as_ref().and_then(|a| {
+                                                a.get("openyurt.io/static-pod-hash").cloned()
+                                            })
+                                        })
+                                        .unwrap_or_default();
                                     format!(
-                                        "{} ready={} terminating={}",
+                                        "{} version={version} phase={} ready={} terminating={}",
                                         p.metadata.name.as_deref().unwrap_or(""),
+                                        p.status
+                                            .as_ref()
+                                            .and_then(|s| s.phase.as_deref())
+                                            .unwrap_or(""),
                                         condition(p, "Ready").unwrap_or_default(),
                                         p.metadata.deletion_timestamp.is_some()
                                     )

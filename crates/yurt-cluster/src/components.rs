@@ -391,6 +391,9 @@ impl Context<'_> {
                     )),
                     arg("--metrics-addr=127.0.0.1:10271"),
                     arg("--health-probe-addr=127.0.0.1:10272"),
+                    // A node NotReady for longer than a missed lease (the silence the
+                    // node lifecycle controller allows) is offline to rollouts.
+                    arg(format!("--unready-node-grace={}", t.node_grace.as_secs())),
                 ],
                 env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
             },

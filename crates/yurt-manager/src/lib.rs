@@ -103,6 +103,9 @@ pub struct Config {
     /// The hubs' pod-facing address (`--hub-pod-address`, default 169.254.2.1), which the
     /// csrapprover allows in every node's serving certificate.
     pub hub_pod_address: IpAddr,
+    /// How long a NotReady node's pods still count as unavailable in DaemonSet and
+    /// YurtStaticSet rolling updates (`--unready-node-grace`).
+    pub unready_node_grace: Duration,
 }
 
 /// Runs the manager until `shutdown`.
@@ -213,6 +216,7 @@ pub async fn run(
             pools: pool_feed.clone(),
             node_servant_image: config.node_servant_image.clone(),
             hub_pod_address: config.hub_pod_address,
+            unready_node_grace: config.unready_node_grace,
             metrics: metrics.clone(),
         };
         for (name, run) in controllers::ALL {

@@ -81,6 +81,11 @@ pub struct ManagerRunArgs {
         default_value = "169.254.2.1"
     )]
     pub hub_pod_address: IpAddr,
+    /// Seconds a NotReady node's pods still count as unavailable in DaemonSet and
+    /// YurtStaticSet rolling updates: a node back within it had a blip (a missed lease),
+    /// and the rollout waits for it; a node NotReady for longer is offline and skipped.
+    #[arg(long, default_value_t = 40)]
+    pub unready_node_grace: u64,
 }
 
 fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
@@ -117,6 +122,7 @@ fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
         lease_renew_deadline: Duration::from_secs(a.leader_elect_renew_deadline),
         node_servant_image: a.node_servant_image.clone(),
         hub_pod_address: a.hub_pod_address,
+        unready_node_grace: Duration::from_secs(a.unready_node_grace),
     })
 }
 

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use yurt_api::labels::{MAX_UNAVAILABLE, POD_NEED_UPGRADE, UPDATE_STRATEGY};
 
 use crate::controllers::yurtstaticset::{
-    ReadinessChanges, condition_status, ignore_not_found, is_node_ready, is_pod_ready,
+    NodeReadiness, condition_status, ignore_not_found, is_node_ready, is_pod_ready,
     max_unavailable, set_need_upgrade,
 };
 use crate::metrics::ManagerMetrics;
@@ -74,6 +74,9 @@ pub fn strategy(ds: &DaemonSet) -> Option<Strategy> {
 pub struct PodState {
     /// Its node is Ready.
     pub node_ready: bool,
+    /// Its node is gone or NotReady for longer than the grace period: a pod there no
+    /// longer counts as unavailable.
+    pub node_offline: bool,
     /// It runs the current revision.
     pub current: bool,
     /// It is Ready.
@@ -93,13 +96,14 @@ pub fn plan_deletions(
 ) -> Vec<String> {
     // A new pod that has not started counts wherever it is: its node may be NotReady
     // only for a moment (a kubelet that missed its lease under load), and skipping it
-    // then would start a second replacement. Pods that were running when their node
-    // went away do not count, so offline nodes do not stall the rollout.
+    // then would start a second replacement. So does a down pod on a node that went
+    // NotReady only lately (such a blip marks every pod on the node NotReady). Pods on
+    // a node offline for longer do not count, so offline nodes do not stall the rollout.
     let unavailable = missing
         + pods
             .values()
             .filter(|p| {
-                p.node_ready && (p.terminating || !p.ready)
+                !p.node_offline && (p.terminating || !p.ready)
                     || p.current && p.starting && !p.terminating
             })
             .count();
@@ -126,6 +130,8 @@ pub fn plan_deletions(
 struct Ctx {
     client: kube::Client,
     nodes: Store<Node>,
+    readiness: Arc<NodeReadiness>,
+    unready_node_grace: Duration,
     metrics: ManagerMetrics,
 }
 
@@ -219,20 +225,26 @@ async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Ctx>) -> Result<Action, Reconcil
         Strategy::AdvancedRollingUpdate => {
             // A pod the scheduler has not placed yet (DaemonSet pods are scheduled by
             // the default scheduler) is about to start on a live node: it counts.
-            let node_ready = |p: &Pod| match p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
-                None | Some("") => true,
-                Some(n) => ctx
-                    .nodes
-                    .get(&ObjectRef::new(n))
-                    .is_some_and(|n| is_node_ready(&n)),
+            let node_state = |p: &Pod| match p.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+                None | Some("") => (true, false),
+                Some(name) => {
+                    let node = ctx.nodes.get(&ObjectRef::new(name));
+                    (
+                        node.as_deref().is_some_and(is_node_ready),
+                        ctx.readiness
+                            .offline(name, node.as_deref(), ctx.unready_node_grace),
+                    )
+                }
             };
             let states: BTreeMap<String, PodState> = pods
                 .iter()
                 .map(|p| {
+                    let (node_ready, node_offline) = node_state(p);
                     (
                         p.name_any(),
                         PodState {
-                            node_ready: node_ready(p),
+                            node_ready,
+                            node_offline,
                             current: is_current(p),
                             ready: is_pod_ready(p),
                             terminating: p.metadata.deletion_timestamp.is_some(),
@@ -293,12 +305,14 @@ pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
     let sets: Api<DaemonSet> = Api::all(client.clone());
     let controller = Controller::new(sets, watcher::Config::default());
     let store = controller.store();
+    let readiness = Arc::new(NodeReadiness::default());
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         nodes: inputs.nodes.store(),
+        readiness: readiness.clone(),
+        unready_node_grace: inputs.unready_node_grace,
         metrics: inputs.metrics,
     });
-    let readiness = ReadinessChanges::default();
     controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .owns_stream(inputs.pods.objects())
@@ -363,6 +377,7 @@ mod tests {
     fn pod(node_ready: bool, current: bool, ready: bool, terminating: bool) -> PodState {
         PodState {
             node_ready,
+            node_offline: !node_ready,
             current,
             ready,
             terminating,
@@ -402,6 +417,40 @@ mod tests {
         // An old pod that is down is replaced at once.
         pods.insert("b".into(), pod(true, false, false, false));
         assert_eq!(plan_deletions(&pods, 0, 1), vec!["b"]);
+    }
+
+    #[test]
+    fn a_down_pod_on_a_node_that_just_went_not_ready_counts_until_the_node_is_offline() {
+        // The failure seen in CI: edge-a1's node missed a lease, the node lifecycle
+        // controller marked its new pod NotReady, and edge-a2's old pod was deleted too.
+        let blip = PodState {
+            node_ready: false,
+            node_offline: false,
+            current: true,
+            ready: false,
+            terminating: false,
+            starting: false,
+        };
+        let mut pods = BTreeMap::from([
+            ("a2".to_owned(), blip.clone()),
+            ("b".to_owned(), pod(true, false, true, false)),
+        ]);
+        assert!(
+            plan_deletions(&pods, 0, 1).is_empty(),
+            "a2's node went NotReady only now"
+        );
+        pods.insert(
+            "a2".into(),
+            PodState {
+                node_offline: true,
+                ..blip
+            },
+        );
+        assert_eq!(
+            plan_deletions(&pods, 0, 1),
+            vec!["b"],
+            "a2's node is offline: the rollout goes on without it"
+        );
     }
 
     #[test]

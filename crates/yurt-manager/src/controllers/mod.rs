@@ -41,6 +41,9 @@ pub struct Inputs {
     pub node_servant_image: String,
     /// The hubs' pod-facing address, allowed in every node's serving certificate.
     pub hub_pod_address: std::net::IpAddr,
+    /// How long a NotReady node's pods still count as unavailable in rolling updates
+    /// (`--unready-node-grace`).
+    pub unready_node_grace: std::time::Duration,
     /// The manager's metrics.
     pub metrics: ManagerMetrics,
 }

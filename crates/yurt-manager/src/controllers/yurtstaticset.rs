@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
@@ -150,19 +150,63 @@ fn pod_hash(pod: &Pod) -> Option<&str> {
     pod.annotations().get(STATIC_POD_HASH).map(String::as_str)
 }
 
-/// Each node's readiness as last seen: only a change of it (a node lost or back) is
-/// worth reconciling rollouts for, not the heartbeats that make up most node events.
+/// Each node's readiness as this controller last saw it, and since when.
+///
+/// Only a change of readiness (a node lost or back) is worth reconciling rollouts for,
+/// not the heartbeats that make up most node events. The time of the change tells a
+/// blip (a kubelet that missed its lease under load, for which the node lifecycle
+/// controller also marks every pod on the node NotReady) from an outage: rollouts keep
+/// counting a NotReady node's pods for a grace period and skip the node only after it.
+/// The time is this process's own monotonic clock, not the Ready condition's
+/// `lastTransitionTime`, so another host's clock cannot shorten or stretch the grace.
 #[derive(Default)]
-pub(crate) struct ReadinessChanges(Mutex<HashMap<String, bool>>);
+pub(crate) struct NodeReadiness(Mutex<HashMap<String, (bool, Instant)>>);
 
-impl ReadinessChanges {
+impl NodeReadiness {
     /// Whether `node` is new or its readiness changed since last seen.
     pub(crate) fn changed(&self, node: &Node) -> bool {
+        self.changed_at(node, Instant::now())
+    }
+
+    fn changed_at(&self, node: &Node, now: Instant) -> bool {
         let ready = is_node_ready(node);
-        self.0
-            .lock()
-            .map(|mut m| m.insert(node.name_any(), ready) != Some(ready))
-            .unwrap_or(true)
+        let Ok(mut seen) = self.0.lock() else {
+            return true;
+        };
+        match seen.get(&node.name_any()) {
+            Some((was, _)) if *was == ready => false,
+            _ => {
+                seen.insert(node.name_any(), (ready, now));
+                true
+            }
+        }
+    }
+
+    /// Whether a rollout may stop counting the pods on the node `name` (`node` as the
+    /// store has it): the node is gone, or NotReady for at least `grace`.
+    pub(crate) fn offline(&self, name: &str, node: Option<&Node>, grace: Duration) -> bool {
+        self.offline_at(name, node, grace, Instant::now())
+    }
+
+    fn offline_at(&self, name: &str, node: Option<&Node>, grace: Duration, now: Instant) -> bool {
+        let Some(node) = node else {
+            return true;
+        };
+        if is_node_ready(node) {
+            return false;
+        }
+        let Ok(mut seen) = self.0.lock() else {
+            return false;
+        };
+        let since = match seen.get(name) {
+            Some((false, since)) => *since,
+            // Not seen NotReady before (the store is ahead of the event stream).
+            _ => {
+                seen.insert(name.to_owned(), (false, now));
+                now
+            }
+        };
+        now.saturating_duration_since(since) >= grace
     }
 }
 
@@ -171,6 +215,9 @@ impl ReadinessChanges {
 pub struct NodeState {
     /// The node is Ready.
     pub node_ready: bool,
+    /// The node is gone or NotReady for longer than the grace period: its static pod
+    /// no longer counts as unavailable.
+    pub node_offline: bool,
     /// The mirror pod's hash, if the node runs the static pod.
     pub pod_hash: Option<String>,
     /// The static pod is Ready.
@@ -190,10 +237,11 @@ pub fn plan_rolling_update(
     let unavailable = nodes
         .values()
         // An upgrade in flight counts wherever it is: its node may look NotReady only
-        // for a moment, and skipping it then would start a second one. A node that was
-        // not being upgraded when it went away does not count, so offline nodes do not
-        // stall the rollout.
-        .filter(|s| s.worker_active || s.node_ready && s.pod_hash.is_some() && !s.pod_ready)
+        // for a moment, and skipping it then would start a second one. So does a down
+        // static pod on a node that went NotReady only lately (a blip marks every pod
+        // on the node NotReady). A node offline for longer does not count, so offline
+        // nodes do not stall the rollout.
+        .filter(|s| s.worker_active || !s.node_offline && s.pod_hash.is_some() && !s.pod_ready)
         .count();
     let mut budget = max_unavailable.saturating_sub(unavailable);
     let mut chosen = Vec::new();
@@ -271,6 +319,8 @@ pub fn worker_pod(yss: &YurtStaticSet, node: &str, hash: &str, image: &str) -> V
 struct Ctx {
     client: kube::Client,
     nodes: Store<Node>,
+    readiness: Arc<NodeReadiness>,
+    unready_node_grace: Duration,
     metrics: ManagerMetrics,
     worker_image: String,
 }
@@ -414,6 +464,7 @@ async fn reconcile(yss: Arc<YurtStaticSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
                     node.clone(),
                     NodeState {
                         node_ready: false,
+                        node_offline: true,
                         pod_hash: pod_hash(pod).map(str::to_owned),
                         pod_ready: is_pod_ready(pod),
                         worker_active: false,
@@ -452,17 +503,19 @@ async fn reconcile(yss: Arc<YurtStaticSet>, ctx: Arc<Ctx>) -> Result<Action, Rec
                 }
                 let s = states.entry(node).or_insert(NodeState {
                     node_ready: false,
+                    node_offline: true,
                     pod_hash: None,
                     pod_ready: false,
                     worker_active: false,
                 });
                 s.worker_active = true;
             }
-            for (node, s) in &mut states {
-                s.node_ready = ctx
-                    .nodes
-                    .get(&ObjectRef::new(node))
-                    .is_some_and(|n| is_node_ready(&n));
+            for (name, s) in &mut states {
+                let node = ctx.nodes.get(&ObjectRef::new(name));
+                s.node_ready = node.as_deref().is_some_and(is_node_ready);
+                s.node_offline =
+                    ctx.readiness
+                        .offline(name, node.as_deref(), ctx.unready_node_grace);
             }
             let allowed = max_unavailable(
                 yss.spec
@@ -534,13 +587,15 @@ pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
     let controller = Controller::new(sets, watcher::Config::default());
     let by_pod = controller.store();
     let by_node = controller.store();
+    let readiness = Arc::new(NodeReadiness::default());
     let ctx = Arc::new(Ctx {
         client: inputs.client,
         nodes: inputs.nodes.store(),
+        readiness: readiness.clone(),
+        unready_node_grace: inputs.unready_node_grace,
         metrics: inputs.metrics,
         worker_image: inputs.node_servant_image,
     });
-    let readiness = ReadinessChanges::default();
     controller
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .watches_stream(inputs.pods.objects(), move |pod: Pod| {
@@ -664,6 +719,7 @@ mod tests {
     fn state(node_ready: bool, hash: &str, pod_ready: bool, worker: bool) -> NodeState {
         NodeState {
             node_ready,
+            node_offline: !node_ready,
             pod_hash: Some(hash.into()),
             pod_ready,
             worker_active: worker,
@@ -694,6 +750,68 @@ mod tests {
         // A static pod that is down already is upgraded without waiting.
         nodes.insert("b".into(), state(true, "old", false, false));
         assert_eq!(plan_rolling_update(&nodes, "new", 1), vec!["b"]);
+    }
+
+    #[test]
+    fn a_down_static_pod_on_a_node_that_just_went_not_ready_counts_until_it_is_offline() {
+        let blip = NodeState {
+            node_ready: false,
+            node_offline: false,
+            pod_hash: Some("new".into()),
+            pod_ready: false,
+            worker_active: false,
+        };
+        let mut nodes = BTreeMap::from([
+            ("a".to_owned(), blip.clone()),
+            ("b".to_owned(), state(true, "old", true, false)),
+        ]);
+        assert!(plan_rolling_update(&nodes, "new", 1).is_empty());
+        nodes.insert(
+            "a".into(),
+            NodeState {
+                node_offline: true,
+                ..blip
+            },
+        );
+        assert_eq!(plan_rolling_update(&nodes, "new", 1), vec!["b"]);
+    }
+
+    fn node(name: &str, ready: bool) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "Unknown" }}]},
+        }))
+        .expect("node")
+    }
+
+    #[test]
+    fn a_node_is_offline_once_not_ready_for_the_grace_period_or_gone() {
+        let readiness = NodeReadiness::default();
+        let grace = Duration::from_secs(40);
+        let t0 = Instant::now();
+        assert!(readiness.changed_at(&node("a", true), t0), "new node");
+        assert!(!readiness.changed_at(&node("a", true), t0), "a heartbeat");
+        assert!(!readiness.offline_at("a", Some(&node("a", true)), grace, t0));
+        assert!(readiness.offline_at("a", None, grace, t0), "gone");
+
+        let t1 = t0 + Duration::from_secs(100);
+        assert!(readiness.changed_at(&node("a", false), t1), "lost");
+        let down = node("a", false);
+        assert!(!readiness.offline_at("a", Some(&down), grace, t1));
+        assert!(!readiness.offline_at("a", Some(&down), grace, t1 + Duration::from_secs(39)));
+        assert!(readiness.offline_at("a", Some(&down), grace, t1 + Duration::from_secs(40)));
+        // Another NotReady event does not restart the grace period.
+        assert!(!readiness.changed_at(&down, t1 + Duration::from_secs(45)));
+        assert!(readiness.offline_at("a", Some(&down), grace, t1 + Duration::from_secs(46)));
+        // Back and lost again: a new grace period.
+        let t2 = t1 + Duration::from_secs(60);
+        assert!(readiness.changed_at(&node("a", true), t2));
+        assert!(readiness.changed_at(&down, t2 + Duration::from_secs(1)));
+        assert!(!readiness.offline_at("a", Some(&down), grace, t2 + Duration::from_secs(2)));
+        // Seen NotReady in the store before its event: the grace starts now.
+        let b = node("b", false);
+        assert!(!readiness.offline_at("b", Some(&b), grace, t2));
+        assert!(readiness.offline_at("b", Some(&b), grace, t2 + grace));
     }
 
     #[test]
