@@ -299,9 +299,22 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
 
     let step = Step::start(
         reporter,
-        "control plane: etcd, kube-apiserver, controller-manager, scheduler, yurt manager",
+        "control plane: etcd, kube-apiserver, scheduler, yurt manager, registry",
     );
-    for component in Component::CLOUD {
+    // kube-controller-manager starts once every node is Ready (below). Its node
+    // lifecycle controller in 1.20 corrupts its own NoExecute taint queue when it watches
+    // nodes report NotReady while its limiter is shut (all nodes of a starting fleet
+    // are NotReady: "master disruption mode"): each pass re-adds the untainted node
+    // (`markNodeForTainting` drops it from the queue's set but not its heap), the node's
+    // recovery removes only one copy, and a leftover copy of a Ready node then sits at
+    // the head of its zone's queue for good, so no node of that zone is ever tainted
+    // NoExecute again and no pod there is evicted. Nodes Ready before it starts leave
+    // nothing behind. Nothing a node needs to become Ready comes from it: certificates
+    // come from the fleet's CA, pod CIDRs from the address plan.
+    for component in Component::CLOUD
+        .into_iter()
+        .filter(|c| *c != Component::KubeControllerManager)
+    {
         if component == Component::YurtManager {
             let client = fleet.client().await?;
             super::api::apply_hub_rbac(&client).await?;
@@ -335,12 +348,19 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     futures::future::try_join_all(plan.edges.iter().map(|e| fleet.start_edge(e))).await?;
     step.finish();
 
-    let step = Step::start(reporter, "waiting for every node to be Ready");
+    let step = Step::start(
+        reporter,
+        "waiting for every node to be Ready, then kube-controller-manager",
+    );
     let total = plan.edges.len();
     super::api::wait_nodes_ready(&client, &plan, Duration::from_secs(180), &|r| {
         step.detail(&format!("{}/{total} nodes Ready", r.ready.len()));
     })
     .await?;
+    step.detail(Component::KubeControllerManager.name());
+    fleet
+        .start_component(&HostId::Cloud, Component::KubeControllerManager)
+        .await?;
     step.finish();
 
     if fleet.state.spec.sample_app {
