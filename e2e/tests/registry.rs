@@ -176,3 +176,115 @@ async fn nodes_can_pull_but_not_push_and_the_push_port_wants_the_password() -> a
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_pushed_with_yurt_image_push_run_by_tag_and_by_digest() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let ns = "registry-push";
+        f.fresh_namespace(ns)?;
+        let word = format!("pushed-{}", std::process::id());
+        // A tag of its own: a node keeps what an earlier run pushed under an old tag.
+        let tag = format!("e2e/hello:{word}");
+        let digest = f.build_and_push(&word, &[&tag, "docker.io/e2e/hello:latest"])?;
+
+        // By tag, on two nodes.
+        for (i, node) in ["edge-a2", "edge-b1"].iter().enumerate() {
+            let mut pod = echo_pod(ns, &format!("tag-{i}"), node, &tag, "IfNotPresent", "");
+            pod["spec"]["containers"][0]["command"] = serde_json::json!(["cat", "/data/word"]);
+            f.apply(&pod)?;
+        }
+        // A Deployment by digest.
+        let by_digest = format!("docker.io/e2e/hello@{digest}");
+        f.apply(&serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "by-digest", "namespace": ns},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"app": "by-digest"}},
+                "template": {
+                    "metadata": {"labels": {"app": "by-digest"}},
+                    "spec": {
+                        "automountServiceAccountToken": false,
+                        "containers": [{"name": "main", "image": by_digest,
+                            "command": ["sh", "-c", "cat /data/word; echo; exec sleep 3600"]}],
+                    },
+                },
+            },
+        }))?;
+        for i in 0..2 {
+            let name = format!("tag-{i}");
+            wait_succeeded(&f, ns, &name).await?;
+            let log = f.kubectl(&["logs", "-n", ns, &name])?;
+            ensure!(log.trim() == word, "{name}: {log}");
+        }
+        f.kubectl(&[
+            "rollout",
+            "status",
+            "-n",
+            ns,
+            "deployment/by-digest",
+            "--timeout=120s",
+        ])?;
+        // The container has started; its first line may take a moment to reach the log.
+        wait_for(
+            "the by-digest pod's word in its log",
+            POD_TIMEOUT,
+            || async {
+                let log = f.kubectl(&["logs", "-n", ns, "deployment/by-digest"])?;
+                Ok((log.trim() == word).then_some(()))
+            },
+        )
+        .await?;
+
+        // An image nobody pushed: the kubelet's ordinary ErrImagePull, with the
+        // registry's word for it.
+        f.apply(&echo_pod(
+            ns,
+            "missing",
+            "edge-a1",
+            "e2e/not-pushed:1",
+            "IfNotPresent",
+            "x",
+        ))?;
+        let pods: Api<Pod> = Api::namespaced(f.client(), ns);
+        let reason = wait_for("the missing image's pull to fail", POD_TIMEOUT, || {
+            let pods = pods.clone();
+            async move {
+                let p = pods.get("missing").await?;
+                let waiting = p
+                    .status
+                    .and_then(|s| s.container_statuses)
+                    .and_then(|c| c.into_iter().next())
+                    .and_then(|c| c.state)
+                    .and_then(|s| s.waiting);
+                Ok(waiting
+                    .filter(|w| {
+                        matches!(
+                            w.reason.as_deref(),
+                            Some("ErrImagePull" | "ImagePullBackOff")
+                        )
+                    })
+                    .map(|w| w.reason.unwrap_or_default()))
+            }
+        })
+        .await?;
+        let events = f.kubectl(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "involvedObject.name=missing",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ])?;
+        ensure!(
+            events.contains("docker.io/e2e/not-pushed:1: not found"),
+            "{reason}, but no registry message among the events: {events}"
+        );
+        f.kubectl(&["delete", "namespace", ns, "--wait=false"])?;
+        Ok(())
+    })
+    .await
+}

@@ -196,6 +196,18 @@ pub enum ImageCommand {
         /// Output archive.
         #[arg(long, short)]
         output: PathBuf,
+        /// Push the image to the fleet registry too, under its tag (as `yurt image push`).
+        #[arg(long)]
+        push: bool,
+    },
+    /// Push an image to the fleet registry: every node then pulls it by name or digest.
+    Push {
+        /// A docker-archive (`docker save`, `yurt image build`) or an OCI image layout
+        /// (a folder or a tar), gzip-compressed or not.
+        source: PathBuf,
+        /// Names to push it as (`app:1`, `docker.io/myorg/app:2`, `registry.k8s.io/x:1`;
+        /// default: the names the source carries).
+        names: Vec<String>,
     },
     /// Import image archives into every node of a fleet (and into nodes started later).
     Import {

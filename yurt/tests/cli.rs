@@ -92,6 +92,58 @@ fn unusable_data_folders_are_refused() {
     }
 }
 
+/// One line on stderr, exit code 1, containing `want`.
+fn refused(out: &Output, want: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(want), "wanted {want:?}: {err}");
+}
+
+#[test]
+fn image_push_refuses_bad_sources_and_names_before_reaching_any_fleet() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let data_dir = p("no-fleet");
+    let push = |args: &[&str]| {
+        let mut all = vec!["image", "push", "--data-dir", &data_dir];
+        all.extend_from_slice(args);
+        yurt(&all)
+    };
+    refused(&push(&[&p("missing.tar")]), "no such file");
+    std::fs::write(p("notes.txt"), "not an archive").unwrap();
+    refused(&push(&[&p("notes.txt")]), "neither a docker-archive");
+    std::fs::create_dir_all(p("site")).unwrap();
+    refused(&push(&[&p("site")]), "yurt image build --from-dir");
+
+    let archive = p("hello.tar");
+    let out = yurt(&[
+        "image",
+        "build",
+        "--tag",
+        "yurt.local/hello:1",
+        "-o",
+        &archive,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A truncated archive.
+    let bytes = std::fs::read(&archive).unwrap();
+    std::fs::write(p("cut.tar"), &bytes[..bytes.len() / 2]).unwrap();
+    refused(&push(&[&p("cut.tar")]), "cut.tar");
+
+    refused(
+        &push(&[&archive, "Hello/World:1"]),
+        "not a valid image name",
+    );
+    refused(&push(&[&archive, "quay.io/x/hello:1"]), "do not pull from");
+    let wrong = format!("docker.io/x/hello@sha256:{}", "0".repeat(64));
+    refused(&push(&[&archive, &wrong]), "but the image's manifest is");
+    // Everything checked: only the missing fleet is left to complain about.
+    let out = push(&[&archive]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no-fleet"), "{}", stderr(&out));
+}
+
 #[test]
 fn image_build_writes_an_archive_and_refuses_bad_tags() {
     let dir = tempfile::tempdir().unwrap();

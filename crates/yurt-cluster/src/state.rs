@@ -107,7 +107,11 @@ pub fn load(path: &Path) -> Result<Option<FleetState>> {
 /// # Errors
 /// I/O errors.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    // A bare file name's parent is "": the current folder.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
@@ -132,6 +136,20 @@ pub fn save(path: &Path, state: &FleetState) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_bare_file_name_is_written_in_the_current_folder() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let before = std::env::current_dir().expect("cwd");
+        std::env::set_current_dir(dir.path()).expect("cd");
+        let written = super::write_atomic(std::path::Path::new("bare.txt"), b"x");
+        std::env::set_current_dir(before).expect("cd back");
+        written.expect("written");
+        assert_eq!(
+            std::fs::read(dir.path().join("bare.txt")).expect("read"),
+            b"x"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -492,6 +492,57 @@ impl TestFleet {
         .await?
     }
 
+    /// Runs the `yurt` binary on this fleet (`--data-dir` set); its stdout.
+    ///
+    /// # Errors
+    /// A non-zero exit, with its stderr.
+    pub fn yurt(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = Command::new(&machine().yurt_binary);
+        cmd.arg("--data-dir").arg(self.dir()).args(args);
+        run_checked(&mut cmd)
+    }
+
+    /// Builds with `yurt image build` an image (busybox) whose file `/data/word` holds
+    /// `word`, so its digest is new for a new word, and pushes it with `yurt image push`
+    /// as each of `names`; returns its digest.
+    ///
+    /// # Errors
+    /// A failing build or push, or output without a digest.
+    pub fn build_and_push(&self, word: &str, names: &[&str]) -> anyhow::Result<String> {
+        let dir = self.dir().join("test-images").join(word);
+        std::fs::create_dir_all(dir.join("site"))?;
+        std::fs::write(dir.join("site/word"), word)?;
+        let (site, out) = (
+            dir.join("site").to_string_lossy().into_owned(),
+            dir.join("image.tar").to_string_lossy().into_owned(),
+        );
+        self.yurt(&[
+            "image",
+            "build",
+            "--tag",
+            "yurt.local/test:1",
+            "--from-dir",
+            &site,
+            "--dest",
+            "/data",
+            "-o",
+            &out,
+        ])?;
+        let mut args = vec!["image", "push", out.as_str()];
+        args.extend_from_slice(names);
+        let printed = self.yurt(&args)?;
+        anyhow::ensure!(
+            printed.lines().count() == names.len(),
+            "not one line per name: {printed}"
+        );
+        printed
+            .lines()
+            .filter_map(|l| l.rsplit_once("(sha256:"))
+            .map(|(_, d)| format!("sha256:{}", d.trim_end_matches(')')))
+            .next()
+            .with_context(|| format!("no digest in {printed:?}"))
+    }
+
     /// Runs `argv` inside the running container `container` of pod `namespace/pod` on
     /// edge host `node`, through that host's containerd (`ctr tasks exec`): in the
     /// container's namespaces, with its environment, and with neither the API server

@@ -1,15 +1,21 @@
-//! `yurt image build` and `yurt image import`.
+//! `yurt image build`, `yurt image push` and `yurt image import`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use yurt_cluster::image::{self, ImageSpec};
+use yurt_cluster::progress::Step;
+use yurt_cluster::registry::push::{PushTarget, human_size};
+use yurt_cluster::registry::source::{self, OciImage};
+use yurt_cluster::registry::{self as fleet_registry, Destination};
 use yurt_cluster::spec::HostId;
 use yurt_cluster::{Fleet, MachineConfig};
 
 use super::absolute;
 use crate::cli::ImageCommand;
+use crate::progress::SpinnerReporter;
 
 fn json_list(flag: &str, value: Option<String>) -> anyhow::Result<Option<Vec<String>>> {
     value
@@ -35,6 +41,7 @@ pub async fn run(
             entrypoint,
             cmd,
             output,
+            push,
         } => {
             let mut spec = ImageSpec::busybox(&tag);
             if let Some(e) = json_list("--entrypoint", entrypoint)? {
@@ -50,11 +57,35 @@ pub async fn run(
                 }
                 spec.files = image::files_from_dir(&dir, &dest)?;
             }
-            let id = tokio::task::spawn_blocking(move || {
-                image::build(&spec, Path::new(image::BUSYBOX), &output).map(|id| (id, output))
+            let (built, output) = tokio::task::spawn_blocking(move || {
+                let built = image::build_image(&spec, Path::new(image::BUSYBOX))?;
+                image::write_archive(&spec, &built, &output)?;
+                anyhow::Ok((built, output))
             })
             .await??;
-            println!("built {tag} ({}) into {}", id.0, id.1.display());
+            println!("built {tag} ({}) into {}", built.id(), output.display());
+            if push {
+                let image = OciImage::from_built(&built)?;
+                push_to_fleet(machine, data_dir, &image, &[tag]).await?;
+            }
+        }
+        ImageCommand::Push { source, names } => {
+            let image = {
+                let source = source.clone();
+                tokio::task::spawn_blocking(move || source::load(&source)).await??
+            };
+            let names = if names.is_empty() {
+                image.names.clone()
+            } else {
+                names
+            };
+            anyhow::ensure!(
+                !names.is_empty(),
+                "{} carries no image name; give one, e.g. `yurt image push {} docker.io/myorg/app:1`",
+                source.display(),
+                source.display()
+            );
+            push_to_fleet(machine, data_dir, &image, &names).await?;
         }
         ImageCommand::Import { archives } => {
             let dir = absolute(data_dir)?;
@@ -100,4 +131,61 @@ pub async fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Pushes `image` as each of `names` to the registry of the fleet in `data_dir`.
+async fn push_to_fleet(
+    machine: &MachineConfig,
+    data_dir: &Path,
+    image: &OciImage,
+    names: &[String],
+) -> anyhow::Result<()> {
+    let destinations = names
+        .iter()
+        .map(|n| fleet_registry::destination(n))
+        .collect::<Result<Vec<Destination>, _>>()?;
+    let digest = image.digest();
+    for d in &destinations {
+        if let Some(pinned) = &d.digest {
+            anyhow::ensure!(
+                *pinned == digest,
+                "{} pins {pinned}, but the image's manifest is {digest}",
+                d.name
+            );
+        }
+    }
+    let dir = absolute(data_dir)?;
+    let fleet = Fleet::open(machine, &dir)?;
+    let target = PushTarget::for_fleet(fleet.paths(), fleet.plan())?;
+    // One push per repository, with all of its tags.
+    let mut by_repository: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for d in &destinations {
+        let tags = by_repository.entry(&d.repository).or_default();
+        tags.extend(d.tag.as_deref());
+    }
+    let reporter = SpinnerReporter::for_stderr();
+    for (repository, tags) in &by_repository {
+        let step = Step::start(
+            reporter.as_ref(),
+            format!(
+                "pushing {repository} ({}, {} layers) to the fleet registry",
+                human_size(image.size()),
+                image.layers.len()
+            ),
+        );
+        fleet_registry::push::push(&target, image, repository, tags, &|d| step.detail(d))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} (is the fleet in {} up? `yurt fleet status` says)",
+                    dir.display()
+                )
+            })?;
+        step.finish();
+    }
+    for d in &destinations {
+        let base = d.name.split('@').next().unwrap_or(&d.name);
+        println!("pushed {base} ({digest})");
+    }
+    Ok(())
 }

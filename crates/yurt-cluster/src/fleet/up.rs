@@ -47,24 +47,15 @@ pub struct UpOptions {
 async fn push_images(
     paths: &FleetPaths,
     plan: &crate::spec::Plan,
-    images: &[(image::BuiltImage, &str, Vec<String>)],
+    images: &[(image::BuiltImage, String, Vec<String>)],
     step: &Step<'_>,
 ) -> Result<()> {
-    let pki = crate::pki::PkiPaths::new(paths);
-    let ca = pki.ca_cert();
-    let target = crate::registry::push::PushTarget {
-        registry: format!(
-            "{}:{}",
-            plan.cloud_host_side_ip().addr,
-            crate::registry::PUSH_PORT
-        ),
-        ca_pem: std::fs::read(&ca).map_err(|e| Error::io(&ca, e))?,
-        credentials: crate::registry::push_credentials(pki.dir())?,
-    };
+    let target = crate::registry::push::PushTarget::for_fleet(paths, plan)?;
     for (built, repository, tags) in images {
         step.detail(repository);
         let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
-        crate::registry::push::push(&target, built, repository, &tags).await?;
+        let image = crate::registry::source::OciImage::from_built(built)?;
+        crate::registry::push::push(&target, &image, repository, &tags, &|_| {}).await?;
     }
     Ok(())
 }
@@ -280,7 +271,7 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
                 // Under their upstream names too (ADR 005): `busybox` and the pause image
                 // kubelet 1.20 asks for resolve through every host's containerd mirror.
                 if spec.reference == image::PAUSE_IMAGE {
-                    to_push.push((built, "pause", vec!["3.2".to_owned()]));
+                    to_push.push((built.clone(), "pause".to_owned(), vec!["3.2".to_owned()]));
                 } else if spec.reference == image::BUSYBOX_IMAGE {
                     let version = image::busybox_version(busybox)?;
                     let minor = version.rsplit_once('.').map(|(m, _)| m.to_owned());
@@ -288,8 +279,12 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
                         .into_iter()
                         .chain(minor)
                         .collect();
-                    to_push.push((built, "library/busybox", tags));
+                    to_push.push((built.clone(), "library/busybox".to_owned(), tags));
                 }
+                // And under their own `yurt.local` names: a node whose content store
+                // lost them pulls them again.
+                let own = crate::registry::destination(&spec.reference)?;
+                to_push.push((built, own.repository, own.tag.into_iter().collect()));
             }
             Ok(to_push)
         })
@@ -327,7 +322,7 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
 
     let step = Step::start(
         reporter,
-        "pushing images to the fleet registry (busybox, pause)",
+        "pushing images to the fleet registry (pause, busybox, sample-web)",
     );
     // Boxed: the registry client's futures are large, and every caller of `up` would
     // carry them.

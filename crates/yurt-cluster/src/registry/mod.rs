@@ -17,6 +17,7 @@
 //! crosses the host's own link, so a cut site cannot pull.
 
 pub mod push;
+pub mod source;
 
 use std::path::{Path, PathBuf};
 
@@ -31,12 +32,68 @@ pub const PUSH_PORT: u16 = 5001;
 pub const PUSH_USER: &str = "yurt";
 /// The name the registry answers to besides its addresses (in its certificate).
 pub const REGISTRY_NAME: &str = "registry.yurt.local";
-/// Upstream registries whose names resolve to the fleet registry on every host.
-pub const MIRRORED: &[&str] = &["docker.io", "registry.k8s.io", "k8s.gcr.io"];
+/// Registry names that resolve to the fleet registry on every host: the upstream ones
+/// pods name, and `yurt.local`, the fleet's own images.
+pub const MIRRORED: &[&str] = &["docker.io", "registry.k8s.io", "k8s.gcr.io", "yurt.local"];
 
 /// The registry's address inside the fleet (what containerd pulls from).
 pub fn pull_host() -> String {
     format!("{}:{PULL_PORT}", net::CLOUD_IP.addr)
+}
+
+/// Where an image name lands in the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// The name in full (`docker.io/library/busybox:latest`).
+    pub name: String,
+    /// The repository in the registry (`library/busybox`): every registry name in
+    /// [`MIRRORED`] shares the one storage.
+    pub repository: String,
+    /// The tag, if the name has one (a name with neither tag nor digest means `latest`).
+    pub tag: Option<String>,
+    /// The digest the name pins, if any (`name@sha256:...`).
+    pub digest: Option<String>,
+}
+
+/// Where `name` (`busybox`, `myorg/app:2`, `registry.k8s.io/pause:3.2`) goes: only the
+/// registry names every node resolves through the fleet registry are accepted.
+///
+/// # Errors
+/// A malformed name, or one of a registry the nodes do not reach through the fleet's.
+pub fn destination(name: &str) -> Result<Destination> {
+    let reference: oci_client::Reference = name
+        .parse()
+        .map_err(|e| Error::Invalid(format!("{name:?} is not a valid image name: {e}")))?;
+    // The distribution spec's path components: lowercase letters and digits, joined by
+    // `.`, `_`, `__` or dashes (the parser lets uppercase through; registries do not).
+    let component_ok = |c: &str| {
+        let b = c.as_bytes();
+        !b.is_empty()
+            && b[0].is_ascii_alphanumeric()
+            && b[b.len() - 1].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || b"._-".contains(x))
+    };
+    if !reference.repository().split('/').all(component_ok) {
+        return Err(Error::Invalid(format!(
+            "{name:?} is not a valid image name: repository {:?} must be lowercase letters and digits, separated by '.', '_', '-' or '/'",
+            reference.repository()
+        )));
+    }
+    let registry = reference.registry();
+    if !MIRRORED.contains(&registry) && registry != pull_host() {
+        return Err(Error::Invalid(format!(
+            "{name:?} names the registry {registry}, which the fleet's nodes do not pull from; use {} or {}",
+            MIRRORED.join(", "),
+            pull_host()
+        )));
+    }
+    Ok(Destination {
+        name: reference.whole(),
+        repository: reference.repository().to_owned(),
+        tag: reference.tag().map(str::to_owned),
+        digest: reference.digest().map(str::to_owned),
+    })
 }
 
 /// Which of the two processes.
@@ -166,25 +223,47 @@ pub fn htpasswd_file(pki_dir: &Path) -> PathBuf {
     pki_dir.join("registry-push.htpasswd")
 }
 
-/// Creates the push password and its htpasswd (bcrypt) entry if either is missing.
+/// The bcrypt cost of the htpasswd entry. The registry checks it on every request, and
+/// at the usual cost (12) that is a quarter of a second each: seconds per push. The
+/// lowest cost loses nothing here: the password is 192 random bits, which no guessing
+/// reaches whatever the hash costs.
+const HTPASSWD_COST: u32 = 4;
+
+/// Creates the push password if it is missing, and its htpasswd (bcrypt) entry if that
+/// is missing or hashed at another cost.
 ///
 /// # Errors
 /// I/O errors; no randomness.
 pub fn ensure_push_credentials(pki_dir: &Path) -> Result<()> {
     let (pw, ht) = (password_file(pki_dir), htpasswd_file(pki_dir));
-    if pw.exists() && ht.exists() {
+    let password = match std::fs::read_to_string(&pw) {
+        Ok(p) if !p.trim().is_empty() => p.trim().to_owned(),
+        _ => {
+            let mut random = [0u8; 24];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+                .map_err(|e| Error::io(Path::new("/dev/urandom"), e))?;
+            let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
+            // Created 0600 (a new temporary file's mode) and renamed into place.
+            crate::state::write_atomic(&pw, password.as_bytes())?;
+            let _ = std::fs::remove_file(&ht);
+            password
+        }
+    };
+    let current = std::fs::read_to_string(&ht).unwrap_or_default();
+    let entry_ok = current
+        .trim()
+        .strip_prefix(&format!("{PUSH_USER}:"))
+        .is_some_and(|hash| {
+            hash.starts_with(&format!("$2b${HTPASSWD_COST:02}$"))
+                && bcrypt::verify(&password, hash).unwrap_or(false)
+        });
+    if entry_ok {
         return Ok(());
     }
-    let mut random = [0u8; 24];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
-        .map_err(|e| Error::io(Path::new("/dev/urandom"), e))?;
-    let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let hash = bcrypt::hash(&password, bcrypt::DEFAULT_COST)
+    let hash = bcrypt::hash(&password, HTPASSWD_COST)
         .map_err(|e| Error::Invalid(format!("hashing the registry push password: {e}")))?;
-    // Both files are created 0600 (a new temporary file's mode) and renamed into place.
-    crate::state::write_atomic(&ht, format!("{PUSH_USER}:{hash}\n").as_bytes())?;
-    crate::state::write_atomic(&pw, password.as_bytes())
+    crate::state::write_atomic(&ht, format!("{PUSH_USER}:{hash}\n").as_bytes())
 }
 
 /// Reads the push credentials.

@@ -67,6 +67,7 @@ fn containerd_sends_every_mirrored_name_and_the_registry_itself_to_the_pull_proc
             "docker.io/hosts.toml",
             "registry.k8s.io/hosts.toml",
             "k8s.gcr.io/hosts.toml",
+            "yurt.local/hosts.toml",
             "10.10.0.1:5000/hosts.toml"
         ]
     );
@@ -120,4 +121,53 @@ fn push_credentials_are_made_once_private_and_bcrypt_hashed() {
         first.password,
         "a restarted fleet keeps its password"
     );
+    assert_eq!(
+        std::fs::read_to_string(htpasswd_file(dir.path())).expect("htpasswd"),
+        line,
+        "nor rehashes it"
+    );
+    // An entry of an older fleet, hashed at the usual cost: rehashed, same password.
+    let slow = bcrypt::hash(&first.password, 12).expect("hash");
+    std::fs::write(htpasswd_file(dir.path()), format!("{PUSH_USER}:{slow}\n")).expect("w");
+    ensure_push_credentials(dir.path()).expect("rehashed");
+    let line = std::fs::read_to_string(htpasswd_file(dir.path())).expect("htpasswd");
+    assert!(line.starts_with(&format!("{PUSH_USER}:$2b$04$")), "{line}");
+    assert_eq!(
+        push_credentials(dir.path()).expect("r").password,
+        first.password
+    );
+}
+
+#[test]
+fn image_names_land_in_the_one_storage_of_every_mirrored_registry() {
+    let d = destination("busybox").expect("short name");
+    assert_eq!(
+        (d.name.as_str(), d.repository.as_str(), d.tag.as_deref()),
+        (
+            "docker.io/library/busybox:latest",
+            "library/busybox",
+            Some("latest")
+        )
+    );
+    let d = destination("registry.k8s.io/pause:3.2").expect("k8s");
+    assert_eq!(
+        (d.repository.as_str(), d.tag.as_deref()),
+        ("pause", Some("3.2"))
+    );
+    let d = destination("yurt.local/sample-web:1").expect("own");
+    assert_eq!(d.repository, "sample-web");
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let d = destination(&format!("myorg/app@{digest}")).expect("digest");
+    assert_eq!(
+        (d.repository.as_str(), d.tag, d.digest.as_deref()),
+        ("myorg/app", None, Some(digest.as_str()))
+    );
+    assert!(
+        destination("10.10.0.1:5000/app:1").is_ok(),
+        "the registry itself"
+    );
+    for bad in ["quay.io/app:1", "Hello/x:1", "app:", "UPPER:1", "a b:1", ""] {
+        let e = destination(bad).expect_err(bad).to_string();
+        assert!(!e.contains('\n'), "{e}");
+    }
 }
