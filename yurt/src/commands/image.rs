@@ -173,14 +173,7 @@ async fn push_to_fleet(
                 image.layers.len()
             ),
         );
-        fleet_registry::push::push(&target, image, repository, tags, &|d| step.detail(d))
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "{e} (is the fleet in {} up? `yurt fleet status` says)",
-                    dir.display()
-                )
-            })?;
+        fleet_registry::push::push(&target, image, repository, tags, &|d| step.detail(d)).await?;
         step.finish();
     }
     for d in &destinations {

@@ -4,6 +4,7 @@
 
 use http::HeaderValue;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
@@ -56,8 +57,88 @@ fn client(target: &PushTarget) -> Result<Client> {
     .map_err(|e| failed(&target.registry, e))
 }
 
-fn failed(reference: &str, e: impl std::fmt::Display) -> Error {
-    Error::Invalid(format!("pushing {reference}: {e}"))
+fn failed(reference: &str, e: impl Into<Failure>) -> Error {
+    let what = match e.into() {
+        Failure::Client(e) => describe(&e),
+        Failure::Other(s) => s,
+    };
+    // One line, whatever the registry put in its message.
+    let what = what.split_whitespace().collect::<Vec<_>>().join(" ");
+    Error::Invalid(format!("pushing {reference}: {what}"))
+}
+
+/// Why a push failed: the client's error, or another one.
+enum Failure {
+    Client(OciDistributionError),
+    Other(String),
+}
+
+impl From<OciDistributionError> for Failure {
+    fn from(e: OciDistributionError) -> Self {
+        Self::Client(e)
+    }
+}
+
+impl From<oci_client::ParseError> for Failure {
+    fn from(e: oci_client::ParseError) -> Self {
+        Self::Other(e.to_string())
+    }
+}
+
+impl From<http::header::InvalidHeaderValue> for Failure {
+    fn from(e: http::header::InvalidHeaderValue) -> Self {
+        Self::Other(e.to_string())
+    }
+}
+
+/// The registry's own words for a failure (its error envelope's details: "no space left
+/// on device"), not the client's rendering with the upload URL and its state token.
+fn describe(e: &OciDistributionError) -> String {
+    let envelope_words = |body: &str| -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        let words: Vec<String> = v["errors"]
+            .as_array()?
+            .iter()
+            .map(|e| match e["detail"].as_str() {
+                Some(d) if !d.is_empty() => d.to_owned(),
+                _ => e["message"].as_str().unwrap_or("unknown error").to_owned(),
+            })
+            .collect();
+        (!words.is_empty()).then(|| words.join("; "))
+    };
+    match e {
+        OciDistributionError::ServerError { code, message, .. } => format!(
+            "the registry answered {code}: {}",
+            envelope_words(message).unwrap_or_else(|| message.clone())
+        ),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let words: Vec<String> = envelope
+                .errors
+                .iter()
+                .map(|e| match e.detail.as_str() {
+                    Some(d) if !d.is_empty() => format!("{} ({d})", e.message),
+                    _ => e.message.clone(),
+                })
+                .collect();
+            format!("the registry refused: {}", words.join("; "))
+        }
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => {
+            "the registry refused the fleet's push password".to_owned()
+        }
+        OciDistributionError::RequestError(r) => {
+            let mut text = r.to_string();
+            let mut source = std::error::Error::source(r);
+            while let Some(s) = source {
+                text.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            format!(
+                "the registry does not answer ({text}); is the fleet up? `yurt fleet status` says"
+            )
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Pushes `image` to `target` as `repository` (`library/busybox`) with each of `tags`
@@ -141,5 +222,35 @@ pub fn human_size(bytes: usize) -> String {
         format!("{:.1} KiB", b / 1024.0)
     } else {
         format!("{bytes} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registry_failure_is_told_in_one_line_in_the_registry_s_words() {
+        let full = OciDistributionError::ServerError {
+            code: 500,
+            url: "https://10.255.0.2:5001/v2/e2e/big/blobs/uploads/42e1?_state=T7cs".into(),
+            message: "{\"errors\":[{\"code\":\"UNKNOWN\",\"message\":\"unknown error\",\"detail\":\"write /r/data: no space left on device\"}]}\n".into(),
+        };
+        let e = failed("reg:5001/e2e/big@sha256:00", full).to_string();
+        assert_eq!(
+            e,
+            "pushing reg:5001/e2e/big@sha256:00: the registry answered 500: write /r/data: no space left on device"
+        );
+        let refused = OciDistributionError::UnauthorizedError { url: "u".into() };
+        assert!(failed("r", refused).to_string().contains("push password"));
+        let odd = OciDistributionError::ServerError {
+            code: 502,
+            url: "u".into(),
+            message: "bad\ngateway".into(),
+        };
+        assert_eq!(
+            failed("r", odd).to_string(),
+            "pushing r: the registry answered 502: bad gateway"
+        );
     }
 }
