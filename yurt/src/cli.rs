@@ -246,6 +246,14 @@ pub struct BenchFleetArgs {
     /// Folder for the benchmark fleets (removed afterwards).
     #[arg(long, default_value = "/var/lib/yurt/bench")]
     pub bench_dir: PathBuf,
+    /// Size of the image pulled to every node through the registry and imported with
+    /// `ctr` (first fleet size only), MiB; 0 skips it.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub pull_mib: u16,
+    /// Also time a warm `yurt up` (stopped, then started again on its data) of the first
+    /// fleet size.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub warm_up: bool,
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ pub async fn run(machine: &MachineConfig, cmd: BenchCommand) -> anyhow::Result<E
 struct Row {
     edge_nodes: u16,
     cold_up: Duration,
+    warm_up: Option<Duration>,
     edge_rss_mib: f64,
     cloud_rss_mib: f64,
 }
@@ -46,6 +47,7 @@ async fn fleet(machine: &MachineConfig, args: BenchFleetArgs) -> anyhow::Result<
     let reporter = SpinnerReporter::for_stderr();
     let mut rows = Vec::new();
     let mut latencies: Vec<PodRun> = Vec::new();
+    let mut pull_rows = Vec::new();
     // Binaries and packages first, so the timings below are cold fleets, not a build.
     {
         let (m, r) = (machine.clone(), reporter.clone());
@@ -60,25 +62,46 @@ async fn fleet(machine: &MachineConfig, args: BenchFleetArgs) -> anyhow::Result<
         let measured = measure(machine, &dir, size, i == 0, &args, reporter.as_ref()).await;
         // The fleet goes, whatever happened while measuring it.
         remove(machine, &dir).await?;
-        let (row, pod_runs) = measured?;
+        let (row, pod_runs, pull) = measured?;
         rows.push(row);
         latencies.extend(pod_runs);
+        pull_rows.extend(pull);
     }
     println!(
         "\nyurt bench fleet (Kubernetes {}, upstream binaries cached)",
         yurt_cluster::upstream::KUBERNETES_VERSION
     );
     println!(
-        "| edge nodes | cold up → Ready + sample serving | RSS per edge host | RSS cloud host |"
+        "| edge nodes | cold up → Ready + sample serving | warm up (data kept) | RSS per edge host | RSS cloud host |"
     );
-    println!("|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {:.1} s | {:.0} MiB | {:.0} MiB |",
+            "| {} | {:.1} s | {} | {:.0} MiB | {:.0} MiB |",
             r.edge_nodes,
             r.cold_up.as_secs_f64(),
+            r.warm_up
+                .map_or("-".to_owned(), |w| format!("{:.1} s", w.as_secs_f64())),
             r.edge_rss_mib,
             r.cloud_rss_mib
+        );
+    }
+    for p in &pull_rows {
+        println!(
+            "\nan image of {:.0} MiB reaching {} edge nodes at once (median of 3; push to the registry once: {:.1} s)",
+            p.image_bytes as f64 / (1024.0 * 1024.0),
+            p.nodes,
+            p.push.as_secs_f64()
+        );
+        println!(
+            "| pulled through the fleet registry | ctr import of the archive (anchor) | ratio |"
+        );
+        println!("|---:|---:|---:|");
+        println!(
+            "| {:.2} s | {:.2} s | {:.2}× |",
+            p.pull.as_secs_f64(),
+            p.import.as_secs_f64(),
+            p.pull.as_secs_f64() / p.import.as_secs_f64().max(1e-9)
         );
     }
     if !latencies.is_empty() {
@@ -123,7 +146,7 @@ async fn measure(
     first: bool,
     args: &BenchFleetArgs,
     reporter: &dyn yurt_cluster::progress::Reporter,
-) -> anyhow::Result<(Row, Vec<PodRun>)> {
+) -> anyhow::Result<(Row, Vec<PodRun>, Option<super::bench_pull::PullRow>)> {
     let step = Step::start(reporter, format!("cold yurt up with {size} edge nodes"));
     let spec = FleetSpec {
         edge_nodes: size,
@@ -152,9 +175,10 @@ async fn measure(
         .map(|e| fleet.host_rss_bytes(&HostId::Edge(e.name.clone())))
         .sum();
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-    let row = Row {
+    let mut row = Row {
         edge_nodes: size,
         cold_up,
+        warm_up: None,
         edge_rss_mib: mib(edge_total) / f64::from(size),
         cloud_rss_mib: mib(fleet.host_rss_bytes(&HostId::Cloud)),
     };
@@ -171,7 +195,27 @@ async fn measure(
             step.finish();
         }
     }
-    Ok((row, runs))
+    let mut pull = None;
+    if first && args.pull_mib > 0 {
+        pull = Some(
+            super::bench_pull::measure(&fleet, dir, usize::from(args.pull_mib), reporter).await?,
+        );
+    }
+    if first && args.warm_up {
+        let step = Step::start(reporter, format!("warm yurt up with {size} edge nodes"));
+        drop(fleet);
+        let (m, d) = (machine.clone(), dir.to_owned());
+        tokio::task::spawn_blocking(move || {
+            yurt_cluster::down(&m, &d, false, &yurt_cluster::progress::LineReporter)
+        })
+        .await??;
+        let started = Instant::now();
+        let again = yurt_cluster::up(machine, dir, UpOptions::default(), Arc::new(Quiet)).await?;
+        row.warm_up = Some(started.elapsed());
+        drop(again);
+        step.finish();
+    }
+    Ok((row, runs, pull))
 }
 
 /// Creates `count` pods one after another and measures, for each, the time from its

@@ -3,6 +3,7 @@
 mod bench;
 pub mod bench_hub;
 pub mod bench_manager;
+mod bench_pull;
 mod fleet;
 pub mod hub;
 mod image;
