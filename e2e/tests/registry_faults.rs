@@ -1,6 +1,7 @@
 //! The fleet registry under faults, on a fleet of its own (issue 11): a pool that cannot
 //! reach the registry during a rollout shows ImagePullBackOff there and completes the
-//! rollout once it can; a node whose containerd lost its images pulls them again; a pod
+//! rollout once it can; a pool cut off altogether cannot pull and pulls once its link
+//! is back; a node whose containerd lost its images pulls them again; a pod
 //! started while the registry is down runs once it is back; a push onto a full disk fails
 //! in one line and every earlier image still pulls.
 
@@ -278,6 +279,48 @@ async fn pulls_fail_where_the_registry_is_out_of_reach_and_recover_when_it_is_ba
 
         // The registry down when a pod starts: the kubelet's retries pull once it is back.
         f.build_and_push("app-three", &["e2e/app:3"])?;
+        // A pool cut off altogether cannot pull (through its containerd, as the kubelet
+        // would), and pulls again once its link is back.
+        let pull_app3 = |f: &TestFleet| -> anyhow::Result<std::process::Output> {
+            let host = f.fleet().plan().host("edge-b1")?;
+            let hp = f.fleet().paths().host(&host);
+            let (socket, certs) = (hp.containerd_socket(), hp.containerd_certs_d());
+            f.exec(
+                "edge-b1",
+                &[
+                    "ctr",
+                    "--timeout",
+                    "45s",
+                    "-a",
+                    &socket.to_string_lossy(),
+                    "-n",
+                    "k8s.io",
+                    "images",
+                    "pull",
+                    "--hosts-dir",
+                    &certs.to_string_lossy(),
+                    // ctr does not complete short names as the kubelet does.
+                    "docker.io/e2e/app:3",
+                ],
+            )
+        };
+        let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+        f.cut("pool-b")?;
+        let cut_pull = pull_app3(&f);
+        f.restore("pool-b")?;
+        let cut_pull = cut_pull?;
+        ensure!(!cut_pull.status.success(), "a cut pool pulled");
+        ensure!(
+            stderr(&cut_pull).contains("10.10.0.1:5000"),
+            "the cut pull failed for another reason: {}",
+            stderr(&cut_pull)
+        );
+        let pulled = pull_app3(&f)?;
+        ensure!(
+            pulled.status.success(),
+            "no pull after restore: {}",
+            stderr(&pulled)
+        );
         f.stop("cloud", "registry")?;
         f.apply(&json!({
             "apiVersion": "v1", "kind": "Pod",
