@@ -2,7 +2,8 @@
 //! reach the registry during a rollout shows ImagePullBackOff there and completes the
 //! rollout once it can; a pool cut off altogether cannot pull and pulls once its link
 //! is back; a node whose containerd lost its images pulls them again; a pod
-//! started while the registry is down runs once it is back; a push onto a full disk fails
+//! started while the registry is down runs once it is back, and so does one whose pull the
+//! registry's restart interrupted; a push onto a full disk fails
 //! in one line and every earlier image still pulls.
 
 use std::path::{Path, PathBuf};
@@ -196,6 +197,66 @@ fn du_bytes(dir: &Path) -> anyhow::Result<u64> {
         .context("du")
 }
 
+/// Builds (not pushes) an image holding `mib` MiB of random bytes at `/data/noise`
+/// besides busybox; the archive's path.
+fn build_noise_image(f: &TestFleet, name: &str, mib: usize) -> anyhow::Result<PathBuf> {
+    let dir = f.dir().join("test-images").join(name);
+    std::fs::create_dir_all(dir.join("site"))?;
+    let mut random = vec![0u8; mib * 1024 * 1024];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut r| std::io::Read::read_exact(&mut r, &mut random))?;
+    std::fs::write(dir.join("site/noise"), &random)?;
+    let archive = dir.join("image.tar");
+    f.yurt(&[
+        "image",
+        "build",
+        "--tag",
+        &format!("yurt.local/{name}:1"),
+        "--from-dir",
+        &dir.join("site").to_string_lossy(),
+        "--dest",
+        "/data",
+        "-o",
+        &archive.to_string_lossy(),
+    ])?;
+    Ok(archive)
+}
+
+/// Slows (or, with `slow` false, no longer slows) what `node` receives from the
+/// registry to about 300 packets a second (~400 KiB/s), so a pull takes long enough to
+/// be interrupted.
+fn throttle_registry(f: &TestFleet, node: &str, slow: bool) -> anyhow::Result<()> {
+    let op = if slow { "-I" } else { "-D" };
+    let out = f.exec(
+        node,
+        &[
+            "iptables",
+            op,
+            "INPUT",
+            "-p",
+            "tcp",
+            "-s",
+            "10.10.0.1",
+            "--sport",
+            "5000",
+            "-m",
+            "hashlimit",
+            "--hashlimit-above",
+            "300/sec",
+            "--hashlimit-burst",
+            "50",
+            "--hashlimit-mode",
+            "srcip",
+            "--hashlimit-name",
+            "registry",
+            "-j",
+            "DROP",
+        ],
+    )?;
+    ensure!(out.status.success(), "iptables in {node}: {out:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_fail_where_the_registry_is_out_of_reach_and_recover_when_it_is_back()
 -> anyhow::Result<()> {
@@ -346,6 +407,48 @@ async fn pulls_fail_where_the_registry_is_out_of_reach_and_recover_when_it_is_ba
         let log = f.kubectl(&["logs", "-n", NS, "while-down"])?;
         ensure!(log.trim() == "app-three", "while-down: {log}");
 
+        // The registry restarted in the middle of a pull (edge-b2's link to it slowed,
+        // so the transfer is in flight when the process goes): the pull goes on or is
+        // retried, and the pod runs.
+        let archive = build_noise_image(&f, "slow", 6)?;
+        f.yurt(&["image", "push", &archive.to_string_lossy(), "e2e/slow:1"])?;
+        throttle_registry(&f, "edge-b2", true)?;
+        f.apply(&json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "mid-pull", "namespace": NS},
+            "spec": {"nodeName": "edge-b2", "restartPolicy": "Never",
+                "automountServiceAccountToken": false,
+                "containers": [{"name": "main", "image": "e2e/slow:1", "command": ["true"]}]},
+        }))?;
+        wait_for("mid-pull's image transfer under way", WAIT, || async {
+            let active = ctr(&f, "edge-b2", &["content", "active"])?;
+            Ok((active.lines().count() > 1).then_some(()))
+        })
+        .await?;
+        f.stop("cloud", "registry")?;
+        let images = ctr(&f, "edge-b2", &["images", "ls", "-q"])?;
+        ensure!(
+            !images.contains("e2e/slow"),
+            "the pull had finished before the registry stopped: {images}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        f.start("cloud", "registry").await?;
+        throttle_registry(&f, "edge-b2", false)?;
+        wait_for("mid-pull Succeeded", WAIT, || async {
+            let p = pods.get("mid-pull").await?;
+            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+            ensure!(phase != "Failed", "mid-pull failed");
+            Ok((phase == "Succeeded").then_some(()))
+        })
+        .await?;
+        // The interrupted transfer failed the first pull ("unexpected EOF"); the
+        // kubelet's retry succeeded.
+        let said = events(&f, "mid-pull")?;
+        ensure!(
+            said.contains("Failed to pull image") && said.contains("Successfully pulled image"),
+            "mid-pull was not interrupted and retried: {said}"
+        );
+
         // A push onto a full disk fails in one line; what was there still pulls.
         let storage = f.dir().join("hosts/cloud/registry");
         let used = du_bytes(&storage)?;
@@ -354,23 +457,7 @@ async fn pulls_fail_where_the_registry_is_out_of_reach_and_recover_when_it_is_ba
         let disk = SmallDisk::mount(&storage, &format!("{}", used + 8 * 1024 * 1024))?;
         f.start("cloud", "registry").await?;
         f.start("cloud", "registry-push").await?;
-        let big = f.dir().join("test-images/big");
-        std::fs::create_dir_all(big.join("site"))?;
-        let mut random = vec![0u8; 24 * 1024 * 1024];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut r| std::io::Read::read_exact(&mut r, &mut random))?;
-        std::fs::write(big.join("site/noise"), &random)?;
-        let archive = big.join("big.tar");
-        f.yurt(&[
-            "image",
-            "build",
-            "--tag",
-            "yurt.local/big:1",
-            "--from-dir",
-            &big.join("site").to_string_lossy(),
-            "-o",
-            &archive.to_string_lossy(),
-        ])?;
+        let archive = build_noise_image(&f, "big", 24)?;
         let out = Command::new(&yurt_testkit::machine().yurt_binary)
             .arg("--data-dir")
             .arg(f.dir())
