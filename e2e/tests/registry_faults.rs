@@ -129,6 +129,17 @@ fn ctr(f: &TestFleet, node: &str, args: &[&str]) -> anyhow::Result<String> {
     run_checked(&mut cmd)
 }
 
+/// Waits until pod `name` has Succeeded; fails at once if it Failed.
+async fn succeeded(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
+    wait_for(&format!("{name} Succeeded"), WAIT, || async {
+        let p = pods.get(name).await?;
+        let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+        ensure!(phase != "Failed", "{name} failed");
+        Ok((phase == "Succeeded").then_some(()))
+    })
+    .await
+}
+
 /// The events of pod `name`, their messages joined.
 fn events(f: &TestFleet, name: &str) -> anyhow::Result<String> {
     f.kubectl(&[
@@ -397,13 +408,7 @@ async fn pulls_fail_where_the_registry_is_out_of_reach_and_recover_when_it_is_ba
         })
         .await?;
         f.start("cloud", "registry").await?;
-        wait_for("while-down Succeeded", WAIT, || async {
-            let p = pods.get("while-down").await?;
-            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
-            ensure!(phase != "Failed", "while-down failed");
-            Ok((phase == "Succeeded").then_some(()))
-        })
-        .await?;
+        succeeded(&pods, "while-down").await?;
         let log = f.kubectl(&["logs", "-n", NS, "while-down"])?;
         ensure!(log.trim() == "app-three", "while-down: {log}");
 
@@ -434,13 +439,7 @@ async fn pulls_fail_where_the_registry_is_out_of_reach_and_recover_when_it_is_ba
         tokio::time::sleep(Duration::from_secs(2)).await;
         f.start("cloud", "registry").await?;
         throttle_registry(&f, "edge-b2", false)?;
-        wait_for("mid-pull Succeeded", WAIT, || async {
-            let p = pods.get("mid-pull").await?;
-            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
-            ensure!(phase != "Failed", "mid-pull failed");
-            Ok((phase == "Succeeded").then_some(()))
-        })
-        .await?;
+        succeeded(&pods, "mid-pull").await?;
         // The interrupted transfer failed the first pull ("unexpected EOF"); the
         // kubelet's retry succeeded.
         let said = events(&f, "mid-pull")?;
@@ -483,13 +482,7 @@ async fn pulls_fail_where_the_registry_is_out_of_reach_and_recover_when_it_is_ba
                 "containers": [{"name": "main", "image": "e2e/app:1", "imagePullPolicy": "Always",
                     "command": ["cat", "/data/word"]}]},
         }))?;
-        wait_for("after-full Succeeded", WAIT, || async {
-            let p = pods.get("after-full").await?;
-            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
-            ensure!(phase != "Failed", "after-full failed");
-            Ok((phase == "Succeeded").then_some(()))
-        })
-        .await?;
+        succeeded(&pods, "after-full").await?;
         let said = events(&f, "after-full")?;
         ensure!(said.contains("Successfully pulled image"), "not pulled: {said}");
         f.stop("cloud", "registry-push")?;

@@ -246,7 +246,8 @@ fn add_symlink(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) -> std::
     b.append_link(&mut h, path, target)
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+/// Lowercase hex of the SHA-256 of `data`.
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -114,9 +114,7 @@ impl OciImage {
 
 /// `sha256:<hex>` of `data`.
 pub fn sha256_digest(data: &[u8]) -> String {
-    let hash = Sha256::digest(data);
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", crate::image::sha256_hex(data))
 }
 
 /// Reads the image at `path`: an OCI layout folder, or a (gzip-compressed or plain) tar

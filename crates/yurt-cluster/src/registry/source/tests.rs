@@ -93,6 +93,19 @@ fn tar_of(dir: &Path, out: &Path) {
     b.finish().expect("tar");
 }
 
+/// `files` as the tar `out`.
+fn write_tar(files: &BTreeMap<String, Bytes>, out: &Path) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (n, d) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(d.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, n, &d[..]).expect("append");
+    }
+    std::fs::write(out, b.into_inner().expect("tar")).expect("w");
+}
+
 fn err(path: &Path) -> String {
     load(path).expect_err("refused").to_string()
 }
@@ -198,15 +211,7 @@ fn damaged_and_foreign_sources_are_refused_in_one_line() {
         .expect("layer");
     files.insert(name, Bytes::from_static(b"not the layer"));
     let rebuilt = dir.path().join("rebuilt.tar");
-    let mut b = tar::Builder::new(Vec::new());
-    for (n, d) in &files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(d.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, n, &d[..]).expect("append");
-    }
-    std::fs::write(&rebuilt, b.into_inner().expect("tar")).expect("w");
+    write_tar(&files, &rebuilt);
     let e = err(&rebuilt);
     assert!(e.contains("does not match the image config"), "{e}");
 
@@ -216,15 +221,7 @@ fn damaged_and_foreign_sources_are_refused_in_one_line() {
     let m: Value = serde_json::from_slice(&files["manifest.json"]).expect("json");
     let doubled = json!([m[0].clone(), m[0].clone()]).to_string();
     files.insert("manifest.json".into(), Bytes::from(doubled));
-    let mut b = tar::Builder::new(Vec::new());
-    for (n, d) in &files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(d.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        b.append_data(&mut h, n, &d[..]).expect("append");
-    }
-    std::fs::write(&two, b.into_inner().expect("tar")).expect("w");
+    write_tar(&files, &two);
     assert!(err(&two).contains("holds 2 images"), "{}", err(&two));
 }
 
