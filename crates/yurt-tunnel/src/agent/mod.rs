@@ -1,0 +1,370 @@
+//! The tunnel agent, on every edge node: dials out to the server (TLS 1.3, the node's
+//! own certificate), serves the server's streams over HTTP/2 (roles reversed: the
+//! agent is the HTTP/2 server on a connection it opened), and connects each stream to
+//! its target, which must be the node's own: one of its addresses on an allowed port
+//! (kubelet's 10250 by default), or any port in its pod CIDR.
+//!
+//! Who may call what: only the server the agent dialled, authenticated by the cluster
+//! CA and its name, can open streams; the agent listens on no port but its admin
+//! address (`/healthz`, `/readyz`, `/metrics`, read-only, loopback by default).
+
+mod allow;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Response, StatusCode};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+pub use allow::AllowList;
+
+use crate::connect::Target;
+use crate::metrics::AgentMetrics;
+use crate::server::ERROR_HEADER;
+use crate::splice::splice;
+use crate::tls::{self, TlsFiles};
+use crate::{Keepalive, Windows};
+
+/// Agent settings.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The server's `host:port`.
+    pub server_addr: String,
+    /// The name the server's certificate must carry (an IP or a DNS name).
+    pub server_name: String,
+    /// The node's certificate and key, and the cluster CA.
+    pub tls: TlsFiles,
+    /// What the server may ask the agent to connect.
+    pub allow: AllowList,
+    /// How long connecting a target may take (then 504).
+    pub dial_timeout: Duration,
+    /// How long connecting to the server (TCP, TLS, HTTP/2) may take.
+    pub connect_timeout: Duration,
+    /// HTTP/2 PINGs towards the server.
+    pub keepalive: Keepalive,
+    /// Reconnect delays: full jitter between `backoff.0` and a cap growing to `backoff.1`.
+    pub backoff: (Duration, Duration),
+    /// HTTP/2 flow-control windows.
+    pub windows: Windows,
+    /// Streams the server may have open at once.
+    pub max_streams: u32,
+}
+
+/// Why one connection to the server ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// TCP connect failed or timed out.
+    #[error("connecting to {addr}: {reason}")]
+    Connect {
+        /// The server address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The TLS handshake failed (a wrong CA, or the server refused our certificate).
+    #[error("TLS with {addr}: {reason}")]
+    Tls {
+        /// The server address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// HTTP/2 failed.
+    #[error("tunnel connection: {0}")]
+    Http2(String),
+}
+
+/// A running agent's state, for readiness and tests.
+#[derive(Debug, Clone, Default)]
+pub struct AgentState {
+    connected: Arc<AtomicBool>,
+}
+
+impl AgentState {
+    /// Whether the agent holds a connection to the server now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs the agent until `token` is cancelled: connect, serve, reconnect after a
+/// jittered backoff.
+///
+/// # Errors
+/// Unreadable TLS files or an invalid server name (nothing to retry).
+pub async fn run(
+    config: AgentConfig,
+    metrics: AgentMetrics,
+    state: AgentState,
+    token: CancellationToken,
+) -> Result<(), tls::TlsError> {
+    let connector = TlsConnector::from(Arc::new(tls::client_config(&config.tls)?));
+    let server_name = rustls::pki_types::ServerName::try_from(config.server_name.clone())
+        .map_err(|e| tls::TlsError::Verifier(format!("server name {}: {e}", config.server_name)))?;
+    let config = Arc::new(config);
+    let mut failures: u32 = 0;
+    while !token.is_cancelled() {
+        let started = Instant::now();
+        let span = tracing::info_span!("session", server = %config.server_addr);
+        let outcome = session(
+            &config,
+            &connector,
+            server_name.clone(),
+            &metrics,
+            &state,
+            &token,
+        )
+        .instrument(span)
+        .await;
+        state.connected.store(false, Ordering::Relaxed);
+        metrics.connected.set(0);
+        match outcome {
+            Ok(()) => tracing::info!("tunnel connection closed"),
+            Err(e) => tracing::warn!(error = %e, "tunnel connection failed"),
+        }
+        // A connection that lasted a while starts the backoff over.
+        if started.elapsed() > config.backoff.1 {
+            failures = 0;
+        }
+        let delay = backoff_delay(config.backoff, failures);
+        failures = failures.saturating_add(1);
+        tokio::select! {
+            () = token.cancelled() => {}
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Full jitter: a random delay up to `min · 2^failures` capped at `max`, never below `min`.
+fn backoff_delay((min, max): (Duration, Duration), failures: u32) -> Duration {
+    let cap = min
+        .saturating_mul(1u32 << failures.min(16))
+        .min(max)
+        .max(min);
+    let span = cap.saturating_sub(min);
+    min + span.mul_f64(fastrand::f64())
+}
+
+async fn session(
+    config: &Arc<AgentConfig>,
+    connector: &TlsConnector,
+    server_name: rustls::pki_types::ServerName<'static>,
+    metrics: &AgentMetrics,
+    state: &AgentState,
+    token: &CancellationToken,
+) -> Result<(), SessionError> {
+    let addr = &config.server_addr;
+    let result = |result: &'static str| {
+        metrics
+            .connects
+            .get_or_create(&crate::metrics::ReasonLabel { reason: result })
+            .inc();
+    };
+    let connect = async {
+        let tcp = TcpStream::connect(addr.as_str())
+            .await
+            .map_err(|e| SessionError::Connect {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let sock = socket2::SockRef::from(&tcp);
+        let _ = sock.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(config.keepalive.interval)
+                .with_interval(config.keepalive.interval),
+        );
+        let tls = connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| SessionError::Tls {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+        h2::server::Builder::new()
+            .initial_window_size(config.windows.stream)
+            .initial_connection_window_size(config.windows.connection)
+            .max_frame_size(config.windows.max_frame)
+            .max_send_buffer_size(config.windows.max_frame as usize)
+            .max_concurrent_streams(config.max_streams)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| SessionError::Http2(e.to_string()))
+    };
+    let mut connection = match tokio::time::timeout(config.connect_timeout, connect).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(e)) => {
+            result("error");
+            return Err(e);
+        }
+        Err(_) => {
+            result("error");
+            return Err(SessionError::Connect {
+                addr: addr.clone(),
+                reason: format!("no connection within {:?}", config.connect_timeout),
+            });
+        }
+    };
+    result("ok");
+    state.connected.store(true, Ordering::Relaxed);
+    metrics.connected.set(1);
+    tracing::info!("connected to the tunnel server");
+    let keepalive = crate::keep_alive(connection.ping_pong(), config.keepalive);
+    let mut keepalive = std::pin::pin!(keepalive);
+    loop {
+        tokio::select! {
+            () = token.cancelled() => {
+                // Drain: no new streams; those open may finish while the link lasts.
+                connection.graceful_shutdown();
+                let drain = async { while let Some(Ok(_)) = connection.accept().await {} };
+                let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+                return Ok(());
+            }
+            failed = &mut keepalive => return Err(SessionError::Http2(failed)),
+            accepted = connection.accept() => match accepted {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(SessionError::Http2(e.to_string())),
+                Some(Ok((request, respond))) => {
+                    let config = config.clone();
+                    let metrics = metrics.clone();
+                    let token = token.clone();
+                    let span = tracing::info_span!("stream", target = tracing::field::Empty);
+                    tokio::spawn(
+                        serve_stream(request, respond, config, metrics, token).instrument(span),
+                    );
+                }
+            },
+        }
+    }
+}
+
+fn answer(respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode, why: &str) {
+    let why: String = why
+        .chars()
+        .take(200)
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .collect();
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    if let Ok(value) = http::HeaderValue::from_str(&why) {
+        response.headers_mut().insert(ERROR_HEADER, value);
+    }
+    let _ = respond.send_response(response, true);
+}
+
+async fn serve_stream(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    config: Arc<AgentConfig>,
+    metrics: AgentMetrics,
+    token: CancellationToken,
+) {
+    let started = Instant::now();
+    let done = |code: StatusCode| metrics.dialled(code.as_u16(), started.elapsed().as_secs_f64());
+    if request.method() != Method::CONNECT {
+        answer(
+            &mut respond,
+            StatusCode::BAD_REQUEST,
+            "only CONNECT is served",
+        );
+        done(StatusCode::BAD_REQUEST);
+        return;
+    }
+    let target = match request.uri().authority().map(|a| Target::parse(a.as_str())) {
+        Some(Ok(target)) => target,
+        Some(Err(e)) => {
+            answer(&mut respond, StatusCode::BAD_REQUEST, &e.to_string());
+            done(StatusCode::BAD_REQUEST);
+            return;
+        }
+        None => {
+            answer(
+                &mut respond,
+                StatusCode::BAD_REQUEST,
+                "CONNECT without a target",
+            );
+            done(StatusCode::BAD_REQUEST);
+            return;
+        }
+    };
+    tracing::Span::current().record("target", tracing::field::display(&target));
+    let Some(address) = config.allow.address_of(&target) else {
+        tracing::warn!("refused: not this node's");
+        answer(
+            &mut respond,
+            StatusCode::FORBIDDEN,
+            &format!(
+                "the agent does not connect {target}: not one of this node's allowed addresses and ports"
+            ),
+        );
+        done(StatusCode::FORBIDDEN);
+        return;
+    };
+    let tcp = match tokio::time::timeout(config.dial_timeout, TcpStream::connect(address)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            answer(
+                &mut respond,
+                StatusCode::BAD_GATEWAY,
+                &format!("dialing {target}: {e}"),
+            );
+            done(StatusCode::BAD_GATEWAY);
+            return;
+        }
+        Err(_) => {
+            answer(
+                &mut respond,
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!(
+                    "dialing {target}: no answer within {:?}",
+                    config.dial_timeout
+                ),
+            );
+            done(StatusCode::GATEWAY_TIMEOUT);
+            return;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let send = match respond.send_response(Response::new(()), false) {
+        Ok(send) => send,
+        Err(e) => {
+            tracing::info!(error = %e, "stream gone before it was answered");
+            return;
+        }
+    };
+    done(StatusCode::OK);
+    metrics.open_streams.inc();
+    let (reader, writer) = tcp.into_split();
+    let recv = request.into_body();
+    tokio::select! {
+        () = token.cancelled() => {}
+        r = splice(reader, writer, Bytes::new(), send, recv) => match r {
+            Ok(c) => tracing::debug!(out = c.out, r#in = c.r#in, "stream ended"),
+            Err(e) => tracing::info!(error = %e, "stream failed"),
+        },
+    }
+    metrics.open_streams.dec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_never_drops_below_the_minimum() {
+        let b = (Duration::from_secs(1), Duration::from_secs(30));
+        for failures in 0..40 {
+            let d = backoff_delay(b, failures);
+            assert!(d >= b.0 && d <= b.1, "{failures}: {d:?}");
+        }
+        let late: Vec<Duration> = (0..50).map(|_| backoff_delay(b, 10)).collect();
+        assert!(late.iter().any(|d| *d > Duration::from_secs(5)), "{late:?}");
+        assert!(backoff_delay(b, 0) <= Duration::from_secs(2));
+    }
+}

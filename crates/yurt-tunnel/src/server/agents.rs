@@ -1,0 +1,65 @@
+//! The agents connected now: node name (from each agent's certificate) → its HTTP/2
+//! connections, newest last. Node X's traffic only ever uses X's own connections.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use yurt_core::NodeName;
+
+#[derive(Debug)]
+struct Connection {
+    id: u64,
+    send: SendRequest<Bytes>,
+}
+
+/// Connected agents.
+#[derive(Debug, Clone, Default)]
+pub struct Agents {
+    by_node: Arc<Mutex<HashMap<NodeName, Vec<Connection>>>>,
+    next_id: Arc<AtomicU64>,
+}
+
+impl Agents {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeName, Vec<Connection>>> {
+        self.by_node.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a connection of `node`; new streams go to it from now on. Returns its id.
+    pub fn register(&self, node: &NodeName, send: SendRequest<Bytes>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock()
+            .entry(node.clone())
+            .or_default()
+            .push(Connection { id, send });
+        id
+    }
+
+    /// Removes connection `id` of `node` (streams on it carry on until they end).
+    pub fn unregister(&self, node: &NodeName, id: u64) {
+        let mut map = self.lock();
+        if let Some(list) = map.get_mut(node) {
+            list.retain(|c| c.id != id);
+            if list.is_empty() {
+                map.remove(node);
+            }
+        }
+    }
+
+    /// The newest connection of `node`.
+    pub fn get(&self, node: &NodeName) -> Option<SendRequest<Bytes>> {
+        self.lock()
+            .get(node)
+            .and_then(|list| list.last())
+            .map(|c| c.send.clone())
+    }
+
+    /// Nodes with at least one agent connection.
+    pub fn nodes(&self) -> Vec<NodeName> {
+        let mut nodes: Vec<NodeName> = self.lock().keys().cloned().collect();
+        nodes.sort();
+        nodes
+    }
+}

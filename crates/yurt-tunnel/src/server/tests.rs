@@ -1,0 +1,488 @@
+//! The server and agents together on loopback, with real TLS and real sockets.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixStream};
+use yurt_core::pki::{CertSpec, CertificateAuthority};
+
+use super::*;
+use crate::agent::{self, AgentConfig, AgentState, AllowList};
+use crate::metrics::{AgentMetrics, ReasonLabel};
+
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: CertificateAuthority,
+}
+
+impl Pki {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            ca: CertificateAuthority::generate("test-ca").unwrap(),
+        }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        let path = self.dir.path().join("ca.crt");
+        std::fs::write(&path, self.ca.cert_pem()).unwrap();
+        path
+    }
+
+    fn files(&self, stem: &str, spec: &CertSpec, ca: Option<&CertificateAuthority>) -> TlsFiles {
+        let issued = ca.unwrap_or(&self.ca).issue(spec).unwrap();
+        let cert = self.dir.path().join(format!("{stem}.crt"));
+        let key = self.dir.path().join(format!("{stem}.key"));
+        std::fs::write(&cert, &issued.cert_pem).unwrap();
+        std::fs::write(&key, &issued.key_pem).unwrap();
+        TlsFiles {
+            ca: self.ca_file(),
+            cert,
+            key,
+        }
+    }
+
+    fn node(&self, name: &str) -> TlsFiles {
+        self.files(
+            name,
+            &CertSpec::client(format!("system:node:{name}"), &["system:nodes"]),
+            None,
+        )
+    }
+}
+
+struct Fleet {
+    pki: Pki,
+    socket: PathBuf,
+    agent_addr: SocketAddr,
+    agents: Agents,
+    metrics: ServerMetrics,
+    token: CancellationToken,
+}
+
+fn route(name: &str, ip: &str, cidr: &str) -> NodeRoute {
+    NodeRoute {
+        name: name.parse().unwrap(),
+        addresses: vec![ip.parse().unwrap()],
+        hostnames: Vec::new(),
+        pod_cidrs: vec![cidr.parse().unwrap()],
+        edge: true,
+    }
+}
+
+async fn start(routes: Vec<NodeRoute>) -> Fleet {
+    let pki = Pki::new();
+    let tls = pki.files(
+        "server",
+        &CertSpec::server("yurt-tunnel-server", &["yurt-tunnel-server"], &[LOCAL]),
+        None,
+    );
+    let socket = pki.dir.path().join("run/egress.sock");
+    let config = ServerConfig {
+        egress_socket: socket.clone(),
+        agent_addr: SocketAddr::new(LOCAL, 0),
+        tls,
+        dial_timeout: Duration::from_secs(5),
+        handshake_timeout: Duration::from_secs(5),
+        keepalive: Keepalive::default(),
+        windows: Windows::default(),
+    };
+    let table = Routes::default();
+    table.replace_all(routes);
+    let metrics = ServerMetrics::register(&mut Registry::default());
+    let server = Server::bind(config, table, metrics.clone()).await.unwrap();
+    let agent_addr = server.agent_addr().unwrap();
+    let agents = server.agents();
+    let token = CancellationToken::new();
+    tokio::spawn(server.run(token.clone()));
+    Fleet {
+        pki,
+        socket,
+        agent_addr,
+        agents,
+        metrics,
+        token,
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+impl Fleet {
+    fn agent_config(&self, tls: TlsFiles, node: &str, node_ip: &str) -> AgentConfig {
+        AgentConfig {
+            server_addr: self.agent_addr.to_string(),
+            server_name: "yurt-tunnel-server".into(),
+            tls,
+            allow: AllowList {
+                node: node.parse().unwrap(),
+                node_ips: vec![node_ip.parse().unwrap()],
+                ports: (1..=u16::MAX).collect(),
+                pod_cidrs: Vec::new(),
+            },
+            dial_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            keepalive: Keepalive::default(),
+            backoff: (Duration::from_millis(50), Duration::from_millis(200)),
+            windows: Windows::default(),
+            max_streams: 4096,
+        }
+    }
+
+    fn run_agent(&self, config: AgentConfig) -> (AgentState, AgentMetrics) {
+        let state = AgentState::default();
+        let metrics = AgentMetrics::register(&mut Registry::default());
+        tokio::spawn(agent::run(
+            config,
+            metrics.clone(),
+            state.clone(),
+            self.token.child_token(),
+        ));
+        (state, metrics)
+    }
+
+    async fn agent_for(&self, node: &str, node_ip: &str) {
+        let config = self.agent_config(self.pki.node(node), node, node_ip);
+        self.run_agent(config);
+        let node: NodeName = node.parse().unwrap();
+        wait_for(|| self.agents.get(&node).is_some(), "the agent connected").await;
+    }
+
+    /// Sends a CONNECT and returns the status line and the open stream.
+    async fn connect(&self, target: &str) -> (String, UnixStream) {
+        let mut stream = UnixStream::connect(&self.socket).await.unwrap();
+        stream
+            .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let head = tokio::time::timeout(WAIT, read_head(&mut stream))
+            .await
+            .expect("an answer to the CONNECT");
+        (head.lines().next().unwrap_or_default().to_owned(), stream)
+    }
+
+    fn refusals(&self, reason: &'static str) -> u64 {
+        self.metrics
+            .agent_refusals
+            .get_or_create(&ReasonLabel { reason })
+            .get()
+    }
+}
+
+/// Reads a response head byte by byte, so nothing after it is consumed.
+async fn read_head(stream: &mut UnixStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.unwrap() == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+async fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A TCP echo server on loopback.
+async fn echo() -> SocketAddr {
+    let listener = TcpListener::bind((LOCAL, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A server that sends `bytes` of a pattern to each connection, then closes.
+async fn source(bytes: usize) -> SocketAddr {
+    let listener = TcpListener::bind((LOCAL, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let chunk = vec![0x5au8; 64 * 1024];
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if stream.write_all(&chunk[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_connect_to_a_node_goes_through_its_agent_both_ways_with_half_close() {
+    let fleet = start(vec![route("edge-a1", "127.0.0.1", "10.244.1.0/24")]).await;
+    fleet.agent_for("edge-a1", "127.0.0.1").await;
+    let backend = echo().await;
+    let (status, mut stream) = fleet.connect(&backend.to_string()).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection established");
+    let payload: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = stream.split();
+    let send = async {
+        w.write_all(&payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let mut back = Vec::new();
+    let receive = async { r.read_to_end(&mut back).await.unwrap() };
+    tokio::time::timeout(WAIT, async { tokio::join!(send, receive) })
+        .await
+        .expect("the echo comes back and the stream ends");
+    assert!(
+        back == payload,
+        "the echo differs ({} bytes back)",
+        back.len()
+    );
+    let ok = fleet
+        .metrics
+        .connects
+        .get_or_create(&crate::metrics::StreamLabels {
+            route: "agent",
+            code: 200,
+        })
+        .get();
+    assert_eq!(ok, 1);
+}
+
+#[tokio::test]
+async fn an_edge_node_without_an_agent_gets_a_502_naming_it_at_once() {
+    let fleet = start(vec![route("edge-b1", "10.10.2.2", "10.244.3.0/24")]).await;
+    let started = std::time::Instant::now();
+    let (status, _) = fleet.connect("10.10.2.2:10250").await;
+    assert_eq!(
+        status,
+        "HTTP/1.1 502 node edge-b1 has no tunnel agent connected; its kubelet and pods are out of reach"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let (status, _) = fleet.connect("10.244.3.7:8080").await;
+    assert!(status.starts_with("HTTP/1.1 502 node edge-b1 "), "{status}");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_400_and_the_server_keeps_serving() {
+    let fleet = start(vec![route("edge-a1", "127.0.0.1", "10.244.1.0/24")]).await;
+    for bad in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"CONNECT nowhere HTTP/1.1\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03\r\n\r\n",
+        "CONNECT h\u{e9}:1 HTTP/1.1\r\n\r\n".as_bytes(),
+    ] {
+        let mut stream = UnixStream::connect(&fleet.socket).await.unwrap();
+        stream.write_all(bad).await.unwrap();
+        let head = tokio::time::timeout(WAIT, read_head(&mut stream))
+            .await
+            .unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 "), "{bad:?}: {head}");
+    }
+    // Cut off half-way through a head: the connection just ends.
+    let mut stream = UnixStream::connect(&fleet.socket).await.unwrap();
+    stream.write_all(b"CONNECT 127.0.0.1:1").await.unwrap();
+    drop(stream);
+    fleet.agent_for("edge-a1", "127.0.0.1").await;
+    let backend = echo().await;
+    let (status, _) = fleet.connect(&backend.to_string()).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection established");
+}
+
+#[tokio::test]
+async fn agents_with_foreign_or_non_node_certificates_or_unknown_nodes_are_refused() {
+    let fleet = start(vec![route("edge-a1", "127.0.0.1", "10.244.1.0/24")]).await;
+    let foreign_ca = CertificateAuthority::generate("another-ca").unwrap();
+    let foreign = fleet.pki.files(
+        "foreign",
+        &CertSpec::client("system:node:edge-a1", &["system:nodes"]),
+        Some(&foreign_ca),
+    );
+    let admin = fleet.pki.files(
+        "admin",
+        &CertSpec::client("kubernetes-admin", &["system:masters"]),
+        None,
+    );
+    let node_without_group = fleet.pki.files(
+        "nogroup",
+        &CertSpec::client("system:node:edge-a1", &[]),
+        None,
+    );
+    let ghost = fleet.pki.node("ghost");
+    for (tls, reason) in [
+        (foreign, "tls"),
+        (admin, "identity"),
+        (node_without_group, "identity"),
+        (ghost, "unknown_node"),
+    ] {
+        let before = fleet.refusals(reason);
+        fleet.run_agent(fleet.agent_config(tls, "edge-a1", "127.0.0.1"));
+        wait_for(|| fleet.refusals(reason) > before, reason).await;
+    }
+    assert!(
+        fleet.agents.nodes().is_empty(),
+        "{:?}",
+        fleet.agents.nodes()
+    );
+    // Node edge-a1 is still unreachable: none of those agents became it.
+    let (status, _) = fleet.connect("127.0.0.1:10250").await;
+    assert!(
+        status.starts_with("HTTP/1.1 502 node edge-a1 has no tunnel agent"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn the_agent_connects_only_its_own_node_and_reports_dial_failures() {
+    // The server believes 127.0.0.2 is edge-a1's too; the agent knows only 127.0.0.1.
+    let mut a1 = route("edge-a1", "127.0.0.1", "10.244.1.0/24");
+    a1.addresses.push("127.0.0.2".parse().unwrap());
+    let fleet = start(vec![a1]).await;
+    fleet.agent_for("edge-a1", "127.0.0.1").await;
+    let backend = echo().await;
+    let (status, _) = fleet
+        .connect(&format!("127.0.0.2:{}", backend.port()))
+        .await;
+    assert!(
+        status.starts_with("HTTP/1.1 403 node edge-a1: the agent does not connect 127.0.0.2:"),
+        "{status}"
+    );
+    // A closed port: 502 with the agent's reason.
+    let closed = TcpListener::bind((LOCAL, 0))
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (status, _) = fleet.connect(&closed.to_string()).await;
+    assert!(
+        status.starts_with(&format!("HTTP/1.1 502 node edge-a1: dialing {closed}: ")),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_reader_does_not_slow_another_stream_of_the_same_agent() {
+    let fleet = start(vec![route("edge-a1", "127.0.0.1", "10.244.1.0/24")]).await;
+    fleet.agent_for("edge-a1", "127.0.0.1").await;
+    // A backend that would send 1 GiB to a reader who never reads.
+    let endless = source(1 << 30).await;
+    let (status, stalled) = fleet.connect(&endless.to_string()).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection established");
+    // Let the stalled stream fill every buffer it can.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Meanwhile another stream carries 64 MiB: twice the connection's window, so it
+    // finishes only if the stalled stream holds no more than its own stream window.
+    let wanted = 64usize << 20;
+    let flowing = source(wanted).await;
+    let (status, mut stream) = fleet.connect(&flowing.to_string()).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection established");
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+    })
+    .await
+    .expect("the second stream flows while the first is stalled");
+    assert_eq!(got, wanted);
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn the_agent_reconnects_when_its_connection_is_dropped() {
+    let fleet = start(vec![route("edge-a1", "127.0.0.1", "10.244.1.0/24")]).await;
+    let config = fleet.agent_config(fleet.pki.node("edge-a1"), "edge-a1", "127.0.0.1");
+    // Through a relay we can cut: the agent's link to the server.
+    let relay = TcpListener::bind((LOCAL, 0)).await.unwrap();
+    let relay_addr = relay.local_addr().unwrap();
+    let server = fleet.agent_addr;
+    // Cancelling the current token cuts the connections relayed so far, not later ones.
+    let cut = std::sync::Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+    let relay_cut = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = relay.accept().await {
+            let cut = relay_cut.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(server).await else {
+                    return;
+                };
+                tokio::select! {
+                    () = cut.cancelled() => {}
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                }
+            });
+        }
+    });
+    let (state, metrics) = fleet.run_agent(AgentConfig {
+        server_addr: relay_addr.to_string(),
+        ..config
+    });
+    let node: NodeName = "edge-a1".parse().unwrap();
+    wait_for(|| fleet.agents.get(&node).is_some(), "first connection").await;
+    assert!(state.connected());
+    std::mem::take(&mut *cut.lock().unwrap()).cancel();
+    let ok = |m: &AgentMetrics| {
+        m.connects
+            .get_or_create(&ReasonLabel { reason: "ok" })
+            .get()
+    };
+    wait_for(|| ok(&metrics) >= 2, "a second connection").await;
+    let backend = echo().await;
+    let (status, mut stream) = fleet.connect(&backend.to_string()).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection established");
+    stream.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&back, b"ping");
+}
+
+#[test]
+fn the_egress_socket_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sub/egress.sock");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, b"stale").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let _listener = bind_private_socket(&path).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let _ = Path::new(&path);
+}
