@@ -110,7 +110,7 @@ impl Index {
         }
         // Most specific first, should two ranges overlap.
         self.cidrs
-            .sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+            .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
     }
 }
 
