@@ -53,6 +53,10 @@ pub enum Command {
     Hub(Box<crate::commands::hub::HubArgs>),
     /// OpenYurt's controllers and webhooks (alias `yurt-manager`): NodePools and edge autonomy.
     Manager(Box<crate::commands::manager::ManagerArgs>),
+    /// The cloud end of the tunnel (alias `yurt-tunnel-server`): kube-apiserver's `cluster` egress, carried to edge nodes' agents.
+    TunnelServer(Box<crate::commands::tunnel::TunnelServerArgs>),
+    /// The edge end of the tunnel (alias `yurt-tunnel-agent`): dials out to the server and connects its streams to this node.
+    TunnelAgent(Box<crate::commands::tunnel::TunnelAgentArgs>),
 }
 
 /// Network mode of the edge sites.

@@ -13,7 +13,12 @@ use clap::Parser;
 const DEFAULT_LOG_FILTER: &str = "warn,kube_client::client::builder=off";
 
 /// OpenYurt's binary names, run as the matching subcommand.
-const ALIASES: &[(&str, &str)] = &[("yurthub", "hub"), ("yurt-manager", "manager")];
+const ALIASES: &[(&str, &str)] = &[
+    ("yurthub", "hub"),
+    ("yurt-manager", "manager"),
+    ("yurt-tunnel-server", "tunnel-server"),
+    ("yurt-tunnel-agent", "tunnel-agent"),
+];
 
 /// The command line, with an OpenYurt binary name (argv[0]) turned into its subcommand.
 fn args() -> Vec<std::ffi::OsString> {

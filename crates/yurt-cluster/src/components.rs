@@ -20,6 +20,13 @@ use crate::probe::Probe;
 use crate::spec::{EdgeApi, EdgePlan, HostId, Plan, Timings, net};
 use crate::upstream::{Binary, UpstreamBinaries};
 
+/// Where agents connect to the tunnel server (OpenYurt's port).
+pub const TUNNEL_AGENT_PORT: u16 = 10262;
+/// The tunnel server's `/healthz`, `/readyz` and `/metrics` (loopback of the cloud host).
+pub const TUNNEL_SERVER_ADMIN_PORT: u16 = 10265;
+/// The tunnel agent's `/healthz`, `/readyz` and `/metrics` (loopback of its host).
+pub const TUNNEL_AGENT_ADMIN_PORT: u16 = 10266;
+
 /// A process the fleet runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Component {
@@ -45,25 +52,31 @@ pub enum Component {
     Registry,
     /// The image registry's push process (cloud): password-protected, for this machine.
     RegistryPush,
+    /// The tunnel server (cloud): kube-apiserver's `cluster` egress, carried to agents.
+    TunnelServer,
+    /// The tunnel agent (edge): dials out to the tunnel server.
+    TunnelAgent,
 }
 
 impl Component {
     /// Cloud-host processes in start order.
-    pub const CLOUD: [Component; 7] = [
+    pub const CLOUD: [Component; 8] = [
         Component::Etcd,
         Component::KubeApiserver,
         Component::KubeControllerManager,
         Component::KubeScheduler,
         Component::YurtManager,
+        Component::TunnelServer,
         Component::Registry,
         Component::RegistryPush,
     ];
     /// Edge-host processes in start order.
-    pub const EDGE: [Component; 4] = [
+    pub const EDGE: [Component; 5] = [
         Component::Containerd,
         Component::YurtHub,
         Component::Kubelet,
         Component::KubeProxy,
+        Component::TunnelAgent,
     ];
 
     /// The process name (also its log and pid file name).
@@ -80,6 +93,8 @@ impl Component {
             Self::YurtManager => "yurt-manager",
             Self::Registry => "registry",
             Self::RegistryPush => "registry-push",
+            Self::TunnelServer => "yurt-tunnel-server",
+            Self::TunnelAgent => "yurt-tunnel-agent",
         }
     }
 
@@ -123,6 +138,10 @@ impl Component {
             Self::YurtManager => Probe::Http(local(10272), "/readyz"),
             Self::Registry => Probe::Tcp(local(crate::registry::PULL_PORT)),
             Self::RegistryPush => Probe::Tcp(local(crate::registry::PUSH_PORT)),
+            Self::TunnelServer => Probe::Http(local(TUNNEL_SERVER_ADMIN_PORT), "/readyz"),
+            // Alive, not connected: an agent of a site cut off from the cloud starts
+            // and keeps trying.
+            Self::TunnelAgent => Probe::Http(local(TUNNEL_AGENT_ADMIN_PORT), "/healthz"),
         }
     }
 }
@@ -213,6 +232,25 @@ fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs())
 }
 
+/// The tunnel's keepalive: PINGs as often as the hub's heartbeat, so a cut link is
+/// noticed about as fast as the node's health is.
+fn tunnel_keepalive(t: Timings) -> Vec<OsString> {
+    let interval = t.hub_heartbeat.as_secs().max(1);
+    vec![
+        arg(format!("--keepalive-interval-seconds={interval}")),
+        arg(format!("--keepalive-timeout-seconds={}", interval * 2)),
+    ]
+}
+
+/// How long an agent may wait between reconnection attempts: about a heartbeat, so a
+/// restored link carries `kubectl logs` again within seconds.
+fn tunnel_agent_backoff(t: Timings) -> OsString {
+    arg(format!(
+        "--max-backoff-seconds={}",
+        t.hub_heartbeat.as_secs().max(1)
+    ))
+}
+
 fn write(path: &Path, contents: &str) -> Result<()> {
     crate::state::write_atomic(path, contents.as_bytes())
 }
@@ -220,6 +258,25 @@ fn write(path: &Path, contents: &str) -> Result<()> {
 impl Context<'_> {
     /// The API server's audit flags (none unless the fleet asked for an audit log);
     /// writes the policy file.
+    /// kube-apiserver's egress selection: `cluster` traffic (kubelets, pods,
+    /// Service-addressed webhooks) as HTTP CONNECT on the tunnel server's socket.
+    fn egress_config(&self, hp: &HostPaths) -> Result<PathBuf> {
+        let path = hp.config().join("egress-selector.yaml");
+        let config = serde_json::json!({
+            "apiVersion": "apiserver.k8s.io/v1beta1",
+            "kind": "EgressSelectorConfiguration",
+            "egressSelections": [{
+                "name": "cluster",
+                "connection": {
+                    "proxyProtocol": "HTTPConnect",
+                    "transport": {"uds": {"udsName": p(&hp.egress_socket())}},
+                },
+            }],
+        });
+        write(&path, &yaml(&config)?)?;
+        Ok(path)
+    }
+
     fn audit_flags(&self, hp: &HostPaths) -> Result<Vec<OsString>> {
         if !self.api_audit_log {
             return Ok(Vec::new());
@@ -305,6 +362,16 @@ impl Context<'_> {
                         key("apiserver-kubelet-client")
                     )),
                     arg("--kubelet-preferred-address-types=InternalIP,Hostname"),
+                    // TLS to kubelets stays end to end through the tunnel, so their
+                    // serving certificates are checked.
+                    arg(format!(
+                        "--kubelet-certificate-authority={}",
+                        p(&pki.ca_cert())
+                    )),
+                    arg(format!(
+                        "--egress-selector-config-file={}",
+                        p(&self.egress_config(&hp)?)
+                    )),
                     arg(format!(
                         "--default-not-ready-toleration-seconds={}",
                         t.eviction_toleration.as_secs()
@@ -397,6 +464,66 @@ impl Context<'_> {
                 ],
                 env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
             },
+            Component::TunnelServer => CommandLine {
+                program: self.yurt_binary.to_owned(),
+                args: vec![
+                    arg("tunnel-server"),
+                    arg(format!(
+                        "--kubeconfig={}",
+                        p(&pki.kubeconfig(&Identity::TunnelServer.stem()))
+                    )),
+                    arg(format!("--egress-socket={}", p(&hp.egress_socket()))),
+                    arg(format!(
+                        "--agent-bind-address={}:{TUNNEL_AGENT_PORT}",
+                        net::CLOUD_IP.addr
+                    )),
+                    arg(format!(
+                        "--admin-address=127.0.0.1:{TUNNEL_SERVER_ADMIN_PORT}"
+                    )),
+                    arg(format!("--ca-file={}", p(&pki.ca_cert()))),
+                    arg(format!(
+                        "--cert-file={}",
+                        cert(crate::pki::TUNNEL_SERVING_STEM)
+                    )),
+                    arg(format!(
+                        "--key-file={}",
+                        key(crate::pki::TUNNEL_SERVING_STEM)
+                    )),
+                ]
+                .into_iter()
+                .chain(tunnel_keepalive(t))
+                .collect(),
+                env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
+            },
+            Component::TunnelAgent => {
+                let edge = need_edge()?;
+                let node = Identity::Node(edge.name.clone()).stem();
+                CommandLine {
+                    program: self.yurt_binary.to_owned(),
+                    args: vec![
+                        arg("tunnel-agent"),
+                        arg(format!("--node-name={}", edge.name)),
+                        arg(format!(
+                            "--tunnelserver-addr={}:{TUNNEL_AGENT_PORT}",
+                            net::CLOUD_IP.addr
+                        )),
+                        arg(format!("--server-name={}", crate::pki::TUNNEL_SERVER_NAME)),
+                        arg(format!("--node-ip={}", edge.ip)),
+                        arg(format!("--pod-cidr={}", edge.pod_cidr)),
+                        arg(format!(
+                            "--admin-address=127.0.0.1:{TUNNEL_AGENT_ADMIN_PORT}"
+                        )),
+                        arg(format!("--ca-file={}", p(&pki.ca_cert()))),
+                        arg(format!("--cert-file={}", cert(&node))),
+                        arg(format!("--key-file={}", key(&node))),
+                        tunnel_agent_backoff(t),
+                    ]
+                    .into_iter()
+                    .chain(tunnel_keepalive(t))
+                    .collect(),
+                    env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
+                }
+            }
             Component::Registry | Component::RegistryPush => {
                 let role = if component == Component::Registry {
                     crate::registry::Role::Pull
@@ -882,6 +1009,65 @@ mod tests {
         assert!(kubelet.contains(&own), "{kubelet:?}");
         direct.command_line(Component::KubeProxy, &host).unwrap();
         assert_eq!(proxy_config(), p(&pki.kubeconfig("kube-proxy")));
+    }
+
+    #[test]
+    fn the_api_servers_cluster_egress_goes_through_the_tunnel_servers_socket() {
+        let (_d, plan, paths, pki, bins) = fixture();
+        let ctx = context(&plan, &paths, &pki, &bins);
+        let cloud = paths.host(&HostId::Cloud);
+        let api = args_of(
+            &ctx.command_line(Component::KubeApiserver, &HostId::Cloud)
+                .unwrap(),
+        );
+        let want = format!("--kubelet-certificate-authority={}", p(&pki.ca_cert()));
+        assert!(api.contains(&want), "{api:?}");
+        let file = api
+            .iter()
+            .find_map(|a| a.strip_prefix("--egress-selector-config-file="))
+            .expect("an egress selector file");
+        let config: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let selection = &config["egressSelections"][0];
+        assert_eq!(selection["name"].as_str(), Some("cluster"));
+        assert_eq!(
+            selection["connection"]["proxyProtocol"].as_str(),
+            Some("HTTPConnect")
+        );
+        let socket = p(&cloud.egress_socket());
+        assert_eq!(
+            selection["connection"]["transport"]["uds"]["udsName"].as_str(),
+            Some(socket.as_str())
+        );
+        // A Unix socket path must fit in sun_path (108 bytes) for any data folder
+        // a test or a user is likely to pick.
+        assert!(socket.len() < 100, "{socket}");
+        let server = args_of(
+            &ctx.command_line(Component::TunnelServer, &HostId::Cloud)
+                .unwrap(),
+        );
+        assert!(
+            server.contains(&format!("--egress-socket={socket}")),
+            "{server:?}"
+        );
+        let edge = plan.host("edge-b1").unwrap();
+        let agent = args_of(&ctx.command_line(Component::TunnelAgent, &edge).unwrap());
+        for want in [
+            "--node-name=edge-b1",
+            "--node-ip=10.20.1.11",
+            "--tunnelserver-addr=10.10.0.1:10262",
+            "--server-name=yurt-tunnel-server",
+        ] {
+            assert!(agent.contains(&want.to_owned()), "{want}: {agent:?}");
+        }
+        assert!(
+            agent.contains(&format!("--cert-file={}", p(&pki.cert("kubelet-edge-b1")))),
+            "{agent:?}"
+        );
+        assert!(
+            ctx.command_line(Component::TunnelAgent, &HostId::Cloud)
+                .is_err()
+        );
     }
 
     #[test]

@@ -105,6 +105,12 @@ impl HostPaths {
         self.root.join("run")
     }
 
+    /// The tunnel server's egress socket (cloud host): kube-apiserver's `cluster`
+    /// egress connects to it.
+    pub fn egress_socket(&self) -> PathBuf {
+        self.run().join("tunnel").join("egress.sock")
+    }
+
     /// The pid file of process `name`.
     pub fn pid_file(&self, name: &str) -> PathBuf {
         self.run().join("pids").join(format!("{name}.pid"))

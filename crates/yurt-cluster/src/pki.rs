@@ -41,7 +41,16 @@ pub enum Identity {
     Hub(NodeName),
     /// yurt manager: `openyurt:yurt-manager`.
     Manager,
+    /// The tunnel server (it watches Nodes): `openyurt:yurt-tunnel-server`.
+    TunnelServer,
 }
+
+/// File stem of the tunnel server's serving certificate (towards agents).
+pub const TUNNEL_SERVING_STEM: &str = "yurt-tunnel-server-serving";
+/// The name the tunnel server's certificate carries, and agents check.
+pub const TUNNEL_SERVER_NAME: &str = "yurt-tunnel-server";
+/// The user name of the tunnel server's client certificate.
+pub const TUNNEL_SERVER_USER: &str = "openyurt:yurt-tunnel-server";
 
 /// File stem of the registry's serving certificate.
 pub const REGISTRY_STEM: &str = "registry";
@@ -67,6 +76,7 @@ impl Identity {
             Self::Node(n) => format!("kubelet-{n}"),
             Self::Hub(n) => format!("yurthub-{n}"),
             Self::Manager => "yurt-manager".into(),
+            Self::TunnelServer => "yurt-tunnel-server".into(),
         }
     }
 
@@ -84,6 +94,7 @@ impl Identity {
                 CertSpec::client(format!("system:node:{n}"), &["system:nodes", HUB_GROUP])
             }
             Self::Manager => CertSpec::client(MANAGER_USER, &[]),
+            Self::TunnelServer => CertSpec::client(TUNNEL_SERVER_USER, &[]),
         }
     }
 }
@@ -219,6 +230,9 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
         &ips,
     );
     write_pair(&pki, REGISTRY_STEM, &ca.issue(&registry)?)?;
+    // The tunnel server's, which agents dial at the cloud host's fleet address.
+    let tunnel = CertSpec::server(TUNNEL_SERVER_NAME, &[TUNNEL_SERVER_NAME], &ips);
+    write_pair(&pki, TUNNEL_SERVING_STEM, &ca.issue(&tunnel)?)?;
     crate::registry::ensure_push_credentials(pki.dir())?;
 
     let mut identities = vec![
@@ -228,6 +242,7 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
         Identity::KubeProxy,
         Identity::ApiserverKubeletClient,
         Identity::Manager,
+        Identity::TunnelServer,
     ];
     identities.extend(plan.edges.iter().map(|e| Identity::Node(e.name.clone())));
     identities.extend(plan.edges.iter().map(|e| Identity::Hub(e.name.clone())));
@@ -278,7 +293,8 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
             Identity::ControllerManager
             | Identity::Scheduler
             | Identity::Admin
-            | Identity::Manager => &local,
+            | Identity::Manager
+            | Identity::TunnelServer => &local,
             Identity::KubeProxy
             | Identity::Node(_)
             | Identity::Hub(_)

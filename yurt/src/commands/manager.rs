@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use yurt_manager::webhook::register::Endpoint;
 
@@ -126,22 +125,6 @@ fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
     })
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
-        Some(path) => {
-            let kc = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-                .await
-                .with_context(|| format!("unusable kubeconfig {}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig given and not running in a cluster")?,
-    };
-    Ok(kube::Client::try_from(config)?)
-}
-
 /// Runs `yurt manager`.
 pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
     if let Some(ManagerAction::Crds) = args.action {
@@ -149,7 +132,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let config = config(&args.run)?;
-    let client = client(args.run.kubeconfig.as_ref()).await?;
+    let client = super::kube_client(args.run.kubeconfig.as_ref()).await?;
     let token = tokio_util::sync::CancellationToken::new();
     tokio::spawn(yurt_core::shutdown::cancel_on_signal(token.clone()));
     yurt_manager::run(client, config, token).await?;

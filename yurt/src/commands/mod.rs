@@ -8,6 +8,7 @@ mod fleet;
 pub mod hub;
 mod image;
 pub mod manager;
+pub mod tunnel;
 mod up;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +19,23 @@ use yurt_cluster::MachineConfig;
 
 use crate::cli::{Cli, Command, DownArgs};
 use crate::progress::SpinnerReporter;
+
+/// A client for `kubeconfig`, else `$KUBECONFIG`'s or the in-cluster one.
+async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("unusable kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig given and not running in a cluster")?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -35,6 +53,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(cmd) => bench::run(&machine, cmd).await,
         Command::Hub(args) => hub::run(*args).await,
         Command::Manager(args) => manager::run(*args).await,
+        Command::TunnelServer(args) => tunnel::run_server(*args).await,
+        Command::TunnelAgent(args) => tunnel::run_agent(*args).await,
     }
 }
 

@@ -356,6 +356,27 @@ pub async fn apply_manager_rbac(client: &kube::Client) -> Result<()> {
     .await
 }
 
+/// What the tunnel server (user `openyurt:yurt-tunnel-server`) may do: list and watch
+/// Nodes, its routing table (ClusterRole `openyurt:yurt-tunnel-server`). Nothing else:
+/// it carries the API server's connections, it makes none of its own.
+///
+/// # Errors
+/// API errors.
+pub async fn apply_tunnel_rbac(client: &kube::Client) -> Result<()> {
+    apply_grant(
+        client,
+        Grant {
+            name: "openyurt:yurt-tunnel-server",
+            subject: serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::pki::TUNNEL_SERVER_USER}),
+            cluster_rules: serde_json::json!([
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
+            ]),
+            roles: Vec::new(),
+        },
+    )
+    .await
+}
+
 /// Creates a NodePool (`apps.openyurt.io/v1beta2`, type Edge) for each pool of the
 /// plan; its nodes already carry its label. Existing pools are left as they are.
 ///

@@ -133,7 +133,7 @@ impl Fleet {
     }
 
     /// Brings up one edge host: its mount namespace, containerd (with the fleet's
-    /// images), kubelet and kube-proxy.
+    /// images), the hub, kubelet, kube-proxy and the tunnel agent.
     pub(crate) async fn start_edge(&self, edge: &EdgePlan) -> Result<()> {
         let host = HostId::Edge(edge.name.clone());
         let hp = self.paths.host(&host);
@@ -151,7 +151,35 @@ impl Fleet {
             self.start_component(&host, Component::YurtHub).await?;
         }
         self.start_component(&host, Component::Kubelet).await?;
-        self.start_component(&host, Component::KubeProxy).await
+        self.start_component(&host, Component::KubeProxy).await?;
+        self.start_component(&host, Component::TunnelAgent).await
+    }
+
+    /// Waits until every edge host's tunnel agent is connected to the tunnel server
+    /// (its `/readyz`), so `kubectl logs/exec` reach every node.
+    ///
+    /// # Errors
+    /// [`Error::NotReady`] naming the first agent still unconnected after `timeout`.
+    pub(crate) async fn wait_tunnel_agents(&self, timeout: Duration) -> Result<()> {
+        let addr = std::net::SocketAddr::from((
+            std::net::Ipv4Addr::LOCALHOST,
+            crate::components::TUNNEL_AGENT_ADMIN_PORT,
+        ));
+        let ready = probe::Probe::Http(addr, "/readyz");
+        for edge in &self.plan.edges {
+            let host = HostId::Edge(edge.name.clone());
+            let ns = self.plan.netns(&host);
+            let log = self.paths.host(&host).log(Component::TunnelAgent.name());
+            let what = format!(
+                "{} on {host} connected to the tunnel server",
+                Component::TunnelAgent
+            );
+            probe::wait_until(&what, timeout, Some(&log), &|| None, || {
+                probe::check(&ns, &ready)
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// One round of a supervisor: unless a reboot, stop or start is under way (it holds

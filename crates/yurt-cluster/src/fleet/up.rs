@@ -294,7 +294,7 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
 
     let step = Step::start(
         reporter,
-        "control plane: etcd, kube-apiserver, scheduler, yurt manager, registry",
+        "control plane: etcd, kube-apiserver, scheduler, yurt manager, tunnel server, registry",
     );
     // kube-controller-manager starts once every node is Ready (below). Its node
     // lifecycle controller in 1.20 corrupts its own NoExecute taint queue when it watches
@@ -314,6 +314,9 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
             let client = fleet.client().await?;
             super::api::apply_hub_rbac(&client).await?;
             super::api::apply_manager_rbac(&client).await?;
+        }
+        if component == Component::TunnelServer {
+            super::api::apply_tunnel_rbac(&fleet.client().await?).await?;
         }
         step.detail(component.name());
         fleet.start_component(&HostId::Cloud, component).await?;
@@ -336,7 +339,7 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     let step = Step::start(
         reporter,
         format!(
-            "edge hosts: containerd, kubelet, kube-proxy on {} nodes",
+            "edge hosts: containerd, hub, kubelet, kube-proxy, tunnel agent on {} nodes",
             plan.edges.len()
         ),
     );
@@ -345,7 +348,7 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
 
     let step = Step::start(
         reporter,
-        "waiting for every node to be Ready, then kube-controller-manager",
+        "waiting for every node to be Ready, then kube-controller-manager and tunnel agents",
     );
     let total = plan.edges.len();
     super::api::wait_nodes_ready(&client, &plan, Duration::from_secs(180), &|r| {
@@ -356,6 +359,8 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     fleet
         .start_component(&HostId::Cloud, Component::KubeControllerManager)
         .await?;
+    step.detail("tunnel agents");
+    fleet.wait_tunnel_agents(Duration::from_secs(60)).await?;
     step.finish();
 
     if fleet.state.spec.sample_app {

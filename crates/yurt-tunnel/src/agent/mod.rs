@@ -352,6 +352,53 @@ async fn serve_stream(
     metrics.open_streams.dec();
 }
 
+/// Runs an agent with its admin endpoints on `admin_addr` (ready while connected)
+/// until `token` is cancelled.
+///
+/// # Errors
+/// The admin address cannot be bound; unreadable TLS files.
+pub async fn run_with_admin(
+    config: AgentConfig,
+    admin_addr: std::net::SocketAddr,
+    token: CancellationToken,
+) -> Result<(), AgentError> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = AgentMetrics::register(&mut registry);
+    let state = AgentState::default();
+    let listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| AgentError::Admin(format!("{admin_addr}: {e}")))?;
+    let ready = state.clone();
+    let admin = yurt_core::admin::Admin::new(Arc::new(registry))
+        .ready(move || {
+            if ready.connected() {
+                Ok(())
+            } else {
+                Err("not connected to the tunnel server".to_owned())
+            }
+        })
+        .router();
+    let admin_token = token.clone();
+    tokio::spawn(async move {
+        if let Err(e) = yurt_core::admin::serve(listener, admin, admin_token).await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    run(config, metrics, state, token).await?;
+    Ok(())
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// TLS files or settings.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The admin address.
+    #[error("admin address {0}")]
+    Admin(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -237,6 +237,12 @@ async fn serve_agent(stream: TcpStream, shared: Arc<Shared>, token: Cancellation
         }
     };
     tracing::Span::current().record("node", node.as_str());
+    // A node's agent may start before its kubelet has registered the Node: wait for it
+    // as long as a handshake may take.
+    let deadline = Instant::now() + config.handshake_timeout;
+    while !shared.routes.contains(&node) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     if !shared.routes.contains(&node) {
         refuse("unknown_node");
         tracing::warn!("agent refused: Node {node} does not exist");
@@ -498,6 +504,55 @@ async fn direct(
         }
     }
     shared.metrics.open_streams.dec();
+}
+
+/// Runs a server with its node index (watched through `client`) and its admin
+/// endpoints on `admin_addr` (ready once the first list of Nodes has arrived) until
+/// `token` is cancelled.
+///
+/// # Errors
+/// A listener that cannot be bound, or unusable TLS files.
+pub async fn run(
+    client: kube::Client,
+    config: ServerConfig,
+    admin_addr: SocketAddr,
+    token: CancellationToken,
+) -> Result<(), ServerError> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = ServerMetrics::register(&mut registry);
+    let routes = Routes::default();
+    let server = Server::bind(config, routes.clone(), metrics).await?;
+    let admin_listener =
+        TcpListener::bind(admin_addr)
+            .await
+            .map_err(|source| ServerError::Listen {
+                what: format!("admin address {admin_addr}"),
+                source,
+            })?;
+    tokio::spawn(routes::watch_nodes(client, routes.clone(), token.clone()));
+    let ready = routes.clone();
+    let admin = yurt_core::admin::Admin::new(Arc::new(registry))
+        .ready(move || {
+            if ready.synced() {
+                Ok(())
+            } else {
+                Err("the node index has not been listed yet".to_owned())
+            }
+        })
+        .router();
+    let admin_token = token.clone();
+    tokio::spawn(async move {
+        if let Err(e) = yurt_core::admin::serve(admin_listener, admin, admin_token).await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    tracing::info!(
+        egress = %server.shared.config.egress_socket.display(),
+        agents = %server.agent_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "tunnel server listening"
+    );
+    server.run(token).await;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -59,6 +59,7 @@ impl Pki {
 
 struct Fleet {
     pki: Pki,
+    routes: Routes,
     socket: PathBuf,
     agent_addr: SocketAddr,
     agents: Agents,
@@ -96,13 +97,16 @@ async fn start(routes: Vec<NodeRoute>) -> Fleet {
     let table = Routes::default();
     table.replace_all(routes);
     let metrics = ServerMetrics::register(&mut Registry::default());
-    let server = Server::bind(config, table, metrics.clone()).await.unwrap();
+    let server = Server::bind(config, table.clone(), metrics.clone())
+        .await
+        .unwrap();
     let agent_addr = server.agent_addr().unwrap();
     let agents = server.agents();
     let token = CancellationToken::new();
     tokio::spawn(server.run(token.clone()));
     Fleet {
         pki,
+        routes: table,
         socket,
         agent_addr,
         agents,
@@ -485,4 +489,17 @@ fn the_egress_socket_is_private() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let _ = Path::new(&path);
+}
+
+#[tokio::test]
+async fn an_agent_that_comes_before_its_node_is_registered_gets_in_once_the_node_exists() {
+    let fleet = start(Vec::new()).await;
+    let table_owner = fleet.routes.clone();
+    fleet.run_agent(fleet.agent_config(fleet.pki.node("edge-a1"), "edge-a1", "127.0.0.1"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(fleet.agents.nodes().is_empty());
+    table_owner.upsert(route("edge-a1", "127.0.0.1", "10.244.1.0/24"));
+    let node: NodeName = "edge-a1".parse().unwrap();
+    wait_for(|| fleet.agents.get(&node).is_some(), "the agent connected").await;
+    assert_eq!(fleet.refusals("unknown_node"), 0);
 }
