@@ -215,6 +215,11 @@ async fn session(
     state.connected.store(true, Ordering::Relaxed);
     metrics.connected.set(1);
     tracing::info!("connected to the tunnel server");
+    // Streams end with their connection (a dead link must not leave them waiting for
+    // window updates that will never come).
+    // Not a child of `token`: on shutdown, open streams get the drain below first.
+    let streams = CancellationToken::new();
+    let _end_streams = streams.clone().drop_guard();
     let keepalive = crate::keep_alive(connection.ping_pong(), config.keepalive);
     let mut keepalive = std::pin::pin!(keepalive);
     loop {
@@ -233,7 +238,7 @@ async fn session(
                 Some(Ok((request, respond))) => {
                     let config = config.clone();
                     let metrics = metrics.clone();
-                    let token = token.clone();
+                    let token = streams.clone();
                     let span = tracing::info_span!("stream", target = tracing::field::Empty);
                     tokio::spawn(
                         serve_stream(request, respond, config, metrics, token).instrument(span),

@@ -7,12 +7,23 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
+use tokio_util::sync::CancellationToken;
 use yurt_core::NodeName;
 
 #[derive(Debug)]
 struct Connection {
     id: u64,
     send: SendRequest<Bytes>,
+    closed: CancellationToken,
+}
+
+/// One agent connection to open a stream on.
+#[derive(Debug, Clone)]
+pub struct AgentLink {
+    /// Opens streams.
+    pub send: SendRequest<Bytes>,
+    /// Cancelled when the connection ends: its streams end with it.
+    pub closed: CancellationToken,
 }
 
 /// Connected agents.
@@ -27,13 +38,19 @@ impl Agents {
         self.by_node.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a connection of `node`; new streams go to it from now on. Returns its id.
-    pub fn register(&self, node: &NodeName, send: SendRequest<Bytes>) -> u64 {
+    /// Adds a connection of `node`; new streams go to it from now on. `closed` is
+    /// cancelled when it ends. Returns its id.
+    pub fn register(
+        &self,
+        node: &NodeName,
+        send: SendRequest<Bytes>,
+        closed: CancellationToken,
+    ) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock()
             .entry(node.clone())
             .or_default()
-            .push(Connection { id, send });
+            .push(Connection { id, send, closed });
         id
     }
 
@@ -49,11 +66,14 @@ impl Agents {
     }
 
     /// The newest connection of `node`.
-    pub fn get(&self, node: &NodeName) -> Option<SendRequest<Bytes>> {
+    pub fn get(&self, node: &NodeName) -> Option<AgentLink> {
         self.lock()
             .get(node)
             .and_then(|list| list.last())
-            .map(|c| c.send.clone())
+            .map(|c| AgentLink {
+                send: c.send.clone(),
+                closed: c.closed.clone(),
+            })
     }
 
     /// Nodes with at least one agent connection.

@@ -269,7 +269,11 @@ async fn serve_agent(stream: TcpStream, shared: Arc<Shared>, token: Cancellation
             }
         };
     let pings = connection.ping_pong();
-    let id = shared.agents.register(&node, send);
+    // Streams cannot outlive their connection: a dead link must end them at once, not
+    // leave them waiting for window updates that will never come.
+    let closed = token.child_token();
+    let _close_streams = closed.clone().drop_guard();
+    let id = shared.agents.register(&node, send, closed);
     shared.metrics.agents.inc();
     tracing::info!("agent connected");
     let outcome = tokio::select! {
@@ -320,8 +324,8 @@ async fn serve_connect(mut stream: UnixStream, shared: Arc<Shared>, token: Cance
             Route::Node { node, edge } => {
                 tracing::Span::current().record("node", node.as_str());
                 match shared.agents.get(node) {
-                    Some(send) => {
-                        through_agent(stream, &target, node, send, early, &shared, started, token)
+                    Some(link) => {
+                        through_agent(stream, &target, node, link, early, &shared, started)
                             .await;
                         return;
                     }
@@ -364,16 +368,16 @@ async fn through_agent(
     mut stream: UnixStream,
     target: &Target,
     node: &NodeName,
-    send: h2::client::SendRequest<Bytes>,
+    link: agents::AgentLink,
     early: Vec<u8>,
     shared: &Shared,
     started: Instant,
-    token: CancellationToken,
 ) {
     let config = &shared.config;
     let metrics = &shared.metrics;
+    let token = link.closed;
     let opened = async {
-        let mut send = send.ready().await.map_err(|e| {
+        let mut send = link.send.ready().await.map_err(|e| {
             Refusal::new(502, format!("node {node}: tunnel connection unusable: {e}"))
         })?;
         let request = Request::builder()

@@ -78,6 +78,10 @@ fn route(name: &str, ip: &str, cidr: &str) -> NodeRoute {
 }
 
 async fn start(routes: Vec<NodeRoute>) -> Fleet {
+    start_with(routes, Keepalive::default()).await
+}
+
+async fn start_with(routes: Vec<NodeRoute>, keepalive: Keepalive) -> Fleet {
     let pki = Pki::new();
     let tls = pki.files(
         "server",
@@ -91,7 +95,7 @@ async fn start(routes: Vec<NodeRoute>) -> Fleet {
         tls,
         dial_timeout: Duration::from_secs(5),
         handshake_timeout: Duration::from_secs(5),
-        keepalive: Keepalive::default(),
+        keepalive,
         windows: Windows::default(),
     };
     let table = Routes::default();
@@ -502,4 +506,86 @@ async fn an_agent_that_comes_before_its_node_is_registered_gets_in_once_the_node
     let node: NodeName = "edge-a1".parse().unwrap();
     wait_for(|| fleet.agents.get(&node).is_some(), "the agent connected").await;
     assert_eq!(fleet.refusals("unknown_node"), 0);
+}
+
+/// A TCP relay to `to` whose connections can be frozen: still open, carrying nothing
+/// (a link cut without a reset). Freezing affects the connections relayed so far.
+async fn freezable_relay(
+    to: SocketAddr,
+) -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<CancellationToken>>,
+) {
+    let relay = TcpListener::bind((LOCAL, 0)).await.unwrap();
+    let addr = relay.local_addr().unwrap();
+    let freeze = std::sync::Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+    let handle = freeze.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = relay.accept().await {
+            let frozen = handle.lock().unwrap().clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else {
+                    return;
+                };
+                tokio::select! {
+                    () = frozen.cancelled() => {
+                        let _held = (inbound, outbound);
+                        std::future::pending::<()>().await;
+                    }
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                }
+            });
+        }
+    });
+    (addr, freeze)
+}
+
+#[tokio::test]
+async fn streams_end_at_both_ends_when_the_agents_link_goes_silent() {
+    let keepalive = Keepalive {
+        interval: Duration::from_millis(200),
+        timeout: Duration::from_millis(400),
+    };
+    let fleet = start_with(
+        vec![route("edge-a1", "127.0.0.1", "10.244.1.0/24")],
+        keepalive,
+    )
+    .await;
+    let (relay, freeze) = freezable_relay(fleet.agent_addr).await;
+    let config = AgentConfig {
+        server_addr: relay.to_string(),
+        keepalive,
+        ..fleet.agent_config(fleet.pki.node("edge-a1"), "edge-a1", "127.0.0.1")
+    };
+    let (_state, metrics) = fleet.run_agent(config);
+    let node: NodeName = "edge-a1".parse().unwrap();
+    wait_for(|| fleet.agents.get(&node).is_some(), "the agent connected").await;
+    // A backend that keeps sending, like a `logs -f`.
+    let endless = source(1 << 30).await;
+    let (status, mut stream) = fleet.connect(&endless.to_string()).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection established");
+    let mut buf = vec![0u8; 64 * 1024];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(metrics.open_streams.get(), 1);
+    std::mem::take(&mut *freeze.lock().unwrap()).cancel();
+    // The server's side of the stream ends (the API server's connection closes) ...
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream still carries data after its link went silent"
+    );
+    // ... and so does the agent's (its connection to the target closes).
+    wait_for(
+        || metrics.open_streams.get() == 0,
+        "the agent's stream ended",
+    )
+    .await;
 }
