@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use yurt_testkit::{TestFleet, shared, wait_for};
@@ -269,20 +269,33 @@ async fn images_pushed_with_yurt_image_push_run_by_tag_and_by_digest() -> anyhow
             }
         })
         .await?;
-        let events = f.kubectl(&[
-            "get",
-            "events",
-            "-n",
-            ns,
-            "--field-selector",
-            "involvedObject.name=missing",
-            "-o",
-            "jsonpath={.items[*].message}",
-        ])?;
-        ensure!(
-            events.contains("docker.io/e2e/not-pushed:1: not found"),
-            "{reason}, but no registry message among the events: {events}"
-        );
+        // kubelet writes the pod's status and its events separately (events go
+        // through a batching recorder): the status can come first.
+        let want = "docker.io/e2e/not-pushed:1: not found";
+        let events = || {
+            f.kubectl(&[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--field-selector",
+                "involvedObject.name=missing",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ])
+        };
+        let found = wait_for(
+            "the registry's message among the pod's events",
+            POD_TIMEOUT,
+            || async { Ok(events()?.contains(want).then_some(())) },
+        )
+        .await;
+        if let Err(e) = found {
+            bail!(
+                "{reason}, but no registry message among the events: {}: {e:#}",
+                events()?
+            );
+        }
         f.kubectl(&["delete", "namespace", ns, "--wait=false"])?;
         Ok(())
     })

@@ -26,7 +26,7 @@ const BLOB_MIB: usize = 128;
 fn pod(name: &str, node: &str, script: &str) -> serde_json::Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": NS},
+        "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
         "spec": {
             "nodeName": node,
             "automountServiceAccountToken": false,
@@ -34,6 +34,30 @@ fn pod(name: &str, node: &str, script: &str) -> serde_json::Value {
             "containers": [{"name": "main", "image": "busybox", "command": ["sh", "-c", script]}],
         },
     })
+}
+
+/// A Service `name` in front of the pod `name`.
+fn service(name: &str, port: u16, target: u16) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"selector": {"app": name}, "ports": [{"port": port, "targetPort": target}]},
+    })
+}
+
+/// The port a `kubectl port-forward` child says it listens on, reading on (it dies of
+/// EPIPE if nobody reads its "Handling connection" lines).
+fn forwarded_port(forward: &mut std::process::Child) -> anyhow::Result<u16> {
+    let mut first = String::new();
+    let mut said = BufReader::new(forward.stdout.take().context("stdout")?);
+    said.read_line(&mut first)?;
+    std::thread::spawn(move || std::io::copy(&mut said, &mut std::io::sink()));
+    first
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("port-forward said {first:?}"))
 }
 
 /// stderr of a kubectl run that must fail.
@@ -74,6 +98,12 @@ fn agent_connects(f: &TestFleet, node: &str) -> anyhow::Result<u64> {
     )
 }
 
+/// A number that differs between calls (names of probe objects).
+fn next_probe() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -81,16 +111,21 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// `kubectl logs -f` of the chatty pod, as a child whose lines arrive on a channel.
+/// A kubectl child (`logs -f`, `attach`) whose output lines arrive on a channel.
 struct Follow {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Follow {
-    fn start(mut cmd: Command) -> anyhow::Result<Self> {
+    /// `kubectl logs -f` of the chatty pod.
+    fn logs(cmd: Command) -> anyhow::Result<Self> {
+        Self::start(cmd, &["logs", "-f", "-n", NS, "chatty", "--tail=1"])
+    }
+
+    fn start(mut cmd: Command, args: &[&str]) -> anyhow::Result<Self> {
         let mut child = cmd
-            .args(["logs", "-f", "-n", NS, "chatty", "--tail=1"])
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
@@ -163,7 +198,8 @@ async fn scenario() -> anyhow::Result<()> {
         "files",
         FILES_NODE,
         &format!(
-            "mkdir -p /www && dd if=/dev/urandom of=/www/blob bs=1048576 count={BLOB_MIB} 2>/dev/null \
+            "nc -l -p 9000 > /tmp/upload & \
+             mkdir -p /www && dd if=/dev/urandom of=/www/blob bs=1048576 count={BLOB_MIB} 2>/dev/null \
              && touch /www/ready && exec httpd -f -p 8080 -h /www"
         ),
     ))?;
@@ -213,7 +249,7 @@ async fn scenario() -> anyhow::Result<()> {
     // API server keeps idle connections to kubelets for reuse, so streams other than
     // this one may stay open: the count must drop below what it was while following.)
     let following = {
-        let follow = Follow::start(f.fleet().kubectl())?;
+        let follow = Follow::logs(f.fleet().kubectl())?;
         let first = follow.next_line(Duration::from_secs(20))?;
         let mut last = first.clone();
         for _ in 0..5 {
@@ -300,7 +336,8 @@ async fn scenario() -> anyhow::Result<()> {
     ])?;
     ensure!(sums.trim() == sha256_hex(&payload), "copies differ: {sums}");
 
-    // port-forward: the whole blob, checked against the pod's own digest.
+    // port-forward: the whole blob down, checked against the pod's own digest; 64 MiB
+    // up, checked the same way.
     let mut forward = f
         .fleet()
         .kubectl()
@@ -308,17 +345,14 @@ async fn scenario() -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let mut first = String::new();
-    let mut said = BufReader::new(forward.stdout.take().context("stdout")?);
-    said.read_line(&mut first)?;
-    // kubectl says "Handling connection" on each one: keep reading, or it dies of EPIPE.
-    std::thread::spawn(move || std::io::copy(&mut said, &mut std::io::sink()));
-    let port = first
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .with_context(|| format!("port-forward said {first:?}"))?
-        .to_owned();
+    let port = forwarded_port(&mut forward);
+    let port = match port {
+        Ok(port) => port,
+        Err(e) => {
+            let _ = forward.kill();
+            return Err(e);
+        }
+    };
     let fetched = run_checked(Command::new("sh").args([
         "-c",
         &format!(
@@ -342,6 +376,57 @@ async fn scenario() -> anyhow::Result<()> {
     ensure!(
         fetched.trim() == remote.trim() && !remote.trim().is_empty(),
         "port-forward {fetched} != {remote}"
+    );
+    let mut forward = f
+        .fleet()
+        .kubectl()
+        .args(["port-forward", "-n", NS, "pod/files", ":9000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let upload: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
+        .collect();
+    let sent = forwarded_port(&mut forward).and_then(|port| {
+        let mut up = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        up.write_all(&upload)?;
+        Ok(up)
+    });
+    let arrived = async {
+        let _up = sent?;
+        wait_for("the upload to arrive whole", WAIT, || async {
+            let size = f.kubectl(&[
+                "exec",
+                "-n",
+                NS,
+                "files",
+                "--",
+                "stat",
+                "-c",
+                "%s",
+                "/tmp/upload",
+            ])?;
+            Ok((size.trim() == upload.len().to_string()).then_some(()))
+        })
+        .await
+    }
+    .await;
+    let _ = forward.kill();
+    let _ = forward.wait();
+    arrived?;
+    let remote = f.kubectl(&[
+        "exec",
+        "-n",
+        NS,
+        "files",
+        "--",
+        "sh",
+        "-c",
+        "sha256sum /tmp/upload | cut -d' ' -f1",
+    ])?;
+    ensure!(
+        remote.trim() == sha256_hex(&upload),
+        "upload digest {remote}"
     );
 
     // The node proxy (what Prometheus scrapes) and pods/proxy.
@@ -368,6 +453,80 @@ async fn scenario() -> anyhow::Result<()> {
     ])?;
     ensure!(ready.is_empty(), "pods/proxy: {ready:?}");
 
+    // services/proxy: the API server picks an endpoint, a pod on an edge node.
+    f.apply(&service("files", 80, 8080))?;
+    wait_for("services/proxy through the tunnel", WAIT, || async {
+        Ok(f.kubectl(&[
+            "get",
+            "--raw",
+            &format!("/api/v1/namespaces/{NS}/services/files:80/proxy/ready"),
+        ])
+        .ok())
+    })
+    .await?;
+
+    // A webhook addressed by Service, served on an edge node: the API server reaches it
+    // through the tunnel (the pod records the first bytes it gets: a TLS ClientHello;
+    // it cannot answer TLS, so the webhook's failurePolicy Ignore lets the create pass).
+    f.apply(&pod(
+        "hook",
+        CHATTY_NODE,
+        "while :; do nc -l -p 8443 | head -c 3 | od -An -tx1 >> /tmp/hello; done",
+    ))?;
+    f.apply(&service("hook", 443, 8443))?;
+    f.kubectl(&[
+        "wait",
+        "-n",
+        NS,
+        "--for=condition=Ready",
+        "pod/hook",
+        "--timeout=120s",
+    ])?;
+    f.apply(&json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": "tunnel-e2e"},
+        "webhooks": [{
+            "name": "hook.tunnel-e2e.openyurt.io",
+            "clientConfig": {"service": {"namespace": NS, "name": "hook", "port": 443, "path": "/validate"}},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["configmaps"]}],
+            "objectSelector": {"matchLabels": {"tunnel-e2e": "hook"}},
+            "failurePolicy": "Ignore",
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "timeoutSeconds": 3,
+        }],
+    }))?;
+    let hello = wait_for(
+        "a ClientHello from the API server at the edge pod",
+        WAIT,
+        || async {
+            let name = format!("probe-{}", next_probe());
+            f.apply(&json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": NS, "labels": {"tunnel-e2e": "hook"}},
+            }))?;
+            let seen = f
+                .kubectl(&["exec", "-n", NS, "hook", "--", "cat", "/tmp/hello"])
+                .unwrap_or_default();
+            Ok(seen.contains("16 03").then_some(seen))
+        },
+    )
+    .await?;
+    eprintln!("the webhook's pod received: {}", hello.trim());
+    f.kubectl(&["delete", "validatingwebhookconfiguration", "tunnel-e2e"])?;
+
+    // attach streams the container's output.
+    {
+        let attach = Follow::start(f.fleet().kubectl(), &["attach", "-n", NS, "chatty"])?;
+        let first = attach.next_line(Duration::from_secs(20))?;
+        let second = attach.next_line(Duration::from_secs(10))?;
+        ensure!(
+            first.starts_with("line ") && first != second,
+            "attach: {first:?} {second:?}"
+        );
+    }
+
     // A stopped agent: a clean 502 naming the node, at once; started again, it serves.
     f.stop(FILES_NODE, "yurt-tunnel-agent")?;
     let err = wait_for("a 502 for the node without an agent", WAIT, || async {
@@ -389,7 +548,7 @@ async fn scenario() -> anyhow::Result<()> {
     // A cut link in the middle of logs -f: the stream ends with an error; once the link
     // is back the agent reconnects and logs work again.
     let connects_before = agent_connects(&f, CHATTY_NODE)?;
-    let mut follow = Follow::start(f.fleet().kubectl())?;
+    let mut follow = Follow::logs(f.fleet().kubectl())?;
     follow.next_line(Duration::from_secs(20))?;
     let cut = Instant::now();
     f.cut("pool-a")?;

@@ -86,7 +86,7 @@ pub struct UpArgs {
     /// Number of node pools the edge hosts are spread over [default: 2].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=26))]
     pub pools: Option<u16>,
-    /// Network mode of the edge sites [default: routed].
+    /// Network mode of the edge sites [default: nat].
     #[arg(long, value_enum)]
     pub mode: Option<Mode>,
     /// Failure-detection timings [default: standard].
@@ -230,6 +230,8 @@ pub enum BenchCommand {
     Hub(crate::commands::bench_hub::BenchHubArgs),
     /// The manager at scale: pool changes reaching nodes, a YurtAppSet across many pools, memory and CPU.
     Manager(crate::commands::bench_manager::BenchManagerArgs),
+    /// The tunnel against raw TCP and TLS-only relays: throughput, latency, CONNECT, many streams, agent memory.
+    Tunnel(crate::commands::bench_tunnel::BenchTunnelArgs),
     /// The bare proxy `yurt bench hub` measures the hub against (started by it).
     #[command(hide = true)]
     BareProxy(crate::commands::bench_hub::bare_proxy::BareProxyArgs),

@@ -587,3 +587,52 @@ fn detached_up_leaves_a_supervisor_that_down_stops() {
     assert!(purge.status.success(), "{}", stderr(&purge));
     assert!(!Path::new(dir).exists());
 }
+
+#[test]
+fn a_tunnel_agent_refuses_a_certificate_that_is_not_its_nodes() {
+    use yurt_core::pki::{CertSpec, CertificateAuthority};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = CertificateAuthority::generate("cli-ca").expect("CA");
+    let ca_file = dir.path().join("ca.crt");
+    std::fs::write(&ca_file, ca.cert_pem()).expect("write CA");
+    let write = |stem: &str, spec: &CertSpec| {
+        let issued = ca.issue(spec).expect("issue");
+        let cert = dir.path().join(format!("{stem}.crt"));
+        let key = dir.path().join(format!("{stem}.key"));
+        std::fs::write(&cert, &issued.cert_pem).expect("write cert");
+        std::fs::write(&key, &issued.key_pem).expect("write key");
+        (cert, key)
+    };
+    let a1 = write(
+        "edge-a1",
+        &CertSpec::client("system:node:edge-a1", &["system:nodes"]),
+    );
+    let admin = write(
+        "admin",
+        &CertSpec::client("kubernetes-admin", &["system:masters"]),
+    );
+    let run = |node: &str, (cert, key): &(std::path::PathBuf, std::path::PathBuf)| {
+        yurt(&[
+            "tunnel-agent",
+            &format!("--node-name={node}"),
+            "--tunnelserver-addr=127.0.0.1:9",
+            "--node-ip=127.0.0.1",
+            &format!("--ca-file={}", ca_file.display()),
+            &format!("--cert-file={}", cert.display()),
+            &format!("--key-file={}", key.display()),
+        ])
+    };
+    let out = run("edge-a2", &a1);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("is node edge-a1's certificate, not --node-name edge-a2's"),
+        "{err}"
+    );
+    let out = run("edge-a1", &admin);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("is not system:node:<name>"), "{err}");
+}

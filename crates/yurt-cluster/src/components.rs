@@ -372,6 +372,11 @@ impl Context<'_> {
                         "--egress-selector-config-file={}",
                         p(&self.egress_config(&hp)?)
                     )),
+                    // Service-addressed webhooks and aggregated APIs are dialled at an
+                    // endpoint's address, not the ClusterIP: an endpoint on an edge node
+                    // is then routed to its agent like any pod (the cloud host runs no
+                    // kube-proxy to resolve a ClusterIP anyway).
+                    arg("--enable-aggregator-routing=true"),
                     arg(format!(
                         "--default-not-ready-toleration-seconds={}",
                         t.eviction_toleration.as_secs()
@@ -1022,6 +1027,10 @@ mod tests {
         );
         let want = format!("--kubelet-certificate-authority={}", p(&pki.ca_cert()));
         assert!(api.contains(&want), "{api:?}");
+        assert!(
+            api.contains(&"--enable-aggregator-routing=true".to_owned()),
+            "{api:?}"
+        );
         let file = api
             .iter()
             .find_map(|a| a.strip_prefix("--egress-selector-config-file="))

@@ -206,7 +206,7 @@ impl Default for FleetSpec {
         Self {
             edge_nodes: 4,
             pools: 2,
-            mode: NetMode::Routed,
+            mode: NetMode::Nat,
             timing: Timing::Standard,
             sample_app: true,
         }

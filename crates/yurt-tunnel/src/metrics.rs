@@ -102,7 +102,7 @@ impl ServerMetrics {
 /// The agent's metrics.
 #[derive(Debug, Clone)]
 pub struct AgentMetrics {
-    /// Whether the agent is connected to the server (0 or 1).
+    /// Server replicas the agent is connected to.
     pub connected: Gauge,
     /// Connection attempts to the server, by result (`ok`, `error`).
     pub connects: Family<ReasonLabel, Counter>,

@@ -22,6 +22,7 @@ pub async fn run(machine: &MachineConfig, cmd: BenchCommand) -> anyhow::Result<E
         BenchCommand::Fleet(args) => fleet(machine, args).await,
         BenchCommand::Hub(args) => super::bench_hub::run(machine, args).await,
         BenchCommand::Manager(args) => super::bench_manager::run(machine, args).await,
+        BenchCommand::Tunnel(args) => super::bench_tunnel::run(args).await,
         BenchCommand::BareProxy(args) => super::bench_hub::bare_proxy::run(args).await,
     }
 }

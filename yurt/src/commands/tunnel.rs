@@ -96,10 +96,11 @@ pub struct TunnelAgentArgs {
     /// This node's name; its certificate must be `system:node:<name>`.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: yurt_core::NodeName,
-    /// The tunnel server's `host:port` (OpenYurt's flag name).
-    #[arg(long)]
-    pub tunnelserver_addr: String,
-    /// The name the server's certificate must carry (default: the host of
+    /// The tunnel server's `host:port` (OpenYurt's flag name); several (comma-separated
+    /// or repeated) for server replicas: the agent keeps a connection to each.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub tunnelserver_addr: Vec<String>,
+    /// The name every server's certificate must carry (default: the host of the first
     /// `--tunnelserver-addr`).
     #[arg(long)]
     pub server_name: Option<String>,
@@ -157,7 +158,7 @@ pub async fn run_agent(args: TunnelAgentArgs) -> anyhow::Result<ExitCode> {
     let tls = args.common.tls();
     let own = yurt_tunnel::tls::certs(&tls.cert)?;
     let identity = yurt_tunnel::tls::node_of(own.first())
-        .with_context(|| format!("{}", tls.cert.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tls.cert.display()))?;
     anyhow::ensure!(
         identity == args.node_name,
         "{} is node {identity}'s certificate, not --node-name {}'s",
@@ -170,15 +171,17 @@ pub async fn run_agent(args: TunnelAgentArgs) -> anyhow::Result<ExitCode> {
     );
     let server_name = match &args.server_name {
         Some(name) => name.clone(),
-        None => host_of(&args.tunnelserver_addr).with_context(|| {
-            format!(
-                "--tunnelserver-addr {}: not host:port",
-                args.tunnelserver_addr
-            )
-        })?,
+        None => {
+            let first = args
+                .tunnelserver_addr
+                .first()
+                .map(String::as_str)
+                .unwrap_or("");
+            host_of(first).with_context(|| format!("--tunnelserver-addr {first}: not host:port"))?
+        }
     };
     let config = AgentConfig {
-        server_addr: args.tunnelserver_addr.clone(),
+        server_addrs: args.tunnelserver_addr.clone(),
         server_name,
         tls,
         allow: AllowList {

@@ -29,7 +29,8 @@ fn spec_from(args: &UpArgs) -> Option<FleetSpec> {
             pools: args.pools.unwrap_or(d.pools),
             mode: match args.mode {
                 Some(Mode::Nat) => NetMode::Nat,
-                Some(Mode::Routed) | None => NetMode::Routed,
+                Some(Mode::Routed) => NetMode::Routed,
+                None => d.mode,
             },
             timing: match args.timing {
                 Some(TimingArg::Fast) => Timing::Fast,
@@ -235,7 +236,7 @@ async fn print_welcome(fleet: &Fleet, data_dir: &Path) {
     );
     if spec.mode == NetMode::Nat {
         println!(
-            "     (in nat mode the cloud cannot reach the edge hosts, so logs/exec need the tunnel)"
+            "     (in nat mode the cloud cannot open a connection to an edge host: these go through the tunnel)"
         );
     }
 }
@@ -276,5 +277,9 @@ mod tests {
         assert_eq!(spec.timing, Timing::Standard);
         let fast = spec_from(&parse(&["yurt", "up", "--timing", "fast"])).unwrap();
         assert_eq!(fast.timing, Timing::Fast);
+        // Behind NAT unless asked otherwise: the cloud reaches nodes through the tunnel.
+        assert_eq!(fast.mode, NetMode::Nat);
+        let routed = spec_from(&parse(&["yurt", "up", "--mode", "routed"])).unwrap();
+        assert_eq!(routed.mode, NetMode::Routed);
     }
 }

@@ -11,7 +11,7 @@
 mod allow;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,8 +33,9 @@ use crate::{Keepalive, Windows};
 /// Agent settings.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// The server's `host:port`.
-    pub server_addr: String,
+    /// Every server replica's `host:port`: the agent keeps a connection to each, so
+    /// losing one replica costs only the streams it carried.
+    pub server_addrs: Vec<String>,
     /// The name the server's certificate must carry (an IP or a DNS name).
     pub server_name: String,
     /// The node's certificate and key, and the cluster CA.
@@ -82,21 +83,26 @@ pub enum SessionError {
 /// A running agent's state, for readiness and tests.
 #[derive(Debug, Clone, Default)]
 pub struct AgentState {
-    connected: Arc<AtomicBool>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl AgentState {
-    /// Whether the agent holds a connection to the server now.
+    /// Whether the agent holds a connection to at least one server now.
     pub fn connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.connections() > 0
+    }
+
+    /// Server connections held now.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 }
 
-/// Runs the agent until `token` is cancelled: connect, serve, reconnect after a
-/// jittered backoff.
+/// Runs the agent until `token` is cancelled: a connection to every server replica,
+/// each reconnected after a jittered backoff.
 ///
 /// # Errors
-/// Unreadable TLS files or an invalid server name (nothing to retry).
+/// Unreadable TLS files, an invalid server name or no server (nothing to retry).
 pub async fn run(
     config: AgentConfig,
     metrics: AgentMetrics,
@@ -106,12 +112,13 @@ pub async fn run(
     let connector = TlsConnector::from(Arc::new(tls::client_config(&config.tls)?));
     let server_name = rustls::pki_types::ServerName::try_from(config.server_name.clone())
         .map_err(|e| tls::TlsError::Verifier(format!("server name {}: {e}", config.server_name)))?;
+    if config.server_addrs.is_empty() {
+        return Err(tls::TlsError::Verifier("no tunnel server address".into()));
+    }
     let config = Arc::new(config);
-    let mut failures: u32 = 0;
-    while !token.is_cancelled() {
-        let started = Instant::now();
-        let span = tracing::info_span!("session", server = %config.server_addr);
-        let outcome = session(
+    let replicas = config.server_addrs.iter().map(|addr| {
+        keep_connected(
+            addr,
             &config,
             &connector,
             server_name.clone(),
@@ -119,10 +126,36 @@ pub async fn run(
             &state,
             &token,
         )
+    });
+    futures_util::future::join_all(replicas).await;
+    Ok(())
+}
+
+/// Holds a connection to the server at `addr` until `token` is cancelled.
+async fn keep_connected(
+    addr: &str,
+    config: &Arc<AgentConfig>,
+    connector: &TlsConnector,
+    server_name: rustls::pki_types::ServerName<'static>,
+    metrics: &AgentMetrics,
+    state: &AgentState,
+    token: &CancellationToken,
+) {
+    let mut failures: u32 = 0;
+    while !token.is_cancelled() {
+        let started = Instant::now();
+        let span = tracing::info_span!("session", server = %addr);
+        let outcome = session(
+            addr,
+            config,
+            connector,
+            server_name.clone(),
+            metrics,
+            state,
+            token,
+        )
         .instrument(span)
         .await;
-        state.connected.store(false, Ordering::Relaxed);
-        metrics.connected.set(0);
         match outcome {
             Ok(()) => tracing::info!("tunnel connection closed"),
             Err(e) => tracing::warn!(error = %e, "tunnel connection failed"),
@@ -138,7 +171,6 @@ pub async fn run(
             () = tokio::time::sleep(delay) => {}
         }
     }
-    Ok(())
 }
 
 /// Full jitter: a random delay up to `min · 2^failures` capped at `max`, never below `min`.
@@ -152,6 +184,7 @@ fn backoff_delay((min, max): (Duration, Duration), failures: u32) -> Duration {
 }
 
 async fn session(
+    addr: &str,
     config: &Arc<AgentConfig>,
     connector: &TlsConnector,
     server_name: rustls::pki_types::ServerName<'static>,
@@ -159,7 +192,7 @@ async fn session(
     state: &AgentState,
     token: &CancellationToken,
 ) -> Result<(), SessionError> {
-    let addr = &config.server_addr;
+    let addr = &addr.to_owned();
     let result = |result: &'static str| {
         metrics
             .connects
@@ -212,8 +245,10 @@ async fn session(
         }
     };
     result("ok");
-    state.connected.store(true, Ordering::Relaxed);
-    metrics.connected.set(1);
+    state.connections.fetch_add(1, Ordering::Relaxed);
+    metrics.connected.inc();
+    // Counted down however the session ends.
+    let _connected = ConnectedGuard { state, metrics };
     tracing::info!("connected to the tunnel server");
     // Streams end with their connection (a dead link must not leave them waiting for
     // window updates that will never come).
@@ -246,6 +281,18 @@ async fn session(
                 }
             },
         }
+    }
+}
+
+struct ConnectedGuard<'a> {
+    state: &'a AgentState,
+    metrics: &'a AgentMetrics,
+}
+
+impl Drop for ConnectedGuard<'_> {
+    fn drop(&mut self) {
+        self.state.connections.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.connected.dec();
     }
 }
 

@@ -128,7 +128,7 @@ impl Drop for Fleet {
 impl Fleet {
     fn agent_config(&self, tls: TlsFiles, node: &str, node_ip: &str) -> AgentConfig {
         AgentConfig {
-            server_addr: self.agent_addr.to_string(),
+            server_addrs: vec![self.agent_addr.to_string()],
             server_name: "yurt-tunnel-server".into(),
             tls,
             allow: AllowList {
@@ -167,15 +167,7 @@ impl Fleet {
 
     /// Sends a CONNECT and returns the status line and the open stream.
     async fn connect(&self, target: &str) -> (String, UnixStream) {
-        let mut stream = UnixStream::connect(&self.socket).await.unwrap();
-        stream
-            .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let head = tokio::time::timeout(WAIT, read_head(&mut stream))
-            .await
-            .expect("an answer to the CONNECT");
-        (head.lines().next().unwrap_or_default().to_owned(), stream)
+        connect_on(&self.socket, target).await
     }
 
     fn refusals(&self, reason: &'static str) -> u64 {
@@ -184,6 +176,46 @@ impl Fleet {
             .get_or_create(&ReasonLabel { reason })
             .get()
     }
+
+    /// Another server replica with the same CA and nodes: its egress socket, agent
+    /// address and agents; it stops with `stop`.
+    async fn replica(&self, stop: &CancellationToken) -> (PathBuf, SocketAddr, Agents) {
+        let socket = self.pki.dir.path().join("run/egress-2.sock");
+        let config = ServerConfig {
+            egress_socket: socket.clone(),
+            agent_addr: SocketAddr::new(LOCAL, 0),
+            tls: self.pki.files(
+                "server-2",
+                &CertSpec::server("yurt-tunnel-server", &["yurt-tunnel-server"], &[LOCAL]),
+                None,
+            ),
+            dial_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(5),
+            keepalive: Keepalive::default(),
+            windows: Windows::default(),
+        };
+        let metrics = ServerMetrics::register(&mut Registry::default());
+        let server = Server::bind(config, self.routes.clone(), metrics)
+            .await
+            .unwrap();
+        let addr = server.agent_addr().unwrap();
+        let agents = server.agents();
+        tokio::spawn(server.run(stop.clone()));
+        (socket, addr, agents)
+    }
+}
+
+/// Sends a CONNECT on `socket` and returns the status line and the open stream.
+async fn connect_on(socket: &Path, target: &str) -> (String, UnixStream) {
+    let mut stream = UnixStream::connect(socket).await.unwrap();
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = tokio::time::timeout(WAIT, read_head(&mut stream))
+        .await
+        .expect("an answer to the CONNECT");
+    (head.lines().next().unwrap_or_default().to_owned(), stream)
 }
 
 /// Reads a response head byte by byte, so nothing after it is consumed.
@@ -452,7 +484,7 @@ async fn the_agent_reconnects_when_its_connection_is_dropped() {
         }
     });
     let (state, metrics) = fleet.run_agent(AgentConfig {
-        server_addr: relay_addr.to_string(),
+        server_addrs: vec![relay_addr.to_string()],
         ..config
     });
     let node: NodeName = "edge-a1".parse().unwrap();
@@ -492,7 +524,6 @@ fn the_egress_socket_is_private() {
     let _listener = bind_private_socket(&path).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let _ = Path::new(&path);
 }
 
 #[tokio::test]
@@ -553,7 +584,7 @@ async fn streams_end_at_both_ends_when_the_agents_link_goes_silent() {
     .await;
     let (relay, freeze) = freezable_relay(fleet.agent_addr).await;
     let config = AgentConfig {
-        server_addr: relay.to_string(),
+        server_addrs: vec![relay.to_string()],
         keepalive,
         ..fleet.agent_config(fleet.pki.node("edge-a1"), "edge-a1", "127.0.0.1")
     };
@@ -588,4 +619,38 @@ async fn streams_end_at_both_ends_when_the_agents_link_goes_silent() {
         "the agent's stream ended",
     )
     .await;
+}
+
+#[tokio::test]
+async fn an_agent_serves_through_every_replica_and_keeps_working_when_one_dies() {
+    let fleet = start(vec![route("edge-a1", "127.0.0.1", "10.244.1.0/24")]).await;
+    let stop_second = CancellationToken::new();
+    let (second_socket, second_addr, second_agents) = fleet.replica(&stop_second).await;
+    let config = AgentConfig {
+        server_addrs: vec![fleet.agent_addr.to_string(), second_addr.to_string()],
+        ..fleet.agent_config(fleet.pki.node("edge-a1"), "edge-a1", "127.0.0.1")
+    };
+    let (state, metrics) = fleet.run_agent(config);
+    wait_for(|| state.connections() == 2, "connections to both replicas").await;
+    assert_eq!(metrics.connected.get(), 2);
+    let node: NodeName = "edge-a1".parse().unwrap();
+    assert!(second_agents.get(&node).is_some());
+    let backend = echo().await;
+    let echo_through = |socket: PathBuf| async move {
+        let (status, mut stream) = connect_on(&socket, &backend.to_string()).await;
+        assert_eq!(status, "HTTP/1.1 200 Connection established");
+        stream.write_all(b"hello").await.unwrap();
+        let mut back = [0u8; 5];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&back, b"hello");
+    };
+    echo_through(fleet.socket.clone()).await;
+    echo_through(second_socket).await;
+    // One replica dies: the agent keeps serving through the other.
+    stop_second.cancel();
+    wait_for(|| state.connections() == 1, "one connection left").await;
+    echo_through(fleet.socket.clone()).await;
 }

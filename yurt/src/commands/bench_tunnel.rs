@@ -1,0 +1,596 @@
+//! `yurt bench tunnel`: the tunnel against a raw TCP relay and a TLS-only relay over the
+//! same loopback path, in the same run: single-stream throughput, added latency of a
+//! 64-byte echo, CONNECT → 200, many concurrent streams, and the agent's memory idle
+//! and per idle stream (the agent runs as its own process, `yurt tunnel-agent`).
+//!
+//! The server, the in-process agent, the relays and the clients share this process's
+//! runtime (two worker threads on a 2-core machine): figures are ratios against
+//! anchors measured beside them, never absolute goals.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio_util::sync::CancellationToken;
+use yurt_core::pki::{CertSpec, CertificateAuthority};
+use yurt_tunnel::agent::{AgentConfig, AgentState, AllowList};
+use yurt_tunnel::metrics::{AgentMetrics, ServerMetrics};
+use yurt_tunnel::server::{NodeRoute, Routes, Server, ServerConfig};
+use yurt_tunnel::tls::TlsFiles;
+use yurt_tunnel::{Keepalive, Windows};
+
+const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const SERVER_NAME: &str = "yurt-tunnel-server";
+
+/// `yurt bench tunnel`.
+#[derive(Debug, Args)]
+pub struct BenchTunnelArgs {
+    /// MiB sent one way for single-stream throughput.
+    #[arg(long, default_value_t = 512)]
+    pub mib: u64,
+    /// Runs of each throughput measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Round trips of the 64-byte echo.
+    #[arg(long, default_value_t = 20_000)]
+    pub round_trips: usize,
+    /// Concurrent streams through one agent.
+    #[arg(long, default_value_t = 1000)]
+    pub streams: usize,
+    /// MiB each concurrent stream sends.
+    #[arg(long, default_value_t = 1)]
+    pub stream_mib: u64,
+}
+
+struct Table(Vec<(String, String, String)>);
+
+impl Table {
+    fn row(&mut self, what: &str, ours: String, anchor: String) {
+        println!("  {what}: {ours} ({anchor})");
+        self.0.push((what.to_owned(), ours, anchor));
+    }
+
+    fn print(&self) {
+        println!("\nyurt bench tunnel");
+        println!("| measure | tunnel | anchor (same run) |");
+        println!("|---|---:|---|");
+        for (w, o, a) in &self.0 {
+            println!("| {w} | {o} | {a} |");
+        }
+    }
+}
+
+/// Certificates for the server, the in-process agent and the agent process.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let ca = CertificateAuthority::generate("bench-ca")?;
+        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem())?;
+        let write = |stem: &str, spec: &CertSpec| -> anyhow::Result<()> {
+            let issued = ca.issue(spec)?;
+            std::fs::write(dir.path().join(format!("{stem}.crt")), &issued.cert_pem)?;
+            std::fs::write(dir.path().join(format!("{stem}.key")), &issued.key_pem)?;
+            Ok(())
+        };
+        write(
+            "server",
+            &CertSpec::server(SERVER_NAME, &[SERVER_NAME], &[LOCAL]),
+        )?;
+        for node in ["bench-a", "bench-b"] {
+            write(
+                node,
+                &CertSpec::client(format!("system:node:{node}"), &["system:nodes"]),
+            )?;
+        }
+        Ok(Self { dir })
+    }
+
+    fn files(&self, stem: &str) -> TlsFiles {
+        TlsFiles {
+            ca: self.dir.path().join("ca.crt"),
+            cert: self.dir.path().join(format!("{stem}.crt")),
+            key: self.dir.path().join(format!("{stem}.key")),
+        }
+    }
+}
+
+/// A sink: reads a connection to its end, then answers `done` and closes.
+async fn sink() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind((LOCAL, 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(_) => return,
+                    }
+                }
+                let _ = stream.write_all(b"done").await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// An echo server.
+async fn echo() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind((LOCAL, 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// A plain TCP relay to `to`.
+async fn raw_relay(to: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind((LOCAL, 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut outbound) = TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = inbound.set_nodelay(true);
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Two relays with a TLS 1.3 hop between them (the tunnel's TLS settings, no HTTP/2):
+/// plain TCP in, TLS across, plain TCP out to `to`.
+async fn tls_relay(pki: &Pki, to: SocketAddr) -> anyhow::Result<SocketAddr> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(yurt_tunnel::tls::server_config(
+        &pki.files("server"),
+    )?));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(yurt_tunnel::tls::client_config(
+        &pki.files("bench-a"),
+    )?));
+    let back = TcpListener::bind((LOCAL, 0)).await?;
+    let back_addr = back.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = back.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = inbound.set_nodelay(true);
+                let Ok(mut tls) = acceptor.accept(inbound).await else {
+                    return;
+                };
+                let Ok(mut outbound) = TcpStream::connect(to).await else {
+                    return;
+                };
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut outbound).await;
+            });
+        }
+    });
+    let front = TcpListener::bind((LOCAL, 0)).await?;
+    let addr = front.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = front.accept().await {
+            let connector = connector.clone();
+            tokio::spawn(async move {
+                let Ok(tcp) = TcpStream::connect(back_addr).await else {
+                    return;
+                };
+                let _ = tcp.set_nodelay(true);
+                let _ = inbound.set_nodelay(true);
+                let Ok(name) = rustls::pki_types::ServerName::try_from(SERVER_NAME) else {
+                    return;
+                };
+                let Ok(mut tls) = connector.connect(name, tcp).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut tls).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The tunnel: a server with two nodes on 127.0.0.1 and 127.0.0.2, an in-process agent
+/// for the first.
+struct Tunnel {
+    socket: PathBuf,
+    agent_port: u16,
+    server_metrics: ServerMetrics,
+    token: CancellationToken,
+}
+
+impl Tunnel {
+    async fn start(pki: &Pki) -> anyhow::Result<Self> {
+        let socket = pki.dir.path().join("egress.sock");
+        let routes = Routes::default();
+        let route = |name: &str, ip: &str| -> anyhow::Result<NodeRoute> {
+            Ok(NodeRoute {
+                name: name.parse()?,
+                addresses: vec![ip.parse()?],
+                hostnames: Vec::new(),
+                pod_cidrs: Vec::new(),
+                edge: true,
+            })
+        };
+        routes.replace_all([
+            route("bench-a", "127.0.0.1")?,
+            route("bench-b", "127.0.0.2")?,
+        ]);
+        let server_metrics = ServerMetrics::register(&mut Registry::default());
+        let server = Server::bind(
+            ServerConfig {
+                egress_socket: socket.clone(),
+                agent_addr: SocketAddr::new(LOCAL, 0),
+                tls: pki.files("server"),
+                dial_timeout: Duration::from_secs(10),
+                handshake_timeout: Duration::from_secs(10),
+                keepalive: Keepalive::default(),
+                windows: Windows::default(),
+            },
+            routes,
+            server_metrics.clone(),
+        )
+        .await?;
+        let agent_port = server.agent_addr()?.port();
+        let agents = server.agents();
+        let token = CancellationToken::new();
+        tokio::spawn(server.run(token.clone()));
+        let config = AgentConfig {
+            server_addrs: vec![format!("127.0.0.1:{agent_port}")],
+            server_name: SERVER_NAME.into(),
+            tls: pki.files("bench-a"),
+            allow: AllowList {
+                node: "bench-a".parse()?,
+                node_ips: vec![LOCAL],
+                ports: (1..=u16::MAX).collect(),
+                pod_cidrs: Vec::new(),
+            },
+            dial_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            keepalive: Keepalive::default(),
+            backoff: (Duration::from_millis(100), Duration::from_secs(1)),
+            windows: Windows::default(),
+            max_streams: 8192,
+        };
+        tokio::spawn(yurt_tunnel::agent::run(
+            config,
+            AgentMetrics::register(&mut Registry::default()),
+            AgentState::default(),
+            token.clone(),
+        ));
+        let node = "bench-a".parse()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agents.get(&node).is_none() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the in-process agent did not connect"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(Self {
+            socket,
+            agent_port,
+            server_metrics,
+            token,
+        })
+    }
+
+    /// A tunnelled connection to `target` (the API server's side of a CONNECT).
+    async fn connect(&self, target: SocketAddr) -> anyhow::Result<UnixStream> {
+        connect_via(&self.socket, target).await
+    }
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+async fn connect_via(socket: &Path, target: SocketAddr) -> anyhow::Result<UnixStream> {
+    let mut stream = UnixStream::connect(socket).await?;
+    stream
+        .write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = Vec::with_capacity(64);
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        anyhow::ensure!(
+            stream.read(&mut byte).await? == 1,
+            "CONNECT answer cut short"
+        );
+        head.push(byte[0]);
+        anyhow::ensure!(head.len() < 4096, "CONNECT answer too long");
+    }
+    anyhow::ensure!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "CONNECT {target}: {}",
+        String::from_utf8_lossy(&head)
+            .lines()
+            .next()
+            .unwrap_or_default()
+    );
+    Ok(stream)
+}
+
+/// Sends `bytes` down `stream`, half-closes, and waits for the sink's `done`.
+async fn push<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: S,
+    bytes: u64,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let (mut r, mut w) = tokio::io::split(stream);
+    let chunk = vec![0xa5u8; 256 * 1024];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        w.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    w.shutdown().await?;
+    let mut done = [0u8; 4];
+    r.read_exact(&mut done).await?;
+    anyhow::ensure!(&done == b"done", "the sink answered {done:?}");
+    Ok(started.elapsed())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Round trips of 64 bytes over `stream`, sorted.
+async fn echo_round_trips<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    round_trips: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let ping = [0x42u8; 64];
+    let mut pong = [0u8; 64];
+    let mut times = Vec::with_capacity(round_trips);
+    for _ in 0..round_trips {
+        let started = Instant::now();
+        stream.write_all(&ping).await?;
+        stream.read_exact(&mut pong).await?;
+        times.push(started.elapsed());
+    }
+    times.sort();
+    Ok(times)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `yurt bench tunnel`.
+pub async fn run(args: BenchTunnelArgs) -> anyhow::Result<std::process::ExitCode> {
+    anyhow::ensure!(
+        args.runs > 0 && args.mib > 0,
+        "--runs and --mib must be positive"
+    );
+    let pki = Pki::new()?;
+    let sink = sink().await?;
+    let echo = echo().await?;
+    let tunnel = Tunnel::start(&pki).await?;
+    let raw = raw_relay(sink).await?;
+    let tls = tls_relay(&pki, sink).await?;
+    let mut table = Table(Vec::new());
+    let bytes = args.mib << 20;
+
+    // Single-stream throughput, interleaved runs, medians.
+    println!(
+        "single stream: {} MiB one way, {} runs each",
+        args.mib, args.runs
+    );
+    let (mut raw_rates, mut tls_rates, mut tunnel_rates) = (Vec::new(), Vec::new(), Vec::new());
+    let rate = |d: Duration| args.mib as f64 / d.as_secs_f64();
+    for _ in 0..args.runs {
+        let s = TcpStream::connect(raw).await?;
+        s.set_nodelay(true)?;
+        raw_rates.push(rate(push(s, bytes).await?));
+        let s = TcpStream::connect(tls).await?;
+        s.set_nodelay(true)?;
+        tls_rates.push(rate(push(s, bytes).await?));
+        tunnel_rates.push(rate(push(tunnel.connect(sink).await?, bytes).await?));
+    }
+    let (raw_rate, tls_rate, tunnel_rate) =
+        (median(raw_rates), median(tls_rates), median(tunnel_rates));
+    table.row(
+        "single-stream throughput",
+        format!("{tunnel_rate:.0} MiB/s"),
+        format!(
+            "raw TCP relay {raw_rate:.0} MiB/s ({:.2}×); TLS-only relay {tls_rate:.0} MiB/s ({:.2}×)",
+            tunnel_rate / raw_rate,
+            tunnel_rate / tls_rate
+        ),
+    );
+
+    // Latency of a 64-byte echo.
+    println!("64-byte echo: {} round trips each", args.round_trips);
+    let s = TcpStream::connect(raw_relay(echo).await?).await?;
+    s.set_nodelay(true)?;
+    let raw_times = echo_round_trips(s, args.round_trips).await?;
+    let tunnel_times = echo_round_trips(tunnel.connect(echo).await?, args.round_trips).await?;
+    let added = |p: f64| {
+        percentile(&tunnel_times, p).as_secs_f64() - percentile(&raw_times, p).as_secs_f64()
+    };
+    table.row(
+        "64-byte echo round trip p50 / p99",
+        format!(
+            "{} / {}",
+            us(percentile(&tunnel_times, 0.5)),
+            us(percentile(&tunnel_times, 0.99))
+        ),
+        format!(
+            "raw relay {} / {}; added {:+.0} µs / {:+.0} µs",
+            us(percentile(&raw_times, 0.5)),
+            us(percentile(&raw_times, 0.99)),
+            added(0.5) * 1e6,
+            added(0.99) * 1e6
+        ),
+    );
+
+    // CONNECT → 200 through the agent, against a TCP connect through the raw relay.
+    let relay = raw_relay(echo).await?;
+    let (mut connects, mut tcp_connects) = (Vec::new(), Vec::new());
+    for _ in 0..500 {
+        let started = Instant::now();
+        let s = tunnel.connect(echo).await?;
+        connects.push(started.elapsed());
+        drop(s);
+        let started = Instant::now();
+        let mut s = TcpStream::connect(relay).await?;
+        s.write_all(&[1]).await?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await?;
+        tcp_connects.push(started.elapsed());
+    }
+    connects.sort();
+    tcp_connects.sort();
+    table.row(
+        "CONNECT → 200 through an agent, p50 / p99 (500)",
+        format!(
+            "{} / {}",
+            us(percentile(&connects, 0.5)),
+            us(percentile(&connects, 0.99))
+        ),
+        format!(
+            "TCP connect + first byte through the raw relay {} / {}",
+            us(percentile(&tcp_connects, 0.5)),
+            us(percentile(&tcp_connects, 0.99))
+        ),
+    );
+
+    // Many streams through one agent at once.
+    println!(
+        "{} concurrent streams of {} MiB",
+        args.streams, args.stream_mib
+    );
+    let per = args.stream_mib << 20;
+    let mut streams = Vec::with_capacity(args.streams);
+    for _ in 0..args.streams {
+        streams.push(tunnel.connect(sink).await?);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|s| tokio::spawn(push(s, per)))
+        .collect();
+    let mut times = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        times.push(t.await.context("a stream task")??);
+    }
+    let wall = started.elapsed();
+    times.sort();
+    let aggregate = (args.streams as u64 * args.stream_mib) as f64 / wall.as_secs_f64();
+    let spread = percentile(&times, 1.0).as_secs_f64() / percentile(&times, 0.0).as_secs_f64();
+    table.row(
+        &format!("{} concurrent streams: aggregate", args.streams),
+        format!("{aggregate:.0} MiB/s"),
+        format!(
+            "{:.2}× single-stream; slowest/fastest stream {spread:.1}×",
+            aggregate / tunnel_rate
+        ),
+    );
+
+    // The agent as its own process: idle, and with idle streams open.
+    let exe = std::env::current_exe()?;
+    let files = pki.files("bench-b");
+    let mut child = tokio::process::Command::new(&exe)
+        .args(["tunnel-agent", "--node-name=bench-b"])
+        .arg(format!(
+            "--tunnelserver-addr=127.0.0.1:{}",
+            tunnel.agent_port
+        ))
+        .arg(format!("--server-name={SERVER_NAME}"))
+        .arg("--node-ip=127.0.0.2")
+        .arg(format!("--allowed-ports={}", echo.port()))
+        .arg("--admin-address=127.0.0.1:0")
+        .arg(format!("--ca-file={}", files.ca.display()))
+        .arg(format!("--cert-file={}", files.cert.display()))
+        .arg(format!("--key-file={}", files.key.display()))
+        .env("RUST_LOG", "error")
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting yurt tunnel-agent")?;
+    let pid = child.id().context("agent pid")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tunnel.server_metrics.agents.get() < 2 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the agent process did not connect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_kib(pid);
+    let target = SocketAddr::new("127.0.0.2".parse()?, echo.port());
+    let mut open = Vec::with_capacity(args.streams);
+    for _ in 0..args.streams {
+        let mut s = tunnel.connect(target).await?;
+        s.write_all(b"x").await?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await?;
+        open.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let busy = rss_kib(pid);
+    drop(open);
+    let _ = child.kill().await;
+    table.row(
+        "agent process RSS idle",
+        format!("{:.1} MiB", idle as f64 / 1024.0),
+        "goal ≤ 10 MiB (a release build)".into(),
+    );
+    table.row(
+        &format!("agent RSS per idle stream ({} open)", args.streams),
+        format!(
+            "{:.1} KiB",
+            busy.saturating_sub(idle) as f64 / args.streams as f64
+        ),
+        format!("{:.1} MiB with them open", busy as f64 / 1024.0),
+    );
+    table.print();
+    Ok(std::process::ExitCode::SUCCESS)
+}
