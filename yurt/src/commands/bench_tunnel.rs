@@ -127,9 +127,9 @@ async fn sink() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// An echo server.
-async fn echo() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind((LOCAL, 0)).await?;
+/// An echo server on `ip`.
+async fn echo_on(ip: IpAddr) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind((ip, 0)).await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
@@ -411,7 +411,7 @@ pub async fn run(args: BenchTunnelArgs) -> anyhow::Result<std::process::ExitCode
     );
     let pki = Pki::new()?;
     let sink = sink().await?;
-    let echo = echo().await?;
+    let echo = echo_on(LOCAL).await?;
     let tunnel = Tunnel::start(&pki).await?;
     let raw = raw_relay(sink).await?;
     let tls = tls_relay(&pki, sink).await?;
@@ -536,6 +536,9 @@ pub async fn run(args: BenchTunnelArgs) -> anyhow::Result<std::process::ExitCode
 
     // The agent as its own process: idle, and with idle streams open.
     let exe = std::env::current_exe()?;
+    // The second node's own address, where the agent process may connect.
+    let node_b: IpAddr = "127.0.0.2".parse()?;
+    let echo_b = echo_on(node_b).await?;
     let files = pki.files("bench-b");
     let mut child = tokio::process::Command::new(&exe)
         .args(["tunnel-agent", "--node-name=bench-b"])
@@ -545,7 +548,7 @@ pub async fn run(args: BenchTunnelArgs) -> anyhow::Result<std::process::ExitCode
         ))
         .arg(format!("--server-name={SERVER_NAME}"))
         .arg("--node-ip=127.0.0.2")
-        .arg(format!("--allowed-ports={}", echo.port()))
+        .arg(format!("--allowed-ports={}", echo_b.port()))
         .arg("--admin-address=127.0.0.1:0")
         .arg(format!("--ca-file={}", files.ca.display()))
         .arg(format!("--cert-file={}", files.cert.display()))
@@ -565,7 +568,7 @@ pub async fn run(args: BenchTunnelArgs) -> anyhow::Result<std::process::ExitCode
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = rss_kib(pid);
-    let target = SocketAddr::new("127.0.0.2".parse()?, echo.port());
+    let target = echo_b;
     let mut open = Vec::with_capacity(args.streams);
     for _ in 0..args.streams {
         let mut s = tunnel.connect(target).await?;
