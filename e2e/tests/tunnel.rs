@@ -45,19 +45,53 @@ fn service(name: &str, port: u16, target: u16) -> serde_json::Value {
     })
 }
 
-/// The port a `kubectl port-forward` child says it listens on, reading on (it dies of
-/// EPIPE if nobody reads its "Handling connection" lines).
-fn forwarded_port(forward: &mut std::process::Child) -> anyhow::Result<u16> {
-    let mut first = String::new();
-    let mut said = BufReader::new(forward.stdout.take().context("stdout")?);
-    said.read_line(&mut first)?;
-    std::thread::spawn(move || std::io::copy(&mut said, &mut std::io::sink()));
-    first
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .with_context(|| format!("port-forward said {first:?}"))
+/// `kubectl port-forward` of a port of the `files` pod, stopped when dropped.
+struct PortForward {
+    child: std::process::Child,
+    /// The local port it listens on.
+    port: u16,
+}
+
+impl PortForward {
+    fn start(f: &TestFleet, remote: u16) -> anyhow::Result<Self> {
+        let child = f
+            .fleet()
+            .kubectl()
+            .args(["port-forward", "-n", NS, "pod/files", &format!(":{remote}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut forward = Self { child, port: 0 };
+        let mut first = String::new();
+        let mut said = BufReader::new(forward.child.stdout.take().context("stdout")?);
+        said.read_line(&mut first)?;
+        // It says "Handling connection" on each one: keep reading, or it dies of EPIPE.
+        std::thread::spawn(move || std::io::copy(&mut said, &mut std::io::sink()));
+        forward.port = first
+            .split("127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|p| p.parse().ok())
+            .with_context(|| format!("port-forward said {first:?}"))?;
+        Ok(forward)
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The SHA-256 of `path` in the `files` pod, hex.
+fn pod_sha256(f: &TestFleet, path: &str) -> anyhow::Result<String> {
+    let script = format!("sha256sum {path} | cut -d' ' -f1");
+    Ok(
+        f.kubectl(&["exec", "-n", NS, "files", "--", "sh", "-c", &script])?
+            .trim()
+            .to_owned(),
+    )
 }
 
 /// stderr of a kubectl run that must fail.
@@ -338,62 +372,29 @@ async fn scenario() -> anyhow::Result<()> {
 
     // port-forward: the whole blob down, checked against the pod's own digest; 64 MiB
     // up, checked the same way.
-    let mut forward = f
-        .fleet()
-        .kubectl()
-        .args(["port-forward", "-n", NS, "pod/files", ":8080"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let port = forwarded_port(&mut forward);
-    let port = match port {
-        Ok(port) => port,
-        Err(e) => {
-            let _ = forward.kill();
-            return Err(e);
-        }
+    let fetched = {
+        let down = PortForward::start(&f, 8080)?;
+        run_checked(Command::new("sh").args([
+            "-c",
+            &format!(
+                "curl -sf -o {blob} http://127.0.0.1:{port}/blob && sha256sum {blob} | cut -d' ' -f1",
+                blob = dir.path().join("blob").display(),
+                port = down.port,
+            ),
+        ]))?
     };
-    let fetched = run_checked(Command::new("sh").args([
-        "-c",
-        &format!(
-            "curl -sf -o {blob} http://127.0.0.1:{port}/blob && sha256sum {blob} | cut -d' ' -f1",
-            blob = dir.path().join("blob").display()
-        ),
-    ]));
-    let _ = forward.kill();
-    let _ = forward.wait();
-    let fetched = fetched?;
-    let remote = f.kubectl(&[
-        "exec",
-        "-n",
-        NS,
-        "files",
-        "--",
-        "sh",
-        "-c",
-        "sha256sum /www/blob | cut -d' ' -f1",
-    ])?;
+    let remote = pod_sha256(&f, "/www/blob")?;
     ensure!(
-        fetched.trim() == remote.trim() && !remote.trim().is_empty(),
+        fetched.trim() == remote && !remote.is_empty(),
         "port-forward {fetched} != {remote}"
     );
-    let mut forward = f
-        .fleet()
-        .kubectl()
-        .args(["port-forward", "-n", NS, "pod/files", ":9000"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
     let upload: Vec<u8> = (0..64u32 << 20)
         .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
         .collect();
-    let sent = forwarded_port(&mut forward).and_then(|port| {
-        let mut up = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        up.write_all(&upload)?;
-        Ok(up)
-    });
-    let arrived = async {
-        let _up = sent?;
+    {
+        let up = PortForward::start(&f, 9000)?;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", up.port))?;
+        stream.write_all(&upload)?;
         wait_for("the upload to arrive whole", WAIT, || async {
             let size = f.kubectl(&[
                 "exec",
@@ -408,26 +409,10 @@ async fn scenario() -> anyhow::Result<()> {
             ])?;
             Ok((size.trim() == upload.len().to_string()).then_some(()))
         })
-        .await
+        .await?;
     }
-    .await;
-    let _ = forward.kill();
-    let _ = forward.wait();
-    arrived?;
-    let remote = f.kubectl(&[
-        "exec",
-        "-n",
-        NS,
-        "files",
-        "--",
-        "sh",
-        "-c",
-        "sha256sum /tmp/upload | cut -d' ' -f1",
-    ])?;
-    ensure!(
-        remote.trim() == sha256_hex(&upload),
-        "upload digest {remote}"
-    );
+    let remote = pod_sha256(&f, "/tmp/upload")?;
+    ensure!(remote == sha256_hex(&upload), "upload digest {remote}");
 
     // The node proxy (what Prometheus scrapes) and pods/proxy.
     let metrics = f.kubectl(&[

@@ -167,15 +167,21 @@ pub async fn read_request<R: AsyncRead + Unpin>(
 /// own bytes.
 pub const ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection established\r\n\r\n";
 
+/// `reason` fit for a reason phrase or a header value: printable ASCII (anything else
+/// becomes `?`), at most 200 characters.
+pub fn clean_reason(reason: &str) -> String {
+    reason
+        .chars()
+        .take(200)
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .collect()
+}
+
 /// An error response head. The reason phrase reaches kubectl's user (`proxy error
 /// from ... code 502: 502 <reason>`), so it says what is wrong; anything but printable
 /// ASCII is replaced and it is cut at 200 characters.
 pub fn error_head(status: u16, reason: &str) -> Vec<u8> {
-    let reason: String = reason
-        .chars()
-        .take(200)
-        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
-        .collect();
+    let reason = clean_reason(reason);
     format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         .into_bytes()
 }

@@ -59,6 +59,24 @@ impl Default for Windows {
     }
 }
 
+/// Serves `/healthz`, `/readyz` (answered by `ready`) and `/metrics` of `registry` on
+/// `listener` until `token` is cancelled, in a task of its own.
+pub(crate) fn spawn_admin(
+    listener: tokio::net::TcpListener,
+    registry: prometheus_client::registry::Registry,
+    ready: impl Fn() -> Result<(), String> + Send + Sync + 'static,
+    token: tokio_util::sync::CancellationToken,
+) {
+    let admin = yurt_core::admin::Admin::new(std::sync::Arc::new(registry))
+        .ready(ready)
+        .router();
+    tokio::spawn(async move {
+        if let Err(e) = yurt_core::admin::serve(listener, admin, token).await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+}
+
 /// Sends a PING every `keepalive.interval` and returns why the connection is dead
 /// once one goes unanswered for `keepalive.timeout`. Runs beside the connection's own
 /// future, which must keep being polled.

@@ -115,47 +115,41 @@ pub async fn run(
     if config.server_addrs.is_empty() {
         return Err(tls::TlsError::Verifier("no tunnel server address".into()));
     }
-    let config = Arc::new(config);
-    let replicas = config.server_addrs.iter().map(|addr| {
-        keep_connected(
-            addr,
-            &config,
-            &connector,
-            server_name.clone(),
-            &metrics,
-            &state,
-            &token,
-        )
-    });
+    let dialer = Dialer {
+        config: Arc::new(config),
+        connector,
+        server_name,
+        metrics,
+        state,
+        token,
+    };
+    let replicas = dialer
+        .config
+        .server_addrs
+        .iter()
+        .map(|addr| keep_connected(&dialer, addr));
     futures_util::future::join_all(replicas).await;
     Ok(())
 }
 
-/// Holds a connection to the server at `addr` until `token` is cancelled.
-async fn keep_connected(
-    addr: &str,
-    config: &Arc<AgentConfig>,
-    connector: &TlsConnector,
+/// What every server connection of one agent shares.
+struct Dialer {
+    config: Arc<AgentConfig>,
+    connector: TlsConnector,
     server_name: rustls::pki_types::ServerName<'static>,
-    metrics: &AgentMetrics,
-    state: &AgentState,
-    token: &CancellationToken,
-) {
+    metrics: AgentMetrics,
+    state: AgentState,
+    token: CancellationToken,
+}
+
+/// Holds a connection to the server at `addr` until the agent stops.
+async fn keep_connected(dialer: &Dialer, addr: &str) {
+    let (config, token) = (&dialer.config, &dialer.token);
     let mut failures: u32 = 0;
     while !token.is_cancelled() {
         let started = Instant::now();
         let span = tracing::info_span!("session", server = %addr);
-        let outcome = session(
-            addr,
-            config,
-            connector,
-            server_name.clone(),
-            metrics,
-            state,
-            token,
-        )
-        .instrument(span)
-        .await;
+        let outcome = session(dialer, addr).instrument(span).await;
         match outcome {
             Ok(()) => tracing::info!("tunnel connection closed"),
             Err(e) => tracing::warn!(error = %e, "tunnel connection failed"),
@@ -183,15 +177,16 @@ fn backoff_delay((min, max): (Duration, Duration), failures: u32) -> Duration {
     min + span.mul_f64(fastrand::f64())
 }
 
-async fn session(
-    addr: &str,
-    config: &Arc<AgentConfig>,
-    connector: &TlsConnector,
-    server_name: rustls::pki_types::ServerName<'static>,
-    metrics: &AgentMetrics,
-    state: &AgentState,
-    token: &CancellationToken,
-) -> Result<(), SessionError> {
+async fn session(dialer: &Dialer, addr: &str) -> Result<(), SessionError> {
+    let Dialer {
+        config,
+        connector,
+        metrics,
+        state,
+        token,
+        ..
+    } = dialer;
+    let server_name = dialer.server_name.clone();
     let addr = &addr.to_owned();
     let result = |result: &'static str| {
         metrics
@@ -297,11 +292,7 @@ impl Drop for ConnectedGuard<'_> {
 }
 
 fn answer(respond: &mut h2::server::SendResponse<Bytes>, status: StatusCode, why: &str) {
-    let why: String = why
-        .chars()
-        .take(200)
-        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
-        .collect();
+    let why = crate::connect::clean_reason(why);
     let mut response = Response::new(());
     *response.status_mut() = status;
     if let Ok(value) = http::HeaderValue::from_str(&why) {
@@ -421,21 +412,18 @@ pub async fn run_with_admin(
         .await
         .map_err(|e| AgentError::Admin(format!("{admin_addr}: {e}")))?;
     let ready = state.clone();
-    let admin = yurt_core::admin::Admin::new(Arc::new(registry))
-        .ready(move || {
+    crate::spawn_admin(
+        listener,
+        registry,
+        move || {
             if ready.connected() {
                 Ok(())
             } else {
                 Err("not connected to the tunnel server".to_owned())
             }
-        })
-        .router();
-    let admin_token = token.clone();
-    tokio::spawn(async move {
-        if let Err(e) = yurt_core::admin::serve(listener, admin, admin_token).await {
-            tracing::error!(error = %e, "admin server failed");
-        }
-    });
+        },
+        token.clone(),
+    );
     run(config, metrics, state, token).await?;
     Ok(())
 }

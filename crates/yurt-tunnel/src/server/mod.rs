@@ -535,21 +535,18 @@ pub async fn run(
             })?;
     tokio::spawn(routes::watch_nodes(client, routes.clone(), token.clone()));
     let ready = routes.clone();
-    let admin = yurt_core::admin::Admin::new(Arc::new(registry))
-        .ready(move || {
+    crate::spawn_admin(
+        admin_listener,
+        registry,
+        move || {
             if ready.synced() {
                 Ok(())
             } else {
                 Err("the node index has not been listed yet".to_owned())
             }
-        })
-        .router();
-    let admin_token = token.clone();
-    tokio::spawn(async move {
-        if let Err(e) = yurt_core::admin::serve(admin_listener, admin, admin_token).await {
-            tracing::error!(error = %e, "admin server failed");
-        }
-    });
+        },
+        token.clone(),
+    );
     tracing::info!(
         egress = %server.shared.config.egress_socket.display(),
         agents = %server.agent_addr().map(|a| a.to_string()).unwrap_or_default(),
