@@ -48,23 +48,7 @@ pub struct BenchTunnelArgs {
     pub stream_mib: u64,
 }
 
-struct Table(Vec<(String, String, String)>);
-
-impl Table {
-    fn row(&mut self, what: &str, ours: String, anchor: String) {
-        println!("  {what}: {ours} ({anchor})");
-        self.0.push((what.to_owned(), ours, anchor));
-    }
-
-    fn print(&self) {
-        println!("\nyurt bench tunnel");
-        println!("| measure | tunnel | anchor (same run) |");
-        println!("|---|---:|---|");
-        for (w, o, a) in &self.0 {
-            println!("| {w} | {o} | {a} |");
-        }
-    }
-}
+use super::bench_table::Table;
 
 /// Certificates for the server, the in-process agent and the agent process.
 struct Pki {
@@ -415,7 +399,7 @@ pub async fn run(args: BenchTunnelArgs) -> anyhow::Result<std::process::ExitCode
     let tunnel = Tunnel::start(&pki).await?;
     let raw = raw_relay(sink).await?;
     let tls = tls_relay(&pki, sink).await?;
-    let mut table = Table(Vec::new());
+    let mut table = Table::new("yurt bench tunnel", "tunnel", "anchor (same run)").with_progress();
     let bytes = args.mib << 20;
 
     // Single-stream throughput, interleaved runs, medians.

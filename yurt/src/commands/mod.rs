@@ -4,6 +4,7 @@ mod bench;
 pub mod bench_hub;
 pub mod bench_manager;
 mod bench_pull;
+mod bench_table;
 pub mod bench_tunnel;
 mod fleet;
 pub mod hub;

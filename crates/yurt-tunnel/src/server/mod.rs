@@ -198,55 +198,54 @@ fn set_keepalive(stream: &TcpStream, keepalive: &Keepalive) {
     let _ = stream.set_nodelay(true);
 }
 
-/// One agent connection: check who it is, then keep it until it fails, stops answering
-/// PINGs, or the server stops.
-async fn serve_agent(stream: TcpStream, shared: Arc<Shared>, token: CancellationToken) {
+/// Why an agent connection was refused: the metric's reason and the log line.
+struct AgentRefused {
+    reason: &'static str,
+    message: String,
+}
+
+fn refused(reason: &'static str, message: impl Into<String>) -> AgentRefused {
+    AgentRefused {
+        reason,
+        message: message.into(),
+    }
+}
+
+type AgentConnection = (
+    NodeName,
+    h2::client::SendRequest<Bytes>,
+    h2::client::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>,
+);
+
+/// Checks who an agent is (TLS with a node's certificate, a Node that exists) and sets
+/// up HTTP/2 on its connection.
+async fn admit(stream: TcpStream, shared: &Shared) -> Result<AgentConnection, AgentRefused> {
     let config = &shared.config;
-    set_keepalive(&stream, &config.keepalive);
-    let refuse = |reason: &'static str| {
-        shared
-            .metrics
-            .agent_refusals
-            .get_or_create(&crate::metrics::ReasonLabel { reason })
-            .inc();
-    };
-    let tls = match tokio::time::timeout(config.handshake_timeout, shared.acceptor.accept(stream))
-        .await
-    {
+    let within = config.handshake_timeout;
+    let tls = match tokio::time::timeout(within, shared.acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            refuse("tls");
-            tracing::warn!(error = %e, "agent refused: TLS handshake failed");
-            return;
-        }
+        Ok(Err(e)) => return Err(refused("tls", format!("TLS handshake failed: {e}"))),
         Err(_) => {
-            refuse("handshake");
-            tracing::warn!(
-                "agent refused: no TLS handshake within {:?}",
-                config.handshake_timeout
-            );
-            return;
+            return Err(refused(
+                "handshake",
+                format!("no TLS handshake within {within:?}"),
+            ));
         }
     };
-    let node = match tls::node_of(tls.get_ref().1.peer_certificates().and_then(|c| c.first())) {
-        Ok(node) => node,
-        Err(e) => {
-            refuse("identity");
-            tracing::warn!(error = %e, "agent refused");
-            return;
-        }
-    };
+    let node = tls::node_of(tls.get_ref().1.peer_certificates().and_then(|c| c.first()))
+        .map_err(|e| refused("identity", e.to_string()))?;
     tracing::Span::current().record("node", node.as_str());
     // A node's agent may start before its kubelet has registered the Node: wait for it
     // as long as a handshake may take.
-    let deadline = Instant::now() + config.handshake_timeout;
+    let deadline = Instant::now() + within;
     while !shared.routes.contains(&node) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if !shared.routes.contains(&node) {
-        refuse("unknown_node");
-        tracing::warn!("agent refused: Node {node} does not exist");
-        return;
+        return Err(refused(
+            "unknown_node",
+            format!("Node {node} does not exist"),
+        ));
     }
     let handshake = h2::client::Builder::new()
         .initial_window_size(config.windows.stream)
@@ -254,20 +253,33 @@ async fn serve_agent(stream: TcpStream, shared: Arc<Shared>, token: Cancellation
         .max_frame_size(config.windows.max_frame)
         .max_send_buffer_size(config.windows.max_frame as usize)
         .handshake::<_, Bytes>(tls);
-    let (send, mut connection) =
-        match tokio::time::timeout(config.handshake_timeout, handshake).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                refuse("handshake");
-                tracing::warn!(error = %e, "agent refused: HTTP/2 handshake failed");
-                return;
-            }
-            Err(_) => {
-                refuse("handshake");
-                tracing::warn!("agent refused: no HTTP/2 handshake in time");
-                return;
-            }
-        };
+    match tokio::time::timeout(within, handshake).await {
+        Ok(Ok((send, connection))) => Ok((node, send, connection)),
+        Ok(Err(e)) => Err(refused(
+            "handshake",
+            format!("HTTP/2 handshake failed: {e}"),
+        )),
+        Err(_) => Err(refused("handshake", "no HTTP/2 handshake in time")),
+    }
+}
+
+/// One agent connection: check who it is, then keep it until it fails, stops answering
+/// PINGs, or the server stops.
+async fn serve_agent(stream: TcpStream, shared: Arc<Shared>, token: CancellationToken) {
+    let config = &shared.config;
+    set_keepalive(&stream, &config.keepalive);
+    let (node, send, mut connection) = match admit(stream, &shared).await {
+        Ok(admitted) => admitted,
+        Err(AgentRefused { reason, message }) => {
+            shared
+                .metrics
+                .agent_refusals
+                .get_or_create(&crate::metrics::ReasonLabel { reason })
+                .inc();
+            tracing::warn!("agent refused: {message}");
+            return;
+        }
+    };
     let pings = connection.ping_pong();
     // Streams cannot outlive their connection: a dead link must end them at once, not
     // leave them waiting for window updates that will never come.

@@ -95,22 +95,7 @@ pub struct BenchHubArgs {
     pub hub_binary: Option<PathBuf>,
 }
 
-struct Table(Vec<(String, String, String)>);
-
-impl Table {
-    fn row(&mut self, what: &str, ours: String, anchor: String) {
-        self.0.push((what.to_owned(), ours, anchor));
-    }
-
-    fn print(&self) {
-        println!("\nyurt bench hub");
-        println!("| measure | yurt hub | anchor (same run unless noted) |");
-        println!("|---|---:|---|");
-        for (w, o, a) in &self.0 {
-            println!("| {w} | {o} | {a} |");
-        }
-    }
-}
+use super::bench_table::Table;
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
@@ -952,7 +937,11 @@ pub async fn run(
     let reporter = crate::progress::SpinnerReporter::for_stderr();
     let _ = std::fs::remove_dir_all(&args.bench_dir);
     std::fs::create_dir_all(&args.bench_dir)?;
-    let mut table = Table(Vec::new());
+    let mut table = Table::new(
+        "yurt bench hub",
+        "yurt hub",
+        "anchor (same run unless noted)",
+    );
     let api_load_options = api_load::Options {
         edge_nodes: args.api_load_edge_nodes,
         seconds: args.api_load_seconds,
