@@ -1,11 +1,14 @@
 //! The cloud-edge tunnel on a `nat` fleet of its own (issue 12): the cloud cannot open a
-//! connection to any edge host, yet `kubectl logs`, `logs -f`, `exec -i`, `cp`,
-//! `port-forward`, the node proxy and `pods/proxy` work, with both kubectl 1.20 and the
-//! installed one; an interrupted `logs -f` ends at the agent too; a stopped agent gives a
-//! 502 naming its node and a restarted one serves again; a cut link ends a stream with an
-//! error and the agent reconnects once the link is back.
+//! connection to any edge host, yet `kubectl logs`, `logs -f`, `exec -i`, `exec -it`
+//! with a resize, `attach`, `cp` (20 in a row), `port-forward` (1 GiB each way, 1000
+//! connections at once through one agent), the node proxy, `pods/proxy`,
+//! `services/proxy` and a Service-addressed webhook work, with both kubectl 1.20 and
+//! the installed one; a stalled port-forward reader does not hold up a `logs -f`
+//! through the same agent; an interrupted `logs -f` ends at the agent too; a stopped
+//! agent gives a 502 naming its node and a restarted one serves again; a cut link ends a
+//! stream and the agent reconnects once the link is back.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,8 +23,13 @@ const WAIT: Duration = Duration::from_secs(120);
 const NS: &str = "tunnel";
 const CHATTY_NODE: &str = "edge-a1";
 const FILES_NODE: &str = "edge-b1";
-/// Bytes of the blob the `files` pod serves and port-forward fetches.
-const BLOB_MIB: usize = 128;
+/// Bytes of the blob the `files` pod serves and port-forward fetches, and of what
+/// port-forward uploads to it.
+const BLOB_MIB: usize = 1024;
+/// Bytes of the file the chatty pod serves to a port-forward reader that stalls.
+const STALLED_MIB: usize = 256;
+/// Concurrent connections through one port-forward (one agent).
+const CONCURRENT: usize = 1000;
 
 fn pod(name: &str, node: &str, script: &str) -> serde_json::Value {
     json!({
@@ -45,7 +53,7 @@ fn service(name: &str, port: u16, target: u16) -> serde_json::Value {
     })
 }
 
-/// `kubectl port-forward` of a port of the `files` pod, stopped when dropped.
+/// `kubectl port-forward` of a port of a pod, stopped when dropped.
 struct PortForward {
     child: std::process::Child,
     /// The local port it listens on.
@@ -53,11 +61,17 @@ struct PortForward {
 }
 
 impl PortForward {
-    fn start(f: &TestFleet, remote: u16) -> anyhow::Result<Self> {
+    fn start(f: &TestFleet, pod: &str, remote: u16) -> anyhow::Result<Self> {
         let child = f
             .fleet()
             .kubectl()
-            .args(["port-forward", "-n", NS, "pod/files", &format!(":{remote}")])
+            .args([
+                "port-forward",
+                "-n",
+                NS,
+                &format!("pod/{pod}"),
+                &format!(":{remote}"),
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
@@ -139,10 +153,216 @@ fn next_probe() -> u32 {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The length of an HTTP response's head in `bytes`, which must say 200.
+fn head_len(bytes: &[u8]) -> anyhow::Result<usize> {
+    let end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of the response head")?;
+    let status = String::from_utf8_lossy(&bytes[..bytes.len().min(16)]);
+    ensure!(status.contains(" 200"), "the response began {status:?}");
+    Ok(end + 4)
+}
+
+/// GETs `path` from 127.0.0.1:`port` over HTTP/1.0: the body's length and SHA-256,
+/// hashed as it arrives.
+fn http_get_digest(port: u16, path: &str) -> anyhow::Result<(usize, String)> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(WAIT))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())?;
+    let mut head = Vec::new();
+    let mut body: Option<(Sha256, usize)> = None;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if let Some((hasher, size)) = &mut body {
+            hasher.update(&buf[..n]);
+            *size += n;
+            continue;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Ok(len) = head_len(&head) {
+            let mut hasher = Sha256::new();
+            hasher.update(&head[len..]);
+            body = Some((hasher, head.len() - len));
+        } else {
+            ensure!(head.len() < 64 * 1024, "no response head in 64 KiB");
+        }
+    }
+    let (hasher, size) = body.with_context(|| {
+        format!(
+            "the response ended in its head: {:?}",
+            String::from_utf8_lossy(&head)
+        )
+    })?;
+    Ok((size, hex(&hasher.finalize())))
+}
+
+/// Sends `mib` MiB (each MiB different) to 127.0.0.1:`port`, half-closes, and waits
+/// for the far side to close: the SHA-256 of what was sent.
+fn upload(port: u16, mib: usize) -> anyhow::Result<String> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(WAIT))?;
+    let mut chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 11) as u8)
+        .collect();
+    let mut hasher = Sha256::new();
+    for n in 0..mib {
+        chunk[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        hasher.update(&chunk);
+        stream.write_all(&chunk)?;
+    }
+    stream.shutdown(std::net::Shutdown::Write)?;
+    // Until the far side closes, bytes may still be on their way: stopping kubectl
+    // port-forward now could cut them.
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    ensure!(answer.is_empty(), "the receiver answered {answer:?}");
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Opens `count` connections to 127.0.0.1:`port` first, then GETs `path` on all of them
+/// at once; every body must have the SHA-256 `digest`.
+async fn concurrent_gets(port: u16, count: usize, path: &str, digest: &str) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        streams.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await?);
+    }
+    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+    let mut gets = tokio::task::JoinSet::new();
+    for mut stream in streams {
+        let request = request.clone();
+        gets.spawn(async move {
+            stream.write_all(request.as_bytes()).await?;
+            let mut response = Vec::new();
+            stream.read_to_end(&mut response).await?;
+            let len = head_len(&response)?;
+            anyhow::Ok(sha256_hex(&response[len..]))
+        });
+    }
+    let mut wrong = Vec::new();
+    while let Some(got) = tokio::time::timeout(WAIT, gets.join_next())
+        .await
+        .context("concurrent GETs through one port-forward")?
+    {
+        match got? {
+            Ok(got) if got == digest => {}
+            other => wrong.push(format!("{other:?}")),
+        }
+    }
+    eprintln!(
+        "{count} concurrent GETs through one port-forward: {:?}",
+        started.elapsed()
+    );
+    ensure!(
+        wrong.is_empty(),
+        "{} of {count} GETs failed, e.g. {:?}",
+        wrong.len(),
+        wrong.first()
+    );
+    Ok(())
+}
+
+/// `kubectl exec -it` on a terminal of its own (a pty): the remote shell sees the
+/// terminal's size, and a new size once the terminal is resized.
+fn tty_exec_follows_resizes(f: &TestFleet) -> anyhow::Result<()> {
+    use nix::pty::{Winsize, openpty};
+    let size = Winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = openpty(Some(&size), None)?;
+    let mut child = f
+        .fleet()
+        .kubectl()
+        .args(["exec", "-it", "-n", NS, "files", "--", "sh"])
+        .stdin(Stdio::from(pty.slave.try_clone()?))
+        .stdout(Stdio::from(pty.slave.try_clone()?))
+        .stderr(Stdio::from(pty.slave.try_clone()?))
+        .spawn()?;
+    let mut terminal = std::fs::File::from(pty.master);
+    let mut screen_reader = terminal.try_clone()?;
+    let (tx, screen) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Ends with EIO once kubectl has exited and the pty is closed.
+        while let Ok(n @ 1..) = screen_reader.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    // The terminal's output up to and including `want` (the rest is kept).
+    let mut until = |want: &str| -> anyhow::Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(at) = String::from_utf8_lossy(&seen).find(want) {
+                let upto: Vec<u8> = seen.drain(..at + want.len()).collect();
+                return Ok(String::from_utf8_lossy(&upto).into_owned());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let more = screen.recv_timeout(left).map_err(|_| {
+                anyhow::anyhow!(
+                    "exec -it: no {want:?} on the terminal; it shows {:?}",
+                    String::from_utf8_lossy(&seen)
+                )
+            })?;
+            seen.extend(more);
+        }
+    };
+    // Each command ends by printing a computed marker, which its echoed input lacks.
+    let result = (|| {
+        terminal.write_all(b"stty size; echo mark-$((1000+1))\n")?;
+        let shown = until("mark-1001")?;
+        ensure!(
+            shown.contains("33 101"),
+            "exec -it saw the size as {shown:?}"
+        );
+        // What a terminal does when its window changes: new size, then SIGWINCH.
+        run_checked(
+            Command::new("stty")
+                .args(["rows", "47", "cols", "133"])
+                .stdin(Stdio::from(pty.slave.try_clone()?)),
+        )?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
+            nix::sys::signal::Signal::SIGWINCH,
+        )?;
+        // The resize travels on a stream of its own: ask until the shell has it.
+        let mut answers = Vec::new();
+        for k in 2..40 {
+            terminal.write_all(format!("stty size; echo mark-$((1000+{k}))\n").as_bytes())?;
+            let shown = until(&format!("mark-{}", 1000 + k))?;
+            if shown.contains("47 133") {
+                break;
+            }
+            answers.push(shown);
+            ensure!(k < 39, "the resize never reached the shell: {answers:?}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        terminal.write_all(b"exit 3\n")?;
+        let status = child.wait()?;
+        ensure!(status.code() == Some(3), "exec -it ended with {status}");
+        anyhow::Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 /// A kubectl child (`logs -f`, `attach`) whose output lines arrive on a channel.
@@ -226,13 +446,23 @@ async fn scenario() -> anyhow::Result<()> {
     f.apply(&pod(
         "chatty",
         CHATTY_NODE,
-        "i=0; while :; do echo \"line $i\"; i=$((i+1)); sleep 0.2; done",
+        &format!(
+            "mkdir -p /www && dd if=/dev/zero of=/www/big bs=1048576 count={STALLED_MIB} 2>/dev/null \
+             && httpd -p 8080 -h /www; \
+             i=0; while :; do echo \"line $i\"; i=$((i+1)); sleep 0.2; done"
+        ),
     ))?;
     f.apply(&pod(
         "files",
         FILES_NODE,
         &format!(
-            "mkdir -p /www && dd if=/dev/urandom of=/www/blob bs=1048576 count={BLOB_MIB} 2>/dev/null \
+            // nc's stdin is a pipe that never ends: busybox nc half-closes the socket when
+            // its stdin ends, and containerd then closes a port-forward connection 1 s
+            // after either direction ends, cutting an upload that takes longer.
+            "sleep 1000000 | {{ nc -l -p 9000 | sha256sum > /tmp/upload.part \
+               && mv /tmp/upload.part /tmp/upload.sum; }} & \
+             mkdir -p /www && dd if=/dev/urandom of=/www/small bs=16384 count=1 2>/dev/null \
+             && dd if=/dev/urandom of=/www/blob bs=1048576 count={BLOB_MIB} 2>/dev/null \
              && touch /www/ready && exec httpd -f -p 8080 -h /www"
         ),
     ))?;
@@ -369,23 +599,89 @@ async fn scenario() -> anyhow::Result<()> {
     ])?;
     ensure!(sums.trim() == sha256_hex(&payload), "copies differ: {sums}");
 
-    // port-forward: the whole blob down, checked against the pod's own digest.
-    let fetched = {
-        let down = PortForward::start(&f, 8080)?;
-        run_checked(Command::new("sh").args([
-            "-c",
-            &format!(
-                "curl -sf -o {blob} http://127.0.0.1:{port}/blob && sha256sum {blob} | cut -d' ' -f1",
-                blob = dir.path().join("blob").display(),
-                port = down.port,
-            ),
-        ]))?
+    // port-forward: 1 GiB down and 1 GiB up, each checked against the pod's digest.
+    wait_for("the files pod's blob", WAIT, || async {
+        Ok(
+            f.kubectl(&["exec", "-n", NS, "files", "--", "test", "-e", "/www/ready"])
+                .ok(),
+        )
+    })
+    .await?;
+    let started = Instant::now();
+    let (size, fetched) = {
+        let down = PortForward::start(&f, "files", 8080)?;
+        http_get_digest(down.port, "/blob")?
     };
+    eprintln!("port-forward: {size} bytes down in {:?}", started.elapsed());
     let remote = pod_sha256(&f, "/www/blob")?;
     ensure!(
-        fetched.trim() == remote && !remote.is_empty(),
-        "port-forward {fetched} != {remote}"
+        size == BLOB_MIB << 20 && fetched == remote,
+        "port-forward fetched {size} bytes, {fetched} != {remote}"
     );
+    let started = Instant::now();
+    let sent = {
+        let up = PortForward::start(&f, "files", 9000)?;
+        upload(up.port, BLOB_MIB)?
+    };
+    eprintln!(
+        "port-forward: {} MiB up in {:?}",
+        BLOB_MIB,
+        started.elapsed()
+    );
+    let received = wait_for("the upload's digest in the pod", WAIT, || async {
+        Ok(
+            f.kubectl(&["exec", "-n", NS, "files", "--", "cat", "/tmp/upload.sum"])
+                .ok(),
+        )
+    })
+    .await?;
+    ensure!(
+        received.starts_with(&sent),
+        "port-forward upload: the pod got {received}, {sent} was sent"
+    );
+
+    // 1000 connections at once through one port-forward, so one agent.
+    let small = pod_sha256(&f, "/www/small")?;
+    {
+        let many = PortForward::start(&f, "files", 8080)?;
+        concurrent_gets(many.port, CONCURRENT, "/small", &small).await?;
+    }
+
+    // A port-forward reader that stops reading holds only its own stream: logs -f
+    // through the same agent keeps flowing, and the stalled download arrives whole
+    // once it is read.
+    {
+        let stalled_forward = PortForward::start(&f, "chatty", 8080)?;
+        let mut stalled = std::net::TcpStream::connect(("127.0.0.1", stalled_forward.port))?;
+        stalled.write_all(b"GET /big HTTP/1.0\r\n\r\n")?;
+        let mut first = [0u8; 1];
+        stalled.read_exact(&mut first)?;
+        let follow = Follow::logs(f.fleet().kubectl())?;
+        let mut seen = Vec::new();
+        for _ in 0..15 {
+            seen.push(follow.next_line(Duration::from_secs(10))?);
+        }
+        seen.dedup();
+        ensure!(
+            seen.len() == 15,
+            "logs -f beside a stalled reader: {seen:?}"
+        );
+        ensure!(
+            f.kubectl(&["exec", "-n", NS, "chatty", "--", "true"])
+                .is_ok(),
+            "exec beside a stalled reader"
+        );
+        let mut rest = Vec::new();
+        stalled.read_to_end(&mut rest)?;
+        let body = 1 + rest.len() - head_len(&[&first[..], &rest].concat())?;
+        ensure!(
+            body == STALLED_MIB << 20,
+            "the stalled download brought {body} bytes"
+        );
+    }
+
+    // exec -it: a terminal, resized while it runs.
+    tty_exec_follows_resizes(&f)?;
 
     // The node proxy (what Prometheus scrapes) and pods/proxy.
     let metrics = f.kubectl(&[
