@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use yurt_cluster::{FleetSpec, NetMode, Timing};
-use yurt_testkit::{TestFleet, fresh, run_checked, wait_for};
+use yurt_cluster::{FleetSpec, NetMode, Timing, UpOptions};
+use yurt_testkit::{TestFleet, fresh_with, run_checked, wait_for};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(900);
 const WAIT: Duration = Duration::from_secs(120);
@@ -275,6 +275,108 @@ async fn concurrent_gets(port: u16, count: usize, path: &str, digest: &str) -> a
     Ok(())
 }
 
+/// Prometheus (`yurt up --prometheus`) has both targets of every kubelet up, scraped
+/// through the API server's node proxy; its identity may GET through the node proxy and
+/// nothing else; no edge host reaches its UI.
+async fn prometheus_scrapes_every_kubelet(f: &TestFleet) -> anyhow::Result<()> {
+    let plan = f.fleet().plan();
+    let web = yurt_cluster::components::prometheus_address(plan);
+    let mut want: Vec<(String, String)> = plan
+        .edges
+        .iter()
+        .flat_map(|e| {
+            ["kubelet", "kubelet-cadvisor"].map(|job| (job.to_owned(), e.name.to_string()))
+        })
+        .collect();
+    want.sort();
+    let targets_url = format!("http://{web}/api/v1/targets");
+    let mut last = String::new();
+    let seen = wait_for("every kubelet's targets up in Prometheus", WAIT, || {
+        let targets = run_checked(Command::new("curl").args(["-sf", &targets_url]));
+        let result = targets.and_then(|text| {
+            let doc: serde_json::Value = serde_json::from_str(&text)?;
+            let mut up: Vec<(String, String)> = Vec::new();
+            for t in doc["data"]["activeTargets"]
+                .as_array()
+                .context("activeTargets")?
+            {
+                let label = |k: &str| t["labels"][k].as_str().unwrap_or_default().to_owned();
+                if t["health"] == "up"
+                    && t["scrapeUrl"]
+                        .as_str()
+                        .is_some_and(|u| u.contains("/proxy/metrics"))
+                {
+                    up.push((label("job"), label("instance")));
+                }
+            }
+            up.sort();
+            last = text;
+            Ok(up)
+        });
+        let done = matches!(&result, Ok(up) if *up == want);
+        async move { result.map(|up| done.then_some(up)) }
+    })
+    .await
+    .with_context(|| format!("Prometheus' targets: {last}"))?;
+    eprintln!("Prometheus targets up: {seen:?}");
+
+    // Its identity: GET through the node proxy, nothing more.
+    let kubeconfig = f.fleet().paths().pki().join("prometheus.kubeconfig");
+    let as_prometheus = |args: &[&str]| {
+        let mut c = f.fleet().kubectl();
+        c.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--server={}", plan.api_url_from_host()))
+            .args(args);
+        c.output()
+    };
+    let node = plan.edges[0].name.to_string();
+    let metrics = as_prometheus(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/nodes/{node}/proxy/metrics"),
+    ])?;
+    ensure!(
+        metrics.status.success() && String::from_utf8_lossy(&metrics.stdout).contains("kubelet_"),
+        "Prometheus' identity could not read {node}'s metrics: {}",
+        String::from_utf8_lossy(&metrics.stderr)
+    );
+    for (verb, resource, scope) in [
+        ("list", "pods", "--all-namespaces"),
+        ("get", "secrets", "--all-namespaces"),
+        ("list", "nodes", "--subresource="),
+        ("create", "nodes", "--subresource=proxy"),
+        ("create", "pods", "--subresource=exec"),
+    ] {
+        let answer = as_prometheus(&["auth", "can-i", verb, resource, scope])?;
+        ensure!(
+            String::from_utf8_lossy(&answer.stdout).trim() == "no",
+            "Prometheus' identity may {verb} {resource} ({scope}): {answer:?}"
+        );
+    }
+    let denied = as_prometheus(&["get", "pods", "-A"])?;
+    ensure!(
+        !denied.status.success() && String::from_utf8_lossy(&denied.stderr).contains("forbidden"),
+        "Prometheus' identity listed pods: {denied:?}"
+    );
+
+    // Its UI listens on the cloud host's link to this machine: no edge host gets there.
+    let from_edge = f.exec(
+        &node,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            &format!("http://{web}/-/ready"),
+        ],
+    )?;
+    ensure!(
+        !from_edge.status.success(),
+        "{node} reached Prometheus at {web}"
+    );
+    Ok(())
+}
+
 /// `kubectl exec -it` on a terminal of its own (a pty): the remote shell sees the
 /// terminal's size, and a new size once the terminal is resized.
 fn tty_exec_follows_resizes(f: &TestFleet) -> anyhow::Result<()> {
@@ -441,7 +543,15 @@ async fn scenario() -> anyhow::Result<()> {
         timing: Timing::Fast,
         sample_app: false,
     };
-    let mut f = fresh("tunnel", spec).await?;
+    let mut f = fresh_with(
+        "tunnel",
+        UpOptions {
+            spec: Some(spec),
+            prometheus: Some(true),
+            ..UpOptions::default()
+        },
+    )
+    .await?;
     f.fresh_namespace(NS)?;
     f.apply(&pod(
         "chatty",
@@ -706,6 +816,8 @@ async fn scenario() -> anyhow::Result<()> {
         &format!("/api/v1/namespaces/{NS}/pods/files:8080/proxy/ready"),
     ])?;
     ensure!(ready.is_empty(), "pods/proxy: {ready:?}");
+
+    prometheus_scrapes_every_kubelet(&f).await?;
 
     // services/proxy: the API server picks an endpoint, a pod on an edge node.
     f.apply(&service("files", 80, 8080))?;

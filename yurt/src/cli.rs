@@ -103,6 +103,12 @@ pub struct UpArgs {
     /// cloud host's `logs/kube-apiserver-audit.log`.
     #[arg(long, hide = true)]
     pub api_audit_log: bool,
+    /// Also run Prometheus (Debian's, installed if missing) in the cloud host, scraping
+    /// every kubelet's /metrics and /metrics/cadvisor through the API server's node
+    /// proxy, so through the tunnel; its UI is printed once the fleet is up. Kept for
+    /// the fleet's later restarts.
+    #[arg(long)]
+    pub prometheus: bool,
     /// Return once the fleet is up, leaving it running under a detached supervisor that
     /// restarts crashed processes (stop both with `yurt down`).
     #[arg(long)]

@@ -2,7 +2,8 @@
 //! and how to tell that each is ready.
 //!
 //! Cloud host: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, yurt
-//! manager, and the image registry (a pull and a push process, [`crate::registry`]).
+//! manager, the tunnel server, the image registry (a pull and a push process,
+//! [`crate::registry`]) and, with `yurt up --prometheus`, Prometheus.
 //! Edge host: containerd, kubelet, kube-proxy.
 
 use std::ffi::OsString;
@@ -26,6 +27,8 @@ pub const TUNNEL_AGENT_PORT: u16 = 10262;
 pub const TUNNEL_SERVER_ADMIN_PORT: u16 = 10265;
 /// The tunnel agent's `/healthz`, `/readyz` and `/metrics` (loopback of its host).
 pub const TUNNEL_AGENT_ADMIN_PORT: u16 = 10266;
+/// Prometheus' web UI and API, on the cloud host's end of its link to this machine.
+pub const PROMETHEUS_PORT: u16 = 9090;
 
 /// A process the fleet runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,11 +59,14 @@ pub enum Component {
     TunnelServer,
     /// The tunnel agent (edge): dials out to the tunnel server.
     TunnelAgent,
+    /// Prometheus (cloud, with `yurt up --prometheus`): scrapes every kubelet through
+    /// the API server's node proxy, so through the tunnel.
+    Prometheus,
 }
 
 impl Component {
     /// Cloud-host processes in start order.
-    pub const CLOUD: [Component; 8] = [
+    pub const CLOUD: [Component; 9] = [
         Component::Etcd,
         Component::KubeApiserver,
         Component::KubeControllerManager,
@@ -69,6 +75,7 @@ impl Component {
         Component::TunnelServer,
         Component::Registry,
         Component::RegistryPush,
+        Component::Prometheus,
     ];
     /// Edge-host processes in start order.
     pub const EDGE: [Component; 5] = [
@@ -95,6 +102,7 @@ impl Component {
             Self::RegistryPush => "registry-push",
             Self::TunnelServer => "yurt-tunnel-server",
             Self::TunnelAgent => "yurt-tunnel-agent",
+            Self::Prometheus => "prometheus",
         }
     }
 
@@ -124,7 +132,7 @@ impl Component {
     }
 
     /// The readiness probe, run inside the host.
-    pub fn probe(self, host: &HostPaths) -> Probe {
+    pub fn probe(self, host: &HostPaths, plan: &Plan) -> Probe {
         let local = |port| SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
         match self {
             Self::Etcd => Probe::Http(local(2379), "/health"),
@@ -142,6 +150,7 @@ impl Component {
             // Alive, not connected: an agent of a site cut off from the cloud starts
             // and keeps trying.
             Self::TunnelAgent => Probe::Http(local(TUNNEL_AGENT_ADMIN_PORT), "/healthz"),
+            Self::Prometheus => Probe::Http(prometheus_address(plan), "/-/ready"),
         }
     }
 }
@@ -208,6 +217,62 @@ omitStages: ["RequestReceived"]
 rules:
   - level: Metadata
 "#;
+
+/// Where Prometheus listens: the cloud host's end of its link to this machine, so this
+/// machine reaches it and no edge host does (the router has no route to that link).
+pub fn prometheus_address(plan: &Plan) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(
+        plan.cloud_host_side_ip().addr,
+        PROMETHEUS_PORT,
+    ))
+}
+
+/// Prometheus' configuration: two jobs, each kubelet's `/metrics` and its
+/// `/metrics/cadvisor`, fetched from the API server's node proxy with Prometheus' own
+/// client certificate. Debian's Prometheus has no Kubernetes discovery, so the nodes
+/// come from `targets` (file discovery: rewriting it changes the targets without a
+/// restart); each target's `node` label names its node.
+fn prometheus_config(pki: &PkiPaths, targets: &Path) -> Result<String> {
+    let stem = Identity::Prometheus.stem();
+    let tls = serde_json::json!({
+        "ca_file": p(&pki.ca_cert()),
+        "cert_file": p(&pki.cert(&stem)),
+        "key_file": p(&pki.key(&stem)),
+    });
+    let job = |name: &str, path: &str| {
+        serde_json::json!({
+            "job_name": name,
+            "scheme": "https",
+            "tls_config": tls,
+            "file_sd_configs": [{"files": [p(targets)]}],
+            "relabel_configs": [
+                {"source_labels": ["node"], "target_label": "__metrics_path__",
+                 "replacement": format!("/api/v1/nodes/$1/proxy{path}")},
+                {"source_labels": ["node"], "target_label": "instance"},
+            ],
+        })
+    };
+    yaml(&serde_json::json!({
+        "global": {"scrape_interval": "10s", "scrape_timeout": "8s"},
+        "scrape_configs": [job("kubelet", "/metrics"), job("kubelet-cadvisor", "/metrics/cadvisor")],
+    }))
+}
+
+/// Prometheus' file-discovery targets: the API server once per node, labelled with the
+/// node's name.
+fn prometheus_targets(plan: &Plan) -> Result<String> {
+    let groups: Vec<_> = plan
+        .edges
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "targets": [format!("127.0.0.1:{}", net::API_PORT)],
+                "labels": {"node": e.name.as_str()},
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&groups).map_err(|e| Error::Invalid(format!("targets: {e}")))
+}
 
 /// A program and its arguments.
 #[derive(Debug, Clone)]
@@ -527,6 +592,26 @@ impl Context<'_> {
                     .chain(tunnel_keepalive(t))
                     .collect(),
                     env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
+                }
+            }
+            Component::Prometheus => {
+                let dir = hp.prometheus_data();
+                let targets = hp.config().join("prometheus-targets.json");
+                write(&targets, &prometheus_targets(self.plan)?)?;
+                let config = hp.config().join("prometheus.yml");
+                write(&config, &prometheus_config(pki, &targets)?)?;
+                CommandLine {
+                    program: "/usr/bin/prometheus".into(),
+                    args: vec![
+                        arg(format!("--config.file={}", p(&config))),
+                        arg(format!("--storage.tsdb.path={}", p(&dir))),
+                        arg("--storage.tsdb.retention.time=2d"),
+                        arg(format!(
+                            "--web.listen-address={}",
+                            prometheus_address(self.plan)
+                        )),
+                    ],
+                    env: Vec::new(),
                 }
             }
             Component::Registry | Component::RegistryPush => {

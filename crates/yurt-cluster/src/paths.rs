@@ -105,6 +105,11 @@ impl HostPaths {
         self.root.join("run")
     }
 
+    /// Prometheus' database (cloud host).
+    pub fn prometheus_data(&self) -> PathBuf {
+        self.root.join("prometheus")
+    }
+
     /// The tunnel server's egress socket (cloud host): kube-apiserver's `cluster`
     /// egress connects to it.
     pub fn egress_socket(&self) -> PathBuf {

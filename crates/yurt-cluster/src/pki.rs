@@ -43,6 +43,9 @@ pub enum Identity {
     Manager,
     /// The tunnel server (it watches Nodes): `openyurt:yurt-tunnel-server`.
     TunnelServer,
+    /// Prometheus (`yurt up --prometheus`; it scrapes kubelets through the API server's
+    /// node proxy): `yurt:prometheus`.
+    Prometheus,
 }
 
 /// File stem of the tunnel server's serving certificate (towards agents).
@@ -51,6 +54,9 @@ pub const TUNNEL_SERVING_STEM: &str = "yurt-tunnel-server-serving";
 pub const TUNNEL_SERVER_NAME: &str = "yurt-tunnel-server";
 /// The user name of the tunnel server's client certificate.
 pub const TUNNEL_SERVER_USER: &str = "openyurt:yurt-tunnel-server";
+
+/// The user name of Prometheus' client certificate.
+pub const PROMETHEUS_USER: &str = "yurt:prometheus";
 
 /// File stem of the registry's serving certificate.
 pub const REGISTRY_STEM: &str = "registry";
@@ -77,6 +83,7 @@ impl Identity {
             Self::Hub(n) => format!("yurthub-{n}"),
             Self::Manager => "yurt-manager".into(),
             Self::TunnelServer => "yurt-tunnel-server".into(),
+            Self::Prometheus => "prometheus".into(),
         }
     }
 
@@ -95,6 +102,7 @@ impl Identity {
             }
             Self::Manager => CertSpec::client(MANAGER_USER, &[]),
             Self::TunnelServer => CertSpec::client(TUNNEL_SERVER_USER, &[]),
+            Self::Prometheus => CertSpec::client(PROMETHEUS_USER, &[]),
         }
     }
 }
@@ -243,6 +251,7 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
         Identity::ApiserverKubeletClient,
         Identity::Manager,
         Identity::TunnelServer,
+        Identity::Prometheus,
     ];
     identities.extend(plan.edges.iter().map(|e| Identity::Node(e.name.clone())));
     identities.extend(plan.edges.iter().map(|e| Identity::Hub(e.name.clone())));
@@ -294,7 +303,8 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
             | Identity::Scheduler
             | Identity::Admin
             | Identity::Manager
-            | Identity::TunnelServer => &local,
+            | Identity::TunnelServer
+            | Identity::Prometheus => &local,
             Identity::KubeProxy
             | Identity::Node(_)
             | Identity::Hub(_)

@@ -38,6 +38,9 @@ pub struct FleetState {
     /// Whether the API server writes an audit log (level Metadata, every request).
     #[serde(default, skip_serializing_if = "is_default")]
     pub api_audit_log: bool,
+    /// Whether the cloud host runs Prometheus (`yurt up --prometheus`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub prometheus: bool,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -55,6 +58,7 @@ impl FleetState {
             stopped: BTreeMap::new(),
             edge_api: EdgeApi::default(),
             api_audit_log: false,
+            prometheus: false,
         }
     }
 

@@ -126,18 +126,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .context("blocking task panicked")
 }
 
-async fn bring_up(dir: &Path, spec: FleetSpec) -> anyhow::Result<Fleet> {
-    let fleet = yurt_cluster::up(
-        &machine(),
-        dir,
-        UpOptions {
-            spec: Some(spec),
-            ..UpOptions::default()
-        },
-        Arc::new(LineReporter),
-    )
-    .await
-    .with_context(|| format!("bringing up the test fleet in {}", dir.display()))?;
+async fn bring_up(dir: &Path, options: UpOptions) -> anyhow::Result<Fleet> {
+    let fleet = yurt_cluster::up(&machine(), dir, options, Arc::new(LineReporter))
+        .await
+        .with_context(|| format!("bringing up the test fleet in {}", dir.display()))?;
     Ok(fleet)
 }
 
@@ -177,7 +169,14 @@ pub async fn shared() -> anyhow::Result<TestFleet> {
             );
             let d = dir.clone();
             blocking(move || yurt_cluster::down(&machine(), &d, true, &LineReporter)).await??;
-            bring_up(&dir, shared_spec()).await?
+            bring_up(
+                &dir,
+                UpOptions {
+                    spec: Some(shared_spec()),
+                    ..UpOptions::default()
+                },
+            )
+            .await?
         }
     };
     drop(lock);
@@ -195,10 +194,26 @@ pub async fn shared() -> anyhow::Result<TestFleet> {
 /// # Errors
 /// If the fleet cannot be brought up.
 pub async fn fresh(name: &str, spec: FleetSpec) -> anyhow::Result<TestFleet> {
+    fresh_with(
+        name,
+        UpOptions {
+            spec: Some(spec),
+            ..UpOptions::default()
+        },
+    )
+    .await
+}
+
+/// Like [`fresh`], with every option of `yurt up` (`options.spec` must be set).
+///
+/// # Errors
+/// If a leftover fleet cannot be removed or the new one cannot be brought up.
+pub async fn fresh_with(name: &str, options: UpOptions) -> anyhow::Result<TestFleet> {
     let dir = PathBuf::from(TEST_ROOT).join(name);
     let d = dir.clone();
     blocking(move || yurt_cluster::down(&machine(), &d, true, &LineReporter)).await??;
-    let fleet = bring_up(&dir, spec).await?;
+    // Boxed: `yurt_cluster::up`'s future is large, and every test would carry it.
+    let fleet = Box::pin(bring_up(&dir, options)).await?;
     let client = fleet.client().await?;
     Ok(TestFleet {
         fleet,

@@ -68,6 +68,7 @@ pub async fn run(
         spec: spec_from(&args),
         edge_api: args.direct_edges.then_some(yurt_cluster::EdgeApi::Direct),
         api_audit_log: args.api_audit_log.then_some(true),
+        prometheus: args.prometheus.then_some(true),
     };
     let started = std::time::Instant::now();
     let mut fleet = tokio::select! {
@@ -238,6 +239,14 @@ async fn print_welcome(fleet: &Fleet, data_dir: &Path) {
         println!(
             "     (in nat mode the cloud cannot open a connection to an edge host: these go through the tunnel)"
         );
+    }
+    if fleet.state().prometheus {
+        let web = yurt_cluster::components::prometheus_address(plan);
+        println!(
+            "\nPrometheus scrapes every kubelet through the API server's node proxy (so through the tunnel):"
+        );
+        println!("  http://{web}/targets");
+        println!("  curl -s 'http://{web}/api/v1/query?query=up'");
     }
 }
 

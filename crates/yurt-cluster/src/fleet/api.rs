@@ -377,6 +377,29 @@ pub async fn apply_tunnel_rbac(client: &kube::Client) -> Result<()> {
     .await
 }
 
+/// What Prometheus may do: GET through the API server's node proxy (every kubelet's
+/// `/metrics` and `/metrics/cadvisor`), nothing else. Its targets come from a file
+/// (Debian's Prometheus has no Kubernetes discovery), so it lists no nodes. The proxy
+/// reaches a kubelet as the API server, so `get` alone keeps it from kubelet endpoints
+/// that take POST (exec, attach, port-forward).
+///
+/// # Errors
+/// API errors.
+pub async fn apply_prometheus_rbac(client: &kube::Client) -> Result<()> {
+    apply_grant(
+        client,
+        Grant {
+            name: "yurt:prometheus",
+            subject: serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::pki::PROMETHEUS_USER}),
+            cluster_rules: serde_json::json!([
+                {"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"]},
+            ]),
+            roles: Vec::new(),
+        },
+    )
+    .await
+}
+
 /// Creates a NodePool (`apps.openyurt.io/v1beta2`, type Edge) for each pool of the
 /// plan; its nodes already carry its label. Existing pools are left as they are.
 ///

@@ -209,10 +209,12 @@ impl Fleet {
     }
 
     /// Whether `component` runs on `host` in this fleet (an edge host of a fleet whose
-    /// kubelets talk to the API server directly runs no hub).
+    /// kubelets talk to the API server directly runs no hub; Prometheus runs only in a
+    /// fleet started with it).
     pub fn runs(&self, host: &HostId, component: Component) -> bool {
         Component::of(host).contains(&component)
             && !(component == Component::YurtHub && self.state.edge_api == EdgeApi::Direct)
+            && (component != Component::Prometheus || self.state.prometheus)
     }
 
     /// The processes of `host` in this fleet, in start order.

@@ -109,7 +109,7 @@ impl Fleet {
             })
         };
         let what = format!("{component} on {host}");
-        let check = component.probe(&hp);
+        let check = component.probe(&hp, &self.plan);
         probe::wait_until(
             &what,
             component.start_timeout(),

@@ -40,6 +40,10 @@ pub struct UpOptions {
     /// Whether the API server writes an audit log (`logs/kube-apiserver-audit.log` of
     /// the cloud host); `None` keeps an existing fleet's choice (off for a new one).
     pub api_audit_log: Option<bool>,
+    /// Whether the cloud host runs Prometheus, scraping every kubelet through the API
+    /// server's node proxy (Debian's `prometheus` is installed if missing); `None` keeps
+    /// an existing fleet's choice (off for a new one).
+    pub prometheus: Option<bool>,
 }
 
 /// Pushes `images` (image, repository, tags) to the fleet registry's push process, from
@@ -201,6 +205,14 @@ pub async fn up(
         .api_audit_log
         .or(existing.as_ref().map(|s| s.api_audit_log))
         .unwrap_or(false);
+    let prometheus = options
+        .prometheus
+        .or(existing.as_ref().map(|s| s.prometheus))
+        .unwrap_or(false);
+    if prometheus {
+        let r = reporter.clone();
+        blocking(move || packages::ensure(&["prometheus"], r.as_ref())).await?;
+    }
     let registry = Registry::new(&machine.registry_dir);
     let slot = {
         let (reg, dir, preferred) = (
@@ -213,6 +225,7 @@ pub async fn up(
     let mut new_state = FleetState::new(spec, slot);
     new_state.edge_api = edge_api;
     new_state.api_audit_log = api_audit_log;
+    new_state.prometheus = prometheus;
     state::save(&paths.state_file(), &new_state)?;
     let fleet = Fleet::open(machine, data_dir)?;
 
@@ -294,7 +307,14 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
 
     let step = Step::start(
         reporter,
-        "control plane: etcd, kube-apiserver, scheduler, yurt manager, tunnel server, registry",
+        format!(
+            "control plane: etcd, kube-apiserver, scheduler, yurt manager, tunnel server, registry{}",
+            if fleet.state.prometheus {
+                ", prometheus"
+            } else {
+                ""
+            }
+        ),
     );
     // kube-controller-manager starts once every node is Ready (below). Its node
     // lifecycle controller in 1.20 corrupts its own NoExecute taint queue when it watches
@@ -306,10 +326,11 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     // NoExecute again and no pod there is evicted. Nodes Ready before it starts leave
     // nothing behind. Nothing a node needs to become Ready comes from it: certificates
     // come from the fleet's CA, pod CIDRs from the address plan.
-    for component in Component::CLOUD
-        .into_iter()
+    let cloud: Vec<Component> = fleet
+        .components_of(&HostId::Cloud)
         .filter(|c| *c != Component::KubeControllerManager)
-    {
+        .collect();
+    for component in cloud {
         if component == Component::YurtManager {
             let client = fleet.client().await?;
             super::api::apply_hub_rbac(&client).await?;
@@ -317,6 +338,9 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
         }
         if component == Component::TunnelServer {
             super::api::apply_tunnel_rbac(&fleet.client().await?).await?;
+        }
+        if component == Component::Prometheus {
+            super::api::apply_prometheus_rbac(&fleet.client().await?).await?;
         }
         step.detail(component.name());
         fleet.start_component(&HostId::Cloud, component).await?;

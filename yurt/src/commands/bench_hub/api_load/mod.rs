@@ -249,6 +249,7 @@ async fn one_fleet(
             spec: Some(spec),
             edge_api: Some(edge_api),
             api_audit_log: Some(true),
+            prometheus: Some(false),
         },
         Arc::new(super::super::bench::Quiet),
     )
