@@ -24,7 +24,7 @@ fn spec(edge_nodes: u16) -> FleetSpec {
     FleetSpec {
         edge_nodes,
         pools: 1,
-        mode: NetMode::Routed,
+        mode: NetMode::Nat,
         timing: Timing::Fast,
         sample_app: false,
     }

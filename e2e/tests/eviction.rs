@@ -86,7 +86,7 @@ async fn an_autonomous_pool_keeps_its_pods_and_endpoints_while_a_plain_pool_is_e
             FleetSpec {
                 edge_nodes: 4,
                 pools: 2,
-                mode: NetMode::Routed,
+                mode: NetMode::Nat,
                 timing: Timing::Fast,
                 sample_app: false,
             },

@@ -74,7 +74,7 @@ fn spec() -> FleetSpec {
         // pool-a: edge-a1 and edge-a2; pool-b: edge-b1 (the cloud keeps a Ready node).
         edge_nodes: 3,
         pools: 2,
-        mode: NetMode::Routed,
+        mode: NetMode::Nat,
         timing: Timing::Fast,
         sample_app: false,
     }

@@ -277,7 +277,7 @@ async fn pulls_fail_where_the_registry_is_out_of_reach_and_recover_when_it_is_ba
             FleetSpec {
                 edge_nodes: 4,
                 pools: 2,
-                mode: NetMode::Routed,
+                mode: NetMode::Nat,
                 timing: Timing::Fast,
                 sample_app: false,
             },

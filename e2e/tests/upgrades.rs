@@ -344,7 +344,7 @@ async fn static_pods_roll_out_safely_and_the_api_works_without_the_manager() -> 
             FleetSpec {
                 edge_nodes: 3,
                 pools: 1,
-                mode: NetMode::Routed,
+                mode: NetMode::Nat,
                 timing: Timing::Fast,
                 sample_app: false,
             },

@@ -46,7 +46,7 @@ fn spec() -> FleetSpec {
     FleetSpec {
         edge_nodes: 1,
         pools: 1,
-        mode: NetMode::Routed,
+        mode: NetMode::Nat,
         // The real-WAN defaults, explicitly: the lab values of `fast` would reset
         // every connection on a 500 ms round trip.
         timing: Timing::Standard,

@@ -1,6 +1,6 @@
 //! Test fixtures on real fleets (dev-only).
 //!
-//! - [`shared`]: one fleet (4 edge nodes in 2 pools, routed, fast timings) started by
+//! - [`shared`]: one fleet (4 edge nodes in 2 pools, nat, fast timings) started by
 //!   the first test that asks for it and reused by every test that does not disturb it,
 //!   across test processes (a file lock guards its creation).
 //! - [`fresh`]: a fleet of its own for a test that cuts links, reboots hosts or stops
@@ -54,7 +54,7 @@ pub fn shared_spec() -> FleetSpec {
     FleetSpec {
         edge_nodes: 4,
         pools: 2,
-        mode: NetMode::Routed,
+        mode: NetMode::Nat,
         timing: Timing::Fast,
         sample_app: true,
     }
