@@ -227,8 +227,8 @@ async fn down_removes_everything_and_up_restarts_with_the_state() -> anyhow::Res
             .hosts()
             .iter()
             .flat_map(|h| {
-                yurt_cluster::components::Component::of(h)
-                    .iter()
+                f.fleet()
+                    .components_of(h)
                     .map(|c| f.fleet().paths().host(h).pid_file(c.name()))
                     .collect::<Vec<_>>()
             })
@@ -237,10 +237,13 @@ async fn down_removes_everything_and_up_restarts_with_the_state() -> anyhow::Res
             .iter()
             .filter_map(|p| yurt_cluster::process::PidRecord::read(p))
             .collect();
+        // Every process but Prometheus (this fleet runs none) on the cloud host, and
+        // every edge process on both edge hosts.
         ensure!(
-            records.len()
-                == yurt_cluster::components::Component::CLOUD.len()
-                    + 2 * yurt_cluster::components::Component::EDGE.len(),
+            pid_files.len()
+                == yurt_cluster::components::Component::CLOUD.len() - 1
+                    + 2 * yurt_cluster::components::Component::EDGE.len()
+                && records.len() == pid_files.len(),
             "every process has a pid file: {records:?}"
         );
         let cgroups = yurt_cluster::cgroup::Cgroups::detect()?;
@@ -328,6 +331,31 @@ async fn routed_fleet_runs_pods_and_the_cloud_reaches_every_kubelet() -> anyhow:
         }
         let logs = f.kubectl(&["logs", "-l", "app=web", "--tail=1"]);
         ensure!(logs.is_ok(), "kubectl logs in a routed fleet: {logs:?}");
+        // Sites reach each other: a pool-a pod gets an answer from pool-b's Service.
+        let pool_b = f.kubectl(&[
+            "get",
+            "svc",
+            "web-pool-b",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])?;
+        let pod_a = f.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            &yurt_cluster::sample::pod_selector("pool-a"),
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ])?;
+        let across = f.kubectl(&[
+            "exec",
+            &pod_a,
+            "--",
+            "wget",
+            "-qO-",
+            &format!("http://{pool_b}/"),
+        ])?;
+        ensure!(across.contains("in pool-b"), "pool-a -> pool-b: {across}");
         // A process that dies without the test stopping it is reported, with its log,
         // so no test can pass over a crash (the testkit fails the test that sees one).
         ensure!(

@@ -319,13 +319,18 @@ async fn installed_kubectl_logs_follow_exec_and_port_forward_reach_an_edge_pod()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_ip_services_answer_from_a_pod_in_each_pool() -> anyhow::Result<()> {
+async fn cluster_ip_services_answer_in_their_pool_and_nat_sites_do_not_reach_each_other()
+-> anyhow::Result<()> {
     within(async {
         let f = shared().await?;
         let svc_ip =
             |name: &str| f.kubectl(&["get", "svc", name, "-o", "jsonpath={.spec.clusterIP}"]);
         let (a, b) = (svc_ip("web-pool-a")?, svc_ip("web-pool-b")?);
-        for pool in ["pool-a", "pool-b"] {
+        // Each site sits behind its own NAT: a pod reaches its own pool's Service, and
+        // the other site's pods (the other Service's endpoints) are out of its reach, as
+        // between real sites without a cross-site network. (`routed` fleets reach
+        // across: `fault_fleets::routed_fleet_...`.)
+        for (pool, own, other) in [("pool-a", &a, &b), ("pool-b", &b, &a)] {
             let pod = f.kubectl(&[
                 "get",
                 "pods",
@@ -339,17 +344,35 @@ async fn cluster_ip_services_answer_from_a_pod_in_each_pool() -> anyhow::Result<
                 "exec",
                 &pod,
                 "--",
-                "sh",
-                "-c",
-                &format!("wget -qO- http://{a}/ && wget -qO- http://{b}/"),
+                "wget",
+                "-qO-",
+                &format!("http://{own}/"),
             ])?;
-            assert!(out.contains("in pool-a"), "from {pool}: {out}");
-            assert!(out.contains("in pool-b"), "from {pool}: {out}");
+            ensure!(out.contains(&format!("in {pool}")), "from {pool}: {out}");
+            let across = f
+                .fleet()
+                .kubectl()
+                .args([
+                    "exec",
+                    &pod,
+                    "--",
+                    "wget",
+                    "-T",
+                    "3",
+                    "-qO-",
+                    &format!("http://{other}/"),
+                ])
+                .output()?;
+            ensure!(
+                !across.status.success(),
+                "a pod in {pool} reached the other site's Service: {}",
+                String::from_utf8_lossy(&across.stdout)
+            );
         }
         // kube-proxy programs the same Services inside each edge host.
-        let out = f.exec("edge-a2", &["wget", "-qO-", &format!("http://{b}/")])?;
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("in pool-b"),
+        let out = f.exec("edge-a2", &["wget", "-qO-", &format!("http://{a}/")])?;
+        ensure!(
+            String::from_utf8_lossy(&out.stdout).contains("in pool-a"),
             "{out:?}"
         );
         Ok(())
@@ -463,6 +486,23 @@ fn answering_nodes(
         .collect())
 }
 
+/// How many endpoints kube-proxy (iptables mode) on `host` balances Service `service`
+/// (`namespace/name`, an unnamed port) over.
+fn programmed_endpoints(f: &TestFleet, host: &str, service: &str) -> anyhow::Result<usize> {
+    let out = f.exec(host, &["iptables-save", "-t", "nat"])?;
+    ensure!(out.status.success(), "iptables-save on {host}: {out:?}");
+    // iptables-save quotes a comment with a `/` in it; accept it bare too.
+    let (quoted, bare) = (
+        format!("--comment \"{service}\" "),
+        format!("--comment {service} "),
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A KUBE-SVC-") && l.contains("-j KUBE-SEP-"))
+        .filter(|l| l.contains(&quoted) || l.contains(&bare))
+        .count())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_topology_keeps_kube_proxy_inside_the_pool_or_node() -> anyhow::Result<()> {
     within(async {
@@ -538,12 +578,24 @@ async fn service_topology_keeps_kube_proxy_inside_the_pool_or_node() -> anyhow::
             },
         )
         .await?;
+        // Without topology kube-proxy balances over every endpoint, the other site's
+        // too (which this NATed site cannot reach, so only its own pool answers).
+        let plain = format!("{ns}/plain");
         wait_for(
             "a Service without topology to use every endpoint",
             Duration::from_secs(60),
-            || async { Ok((answering_nodes(&f, "edge-a1", &plain_ip)?.len() == 4).then_some(())) },
+            || async { Ok((programmed_endpoints(&f, "edge-a1", &plain)? == 4).then_some(())) },
         )
         .await?;
+        let by_pool = programmed_endpoints(&f, "edge-a1", &format!("{ns}/by-pool"))?;
+        ensure!(
+            by_pool == 2,
+            "kube-proxy on edge-a1 balances by-pool over {by_pool}"
+        );
+        ensure!(
+            answering_nodes(&f, "edge-a1", &plain_ip)? == set(&["edge-a1", "edge-a2"]),
+            "from behind pool-a's NAT only pool-a's endpoints answer"
+        );
         f.kubectl(&["delete", "namespace", ns, "--wait=false"])?;
         Ok(())
     })
