@@ -104,7 +104,8 @@ impl ServerMetrics {
 pub struct AgentMetrics {
     /// Server replicas the agent is connected to.
     pub connected: Gauge,
-    /// Connection attempts to the server, by result (`ok`, `error`).
+    /// Connection attempts to the server, by result: `ok`, `connect` (no TCP
+    /// connection), `tls` (a certificate refused either way), `http2`, `timeout`.
     pub connects: Family<ReasonLabel, Counter>,
     /// Dials asked by the server, by status answered.
     pub dials: Family<StreamLabels, Counter>,
@@ -112,6 +113,8 @@ pub struct AgentMetrics {
     pub dial_seconds: Family<StreamLabels, Histogram, fn() -> Histogram>,
     /// Tunnelled connections open.
     pub open_streams: Gauge,
+    /// When the certificate of the newest connection expires (Unix seconds).
+    pub certificate_expiry: Gauge,
 }
 
 impl AgentMetrics {
@@ -123,8 +126,14 @@ impl AgentMetrics {
             dials: Family::default(),
             dial_seconds: Family::new_with_constructor(dial_histogram),
             open_streams: Gauge::default(),
+            certificate_expiry: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("yurt_tunnel_agent");
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the node certificate the agent connects with expires",
+            m.certificate_expiry.clone(),
+        );
         r.register(
             "connected",
             "Connected to the tunnel server",

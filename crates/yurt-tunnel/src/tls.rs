@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -123,6 +124,17 @@ pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError>
         .with_client_auth_cert(certs(&files.cert)?, key(&files.key)?)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
+}
+
+/// When `cert` stops being valid.
+///
+/// # Errors
+/// [`IdentityError::Unreadable`] if it does not parse.
+pub fn not_after(cert: &CertificateDer<'_>) -> Result<std::time::SystemTime, IdentityError> {
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| IdentityError::Unreadable(e.to_string()))?;
+    let secs = parsed.validity().not_after.timestamp();
+    Ok(std::time::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
 }
 
 /// The node a verified client certificate belongs to: its subject must be exactly

@@ -29,6 +29,7 @@ use crate::server::ERROR_HEADER;
 use crate::splice::splice;
 use crate::tls::{self, TlsFiles};
 use crate::{Keepalive, Windows};
+use yurt_core::NodeName;
 
 /// Agent settings.
 #[derive(Debug, Clone)]
@@ -54,6 +55,10 @@ pub struct AgentConfig {
     pub windows: Windows,
     /// Streams the server may have open at once.
     pub max_streams: u32,
+    /// How often the agent looks for a renewed certificate in `tls` (kubelet rotates its
+    /// client certificate in place): a renewed one gets a new connection at once, and
+    /// the old connection drains.
+    pub cert_check_interval: Duration,
 }
 
 /// Why one connection to the server ended.
@@ -78,6 +83,9 @@ pub enum SessionError {
     /// HTTP/2 failed.
     #[error("tunnel connection: {0}")]
     Http2(String),
+    /// The node's certificate or key could not be loaded.
+    #[error("the node's certificate: {0}")]
+    Certificate(String),
 }
 
 /// A running agent's state, for readiness and tests.
@@ -109,7 +117,8 @@ pub async fn run(
     state: AgentState,
     token: CancellationToken,
 ) -> Result<(), tls::TlsError> {
-    let connector = TlsConnector::from(Arc::new(tls::client_config(&config.tls)?));
+    // Checked once here; each connection loads the files again (they may be renewed).
+    Identity::load(&config.tls)?;
     let server_name = rustls::pki_types::ServerName::try_from(config.server_name.clone())
         .map_err(|e| tls::TlsError::Verifier(format!("server name {}: {e}", config.server_name)))?;
     if config.server_addrs.is_empty() {
@@ -117,7 +126,6 @@ pub async fn run(
     }
     let dialer = Dialer {
         config: Arc::new(config),
-        connector,
         server_name,
         metrics,
         state,
@@ -132,10 +140,67 @@ pub async fn run(
     Ok(())
 }
 
+/// The certificate a connection presents, as loaded from the files.
+struct Identity {
+    connector: TlsConnector,
+    /// The certificate file's bytes, to notice a renewed one.
+    cert_pem: Vec<u8>,
+    /// When the certificate expires.
+    expires: Option<std::time::SystemTime>,
+}
+
+impl Identity {
+    fn load(files: &TlsFiles) -> Result<Self, tls::TlsError> {
+        let cert_pem = std::fs::read(&files.cert).map_err(|e| tls::TlsError::Pem {
+            path: files.cert.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let connector = TlsConnector::from(Arc::new(tls::client_config(files)?));
+        let expires = tls::certs(&files.cert)?
+            .first()
+            .and_then(|c| tls::not_after(c).ok());
+        Ok(Self {
+            connector,
+            cert_pem,
+            expires,
+        })
+    }
+
+    /// Whether the certificate file on disk differs from this one.
+    fn renewed_on_disk(&self, files: &TlsFiles) -> bool {
+        std::fs::read(&files.cert).is_ok_and(|now| now != self.cert_pem)
+    }
+}
+
+/// Returns once `files` hold a certificate other than `identity`'s that loads and is
+/// still `node`'s (a file caught half-written is tried again at the next check; a
+/// certificate of another node is never used).
+async fn renewal(files: &TlsFiles, identity: &Identity, node: &NodeName, every: Duration) {
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(every).await;
+        if !identity.renewed_on_disk(files) || Identity::load(files).is_err() {
+            continue;
+        }
+        let owner = tls::certs(&files.cert)
+            .ok()
+            .and_then(|c| tls::node_of(c.first()).ok());
+        if owner.as_ref() == Some(node) {
+            return;
+        }
+        if !warned {
+            tracing::warn!(
+                file = %files.cert.display(),
+                "the renewed certificate is not node {node}'s: keeping the current one"
+            );
+            warned = true;
+        }
+    }
+}
+
 /// What every server connection of one agent shares.
 struct Dialer {
     config: Arc<AgentConfig>,
-    connector: TlsConnector,
     server_name: rustls::pki_types::ServerName<'static>,
     metrics: AgentMetrics,
     state: AgentState,
@@ -151,7 +216,13 @@ async fn keep_connected(dialer: &Dialer, addr: &str) {
         let span = tracing::info_span!("session", server = %addr);
         let outcome = session(dialer, addr).instrument(span).await;
         match outcome {
-            Ok(()) => tracing::info!("tunnel connection closed"),
+            Ok(SessionEnd::Closed) => tracing::info!("tunnel connection closed"),
+            Ok(SessionEnd::Renewed) => {
+                // The old connection drains in the background: connect again now.
+                tracing::info!("certificate renewed: connecting with the new one");
+                failures = 0;
+                continue;
+            }
             Err(e) => tracing::warn!(error = %e, "tunnel connection failed"),
         }
         // A connection that lasted a while starts the backoff over.
@@ -177,10 +248,18 @@ fn backoff_delay((min, max): (Duration, Duration), failures: u32) -> Duration {
     min + span.mul_f64(fastrand::f64())
 }
 
-async fn session(dialer: &Dialer, addr: &str) -> Result<(), SessionError> {
+/// How a connection to the server ended without failing.
+enum SessionEnd {
+    /// The server or the agent closed it.
+    Closed,
+    /// The certificate was renewed: the connection drains in the background while
+    /// the agent connects again with the new one.
+    Renewed,
+}
+
+async fn session(dialer: &Dialer, addr: &str) -> Result<SessionEnd, SessionError> {
     let Dialer {
         config,
-        connector,
         metrics,
         state,
         token,
@@ -194,6 +273,21 @@ async fn session(dialer: &Dialer, addr: &str) -> Result<(), SessionError> {
             .get_or_create(&crate::metrics::ReasonLabel { reason: result })
             .inc();
     };
+    let identity = match Identity::load(&config.tls) {
+        Ok(identity) => identity,
+        Err(e) => {
+            result("certificate");
+            return Err(SessionError::Certificate(e.to_string()));
+        }
+    };
+    if let Some(expires) = identity.expires {
+        metrics.certificate_expiry.set(
+            expires
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+        );
+    }
+    let connector = &identity.connector;
     let connect = async {
         let tcp = TcpStream::connect(addr.as_str())
             .await
@@ -228,11 +322,15 @@ async fn session(dialer: &Dialer, addr: &str) -> Result<(), SessionError> {
     let mut connection = match tokio::time::timeout(config.connect_timeout, connect).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(e)) => {
-            result("error");
+            result(match e {
+                SessionError::Connect { .. } => "connect",
+                SessionError::Tls { .. } | SessionError::Certificate(_) => "tls",
+                SessionError::Http2(_) => "http2",
+            });
             return Err(e);
         }
         Err(_) => {
-            result("error");
+            result("timeout");
             return Err(SessionError::Connect {
                 addr: addr.clone(),
                 reason: format!("no connection within {:?}", config.connect_timeout),
@@ -242,16 +340,18 @@ async fn session(dialer: &Dialer, addr: &str) -> Result<(), SessionError> {
     result("ok");
     state.connections.fetch_add(1, Ordering::Relaxed);
     metrics.connected.inc();
-    // Counted down however the session ends.
-    let _connected = ConnectedGuard { state, metrics };
+    // Counted down however the session ends (or its drain, after a renewal).
+    let connected = ConnectedGuard {
+        state: state.clone(),
+        metrics: metrics.clone(),
+    };
     tracing::info!("connected to the tunnel server");
     // Streams end with their connection (a dead link must not leave them waiting for
     // window updates that will never come).
     // Not a child of `token`: on shutdown, open streams get the drain below first.
     let streams = CancellationToken::new();
-    let _end_streams = streams.clone().drop_guard();
-    let keepalive = crate::keep_alive(connection.ping_pong(), config.keepalive);
-    let mut keepalive = std::pin::pin!(keepalive);
+    let end_streams = streams.clone().drop_guard();
+    let mut keepalive = Box::pin(crate::keep_alive(connection.ping_pong(), config.keepalive));
     loop {
         tokio::select! {
             () = token.cancelled() => {
@@ -259,11 +359,37 @@ async fn session(dialer: &Dialer, addr: &str) -> Result<(), SessionError> {
                 connection.graceful_shutdown();
                 let drain = async { while let Some(Ok(_)) = connection.accept().await {} };
                 let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
-                return Ok(());
+                return Ok(SessionEnd::Closed);
+            }
+            () = renewal(&config.tls, &identity, &config.allow.node, config.cert_check_interval) => {
+                // The server opens new streams on an agent's newest connection, which
+                // the caller makes now with the new certificate. This one takes no new
+                // streams and lives until its streams end, its certificate expires
+                // (the server would close it then) or the agent stops.
+                connection.graceful_shutdown();
+                let expires_in = match identity.expires {
+                    Some(t) => t
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or(Duration::ZERO),
+                    None => Duration::from_secs(24 * 3600),
+                };
+                let token = token.clone();
+                let drain = async move {
+                    let (_connected, _end_streams) = (connected, end_streams);
+                    let streams_end = async { while let Some(Ok(_)) = connection.accept().await {} };
+                    tokio::select! {
+                        () = streams_end => tracing::info!("the old connection drained"),
+                        failed = &mut keepalive => tracing::info!(error = %failed, "the old connection failed"),
+                        () = tokio::time::sleep(expires_in) => tracing::info!("the old certificate expired"),
+                        () = token.cancelled() => {}
+                    }
+                };
+                tokio::spawn(drain.instrument(tracing::Span::current()));
+                return Ok(SessionEnd::Renewed);
             }
             failed = &mut keepalive => return Err(SessionError::Http2(failed)),
             accepted = connection.accept() => match accepted {
-                None => return Ok(()),
+                None => return Ok(SessionEnd::Closed),
                 Some(Err(e)) => return Err(SessionError::Http2(e.to_string())),
                 Some(Ok((request, respond))) => {
                     let config = config.clone();
@@ -279,12 +405,12 @@ async fn session(dialer: &Dialer, addr: &str) -> Result<(), SessionError> {
     }
 }
 
-struct ConnectedGuard<'a> {
-    state: &'a AgentState,
-    metrics: &'a AgentMetrics,
+struct ConnectedGuard {
+    state: AgentState,
+    metrics: AgentMetrics,
 }
 
-impl Drop for ConnectedGuard<'_> {
+impl Drop for ConnectedGuard {
     fn drop(&mut self) {
         self.state.connections.fetch_sub(1, Ordering::Relaxed);
         self.metrics.connected.dec();

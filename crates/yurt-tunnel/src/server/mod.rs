@@ -211,15 +211,21 @@ fn refused(reason: &'static str, message: impl Into<String>) -> AgentRefused {
     }
 }
 
-type AgentConnection = (
-    NodeName,
-    h2::client::SendRequest<Bytes>,
-    h2::client::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>,
-);
+/// An agent let in.
+struct Admitted {
+    /// Its node, from its certificate.
+    node: NodeName,
+    /// Opens streams to it.
+    send: h2::client::SendRequest<Bytes>,
+    /// Its connection, to poll.
+    connection: h2::client::Connection<tokio_rustls::server::TlsStream<TcpStream>, Bytes>,
+    /// When its certificate expires.
+    expires: Option<std::time::SystemTime>,
+}
 
 /// Checks who an agent is (TLS with a node's certificate, a Node that exists) and sets
 /// up HTTP/2 on its connection.
-async fn admit(stream: TcpStream, shared: &Shared) -> Result<AgentConnection, AgentRefused> {
+async fn admit(stream: TcpStream, shared: &Shared) -> Result<Admitted, AgentRefused> {
     let config = &shared.config;
     let within = config.handshake_timeout;
     let tls = match tokio::time::timeout(within, shared.acceptor.accept(stream)).await {
@@ -232,7 +238,12 @@ async fn admit(stream: TcpStream, shared: &Shared) -> Result<AgentConnection, Ag
             ));
         }
     };
-    let node = tls::node_of(tls.get_ref().1.peer_certificates().and_then(|c| c.first()))
+    let peer = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+    let node = tls::node_of(peer).map_err(|e| refused("identity", e.to_string()))?;
+    // The handshake checked it is valid now; the connection must not outlive it.
+    let expires = peer
+        .map(tls::not_after)
+        .transpose()
         .map_err(|e| refused("identity", e.to_string()))?;
     tracing::Span::current().record("node", node.as_str());
     // A node's agent may start before its kubelet has registered the Node: wait for it
@@ -254,7 +265,12 @@ async fn admit(stream: TcpStream, shared: &Shared) -> Result<AgentConnection, Ag
         .max_send_buffer_size(config.windows.max_frame as usize)
         .handshake::<_, Bytes>(tls);
     match tokio::time::timeout(within, handshake).await {
-        Ok(Ok((send, connection))) => Ok((node, send, connection)),
+        Ok(Ok((send, connection))) => Ok(Admitted {
+            node,
+            send,
+            connection,
+            expires,
+        }),
         Ok(Err(e)) => Err(refused(
             "handshake",
             format!("HTTP/2 handshake failed: {e}"),
@@ -268,7 +284,12 @@ async fn admit(stream: TcpStream, shared: &Shared) -> Result<AgentConnection, Ag
 async fn serve_agent(stream: TcpStream, shared: Arc<Shared>, token: CancellationToken) {
     let config = &shared.config;
     set_keepalive(&stream, &config.keepalive);
-    let (node, send, mut connection) = match admit(stream, &shared).await {
+    let Admitted {
+        node,
+        send,
+        mut connection,
+        expires,
+    } = match admit(stream, &shared).await {
         Ok(admitted) => admitted,
         Err(AgentRefused { reason, message }) => {
             shared
@@ -288,10 +309,17 @@ async fn serve_agent(stream: TcpStream, shared: Arc<Shared>, token: Cancellation
     let id = shared.agents.register(&node, send, closed);
     shared.metrics.agents.inc();
     tracing::info!("agent connected");
+    // A certificate that expires ends its connection (TLS checks it only at the
+    // handshake); a renewing agent has moved to a new connection by then.
+    let expires_in = expires.map_or(Duration::MAX, |t| {
+        t.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    });
     let outcome = tokio::select! {
         () = token.cancelled() => Ok(()),
         done = &mut connection => done.map_err(|e| e.to_string()),
         failed = crate::keep_alive(pings, config.keepalive) => Err(failed),
+        () = tokio::time::sleep(expires_in) => Err("its certificate expired".to_owned()),
     };
     shared.agents.unregister(&node, id);
     shared.metrics.agents.dec();

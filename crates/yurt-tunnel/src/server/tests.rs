@@ -143,6 +143,7 @@ impl Fleet {
             backoff: (Duration::from_millis(50), Duration::from_millis(200)),
             windows: Windows::default(),
             max_streams: 4096,
+            cert_check_interval: Duration::from_millis(100),
         }
     }
 
@@ -180,15 +181,27 @@ impl Fleet {
     /// Another server replica with the same CA and nodes: its egress socket, agent
     /// address and agents; it stops with `stop`.
     async fn replica(&self, stop: &CancellationToken) -> (PathBuf, SocketAddr, Agents) {
-        let socket = self.pki.dir.path().join("run/egress-2.sock");
+        let tls = self.pki.files(
+            "server-2",
+            &CertSpec::server("yurt-tunnel-server", &["yurt-tunnel-server"], &[LOCAL]),
+            None,
+        );
+        self.replica_with(stop, tls, "run/egress-2.sock").await
+    }
+
+    /// Another server with the same nodes serving `tls`, its egress socket at `socket`
+    /// in the test's folder.
+    async fn replica_with(
+        &self,
+        stop: &CancellationToken,
+        tls: TlsFiles,
+        socket: &str,
+    ) -> (PathBuf, SocketAddr, Agents) {
+        let socket = self.pki.dir.path().join(socket);
         let config = ServerConfig {
             egress_socket: socket.clone(),
             agent_addr: SocketAddr::new(LOCAL, 0),
-            tls: self.pki.files(
-                "server-2",
-                &CertSpec::server("yurt-tunnel-server", &["yurt-tunnel-server"], &[LOCAL]),
-                None,
-            ),
+            tls,
             dial_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(5),
             keepalive: Keepalive::default(),
@@ -653,4 +666,143 @@ async fn an_agent_serves_through_every_replica_and_keeps_working_when_one_dies()
     stop_second.cancel();
     wait_for(|| state.connections() == 1, "one connection left").await;
     echo_through(fleet.socket.clone()).await;
+}
+
+#[tokio::test]
+async fn an_agent_refuses_a_server_with_another_name_or_from_another_ca() {
+    let fleet = start(vec![route("edge-a1", "127.0.0.1", "10.244.1.0/24")]).await;
+    // Someone on the path with a certificate of the right name from another CA.
+    let impostor_ca = CertificateAuthority::generate("impostor-ca").unwrap();
+    let impostor_tls = fleet.pki.files(
+        "impostor",
+        &CertSpec::server("yurt-tunnel-server", &["yurt-tunnel-server"], &[LOCAL]),
+        Some(&impostor_ca),
+    );
+    let stop = CancellationToken::new();
+    let (_, impostor_addr, impostor_agents) = fleet
+        .replica_with(&stop, impostor_tls, "run/impostor.sock")
+        .await;
+    let config = fleet.agent_config(fleet.pki.node("edge-a1"), "edge-a1", "127.0.0.1");
+    let tls_refusals = |m: &AgentMetrics| {
+        m.connects
+            .get_or_create(&ReasonLabel { reason: "tls" })
+            .get()
+    };
+    for (what, config) in [
+        // The real server, but the agent was told to expect another name.
+        (
+            "a server with another name",
+            AgentConfig {
+                server_name: "tunnel.example.org".into(),
+                ..config.clone()
+            },
+        ),
+        (
+            "a server from another CA",
+            AgentConfig {
+                server_addrs: vec![impostor_addr.to_string()],
+                ..config.clone()
+            },
+        ),
+    ] {
+        let (state, metrics) = fleet.run_agent(config);
+        wait_for(|| tls_refusals(&metrics) >= 2, what).await;
+        assert_eq!(state.connections(), 0, "{what}");
+    }
+    assert!(
+        fleet.agents.nodes().is_empty(),
+        "{:?}",
+        fleet.agents.nodes()
+    );
+    assert!(impostor_agents.nodes().is_empty());
+    // The same agent with the right name and server gets in.
+    fleet.run_agent(config);
+    let node: NodeName = "edge-a1".parse().unwrap();
+    wait_for(|| fleet.agents.get(&node).is_some(), "the agent connected").await;
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_gets_a_new_connection_and_the_old_one_drains() {
+    let fleet = start(vec![route("edge-a1", "127.0.0.1", "10.244.1.0/24")]).await;
+    let tls = fleet.pki.node("edge-a1");
+    let (state, metrics) = fleet.run_agent(fleet.agent_config(tls.clone(), "edge-a1", "127.0.0.1"));
+    let node: NodeName = "edge-a1".parse().unwrap();
+    wait_for(|| fleet.agents.get(&node).is_some(), "the agent connected").await;
+    let backend = echo().await;
+    let (status, mut across) = fleet.connect(&backend.to_string()).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection established");
+    echoes(&mut across, b"before").await;
+
+    // Renewed in place, as kubelet does: a new key and certificate (valid one day).
+    let mut spec = CertSpec::client("system:node:edge-a1", &["system:nodes"]);
+    spec.validity = Duration::from_secs(24 * 3600);
+    let renewed = fleet.pki.ca.issue(&spec).unwrap();
+    std::fs::write(&tls.key, &renewed.key_pem).unwrap();
+    std::fs::write(&tls.cert, &renewed.cert_pem).unwrap();
+    let ok = |m: &AgentMetrics| {
+        m.connects
+            .get_or_create(&ReasonLabel { reason: "ok" })
+            .get()
+    };
+    wait_for(
+        || ok(&metrics) >= 2,
+        "a connection with the renewed certificate",
+    )
+    .await;
+    let expiry = u64::try_from(metrics.certificate_expiry.get()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        expiry.abs_diff(now + 24 * 3600) < 120,
+        "the new connection's certificate expires at {expiry}"
+    );
+    // The stream opened before the renewal carries on over the old connection; new
+    // streams use the new one.
+    assert_eq!(state.connections(), 2);
+    echoes(&mut across, b"after").await;
+    let (status, mut fresh) = fleet.connect(&backend.to_string()).await;
+    assert_eq!(status, "HTTP/1.1 200 Connection established");
+    echoes(&mut fresh, b"new").await;
+    // Once its last stream ends, the old connection is gone.
+    drop(across);
+    wait_for(|| state.connections() == 1, "the old connection drained").await;
+    echoes(&mut fresh, b"still").await;
+}
+
+#[tokio::test]
+async fn the_server_ends_an_agent_connection_when_its_certificate_expires() {
+    let fleet = start(vec![route("edge-a1", "127.0.0.1", "10.244.1.0/24")]).await;
+    let mut spec = CertSpec::client("system:node:edge-a1", &["system:nodes"]);
+    spec.validity = Duration::from_secs(3);
+    let short_lived = fleet.pki.files("short-lived", &spec, None);
+    let before = fleet.refusals("tls");
+    fleet.run_agent(fleet.agent_config(short_lived, "edge-a1", "127.0.0.1"));
+    let node: NodeName = "edge-a1".parse().unwrap();
+    wait_for(|| fleet.agents.get(&node).is_some(), "the agent connected").await;
+    // At expiry the connection ends, and the agent's next attempts are refused.
+    wait_for(
+        || fleet.refusals("tls") > before,
+        "the expired certificate refused",
+    )
+    .await;
+    assert!(fleet.agents.get(&node).is_none());
+    let (status, _) = fleet.connect("127.0.0.1:10250").await;
+    assert!(
+        status.starts_with("HTTP/1.1 502 node edge-a1 has no tunnel agent"),
+        "{status}"
+    );
+}
+
+/// Writes `word` on `stream` and expects it back (from an echo backend).
+async fn echoes(stream: &mut UnixStream, word: &[u8]) {
+    stream.write_all(word).await.unwrap();
+    let mut back = vec![0u8; word.len()];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(back, word);
 }
