@@ -56,7 +56,7 @@ pub enum Command {
     /// The cloud end of the tunnel (alias `yurt-tunnel-server`): kube-apiserver's `cluster` egress, carried to edge nodes' agents.
     TunnelServer(Box<crate::commands::tunnel::TunnelServerArgs>),
     /// The edge end of the tunnel (alias `yurt-tunnel-agent`): dials out to the server and connects its streams to this node.
-    TunnelAgent(Box<crate::commands::tunnel::TunnelAgentArgs>),
+    TunnelAgent(Box<yurt_tunnel::cli::AgentArgs>),
 }
 
 /// Network mode of the edge sites.
@@ -241,6 +241,9 @@ pub enum BenchCommand {
     /// The bare proxy `yurt bench hub` measures the hub against (started by it).
     #[command(hide = true)]
     BareProxy(crate::commands::bench_hub::bare_proxy::BareProxyArgs),
+    /// Many tunnel agents in one process, for `yurt bench tunnel` (started by it).
+    #[command(hide = true)]
+    TunnelAgents(crate::commands::bench_tunnel::ManyAgentsArgs),
 }
 
 /// `yurt bench fleet`.

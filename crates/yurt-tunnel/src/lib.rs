@@ -7,6 +7,8 @@
 //! TLS between the API server and kubelet stays end to end: the tunnel sees only bytes.
 
 pub mod agent;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod connect;
 pub mod metrics;
 pub mod server;

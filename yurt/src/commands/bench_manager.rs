@@ -50,7 +50,7 @@ fn pool_name(i: usize) -> String {
 }
 
 /// (resident MiB, CPU seconds) of a process.
-fn usage(pid: i32) -> Option<(f64, f64)> {
+pub(crate) fn usage(pid: i32) -> Option<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss_kib: f64 = status
         .lines()
