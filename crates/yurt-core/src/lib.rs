@@ -14,6 +14,8 @@
 //! ```
 
 pub mod admin;
+#[cfg(feature = "edge-binary")]
+pub mod edge_binary;
 pub mod names;
 pub mod pki;
 pub mod shutdown;

@@ -60,21 +60,6 @@ pub struct BenchTunnelArgs {
 /// The nodes run as agent processes, and their own addresses.
 const AGENT_PROCESS_IPS: [(&str, &str); 2] = [("bench-b", "127.0.0.2"), ("bench-c", "127.0.0.3")];
 
-/// Where the agent-only binary is: `flag`, or `hub-small/yurt-tunnel-agent` in the
-/// target folder this binary was built in (`target/release/yurt` →
-/// `target/hub-small/yurt-tunnel-agent`).
-fn agent_only_binary(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(path) = flag {
-        return Ok(path.to_owned());
-    }
-    let exe = std::env::current_exe()?;
-    let target = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("this binary is not in a target folder")?;
-    Ok(target.join("hub-small").join("yurt-tunnel-agent"))
-}
-
 /// Runs `command` (an agent: `yurt tunnel-agent` or `yurt-tunnel-agent`) as `node`,
 /// allowed only an echo server on the node's address: its RSS in KiB once idle, and
 /// with `streams` idle streams open through it. Stops it before returning.
@@ -648,7 +633,8 @@ pub async fn run(args: BenchTunnelArgs) -> anyhow::Result<std::process::ExitCode
         format!("{:.1} MiB with them open", busy as f64 / 1024.0),
     );
     const SMALL: &str = "agent process RSS idle (`yurt-tunnel-agent`)";
-    let small = agent_only_binary(args.agent_binary.as_deref())?;
+    let small =
+        super::bench_hub::edge_only_binary(args.agent_binary.as_deref(), "yurt-tunnel-agent")?;
     if small.is_file() {
         let command = tokio::process::Command::new(&small);
         let (idle, busy) =

@@ -4,17 +4,13 @@
 //! `cargo build --profile hub-small -p yurt-tunnel --bin yurt-tunnel-agent`, the size
 //! profile of the edge binaries).
 //!
-//! `RUST_LOG` takes `target=level` directives (`warn,yurt_tunnel::agent=debug`), read
-//! by tracing-subscriber's `Targets` filter, as `yurt-hub` does: `EnvFilter`'s span and
-//! field directives need a regex engine, code an agent is not debugged with.
+//! `RUST_LOG` takes `target=level` directives (`warn,yurt_tunnel::agent=debug`): see
+//! [`yurt_core::edge_binary`].
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::filter::Targets;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// Warnings and errors.
 const DEFAULT_LOG_FILTER: &str = "warn";
@@ -30,46 +26,13 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) => match directives.parse::<Targets>() {
-            Ok(filter) => filter,
-            Err(e) => {
-                eprintln!("error: RUST_LOG={directives:?}: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        // A constant, parsed in the tests below.
-        Err(_) => DEFAULT_LOG_FILTER.parse().unwrap_or_default(),
-    };
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(filter)
-        .init();
     // One worker: an agent moves bytes between sockets, and each thread's stack and
     // allocator arena is resident memory on a small node.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let run = async {
+    yurt_core::edge_binary::run(DEFAULT_LOG_FILTER, 1, async {
         let token = CancellationToken::new();
         tokio::spawn(yurt_core::shutdown::cancel_on_signal(token.clone()));
         yurt_tunnel::cli::run_agent(&cli.agent, token).await
-    };
-    match runtime.block_on(run) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -77,8 +40,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_default_log_filter_parses_as_targets() {
-        let filter: Targets = DEFAULT_LOG_FILTER.parse().expect("parses");
+    fn the_default_log_filter_parses() {
+        let filter = yurt_core::edge_binary::log_filter(None, DEFAULT_LOG_FILTER).expect("parses");
         assert!(filter.would_enable("yurt_tunnel", &tracing::Level::WARN));
         assert!(!filter.would_enable("yurt_tunnel", &tracing::Level::INFO));
     }

@@ -384,9 +384,10 @@ async fn get(stream: tokio::net::TcpStream, path: &str, ua: &str) -> anyhow::Res
     Ok((status, body))
 }
 
-/// Where the hub-only binary is: `--hub-binary`, or `hub-small/yurt-hub` in the target
-/// folder this binary was built in (`target/release/yurt` → `target/hub-small/yurt-hub`).
-fn hub_only_binary(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// Where an edge-only binary (`yurt-hub`, `yurt-tunnel-agent`) is: `flag`, or
+/// `hub-small/<name>` in the target folder this binary was built in
+/// (`target/release/yurt` → `target/hub-small/yurt-hub`).
+pub(crate) fn edge_only_binary(flag: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
     if let Some(path) = flag {
         return Ok(path.to_owned());
     }
@@ -395,7 +396,7 @@ fn hub_only_binary(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
         .parent()
         .and_then(Path::parent)
         .context("this binary is not in a target folder")?;
-    Ok(target.join("hub-small").join("yurt-hub"))
+    Ok(target.join("hub-small").join(name))
 }
 
 /// Idle RSS of the hub-only binary, beside `yurt hub`'s: how much of the figure is the
@@ -469,7 +470,7 @@ async fn offline_section(
         ),
     );
     drop(hub);
-    idle_hub_only(&pki, dir, &hub_only_binary(hub_binary)?, table).await?;
+    idle_hub_only(&pki, dir, &edge_only_binary(hub_binary, "yurt-hub")?, table).await?;
 
     // Cold start to serving a 10,000-object cache.
     let full = dir.join("full-cache");
