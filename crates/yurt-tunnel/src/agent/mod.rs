@@ -211,15 +211,18 @@ struct Dialer {
 async fn keep_connected(dialer: &Dialer, addr: &str) {
     let (config, token) = (&dialer.config, &dialer.token);
     let mut failures: u32 = 0;
+    // The connection a renewal replaces, told when its successor is up.
+    let mut handoff = None;
     while !token.is_cancelled() {
         let started = Instant::now();
         let span = tracing::info_span!("session", server = %addr);
-        let outcome = session(dialer, addr).instrument(span).await;
+        let outcome = session(dialer, addr, handoff.take()).instrument(span).await;
         match outcome {
             Ok(SessionEnd::Closed) => tracing::info!("tunnel connection closed"),
-            Ok(SessionEnd::Renewed) => {
-                // The old connection drains in the background: connect again now.
+            Ok(SessionEnd::Renewed(replaced)) => {
+                // The old connection serves until this one is up: connect now.
                 tracing::info!("certificate renewed: connecting with the new one");
+                handoff = Some(replaced);
                 failures = 0;
                 continue;
             }
@@ -252,12 +255,17 @@ fn backoff_delay((min, max): (Duration, Duration), failures: u32) -> Duration {
 enum SessionEnd {
     /// The server or the agent closed it.
     Closed,
-    /// The certificate was renewed: the connection drains in the background while
-    /// the agent connects again with the new one.
-    Renewed,
+    /// The certificate was renewed: the agent connects again with the new one and
+    /// cancels this token once connected; the old connection serves until then, then
+    /// drains in the background.
+    Renewed(CancellationToken),
 }
 
-async fn session(dialer: &Dialer, addr: &str) -> Result<SessionEnd, SessionError> {
+async fn session(
+    dialer: &Dialer,
+    addr: &str,
+    handoff: Option<CancellationToken>,
+) -> Result<SessionEnd, SessionError> {
     let Dialer {
         config,
         metrics,
@@ -338,6 +346,9 @@ async fn session(dialer: &Dialer, addr: &str) -> Result<SessionEnd, SessionError
         }
     };
     result("ok");
+    if let Some(old) = handoff {
+        old.cancel();
+    }
     state.connections.fetch_add(1, Ordering::Relaxed);
     metrics.connected.inc();
     // Counted down however the session ends (or its drain, after a renewal).
@@ -352,6 +363,25 @@ async fn session(dialer: &Dialer, addr: &str) -> Result<SessionEnd, SessionError
     let streams = CancellationToken::new();
     let end_streams = streams.clone().drop_guard();
     let mut keepalive = Box::pin(crate::keep_alive(connection.ping_pong(), config.keepalive));
+    // Made once, not per loop turn: streams arriving more often than the check interval
+    // must not keep restarting its timer.
+    let mut renewed = Box::pin(renewal(
+        &config.tls,
+        &identity,
+        &config.allow.node,
+        config.cert_check_interval,
+    ));
+    let serve = |request, respond| {
+        let span = tracing::info_span!("stream", target = tracing::field::Empty);
+        let task = serve_stream(
+            request,
+            respond,
+            config.clone(),
+            metrics.clone(),
+            streams.clone(),
+        );
+        tokio::spawn(task.instrument(span));
+    };
     loop {
         tokio::select! {
             () = token.cancelled() => {
@@ -361,48 +391,64 @@ async fn session(dialer: &Dialer, addr: &str) -> Result<SessionEnd, SessionError
                 let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
                 return Ok(SessionEnd::Closed);
             }
-            () = renewal(&config.tls, &identity, &config.allow.node, config.cert_check_interval) => {
-                // The server opens new streams on an agent's newest connection, which
-                // the caller makes now with the new certificate. This one takes no new
-                // streams and lives until its streams end, its certificate expires
-                // (the server would close it then) or the agent stops.
-                connection.graceful_shutdown();
-                let expires_in = match identity.expires {
-                    Some(t) => t
-                        .duration_since(std::time::SystemTime::now())
-                        .unwrap_or(Duration::ZERO),
-                    None => Duration::from_secs(24 * 3600),
-                };
-                let token = token.clone();
-                let drain = async move {
-                    let (_connected, _end_streams) = (connected, end_streams);
-                    let streams_end = async { while let Some(Ok(_)) = connection.accept().await {} };
-                    tokio::select! {
-                        () = streams_end => tracing::info!("the old connection drained"),
-                        failed = &mut keepalive => tracing::info!(error = %failed, "the old connection failed"),
-                        () = tokio::time::sleep(expires_in) => tracing::info!("the old certificate expired"),
-                        () = token.cancelled() => {}
-                    }
-                };
-                tokio::spawn(drain.instrument(tracing::Span::current()));
-                return Ok(SessionEnd::Renewed);
-            }
+            () = &mut renewed => break,
             failed = &mut keepalive => return Err(SessionError::Http2(failed)),
             accepted = connection.accept() => match accepted {
                 None => return Ok(SessionEnd::Closed),
                 Some(Err(e)) => return Err(SessionError::Http2(e.to_string())),
-                Some(Ok((request, respond))) => {
-                    let config = config.clone();
-                    let metrics = metrics.clone();
-                    let token = streams.clone();
-                    let span = tracing::info_span!("stream", target = tracing::field::Empty);
-                    tokio::spawn(
-                        serve_stream(request, respond, config, metrics, token).instrument(span),
-                    );
-                }
+                Some(Ok((request, respond))) => serve(request, respond),
             },
         }
     }
+    // Renewed. The caller connects again with the new certificate and cancels `handed`
+    // once connected; the server opens new streams on an agent's newest connection.
+    // Until then this connection keeps serving, so no stream is refused in between;
+    // then it takes no new streams and lives until its streams end, its certificate
+    // expires (the server would close it then) or the agent stops. If the new one
+    // cannot connect within the connect timeout, this one drains all the same.
+    let handed = CancellationToken::new();
+    let expires_in = match identity.expires {
+        Some(t) => t
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+        None => Duration::from_secs(24 * 3600),
+    };
+    let (token, handoff, connect_timeout) = (token.clone(), handed.clone(), config.connect_timeout);
+    let (config, metrics) = (config.clone(), metrics.clone());
+    let drain = async move {
+        let (_connected, _end_streams) = (connected, end_streams);
+        let handoff_timeout = tokio::time::sleep(connect_timeout);
+        tokio::pin!(handoff_timeout);
+        loop {
+            tokio::select! {
+                () = handoff.cancelled() => break,
+                () = &mut handoff_timeout => break,
+                () = token.cancelled() => return,
+                failed = &mut keepalive => {
+                    tracing::info!(error = %failed, "the old connection failed");
+                    return;
+                }
+                accepted = connection.accept() => match accepted {
+                    Some(Ok((request, respond))) => {
+                        let span = tracing::info_span!("stream", target = tracing::field::Empty);
+                        let task = serve_stream(request, respond, config.clone(), metrics.clone(), streams.clone());
+                        tokio::spawn(task.instrument(span));
+                    }
+                    _ => return,
+                },
+            }
+        }
+        connection.graceful_shutdown();
+        let streams_end = async { while let Some(Ok(_)) = connection.accept().await {} };
+        tokio::select! {
+            () = streams_end => tracing::info!("the old connection drained"),
+            failed = &mut keepalive => tracing::info!(error = %failed, "the old connection failed"),
+            () = tokio::time::sleep(expires_in) => tracing::info!("the old certificate expired"),
+            () = token.cancelled() => {}
+        }
+    };
+    tokio::spawn(drain.instrument(tracing::Span::current()));
+    Ok(SessionEnd::Renewed(handed))
 }
 
 struct ConnectedGuard {

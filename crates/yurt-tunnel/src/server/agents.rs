@@ -65,6 +65,22 @@ impl Agents {
         }
     }
 
+    /// Every connection of `node`, newest first.
+    pub fn links(&self, node: &NodeName) -> Vec<AgentLink> {
+        self.lock()
+            .get(node)
+            .map(|list| {
+                list.iter()
+                    .rev()
+                    .map(|c| AgentLink {
+                        send: c.send.clone(),
+                        closed: c.closed.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The newest connection of `node`.
     pub fn get(&self, node: &NodeName) -> Option<AgentLink> {
         self.lock()

@@ -363,17 +363,18 @@ async fn serve_connect(mut stream: UnixStream, shared: Arc<Shared>, token: Cance
         let answer = match &route {
             Route::Node { node, edge } => {
                 tracing::Span::current().record("node", node.as_str());
-                match shared.agents.get(node) {
-                    Some(link) => {
-                        through_agent(stream, &target, node, link, early, &shared, started)
+                let links = shared.agents.links(node);
+                match links.is_empty() {
+                    false => {
+                        through_agent(stream, &target, node, links, early, &shared, started)
                             .await;
                         return;
                     }
-                    None if *edge => Refusal::new(
+                    true if *edge => Refusal::new(
                         502,
                         format!("node {node} has no tunnel agent connected; its kubelet and pods are out of reach"),
                     ),
-                    None => {
+                    true => {
                         direct(stream, &target, early, &shared, started, token).await;
                         return;
                     }
@@ -403,46 +404,80 @@ impl Refusal {
     }
 }
 
+/// Why a stream could not be opened on one agent connection.
+enum OpenFailure {
+    /// The connection is going away or broken before the agent answered: another
+    /// connection of the node may take the stream (nothing was sent to the target).
+    Unusable(Refusal),
+    /// The agent answered: final.
+    Answered(Refusal),
+}
+
+/// Opens a CONNECT stream to `target` on one agent connection.
+async fn open_stream(
+    link: &agents::AgentLink,
+    target: &Target,
+    node: &NodeName,
+) -> Result<(h2::SendStream<Bytes>, h2::RecvStream), OpenFailure> {
+    let unusable = |e: h2::Error| {
+        OpenFailure::Unusable(Refusal::new(
+            502,
+            format!("node {node}: tunnel connection unusable: {e}"),
+        ))
+    };
+    let mut send = link.send.clone().ready().await.map_err(unusable)?;
+    let request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(target.to_string())
+        .body(())
+        .map_err(|e| OpenFailure::Answered(Refusal::new(400, format!("target {target}: {e}"))))?;
+    let (response, stream_send) = send.send_request(request, false).map_err(unusable)?;
+    let response = response.await.map_err(|e| {
+        OpenFailure::Unusable(Refusal::new(
+            502,
+            format!("node {node}: tunnel stream failed: {e}"),
+        ))
+    })?;
+    if response.status() != StatusCode::OK {
+        let why = response
+            .headers()
+            .get(ERROR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("refused");
+        return Err(OpenFailure::Answered(Refusal::new(
+            response.status().as_u16(),
+            format!("node {node}: {why}"),
+        )));
+    }
+    Ok((stream_send, response.into_body()))
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn through_agent(
     mut stream: UnixStream,
     target: &Target,
     node: &NodeName,
-    link: agents::AgentLink,
+    links: Vec<agents::AgentLink>,
     early: Vec<u8>,
     shared: &Shared,
     started: Instant,
 ) {
     let config = &shared.config;
     let metrics = &shared.metrics;
-    let token = link.closed;
+    // Newest connection first; one that is going away (its agent renewed its
+    // certificate, or is stopping) or broken hands the stream to the next.
     let opened = async {
-        let mut send = link.send.ready().await.map_err(|e| {
-            Refusal::new(502, format!("node {node}: tunnel connection unusable: {e}"))
-        })?;
-        let request = Request::builder()
-            .method(Method::CONNECT)
-            .uri(target.to_string())
-            .body(())
-            .map_err(|e| Refusal::new(400, format!("target {target}: {e}")))?;
-        let (response, stream_send) = send.send_request(request, false).map_err(|e| {
-            Refusal::new(502, format!("node {node}: tunnel connection unusable: {e}"))
-        })?;
-        let response = response
-            .await
-            .map_err(|e| Refusal::new(502, format!("node {node}: tunnel stream failed: {e}")))?;
-        if response.status() != StatusCode::OK {
-            let why = response
-                .headers()
-                .get(ERROR_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("refused");
-            return Err(Refusal::new(
-                response.status().as_u16(),
-                format!("node {node}: {why}"),
-            ));
+        let mut last = None;
+        for link in &links {
+            match open_stream(link, target, node).await {
+                Ok((send, recv)) => return Ok((send, recv, link.closed.clone())),
+                Err(OpenFailure::Answered(refusal)) => return Err(refusal),
+                Err(OpenFailure::Unusable(refusal)) => last = Some(refusal),
+            }
         }
-        Ok((stream_send, response.into_body()))
+        Err(last.unwrap_or_else(|| {
+            Refusal::new(502, format!("node {node} has no tunnel agent connected"))
+        }))
     };
     // The agent answers within its own dial timeout; this bound only covers an agent
     // that stopped answering altogether.
@@ -454,8 +489,8 @@ async fn through_agent(
             format!("node {node}: its agent did not connect {target} within {bound:?}"),
         )),
     };
-    let (stream_send, stream_recv) = match opened {
-        Ok(pair) => pair,
+    let (stream_send, stream_recv, token) = match opened {
+        Ok(opened) => opened,
         Err(refusal) => {
             tracing::info!(code = refusal.code, reason = %refusal.reason, "CONNECT refused");
             let _ = stream

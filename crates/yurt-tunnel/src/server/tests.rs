@@ -733,6 +733,22 @@ async fn a_renewed_certificate_gets_a_new_connection_and_the_old_one_drains() {
     let (status, mut across) = fleet.connect(&backend.to_string()).await;
     assert_eq!(status, "HTTP/1.1 200 Connection established");
     echoes(&mut across, b"before").await;
+    // New streams all the while, more often than the agent looks for a renewal.
+    // None may fail across the switch to the new connection.
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let churn = {
+        let (socket, refused) = (fleet.socket.clone(), refused.clone());
+        tokio::spawn(async move {
+            loop {
+                let (status, stream) = connect_on(&socket, &backend.to_string()).await;
+                if status != "HTTP/1.1 200 Connection established" {
+                    refused.lock().unwrap().push(status);
+                }
+                drop(stream);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
 
     // Renewed in place, as kubelet does: a new key and certificate (valid one day).
     let mut spec = CertSpec::client("system:node:edge-a1", &["system:nodes"]);
@@ -750,6 +766,16 @@ async fn a_renewed_certificate_gets_a_new_connection_and_the_old_one_drains() {
         "a connection with the renewed certificate",
     )
     .await;
+    // A little more churn on the new connection, then none may have been refused.
+    let seen = ok(&metrics);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    churn.abort();
+    assert_eq!(ok(&metrics), seen, "no further reconnection");
+    assert!(
+        refused.lock().unwrap().is_empty(),
+        "{:?}",
+        refused.lock().unwrap()
+    );
     let expiry = u64::try_from(metrics.certificate_expiry.get()).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
