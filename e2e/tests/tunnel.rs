@@ -640,6 +640,99 @@ impl Drop for Follow {
     }
 }
 
+/// Server replicas the agent on `node` holds a connection to.
+fn agent_replicas(f: &TestFleet, node: &str) -> anyhow::Result<u64> {
+    agent_metric(f, node, "yurt_tunnel_agent_connected")
+}
+
+/// The fleet runs two API servers, each with its own tunnel server, and every agent holds
+/// a connection to both (as with two control-plane machines). A tunnel server killed
+/// outright (SIGKILL: no drain, no GOAWAY) ends only the streams through it: `logs -f`
+/// through the other API server keeps flowing, and logs and exec through it reach every
+/// node at once, without any agent reconnecting. Started again, it gets every agent back.
+async fn a_killed_tunnel_server_costs_only_its_streams(f: &mut TestFleet) -> anyhow::Result<()> {
+    let nodes = [CHATTY_NODE, FILES_NODE];
+    let second = format!(
+        "https://{}:{}",
+        f.fleet().plan().cloud_host_side_ip().addr,
+        yurt_cluster::components::API_REPLICA_PORT
+    );
+    let via_second = |f: &TestFleet| {
+        let mut cmd = f.fleet().kubectl();
+        cmd.args(["--server", &second]);
+        cmd
+    };
+    let mut connects = Vec::new();
+    for node in nodes {
+        let replicas = agent_replicas(f, node)?;
+        ensure!(
+            replicas == 2,
+            "the agent on {node} holds {replicas} connections"
+        );
+        connects.push(agent_connects(f, node)?);
+    }
+    let mut through_first = Follow::logs(f.fleet().kubectl())?;
+    let through_second = Follow::logs(via_second(f))?;
+    through_first.next_line(Duration::from_secs(20))?;
+    through_second.next_line(Duration::from_secs(20))?;
+
+    let killed = Instant::now();
+    f.kill("cloud", "yurt-tunnel-server")?;
+    let status = through_first.wait_exit(Duration::from_secs(30))?;
+    eprintln!(
+        "logs -f through the killed tunnel server ended after {:?} ({status})",
+        killed.elapsed()
+    );
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        seen.push(through_second.next_line(Duration::from_secs(10))?);
+    }
+    seen.dedup();
+    ensure!(
+        seen.len() == 10,
+        "logs -f through the other tunnel server: {seen:?}"
+    );
+    for (node, pod) in [(CHATTY_NODE, "chatty"), (FILES_NODE, "files")] {
+        run_checked(via_second(f).args(["logs", "-n", NS, pod, "--tail=1"]))
+            .with_context(|| format!("logs from {node} through the second API server"))?;
+        run_checked(via_second(f).args(["exec", "-n", NS, pod, "--", "true"]))
+            .with_context(|| format!("exec on {node} through the second API server"))?;
+    }
+    let err = kubectl_fails(f, &["logs", "-n", NS, "files", "--tail=1"])?;
+    eprintln!(
+        "through the API server whose tunnel server is dead: {}",
+        err.trim()
+    );
+    for (node, before) in nodes.into_iter().zip(&connects) {
+        let now = agent_connects(f, node)?;
+        ensure!(
+            now == *before,
+            "the agent on {node} connected {} times while one tunnel server was dead",
+            now - before
+        );
+        ensure!(
+            agent_replicas(f, node)? == 1,
+            "the agent on {node} does not hold exactly the surviving connection"
+        );
+    }
+    drop(through_second);
+
+    f.start("cloud", "yurt-tunnel-server").await?;
+    for node in nodes {
+        wait_for(
+            &format!("the agent on {node} back on both tunnel servers"),
+            WAIT,
+            || async { Ok((agent_replicas(f, node)? == 2).then_some(())) },
+        )
+        .await?;
+    }
+    wait_for("logs through the restarted tunnel server", WAIT, || async {
+        Ok(f.kubectl(&["logs", "-n", NS, "files", "--tail=1"]).ok())
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_reaches_pods_behind_nat_through_the_tunnel_and_survives_agent_and_link_faults()
 -> anyhow::Result<()> {
@@ -661,6 +754,7 @@ async fn scenario() -> anyhow::Result<()> {
         UpOptions {
             spec: Some(spec),
             prometheus: Some(true),
+            second_api_server: Some(true),
             ..UpOptions::default()
         },
     )
@@ -977,6 +1071,10 @@ async fn scenario() -> anyhow::Result<()> {
         Ok(f.kubectl(&["exec", "-n", NS, "files", "--", "true"]).ok())
     })
     .await?;
+
+    // Two API servers, each with its own tunnel server: killing one costs only its
+    // own streams.
+    a_killed_tunnel_server_costs_only_its_streams(&mut f).await?;
 
     // A cut link in the middle of logs -f: the stream ends with an error; once the link
     // is back the agent reconnects and logs work again.

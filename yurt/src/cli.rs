@@ -109,6 +109,12 @@ pub struct UpArgs {
     /// the fleet's later restarts.
     #[arg(long)]
     pub prometheus: bool,
+    /// Also run a second kube-apiserver in the cloud host (port 6444, same etcd) with its
+    /// own tunnel server, as on a second control-plane machine: every tunnel agent holds
+    /// a connection to both, so `kubectl logs/exec` through either API server keep
+    /// working when the other's tunnel server dies. Kept for the fleet's later restarts.
+    #[arg(long)]
+    pub second_api_server: bool,
     /// Return once the fleet is up, leaving it running under a detached supervisor that
     /// restarts crashed processes (stop both with `yurt down`).
     #[arg(long)]
@@ -160,6 +166,9 @@ pub enum FleetCommand {
         host: String,
         /// The process (kubelet, containerd, kube-proxy, etcd, kube-apiserver, ...).
         process: String,
+        /// Kill it at once (SIGKILL, as in a crash) instead of asking it to stop.
+        #[arg(long)]
+        kill: bool,
     },
     /// Start a process stopped with `stop` (or one that died).
     Start {

@@ -29,6 +29,12 @@ pub const TUNNEL_SERVER_ADMIN_PORT: u16 = 10265;
 pub const TUNNEL_AGENT_ADMIN_PORT: u16 = 10266;
 /// Prometheus' web UI and API, on the cloud host's end of its link to this machine.
 pub const PROMETHEUS_PORT: u16 = 9090;
+/// The second API server's port (`yurt up --second-api-server`).
+pub const API_REPLICA_PORT: u16 = 6444;
+/// Where agents connect to the second tunnel server.
+pub const TUNNEL_AGENT_REPLICA_PORT: u16 = 10263;
+/// The second tunnel server's admin endpoints (loopback of the cloud host).
+pub const TUNNEL_SERVER_REPLICA_ADMIN_PORT: u16 = 10268;
 
 /// A process the fleet runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,6 +43,10 @@ pub enum Component {
     Etcd,
     /// kube-apiserver (cloud).
     KubeApiserver,
+    /// A second kube-apiserver (cloud, with `yurt up --second-api-server`): same etcd
+    /// and certificates, port 6444, its `cluster` egress through its own tunnel server,
+    /// as on a second control-plane machine.
+    KubeApiserverReplica,
     /// kube-controller-manager (cloud).
     KubeControllerManager,
     /// kube-scheduler (cloud).
@@ -57,6 +67,9 @@ pub enum Component {
     RegistryPush,
     /// The tunnel server (cloud): kube-apiserver's `cluster` egress, carried to agents.
     TunnelServer,
+    /// The second API server's tunnel server (cloud, with `yurt up
+    /// --second-api-server`): every agent holds a connection to it as well.
+    TunnelServerReplica,
     /// The tunnel agent (edge): dials out to the tunnel server.
     TunnelAgent,
     /// Prometheus (cloud, with `yurt up --prometheus`): scrapes every kubelet through
@@ -66,13 +79,15 @@ pub enum Component {
 
 impl Component {
     /// Cloud-host processes in start order.
-    pub const CLOUD: [Component; 9] = [
+    pub const CLOUD: [Component; 11] = [
         Component::Etcd,
         Component::KubeApiserver,
+        Component::KubeApiserverReplica,
         Component::KubeControllerManager,
         Component::KubeScheduler,
         Component::YurtManager,
         Component::TunnelServer,
+        Component::TunnelServerReplica,
         Component::Registry,
         Component::RegistryPush,
         Component::Prometheus,
@@ -91,6 +106,7 @@ impl Component {
         match self {
             Self::Etcd => "etcd",
             Self::KubeApiserver => "kube-apiserver",
+            Self::KubeApiserverReplica => "kube-apiserver-2",
             Self::KubeControllerManager => "kube-controller-manager",
             Self::KubeScheduler => "kube-scheduler",
             Self::Containerd => "containerd",
@@ -101,6 +117,7 @@ impl Component {
             Self::Registry => "registry",
             Self::RegistryPush => "registry-push",
             Self::TunnelServer => "yurt-tunnel-server",
+            Self::TunnelServerReplica => "yurt-tunnel-server-2",
             Self::TunnelAgent => "yurt-tunnel-agent",
             Self::Prometheus => "prometheus",
         }
@@ -118,7 +135,9 @@ impl Component {
     /// How long a SIGTERM may take before SIGKILL.
     pub fn stop_grace(self) -> Duration {
         match self {
-            Self::Etcd | Self::KubeApiserver => Duration::from_secs(10),
+            Self::Etcd | Self::KubeApiserver | Self::KubeApiserverReplica => {
+                Duration::from_secs(10)
+            }
             _ => Duration::from_secs(5),
         }
     }
@@ -126,7 +145,7 @@ impl Component {
     /// How long the process may take to become ready.
     pub fn start_timeout(self) -> Duration {
         match self {
-            Self::KubeApiserver => Duration::from_secs(90),
+            Self::KubeApiserver | Self::KubeApiserverReplica => Duration::from_secs(90),
             _ => Duration::from_secs(60),
         }
     }
@@ -137,6 +156,7 @@ impl Component {
         match self {
             Self::Etcd => Probe::Http(local(2379), "/health"),
             Self::KubeApiserver => Probe::Tcp(local(net::API_PORT)),
+            Self::KubeApiserverReplica => Probe::Tcp(local(API_REPLICA_PORT)),
             Self::KubeControllerManager => Probe::Tcp(local(10257)),
             Self::KubeScheduler => Probe::Tcp(local(10259)),
             Self::Containerd => Probe::Unix(host.containerd_socket()),
@@ -147,6 +167,9 @@ impl Component {
             Self::Registry => Probe::Tcp(local(crate::registry::PULL_PORT)),
             Self::RegistryPush => Probe::Tcp(local(crate::registry::PUSH_PORT)),
             Self::TunnelServer => Probe::Http(local(TUNNEL_SERVER_ADMIN_PORT), "/readyz"),
+            Self::TunnelServerReplica => {
+                Probe::Http(local(TUNNEL_SERVER_REPLICA_ADMIN_PORT), "/readyz")
+            }
             // Alive, not connected: an agent of a site cut off from the cloud starts
             // and keeps trying.
             Self::TunnelAgent => Probe::Http(local(TUNNEL_AGENT_ADMIN_PORT), "/healthz"),
@@ -182,6 +205,52 @@ impl FromStr for Component {
     }
 }
 
+/// Which of the cloud's API server and tunnel server pairs a process belongs to: the
+/// first, or the second of `yurt up --second-api-server` (as on a second control-plane
+/// machine: its own port, egress socket and agent port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ControlPlaneReplica {
+    First,
+    Second,
+}
+
+impl ControlPlaneReplica {
+    fn api_port(self) -> u16 {
+        match self {
+            Self::First => net::API_PORT,
+            Self::Second => API_REPLICA_PORT,
+        }
+    }
+
+    fn agent_port(self) -> u16 {
+        match self {
+            Self::First => TUNNEL_AGENT_PORT,
+            Self::Second => TUNNEL_AGENT_REPLICA_PORT,
+        }
+    }
+
+    fn admin_port(self) -> u16 {
+        match self {
+            Self::First => TUNNEL_SERVER_ADMIN_PORT,
+            Self::Second => TUNNEL_SERVER_REPLICA_ADMIN_PORT,
+        }
+    }
+
+    fn egress_socket(self, hp: &HostPaths) -> PathBuf {
+        match self {
+            Self::First => hp.egress_socket(),
+            Self::Second => hp.replica_egress_socket(),
+        }
+    }
+
+    fn egress_config_name(self) -> &'static str {
+        match self {
+            Self::First => "egress-selector.yaml",
+            Self::Second => "egress-selector-2.yaml",
+        }
+    }
+}
+
 /// Everything needed to render a host's configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
@@ -201,6 +270,9 @@ pub struct Context<'a> {
     pub edge_api: EdgeApi,
     /// Whether the API server writes an audit log.
     pub api_audit_log: bool,
+    /// Whether the cloud runs a second API server and tunnel server, which every agent
+    /// connects to as well.
+    pub second_api_server: bool,
 }
 
 /// The API server's audit log (when the fleet has one): one JSON event per line.
@@ -325,8 +397,8 @@ impl Context<'_> {
     /// writes the policy file.
     /// kube-apiserver's egress selection: `cluster` traffic (kubelets, pods,
     /// Service-addressed webhooks) as HTTP CONNECT on the tunnel server's socket.
-    fn egress_config(&self, hp: &HostPaths) -> Result<PathBuf> {
-        let path = hp.config().join("egress-selector.yaml");
+    fn egress_config(&self, hp: &HostPaths, replica: ControlPlaneReplica) -> Result<PathBuf> {
+        let path = hp.config().join(replica.egress_config_name());
         let config = serde_json::json!({
             "apiVersion": "apiserver.k8s.io/v1beta1",
             "kind": "EgressSelectorConfiguration",
@@ -334,12 +406,31 @@ impl Context<'_> {
                 "name": "cluster",
                 "connection": {
                     "proxyProtocol": "HTTPConnect",
-                    "transport": {"uds": {"udsName": p(&hp.egress_socket())}},
+                    "transport": {"uds": {"udsName": p(&replica.egress_socket(hp))}},
                 },
             }],
         });
         write(&path, &yaml(&config)?)?;
         Ok(path)
+    }
+
+    /// The agent's `--tunnelserver-addr` flags: one per tunnel server the cloud runs.
+    fn tunnel_servers(&self) -> Vec<OsString> {
+        let replicas: &[ControlPlaneReplica] = if self.second_api_server {
+            &[ControlPlaneReplica::First, ControlPlaneReplica::Second]
+        } else {
+            &[ControlPlaneReplica::First]
+        };
+        replicas
+            .iter()
+            .map(|r| {
+                arg(format!(
+                    "--tunnelserver-addr={}:{}",
+                    net::CLOUD_IP.addr,
+                    r.agent_port()
+                ))
+            })
+            .collect()
     }
 
     fn audit_flags(&self, hp: &HostPaths) -> Result<Vec<OsString>> {
@@ -398,66 +489,79 @@ impl Context<'_> {
                     env: Vec::new(),
                 }
             }
-            Component::KubeApiserver => CommandLine {
-                program: self.bins.path(Binary::KubeApiserver),
-                args: [
-                    arg("--etcd-servers=http://127.0.0.1:2379"),
-                    arg("--bind-address=0.0.0.0"),
-                    arg(format!("--secure-port={}", net::API_PORT)),
-                    arg(format!("--advertise-address={}", net::CLOUD_IP.addr)),
-                    arg(format!("--tls-cert-file={}", cert("apiserver"))),
-                    arg(format!("--tls-private-key-file={}", key("apiserver"))),
-                    arg(format!("--client-ca-file={}", p(&pki.ca_cert()))),
-                    arg(format!("--service-cluster-ip-range={}", net::SERVICE_CIDR)),
-                    arg("--authorization-mode=Node,RBAC"),
-                    arg("--enable-admission-plugins=NodeRestriction"),
-                    arg("--allow-privileged=true"),
-                    arg(format!("--service-account-key-file={}", p(&pki.sa_pub()))),
-                    arg(format!(
-                        "--service-account-signing-key-file={}",
-                        p(&pki.sa_key())
-                    )),
-                    arg("--service-account-issuer=https://kubernetes.default.svc"),
-                    arg(format!(
-                        "--kubelet-client-certificate={}",
-                        cert("apiserver-kubelet-client")
-                    )),
-                    arg(format!(
-                        "--kubelet-client-key={}",
-                        key("apiserver-kubelet-client")
-                    )),
-                    arg("--kubelet-preferred-address-types=InternalIP,Hostname"),
-                    // TLS to kubelets stays end to end through the tunnel, so their
-                    // serving certificates are checked.
-                    arg(format!(
-                        "--kubelet-certificate-authority={}",
-                        p(&pki.ca_cert())
-                    )),
-                    arg(format!(
-                        "--egress-selector-config-file={}",
-                        p(&self.egress_config(&hp)?)
-                    )),
-                    // Service-addressed webhooks and aggregated APIs are dialled at an
-                    // endpoint's address, not the ClusterIP: an endpoint on an edge node
-                    // is then routed to its agent like any pod (the cloud host runs no
-                    // kube-proxy to resolve a ClusterIP anyway).
-                    arg("--enable-aggregator-routing=true"),
-                    arg(format!(
-                        "--default-not-ready-toleration-seconds={}",
-                        t.eviction_toleration.as_secs()
-                    )),
-                    arg(format!(
-                        "--default-unreachable-toleration-seconds={}",
-                        t.eviction_toleration.as_secs()
-                    )),
-                    arg("--profiling=false"),
-                    arg("--v=1"),
-                ]
-                .into_iter()
-                .chain(self.audit_flags(&hp)?)
-                .collect(),
-                env: Vec::new(),
-            },
+            Component::KubeApiserver | Component::KubeApiserverReplica => {
+                let replica = if component == Component::KubeApiserver {
+                    ControlPlaneReplica::First
+                } else {
+                    ControlPlaneReplica::Second
+                };
+                // The second writes no audit log and leaves the `kubernetes` Service's
+                // endpoints to the first (each would write its own port there).
+                let replica_flags = match replica {
+                    ControlPlaneReplica::First => self.audit_flags(&hp)?,
+                    ControlPlaneReplica::Second => vec![arg("--endpoint-reconciler-type=none")],
+                };
+                CommandLine {
+                    program: self.bins.path(Binary::KubeApiserver),
+                    args: [
+                        arg("--etcd-servers=http://127.0.0.1:2379"),
+                        arg("--bind-address=0.0.0.0"),
+                        arg(format!("--secure-port={}", replica.api_port())),
+                        arg(format!("--advertise-address={}", net::CLOUD_IP.addr)),
+                        arg(format!("--tls-cert-file={}", cert("apiserver"))),
+                        arg(format!("--tls-private-key-file={}", key("apiserver"))),
+                        arg(format!("--client-ca-file={}", p(&pki.ca_cert()))),
+                        arg(format!("--service-cluster-ip-range={}", net::SERVICE_CIDR)),
+                        arg("--authorization-mode=Node,RBAC"),
+                        arg("--enable-admission-plugins=NodeRestriction"),
+                        arg("--allow-privileged=true"),
+                        arg(format!("--service-account-key-file={}", p(&pki.sa_pub()))),
+                        arg(format!(
+                            "--service-account-signing-key-file={}",
+                            p(&pki.sa_key())
+                        )),
+                        arg("--service-account-issuer=https://kubernetes.default.svc"),
+                        arg(format!(
+                            "--kubelet-client-certificate={}",
+                            cert("apiserver-kubelet-client")
+                        )),
+                        arg(format!(
+                            "--kubelet-client-key={}",
+                            key("apiserver-kubelet-client")
+                        )),
+                        arg("--kubelet-preferred-address-types=InternalIP,Hostname"),
+                        // TLS to kubelets stays end to end through the tunnel, so their
+                        // serving certificates are checked.
+                        arg(format!(
+                            "--kubelet-certificate-authority={}",
+                            p(&pki.ca_cert())
+                        )),
+                        arg(format!(
+                            "--egress-selector-config-file={}",
+                            p(&self.egress_config(&hp, replica)?)
+                        )),
+                        // Service-addressed webhooks and aggregated APIs are dialled at an
+                        // endpoint's address, not the ClusterIP: an endpoint on an edge node
+                        // is then routed to its agent like any pod (the cloud host runs no
+                        // kube-proxy to resolve a ClusterIP anyway).
+                        arg("--enable-aggregator-routing=true"),
+                        arg(format!(
+                            "--default-not-ready-toleration-seconds={}",
+                            t.eviction_toleration.as_secs()
+                        )),
+                        arg(format!(
+                            "--default-unreachable-toleration-seconds={}",
+                            t.eviction_toleration.as_secs()
+                        )),
+                        arg("--profiling=false"),
+                        arg("--v=1"),
+                    ]
+                    .into_iter()
+                    .chain(replica_flags)
+                    .collect(),
+                    env: Vec::new(),
+                }
+            }
             Component::KubeControllerManager => {
                 let kc = p(&pki.kubeconfig(&Identity::ControllerManager.stem()));
                 CommandLine {
@@ -534,37 +638,49 @@ impl Context<'_> {
                 ],
                 env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
             },
-            Component::TunnelServer => CommandLine {
-                program: self.yurt_binary.to_owned(),
-                args: vec![
-                    arg("tunnel-server"),
-                    arg(format!(
-                        "--kubeconfig={}",
-                        p(&pki.kubeconfig(&Identity::TunnelServer.stem()))
-                    )),
-                    arg(format!("--egress-socket={}", p(&hp.egress_socket()))),
-                    arg(format!(
-                        "--agent-bind-address={}:{TUNNEL_AGENT_PORT}",
-                        net::CLOUD_IP.addr
-                    )),
-                    arg(format!(
-                        "--admin-address=127.0.0.1:{TUNNEL_SERVER_ADMIN_PORT}"
-                    )),
-                    arg(format!("--ca-file={}", p(&pki.ca_cert()))),
-                    arg(format!(
-                        "--cert-file={}",
-                        cert(crate::pki::TUNNEL_SERVING_STEM)
-                    )),
-                    arg(format!(
-                        "--key-file={}",
-                        key(crate::pki::TUNNEL_SERVING_STEM)
-                    )),
-                ]
-                .into_iter()
-                .chain(tunnel_keepalive(t))
-                .collect(),
-                env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
-            },
+            Component::TunnelServer | Component::TunnelServerReplica => {
+                let replica = if component == Component::TunnelServer {
+                    ControlPlaneReplica::First
+                } else {
+                    ControlPlaneReplica::Second
+                };
+                CommandLine {
+                    program: self.yurt_binary.to_owned(),
+                    args: vec![
+                        arg("tunnel-server"),
+                        arg(format!(
+                            "--kubeconfig={}",
+                            p(&pki.kubeconfig(&Identity::TunnelServer.stem()))
+                        )),
+                        arg(format!(
+                            "--egress-socket={}",
+                            p(&replica.egress_socket(&hp))
+                        )),
+                        arg(format!(
+                            "--agent-bind-address={}:{}",
+                            net::CLOUD_IP.addr,
+                            replica.agent_port()
+                        )),
+                        arg(format!(
+                            "--admin-address=127.0.0.1:{}",
+                            replica.admin_port()
+                        )),
+                        arg(format!("--ca-file={}", p(&pki.ca_cert()))),
+                        arg(format!(
+                            "--cert-file={}",
+                            cert(crate::pki::TUNNEL_SERVING_STEM)
+                        )),
+                        arg(format!(
+                            "--key-file={}",
+                            key(crate::pki::TUNNEL_SERVING_STEM)
+                        )),
+                    ]
+                    .into_iter()
+                    .chain(tunnel_keepalive(t))
+                    .collect(),
+                    env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
+                }
+            }
             Component::TunnelAgent => {
                 let edge = need_edge()?;
                 let node = Identity::Node(edge.name.clone()).stem();
@@ -573,10 +689,6 @@ impl Context<'_> {
                     args: vec![
                         arg("tunnel-agent"),
                         arg(format!("--node-name={}", edge.name)),
-                        arg(format!(
-                            "--tunnelserver-addr={}:{TUNNEL_AGENT_PORT}",
-                            net::CLOUD_IP.addr
-                        )),
                         arg(format!("--server-name={}", crate::pki::TUNNEL_SERVER_NAME)),
                         arg(format!("--node-ip={}", edge.ip)),
                         arg(format!("--pod-cidr={}", edge.pod_cidr)),
@@ -589,6 +701,7 @@ impl Context<'_> {
                         tunnel_agent_backoff(t),
                     ]
                     .into_iter()
+                    .chain(self.tunnel_servers())
                     .chain(tunnel_keepalive(t))
                     .collect(),
                     env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
@@ -937,6 +1050,7 @@ mod tests {
             yurt_binary: Path::new("/usr/local/bin/yurt"),
             edge_api: EdgeApi::ThroughHub,
             api_audit_log: false,
+            second_api_server: false,
         }
     }
 
@@ -1162,6 +1276,94 @@ mod tests {
             ctx.command_line(Component::TunnelAgent, &HostId::Cloud)
                 .is_err()
         );
+    }
+
+    fn egress_socket_of(api: &[String]) -> String {
+        let file = api
+            .iter()
+            .find_map(|a| a.strip_prefix("--egress-selector-config-file="))
+            .expect("an egress selector file");
+        let config: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        config["egressSelections"][0]["connection"]["transport"]["uds"]["udsName"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn a_second_api_server_has_its_own_port_and_tunnel_server_and_agents_dial_both() {
+        let (_d, plan, paths, pki, bins) = fixture();
+        let ctx = Context {
+            second_api_server: true,
+            api_audit_log: true,
+            ..context(&plan, &paths, &pki, &bins)
+        };
+        let cloud = HostId::Cloud;
+        let first = args_of(&ctx.command_line(Component::KubeApiserver, &cloud).unwrap());
+        let second = args_of(
+            &ctx.command_line(Component::KubeApiserverReplica, &cloud)
+                .unwrap(),
+        );
+        assert!(
+            first.contains(&"--secure-port=6443".to_owned()),
+            "{first:?}"
+        );
+        assert!(
+            second.contains(&"--secure-port=6444".to_owned()),
+            "{second:?}"
+        );
+        // Only the first keeps the `kubernetes` endpoints and writes the audit log.
+        assert!(
+            second.contains(&"--endpoint-reconciler-type=none".to_owned()),
+            "{second:?}"
+        );
+        assert!(!first.iter().any(|a| a.starts_with("--endpoint-reconciler")));
+        assert!(
+            !second.iter().any(|a| a.starts_with("--audit")),
+            "{second:?}"
+        );
+        let (socket_1, socket_2) = (egress_socket_of(&first), egress_socket_of(&second));
+        assert_ne!(socket_1, socket_2);
+        let servers = [
+            (Component::TunnelServer, &socket_1, "10262", "10265"),
+            (Component::TunnelServerReplica, &socket_2, "10263", "10268"),
+        ];
+        for (component, socket, agent_port, admin_port) in servers {
+            let server = args_of(&ctx.command_line(component, &cloud).unwrap());
+            for want in [
+                format!("--egress-socket={socket}"),
+                format!("--agent-bind-address=10.10.0.1:{agent_port}"),
+                format!("--admin-address=127.0.0.1:{admin_port}"),
+            ] {
+                assert!(
+                    server.contains(&want),
+                    "{component}: no {want} in {server:?}"
+                );
+            }
+        }
+        let edge = plan.host("edge-a1").unwrap();
+        let agent = args_of(&ctx.command_line(Component::TunnelAgent, &edge).unwrap());
+        let dialled: Vec<&String> = agent
+            .iter()
+            .filter(|a| a.starts_with("--tunnelserver-addr="))
+            .collect();
+        assert_eq!(
+            dialled,
+            [
+                "--tunnelserver-addr=10.10.0.1:10262",
+                "--tunnelserver-addr=10.10.0.1:10263"
+            ],
+            "{agent:?}"
+        );
+        // Without it, one tunnel server.
+        let single = context(&plan, &paths, &pki, &bins);
+        let agent = args_of(&single.command_line(Component::TunnelAgent, &edge).unwrap());
+        let count = agent
+            .iter()
+            .filter(|a| a.starts_with("--tunnelserver-addr="))
+            .count();
+        assert_eq!(count, 1, "{agent:?}");
     }
 
     #[test]

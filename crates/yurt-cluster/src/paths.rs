@@ -116,6 +116,12 @@ impl HostPaths {
         self.run().join("tunnel").join("egress.sock")
     }
 
+    /// The second tunnel server's egress socket (cloud host, `yurt up
+    /// --second-api-server`): the second kube-apiserver's `cluster` egress.
+    pub fn replica_egress_socket(&self) -> PathBuf {
+        self.run().join("tunnel-2").join("egress.sock")
+    }
+
     /// The pid file of process `name`.
     pub fn pid_file(&self, name: &str) -> PathBuf {
         self.run().join("pids").join(format!("{name}.pid"))

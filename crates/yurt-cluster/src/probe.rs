@@ -77,6 +77,14 @@ pub async fn http_get(ns: &str, addr: SocketAddr, path: &str) -> std::io::Result
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "HTTP probe timed out"))?
 }
 
+/// The value of an unlabelled metric `name` in a Prometheus text exposition.
+pub fn metric_value(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
 /// Polls `ready` every `interval` until it returns true, `failed` returns an error (the
 /// process died), or `timeout` passes.
 ///
@@ -163,5 +171,16 @@ mod tests {
         .unwrap();
         assert!(waited < Duration::from_secs(5));
         assert_eq!(calls, 3);
+    }
+
+    #[test]
+    fn metric_value_reads_only_the_named_unlabelled_metric() {
+        let text = "# HELP yurt_tunnel_agent_connected Server replicas\n\
+                    # TYPE yurt_tunnel_agent_connected gauge\n\
+                    yurt_tunnel_agent_connected_total 9\n\
+                    yurt_tunnel_agent_connected 2\n";
+        assert_eq!(metric_value(text, "yurt_tunnel_agent_connected"), Some(2.0));
+        assert_eq!(metric_value(text, "yurt_tunnel_agent_open_streams"), None);
+        assert_eq!(metric_value("x garbage\n", "x"), None);
     }
 }

@@ -180,12 +180,18 @@ pub fn stop(record: PidRecord, grace: Duration) {
     while record.is_alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    if record.is_alive() {
-        let _ = kill(pid, Signal::SIGKILL);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while record.is_alive() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    kill_now(record);
+}
+
+/// Kills the process at once (SIGKILL, no chance to clean up). Returns once it is gone.
+pub fn kill_now(record: PidRecord) {
+    if !record.is_alive() {
+        return;
+    }
+    let _ = kill(Pid::from_raw(record.pid), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while record.is_alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -41,6 +41,10 @@ pub struct FleetState {
     /// Whether the cloud host runs Prometheus (`yurt up --prometheus`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub prometheus: bool,
+    /// Whether the cloud host runs a second kube-apiserver with its own tunnel server
+    /// (`yurt up --second-api-server`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub second_api_server: bool,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -59,6 +63,7 @@ impl FleetState {
             edge_api: EdgeApi::default(),
             api_audit_log: false,
             prometheus: false,
+            second_api_server: false,
         }
     }
 

@@ -440,6 +440,16 @@ impl TestFleet {
         Ok(())
     }
 
+    /// Kills a process on a host at once (SIGKILL, as in a crash); it stays down until
+    /// [`Self::start`].
+    ///
+    /// # Errors
+    /// Unknown host or process.
+    pub fn kill(&mut self, host: &str, process: &str) -> anyhow::Result<()> {
+        self.fleet.kill_process(host, process)?;
+        Ok(())
+    }
+
     /// Starts a process on a host and waits until it is ready.
     ///
     /// # Errors

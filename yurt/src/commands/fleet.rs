@@ -39,9 +39,18 @@ pub async fn run(
             fleet.reboot(&node).await?;
             step.finish();
         }
-        FleetCommand::Stop { host, process } => {
-            fleet.stop_process(&host, &process)?;
-            println!("stopped {process} on {host}");
+        FleetCommand::Stop {
+            host,
+            process,
+            kill,
+        } => {
+            if kill {
+                fleet.kill_process(&host, &process)?;
+                println!("killed {process} on {host}");
+            } else {
+                fleet.stop_process(&host, &process)?;
+                println!("stopped {process} on {host}");
+            }
         }
         FleetCommand::Start { host, process } => {
             let step = Step::start(reporter.as_ref(), format!("starting {process} on {host}"));

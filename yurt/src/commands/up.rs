@@ -69,6 +69,7 @@ pub async fn run(
         edge_api: args.direct_edges.then_some(yurt_cluster::EdgeApi::Direct),
         api_audit_log: args.api_audit_log.then_some(true),
         prometheus: args.prometheus.then_some(true),
+        second_api_server: args.second_api_server.then_some(true),
     };
     let started = std::time::Instant::now();
     let mut fleet = tokio::select! {
@@ -238,6 +239,20 @@ async fn print_welcome(fleet: &Fleet, data_dir: &Path) {
     if spec.mode == NetMode::Nat {
         println!(
             "     (in nat mode the cloud cannot open a connection to an edge host: these go through the tunnel)"
+        );
+    }
+    if fleet.state().second_api_server {
+        let second = format!(
+            "https://{}:{}",
+            plan.cloud_host_side_ip().addr,
+            yurt_cluster::components::API_REPLICA_PORT
+        );
+        println!(
+            "\nA second API server, with its own tunnel server (every agent is connected to both):"
+        );
+        println!("  kubectl --server {second} logs -l {pods_a}");
+        println!(
+            "  {yurt} fleet stop cloud yurt-tunnel-server --kill   # the second keeps working"
         );
     }
     if fleet.state().prometheus {

@@ -209,12 +209,16 @@ impl Fleet {
     }
 
     /// Whether `component` runs on `host` in this fleet (an edge host of a fleet whose
-    /// kubelets talk to the API server directly runs no hub; Prometheus runs only in a
-    /// fleet started with it).
+    /// kubelets talk to the API server directly runs no hub; Prometheus and the second
+    /// API server and tunnel server run only in a fleet started with them).
     pub fn runs(&self, host: &HostId, component: Component) -> bool {
         Component::of(host).contains(&component)
             && !(component == Component::YurtHub && self.state.edge_api == EdgeApi::Direct)
             && (component != Component::Prometheus || self.state.prometheus)
+            && (!matches!(
+                component,
+                Component::KubeApiserverReplica | Component::TunnelServerReplica
+            ) || self.state.second_api_server)
     }
 
     /// The processes of `host` in this fleet, in start order.

@@ -74,6 +74,7 @@ impl Fleet {
             yurt_binary: &self.machine.yurt_binary,
             edge_api: self.state.edge_api,
             api_audit_log: self.state.api_audit_log,
+            second_api_server: self.state.second_api_server,
         }
     }
 
@@ -155,27 +156,33 @@ impl Fleet {
         self.start_component(&host, Component::TunnelAgent).await
     }
 
-    /// Waits until every edge host's tunnel agent is connected to the tunnel server
-    /// (its `/readyz`), so `kubectl logs/exec` reach every node.
+    /// Waits until every edge host's tunnel agent holds a connection to every tunnel
+    /// server of the fleet (its `yurt_tunnel_agent_connected` gauge), so `kubectl
+    /// logs/exec` reach every node through any API server.
     ///
     /// # Errors
-    /// [`Error::NotReady`] naming the first agent still unconnected after `timeout`.
+    /// [`Error::NotReady`] naming the first agent still short of connections after
+    /// `timeout`.
     pub(crate) async fn wait_tunnel_agents(&self, timeout: Duration) -> Result<()> {
         let addr = std::net::SocketAddr::from((
             std::net::Ipv4Addr::LOCALHOST,
             crate::components::TUNNEL_AGENT_ADMIN_PORT,
         ));
-        let ready = probe::Probe::Http(addr, "/readyz");
+        let servers = if self.state.second_api_server { 2 } else { 1 };
         for edge in &self.plan.edges {
             let host = HostId::Edge(edge.name.clone());
             let ns = self.plan.netns(&host);
             let log = self.paths.host(&host).log(Component::TunnelAgent.name());
             let what = format!(
-                "{} on {host} connected to the tunnel server",
+                "{} on {host} connected to {servers} tunnel server(s)",
                 Component::TunnelAgent
             );
-            probe::wait_until(&what, timeout, Some(&log), &|| None, || {
-                probe::check(&ns, &ready)
+            probe::wait_until(&what, timeout, Some(&log), &|| None, || async {
+                probe::http_get(&ns, addr, "/metrics")
+                    .await
+                    .ok()
+                    .and_then(|(_, body)| probe::metric_value(&body, "yurt_tunnel_agent_connected"))
+                    .is_some_and(|connected| connected >= f64::from(servers))
             })
             .await?;
         }
@@ -370,17 +377,37 @@ impl Fleet {
     /// # Errors
     /// Unknown host or process, fleet not running.
     pub fn stop_process(&mut self, host: &str, process: &str) -> Result<()> {
+        self.end_process(host, process, false)
+    }
+
+    /// Kills one process on a host at once (SIGKILL, as in a crash: no drain, no
+    /// goodbye to its peers) and records that it was stopped on purpose, so it stays
+    /// down until `start` and is not reported as crashed.
+    ///
+    /// # Errors
+    /// Unknown host or process, fleet not running.
+    pub fn kill_process(&mut self, host: &str, process: &str) -> Result<()> {
+        self.end_process(host, process, true)
+    }
+
+    fn end_process(&mut self, host: &str, process: &str, kill: bool) -> Result<()> {
         self.require_up()?;
         let _ops = lock::exclusive(&self.paths.ops_lock())?;
         let (host, c) = self.component_on(host, process)?;
         let hp = self.paths.host(&host);
-        if let Some(r) = PidRecord::read(&hp.pid_file(c.name())) {
-            process::stop(r, c.stop_grace());
-        }
+        // Recorded first: a supervisor must not see the death as a crash.
         self.with_state_lock(|f| {
             f.state.set_stopped(&host.to_string(), c.name(), true);
             Ok(())
-        })
+        })?;
+        if let Some(r) = PidRecord::read(&hp.pid_file(c.name())) {
+            if kill {
+                process::kill_now(r);
+            } else {
+                process::stop(r, c.stop_grace());
+            }
+        }
+        Ok(())
     }
 
     /// Starts one process on a host (if it is not running) and waits until it is ready.

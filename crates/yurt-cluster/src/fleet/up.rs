@@ -44,6 +44,10 @@ pub struct UpOptions {
     /// server's node proxy (Debian's `prometheus` is installed if missing); `None` keeps
     /// an existing fleet's choice (off for a new one).
     pub prometheus: Option<bool>,
+    /// Whether the cloud host runs a second kube-apiserver (port 6444) with its own
+    /// tunnel server, every agent connected to both, as with two control-plane machines;
+    /// `None` keeps an existing fleet's choice (off for a new one).
+    pub second_api_server: Option<bool>,
 }
 
 /// Pushes `images` (image, repository, tags) to the fleet registry's push process, from
@@ -209,6 +213,10 @@ pub async fn up(
         .prometheus
         .or(existing.as_ref().map(|s| s.prometheus))
         .unwrap_or(false);
+    let second_api_server = options
+        .second_api_server
+        .or(existing.as_ref().map(|s| s.second_api_server))
+        .unwrap_or(false);
     if prometheus {
         let r = reporter.clone();
         blocking(move || packages::ensure(&["prometheus"], r.as_ref())).await?;
@@ -226,6 +234,7 @@ pub async fn up(
     new_state.edge_api = edge_api;
     new_state.api_audit_log = api_audit_log;
     new_state.prometheus = prometheus;
+    new_state.second_api_server = second_api_server;
     state::save(&paths.state_file(), &new_state)?;
     let fleet = Fleet::open(machine, data_dir)?;
 
@@ -308,7 +317,12 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     let step = Step::start(
         reporter,
         format!(
-            "control plane: etcd, kube-apiserver, scheduler, yurt manager, tunnel server, registry{}",
+            "control plane: etcd, kube-apiserver, scheduler, yurt manager, tunnel server, registry{}{}",
+            if fleet.state.second_api_server {
+                ", a second kube-apiserver and tunnel server"
+            } else {
+                ""
+            },
             if fleet.state.prometheus {
                 ", prometheus"
             } else {

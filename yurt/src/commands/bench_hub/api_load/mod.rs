@@ -250,6 +250,7 @@ async fn one_fleet(
             edge_api: Some(edge_api),
             api_audit_log: Some(true),
             prometheus: Some(false),
+            second_api_server: Some(false),
         },
         Arc::new(super::super::bench::Quiet),
     )
