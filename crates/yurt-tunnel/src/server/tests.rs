@@ -832,3 +832,329 @@ async fn echoes(stream: &mut UnixStream, word: &[u8]) {
         .unwrap();
     assert_eq!(back, word);
 }
+
+/// HTTP/2 by hand, for peers that misbehave (the h2 crate only writes well-formed frames).
+mod raw {
+    use tokio::io::{AsyncRead, AsyncReadExt};
+
+    pub const DATA: u8 = 0;
+    pub const HEADERS: u8 = 1;
+    pub const SETTINGS: u8 = 4;
+    pub const END_STREAM: u8 = 0x1;
+    pub const ACK: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    /// What an HTTP/2 client sends first.
+    pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    /// One frame: a 9-byte header (length, type, flags, stream) and the payload.
+    pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap();
+        let mut out = Vec::with_capacity(9 + payload.len());
+        out.extend_from_slice(&len.to_be_bytes()[1..]);
+        out.push(kind);
+        out.push(flags);
+        out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// Reads one frame: type, flags, stream and payload.
+    pub async fn read_frame(
+        r: &mut (impl AsyncRead + Unpin),
+    ) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
+        let mut head = [0u8; 9];
+        r.read_exact(&mut head).await?;
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0; len];
+        r.read_exact(&mut payload).await?;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        Ok((head[3], head[4], stream, payload))
+    }
+
+    /// A frame for fuzzing: any type (unknown ones too), flags, a stream among the few in
+    /// play or any other, and a short payload.
+    pub fn any_frame() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        (
+            0u8..12,
+            any::<u8>(),
+            prop_oneof![Just(0u32), Just(1), Just(2), Just(3), any::<u32>()],
+            proptest::collection::vec(any::<u8>(), 0..40),
+        )
+            .prop_map(|(kind, flags, stream, payload)| frame(kind, flags, stream, &payload))
+    }
+}
+
+type TlsClient = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A hand-made agent of `node`: TLS with the node's own certificate to `addr`, and no
+/// HTTP/2 yet: the test writes the frames.
+async fn raw_agent(pki: &Pki, node: &str, addr: SocketAddr) -> TlsClient {
+    let config = crate::tls::client_config(&pki.node(node)).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("yurt-tunnel-server").unwrap();
+    connector.connect(name, tcp).await.unwrap()
+}
+
+/// Reads frames from the server until a request (HEADERS) opens a stream, answering its
+/// SETTINGS on the way; returns the stream.
+async fn next_request(agent: &mut TlsClient) -> u32 {
+    loop {
+        let (kind, flags, stream, _) = tokio::time::timeout(WAIT, raw::read_frame(agent))
+            .await
+            .expect("a frame from the server")
+            .unwrap();
+        if kind == raw::SETTINGS && flags & raw::ACK == 0 {
+            agent
+                .write_all(&raw::frame(raw::SETTINGS, raw::ACK, 0, &[]))
+                .await
+                .unwrap();
+        }
+        if kind == raw::HEADERS {
+            return stream;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_answer_from_an_agent_fails_only_its_own_stream() {
+    let fleet = start(vec![route("edge-a1", "127.0.0.1", "10.244.1.0/24")]).await;
+    let mut agent = raw_agent(&fleet.pki, "edge-a1", fleet.agent_addr).await;
+    let node: NodeName = "edge-a1".parse().unwrap();
+    wait_for(|| fleet.agents.get(&node).is_some(), "the agent admitted").await;
+    let mut preface = [0u8; 24];
+    agent.read_exact(&mut preface).await.unwrap();
+    assert_eq!(&preface, raw::PREFACE);
+    agent
+        .write_all(&raw::frame(raw::SETTINGS, 0, 0, &[]))
+        .await
+        .unwrap();
+
+    // The first stream's answer is malformed: a 200 (entry 8 of HPACK's static table)
+    // with a connection-specific header, which HTTP/2 forbids (RFC 9113 §8.2.2). That
+    // stream fails with a 502 that says so. (A header block HPACK cannot decode, such as
+    // a status that is no number, breaks the connection's header table: that is a
+    // connection error, which costs this node its streams and nobody else's; the fuzzing
+    // below covers it.)
+    let socket = fleet.socket.clone();
+    let first = tokio::spawn(async move { connect_on(&socket, "127.0.0.1:10250").await.0 });
+    let stream = next_request(&mut agent).await;
+    let mut malformed = vec![0x88, 0x00, 10];
+    malformed.extend_from_slice(b"connection");
+    malformed.push(5);
+    malformed.extend_from_slice(b"close");
+    agent
+        .write_all(&raw::frame(
+            raw::HEADERS,
+            raw::END_HEADERS,
+            stream,
+            &malformed,
+        ))
+        .await
+        .unwrap();
+    let status = first.await.unwrap();
+    assert!(
+        status.starts_with("HTTP/1.1 502 node edge-a1: tunnel stream failed"),
+        "{status}"
+    );
+
+    // The connection is still the node's and carries the next stream both ways.
+    let socket = fleet.socket.clone();
+    let second = tokio::spawn(async move {
+        let (status, mut stream) = connect_on(&socket, "127.0.0.1:10250").await;
+        stream.write_all(b"hello").await.unwrap();
+        let mut back = [0u8; 5];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        (status, back)
+    });
+    let next = next_request(&mut agent).await;
+    assert!(next > stream, "stream {next} after {stream}");
+    // `:status: 200` is entry 8 of the static table.
+    agent
+        .write_all(&raw::frame(raw::HEADERS, raw::END_HEADERS, next, &[0x88]))
+        .await
+        .unwrap();
+    let payload = loop {
+        let (kind, _, id, payload) = raw::read_frame(&mut agent).await.unwrap();
+        if kind == raw::DATA && id == next && !payload.is_empty() {
+            break payload;
+        }
+    };
+    agent
+        .write_all(&raw::frame(raw::DATA, 0, next, &payload))
+        .await
+        .unwrap();
+    let (status, back) = second.await.unwrap();
+    assert_eq!(status, "HTTP/1.1 200 Connection established");
+    assert_eq!(&back, b"hello");
+    assert!(fleet.agents.get(&node).is_some());
+    agent
+        .write_all(&raw::frame(raw::DATA, raw::END_STREAM, next, &[]))
+        .await
+        .unwrap();
+}
+
+/// Bounded fuzzing of what an agent connection may carry: an agent with a valid
+/// certificate sends any frames. Whatever it sends, the server keeps serving other
+/// nodes, drops that connection once it closes, and answers a CONNECT for its node
+/// with a 502 at once.
+#[test]
+fn any_frames_from_an_agent_leave_the_server_serving_everyone_else() {
+    use proptest::test_runner::{Config, TestRunner};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let fleet = rt.block_on(async {
+        let fleet = start(vec![
+            route("edge-a1", "127.0.0.2", "10.244.1.0/24"),
+            route("edge-b1", "127.0.0.1", "10.244.2.0/24"),
+        ])
+        .await;
+        fleet.agent_for("edge-b1", "127.0.0.1").await;
+        fleet
+    });
+    let backend = rt.block_on(echo());
+    let (node, other): (NodeName, NodeName) =
+        ("edge-a1".parse().unwrap(), "edge-b1".parse().unwrap());
+    let frames = proptest::collection::vec(raw::any_frame(), 0..12);
+    let mut runner = TestRunner::new(Config {
+        cases: 48,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(
+            &(proptest::bool::ANY, frames),
+            |(settings_first, frames)| {
+                rt.block_on(async {
+                    let mut agent = raw_agent(&fleet.pki, "edge-a1", fleet.agent_addr).await;
+                    if settings_first {
+                        let _ = agent.write_all(&raw::frame(raw::SETTINGS, 0, 0, &[])).await;
+                    }
+                    for frame in &frames {
+                        if agent.write_all(frame).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = agent.flush().await;
+                    // Another node's agent is untouched.
+                    let (status, mut stream) = fleet.connect(&backend.to_string()).await;
+                    assert_eq!(status, "HTTP/1.1 200 Connection established");
+                    echoes(&mut stream, b"still here").await;
+                    assert!(fleet.agents.get(&other).is_some());
+                    drop(agent);
+                    wait_for(
+                        || fleet.agents.get(&node).is_none(),
+                        "the fuzzed connection dropped",
+                    )
+                    .await;
+                    let (status, _) = fleet.connect("127.0.0.2:10250").await;
+                    assert!(
+                        status.starts_with("HTTP/1.1 502 node edge-a1 has no tunnel agent"),
+                        "{status}"
+                    );
+                });
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+/// A server replica that, once TLS is up, speaks garbage HTTP/2 to each agent that
+/// connects: the client preface, then some of `frames`. Returns its address and how many
+/// agent connections it has taken.
+async fn garbage_server(
+    fleet: &Fleet,
+    frames: Vec<Vec<u8>>,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let tls = fleet.pki.files(
+        "garbage",
+        &CertSpec::server("yurt-tunnel-server", &["yurt-tunnel-server"], &[LOCAL]),
+        None,
+    );
+    let config = crate::tls::server_config(&tls).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind((LOCAL, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = taken.clone();
+    tokio::spawn(async move {
+        let mut round = 0usize;
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut out = raw::PREFACE.to_vec();
+            out.extend(frames.iter().cycle().skip(round).take(6).flatten());
+            round += 1;
+            tokio::spawn(async move {
+                let _ = tls.write_all(&out).await;
+                let mut sink = [0u8; 4096];
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(300), tls.read(&mut sink)).await
+                {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, taken)
+}
+
+/// Bounded fuzzing of the agent's side: a second server replica sends any frames on every
+/// connection. The agent keeps reconnecting to it and keeps serving through the real one.
+#[test]
+fn any_frames_from_a_server_leave_the_agent_serving_through_the_others() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::TestRunner;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut runner = TestRunner::deterministic();
+    let frames = proptest::collection::vec(raw::any_frame(), 24)
+        .new_tree(&mut runner)
+        .unwrap()
+        .current();
+    rt.block_on(async {
+        let fleet = start(vec![route("edge-a1", "127.0.0.1", "10.244.1.0/24")]).await;
+        let (garbage, taken) = garbage_server(&fleet, frames).await;
+        let config = AgentConfig {
+            server_addrs: vec![garbage.to_string(), fleet.agent_addr.to_string()],
+            ..fleet.agent_config(fleet.pki.node("edge-a1"), "edge-a1", "127.0.0.1")
+        };
+        let (state, _) = fleet.run_agent(config);
+        let node: NodeName = "edge-a1".parse().unwrap();
+        wait_for(
+            || fleet.agents.get(&node).is_some(),
+            "the agent on the real server",
+        )
+        .await;
+        let backend = echo().await;
+        // Rounds of garbage from the other replica, each on a new connection.
+        for round in 1..=12u64 {
+            wait_for(
+                || taken.load(std::sync::atomic::Ordering::Relaxed) > round,
+                "another garbage round",
+            )
+            .await;
+            let (status, mut stream) = fleet.connect(&backend.to_string()).await;
+            assert_eq!(
+                status, "HTTP/1.1 200 Connection established",
+                "round {round}"
+            );
+            echoes(&mut stream, b"through the real server").await;
+        }
+        assert!(state.connections() >= 1);
+    });
+}
