@@ -18,6 +18,7 @@ pub mod admin;
 pub mod edge_binary;
 pub mod names;
 pub mod pki;
+pub mod runtime;
 pub mod shutdown;
 
 pub use names::{NodeName, PoolName};

@@ -126,6 +126,7 @@ async fn agent_process_rss(
     Ok((idle, busy))
 }
 
+use super::bench::percentile;
 use super::bench_table::Table;
 
 /// Certificates for the server, the in-process agent and the agent processes.
@@ -437,14 +438,6 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// Round trips of 64 bytes over `stream`, sorted.
 async fn echo_round_trips<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut stream: S,
@@ -538,15 +531,15 @@ pub async fn run(args: BenchTunnelArgs) -> anyhow::Result<std::process::ExitCode
         "64-byte echo round trip p50 / p99",
         format!(
             "{} / {}",
-            us(percentile(&tunnel_times, 0.5)),
-            us(percentile(&tunnel_times, 0.99))
+            us(percentile(&tunnel_times, 50.0)),
+            us(percentile(&tunnel_times, 99.0))
         ),
         format!(
             "raw relay {} / {}; added {:+.0} µs / {:+.0} µs",
-            us(percentile(&raw_times, 0.5)),
-            us(percentile(&raw_times, 0.99)),
-            added(0.5) * 1e6,
-            added(0.99) * 1e6
+            us(percentile(&raw_times, 50.0)),
+            us(percentile(&raw_times, 99.0)),
+            added(50.0) * 1e6,
+            added(99.0) * 1e6
         ),
     );
 
@@ -571,13 +564,13 @@ pub async fn run(args: BenchTunnelArgs) -> anyhow::Result<std::process::ExitCode
         "CONNECT → 200 through an agent, p50 / p99 (500)",
         format!(
             "{} / {}",
-            us(percentile(&connects, 0.5)),
-            us(percentile(&connects, 0.99))
+            us(percentile(&connects, 50.0)),
+            us(percentile(&connects, 99.0))
         ),
         format!(
             "TCP connect + first byte through the raw relay {} / {}",
-            us(percentile(&tcp_connects, 0.5)),
-            us(percentile(&tcp_connects, 0.99))
+            us(percentile(&tcp_connects, 50.0)),
+            us(percentile(&tcp_connects, 99.0))
         ),
     );
 
@@ -603,7 +596,11 @@ pub async fn run(args: BenchTunnelArgs) -> anyhow::Result<std::process::ExitCode
     let wall = started.elapsed();
     times.sort();
     let aggregate = (args.streams as u64 * args.stream_mib) as f64 / wall.as_secs_f64();
-    let spread = percentile(&times, 1.0).as_secs_f64() / percentile(&times, 0.0).as_secs_f64();
+    let (fastest, slowest) = (
+        times.first().copied().unwrap_or_default(),
+        times.last().copied().unwrap_or_default(),
+    );
+    let spread = slowest.as_secs_f64() / fastest.as_secs_f64();
     table.row(
         &format!("{} concurrent streams: aggregate", args.streams),
         format!("{aggregate:.0} MiB/s"),

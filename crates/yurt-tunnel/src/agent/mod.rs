@@ -172,21 +172,29 @@ impl Identity {
     }
 }
 
-/// Returns once `files` hold a certificate other than `identity`'s that loads and is
-/// still `node`'s (a file caught half-written is tried again at the next check; a
-/// certificate of another node is never used).
-async fn renewal(files: &TlsFiles, identity: &Identity, node: &NodeName, every: Duration) {
+/// Returns the renewed identity once `files` hold a certificate other than
+/// `identity`'s that loads and is still `node`'s (a file caught half-written is tried
+/// again at the next check; a certificate of another node is never used).
+async fn renewal(
+    files: &TlsFiles,
+    identity: &Identity,
+    node: &NodeName,
+    every: Duration,
+) -> Identity {
     let mut warned = false;
     loop {
         tokio::time::sleep(every).await;
-        if !identity.renewed_on_disk(files) || Identity::load(files).is_err() {
+        if !identity.renewed_on_disk(files) {
             continue;
         }
+        let Ok(renewed) = Identity::load(files) else {
+            continue;
+        };
         let owner = tls::certs(&files.cert)
             .ok()
             .and_then(|c| tls::node_of(c.first()).ok());
         if owner.as_ref() == Some(node) {
-            return;
+            return renewed;
         }
         if !warned {
             tracing::warn!(
@@ -211,7 +219,8 @@ struct Dialer {
 async fn keep_connected(dialer: &Dialer, addr: &str) {
     let (config, token) = (&dialer.config, &dialer.token);
     let mut failures: u32 = 0;
-    // The connection a renewal replaces, told when its successor is up.
+    // The connection a renewal replaces, told when its successor is up, and the renewed
+    // identity its successor connects with.
     let mut handoff = None;
     while !token.is_cancelled() {
         let started = Instant::now();
@@ -219,10 +228,10 @@ async fn keep_connected(dialer: &Dialer, addr: &str) {
         let outcome = session(dialer, addr, handoff.take()).instrument(span).await;
         match outcome {
             Ok(SessionEnd::Closed) => tracing::info!("tunnel connection closed"),
-            Ok(SessionEnd::Renewed(replaced)) => {
+            Ok(SessionEnd::Renewed(replaced, renewed)) => {
                 // The old connection serves until this one is up: connect now.
                 tracing::info!("certificate renewed: connecting with the new one");
-                handoff = Some(replaced);
+                handoff = Some((replaced, renewed));
                 failures = 0;
                 continue;
             }
@@ -255,16 +264,16 @@ fn backoff_delay((min, max): (Duration, Duration), failures: u32) -> Duration {
 enum SessionEnd {
     /// The server or the agent closed it.
     Closed,
-    /// The certificate was renewed: the agent connects again with the new one and
+    /// The certificate was renewed: the agent connects again with the new identity and
     /// cancels this token once connected; the old connection serves until then, then
     /// drains in the background.
-    Renewed(CancellationToken),
+    Renewed(CancellationToken, Box<Identity>),
 }
 
 async fn session(
     dialer: &Dialer,
     addr: &str,
-    handoff: Option<CancellationToken>,
+    handoff: Option<(CancellationToken, Box<Identity>)>,
 ) -> Result<SessionEnd, SessionError> {
     let Dialer {
         config,
@@ -281,7 +290,10 @@ async fn session(
             .get_or_create(&crate::metrics::ReasonLabel { reason: result })
             .inc();
     };
-    let identity = match Identity::load(&config.tls) {
+    // A renewal hands over the identity it checked; otherwise the files are loaded
+    // afresh (they may have been renewed while the agent was disconnected).
+    let (handoff, renewed) = handoff.map_or((None, None), |(t, i)| (Some(t), Some(*i)));
+    let identity = match renewed.map_or_else(|| Identity::load(&config.tls), Ok) {
         Ok(identity) => identity,
         Err(e) => {
             result("certificate");
@@ -371,18 +383,7 @@ async fn session(
         &config.allow.node,
         config.cert_check_interval,
     ));
-    let serve = |request, respond| {
-        let span = tracing::info_span!("stream", target = tracing::field::Empty);
-        let task = serve_stream(
-            request,
-            respond,
-            config.clone(),
-            metrics.clone(),
-            streams.clone(),
-        );
-        tokio::spawn(task.instrument(span));
-    };
-    loop {
+    let next = loop {
         tokio::select! {
             () = token.cancelled() => {
                 // Drain: no new streams; those open may finish while the link lasts.
@@ -391,15 +392,17 @@ async fn session(
                 let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
                 return Ok(SessionEnd::Closed);
             }
-            () = &mut renewed => break,
+            next = &mut renewed => break next,
             failed = &mut keepalive => return Err(SessionError::Http2(failed)),
             accepted = connection.accept() => match accepted {
                 None => return Ok(SessionEnd::Closed),
                 Some(Err(e)) => return Err(SessionError::Http2(e.to_string())),
-                Some(Ok((request, respond))) => serve(request, respond),
+                Some(Ok((request, respond))) => {
+                    spawn_stream(request, respond, config, metrics, &streams);
+                }
             },
         }
-    }
+    };
     // Renewed. The caller connects again with the new certificate and cancels `handed`
     // once connected; the server opens new streams on an agent's newest connection.
     // Until then this connection keeps serving, so no stream is refused in between;
@@ -430,9 +433,7 @@ async fn session(
                 }
                 accepted = connection.accept() => match accepted {
                     Some(Ok((request, respond))) => {
-                        let span = tracing::info_span!("stream", target = tracing::field::Empty);
-                        let task = serve_stream(request, respond, config.clone(), metrics.clone(), streams.clone());
-                        tokio::spawn(task.instrument(span));
+                        spawn_stream(request, respond, &config, &metrics, &streams);
                     }
                     _ => return,
                 },
@@ -448,7 +449,27 @@ async fn session(
         }
     };
     tokio::spawn(drain.instrument(tracing::Span::current()));
-    Ok(SessionEnd::Renewed(handed))
+    Ok(SessionEnd::Renewed(handed, Box::new(next)))
+}
+
+/// Serves one tunnelled connection in its own task, ended with the connection's
+/// `streams` token.
+fn spawn_stream(
+    request: http::Request<h2::RecvStream>,
+    respond: h2::server::SendResponse<Bytes>,
+    config: &Arc<AgentConfig>,
+    metrics: &AgentMetrics,
+    streams: &CancellationToken,
+) {
+    let span = tracing::info_span!("stream", target = tracing::field::Empty);
+    let task = serve_stream(
+        request,
+        respond,
+        config.clone(),
+        metrics.clone(),
+        streams.clone(),
+    );
+    tokio::spawn(task.instrument(span));
 }
 
 struct ConnectedGuard {
