@@ -237,14 +237,26 @@ async fn down_removes_everything_and_up_restarts_with_the_state() -> anyhow::Res
             .iter()
             .filter_map(|p| yurt_cluster::process::PidRecord::read(p))
             .collect();
-        // Every process but Prometheus (this fleet runs none) on the cloud host, and
-        // every edge process on both edge hosts.
+        // Every process of the cloud host but those this fleet was not started with
+        // (Prometheus, the second API server and its tunnel server), and every edge
+        // process on both edge hosts.
+        use yurt_cluster::components::Component;
+        let cloud = Component::CLOUD
+            .iter()
+            .filter(|c| {
+                !matches!(
+                    c,
+                    Component::Prometheus
+                        | Component::KubeApiserverReplica
+                        | Component::TunnelServerReplica
+                )
+            })
+            .count();
         ensure!(
-            pid_files.len()
-                == yurt_cluster::components::Component::CLOUD.len() - 1
-                    + 2 * yurt_cluster::components::Component::EDGE.len()
+            pid_files.len() == cloud + 2 * Component::EDGE.len()
                 && records.len() == pid_files.len(),
-            "every process has a pid file: {records:?}"
+            "every process has a pid file ({} files): {records:?}",
+            pid_files.len()
         );
         let cgroups = yurt_cluster::cgroup::Cgroups::detect()?;
         let cg = format!("yurt-{slot}");
