@@ -57,6 +57,78 @@ pub enum Command {
     TunnelServer(Box<crate::commands::tunnel::TunnelServerArgs>),
     /// The edge end of the tunnel (alias `yurt-tunnel-agent`): dials out to the server and connects its streams to this node.
     TunnelAgent(Box<yurt_tunnel::cli::AgentArgs>),
+    /// Administer nodes of a cluster (alias `yurtadm`): bootstrap tokens, interoperable with `kubeadm token`.
+    Adm(AdmArgs),
+}
+
+/// `yurt adm`.
+#[derive(Debug, Args)]
+pub struct AdmArgs {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: AdmCommand,
+}
+
+/// `yurt adm ...`.
+#[derive(Debug, Subcommand)]
+pub enum AdmCommand {
+    /// Bootstrap tokens (`kube-system/bootstrap-token-<id>` Secrets, the same as `kubeadm token`'s).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// The cluster a token command acts on.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// The kubeconfig to use [default: $KUBECONFIG, else the fleet's admin kubeconfig in --data-dir]
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// `yurt adm token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a bootstrap token (a random one unless given) and print it.
+    Create {
+        /// The token to create, `[a-z0-9]{6}.[a-z0-9]{16}`; replaced if its ID exists.
+        token: Option<String>,
+        /// How long until it expires and is deleted, a Go duration ("0": never).
+        #[arg(long, default_value = "24h0m0s", allow_hyphen_values = true)]
+        ttl: String,
+        /// What it may be used for: signing (cluster-info, for discovery), authentication (TLS bootstrap).
+        #[arg(long, value_delimiter = ',', default_value = "signing,authentication")]
+        usages: Vec<String>,
+        /// Extra groups it authenticates as (each `system:bootstrappers:...`).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "system:bootstrappers:kubeadm:default-node-token"
+        )]
+        groups: Vec<String>,
+        /// A note for whoever lists tokens.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// The cluster.
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// List bootstrap tokens, as `kubeadm token list` does.
+    List {
+        /// The cluster.
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Delete bootstrap tokens, by ID or whole token.
+    Delete {
+        /// Token IDs or tokens.
+        #[arg(required = true)]
+        tokens: Vec<String>,
+        /// The cluster.
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Print a new random token without creating it.
+    Generate,
 }
 
 /// Network mode of the edge sites.

@@ -18,6 +18,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("yurt-manager", "manager"),
     ("yurt-tunnel-server", "tunnel-server"),
     ("yurt-tunnel-agent", "tunnel-agent"),
+    ("yurtadm", "adm"),
 ];
 
 /// The command line, with an OpenYurt binary name (argv[0]) turned into its subcommand.

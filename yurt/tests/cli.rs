@@ -101,6 +101,40 @@ fn refused(out: &Output, want: &str) {
 }
 
 #[test]
+fn adm_token_refuses_bad_input_before_reaching_any_cluster_and_answers_to_yurtadm() {
+    // No cluster anywhere: each is refused for what it is, not for the missing cluster.
+    let nowhere = ["--kubeconfig", "/nonexistent/kubeconfig"];
+    for (args, want) in [
+        (vec!["token", "create", "abc.def"], "is not of the form"),
+        (vec!["token", "create", "--usages", "signing,admin"], "usage \"admin\""),
+        (vec!["token", "create", "--groups", "system:masters"], "must start with"),
+        (vec!["token", "create", "--ttl", "-5m"], "must not be negative"),
+        (vec!["token", "create", "--ttl", "3d"], "--ttl: unknown unit"),
+        (vec!["token", "delete", "abc"], "is not 6 characters"),
+    ] {
+        let mut full = vec!["adm"];
+        full.extend(&args);
+        full.extend(nowhere);
+        refused(&yurt(&full), want);
+    }
+    // The OpenYurt name runs the same command; a generated token is well formed.
+    let dir = tempfile::tempdir().unwrap();
+    let alias = dir.path().join("yurtadm");
+    std::os::unix::fs::symlink(yurt_binary(), &alias).unwrap();
+    let out = Command::new(&alias)
+        .args(["token", "generate"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (id, secret) = token.split_once('.').expect("id.secret");
+    let ok = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    };
+    assert!(ok(id, 6) && ok(secret, 16), "{token}");
+}
+
+#[test]
 fn image_push_refuses_bad_sources_and_names_before_reaching_any_fleet() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();

@@ -513,6 +513,8 @@ impl Context<'_> {
                         arg(format!("--client-ca-file={}", p(&pki.ca_cert()))),
                         arg(format!("--service-cluster-ip-range={}", net::SERVICE_CIDR)),
                         arg("--authorization-mode=Node,RBAC"),
+                        // Hosts join with bootstrap tokens, as on a kubeadm cluster.
+                        arg("--enable-bootstrap-token-auth=true"),
                         arg("--enable-admission-plugins=NodeRestriction"),
                         arg("--allow-privileged=true"),
                         arg(format!("--service-account-key-file={}", p(&pki.sa_pub()))),
@@ -572,6 +574,9 @@ impl Context<'_> {
                         arg(format!("--authorization-kubeconfig={kc}")),
                         arg("--bind-address=127.0.0.1"),
                         arg("--leader-elect=false"),
+                        // kubeadm's: the default controllers, plus signing `cluster-info`
+                        // with each bootstrap token and deleting expired tokens.
+                        arg("--controllers=*,bootstrapsigner,tokencleaner"),
                         arg(format!(
                             "--service-account-private-key-file={}",
                             p(&pki.sa_key())

@@ -16,6 +16,7 @@
 pub mod admin;
 #[cfg(feature = "edge-binary")]
 pub mod edge_binary;
+pub mod go_duration;
 pub mod names;
 pub mod pki;
 pub mod runtime;

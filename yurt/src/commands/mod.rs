@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+mod adm;
 mod bench;
 pub mod bench_hub;
 pub mod bench_manager;
@@ -57,6 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manager(args) => manager::run(*args).await,
         Command::TunnelServer(args) => tunnel::run_server(*args).await,
         Command::TunnelAgent(args) => tunnel::run_agent(*args).await,
+        Command::Adm(args) => adm::run(&cli.data_dir, args).await,
     }
 }
 

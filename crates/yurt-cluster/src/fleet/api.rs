@@ -505,6 +505,111 @@ pub async fn wait_nodes_ready(
     }
 }
 
+/// The group `kubeadm token create` gives new tokens, bound below as kubeadm binds it.
+pub const BOOTSTRAP_TOKEN_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";
+
+/// What a kubeadm cluster has for hosts to join with a bootstrap token, so `kubeadm
+/// join`, `yurt adm join` and kubeadm's own tokens work on every fleet as on a cluster
+/// kubeadm made:
+/// - `kube-public/cluster-info`: a kubeconfig with the API server `server` (as joining
+///   hosts reach it) and the cluster CA, readable anonymously (Role and RoleBinding
+///   `kubeadm:bootstrap-signer-clusterinfo`); the bootstrap signer adds a
+///   `jws-kubeconfig-<token id>` signature per signing token;
+/// - the bootstrap group may create node CSRs (`kubeadm:kubelet-bootstrap`), have them
+///   approved (`kubeadm:node-autoapprove-bootstrap`) and read Nodes (`kubeadm:get-nodes`);
+/// - nodes may renew their client certificates (`kubeadm:node-autoapprove-certificate-rotation`).
+///
+/// # Errors
+/// API errors.
+pub async fn apply_bootstrap_prerequisites(
+    client: &kube::Client,
+    server: &str,
+    ca_pem: &[u8],
+) -> Result<()> {
+    use base64::Engine as _;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use serde_json::json;
+    const PUBLIC: &str = "kube-public";
+    const CLUSTER_INFO_ROLE: &str = "kubeadm:bootstrap-signer-clusterinfo";
+    let rbac = "rbac.authorization.k8s.io/v1";
+    let group = |name: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": name});
+    let kubeconfig = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "", "cluster": {
+            "server": server,
+            "certificate-authority-data": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+        }}],
+        "contexts": [],
+        "current-context": "",
+        "preferences": {},
+        "users": [],
+    });
+    let kubeconfig = serde_yaml::to_string(&kubeconfig)
+        .map_err(|e| Error::Invalid(format!("cluster-info kubeconfig: {e}")))?;
+    apply_object(
+        Api::<ConfigMap>::namespaced(client.clone(), PUBLIC),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "cluster-info", "namespace": PUBLIC},
+               "data": {"kubeconfig": kubeconfig}}),
+    )
+    .await?;
+    let metadata = json!({"name": CLUSTER_INFO_ROLE, "namespace": PUBLIC});
+    apply_object(
+        Api::<Role>::namespaced(client.clone(), PUBLIC),
+        json!({"apiVersion": rbac, "kind": "Role", "metadata": metadata,
+               "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                          "resourceNames": ["cluster-info"], "verbs": ["get"]}]}),
+    )
+    .await?;
+    apply_object(
+        Api::<RoleBinding>::namespaced(client.clone(), PUBLIC),
+        json!({"apiVersion": rbac, "kind": "RoleBinding", "metadata": metadata,
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CLUSTER_INFO_ROLE},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:anonymous"}]}),
+    )
+    .await?;
+    apply_object(
+        Api::<ClusterRole>::all(client.clone()),
+        json!({"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": "kubeadm:get-nodes"},
+               "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]}),
+    )
+    .await?;
+    let bindings = [
+        (
+            "kubeadm:kubelet-bootstrap",
+            "system:node-bootstrapper",
+            BOOTSTRAP_TOKEN_GROUP,
+        ),
+        (
+            "kubeadm:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            BOOTSTRAP_TOKEN_GROUP,
+        ),
+        (
+            "kubeadm:get-nodes",
+            "kubeadm:get-nodes",
+            BOOTSTRAP_TOKEN_GROUP,
+        ),
+        (
+            "kubeadm:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            "system:nodes",
+        ),
+    ];
+    for (name, role, subject) in bindings {
+        apply_object(
+            Api::<ClusterRoleBinding>::all(client.clone()),
+            json!({"apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": name},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                   "subjects": [group(subject)]}),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

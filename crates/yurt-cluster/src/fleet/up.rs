@@ -347,6 +347,10 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     for component in cloud {
         if component == Component::YurtManager {
             let client = fleet.client().await?;
+            let ca = std::fs::read(fleet.pki.ca_cert())
+                .map_err(|e| crate::error::Error::io(fleet.pki.ca_cert(), e))?;
+            super::api::apply_bootstrap_prerequisites(&client, &plan.api_url_in_fleet(), &ca)
+                .await?;
             super::api::apply_hub_rbac(&client).await?;
             super::api::apply_manager_rbac(&client).await?;
         }

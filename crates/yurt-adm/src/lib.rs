@@ -1,0 +1,8 @@
+//! `yurt adm` (OpenYurt's `yurtadm`): what an administrator runs against a cluster to
+//! bring nodes in and out. Today: bootstrap tokens, the same objects `kubeadm token`
+//! makes and reads ([`token`]).
+//!
+//! Everything here talks to the cluster only through the Kubernetes API, so it works
+//! on clusters openyurt-rs did not create.
+
+pub mod token;

@@ -1,0 +1,288 @@
+//! `yurt adm token` against the real `kubeadm token` 1.20.2 on the shared fleet: one set
+//! of bootstrap tokens, whichever tool made them. Each lists the other's the same way,
+//! deletes them, and a token from either authenticates as a bootstrapper, gets the
+//! `cluster-info` ConfigMap signed for discovery, and is deleted by the token cleaner
+//! when it expires. Anonymous users may read `cluster-info` and nothing else.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use base64::Engine as _;
+use yurt_cluster::upstream::Binary;
+use yurt_testkit::{TestFleet, run_checked, shared, wait_for};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(300);
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn within<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(TEST_TIMEOUT, fut)
+        .await
+        .context("test did not finish in time")?
+}
+
+fn kubeadm(f: &TestFleet, args: &[&str]) -> anyhow::Result<String> {
+    let mut cmd = Command::new(f.fleet().binaries().path(Binary::Kubeadm));
+    cmd.args(args).arg(format!(
+        "--kubeconfig={}",
+        f.fleet().admin_kubeconfig().display()
+    ));
+    run_checked(&mut cmd)
+}
+
+/// `yurt adm` with this fleet's admin kubeconfig found the way a user's would be: from
+/// `--data-dir`, with no `--kubeconfig` and no `$KUBECONFIG`.
+fn yurt_adm(f: &TestFleet, args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(&yurt_testkit::machine().yurt_binary);
+    cmd.arg("--data-dir")
+        .arg(f.dir())
+        .arg("adm")
+        .args(args)
+        .env_remove("KUBECONFIG");
+    cmd.output().expect("yurt runs")
+}
+
+fn yurt_adm_ok(f: &TestFleet, args: &[&str]) -> anyhow::Result<String> {
+    let out = yurt_adm(f, args);
+    ensure!(
+        out.status.success(),
+        "yurt adm {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The row of token `token` in a token table, split into words.
+fn row(table: &str, token: &str) -> Option<Vec<String>> {
+    table
+        .lines()
+        .find(|l| l.starts_with(token))
+        .map(|l| l.split_whitespace().map(str::to_owned).collect())
+}
+
+/// A kubectl 1.20 that authenticates with bootstrap token `token` only.
+fn kubectl_with_token(f: &TestFleet, ca: &std::path::Path, token: &str) -> Command {
+    let mut cmd = Command::new(f.fleet().binaries().path(Binary::Kubectl));
+    cmd.arg("--kubeconfig=/dev/null")
+        .arg(format!("--server={}", f.fleet().plan().api_url_from_host()))
+        .arg(format!("--certificate-authority={}", ca.display()))
+        .arg(format!("--token={token}"));
+    cmd
+}
+
+fn cluster_info_signers(f: &TestFleet) -> anyhow::Result<Vec<String>> {
+    let data = f.kubectl(&[
+        "get",
+        "configmap",
+        "-n",
+        "kube-public",
+        "cluster-info",
+        "-o",
+        "jsonpath={.data}",
+    ])?;
+    let data: serde_json::Value = serde_json::from_str(&data)?;
+    Ok(data
+        .as_object()
+        .context("cluster-info data")?
+        .keys()
+        .filter_map(|k| k.strip_prefix("jws-kubeconfig-").map(str::to_owned))
+        .collect())
+}
+
+#[tokio::test]
+async fn yurt_and_kubeadm_share_one_set_of_bootstrap_tokens() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let dir = tempfile::tempdir()?;
+        let ca_data = f.kubectl(&[
+            "config",
+            "view",
+            "--raw",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+        ])?;
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(
+            &ca,
+            base64::engine::general_purpose::STANDARD.decode(ca_data.trim())?,
+        )?;
+
+        // Made by each tool, listed alike by both.
+        let ours = yurt_adm_ok(
+            &f,
+            &[
+                "token",
+                "create",
+                "--ttl",
+                "2h",
+                "--description",
+                "made-by-yurt",
+            ],
+        )?
+        .trim()
+        .to_owned();
+        let theirs = kubeadm(
+            &f,
+            &[
+                "token",
+                "create",
+                "--ttl",
+                "3h",
+                "--description",
+                "made-by-kubeadm",
+            ],
+        )?
+        .trim()
+        .to_owned();
+        let (ours_id, theirs_id) = (&ours[..6], &theirs[..6]);
+        let kubeadm_list = kubeadm(&f, &["token", "list"])?;
+        let yurt_list = yurt_adm_ok(&f, &["token", "list"])?;
+        for (token, description, ttl) in [
+            (&ours, "made-by-yurt", "1h"),
+            (&theirs, "made-by-kubeadm", "2h"),
+        ] {
+            let by_kubeadm = row(&kubeadm_list, token)
+                .with_context(|| format!("kubeadm does not list {token}:\n{kubeadm_list}"))?;
+            let by_yurt = row(&yurt_list, token)
+                .with_context(|| format!("yurt does not list {token}:\n{yurt_list}"))?;
+            ensure!(
+                by_kubeadm == by_yurt,
+                "kubeadm: {by_kubeadm:?}\nyurt: {by_yurt:?}"
+            );
+            ensure!(
+                by_yurt[1] == ttl
+                    && by_yurt[3] == "authentication,signing"
+                    && by_yurt[4] == description
+                    && by_yurt[5] == "system:bootstrappers:kubeadm:default-node-token",
+                "{by_yurt:?}"
+            );
+        }
+        let header = yurt_list.lines().next().unwrap_or_default();
+        ensure!(
+            header.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "TOKEN",
+                    "TTL",
+                    "EXPIRES",
+                    "USAGES",
+                    "DESCRIPTION",
+                    "EXTRA",
+                    "GROUPS"
+                ],
+            "{header}"
+        );
+
+        // Either token authenticates as a bootstrapper that may ask for a node
+        // certificate and nothing an admin may.
+        for token in [&ours, &theirs] {
+            for (verb, resource, want) in [
+                ("create", "certificatesigningrequests", "yes"),
+                ("get", "nodes", "yes"),
+                ("list", "secrets", "no"),
+            ] {
+                let out = kubectl_with_token(&f, &ca, token)
+                    .args(["auth", "can-i", verb, resource])
+                    .output()?;
+                let said = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                ensure!(
+                    said == want,
+                    "token {}: can-i {verb} {resource}: {said:?}",
+                    &token[..6]
+                );
+            }
+        }
+
+        // Anonymous discovery: cluster-info is readable and signed with both tokens; no
+        // other ConfigMap is readable.
+        let anonymous_get = |path: &str| -> anyhow::Result<serde_json::Value> {
+            let url = format!("{}{path}", f.fleet().plan().api_url_from_host());
+            let body = run_checked(Command::new("curl").args([
+                "-s",
+                "--max-time",
+                "10",
+                "--cacert",
+                &ca.to_string_lossy(),
+                &url,
+            ]))?;
+            Ok(serde_json::from_str(&body)?)
+        };
+        let info = anonymous_get("/api/v1/namespaces/kube-public/configmaps/cluster-info")?;
+        let kubeconfig = info["data"]["kubeconfig"].as_str().unwrap_or_default();
+        ensure!(
+            kubeconfig.contains(&f.fleet().plan().api_url_in_fleet())
+                && kubeconfig.contains("certificate-authority-data"),
+            "anonymous cluster-info: {info}"
+        );
+        let denied = anonymous_get("/api/v1/namespaces/kube-system/configmaps/yurt-hub-cfg")?;
+        ensure!(
+            denied["code"] == 403 && denied["reason"] == "Forbidden",
+            "anonymous read of kube-system: {denied}"
+        );
+        wait_for("cluster-info signed with both tokens", WAIT, || async {
+            let signers = cluster_info_signers(&f)?;
+            Ok(
+                (signers.iter().any(|s| s == ours_id) && signers.iter().any(|s| s == theirs_id))
+                    .then_some(()),
+            )
+        })
+        .await?;
+
+        // Each deletes the other's; the signatures go with them.
+        yurt_adm_ok(&f, &["token", "delete", theirs_id])?;
+        kubeadm(&f, &["token", "delete", &ours])?;
+        let left = yurt_adm_ok(&f, &["token", "list"])?;
+        ensure!(
+            row(&left, &ours).is_none() && row(&left, &theirs).is_none(),
+            "{left}"
+        );
+        wait_for("signatures of deleted tokens removed", WAIT, || async {
+            let signers = cluster_info_signers(&f)?;
+            Ok((!signers.iter().any(|s| s == ours_id || s == theirs_id)).then_some(()))
+        })
+        .await?;
+
+        // An expired token is deleted by the token cleaner.
+        let short = yurt_adm_ok(&f, &["token", "create", "--ttl", "2s"])?
+            .trim()
+            .to_owned();
+        wait_for("the expired token deleted", WAIT, || async {
+            let list = kubeadm(&f, &["token", "list"])?;
+            Ok(row(&list, &short).is_none().then_some(()))
+        })
+        .await?;
+
+        // Bad input: one line, non-zero exit, nothing made.
+        let before = yurt_adm_ok(&f, &["token", "list"])?;
+        for (args, says) in [
+            (vec!["token", "create", "Not.A.Token"], "is not of the form"),
+            (
+                vec!["token", "create", "--usages", "admin"],
+                "usage \"admin\"",
+            ),
+            (
+                vec!["token", "create", "--groups", "system:masters"],
+                "must start with",
+            ),
+            (
+                vec!["token", "create", "--ttl", "-1s"],
+                "must not be negative",
+            ),
+            (vec!["token", "create", "--ttl", "1d"], "--ttl"),
+            (vec!["token", "delete", "zzzzzz"], "not found"),
+            (vec!["token", "delete", "nonsense!"], "is not 6 characters"),
+        ] {
+            let out = yurt_adm(&f, &args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                !out.status.success() && err.contains(says) && err.trim().lines().count() == 1,
+                "yurt adm {args:?}: {out:?}"
+            );
+        }
+        ensure!(
+            yurt_adm_ok(&f, &["token", "list"])? == before,
+            "bad input changed the tokens"
+        );
+        Ok(())
+    })
+    .await
+}

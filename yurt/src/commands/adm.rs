@@ -1,0 +1,80 @@
+//! `yurt adm` (alias `yurtadm`): bootstrap tokens today.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use yurt_adm::token::{self, BootstrapToken, TokenString};
+
+use crate::cli::{AdmArgs, AdmCommand, ClusterArgs, TokenCommand};
+
+/// The kubeconfig a command uses: `--kubeconfig`, else `$KUBECONFIG`, else the admin
+/// kubeconfig of the fleet in `data_dir` if there is one (as kubeadm falls back to
+/// `/etc/kubernetes/admin.conf`), else whatever the client finds by itself.
+fn kubeconfig(cluster: &ClusterArgs, data_dir: &Path) -> Option<PathBuf> {
+    if let Some(path) = &cluster.kubeconfig {
+        return Some(path.clone());
+    }
+    if std::env::var_os("KUBECONFIG").is_some() {
+        return None;
+    }
+    let fleet = data_dir.join("admin.kubeconfig");
+    fleet.is_file().then_some(fleet)
+}
+
+async fn client(cluster: &ClusterArgs, data_dir: &Path) -> anyhow::Result<kube::Client> {
+    super::kube_client(kubeconfig(cluster, data_dir).as_ref()).await
+}
+
+/// Runs `yurt adm ...`.
+pub async fn run(data_dir: &Path, args: AdmArgs) -> anyhow::Result<ExitCode> {
+    let AdmCommand::Token(command) = args.command;
+    match command {
+        TokenCommand::Generate => println!("{}", TokenString::generate()?),
+        TokenCommand::Create {
+            token,
+            ttl,
+            usages,
+            groups,
+            description,
+            cluster,
+        } => {
+            let token = match token {
+                Some(t) => t.parse::<TokenString>()?,
+                None => TokenString::generate()?,
+            };
+            let (negative, ttl) = yurt_core::go_duration::parse_go_duration(&ttl)
+                .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+            anyhow::ensure!(!negative, "--ttl must not be negative");
+            let mut bootstrap = BootstrapToken::new(token, Some(ttl), jiff::Timestamp::now());
+            bootstrap.usages = usages;
+            bootstrap.groups = groups;
+            bootstrap.description = description;
+            // Checked before any connection: a bad flag needs no cluster to be refused.
+            token::validate_usages(&bootstrap.usages)?;
+            token::validate_groups(&bootstrap.groups)?;
+            token::create(&client(&cluster, data_dir).await?, &bootstrap).await?;
+            println!("{}", bootstrap.token);
+        }
+        TokenCommand::List { cluster } => {
+            let (tokens, unreadable) = token::list(&client(&cluster, data_dir).await?).await?;
+            for why in &unreadable {
+                eprintln!("warning: {why}");
+            }
+            if !tokens.is_empty() {
+                print!("{}", token::table(&tokens, jiff::Timestamp::now()));
+            }
+        }
+        TokenCommand::Delete { tokens, cluster } => {
+            // Every argument is checked before anything is deleted.
+            for t in &tokens {
+                token::token_id(t)?;
+            }
+            let client = client(&cluster, data_dir).await?;
+            for t in &tokens {
+                let id = token::delete(&client, t).await?;
+                println!("bootstrap token {id:?} deleted");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
