@@ -106,10 +106,22 @@ fn adm_token_refuses_bad_input_before_reaching_any_cluster_and_answers_to_yurtad
     let nowhere = ["--kubeconfig", "/nonexistent/kubeconfig"];
     for (args, want) in [
         (vec!["token", "create", "abc.def"], "is not of the form"),
-        (vec!["token", "create", "--usages", "signing,admin"], "usage \"admin\""),
-        (vec!["token", "create", "--groups", "system:masters"], "must start with"),
-        (vec!["token", "create", "--ttl", "-5m"], "must not be negative"),
-        (vec!["token", "create", "--ttl", "3d"], "--ttl: unknown unit"),
+        (
+            vec!["token", "create", "--usages", "signing,admin"],
+            "usage \"admin\"",
+        ),
+        (
+            vec!["token", "create", "--groups", "system:masters"],
+            "must start with",
+        ),
+        (
+            vec!["token", "create", "--ttl", "-5m"],
+            "must not be negative",
+        ),
+        (
+            vec!["token", "create", "--ttl", "3d"],
+            "--ttl: unknown unit",
+        ),
         (vec!["token", "delete", "abc"], "is not 6 characters"),
     ] {
         let mut full = vec!["adm"];
@@ -129,7 +141,9 @@ fn adm_token_refuses_bad_input_before_reaching_any_cluster_and_answers_to_yurtad
     let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let (id, secret) = token.split_once('.').expect("id.secret");
     let ok = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     };
     assert!(ok(id, 6) && ok(secret, 16), "{token}");
 }
