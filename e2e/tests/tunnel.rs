@@ -662,13 +662,16 @@ async fn a_killed_tunnel_server_costs_only_its_streams(f: &mut TestFleet) -> any
         cmd.args(["--server", &second]);
         cmd
     };
+    // An agent restarted by an earlier step may still be in its backoff towards the
+    // second tunnel server.
     let mut connects = Vec::new();
     for node in nodes {
-        let replicas = agent_replicas(f, node)?;
-        ensure!(
-            replicas == 2,
-            "the agent on {node} holds {replicas} connections"
-        );
+        wait_for(
+            &format!("the agent on {node} on both tunnel servers"),
+            WAIT,
+            || async { Ok((agent_replicas(f, node)? == 2).then_some(())) },
+        )
+        .await?;
         connects.push(agent_connects(f, node)?);
     }
     let mut through_first = Follow::logs(f.fleet().kubectl())?;

@@ -122,6 +122,14 @@ fn adm_token_refuses_bad_input_before_reaching_any_cluster_and_answers_to_yurtad
             vec!["token", "create", "--ttl", "3d"],
             "--ttl: unknown unit",
         ),
+        (
+            vec!["token", "create", "--usages", "signing"],
+            "unless the usage includes \"authentication\"",
+        ),
+        (
+            vec!["token", "create", "--ttl", "600000000h"],
+            "longer than Go allows",
+        ),
         (vec!["token", "delete", "abc"], "is not 6 characters"),
     ] {
         let mut full = vec!["adm"];

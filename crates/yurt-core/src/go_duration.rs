@@ -48,8 +48,19 @@ pub fn parse_go_duration(s: &str) -> Result<(bool, Duration), String> {
         total += value * seconds_per_unit;
         rest = &rest[unit_end..];
     }
-    Ok((negative, Duration::from_secs_f64(total)))
+    // Go's durations are int64 nanoseconds: about 292 years at most.
+    if total > MAX_SECONDS {
+        return Err(format!(
+            "duration {s:?} is longer than Go allows (about 292 years)"
+        ));
+    }
+    Duration::try_from_secs_f64(total)
+        .map(|d| (negative, d))
+        .map_err(|_| format!("invalid duration {s:?}"))
 }
+
+/// The longest Go duration, in seconds (`math.MaxInt64` nanoseconds).
+const MAX_SECONDS: f64 = 9_223_372_036.854_775;
 
 #[cfg(test)]
 mod tests {
@@ -75,6 +86,16 @@ mod tests {
             Ok((false, Duration::from_millis(300)))
         );
         assert_eq!(parse_go_duration("-1s"), Ok((true, Duration::from_secs(1))));
+        // Longer than Go's int64 nanoseconds: refused, never a panic.
+        for huge in [
+            "6000000000000000h",
+            "300y",
+            "1e400h",
+            "9999999999999999999999s",
+        ] {
+            assert!(parse_go_duration(huge).is_err(), "{huge:?}");
+        }
+        assert!(parse_go_duration("2562047h").is_ok());
         for bad in ["", "10", "1d", "h", "1.2.3s", "-"] {
             assert!(parse_go_duration(bad).is_err(), "{bad:?}");
         }

@@ -63,8 +63,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// # Errors
 /// Unreadable file, or none in it.
 pub fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| pem_err(path, e))?
+    let pem = std::fs::read(path).map_err(|e| pem_err(path, e))?;
+    certs_from_pem(path, &pem)
+}
+
+/// Every certificate of `pem`, the bytes of file `path` (named in errors).
+///
+/// # Errors
+/// Unparsable PEM, or no certificate in it.
+pub fn certs_from_pem(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| pem_err(path, e))?;
     if certs.is_empty() {
@@ -118,10 +126,22 @@ pub fn server_config(files: &TlsFiles) -> Result<rustls::ServerConfig, TlsError>
 /// # Errors
 /// Unreadable files or a configuration rustls refuses.
 pub fn client_config(files: &TlsFiles) -> Result<rustls::ClientConfig, TlsError> {
+    client_config_with(files, certs(&files.cert)?)
+}
+
+/// Like [`client_config`], presenting `chain` (already read from `files.cert`, so a
+/// caller that checked it presents exactly what it checked).
+///
+/// # Errors
+/// Unreadable CA or key files, or a configuration rustls refuses.
+pub fn client_config_with(
+    files: &TlsFiles,
+    chain: Vec<CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(&files.ca)?)
-        .with_client_auth_cert(certs(&files.cert)?, key(&files.key)?)?;
+        .with_client_auth_cert(chain, key(&files.key)?)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }

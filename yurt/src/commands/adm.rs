@@ -45,13 +45,12 @@ pub async fn run(data_dir: &Path, args: AdmArgs) -> anyhow::Result<ExitCode> {
             let (negative, ttl) = yurt_core::go_duration::parse_go_duration(&ttl)
                 .map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
             anyhow::ensure!(!negative, "--ttl must not be negative");
-            let mut bootstrap = BootstrapToken::new(token, Some(ttl), jiff::Timestamp::now());
+            let mut bootstrap = BootstrapToken::new(token, Some(ttl), jiff::Timestamp::now())?;
             bootstrap.usages = usages;
             bootstrap.groups = groups;
             bootstrap.description = description;
             // Checked before any connection: a bad flag needs no cluster to be refused.
-            token::validate_usages(&bootstrap.usages)?;
-            token::validate_groups(&bootstrap.groups)?;
+            bootstrap.validate()?;
             token::create(&client(&cluster, data_dir).await?, &bootstrap).await?;
             println!("{}", bootstrap.token);
         }

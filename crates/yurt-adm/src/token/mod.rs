@@ -64,6 +64,12 @@ pub enum TokenError {
     /// No token with that ID.
     #[error("bootstrap token {0:?} not found")]
     NotFound(String),
+    /// Extra groups on a token that cannot authenticate.
+    #[error("token groups cannot be specified unless the usage includes \"authentication\"")]
+    GroupsWithoutAuthentication,
+    /// A TTL whose expiry a timestamp cannot hold.
+    #[error("a TTL of {0:?} expires past the year 9999")]
+    Ttl(Duration),
     /// The random source failed.
     #[error("no randomness for a token secret")]
     Random,
@@ -235,21 +241,48 @@ const USAGE_PREFIX: &str = "usage-bootstrap-";
 impl BootstrapToken {
     /// A token with kubeadm's defaults: both usages, [`DEFAULT_GROUP`], expiring `ttl`
     /// from `now` (`None` or zero: never).
-    pub fn new(token: TokenString, ttl: Option<Duration>, now: Timestamp) -> Self {
-        let expires = ttl
-            .filter(|t| !t.is_zero())
-            .and_then(|t| jiff::SignedDuration::try_from(t).ok())
-            .and_then(|t| now.checked_add(t).ok());
+    ///
+    /// # Errors
+    /// [`TokenError::Ttl`] for an expiry past what a timestamp can hold (never "no
+    /// expiry" instead).
+    pub fn new(
+        token: TokenString,
+        ttl: Option<Duration>,
+        now: Timestamp,
+    ) -> Result<Self, TokenError> {
+        let expires = match ttl.filter(|t| !t.is_zero()) {
+            None => None,
+            Some(t) => Some(
+                jiff::SignedDuration::try_from(t)
+                    .ok()
+                    .and_then(|t| now.checked_add(t).ok())
+                    .ok_or(TokenError::Ttl(t))?,
+            ),
+        };
         // Sorted, as they read back from a Secret.
         let mut usages: Vec<String> = USAGES.iter().map(|u| (*u).to_owned()).collect();
         usages.sort();
-        Self {
+        Ok(Self {
             token,
             description: String::new(),
             expires,
             usages,
             groups: vec![DEFAULT_GROUP.to_owned()],
+        })
+    }
+
+    /// Checks usages and groups as kubeadm does: known usages, `system:bootstrappers:`
+    /// groups, and groups only for a token that may authenticate.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), TokenError> {
+        validate_usages(&self.usages)?;
+        validate_groups(&self.groups)?;
+        if !self.groups.is_empty() && !self.usages.iter().any(|u| u == "authentication") {
+            return Err(TokenError::GroupsWithoutAuthentication);
         }
+        Ok(())
     }
 
     /// The Secret kubeadm would write for this token.
@@ -352,10 +385,9 @@ fn api_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> TokenError 
 /// create` does).
 ///
 /// # Errors
-/// Invalid usages or groups; API errors.
+/// What [`BootstrapToken::validate`] refuses; API errors.
 pub async fn create(client: &kube::Client, token: &BootstrapToken) -> Result<(), TokenError> {
-    validate_usages(&token.usages)?;
-    validate_groups(&token.groups)?;
+    token.validate()?;
     let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), NAMESPACE);
     let secret = token.to_secret();
     let name = secret_name(token.token.id());

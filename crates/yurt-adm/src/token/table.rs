@@ -67,26 +67,35 @@ fn rows(tokens: &[BootstrapToken], now: Timestamp) -> Vec<[String; 6]> {
     rows
 }
 
-/// The table of `tokens` at `now`: each column as wide as its widest cell plus 3
-/// spaces, at least 10, the last one unpadded (Go's tabwriter with kubeadm's settings).
+/// The table of `tokens` at `now`, laid out as kubeadm's printer does: a Go tabwriter
+/// (cells as wide as their widest plus 3 spaces, at least 10; the last column
+/// unpadded) flushed once per token, so the header is aligned with the first row and
+/// every later row on its own.
 pub fn table(tokens: &[BootstrapToken], now: Timestamp) -> String {
-    let rows = rows(tokens, now);
-    let mut widths = [0usize; 6];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count() + 3).max(10);
-        }
+    if tokens.is_empty() {
+        // kubeadm prints its header with the first token, so nothing for none.
+        return String::new();
     }
+    let rows = rows(tokens, now);
     let mut out = String::new();
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<width$}", width = widths[i]));
+    let (first, rest) = rows.split_at(rows.len().min(2));
+    for block in std::iter::once(first).chain(rest.chunks(1)) {
+        let mut widths = [0usize; 6];
+        for row in block {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count() + 3).max(10);
             }
         }
-        out.push('\n');
+        for row in block {
+            for (i, cell) in row.iter().enumerate() {
+                if i + 1 == row.len() {
+                    out.push_str(cell);
+                } else {
+                    out.push_str(&format!("{cell:<width$}", width = widths[i]));
+                }
+            }
+            out.push('\n');
+        }
     }
     out
 }

@@ -48,6 +48,7 @@ fn the_secret_is_the_one_kubeadm_writes() {
             Some(Duration::from_secs(3600)),
             at("2026-12-01T10:00:00Z"),
         )
+        .unwrap()
     };
     let secret = token.to_secret();
     assert_eq!(
@@ -84,7 +85,8 @@ fn the_secret_is_the_one_kubeadm_writes() {
     assert_eq!(data, want);
     assert_eq!(BootstrapToken::from_secret(&secret).unwrap(), token);
     // No TTL (or 0): never expires, and no expiration key.
-    let forever = BootstrapToken::new(token.token.clone(), Some(Duration::ZERO), Timestamp::now());
+    let forever =
+        BootstrapToken::new(token.token.clone(), Some(Duration::ZERO), Timestamp::now()).unwrap();
     assert_eq!(forever.expires, None);
     let data = forever.to_secret().data.unwrap();
     assert!(!data.contains_key("expiration"));
@@ -97,6 +99,7 @@ fn secrets_that_are_not_readable_tokens_say_why() {
         None,
         Timestamp::now(),
     )
+    .unwrap()
     .to_secret();
     let mut renamed = good.clone();
     renamed.metadata.name = Some("bootstrap-token-zzzzzz".into());
@@ -125,6 +128,30 @@ fn secrets_that_are_not_readable_tokens_say_why() {
             .to_string();
         assert!(err.contains(why), "{err}");
     }
+}
+
+#[test]
+fn groups_need_the_authentication_usage_and_a_huge_ttl_is_refused() {
+    let mut token = BootstrapToken::new(
+        "abcdef.0123456789abcdef".parse().unwrap(),
+        None,
+        Timestamp::now(),
+    )
+    .unwrap();
+    assert!(token.validate().is_ok());
+    token.usages = vec!["signing".into()];
+    assert!(matches!(
+        token.validate(),
+        Err(TokenError::GroupsWithoutAuthentication)
+    ));
+    token.groups.clear();
+    assert!(token.validate().is_ok());
+    let huge = BootstrapToken::new(
+        token.token.clone(),
+        Some(Duration::from_secs(90_000_000 * 3600)),
+        Timestamp::now(),
+    );
+    assert!(matches!(huge, Err(TokenError::Ttl(_))), "{huge:?}");
 }
 
 #[test]
@@ -159,7 +186,8 @@ fn a_fresh_tokens_ttl_rounds_down_as_kubeadm_lists_it() {
         "abcdef.0123456789abcdef".parse().unwrap(),
         Some(Duration::from_secs(2 * 3600)),
         made,
-    );
+    )
+    .unwrap();
     let listed = |now: &str| row_ttl(&table(std::slice::from_ref(&token), at(now)));
     assert_eq!(listed("2026-12-01T10:00:00.2Z"), "1h");
     assert_eq!(listed("2026-12-01T10:00:00Z"), "2h");
@@ -183,13 +211,14 @@ fn the_list_reads_like_kubeadms() {
         "abcdef.0123456789abcdef".parse().unwrap(),
         Some(Duration::from_secs(23 * 3600 + 59 * 60)),
         now,
-    );
+    )
+    .unwrap();
     described.description = "pool a".into();
     let bare = BootstrapToken {
         expires: None,
         usages: Vec::new(),
         groups: Vec::new(),
-        ..BootstrapToken::new("zzzzzz.0123456789abcdef".parse().unwrap(), None, now)
+        ..BootstrapToken::new("zzzzzz.0123456789abcdef".parse().unwrap(), None, now).unwrap()
     };
     let text = table(&[described, bare], now);
     let lines: Vec<&str> = text.lines().collect();
@@ -200,11 +229,13 @@ fn the_list_reads_like_kubeadms() {
         lines[1],
         "abcdef.0123456789abcdef   23h         2026-12-02T09:59:00Z   authentication,signing   pool a                                                     system:bootstrappers:kubeadm:default-node-token"
     );
+    // Aligned on its own, as each kubeadm row is: `<never>` needs no 23 columns.
     assert!(
-        lines[2].starts_with("zzzzzz.0123456789abcdef   <forever>   <never>                <none>"),
+        lines[2].starts_with("zzzzzz.0123456789abcdef   <forever>   <never>   <none>   "),
         "{}",
         lines[2]
     );
+    assert_eq!(table(&[], now), "");
     assert!(lines[2].ends_with("   <none>"), "{}", lines[2]);
 }
 
@@ -222,7 +253,8 @@ proptest! {
             token.parse().unwrap(),
             ttl.map(Duration::from_secs),
             at("2026-01-01T00:00:00Z"),
-        );
+        )
+        .unwrap();
         t.description = description;
         if !signing {
             t.usages.retain(|u| u != "signing");

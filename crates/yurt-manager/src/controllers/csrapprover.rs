@@ -46,6 +46,9 @@
 //! gets its identity"; join will add kube-controller-manager's own rule for bootstrappers
 //! (a SubjectAccessReview that the requester may create
 //! `certificatesigningrequests/nodeclient`), not a looser shape match.
+//! Every fleet does bind kubeadm's auto-approval, so kube-controller-manager (not this
+//! controller) signs a bootstrapper's plain kubelet client request (org `system:nodes`
+//! alone) for any node name, as on a kubeadm cluster (ADR 007).
 //!
 //! Refusals are visible: a request that looks like one of the four above (its signer and
 //! a node or tunnel subject) but breaks a rule stays pending and gets one Warning Event,

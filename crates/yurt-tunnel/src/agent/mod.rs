@@ -140,13 +140,16 @@ pub async fn run(
     Ok(())
 }
 
-/// The certificate a connection presents, as loaded from the files.
+/// The certificate a connection presents, as loaded from the files. The connector,
+/// the expiry and the owner all come from one read of the certificate file.
 struct Identity {
     connector: TlsConnector,
     /// The certificate file's bytes, to notice a renewed one.
     cert_pem: Vec<u8>,
     /// When the certificate expires.
     expires: Option<std::time::SystemTime>,
+    /// The node it names, if it names one.
+    owner: Option<NodeName>,
 }
 
 impl Identity {
@@ -155,14 +158,15 @@ impl Identity {
             path: files.cert.display().to_string(),
             reason: e.to_string(),
         })?;
-        let connector = TlsConnector::from(Arc::new(tls::client_config(files)?));
-        let expires = tls::certs(&files.cert)?
-            .first()
-            .and_then(|c| tls::not_after(c).ok());
+        let chain = tls::certs_from_pem(&files.cert, &cert_pem)?;
+        let expires = chain.first().and_then(|c| tls::not_after(c).ok());
+        let owner = tls::node_of(chain.first()).ok();
+        let connector = TlsConnector::from(Arc::new(tls::client_config_with(files, chain)?));
         Ok(Self {
             connector,
             cert_pem,
             expires,
+            owner,
         })
     }
 
@@ -190,10 +194,7 @@ async fn renewal(
         let Ok(renewed) = Identity::load(files) else {
             continue;
         };
-        let owner = tls::certs(&files.cert)
-            .ok()
-            .and_then(|c| tls::node_of(c.first()).ok());
-        if owner.as_ref() == Some(node) {
+        if renewed.owner.as_ref() == Some(node) {
             return renewed;
         }
         if !warned {

@@ -1034,6 +1034,13 @@ fn any_frames_from_an_agent_leave_the_server_serving_everyone_else() {
             |(settings_first, frames)| {
                 rt.block_on(async {
                     let mut agent = raw_agent(&fleet.pki, "edge-a1", fleet.agent_addr).await;
+                    // Admitted before the frames: the check below that it is gone must
+                    // not pass before the server even took it.
+                    wait_for(
+                        || fleet.agents.get(&node).is_some(),
+                        "the fuzzing agent admitted",
+                    )
+                    .await;
                     if settings_first {
                         let _ = agent.write_all(&raw::frame(raw::SETTINGS, 0, 0, &[])).await;
                     }
