@@ -819,12 +819,14 @@ async fn scenario() -> anyhow::Result<()> {
         "the cloud host reached {edge_ip}:10250 directly"
     );
 
-    // logs, with kubectl 1.20 and the installed kubectl.
-    let logs = f.kubectl(&["logs", "-n", NS, "chatty", "--tail=3"])?;
-    ensure!(
-        logs.lines().count() == 3 && logs.starts_with("line "),
-        "{logs}"
-    );
+    // logs, with kubectl 1.20 and the installed kubectl. Ready does not mean three
+    // lines written yet (the pod writes one every 0.2 s after preparing its files).
+    let logs = wait_for("three lines in chatty's log", WAIT, || async {
+        let logs = f.kubectl(&["logs", "-n", NS, "chatty", "--tail=3"])?;
+        Ok((logs.lines().count() == 3).then_some(logs))
+    })
+    .await?;
+    ensure!(logs.starts_with("line "), "{logs}");
     let logs = f.kubectl_installed(&["logs", "-n", NS, "chatty", "--tail=2"])?;
     ensure!(logs.lines().count() == 2, "{logs}");
 
