@@ -286,3 +286,199 @@ async fn yurt_and_kubeadm_share_one_set_of_bootstrap_tokens() -> anyhow::Result<
     })
     .await
 }
+
+/// `cluster-info`'s data, key by key.
+fn cluster_info_data(f: &TestFleet) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let data = f.kubectl(&[
+        "get",
+        "configmap",
+        "-n",
+        "kube-public",
+        "cluster-info",
+        "-o",
+        "jsonpath={.data}",
+    ])?;
+    match serde_json::from_str(&data)? {
+        serde_json::Value::Object(map) => Ok(map),
+        other => anyhow::bail!("cluster-info data: {other}"),
+    }
+}
+
+/// Token discovery, the first phase of `yurt adm join`, against the real bootstrap
+/// signer and a token and CA pin printed by the real `kubeadm token create
+/// --print-join-command`: trusted only when signed with the token's secret and pinned.
+#[tokio::test]
+async fn discovery_trusts_cluster_info_only_when_signed_by_the_token_and_pinned()
+-> anyhow::Result<()> {
+    use yurt_adm::discovery::{
+        CaCertHash, CaVerification, Discovery, DiscoveryError, api_server_url, jws,
+    };
+    within(async {
+        let f = shared().await?;
+        let join = kubeadm(
+            &f,
+            &["token", "create", "--ttl", "10m", "--print-join-command"],
+        )?;
+        let word_after = |flag: &str| {
+            let mut words = join.split_whitespace();
+            words.find(|w| *w == flag);
+            words.next().map(str::to_owned)
+        };
+        let token = word_after("--token").context("kubeadm printed a token")?;
+        let kubeadm_pin: CaCertHash = word_after("--discovery-token-ca-cert-hash")
+            .context("kubeadm printed a CA hash")?
+            .parse()?;
+        let (id, secret) = token.split_once('.').context("token form")?;
+
+        // Our pin of the fleet's CA is kubeadm's.
+        let ca_data = f.kubectl(&[
+            "config",
+            "view",
+            "--raw",
+            "-o",
+            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
+        ])?;
+        let ca_pem =
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(ca_data.trim())?)?;
+        ensure!(
+            CaCertHash::of_pem_bundle(&ca_pem)? == vec![kubeadm_pin],
+            "our pin of the CA differs from kubeadm's {kubeadm_pin}"
+        );
+
+        let server = api_server_url(
+            f.fleet()
+                .plan()
+                .api_url_from_host()
+                .trim_start_matches("https://"),
+        )?;
+        let discovery =
+            |token: &str, ca: CaVerification, timeout: Duration| -> anyhow::Result<Discovery> {
+                Ok(Discovery {
+                    server: server.clone(),
+                    token: token.parse()?,
+                    ca,
+                    timeout,
+                    retry_interval: Duration::from_millis(200),
+                })
+            };
+
+        // Signed and pinned: trusted, and it names the in-fleet server and the CA.
+        let info = discovery(&token, CaVerification::Pinned(vec![kubeadm_pin]), WAIT)?
+            .run()
+            .await?;
+        ensure!(
+            info.server == f.fleet().plan().api_url_in_fleet(),
+            "server {}",
+            info.server
+        );
+        ensure!(info.ca_pem == ca_pem, "the CA found is not the fleet's");
+        // Our signature of the kubeconfig is byte for byte the bootstrap signer's.
+        let data = cluster_info_data(&f)?;
+        ensure!(
+            data.get(&format!("jws-kubeconfig-{id}"))
+                .and_then(|v| v.as_str())
+                == Some(jws::sign_detached(&info.kubeconfig, id, secret).as_str()),
+            "our detached JWS differs from the bootstrap signer's"
+        );
+        // Without a pin, when asked to.
+        ensure!(
+            discovery(&token, CaVerification::UnsafeSkip, WAIT)?
+                .run()
+                .await?
+                == info,
+            "unpinned discovery found something else"
+        );
+
+        // The right ID with a wrong secret: refused at once.
+        let forged = format!("{id}.{}", "x".repeat(16));
+        let started = std::time::Instant::now();
+        let error = discovery(&forged, CaVerification::Pinned(vec![kubeadm_pin]), WAIT)?
+            .run()
+            .await
+            .expect_err("a wrong secret");
+        ensure!(
+            matches!(error, DiscoveryError::BadSignature { .. })
+                && started.elapsed() < Duration::from_secs(20),
+            "{error}"
+        );
+
+        // Another CA pinned: refused, naming the CA's real pin.
+        let other_pin: CaCertHash = format!("sha256:{}", "ab".repeat(32)).parse()?;
+        let error = discovery(&token, CaVerification::Pinned(vec![other_pin]), WAIT)?
+            .run()
+            .await
+            .expect_err("another pin");
+        ensure!(
+            matches!(error, DiscoveryError::NotPinned { .. })
+                && error.to_string().contains(&kubeadm_pin.to_string()),
+            "{error}"
+        );
+
+        // A token that cannot sign: once a later signing token is signed, the signer
+        // has seen it and left it unsigned, so discovery with it finds no signature.
+        let unsigned = yurt_adm_ok(
+            &f,
+            &[
+                "token",
+                "create",
+                "--ttl",
+                "10m",
+                "--usages",
+                "authentication",
+            ],
+        )?
+        .trim()
+        .to_owned();
+        let later = yurt_adm_ok(&f, &["token", "create", "--ttl", "10m"])?
+            .trim()
+            .to_owned();
+        wait_for("the later token's signature", WAIT, || async {
+            Ok(cluster_info_signers(&f)?
+                .contains(&later[..6].to_owned())
+                .then_some(()))
+        })
+        .await?;
+        for (what, token) in [
+            ("a token without the signing usage", unsigned.as_str()),
+            ("a token nobody made", "zzzzzz.zzzzzzzzzzzzzzzz"),
+        ] {
+            let error = discovery(
+                token,
+                CaVerification::Pinned(vec![kubeadm_pin]),
+                Duration::from_secs(2),
+            )?
+            .run()
+            .await
+            .expect_err(what);
+            ensure!(
+                matches!(error, DiscoveryError::NotSigned { .. }),
+                "{what}: {error}"
+            );
+        }
+
+        // A deleted token: its signature goes, and discovery with it fails.
+        yurt_adm_ok(&f, &["token", "delete", id])?;
+        wait_for("the deleted token's signature to go", WAIT, || async {
+            Ok((!cluster_info_signers(&f)?.contains(&id.to_owned())).then_some(()))
+        })
+        .await?;
+        let error = discovery(
+            &token,
+            CaVerification::Pinned(vec![kubeadm_pin]),
+            Duration::from_secs(2),
+        )?
+        .run()
+        .await
+        .expect_err("a deleted token");
+        ensure!(
+            matches!(error, DiscoveryError::NotSigned { .. }),
+            "deleted: {error}"
+        );
+
+        for t in [&unsigned, &later] {
+            yurt_adm_ok(&f, &["token", "delete", t])?;
+        }
+        Ok(())
+    })
+    .await
+}

@@ -5,4 +5,5 @@
 //! Everything here talks to the cluster only through the Kubernetes API, so it works
 //! on clusters openyurt-rs did not create.
 
+pub mod discovery;
 pub mod token;
