@@ -17,6 +17,9 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// Metrics to expose.
     pub registry: Arc<Registry>,
+    /// The serving certificate, when the hub obtains it itself: not ready without a
+    /// valid one.
+    pub serving: Option<Arc<crate::certificate::CertSlot>>,
 }
 
 /// The admin router (`yurt_core::admin` with OpenYurt's `/v1/` paths and `OK` bodies);
@@ -28,13 +31,15 @@ pub fn router(state: AdminState, ota: Option<Arc<crate::ota::Ota>>) -> Router {
             post(crate::ota::handle),
         )
         .with_state(ota);
-    let ready = state.ready;
+    let (ready, serving) = (state.ready, state.serving);
     Admin::new(state.registry)
         .ok_body("OK")
         .health_path("/v1/healthz")
         .ready_path("/v1/readyz")
         .ready(move || {
-            if ready.load(Ordering::Acquire) {
+            if serving.as_ref().is_some_and(|s| !s.ready()) {
+                Err("no valid serving certificate yet (waiting for its CSR)".into())
+            } else if ready.load(Ordering::Acquire) {
                 Ok(())
             } else {
                 Err("not ready".into())
@@ -60,6 +65,7 @@ mod tests {
         let state = AdminState {
             ready: Arc::new(AtomicBool::new(false)),
             registry: Arc::new(registry),
+            serving: None,
         };
         let app = router(state.clone(), None);
         let get = |p: &str| axum::http::Request::get(p).body(Body::empty()).unwrap();
@@ -101,10 +107,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_hub_asking_for_its_serving_certificate_is_not_ready_until_it_has_one() {
+        let state = AdminState {
+            ready: Arc::new(AtomicBool::new(true)),
+            registry: Arc::new(Registry::default()),
+            serving: Some(Arc::new(crate::certificate::CertSlot::default())),
+        };
+        let app = router(state, None);
+        let req = axum::http::Request::get("/v1/readyz")
+            .body(Body::empty())
+            .unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 503);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("serving certificate"),
+            "{body:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn openyurt_bodies_and_the_ota_route_are_kept() {
         let state = AdminState {
             ready: Arc::new(AtomicBool::new(true)),
             registry: Arc::new(Registry::default()),
+            serving: None,
         };
         let app = router(state, None);
         for path in ["/healthz", "/v1/healthz", "/readyz", "/v1/readyz"] {

@@ -11,7 +11,8 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::config::{
-    Config, DummyInterface, HealthConfig, Limits, PodTokenConfig, SecureProxy, UpstreamConfig,
+    Config, DummyInterface, HealthConfig, Limits, PodTokenConfig, SecureProxy, ServingSource,
+    UpstreamConfig,
 };
 
 /// Why the flags do not make a hub configuration, or the hub could not start.
@@ -30,7 +31,9 @@ pub enum CliError {
     #[error("--server-addr {0} must be https://host:port")]
     ServerNotHttps(String),
     /// The HTTPS proxy is on but has no serving certificate.
-    #[error("the HTTPS proxy needs --serving-cert and --serving-key (or --proxy-secure-port 0)")]
+    #[error(
+        "--serving-cert and --serving-key go together (neither: the serving certificate is asked of the cluster by CSR)"
+    )]
     NoServingCert,
     /// A duration flag that must be positive is zero.
     #[error("{0} must be longer than zero")]
@@ -78,12 +81,21 @@ pub struct HubArgs {
     /// Port of the HTTPS proxy for pods (on the dummy interface address); 0 disables it.
     #[arg(long, default_value_t = 10268)]
     pub proxy_secure_port: u16,
-    /// Serving certificate of the HTTPS proxy (signed by the cluster CA).
+    /// Serving certificate of the HTTPS proxy (signed by the cluster CA), read again
+    /// when it changes. Without it (and --serving-key) the hub asks the cluster for one by
+    /// CSR and keeps it in --cert-dir.
     #[arg(long, env = "YURT_HUB_SERVING_CERT")]
     pub serving_cert: Option<PathBuf>,
     /// Its key.
     #[arg(long, env = "YURT_HUB_SERVING_KEY")]
     pub serving_key: Option<PathBuf>,
+    /// Where a serving certificate obtained by CSR is kept.
+    #[arg(long, default_value = "/var/lib/yurthub/pki")]
+    pub cert_dir: PathBuf,
+    /// How long one serving CSR may wait to be approved and signed before a new one is
+    /// made.
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub certificate_request_timeout: Duration,
     /// Create the dummy interface that carries the pod-facing address.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub enable_dummy_if: bool,
@@ -216,8 +228,17 @@ impl HubArgs {
             (0, _, _) => None,
             (port, Some(cert), Some(key)) => Some(SecureProxy {
                 addr: SocketAddr::new(a.dummy_if_ip, port),
-                cert,
-                key,
+                serving: ServingSource::Files { cert, key },
+            }),
+            (port, None, None) => Some(SecureProxy {
+                addr: SocketAddr::new(a.dummy_if_ip, port),
+                serving: ServingSource::Csr {
+                    dir: a.cert_dir.clone(),
+                    issue_timeout: positive(
+                        a.certificate_request_timeout,
+                        "--certificate-request-timeout",
+                    )?,
+                },
             }),
             (_, _, _) => return Err(CliError::NoServingCert),
         };
@@ -384,7 +405,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--server-addr http://x:1 must be https"), "{e}");
-        let e = parse(&[]).unwrap_err().to_string();
-        assert!(e.contains("--serving-cert"), "{e}");
+        // One serving file without the other.
+        let e = parse(&["--serving-cert", "/s"]).unwrap_err().to_string();
+        assert!(e.contains("--serving-cert and --serving-key go together"), "{e}");
+        let e = parse(&["--certificate-request-timeout", "0s"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--certificate-request-timeout"), "{e}");
+    }
+
+    #[test]
+    fn without_serving_files_the_serving_certificate_comes_by_csr() {
+        let c = parse(&["--cert-dir", "/var/lib/hub-pki"]).unwrap();
+        let secure = c.secure_proxy.unwrap();
+        assert_eq!(secure.addr.to_string(), "169.254.2.1:10268");
+        assert_eq!(
+            secure.serving,
+            ServingSource::Csr {
+                dir: "/var/lib/hub-pki".into(),
+                issue_timeout: Duration::from_secs(15 * 60),
+            }
+        );
+        let c = parse(&["--serving-cert", "/s", "--serving-key", "/k"]).unwrap();
+        assert_eq!(
+            c.secure_proxy.unwrap().serving,
+            ServingSource::Files {
+                cert: "/s".into(),
+                key: "/k".into()
+            }
+        );
     }
 }

@@ -11,11 +11,32 @@ use yurt_core::{NodeName, PoolName};
 pub struct SecureProxy {
     /// Where it listens (OpenYurt: 169.254.2.1:10268).
     pub addr: SocketAddr,
-    /// Serving certificate (PEM), signed by the cluster CA.
-    pub cert: PathBuf,
-    /// Its key.
-    pub key: PathBuf,
+    /// Where its serving certificate comes from.
+    pub serving: ServingSource,
 }
+
+/// Where the pod-facing port's serving certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServingSource {
+    /// Files (PEM, signed by the cluster CA), read again when they change.
+    Files {
+        /// The certificate.
+        cert: PathBuf,
+        /// Its key.
+        key: PathBuf,
+    },
+    /// A CSR to the cluster (OpenYurt's way), the result kept in `dir`.
+    Csr {
+        /// Where the current certificate and key are stored.
+        dir: PathBuf,
+        /// How long one request may wait for approval and signing (15 min, as kubelet).
+        issue_timeout: Duration,
+    },
+}
+
+/// How often certificate files given on the command line are read again to follow a
+/// rotation (kubelet swaps its `kubelet-client-current.pem` in place).
+pub const CERTIFICATE_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The dummy interface that carries the pod-facing address.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,6 +21,7 @@ pub mod admin;
 pub mod autonomy;
 pub mod body;
 pub mod cache;
+pub mod certificate;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod codec;
@@ -75,6 +76,9 @@ pub enum HubError {
     /// TLS material for the pod-facing port is unusable.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// A certificate given as files is unusable.
+    #[error(transparent)]
+    Certificate(#[from] certificate::CertificateError),
     /// The dummy interface could not be set up.
     #[error("dummy interface {name}: {reason}")]
     Dummy {
@@ -170,7 +174,12 @@ pub async fn run(
         },
         metrics.clone(),
     )?;
-    let backends = upstream::backends(&config)?;
+    let client_identity = Arc::new(certificate::FollowedFiles::load(
+        "client certificate",
+        &config.client_cert,
+        &config.client_key,
+    )?);
+    let backends = upstream::backends(&config, &client_identity.slot())?;
     let urls: Vec<String> = config.servers.iter().map(ToString::to_string).collect();
     let health = Arc::new(health::Health::new(&urls, metrics.clone()));
     let node = config.node_name.to_string();
@@ -191,9 +200,42 @@ pub async fn run(
         view: view.clone(),
     };
     let plain = bind(config.proxy_addr, "proxy").await?;
+    let tracker = TaskTracker::new();
+    tracker.spawn(client_identity.follow(config::CERTIFICATE_RELOAD_INTERVAL, shutdown.clone()));
+    let mut serving_from_csr = None;
     let secure = match &config.secure_proxy {
         Some(s) => {
-            let tls = tls::server_config(&s.cert, &s.key, &config.ca_file)?;
+            let slot = match &s.serving {
+                config::ServingSource::Files { cert, key } => {
+                    let files = Arc::new(certificate::FollowedFiles::load(
+                        "serving certificate",
+                        cert,
+                        key,
+                    )?);
+                    let slot = files.slot();
+                    tracker
+                        .spawn(files.follow(config::CERTIFICATE_RELOAD_INTERVAL, shutdown.clone()));
+                    slot
+                }
+                config::ServingSource::Csr { dir, issue_timeout } => {
+                    let serving = Arc::new(certificate::csr::ServingCertificate::new(
+                        certificate::csr::ServingRequest {
+                            node: config.node_name.to_string(),
+                            ips: vec![s.addr.ip()],
+                            dir: dir.clone(),
+                            issue_timeout: *issue_timeout,
+                            poll_interval: std::time::Duration::from_secs(1),
+                            max_backoff: std::time::Duration::from_secs(300),
+                        },
+                    ));
+                    let slot = serving.slot();
+                    let clients = backends.iter().map(|b| b.kube.clone()).collect();
+                    tracker.spawn(serving.run(clients, shutdown.clone()));
+                    serving_from_csr = Some(slot.clone());
+                    slot
+                }
+            };
+            let tls = tls::server_config_with(slot, &config.ca_file)?;
             let listener = bind(s.addr, "pod-facing proxy").await?;
             Some((listener, tokio_rustls::TlsAcceptor::from(Arc::new(tls))))
         }
@@ -201,7 +243,6 @@ pub async fn run(
     };
     let admin_listener = bind(config.admin_addr, "admin").await?;
     let ready = Arc::new(AtomicBool::new(false));
-    let tracker = TaskTracker::new();
     let verifier = Arc::new(identity::Verifier::new(config.pod_tokens.audiences.clone()));
     let hub = Arc::new(proxy::Hub {
         config: config.clone(),
@@ -366,6 +407,7 @@ pub async fn run(
             admin::AdminState {
                 ready: ready.clone(),
                 registry,
+                serving: serving_from_csr,
             },
             Some(ota),
         );

@@ -83,12 +83,53 @@ pub fn client_config(
     })
 }
 
+/// Client TLS towards API servers that presents whatever `identity` holds at each
+/// handshake (a certificate that rotates), or no certificate.
+///
+/// # Errors
+/// An unreadable CA or a configuration rustls refuses.
+pub fn client_config_with(
+    ca: &Path,
+    identity: Option<Arc<dyn rustls::client::ResolvesClientCert>>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca)?);
+    Ok(match identity {
+        Some(resolver) => builder.with_client_cert_resolver(resolver),
+        None => builder.with_no_client_auth(),
+    })
+}
+
 /// Server TLS for the pod-facing port: `cert`/`key`, client certificates optional (pods
 /// authenticate with bearer tokens), HTTP/1.1 and HTTP/2.
 ///
 /// # Errors
 /// Unreadable files or a configuration rustls refuses.
 pub fn server_config(cert: &Path, k: &Path, ca: &Path) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = server_builder(ca)?.with_single_cert(certs(cert)?, key(k)?)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Server TLS for the pod-facing port presenting whatever `serving` holds at each
+/// handshake (a certificate renewed while the hub runs).
+///
+/// # Errors
+/// An unreadable CA or a configuration rustls refuses.
+pub fn server_config_with(
+    serving: Arc<dyn rustls::server::ResolvesServerCert>,
+    ca: &Path,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let mut config = server_builder(ca)?.with_cert_resolver(serving);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn server_builder(
+    ca: &Path,
+) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>, TlsError>
+{
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots(ca)?),
         provider(),
@@ -96,10 +137,7 @@ pub fn server_config(cert: &Path, k: &Path, ca: &Path) -> Result<rustls::ServerC
     .allow_unauthenticated()
     .build()
     .map_err(|e| pem_err(ca, e))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    Ok(rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs(cert)?, key(k)?)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+        .with_client_cert_verifier(verifier))
 }

@@ -521,7 +521,13 @@ async fn online_hub(pki: &Pki, upstream: &Upstream, up: UpstreamConfig) -> Onlin
         pod_tokens: PodTokenConfig::default(),
         limits: Limits::default(),
     };
-    let backends = yurt_hub::upstream::backends(&config).unwrap();
+    let identity = yurt_hub::certificate::FollowedFiles::load(
+        "client certificate",
+        &config.client_cert,
+        &config.client_key,
+    )
+    .unwrap();
+    let backends = yurt_hub::upstream::backends(&config, &identity.slot()).unwrap();
     let health = Arc::new(Health::new(&[upstream.url().to_string()], metrics.clone()));
     let shutdown = CancellationToken::new();
     tokio::spawn(yurt_hub::health::run(

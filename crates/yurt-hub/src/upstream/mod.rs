@@ -241,13 +241,16 @@ pub(crate) fn class_client(
 ///
 /// # Errors
 /// Unreadable certificates or keys, or a server URL the pool cannot use.
-pub fn backends(config: &Config) -> Result<Vec<Arc<Backend>>, UpstreamError> {
-    let identity = Some((config.client_cert.as_path(), config.client_key.as_path()));
+pub fn backends(
+    config: &Config,
+    client_identity: &Arc<crate::certificate::CertSlot>,
+) -> Result<Vec<Arc<Backend>>, UpstreamError> {
+    let identity = || Some(client_identity.clone() as Arc<dyn rustls::client::ResolvesClientCert>);
     let mut out = Vec::new();
     for (index, url) in config.servers.iter().enumerate() {
         let kube = kube_client::https(
             url.clone(),
-            tls::client_config(&config.ca_file, identity)?,
+            tls::client_config_with(&config.ca_file, identity())?,
             kube_client::Timeouts {
                 connect: Some(config.upstream.connect_timeout),
                 read: Some(config.health.timeout),
@@ -258,19 +261,22 @@ pub fn backends(config: &Config) -> Result<Vec<Arc<Backend>>, UpstreamError> {
             url: url.clone(),
             node: class_client(
                 url,
-                tls::client_config(&config.ca_file, identity)?,
+                tls::client_config_with(&config.ca_file, identity())?,
                 &config.upstream,
             )?,
             bearer: class_client(
                 url,
-                tls::client_config(&config.ca_file, None)?,
+                tls::client_config_with(&config.ca_file, None)?,
                 &config.upstream,
             )?,
             node_h1: upgrade_client(
-                tls::client_config(&config.ca_file, identity)?,
+                tls::client_config_with(&config.ca_file, identity())?,
                 &config.upstream,
             ),
-            bearer_h1: upgrade_client(tls::client_config(&config.ca_file, None)?, &config.upstream),
+            bearer_h1: upgrade_client(
+                tls::client_config_with(&config.ca_file, None)?,
+                &config.upstream,
+            ),
             kube,
         }));
     }
