@@ -407,7 +407,10 @@ mod tests {
         assert!(e.contains("--server-addr http://x:1 must be https"), "{e}");
         // One serving file without the other.
         let e = parse(&["--serving-cert", "/s"]).unwrap_err().to_string();
-        assert!(e.contains("--serving-cert and --serving-key go together"), "{e}");
+        assert!(
+            e.contains("--serving-cert and --serving-key go together"),
+            "{e}"
+        );
         let e = parse(&["--certificate-request-timeout", "0s"])
             .unwrap_err()
             .to_string();
