@@ -661,3 +661,64 @@ async fn a_hub_without_serving_files_gets_its_certificate_by_csr() -> anyhow::Re
     })
     .await
 }
+
+/// ADR 008: a Node that registers without a pod CIDR (as a joined kubelet's does) gets a
+/// free /24 of the cluster CIDR from kube-controller-manager's allocator, never one a
+/// planned node holds, and the planned nodes keep theirs.
+#[tokio::test]
+async fn a_node_registered_without_a_pod_cidr_gets_a_free_one() -> anyhow::Result<()> {
+    const NODE: &str = "cidr-stand-in";
+    within(async {
+        let f = shared().await?;
+        f.kubectl(&["delete", "node", NODE, "--ignore-not-found"])?;
+        let node = serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": NODE},
+            // Nothing runs here: a custom NoSchedule taint keeps workloads away.
+            "spec": {"taints": [{"key": "e2e.openyurt.io/stand-in", "effect": "NoSchedule"}]},
+        });
+        f.kubectl_stdin(&["create", "-f", "-"], &node.to_string())?;
+        let result = async {
+            let cidr = wait_for(
+                "the allocator to give the node a pod CIDR",
+                WAIT,
+                || async {
+                    let cidr =
+                        f.kubectl(&["get", "node", NODE, "-o", "jsonpath={.spec.podCIDR}"])?;
+                    Ok((!cidr.trim().is_empty()).then(|| cidr.trim().to_owned()))
+                },
+            )
+            .await?;
+            let planned: Vec<String> = f
+                .fleet()
+                .plan()
+                .edges
+                .iter()
+                .map(|e| e.pod_cidr.to_string())
+                .collect();
+            ensure!(
+                cidr.starts_with("10.244.") && cidr.ends_with(".0/24") && !planned.contains(&cidr),
+                "{NODE} got {cidr}; planned nodes hold {planned:?}"
+            );
+            for edge in &f.fleet().plan().edges {
+                let theirs = f.kubectl(&[
+                    "get",
+                    "node",
+                    edge.name.as_str(),
+                    "-o",
+                    "jsonpath={.spec.podCIDR}",
+                ])?;
+                ensure!(
+                    theirs.trim() == edge.pod_cidr.to_string(),
+                    "{} now has {theirs}",
+                    edge.name
+                );
+            }
+            Ok(())
+        }
+        .await;
+        f.kubectl(&["delete", "node", NODE, "--wait=false"])?;
+        result
+    })
+    .await
+}

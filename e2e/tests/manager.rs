@@ -801,3 +801,149 @@ async fn a_deprecated_yurt_app_daemon_still_follows_its_pool_selector() -> anyho
     })
     .await
 }
+
+/// A kube client for the fleet's API server (as reached from the machine) with the
+/// client certificate and key of `kubeconfig_yaml`.
+async fn client_from(f: &TestFleet, kubeconfig_yaml: &str) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(kubeconfig_yaml)?;
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    config.cluster_url = f.fleet().plan().api_url_from_host().parse()?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Removes a Node when dropped (a test's stand-in node must not outlive it).
+struct NodeGone<'a>(&'a TestFleet, &'static str);
+
+impl Drop for NodeGone<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kubectl(&[
+            "delete",
+            "node",
+            self.1,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
+/// `openyurt.io/is-edge-worker` says whether a node runs behind a hub: only the node
+/// itself and the manager (the conversion controller) may change it. An admin is refused
+/// by the manager's webhook with a message that says what to do instead (another node
+/// already by the Node authorizer). Other labels stay free to edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_node_and_the_manager_change_is_edge_worker() -> anyhow::Result<()> {
+    const NODE: &str = "edge-worker-guard";
+    // Boxed: the clients it builds make a large future.
+    within(Box::pin(async {
+        let f = shared().await?;
+        let f = &f;
+        // A stand-in Node nothing runs on (a custom NoSchedule taint keeps workloads,
+        // DaemonSets included, away from it).
+        f.kubectl(&["delete", "node", NODE, "--ignore-not-found"])?;
+        let (created, out) = kubectl_stdin(
+            f,
+            &["create"],
+            &json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": NODE, "labels": {"openyurt.io/is-edge-worker": "true"}},
+                "spec": {"taints": [{"key": "e2e.openyurt.io/stand-in", "effect": "NoSchedule"}]},
+            }),
+        )?;
+        ensure!(created, "creating {NODE}: {out}");
+        let _gone = NodeGone(f, NODE);
+
+        // The manager's view must hold the node before its webhook can compare (1.20
+        // hands validating webhooks an oldObject equal to the new one): probe with
+        // server-side dry runs, which change nothing, until one is refused.
+        let admin_flip = |dry_run: bool| -> anyhow::Result<(bool, String)> {
+            let mut args = vec![
+                "label",
+                "node",
+                NODE,
+                "openyurt.io/is-edge-worker=false",
+                "--overwrite",
+            ];
+            if dry_run {
+                args.push("--dry-run=server");
+            }
+            Ok(match f.kubectl(&args) {
+                Ok(out) => (true, out),
+                Err(e) => (false, format!("{e:#}")),
+            })
+        };
+        wait_for(
+            "the webhook to know the stand-in node",
+            Duration::from_secs(60),
+            || async { Ok((!admin_flip(true)?.0).then_some(())) },
+        )
+        .await?;
+
+        let (allowed, message) = admin_flip(false)?;
+        ensure!(
+            !allowed
+                && message.contains("is set only by the node itself and the conversion controller")
+                && message.contains("apps.openyurt.io/nodepool"),
+            "an admin changed is-edge-worker: {message}"
+        );
+        let removed = f.kubectl(&["label", "node", NODE, "openyurt.io/is-edge-worker-"]);
+        ensure!(removed.is_err(), "an admin removed is-edge-worker");
+        f.kubectl(&["label", "node", NODE, "e2e.openyurt.io/free=yes"])
+            .context("other labels stay free")?;
+
+        // Another node, then the node itself and the manager.
+        let pki = yurt_cluster::pki::PkiPaths::new(f.fleet().paths());
+        let ca = yurt_core::pki::CertificateAuthority::from_pem(
+            yurt_cluster::pki::CA_NAME,
+            &std::fs::read_to_string(pki.ca_cert())?,
+            &std::fs::read_to_string(pki.ca_key())?,
+        )?;
+        let node_client = |name: &str| -> anyhow::Result<String> {
+            let issued = ca.issue(&yurt_core::pki::CertSpec::client(
+                format!("system:node:{name}"),
+                &["system:nodes"],
+            ))?;
+            Ok(yurt_cluster::pki::kubeconfig(
+                &f.fleet().plan().api_url_from_host(),
+                ca.cert_pem(),
+                &issued.cert_pem,
+                &issued.key_pem,
+                name,
+            )?)
+        };
+        let patch = |value: Option<&str>| {
+            kube::api::Patch::Merge(
+                json!({"metadata": {"labels": {"openyurt.io/is-edge-worker": value}}}),
+            )
+        };
+        let params = kube::api::PatchParams::default();
+        let other = client_from(f, &node_client("edge-a1")?).await?;
+        let refused = Api::<Node>::all(other)
+            .patch(NODE, &params, &patch(Some("false")))
+            .await;
+        ensure!(refused.is_err(), "another node changed is-edge-worker");
+
+        let itself = client_from(f, &node_client(NODE)?).await?;
+        Api::<Node>::all(itself)
+            .patch(NODE, &params, &patch(Some("false")))
+            .await
+            .context("the node itself changes its is-edge-worker")?;
+        let manager_kubeconfig = std::fs::read_to_string(pki.kubeconfig("yurt-manager"))?;
+        let manager = client_from(f, &manager_kubeconfig).await?;
+        Api::<Node>::all(manager)
+            .patch(NODE, &params, &patch(None))
+            .await
+            .context("the manager removes is-edge-worker")?;
+        let labels = node(f, NODE).await?.metadata.labels.unwrap_or_default();
+        ensure!(
+            !labels.contains_key("openyurt.io/is-edge-worker")
+                && labels.contains_key("e2e.openyurt.io/free"),
+            "{labels:?}"
+        );
+        Ok(())
+    }))
+    .await
+}

@@ -214,6 +214,17 @@ enum ControlPlaneReplica {
     Second,
 }
 
+impl Component {
+    /// The API server and tunnel server pair a component belongs to: the replicas are
+    /// the second pair, everything else the first.
+    fn control_plane_replica(self) -> ControlPlaneReplica {
+        match self {
+            Self::KubeApiserverReplica | Self::TunnelServerReplica => ControlPlaneReplica::Second,
+            _ => ControlPlaneReplica::First,
+        }
+    }
+}
+
 impl ControlPlaneReplica {
     fn api_port(self) -> u16 {
         match self {
@@ -490,11 +501,7 @@ impl Context<'_> {
                 }
             }
             Component::KubeApiserver | Component::KubeApiserverReplica => {
-                let replica = if component == Component::KubeApiserver {
-                    ControlPlaneReplica::First
-                } else {
-                    ControlPlaneReplica::Second
-                };
+                let replica = component.control_plane_replica();
                 // The second writes no audit log and leaves the `kubernetes` Service's
                 // endpoints to the first (each would write its own port there).
                 let replica_flags = match replica {
@@ -585,10 +592,12 @@ impl Context<'_> {
                         arg("--use-service-account-credentials=true"),
                         arg(format!("--cluster-signing-cert-file={}", p(&pki.ca_cert()))),
                         arg(format!("--cluster-signing-key-file={}", p(&pki.ca_key()))),
-                        // Pod CIDRs are assigned by the fleet (each node's CNI range is fixed
-                        // by the address plan and written into its Node object up front).
-                        arg("--allocate-node-cidrs=false"),
+                        // ADR 008: the allocator gives a /24 to a Node that registers
+                        // without one (a joined kubelet); the planned Nodes are created
+                        // with theirs and keep them.
+                        arg("--allocate-node-cidrs=true"),
                         arg(format!("--cluster-cidr={}", net::CLUSTER_CIDR)),
+                        arg("--node-cidr-mask-size=24"),
                         arg(format!("--service-cluster-ip-range={}", net::SERVICE_CIDR)),
                         arg(format!(
                             "--node-monitor-period={}",
@@ -635,6 +644,9 @@ impl Context<'_> {
                         "--node-servant-image={}",
                         crate::image::BUSYBOX_IMAGE
                     )),
+                    // Its client certificate's CN: the user its node webhook lets set
+                    // is-edge-worker besides the node itself.
+                    arg(format!("--manager-username={}", crate::pki::MANAGER_USER)),
                     arg("--metrics-addr=127.0.0.1:10271"),
                     arg("--health-probe-addr=127.0.0.1:10272"),
                     // A node NotReady for longer than a missed lease (the silence the
@@ -644,11 +656,7 @@ impl Context<'_> {
                 env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
             },
             Component::TunnelServer | Component::TunnelServerReplica => {
-                let replica = if component == Component::TunnelServer {
-                    ControlPlaneReplica::First
-                } else {
-                    ControlPlaneReplica::Second
-                };
+                let replica = component.control_plane_replica();
                 CommandLine {
                     program: self.yurt_binary.to_owned(),
                     args: vec![

@@ -100,6 +100,10 @@ pub struct Config {
     pub lease_renew_deadline: Duration,
     /// Image of the YurtStaticSet upgrade workers (`--node-servant-image`).
     pub node_servant_image: String,
+    /// The manager's own user name as the API server authenticates it
+    /// (`--manager-username`): the node webhook lets it, and the node itself, change a
+    /// node's `is-edge-worker` label.
+    pub manager_username: String,
     /// The hubs' pod-facing address (`--hub-pod-address`, default 169.254.2.1), which the
     /// csrapprover allows in every node's serving certificate.
     pub hub_pod_address: IpAddr,
@@ -163,6 +167,7 @@ pub async fn run(
         pods: pod_feed.store(),
         pools: pools.clone(),
         metrics: metrics.clone(),
+        manager_username: config.manager_username.clone(),
     };
     webhook::serve(
         config.webhook_addr,

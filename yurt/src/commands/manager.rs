@@ -72,6 +72,11 @@ pub struct ManagerRunArgs {
     /// Image of the YurtStaticSet upgrade workers (needs only `sh`, `cp` and `mv`).
     #[arg(long, default_value = "openyurt/node-servant:latest")]
     pub node_servant_image: String,
+    /// This manager's user name as the API server authenticates it (its service account,
+    /// or its client certificate's CN): with the node itself, the only user the node
+    /// webhook lets change `openyurt.io/is-edge-worker`.
+    #[arg(long, default_value = "system:serviceaccount:kube-system:yurt-manager")]
+    pub manager_username: String,
     /// The hubs' pod-facing address (their `--dummy-if-ip`): the one address besides a
     /// node's own that its serving certificate may carry.
     #[arg(
@@ -120,6 +125,7 @@ fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
         lease_retry: Duration::from_secs(a.leader_elect_retry_period),
         lease_renew_deadline: Duration::from_secs(a.leader_elect_renew_deadline),
         node_servant_image: a.node_servant_image.clone(),
+        manager_username: a.manager_username.clone(),
         hub_pod_address: a.hub_pod_address,
         unready_node_grace: Duration::from_secs(a.unready_node_grace),
     })

@@ -251,46 +251,6 @@ mod tests {
         }
     }
 
-    /// A webhook state over prefilled stores whose API client answers nothing and
-    /// counts the calls made to it.
-    fn state_with(
-        nodes: Vec<k8s_openapi::api::core::v1::Node>,
-        pods: Vec<Pod>,
-    ) -> (WebhookState, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-        use kube::runtime::watcher::Event;
-        fn filled<K>(objects: Vec<K>) -> kube::runtime::reflector::Store<K>
-        where
-            K: kube::Resource + Clone + 'static,
-            K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-        {
-            let (store, mut writer) = kube::runtime::reflector::store();
-            writer.apply_watcher_event(&Event::Init);
-            for o in objects {
-                writer.apply_watcher_event(&Event::InitApply(o));
-            }
-            writer.apply_watcher_event(&Event::InitDone);
-            store
-        }
-        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = calls.clone();
-        let service = tower::service_fn(move |_req: http::Request<kube::client::Body>| {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async {
-                Err::<http::Response<kube::client::Body>, _>(std::io::Error::other(
-                    "no API server in this test",
-                ))
-            }
-        });
-        let state = WebhookState {
-            client: kube::Client::new(service, "default"),
-            nodes: filled(nodes),
-            pods: filled(pods),
-            pools: filled(Vec::new()),
-            metrics: crate::metrics::ManagerMetrics::default(),
-        };
-        (state, calls)
-    }
-
     #[tokio::test]
     async fn a_site_outage_keeps_a_thousand_addresses_ready_without_one_api_call() {
         let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(json!({
@@ -317,7 +277,7 @@ mod tests {
                 "targetRef": {"kind": "Pod", "namespace": "shop", "name": format!("web-{i}")}}),
             );
         }
-        let (state, calls) = state_with(vec![node], pods);
+        let (state, calls) = crate::webhook::test_state(vec![node], pods);
         let review: kube::core::admission::AdmissionReview<DynamicObject> =
             serde_json::from_value(json!({
                 "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",

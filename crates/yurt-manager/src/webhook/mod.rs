@@ -51,6 +51,10 @@ pub struct WebhookState {
     pub pools: Store<NodePool>,
     /// Metrics.
     pub metrics: crate::metrics::ManagerMetrics,
+    /// The manager's own user name, as the API server authenticates it: besides a node
+    /// itself, the only user that may change the node's `is-edge-worker` label (the
+    /// conversion controller sets it).
+    pub manager_username: String,
 }
 
 impl WebhookState {
@@ -201,4 +205,46 @@ pub async fn serve(
         }
     });
     Ok(())
+}
+
+/// A webhook state over prefilled stores whose API client answers nothing and
+/// counts the calls made to it.
+#[cfg(test)]
+pub(crate) fn test_state(
+    nodes: Vec<k8s_openapi::api::core::v1::Node>,
+    pods: Vec<k8s_openapi::api::core::v1::Pod>,
+) -> (WebhookState, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use kube::runtime::watcher::Event;
+    fn filled<K>(objects: Vec<K>) -> kube::runtime::reflector::Store<K>
+    where
+        K: kube::Resource + Clone + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let (store, mut writer) = kube::runtime::reflector::store();
+        writer.apply_watcher_event(&Event::Init);
+        for o in objects {
+            writer.apply_watcher_event(&Event::InitApply(o));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        store
+    }
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = tower::service_fn(move |_req: http::Request<kube::client::Body>| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async {
+            Err::<http::Response<kube::client::Body>, _>(std::io::Error::other(
+                "no API server in this test",
+            ))
+        }
+    });
+    let state = WebhookState {
+        client: kube::Client::new(service, "default"),
+        nodes: filled(nodes),
+        pods: filled(pods),
+        pools: filled(Vec::new()),
+        metrics: crate::metrics::ManagerMetrics::default(),
+        manager_username: "openyurt:yurt-manager".to_owned(),
+    };
+    (state, calls)
 }

@@ -2,6 +2,13 @@
 //! becomes the pool label; a hostNetwork pool's nodes get the hostnetwork label; a
 //! node's pool label can be added or removed but not changed in place, and the
 //! hostnetwork label cannot change once set.
+//!
+//! Beyond OpenYurt: `openyurt.io/is-edge-worker` says whether a node runs behind a hub,
+//! a fact the conversion controller (this manager) and the node itself establish. An
+//! update that adds, removes or changes it is refused to anyone else, cluster admins
+//! included: they convert and revert a node with the pool label instead. Creation is
+//! not checked (a kubelet registers itself with its labels; an admin may pre-create a
+//! Node). Like upstream's, the webhook fails open (`Ignore`) while the manager is down.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +16,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, Operation};
 use serde_json::json;
-use yurt_api::labels::{DESIRED_NODEPOOL, HOSTNETWORK, NODE_POOL};
+use yurt_api::labels::{DESIRED_NODEPOOL, HOSTNETWORK, IS_EDGE_WORKER, NODE_POOL};
 
 use super::WebhookState;
 
@@ -118,5 +125,83 @@ pub async fn validate(
     {
         return resp.deny(format!("label {HOSTNETWORK} is immutable once set"));
     }
+    if old_labels.get(IS_EDGE_WORKER) != new_labels.get(IS_EDGE_WORKER) {
+        let user = req.user_info.username.as_deref().unwrap_or_default();
+        if user != format!("system:node:{}", req.name) && user != state.manager_username {
+            return resp.deny(format!(
+                "label {IS_EDGE_WORKER} is set only by the node itself and the conversion controller ({}), not by {user:?}: add or remove the {NODE_POOL} label to convert or revert the node",
+                state.manager_username
+            ));
+        }
+    }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::admission::AdmissionReview;
+
+    use super::*;
+
+    fn node_with(labels: serde_json::Value) -> serde_json::Value {
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "edge-a1", "labels": labels}})
+    }
+
+    fn update_by(user: &str, new: &serde_json::Value) -> AdmissionRequest<DynamicObject> {
+        let review: AdmissionReview<DynamicObject> = serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u1",
+                "kind": {"group": "", "version": "v1", "kind": "Node"},
+                "resource": {"group": "", "version": "v1", "resource": "nodes"},
+                "name": "edge-a1",
+                "operation": "UPDATE",
+                "userInfo": {"username": user, "groups": ["system:authenticated"]},
+                "object": new,
+                // 1.20 hands an oldObject equal to the new one: the store is what counts.
+                "oldObject": new,
+                "dryRun": false,
+            }
+        }))
+        .unwrap();
+        review.try_into().unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_the_node_and_the_manager_change_is_edge_worker() {
+        let stored: Node = serde_json::from_value(node_with(
+            json!({"apps.openyurt.io/nodepool": "pool-a", "openyurt.io/is-edge-worker": "true"}),
+        ))
+        .unwrap();
+        let (state, _) = crate::webhook::test_state(vec![stored], Vec::new());
+        let flipped = node_with(
+            json!({"apps.openyurt.io/nodepool": "pool-a", "openyurt.io/is-edge-worker": "false"}),
+        );
+        let removed = node_with(json!({"apps.openyurt.io/nodepool": "pool-a"}));
+        let other_label = node_with(json!({
+            "apps.openyurt.io/nodepool": "pool-a",
+            "openyurt.io/is-edge-worker": "true",
+            "team": "blue",
+        }));
+        for (user, object, allowed) in [
+            ("kubernetes-admin", &flipped, false),
+            ("kubernetes-admin", &removed, false),
+            ("system:node:edge-b1", &flipped, false),
+            ("system:serviceaccount:kube-system:default", &removed, false),
+            ("system:node:edge-a1", &flipped, true),
+            ("openyurt:yurt-manager", &removed, true),
+            ("kubernetes-admin", &other_label, true),
+        ] {
+            let resp = validate(&state, &update_by(user, object)).await;
+            assert_eq!(resp.allowed, allowed, "{user} {object}: {:?}", resp.result);
+            if !allowed {
+                assert!(
+                    resp.result.message.contains(user) && resp.result.message.contains(NODE_POOL),
+                    "{}",
+                    resp.result.message
+                );
+            }
+        }
+    }
 }
