@@ -317,6 +317,8 @@ pub enum BenchCommand {
     Hub(crate::commands::bench_hub::BenchHubArgs),
     /// The manager at scale: pool changes reaching nodes, a YurtAppSet across many pools, memory and CPU.
     Manager(crate::commands::bench_manager::BenchManagerArgs),
+    /// Joining: certificate requests from create to issued, ours against kube-controller-manager's own approval.
+    Adm(crate::commands::bench_adm::BenchAdmArgs),
     /// The tunnel against raw TCP and TLS-only relays: throughput, latency, CONNECT, many streams, agent memory.
     Tunnel(crate::commands::bench_tunnel::BenchTunnelArgs),
     /// The bare proxy `yurt bench hub` measures the hub against (started by it).

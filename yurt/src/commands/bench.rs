@@ -22,10 +22,46 @@ pub async fn run(machine: &MachineConfig, cmd: BenchCommand) -> anyhow::Result<E
         BenchCommand::Fleet(args) => fleet(machine, args).await,
         BenchCommand::Hub(args) => super::bench_hub::run(machine, args).await,
         BenchCommand::Manager(args) => super::bench_manager::run(machine, args).await,
+        BenchCommand::Adm(args) => super::bench_adm::run(machine, args).await,
         BenchCommand::Tunnel(args) => super::bench_tunnel::run(args).await,
         BenchCommand::BareProxy(args) => super::bench_hub::bare_proxy::run(args).await,
         BenchCommand::TunnelAgents(args) => super::bench_tunnel::many_agents(args).await,
     }
+}
+
+/// Brings up a one-node `routed` fleet (no sample app) in `dir`, runs `measure` on it and
+/// removes the fleet whatever the outcome.
+pub(crate) async fn on_one_node_fleet<T>(
+    machine: &MachineConfig,
+    dir: &std::path::Path,
+    what: &str,
+    reporter: &dyn yurt_cluster::progress::Reporter,
+    measure: impl AsyncFnOnce(&yurt_cluster::Fleet) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let step = Step::start(reporter, what.to_owned());
+    let fleet = yurt_cluster::up(
+        machine,
+        dir,
+        UpOptions {
+            spec: Some(FleetSpec {
+                edge_nodes: 1,
+                pools: 1,
+                mode: yurt_cluster::NetMode::Routed,
+                timing: yurt_cluster::Timing::Standard,
+                sample_app: false,
+            }),
+            ..UpOptions::default()
+        },
+        Arc::new(Quiet),
+    )
+    .await?;
+    step.finish();
+    let result = measure(&fleet).await;
+    let step = Step::start(reporter, "removing the benchmark fleet");
+    let (m, d) = (machine.clone(), dir.to_owned());
+    tokio::task::spawn_blocking(move || yurt_cluster::down(&m, &d, true, &Quiet)).await??;
+    step.finish();
+    result
 }
 
 struct Row {

@@ -18,9 +18,9 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
+use yurt_cluster::MachineConfig;
 use yurt_cluster::progress::{Reporter, Step};
 use yurt_cluster::spec::HostId;
-use yurt_cluster::{FleetSpec, MachineConfig, NetMode, Timing, UpOptions};
 
 use super::bench::percentile;
 use crate::progress::SpinnerReporter;
@@ -94,32 +94,14 @@ pub async fn run(machine: &MachineConfig, args: BenchManagerArgs) -> anyhow::Res
         "--appset-pools cannot exceed --pools"
     );
     let reporter: Arc<dyn Reporter> = SpinnerReporter::for_stderr();
-    let dir = args.bench_dir.join("fleet");
-    let step = Step::start(reporter.as_ref(), "a one-node fleet with the manager");
-    let fleet = yurt_cluster::up(
+    super::bench::on_one_node_fleet(
         machine,
-        &dir,
-        UpOptions {
-            spec: Some(FleetSpec {
-                edge_nodes: 1,
-                pools: 1,
-                mode: NetMode::Routed,
-                timing: Timing::Standard,
-                sample_app: false,
-            }),
-            ..UpOptions::default()
-        },
-        Arc::new(super::bench::Quiet),
+        &args.bench_dir.join("fleet"),
+        "a one-node fleet with the manager",
+        reporter.as_ref(),
+        async |fleet| measure(fleet, &args, reporter.as_ref()).await,
     )
     .await?;
-    step.finish();
-    let result = measure(&fleet, &args, reporter.as_ref()).await;
-    let step = Step::start(reporter.as_ref(), "removing the benchmark fleet");
-    let (m, d) = (machine.clone(), dir.clone());
-    tokio::task::spawn_blocking(move || yurt_cluster::down(&m, &d, true, &super::bench::Quiet))
-        .await??;
-    step.finish();
-    result?;
     Ok(ExitCode::SUCCESS)
 }
 

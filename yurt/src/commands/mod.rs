@@ -2,6 +2,7 @@
 
 mod adm;
 mod bench;
+pub mod bench_adm;
 pub mod bench_hub;
 pub mod bench_manager;
 mod bench_pull;

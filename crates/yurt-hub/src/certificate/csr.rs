@@ -35,7 +35,7 @@ pub struct ServingRequest {
     /// How long one request may wait to be approved and issued before it is given up
     /// and a new one made.
     pub issue_timeout: Duration,
-    /// Pause between polls of a pending request, and the first pause after a failure.
+    /// The first pause after a failed request (doubled after each further failure).
     pub poll_interval: Duration,
     /// The longest pause between failed attempts.
     pub max_backoff: Duration,
@@ -121,66 +121,59 @@ impl ServingCertificate {
         }
     }
 
-    /// One request: a new key, a CSR, wait for it to be issued, store the result.
+    /// One request: a new key, a CSR, wait for it to be issued; the result is stored
+    /// (chain, then key) before it is used.
     async fn obtain(&self, client: &kube::Client) -> Result<Loaded, CertificateError> {
-        let (csr_pem, key_pem) = make_request(&self.request)?;
-        let api: kube::Api<CertificateSigningRequest> = kube::Api::all(client.clone());
-        let object = CertificateSigningRequest {
-            metadata: ObjectMeta {
-                generate_name: Some("csr-".to_owned()),
-                ..ObjectMeta::default()
-            },
-            spec: CertificateSigningRequestSpec {
-                request: ByteString(csr_pem.into_bytes()),
-                signer_name: SIGNER.to_owned(),
-                usages: Some(USAGES.iter().map(|u| (*u).to_owned()).collect()),
-                ..CertificateSigningRequestSpec::default()
-            },
-            status: None,
-        };
-        let created = api
-            .create(&PostParams::default(), &object)
-            .await
-            .map_err(|e| CertificateError::Request(format!("creating the serving CSR: {e}")))?;
-        let name = created.metadata.name.unwrap_or_default();
-        tracing::info!(csr = %name, "serving certificate requested; waiting for approval and signing");
-        let cert_pem = tokio::time::timeout(
-            self.request.issue_timeout,
-            wait_issued(&api, &name, self.request.poll_interval),
-        )
-        .await
-        .map_err(|_| {
-            CertificateError::Request(format!(
-                "CSR {name} was not issued within {:?} (is it approved? `kubectl get csr {name}`)",
-                self.request.issue_timeout
-            ))
-        })??;
-        let loaded = Loaded::from_pem("issued serving certificate", &cert_pem, key_pem.as_bytes())?;
-        let mut both = cert_pem;
-        if !both.ends_with(b"\n") {
-            both.push(b'\n');
-        }
-        both.extend_from_slice(key_pem.as_bytes());
-        store(&self.request.dir, &both)?;
+        let (loaded, pem) = self.request_once(client).await?;
+        store(&self.request.dir, &pem)?;
         Ok(loaded)
+    }
+
+    /// Asks for one serving certificate and waits for it, without storing or using it:
+    /// the certificate with its key, and both as PEM (chain, then key). `yurt bench adm`
+    /// times this.
+    ///
+    /// # Errors
+    /// The request could not be made, or was not issued in time.
+    pub async fn request_once(
+        &self,
+        client: &kube::Client,
+    ) -> Result<(Loaded, Vec<u8>), CertificateError> {
+        let (csr_pem, key_pem) = new_request(&self.request.node, &self.request.ips)?;
+        let mut pem = request_certificate(
+            client,
+            SIGNER,
+            &USAGES,
+            &csr_pem,
+            self.request.issue_timeout,
+        )
+        .await?;
+        let loaded = Loaded::from_pem("issued serving certificate", &pem, key_pem.as_bytes())?;
+        if !pem.ends_with(b"\n") {
+            pem.push(b'\n');
+        }
+        pem.extend_from_slice(key_pem.as_bytes());
+        Ok((loaded, pem))
     }
 }
 
-/// A new ECDSA P-256 key and a PEM CSR for `request`'s node and addresses.
-fn make_request(request: &ServingRequest) -> Result<(String, String), CertificateError> {
+/// A new ECDSA P-256 key and a PEM CSR for `system:node:<node>` in `system:nodes`, naming
+/// `ips` (none: a client certificate's request): `(CSR, key)`, both PEM.
+///
+/// # Errors
+/// The key or request could not be made.
+pub fn new_request(node: &str, ips: &[IpAddr]) -> Result<(String, String), CertificateError> {
     let fail = |e: rcgen::Error| CertificateError::Request(format!("building the CSR: {e}"));
     let key = rcgen::KeyPair::generate().map_err(fail)?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("system:node:{}", request.node),
-    );
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
     params
         .distinguished_name
         .push(rcgen::DnType::OrganizationName, "system:nodes");
-    params.subject_alt_names = request
-        .ips
+    params.subject_alt_names = ips
         .iter()
         .map(|ip| rcgen::SanType::IpAddress(*ip))
         .collect();
@@ -188,36 +181,123 @@ fn make_request(request: &ServingRequest) -> Result<(String, String), Certificat
     Ok((csr.pem().map_err(fail)?, key.serialize_pem()))
 }
 
-/// Polls CSR `name` until it carries a certificate; a Denied or Failed condition ends it.
+/// Creates a CSR (`csr-*`) for `csr_pem` with `signer` and `usages` and waits, watching
+/// it, until it carries a certificate (returned, PEM) or is denied or failed, for at most
+/// `timeout`. Errors name the CSR.
+///
+/// # Errors
+/// [`CertificateError::Request`]: not created, denied, failed, or not issued in time.
+pub async fn request_certificate(
+    client: &kube::Client,
+    signer: &str,
+    usages: &[&str],
+    csr_pem: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, CertificateError> {
+    let api: kube::Api<CertificateSigningRequest> = kube::Api::all(client.clone());
+    let object = CertificateSigningRequest {
+        metadata: ObjectMeta {
+            generate_name: Some("csr-".to_owned()),
+            ..ObjectMeta::default()
+        },
+        spec: CertificateSigningRequestSpec {
+            request: ByteString(csr_pem.as_bytes().to_vec()),
+            signer_name: signer.to_owned(),
+            usages: Some(usages.iter().map(|u| (*u).to_owned()).collect()),
+            ..CertificateSigningRequestSpec::default()
+        },
+        status: None,
+    };
+    let created = api
+        .create(&PostParams::default(), &object)
+        .await
+        .map_err(|e| CertificateError::Request(format!("creating a {signer} CSR: {e}")))?;
+    let name = created.metadata.name.unwrap_or_default();
+    tracing::info!(csr = %name, signer, "certificate requested; waiting for approval and signing");
+    tokio::time::timeout(timeout, wait_issued(&api, &name))
+        .await
+        .map_err(|_| {
+            CertificateError::Request(format!(
+                "CSR {name} was not issued within {timeout:?} (is it approved? `kubectl get csr {name}`)"
+            ))
+        })?
+}
+
+/// The certificate of `csr` if issued, an error if denied or failed, `None` while pending.
+fn verdict(
+    name: &str,
+    csr: CertificateSigningRequest,
+) -> Option<Result<Vec<u8>, CertificateError>> {
+    let status = csr.status.unwrap_or_default();
+    if let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) {
+        return Some(Ok(cert.0));
+    }
+    status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
+        .map(|c| {
+            Err(CertificateError::Request(format!(
+                "CSR {name} was {}: {}",
+                c.type_.to_lowercase(),
+                c.message.unwrap_or_default()
+            )))
+        })
+}
+
+/// Waits for CSR `name` to be decided: reads it, then watches it from that version, and
+/// again after a watch ends or fails (a restarting API server, an expired version).
 async fn wait_issued(
     api: &kube::Api<CertificateSigningRequest>,
     name: &str,
-    interval: Duration,
 ) -> Result<Vec<u8>, CertificateError> {
+    use futures_util::StreamExt as _;
+    let retry = Duration::from_secs(1);
     loop {
-        match api.get(name).await {
+        let version = match api.get(name).await {
             Ok(csr) => {
-                let status = csr.status.unwrap_or_default();
-                if let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) {
-                    return Ok(cert.0);
+                let version = csr.metadata.resource_version.clone().unwrap_or_default();
+                if let Some(decided) = verdict(name, csr) {
+                    return decided;
                 }
-                if let Some(c) = status
-                    .conditions
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find(|c| c.type_ == "Denied" || c.type_ == "Failed")
-                {
+                version
+            }
+            Err(e) => {
+                tracing::debug!(csr = %name, error = %e, "reading the CSR");
+                tokio::time::sleep(retry).await;
+                continue;
+            }
+        };
+        let params = kube::api::WatchParams::default()
+            .fields(&format!("metadata.name={name}"))
+            .timeout(290);
+        let stream = match api.watch(&params, &version).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(csr = %name, error = %e, "watching the CSR");
+                tokio::time::sleep(retry).await;
+                continue;
+            }
+        };
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(kube::api::WatchEvent::Added(csr) | kube::api::WatchEvent::Modified(csr)) => {
+                    if let Some(decided) = verdict(name, csr) {
+                        return decided;
+                    }
+                }
+                Ok(kube::api::WatchEvent::Deleted(_)) => {
                     return Err(CertificateError::Request(format!(
-                        "CSR {name} was {}: {}",
-                        c.type_.to_lowercase(),
-                        c.message.unwrap_or_default()
+                        "CSR {name} was deleted before it was issued"
                     )));
                 }
+                // An expired version or a broken stream: read it again, then watch anew.
+                Ok(kube::api::WatchEvent::Error(_)) | Err(_) => break,
+                Ok(kube::api::WatchEvent::Bookmark(_)) => {}
             }
-            // A passing error (a restarting API server): ask again.
-            Err(e) => tracing::debug!(csr = %name, error = %e, "polling the serving CSR"),
         }
-        tokio::time::sleep(interval).await;
     }
 }
 

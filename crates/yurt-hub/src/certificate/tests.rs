@@ -196,6 +196,28 @@ async fn create_csr(State(api): State<FakeApi>, body: axum::body::Bytes) -> Json
     reply(&body)
 }
 
+/// A watch of one CSR (`fieldSelector=metadata.name=<name>`): one MODIFIED event with
+/// what a GET would answer now, then the end of the stream.
+async fn watch_csr(
+    State(api): State<FakeApi>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> JsonReply {
+    let query = query.unwrap_or_default();
+    let name = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("fieldSelector=metadata.name%3D"))
+        .or_else(|| {
+            query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("fieldSelector=metadata.name="))
+        })
+        .unwrap()
+        .to_owned();
+    let (_, object) = get_csr(State(api), UrlPath(name)).await;
+    let event = serde_json::json!({"type": "MODIFIED", "object": serde_json::from_str::<serde_json::Value>(&object).unwrap()});
+    reply(&event)
+}
+
 async fn get_csr(State(api): State<FakeApi>, UrlPath(name): UrlPath<String>) -> JsonReply {
     let gets = {
         let mut gets = api.gets.lock().unwrap();
@@ -239,7 +261,7 @@ async fn fake_api(behaviour: Behaviour, lifetime: Duration) -> (FakeApi, kube::C
     };
     let base = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
     let app = axum::Router::new()
-        .route(base, post(create_csr))
+        .route(base, post(create_csr).get(watch_csr))
         .route(&format!("{base}/{{name}}"), get(get_csr))
         .with_state(api.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
