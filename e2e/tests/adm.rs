@@ -483,66 +483,6 @@ async fn discovery_trusts_cluster_info_only_when_signed_by_the_token_and_pinned(
     .await
 }
 
-/// A second hub for `node`, run in its host beside the fleet's own: the same flags as
-/// the fleet's hub (read from its command line), but its own ports (2xxxx), cache and
-/// certificate folder, no dummy interface of its own, and no serving files, so it asks
-/// the cluster for its serving certificate. Killed when dropped.
-struct SecondHub {
-    child: std::process::Child,
-}
-
-impl SecondHub {
-    fn start(f: &TestFleet, node: &str, dir: &std::path::Path) -> anyhow::Result<Self> {
-        let host = f.fleet().plan().host(node)?;
-        let pid_file = f.fleet().paths().host(&host).pid_file("yurt-hub");
-        let pid = std::fs::read_to_string(&pid_file)?
-            .split_whitespace()
-            .next()
-            .context("pid file")?
-            .to_owned();
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))?;
-        let mut argv: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .filter(|a| {
-                !["--serving-cert=", "--serving-key=", "--disk-cache-path="]
-                    .iter()
-                    .any(|flag| a.starts_with(flag))
-            })
-            .collect();
-        let hub = argv
-            .iter()
-            .position(|a| a == "hub")
-            .context("a hub's command line")?;
-        argv.drain(..hub);
-        argv.insert(0, yurt_testkit::machine().yurt_binary.display().to_string());
-        argv.extend([
-            format!("--disk-cache-path={}", dir.join("cache").display()),
-            format!("--cert-dir={}", dir.join("pki").display()),
-            "--proxy-port=20261".to_owned(),
-            "--serve-port=20267".to_owned(),
-            "--proxy-secure-port=20268".to_owned(),
-            "--enable-dummy-if=false".to_owned(),
-        ]);
-        let log = std::fs::File::create(dir.join("hub.log"))?;
-        let child = f
-            .fleet()
-            .exec_command(node, &argv)?
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        Ok(Self { child })
-    }
-}
-
-impl Drop for SecondHub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The hub's serving certificate by CSR, as OpenYurt's hub gets it: asked with the hub's
 /// own node identity, approved by our manager's csrapprover, signed by
 /// kube-controller-manager, presented on the pod-facing port, kept on disk, and reused
@@ -568,29 +508,14 @@ async fn a_hub_without_serving_files_gets_its_certificate_by_csr() -> anyhow::Re
                 .collect())
         };
         let before = node_csrs()?.len();
-        let readyz = || -> anyhow::Result<bool> {
-            let out = f.exec(
-                NODE,
-                &[
-                    "curl",
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "http://127.0.0.1:20267/v1/readyz",
-                ],
-            )?;
-            Ok(String::from_utf8_lossy(&out.stdout).trim() == "200")
-        };
-        let mut hub = SecondHub::start(&f, NODE, dir.path())?;
+        let mut hub = f.start_extra_hub(NODE, dir.path())?;
         wait_for(
             "the second hub ready with a serving certificate",
             WAIT,
-            || async { Ok(readyz()?.then_some(())) },
+            || async { Ok(hub.ready(&f)?.then_some(())) },
         )
         .await
-        .with_context(|| std::fs::read_to_string(dir.path().join("hub.log")).unwrap_or_default())?;
+        .with_context(|| hub.log())?;
 
         // One new request, approved by our manager and issued.
         let csrs = node_csrs()?;
@@ -612,47 +537,17 @@ async fn a_hub_without_serving_files_gets_its_certificate_by_csr() -> anyhow::Re
         );
 
         // Presented on the pod-facing port: verifies against the fleet CA at 169.254.2.1.
-        let ca = dir.path().join("ca.crt");
-        let ca_data = f.kubectl(&[
-            "config",
-            "view",
-            "--raw",
-            "-o",
-            "jsonpath={.clusters[0].cluster.certificate-authority-data}",
-        ])?;
-        std::fs::write(
-            &ca,
-            base64::engine::general_purpose::STANDARD.decode(ca_data.trim())?,
-        )?;
-        let out = f.exec(
-            NODE,
-            &[
-                "curl",
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--cacert",
-                &ca.display().to_string(),
-                "https://169.254.2.1:20268/version",
-            ],
-        )?;
-        ensure!(
-            out.status.success(),
-            "TLS to the second hub's pod port: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        hub.presented_expiry(&f)?;
 
         // Kept on disk, root only; a restart uses it without asking again.
-        let stored = dir.path().join("pki").join("yurthub-server-current.pem");
+        let stored = hub.stored_certificate();
         let mode =
             std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&stored)?.permissions());
         ensure!(mode & 0o777 == 0o600, "mode {mode:o}");
         drop(hub);
-        hub = SecondHub::start(&f, NODE, dir.path())?;
+        hub = f.start_extra_hub(NODE, dir.path())?;
         wait_for("the second hub ready again", WAIT, || async {
-            Ok(readyz()?.then_some(()))
+            Ok(hub.ready(&f)?.then_some(()))
         })
         .await?;
         ensure!(node_csrs()?.len() == before + 1, "a restart asked again");

@@ -399,3 +399,61 @@ async fn routed_fleet_runs_pods_and_the_cloud_reaches_every_kubelet() -> anyhow:
     })
     .await
 }
+
+/// Certificates rotated with a short signing duration: kube-controller-manager signs for
+/// six minutes (backdated five, so one minute left at issue). A hub asking for its
+/// serving certificate by CSR renews it again and again, each new one is presented from
+/// the next connection, and the hub stays ready throughout, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_renews_short_lived_serving_certificates_and_stays_ready() -> anyhow::Result<()> {
+    const NODE: &str = "edge-a1";
+    within(async {
+        let f = yurt_testkit::fresh_with(
+            "e2e-rotation",
+            UpOptions {
+                spec: Some(spec(1, 1, NetMode::Nat, false)),
+                cluster_signing_duration: Some(Duration::from_secs(6 * 60)),
+                ..UpOptions::default()
+            },
+        )
+        .await?;
+        let dir = tempfile::tempdir()?;
+        let hub = f.start_extra_hub(NODE, dir.path())?;
+        wait_for("the extra hub ready", Duration::from_secs(60), || async {
+            Ok(hub.ready(&f)?.then_some(()))
+        })
+        .await
+        .with_context(|| hub.log())?;
+        let first = hub.presented_expiry(&f)?;
+
+        // Two renewals (each about half a minute after the last), watched every second:
+        // ready, and a pod's TLS check passing, at every look.
+        let mut seen = vec![first];
+        let deadline = std::time::Instant::now() + Duration::from_secs(150);
+        while seen.len() < 3 {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "only {} certificates presented in 150 s: {seen:?}\n{}",
+                seen.len(),
+                hub.log()
+            );
+            ensure!(
+                hub.ready(&f)?,
+                "the hub stopped being ready:\n{}",
+                hub.log()
+            );
+            let expiry = hub.presented_expiry(&f).with_context(|| hub.log())?;
+            if seen.last() != Some(&expiry) {
+                seen.push(expiry);
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let log = hub.log();
+        ensure!(
+            log.matches("serving certificate issued").count() >= 3 && !log.contains("not obtained"),
+            "{log}"
+        );
+        Ok(())
+    })
+    .await
+}

@@ -187,6 +187,11 @@ pub struct UpArgs {
     /// working when the other's tunnel server dies. Kept for the fleet's later restarts.
     #[arg(long)]
     pub second_api_server: bool,
+    /// How long the certificates kube-controller-manager signs stay valid (every CSR it
+    /// issues, the hubs' included), a Go duration of at least 6m: it backdates each by
+    /// five minutes. Short values exercise renewal. Kept for the fleet's later restarts.
+    #[arg(long, value_parser = signing_duration, allow_hyphen_values = true)]
+    pub cluster_signing_duration: Option<std::time::Duration>,
     /// Return once the fleet is up, leaving it running under a detached supervisor that
     /// restarts crashed processes (stop both with `yurt down`).
     #[arg(long)]
@@ -306,6 +311,18 @@ pub enum ImageCommand {
         #[arg(required = true)]
         archives: Vec<PathBuf>,
     },
+}
+
+/// `--cluster-signing-duration`: a Go duration of at least six minutes (1.20's signer
+/// backdates every certificate by five, so a shorter one is born expired or nearly).
+fn signing_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (negative, duration) = yurt_core::go_duration::parse_go_duration(text)?;
+    if negative || duration < std::time::Duration::from_secs(6 * 60) {
+        return Err(format!(
+            "{text} is shorter than 6m (kube-controller-manager backdates certificates by 5m)"
+        ));
+    }
+    Ok(duration)
 }
 
 /// `yurt bench ...`.

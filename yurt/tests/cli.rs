@@ -58,6 +58,15 @@ fn out_of_range_sizes_are_refused() {
         err.contains("--pools must be between 1 and min(26, --edge-nodes=2), got 3"),
         "{err}"
     );
+    for short in ["5m", "-1h", "soon"] {
+        let out = yurt(&["up", "--cluster-signing-duration", short]);
+        assert_eq!(out.status.code(), Some(2), "{short}");
+        assert!(
+            stderr(&out).contains("--cluster-signing-duration"),
+            "{}",
+            stderr(&out)
+        );
+    }
     for csrs in ["0", "1001"] {
         let out = yurt(&["bench", "adm", "--csrs", csrs]);
         assert_eq!(out.status.code(), Some(2));

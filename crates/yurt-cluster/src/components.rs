@@ -284,6 +284,9 @@ pub struct Context<'a> {
     /// Whether the cloud runs a second API server and tunnel server, which every agent
     /// connects to as well.
     pub second_api_server: bool,
+    /// How long kube-controller-manager's certificates are valid, seconds (`None`: its
+    /// default).
+    pub cluster_signing_duration: Option<u64>,
 }
 
 /// The API server's audit log (when the fleet has one): one JSON event per line.
@@ -592,6 +595,10 @@ impl Context<'_> {
                         arg("--use-service-account-credentials=true"),
                         arg(format!("--cluster-signing-cert-file={}", p(&pki.ca_cert()))),
                         arg(format!("--cluster-signing-key-file={}", p(&pki.ca_key()))),
+                        arg(format!(
+                            "--cluster-signing-duration={}s",
+                            self.cluster_signing_duration.unwrap_or(365 * 24 * 3600)
+                        )),
                         // ADR 008: the allocator gives a /24 to a Node that registers
                         // without one (a joined kubelet); the planned Nodes are created
                         // with theirs and keep them.
@@ -1064,6 +1071,7 @@ mod tests {
             edge_api: EdgeApi::ThroughHub,
             api_audit_log: false,
             second_api_server: false,
+            cluster_signing_duration: None,
         }
     }
 
@@ -1309,6 +1317,7 @@ mod tests {
         let (_d, plan, paths, pki, bins) = fixture();
         let ctx = Context {
             second_api_server: true,
+            cluster_signing_duration: None,
             api_audit_log: true,
             ..context(&plan, &paths, &pki, &bins)
         };

@@ -45,6 +45,10 @@ pub struct FleetState {
     /// (`yurt up --second-api-server`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub second_api_server: bool,
+    /// How long the certificates kube-controller-manager signs are valid, seconds
+    /// (`yurt up --cluster-signing-duration`); `None`: its default, a year.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_signing_duration: Option<u64>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -64,6 +68,7 @@ impl FleetState {
             api_audit_log: false,
             prometheus: false,
             second_api_server: false,
+            cluster_signing_duration: None,
         }
     }
 

@@ -19,7 +19,10 @@
 //! # Ok(()) }
 //! ```
 
+mod extra_hub;
 pub mod fault_proxy;
+
+pub use extra_hub::ExtraHub;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

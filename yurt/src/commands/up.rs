@@ -70,6 +70,7 @@ pub async fn run(
         api_audit_log: args.api_audit_log.then_some(true),
         prometheus: args.prometheus.then_some(true),
         second_api_server: args.second_api_server.then_some(true),
+        cluster_signing_duration: args.cluster_signing_duration,
     };
     let started = std::time::Instant::now();
     let mut fleet = tokio::select! {

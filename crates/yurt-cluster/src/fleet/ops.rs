@@ -75,6 +75,7 @@ impl Fleet {
             edge_api: self.state.edge_api,
             api_audit_log: self.state.api_audit_log,
             second_api_server: self.state.second_api_server,
+            cluster_signing_duration: self.state.cluster_signing_duration,
         }
     }
 

@@ -48,6 +48,10 @@ pub struct UpOptions {
     /// tunnel server, every agent connected to both, as with two control-plane machines;
     /// `None` keeps an existing fleet's choice (off for a new one).
     pub second_api_server: Option<bool>,
+    /// How long certificates signed by kube-controller-manager (every CSR it issues)
+    /// stay valid; `None` keeps an existing fleet's choice (its default, a year, for a
+    /// new one).
+    pub cluster_signing_duration: Option<std::time::Duration>,
 }
 
 /// Pushes `images` (image, repository, tags) to the fleet registry's push process, from
@@ -235,6 +239,10 @@ pub async fn up(
     new_state.api_audit_log = api_audit_log;
     new_state.prometheus = prometheus;
     new_state.second_api_server = second_api_server;
+    new_state.cluster_signing_duration = options
+        .cluster_signing_duration
+        .map(|d| d.as_secs())
+        .or(existing.as_ref().and_then(|s| s.cluster_signing_duration));
     state::save(&paths.state_file(), &new_state)?;
     let fleet = Fleet::open(machine, data_dir)?;
 

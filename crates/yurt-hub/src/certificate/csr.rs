@@ -82,7 +82,10 @@ impl ServingCertificate {
     /// per API server) answers.
     pub async fn run(self: Arc<Self>, clients: Vec<kube::Client>, shutdown: CancellationToken) {
         let mut backoff = self.request.poll_interval;
-        let mut renew_at = self.slot.get().map(|l| l.renew_at(renewal_fraction()));
+        let mut renew_at = self
+            .slot
+            .get()
+            .map(|l| l.renew_at(renewal_fraction(), unix_now()));
         loop {
             if let Some(at) = renew_at {
                 let wait = u64::try_from(at - unix_now()).unwrap_or(0);
@@ -101,10 +104,21 @@ impl ServingCertificate {
                     break;
                 }
             }
+            let now = unix_now();
+            let outcome = outcome.and_then(|loaded| {
+                if loaded.valid_at(now) {
+                    Ok(loaded)
+                } else {
+                    Err(CertificateError::Request(format!(
+                        "the issued certificate is not valid now (valid from {} to {}, now {now}, Unix seconds): is the signer's duration shorter than its backdating?",
+                        loaded.not_before, loaded.not_after
+                    )))
+                }
+            });
             match outcome {
                 Ok(loaded) => {
                     tracing::info!(node = %self.request.node, not_after = loaded.not_after, "serving certificate issued");
-                    renew_at = Some(loaded.renew_at(renewal_fraction()));
+                    renew_at = Some(loaded.renew_at(renewal_fraction(), now));
                     self.slot.set(loaded);
                     backoff = self.request.poll_interval;
                 }

@@ -121,13 +121,18 @@ impl Loaded {
         self.not_before <= now && now < self.not_after
     }
 
-    /// When to renew it: `fraction` (0.7–0.9) of the way through its lifetime.
-    pub fn renew_at(&self, fraction: f64) -> i64 {
+    /// When to renew it: `fraction` (0.7–0.9) of the way through its lifetime, kubelet's
+    /// rule, but never before half of what is left at `now` has passed. The floor matters
+    /// for short lifetimes: kube-controller-manager 1.20 backdates `notBefore` by five
+    /// minutes, so a certificate signed for six minutes has one left and would otherwise
+    /// be due for renewal the moment it is issued, again and again.
+    pub fn renew_at(&self, fraction: f64, now: i64) -> i64 {
         let lifetime = (self.not_after - self.not_before).max(0);
         // Lifetimes are at most centuries: f64 holds them exactly enough.
         #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
         let offset = (lifetime as f64 * fraction.clamp(0.0, 1.0)) as i64;
-        self.not_before + offset
+        let halfway = now + (self.not_after - now).max(0) / 2;
+        (self.not_before + offset).max(halfway)
     }
 }
 

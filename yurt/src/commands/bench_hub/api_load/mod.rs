@@ -251,6 +251,7 @@ async fn one_fleet(
             api_audit_log: Some(true),
             prometheus: Some(false),
             second_api_server: Some(false),
+            ..UpOptions::default()
         },
         Arc::new(super::super::bench::Quiet),
     )
