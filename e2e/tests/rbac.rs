@@ -138,6 +138,7 @@ const TABLE: &[Row] = &[
     (Who::Manager, "create pods --subresource=exec -n default", false, "exec"),
     (Who::Manager, "create pods --subresource=eviction -n default", false, "evictions"),
     (Who::Manager, "patch nodes", true, "nodepool.rs"),
+    (Who::Manager, "get nodes", true, "webhook/node.rs, when its view lags"),
     (Who::Manager, "delete nodes", false, "never"),
     (Who::Manager, "patch nodes --subresource=status", false, "the hub's and kubelet's"),
     (Who::Manager, "create deployments.apps -n default", true, "yurtappset.rs"),

@@ -93,7 +93,7 @@ async fn pods_naming_busybox_pull_it_from_the_fleet_registry_on_every_edge_node(
         }
         for (name, word) in &pods {
             wait_succeeded(&f, ns, name).await?;
-            let log = f.kubectl(&["logs", "-n", ns, name])?;
+            let log = f.finished_pod_log(ns, name).await?;
             ensure!(log.trim() == word, "{name}: {log}");
         }
         f.kubectl(&["delete", "namespace", ns, "--wait=false"])?;
@@ -215,7 +215,7 @@ async fn images_pushed_with_yurt_image_push_run_by_tag_and_by_digest() -> anyhow
         for i in 0..2 {
             let name = format!("tag-{i}");
             wait_succeeded(&f, ns, &name).await?;
-            let log = f.kubectl(&["logs", "-n", ns, &name])?;
+            let log = f.finished_pod_log(ns, &name).await?;
             ensure!(log.trim() == word, "{name}: {log}");
         }
         f.kubectl(&[

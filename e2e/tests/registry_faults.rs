@@ -409,7 +409,7 @@ async fn pulls_fail_where_the_registry_is_out_of_reach_and_recover_when_it_is_ba
         .await?;
         f.start("cloud", "registry").await?;
         succeeded(&pods, "while-down").await?;
-        let log = f.kubectl(&["logs", "-n", NS, "while-down"])?;
+        let log = f.finished_pod_log(NS, "while-down").await?;
         ensure!(log.trim() == "app-three", "while-down: {log}");
 
         // The registry restarted in the middle of a pull (edge-b2's link to it slowed,

@@ -96,7 +96,13 @@ pub fn client_config_with(
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots(ca)?);
     Ok(match identity {
-        Some(resolver) => builder.with_client_cert_resolver(resolver),
+        Some(resolver) => {
+            let mut config = builder.with_client_cert_resolver(resolver);
+            // A resumed TLS 1.3 session carries the identity of the session it resumes:
+            // after a rotation, new connections must show the new certificate.
+            config.resumption = rustls::client::Resumption::disabled();
+            config
+        }
         None => builder.with_no_client_auth(),
     })
 }

@@ -301,6 +301,25 @@ impl TestFleet {
         &self.dir
     }
 
+    /// The log of a pod whose containers have finished, once it has any. containerd 1.6
+    /// marks a container exited when its process ends, and copies the last of its output
+    /// into the log file a moment later; a container that only echoes can be seen
+    /// Succeeded with an empty log. Waits up to 30 s for a log that is not empty.
+    ///
+    /// # Errors
+    /// kubectl fails, or the log stays empty.
+    pub async fn finished_pod_log(&self, ns: &str, pod: &str) -> anyhow::Result<String> {
+        wait_for(
+            &format!("the log of finished pod {ns}/{pod}"),
+            Duration::from_secs(30),
+            || async {
+                let log = self.kubectl(&["logs", "-n", ns, pod])?;
+                Ok((!log.trim().is_empty()).then_some(log))
+            },
+        )
+        .await
+    }
+
     /// Runs the built kubectl 1.20 with `args`; fails with its output unless it succeeds.
     ///
     /// # Errors

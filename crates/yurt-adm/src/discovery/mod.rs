@@ -220,7 +220,7 @@ pub enum CaVerification {
 pub struct ClusterInfo {
     /// The API server URL the cluster advertises (the kubeconfig's server).
     pub server: String,
-    /// The cluster CA bundle, PEM.
+    /// The cluster CA bundle, PEM: with pins, only its pinned certificates.
     pub ca_pem: String,
     /// The kubeconfig as cluster-info holds it, byte for byte.
     pub kubeconfig: String,
@@ -298,19 +298,40 @@ impl Discovery {
             );
             return Ok(info);
         };
-        let hashes = CaCertHash::of_pem_bundle(&info.ca_pem)?;
-        if !hashes.iter().any(|h| pins.contains(h)) {
+        let ders = certificates_in(&info.ca_pem)?;
+        let hashes = ders
+            .iter()
+            .map(|d| CaCertHash::of_certificate(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        // Only pinned certificates are trusted. kubeadm trusts the whole bundle once one of
+        // them is pinned, so whoever knows the token could sign a cluster-info that adds
+        // a CA of their own beside the real one, and then be the API server.
+        let pinned: Vec<Vec<u8>> = ders
+            .into_iter()
+            .zip(&hashes)
+            .filter(|(_, h)| pins.contains(h))
+            .map(|(d, _)| d)
+            .collect();
+        if pinned.is_empty() {
             return Err(DiscoveryError::NotPinned {
                 actual: join(&hashes),
                 pinned: join(pins),
             });
         }
-        let secure = self.client(Some(certificates_in(&info.ca_pem)?))?;
+        let all_pinned = pinned.len() == hashes.len();
+        let secure = self.client(Some(pinned.clone()))?;
         let second = self.signed_kubeconfig(&secure, deadline).await?;
         if second != first {
             return Err(DiscoveryError::Changed);
         }
-        Ok(info)
+        Ok(if all_pinned {
+            info
+        } else {
+            ClusterInfo {
+                ca_pem: pem_bundle(&pinned),
+                ..info
+            }
+        })
     }
 
     /// An anonymous client: verifying the server against `roots`, or not at all.
@@ -392,6 +413,21 @@ impl Discovery {
             tokio::time::sleep(self.retry_interval).await;
         }
     }
+}
+
+/// Certificates as a PEM bundle (64 characters a line).
+fn pem_bundle(ders: &[Vec<u8>]) -> String {
+    let mut out = String::new();
+    for der in ders {
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        let text = base64::engine::general_purpose::STANDARD.encode(der);
+        for line in text.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
 }
 
 fn join(hashes: &[CaCertHash]) -> String {

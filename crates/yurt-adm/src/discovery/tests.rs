@@ -263,3 +263,16 @@ async fn no_pins_is_refused_before_any_connection() {
     d.ca = CaVerification::Pinned(Vec::new());
     assert!(matches!(d.run().await, Err(DiscoveryError::NoPins)));
 }
+
+#[test]
+fn a_bundle_reencoded_from_its_certificates_reads_back_the_same() {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let ders = certificates_in(&cert.pem()).expect("pem");
+    let again = pem_bundle(&ders);
+    assert_eq!(certificates_in(&again).expect("reads"), ders);
+    assert!(again.lines().all(|l| l.len() <= 64), "{again}");
+}

@@ -185,8 +185,9 @@ fn manager_cluster_rules() -> serde_json::Value {
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "resourceNames": crds, "verbs": ["create", "patch"]},
         {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"], "resourceNames": MANAGER_WEBHOOK_CONFIGURATIONS, "verbs": ["create", "patch"]},
         // lib.rs: the node feed (webhooks and every controller); controllers/nodepool.rs
-        // patches node labels, annotations and taints from the pool.
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch", "patch"]},
+        // patches node labels, annotations and taints from the pool; webhook/node.rs
+        // reads a Node its view has not caught up with.
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
         // lib.rs: the pod feed; daemonpodupdater.rs and yurtstaticset.rs list a set's
         // pods; webhook/endpoints.rs gets a pod; podbinding.rs patches tolerations;
         // yurtstaticset.rs creates and deletes upgrade workers; daemonpodupdater.rs

@@ -56,6 +56,9 @@ impl ServingCertificate {
         let path = request.dir.join(CURRENT_FILE);
         match std::fs::read(&path) {
             Ok(pem) => match Loaded::from_pem("stored serving certificate", &pem, &pem) {
+                Ok(loaded) if !fits(&loaded, &request) => {
+                    tracing::info!(file = %path.display(), "stored serving certificate names another node or other addresses: asking for a new one")
+                }
                 Ok(loaded) if loaded.valid_at(unix_now()) => slot.set(loaded),
                 Ok(_) => {
                     tracing::info!(file = %path.display(), "stored serving certificate expired: asking for a new one")
@@ -82,10 +85,11 @@ impl ServingCertificate {
     /// per API server) answers.
     pub async fn run(self: Arc<Self>, clients: Vec<kube::Client>, shutdown: CancellationToken) {
         let mut backoff = self.request.poll_interval;
+        // A stored certificate: kubelet's rule alone (the floor is for one just issued).
         let mut renew_at = self
             .slot
             .get()
-            .map(|l| l.renew_at(renewal_fraction(), unix_now()));
+            .map(|l| l.renew_at(renewal_fraction(), l.not_before));
         loop {
             if let Some(at) = renew_at {
                 let wait = u64::try_from(at - unix_now()).unwrap_or(0);
@@ -106,11 +110,14 @@ impl ServingCertificate {
             }
             let now = unix_now();
             let outcome = outcome.and_then(|loaded| {
-                if loaded.valid_at(now) {
+                // Less than this left at issue would be renewed at once, again and again:
+                // a failure, so the backoff applies.
+                const SHORTEST_USEFUL: i64 = 10;
+                if loaded.valid_at(now) && loaded.not_after - now >= SHORTEST_USEFUL {
                     Ok(loaded)
                 } else {
                     Err(CertificateError::Request(format!(
-                        "the issued certificate is not valid now (valid from {} to {}, now {now}, Unix seconds): is the signer's duration shorter than its backdating?",
+                        "the issued certificate is not valid now or for less than {SHORTEST_USEFUL} s (valid from {} to {}, now {now}, Unix seconds): is the signer's duration shorter than its five-minute backdating?",
                         loaded.not_before, loaded.not_after
                     )))
                 }
@@ -169,6 +176,45 @@ impl ServingCertificate {
         pem.extend_from_slice(key_pem.as_bytes());
         Ok((loaded, pem))
     }
+}
+
+/// Whether a stored certificate is the one `request` asks for: subject
+/// `system:node:<node>` and exactly its addresses.
+fn fits(loaded: &Loaded, request: &ServingRequest) -> bool {
+    let Some(leaf) = loaded.key.cert.first() else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        return false;
+    };
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok());
+    let mut ips: Vec<IpAddr> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    x509_parser::extensions::GeneralName::IPAddress(b) => match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(IpAddr::from),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut wanted = request.ips.clone();
+    ips.sort();
+    wanted.sort();
+    common_name == Some(format!("system:node:{}", request.node).as_str()) && ips == wanted
 }
 
 /// A new ECDSA P-256 key and a PEM CSR for `system:node:<node>` in `system:nodes`, naming
@@ -294,6 +340,7 @@ async fn wait_issued(
                 continue;
             }
         };
+        let watched = tokio::time::Instant::now();
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {
             match event {
@@ -312,6 +359,11 @@ async fn wait_issued(
                 Ok(kube::api::WatchEvent::Bookmark(_)) => {}
             }
         }
+        // A watch that ends at once (a proxy that cuts streams) must not turn this into
+        // a busy loop of reads and watches.
+        if watched.elapsed() < retry {
+            tokio::time::sleep(retry).await;
+        }
     }
 }
 
@@ -326,6 +378,11 @@ fn store(dir: &Path, pem: &[u8]) -> Result<(), CertificateError> {
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp = dir.join(format!("{CURRENT_FILE}.tmp"));
     let path = dir.join(CURRENT_FILE);
+    // A leftover of an interrupted write keeps its mode when opened: start afresh.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),
+        _ => {}
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -295,7 +295,7 @@ fn request(dir: &std::path::Path, issue_timeout: Duration) -> ServingRequest {
 }
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
     while !check() {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -308,7 +308,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test]
 async fn the_serving_certificate_is_asked_for_stored_and_renewed_before_it_expires() {
     let dir = tempfile::tempdir().unwrap();
-    let (api, client) = fake_api(Behaviour::Sign, Duration::from_secs(4)).await;
+    let (api, client) = fake_api(Behaviour::Sign, Duration::from_secs(12)).await;
     let serving = Arc::new(ServingCertificate::new(request(
         dir.path(),
         Duration::from_secs(10),
@@ -362,7 +362,7 @@ async fn the_serving_certificate_is_asked_for_stored_and_renewed_before_it_expir
     assert_eq!(mode & 0o777, 0o600);
     let issued = slot.get().unwrap().key.cert[0].clone();
 
-    // Renewed at 70–90 % of its 4 s: a second request, a new certificate in the slot.
+    // Renewed at 70–90 % of its 13 s (issued 1 s backdated; less than 10 s left would be refused): a second request, a new certificate in the slot.
     eventually("a renewal", || api.csrs.lock().unwrap().len() >= 2).await;
     eventually("the renewed certificate", || {
         slot.get().unwrap().key.cert[0] != issued
@@ -371,12 +371,36 @@ async fn the_serving_certificate_is_asked_for_stored_and_renewed_before_it_expir
     assert!(slot.ready());
     shutdown.cancel();
     task.await.unwrap();
+}
 
-    // A restart uses the stored certificate at once, without asking.
-    let before = api.csrs.lock().unwrap().len();
+#[tokio::test]
+async fn a_stored_certificate_is_used_at_once_after_a_restart_and_only_if_it_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, client) = fake_api(Behaviour::Sign, Duration::from_secs(3600)).await;
+    let serving = Arc::new(ServingCertificate::new(request(
+        dir.path(),
+        Duration::from_secs(10),
+    )));
+    let slot = serving.slot();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serving.run(vec![client], shutdown.clone()));
+    eventually("the first certificate", || slot.ready()).await;
+    shutdown.cancel();
+    task.await.unwrap();
+
+    // Restarted: the stored certificate, without asking.
+    let asked = api.csrs.lock().unwrap().len();
     let again = ServingCertificate::new(request(dir.path(), Duration::from_secs(10)));
     assert!(again.slot().ready());
-    assert_eq!(api.csrs.lock().unwrap().len(), before);
+    assert_eq!(api.csrs.lock().unwrap().len(), asked);
+
+    // Another node name or another pod address: not that one.
+    let mut renamed = request(dir.path(), Duration::from_secs(10));
+    renamed.node = "edge-b1".to_owned();
+    assert!(ServingCertificate::new(renamed).slot().get().is_none());
+    let mut moved = request(dir.path(), Duration::from_secs(10));
+    moved.ips = vec![std::net::IpAddr::from([169, 254, 2, 2])];
+    assert!(ServingCertificate::new(moved).slot().get().is_none());
 }
 
 #[tokio::test]

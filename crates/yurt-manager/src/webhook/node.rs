@@ -9,6 +9,7 @@
 //! included: they convert and revert a node with the pool label instead. Creation is
 //! not checked (a kubelet registers itself with its labels; an admin may pre-create a
 //! Node). Like upstream's, the webhook fails open (`Ignore`) while the manager is down.
+//! It also sees `nodes/status`, where 1.20 lets labels change too.
 
 use std::collections::BTreeMap;
 
@@ -101,14 +102,26 @@ pub async fn validate(
     let Some(new) = node(req.object.as_ref()) else {
         return resp;
     };
-    // The stored Node as the manager last saw it. Kubernetes 1.20 built with Go 1.19
-    // hands validating webhooks of built-in kinds an `oldObject` equal to the new one,
-    // so the request's own old object is only the fallback.
-    let old = state
+    // The stored Node. Kubernetes 1.20 built with Go 1.19 hands validating webhooks of
+    // built-in kinds an `oldObject` equal to the new one, so it comes from the manager's
+    // view when that view is at the version the update is based on, else from the API
+    // server (a view that lags would compare against an older Node: refusing others'
+    // unrelated updates, or letting a change just made be undone). The request's own
+    // old object is the last resort.
+    let cached = state
         .nodes
         .get(&kube::runtime::reflector::ObjectRef::new(&req.name))
-        .map(|n| (*n).clone())
-        .or_else(|| node(req.old_object.as_ref()));
+        .map(|n| (*n).clone());
+    let based_on = new.metadata.resource_version.clone();
+    let old = match cached {
+        Some(n) if based_on.is_some() && n.metadata.resource_version == based_on => Some(n),
+        cached => kube::Api::<Node>::all(state.client.clone())
+            .get(&req.name)
+            .await
+            .ok()
+            .or(cached)
+            .or_else(|| node(req.old_object.as_ref())),
+    };
     let Some(old) = old else {
         return resp;
     };

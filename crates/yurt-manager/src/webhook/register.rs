@@ -181,7 +181,9 @@ fn validating_hooks() -> Vec<Hook> {
         Hook {
             name: "validate.core.v1.node.openyurt.io",
             path: node::VALIDATE_PATH,
-            rule: rule(&[""], &["v1"], &["nodes"], &["UPDATE"]),
+            // `nodes/status` too: 1.20 resets only the spec of a status update, so labels
+            // change through it as well.
+            rule: rule(&[""], &["v1"], &["nodes", "nodes/status"], &["UPDATE"]),
             fail: false,
         },
     ]
