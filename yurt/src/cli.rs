@@ -262,8 +262,34 @@ pub enum FleetCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Add a bare host to a pool's site: its network, containerd and the fleet's images; no certificates and no Node (join it to the cluster with `yurt adm join`).
+    AddHost {
+        /// Its name (a node name, unused in the fleet).
+        name: String,
+        /// The pool whose site it joins.
+        #[arg(long)]
+        pool: String,
+    },
+    /// Remove a host added with `add-host`: its processes, containers, mounts, routes and files (its Node, if any, stays).
+    RemoveHost {
+        /// The host.
+        name: String,
+    },
     /// Print the path of the admin kubeconfig.
     Kubeconfig,
+    /// Route added hosts' pod CIDRs in the router and their pool peers (what the fleet runs on its router).
+    #[command(hide = true)]
+    FollowRoutes {
+        /// Credentials to list Nodes with.
+        #[arg(long)]
+        kubeconfig: std::path::PathBuf,
+        /// How often to reconcile (Go duration).
+        #[arg(long, default_value = "10s", value_parser = positive_duration)]
+        period: std::time::Duration,
+        /// Where /healthz, /readyz and /metrics are served.
+        #[arg(long, default_value = "127.0.0.1:10280")]
+        admin_address: std::net::SocketAddr,
+    },
     /// Keep the fleet's processes running until `yurt down` (what `yurt up --detach` leaves behind).
     #[command(hide = true)]
     Supervise,
@@ -323,6 +349,13 @@ fn signing_duration(text: &str) -> Result<std::time::Duration, String> {
         ));
     }
     Ok(duration)
+}
+
+fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    match yurt_core::go_duration::parse_go_duration(text)? {
+        (false, d) if !d.is_zero() => Ok(d),
+        _ => Err(format!("{text} is not a positive duration")),
+    }
 }
 
 /// `yurt bench ...`.

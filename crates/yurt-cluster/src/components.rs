@@ -36,6 +36,9 @@ pub const TUNNEL_AGENT_REPLICA_PORT: u16 = 10263;
 /// The second tunnel server's admin endpoints (loopback of the cloud host).
 pub const TUNNEL_SERVER_REPLICA_ADMIN_PORT: u16 = 10268;
 
+/// The route controller's admin endpoints (loopback of the router).
+pub const ROUTE_CONTROLLER_ADMIN_PORT: u16 = 10280;
+
 /// A process the fleet runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Component {
@@ -75,6 +78,10 @@ pub enum Component {
     /// Prometheus (cloud, with `yurt up --prometheus`): scrapes every kubelet through
     /// the API server's node proxy, so through the tunnel.
     Prometheus,
+    /// The fleet's route controller (router, while the fleet has added hosts): routes
+    /// each added host's pod CIDR, as its Node gets one, in the router and on its pool
+    /// peers, the part a cloud provider's route controller plays (ADR 008).
+    RouteController,
 }
 
 impl Component {
@@ -101,6 +108,9 @@ impl Component {
         Component::TunnelAgent,
     ];
 
+    /// Router processes.
+    pub const ROUTER: [Component; 1] = [Component::RouteController];
+
     /// The process name (also its log and pid file name).
     pub fn name(self) -> &'static str {
         match self {
@@ -120,6 +130,7 @@ impl Component {
             Self::TunnelServerReplica => "yurt-tunnel-server-2",
             Self::TunnelAgent => "yurt-tunnel-agent",
             Self::Prometheus => "prometheus",
+            Self::RouteController => "route-controller",
         }
     }
 
@@ -128,7 +139,7 @@ impl Component {
         match host {
             HostId::Cloud => &Self::CLOUD,
             HostId::Edge(_) => &Self::EDGE,
-            HostId::Router => &[],
+            HostId::Router => &Self::ROUTER,
         }
     }
 
@@ -174,6 +185,7 @@ impl Component {
             // and keeps trying.
             Self::TunnelAgent => Probe::Http(local(TUNNEL_AGENT_ADMIN_PORT), "/healthz"),
             Self::Prometheus => Probe::Http(prometheus_address(plan), "/-/ready"),
+            Self::RouteController => Probe::Http(local(ROUTE_CONTROLLER_ADMIN_PORT), "/readyz"),
         }
     }
 }
@@ -190,6 +202,7 @@ impl FromStr for Component {
         Self::CLOUD
             .iter()
             .chain(Self::EDGE.iter())
+            .chain(Self::ROUTER.iter())
             .copied()
             .find(|c| c.name() == s)
             .ok_or_else(|| Error::Unknown {
@@ -198,6 +211,7 @@ impl FromStr for Component {
                 known: Self::CLOUD
                     .iter()
                     .chain(Self::EDGE.iter())
+                    .chain(Self::ROUTER.iter())
                     .map(|c| c.name())
                     .collect::<Vec<_>>()
                     .join(", "),
@@ -769,16 +783,40 @@ impl Context<'_> {
                     env: Vec::new(),
                 }
             }
+            Component::RouteController => {
+                if *host != HostId::Router {
+                    return Err(Error::Invalid(format!(
+                        "{component} runs on the router, not on {host}"
+                    )));
+                }
+                CommandLine {
+                    program: self.yurt_binary.to_owned(),
+                    args: vec![
+                        arg(format!("--data-dir={}", p(self.paths.root()))),
+                        arg("fleet"),
+                        arg("follow-routes"),
+                        arg(format!(
+                            "--kubeconfig={}",
+                            p(&pki.kubeconfig(&Identity::RouteController.stem()))
+                        )),
+                        arg(format!("--period={}s", t.route_reconcile.as_secs())),
+                        arg(format!(
+                            "--admin-address=127.0.0.1:{ROUTE_CONTROLLER_ADMIN_PORT}"
+                        )),
+                    ],
+                    env: vec![("RUST_LOG".to_owned(), "info".to_owned())],
+                }
+            }
             Component::Containerd => {
                 let edge = need_edge()?;
                 let config = hp.config().join("containerd.toml");
-                write(&config, &containerd_config(&hp))?;
+                write(&config, &containerd_config(&hp, None))?;
                 for (file, text) in crate::registry::containerd_hosts(&pki.ca_cert()) {
                     write(&hp.containerd_certs_d().join(file), &text)?;
                 }
                 write(
                     &hp.cni_conf().join("10-yurt-bridge.conflist"),
-                    &cni_config(&hp, edge),
+                    &cni_config(&hp, &edge.pod_cidr.to_string()),
                 )?;
                 CommandLine {
                     program: "/usr/bin/containerd".into(),
@@ -839,39 +877,28 @@ impl Context<'_> {
                 let config = hp.config().join("kubelet.yaml");
                 write(&config, &kubelet_config(self, &hp, edge)?)?;
                 let pool = &self.plan.pools[edge.pool];
-                let socket = format!("unix://{}", p(&hp.containerd_socket()));
+                // Through the hub: plain HTTP on the node, no credentials of its own.
+                // Direct: the node's own certificate.
+                let kubeconfig = pki.kubeconfig(&match self.edge_api {
+                    EdgeApi::ThroughHub => crate::pki::HUB_LOCAL.to_owned(),
+                    EdgeApi::Direct => Identity::Node(edge.name.clone()).stem(),
+                });
+                let labels = format!(
+                    "{}={},{}=true",
+                    yurt_api::labels::NODE_POOL,
+                    pool.name,
+                    yurt_api::labels::IS_EDGE_WORKER
+                );
                 CommandLine {
                     program: self.bins.path(Binary::Kubelet),
-                    args: vec![
-                        arg(format!("--config={}", p(&config))),
-                        // Through the hub: plain HTTP on the node, no credentials of its
-                        // own. Direct: the node's own certificate.
-                        arg(format!(
-                            "--kubeconfig={}",
-                            p(&pki.kubeconfig(&match self.edge_api {
-                                EdgeApi::ThroughHub => crate::pki::HUB_LOCAL.to_owned(),
-                                EdgeApi::Direct => Identity::Node(edge.name.clone()).stem(),
-                            }))
-                        )),
-                        arg("--container-runtime=remote"),
-                        arg(format!("--container-runtime-endpoint={socket}")),
-                        arg(format!("--image-service-endpoint={socket}")),
-                        arg("--runtime-request-timeout=5m"),
-                        arg(format!(
-                            "--pod-infra-container-image={}",
-                            image::PAUSE_IMAGE
-                        )),
-                        arg(format!("--root-dir={}", p(&hp.kubelet_root()))),
-                        arg(format!("--hostname-override={}", edge.name)),
-                        arg(format!("--node-ip={}", edge.ip)),
-                        arg(format!(
-                            "--node-labels={}={},{}=true",
-                            yurt_api::labels::NODE_POOL,
-                            pool.name,
-                            yurt_api::labels::IS_EDGE_WORKER
-                        )),
-                        arg("--v=1"),
-                    ],
+                    args: self.kubelet_args(
+                        &hp,
+                        &config,
+                        &kubeconfig,
+                        &edge.name,
+                        edge.ip,
+                        &labels,
+                    ),
                     env: Vec::new(),
                 }
             }
@@ -889,9 +916,77 @@ impl Context<'_> {
     }
 }
 
+impl Context<'_> {
+    /// The kubelet of a host added with `yurt fleet add-host`, talking to the API server
+    /// directly with `kubeconfig` (as a joined node's kubelet does), labelled into its
+    /// pool, serving with a certificate it makes itself. Its configuration is written
+    /// under the host's folder.
+    ///
+    /// # Errors
+    /// I/O errors writing the configuration.
+    pub fn added_host_kubelet(
+        &self,
+        host: &crate::spec::AddedHostPlan,
+        kubeconfig: &Path,
+    ) -> Result<CommandLine> {
+        let hp = self.paths.host(&HostId::Edge(host.name.clone()));
+        let config = hp.config().join("kubelet.yaml");
+        write(&config, &node_kubelet_config(self, &hp, &host.name, None)?)?;
+        let pool = &self.plan.pools[host.pool];
+        Ok(CommandLine {
+            program: self.bins.path(Binary::Kubelet),
+            args: self.kubelet_args(
+                &hp,
+                &config,
+                kubeconfig,
+                &host.name,
+                host.ip,
+                &format!("{}={}", yurt_api::labels::NODE_POOL, pool.name),
+            ),
+            env: Vec::new(),
+        })
+    }
+
+    fn kubelet_args(
+        &self,
+        hp: &HostPaths,
+        config: &Path,
+        kubeconfig: &Path,
+        node: &yurt_core::NodeName,
+        ip: std::net::Ipv4Addr,
+        labels: &str,
+    ) -> Vec<OsString> {
+        let socket = format!("unix://{}", p(&hp.containerd_socket()));
+        vec![
+            arg(format!("--config={}", p(config))),
+            arg(format!("--kubeconfig={}", p(kubeconfig))),
+            arg("--container-runtime=remote"),
+            arg(format!("--container-runtime-endpoint={socket}")),
+            arg(format!("--image-service-endpoint={socket}")),
+            arg("--runtime-request-timeout=5m"),
+            arg(format!(
+                "--pod-infra-container-image={}",
+                image::PAUSE_IMAGE
+            )),
+            arg(format!("--root-dir={}", p(&hp.kubelet_root()))),
+            arg(format!("--hostname-override={node}")),
+            arg(format!("--node-ip={ip}")),
+            arg(format!("--node-labels={labels}")),
+            arg("--v=1"),
+        ]
+    }
+}
+
 /// The containerd configuration of an edge host.
-pub fn containerd_config(hp: &HostPaths) -> String {
+///
+/// With `cni_template`, containerd renders the host's CNI configuration from it once
+/// kubelet passes the Node's pod CIDR (`{{.PodCIDR}}`), as on a host that joined the
+/// cluster and learns its CIDR from the controller manager's allocator (ADR 008).
+pub fn containerd_config(hp: &HostPaths, cni_template: Option<&Path>) -> String {
     let root = p(&hp.containerd_root());
+    let template = cni_template
+        .map(|t| format!("\n    conf_template = \"{}\"", p(t)))
+        .unwrap_or_default();
     format!(
         r#"version = 2
 root = "{root}"
@@ -919,7 +1014,7 @@ disabled_plugins = [
   stream_server_address = "127.0.0.1"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
-    conf_dir = "{cni}"
+    conf_dir = "{cni}"{template}
   # docker.io, registry.k8s.io and k8s.gcr.io resolve to the fleet's registry.
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{certs_d}"
@@ -939,9 +1034,32 @@ disabled_plugins = [
     )
 }
 
+/// The containerd of a host added with `yurt fleet add-host`: the same configuration
+/// as a planned host's, but the CNI network is a template containerd renders once the
+/// host's Node has a pod CIDR; no network configuration exists before.
+///
+/// # Errors
+/// I/O errors writing the configuration files.
+pub fn added_host_containerd(hp: &HostPaths, pki: &PkiPaths) -> Result<CommandLine> {
+    let template = hp.config().join("cni-template.conflist");
+    write(&template, &cni_config(hp, "{{.PodCIDR}}"))?;
+    let config = hp.config().join("containerd.toml");
+    write(&config, &containerd_config(hp, Some(&template)))?;
+    for (file, text) in crate::registry::containerd_hosts(&pki.ca_cert()) {
+        write(&hp.containerd_certs_d().join(file), &text)?;
+    }
+    let conf = hp.cni_conf();
+    std::fs::create_dir_all(&conf).map_err(|e| Error::io(&conf, e))?;
+    Ok(CommandLine {
+        program: "/usr/bin/containerd".into(),
+        args: vec![arg("--config"), arg(p(&config))],
+        env: Vec::new(),
+    })
+}
+
 /// The CNI network of an edge host: a bridge with the host's pod CIDR. Pod addresses
 /// are not masqueraded: the fleet routes every pod CIDR, so pods see real peers.
-pub fn cni_config(hp: &HostPaths, edge: &EdgePlan) -> String {
+pub fn cni_config(hp: &HostPaths, pod_cidr: &str) -> String {
     serde_json::json!({
         "cniVersion": "0.4.0",
         "name": "yurt",
@@ -954,7 +1072,7 @@ pub fn cni_config(hp: &HostPaths, edge: &EdgePlan) -> String {
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",
-                    "ranges": [[{"subnet": edge.pod_cidr.to_string()}]],
+                    "ranges": [[{"subnet": pod_cidr}]],
                     "routes": [{"dst": "0.0.0.0/0"}],
                     "dataDir": p(&hp.cni_ipam()),
                 }
@@ -975,13 +1093,28 @@ fn yaml(value: &serde_json::Value) -> Result<String> {
 /// Only if YAML rendering fails.
 pub fn kubelet_config(ctx: &Context<'_>, hp: &HostPaths, edge: &EdgePlan) -> Result<String> {
     let serving = PkiPaths::kubelet_serving(&edge.name);
+    let pair = (ctx.pki.cert(&serving), ctx.pki.key(&serving));
+    node_kubelet_config(ctx, hp, &edge.name, Some(&pair))
+}
+
+/// The kubelet configuration of node `node` on the host `hp`, serving with `serving`
+/// (certificate, key) or, without, a certificate kubelet makes itself.
+///
+/// # Errors
+/// Only if YAML rendering or writing its resolver file fails.
+pub fn node_kubelet_config(
+    ctx: &Context<'_>,
+    hp: &HostPaths,
+    node: &yurt_core::NodeName,
+    serving: Option<&(PathBuf, PathBuf)>,
+) -> Result<String> {
     let t = ctx.timings;
     let resolv = hp.config().join("resolv.conf");
     // Pods get no upstream resolver: nothing in the fleet may reach outside the machine.
     write(&resolv, "# yurt fleet: no upstream DNS\n")?;
     let manifests = hp.manifests();
     std::fs::create_dir_all(&manifests).map_err(|e| Error::io(&manifests, e))?;
-    yaml(&serde_json::json!({
+    let mut config = serde_json::json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "address": "0.0.0.0",
@@ -995,10 +1128,8 @@ pub fn kubelet_config(ctx: &Context<'_>, hp: &HostPaths, edge: &EdgePlan) -> Res
             "x509": {"clientCAFile": p(&ctx.pki.ca_cert())},
         },
         "authorization": {"mode": "Webhook"},
-        "tlsCertFile": p(&ctx.pki.cert(&serving)),
-        "tlsPrivateKeyFile": p(&ctx.pki.key(&serving)),
         "cgroupDriver": "cgroupfs",
-        "cgroupRoot": format!("/{}", crate::fleet::host_cgroup(ctx.plan.slot, &HostId::Edge(edge.name.clone()))),
+        "cgroupRoot": format!("/{}", crate::fleet::host_cgroup(ctx.plan.slot, &HostId::Edge(node.clone()))),
         "cgroupsPerQOS": true,
         "enforceNodeAllocatable": ["pods"],
         "failSwapOn": false,
@@ -1023,7 +1154,12 @@ pub fn kubelet_config(ctx: &Context<'_>, hp: &HostPaths, edge: &EdgePlan) -> Res
         // at once, their status updates queue behind it for tens of seconds.
         "kubeAPIQPS": 50,
         "kubeAPIBurst": 100,
-    }))
+    });
+    if let Some((cert, key)) = serving {
+        config["tlsCertFile"] = p(cert).into();
+        config["tlsPrivateKeyFile"] = p(key).into();
+    }
+    yaml(&config)
 }
 
 /// The kube-proxy configuration of an edge host.
@@ -1125,7 +1261,7 @@ mod tests {
         let edge = plan.edge("edge-a2").unwrap();
         let cni: serde_json::Value = serde_json::from_str(&cni_config(
             &paths.host(&HostId::Edge(edge.name.clone())),
-            edge,
+            &edge.pod_cidr.to_string(),
         ))
         .unwrap();
         assert_eq!(
@@ -1133,6 +1269,31 @@ mod tests {
             "10.244.3.0/24"
         );
         assert_eq!(cni["plugins"][0]["ipMasq"], false);
+    }
+
+    #[test]
+    fn an_added_hosts_containerd_renders_its_network_from_a_template() {
+        let (_d, _plan, paths, pki, _bins) = fixture();
+        let hp = paths.host(&HostId::Edge("edge-x".parse().unwrap()));
+        let line = added_host_containerd(&hp, &pki).unwrap();
+        assert_eq!(line.program, PathBuf::from("/usr/bin/containerd"));
+        let config = std::fs::read_to_string(hp.config().join("containerd.toml")).unwrap();
+        let parsed: toml::Value = toml::from_str(&config).unwrap();
+        let cni = &parsed["plugins"]["io.containerd.grpc.v1.cri"]["cni"];
+        let template = hp.config().join("cni-template.conflist");
+        assert_eq!(cni["conf_template"].as_str(), Some(p(&template).as_str()));
+        assert_eq!(cni["conf_dir"].as_str(), Some(p(&hp.cni_conf()).as_str()));
+        // containerd renders the template only while no network is configured.
+        assert_eq!(std::fs::read_dir(hp.cni_conf()).unwrap().count(), 0);
+        let text = std::fs::read_to_string(&template).unwrap();
+        let rendered: serde_json::Value =
+            serde_json::from_str(&text.replace("{{.PodCIDR}}", "10.244.9.0/24")).unwrap();
+        assert_eq!(
+            rendered["plugins"][0]["ipam"]["ranges"][0][0]["subnet"],
+            "10.244.9.0/24"
+        );
+        // A planned host's containerd has no template.
+        assert!(!containerd_config(&hp, None).contains("conf_template"));
     }
 
     #[test]

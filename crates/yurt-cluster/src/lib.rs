@@ -44,6 +44,7 @@ pub mod sample;
 pub mod slots;
 pub mod spec;
 pub mod state;
+pub mod units;
 pub mod upstream;
 
 pub use error::{Error, Result};

@@ -24,7 +24,7 @@ use std::net::Ipv4Addr;
 
 use crate::error::{Error, Result};
 use crate::netns::{self, ip};
-use crate::spec::{HostId, NetMode, Plan, net};
+use crate::spec::{AddedHostPlan, HostId, NetMode, Plan, net};
 
 /// What a cut or restore acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,13 +46,14 @@ impl LinkTarget {
         if name == "cloud" {
             return Ok(Self::Cloud);
         }
-        if plan.edge(name).is_some() {
+        if plan.edge(name).is_some() || plan.added_host(name).is_some() {
             return Ok(Self::Node(name.to_owned()));
         }
         if plan.pool(name).is_some() {
             return Ok(Self::Pool(name.to_owned()));
         }
         let mut known: Vec<String> = plan.edges.iter().map(|e| e.name.to_string()).collect();
+        known.extend(plan.added.iter().map(|a| a.name.to_string()));
         known.extend(plan.pools.iter().map(|p| p.name.to_string()));
         known.push("cloud".into());
         Err(Error::Unknown {
@@ -73,7 +74,10 @@ impl LinkTarget {
     /// The router interface that carries this link.
     fn router_interface(&self, plan: &Plan) -> Result<String> {
         match self {
-            Self::Node(n) => plan.edge(n).map(|e| e.router_port.clone()),
+            Self::Node(n) => plan
+                .edge(n)
+                .map(|e| e.router_port.clone())
+                .or_else(|| plan.added_host(n).map(|a| a.router_port.clone())),
             Self::Pool(p) => plan.pool(p).map(|p| p.uplink_port.clone()),
             Self::Cloud => Some("wan0".into()),
         }
@@ -235,6 +239,63 @@ pub fn create(plan: &Plan) -> Result<()> {
 
     if plan.mode == NetMode::Nat {
         nat_rules(plan)?;
+    }
+    Ok(())
+}
+
+/// Plugs an added host into its site: its namespace, its port on the site bridge, its
+/// address and default route, and routes to its planned pool peers' pod CIDRs (an
+/// added host's own pod CIDR comes from its Node, and [`crate::fleet::routes`] follows
+/// it). Leftovers of an earlier attempt are replaced.
+///
+/// # Errors
+/// The first `ip` command that fails.
+pub fn add_host(plan: &Plan, host: &AddedHostPlan) -> Result<()> {
+    let router = plan.netns(&HostId::Router);
+    let ns = plan.netns(&HostId::Edge(host.name.clone()));
+    let pool = &plan.pools[host.pool];
+    if !netns::exists(&ns) {
+        netns::add(&ns)?;
+    }
+    let _ = ip(Some(&router), &["link", "delete", &host.router_port]);
+    let _ = ip(Some(&ns), &["link", "delete", "eth0"]);
+    veth(&router, &host.router_port, Some(&ns), "eth0")?;
+    ip(
+        Some(&router),
+        &["link", "set", &host.router_port, "master", &pool.bridge],
+    )?;
+    up(Some(&router), &host.router_port)?;
+    up(Some(&ns), "lo")?;
+    addr(Some(&ns), "eth0", &format!("{}/24", host.ip))?;
+    up(Some(&ns), "eth0")?;
+    ip(
+        Some(&ns),
+        &[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &pool.gateway.to_string(),
+        ],
+    )?;
+    for peer in plan.pool_members(host.pool) {
+        route(&ns, &peer.pod_cidr.to_string(), peer.ip)?;
+    }
+    netns::sysctl(&ns, "net/ipv4/ip_forward", "1", false)?;
+    netns::sysctl(&ns, "net/bridge/bridge-nf-call-iptables", "1", true)?;
+    Ok(())
+}
+
+/// Unplugs an added host: its router port and its namespace. Its processes must be gone.
+///
+/// # Errors
+/// If the namespace cannot be deleted.
+pub fn remove_host(plan: &Plan, host: &AddedHostPlan) -> Result<()> {
+    let router = plan.netns(&HostId::Router);
+    let _ = ip(Some(&router), &["link", "delete", &host.router_port]);
+    let ns = plan.netns(&HostId::Edge(host.name.clone()));
+    if netns::exists(&ns) {
+        netns::delete(&ns)?;
     }
     Ok(())
 }

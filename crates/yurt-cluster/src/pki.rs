@@ -46,6 +46,9 @@ pub enum Identity {
     /// Prometheus (`yurt up --prometheus`; it scrapes kubelets through the API server's
     /// node proxy): `yurt:prometheus`.
     Prometheus,
+    /// The fleet's route controller (it lists Nodes, from the router):
+    /// `yurt:route-controller`.
+    RouteController,
 }
 
 /// File stem of the tunnel server's serving certificate (towards agents).
@@ -57,6 +60,9 @@ pub const TUNNEL_SERVER_USER: &str = "openyurt:yurt-tunnel-server";
 
 /// The user name of Prometheus' client certificate.
 pub const PROMETHEUS_USER: &str = "yurt:prometheus";
+
+/// The user name of the fleet's route controller.
+pub const ROUTE_CONTROLLER_USER: &str = "yurt:route-controller";
 
 /// File stem of the registry's serving certificate.
 pub const REGISTRY_STEM: &str = "registry";
@@ -84,6 +90,7 @@ impl Identity {
             Self::Manager => "yurt-manager".into(),
             Self::TunnelServer => "yurt-tunnel-server".into(),
             Self::Prometheus => "prometheus".into(),
+            Self::RouteController => "route-controller".into(),
         }
     }
 
@@ -103,6 +110,7 @@ impl Identity {
             Self::Manager => CertSpec::client(MANAGER_USER, &[]),
             Self::TunnelServer => CertSpec::client(TUNNEL_SERVER_USER, &[]),
             Self::Prometheus => CertSpec::client(PROMETHEUS_USER, &[]),
+            Self::RouteController => CertSpec::client(ROUTE_CONTROLLER_USER, &[]),
         }
     }
 }
@@ -252,6 +260,7 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
         Identity::Manager,
         Identity::TunnelServer,
         Identity::Prometheus,
+        Identity::RouteController,
     ];
     identities.extend(plan.edges.iter().map(|e| Identity::Node(e.name.clone())));
     identities.extend(plan.edges.iter().map(|e| Identity::Hub(e.name.clone())));
@@ -308,6 +317,7 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
             Identity::KubeProxy
             | Identity::Node(_)
             | Identity::Hub(_)
+            | Identity::RouteController
             | Identity::ApiserverKubeletClient => &in_fleet,
         };
         let stem = id.stem();
@@ -347,6 +357,36 @@ pub fn hub_local_kubeconfig() -> Result<String> {
         "current-context": "hub",
     });
     serde_yaml::to_string(&value).map_err(|e| Error::Invalid(format!("kubeconfig: {e}")))
+}
+
+/// Issues the client certificate a node's kubelet gets (`system:node:<node>` in
+/// `system:nodes`) from the fleet's CA and writes a kubeconfig with it for the in-fleet
+/// API server URL to `path` (mode 0600). It stands in for a kubelet's TLS bootstrap
+/// where a test or benchmark needs a node identity the fleet did not plan.
+///
+/// # Errors
+/// The CA cannot be read, signing or writing fails.
+pub fn issue_node_kubeconfig(
+    paths: &FleetPaths,
+    plan: &Plan,
+    node: &yurt_core::NodeName,
+    path: &Path,
+) -> Result<()> {
+    let pki = PkiPaths::new(paths);
+    let ca_pem = read(&pki.ca_cert())?;
+    let ca = CertificateAuthority::from_pem(CA_NAME, &ca_pem, &read(&pki.ca_key())?)?;
+    let issued = ca.issue(&Identity::Node(node.clone()).spec())?;
+    let text = kubeconfig(
+        &plan.api_url_in_fleet(),
+        &ca_pem,
+        &issued.cert_pem,
+        &issued.key_pem,
+        &format!("system:node:{node}"),
+    )?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    write_file(path, &text, true)
 }
 
 /// Renders a kubeconfig with the certificates embedded, so it can be copied anywhere.

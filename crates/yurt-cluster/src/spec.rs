@@ -124,6 +124,9 @@ pub struct Timings {
     pub hub_heartbeat_timeout: Duration,
     /// The hub's connections to the API server (real-WAN values for `standard`).
     pub hub_upstream: HubUpstreamTimings,
+    /// How often the fleet's route controller reconciles added hosts' pod routes
+    /// (a cloud provider's `--route-reconciliation-period`, 10 s by default).
+    pub route_reconcile: Duration,
 }
 
 /// The hub's upstream timeouts (its `--upstream-*` flags).
@@ -157,6 +160,7 @@ impl Timing {
                     keepalive_timeout: Duration::from_secs(10),
                     read: Duration::from_secs(30),
                 },
+                route_reconcile: Duration::from_secs(10),
             },
             Self::Fast => Timings {
                 node_lease: Duration::from_secs(10),
@@ -173,6 +177,7 @@ impl Timing {
                     keepalive_timeout: Duration::from_millis(500),
                     read: Duration::from_secs(10),
                 },
+                route_reconcile: Duration::from_secs(2),
             },
         }
     }
@@ -356,6 +361,37 @@ pub struct EdgePlan {
     pub router_port: String,
 }
 
+/// What the fleet's state records of a host added with `yurt fleet add-host`: its pool
+/// and the address and router port it was given (kept, so they never move).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddedHost {
+    /// Its pool's name.
+    pub pool: String,
+    /// The last octet of its address in the pool's subnet.
+    pub address_octet: u8,
+    /// The number of its router port (`a<n>`).
+    pub port: u16,
+}
+
+/// A host added to a running fleet with `yurt fleet add-host`: a bare machine in a
+/// site (network, containerd, images), with no certificates, no Node and no pod CIDR
+/// of its own until it joins the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddedHostPlan {
+    /// Its name (the node name it is meant to join as).
+    pub name: NodeName,
+    /// Index of its pool in [`Plan::pools`].
+    pub pool: usize,
+    /// Its address in the site.
+    pub ip: Ipv4Addr,
+    /// Its port on the site bridge, in the router namespace.
+    pub router_port: String,
+}
+
+/// The lowest last octet an added host's address gets (planned hosts count up from 11).
+pub const FIRST_ADDED_OCTET: u8 = 100;
+
 /// A host of the fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HostId {
@@ -388,6 +424,8 @@ pub struct Plan {
     pub pools: Vec<PoolPlan>,
     /// Edge hosts, ordered by pool then by number.
     pub edges: Vec<EdgePlan>,
+    /// Hosts added to the running fleet (`yurt fleet add-host`), by name.
+    pub added: Vec<AddedHostPlan>,
 }
 
 impl Plan {
@@ -445,7 +483,101 @@ impl Plan {
             mode: spec.mode,
             pools,
             edges,
+            added: Vec::new(),
         })
+    }
+
+    /// The plan with the hosts recorded as added (`yurt fleet add-host`).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`]-like [`Error::Invalid`] if a record names an unknown pool, an
+    /// invalid name or a taken address.
+    pub fn with_added<'a>(
+        mut self,
+        added: impl IntoIterator<Item = (&'a String, &'a AddedHost)>,
+    ) -> Result<Self> {
+        for (name, host) in added {
+            let plan = self.added_plan(name, host)?;
+            self.added.push(plan);
+        }
+        Ok(self)
+    }
+
+    fn added_plan(&self, name: &str, host: &AddedHost) -> Result<AddedHostPlan> {
+        let bad = |why: String| Error::Invalid(format!("added host {name}: {why}"));
+        let name: NodeName = name.parse().map_err(|e| bad(format!("{e}")))?;
+        let pool = self
+            .pools
+            .iter()
+            .position(|p| p.name.as_str() == host.pool)
+            .ok_or_else(|| bad(format!("no pool {}", host.pool)))?;
+        if host.address_octet < FIRST_ADDED_OCTET || host.address_octet == 255 {
+            return Err(bad(format!(
+                "address octet {} out of range",
+                host.address_octet
+            )));
+        }
+        let p = &self.pools[pool];
+        let [a, b, c, _] = p.subnet.addr.octets();
+        Ok(AddedHostPlan {
+            name,
+            pool,
+            ip: Ipv4Addr::new(a, b, c, host.address_octet),
+            router_port: format!("a{}", host.port),
+        })
+    }
+
+    /// What to record for a new host `name` in `pool`: the lowest free address (from
+    /// `.100`) and router port.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] if the name is not a node name or is taken, the pool unknown, or
+    /// the pool has no address left.
+    pub fn allocate_added(&self, name: &str, pool: &str) -> Result<AddedHost> {
+        let node: NodeName = name
+            .parse()
+            .map_err(|e| Error::Invalid(format!("host name {name:?}: {e}")))?;
+        if matches!(name, "cloud" | "router") || self.host(node.as_str()).is_ok() {
+            return Err(Error::Invalid(format!(
+                "the fleet already has a host named {name}"
+            )));
+        }
+        let index = self
+            .pools
+            .iter()
+            .position(|p| p.name.as_str() == pool)
+            .ok_or_else(|| Error::Unknown {
+                kind: "pool",
+                name: pool.to_owned(),
+                known: self
+                    .pools
+                    .iter()
+                    .map(|p| p.name.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let taken: Vec<Ipv4Addr> = self
+            .pool_members(index)
+            .map(|e| e.ip)
+            .chain(self.added.iter().filter(|a| a.pool == index).map(|a| a.ip))
+            .collect();
+        let [a, b, c, _] = self.pools[index].subnet.addr.octets();
+        let octet = (FIRST_ADDED_OCTET..255)
+            .find(|o| !taken.contains(&Ipv4Addr::new(a, b, c, *o)))
+            .ok_or_else(|| Error::Invalid(format!("pool {pool} has no address left")))?;
+        let port = (0..u16::MAX)
+            .find(|n| !self.added.iter().any(|h| h.router_port == format!("a{n}")))
+            .ok_or_else(|| Error::Invalid("no router port left".into()))?;
+        Ok(AddedHost {
+            pool: pool.to_owned(),
+            address_octet: octet,
+            port,
+        })
+    }
+
+    /// The added host named `name`.
+    pub fn added_host(&self, name: &str) -> Option<&AddedHostPlan> {
+        self.added.iter().find(|a| a.name.as_str() == name)
     }
 
     /// The network namespace of `host`.
@@ -511,6 +643,7 @@ impl Plan {
     pub fn hosts(&self) -> Vec<HostId> {
         let mut hosts = vec![HostId::Cloud, HostId::Router];
         hosts.extend(self.edges.iter().map(|e| HostId::Edge(e.name.clone())));
+        hosts.extend(self.added.iter().map(|a| HostId::Edge(a.name.clone())));
         hosts
     }
 
@@ -525,6 +658,7 @@ impl Plan {
             _ => self
                 .edge(name)
                 .map(|e| HostId::Edge(e.name.clone()))
+                .or_else(|| self.added_host(name).map(|a| HostId::Edge(a.name.clone())))
                 .ok_or_else(|| Error::Unknown {
                     kind: "host",
                     name: name.to_owned(),
@@ -631,5 +765,61 @@ mod tests {
         assert_eq!("nat".parse::<NetMode>().unwrap(), NetMode::Nat);
         assert!("bridged".parse::<NetMode>().is_err());
         assert_eq!("fast".parse::<Timing>().unwrap(), Timing::Fast);
+    }
+
+    #[test]
+    fn added_hosts_get_the_lowest_free_address_and_port_and_keep_them() {
+        let plan = Plan::new(&FleetSpec::default(), Slot(2)).unwrap();
+        let x = plan.allocate_added("edge-x", "pool-a").unwrap();
+        assert_eq!((x.address_octet, x.port), (FIRST_ADDED_OCTET, 0));
+        let mut records = std::collections::BTreeMap::new();
+        records.insert("edge-x".to_owned(), x);
+        let plan = Plan::new(&FleetSpec::default(), Slot(2))
+            .unwrap()
+            .with_added(&records)
+            .unwrap();
+        let added = plan.added_host("edge-x").unwrap();
+        assert_eq!(added.ip, Ipv4Addr::new(10, 20, 0, 100));
+        assert_eq!(added.router_port, "a0");
+        assert_eq!(
+            plan.host("edge-x").unwrap(),
+            HostId::Edge("edge-x".parse().unwrap())
+        );
+        assert!(
+            plan.hosts()
+                .contains(&HostId::Edge("edge-x".parse().unwrap()))
+        );
+        // The next one in the same pool takes .101 and port a1; another pool starts at .100.
+        let y = plan.allocate_added("edge-y", "pool-a").unwrap();
+        assert_eq!((y.address_octet, y.port), (101, 1));
+        let z = plan.allocate_added("edge-z", "pool-b").unwrap();
+        assert_eq!((z.address_octet, z.port), (100, 1));
+        // Taken, invalid and reserved names, unknown pools.
+        for (name, pool, says) in [
+            ("edge-x", "pool-a", "already has a host named edge-x"),
+            ("edge-a1", "pool-b", "already has a host named edge-a1"),
+            ("router", "pool-a", "already has a host named router"),
+            ("Edge_Y", "pool-a", "Edge_Y"),
+            ("edge-w", "pool-q", "pool-a, pool-b"),
+        ] {
+            let err = plan.allocate_added(name, pool).unwrap_err().to_string();
+            assert!(err.contains(says), "{name} {pool}: {err}");
+        }
+        // A record naming an unknown pool or a planned address range is refused.
+        let mut bad = std::collections::BTreeMap::new();
+        bad.insert(
+            "edge-q".to_owned(),
+            AddedHost {
+                pool: "pool-a".into(),
+                address_octet: 11,
+                port: 9,
+            },
+        );
+        assert!(
+            Plan::new(&FleetSpec::default(), Slot(2))
+                .unwrap()
+                .with_added(&bad)
+                .is_err()
+        );
     }
 }

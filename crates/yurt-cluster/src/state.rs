@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::spec::{EdgeApi, FleetSpec, Slot};
+use crate::spec::{AddedHost, EdgeApi, FleetSpec, Slot};
 
 /// Current format of `fleet.json`.
 pub const FORMAT: u32 = 1;
@@ -49,6 +49,9 @@ pub struct FleetState {
     /// (`yurt up --cluster-signing-duration`); `None`: its default, a year.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_signing_duration: Option<u64>,
+    /// Hosts added to the running fleet (`yurt fleet add-host`), by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub added_hosts: BTreeMap<String, AddedHost>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -69,6 +72,7 @@ impl FleetState {
             prometheus: false,
             second_api_server: false,
             cluster_signing_duration: None,
+            added_hosts: BTreeMap::new(),
         }
     }
 

@@ -490,6 +490,32 @@ impl TestFleet {
         Ok(())
     }
 
+    /// Starts a kubelet on the host `name` added with `yurt fleet add-host`, talking to
+    /// the API server directly with a node certificate issued from the fleet's CA and
+    /// written as the host's kubelet unit: what a join leaves behind, without its TLS
+    /// bootstrap. Its Node registers itself (no pod CIDR until the allocator gives one).
+    ///
+    /// # Errors
+    /// `name` is not an added host, issuing or writing fails, kubelet does not start.
+    pub async fn start_direct_kubelet(&mut self, name: &str) -> anyhow::Result<()> {
+        self.fleet.refresh()?;
+        let node: yurt_core::NodeName = name.parse()?;
+        let host = self.fleet.plan().host(name)?;
+        let kubeconfig = self.fleet.paths().host(&host).config().join("kubelet.conf");
+        yurt_cluster::pki::issue_node_kubeconfig(
+            self.fleet.paths(),
+            self.fleet.plan(),
+            &node,
+            &kubeconfig,
+        )?;
+        let line = self.fleet.added_host_kubelet(name, &kubeconfig)?;
+        let kubelet = yurt_cluster::components::Component::Kubelet;
+        yurt_cluster::units::Unit::of(format!("kubelet on {name}, written by a test"), &line)
+            .save(&self.fleet.unit_file(&host, kubelet))?;
+        self.fleet.start_process(name, kubelet.name()).await?;
+        Ok(())
+    }
+
     /// The Ready condition of `node` (`"True"`, `"False"`, `"Unknown"`).
     ///
     /// # Errors

@@ -64,6 +64,34 @@ pub async fn run(
                 status.code().map_or(1, |c| c.clamp(0, 255) as u8),
             ));
         }
+        FleetCommand::AddHost { name, pool } => {
+            let step = Step::start(
+                reporter.as_ref(),
+                format!("adding {name} to {pool}: network, containerd, images"),
+            );
+            let host = fleet.add_host(&name, &pool).await?;
+            step.finish();
+            let added = fleet.plan().added_host(&host.to_string()).cloned();
+            if let Some(a) = added {
+                println!(
+                    "added {host} in {pool} at {}: containerd runs with the fleet's images; it has no certificates and no Node, so the cluster does not know it yet",
+                    a.ip
+                );
+            }
+        }
+        FleetCommand::RemoveHost { name } => {
+            let step = Step::start(reporter.as_ref(), format!("removing {name}"));
+            fleet.remove_host(&name).await?;
+            step.finish();
+            println!("removed {name}: no process, mount, route or file of it is left");
+        }
+        FleetCommand::FollowRoutes {
+            kubeconfig,
+            period,
+            admin_address,
+        } => {
+            super::follow_routes::run(&dir, &kubeconfig, period, admin_address).await?;
+        }
         FleetCommand::Kubeconfig => println!("{}", fleet.admin_kubeconfig().display()),
         FleetCommand::Supervise => supervise(fleet).await?,
     }

@@ -9,6 +9,7 @@ mod bench_pull;
 mod bench_table;
 pub mod bench_tunnel;
 mod fleet;
+mod follow_routes;
 pub mod hub;
 mod image;
 pub mod manager;

@@ -401,6 +401,25 @@ pub async fn apply_prometheus_rbac(client: &kube::Client) -> Result<()> {
     .await
 }
 
+/// Lets the fleet's route controller read Nodes (their pod CIDRs), and nothing else.
+///
+/// # Errors
+/// API errors.
+pub async fn apply_route_controller_rbac(client: &kube::Client) -> Result<()> {
+    apply_grant(
+        client,
+        Grant {
+            name: crate::pki::ROUTE_CONTROLLER_USER,
+            subject: serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::pki::ROUTE_CONTROLLER_USER}),
+            cluster_rules: serde_json::json!([
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
+            ]),
+            roles: Vec::new(),
+        },
+    )
+    .await
+}
+
 /// Creates a NodePool (`apps.openyurt.io/v1beta2`, type Edge) for each pool of the
 /// plan; its nodes already carry its label. Existing pools are left as they are.
 ///

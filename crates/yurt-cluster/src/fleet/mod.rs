@@ -2,7 +2,9 @@
 //! (up, down, status, cut/restore, reboot, stop/start a process, exec).
 
 mod api;
+mod hosts;
 mod ops;
+pub mod routes;
 mod supervisor;
 mod teardown;
 mod up;
@@ -120,7 +122,7 @@ impl Fleet {
         let state = state::load(&paths.state_file())?.ok_or_else(|| Error::NoFleet {
             dir: data_dir.to_owned(),
         })?;
-        let plan = Plan::new(&state.spec, state.slot)?;
+        let plan = Plan::new(&state.spec, state.slot)?.with_added(&state.added_hosts)?;
         let bins = upstream::cached(&machine.cache_dir)
             .unwrap_or_else(|| UpstreamBinaries::at(machine.cache_dir.join("kubernetes/missing")));
         Ok(Self {
@@ -212,7 +214,16 @@ impl Fleet {
     /// kubelets talk to the API server directly runs no hub; Prometheus and the second
     /// API server and tunnel server run only in a fleet started with them).
     pub fn runs(&self, host: &HostId, component: Component) -> bool {
+        if let HostId::Edge(name) = host
+            && self.plan.added_host(name.as_str()).is_some()
+        {
+            // An added host runs what its units say (add-host installs containerd's,
+            // whoever joins it the rest).
+            return Component::EDGE.contains(&component)
+                && self.unit_file(host, component).exists();
+        }
         Component::of(host).contains(&component)
+            && (component != Component::RouteController || !self.plan.added.is_empty())
             && !(component == Component::YurtHub && self.state.edge_api == EdgeApi::Direct)
             && (component != Component::Prometheus || self.state.prometheus)
             && (!matches!(
@@ -248,11 +259,29 @@ impl Fleet {
         out
     }
 
+    /// Reads the fleet's state again (another process added a host, stopped a
+    /// process, cut a link).
+    ///
+    /// # Errors
+    /// The state cannot be read.
+    pub fn refresh(&mut self) -> Result<()> {
+        self.reload_state()
+    }
+
     fn reload_state(&mut self) -> Result<()> {
         if let Some(s) = state::load(&self.paths.state_file())? {
+            self.plan = Plan::new(&s.spec, s.slot)?.with_added(&s.added_hosts)?;
             self.state = s;
         }
         Ok(())
+    }
+
+    /// The unit file of `component` on `host`.
+    pub fn unit_file(&self, host: &HostId, component: Component) -> PathBuf {
+        crate::units::file(
+            &crate::units::dir(self.paths.host(host).root()),
+            component.name(),
+        )
     }
 
     fn save_state(&self) -> Result<()> {

@@ -19,7 +19,8 @@ use crate::network::{self, LinkTarget};
 use crate::paths::HostPaths;
 use crate::probe;
 use crate::process::{self, Launch, PidRecord};
-use crate::spec::{EdgePlan, HostId};
+use crate::spec::HostId;
+use crate::units::Unit;
 
 /// Whether a process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +65,7 @@ pub struct HostStatus {
 }
 
 impl Fleet {
-    fn context(&self) -> Context<'_> {
+    pub(super) fn context(&self) -> Context<'_> {
         Context {
             plan: &self.plan,
             paths: &self.paths,
@@ -84,7 +85,7 @@ impl Fleet {
     /// # Errors
     /// [`Error::ProcessExited`] if it dies while starting, [`Error::NotReady`] on timeout.
     pub(crate) async fn start_component(&self, host: &HostId, component: Component) -> Result<()> {
-        let line = self.context().command_line(component, host)?;
+        let line = self.unit(host, component)?.command_line()?;
         let hp = self.paths.host(host);
         let ns = self.plan.netns(host);
         let launch = Launch {
@@ -134,27 +135,70 @@ impl Fleet {
         Ok(())
     }
 
-    /// Brings up one edge host: its mount namespace, containerd (with the fleet's
-    /// images), the hub, kubelet, kube-proxy and the tunnel agent.
-    pub(crate) async fn start_edge(&self, edge: &EdgePlan) -> Result<()> {
-        let host = HostId::Edge(edge.name.clone());
-        let hp = self.paths.host(&host);
+    /// The unit `component` on `host` starts from. A planned host's unit is rendered
+    /// from the fleet's configuration when it has none yet ([`Fleet::install_units`]
+    /// renders them all afresh at `yurt up`); an added host has only the units written
+    /// for it.
+    ///
+    /// # Errors
+    /// A missing unit of an added host, an unreadable unit, rendering errors.
+    pub fn unit(&self, host: &HostId, component: Component) -> Result<Unit> {
+        let path = self.unit_file(host, component);
+        if path.exists() || self.is_added(host) {
+            return Unit::load(&path);
+        }
+        self.install_unit(host, component)
+    }
+
+    fn install_unit(&self, host: &HostId, component: Component) -> Result<Unit> {
+        let line = self.context().command_line(component, host)?;
+        let unit = Unit::of(
+            format!("{component} on {host}, installed by yurt up"),
+            &line,
+        );
+        unit.save(&self.unit_file(host, component))?;
+        Ok(unit)
+    }
+
+    /// Renders and writes the units of every process a planned host runs (`yurt up`
+    /// does this before it starts the host; later starts read the files).
+    ///
+    /// # Errors
+    /// Rendering or I/O errors.
+    pub(crate) fn install_units(&self, host: &HostId) -> Result<()> {
+        if self.is_added(host) {
+            return Ok(());
+        }
+        for c in self.components_of(host).collect::<Vec<_>>() {
+            self.install_unit(host, c)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `host` was added with `yurt fleet add-host`.
+    pub fn is_added(&self, host: &HostId) -> bool {
+        matches!(host, HostId::Edge(n) if self.plan.added_host(n.as_str()).is_some())
+    }
+
+    /// Brings up one edge host from its units, as a machine boots: its mount
+    /// namespace, containerd (with the fleet's images), then whatever else it runs (the
+    /// hub, kubelet, kube-proxy and the tunnel agent of a planned host).
+    pub(crate) async fn start_host(&self, host: &HostId) -> Result<()> {
+        let hp = self.paths.host(host);
         let images = self.paths.images();
         {
             let hp = hp.clone();
             blocking(move || mountns::create(&hp)).await?;
         }
-        self.start_component(&host, Component::Containerd).await?;
-        {
-            let socket = hp.containerd_socket();
-            blocking(move || import_all(&socket, &images)).await?;
+        for c in self.components_of(host).collect::<Vec<_>>() {
+            self.start_component(host, c).await?;
+            if c == Component::Containerd {
+                let socket = hp.containerd_socket();
+                let images = images.clone();
+                blocking(move || import_all(&socket, &images)).await?;
+            }
         }
-        if self.runs(&host, Component::YurtHub) {
-            self.start_component(&host, Component::YurtHub).await?;
-        }
-        self.start_component(&host, Component::Kubelet).await?;
-        self.start_component(&host, Component::KubeProxy).await?;
-        self.start_component(&host, Component::TunnelAgent).await
+        Ok(())
     }
 
     /// Waits until every edge host's tunnel agent holds a connection to every tunnel
@@ -249,19 +293,28 @@ impl Fleet {
             .into_iter()
             .map(|host| {
                 let hp = self.paths.host(&host);
+                // (name, pool index, address) of an edge host, planned or added.
                 let edge = match &host {
-                    HostId::Edge(n) => self.plan.edge(n.as_str()),
+                    HostId::Edge(n) => self
+                        .plan
+                        .edge(n.as_str())
+                        .map(|e| (&e.name, e.pool, e.ip))
+                        .or_else(|| {
+                            self.plan
+                                .added_host(n.as_str())
+                                .map(|a| (&a.name, a.pool, a.ip))
+                        }),
                     _ => None,
                 };
                 let address = match &host {
                     HostId::Cloud => crate::spec::net::CLOUD_IP.addr,
                     HostId::Router => crate::spec::net::ROUTER_WAN_IP.addr,
-                    HostId::Edge(_) => edge.map(|e| e.ip).unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    HostId::Edge(_) => edge.map(|e| e.2).unwrap_or(Ipv4Addr::UNSPECIFIED),
                 };
-                let connected = edge.map(|e| {
-                    let pool = &self.plan.pools[e.pool];
+                let connected = edge.map(|(name, pool, _)| {
+                    let pool = &self.plan.pools[pool];
                     [
-                        LinkTarget::Node(e.name.to_string()),
+                        LinkTarget::Node(name.to_string()),
                         LinkTarget::Pool(pool.name.to_string()),
                         LinkTarget::Cloud,
                     ]
@@ -274,7 +327,7 @@ impl Fleet {
                     .collect();
                 HostStatus {
                     netns: self.plan.netns(&host),
-                    pool: edge.map(|e| self.plan.pools[e.pool].name.to_string()),
+                    pool: edge.map(|e| self.plan.pools[e.1].name.to_string()),
                     host,
                     address,
                     connected,
@@ -299,7 +352,10 @@ impl Fleet {
         }
     }
 
-    fn with_state_lock<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+    pub(super) fn with_state_lock<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<T> {
         let _guard = lock::exclusive(&self.paths.state_lock())?;
         self.reload_state()?;
         let out = f(self)?;
@@ -455,11 +511,7 @@ impl Fleet {
                 "only edge hosts can be rebooted, not {host}"
             )));
         };
-        let edge = self
-            .plan
-            .edge(name.as_str())
-            .cloned()
-            .ok_or_else(|| Error::Invalid(format!("no edge host {name}")))?;
+        let _ = name;
         // Held until every process is up again: a supervisor must not restart what the
         // reboot is about to start.
         let ops = self.paths.ops_lock();
@@ -476,7 +528,7 @@ impl Fleet {
             f.state.stopped.remove(&name);
             Ok(())
         })?;
-        self.start_edge(&edge).await
+        self.start_host(&host).await
     }
 
     /// A command that runs `argv` inside `host` (its network namespace, and for edge

@@ -352,6 +352,9 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
         .components_of(&HostId::Cloud)
         .filter(|c| *c != Component::KubeControllerManager)
         .collect();
+    for host in plan.hosts() {
+        fleet.install_units(&host)?;
+    }
     for component in cloud {
         if component == Component::YurtManager {
             let client = fleet.client().await?;
@@ -393,7 +396,12 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
             plan.edges.len()
         ),
     );
-    futures::future::try_join_all(plan.edges.iter().map(|e| fleet.start_edge(e))).await?;
+    let edge_hosts: Vec<HostId> = plan
+        .edges
+        .iter()
+        .map(|e| HostId::Edge(e.name.clone()))
+        .collect();
+    futures::future::try_join_all(edge_hosts.iter().map(|h| fleet.start_host(h))).await?;
     step.finish();
 
     let step = Step::start(

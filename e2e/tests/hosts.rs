@@ -1,0 +1,296 @@
+//! Hosts added to and removed from a running fleet (`yurt fleet add-host|remove-host`),
+//! on a fleet of their own: a bare host has containerd and nothing the cluster knows;
+//! once a kubelet registers its Node, the pod CIDR kube-controller-manager allocates
+//! reaches containerd through its CNI template and the fleet's route controller routes
+//! it; a reboot starts the host again from its units; removal leaves nothing behind.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, PostParams};
+use yurt_cluster::spec::HostId;
+use yurt_cluster::{FleetSpec, NetMode, Timing};
+use yurt_testkit::{TestFleet, fresh, wait_for};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+async fn within<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(TEST_TIMEOUT, fut)
+        .await
+        .context("test did not finish in time")?
+}
+
+/// The pod routes (`via` routes) of a host's namespace.
+fn pod_routes(f: &TestFleet, host: &HostId) -> anyhow::Result<String> {
+    let ns = f.fleet().plan().netns(host);
+    Ok(yurt_cluster::netns::ip(
+        Some(&ns),
+        &["-4", "-o", "route", "show", "root", "10.244.0.0/16"],
+    )?)
+}
+
+fn refused(f: &TestFleet, args: &[&str]) -> anyhow::Result<String> {
+    let err = f
+        .yurt(args)
+        .err()
+        .with_context(|| format!("yurt {args:?} should fail"))?;
+    Ok(format!("{err:#}"))
+}
+
+async fn pod_on(f: &TestFleet, node: &str, name: &str) -> anyhow::Result<String> {
+    let pods: Api<Pod> = Api::namespaced(f.client(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "web",
+                "image": yurt_cluster::image::BUSYBOX_IMAGE,
+                "command": ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/"],
+            }],
+        },
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    wait_for(
+        &format!("pod {name} Running on {node} with an address"),
+        Duration::from_secs(120),
+        || async {
+            anyhow::Ok(
+                async {
+                    let p = pods.get(name).await.ok()?;
+                    let status = p.status?;
+                    (status.phase.as_deref() == Some("Running"))
+                        .then_some(status.pod_ip)
+                        .flatten()
+                }
+                .await,
+            )
+        },
+    )
+    .await
+}
+
+fn reachable(f: &TestFleet, from: &HostId, ip: &str) -> bool {
+    let ns = f.fleet().plan().netns(from);
+    let Ok(ip) = ip.parse() else { return false };
+    yurt_cluster::netns::connect_tcp(&ns, SocketAddr::new(ip, 8080), Duration::from_secs(2)).is_ok()
+}
+
+#[tokio::test]
+async fn an_added_host_is_bare_until_it_registers_then_is_routed_and_removal_leaves_nothing()
+-> anyhow::Result<()> {
+    within(async {
+        let spec = FleetSpec {
+            edge_nodes: 2,
+            pools: 1,
+            mode: NetMode::Nat,
+            timing: Timing::Fast,
+            sample_app: false,
+        };
+        let mut f = fresh("hosts", spec).await?;
+        let out = f.yurt(&["fleet", "add-host", "edge-x", "--pool", "pool-a"])?;
+        ensure!(
+            out.contains("added edge-x in pool-a at 10.20.0.100"),
+            "{out}"
+        );
+        f.fleet_mut().refresh()?;
+        let x = HostId::Edge("edge-x".parse()?);
+        let a1 = HostId::Edge("edge-a1".parse()?);
+
+        // Bad input: one line each, nothing changed.
+        for (args, says) in [
+            (
+                vec!["fleet", "add-host", "edge-x", "--pool", "pool-a"],
+                "already has a host named edge-x",
+            ),
+            (
+                vec!["fleet", "add-host", "edge-a1", "--pool", "pool-a"],
+                "already has a host named edge-a1",
+            ),
+            (
+                vec!["fleet", "add-host", "edge-y", "--pool", "pool-z"],
+                "pool-a",
+            ),
+            (
+                vec!["fleet", "add-host", "Edge_Y", "--pool", "pool-a"],
+                "Edge_Y",
+            ),
+            (
+                vec!["fleet", "remove-host", "edge-a1"],
+                "only hosts added with `yurt fleet add-host`",
+            ),
+            (vec!["fleet", "remove-host", "edge-nope"], "edge-nope"),
+        ] {
+            let err = refused(&f, &args)?;
+            ensure!(err.contains(says), "{args:?}: {err}");
+        }
+
+        // Bare: containerd only, no Node, no certificate, no pod network yet.
+        let status = f.yurt(&["fleet", "status"])?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("edge-x"))
+            .with_context(|| status.clone())?;
+        ensure!(
+            line.contains("pool-a")
+                && line.contains("10.20.0.100")
+                && line.contains("containerd(")
+                && !line.contains("kubelet"),
+            "{line}"
+        );
+        ensure!(
+            status
+                .lines()
+                .any(|l| l.starts_with("router") && l.contains("route-controller(")),
+            "the route controller runs with the first added host:\n{status}"
+        );
+        let nodes: Api<Node> = Api::all(f.client());
+        ensure!(
+            nodes.get_opt("edge-x").await?.is_none(),
+            "no Node before a kubelet registers"
+        );
+        let pki = f.dir().join("pki");
+        ensure!(
+            !std::fs::read_dir(&pki)?
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().contains("edge-x")),
+            "no certificate of edge-x"
+        );
+        let hp = f.fleet().paths().host(&x);
+        ensure!(
+            std::fs::read_dir(hp.cni_conf())?.next().is_none(),
+            "no CNI network before a CIDR"
+        );
+        let router_routes = pod_routes(&f, &HostId::Router)?;
+        ensure!(!router_routes.contains("10.20.0.100"), "{router_routes}");
+
+        // A kubelet registers edge-x; the allocator gives it a CIDR, containerd renders
+        // its network, the route controller routes it in the router and on the peers.
+        f.start_direct_kubelet("edge-x").await?;
+        let cidr = wait_for(
+            "edge-x Ready with a pod CIDR",
+            Duration::from_secs(180),
+            || async {
+                anyhow::Ok(
+                    async {
+                        let node = nodes.get_opt("edge-x").await.ok()??;
+                        let ready = node
+                            .status
+                            .as_ref()?
+                            .conditions
+                            .as_ref()?
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True");
+                        ready.then(|| node.spec?.pod_cidr).flatten()
+                    }
+                    .await,
+                )
+            },
+        )
+        .await?;
+        for host in [HostId::Router, a1.clone(), HostId::Edge("edge-a2".parse()?)] {
+            let want = format!("{cidr} via 10.20.0.100");
+            wait_for(
+                &format!("route {want} in {host}"),
+                Duration::from_secs(30),
+                || async {
+                    anyhow::Ok(
+                        async { pod_routes(&f, &host).ok().filter(|r| r.contains(&want)) }.await,
+                    )
+                },
+            )
+            .await?;
+        }
+        let x_routes = pod_routes(&f, &x)?;
+        ensure!(
+            x_routes.contains("10.244.1.0/24 via 10.20.0.11")
+                && !x_routes.contains(&format!("{cidr} via")),
+            "edge-x reaches its planned peers' pods and not itself through a peer: {x_routes}"
+        );
+
+        // A pod on edge-x gets an address from that CIDR, reached from a peer and the router.
+        let ip = pod_on(&f, "edge-x", "web-x").await?;
+        let net = yurt_cluster::fleet::routes::parse_cidr(&cidr).context("CIDR")?;
+        ensure!(net.contains(ip.parse()?), "{ip} lies outside {cidr}");
+        for from in [a1.clone(), HostId::Router] {
+            wait_for(
+                &format!("{ip}:8080 from {from}"),
+                Duration::from_secs(30),
+                || async { anyhow::Ok(async { reachable(&f, &from, &ip).then_some(()) }.await) },
+            )
+            .await?;
+        }
+
+        // A reboot starts containerd and kubelet again from their units.
+        f.reboot("edge-x").await?;
+        let status = f.yurt(&["fleet", "status"])?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("edge-x"))
+            .unwrap_or_default();
+        ensure!(
+            line.contains("containerd(") && line.contains("kubelet("),
+            "{line}"
+        );
+        wait_for(
+            "web-x serving again after the reboot",
+            Duration::from_secs(120),
+            || async {
+                anyhow::Ok(
+                    async {
+                        let pods: Api<Pod> = Api::namespaced(f.client(), "default");
+                        let ip = pods.get("web-x").await.ok()?.status?.pod_ip?;
+                        reachable(&f, &a1, &ip).then_some(())
+                    }
+                    .await,
+                )
+            },
+        )
+        .await?;
+
+        // Removal: nothing of edge-x is left but its Node.
+        let out = f.yurt(&["fleet", "remove-host", "edge-x"])?;
+        ensure!(out.contains("removed edge-x"), "{out}");
+        f.fleet_mut().refresh()?;
+        let netns = f.fleet().plan().netns(&x);
+        ensure!(!yurt_cluster::netns::exists(&netns), "{netns} is gone");
+        ensure!(!hp.root().exists(), "{} is gone", hp.root().display());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+        ensure!(
+            !mounts.contains(&hp.root().display().to_string()),
+            "no mount of edge-x is left"
+        );
+        let cgroups = yurt_cluster::cgroup::Cgroups::detect()?;
+        let cgroup = yurt_cluster::fleet::host_cgroup(f.fleet().plan().slot, &x);
+        ensure!(!cgroups.exists(&cgroup), "cgroup {cgroup} is gone");
+        for (host, planned) in [
+            (HostId::Router, "10.244.1.0/24 via 10.20.0.11"),
+            (a1.clone(), "10.244.2.0/24 via 10.20.0.12"),
+        ] {
+            let routes = pod_routes(&f, &host)?;
+            ensure!(!routes.contains("10.20.0.100"), "{host}: {routes}");
+            ensure!(
+                routes.contains(planned),
+                "{host} keeps its planned routes: {routes}"
+            );
+        }
+        ensure!(f.fleet().state().added_hosts.is_empty());
+        let status = f.yurt(&["fleet", "status"])?;
+        ensure!(
+            !status.contains("edge-x") && !status.contains("route-controller"),
+            "{status}"
+        );
+        ensure!(
+            nodes.get_opt("edge-x").await?.is_some(),
+            "the Node stays, as when a machine is unplugged"
+        );
+        f.kubectl(&["delete", "node", "edge-x"])?;
+        Ok(())
+    })
+    .await
+}
