@@ -562,6 +562,132 @@ async fn a_hub_without_serving_files_gets_its_certificate_by_csr() -> anyhow::Re
     .await
 }
 
+/// A hub started from kubelet's certificate (a joined node's: `system:node:<n>` in
+/// `system:nodes` only) asks for a client certificate of its own in `openyurt:yurthub`,
+/// approved by our manager and signed by kube-controller-manager, stores it, and from
+/// then on goes upstream with it: what the hub's RBAC grants works through it.
+#[tokio::test]
+async fn a_hub_started_from_kubelets_certificate_gets_a_client_certificate_of_its_own()
+-> anyhow::Result<()> {
+    const NODE: &str = "edge-a2";
+    within(async {
+        let f = shared().await?;
+        let dir = tempfile::tempdir()?;
+        let client_csrs = || -> anyhow::Result<Vec<serde_json::Value>> {
+            let all: serde_json::Value =
+                serde_json::from_str(&f.kubectl(&["get", "csr", "-o", "json"])?)?;
+            Ok(all["items"]
+                .as_array()
+                .context("items")?
+                .iter()
+                .filter(|c| {
+                    c["spec"]["username"] == format!("system:node:{NODE}")
+                        && c["spec"]["signerName"] == "kubernetes.io/kube-apiserver-client"
+                })
+                .cloned()
+                .collect())
+        };
+        let before = client_csrs()?.len();
+        // kubelet's identity alone may not list EndpointSlices (kube-proxy does, through
+        // the hub): the hub's group may.
+        let slices = "/apis/discovery.k8s.io/v1beta1/endpointslices?limit=1";
+        let kubelet = yurt_cluster::pki::Identity::Node(NODE.parse()?).stem();
+        let denied = f.kubectl(&[
+            "get",
+            "--raw",
+            slices,
+            &format!("--as=system:node:{NODE}"),
+            "--as-group=system:nodes",
+        ]);
+        ensure!(
+            denied
+                .as_ref()
+                .is_err_and(|e| format!("{e:#}").contains("Forbidden")),
+            "{kubelet} alone: {denied:?}"
+        );
+
+        let mut hub = f.start_extra_hub_from_kubelet(NODE, dir.path())?;
+        wait_for(
+            "the hub ready with a client certificate of its own",
+            WAIT,
+            || async { Ok(hub.ready(&f)?.then_some(())) },
+        )
+        .await
+        .with_context(|| hub.log())?;
+
+        let csrs = client_csrs()?;
+        ensure!(csrs.len() == before + 1, "client CSRs of {NODE}: {csrs:#?}");
+        let csr = csrs.last().context("the hub's client CSR")?;
+        let approved = csr["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == "Approved"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("yurthub client certificate of its own node"))
+            });
+        ensure!(
+            approved && csr["status"]["certificate"].is_string(),
+            "{csr:#}"
+        );
+
+        // Stored, root only, naming the node in both groups.
+        let stored = hub.stored_client_certificate();
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&stored)?.permissions());
+        ensure!(mode & 0o777 == 0o600, "mode {mode:o}");
+        let pem = std::fs::read(&stored)?;
+        let (_, der) = x509_parser::pem::parse_x509_pem(&pem)?;
+        let cert = der.parse_x509()?;
+        let organizations: Vec<String> = cert
+            .subject()
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok().map(str::to_owned))
+            .collect();
+        ensure!(
+            organizations == ["system:nodes", "openyurt:yurthub"],
+            "{organizations:?}"
+        );
+
+        // Upstream with it: the list kubelet's identity may not make goes through.
+        let url = format!("http://127.0.0.1:20261{slices}");
+        let out = f.exec(
+            NODE,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-A",
+                "kube-proxy/v1.20.2",
+                &url,
+            ],
+        )?;
+        ensure!(
+            String::from_utf8_lossy(&out.stdout).trim() == "200",
+            "EndpointSlices through the hub: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+
+        // A restart uses the stored one without asking again.
+        drop(hub);
+        hub = f.start_extra_hub_from_kubelet(NODE, dir.path())?;
+        wait_for("the hub ready again", WAIT, || async {
+            Ok(hub.ready(&f)?.then_some(()))
+        })
+        .await
+        .with_context(|| hub.log())?;
+        ensure!(client_csrs()?.len() == before + 1, "a restart asked again");
+        drop(hub);
+        Ok(())
+    })
+    .await
+}
+
 /// ADR 008: a Node that registers without a pod CIDR (as a joined kubelet's does) gets a
 /// free /24 of the cluster CIDR from kube-controller-manager's allocator, never one a
 /// planned node holds, and the planned nodes keep theirs.

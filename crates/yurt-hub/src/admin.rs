@@ -20,6 +20,8 @@ pub struct AdminState {
     /// The serving certificate, when the hub obtains it itself: not ready without a
     /// valid one.
     pub serving: Option<Arc<crate::certificate::CertSlot>>,
+    /// The hub's own client certificate, when it asks for one: not ready without it.
+    pub client: Option<Arc<crate::certificate::csr::CsrCertificate>>,
 }
 
 /// The admin router (`yurt_core::admin` with OpenYurt's `/v1/` paths and `OK` bodies);
@@ -31,7 +33,7 @@ pub fn router(state: AdminState, ota: Option<Arc<crate::ota::Ota>>) -> Router {
             post(crate::ota::handle),
         )
         .with_state(ota);
-    let (ready, serving) = (state.ready, state.serving);
+    let (ready, serving, client) = (state.ready, state.serving, state.client);
     Admin::new(state.registry)
         .ok_body("OK")
         .health_path("/v1/healthz")
@@ -39,6 +41,8 @@ pub fn router(state: AdminState, ota: Option<Arc<crate::ota::Ota>>) -> Router {
         .ready(move || {
             if serving.as_ref().is_some_and(|s| !s.ready()) {
                 Err("no valid serving certificate yet (waiting for its CSR)".into())
+            } else if client.as_ref().is_some_and(|c| !c.ready()) {
+                Err("no client certificate of its own yet (waiting for its CSR)".into())
             } else if ready.load(Ordering::Acquire) {
                 Ok(())
             } else {
@@ -66,6 +70,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(false)),
             registry: Arc::new(registry),
             serving: None,
+            client: None,
         };
         let app = router(state.clone(), None);
         let get = |p: &str| axum::http::Request::get(p).body(Body::empty()).unwrap();
@@ -112,6 +117,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(true)),
             registry: Arc::new(Registry::default()),
             serving: Some(Arc::new(crate::certificate::CertSlot::default())),
+            client: None,
         };
         let app = router(state, None);
         let req = axum::http::Request::get("/v1/readyz")
@@ -132,6 +138,7 @@ mod tests {
             ready: Arc::new(AtomicBool::new(true)),
             registry: Arc::new(Registry::default()),
             serving: None,
+            client: None,
         };
         let app = router(state, None);
         for path in ["/healthz", "/v1/healthz", "/readyz", "/v1/readyz"] {

@@ -11,8 +11,8 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::config::{
-    Config, DummyInterface, HealthConfig, Limits, PodTokenConfig, SecureProxy, ServingSource,
-    UpstreamConfig,
+    ClientCsr, Config, DummyInterface, HealthConfig, Limits, PodTokenConfig, SecureProxy,
+    ServingSource, UpstreamConfig,
 };
 
 /// Why the flags do not make a hub configuration, or the hub could not start.
@@ -66,7 +66,9 @@ pub struct HubArgs {
     /// Cluster CA certificate (PEM).
     #[arg(long, env = "YURT_HUB_CA_FILE")]
     pub ca_file: PathBuf,
-    /// The hub's client certificate towards the API servers (PEM, `system:node:<node>`).
+    /// The hub's client certificate towards the API servers (PEM, `system:node:<node>`),
+    /// read again when it changes (kubelet's rotating `kubelet-client-current.pem` may be
+    /// given for both this and --client-key).
     #[arg(long, env = "YURT_HUB_CLIENT_CERT")]
     pub client_cert: PathBuf,
     /// Its key (PEM).
@@ -89,7 +91,13 @@ pub struct HubArgs {
     /// Its key.
     #[arg(long, env = "YURT_HUB_SERVING_KEY")]
     pub serving_key: Option<PathBuf>,
-    /// Where a serving certificate obtained by CSR is kept.
+    /// Use --client-cert/--client-key (kubelet's) only to ask the cluster for a client
+    /// certificate of the hub's own (`system:node:<node>` in `system:nodes` and
+    /// `openyurt:yurthub`, approved by yurt manager's csrapprover), kept in --cert-dir and
+    /// renewed; the hub is not ready until it has it.
+    #[arg(long, default_value_t = false)]
+    pub request_client_certificate: bool,
+    /// Where certificates obtained by CSR are kept.
     #[arg(long, default_value = "/var/lib/yurthub/pki")]
     pub cert_dir: PathBuf,
     /// How long one serving CSR may wait to be approved and signed before a new one is
@@ -247,6 +255,17 @@ impl HubArgs {
             pool: a.nodepool_name.map(|p| p.parse()).transpose()?,
             servers,
             ca_file: a.ca_file,
+            client_csr: if a.request_client_certificate {
+                Some(ClientCsr {
+                    dir: a.cert_dir.clone(),
+                    issue_timeout: positive(
+                        a.certificate_request_timeout,
+                        "--certificate-request-timeout",
+                    )?,
+                })
+            } else {
+                None
+            },
             client_cert: a.client_cert,
             client_key: a.client_key,
             proxy_addr: SocketAddr::new(a.bind_proxy_address, a.proxy_port),

@@ -34,6 +34,17 @@ pub enum ServingSource {
     },
 }
 
+/// The hub's own client certificate, asked of the cluster: `system:node:<node>` in
+/// `system:nodes` and `openyurt:yurthub` (the group the hub's RBAC is bound to), which
+/// the manager's csrapprover approves when the node itself asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCsr {
+    /// Where the current certificate and key are stored.
+    pub dir: PathBuf,
+    /// How long one request may wait for approval and signing.
+    pub issue_timeout: Duration,
+}
+
 /// How often certificate files given on the command line are read again to follow a
 /// rotation (kubelet swaps its `kubelet-client-current.pem` in place).
 pub const CERTIFICATE_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
@@ -175,6 +186,10 @@ pub struct Config {
     pub client_cert: PathBuf,
     /// Its key.
     pub client_key: PathBuf,
+    /// When set, `client_cert` is only the identity the hub asks the cluster for a
+    /// client certificate of its own with (kubelet's, followed on disk); that one is
+    /// used for everything else.
+    pub client_csr: Option<ClientCsr>,
     /// Plain-HTTP listener for local components (127.0.0.1:10261).
     pub proxy_addr: SocketAddr,
     /// HTTPS listener for pods.

@@ -174,12 +174,48 @@ pub async fn run(
         },
         metrics.clone(),
     )?;
+    let tracker = TaskTracker::new();
     let client_identity = Arc::new(certificate::FollowedFiles::load(
-        "client certificate",
+        if config.client_csr.is_some() {
+            "kubelet's client certificate"
+        } else {
+            "client certificate"
+        },
         &config.client_cert,
         &config.client_key,
     )?);
-    let backends = upstream::backends(&config, &client_identity.slot())?;
+    tracker.spawn(
+        client_identity
+            .clone()
+            .follow(config::CERTIFICATE_RELOAD_INTERVAL, shutdown.clone()),
+    );
+    // Asking for a client certificate of its own: kubelet's stands in (and makes the
+    // requests: the same node) until it is issued.
+    let own_client = match &config.client_csr {
+        Some(c) => {
+            let own = Arc::new(
+                certificate::csr::CsrCertificate::new(certificate::csr::CsrRequest {
+                    purpose: certificate::csr::Purpose::Client,
+                    node: config.node_name.to_string(),
+                    ips: Vec::new(),
+                    dir: c.dir.clone(),
+                    issue_timeout: c.issue_timeout,
+                    poll_interval: std::time::Duration::from_secs(1),
+                    max_backoff: std::time::Duration::from_secs(300),
+                })
+                .with_stand_in(client_identity.slot().get()),
+            );
+            let requesters = upstream::backends(&config, &client_identity.slot())?;
+            let clients = requesters.iter().map(|b| b.kube.clone()).collect();
+            tracker.spawn(own.clone().run(clients, shutdown.clone()));
+            Some(own)
+        }
+        None => None,
+    };
+    let upstream_identity = own_client
+        .as_ref()
+        .map_or_else(|| client_identity.slot(), |own| own.slot());
+    let backends = upstream::backends(&config, &upstream_identity)?;
     let urls: Vec<String> = config.servers.iter().map(ToString::to_string).collect();
     let health = Arc::new(health::Health::new(&urls, metrics.clone()));
     let node = config.node_name.to_string();
@@ -200,8 +236,6 @@ pub async fn run(
         view: view.clone(),
     };
     let plain = bind(config.proxy_addr, "proxy").await?;
-    let tracker = TaskTracker::new();
-    tracker.spawn(client_identity.follow(config::CERTIFICATE_RELOAD_INTERVAL, shutdown.clone()));
     let mut serving_from_csr = None;
     let secure = match &config.secure_proxy {
         Some(s) => {
@@ -218,8 +252,9 @@ pub async fn run(
                     slot
                 }
                 config::ServingSource::Csr { dir, issue_timeout } => {
-                    let serving = Arc::new(certificate::csr::ServingCertificate::new(
-                        certificate::csr::ServingRequest {
+                    let serving = Arc::new(certificate::csr::CsrCertificate::new(
+                        certificate::csr::CsrRequest {
+                            purpose: certificate::csr::Purpose::Serving,
                             node: config.node_name.to_string(),
                             ips: vec![s.addr.ip()],
                             dir: dir.clone(),
@@ -408,6 +443,7 @@ pub async fn run(
                 ready: ready.clone(),
                 registry,
                 serving: serving_from_csr,
+                client: own_client,
             },
             Some(ota),
         );

@@ -126,6 +126,7 @@ fn hub(dir: &tempfile::TempDir) -> Arc<Hub> {
         ca_file: dir.path().join("ca.crt"),
         client_cert: dir.path().join("hub.crt"),
         client_key: dir.path().join("hub.key"),
+        client_csr: None,
         proxy_addr: "127.0.0.1:0".parse().unwrap(),
         secure_proxy: None,
         admin_addr: "127.0.0.1:0".parse().unwrap(),

@@ -314,6 +314,61 @@ async fn closed_connections_are_dropped_and_replaced() {
 }
 
 #[tokio::test]
+async fn a_replaced_client_certificate_goes_out_on_new_connections_and_old_streams_finish() {
+    let pki = Pki::new();
+    let held: Held = Arc::default();
+    let upstream = Upstream::start(&pki, 5, holding_handler(held.clone())).await;
+    let url = upstream.url();
+    let identity = yurt_hub::certificate::FollowedFiles::load(
+        "client certificate",
+        &pki.path("hub.crt"),
+        &pki.path("hub.key"),
+    )
+    .unwrap();
+    let slot = identity.slot();
+    let tls = yurt_hub::tls::client_config_with(
+        &pki.path("ca.crt"),
+        Some(slot.clone() as Arc<dyn rustls::client::ResolvesClientCert>),
+    )
+    .unwrap();
+    let pool = H2Pool::new(&url, tls, pool_config(5))
+        .unwrap()
+        .with_identity(slot.clone());
+    let send = |path: &str| pool.send(get(&url, path).map(|b| b.map_err(|n| match n {}).boxed()));
+    let watch = send("/hold").await.unwrap();
+    drop(send("/c").await.unwrap());
+    assert_eq!(pool.connections(), vec![1]);
+
+    // Replaced (a renewal, or the hub's own certificate after kubelet's).
+    slot.set(slot.get().unwrap());
+    let resp = send("/c").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    assert_eq!(
+        upstream.accepted.load(Ordering::SeqCst),
+        2,
+        "a new connection"
+    );
+    assert_eq!(
+        pool.connections(),
+        vec![1, 0],
+        "the watch stays on the old one"
+    );
+    drop(send("/c").await.unwrap());
+    assert_eq!(
+        upstream.accepted.load(Ordering::SeqCst),
+        2,
+        "the new one is reused"
+    );
+
+    // The old connection takes nothing new and goes once its last stream ends.
+    drop(watch);
+    drop(send("/c").await.unwrap());
+    assert_eq!(pool.connections(), vec![0]);
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn a_pool_that_trusts_more_streams_than_the_server_allows_stalls() {
     // Why the limit must be at or below the server's: hyper queues a request the
     // connection has no stream for, behind streams that may never end (watches).
@@ -500,6 +555,7 @@ async fn online_hub(pki: &Pki, upstream: &Upstream, up: UpstreamConfig) -> Onlin
         ca_file: pki.path("ca.crt"),
         client_cert: pki.path("hub.crt"),
         client_key: pki.path("hub.key"),
+        client_csr: None,
         proxy_addr: "127.0.0.1:0".parse().unwrap(),
         secure_proxy: None,
         admin_addr: "127.0.0.1:0".parse().unwrap(),

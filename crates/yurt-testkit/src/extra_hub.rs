@@ -29,6 +29,26 @@ impl TestFleet {
     /// # Errors
     /// No hub runs on `node` to copy flags from, or the process cannot start.
     pub fn start_extra_hub(&self, node: &str, dir: &Path) -> anyhow::Result<ExtraHub> {
+        self.start_extra_hub_with(node, dir, false)
+    }
+
+    /// Like [`TestFleet::start_extra_hub`], but started from the node's kubelet
+    /// certificate (`system:node:<node>` in `system:nodes` only, as a joined node's
+    /// kubelet has) with `--request-client-certificate`: it asks for a client certificate
+    /// of its own, as a joined node's hub does.
+    ///
+    /// # Errors
+    /// As [`TestFleet::start_extra_hub`].
+    pub fn start_extra_hub_from_kubelet(&self, node: &str, dir: &Path) -> anyhow::Result<ExtraHub> {
+        self.start_extra_hub_with(node, dir, true)
+    }
+
+    fn start_extra_hub_with(
+        &self,
+        node: &str,
+        dir: &Path,
+        from_kubelet: bool,
+    ) -> anyhow::Result<ExtraHub> {
         let host = self.fleet().plan().host(node)?;
         let pid_file = self.fleet().paths().host(&host).pid_file("yurt-hub");
         let record = yurt_cluster::process::PidRecord::read(&pid_file)
@@ -41,6 +61,11 @@ impl TestFleet {
             .filter(|a| {
                 !["--serving-cert=", "--serving-key=", "--disk-cache-path="]
                     .iter()
+                    .chain(if from_kubelet {
+                        ["--client-cert=", "--client-key="].iter()
+                    } else {
+                        [].iter()
+                    })
                     .any(|flag| a.starts_with(flag))
             })
             .collect();
@@ -58,6 +83,15 @@ impl TestFleet {
             format!("--proxy-secure-port={POD_PORT}"),
             "--enable-dummy-if=false".to_owned(),
         ]);
+        if from_kubelet {
+            let pki = yurt_cluster::pki::PkiPaths::new(self.fleet().paths());
+            let kubelet = yurt_cluster::pki::Identity::Node(node.parse()?).stem();
+            argv.extend([
+                format!("--client-cert={}", pki.cert(&kubelet).display()),
+                format!("--client-key={}", pki.key(&kubelet).display()),
+                "--request-client-certificate".to_owned(),
+            ]);
+        }
         let log = std::fs::File::create(dir.join("hub.log"))?;
         let child = self
             .fleet()
@@ -125,6 +159,11 @@ impl ExtraHub {
     /// The serving certificate and key it stores (`yurthub-server-current.pem`).
     pub fn stored_certificate(&self) -> PathBuf {
         self.dir.join("pki").join("yurthub-server-current.pem")
+    }
+
+    /// The client certificate and key of its own it stores (`yurthub-current.pem`).
+    pub fn stored_client_certificate(&self) -> PathBuf {
+        self.dir.join("pki").join("yurthub-current.pem")
     }
 
     /// Its log so far.

@@ -119,16 +119,16 @@ async fn measure(
     yurt_adm::token::create(&admin, &token).await?;
     let as_bootstrapper = client(fleet, &node_kubeconfig, Some(&token.token.to_string())).await?;
 
-    let hub = yurt_hub::certificate::csr::ServingCertificate::new(
-        yurt_hub::certificate::csr::ServingRequest {
+    let hub =
+        yurt_hub::certificate::csr::CsrCertificate::new(yurt_hub::certificate::csr::CsrRequest {
+            purpose: yurt_hub::certificate::csr::Purpose::Serving,
             node: node.clone(),
             ips: vec![std::net::IpAddr::from([169, 254, 2, 1])],
             dir: std::env::temp_dir().join("yurt-bench-adm-unused"),
             issue_timeout: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             max_backoff: Duration::from_secs(1),
-        },
-    );
+        });
     let step = Step::start(
         reporter,
         format!(
@@ -144,8 +144,11 @@ async fn measure(
             .context("the hub's serving certificate")?;
         ours.push(started.elapsed());
 
-        let (csr, _key) =
-            yurt_hub::certificate::csr::new_request(&format!("bench-joiner-{i}"), &[])?;
+        let (csr, _key) = yurt_hub::certificate::csr::new_request(
+            &format!("bench-joiner-{i}"),
+            &["system:nodes"],
+            &[],
+        )?;
         let started = Instant::now();
         yurt_hub::certificate::csr::request_certificate(
             &as_bootstrapper,

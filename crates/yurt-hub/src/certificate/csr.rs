@@ -1,9 +1,11 @@
-//! The pod-facing port's serving certificate, asked of the cluster by CSR and renewed
-//! before it expires (see the module above).
+//! Certificates asked of the cluster by CSR and renewed before they expire (see the
+//! module above): the pod-facing port's serving certificate, and the hub's own client
+//! certificate when it starts from kubelet's.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use k8s_openapi::ByteString;
@@ -20,15 +22,78 @@ use super::{CertSlot, CertificateError, Loaded, renewal_fraction, unix_now};
 pub const SIGNER: &str = "kubernetes.io/kubelet-serving";
 /// Usages kube-controller-manager 1.20 requires of a kubelet-serving request.
 pub const USAGES: [&str; 3] = ["digital signature", "key encipherment", "server auth"];
-/// The file holding the current certificate chain and key.
+/// The file holding the current serving certificate chain and key.
 pub const CURRENT_FILE: &str = "yurthub-server-current.pem";
+/// The signer of client certificates for the API server.
+pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+/// Usages of a client request (OpenYurt's `clientRequiredUsages`).
+pub const CLIENT_USAGES: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
+/// The file holding the hub's own current client certificate and key (OpenYurt's name).
+pub const CLIENT_CURRENT_FILE: &str = "yurthub-current.pem";
+/// The groups of the hub's own client certificate.
+pub const CLIENT_ORGANIZATIONS: [&str; 2] = ["system:nodes", "openyurt:yurthub"];
 
-/// How the serving certificate is requested.
+/// What a certificate kept by CSR is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The pod-facing port's serving certificate: `system:node:<node>` in
+    /// `system:nodes`, signer `kubernetes.io/kubelet-serving`, the port's address.
+    Serving,
+    /// The hub's own client certificate: `system:node:<node>` in `system:nodes` and
+    /// `openyurt:yurthub`, signer `kubernetes.io/kube-apiserver-client`, no address.
+    Client,
+}
+
+impl Purpose {
+    /// The CSR's signer.
+    pub fn signer(self) -> &'static str {
+        match self {
+            Self::Serving => SIGNER,
+            Self::Client => CLIENT_SIGNER,
+        }
+    }
+
+    /// The CSR's usages.
+    pub fn usages(self) -> &'static [&'static str] {
+        match self {
+            Self::Serving => &USAGES,
+            Self::Client => &CLIENT_USAGES,
+        }
+    }
+
+    /// The subject's organizations.
+    pub fn organizations(self) -> &'static [&'static str] {
+        match self {
+            Self::Serving => &["system:nodes"],
+            Self::Client => &CLIENT_ORGANIZATIONS,
+        }
+    }
+
+    /// The file the certificate and key are kept in.
+    pub fn file(self) -> &'static str {
+        match self {
+            Self::Serving => CURRENT_FILE,
+            Self::Client => CLIENT_CURRENT_FILE,
+        }
+    }
+
+    /// Its name in logs and errors.
+    pub fn what(self) -> &'static str {
+        match self {
+            Self::Serving => "serving certificate",
+            Self::Client => "client certificate",
+        }
+    }
+}
+
+/// How a certificate is requested.
 #[derive(Debug, Clone)]
-pub struct ServingRequest {
+pub struct CsrRequest {
+    /// What it is for.
+    pub purpose: Purpose,
     /// This node: the subject is `system:node:<node>`.
     pub node: String,
-    /// Addresses the certificate names (the pod-facing address).
+    /// Addresses the certificate names (the pod-facing address; none for a client).
     pub ips: Vec<IpAddr>,
     /// Where the current certificate and key are kept.
     pub dir: PathBuf,
@@ -41,43 +106,66 @@ pub struct ServingRequest {
     pub max_backoff: Duration,
 }
 
-/// The serving certificate from the cluster, kept in a [`CertSlot`].
+/// A certificate from the cluster, kept in a [`CertSlot`].
 #[derive(Debug)]
-pub struct ServingCertificate {
-    request: ServingRequest,
+pub struct CsrCertificate {
+    request: CsrRequest,
     slot: Arc<CertSlot>,
+    /// Whether the slot holds a certificate this keeper obtained (or found stored),
+    /// rather than the stand-in it was seeded with.
+    own: AtomicBool,
 }
 
-impl ServingCertificate {
-    /// A serving certificate for `request`, starting from the stored one if it is still
-    /// valid (an unreadable or expired file is ignored: a new one is asked for).
-    pub fn new(request: ServingRequest) -> Self {
+impl CsrCertificate {
+    /// A certificate for `request`, starting from the stored one if it is still valid
+    /// and is the one asked for (an unreadable, expired or other file is ignored: a new
+    /// one is asked for).
+    pub fn new(request: CsrRequest) -> Self {
         let slot = Arc::new(CertSlot::default());
-        let path = request.dir.join(CURRENT_FILE);
+        let path = request.dir.join(request.purpose.file());
+        let what = request.purpose.what();
         match std::fs::read(&path) {
-            Ok(pem) => match Loaded::from_pem("stored serving certificate", &pem, &pem) {
+            Ok(pem) => match Loaded::from_pem(what, &pem, &pem) {
                 Ok(loaded) if !fits(&loaded, &request) => {
-                    tracing::info!(file = %path.display(), "stored serving certificate names another node or other addresses: asking for a new one")
+                    tracing::info!(file = %path.display(), "stored {what} names another node, other groups or other addresses: asking for a new one")
                 }
                 Ok(loaded) if loaded.valid_at(unix_now()) => slot.set(loaded),
                 Ok(_) => {
-                    tracing::info!(file = %path.display(), "stored serving certificate expired: asking for a new one")
+                    tracing::info!(file = %path.display(), "stored {what} expired: asking for a new one")
                 }
                 Err(e) => {
-                    tracing::warn!(file = %path.display(), error = %e, "stored serving certificate unusable: asking for a new one")
+                    tracing::warn!(file = %path.display(), error = %e, "stored {what} unusable: asking for a new one")
                 }
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "stored serving certificate unreadable: asking for a new one")
+                tracing::warn!(file = %path.display(), error = %e, "stored {what} unreadable: asking for a new one")
             }
         }
-        Self { request, slot }
+        let own = AtomicBool::new(slot.get().is_some());
+        Self { request, slot, own }
     }
 
-    /// The slot the TLS server reads.
+    /// Puts `stand_in` in the slot while it holds nothing of its own: the hub's client
+    /// certificate starts as kubelet's until its own is issued.
+    #[must_use]
+    pub fn with_stand_in(self, stand_in: Option<Loaded>) -> Self {
+        if !self.own.load(Ordering::Acquire)
+            && let Some(loaded) = stand_in
+        {
+            self.slot.set(loaded);
+        }
+        self
+    }
+
+    /// The slot the TLS endpoint reads.
     pub fn slot(&self) -> Arc<CertSlot> {
         self.slot.clone()
+    }
+
+    /// Whether it holds a valid certificate of its own (not a stand-in).
+    pub fn ready(&self) -> bool {
+        self.own.load(Ordering::Acquire) && self.slot.ready()
     }
 
     /// Keeps a valid certificate in the slot until `shutdown`: asks for one when there is
@@ -89,7 +177,9 @@ impl ServingCertificate {
         let mut renew_at = self
             .slot
             .get()
+            .filter(|_| self.own.load(Ordering::Acquire))
             .map(|l| l.renew_at(renewal_fraction(), l.not_before));
+        let what = self.request.purpose.what();
         loop {
             if let Some(at) = renew_at {
                 let wait = u64::try_from(at - unix_now()).unwrap_or(0);
@@ -124,13 +214,14 @@ impl ServingCertificate {
             });
             match outcome {
                 Ok(loaded) => {
-                    tracing::info!(node = %self.request.node, not_after = loaded.not_after, "serving certificate issued");
+                    tracing::info!(node = %self.request.node, not_after = loaded.not_after, "{what} issued");
                     renew_at = Some(loaded.renew_at(renewal_fraction(), now));
                     self.slot.set(loaded);
+                    self.own.store(true, Ordering::Release);
                     backoff = self.request.poll_interval;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "serving certificate not obtained");
+                    tracing::warn!(error = %e, retry_in = ?backoff, "{what} not obtained");
                     renew_at = None;
                     tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -146,11 +237,11 @@ impl ServingCertificate {
     /// (chain, then key) before it is used.
     async fn obtain(&self, client: &kube::Client) -> Result<Loaded, CertificateError> {
         let (loaded, pem) = self.request_once(client).await?;
-        store(&self.request.dir, &pem)?;
+        store(&self.request.dir, self.request.purpose.file(), &pem)?;
         Ok(loaded)
     }
 
-    /// Asks for one serving certificate and waits for it, without storing or using it:
+    /// Asks for one certificate and waits for it, without storing or using it:
     /// the certificate with its key, and both as PEM (chain, then key). `yurt bench adm`
     /// times this.
     ///
@@ -160,16 +251,21 @@ impl ServingCertificate {
         &self,
         client: &kube::Client,
     ) -> Result<(Loaded, Vec<u8>), CertificateError> {
-        let (csr_pem, key_pem) = new_request(&self.request.node, &self.request.ips)?;
+        let purpose = self.request.purpose;
+        let (csr_pem, key_pem) = new_request(
+            &self.request.node,
+            purpose.organizations(),
+            &self.request.ips,
+        )?;
         let mut pem = request_certificate(
             client,
-            SIGNER,
-            &USAGES,
+            purpose.signer(),
+            purpose.usages(),
             &csr_pem,
             self.request.issue_timeout,
         )
         .await?;
-        let loaded = Loaded::from_pem("issued serving certificate", &pem, key_pem.as_bytes())?;
+        let loaded = Loaded::from_pem(purpose.what(), &pem, key_pem.as_bytes())?;
         if !pem.ends_with(b"\n") {
             pem.push(b'\n');
         }
@@ -179,8 +275,8 @@ impl ServingCertificate {
 }
 
 /// Whether a stored certificate is the one `request` asks for: subject
-/// `system:node:<node>` and exactly its addresses.
-fn fits(loaded: &Loaded, request: &ServingRequest) -> bool {
+/// `system:node:<node>`, exactly its groups and exactly its addresses.
+fn fits(loaded: &Loaded, request: &CsrRequest) -> bool {
     let Some(leaf) = loaded.key.cert.first() else {
         return false;
     };
@@ -214,15 +310,29 @@ fn fits(loaded: &Loaded, request: &ServingRequest) -> bool {
     let mut wanted = request.ips.clone();
     ips.sort();
     wanted.sort();
-    common_name == Some(format!("system:node:{}", request.node).as_str()) && ips == wanted
+    let mut organizations: Vec<&str> = cert
+        .subject()
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok())
+        .collect();
+    let mut wanted_organizations = request.purpose.organizations().to_vec();
+    organizations.sort_unstable();
+    wanted_organizations.sort_unstable();
+    common_name == Some(format!("system:node:{}", request.node).as_str())
+        && ips == wanted
+        && organizations == wanted_organizations
 }
 
-/// A new ECDSA P-256 key and a PEM CSR for `system:node:<node>` in `system:nodes`, naming
-/// `ips` (none: a client certificate's request): `(CSR, key)`, both PEM.
+/// A new ECDSA P-256 key and a PEM CSR for `system:node:<node>` in `organizations`,
+/// naming `ips` (none: a client certificate's request): `(CSR, key)`, both PEM.
 ///
 /// # Errors
 /// The key or request could not be made.
-pub fn new_request(node: &str, ips: &[IpAddr]) -> Result<(String, String), CertificateError> {
+pub fn new_request(
+    node: &str,
+    organizations: &[&str],
+    ips: &[IpAddr],
+) -> Result<(String, String), CertificateError> {
     let fail = |e: rcgen::Error| CertificateError::Request(format!("building the CSR: {e}"));
     let key = rcgen::KeyPair::generate().map_err(fail)?;
     let mut params = rcgen::CertificateParams::default();
@@ -230,9 +340,27 @@ pub fn new_request(node: &str, ips: &[IpAddr]) -> Result<(String, String), Certi
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, format!("system:node:{node}"));
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "system:nodes");
+    // rcgen keeps one value per attribute type: a second organization goes in under the
+    // raw OID of organizationName (2.5.4.10), as yurt-core's PKI does.
+    match organizations {
+        [] => {}
+        [first] | [first, _] => {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, *first);
+            if let [_, second] = organizations {
+                params.distinguished_name.push(
+                    rcgen::DnType::CustomDnType(vec![2, 5, 4, 10]),
+                    rcgen::DnValue::Utf8String((*second).to_owned()),
+                );
+            }
+        }
+        _ => {
+            return Err(CertificateError::Request(format!(
+                "at most two organizations are supported, got {organizations:?}"
+            )));
+        }
+    }
     params.subject_alt_names = ips
         .iter()
         .map(|ip| rcgen::SanType::IpAddress(*ip))
@@ -367,8 +495,8 @@ async fn wait_issued(
     }
 }
 
-/// Writes the certificate and key atomically, readable by root only.
-fn store(dir: &Path, pem: &[u8]) -> Result<(), CertificateError> {
+/// Writes the certificate and key atomically to `dir/file`, readable by root only.
+fn store(dir: &Path, file: &str, pem: &[u8]) -> Result<(), CertificateError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let io = |path: &Path| {
@@ -376,8 +504,8 @@ fn store(dir: &Path, pem: &[u8]) -> Result<(), CertificateError> {
         move |source| CertificateError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = dir.join(format!("{CURRENT_FILE}.tmp"));
-    let path = dir.join(CURRENT_FILE);
+    let tmp = dir.join(format!("{file}.tmp"));
+    let path = dir.join(file);
     // A leftover of an interrupted write keeps its mode when opened: start afresh.
     match std::fs::remove_file(&tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),

@@ -141,10 +141,14 @@ pub fn renewal_fraction() -> f64 {
     0.7 + 0.2 * fastrand::f64()
 }
 
-/// The certificate a TLS endpoint presents now; swapped whole.
+/// The certificate a TLS endpoint presents now; swapped whole. Each swap starts a new
+/// generation: a client connection made with an older one is not reused for new
+/// requests (the API server checks a client certificate at the handshake, so only a new
+/// connection shows the new identity).
 #[derive(Debug, Default)]
 pub struct CertSlot {
     current: RwLock<Option<Loaded>>,
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl CertSlot {
@@ -152,7 +156,13 @@ impl CertSlot {
     pub fn with(loaded: Loaded) -> Self {
         Self {
             current: RwLock::new(Some(loaded)),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many times what it holds was replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// What it holds.
@@ -169,6 +179,8 @@ impl CertSlot {
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(loaded);
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Whether it holds a certificate valid now.

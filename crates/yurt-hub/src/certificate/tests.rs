@@ -7,7 +7,10 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use tokio_util::sync::CancellationToken;
 
-use super::csr::{CURRENT_FILE, SIGNER, ServingCertificate, ServingRequest, USAGES};
+use super::csr::{
+    CLIENT_CURRENT_FILE, CLIENT_SIGNER, CLIENT_USAGES, CURRENT_FILE, CsrCertificate, CsrRequest,
+    Purpose, SIGNER, USAGES,
+};
 use super::*;
 
 /// A CA that signs what it is asked, for `lifetime`.
@@ -283,8 +286,9 @@ async fn fake_api(behaviour: Behaviour, lifetime: Duration) -> (FakeApi, kube::C
     (api, client)
 }
 
-fn request(dir: &std::path::Path, issue_timeout: Duration) -> ServingRequest {
-    ServingRequest {
+fn request(dir: &std::path::Path, issue_timeout: Duration) -> CsrRequest {
+    CsrRequest {
+        purpose: Purpose::Serving,
         node: "edge-a1".to_owned(),
         ips: vec![std::net::IpAddr::from([169, 254, 2, 1])],
         dir: dir.to_owned(),
@@ -309,7 +313,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 async fn the_serving_certificate_is_asked_for_stored_and_renewed_before_it_expires() {
     let dir = tempfile::tempdir().unwrap();
     let (api, client) = fake_api(Behaviour::Sign, Duration::from_secs(12)).await;
-    let serving = Arc::new(ServingCertificate::new(request(
+    let serving = Arc::new(CsrCertificate::new(request(
         dir.path(),
         Duration::from_secs(10),
     )));
@@ -377,7 +381,7 @@ async fn the_serving_certificate_is_asked_for_stored_and_renewed_before_it_expir
 async fn a_stored_certificate_is_used_at_once_after_a_restart_and_only_if_it_fits() {
     let dir = tempfile::tempdir().unwrap();
     let (api, client) = fake_api(Behaviour::Sign, Duration::from_secs(3600)).await;
-    let serving = Arc::new(ServingCertificate::new(request(
+    let serving = Arc::new(CsrCertificate::new(request(
         dir.path(),
         Duration::from_secs(10),
     )));
@@ -390,17 +394,17 @@ async fn a_stored_certificate_is_used_at_once_after_a_restart_and_only_if_it_fit
 
     // Restarted: the stored certificate, without asking.
     let asked = api.csrs.lock().unwrap().len();
-    let again = ServingCertificate::new(request(dir.path(), Duration::from_secs(10)));
+    let again = CsrCertificate::new(request(dir.path(), Duration::from_secs(10)));
     assert!(again.slot().ready());
     assert_eq!(api.csrs.lock().unwrap().len(), asked);
 
     // Another node name or another pod address: not that one.
     let mut renamed = request(dir.path(), Duration::from_secs(10));
     renamed.node = "edge-b1".to_owned();
-    assert!(ServingCertificate::new(renamed).slot().get().is_none());
+    assert!(CsrCertificate::new(renamed).slot().get().is_none());
     let mut moved = request(dir.path(), Duration::from_secs(10));
     moved.ips = vec![std::net::IpAddr::from([169, 254, 2, 2])];
-    assert!(ServingCertificate::new(moved).slot().get().is_none());
+    assert!(CsrCertificate::new(moved).slot().get().is_none());
 }
 
 #[tokio::test]
@@ -408,7 +412,7 @@ async fn a_denied_or_unanswered_request_leaves_the_hub_not_ready_and_is_asked_ag
     for behaviour in [Behaviour::Deny, Behaviour::Ignore] {
         let dir = tempfile::tempdir().unwrap();
         let (api, client) = fake_api(behaviour, Duration::from_secs(3600)).await;
-        let serving = Arc::new(ServingCertificate::new(request(
+        let serving = Arc::new(CsrCertificate::new(request(
             dir.path(),
             Duration::from_millis(300),
         )));
@@ -433,7 +437,7 @@ fn an_expired_or_corrupt_stored_certificate_is_not_used() {
     let stored = dir.path().join(CURRENT_FILE);
     std::fs::write(&stored, "garbage").unwrap();
     assert!(
-        !ServingCertificate::new(request(dir.path(), Duration::from_secs(1)))
+        !CsrCertificate::new(request(dir.path(), Duration::from_secs(1)))
             .slot()
             .ready()
     );
@@ -441,9 +445,98 @@ fn an_expired_or_corrupt_stored_certificate_is_not_used() {
     std::fs::write(&stored, format!("{cert}{key}")).unwrap();
     std::thread::sleep(Duration::from_millis(2100));
     assert!(
-        ServingCertificate::new(request(dir.path(), Duration::from_secs(1)))
+        CsrCertificate::new(request(dir.path(), Duration::from_secs(1)))
             .slot()
             .get()
             .is_none()
     );
+}
+
+fn client_request(dir: &std::path::Path) -> CsrRequest {
+    CsrRequest {
+        purpose: Purpose::Client,
+        ips: Vec::new(),
+        ..request(dir, Duration::from_secs(10))
+    }
+}
+
+#[tokio::test]
+async fn the_hubs_own_client_certificate_replaces_kubelets_once_issued() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, client) = fake_api(Behaviour::Sign, Duration::from_secs(3600)).await;
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf("system:node:edge-a1", Duration::from_secs(3600));
+    let kubelets = Loaded::from_pem("kubelet", cert.as_bytes(), key.as_bytes()).unwrap();
+    let own = Arc::new(
+        CsrCertificate::new(client_request(dir.path())).with_stand_in(Some(kubelets.clone())),
+    );
+    let slot = own.slot();
+    // Kubelet's stands in, so requests go out as the node; the hub is not ready on it.
+    assert_eq!(slot.get().unwrap().key.cert, kubelets.key.cert);
+    assert!(slot.ready() && !own.ready());
+
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(own.clone().run(vec![client], shutdown.clone()));
+    eventually("the hub's own client certificate", || own.ready()).await;
+    assert_ne!(slot.get().unwrap().key.cert, kubelets.key.cert);
+    assert!(dir.path().join(CLIENT_CURRENT_FILE).exists());
+    assert!(!dir.path().join(CURRENT_FILE).exists());
+
+    // What was asked: a client certificate of this node in both groups, no address.
+    let first = api.csrs.lock().unwrap()["csr-00000"].clone();
+    assert_eq!(first["spec"]["signerName"], CLIENT_SIGNER);
+    assert_eq!(first["spec"]["usages"], serde_json::json!(CLIENT_USAGES));
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(first["spec"]["request"].as_str().unwrap())
+        .unwrap();
+    let (_, der) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let (_, csr) =
+        <x509_parser::certification_request::X509CertificationRequest as x509_parser::prelude::FromDer<_>>::from_der(&der.contents)
+            .unwrap();
+    let subject = &csr.certification_request_info.subject;
+    let organizations: Vec<&str> = subject
+        .iter_organization()
+        .map(|o| o.as_str().unwrap())
+        .collect();
+    assert_eq!(organizations, vec!["system:nodes", "openyurt:yurthub"]);
+    assert_eq!(
+        subject
+            .iter_common_name()
+            .next()
+            .and_then(|c| c.as_str().ok()),
+        Some("system:node:edge-a1")
+    );
+    assert!(
+        csr.requested_extensions()
+            .is_none_or(|mut e| e.next().is_none())
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+#[test]
+fn a_stored_client_certificate_is_the_hubs_own_only_with_both_groups() {
+    use yurt_core::pki::{CertSpec, CertificateAuthority};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = CertificateAuthority::generate("test-ca").unwrap();
+    let stored = dir.path().join(CLIENT_CURRENT_FILE);
+    for (organizations, own) in [
+        (vec!["system:nodes", "openyurt:yurthub"], true),
+        (vec!["system:nodes"], false),
+    ] {
+        let issued = ca
+            .issue(&CertSpec::client("system:node:edge-a1", &organizations))
+            .unwrap();
+        std::fs::write(&stored, format!("{}{}", issued.cert_pem, issued.key_pem)).unwrap();
+        let kept = CsrCertificate::new(client_request(dir.path()));
+        assert_eq!(kept.ready(), own, "{organizations:?}");
+        // A stand-in never replaces a certificate of its own.
+        let (cert, key) = TestCa::new().leaf("kubelet", Duration::from_secs(3600));
+        let stand_in = Loaded::from_pem("kubelet", cert.as_bytes(), key.as_bytes()).unwrap();
+        let kept = kept.with_stand_in(Some(stand_in.clone()));
+        assert_eq!(
+            kept.slot().get().unwrap().key.cert == stand_in.key.cert,
+            !own
+        );
+    }
 }

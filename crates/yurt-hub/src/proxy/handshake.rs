@@ -61,8 +61,8 @@ mod tests {
                 .body(Empty::<Bytes>::new())
                 .unwrap()
         };
-        let h2 = class_client(&url, tls.clone(), &up).unwrap();
-        let h1 = upgrade_client(tls, &up);
+        let h2 = class_client(&url, tls.clone(), &up, None).unwrap();
+        let h1 = upgrade_client(tls, &up, None);
         let wait = Duration::from_secs(10);
         let h2 = tokio::time::timeout(wait, h2.request(request()))
             .await

@@ -39,19 +39,59 @@ pub struct Timeouts {
 }
 
 /// A typed client for the API server at `url` (`https`), trusting and presenting what
-/// `tls` holds (from [`crate::tls::client_config`]).
-pub fn https(url: http::Uri, tls: rustls::ClientConfig, timeouts: Timeouts) -> kube::Client {
+/// `tls` holds (from [`crate::tls::client_config`]); with `identity`, its connections
+/// follow the client certificate held there (see `upstream::rotating`).
+pub fn https(
+    url: http::Uri,
+    tls: rustls::ClientConfig,
+    timeouts: Timeouts,
+    identity: Option<std::sync::Arc<crate::certificate::CertSlot>>,
+) -> kube::Client {
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_only()
         .enable_http1()
         .wrap_connector(tcp_connector());
-    build(url, connector, timeouts)
+    build(url, connector, timeouts, identity)
 }
 
 /// A typed client for a plain-HTTP endpoint at `url` (the hub's own proxy port).
 pub fn plain(url: http::Uri, timeouts: Timeouts) -> kube::Client {
-    build(url, tcp_connector(), timeouts)
+    build(url, tcp_connector(), timeouts, None)
+}
+
+/// The bottom of a typed client's stack: hyper-util's pooled client, made again when
+/// the client certificate is replaced.
+struct RotatingHttp<C>(std::sync::Arc<super::rotating::Rotating<Client<C, Body>>>);
+
+impl<C> Clone for RotatingHttp<C> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<C> tower::Service<Request<Body>> for RotatingHttp<C>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    type Response = http::Response<hyper::body::Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // hyper-util's client is always ready: it queues on its pool.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let client = self.0.get();
+        Box::pin(async move { client.request(req).await })
+    }
 }
 
 fn tcp_connector() -> HttpConnector {
@@ -61,7 +101,12 @@ fn tcp_connector() -> HttpConnector {
     tcp
 }
 
-fn build<C>(url: http::Uri, connector: C, timeouts: Timeouts) -> kube::Client
+fn build<C>(
+    url: http::Uri,
+    connector: C,
+    timeouts: Timeouts,
+    identity: Option<std::sync::Arc<crate::certificate::CertSlot>>,
+) -> kube::Client
 where
     C: tower::Service<http::Uri> + Clone + Send + Sync + 'static,
     C::Response: Connection + hyper::rt::Read + hyper::rt::Write + Send + Unpin + 'static,
@@ -71,7 +116,10 @@ where
     let mut connector = TimeoutConnector::new(connector);
     connector.set_connect_timeout(timeouts.connect);
     connector.set_read_timeout(timeouts.read);
-    let http: Client<_, Body> = Client::builder(TokioExecutor::new()).build(connector);
+    let http = RotatingHttp(std::sync::Arc::new(super::rotating::Rotating::new(
+        identity,
+        move || Client::builder(TokioExecutor::new()).build(connector.clone()),
+    )));
     let service = ServiceBuilder::new()
         .layer(BaseUriLayer::new(url))
         .layer(RetryLayer::new(RetryPolicy::server_retry()))

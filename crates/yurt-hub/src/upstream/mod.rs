@@ -10,6 +10,7 @@
 pub mod gzip;
 pub mod kube_client;
 pub mod pool;
+mod rotating;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -152,9 +153,12 @@ pub fn decoded(resp: Response<UpstreamBody>) -> Response<UpstreamBody> {
     Response::from_parts(parts, gzip::decode(body))
 }
 
-/// HTTP/1.1 requests to one server (upgrades).
+/// HTTP/1.1 requests to one server (upgrades), on connections showing the current
+/// client certificate.
 #[derive(Debug, Clone)]
-pub struct UpgradeClient(Client<HttpsConnector<HttpConnector>, RequestBody>);
+pub struct UpgradeClient(
+    Arc<rotating::Rotating<Client<HttpsConnector<HttpConnector>, RequestBody>>>,
+);
 
 impl UpgradeClient {
     /// Sends `req` (absolute URI) as it is; upgrades are never compressed.
@@ -169,7 +173,7 @@ impl UpgradeClient {
         let (mut parts, body) = req.into_parts();
         parts.headers.remove(header::ACCEPT_ENCODING);
         let req = Request::from_parts(parts, body.map_err(Into::into).boxed());
-        let resp = self.0.request(req).await?;
+        let resp = self.0.get().request(req).await?;
         Ok(resp.map(|b| b.map_err(|e| UpstreamBodyError(Box::new(e))).boxed()))
     }
 }
@@ -200,7 +204,11 @@ impl std::fmt::Debug for Backend {
     }
 }
 
-pub(crate) fn upgrade_client(tls: rustls::ClientConfig, up: &UpstreamConfig) -> UpgradeClient {
+pub(crate) fn upgrade_client(
+    tls: rustls::ClientConfig,
+    up: &UpstreamConfig,
+    identity: Option<Arc<crate::certificate::CertSlot>>,
+) -> UpgradeClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(up.connect_timeout));
@@ -210,17 +218,20 @@ pub(crate) fn upgrade_client(tls: rustls::ClientConfig, up: &UpstreamConfig) -> 
         .https_only()
         .enable_http1()
         .wrap_connector(http);
-    let mut b = Client::builder(TokioExecutor::new());
-    b.timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90));
-    UpgradeClient(b.build(connector))
+    UpgradeClient(Arc::new(rotating::Rotating::new(identity, move || {
+        let mut b = Client::builder(TokioExecutor::new());
+        b.timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(90));
+        b.build(connector.clone())
+    })))
 }
 
 pub(crate) fn class_client(
     url: &http::Uri,
     tls: rustls::ClientConfig,
     up: &UpstreamConfig,
+    identity: Option<Arc<crate::certificate::CertSlot>>,
 ) -> Result<ClassClient, UpstreamError> {
     let pool = H2Pool::new(
         url,
@@ -234,6 +245,10 @@ pub(crate) fn class_client(
         },
     )
     .map_err(UpstreamError::Url)?;
+    let pool = match identity {
+        Some(identity) => pool.with_identity(identity),
+        None => pool,
+    };
     Ok(ClassClient::new(pool, up.gzip))
 }
 
@@ -246,6 +261,8 @@ pub fn backends(
     client_identity: &Arc<crate::certificate::CertSlot>,
 ) -> Result<Vec<Arc<Backend>>, UpstreamError> {
     let identity = || Some(client_identity.clone() as Arc<dyn rustls::client::ResolvesClientCert>);
+    // Connections presenting the identity follow its replacements.
+    let follow = || Some(client_identity.clone());
     let mut out = Vec::new();
     for (index, url) in config.servers.iter().enumerate() {
         let kube = kube_client::https(
@@ -255,6 +272,7 @@ pub fn backends(
                 connect: Some(config.upstream.connect_timeout),
                 read: Some(config.health.timeout),
             },
+            follow(),
         );
         out.push(Arc::new(Backend {
             index,
@@ -263,19 +281,23 @@ pub fn backends(
                 url,
                 tls::client_config_with(&config.ca_file, identity())?,
                 &config.upstream,
+                follow(),
             )?,
             bearer: class_client(
                 url,
                 tls::client_config_with(&config.ca_file, None)?,
                 &config.upstream,
+                None,
             )?,
             node_h1: upgrade_client(
                 tls::client_config_with(&config.ca_file, identity())?,
                 &config.upstream,
+                follow(),
             ),
             bearer_h1: upgrade_client(
                 tls::client_config_with(&config.ca_file, None)?,
                 &config.upstream,
+                None,
             ),
             kube,
         }));

@@ -47,6 +47,8 @@ pub struct PoolConfig {
 
 struct Conn {
     id: u64,
+    /// The client identity's generation when it was made.
+    generation: u64,
     sender: http2::SendRequest<RequestBody>,
     in_flight: AtomicUsize,
     /// Set when the connection task ended (closed by either side, missed ping).
@@ -137,6 +139,8 @@ pub struct H2Pool {
     /// The last connect attempt's failure: its message, and whether it was a handshake cut.
     last_failure: Mutex<Option<(String, bool)>>,
     next_id: AtomicU64,
+    /// The client certificate the TLS configuration presents, when it can change.
+    identity: Option<Arc<crate::certificate::CertSlot>>,
 }
 
 impl std::fmt::Debug for H2Pool {
@@ -184,7 +188,20 @@ impl H2Pool {
             attempts: AtomicU64::new(0),
             last_failure: Mutex::new(None),
             next_id: AtomicU64::new(0),
+            identity: None,
         })
+    }
+
+    /// Follows the client certificate in `identity`: once it is replaced, connections
+    /// made with the old one take no new streams and close when their last one ends.
+    #[must_use]
+    pub fn with_identity(mut self, identity: Arc<crate::certificate::CertSlot>) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    fn generation(&self) -> u64 {
+        self.identity.as_ref().map_or(0, |i| i.generation())
     }
 
     /// Open connections and the streams each carries.
@@ -208,22 +225,32 @@ impl H2Pool {
         // Every forwarded request passes here, on either worker thread: with one
         // connection (the usual case) the lock is held only to find it, and the sweep of
         // closed and idle connections runs when there is something to sweep.
-        if conns.len() > 1 || conns.first().is_some_and(|c| c.dead()) {
-            self.sweep(&mut conns);
+        let generation = self.generation();
+        if conns.len() > 1
+            || conns
+                .first()
+                .is_some_and(|c| c.dead() || c.generation != generation)
+        {
+            self.sweep(&mut conns, generation);
         }
         // First fit: streams pack onto the oldest connections and the newer ones empty
         // and close when the load falls.
-        let conn = conns
-            .iter()
-            .find(|c| !c.dead() && c.in_flight.load(Ordering::Acquire) < self.config.max_streams)?;
+        let conn = conns.iter().find(|c| {
+            !c.dead()
+                && c.generation == generation
+                && c.in_flight.load(Ordering::Acquire) < self.config.max_streams
+        })?;
         conn.in_flight.fetch_add(1, Ordering::AcqRel);
         Some((conn.sender.clone(), StreamLease { conn: conn.clone() }))
     }
 
-    /// Drops closed connections, and connections idle for the idle timeout but the first.
-    fn sweep(&self, conns: &mut Vec<Arc<Conn>>) {
+    /// Drops closed connections, idle ones made with a replaced client certificate, and
+    /// connections idle for the idle timeout but the first.
+    fn sweep(&self, conns: &mut Vec<Arc<Conn>>, generation: u64) {
         let now = Instant::now();
-        conns.retain(|c| !c.dead());
+        conns.retain(|c| {
+            !c.dead() && (c.generation == generation || c.in_flight.load(Ordering::Acquire) > 0)
+        });
         let idle_timeout = self.config.idle_timeout;
         let mut kept = 0usize;
         conns.retain(|c| {
@@ -276,6 +303,8 @@ impl H2Pool {
     }
 
     async fn connect(&self) -> Result<Arc<Conn>, RequestError> {
+        // Read before the handshake: a swap during it makes this connection old at once.
+        let generation = self.generation();
         let t = &self.target;
         let unreachable = |e: std::io::Error| {
             RequestError::Connect(format!("connecting to {}:{}: {e}", t.host, t.port).into())
@@ -328,6 +357,7 @@ impl H2Pool {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn {
             id,
+            generation,
             sender,
             in_flight: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
