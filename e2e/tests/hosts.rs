@@ -294,3 +294,310 @@ async fn an_added_host_is_bare_until_it_registers_then_is_routed_and_removal_lea
     })
     .await
 }
+
+/// The CSRs signed by `signer` whose requester is `user`.
+fn csrs_of(f: &TestFleet, signer: &str, user: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    let all: serde_json::Value = serde_json::from_str(&f.kubectl(&["get", "csr", "-o", "json"])?)?;
+    Ok(all["items"]
+        .as_array()
+        .context("items")?
+        .iter()
+        .filter(|c| c["spec"]["signerName"] == signer && c["spec"]["username"] == user)
+        .cloned()
+        .collect())
+}
+
+fn approved_with(csr: &serde_json::Value, words: &str) -> bool {
+    csr["status"]["certificate"].is_string()
+        && csr["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == "Approved" && c["message"].as_str().is_some_and(|m| m.contains(words))
+            })
+}
+
+/// Issue 13's join, on a host added to a running fleet: a token from the real `kubeadm
+/// token create`, kubelet's TLS bootstrap approved by kube-controller-manager, the hub's
+/// client and serving certificates by our manager, kubelet and kube-proxy then through
+/// the hub, the pool's labels; bad input refused before anything changes; a rerun
+/// refused, and a resumed one finishing without redoing what is done.
+#[tokio::test]
+async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Result<()> {
+    within(async {
+        let spec = FleetSpec {
+            edge_nodes: 2,
+            pools: 1,
+            mode: NetMode::Nat,
+            timing: Timing::Fast,
+            sample_app: false,
+        };
+        let mut f = fresh("join", spec).await?;
+        f.yurt(&["fleet", "add-host", "edge-x", "--pool", "pool-a"])?;
+        f.fleet_mut().refresh()?;
+        let mut kubeadm = std::process::Command::new(
+            f.fleet()
+                .binaries()
+                .path(yurt_cluster::upstream::Binary::Kubeadm),
+        );
+        kubeadm
+            .args(["token", "create", "--ttl", "30m", "--print-join-command"])
+            .arg(format!(
+                "--kubeconfig={}",
+                f.fleet().admin_kubeconfig().display()
+            ));
+        let printed = yurt_testkit::run_checked(&mut kubeadm)?;
+        let word_after = |flag: &str| {
+            let mut words = printed.split_whitespace();
+            words.find(|w| *w == flag);
+            words.next().map(str::to_owned)
+        };
+        let token = word_after("--token").context("kubeadm printed a token")?;
+        let hash = word_after("--discovery-token-ca-cert-hash").context("a CA hash")?;
+        // Ours prints the same endpoint and pin, as a command runnable on a host.
+        let ours = f.yurt(&[
+            "adm",
+            "token",
+            "create",
+            "--ttl",
+            "10m",
+            "--print-join-command",
+        ])?;
+        ensure!(
+            ours.contains(" adm join 10.10.0.1:6443 --token ")
+                && ours
+                    .trim_end()
+                    .ends_with(&format!("--discovery-token-ca-cert-hash {hash}")),
+            "ours: {ours}\nkubeadm's: {printed}"
+        );
+        let yurt = yurt_testkit::machine().yurt_binary.display().to_string();
+        let join = |extra: &[&str]| -> anyhow::Result<String> {
+            let mut args = vec![
+                "fleet",
+                "exec",
+                "edge-x",
+                "--",
+                &yurt,
+                "adm",
+                "join",
+                "10.10.0.1:6443",
+            ];
+            args.extend_from_slice(extra);
+            f.yurt(&args)
+        };
+
+        // Bad input: one line, nothing started.
+        for (extra, says) in [
+            (
+                vec!["--token", "nope", "--discovery-token-ca-cert-hash", &hash],
+                "--token",
+            ),
+            (
+                vec!["--token", &token],
+                "--discovery-token-ca-cert-hash sha256:<hex>",
+            ),
+            (
+                vec![
+                    "--token",
+                    &token,
+                    "--discovery-token-ca-cert-hash",
+                    "sha256:12",
+                ],
+                "--discovery-token-ca-cert-hash",
+            ),
+            (
+                vec![
+                    "--token",
+                    &token,
+                    "--discovery-token-ca-cert-hash",
+                    &hash,
+                    "--node-type",
+                    "fog",
+                ],
+                "edge or plain",
+            ),
+            (
+                vec![
+                    "--token",
+                    &token,
+                    "--discovery-token-ca-cert-hash",
+                    &hash,
+                    "--nodepool-name",
+                    "pool-z",
+                ],
+                "NodePool pool-z does not exist",
+            ),
+            (
+                vec![
+                    "--token",
+                    &token,
+                    "--discovery-token-ca-cert-hash",
+                    &hash,
+                    "--node-name",
+                    "edge-a1",
+                ],
+                "a Ready Node named edge-a1 exists",
+            ),
+        ] {
+            let err = join(&extra)
+                .err()
+                .with_context(|| format!("{extra:?} should fail"))?;
+            let err = format!("{err:#}");
+            ensure!(err.contains(says), "{extra:?}: {err}");
+        }
+        let off_host = f.yurt(&[
+            "adm",
+            "join",
+            "10.10.0.1:6443",
+            "--token",
+            &token,
+            "--discovery-token-ca-cert-hash",
+            &hash,
+        ]);
+        ensure!(
+            off_host
+                .as_ref()
+                .is_err_and(|e| format!("{e:#}").contains("runs on a fleet host")),
+            "{off_host:?}"
+        );
+        let status = f.yurt(&["fleet", "status"])?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("edge-x"))
+            .unwrap_or_default();
+        ensure!(
+            !line.contains("kubelet"),
+            "nothing started by refused joins: {line}"
+        );
+
+        // The join.
+        let out = join(&[
+            "--token",
+            &token,
+            "--discovery-token-ca-cert-hash",
+            &hash,
+            "--nodepool-name",
+            "pool-a",
+        ])?;
+        ensure!(out.contains("joined the cluster as node edge-x"), "{out}");
+        let nodes: Api<Node> = Api::all(f.client());
+        let node = nodes.get("edge-x").await?;
+        let labels = node.metadata.labels.unwrap_or_default();
+        ensure!(
+            labels.get("apps.openyurt.io/nodepool").map(String::as_str) == Some("pool-a")
+                && labels.get("openyurt.io/is-edge-worker").map(String::as_str) == Some("true"),
+            "{labels:?}"
+        );
+        // kubelet's client certificate: approved and signed by kube-controller-manager.
+        let kubelet = csrs_of(
+            &f,
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            &format!(
+                "system:bootstrap:{}",
+                token.split('.').next().unwrap_or_default()
+            ),
+        )?;
+        ensure!(
+            kubelet
+                .iter()
+                .any(|c| approved_with(c, "kubelet client certificate")),
+            "kubelet's CSR: {kubelet:#?}"
+        );
+        // The hub's: its own client certificate and its serving one, by our manager.
+        let user = "system:node:edge-x";
+        let hub_client = csrs_of(&f, "kubernetes.io/kube-apiserver-client", user)?;
+        ensure!(
+            hub_client
+                .iter()
+                .any(|c| approved_with(c, "yurthub client certificate")),
+            "{hub_client:#?}"
+        );
+        let serving = csrs_of(&f, "kubernetes.io/kubelet-serving", user)?;
+        ensure!(
+            serving
+                .iter()
+                .any(|c| approved_with(c, "serving certificate of its own node")),
+            "{serving:#?}"
+        );
+        // kubelet and kube-proxy go through the hub; everything runs.
+        let status = f.yurt(&["fleet", "status"])?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("edge-x"))
+            .unwrap_or_default();
+        for p in ["containerd(", "yurt-hub(", "kubelet(", "kube-proxy("] {
+            ensure!(line.contains(p), "{p} in {line}");
+        }
+        let units = f.dir().join("hosts/edge-x/units");
+        let kubelet_unit = std::fs::read_to_string(units.join("kubelet.toml"))?;
+        ensure!(
+            kubelet_unit.contains("kubelet-through-hub.conf")
+                && !kubelet_unit.contains("bootstrap-kubeconfig"),
+            "{kubelet_unit}"
+        );
+        // A pod lands there and serves, reached from a pool peer.
+        let ip = pod_on(&f, "edge-x", "web-joined").await?;
+        let a1 = HostId::Edge("edge-a1".parse()?);
+        wait_for(
+            &format!("{ip}:8080 from edge-a1"),
+            Duration::from_secs(60),
+            || async { Ok(reachable(&f, &a1, &ip).then_some(())) },
+        )
+        .await?;
+
+        // Again: refused, the host is joined.
+        let again = join(&[
+            "--token",
+            &token,
+            "--discovery-token-ca-cert-hash",
+            &hash,
+            "--nodepool-name",
+            "pool-a",
+        ]);
+        ensure!(
+            again
+                .as_ref()
+                .is_err_and(|e| format!("{e:#}").contains("already joined")),
+            "{again:?}"
+        );
+        // A join stopped before its end resumes: nothing done is redone.
+        std::fs::remove_file(f.dir().join("hosts/edge-x/etc/yurt/joined"))?;
+        let before = csrs_of(
+            &f,
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            &format!(
+                "system:bootstrap:{}",
+                token.split('.').next().unwrap_or_default()
+            ),
+        )?
+        .len();
+        let out = join(&[
+            "--token",
+            &token,
+            "--discovery-token-ca-cert-hash",
+            &hash,
+            "--nodepool-name",
+            "pool-a",
+        ])?;
+        ensure!(out.contains("joined the cluster as node edge-x"), "{out}");
+        let after = csrs_of(
+            &f,
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            &format!(
+                "system:bootstrap:{}",
+                token.split('.').next().unwrap_or_default()
+            ),
+        )?
+        .len();
+        ensure!(
+            before == after,
+            "the resumed join bootstrapped kubelet again"
+        );
+
+        f.yurt(&["fleet", "remove-host", "edge-x"])?;
+        f.kubectl(&["delete", "node", "edge-x"])?;
+        Ok(())
+    })
+    .await
+}

@@ -57,7 +57,7 @@ pub enum Command {
     TunnelServer(Box<crate::commands::tunnel::TunnelServerArgs>),
     /// The edge end of the tunnel (alias `yurt-tunnel-agent`): dials out to the server and connects its streams to this node.
     TunnelAgent(Box<yurt_tunnel::cli::AgentArgs>),
-    /// Administer nodes of a cluster (alias `yurtadm`): bootstrap tokens, interoperable with `kubeadm token`.
+    /// Administer nodes of a cluster (alias `yurtadm`): bootstrap tokens (interoperable with `kubeadm token`), joining hosts.
     Adm(AdmArgs),
 }
 
@@ -75,6 +75,36 @@ pub enum AdmCommand {
     /// Bootstrap tokens (`kube-system/bootstrap-token-<id>` Secrets, the same as `kubeadm token`'s).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Join this host to a cluster: token discovery, kubelet's TLS bootstrap, then (edge) the hub. Run it on the host: `yurt fleet exec <host> -- yurt adm join ...`.
+    Join(JoinArgs),
+}
+
+/// `yurt adm join`.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The API server, `host:port` (kubeadm's form) or `https://host:port`.
+    pub server: String,
+    /// The bootstrap token (`abcdef.0123456789abcdef`).
+    #[arg(long)]
+    pub token: String,
+    /// The cluster CA's public key pin, `sha256:<hex>` (repeatable), as `kubeadm token create --print-join-command` prints it.
+    #[arg(long = "discovery-token-ca-cert-hash")]
+    pub ca_cert_hashes: Vec<String>,
+    /// Trust the CA cluster-info carries on the token's signature alone.
+    #[arg(long = "discovery-token-unsafe-skip-ca-verification")]
+    pub unsafe_skip_ca_verification: bool,
+    /// The node pool to join (label `apps.openyurt.io/nodepool`).
+    #[arg(long = "nodepool-name")]
+    pub nodepool_name: Option<String>,
+    /// The node name (default: the host's name).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// `edge` (behind a hub) or `plain` (kubelet straight to the API server).
+    #[arg(long, default_value = "edge")]
+    pub node_type: String,
+    /// How long discovery, and each later phase, may wait (Go duration).
+    #[arg(long, default_value = "5m")]
+    pub timeout: String,
 }
 
 /// The cluster a token command acts on.
@@ -108,6 +138,10 @@ pub enum TokenCommand {
         /// A note for whoever lists tokens.
         #[arg(long, default_value = "")]
         description: String,
+        /// Print the whole `yurt adm join` command for a host instead of the token alone
+        /// (the API server and CA pin cluster-info advertises), as kubeadm does.
+        #[arg(long)]
+        print_join_command: bool,
         /// The cluster.
         #[command(flatten)]
         cluster: ClusterArgs,

@@ -9,8 +9,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Warnings and errors, except the client's report of each failed readiness poll.
-const DEFAULT_LOG_FILTER: &str = "warn,kube_client::client::builder=off";
+/// Warnings and errors, except the client's report of each failed readiness poll and its
+/// warning that a server certificate goes unverified (only token discovery's first read
+/// does that, on purpose: what it reads is trusted by the token's signature).
+const DEFAULT_LOG_FILTER: &str =
+    "warn,kube_client::client::builder=off,kube_client::client::tls::rustls_tls=error";
 
 /// OpenYurt's binary names, run as the matching subcommand.
 const ALIASES: &[(&str, &str)] = &[

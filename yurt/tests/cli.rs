@@ -171,6 +171,116 @@ fn adm_token_refuses_bad_input_before_reaching_any_cluster_and_answers_to_yurtad
 }
 
 #[test]
+fn adm_join_refuses_bad_input_and_a_host_without_a_service_manager_before_any_connection() {
+    let token = "abcdef.0123456789abcdef";
+    let pin = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+    for (args, want) in [
+        (
+            vec![
+                "10.10.0.1:6443",
+                "--token",
+                "nope",
+                "--discovery-token-ca-cert-hash",
+                pin,
+            ],
+            "--token",
+        ),
+        (
+            vec!["10.10.0.1:6443", "--token", token],
+            "--discovery-token-ca-cert-hash sha256:<hex>",
+        ),
+        (
+            vec![
+                "10.10.0.1:6443",
+                "--token",
+                token,
+                "--discovery-token-ca-cert-hash",
+                pin,
+                "--discovery-token-unsafe-skip-ca-verification",
+            ],
+            "exclude each other",
+        ),
+        (
+            vec![
+                "10.10.0.1:6443",
+                "--token",
+                token,
+                "--discovery-token-ca-cert-hash",
+                "sha256:zz",
+            ],
+            "--discovery-token-ca-cert-hash",
+        ),
+        (
+            vec![
+                "http://10.10.0.1:6443",
+                "--token",
+                token,
+                "--discovery-token-ca-cert-hash",
+                pin,
+            ],
+            "10.10.0.1",
+        ),
+        (
+            vec![
+                "10.10.0.1:6443",
+                "--token",
+                token,
+                "--discovery-token-ca-cert-hash",
+                pin,
+                "--node-type",
+                "fog",
+            ],
+            "edge or plain",
+        ),
+        (
+            vec![
+                "10.10.0.1:6443",
+                "--token",
+                token,
+                "--discovery-token-ca-cert-hash",
+                pin,
+                "--node-name",
+                "Bad_Name",
+            ],
+            "--node-name",
+        ),
+        (
+            vec![
+                "10.10.0.1:6443",
+                "--token",
+                token,
+                "--discovery-token-ca-cert-hash",
+                pin,
+                "--timeout",
+                "0s",
+            ],
+            "--timeout",
+        ),
+        // Well formed, but not run on a fleet host: nothing would start kubelet.
+        (
+            vec![
+                "10.10.0.1:6443",
+                "--token",
+                token,
+                "--discovery-token-ca-cert-hash",
+                pin,
+            ],
+            "runs on a fleet host",
+        ),
+    ] {
+        let mut full = vec!["adm", "join"];
+        full.extend(&args);
+        let out = Command::new(yurt_binary())
+            .args(&full)
+            .env_remove("YURT_HOST_DIR")
+            .env_remove("YURT_SERVICE_MANAGER")
+            .output()
+            .unwrap();
+        refused(&out, want);
+    }
+}
+
+#[test]
 fn image_push_refuses_bad_sources_and_names_before_reaching_any_fleet() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();

@@ -1,9 +1,10 @@
 //! `yurt adm` (OpenYurt's `yurtadm`): what an administrator runs against a cluster to
-//! bring nodes in and out. Today: bootstrap tokens, the same objects `kubeadm token`
-//! makes and reads ([`token`]).
+//! bring nodes in and out: bootstrap tokens, the same objects `kubeadm token` makes and
+//! reads ([`token`]), token discovery ([`discovery`]) and joining a host ([`join`]).
 //!
 //! Everything here talks to the cluster only through the Kubernetes API, so it works
 //! on clusters openyurt-rs did not create.
 
 pub mod discovery;
+pub mod join;
 pub mod token;

@@ -374,16 +374,8 @@ fn prometheus_targets(plan: &Plan) -> Result<String> {
     serde_json::to_string_pretty(&groups).map_err(|e| Error::Invalid(format!("targets: {e}")))
 }
 
-/// A program and its arguments.
-#[derive(Debug, Clone)]
-pub struct CommandLine {
-    /// The program.
-    pub program: PathBuf,
-    /// Its arguments.
-    pub args: Vec<OsString>,
-    /// Environment variables beyond the fleet's minimal set.
-    pub env: Vec<(String, String)>,
-}
+/// A program, its arguments and environment (what a unit holds).
+pub use yurt_core::units::CommandLine;
 
 fn arg(a: impl Into<String>) -> OsString {
     OsString::from(a.into())

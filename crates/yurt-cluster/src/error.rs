@@ -10,6 +10,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Everything that can go wrong while building, starting, changing or removing a fleet.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A unit or environment file is unreadable or does not parse.
+    #[error(transparent)]
+    Unit(#[from] yurt_core::units::UnitError),
+
     /// The program must run as root (network namespaces, mounts, cgroups).
     #[error("this needs root (network namespaces, mounts and cgroups); run it as root")]
     NotRoot,

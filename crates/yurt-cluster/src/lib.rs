@@ -44,9 +44,9 @@ pub mod sample;
 pub mod slots;
 pub mod spec;
 pub mod state;
-pub mod units;
 pub mod upstream;
 
 pub use error::{Error, Result};
 pub use fleet::{Fleet, MachineConfig, UpOptions, down, down_all, up};
 pub use spec::{EdgeApi, FleetSpec, HubUpstreamTimings, NetMode, Timing};
+pub use yurt_core::units;

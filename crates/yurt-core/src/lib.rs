@@ -17,9 +17,11 @@ pub mod admin;
 #[cfg(feature = "edge-binary")]
 pub mod edge_binary;
 pub mod go_duration;
+pub mod host;
 pub mod names;
 pub mod pki;
 pub mod runtime;
 pub mod shutdown;
+pub mod units;
 
 pub use names::{NodeName, PoolName};

@@ -261,6 +261,11 @@ impl Drop for TestFleet {
         let crashed = if std::thread::panicking() || !self.remove_on_drop {
             None
         } else {
+            // What should run is what the fleet's state says now (a test may have added
+            // or removed hosts, or stopped processes, through the CLI).
+            if let Err(e) = self.fleet.refresh() {
+                eprintln!("reading the state of {}: {e}", self.dir.display());
+            }
             crash_report(&self.fleet)
         };
         if self.remove_on_drop {

@@ -27,7 +27,10 @@ async fn client(cluster: &ClusterArgs, data_dir: &Path) -> anyhow::Result<kube::
 
 /// Runs `yurt adm ...`.
 pub async fn run(data_dir: &Path, args: AdmArgs) -> anyhow::Result<ExitCode> {
-    let AdmCommand::Token(command) = args.command;
+    let command = match args.command {
+        AdmCommand::Token(command) => command,
+        AdmCommand::Join(join) => return super::adm_join::run(join).await,
+    };
     match command {
         TokenCommand::Generate => println!("{}", TokenString::generate()?),
         TokenCommand::Create {
@@ -36,6 +39,7 @@ pub async fn run(data_dir: &Path, args: AdmArgs) -> anyhow::Result<ExitCode> {
             usages,
             groups,
             description,
+            print_join_command,
             cluster,
         } => {
             let token = match token {
@@ -51,8 +55,26 @@ pub async fn run(data_dir: &Path, args: AdmArgs) -> anyhow::Result<ExitCode> {
             bootstrap.description = description;
             // Checked before any connection: a bad flag needs no cluster to be refused.
             bootstrap.validate()?;
-            token::create(&client(&cluster, data_dir).await?, &bootstrap).await?;
-            println!("{}", bootstrap.token);
+            let client = client(&cluster, data_dir).await?;
+            token::create(&client, &bootstrap).await?;
+            if print_join_command {
+                let (server, pins) = yurt_adm::discovery::join_endpoint(&client).await?;
+                // This binary's own path: the command runs as printed on a fleet host
+                // (`yurt fleet exec <host> -- ...`), where `yurt` need not be on PATH.
+                let exe = std::env::current_exe()
+                    .map_or_else(|_| "yurt".to_owned(), |p| p.display().to_string());
+                let pins: Vec<String> = pins
+                    .iter()
+                    .map(|p| format!("--discovery-token-ca-cert-hash {p}"))
+                    .collect();
+                println!(
+                    "{exe} adm join {server} --token {} {}",
+                    bootstrap.token,
+                    pins.join(" ")
+                );
+            } else {
+                println!("{}", bootstrap.token);
+            }
         }
         TokenCommand::List { cluster } => {
             let (tokens, unreadable) = token::list(&client(&cluster, data_dir).await?).await?;

@@ -59,7 +59,23 @@ pub async fn run(
         }
         FleetCommand::Exec { host, command } => {
             let mut cmd = fleet.exec_command(&host, &command)?;
-            let status = tokio::task::spawn_blocking(move || cmd.status()).await??;
+            // While the command runs, the fleet is the host's service manager for it.
+            let host = fleet.plan().host(&host)?;
+            let socket = fleet::service_manager::socket_path(&fleet, &host);
+            let listener = fleet::service_manager::bind(&socket)?;
+            cmd.env(yurt_core::host::SERVICE_MANAGER_ENV, &socket);
+            let stop = CancellationToken::new();
+            let server = tokio::spawn(fleet::service_manager::serve(
+                std::sync::Arc::new(tokio::sync::Mutex::new(fleet)),
+                host,
+                listener,
+                stop.clone(),
+            ));
+            let status = tokio::task::spawn_blocking(move || cmd.status()).await;
+            stop.cancel();
+            let _ = server.await;
+            let _ = std::fs::remove_file(&socket);
+            let status = status??;
             return Ok(ExitCode::from(
                 status.code().map_or(1, |c| c.clamp(0, 255) as u8),
             ));

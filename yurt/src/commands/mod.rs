@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 mod adm;
+mod adm_join;
 mod bench;
 pub mod bench_adm;
 pub mod bench_hub;

@@ -157,6 +157,14 @@ impl CaCertHash {
 }
 
 /// The DER certificates of a PEM bundle.
+/// The DER certificates of a PEM bundle.
+///
+/// # Errors
+/// [`DiscoveryError`] if it holds none or one does not parse.
+pub fn pem_certificates(pem: &str) -> Result<Vec<Vec<u8>>, DiscoveryError> {
+    certificates_in(pem)
+}
+
 fn certificates_in(pem: &str) -> Result<Vec<Vec<u8>>, DiscoveryError> {
     let mut ders = Vec::new();
     for block in x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes()) {
@@ -468,6 +476,34 @@ fn rustls_error_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&
 }
 
 /// The server and CA of cluster-info's kubeconfig, which must name exactly one cluster.
+/// What `kubeadm token create --print-join-command` prints after `join`: the API server
+/// cluster-info advertises (`host:port`) and the pin of each CA certificate it carries,
+/// read with `client` (an administrator's).
+///
+/// # Errors
+/// cluster-info cannot be read or is malformed.
+pub async fn join_endpoint(
+    client: &kube::Client,
+) -> Result<(String, Vec<CaCertHash>), DiscoveryError> {
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), CLUSTER_INFO_NAMESPACE);
+    let cm = api
+        .get(CLUSTER_INFO)
+        .await
+        .map_err(|e| DiscoveryError::BadKubeconfig(format!("could not be read: {e}")))?;
+    let text = cm
+        .data
+        .and_then(|d| d.get("kubeconfig").cloned())
+        .ok_or_else(|| DiscoveryError::BadKubeconfig("is missing".into()))?;
+    let info = parse_kubeconfig(&text)?;
+    let server = info
+        .server
+        .strip_prefix("https://")
+        .unwrap_or(&info.server)
+        .trim_end_matches('/')
+        .to_owned();
+    Ok((server, CaCertHash::of_pem_bundle(&info.ca_pem)?))
+}
+
 fn parse_kubeconfig(text: &str) -> Result<ClusterInfo, DiscoveryError> {
     let bad = |what: &str| DiscoveryError::BadKubeconfig(what.to_owned());
     let config = Kubeconfig::from_yaml(text).map_err(|e| bad(&format!("does not parse: {e}")))?;

@@ -528,6 +528,9 @@ pub async fn wait_nodes_ready(
 /// The group `kubeadm token create` gives new tokens, bound below as kubeadm binds it.
 pub const BOOTSTRAP_TOKEN_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";
 
+/// What the bootstrap group may read of NodePools: one by name.
+const GET_NODEPOOLS: &str = "openyurt:bootstrappers-get-nodepools";
+
 /// What a kubeadm cluster has for hosts to join with a bootstrap token, so `kubeadm
 /// join`, `yurt adm join` and kubeadm's own tokens work on every fleet as on a cluster
 /// kubeadm made:
@@ -536,7 +539,8 @@ pub const BOOTSTRAP_TOKEN_GROUP: &str = "system:bootstrappers:kubeadm:default-no
 ///   `kubeadm:bootstrap-signer-clusterinfo`); the bootstrap signer adds a
 ///   `jws-kubeconfig-<token id>` signature per signing token;
 /// - the bootstrap group may create node CSRs (`kubeadm:kubelet-bootstrap`), have them
-///   approved (`kubeadm:node-autoapprove-bootstrap`) and read Nodes (`kubeadm:get-nodes`);
+///   approved (`kubeadm:node-autoapprove-bootstrap`), read Nodes (`kubeadm:get-nodes`) and
+///   NodePools (`openyurt:bootstrappers-get-nodepools`, for `yurt adm join`'s pool check);
 /// - nodes may renew their client certificates (`kubeadm:node-autoapprove-certificate-rotation`).
 ///
 /// # Errors
@@ -596,6 +600,14 @@ pub async fn apply_bootstrap_prerequisites(
                "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]}),
     )
     .await?;
+    // `yurt adm join --nodepool-name` checks the pool exists and takes edge nodes
+    // before it changes anything.
+    apply_object(
+        Api::<ClusterRole>::all(client.clone()),
+        json!({"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": GET_NODEPOOLS},
+               "rules": [{"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get"]}]}),
+    )
+    .await?;
     let bindings = [
         (
             "kubeadm:kubelet-bootstrap",
@@ -612,6 +624,7 @@ pub async fn apply_bootstrap_prerequisites(
             "kubeadm:get-nodes",
             BOOTSTRAP_TOKEN_GROUP,
         ),
+        (GET_NODEPOOLS, GET_NODEPOOLS, BOOTSTRAP_TOKEN_GROUP),
         (
             "kubeadm:node-autoapprove-certificate-rotation",
             "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",

@@ -51,9 +51,23 @@ impl Fleet {
         self.cgroups.create(&system_cgroup(self.plan.slot, host))?;
         {
             let plan = self.plan.clone();
+            let added = added.clone();
             blocking(move || network::add_host(&plan, &added)).await?;
         }
         let hp = self.paths.host(host);
+        let facts = yurt_core::host::HostFacts {
+            name: host.to_string(),
+            address: std::net::IpAddr::V4(added.ip),
+            kubelet: self.bins.path(crate::upstream::Binary::Kubelet),
+            kube_proxy: self.bins.path(crate::upstream::Binary::KubeProxy),
+            yurt: self.machine.yurt_binary.clone(),
+            container_runtime_endpoint: format!("unix://{}", hp.containerd_socket().display()),
+            cgroup_root: format!("/{}", host_cgroup(self.plan.slot, host)),
+            pause_image: crate::image::PAUSE_IMAGE.to_owned(),
+        };
+        facts
+            .save(hp.root())
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let line = components::added_host_containerd(&hp, &self.pki)?;
         Unit::of(
             format!("containerd on {host}, installed by yurt fleet add-host"),

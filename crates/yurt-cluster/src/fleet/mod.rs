@@ -5,6 +5,7 @@ mod api;
 mod hosts;
 mod ops;
 pub mod routes;
+pub mod service_manager;
 mod supervisor;
 mod teardown;
 mod up;

@@ -145,7 +145,7 @@ impl Fleet {
     pub fn unit(&self, host: &HostId, component: Component) -> Result<Unit> {
         let path = self.unit_file(host, component);
         if path.exists() || self.is_added(host) {
-            return Unit::load(&path);
+            return Ok(Unit::load(&path)?);
         }
         self.install_unit(host, component)
     }
@@ -543,12 +543,19 @@ impl Fleet {
             .split_first()
             .ok_or_else(|| Error::Invalid("no command given: use -- CMD [ARGS...]".into()))?;
         let hp = self.paths.host(&host);
+        let mut env: Vec<(String, String)> = std::env::var("TERM")
+            .map(|t| vec![("TERM".to_owned(), t)])
+            .unwrap_or_default();
+        // Where the host keeps its files (yurt_core::host): tools that run on it find its
+        // facts and units there.
+        env.push((
+            yurt_core::host::HOST_DIR_ENV.to_owned(),
+            hp.root().display().to_string(),
+        ));
         let launch = Launch {
             program: program.into(),
             args: args.iter().map(Into::into).collect(),
-            env: std::env::var("TERM")
-                .map(|t| vec![("TERM".to_owned(), t)])
-                .unwrap_or_default(),
+            env,
             netns: Some(netns::path(&self.plan.netns(&host))),
             mountns: (matches!(host, HostId::Edge(_)) && mountns::exists(&hp))
                 .then(|| hp.mount_ns()),

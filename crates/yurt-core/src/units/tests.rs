@@ -74,7 +74,8 @@ fn a_unit_round_trips_and_its_command_line_reads_the_environment_files() {
         restart: Restart::Always,
     };
     let path = file(&super::dir(dir.path()), "kubelet");
-    unit.save(&path).expect("save");
+    assert!(unit.save(&path).expect("save"), "a new file");
+    assert!(!unit.save(&path).expect("save again"), "unchanged");
     let back = Unit::load(&path).expect("load");
     assert_eq!(back, unit);
     let line = back.command_line().expect("command line");

@@ -1,5 +1,6 @@
 //! Per-host units: how each process of a host is started, as files under the host's
-//! folder (`hosts/<host>/units/<process>.toml`) that the fleet's supervisor reads.
+//! folder (`hosts/<host>/units/<process>.toml` in a fleet) that the fleet's supervisor
+//! reads, and that tools running on the host (`yurt adm join`) write.
 //!
 //! They play the part systemd units play on a real machine: `yurt up` installs the units
 //! of the hosts it plans, `yurt fleet add-host` installs a bare host's containerd, and
@@ -27,8 +28,49 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::components::CommandLine;
-use crate::error::{Error, Result};
+/// Unit failures.
+#[derive(Debug, thiserror::Error)]
+pub enum UnitError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A unit or environment file does not parse.
+    #[error("{path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The unit names no program.
+    #[error("the unit's exec names no program")]
+    NoProgram,
+}
+
+type Result<T> = std::result::Result<T, UnitError>;
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> UnitError + '_ {
+    move |source| UnitError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A program, its arguments and its environment, as a unit starts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandLine {
+    /// The program.
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<OsString>,
+    /// Environment variables beyond a minimal set.
+    pub env: Vec<(String, String)>,
+}
 
 /// Whether the supervisor starts a process again after it exits.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +115,7 @@ pub fn file(units: &Path, process: &str) -> PathBuf {
 }
 
 impl Unit {
-    /// The unit of a command line rendered by the fleet.
+    /// The unit of a command line.
     pub fn of(description: impl Into<String>, line: &CommandLine) -> Self {
         let mut exec = vec![line.program.display().to_string()];
         exec.extend(line.args.iter().map(|a| a.to_string_lossy().into_owned()));
@@ -89,16 +131,16 @@ impl Unit {
     /// Reads a unit file.
     ///
     /// # Errors
-    /// [`Error::Io`] if it cannot be read, [`Error::Corrupt`] if it does not parse or has
-    /// no program.
+    /// [`UnitError::Io`] if it cannot be read, [`UnitError::Corrupt`] if it does not parse
+    /// or has no program.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let unit: Self = toml::from_str(&text).map_err(|e| Error::Corrupt {
+        let text = std::fs::read_to_string(path).map_err(io(path))?;
+        let unit: Self = toml::from_str(&text).map_err(|e| UnitError::Corrupt {
             path: path.to_owned(),
             reason: e.message().to_owned(),
         })?;
         if unit.exec.first().is_none_or(|p| p.trim().is_empty()) {
-            return Err(Error::Corrupt {
+            return Err(UnitError::Corrupt {
                 path: path.to_owned(),
                 reason: "exec names no program".into(),
             });
@@ -106,17 +148,21 @@ impl Unit {
         Ok(unit)
     }
 
-    /// Writes the unit atomically (a crash leaves the old file or the new one).
+    /// Writes the unit atomically (temporary file, fsync, rename: a crash leaves the old
+    /// file or the new one). Returns whether the file changed.
     ///
     /// # Errors
     /// I/O errors.
-    pub fn save(&self, path: &Path) -> Result<()> {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    pub fn save(&self, path: &Path) -> Result<bool> {
+        let text = toml::to_string_pretty(self).map_err(|e| UnitError::Corrupt {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+            return Ok(false);
         }
-        let text = toml::to_string_pretty(self)
-            .map_err(|e| Error::Invalid(format!("render the unit {}: {e}", path.display())))?;
-        crate::state::write_atomic(path, text.as_bytes())
+        write_atomic(path, text.as_bytes())?;
+        Ok(true)
     }
 
     /// The command line to start: environment files read, variables expanded.
@@ -126,9 +172,9 @@ impl Unit {
     pub fn command_line(&self) -> Result<CommandLine> {
         let mut env = self.environment.clone();
         for path in &self.environment_files {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let text = std::fs::read_to_string(path).map_err(io(path))?;
             env.extend(
-                parse_environment_file(&text).map_err(|reason| Error::Corrupt {
+                parse_environment_file(&text).map_err(|reason| UnitError::Corrupt {
                     path: path.clone(),
                     reason,
                 })?,
@@ -140,7 +186,7 @@ impl Unit {
             .first()
             .map(|p| substitute(p, &env))
             .filter(|p| !p.trim().is_empty())
-            .ok_or_else(|| Error::Invalid("the unit's exec names no program".into()))?;
+            .ok_or(UnitError::NoProgram)?;
         Ok(CommandLine {
             program: PathBuf::from(program),
             args: self.exec[1..]
@@ -195,6 +241,25 @@ fn substitute(arg: &str, env: &BTreeMap<String, String>) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync
+/// of the folder (created if missing).
+///
+/// # Errors
+/// I/O errors, naming the file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    file.write_all(bytes).map_err(io(&tmp))?;
+    file.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))
 }
 
 /// Parses `KEY=VALUE` lines: blank lines and `#` or `;` comments are skipped, a value

@@ -1,0 +1,206 @@
+use std::time::Duration;
+
+use yurt_core::host::HostFacts;
+use yurt_core::units::Unit;
+
+use super::files::{HostFiles, KubeletApi};
+use super::*;
+use crate::discovery::{CaVerification, ClusterInfo, Discovery};
+
+fn facts() -> HostFacts {
+    HostFacts {
+        name: "edge-x".into(),
+        address: "10.20.0.100".parse().unwrap(),
+        kubelet: "/k/kubelet".into(),
+        kube_proxy: "/k/kube-proxy".into(),
+        yurt: "/y/yurt".into(),
+        container_runtime_endpoint: "unix:///h/run/containerd.sock".into(),
+        cgroup_root: "/yurt-0/edge-x".into(),
+        pause_image: "yurt.local/pause:1".into(),
+    }
+}
+
+fn options(node_type: NodeType) -> JoinOptions {
+    JoinOptions {
+        discovery: Discovery {
+            server: "https://10.10.0.1:6443".parse().unwrap(),
+            token: "abcdef.0123456789abcdef".parse().unwrap(),
+            ca: CaVerification::UnsafeSkip,
+            timeout: Duration::from_secs(1),
+            retry_interval: Duration::from_secs(1),
+        },
+        node: "edge-x".parse().unwrap(),
+        pool: Some("pool-a".parse().unwrap()),
+        node_type,
+        timeout: Duration::from_secs(1),
+    }
+}
+
+fn cluster() -> ClusterInfo {
+    ClusterInfo {
+        server: "https://10.10.0.1:6443".into(),
+        ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+        kubeconfig: String::new(),
+    }
+}
+
+fn exec_of(files: &HostFiles, process: &str) -> Vec<String> {
+    Unit::load(&files.unit(process)).unwrap().exec
+}
+
+#[test]
+fn node_types_parse() {
+    assert_eq!("edge".parse::<NodeType>().unwrap(), NodeType::Edge);
+    assert_eq!("plain".parse::<NodeType>().unwrap(), NodeType::Plain);
+    let err = "Edge".parse::<NodeType>().unwrap_err().to_string();
+    assert!(err.contains("edge or plain"), "{err}");
+}
+
+#[test]
+fn kubelet_bootstraps_directly_then_goes_through_the_hub_and_rewrites_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = HostFiles::new(dir.path());
+    let (facts, opts) = (facts(), options(NodeType::Edge));
+    files
+        .write_bootstrap(&cluster(), "abcdef.0123456789abcdef")
+        .unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(files.bootstrap_kubeconfig())
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the token is readable by root only");
+    assert!(
+        files
+            .write_kubelet(&facts, &opts, KubeletApi::Bootstrap)
+            .unwrap()
+    );
+    assert!(
+        !files
+            .write_kubelet(&facts, &opts, KubeletApi::Bootstrap)
+            .unwrap(),
+        "unchanged"
+    );
+    let exec = exec_of(&files, "kubelet");
+    assert_eq!(exec[0], "/k/kubelet");
+    assert!(
+        exec.iter()
+            .any(|a| a.starts_with("--bootstrap-kubeconfig="))
+    );
+    assert!(
+        exec.iter()
+            .any(|a| a.ends_with("etc/kubernetes/kubelet.conf"))
+    );
+    assert_eq!(
+        exec.last().map(String::as_str),
+        Some("$KUBELET_KUBEADM_ARGS")
+    );
+    let line = Unit::load(&files.unit("kubelet"))
+        .unwrap()
+        .command_line()
+        .unwrap();
+    let args: Vec<String> = line
+        .args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        args.contains(&"--node-ip=10.20.0.100".to_owned()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(
+            &"--node-labels=apps.openyurt.io/nodepool=pool-a,openyurt.io/is-edge-worker=true"
+                .to_owned()
+        ),
+        "{args:?}"
+    );
+
+    assert!(!files.kubelet_bootstrapped());
+    std::fs::create_dir_all(files.kubelet_pki()).unwrap();
+    std::fs::write(files.kubelet_client_pem(), "-----BEGIN CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        files.kubelet_kubeconfig(),
+        format!(
+            "client-certificate: {}\n",
+            files.kubelet_client_pem().display()
+        ),
+    )
+    .unwrap();
+    assert!(files.kubelet_bootstrapped());
+
+    assert!(
+        files
+            .write_kubelet(&facts, &opts, KubeletApi::ThroughHub)
+            .unwrap()
+    );
+    let exec = exec_of(&files, "kubelet");
+    assert!(
+        !exec
+            .iter()
+            .any(|a| a.starts_with("--bootstrap-kubeconfig=")),
+        "{exec:?}"
+    );
+    assert!(
+        exec.iter().any(|a| a.ends_with("kubelet-through-hub.conf")),
+        "{exec:?}"
+    );
+    let hub_conf = std::fs::read_to_string(files.hub_kubeconfig()).unwrap();
+    assert!(hub_conf.contains("http://127.0.0.1:10261"), "{hub_conf}");
+
+    assert!(files.write_hub(&facts, &cluster(), &opts).unwrap());
+    let hub = exec_of(&files, "yurt-hub");
+    let client = format!("--client-cert={}", files.kubelet_client_pem().display());
+    for want in [
+        "hub",
+        "--node-name=edge-x",
+        "--nodepool-name=pool-a",
+        "--server-addr=https://10.10.0.1:6443",
+        "--request-client-certificate",
+        client.as_str(),
+    ] {
+        assert!(hub.iter().any(|a| a == want), "{want} in {hub:?}");
+    }
+    assert!(files.write_kube_proxy(&facts, &opts).unwrap());
+    let config =
+        std::fs::read_to_string(dir.path().join("var/lib/kube-proxy/config.yaml")).unwrap();
+    assert!(config.contains("kubelet-through-hub.conf"), "{config}");
+
+    assert!(!files.joined_marker().exists());
+    files.mark_joined("edge-x").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(files.joined_marker()).unwrap(),
+        "edge-x\n"
+    );
+}
+
+#[test]
+fn a_plain_node_says_it_is_no_edge_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = HostFiles::new(dir.path());
+    let mut opts = options(NodeType::Plain);
+    opts.pool = None;
+    files
+        .write_kubelet(&facts(), &opts, KubeletApi::Bootstrap)
+        .unwrap();
+    let flags =
+        std::fs::read_to_string(dir.path().join("var/lib/kubelet/kubeadm-flags.env")).unwrap();
+    assert!(
+        flags.contains("--node-labels=openyurt.io/is-edge-worker=false\""),
+        "{flags}"
+    );
+}
+
+#[test]
+fn kubelets_configuration_names_the_hosts_cgroup_root_and_client_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = kubelet_config(&facts(), std::path::Path::new("/h/ca.crt"), dir.path());
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(config["cgroupRoot"], "/yurt-0/edge-x");
+    assert_eq!(
+        config["authentication"]["x509"]["clientCAFile"],
+        "/h/ca.crt"
+    );
+    assert_eq!(config["authentication"]["anonymous"]["enabled"], false);
+    assert_eq!(config["rotateCertificates"], true);
+}

@@ -1,0 +1,146 @@
+//! `yurt adm join`, run on the host that joins: its inputs are checked before anything
+//! changes (one line and exit status 1 on bad input), then `yurt_adm::join` runs with
+//! the host reached through `yurt_core::host` (its folder and service manager, which
+//! `yurt fleet exec` provides).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use yurt_adm::discovery::{CaCertHash, CaVerification, Discovery, api_server_url};
+use yurt_adm::join::{HostFiles, JoinOptions, NodeType};
+use yurt_core::host::{HOST_DIR_ENV, HostFacts, SERVICE_MANAGER_ENV, ServiceRequest};
+
+use crate::cli::JoinArgs;
+
+/// The host a join runs on, as `yurt fleet exec` describes it.
+struct FleetHost {
+    files: HostFiles,
+    facts: HostFacts,
+    socket: PathBuf,
+}
+
+impl yurt_adm::join::Host for FleetHost {
+    fn files(&self) -> &HostFiles {
+        &self.files
+    }
+
+    fn facts(&self) -> &HostFacts {
+        &self.facts
+    }
+
+    async fn request(&self, request: ServiceRequest) -> Result<(), String> {
+        yurt_core::host::ask(&self.socket, &request)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn host() -> anyhow::Result<FleetHost> {
+    let (Some(dir), Some(socket)) = (
+        std::env::var_os(HOST_DIR_ENV),
+        std::env::var_os(SERVICE_MANAGER_ENV),
+    ) else {
+        bail!(
+            "yurt adm join runs on a fleet host, whose service manager starts kubelet and the hub: `yurt fleet exec <host> -- yurt adm join ...` (hosts managed by systemd are not supported yet)"
+        );
+    };
+    let dir = PathBuf::from(dir);
+    let facts = HostFacts::load(&dir)?;
+    Ok(FleetHost {
+        files: HostFiles::new(dir),
+        facts,
+        socket: PathBuf::from(socket),
+    })
+}
+
+fn options(args: &JoinArgs, facts: &HostFacts) -> anyhow::Result<JoinOptions> {
+    let server = api_server_url(&args.server)?;
+    let token = args.token.parse().context("--token")?;
+    let ca = match (
+        args.ca_cert_hashes.is_empty(),
+        args.unsafe_skip_ca_verification,
+    ) {
+        (false, false) => CaVerification::Pinned(
+            args.ca_cert_hashes
+                .iter()
+                .map(|h| h.parse::<CaCertHash>())
+                .collect::<Result<_, _>>()
+                .context("--discovery-token-ca-cert-hash")?,
+        ),
+        (true, true) => CaVerification::UnsafeSkip,
+        (true, false) => bail!(
+            "give --discovery-token-ca-cert-hash sha256:<hex> (kubeadm token create --print-join-command prints it), or --discovery-token-unsafe-skip-ca-verification"
+        ),
+        (false, true) => bail!(
+            "--discovery-token-ca-cert-hash and --discovery-token-unsafe-skip-ca-verification exclude each other"
+        ),
+    };
+    let (negative, timeout) = yurt_core::go_duration::parse_go_duration(&args.timeout)
+        .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    if negative || timeout < Duration::from_secs(1) {
+        bail!("--timeout {} must be at least 1s", args.timeout);
+    }
+    let node = args
+        .node_name
+        .as_deref()
+        .unwrap_or(&facts.name)
+        .parse()
+        .context("--node-name")?;
+    let pool = args
+        .nodepool_name
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .context("--nodepool-name")?;
+    Ok(JoinOptions {
+        discovery: Discovery {
+            server,
+            token,
+            ca,
+            timeout,
+            retry_interval: Duration::from_secs(5),
+        },
+        node,
+        pool,
+        node_type: args.node_type.parse::<NodeType>()?,
+        timeout,
+    })
+}
+
+/// Runs `yurt adm join`.
+pub async fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
+    // Flags first: a bad one is refused even off a fleet host.
+    let unchecked = HostFacts {
+        name: "unknown".into(),
+        address: std::net::Ipv4Addr::UNSPECIFIED.into(),
+        kubelet: PathBuf::new(),
+        kube_proxy: PathBuf::new(),
+        yurt: PathBuf::new(),
+        container_runtime_endpoint: String::new(),
+        cgroup_root: String::new(),
+        pause_image: String::new(),
+    };
+    options(&args, &unchecked)?;
+    let host = host()?;
+    let options = options(&args, &host.facts)?;
+    let progress = |step: &str| eprintln!("[join] {step}");
+    let joined = yurt_adm::join::join(&host, &options, &progress).await?;
+    if !joined.skipped.is_empty() {
+        eprintln!(
+            "[join] resumed: already done: {}",
+            joined.skipped.join(", ")
+        );
+    }
+    println!(
+        "This host joined the cluster as node {} ({}). See it with `kubectl get node {}`.",
+        joined.node,
+        match options.node_type {
+            NodeType::Edge => "an edge node behind yurt hub",
+            NodeType::Plain => "a plain node",
+        },
+        joined.node
+    );
+    Ok(ExitCode::SUCCESS)
+}
