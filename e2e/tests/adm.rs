@@ -587,7 +587,8 @@ async fn a_hub_started_from_kubelets_certificate_gets_a_client_certificate_of_it
                 .cloned()
                 .collect())
         };
-        let before = client_csrs()?.len();
+        let name = |c: &serde_json::Value| c["metadata"]["name"].as_str().map(str::to_owned);
+        let earlier: Vec<String> = client_csrs()?.iter().filter_map(name).collect();
         // kubelet's identity alone may not list EndpointSlices (kube-proxy does, through
         // the hub): the hub's group may.
         let slices = "/apis/discovery.k8s.io/v1beta1/endpointslices?limit=1";
@@ -616,8 +617,12 @@ async fn a_hub_started_from_kubelets_certificate_gets_a_client_certificate_of_it
         .with_context(|| hub.log())?;
 
         let csrs = client_csrs()?;
-        ensure!(csrs.len() == before + 1, "client CSRs of {NODE}: {csrs:#?}");
-        let csr = csrs.last().context("the hub's client CSR")?;
+        let new: Vec<&serde_json::Value> = csrs
+            .iter()
+            .filter(|c| name(c).is_some_and(|n| !earlier.contains(&n)))
+            .collect();
+        ensure!(new.len() == 1, "new client CSRs of {NODE}: {new:#?}");
+        let csr = new[0];
         let approved = csr["status"]["conditions"]
             .as_array()
             .into_iter()
@@ -681,7 +686,12 @@ async fn a_hub_started_from_kubelets_certificate_gets_a_client_certificate_of_it
         })
         .await
         .with_context(|| hub.log())?;
-        ensure!(client_csrs()?.len() == before + 1, "a restart asked again");
+        let asked_again = client_csrs()?
+            .iter()
+            .filter_map(name)
+            .filter(|n| !earlier.contains(n))
+            .count();
+        ensure!(asked_again == 1, "a restart asked again");
         drop(hub);
         Ok(())
     })

@@ -322,7 +322,8 @@ fn approved_with(csr: &serde_json::Value, words: &str) -> bool {
 /// token create`, kubelet's TLS bootstrap approved by kube-controller-manager, the hub's
 /// client and serving certificates by our manager, kubelet and kube-proxy then through
 /// the hub, the pool's labels; bad input refused before anything changes; a rerun
-/// refused, and a resumed one finishing without redoing what is done.
+/// refused, and a resumed one finishing without redoing what is done; `yurt adm reset
+/// --delete-node` leaving only the host's containerd, and the host joining again.
 #[tokio::test]
 async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Result<()> {
     within(async {
@@ -594,6 +595,122 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             before == after,
             "the resumed join bootstrapped kubelet again"
         );
+
+        // A node may delete only itself (reset --delete-node relies on this): NodeRestriction.
+        let kubectl = f
+            .fleet()
+            .binaries()
+            .path(yurt_cluster::upstream::Binary::Kubectl)
+            .display()
+            .to_string();
+        let kubelet_conf = f.dir().join("hosts/edge-x/etc/kubernetes/kubelet.conf");
+        let other = f.exec(
+            "edge-x",
+            &[
+                &kubectl,
+                &format!("--kubeconfig={}", kubelet_conf.display()),
+                "delete",
+                "node",
+                "edge-a1",
+            ],
+        )?;
+        let said = String::from_utf8_lossy(&other.stderr);
+        ensure!(
+            !other.status.success() && said.contains("forbidden"),
+            "edge-x deleting edge-a1: {said}"
+        );
+        ensure!(nodes.get_opt("edge-a1").await?.is_some());
+
+        // Reset, deleting the Node: nothing of the join is left; containerd runs on.
+        let reset = |extra: &[&str]| -> anyhow::Result<String> {
+            let mut args = vec!["fleet", "exec", "edge-x", "--", &yurt, "adm", "reset"];
+            args.extend_from_slice(extra);
+            f.yurt(&args)
+        };
+        let out = reset(&["--delete-node"])?;
+        ensure!(
+            out.contains("Deleted Node edge-x") && out.contains("left the cluster"),
+            "{out}"
+        );
+        ensure!(nodes.get_opt("edge-x").await?.is_none(), "the Node is gone");
+        let status = f.yurt(&["fleet", "status"])?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("edge-x"))
+            .unwrap_or_default();
+        ensure!(
+            line.contains("containerd(")
+                && !line.contains("kubelet")
+                && !line.contains("yurt-hub")
+                && !line.contains("kube-proxy"),
+            "{line}"
+        );
+        let host_dir = f.dir().join("hosts/edge-x");
+        for gone in [
+            "etc/kubernetes",
+            "etc/yurt",
+            "var/lib/kubelet",
+            "var/lib/yurthub",
+            "var/lib/kube-proxy",
+            "units/kubelet.toml",
+            "units/yurt-hub.toml",
+            "units/kube-proxy.toml",
+        ] {
+            ensure!(!host_dir.join(gone).exists(), "{gone} is left");
+        }
+        ensure!(
+            host_dir.join("units/containerd.toml").exists(),
+            "the host's own containerd unit stays"
+        );
+        ensure!(
+            std::fs::read_dir(
+                f.fleet()
+                    .paths()
+                    .host(&HostId::Edge("edge-x".parse()?))
+                    .cni_conf()
+            )?
+            .next()
+            .is_none(),
+            "the rendered pod network is gone"
+        );
+        let cgroups = yurt_cluster::cgroup::Cgroups::detect()?;
+        let pods = format!(
+            "{}/kubepods",
+            yurt_cluster::fleet::host_cgroup(
+                f.fleet().plan().slot,
+                &HostId::Edge("edge-x".parse()?)
+            )
+        );
+        ensure!(
+            cgroups.pids(&pods).is_empty(),
+            "pod processes are left: {:?}",
+            cgroups.pids(&pods)
+        );
+        let containerd = yurt_cluster::process::PidRecord::read(
+            &f.fleet()
+                .paths()
+                .host(&HostId::Edge("edge-x".parse()?))
+                .pid_file("containerd"),
+        )
+        .context("containerd's pid")?;
+        let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", containerd.pid))?;
+        ensure!(
+            !mounts.contains("var/lib/kubelet/") && !mounts.contains("/run/netns/cni-"),
+            "mounts are left in the host:\n{mounts}"
+        );
+        // Again: nothing to undo, still fine.
+        reset(&[])?;
+        // The pod object outlived its node; the host joins again, afresh.
+        f.kubectl(&["delete", "pod", "web-joined", "--grace-period=0", "--force"])?;
+        let out = join(&[
+            "--token",
+            &token,
+            "--discovery-token-ca-cert-hash",
+            &hash,
+            "--nodepool-name",
+            "pool-a",
+        ])?;
+        ensure!(out.contains("joined the cluster as node edge-x"), "{out}");
 
         f.yurt(&["fleet", "remove-host", "edge-x"])?;
         f.kubectl(&["delete", "node", "edge-x"])?;

@@ -77,6 +77,12 @@ pub enum AdmCommand {
     Token(TokenCommand),
     /// Join this host to a cluster: token discovery, kubelet's TLS bootstrap, then (edge) the hub. Run it on the host: `yurt fleet exec <host> -- yurt adm join ...`.
     Join(JoinArgs),
+    /// Undo `join` on this host: its processes, pods, mounts, pod network and files (its containerd stays). Run it on the host.
+    Reset {
+        /// Delete the Node first, with kubelet's own credentials.
+        #[arg(long)]
+        delete_node: bool,
+    },
 }
 
 /// `yurt adm join`.
@@ -102,7 +108,7 @@ pub struct JoinArgs {
     /// `edge` (behind a hub) or `plain` (kubelet straight to the API server).
     #[arg(long, default_value = "edge")]
     pub node_type: String,
-    /// How long discovery, and each later phase, may wait (Go duration).
+    /// How long discovery may take, and then the rest of the join (Go duration).
     #[arg(long, default_value = "5m")]
     pub timeout: String,
 }

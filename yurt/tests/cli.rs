@@ -171,7 +171,8 @@ fn adm_token_refuses_bad_input_before_reaching_any_cluster_and_answers_to_yurtad
 }
 
 #[test]
-fn adm_join_refuses_bad_input_and_a_host_without_a_service_manager_before_any_connection() {
+fn adm_join_and_reset_refuse_bad_input_and_a_host_without_a_service_manager_before_any_connection()
+{
     let token = "abcdef.0123456789abcdef";
     let pin = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
     for (args, want) in [
@@ -278,6 +279,14 @@ fn adm_join_refuses_bad_input_and_a_host_without_a_service_manager_before_any_co
             .unwrap();
         refused(&out, want);
     }
+    // Reset, likewise, undoes nothing off a fleet host.
+    let out = Command::new(yurt_binary())
+        .args(["adm", "reset", "--delete-node"])
+        .env_remove("YURT_HOST_DIR")
+        .env_remove("YURT_SERVICE_MANAGER")
+        .output()
+        .unwrap();
+    refused(&out, "runs on a fleet host");
 }
 
 #[test]

@@ -7,4 +7,5 @@
 
 pub mod discovery;
 pub mod join;
+pub mod reset;
 pub mod token;

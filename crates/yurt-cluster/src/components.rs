@@ -185,7 +185,8 @@ impl Component {
             // and keeps trying.
             Self::TunnelAgent => Probe::Http(local(TUNNEL_AGENT_ADMIN_PORT), "/healthz"),
             Self::Prometheus => Probe::Http(prometheus_address(plan), "/-/ready"),
-            Self::RouteController => Probe::Http(local(ROUTE_CONTROLLER_ADMIN_PORT), "/readyz"),
+            // Alive, not ready: its rounds wait while hosts change (add-host starts it so).
+            Self::RouteController => Probe::Http(local(ROUTE_CONTROLLER_ADMIN_PORT), "/healthz"),
         }
     }
 }

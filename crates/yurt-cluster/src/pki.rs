@@ -7,7 +7,6 @@
 //! serving certificate is reissued each start because its addresses depend on the slot.
 
 use std::net::IpAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -179,10 +178,11 @@ impl PkiPaths {
 }
 
 fn write_file(path: &Path, contents: &str, secret: bool) -> Result<()> {
-    crate::state::write_atomic(path, contents.as_bytes())?;
     if secret {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io(path, e))?;
+        // Private from the first byte: the temporary file is created 0600.
+        yurt_core::units::write_atomic_private(path, contents.as_bytes())?;
+    } else {
+        crate::state::write_atomic(path, contents.as_bytes())?;
     }
     Ok(())
 }
@@ -421,6 +421,7 @@ pub fn kubeconfig(
 mod tests {
     use super::*;
     use crate::spec::{FleetSpec, Slot};
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn ensure_creates_everything_and_keeps_keys_on_rerun() {

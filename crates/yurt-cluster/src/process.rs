@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 
 /// The environment every fleet process gets (nothing inherited from the caller, so a
 /// proxy or kubeconfig setting in the user's shell cannot leak into the fleet).
-const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Joins the cgroups listed in `$YURT_CGROUP_PROCS` (colon-separated) and execs "$@".
 const PROLOGUE: &str = r#"IFS=:; for f in $YURT_CGROUP_PROCS; do echo $$ > "$f" || exit 111; done; unset IFS YURT_CGROUP_PROCS; exec "$@""#;

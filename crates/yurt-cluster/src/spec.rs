@@ -490,14 +490,26 @@ impl Plan {
     /// The plan with the hosts recorded as added (`yurt fleet add-host`).
     ///
     /// # Errors
-    /// [`Error::Corrupt`]-like [`Error::Invalid`] if a record names an unknown pool, an
-    /// invalid name or a taken address.
+    /// [`Error::Invalid`] if a record names an unknown pool, an invalid or taken name, an
+    /// address outside the added range or taken, or a taken router port.
     pub fn with_added<'a>(
         mut self,
         added: impl IntoIterator<Item = (&'a String, &'a AddedHost)>,
     ) -> Result<Self> {
         for (name, host) in added {
             let plan = self.added_plan(name, host)?;
+            let clash = self
+                .edges
+                .iter()
+                .any(|e| e.name == plan.name || e.ip == plan.ip)
+                || self.added.iter().any(|a| {
+                    a.name == plan.name || a.ip == plan.ip || a.router_port == plan.router_port
+                });
+            if clash || matches!(name.as_str(), "cloud" | "router") {
+                return Err(Error::Invalid(format!(
+                    "added host {name}: its name, address or router port is taken"
+                )));
+            }
             self.added.push(plan);
         }
         Ok(self)
@@ -821,5 +833,31 @@ mod tests {
                 .with_added(&bad)
                 .is_err()
         );
+        // Two records with one address, or one router port: refused, not both planned.
+        for (octet, port) in [(100, 1), (101, 0)] {
+            let mut clash = std::collections::BTreeMap::new();
+            clash.insert(
+                "edge-p".to_owned(),
+                AddedHost {
+                    pool: "pool-a".into(),
+                    address_octet: 100,
+                    port: 0,
+                },
+            );
+            clash.insert(
+                "edge-q".to_owned(),
+                AddedHost {
+                    pool: "pool-a".into(),
+                    address_octet: octet,
+                    port,
+                },
+            );
+            let err = Plan::new(&FleetSpec::default(), Slot(2))
+                .unwrap()
+                .with_added(&clash)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("taken"), "{err}");
+        }
     }
 }

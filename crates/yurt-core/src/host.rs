@@ -81,6 +81,10 @@ pub struct HostFacts {
     pub cgroup_root: String,
     /// The sandbox image the runtime has.
     pub pause_image: String,
+    /// Where the runtime reads (and renders) the pod network's CNI configuration.
+    pub cni_config_dir: PathBuf,
+    /// The pod network's state: address allocations and the CNI cache.
+    pub cni_state_dirs: Vec<PathBuf>,
 }
 
 impl HostFacts {
@@ -240,6 +244,8 @@ mod tests {
             container_runtime_endpoint: "unix:///run/c.sock".into(),
             cgroup_root: "/yurt-0/edge-x".into(),
             pause_image: "yurt.local/pause:1".into(),
+            cni_config_dir: "/h/cni".into(),
+            cni_state_dirs: vec!["/h/cni-ipam".into()],
         };
         facts.save(&dir).unwrap();
         assert_eq!(HostFacts::load(&dir).unwrap(), facts);

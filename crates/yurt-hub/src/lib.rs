@@ -208,6 +208,20 @@ pub async fn run(
             let requesters = upstream::backends(&config, &client_identity.slot())?;
             let clients = requesters.iter().map(|b| b.kube.clone()).collect();
             tracker.spawn(own.clone().run(clients, shutdown.clone()));
+            // Until its own is issued, the stand-in follows kubelet's rotations.
+            let (stand_in, kubelets, token) =
+                (own.clone(), client_identity.slot(), shutdown.clone());
+            tracker.spawn(async move {
+                while !stand_in.ready() {
+                    tokio::select! {
+                        () = token.cancelled() => return,
+                        () = tokio::time::sleep(config::CERTIFICATE_RELOAD_INTERVAL) => {}
+                    }
+                    if let Some(current) = kubelets.get() {
+                        stand_in.stand_in(current);
+                    }
+                }
+            });
             Some(own)
         }
         None => None,

@@ -29,7 +29,8 @@ async fn client(cluster: &ClusterArgs, data_dir: &Path) -> anyhow::Result<kube::
 pub async fn run(data_dir: &Path, args: AdmArgs) -> anyhow::Result<ExitCode> {
     let command = match args.command {
         AdmCommand::Token(command) => command,
-        AdmCommand::Join(join) => return super::adm_join::run(join).await,
+        AdmCommand::Join(join) => return super::adm_host::join(join).await,
+        AdmCommand::Reset { delete_node } => return super::adm_host::reset(delete_node).await,
     };
     match command {
         TokenCommand::Generate => println!("{}", TokenString::generate()?),

@@ -119,6 +119,13 @@ pub async fn run(
             .observe(started.elapsed().as_secs_f64());
         let _enter = span.enter();
         match outcome {
+            Ok(round) if round.skipped => {
+                metrics
+                    .rounds
+                    .get_or_create(&ResultLabel { result: "skipped" })
+                    .inc();
+                tracing::debug!("hosts are being changed: round skipped");
+            }
             Ok(round) => {
                 metrics
                     .rounds

@@ -1,7 +1,7 @@
 //! One module per subcommand.
 
 mod adm;
-mod adm_join;
+mod adm_host;
 mod bench;
 pub mod bench_adm;
 pub mod bench_hub;

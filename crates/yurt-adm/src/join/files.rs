@@ -130,12 +130,23 @@ impl HostFiles {
             .map(str::to_owned)
     }
 
-    /// The CA and the bootstrap kubeconfig.
+    /// The cluster CA.
     ///
     /// # Errors
     /// A write failed.
-    pub fn write_bootstrap(&self, cluster: &ClusterInfo, token: &str) -> Result<(), String> {
-        write(&self.ca(), &cluster.ca_pem)?;
+    pub fn write_ca(&self, cluster: &ClusterInfo) -> Result<(), String> {
+        write(&self.ca(), &cluster.ca_pem)
+    }
+
+    /// The bootstrap kubeconfig (the token; readable by root only).
+    ///
+    /// # Errors
+    /// A write failed.
+    pub fn write_bootstrap_kubeconfig(
+        &self,
+        cluster: &ClusterInfo,
+        token: &str,
+    ) -> Result<(), String> {
         let kubeconfig = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Config",
@@ -148,6 +159,19 @@ impl HostFiles {
             "current-context": "tls-bootstrap",
         });
         write_private(&self.bootstrap_kubeconfig(), &kubeconfig.to_string())
+    }
+
+    /// Removes the bootstrap kubeconfig (once kubelet has its own).
+    ///
+    /// # Errors
+    /// It exists and cannot be removed.
+    pub fn remove_bootstrap_kubeconfig(&self) -> Result<(), String> {
+        match std::fs::remove_file(self.bootstrap_kubeconfig()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("{}: {e}", self.bootstrap_kubeconfig().display()))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// kubelet's configuration, flags and unit for `api`; returns whether the unit
@@ -297,6 +321,21 @@ impl HostFiles {
             .map_err(|e| e.to_string())
     }
 
+    /// Every file and folder a join writes (units aside).
+    pub fn written(&self) -> Vec<PathBuf> {
+        [
+            "etc/kubernetes",
+            "etc/yurt",
+            "etc/resolv.conf",
+            "var/lib/kubelet",
+            "var/lib/yurthub",
+            "var/lib/kube-proxy",
+        ]
+        .iter()
+        .map(|p| self.dir.join(p))
+        .collect()
+    }
+
     /// Records that the join finished.
     ///
     /// # Errors
@@ -314,9 +353,7 @@ mod yurt_api_labels {
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    write(path, text)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))
+    yurt_core::units::write_atomic_private(path, text.as_bytes()).map_err(|e| e.to_string())
 }
 
 fn hub_kubeconfig() -> String {

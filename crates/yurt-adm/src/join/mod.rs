@@ -138,6 +138,16 @@ pub async fn join<H: Host + Sync>(
             files.joined_marker().display()
         )));
     }
+    // A kubelet that bootstrapped as another node: this join cannot take it over.
+    let wanted = format!("system:node:{}", options.node);
+    if let Some(identity) = files.kubelet_identity()
+        && identity != wanted
+    {
+        return Err(JoinError::Preflight(format!(
+            "this host's kubelet already holds a certificate of {identity}: run `yurt adm reset` before joining as {}",
+            options.node
+        )));
+    }
     let mut skipped = Vec::new();
 
     progress("discovery: reading kube-public/cluster-info");
@@ -146,18 +156,20 @@ pub async fn join<H: Host + Sync>(
 
     progress("preflight: node name and pool");
     // A resumed join finds its own Node: the name is held by this host's kubelet.
-    let ours = files.kubelet_identity().as_deref()
-        == Some(format!("system:node:{}", options.node).as_str());
+    let ours = files.kubelet_identity().as_deref() == Some(wanted.as_str());
     preflight(&bootstrap, options, ours).await?;
 
     let deadline = Instant::now() + options.timeout;
     files
-        .write_bootstrap(&cluster, &options.discovery.token.to_string())
+        .write_ca(&cluster)
         .map_err(phase("kubelet TLS bootstrap"))?;
     if files.kubelet_bootstrapped() {
         skipped.push("kubelet TLS bootstrap");
     } else {
         progress("kubelet TLS bootstrap: kubelet asks for its client certificate");
+        files
+            .write_bootstrap_kubeconfig(&cluster, &options.discovery.token.to_string())
+            .map_err(phase("kubelet TLS bootstrap"))?;
         files
             .write_kubelet(host.facts(), options, files::KubeletApi::Bootstrap)
             .map_err(phase("kubelet TLS bootstrap"))?;
@@ -166,13 +178,18 @@ pub async fn join<H: Host + Sync>(
             .map_err(phase("kubelet TLS bootstrap"))?;
         wait_bootstrapped(&bootstrap, files, &options.node, deadline).await?;
     }
+    // The token has served: kubeadm removes it too (kubelet reads it only while its own
+    // kubeconfig is missing or expired).
+    files
+        .remove_bootstrap_kubeconfig()
+        .map_err(phase("kubelet TLS bootstrap"))?;
 
     if options.node_type == NodeType::Edge {
         progress("hub: starting yurt hub from kubelet's certificate");
-        files
+        let changed = files
             .write_hub(host.facts(), &cluster, options)
             .map_err(phase("hub"))?;
-        host.request(ServiceRequest::Start("yurt-hub".into()))
+        host.request(start_or_restart(changed, "yurt-hub"))
             .await
             .map_err(phase("hub"))?;
         wait_hub_ready(deadline).await?;
@@ -180,18 +197,13 @@ pub async fn join<H: Host + Sync>(
         let changed = files
             .write_kubelet(host.facts(), options, files::KubeletApi::ThroughHub)
             .map_err(phase("kubelet through the hub"))?;
-        let verb = if changed {
-            ServiceRequest::Restart
-        } else {
-            ServiceRequest::Start
-        };
-        host.request(verb("kubelet".into()))
+        host.request(start_or_restart(changed, "kubelet"))
             .await
             .map_err(phase("kubelet through the hub"))?;
-        files
+        let changed = files
             .write_kube_proxy(host.facts(), options)
             .map_err(phase("kube-proxy"))?;
-        host.request(ServiceRequest::Start("kube-proxy".into()))
+        host.request(start_or_restart(changed, "kube-proxy"))
             .await
             .map_err(phase("kube-proxy"))?;
     } else {
@@ -209,6 +221,16 @@ pub async fn join<H: Host + Sync>(
         node: options.node.to_string(),
         skipped,
     })
+}
+
+/// A process whose unit changed is restarted (a running one would keep its old
+/// flags); otherwise it is started if it does not run.
+fn start_or_restart(changed: bool, process: &str) -> ServiceRequest {
+    if changed {
+        ServiceRequest::Restart(process.to_owned())
+    } else {
+        ServiceRequest::Start(process.to_owned())
+    }
 }
 
 /// A client with the bootstrap token, trusting the discovered CA.

@@ -17,6 +17,8 @@ fn facts() -> HostFacts {
         container_runtime_endpoint: "unix:///h/run/containerd.sock".into(),
         cgroup_root: "/yurt-0/edge-x".into(),
         pause_image: "yurt.local/pause:1".into(),
+        cni_config_dir: "/h/cni".into(),
+        cni_state_dirs: vec!["/h/cni-ipam".into()],
     }
 }
 
@@ -61,8 +63,9 @@ fn kubelet_bootstraps_directly_then_goes_through_the_hub_and_rewrites_change_not
     let dir = tempfile::tempdir().unwrap();
     let files = HostFiles::new(dir.path());
     let (facts, opts) = (facts(), options(NodeType::Edge));
+    files.write_ca(&cluster()).unwrap();
     files
-        .write_bootstrap(&cluster(), "abcdef.0123456789abcdef")
+        .write_bootstrap_kubeconfig(&cluster(), "abcdef.0123456789abcdef")
         .unwrap();
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(files.bootstrap_kubeconfig())

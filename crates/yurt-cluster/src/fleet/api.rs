@@ -530,6 +530,8 @@ pub const BOOTSTRAP_TOKEN_GROUP: &str = "system:bootstrappers:kubeadm:default-no
 
 /// What the bootstrap group may read of NodePools: one by name.
 const GET_NODEPOOLS: &str = "openyurt:bootstrappers-get-nodepools";
+/// What nodes may delete: their own Node (NodeRestriction admits no other).
+const DELETE_OWN_NODE: &str = "openyurt:nodes-delete-own-node";
 
 /// What a kubeadm cluster has for hosts to join with a bootstrap token, so `kubeadm
 /// join`, `yurt adm join` and kubeadm's own tokens work on every fleet as on a cluster
@@ -541,7 +543,9 @@ const GET_NODEPOOLS: &str = "openyurt:bootstrappers-get-nodepools";
 /// - the bootstrap group may create node CSRs (`kubeadm:kubelet-bootstrap`), have them
 ///   approved (`kubeadm:node-autoapprove-bootstrap`), read Nodes (`kubeadm:get-nodes`) and
 ///   NodePools (`openyurt:bootstrappers-get-nodepools`, for `yurt adm join`'s pool check);
-/// - nodes may renew their client certificates (`kubeadm:node-autoapprove-certificate-rotation`).
+/// - nodes may renew their client certificates (`kubeadm:node-autoapprove-certificate-rotation`)
+///   and delete their own Node (`openyurt:nodes-delete-own-node`, for `yurt adm reset
+///   --delete-node`; NodeRestriction refuses any other Node).
 ///
 /// # Errors
 /// API errors.
@@ -600,6 +604,15 @@ pub async fn apply_bootstrap_prerequisites(
                "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]}),
     )
     .await?;
+    // `yurt adm reset --delete-node` deletes the Node with kubelet's own credentials.
+    // RBAC grants every node the verb; the NodeRestriction admission plugin (on in every
+    // fleet) lets a node delete only its own Node.
+    apply_object(
+        Api::<ClusterRole>::all(client.clone()),
+        json!({"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": DELETE_OWN_NODE},
+               "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["delete"]}]}),
+    )
+    .await?;
     // `yurt adm join --nodepool-name` checks the pool exists and takes edge nodes
     // before it changes anything.
     apply_object(
@@ -625,6 +638,7 @@ pub async fn apply_bootstrap_prerequisites(
             BOOTSTRAP_TOKEN_GROUP,
         ),
         (GET_NODEPOOLS, GET_NODEPOOLS, BOOTSTRAP_TOKEN_GROUP),
+        (DELETE_OWN_NODE, DELETE_OWN_NODE, "system:nodes"),
         (
             "kubeadm:node-autoapprove-certificate-rotation",
             "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",

@@ -64,6 +64,8 @@ impl Fleet {
             container_runtime_endpoint: format!("unix://{}", hp.containerd_socket().display()),
             cgroup_root: format!("/{}", host_cgroup(self.plan.slot, host)),
             pause_image: crate::image::PAUSE_IMAGE.to_owned(),
+            cni_config_dir: hp.cni_conf(),
+            cni_state_dirs: vec![hp.cni_ipam(), hp.cni_cache()],
         };
         facts
             .save(hp.root())
@@ -153,6 +155,7 @@ impl Fleet {
         self.with_state_lock(|f| {
             f.state.added_hosts.remove(&key);
             f.state.stopped.remove(&key);
+            f.state.cut.remove(&key);
             Ok(())
         })?;
         self.reload_state()?;

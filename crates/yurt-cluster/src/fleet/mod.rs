@@ -241,7 +241,8 @@ impl Fleet {
             .filter(move |&c| self.runs(host, c))
     }
 
-    /// Processes that should be running but are not: `(host, process, log)`.
+    /// Processes that should be running but are not (their unit restarts them):
+    /// `(host, process, log)`.
     pub fn crashed(&self) -> Vec<(HostId, Component, PathBuf)> {
         let mut out = Vec::new();
         for host in self.plan.hosts() {
@@ -252,7 +253,12 @@ impl Fleet {
                 }
                 let alive = crate::process::PidRecord::read(&hp.pid_file(c.name()))
                     .is_some_and(|r| r.is_alive());
-                if !alive {
+                // A unit that says `restart = "no"` may end: it is not restarted.
+                let may_end = || {
+                    crate::units::Unit::load(&self.unit_file(&host, c))
+                        .is_ok_and(|u| u.restart == crate::units::Restart::No)
+                };
+                if !alive && !may_end() {
                     out.push((host.clone(), c, hp.log(c.name())));
                 }
             }

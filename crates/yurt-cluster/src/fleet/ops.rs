@@ -477,6 +477,13 @@ impl Fleet {
         let _ops = blocking(move || lock::exclusive(&ops)).await?;
         let (host, c) = self.component_on(host, process)?;
         let hp = self.paths.host(&host);
+        // Asked to run from now on: a start that fails leaves a crashed process (which a
+        // supervisor retries and a crash report names), not one stopped on purpose.
+        let name = host.to_string();
+        self.with_state_lock(|f| {
+            f.state.set_stopped(&name, c.name(), false);
+            Ok(())
+        })?;
         let running = PidRecord::read(&hp.pid_file(c.name())).is_some_and(|r| r.is_alive());
         if !running {
             if c == Component::Kubelet || c == Component::KubeProxy || c == Component::Containerd {
@@ -490,11 +497,7 @@ impl Fleet {
                 blocking(move || import_all(&socket, &images)).await?;
             }
         }
-        let name = host.to_string();
-        self.with_state_lock(|f| {
-            f.state.set_stopped(&name, c.name(), false);
-            Ok(())
-        })
+        Ok(())
     }
 
     /// Reboots an edge host: every process on it dies at once (containers included, as
@@ -552,6 +555,13 @@ impl Fleet {
             yurt_core::host::HOST_DIR_ENV.to_owned(),
             hp.root().display().to_string(),
         ));
+        // Every host has the fleet's `yurt` installed, as it runs its hub from it.
+        if let Some(dir) = self.machine.yurt_binary.parent() {
+            env.push((
+                "PATH".to_owned(),
+                format!("{}:{}", dir.display(), crate::process::PATH),
+            ));
+        }
         let launch = Launch {
             program: program.into(),
             args: args.iter().map(Into::into).collect(),

@@ -54,7 +54,13 @@ pub struct Round {
     pub refused: Vec<String>,
     /// Added hosts routed.
     pub routed_hosts: usize,
+    /// Whether the round was skipped (hosts were being added, removed or rebooted).
+    pub skipped: bool,
 }
+
+/// The prefix length of a node's pod CIDR (kube-controller-manager's
+/// `--node-cidr-mask-size`).
+pub const NODE_CIDR_PREFIX: u8 = 24;
 
 /// Parses `a.b.c.d/n` as a network address (host bits zero).
 pub fn parse_cidr(text: &str) -> Option<Ipv4Cidr> {
@@ -88,6 +94,7 @@ pub fn desired(plan: &Plan, node_cidrs: &BTreeMap<String, String>) -> (Vec<PodRo
         .map(|e| (e.pool, e.ip, e.pod_cidr, e.name.to_string()))
         .collect();
     let mut refused = Vec::new();
+    let mut candidates = Vec::new();
     for host in &plan.added {
         let Some(text) = node_cidrs.get(host.name.as_str()) else {
             continue;
@@ -96,19 +103,35 @@ pub fn desired(plan: &Plan, node_cidrs: &BTreeMap<String, String>) -> (Vec<PodRo
             refused.push(format!("{}: pod CIDR {text:?} is not a network", host.name));
             continue;
         };
-        if cidr.prefix < net::CLUSTER_CIDR.prefix || !net::CLUSTER_CIDR.contains(cidr.addr) {
+        // What the allocator hands out: a /24 of the cluster's range. A node that set its
+        // own (a registering kubelet may) gets nothing wider or elsewhere.
+        if cidr.prefix != NODE_CIDR_PREFIX || !net::CLUSTER_CIDR.contains(cidr.addr) {
             refused.push(format!(
-                "{}: pod CIDR {cidr} lies outside the cluster's {}",
+                "{}: pod CIDR {cidr} is not a /{NODE_CIDR_PREFIX} of the cluster's {}",
                 host.name,
                 net::CLUSTER_CIDR
             ));
             continue;
         }
         if let Some((_, _, _, other)) = owners.iter().find(|o| overlaps(o.2, cidr)) {
-            refused.push(format!("{}: pod CIDR {cidr} overlaps {other}'s", host.name));
+            refused.push(format!(
+                "{}: pod CIDR {cidr} overlaps planned host {other}'s",
+                host.name
+            ));
             continue;
         }
-        owners.push((host.pool, host.ip, cidr, host.name.to_string()));
+        candidates.push((host.pool, host.ip, cidr, host.name.to_string()));
+    }
+    // Two added hosts claiming one range: neither is routed (no name order decides).
+    for (i, c) in candidates.iter().enumerate() {
+        let rival = candidates
+            .iter()
+            .enumerate()
+            .find(|(j, o)| *j != i && overlaps(o.2, c.2));
+        match rival {
+            Some((_, o)) => refused.push(format!("{}: pod CIDR {} overlaps {}'s", c.3, c.2, o.3)),
+            None => owners.push(c.clone()),
+        }
     }
     let router = plan.netns(&HostId::Router);
     let mut routes = Vec::new();
@@ -229,6 +252,19 @@ pub fn converge(plan: &Plan, desired: &[PodRoute]) -> Result<Vec<RouteChange>> {
 /// # Errors
 /// The state cannot be read, the Nodes cannot be listed, an `ip` command fails.
 pub async fn reconcile(paths: &FleetPaths, client: &kube::Client) -> Result<Round> {
+    // Hosts are added and removed under the operations lock: a round holds it from its
+    // read of the state to its last route, so it never puts back a route a removal just
+    // took away. A round that finds it held is skipped.
+    let ops = paths.ops_lock();
+    let Ok(_ops) = tokio::task::spawn_blocking(move || crate::lock::try_exclusive(&ops))
+        .await
+        .map_err(|e| Error::Invalid(format!("lock task failed: {e}")))??
+    else {
+        return Ok(Round {
+            skipped: true,
+            ..Round::default()
+        });
+    };
     let state = state::load(&paths.state_file())?.ok_or_else(|| Error::NoFleet {
         dir: paths.root().to_owned(),
     })?;
@@ -260,6 +296,7 @@ pub async fn reconcile(paths: &FleetPaths, client: &kube::Client) -> Result<Roun
         changes,
         refused,
         routed_hosts,
+        skipped: false,
     })
 }
 
@@ -369,41 +406,50 @@ mod tests {
     }
 
     #[test]
-    fn a_cidr_outside_the_range_or_overlapping_another_hosts_is_refused() {
+    fn a_cidr_outside_the_range_wider_than_a_node_or_overlapping_another_hosts_is_refused() {
         let plan = plan_with(&[
             ("edge-x", "pool-a", 100),
             ("edge-y", "pool-a", 101),
             ("edge-z", "pool-b", 100),
             ("edge-w", "pool-b", 101),
+            ("edge-v", "pool-b", 102),
+            ("edge-u", "pool-a", 102),
+            ("edge-t", "pool-b", 103),
         ]);
         let cidrs = BTreeMap::from([
             ("edge-x".to_owned(), "10.244.1.0/24".to_owned()), // edge-a1's
             ("edge-y".to_owned(), "10.10.0.0/24".to_owned()),  // the WAN
-            ("edge-z".to_owned(), "10.244.0.0/16".to_owned()), // every pod range
+            ("edge-z".to_owned(), "10.244.128.0/17".to_owned()), // future allocations
             ("edge-w".to_owned(), "10.244.77.0/24".to_owned()),
+            // Two added hosts claiming one range: neither gets it.
+            ("edge-v".to_owned(), "10.244.90.0/24".to_owned()),
+            ("edge-u".to_owned(), "10.244.90.0/24".to_owned()),
+            ("edge-t".to_owned(), "10.244.91.128/25".to_owned()),
         ]);
         let (routes, refused) = desired(&plan, &cidrs);
-        assert_eq!(refused.len(), 3, "{refused:?}");
-        assert!(
+        assert_eq!(refused.len(), 6, "{refused:?}");
+        let said = |host: &str, words: &str| {
             refused
                 .iter()
-                .any(|r| r.contains("edge-x") && r.contains("overlaps"))
-        );
+                .any(|r| r.starts_with(&format!("{host}:")) && r.contains(words))
+        };
         assert!(
-            refused
-                .iter()
-                .any(|r| r.contains("edge-y") && r.contains("outside"))
+            said("edge-x", "overlaps planned host edge-a1"),
+            "{refused:?}"
         );
-        assert!(
-            refused
-                .iter()
-                .any(|r| r.contains("edge-z") && r.contains("overlaps"))
-        );
+        assert!(said("edge-y", "is not a /24"), "{refused:?}");
+        assert!(said("edge-z", "is not a /24"), "{refused:?}");
+        assert!(said("edge-t", "is not a /24"), "{refused:?}");
+        assert!(said("edge-v", "overlaps edge-u"), "{refused:?}");
+        assert!(said("edge-u", "overlaps edge-v"), "{refused:?}");
         assert!(routes.iter().any(|r| r.dst == "10.244.77.0/24"));
+        assert!(!routes.iter().any(|r| r.dst == "10.244.90.0/24"));
         assert!(
-            !routes
+            routes
                 .iter()
-                .any(|r| r.via == Ipv4Addr::new(10, 20, 0, 100))
+                .filter(|r| r.via.octets()[3] >= 100)
+                .all(|r| r.dst == "10.244.77.0/24"),
+            "only edge-w is routed: {routes:?}"
         );
     }
 

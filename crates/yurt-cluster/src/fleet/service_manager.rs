@@ -2,9 +2,10 @@
 //! (see `yurt_core::host`): start, stop and restart requests for the host's processes,
 //! carried out by the fleet from the host's units, like `systemctl` on a machine.
 //!
-//! Who may call: whoever can open the socket, which is root on this machine only (mode
-//! 0600, in the host's folder; a pod's mount namespace does not hold the fleet's data
-//! folder). Each connection carries one request line of at most
+//! Who may call: whoever can open the socket, which is root on this machine only (in a
+//! folder of mode 0700 in the host's folder; a pod's mount namespace does not hold the
+//! fleet's data folder). Each `yurt fleet exec` has its own socket, so execs on one host
+//! run side by side. Each connection carries one request line of at most
 //! [`yurt_core::host::MAX_LINE`] bytes, read within a deadline; anything else is answered
 //! with an error and the connection closed. Requests run one at a time.
 
@@ -23,34 +24,45 @@ use crate::spec::HostId;
 /// How long a client may take to send its request line.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Where the service manager of `host` listens.
+/// Where this process serves the service manager of `host`: a socket named after its
+/// pid in the host's `run/service-managers`.
 pub fn socket_path(fleet: &Fleet, host: &HostId) -> PathBuf {
-    fleet.paths().host(host).run().join("service-manager.sock")
+    fleet
+        .paths()
+        .host(host)
+        .run()
+        .join("service-managers")
+        .join(format!("{}.sock", std::process::id()))
 }
 
-/// Binds the service manager's socket for `host` (mode 0600). A socket left by a
-/// process that is gone is replaced; one another process serves is refused.
+/// Binds the service manager's socket at `path`, in a folder only root may enter
+/// (0700), after removing the sockets of execs that are gone.
 ///
 /// # Errors
-/// [`Error::Invalid`] if another `yurt fleet exec` serves the host; I/O errors.
+/// I/O errors.
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(Error::Invalid(format!(
-                "another `yurt fleet exec` serves this host's service manager ({})",
-                path.display()
-            )));
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Invalid(format!("{} has no folder", path.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(dir, e))?;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let gone = entry
+                .path()
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.parse::<i32>().ok())
+                .is_none_or(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if gone {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
-        std::fs::remove_file(path).map_err(|e| Error::io(path, e))?;
     }
-    // Created private: no moment in which another user could connect.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let listener = tokio::net::UnixListener::bind(path);
-    nix::sys::stat::umask(old);
-    listener.map_err(|e| Error::io(path, e))
+    let _ = std::fs::remove_file(path);
+    tokio::net::UnixListener::bind(path).map_err(|e| Error::io(path, e))
 }
 
 /// Serves requests for `host` on `listener` until `stop`.
@@ -117,6 +129,8 @@ async fn answer(
 }
 
 async fn carry_out(fleet: &mut Fleet, host: &HostId, request: &ServiceRequest) -> Result<()> {
+    // Each request is carried out on the fleet as it is now (another exec, a reboot or
+    // the supervisor may have changed it).
     fleet.refresh()?;
     let name = host.to_string();
     tracing::info!(host = %name, request = %request, "service manager");

@@ -150,12 +150,26 @@ impl CsrCertificate {
     /// certificate starts as kubelet's until its own is issued.
     #[must_use]
     pub fn with_stand_in(self, stand_in: Option<Loaded>) -> Self {
-        if !self.own.load(Ordering::Acquire)
-            && let Some(loaded) = stand_in
-        {
-            self.slot.set(loaded);
+        if let Some(loaded) = stand_in {
+            self.stand_in(loaded);
         }
         self
+    }
+
+    /// Puts `loaded` in the slot if it holds nothing of its own and not that
+    /// certificate already (kubelet's rotated one replaces its last while the hub waits
+    /// for its own).
+    pub fn stand_in(&self, loaded: Loaded) {
+        if self.own.load(Ordering::Acquire) {
+            return;
+        }
+        let same = self
+            .slot
+            .get()
+            .is_some_and(|current| current.key.cert == loaded.key.cert);
+        if !same {
+            self.slot.set(loaded);
+        }
     }
 
     /// The slot the TLS endpoint reads.

@@ -1,7 +1,7 @@
-//! `yurt adm join`, run on the host that joins: its inputs are checked before anything
-//! changes (one line and exit status 1 on bad input), then `yurt_adm::join` runs with
-//! the host reached through `yurt_core::host` (its folder and service manager, which
-//! `yurt fleet exec` provides).
+//! `yurt adm join` and `yurt adm reset`, run on the host itself: inputs are checked
+//! before anything changes (one line and exit status 1 on bad input), then `yurt_adm`
+//! runs with the host reached through `yurt_core::host` (its folder and service manager,
+//! which `yurt fleet exec` provides).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +13,9 @@ use yurt_adm::join::{HostFiles, JoinOptions, NodeType};
 use yurt_core::host::{HOST_DIR_ENV, HostFacts, SERVICE_MANAGER_ENV, ServiceRequest};
 
 use crate::cli::JoinArgs;
+
+/// How long one request to the host's service manager may take.
+const SERVICE_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The host a join runs on, as `yurt fleet exec` describes it.
 struct FleetHost {
@@ -31,9 +34,20 @@ impl yurt_adm::join::Host for FleetHost {
     }
 
     async fn request(&self, request: ServiceRequest) -> Result<(), String> {
-        yurt_core::host::ask(&self.socket, &request)
-            .await
-            .map_err(|e| e.to_string())
+        // A start waits for the process to be ready (90 s at most for any of them).
+        let what = request.to_string();
+        tokio::time::timeout(
+            SERVICE_REQUEST_TIMEOUT,
+            yurt_core::host::ask(&self.socket, &request),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "{what}: the host's service manager did not answer within {}s",
+                SERVICE_REQUEST_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| e.to_string())
     }
 }
 
@@ -43,7 +57,7 @@ fn host() -> anyhow::Result<FleetHost> {
         std::env::var_os(SERVICE_MANAGER_ENV),
     ) else {
         bail!(
-            "yurt adm join runs on a fleet host, whose service manager starts kubelet and the hub: `yurt fleet exec <host> -- yurt adm join ...` (hosts managed by systemd are not supported yet)"
+            "yurt adm join (and reset) runs on a fleet host, whose service manager starts and stops kubelet and the hub: `yurt fleet exec <host> -- yurt adm join|reset ...` (hosts managed by systemd are not supported yet)"
         );
     };
     let dir = PathBuf::from(dir);
@@ -110,7 +124,7 @@ fn options(args: &JoinArgs, facts: &HostFacts) -> anyhow::Result<JoinOptions> {
 }
 
 /// Runs `yurt adm join`.
-pub async fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
+pub async fn join(args: JoinArgs) -> anyhow::Result<ExitCode> {
     // Flags first: a bad one is refused even off a fleet host.
     let unchecked = HostFacts {
         name: "unknown".into(),
@@ -121,6 +135,8 @@ pub async fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
         container_runtime_endpoint: String::new(),
         cgroup_root: String::new(),
         pause_image: String::new(),
+        cni_config_dir: PathBuf::new(),
+        cni_state_dirs: Vec::new(),
     };
     options(&args, &unchecked)?;
     let host = host()?;
@@ -141,6 +157,24 @@ pub async fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
             NodeType::Plain => "a plain node",
         },
         joined.node
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `yurt adm reset`.
+pub async fn reset(delete_node: bool) -> anyhow::Result<ExitCode> {
+    let host = host()?;
+    let progress = |step: &str| eprintln!("[reset] {step}");
+    let done = yurt_adm::reset::reset(&host, delete_node, &progress).await?;
+    for warning in &done.warnings {
+        eprintln!("[reset] warning: {warning}");
+    }
+    if let Some(node) = &done.deleted_node {
+        println!("Deleted Node {node}.");
+    }
+    println!(
+        "This host left the cluster: kubelet, kube-proxy and yurt hub stopped, {} pod processes killed, {} mounts removed, the pod network and join's files gone.",
+        done.killed, done.unmounted
     );
     Ok(ExitCode::SUCCESS)
 }
