@@ -718,3 +718,246 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
     })
     .await
 }
+
+/// `yurt adm join` on `host` as a child process, its output in `<fleet>/<log>.out|err`.
+fn spawn_join(
+    f: &TestFleet,
+    host: &str,
+    args: &[&str],
+    log: &str,
+) -> anyhow::Result<std::process::Child> {
+    let yurt = &yurt_testkit::machine().yurt_binary;
+    let mut cmd = std::process::Command::new(yurt);
+    cmd.arg("--data-dir")
+        .arg(f.dir())
+        .args(["fleet", "exec", host, "--"])
+        .arg(yurt)
+        .args(["adm", "join", "10.10.0.1:6443"])
+        .args(args)
+        .stdout(std::fs::File::create(f.dir().join(format!("{log}.out")))?)
+        .stderr(std::fs::File::create(f.dir().join(format!("{log}.err")))?);
+    Ok(cmd.spawn()?)
+}
+
+/// Waits for a join started by [`spawn_join`] to end: whether it succeeded, and what it
+/// printed (stdout, then stderr).
+async fn join_ended(
+    f: &TestFleet,
+    child: &mut std::process::Child,
+    log: &str,
+    timeout: Duration,
+) -> anyhow::Result<(bool, String)> {
+    let status = wait_for(&format!("join {log} to end"), timeout, || {
+        let ended = child.try_wait();
+        async move { Ok(ended?) }
+    })
+    .await?;
+    let said = format!(
+        "{}{}",
+        std::fs::read_to_string(f.dir().join(format!("{log}.out")))?,
+        std::fs::read_to_string(f.dir().join(format!("{log}.err")))?
+    );
+    Ok((status.success(), said))
+}
+
+/// SIGKILLs the `yurt adm join` running on `host` (not the `yurt fleet exec` around it);
+/// how many it killed.
+fn kill_join(host: &str) -> anyhow::Result<usize> {
+    let (env, folder) = (
+        format!("{}=", yurt_core::host::HOST_DIR_ENV),
+        format!("/hosts/{host}"),
+    );
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(cmdline), Ok(environ)) = (
+            std::fs::read(entry.path().join("cmdline")),
+            std::fs::read(entry.path().join("environ")),
+        ) else {
+            continue;
+        };
+        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let on_host = environ
+            .split(|b| *b == 0)
+            .any(|v| v.starts_with(env.as_bytes()) && v.ends_with(folder.as_bytes()));
+        if on_host && argv.get(1) == Some(&&b"adm"[..]) && argv.get(2) == Some(&&b"join"[..]) {
+            yurt_testkit::run_checked(
+                std::process::Command::new("kill").args(["-KILL", &pid.to_string()]),
+            )?;
+            killed += 1;
+        }
+    }
+    Ok(killed)
+}
+
+/// Issue 13's join faults, on a fleet of its own: a join killed after kubelet's TLS
+/// bootstrap is finished by the next run, which rides out its pool's link cut meanwhile;
+/// with the manager's csrapprover stopped the join times out naming the hub's pending
+/// CSRs and rolls the host back (no process, no file, no Node), and joins once the
+/// manager is back, through an API server restart in the middle.
+#[tokio::test]
+async fn a_join_resumes_after_a_kill_rides_out_faults_and_rolls_back_when_it_cannot_finish()
+-> anyhow::Result<()> {
+    within(async {
+        let spec = FleetSpec {
+            edge_nodes: 1,
+            pools: 1,
+            mode: NetMode::Nat,
+            timing: Timing::Fast,
+            sample_app: false,
+        };
+        let mut f = fresh("join-faults", spec).await?;
+        f.yurt(&["fleet", "add-host", "edge-y", "--pool", "pool-a"])?;
+        f.fleet_mut().refresh()?;
+        let printed = f.yurt(&[
+            "adm",
+            "token",
+            "create",
+            "--ttl",
+            "30m",
+            "--print-join-command",
+        ])?;
+        let word_after = |flag: &str| {
+            let mut words = printed.split_whitespace();
+            words.find(|w| *w == flag);
+            words.next().map(str::to_owned)
+        };
+        let token = word_after("--token").context("a token")?;
+        let hash = word_after("--discovery-token-ca-cert-hash").context("a CA hash")?;
+        let args = [
+            "--token",
+            token.as_str(),
+            "--discovery-token-ca-cert-hash",
+            hash.as_str(),
+            "--nodepool-name",
+            "pool-a",
+        ];
+        let host_dir = f.dir().join("hosts/edge-y");
+        let kubelet_conf = host_dir.join("etc/kubernetes/kubelet.conf");
+        let nodes: Api<Node> = Api::all(f.client());
+        let line_of = |f: &TestFleet| -> anyhow::Result<String> {
+            Ok(f.yurt(&["fleet", "status"])?
+                .lines()
+                .find(|l| l.starts_with("edge-y"))
+                .unwrap_or_default()
+                .to_owned())
+        };
+
+        // Killed once kubelet holds its certificate.
+        let mut first = spawn_join(&f, "edge-y", &args, "join-killed")?;
+        wait_for(
+            "kubelet's TLS bootstrap on edge-y",
+            Duration::from_secs(120),
+            || async { Ok(kubelet_conf.exists().then_some(())) },
+        )
+        .await?;
+        ensure!(kill_join("edge-y")? == 1, "one join to kill");
+        let (ok, said) = join_ended(&f, &mut first, "join-killed", Duration::from_secs(30)).await?;
+        ensure!(!ok, "a killed join fails: {said}");
+
+        // The next run resumes; its pool is cut off for a while meanwhile.
+        let mut resumed = spawn_join(&f, "edge-y", &args, "join-resumed")?;
+        f.cut("pool-a")?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        f.restore("pool-a")?;
+        let (ok, said) =
+            join_ended(&f, &mut resumed, "join-resumed", Duration::from_secs(240)).await?;
+        ensure!(
+            ok && said.contains("resumed: already done: kubelet TLS bootstrap")
+                && said.contains("joined the cluster as node edge-y"),
+            "{said}"
+        );
+        ensure!(f.node_ready("edge-y").await? == "True");
+        let line = line_of(&f)?;
+        for p in ["yurt-hub(", "kubelet(", "kube-proxy("] {
+            ensure!(line.contains(p), "{p} in {line}");
+        }
+        f.yurt(&[
+            "fleet",
+            "exec",
+            "edge-y",
+            "--",
+            &yurt_testkit::machine().yurt_binary.display().to_string(),
+            "adm",
+            "reset",
+            "--delete-node",
+        ])?;
+
+        // No csrapprover: the hub's CSRs stay pending; the join names them and rolls back.
+        f.stop("cloud", "yurt-manager")?;
+        let mut stuck = spawn_join(
+            &f,
+            "edge-y",
+            &[&args[..], &["--timeout", "40s"]].concat(),
+            "join-stuck",
+        )?;
+        let (ok, said) = join_ended(&f, &mut stuck, "join-stuck", Duration::from_secs(180)).await?;
+        ensure!(!ok, "{said}");
+        let last = said
+            .lines()
+            .find(|l| l.contains("rolled back"))
+            .unwrap_or_default();
+        ensure!(
+            last.contains("hub: yurt hub was not ready in time")
+                && last.contains("its CSRs csr-")
+                && last.contains("still pending")
+                && last.contains("the join was rolled back")
+                && last.contains("Node edge-y deleted"),
+            "{said}"
+        );
+        let pending: serde_json::Value =
+            serde_json::from_str(&f.kubectl(&["get", "csr", "-o", "json"])?)?;
+        let named = pending["items"]
+            .as_array()
+            .context("items")?
+            .iter()
+            .filter(|c| c["status"]["certificate"].is_null())
+            .filter_map(|c| c["metadata"]["name"].as_str())
+            .filter(|n| last.contains(n))
+            .count();
+        ensure!(named >= 1, "the named CSRs are pending ones: {last}");
+        let line = line_of(&f)?;
+        ensure!(
+            line.contains("containerd(")
+                && !line.contains("kubelet")
+                && !line.contains("yurt-hub")
+                && !line.contains("kube-proxy"),
+            "rolled back: {line}"
+        );
+        for gone in [
+            "etc/kubernetes",
+            "etc/yurt",
+            "var/lib/kubelet",
+            "units/kubelet.toml",
+        ] {
+            ensure!(!host_dir.join(gone).exists(), "{gone} is left");
+        }
+        ensure!(nodes.get_opt("edge-y").await?.is_none(), "the Node is gone");
+
+        // The manager back, the join goes through an API server restart.
+        f.start("cloud", "yurt-manager").await?;
+        let mut last_join = spawn_join(&f, "edge-y", &args, "join-restart")?;
+        wait_for(
+            "kubelet's TLS bootstrap on edge-y",
+            Duration::from_secs(120),
+            || async { Ok(kubelet_conf.exists().then_some(())) },
+        )
+        .await?;
+        f.stop("cloud", "kube-apiserver")?;
+        f.start("cloud", "kube-apiserver").await?;
+        let (ok, said) =
+            join_ended(&f, &mut last_join, "join-restart", Duration::from_secs(240)).await?;
+        ensure!(
+            ok && said.contains("joined the cluster as node edge-y"),
+            "{said}"
+        );
+        ensure!(f.node_ready("edge-y").await? == "True");
+
+        f.yurt(&["fleet", "remove-host", "edge-y"])?;
+        f.kubectl(&["delete", "node", "edge-y"])?;
+        Ok(())
+    })
+    .await
+}

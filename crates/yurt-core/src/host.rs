@@ -9,7 +9,8 @@
 //!   `units/<process>.toml`, and where the tool keeps what it writes;
 //! - `YURT_SERVICE_MANAGER`: a Unix socket on which the fleet carries out
 //!   [`ServiceRequest`]s for that host while the tool runs (one request per connection:
-//!   a line `start|stop|restart <process>`, answered `ok` or `error <why>`). The socket is
+//!   a line `start|stop|restart <process>`, where start and restart may say `--no-block`
+//!   to not wait for readiness, answered `ok` or `error <why>`). The socket is
 //!   the root user's only (mode 0600, in the host's folder, which no pod sees).
 
 use std::net::IpAddr;
@@ -132,6 +133,11 @@ pub enum ServiceRequest {
     Stop(String),
     /// Stop it if it runs, then start it from its unit (which may have changed).
     Restart(String),
+    /// As [`Self::Start`], without waiting for it to be ready (`systemctl --no-block`):
+    /// for a caller that waits itself and can say better why it is not.
+    StartNoBlock(String),
+    /// As [`Self::Restart`], without waiting for it to be ready.
+    RestartNoBlock(String),
 }
 
 impl std::fmt::Display for ServiceRequest {
@@ -140,6 +146,8 @@ impl std::fmt::Display for ServiceRequest {
             Self::Start(p) => write!(f, "start {p}"),
             Self::Stop(p) => write!(f, "stop {p}"),
             Self::Restart(p) => write!(f, "restart {p}"),
+            Self::StartNoBlock(p) => write!(f, "start --no-block {p}"),
+            Self::RestartNoBlock(p) => write!(f, "restart --no-block {p}"),
         }
     }
 }
@@ -148,9 +156,15 @@ impl std::str::FromStr for ServiceRequest {
     type Err = String;
 
     fn from_str(line: &str) -> Result<Self, String> {
-        let mut words = line.split_whitespace();
-        let (Some(verb), Some(process), None) = (words.next(), words.next(), words.next()) else {
-            return Err(format!("{line:?} is not `start|stop|restart <process>`"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (verb, no_block, process) = match words[..] {
+            [verb, process] => (verb, false, process),
+            [verb, "--no-block", process] if verb != "stop" => (verb, true, process),
+            _ => {
+                return Err(format!(
+                    "{line:?} is not `start|stop|restart <process>` (start and restart may take --no-block)"
+                ));
+            }
         };
         if !process
             .bytes()
@@ -159,10 +173,12 @@ impl std::str::FromStr for ServiceRequest {
             return Err(format!("{process:?} is not a process name"));
         }
         let process = process.to_owned();
-        match verb {
-            "start" => Ok(Self::Start(process)),
-            "stop" => Ok(Self::Stop(process)),
-            "restart" => Ok(Self::Restart(process)),
+        match (verb, no_block) {
+            ("start", false) => Ok(Self::Start(process)),
+            ("start", true) => Ok(Self::StartNoBlock(process)),
+            ("stop", _) => Ok(Self::Stop(process)),
+            ("restart", false) => Ok(Self::Restart(process)),
+            ("restart", true) => Ok(Self::RestartNoBlock(process)),
             _ => Err(format!("{verb:?} is not start, stop or restart")),
         }
     }
@@ -216,7 +232,13 @@ mod tests {
 
     #[test]
     fn requests_parse_and_print_as_one_line() {
-        for line in ["start kubelet", "stop yurt-hub", "restart kube-proxy"] {
+        for line in [
+            "start kubelet",
+            "stop yurt-hub",
+            "restart kube-proxy",
+            "start --no-block yurt-hub",
+            "restart --no-block yurt-hub",
+        ] {
             let r: ServiceRequest = line.parse().unwrap();
             assert_eq!(r.to_string(), line);
         }
@@ -227,6 +249,9 @@ mod tests {
             "reboot kubelet",
             "start ../x",
             "start Kubelet",
+            "stop --no-block kubelet",
+            "start --later kubelet",
+            "start kubelet --no-block",
         ] {
             assert!(bad.parse::<ServiceRequest>().is_err(), "{bad}");
         }

@@ -73,6 +73,24 @@ pub enum JoinError {
         /// What went wrong or what it waited for.
         reason: String,
     },
+    /// A phase failed and the host was rolled back.
+    #[error("{cause}; the join was rolled back (kubelet, kube-proxy and yurt hub stopped, join's files removed{}): fix that and join again", node.as_ref().map(|n| format!(", Node {n} deleted")).unwrap_or_default())]
+    RolledBack {
+        /// The failure.
+        cause: Box<JoinError>,
+        /// The Node deleted with it, if the join had made one.
+        node: Option<String>,
+    },
+    /// A phase failed and so did undoing it.
+    #[error(
+        "{cause}; rolling the join back failed too ({reset}): run `yurt adm reset` on this host"
+    )]
+    RollbackFailed {
+        /// The failure.
+        cause: Box<JoinError>,
+        /// What the rollback said.
+        reset: String,
+    },
 }
 
 fn phase(phase: &'static str) -> impl Fn(String) -> JoinError {
@@ -157,18 +175,57 @@ pub async fn join<H: Host + Sync>(
     progress("preflight: node name and pool");
     // A resumed join finds its own Node: the name is held by this host's kubelet.
     let ours = files.kubelet_identity().as_deref() == Some(wanted.as_str());
-    preflight(&bootstrap, options, ours).await?;
+    let node_existed = preflight(&bootstrap, options, ours).await?;
 
+    match phases(host, options, &cluster, &bootstrap, progress, &mut skipped).await {
+        Ok(()) => Ok(Joined {
+            node: options.node.to_string(),
+            skipped,
+        }),
+        Err(cause) => {
+            // Whatever the phases changed is undone: the host is left as before the join
+            // (kubeadm leaves this to the user; a half-joined edge host is worse than none).
+            // The Node goes too when this join made it (not one that was there before).
+            let made_node = ours || !node_existed;
+            progress("rolling back: undoing what the join did on this host");
+            let delete_node = made_node && files.kubelet_identity().is_some();
+            Err(
+                match crate::reset::reset(host, delete_node, progress).await {
+                    Ok(_) => JoinError::RolledBack {
+                        cause: Box::new(cause),
+                        node: delete_node.then(|| options.node.to_string()),
+                    },
+                    Err(e) => JoinError::RollbackFailed {
+                        cause: Box::new(cause),
+                        reset: e.to_string(),
+                    },
+                },
+            )
+        }
+    }
+}
+
+/// The phases that change the host and the cluster, each resumed from what the host's
+/// files say is done.
+async fn phases<H: Host + Sync>(
+    host: &H,
+    options: &JoinOptions,
+    cluster: &ClusterInfo,
+    bootstrap: &kube::Client,
+    progress: Progress<'_>,
+    skipped: &mut Vec<&'static str>,
+) -> Result<(), JoinError> {
+    let files = host.files();
     let deadline = Instant::now() + options.timeout;
     files
-        .write_ca(&cluster)
+        .write_ca(cluster)
         .map_err(phase("kubelet TLS bootstrap"))?;
     if files.kubelet_bootstrapped() {
         skipped.push("kubelet TLS bootstrap");
     } else {
         progress("kubelet TLS bootstrap: kubelet asks for its client certificate");
         files
-            .write_bootstrap_kubeconfig(&cluster, &options.discovery.token.to_string())
+            .write_bootstrap_kubeconfig(cluster, &options.discovery.token.to_string())
             .map_err(phase("kubelet TLS bootstrap"))?;
         files
             .write_kubelet(host.facts(), options, files::KubeletApi::Bootstrap)
@@ -176,7 +233,7 @@ pub async fn join<H: Host + Sync>(
         host.request(ServiceRequest::Restart("kubelet".into()))
             .await
             .map_err(phase("kubelet TLS bootstrap"))?;
-        wait_bootstrapped(&bootstrap, files, &options.node, deadline).await?;
+        wait_bootstrapped(bootstrap, files, &options.node, deadline).await?;
     }
     // The token has served: kubeadm removes it too (kubelet reads it only while its own
     // kubeconfig is missing or expired).
@@ -187,12 +244,17 @@ pub async fn join<H: Host + Sync>(
     if options.node_type == NodeType::Edge {
         progress("hub: starting yurt hub from kubelet's certificate");
         let changed = files
-            .write_hub(host.facts(), &cluster, options)
+            .write_hub(host.facts(), cluster, options)
             .map_err(phase("hub"))?;
-        host.request(start_or_restart(changed, "yurt-hub"))
-            .await
-            .map_err(phase("hub"))?;
-        wait_hub_ready(deadline).await?;
+        // Not waited for by the service manager: the wait below has the join's deadline
+        // and says why the hub is not ready (its readyz, the CSRs it waits for).
+        let request = if changed {
+            ServiceRequest::RestartNoBlock("yurt-hub".into())
+        } else {
+            ServiceRequest::StartNoBlock("yurt-hub".into())
+        };
+        host.request(request).await.map_err(phase("hub"))?;
+        wait_hub_ready(bootstrap, &options.node, deadline).await?;
         progress("kubelet and kube-proxy: through the hub");
         let changed = files
             .write_kubelet(host.facts(), options, files::KubeletApi::ThroughHub)
@@ -213,14 +275,10 @@ pub async fn join<H: Host + Sync>(
     }
 
     progress("node: waiting for it to be Ready");
-    wait_ready(&bootstrap, &options.node, deadline).await?;
+    wait_ready(bootstrap, &options.node, deadline).await?;
     files
         .mark_joined(options.node.as_str())
-        .map_err(phase("finish"))?;
-    Ok(Joined {
-        node: options.node.to_string(),
-        skipped,
-    })
+        .map_err(phase("finish"))
 }
 
 /// A process whose unit changed is restarted (a running one would keep its old
@@ -260,29 +318,31 @@ async fn preflight(
     client: &kube::Client,
     options: &JoinOptions,
     ours: bool,
-) -> Result<(), JoinError> {
+) -> Result<bool, JoinError> {
+    // The API server may be restarting or the site's link cut: reads are retried until
+    // the join's deadline, so a join begun in an outage finishes when it ends.
+    let deadline = Instant::now() + options.timeout;
     let nodes: Api<Node> = Api::all(client.clone());
-    match nodes.get_opt(options.node.as_str()).await {
+    let existed = match read_through(deadline, || nodes.get_opt(options.node.as_str())).await {
         Ok(Some(node)) if is_ready(&node) && !ours => {
             return Err(JoinError::Preflight(format!(
                 "a Ready Node named {} exists: join with another --node-name, or reset and delete that node first",
                 options.node
             )));
         }
-        Ok(_) => {}
+        Ok(found) => found.is_some(),
         Err(e) => {
             return Err(JoinError::Preflight(format!(
                 "reading Node {}: {e}",
                 options.node
             )));
         }
-    }
+    };
     if let Some(pool) = &options.pool {
         let gvk = kube::core::GroupVersionKind::gvk("apps.openyurt.io", "v1beta2", "NodePool");
         let resource = kube::core::ApiResource::from_gvk_with_plural(&gvk, "nodepools");
         let pools: Api<kube::core::DynamicObject> = Api::all_with(client.clone(), &resource);
-        let found = pools
-            .get_opt(pool.as_str())
+        let found = read_through(deadline, || pools.get_opt(pool.as_str()))
             .await
             .map_err(|e| JoinError::Preflight(format!("reading NodePool {pool}: {e}")))?;
         let Some(found) = found else {
@@ -297,7 +357,34 @@ async fn preflight(
             )));
         }
     }
-    Ok(())
+    Ok(existed)
+}
+
+/// Runs `read` until it succeeds, fails for good, or `deadline` passes: no connection, a
+/// timeout, a 5xx or a 429 are tried again.
+async fn read_through<T, F, Fut>(deadline: Instant, mut read: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    loop {
+        match read().await {
+            Err(e) if is_transient(&e) && Instant::now() + POLL < deadline => {
+                tracing::info!(error = %e, "preflight: will read again");
+                tokio::time::sleep(POLL).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether a failed request may succeed when tried again.
+fn is_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        kube::Error::SerdeError(_) | kube::Error::BuildRequest(_) => false,
+        _ => true,
+    }
 }
 
 fn is_ready(node: &Node) -> bool {
@@ -325,10 +412,10 @@ async fn wait_bootstrapped(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let pending = pending_csr(client, node).await;
+            let pending = pending_csrs(client, node, &[KUBELET_CLIENT_SIGNER]).await;
             return Err(JoinError::Phase {
                 phase: "kubelet TLS bootstrap",
-                reason: match pending {
+                reason: match pending.first() {
                     Some(name) => format!(
                         "kubelet's client certificate was not issued in time: CSR {name} is still pending (is kube-controller-manager running with its csrapproving and csrsigning controllers? `kubectl get csr {name}`)"
                     ),
@@ -342,22 +429,38 @@ async fn wait_bootstrapped(
     }
 }
 
-/// The newest pending kubelet client CSR of `node`, by name.
-async fn pending_csr(client: &kube::Client, node: &NodeName) -> Option<String> {
+/// kubelet's client certificates (kube-controller-manager approves the bootstrapping ones).
+const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The hub's serving and client certificates (our manager's csrapprover approves them).
+const HUB_SIGNERS: [&str; 2] = [
+    "kubernetes.io/kubelet-serving",
+    "kubernetes.io/kube-apiserver-client",
+];
+
+/// The names of `node`'s CSRs with one of `signers` that are neither approved nor denied,
+/// newest first (the bootstrap token may list CSRs: kubeadm's node-bootstrapper role).
+async fn pending_csrs(client: &kube::Client, node: &NodeName, signers: &[&str]) -> Vec<String> {
     let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
-    let list = csrs.list(&ListParams::default()).await.ok()?;
+    let Ok(list) = csrs.list(&ListParams::default()).await else {
+        return Vec::new();
+    };
     let subject = format!("system:node:{node}");
-    list.items
+    let mut pending: Vec<_> = list
+        .items
         .into_iter()
-        .filter(|c| c.spec.signer_name == "kubernetes.io/kube-apiserver-client-kubelet")
+        .filter(|c| signers.contains(&c.spec.signer_name.as_str()))
         .filter(|c| {
             c.status.as_ref().is_none_or(|s| {
                 s.certificate.is_none() && s.conditions.as_ref().is_none_or(Vec::is_empty)
             })
         })
         .filter(|c| csr_subject(c).as_deref() == Some(subject.as_str()))
-        .max_by_key(|c| c.metadata.creation_timestamp.clone().map(|t| t.0))
-        .and_then(|c| c.metadata.name)
+        .collect();
+    pending.sort_by_key(|c| std::cmp::Reverse(c.metadata.creation_timestamp.clone().map(|t| t.0)));
+    pending
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect()
 }
 
 fn csr_subject(csr: &CertificateSigningRequest) -> Option<String> {
@@ -374,8 +477,13 @@ fn csr_subject(csr: &CertificateSigningRequest) -> Option<String> {
 /// The hub's readiness endpoint, on the host's loopback (this process runs in the host).
 pub const HUB_READYZ: &str = "127.0.0.1:10267";
 
-/// Waits for the hub's `/v1/readyz` to answer 200; on the deadline, quotes its answer.
-async fn wait_hub_ready(deadline: Instant) -> Result<(), JoinError> {
+/// Waits for the hub's `/v1/readyz` to answer 200; on the deadline, quotes its answer and
+/// names the hub's CSRs still pending.
+async fn wait_hub_ready(
+    client: &kube::Client,
+    node: &NodeName,
+    deadline: Instant,
+) -> Result<(), JoinError> {
     loop {
         let last = match readyz().await {
             Ok((200, _)) => return Ok(()),
@@ -383,10 +491,19 @@ async fn wait_hub_ready(deadline: Instant) -> Result<(), JoinError> {
             Err(e) => e,
         };
         if Instant::now() >= deadline {
+            let pending = pending_csrs(client, node, &HUB_SIGNERS).await;
+            let csrs = if pending.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; its CSRs {} are still pending (is yurt manager running with its csrapprover? `kubectl get csr`)",
+                    pending.join(", ")
+                )
+            };
             return Err(JoinError::Phase {
                 phase: "hub",
                 reason: format!(
-                    "yurt hub was not ready in time; its readyz (http://{HUB_READYZ}/v1/readyz) last said: {last}"
+                    "yurt hub was not ready in time; its readyz (http://{HUB_READYZ}/v1/readyz) last said: {last}{csrs}"
                 ),
             });
         }

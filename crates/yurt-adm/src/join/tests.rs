@@ -207,3 +207,76 @@ fn kubelets_configuration_names_the_hosts_cgroup_root_and_client_ca() {
     assert_eq!(config["authentication"]["anonymous"]["enabled"], false);
     assert_eq!(config["rotateCertificates"], true);
 }
+
+#[test]
+fn a_refusal_is_final_and_a_lost_connection_or_overload_is_tried_again() {
+    let status = |code: u16| {
+        kube::Error::Api(
+            kube::core::Status::failure("x", "y")
+                .with_code(code)
+                .boxed(),
+        )
+    };
+    for code in [500, 503, 504, 429] {
+        assert!(is_transient(&status(code)), "{code}");
+    }
+    for code in [401, 403, 404, 422] {
+        assert!(!is_transient(&status(code)), "{code}");
+    }
+    let serde = serde_json::from_str::<u8>("x").unwrap_err();
+    assert!(!is_transient(&kube::Error::SerdeError(serde)));
+}
+
+#[tokio::test]
+async fn reads_are_retried_through_an_outage_until_the_deadline() {
+    let tries = std::sync::atomic::AtomicU32::new(0);
+    let unavailable = || {
+        kube::Error::Api(
+            kube::core::Status::failure("down", "ServiceUnavailable")
+                .with_code(503)
+                .boxed(),
+        )
+    };
+    let got = read_through(Instant::now() + Duration::from_secs(30), || async {
+        if tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+            Err(unavailable())
+        } else {
+            Ok(7)
+        }
+    })
+    .await;
+    assert_eq!(got.unwrap(), 7);
+    assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // Past the deadline the last failure is the answer.
+    let started = Instant::now();
+    let got: Result<u8, _> = read_through(Instant::now() + Duration::from_millis(700), || async {
+        Err(unavailable())
+    })
+    .await;
+    assert!(got.is_err());
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn a_rolled_back_join_says_what_failed_and_what_was_undone() {
+    let cause = JoinError::Phase {
+        phase: "hub",
+        reason: "its CSRs csr-abc are still pending".into(),
+    };
+    let said = JoinError::RolledBack {
+        cause: Box::new(cause),
+        node: Some("edge-x".into()),
+    }
+    .to_string();
+    assert!(
+        said.starts_with("hub: its CSRs csr-abc are still pending; the join was rolled back")
+            && said.contains("Node edge-x deleted"),
+        "{said}"
+    );
+    let said = JoinError::RollbackFailed {
+        cause: Box::new(JoinError::Preflight("x".into())),
+        reset: "killing the pods: no".into(),
+    }
+    .to_string();
+    assert!(said.contains("run `yurt adm reset`"), "{said}");
+}

@@ -85,22 +85,10 @@ impl Fleet {
     /// # Errors
     /// [`Error::ProcessExited`] if it dies while starting, [`Error::NotReady`] on timeout.
     pub(crate) async fn start_component(&self, host: &HostId, component: Component) -> Result<()> {
-        let line = self.unit(host, component)?.command_line()?;
+        let record = self.spawn_component(host, component)?;
         let hp = self.paths.host(host);
         let ns = self.plan.netns(host);
-        let launch = Launch {
-            program: line.program,
-            args: line.args,
-            env: line.env,
-            netns: Some(netns::path(&ns)),
-            mountns: matches!(host, HostId::Edge(_)).then(|| hp.mount_ns()),
-            cgroup_procs: self
-                .cgroups
-                .procs_files(&system_cgroup(self.plan.slot, host)),
-        };
         let log = hp.log(component.name());
-        let (record, child) = process::spawn(&launch, &log, &hp.pid_file(component.name()))?;
-        self.keep_child(child);
         let host_name = host.to_string();
         let failed = || {
             (!record.is_alive()).then(|| Error::ProcessExited {
@@ -133,6 +121,32 @@ impl Fleet {
             .await?;
         }
         Ok(())
+    }
+
+    /// Spawns `component` on `host` from its unit, not waiting for anything.
+    ///
+    /// # Errors
+    /// Unit and spawn errors.
+    fn spawn_component(&self, host: &HostId, component: Component) -> Result<PidRecord> {
+        let line = self.unit(host, component)?.command_line()?;
+        let hp = self.paths.host(host);
+        let launch = Launch {
+            program: line.program,
+            args: line.args,
+            env: line.env,
+            netns: Some(netns::path(&self.plan.netns(host))),
+            mountns: matches!(host, HostId::Edge(_)).then(|| hp.mount_ns()),
+            cgroup_procs: self
+                .cgroups
+                .procs_files(&system_cgroup(self.plan.slot, host)),
+        };
+        let (record, child) = process::spawn(
+            &launch,
+            &hp.log(component.name()),
+            &hp.pid_file(component.name()),
+        )?;
+        self.keep_child(child);
+        Ok(record)
     }
 
     /// The unit `component` on `host` starts from. A planned host's unit is rendered
@@ -472,6 +486,19 @@ impl Fleet {
     /// # Errors
     /// Unknown host or process, fleet not running, start failures.
     pub async fn start_process(&mut self, host: &str, process: &str) -> Result<()> {
+        self.start_process_then(host, process, true).await
+    }
+
+    /// Starts one process on a host (if it is not running) without waiting for it to be
+    /// ready (`systemctl --no-block`); only a process that cannot be spawned fails.
+    ///
+    /// # Errors
+    /// Unknown host or process, fleet not running, spawn failures.
+    pub async fn launch_process(&mut self, host: &str, process: &str) -> Result<()> {
+        self.start_process_then(host, process, false).await
+    }
+
+    async fn start_process_then(&mut self, host: &str, process: &str, wait: bool) -> Result<()> {
         self.require_up()?;
         let ops = self.paths.ops_lock();
         let _ops = blocking(move || lock::exclusive(&ops)).await?;
@@ -490,7 +517,11 @@ impl Fleet {
                 let hp2 = hp.clone();
                 blocking(move || mountns::create(&hp2)).await?;
             }
-            self.start_component(&host, c).await?;
+            if wait {
+                self.start_component(&host, c).await?;
+            } else {
+                self.spawn_component(&host, c)?;
+            }
             if c == Component::Containerd {
                 let socket = hp.containerd_socket();
                 let images = self.paths.images();

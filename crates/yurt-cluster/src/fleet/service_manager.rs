@@ -141,5 +141,10 @@ async fn carry_out(fleet: &mut Fleet, host: &HostId, request: &ServiceRequest) -
             fleet.stop_process(&name, p)?;
             fleet.start_process(&name, p).await
         }
+        ServiceRequest::StartNoBlock(p) => fleet.launch_process(&name, p).await,
+        ServiceRequest::RestartNoBlock(p) => {
+            fleet.stop_process(&name, p)?;
+            fleet.launch_process(&name, p).await
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! `yurt bench adm`: what joining costs, on a one-node fleet. Today one measure, the
-//! time from creating a certificate request to holding the certificate:
+//! `yurt bench adm`: what joining costs, on a one-node fleet. First the time from
+//! creating a certificate request to holding the certificate:
 //! - ours: the hub's serving certificate as it asks for it
 //!   (`yurt_hub::certificate::csr`), made as the node, approved by the manager's
 //!   csrapprover and signed by kube-controller-manager;
@@ -7,9 +7,13 @@
 //!   token (the TLS bootstrap of `kubeadm join`), approved by kube-controller-manager's
 //!   own csrapproving controller and signed by the same signer.
 //!
-//! The requests alternate, one at a time, so both see the same machine. Join phase by
-//! phase, conversion and concurrent joins come with `yurt adm join` and the conversion
+//! The requests alternate, one at a time, so both see the same machine. Then joins
+//! ([`join`]): `yurt adm join` phase by phase to Node Ready and a first pod Running,
+//! alternating with the anchor, the fleet's own node started from minted certificates as
+//! `yurt up` does; then several joins at once. Conversion comes with the conversion
 //! controller (not built yet).
+
+mod join;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +34,12 @@ pub struct BenchAdmArgs {
     /// Certificate requests of each kind.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub csrs: u16,
+    /// Joins of an added host, each alternating with the anchor (0: none).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=50))]
+    pub joins: u16,
+    /// Hosts joining at once, after the single joins (0 or 1: none).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(0..=16))]
+    pub concurrent: u16,
     /// Folder for the benchmark's fleet (removed afterwards).
     #[arg(long, default_value = "/var/lib/yurt/bench-adm")]
     pub bench_dir: PathBuf,
@@ -184,5 +194,158 @@ async fn measure(
             ms(a),
         );
     }
+    if args.joins > 0 || args.concurrent > 1 {
+        joins(fleet, &admin, &node, args, reporter, &mut table).await?;
+    }
     Ok(table)
+}
+
+/// The join rows: single joins against the anchor, phase by phase, then concurrent joins.
+async fn joins(
+    fleet: &yurt_cluster::Fleet,
+    admin: &kube::Client,
+    node: &str,
+    args: &BenchAdmArgs,
+    reporter: &dyn Reporter,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    let dir = args.bench_dir.join("fleet");
+    let cli = join::Cli { dir: &dir };
+    let pool = fleet
+        .plan()
+        .pools
+        .first()
+        .context("the fleet's pool")?
+        .name
+        .to_string();
+    let printed = cli
+        .run(&[
+            "adm",
+            "token",
+            "create",
+            "--ttl",
+            "2h",
+            "--print-join-command",
+        ])
+        .await?;
+    // `yurt adm join SERVER --token T --discovery-token-ca-cert-hash H`, run on the host.
+    let mut join_args: Vec<String> = printed
+        .split_whitespace()
+        .skip_while(|w| *w != "adm")
+        .map(str::to_owned)
+        .collect();
+    if join_args.get(1).map(String::as_str) != Some("join") {
+        anyhow::bail!("no join command in {printed:?}");
+    }
+    join_args.extend(["--nodepool-name".to_owned(), pool.clone()]);
+    let hosts: Vec<String> = (1..=args.concurrent.max(1))
+        .map(|i| format!("bench-j{i}"))
+        .collect();
+    let step = Step::start(reporter, format!("adding {} bare hosts", hosts.len()));
+    for host in &hosts {
+        cli.run(&["fleet", "add-host", host, "--pool", &pool])
+            .await?;
+    }
+    step.finish();
+
+    let (mut ours, mut anchor) = (Vec::new(), Vec::new());
+    for round in 0..usize::from(args.joins) {
+        let step = Step::start(
+            reporter,
+            format!("join {} of {}, then the anchor", round + 1, args.joins),
+        );
+        ours.push(join::join_once(&cli, admin, &hosts[0], &join_args, round).await?);
+        join::reset(&cli, admin, &hosts[0], round).await?;
+        anchor.push(join::preminted_once(&cli, admin, node, round).await?);
+        step.finish();
+    }
+    let s = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    if !ours.is_empty() {
+        for (i, phase) in join::PHASES.iter().enumerate() {
+            let mut began: Vec<Duration> = ours.iter().filter_map(|t| t.phases[i]).collect();
+            began.sort();
+            if !began.is_empty() {
+                table.row(
+                    &format!("join: {phase} begins, p50"),
+                    s(percentile(&began, 50.0)),
+                    "—".into(),
+                );
+            }
+        }
+        for (what, of) in [
+            (
+                "join: command → Node Ready, p50",
+                (|t: &join::Timed| t.node_ready) as fn(&join::Timed) -> Duration,
+            ),
+            (
+                "join: command → first pod Running, p50",
+                |t: &join::Timed| t.pod_running,
+            ),
+        ] {
+            let mut o: Vec<Duration> = ours.iter().map(of).collect();
+            let mut a: Vec<Duration> = anchor.iter().map(of).collect();
+            o.sort();
+            a.sort();
+            let (o, a) = (percentile(&o, 50.0), percentile(&a, 50.0));
+            table.row(
+                what,
+                format!(
+                    "{} ({:+.1} s against the anchor; goal ≤ +5 s)",
+                    s(o),
+                    o.as_secs_f64() - a.as_secs_f64()
+                ),
+                format!("{} (minted certificates, started as yurt up does)", s(a)),
+            );
+        }
+    }
+
+    if hosts.len() > 1 {
+        // The single joins' host was reset after each: it joins again with the others.
+        let step = Step::start(reporter, format!("{} joins at once", hosts.len()));
+        let together = futures_util::future::try_join_all(
+            hosts
+                .iter()
+                .map(|h| join::join_once(&cli, admin, h, &join_args, usize::from(args.joins))),
+        )
+        .await?;
+        step.finish();
+        let mut ready: Vec<Duration> = together.iter().map(|t| t.node_ready).collect();
+        let mut running: Vec<Duration> = together.iter().map(|t| t.pod_running).collect();
+        ready.sort();
+        running.sort();
+        let single = |of: fn(&join::Timed) -> Duration| {
+            let mut v: Vec<Duration> = ours.iter().map(of).collect();
+            v.sort();
+            if v.is_empty() {
+                "—".to_owned()
+            } else {
+                format!("{} (one join alone, p50)", s(percentile(&v, 50.0)))
+            }
+        };
+        table.row(
+            &format!(
+                "{} joins at once: command → Node Ready, p50 / slowest",
+                hosts.len()
+            ),
+            format!(
+                "{} / {}",
+                s(percentile(&ready, 50.0)),
+                s(percentile(&ready, 100.0))
+            ),
+            single(|t| t.node_ready),
+        );
+        table.row(
+            &format!(
+                "{} joins at once: command → first pod Running, p50 / slowest",
+                hosts.len()
+            ),
+            format!(
+                "{} / {}",
+                s(percentile(&running, 50.0)),
+                s(percentile(&running, 100.0))
+            ),
+            single(|t| t.pod_running),
+        );
+    }
+    Ok(())
 }
