@@ -698,6 +698,13 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             !mounts.contains("var/lib/kubelet/") && !mounts.contains("/run/netns/cni-"),
             "mounts are left in the host:\n{mounts}"
         );
+        // The pod bridge went with its address: the next join may get another pod CIDR.
+        let bridge = f.exec("edge-x", &["ip", "-o", "link", "show", "dev", "cni0"])?;
+        ensure!(
+            !bridge.status.success(),
+            "cni0 is left: {}",
+            String::from_utf8_lossy(&bridge.stdout)
+        );
         // Again: nothing to undo, still fine.
         reset(&[])?;
         // The pod object outlived its node; the host joins again, afresh.

@@ -277,8 +277,17 @@ fn unmount_under(roots: &[(PathBuf, bool)]) -> Result<usize, String> {
     Err("mounts are still there after 16 rounds of unmounting".into())
 }
 
+/// Whether this network namespace has the link `name`. Asked over netlink (`ip`), not
+/// read from `/sys/class/net`: sysfs shows the links of the namespace that mounted it,
+/// which on a host entered with `setns` is not this one (a reset once left `cni0` with
+/// the old node's address, and the next join's pods could not start).
 fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
+    std::process::Command::new("ip")
+        .args(["-o", "link", "show", "dev", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {

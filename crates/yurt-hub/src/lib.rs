@@ -116,9 +116,9 @@ fn setup_dummy(d: &config::DummyInterface) -> Result<(), HubError> {
     };
     let prefix = if d.ip.is_ipv4() { 32 } else { 128 };
     let address = format!("{}/{prefix}", d.ip);
-    let exists = std::path::Path::new("/sys/class/net")
-        .join(&d.name)
-        .exists();
+    // Asked over netlink: `/sys/class/net` lists the links of the namespace that mounted
+    // sysfs, not of the one this hub was started in.
+    let exists = run(&["-o", "link", "show", "dev", &d.name]).is_ok();
     if !exists && let Err(e) = run(&["link", "add", &d.name, "type", "dummy"]) {
         // Kernels without the dummy driver: the address on loopback is just as local.
         tracing::info!(error = %e, "no dummy interface support; putting {address} on lo");
