@@ -962,6 +962,57 @@ async fn a_join_resumes_after_a_kill_rides_out_faults_and_rolls_back_when_it_can
         );
         ensure!(f.node_ready("edge-y").await? == "True");
 
+        // Again as a plain node: no hub; kube-proxy with kubelet's credentials.
+        let yurt = yurt_testkit::machine().yurt_binary.display().to_string();
+        f.yurt(&[
+            "fleet",
+            "exec",
+            "edge-y",
+            "--",
+            &yurt,
+            "adm",
+            "reset",
+            "--delete-node",
+        ])?;
+        let mut plain = spawn_join(
+            &f,
+            "edge-y",
+            &[&args[..4], &["--node-type", "plain"]].concat(),
+            "join-plain",
+        )?;
+        let (ok, said) = join_ended(&f, &mut plain, "join-plain", Duration::from_secs(240)).await?;
+        ensure!(
+            ok && said.contains("joined the cluster as node edge-y (a plain node)"),
+            "{said}"
+        );
+        let line = line_of(&f)?;
+        ensure!(
+            line.contains("kubelet(") && line.contains("kube-proxy(") && !line.contains("yurt-hub"),
+            "{line}"
+        );
+        let labels = nodes
+            .get("edge-y")
+            .await?
+            .metadata
+            .labels
+            .unwrap_or_default();
+        ensure!(
+            labels.get("openyurt.io/is-edge-worker").map(String::as_str) == Some("false")
+                && !labels.contains_key("apps.openyurt.io/nodepool"),
+            "{labels:?}"
+        );
+        wait_for(
+            "kube-proxy's rules for the kubernetes Service on edge-y",
+            Duration::from_secs(60),
+            || async {
+                let out = f.exec("edge-y", &["iptables-save", "-t", "nat"])?;
+                Ok(String::from_utf8_lossy(&out.stdout)
+                    .contains("default/kubernetes:https")
+                    .then_some(()))
+            },
+        )
+        .await?;
+
         f.yurt(&["fleet", "remove-host", "edge-y"])?;
         f.kubectl(&["delete", "node", "edge-y"])?;
         Ok(())

@@ -283,7 +283,9 @@ impl HostFiles {
         unit.save(&self.unit("yurt-hub")).map_err(|e| e.to_string())
     }
 
-    /// kube-proxy's configuration and unit, through the hub.
+    /// kube-proxy's configuration and unit: an edge node's through the hub, a plain
+    /// node's with kubelet's credentials (which the cluster must let read what
+    /// kube-proxy reads: `system:node-proxier`, bound to `system:nodes` in every fleet).
     ///
     /// # Errors
     /// A write failed.
@@ -293,10 +295,14 @@ impl HostFiles {
         options: &JoinOptions,
     ) -> Result<bool, String> {
         let config = self.dir.join("var/lib/kube-proxy/config.yaml");
+        let kubeconfig = match options.node_type {
+            super::NodeType::Edge => self.hub_kubeconfig(),
+            super::NodeType::Plain => self.kubelet_kubeconfig(),
+        };
         let text = serde_json::json!({
             "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
             "kind": "KubeProxyConfiguration",
-            "clientConnection": {"kubeconfig": self.hub_kubeconfig().display().to_string()},
+            "clientConnection": {"kubeconfig": kubeconfig.display().to_string()},
             "hostnameOverride": options.node.as_str(),
             "bindAddress": "0.0.0.0",
             "mode": "iptables",

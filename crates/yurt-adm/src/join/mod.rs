@@ -272,6 +272,13 @@ async fn phases<H: Host + Sync>(
         host.request(ServiceRequest::Start("kubelet".into()))
             .await
             .map_err(phase("kubelet"))?;
+        progress("kube-proxy: with kubelet's credentials");
+        let changed = files
+            .write_kube_proxy(host.facts(), options)
+            .map_err(phase("kube-proxy"))?;
+        host.request(start_or_restart(changed, "kube-proxy"))
+            .await
+            .map_err(phase("kube-proxy"))?;
     }
 
     progress("node: waiting for it to be Ready");

@@ -192,6 +192,15 @@ fn a_plain_node_says_it_is_no_edge_worker() {
         flags.contains("--node-labels=openyurt.io/is-edge-worker=false\""),
         "{flags}"
     );
+    // No hub: kube-proxy reads the API server with kubelet's credentials.
+    assert!(files.write_kube_proxy(&facts(), &opts).unwrap());
+    let config =
+        std::fs::read_to_string(dir.path().join("var/lib/kube-proxy/config.yaml")).unwrap();
+    assert!(
+        config.contains(&files.kubelet_kubeconfig().display().to_string())
+            && !config.contains("through-hub"),
+        "{config}"
+    );
 }
 
 #[test]

@@ -532,6 +532,8 @@ pub const BOOTSTRAP_TOKEN_GROUP: &str = "system:bootstrappers:kubeadm:default-no
 const GET_NODEPOOLS: &str = "openyurt:bootstrappers-get-nodepools";
 /// What nodes may delete: their own Node (NodeRestriction admits no other).
 const DELETE_OWN_NODE: &str = "openyurt:nodes-delete-own-node";
+/// Nodes may read what kube-proxy reads (services, endpoints, EndpointSlices, nodes).
+const NODES_PROXIER: &str = "openyurt:nodes-proxier";
 
 /// What a kubeadm cluster has for hosts to join with a bootstrap token, so `kubeadm
 /// join`, `yurt adm join` and kubeadm's own tokens work on every fleet as on a cluster
@@ -545,7 +547,11 @@ const DELETE_OWN_NODE: &str = "openyurt:nodes-delete-own-node";
 ///   NodePools (`openyurt:bootstrappers-get-nodepools`, for `yurt adm join`'s pool check);
 /// - nodes may renew their client certificates (`kubeadm:node-autoapprove-certificate-rotation`)
 ///   and delete their own Node (`openyurt:nodes-delete-own-node`, for `yurt adm reset
-///   --delete-node`; NodeRestriction refuses any other Node).
+///   --delete-node`; NodeRestriction refuses any other Node);
+/// - nodes may read what kube-proxy reads (`openyurt:nodes-proxier`, binding 1.20's
+///   `system:node-proxier`): a plain node joined by `yurt adm join` runs kube-proxy
+///   with kubelet's credentials, where kubeadm runs a DaemonSet with a service
+///   account of that role.
 ///
 /// # Errors
 /// API errors.
@@ -639,6 +645,7 @@ pub async fn apply_bootstrap_prerequisites(
         ),
         (GET_NODEPOOLS, GET_NODEPOOLS, BOOTSTRAP_TOKEN_GROUP),
         (DELETE_OWN_NODE, DELETE_OWN_NODE, "system:nodes"),
+        (NODES_PROXIER, "system:node-proxier", "system:nodes"),
         (
             "kubeadm:node-autoapprove-certificate-rotation",
             "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",

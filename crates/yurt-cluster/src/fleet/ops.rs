@@ -64,6 +64,9 @@ pub struct HostStatus {
     pub processes: Vec<ProcessStatus>,
 }
 
+/// Environment every process on a fleet host gets: the hosts are not cloud instances.
+pub const NO_INSTANCE_METADATA: (&str, &str) = ("AWS_EC2_METADATA_DISABLED", "true");
+
 impl Fleet {
     pub(super) fn context(&self) -> Context<'_> {
         Context {
@@ -123,17 +126,28 @@ impl Fleet {
         Ok(())
     }
 
-    /// Spawns `component` on `host` from its unit, not waiting for anything.
+    /// Spawns `component` on `host` from its unit (and the host's environment,
+    /// [`NO_INSTANCE_METADATA`]), not waiting for anything.
     ///
     /// # Errors
     /// Unit and spawn errors.
     fn spawn_component(&self, host: &HostId, component: Component) -> Result<PidRecord> {
         let line = self.unit(host, component)?.command_line()?;
         let hp = self.paths.host(host);
+        let mut env = line.env;
+        // A fleet host is no cloud instance: without this, the AWS SDK in kubelet's
+        // in-tree ECR credential provider spends 4 s of every kubelet start trying
+        // 169.254.169.254, which no host can reach. A unit may still say otherwise.
+        if !env.iter().any(|(k, _)| k == NO_INSTANCE_METADATA.0) {
+            env.push((
+                NO_INSTANCE_METADATA.0.to_owned(),
+                NO_INSTANCE_METADATA.1.to_owned(),
+            ));
+        }
         let launch = Launch {
             program: line.program,
             args: line.args,
-            env: line.env,
+            env,
             netns: Some(netns::path(&self.plan.netns(host))),
             mountns: matches!(host, HostId::Edge(_)).then(|| hp.mount_ns()),
             cgroup_procs: self
