@@ -589,14 +589,15 @@ async fn a_hub_started_from_kubelets_certificate_gets_a_client_certificate_of_it
         };
         let name = |c: &serde_json::Value| c["metadata"]["name"].as_str().map(str::to_owned);
         let earlier: Vec<String> = client_csrs()?.iter().filter_map(name).collect();
-        // kubelet's identity alone may not list EndpointSlices (kube-proxy does, through
-        // the hub): the hub's group may.
-        let slices = "/apis/discovery.k8s.io/v1beta1/endpointslices?limit=1";
+        // kubelet's identity alone may not list NodePools (nodes may read what kube-proxy
+        // reads, openyurt:nodes-proxier, but no pools): the hub's group may, for its
+        // pool-scoped filters.
+        let pools = "/apis/apps.openyurt.io/v1beta2/nodepools?limit=1";
         let kubelet = yurt_cluster::pki::Identity::Node(NODE.parse()?).stem();
         let denied = f.kubectl(&[
             "get",
             "--raw",
-            slices,
+            pools,
             &format!("--as=system:node:{NODE}"),
             "--as-group=system:nodes",
         ]);
@@ -657,7 +658,7 @@ async fn a_hub_started_from_kubelets_certificate_gets_a_client_certificate_of_it
         );
 
         // Upstream with it: the list kubelet's identity may not make goes through.
-        let url = format!("http://127.0.0.1:20261{slices}");
+        let url = format!("http://127.0.0.1:20261{pools}");
         let out = f.exec(
             NODE,
             &[

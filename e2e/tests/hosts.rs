@@ -897,7 +897,7 @@ async fn a_join_resumes_after_a_kill_rides_out_faults_and_rolls_back_when_it_can
         let mut stuck = spawn_join(
             &f,
             "edge-y",
-            &[&args[..], &["--timeout", "40s"]].concat(),
+            &[&args[..], &["--timeout", "60s"]].concat(),
             "join-stuck",
         )?;
         let (ok, said) = join_ended(&f, &mut stuck, "join-stuck", Duration::from_secs(180)).await?;
@@ -974,6 +974,14 @@ async fn a_join_resumes_after_a_kill_rides_out_faults_and_rolls_back_when_it_can
             "reset",
             "--delete-node",
         ])?;
+        let nat = |f: &TestFleet| -> anyhow::Result<String> {
+            let out = f.exec("edge-y", &["iptables-save", "-t", "nat"])?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        ensure!(
+            !nat(&f)?.contains("default/kubernetes:https"),
+            "reset leaves no kube-proxy rules"
+        );
         let mut plain = spawn_join(
             &f,
             "edge-y",
@@ -1004,12 +1012,7 @@ async fn a_join_resumes_after_a_kill_rides_out_faults_and_rolls_back_when_it_can
         wait_for(
             "kube-proxy's rules for the kubernetes Service on edge-y",
             Duration::from_secs(60),
-            || async {
-                let out = f.exec("edge-y", &["iptables-save", "-t", "nat"])?;
-                Ok(String::from_utf8_lossy(&out.stdout)
-                    .contains("default/kubernetes:https")
-                    .then_some(()))
-            },
+            || async { Ok(nat(&f)?.contains("default/kubernetes:https").then_some(())) },
         )
         .await?;
 

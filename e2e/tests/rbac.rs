@@ -93,6 +93,10 @@ const TABLE: &[Row] = &[
     // The ConfigMap is the hubs', not every node's.
     (Who::Node, "get configmaps/yurt-hub-cfg -n kube-system", false, "a node without the hub group"),
     (Who::Node, "get /openid/v1/jwks", false, "a node without the hub group"),
+    (Who::Node, "list nodepools.apps.openyurt.io", false, "a node without the hub group"),
+    // What kube-proxy reads, for a plain node's kube-proxy on kubelet's credentials.
+    (Who::Node, "watch endpointslices.discovery.k8s.io -A", true, "kube-proxy of a plain node (openyurt:nodes-proxier)"),
+    (Who::Node, "create secrets -n default", false, "system:node-proxier writes only events"),
     // The manager: its Secret and Lease in kube-system, by name.
     (Who::Manager, "get secrets/yurt-manager-webhook-certs -n kube-system", true, "webhook/certs.rs"),
     (Who::Manager, "update secrets/yurt-manager-webhook-certs -n kube-system", true, "webhook/certs.rs replaces bad certs"),

@@ -92,9 +92,7 @@ pub async fn reset<H: Host + Sync>(
         remove_contents(dir).map_err(step("removing the pod network"))?;
     }
     for link in [POD_BRIDGE, HUB_DUMMY] {
-        if link_exists(link) {
-            run("ip", &["link", "delete", link]).map_err(step("removing the pod network"))?;
-        }
+        delete_link(link).map_err(step("removing the pod network"))?;
     }
     if facts.kube_proxy.exists()
         && let Err(e) = run(&facts.kube_proxy.display().to_string(), &["--cleanup"])
@@ -112,7 +110,7 @@ pub async fn reset<H: Host + Sync>(
 }
 
 /// Deletes this host's Node with kubelet's client certificate, if kubelet has one.
-async fn delete_own_node(files: &HostFiles) -> Result<Option<String>, ResetError> {
+pub(crate) async fn delete_own_node(files: &HostFiles) -> Result<Option<String>, ResetError> {
     let fail = step("deleting the Node");
     let Some(identity) = files.kubelet_identity() else {
         return Err(fail(
@@ -277,17 +275,15 @@ fn unmount_under(roots: &[(PathBuf, bool)]) -> Result<usize, String> {
     Err("mounts are still there after 16 rounds of unmounting".into())
 }
 
-/// Whether this network namespace has the link `name`. Asked over netlink (`ip`), not
-/// read from `/sys/class/net`: sysfs shows the links of the namespace that mounted it,
-/// which on a host entered with `setns` is not this one (a reset once left `cni0` with
-/// the old node's address, and the next join's pods could not start).
-fn link_exists(name: &str) -> bool {
-    std::process::Command::new("ip")
-        .args(["-o", "link", "show", "dev", name])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// Deletes the link `name` of this network namespace, if it has one. Over netlink
+/// (`ip`), not looked up in `/sys/class/net`: sysfs shows the links of the namespace
+/// that mounted it, which on a host entered with `setns` is not this one (a reset once
+/// left `cni0` with the old node's address, and the next join's pods could not start).
+fn delete_link(name: &str) -> Result<(), String> {
+    match run("ip", &["link", "delete", "dev", name]) {
+        Err(e) if e.contains("Cannot find device") || e.contains("does not exist") => Ok(()),
+        other => other,
+    }
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {

@@ -166,9 +166,10 @@ impl std::str::FromStr for ServiceRequest {
                 ));
             }
         };
-        if !process
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        if !process.starts_with(|c: char| c.is_ascii_lowercase())
+            || !process
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             return Err(format!("{process:?} is not a process name"));
         }
@@ -252,6 +253,8 @@ mod tests {
             "stop --no-block kubelet",
             "start --later kubelet",
             "start kubelet --no-block",
+            "start --no-block",
+            "stop -kubelet",
         ] {
             assert!(bad.parse::<ServiceRequest>().is_err(), "{bad}");
         }

@@ -349,6 +349,30 @@ impl HostFiles {
     pub fn mark_joined(&self, node: &str) -> Result<(), String> {
         write(&self.joined_marker(), &format!("{node}\n"))
     }
+
+    /// Where the first run of a join records whether the Node already existed.
+    fn node_origin(&self) -> PathBuf {
+        self.dir.join("etc/yurt/node-existed-before-join")
+    }
+
+    /// Records, once per join (a resumed run keeps the first run's answer), whether a
+    /// Node of this name existed before the join began: a rollback deletes only a Node
+    /// the join made.
+    ///
+    /// # Errors
+    /// A write failed.
+    pub fn record_node_origin(&self, existed: bool) -> Result<(), String> {
+        if self.node_origin().exists() {
+            return Ok(());
+        }
+        write(&self.node_origin(), if existed { "yes\n" } else { "no\n" })
+    }
+
+    /// Whether this join made the Node: recorded `no` by its first run. Unknown (no
+    /// record, an unreadable one) counts as not made, so nothing is deleted.
+    pub fn join_made_node(&self) -> bool {
+        std::fs::read_to_string(self.node_origin()).is_ok_and(|s| s.trim() == "no")
+    }
 }
 
 /// The labels join sets (the same keys as `yurt_api::labels`; yurt-adm talks to the

@@ -74,12 +74,14 @@ pub enum JoinError {
         reason: String,
     },
     /// A phase failed and the host was rolled back.
-    #[error("{cause}; the join was rolled back (kubelet, kube-proxy and yurt hub stopped, join's files removed{}): fix that and join again", node.as_ref().map(|n| format!(", Node {n} deleted")).unwrap_or_default())]
+    #[error("{cause}; the join was rolled back (kubelet, kube-proxy and yurt hub stopped, join's files removed{}{}): fix that and join again", node.as_ref().map(|n| format!(", Node {n} deleted")).unwrap_or_default(), node_left.as_ref().map(|why| format!("; the Node it made is left, delete it with kubectl: {why}")).unwrap_or_default())]
     RolledBack {
         /// The failure.
         cause: Box<JoinError>,
         /// The Node deleted with it, if the join had made one.
         node: Option<String>,
+        /// Why the Node the join made could not be deleted.
+        node_left: Option<String>,
     },
     /// A phase failed and so did undoing it.
     #[error(
@@ -173,37 +175,85 @@ pub async fn join<H: Host + Sync>(
     let bootstrap = bootstrap_client(&cluster, &options.discovery)?;
 
     progress("preflight: node name and pool");
+    // One deadline for the rest of the join (--timeout: discovery's, then this).
+    let deadline = Instant::now() + options.timeout;
     // A resumed join finds its own Node: the name is held by this host's kubelet.
     let ours = files.kubelet_identity().as_deref() == Some(wanted.as_str());
-    let node_existed = preflight(&bootstrap, options, ours).await?;
+    let node_existed = preflight(&bootstrap, options, ours, deadline).await?;
+    // Recorded by the first run. A kubelet already bootstrapped with no record (a join
+    // of an earlier version) may have found the Node there: kept, never deleted.
+    files
+        .record_node_origin(node_existed || ours)
+        .map_err(phase("preflight"))?;
 
-    match phases(host, options, &cluster, &bootstrap, progress, &mut skipped).await {
+    match phases(
+        host,
+        options,
+        &cluster,
+        &bootstrap,
+        progress,
+        deadline,
+        &mut skipped,
+    )
+    .await
+    {
         Ok(()) => Ok(Joined {
             node: options.node.to_string(),
             skipped,
         }),
-        Err(cause) => {
-            // Whatever the phases changed is undone: the host is left as before the join
-            // (kubeadm leaves this to the user; a half-joined edge host is worse than none).
-            // The Node goes too when this join made it (not one that was there before).
-            let made_node = ours || !node_existed;
-            progress("rolling back: undoing what the join did on this host");
-            let delete_node = made_node && files.kubelet_identity().is_some();
-            Err(
-                match crate::reset::reset(host, delete_node, progress).await {
-                    Ok(_) => JoinError::RolledBack {
-                        cause: Box::new(cause),
-                        node: delete_node.then(|| options.node.to_string()),
-                    },
-                    Err(e) => JoinError::RollbackFailed {
-                        cause: Box::new(cause),
-                        reset: e.to_string(),
-                    },
-                },
-            )
-        }
+        Err(cause) => Err(roll_back(host, cause, progress).await),
     }
 }
+
+/// Undoes whatever the phases changed, so the host is left as before the join (kubeadm
+/// leaves this to the user; a half-joined edge host is worse than none): kubelet stops
+/// first, so it cannot register its Node again; the Node is deleted with kubelet's
+/// credentials when this join made it (best effort: the failure may be that the API
+/// server cannot be reached, and the host is cleaned all the same); then reset's steps.
+async fn roll_back<H: Host + Sync>(
+    host: &H,
+    cause: JoinError,
+    progress: Progress<'_>,
+) -> JoinError {
+    let files = host.files();
+    progress("rolling back: undoing what the join did on this host");
+    if files.unit("kubelet").exists()
+        && let Err(e) = host.request(ServiceRequest::Stop("kubelet".into())).await
+    {
+        return JoinError::RollbackFailed {
+            cause: Box::new(cause),
+            reset: format!("stopping kubelet: {e}"),
+        };
+    }
+    let (mut node, mut node_left) = (None, None);
+    if files.join_made_node() && files.kubelet_identity().is_some() {
+        progress("deleting the Node this join made, with kubelet's credentials");
+        match tokio::time::timeout(NODE_DELETE_TIMEOUT, crate::reset::delete_own_node(files)).await
+        {
+            Ok(Ok(deleted)) => node = deleted,
+            Ok(Err(e)) => node_left = Some(e.to_string()),
+            Err(_) => {
+                node_left = Some(format!(
+                    "the API server did not answer within {NODE_DELETE_TIMEOUT:?}"
+                ));
+            }
+        }
+    }
+    match crate::reset::reset(host, false, progress).await {
+        Ok(_) => JoinError::RolledBack {
+            cause: Box::new(cause),
+            node,
+            node_left,
+        },
+        Err(e) => JoinError::RollbackFailed {
+            cause: Box::new(cause),
+            reset: e.to_string(),
+        },
+    }
+}
+
+/// How long a rollback tries to delete the Node it made.
+const NODE_DELETE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The phases that change the host and the cluster, each resumed from what the host's
 /// files say is done.
@@ -213,10 +263,10 @@ async fn phases<H: Host + Sync>(
     cluster: &ClusterInfo,
     bootstrap: &kube::Client,
     progress: Progress<'_>,
+    deadline: Instant,
     skipped: &mut Vec<&'static str>,
 ) -> Result<(), JoinError> {
     let files = host.files();
-    let deadline = Instant::now() + options.timeout;
     files
         .write_ca(cluster)
         .map_err(phase("kubelet TLS bootstrap"))?;
@@ -325,10 +375,10 @@ async fn preflight(
     client: &kube::Client,
     options: &JoinOptions,
     ours: bool,
+    deadline: Instant,
 ) -> Result<bool, JoinError> {
     // The API server may be restarting or the site's link cut: reads are retried until
     // the join's deadline, so a join begun in an outage finishes when it ends.
-    let deadline = Instant::now() + options.timeout;
     let nodes: Api<Node> = Api::all(client.clone());
     let existed = match read_through(deadline, || nodes.get_opt(options.node.as_str())).await {
         Ok(Some(node)) if is_ready(&node) && !ours => {
@@ -375,7 +425,15 @@ where
     Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
     loop {
-        match read().await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let attempt = match tokio::time::timeout(left, read()).await {
+            Ok(done) => done,
+            // Out of time mid-request: the answer is a timeout, like a client's own.
+            Err(_) => Err(kube::Error::Service(
+                format!("no answer before the join's deadline ({left:?} left when asked)").into(),
+            )),
+        };
+        match attempt {
             Err(e) if is_transient(&e) && Instant::now() + POLL < deadline => {
                 tracing::info!(error = %e, "preflight: will read again");
                 tokio::time::sleep(POLL).await;
@@ -385,12 +443,14 @@ where
     }
 }
 
-/// Whether a failed request may succeed when tried again.
+/// Whether a failed request may succeed when tried again: no connection or a broken
+/// one, a timeout, a 5xx or a 429. Refusals, bad answers and configuration errors are
+/// final.
 fn is_transient(e: &kube::Error) -> bool {
     match e {
         kube::Error::Api(status) => status.code >= 500 || status.code == 429,
-        kube::Error::SerdeError(_) | kube::Error::BuildRequest(_) => false,
-        _ => true,
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        _ => false,
     }
 }
 

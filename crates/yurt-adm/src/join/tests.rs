@@ -275,11 +275,23 @@ fn a_rolled_back_join_says_what_failed_and_what_was_undone() {
     let said = JoinError::RolledBack {
         cause: Box::new(cause),
         node: Some("edge-x".into()),
+        node_left: None,
     }
     .to_string();
     assert!(
         said.starts_with("hub: its CSRs csr-abc are still pending; the join was rolled back")
             && said.contains("Node edge-x deleted"),
+        "{said}"
+    );
+    let said = JoinError::RolledBack {
+        cause: Box::new(JoinError::Preflight("x".into())),
+        node: None,
+        node_left: Some("the API server did not answer within 20s".into()),
+    }
+    .to_string();
+    assert!(
+        !said.contains("deleted")
+            && said.contains("the Node it made is left, delete it with kubectl"),
         "{said}"
     );
     let said = JoinError::RollbackFailed {
@@ -288,4 +300,31 @@ fn a_rolled_back_join_says_what_failed_and_what_was_undone() {
     }
     .to_string();
     assert!(said.contains("run `yurt adm reset`"), "{said}");
+}
+
+#[test]
+fn only_a_node_the_first_run_found_missing_counts_as_made_by_the_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = HostFiles::new(dir.path());
+    assert!(!files.join_made_node(), "no record: not made");
+    files.record_node_origin(false).unwrap();
+    assert!(files.join_made_node());
+    // A resumed run, which finds its own Node, keeps the first run's answer.
+    files.record_node_origin(true).unwrap();
+    assert!(files.join_made_node());
+
+    let dir = tempfile::tempdir().unwrap();
+    let files = HostFiles::new(dir.path());
+    files.record_node_origin(true).unwrap();
+    assert!(
+        !files.join_made_node(),
+        "a Node that was there is never deleted"
+    );
+    assert!(
+        files.written().iter().any(|p| dir
+            .path()
+            .join("etc/yurt/node-existed-before-join")
+            .starts_with(p)),
+        "reset removes the record"
+    );
 }

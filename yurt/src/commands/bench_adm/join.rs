@@ -252,7 +252,8 @@ pub async fn preminted_once(
     }
     let nodes: Api<Node> = Api::all(client.clone());
     match nodes.delete(node, &DeleteParams::default()).await {
-        Ok(_) | Err(kube::Error::Api(_)) => {}
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(e) => return Err(e.into()),
     }
     node_gone(client, node).await?;
