@@ -675,7 +675,7 @@ async fn a_hub_started_from_kubelets_certificate_gets_a_client_certificate_of_it
         )?;
         ensure!(
             String::from_utf8_lossy(&out.stdout).trim() == "200",
-            "EndpointSlices through the hub: {}",
+            "NodePools through the hub: {}",
             String::from_utf8_lossy(&out.stdout)
         );
 

@@ -66,7 +66,13 @@ pub async fn reset<H: Host + Sync>(
     let mut done = Reset::default();
     if delete_node {
         progress("deleting the Node with kubelet's credentials");
-        done.deleted_node = delete_own_node(files).await?;
+        done.deleted_node = delete_own_node(files).await.map_err(|e| ResetError {
+            reason: format!(
+                "{} (delete it with kubectl, then reset without --delete-node)",
+                e.reason
+            ),
+            ..e
+        })?;
     }
     progress("stopping kubelet, kube-proxy and yurt hub");
     for process in JOIN_PROCESSES {
@@ -135,9 +141,7 @@ pub(crate) async fn delete_own_node(files: &HostFiles) -> Result<Option<String>,
     match nodes.delete(&node, &Default::default()).await {
         Ok(_) => Ok(Some(node)),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
-        Err(e) => Err(fail(format!(
-            "deleting Node {node}: {e} (delete it with kubectl, then reset without --delete-node)"
-        ))),
+        Err(e) => Err(fail(format!("deleting Node {node}: {e}"))),
     }
 }
 

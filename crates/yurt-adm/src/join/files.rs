@@ -355,23 +355,32 @@ impl HostFiles {
         self.dir.join("etc/yurt/node-existed-before-join")
     }
 
-    /// Records, once per join (a resumed run keeps the first run's answer), whether a
-    /// Node of this name existed before the join began: a rollback deletes only a Node
-    /// the join made.
+    /// Records whether Node `node` existed before the join began, so a rollback deletes
+    /// only a Node the join made. A resumed run (`resumed`: this host's kubelet already
+    /// holds `node`'s certificate) keeps the first run's answer; any other run writes
+    /// its own.
     ///
     /// # Errors
     /// A write failed.
-    pub fn record_node_origin(&self, existed: bool) -> Result<(), String> {
-        if self.node_origin().exists() {
+    pub fn record_node_origin(
+        &self,
+        node: &str,
+        existed: bool,
+        resumed: bool,
+    ) -> Result<(), String> {
+        if resumed && self.node_origin().exists() {
             return Ok(());
         }
-        write(&self.node_origin(), if existed { "yes\n" } else { "no\n" })
+        let answer = if existed { "existed" } else { "made" };
+        write(&self.node_origin(), &format!("{node} {answer}\n"))
     }
 
-    /// Whether this join made the Node: recorded `no` by its first run. Unknown (no
-    /// record, an unreadable one) counts as not made, so nothing is deleted.
-    pub fn join_made_node(&self) -> bool {
-        std::fs::read_to_string(self.node_origin()).is_ok_and(|s| s.trim() == "no")
+    /// Whether this join made Node `node`: recorded so for that name. Unknown (no
+    /// record, another name, an unreadable one) counts as not made, so nothing is
+    /// deleted.
+    pub fn join_made_node(&self, node: &str) -> bool {
+        std::fs::read_to_string(self.node_origin())
+            .is_ok_and(|s| s.trim() == format!("{node} made"))
     }
 }
 

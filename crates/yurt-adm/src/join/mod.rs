@@ -110,7 +110,7 @@ pub struct JoinOptions {
     pub pool: Option<PoolName>,
     /// Edge or plain.
     pub node_type: NodeType,
-    /// How long each phase may wait.
+    /// How long discovery may take, and then the rest of the join (one deadline).
     pub timeout: Duration,
 }
 
@@ -183,7 +183,7 @@ pub async fn join<H: Host + Sync>(
     // Recorded by the first run. A kubelet already bootstrapped with no record (a join
     // of an earlier version) may have found the Node there: kept, never deleted.
     files
-        .record_node_origin(node_existed || ours)
+        .record_node_origin(options.node.as_str(), node_existed || ours, ours)
         .map_err(phase("preflight"))?;
 
     match phases(
@@ -226,7 +226,10 @@ async fn roll_back<H: Host + Sync>(
         };
     }
     let (mut node, mut node_left) = (None, None);
-    if files.join_made_node() && files.kubelet_identity().is_some() {
+    if let Some(identity) = files.kubelet_identity()
+        && let Some(name) = identity.strip_prefix("system:node:")
+        && files.join_made_node(name)
+    {
         progress("deleting the Node this join made, with kubelet's credentials");
         match tokio::time::timeout(NODE_DELETE_TIMEOUT, crate::reset::delete_own_node(files)).await
         {

@@ -306,18 +306,22 @@ fn a_rolled_back_join_says_what_failed_and_what_was_undone() {
 fn only_a_node_the_first_run_found_missing_counts_as_made_by_the_join() {
     let dir = tempfile::tempdir().unwrap();
     let files = HostFiles::new(dir.path());
-    assert!(!files.join_made_node(), "no record: not made");
-    files.record_node_origin(false).unwrap();
-    assert!(files.join_made_node());
+    assert!(!files.join_made_node("edge-x"), "no record: not made");
+    files.record_node_origin("edge-x", false, false).unwrap();
+    assert!(files.join_made_node("edge-x"));
+    assert!(!files.join_made_node("edge-y"), "another name");
     // A resumed run, which finds its own Node, keeps the first run's answer.
-    files.record_node_origin(true).unwrap();
-    assert!(files.join_made_node());
+    files.record_node_origin("edge-x", true, true).unwrap();
+    assert!(files.join_made_node("edge-x"));
+    // A new run (a killed one's kubelet never got its certificate) writes its own.
+    files.record_node_origin("edge-y", true, false).unwrap();
+    assert!(!files.join_made_node("edge-x") && !files.join_made_node("edge-y"));
 
     let dir = tempfile::tempdir().unwrap();
     let files = HostFiles::new(dir.path());
-    files.record_node_origin(true).unwrap();
+    files.record_node_origin("edge-x", true, false).unwrap();
     assert!(
-        !files.join_made_node(),
+        !files.join_made_node("edge-x"),
         "a Node that was there is never deleted"
     );
     assert!(
