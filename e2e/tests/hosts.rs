@@ -473,14 +473,15 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
         );
 
         // The join.
-        let out = join(&[
+        let args = [
             "--token",
-            &token,
+            token.as_str(),
             "--discovery-token-ca-cert-hash",
-            &hash,
+            hash.as_str(),
             "--nodepool-name",
             "pool-a",
-        ])?;
+        ];
+        let out = join(&args)?;
         ensure!(out.contains("joined the cluster as node edge-x"), "{out}");
         let nodes: Api<Node> = Api::all(f.client());
         let node = nodes.get("edge-x").await?;
@@ -548,14 +549,7 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
         .await?;
 
         // Again: refused, the host is joined.
-        let again = join(&[
-            "--token",
-            &token,
-            "--discovery-token-ca-cert-hash",
-            &hash,
-            "--nodepool-name",
-            "pool-a",
-        ]);
+        let again = join(&args);
         ensure!(
             again
                 .as_ref()
@@ -573,14 +567,7 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             ),
         )?
         .len();
-        let out = join(&[
-            "--token",
-            &token,
-            "--discovery-token-ca-cert-hash",
-            &hash,
-            "--nodepool-name",
-            "pool-a",
-        ])?;
+        let out = join(&args)?;
         ensure!(out.contains("joined the cluster as node edge-x"), "{out}");
         let after = csrs_of(
             &f,
@@ -709,14 +696,7 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
         reset(&[])?;
         // The pod object outlived its node; the host joins again, afresh.
         f.kubectl(&["delete", "pod", "web-joined", "--grace-period=0", "--force"])?;
-        let out = join(&[
-            "--token",
-            &token,
-            "--discovery-token-ca-cert-hash",
-            &hash,
-            "--nodepool-name",
-            "pool-a",
-        ])?;
+        let out = join(&args)?;
         ensure!(out.contains("joined the cluster as node edge-x"), "{out}");
 
         f.yurt(&["fleet", "remove-host", "edge-x"])?;

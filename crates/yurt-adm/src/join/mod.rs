@@ -315,24 +315,19 @@ async fn phases<H: Host + Sync>(
         host.request(start_or_restart(changed, "kubelet"))
             .await
             .map_err(phase("kubelet through the hub"))?;
-        let changed = files
-            .write_kube_proxy(host.facts(), options)
-            .map_err(phase("kube-proxy"))?;
-        host.request(start_or_restart(changed, "kube-proxy"))
-            .await
-            .map_err(phase("kube-proxy"))?;
     } else {
         host.request(ServiceRequest::Start("kubelet".into()))
             .await
             .map_err(phase("kubelet"))?;
         progress("kube-proxy: with kubelet's credentials");
-        let changed = files
-            .write_kube_proxy(host.facts(), options)
-            .map_err(phase("kube-proxy"))?;
-        host.request(start_or_restart(changed, "kube-proxy"))
-            .await
-            .map_err(phase("kube-proxy"))?;
     }
+    // Through the hub on an edge node, with kubelet's credentials on a plain one.
+    let changed = files
+        .write_kube_proxy(host.facts(), options)
+        .map_err(phase("kube-proxy"))?;
+    host.request(start_or_restart(changed, "kube-proxy"))
+        .await
+        .map_err(phase("kube-proxy"))?;
 
     progress("node: waiting for it to be Ready");
     wait_ready(bootstrap, &options.node, deadline).await?;
