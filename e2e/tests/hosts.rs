@@ -1002,3 +1002,243 @@ async fn a_join_resumes_after_a_kill_rides_out_faults_and_rolls_back_when_it_can
     })
     .await
 }
+
+/// `yurt node-servant` on `host`, as `yurt fleet exec` runs it: whether it succeeded,
+/// and what it printed.
+fn servant(f: &TestFleet, host: &str, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let yurt = &yurt_testkit::machine().yurt_binary;
+    let out = std::process::Command::new(yurt)
+        .arg("--data-dir")
+        .arg(f.dir())
+        .args(["fleet", "exec", host, "--"])
+        .arg(yurt)
+        .arg("node-servant")
+        .args(args)
+        .output()?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+/// A pod on `node` serving, on :8080 at `/env`, the API endpoint its container was
+/// started with; its address.
+async fn env_pod_on(f: &TestFleet, node: &str, name: &str) -> anyhow::Result<String> {
+    let pods: Api<Pod> = Api::namespaced(f.client(), "default");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "env",
+                "image": yurt_cluster::image::BUSYBOX_IMAGE,
+                "command": ["/bin/busybox", "sh", "-c",
+                    "mkdir -p /tmp/www && echo \"$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT\" > /tmp/www/env && exec /bin/busybox httpd -f -p 8080 -h /tmp/www"],
+            }],
+        },
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    wait_for(
+        &format!("pod {name} Running on {node}"),
+        Duration::from_secs(120),
+        || async {
+            let p = pods.get(name).await?;
+            let status = p.status.unwrap_or_default();
+            Ok((status.phase.as_deref() == Some("Running"))
+                .then_some(status.pod_ip)
+                .flatten())
+        },
+    )
+    .await
+}
+
+/// The restart count of `name`'s container and the endpoint it serves at `/env` (read
+/// from `host`), once the container runs.
+async fn env_of(f: &TestFleet, host: &str, name: &str, ip: &str) -> anyhow::Result<(i32, String)> {
+    let pods: Api<Pod> = Api::namespaced(f.client(), "default");
+    wait_for(
+        &format!("{name}'s container running and serving /env"),
+        Duration::from_secs(90),
+        || async {
+            let p = pods.get(name).await?;
+            let Some(c) = p
+                .status
+                .and_then(|s| s.container_statuses)
+                .and_then(|c| c.into_iter().next())
+            else {
+                return Ok(None);
+            };
+            if !c.state.is_some_and(|s| s.running.is_some()) {
+                return Ok(None);
+            }
+            let text = http_get(f, host, ip, "/env")?;
+            Ok(Some((c.restart_count, text)))
+        },
+    )
+    .await
+}
+
+/// A plain HTTP/1.0 GET of `ip:8080` `path` from `host`'s network namespace: the body.
+fn http_get(f: &TestFleet, host: &str, ip: &str, path: &str) -> anyhow::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let ns = f.fleet().plan().netns(&f.fleet().plan().host(host)?);
+    let mut s = yurt_cluster::netns::connect_tcp(
+        &ns,
+        SocketAddr::new(ip.parse()?, 8080),
+        Duration::from_secs(2),
+    )?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    let (head, body) = answer.split_once("\r\n\r\n").context("an HTTP answer")?;
+    ensure!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "{head}"
+    );
+    let body = body.trim().to_owned();
+    ensure!(!body.is_empty(), "an empty body");
+    Ok(body)
+}
+
+/// Issue 13's node servant, on a fleet of its own: a plain node (joined with a token)
+/// converts to an edge node behind a hub and each container restarts once with the
+/// hub's endpoint; a second convert changes nothing; revert puts kubelet and kube-proxy
+/// back on the API server, removes the hub and restarts the containers once more; a
+/// convert whose hub cannot get its certificates (the manager stopped) restores the
+/// host and says so.
+#[tokio::test]
+async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() -> anyhow::Result<()>
+{
+    within(async {
+        let spec = FleetSpec {
+            edge_nodes: 1,
+            pools: 1,
+            mode: NetMode::Nat,
+            timing: Timing::Fast,
+            sample_app: false,
+        };
+        let mut f = fresh("servant", spec).await?;
+        f.yurt(&["fleet", "add-host", "edge-z", "--pool", "pool-a"])?;
+        f.fleet_mut().refresh()?;
+        let printed = f.yurt(&[
+            "adm",
+            "token",
+            "create",
+            "--ttl",
+            "30m",
+            "--print-join-command",
+        ])?;
+        let word_after = |flag: &str| {
+            let mut words = printed.split_whitespace();
+            words.find(|w| *w == flag);
+            words.next().map(str::to_owned)
+        };
+        let token = word_after("--token").context("a token")?;
+        let hash = word_after("--discovery-token-ca-cert-hash").context("a CA hash")?;
+        let mut join = spawn_join(
+            &f,
+            "edge-z",
+            &[
+                "--token",
+                &token,
+                "--discovery-token-ca-cert-hash",
+                &hash,
+                "--node-type",
+                "plain",
+            ],
+            "join-plain",
+        )?;
+        let (ok, said) = join_ended(&f, &mut join, "join-plain", Duration::from_secs(240)).await?;
+        ensure!(ok, "{said}");
+        let unit = f.dir().join("hosts/edge-z/units/kubelet.toml");
+        let line_of = |f: &TestFleet| -> anyhow::Result<String> {
+            Ok(f.yurt(&["fleet", "status"])?
+                .lines()
+                .find(|l| l.starts_with("edge-z"))
+                .unwrap_or_default()
+                .to_owned())
+        };
+        let ip = env_pod_on(&f, "edge-z", "env").await?;
+        let svc = f.kubectl(&[
+            "get",
+            "service",
+            "kubernetes",
+            "-o",
+            "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}",
+        ])?;
+        ensure!(env_of(&f, "edge-z", "env", &ip).await? == (0, svc.trim().to_owned()));
+
+        let convert = [
+            "convert",
+            "--node-name",
+            "edge-z",
+            "--nodepool-name",
+            "pool-a",
+        ];
+        let (ok, said) = servant(&f, "edge-z", &convert)?;
+        ensure!(
+            ok && said.contains("Node edge-z is an edge node")
+                && said.contains("1 containers restarted"),
+            "{said}"
+        );
+        let kubelet = std::fs::read_to_string(&unit)?;
+        ensure!(
+            kubelet.contains("kubelet-through-hub.conf"),
+            "kubelet goes through the hub: {kubelet}"
+        );
+        ensure!(line_of(&f)?.contains("yurt-hub("), "{}", line_of(&f)?);
+        ensure!(
+            env_of(&f, "edge-z", "env", &ip).await? == (1, "169.254.2.1:10268".to_owned()),
+            "the container restarted once and sees the hub"
+        );
+        ensure!(f.node_ready("edge-z").await? == "True");
+        let (ok, said) = servant(&f, "edge-z", &convert)?;
+        ensure!(ok && said.contains("already was an edge node"), "{said}");
+        ensure!(
+            env_of(&f, "edge-z", "env", &ip).await?.0 == 1,
+            "a second convert restarts nothing"
+        );
+
+        let revert = ["revert", "--node-name", "edge-z"];
+        let (ok, said) = servant(&f, "edge-z", &revert)?;
+        ensure!(ok && said.contains("Node edge-z is a plain node"), "{said}");
+        ensure!(!line_of(&f)?.contains("yurt-hub"), "{}", line_of(&f)?);
+        ensure!(
+            !f.dir().join("hosts/edge-z/var/lib/yurthub").exists(),
+            "the hub's files are gone"
+        );
+        ensure!(env_of(&f, "edge-z", "env", &ip).await? == (2, svc.trim().to_owned()));
+
+        // A hub that cannot get its certificates: the convert fails and restores.
+        f.stop("cloud", "yurt-manager")?;
+        let (ok, said) = servant(
+            &f,
+            "edge-z",
+            &[&convert[..], &["--timeout", "20s"]].concat(),
+        )?;
+        ensure!(
+            !ok && said.contains("hub:") && said.contains("the host was restored"),
+            "{said}"
+        );
+        ensure!(!line_of(&f)?.contains("yurt-hub"), "{}", line_of(&f)?);
+        ensure!(
+            !std::fs::read_to_string(&unit)?.contains("through-hub"),
+            "kubelet is direct again"
+        );
+        f.start("cloud", "yurt-manager").await?;
+        ensure!(f.node_ready("edge-z").await? == "True");
+
+        f.yurt(&["fleet", "remove-host", "edge-z"])?;
+        f.kubectl(&["delete", "node", "edge-z"])?;
+        Ok(())
+    })
+    .await
+}

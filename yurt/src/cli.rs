@@ -59,6 +59,48 @@ pub enum Command {
     TunnelAgent(Box<yurt_tunnel::cli::AgentArgs>),
     /// Administer nodes of a cluster (alias `yurtadm`): bootstrap tokens (interoperable with `kubeadm token`), joining hosts.
     Adm(AdmArgs),
+    /// Convert the joined node this runs on to an edge node behind a hub, or revert it (OpenYurt's node-servant; the conversion controller runs it in a Job).
+    NodeServant(NodeServantArgs),
+}
+
+/// `yurt node-servant`.
+#[derive(Debug, Args)]
+pub struct NodeServantArgs {
+    /// convert or revert.
+    #[command(subcommand)]
+    pub command: NodeServantCommand,
+}
+
+/// `yurt node-servant convert|revert`.
+#[derive(Debug, Subcommand)]
+pub enum NodeServantCommand {
+    /// Plain → edge: the hub from kubelet's certificate, kubelet and kube-proxy through it, each container restarted once.
+    Convert {
+        /// The node pool (the hub's `--nodepool-name`).
+        #[arg(long = "nodepool-name")]
+        nodepool_name: String,
+        #[command(flatten)]
+        common: NodeServantCommon,
+    },
+    /// Edge → plain: kubelet and kube-proxy straight to the API server, the hub gone, each container restarted once.
+    Revert {
+        #[command(flatten)]
+        common: NodeServantCommon,
+    },
+}
+
+/// What convert and revert share.
+#[derive(Debug, Args)]
+pub struct NodeServantCommon {
+    /// The node this host runs (kubelet's certificate must name it).
+    #[arg(long = "node-name")]
+    pub node_name: String,
+    /// How long the whole run may take (Go duration).
+    #[arg(long, default_value = "5m")]
+    pub timeout: String,
+    /// How long a container has after SIGTERM before it is killed (Go duration).
+    #[arg(long, default_value = "10s")]
+    pub container_stop_timeout: String,
 }
 
 /// `yurt adm`.

@@ -22,6 +22,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("yurt-tunnel-server", "tunnel-server"),
     ("yurt-tunnel-agent", "tunnel-agent"),
     ("yurtadm", "adm"),
+    ("node-servant", "node-servant"),
 ];
 
 /// The command line, with an OpenYurt binary name (argv[0]) turned into its subcommand.

@@ -22,7 +22,7 @@ use crate::join::{Host, HostFiles};
 pub const JOIN_PROCESSES: [&str; 3] = ["kubelet", "kube-proxy", "yurt-hub"];
 
 /// The hub's dummy interface.
-const HUB_DUMMY: &str = "hub-dummy0";
+pub(crate) const HUB_DUMMY: &str = "hub-dummy0";
 /// The bridge of the pod network.
 const POD_BRIDGE: &str = "cni0";
 
@@ -283,7 +283,7 @@ fn unmount_under(roots: &[(PathBuf, bool)]) -> Result<usize, String> {
 /// (`ip`), not looked up in `/sys/class/net`: sysfs shows the links of the namespace
 /// that mounted it, which on a host entered with `setns` is not this one (a reset once
 /// left `cni0` with the old node's address, and the next join's pods could not start).
-fn delete_link(name: &str) -> Result<(), String> {
+pub(crate) fn delete_link(name: &str) -> Result<(), String> {
     match run("ip", &["link", "delete", "dev", name]) {
         Err(e) if e.contains("Cannot find device") || e.contains("does not exist") => Ok(()),
         other => other,
@@ -306,7 +306,7 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn remove(path: &Path) -> Result<(), String> {
+pub(crate) fn remove(path: &Path) -> Result<(), String> {
     let result = if path.is_dir() {
         std::fs::remove_dir_all(path)
     } else {

@@ -1,4 +1,4 @@
-//! `yurt adm join` and `yurt adm reset`, run on the host itself: inputs are checked
+//! `yurt adm join`, `yurt adm reset` and `yurt node-servant`, run on the host itself: inputs are checked
 //! before anything changes (one line and exit status 1 on bad input), then `yurt_adm`
 //! runs with the host reached through `yurt_core::host` (its folder and service manager,
 //! which `yurt fleet exec` provides).
@@ -12,7 +12,7 @@ use yurt_adm::discovery::{CaCertHash, CaVerification, Discovery, api_server_url}
 use yurt_adm::join::{HostFiles, JoinOptions, NodeType};
 use yurt_core::host::{HOST_DIR_ENV, HostFacts, SERVICE_MANAGER_ENV, ServiceRequest};
 
-use crate::cli::JoinArgs;
+use crate::cli::{JoinArgs, NodeServantArgs, NodeServantCommand, NodeServantCommon};
 
 /// How long one request to the host's service manager may take.
 const SERVICE_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -57,7 +57,7 @@ fn host() -> anyhow::Result<FleetHost> {
         std::env::var_os(SERVICE_MANAGER_ENV),
     ) else {
         bail!(
-            "yurt adm join (and reset) runs on a fleet host, whose service manager starts and stops kubelet and the hub: `yurt fleet exec <host> -- yurt adm join|reset ...` (hosts managed by systemd are not supported yet)"
+            "this command runs on a fleet host, whose service manager starts and stops kubelet and the hub: `yurt fleet exec <host> -- yurt adm join|reset ...` or `... -- yurt node-servant ...` (hosts managed by systemd are not supported yet)"
         );
     };
     let dir = PathBuf::from(dir);
@@ -176,5 +176,70 @@ pub async fn reset(delete_node: bool) -> anyhow::Result<ExitCode> {
         "This host left the cluster: kubelet, kube-proxy and yurt hub stopped, {} pod processes killed, {} mounts removed, the pod network and join's files gone.",
         done.killed, done.unmounted
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A Go duration flag of at least a second.
+fn duration_flag(flag: &str, value: &str) -> anyhow::Result<Duration> {
+    let (negative, d) = yurt_core::go_duration::parse_go_duration(value)
+        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))?;
+    if negative || d < Duration::from_secs(1) {
+        bail!("{flag} {value} must be at least 1s");
+    }
+    Ok(d)
+}
+
+/// Runs `yurt node-servant convert|revert`.
+pub async fn node_servant(args: NodeServantArgs) -> anyhow::Result<ExitCode> {
+    use yurt_adm::servant::{self, Runtime, ServantOptions};
+    let (pool, common, convert): (Option<&str>, &NodeServantCommon, bool) = match &args.command {
+        NodeServantCommand::Convert {
+            nodepool_name,
+            common,
+        } => (Some(nodepool_name), common, true),
+        NodeServantCommand::Revert { common } => (None, common, false),
+    };
+    // Flags first: a bad one is refused even off a fleet host.
+    let options = ServantOptions {
+        node: common.node_name.parse().context("--node-name")?,
+        pool: pool
+            .map(str::parse)
+            .transpose()
+            .context("--nodepool-name")?,
+        timeout: duration_flag("--timeout", &common.timeout)?,
+        container_stop_timeout: duration_flag(
+            "--container-stop-timeout",
+            &common.container_stop_timeout,
+        )?,
+        // In the conversion Job, the downward API names the servant's own pod, whose
+        // container must not be restarted under it.
+        own_pod: match (std::env::var("POD_NAMESPACE"), std::env::var("POD_NAME")) {
+            (Ok(ns), Ok(name)) if !ns.is_empty() && !name.is_empty() => Some((ns, name)),
+            _ => None,
+        },
+    };
+    let host = host()?;
+    let runtime = Runtime::new(&host.facts.container_runtime_endpoint);
+    let word = if convert { "convert" } else { "revert" };
+    let progress = |step: &str| eprintln!("[{word}] {step}");
+    let done = if convert {
+        servant::convert(&host, &runtime, &options, &progress).await?
+    } else {
+        servant::revert(&host, &runtime, &options, &progress).await?
+    };
+    let what = if convert {
+        "an edge node: kubelet and kube-proxy go through yurt hub"
+    } else {
+        "a plain node: kubelet and kube-proxy talk to the API server directly"
+    };
+    if done.changed {
+        println!(
+            "Node {} is {what}; {} containers restarted.",
+            options.node,
+            done.restarted.len()
+        );
+    } else {
+        println!("Node {} already was {what}: nothing changed.", options.node);
+    }
     Ok(ExitCode::SUCCESS)
 }

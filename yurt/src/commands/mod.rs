@@ -62,6 +62,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::TunnelServer(args) => tunnel::run_server(*args).await,
         Command::TunnelAgent(args) => tunnel::run_agent(*args).await,
         Command::Adm(args) => adm::run(&cli.data_dir, args).await,
+        Command::NodeServant(args) => adm_host::node_servant(args).await,
     }
 }
 

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use yurt_core::host::HostFacts;
 use yurt_core::units::{Restart, Unit, write_atomic};
 
-use super::{JoinOptions, NodeType};
+use super::{NodeRole, NodeType};
 use crate::discovery::ClusterInfo;
 
 /// The hub's plain proxy for local components.
@@ -24,6 +24,8 @@ pub enum KubeletApi {
     /// Through the hub on 127.0.0.1:10261, its client certificate still rotated in
     /// its certificate folder (the hub follows it).
     ThroughHub,
+    /// Directly, with the kubeconfig its bootstrap left (`node-servant revert`).
+    Direct,
 }
 
 /// The files of a host a join writes and reads.
@@ -182,7 +184,7 @@ impl HostFiles {
     pub fn write_kubelet(
         &self,
         facts: &HostFacts,
-        options: &JoinOptions,
+        options: &NodeRole,
         api: KubeletApi,
     ) -> Result<bool, String> {
         let config = self.kubelet_root().join("config.yaml");
@@ -227,6 +229,12 @@ impl HostFiles {
                 write(&self.hub_kubeconfig(), &hub_kubeconfig())?;
                 exec.push(format!("--kubeconfig={}", self.hub_kubeconfig().display()));
             }
+            KubeletApi::Direct => {
+                exec.push(format!(
+                    "--kubeconfig={}",
+                    self.kubelet_kubeconfig().display()
+                ));
+            }
         }
         exec.extend([
             "--runtime-request-timeout=5m".to_owned(),
@@ -234,7 +242,7 @@ impl HostFiles {
             "$KUBELET_KUBEADM_ARGS".to_owned(),
         ]);
         let unit = Unit {
-            description: format!("kubelet of {}, written by yurt adm join", options.node),
+            description: format!("kubelet of {}, written by yurt adm", options.node),
             exec,
             environment: Default::default(),
             environment_files: vec![flags],
@@ -251,8 +259,8 @@ impl HostFiles {
     pub fn write_hub(
         &self,
         facts: &HostFacts,
-        cluster: &ClusterInfo,
-        options: &JoinOptions,
+        server: &str,
+        options: &NodeRole,
     ) -> Result<bool, String> {
         let hub = self.yurthub();
         let cache = hub.join("cache");
@@ -262,7 +270,7 @@ impl HostFiles {
             facts.yurt.display().to_string(),
             "hub".to_owned(),
             format!("--node-name={}", options.node),
-            format!("--server-addr={}", cluster.server),
+            format!("--server-addr={server}"),
             format!("--ca-file={}", self.ca().display()),
             format!("--client-cert={client}"),
             format!("--client-key={client}"),
@@ -274,7 +282,7 @@ impl HostFiles {
             exec.push(format!("--nodepool-name={pool}"));
         }
         let unit = Unit {
-            description: format!("yurt hub of {}, written by yurt adm join", options.node),
+            description: format!("yurt hub of {}, written by yurt adm", options.node),
             exec,
             environment: [("RUST_LOG".to_owned(), "info".to_owned())].into(),
             environment_files: Vec::new(),
@@ -289,11 +297,7 @@ impl HostFiles {
     ///
     /// # Errors
     /// A write failed.
-    pub fn write_kube_proxy(
-        &self,
-        facts: &HostFacts,
-        options: &JoinOptions,
-    ) -> Result<bool, String> {
+    pub fn write_kube_proxy(&self, facts: &HostFacts, options: &NodeRole) -> Result<bool, String> {
         let config = self.dir.join("var/lib/kube-proxy/config.yaml");
         let kubeconfig = match options.node_type {
             super::NodeType::Edge => self.hub_kubeconfig(),
@@ -313,7 +317,7 @@ impl HostFiles {
         });
         write(&config, &text.to_string())?;
         let unit = Unit {
-            description: format!("kube-proxy of {}, written by yurt adm join", options.node),
+            description: format!("kube-proxy of {}, written by yurt adm", options.node),
             exec: vec![
                 facts.kube_proxy.display().to_string(),
                 format!("--config={}", config.display()),

@@ -28,7 +28,7 @@ use yurt_core::{NodeName, PoolName};
 
 use crate::discovery::{ClusterInfo, Discovery};
 
-pub use files::{HostFiles, kubelet_config};
+pub use files::{HostFiles, KubeletApi, kubelet_config};
 
 /// What kind of node the host becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +112,29 @@ pub struct JoinOptions {
     pub node_type: NodeType,
     /// How long discovery may take, and then the rest of the join (one deadline).
     pub timeout: Duration,
+}
+
+impl JoinOptions {
+    /// What the host becomes.
+    pub fn role(&self) -> NodeRole {
+        NodeRole {
+            node: self.node.clone(),
+            pool: self.pool.clone(),
+            node_type: self.node_type,
+        }
+    }
+}
+
+/// What a host is in the cluster: the node it runs, its pool and kind (what join, and
+/// the servant's convert and revert, write its units for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRole {
+    /// The node name.
+    pub node: NodeName,
+    /// The pool (label `apps.openyurt.io/nodepool`).
+    pub pool: Option<PoolName>,
+    /// Edge or plain.
+    pub node_type: NodeType,
 }
 
 /// The host the join runs on: its folder and facts, and its service manager.
@@ -281,7 +304,7 @@ async fn phases<H: Host + Sync>(
             .write_bootstrap_kubeconfig(cluster, &options.discovery.token.to_string())
             .map_err(phase("kubelet TLS bootstrap"))?;
         files
-            .write_kubelet(host.facts(), options, files::KubeletApi::Bootstrap)
+            .write_kubelet(host.facts(), &options.role(), files::KubeletApi::Bootstrap)
             .map_err(phase("kubelet TLS bootstrap"))?;
         host.request(ServiceRequest::Restart("kubelet".into()))
             .await
@@ -297,7 +320,7 @@ async fn phases<H: Host + Sync>(
     if options.node_type == NodeType::Edge {
         progress("hub: starting yurt hub from kubelet's certificate");
         let changed = files
-            .write_hub(host.facts(), cluster, options)
+            .write_hub(host.facts(), &cluster.server, &options.role())
             .map_err(phase("hub"))?;
         // Not waited for by the service manager: the wait below has the join's deadline
         // and says why the hub is not ready (its readyz, the CSRs it waits for).
@@ -310,7 +333,7 @@ async fn phases<H: Host + Sync>(
         wait_hub_ready(bootstrap, &options.node, deadline).await?;
         progress("kubelet and kube-proxy: through the hub");
         let changed = files
-            .write_kubelet(host.facts(), options, files::KubeletApi::ThroughHub)
+            .write_kubelet(host.facts(), &options.role(), files::KubeletApi::ThroughHub)
             .map_err(phase("kubelet through the hub"))?;
         host.request(start_or_restart(changed, "kubelet"))
             .await
@@ -323,7 +346,7 @@ async fn phases<H: Host + Sync>(
     }
     // Through the hub on an edge node, with kubelet's credentials on a plain one.
     let changed = files
-        .write_kube_proxy(host.facts(), options)
+        .write_kube_proxy(host.facts(), &options.role())
         .map_err(phase("kube-proxy"))?;
     host.request(start_or_restart(changed, "kube-proxy"))
         .await
@@ -544,7 +567,7 @@ pub const HUB_READYZ: &str = "127.0.0.1:10267";
 
 /// Waits for the hub's `/v1/readyz` to answer 200; on the deadline, quotes its answer and
 /// names the hub's CSRs still pending.
-async fn wait_hub_ready(
+pub(crate) async fn wait_hub_ready(
     client: &kube::Client,
     node: &NodeName,
     deadline: Instant,
@@ -602,7 +625,7 @@ async fn readyz() -> Result<(u16, String), String> {
     Ok((code, body))
 }
 
-async fn wait_ready(
+pub(crate) async fn wait_ready(
     client: &kube::Client,
     node: &NodeName,
     deadline: Instant,

@@ -75,12 +75,12 @@ fn kubelet_bootstraps_directly_then_goes_through_the_hub_and_rewrites_change_not
     assert_eq!(mode & 0o777, 0o600, "the token is readable by root only");
     assert!(
         files
-            .write_kubelet(&facts, &opts, KubeletApi::Bootstrap)
+            .write_kubelet(&facts, &opts.role(), KubeletApi::Bootstrap)
             .unwrap()
     );
     assert!(
         !files
-            .write_kubelet(&facts, &opts, KubeletApi::Bootstrap)
+            .write_kubelet(&facts, &opts.role(), KubeletApi::Bootstrap)
             .unwrap(),
         "unchanged"
     );
@@ -134,7 +134,7 @@ fn kubelet_bootstraps_directly_then_goes_through_the_hub_and_rewrites_change_not
 
     assert!(
         files
-            .write_kubelet(&facts, &opts, KubeletApi::ThroughHub)
+            .write_kubelet(&facts, &opts.role(), KubeletApi::ThroughHub)
             .unwrap()
     );
     let exec = exec_of(&files, "kubelet");
@@ -151,7 +151,11 @@ fn kubelet_bootstraps_directly_then_goes_through_the_hub_and_rewrites_change_not
     let hub_conf = std::fs::read_to_string(files.hub_kubeconfig()).unwrap();
     assert!(hub_conf.contains("http://127.0.0.1:10261"), "{hub_conf}");
 
-    assert!(files.write_hub(&facts, &cluster(), &opts).unwrap());
+    assert!(
+        files
+            .write_hub(&facts, &cluster().server, &opts.role())
+            .unwrap()
+    );
     let hub = exec_of(&files, "yurt-hub");
     let client = format!("--client-cert={}", files.kubelet_client_pem().display());
     for want in [
@@ -164,7 +168,7 @@ fn kubelet_bootstraps_directly_then_goes_through_the_hub_and_rewrites_change_not
     ] {
         assert!(hub.iter().any(|a| a == want), "{want} in {hub:?}");
     }
-    assert!(files.write_kube_proxy(&facts, &opts).unwrap());
+    assert!(files.write_kube_proxy(&facts, &opts.role()).unwrap());
     let config =
         std::fs::read_to_string(dir.path().join("var/lib/kube-proxy/config.yaml")).unwrap();
     assert!(config.contains("kubelet-through-hub.conf"), "{config}");
@@ -184,7 +188,7 @@ fn a_plain_node_says_it_is_no_edge_worker() {
     let mut opts = options(NodeType::Plain);
     opts.pool = None;
     files
-        .write_kubelet(&facts(), &opts, KubeletApi::Bootstrap)
+        .write_kubelet(&facts(), &opts.role(), KubeletApi::Bootstrap)
         .unwrap();
     let flags =
         std::fs::read_to_string(dir.path().join("var/lib/kubelet/kubeadm-flags.env")).unwrap();
@@ -193,7 +197,7 @@ fn a_plain_node_says_it_is_no_edge_worker() {
         "{flags}"
     );
     // No hub: kube-proxy reads the API server with kubelet's credentials.
-    assert!(files.write_kube_proxy(&facts(), &opts).unwrap());
+    assert!(files.write_kube_proxy(&facts(), &opts.role()).unwrap());
     let config =
         std::fs::read_to_string(dir.path().join("var/lib/kube-proxy/config.yaml")).unwrap();
     assert!(

@@ -1,0 +1,393 @@
+//! `yurt node-servant convert|revert` (OpenYurt's node-servant, reference/openyurt.md
+//! §8.3): turns a joined plain node into an edge node behind a hub, and back, on the
+//! host it runs on. The conversion controller runs it in a Job pinned to the node; an
+//! administrator may run it on the host by hand.
+//!
+//! - **convert**: the hub from kubelet's rotating certificate (asking for its own client
+//!   and serving certificates, as a join's hub), its readiness, then kubelet and
+//!   kube-proxy through it; then every container of the node's pods is restarted once,
+//!   so it gets the hub's `KUBERNETES_SERVICE_HOST`/`PORT` (kubelet computes them when it
+//!   starts a container). A convert that fails after it changed anything restores the
+//!   host (kubelet and kube-proxy straight to the API server, the hub gone) before it
+//!   reports the failure.
+//! - **revert**: kubelet and kube-proxy straight to the API server with kubelet's own
+//!   kubeconfig (which convert never touches, so a half-done convert reverts: OpenYurt
+//!   #609), the hub stopped and its files removed, the containers restarted once.
+//!
+//! Both are idempotent: a rerun finishes what a killed run left (the containers are
+//! restarted if the last run changed kubelet's API and did not get to them), and a
+//! host already in the wanted state is left alone (no container restarts).
+
+mod containers;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use yurt_core::host::ServiceRequest;
+use yurt_core::{NodeName, PoolName};
+
+use crate::join::{Host, HostFiles, KubeletApi, NodeRole, NodeType};
+
+pub use containers::{ContainerRef, Runtime};
+
+/// Which way the servant turns the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Plain → edge.
+    Convert,
+    /// Edge → plain.
+    Revert,
+}
+
+impl Direction {
+    fn word(self) -> &'static str {
+        match self {
+            Self::Convert => "convert",
+            Self::Revert => "revert",
+        }
+    }
+}
+
+/// Servant failures, each naming its step.
+#[derive(Debug, thiserror::Error)]
+pub enum ServantError {
+    /// The host is not a joined node (nothing to convert or revert).
+    #[error("{0}")]
+    NotJoined(String),
+    /// A step failed.
+    #[error("{step}: {reason}")]
+    Step {
+        /// The step.
+        step: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A convert failed and the host was restored to a plain node.
+    #[error(
+        "{cause}; the host was restored: kubelet and kube-proxy talk to the API server directly again and the hub is gone"
+    )]
+    Restored {
+        /// The failure.
+        cause: Box<ServantError>,
+    },
+    /// A convert failed and restoring the host failed too.
+    #[error(
+        "{cause}; restoring the host failed too ({restore}): run `yurt node-servant revert` on it"
+    )]
+    RestoreFailed {
+        /// The failure.
+        cause: Box<ServantError>,
+        /// What the restore said.
+        restore: String,
+    },
+}
+
+fn step(step: &'static str) -> impl Fn(String) -> ServantError {
+    move |reason| ServantError::Step { step, reason }
+}
+
+/// What to convert or revert.
+#[derive(Debug, Clone)]
+pub struct ServantOptions {
+    /// The node (kubelet's certificate must name it).
+    pub node: NodeName,
+    /// Its pool (convert only; the hub's `--nodepool-name`).
+    pub pool: Option<PoolName>,
+    /// How long the whole run may take.
+    pub timeout: Duration,
+    /// How long a container has to stop on SIGTERM before it is killed.
+    pub container_stop_timeout: Duration,
+    /// A pod whose containers are not restarted (`namespace/name`: the servant's own).
+    pub own_pod: Option<(String, String)>,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Done {
+    /// Whether anything changed (false: the host already was what was asked).
+    pub changed: bool,
+    /// Containers restarted.
+    pub restarted: Vec<ContainerRef>,
+}
+
+/// The record of a conversion in progress: which way, and whether the containers
+/// still need their restart.
+fn state_file(files: &HostFiles) -> PathBuf {
+    files.dir().join("etc/yurt/conversion")
+}
+
+fn read_state(files: &HostFiles) -> Option<String> {
+    std::fs::read_to_string(state_file(files))
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+fn write_state(files: &HostFiles, state: &str) -> Result<(), String> {
+    yurt_core::units::write_atomic(&state_file(files), format!("{state}\n").as_bytes())
+        .map_err(|e| e.to_string())
+}
+
+/// Converts the node on this host to an edge node behind a hub.
+///
+/// # Errors
+/// [`ServantError`] naming the step; after a change, [`ServantError::Restored`] or
+/// [`ServantError::RestoreFailed`].
+pub async fn convert<H: Host + Sync>(
+    host: &H,
+    runtime: &Runtime,
+    options: &ServantOptions,
+    progress: crate::join::Progress<'_>,
+) -> Result<Done, ServantError> {
+    let deadline = Instant::now() + options.timeout;
+    let server = preflight(host.files(), &options.node)?;
+    let role = NodeRole {
+        node: options.node.clone(),
+        pool: options.pool.clone(),
+        node_type: NodeType::Edge,
+    };
+    match turn(
+        host,
+        runtime,
+        options,
+        &role,
+        Direction::Convert,
+        &server,
+        deadline,
+        progress,
+    )
+    .await
+    {
+        Ok(done) => Ok(done),
+        Err(cause) => {
+            progress("convert failed: restoring the host to a plain node");
+            let restore_options = ServantOptions {
+                timeout: Duration::from_secs(120),
+                ..options.clone()
+            };
+            match Box::pin(revert(host, runtime, &restore_options, progress)).await {
+                Ok(_) => Err(ServantError::Restored {
+                    cause: Box::new(cause),
+                }),
+                Err(e) => Err(ServantError::RestoreFailed {
+                    cause: Box::new(cause),
+                    restore: e.to_string(),
+                }),
+            }
+        }
+    }
+}
+
+/// Reverts the node on this host to a plain node: kubelet and kube-proxy straight to
+/// the API server, the hub gone.
+///
+/// # Errors
+/// [`ServantError`] naming the step.
+pub async fn revert<H: Host + Sync>(
+    host: &H,
+    runtime: &Runtime,
+    options: &ServantOptions,
+    progress: crate::join::Progress<'_>,
+) -> Result<Done, ServantError> {
+    let deadline = Instant::now() + options.timeout;
+    let server = preflight(host.files(), &options.node)?;
+    let role = NodeRole {
+        node: options.node.clone(),
+        pool: None,
+        node_type: NodeType::Plain,
+    };
+    turn(
+        host,
+        runtime,
+        options,
+        &role,
+        Direction::Revert,
+        &server,
+        deadline,
+        progress,
+    )
+    .await
+}
+
+/// The host must be a joined node of this name whose kubelet has a kubeconfig of its
+/// own: the API server it names is where the hub, or kubelet again, goes.
+fn preflight(files: &HostFiles, node: &NodeName) -> Result<String, ServantError> {
+    let wanted = format!("system:node:{node}");
+    match files.kubelet_identity() {
+        Some(identity) if identity == wanted => {}
+        Some(identity) => {
+            return Err(ServantError::NotJoined(format!(
+                "this host's kubelet is {identity}, not {wanted}: the servant runs on the node it converts"
+            )));
+        }
+        None => {
+            return Err(ServantError::NotJoined(format!(
+                "this host is not a joined node (no kubelet certificate under {}): join it with `yurt adm join` first",
+                files.kubelet_pki().display()
+            )));
+        }
+    }
+    if !files.unit("kubelet").exists() {
+        return Err(ServantError::NotJoined(format!(
+            "this host has no kubelet unit ({}): join it with `yurt adm join` first",
+            files.unit("kubelet").display()
+        )));
+    }
+    api_server_of(files)
+}
+
+/// The API server kubelet's own kubeconfig names.
+fn api_server_of(files: &HostFiles) -> Result<String, ServantError> {
+    let path = files.kubelet_kubeconfig();
+    let config = kube::config::Kubeconfig::read_from(&path).map_err(|e| {
+        ServantError::NotJoined(format!(
+            "kubelet's kubeconfig {}: {e} (without it kubelet cannot reach the API server directly)",
+            path.display()
+        ))
+    })?;
+    config
+        .clusters
+        .iter()
+        .find_map(|c| c.cluster.as_ref().and_then(|c| c.server.clone()))
+        .ok_or_else(|| {
+            ServantError::NotJoined(format!(
+                "kubelet's kubeconfig {} names no server",
+                path.display()
+            ))
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn turn<H: Host + Sync>(
+    host: &H,
+    runtime: &Runtime,
+    options: &ServantOptions,
+    role: &NodeRole,
+    direction: Direction,
+    server: &str,
+    deadline: Instant,
+    progress: crate::join::Progress<'_>,
+) -> Result<Done, ServantError> {
+    let files = host.files();
+    let facts = host.facts();
+    let pending = format!("{} restarting containers", direction.word());
+    let mut done = Done::default();
+    let client = kubelet_client(files).await?;
+
+    if direction == Direction::Convert {
+        progress("hub: starting yurt hub from kubelet's certificate");
+        let changed = files.write_hub(facts, server, role).map_err(step("hub"))?;
+        let request = if changed {
+            ServiceRequest::RestartNoBlock("yurt-hub".into())
+        } else {
+            ServiceRequest::StartNoBlock("yurt-hub".into())
+        };
+        done.changed |= changed;
+        host.request(request).await.map_err(step("hub"))?;
+        crate::join::wait_hub_ready(&client, &role.node, deadline)
+            .await
+            .map_err(|e| step("hub")(e.to_string()))?;
+    }
+
+    let api = match direction {
+        Direction::Convert => KubeletApi::ThroughHub,
+        Direction::Revert => KubeletApi::Direct,
+    };
+    let word = match direction {
+        Direction::Convert => "kubelet and kube-proxy: through the hub",
+        Direction::Revert => "kubelet and kube-proxy: straight to the API server",
+    };
+    progress(word);
+    let kubelet_changed = files
+        .write_kubelet(facts, role, api)
+        .map_err(step("kubelet"))?;
+    if kubelet_changed {
+        // Recorded before kubelet restarts: a run killed after it restarts the
+        // containers when run again.
+        write_state(files, &pending).map_err(step("kubelet"))?;
+        done.changed = true;
+    }
+    host.request(start_or_restart(kubelet_changed, "kubelet"))
+        .await
+        .map_err(step("kubelet"))?;
+    let proxy_changed = files
+        .write_kube_proxy(facts, role)
+        .map_err(step("kube-proxy"))?;
+    done.changed |= proxy_changed;
+    host.request(start_or_restart(proxy_changed, "kube-proxy"))
+        .await
+        .map_err(step("kube-proxy"))?;
+
+    if direction == Direction::Revert {
+        progress("hub: stopping it and removing its files");
+        done.changed |= remove_hub(host).await?;
+    }
+
+    progress("node: waiting for it to be Ready");
+    crate::join::wait_ready(&client, &role.node, deadline)
+        .await
+        .map_err(|e| step("node")(e.to_string()))?;
+
+    if read_state(files).as_deref() == Some(pending.as_str()) {
+        progress("containers: restarting each once, so it sees the node's API endpoint");
+        let left = deadline.saturating_duration_since(Instant::now());
+        done.restarted = runtime
+            .restart_containers(
+                options.own_pod.as_ref(),
+                options.container_stop_timeout,
+                left,
+            )
+            .await
+            .map_err(step("restarting containers"))?;
+        done.changed = true;
+    }
+    let finished = match direction {
+        Direction::Convert => "converted",
+        Direction::Revert => "reverted",
+    };
+    if done.changed || read_state(files).is_some() {
+        write_state(files, finished).map_err(step("finish"))?;
+    }
+    Ok(done)
+}
+
+/// Stops the hub and removes what convert wrote for it; whether there was a hub.
+async fn remove_hub<H: Host + Sync>(host: &H) -> Result<bool, ServantError> {
+    let files = host.files();
+    let unit = files.unit("yurt-hub");
+    let had = unit.exists();
+    if had {
+        host.request(ServiceRequest::Stop("yurt-hub".into()))
+            .await
+            .map_err(step("hub"))?;
+    }
+    for path in [unit, files.yurthub(), files.hub_kubeconfig()] {
+        crate::reset::remove(&path).map_err(step("hub"))?;
+    }
+    crate::reset::delete_link(crate::reset::HUB_DUMMY).map_err(step("hub"))?;
+    Ok(had)
+}
+
+fn start_or_restart(changed: bool, process: &str) -> ServiceRequest {
+    if changed {
+        ServiceRequest::Restart(process.to_owned())
+    } else {
+        ServiceRequest::Start(process.to_owned())
+    }
+}
+
+/// A client with kubelet's own credentials, straight to the API server (to read the
+/// Node and, for a diagnosis, CSRs).
+async fn kubelet_client(files: &HostFiles) -> Result<kube::Client, ServantError> {
+    let fail = step("reading kubelet's kubeconfig");
+    let path = files.kubelet_kubeconfig();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(Duration::from_secs(30));
+    kube::Client::try_from(config).map_err(|e| fail(e.to_string()))
+}

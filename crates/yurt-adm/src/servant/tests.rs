@@ -1,0 +1,115 @@
+use super::containers::{container_of, running_tasks};
+use super::*;
+use crate::join::HostFiles;
+
+/// A host folder whose kubelet holds `cn`'s certificate, and (if `unit`) a kubelet unit
+/// and kubeconfig naming `server`.
+fn joined_host(cn: &str, unit: bool, server: Option<&str>) -> (tempfile::TempDir, HostFiles) {
+    let dir = tempfile::tempdir().unwrap();
+    let files = HostFiles::new(dir.path());
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::create_dir_all(files.kubelet_pki()).unwrap();
+    std::fs::write(
+        files.kubelet_client_pem(),
+        format!("{}{}", cert.pem(), key.serialize_pem()),
+    )
+    .unwrap();
+    if unit {
+        std::fs::create_dir_all(files.unit("kubelet").parent().unwrap()).unwrap();
+        std::fs::write(files.unit("kubelet"), "").unwrap();
+    }
+    if let Some(server) = server {
+        std::fs::create_dir_all(files.kubernetes()).unwrap();
+        std::fs::write(
+            files.kubelet_kubeconfig(),
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: default\n  cluster:\n    server: {server}\n"
+            ),
+        )
+        .unwrap();
+    }
+    (dir, files)
+}
+
+#[test]
+fn the_servant_runs_only_on_the_joined_node_it_is_told_of() {
+    let node: NodeName = "edge-x".parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let err = preflight(&HostFiles::new(dir.path()), &node)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not a joined node") && err.contains("yurt adm join"),
+        "{err}"
+    );
+
+    let (_d, files) = joined_host("system:node:edge-y", true, Some("https://10.10.0.1:6443"));
+    let err = preflight(&files, &node).unwrap_err().to_string();
+    assert!(
+        err.contains("system:node:edge-y, not system:node:edge-x"),
+        "{err}"
+    );
+
+    let (_d, files) = joined_host("system:node:edge-x", false, Some("https://10.10.0.1:6443"));
+    let err = preflight(&files, &node).unwrap_err().to_string();
+    assert!(err.contains("no kubelet unit"), "{err}");
+
+    let (_d, files) = joined_host("system:node:edge-x", true, None);
+    let err = preflight(&files, &node).unwrap_err().to_string();
+    assert!(
+        err.contains("kubelet's kubeconfig") && err.contains("kubelet.conf"),
+        "{err}"
+    );
+
+    let (_d, files) = joined_host("system:node:edge-x", true, Some("https://10.10.0.1:6443"));
+    assert_eq!(preflight(&files, &node).unwrap(), "https://10.10.0.1:6443");
+}
+
+#[test]
+fn only_running_tasks_are_restarted() {
+    let table = "TASK    PID     STATUS\n\
+                 aaa     101     RUNNING\n\
+                 bbb     0       STOPPED\n\
+                 ccc     303     RUNNING\n\
+                 garbage\n";
+    assert_eq!(running_tasks(table), vec!["aaa", "ccc"]);
+    assert!(running_tasks("").is_empty());
+}
+
+#[test]
+fn containers_are_named_by_their_pod_labels_and_others_are_refused() {
+    let info = r#"{"ID":"abc","Labels":{"io.cri-containerd.kind":"container","io.kubernetes.container.name":"web","io.kubernetes.pod.name":"web-1","io.kubernetes.pod.namespace":"default"}}"#;
+    let c = container_of("abc", info).unwrap();
+    assert_eq!(c.to_string(), "default/web-1:web");
+    assert_eq!(c.id, "abc");
+    let err = container_of("abc", r#"{"Labels":{}}"#).unwrap_err();
+    assert!(err.contains("not a pod's container"), "{err}");
+    let err = container_of("abc", "not json").unwrap_err();
+    assert!(err.contains("not JSON"), "{err}");
+}
+
+#[test]
+fn the_conversion_record_is_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = HostFiles::new(dir.path());
+    assert_eq!(read_state(&files), None);
+    write_state(&files, "convert restarting containers").unwrap();
+    assert_eq!(
+        read_state(&files).as_deref(),
+        Some("convert restarting containers")
+    );
+}
+
+#[test]
+fn a_runtime_endpoint_names_its_socket() {
+    let r = Runtime::new("unix:///run/containerd/containerd.sock");
+    assert_eq!(
+        format!("{r:?}"),
+        format!("{:?}", Runtime::new("/run/containerd/containerd.sock"))
+    );
+}
