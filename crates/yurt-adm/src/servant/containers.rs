@@ -126,7 +126,7 @@ impl Runtime {
             let running = running_tasks(&self.ctr(&["tasks", "ls"])?);
             let left: Vec<&ContainerRef> = targets
                 .iter()
-                .filter(|c| running.iter().any(|r| *r == c.id))
+                .filter(|c| running.contains(&c.id))
                 .collect();
             if left.is_empty() {
                 return Ok(targets);
