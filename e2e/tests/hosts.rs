@@ -1075,7 +1075,7 @@ async fn env_of(f: &TestFleet, host: &str, name: &str, ip: &str) -> anyhow::Resu
             else {
                 return Ok(None);
             };
-            if !c.state.is_some_and(|s| s.running.is_some()) {
+            if c.state.is_none_or(|s| s.running.is_none()) {
                 return Ok(None);
             }
             let text = http_get(f, host, ip, "/env")?;
