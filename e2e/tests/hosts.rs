@@ -1108,12 +1108,14 @@ fn http_get(f: &TestFleet, host: &str, ip: &str, path: &str) -> anyhow::Result<S
     Ok(body)
 }
 
-/// Issue 13's node servant, on a fleet of its own: a plain node (joined with a token)
-/// converts to an edge node behind a hub and each container restarts once with the
-/// hub's endpoint; a second convert changes nothing; revert puts kubelet and kube-proxy
-/// back on the API server, removes the hub and restarts the containers once more; a
-/// convert whose hub cannot get its certificates (the manager stopped) restores the
-/// host and says so.
+/// Issue 13's conversion, on a fleet of its own: a plain node (joined with a token)
+/// converts with `yurt node-servant` to an edge node behind a hub and each container
+/// restarts once with the hub's endpoint; a second convert changes nothing; revert puts
+/// kubelet and kube-proxy back on the API server, removes the hub and restarts the
+/// containers once more; a convert whose hub cannot get its certificates (the manager
+/// stopped) restores the host and says so. Then the same through the pool label
+/// (`yurt adm convert|revert`, the manager's conversion Job), and a label added and
+/// removed at once ends reverted.
 #[tokio::test]
 async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() -> anyhow::Result<()>
 {
@@ -1236,9 +1238,141 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         f.start("cloud", "yurt-manager").await?;
         ensure!(f.node_ready("edge-z").await? == "True");
 
+        // Through the pool label: the manager's conversion Job runs the host's servant
+        // from a pod, which reaches the host's service manager (served here without a
+        // supervisor, so a crash still fails the test).
+        let _service_manager = ServiceManager::start(&f)?;
+        let nodes: Api<Node> = Api::all(f.client());
+        let before = env_of(&f, "edge-z", "env", &ip).await?.0;
+        let out = f.yurt(&[
+            "adm",
+            "convert",
+            "--node",
+            "edge-z",
+            "--nodepool-name",
+            "pool-a",
+            "--timeout",
+            "4m",
+        ])?;
+        ensure!(out.contains("Node edge-z is an edge node"), "{out}");
+        let node = nodes.get("edge-z").await?;
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        ensure!(
+            labels.get("openyurt.io/is-edge-worker").map(String::as_str) == Some("true")
+                && labels
+                    .get("topology.kubernetes.io/zone")
+                    .map(String::as_str)
+                    == Some("pool-a"),
+            "{labels:?}"
+        );
+        ensure!(
+            !node.spec.and_then(|s| s.unschedulable).unwrap_or(false),
+            "uncordoned after the conversion"
+        );
+        ensure!(line_of(&f)?.contains("yurt-hub("), "{}", line_of(&f)?);
+        ensure!(
+            env_of(&f, "edge-z", "env", &ip).await? == (before + 1, "169.254.2.1:10268".to_owned()),
+            "the pod restarted once more and sees the hub"
+        );
+        let jobs = f.kubectl(&[
+            "get",
+            "jobs",
+            "-n",
+            "kube-system",
+            "-l",
+            "openyurt.io/conversion-node",
+            "-o",
+            "name",
+        ])?;
+        ensure!(jobs.trim().is_empty(), "the finished Job is gone: {jobs}");
+
+        let out = f.yurt(&["adm", "revert", "--node", "edge-z", "--timeout", "4m"])?;
+        ensure!(out.contains("Node edge-z is a plain node"), "{out}");
+        let labels = nodes
+            .get("edge-z")
+            .await?
+            .metadata
+            .labels
+            .unwrap_or_default();
+        ensure!(
+            !labels.contains_key("openyurt.io/is-edge-worker")
+                && !labels.contains_key("topology.kubernetes.io/zone"),
+            "{labels:?}"
+        );
+        ensure!(!line_of(&f)?.contains("yurt-hub"), "{}", line_of(&f)?);
+        ensure!(env_of(&f, "edge-z", "env", &ip).await? == (before + 2, svc.trim().to_owned()));
+
+        // A label added and removed at once ends reverted, one Job at a time.
+        f.kubectl(&[
+            "label",
+            "node",
+            "edge-z",
+            "apps.openyurt.io/nodepool=pool-a",
+        ])?;
+        f.kubectl(&["label", "node", "edge-z", "apps.openyurt.io/nodepool-"])?;
+        wait_for(
+            "edge-z reverted again, no Job left",
+            Duration::from_secs(240),
+            || async {
+                let n = nodes.get("edge-z").await?;
+                let reverted = n
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| {
+                        c.type_ == "YurtNodeConversionFailed"
+                            && c.reason.as_deref() == Some("Reverted")
+                    });
+                let labels = n.metadata.labels.unwrap_or_default();
+                let jobs = f.kubectl(&[
+                    "get",
+                    "jobs",
+                    "-n",
+                    "kube-system",
+                    "-l",
+                    "openyurt.io/conversion-node",
+                    "-o",
+                    "name",
+                ])?;
+                Ok((reverted
+                    && !labels.contains_key("openyurt.io/is-edge-worker")
+                    && !n.spec.and_then(|s| s.unschedulable).unwrap_or(false)
+                    && jobs.trim().is_empty())
+                .then_some(()))
+            },
+        )
+        .await?;
+        ensure!(!line_of(&f)?.contains("yurt-hub"), "{}", line_of(&f)?);
+        ensure!(f.node_ready("edge-z").await? == "True");
+
         f.yurt(&["fleet", "remove-host", "edge-z"])?;
         f.kubectl(&["delete", "node", "edge-z"])?;
         Ok(())
     })
     .await
+}
+
+/// `yurt fleet service-manager` for a test fleet (which nothing supervises), stopped
+/// when dropped.
+struct ServiceManager(std::process::Child);
+
+impl ServiceManager {
+    fn start(f: &TestFleet) -> anyhow::Result<Self> {
+        let child = std::process::Command::new(&yurt_testkit::machine().yurt_binary)
+            .arg("--data-dir")
+            .arg(f.dir())
+            .args(["fleet", "service-manager"])
+            .stdout(std::fs::File::create(f.dir().join("service-manager.out"))?)
+            .stderr(std::fs::File::create(f.dir().join("service-manager.err"))?)
+            .spawn()?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for ServiceManager {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -125,6 +125,31 @@ pub enum AdmCommand {
         #[arg(long)]
         delete_node: bool,
     },
+    /// Convert a plain node to an edge node behind a hub: label it with its pool and wait for yurt manager's conversion Job.
+    Convert {
+        /// The node.
+        #[arg(long)]
+        node: String,
+        /// Its pool (default: the pool it is labelled with).
+        #[arg(long = "nodepool-name")]
+        nodepool_name: Option<String>,
+        /// How long to wait for the conversion (Go duration).
+        #[arg(long, default_value = "15m")]
+        timeout: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
+    /// Revert an edge node to a plain node: remove its pool label and wait for yurt manager's conversion Job.
+    Revert {
+        /// The node.
+        #[arg(long)]
+        node: String,
+        /// How long to wait for the revert (Go duration).
+        #[arg(long, default_value = "15m")]
+        timeout: String,
+        #[command(flatten)]
+        cluster: ClusterArgs,
+    },
 }
 
 /// `yurt adm join`.
@@ -375,6 +400,8 @@ pub enum FleetCommand {
     /// Keep the fleet's processes running until `yurt down` (what `yurt up --detach` leaves behind).
     #[command(hide = true)]
     Supervise,
+    /// Serve every edge host's service manager on its socket (what the supervisor does too), restarting nothing, until stopped.
+    ServiceManager,
 }
 
 /// `yurt image ...`.

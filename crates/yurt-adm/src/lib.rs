@@ -7,6 +7,7 @@
 //! Everything here talks to the cluster only through the Kubernetes API, so it works
 //! on clusters openyurt-rs did not create.
 
+pub mod convert;
 pub mod discovery;
 pub mod join;
 pub mod reset;

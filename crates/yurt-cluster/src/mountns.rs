@@ -2,7 +2,8 @@
 //!
 //! containerd and kubelet of one host share a private mount namespace in which
 //! `/var/log` (kubelet hard-codes `/var/log/pods`), `/var/lib/cni`, `/run/netns`,
-//! `/run/containerd` and `/etc/kubernetes/manifests` are the host's own, so hosts never see or clean up each other's
+//! `/run/containerd`, `/etc/kubernetes/manifests` and `/run/yurt-host` (the host
+//! contract's links, `yurt_core::host::HOST_LINKS`) are the host's own, so hosts never see or clean up each other's
 //! pods. The namespace is kept alive by a bind mount of its nsfs file (`ns/mnt`), the way
 //! `ip netns` keeps network namespaces, so processes can be started into it at any time.
 //!
@@ -42,7 +43,7 @@ pub fn exists(host: &HostPaths) -> bool {
 ///
 /// # Errors
 /// If a mount or the namespace creation fails.
-pub fn create(host: &HostPaths) -> Result<()> {
+pub fn create(host: &HostPaths, yurt: &std::path::Path) -> Result<()> {
     if exists(host) {
         return Ok(());
     }
@@ -66,7 +67,7 @@ pub fn create(host: &HostPaths) -> Result<()> {
         std::fs::create_dir_all(&source).map_err(|e| Error::io(&source, e))?;
         std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     }
-    for dir in ["/run/netns", "/run/containerd"] {
+    for dir in ["/run/netns", "/run/containerd", yurt_core::host::HOST_LINKS] {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
     cmd::run(
@@ -84,6 +85,14 @@ pub fn create(host: &HostPaths) -> Result<()> {
     for (source, target) in private_mounts(host) {
         script.push_str(&format!("mount --bind '{}' {target}\n", source.display()));
     }
+    // The host contract's links (yurt_core::host::HOST_LINKS), for tools that enter
+    // the host's `/` from a pod.
+    let links = yurt_core::host::HOST_LINKS;
+    script.push_str(&format!(
+        "mount -t tmpfs -o mode=755 tmpfs {links}\nln -s '{}' {links}/dir\nln -s '{}' {links}/yurt\n",
+        host.root().display(),
+        yurt.display()
+    ));
     let result = cmd::run(
         "set up the host's private mounts",
         Command::new("nsenter")

@@ -12,6 +12,14 @@
 //!   a line `start|stop|restart <process>`, where start and restart may say `--no-block`
 //!   to not wait for readiness, answered `ok` or `error <why>`). The socket is
 //!   the root user's only (mode 0600, in the host's folder, which no pod sees).
+//!
+//! A tool started some other way on the host, as the conversion Job's servant is (a
+//! privileged pod that mounts the host's `/` and enters it with `chroot`), finds both
+//! from the host itself: inside each host's mount namespace the fleet keeps
+//! [`HOST_LINKS`], where `dir` links to the host's folder and `yurt` to the fleet's
+//! binary, and while the fleet is supervised its service manager also answers on
+//! [`PERSISTENT_SOCKET`] in the host's folder (what systemd's socket is on a machine: a
+//! pod that may mount the host's `/` may use it).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -24,6 +32,27 @@ pub const HOST_DIR_ENV: &str = "YURT_HOST_DIR";
 pub const SERVICE_MANAGER_ENV: &str = "YURT_SERVICE_MANAGER";
 /// The facts file in the host's folder.
 pub const FACTS_FILE: &str = "host.json";
+/// Where, inside a fleet host's mount namespace, `dir` links to the host's folder and
+/// `yurt` to the fleet's binary.
+pub const HOST_LINKS: &str = "/run/yurt-host";
+/// The service manager's socket served while the fleet is supervised, in the host's
+/// folder.
+pub const PERSISTENT_SOCKET: &str = "run/service-manager.sock";
+
+/// The host's folder and its service manager's socket: `YURT_HOST_DIR` and
+/// `YURT_SERVICE_MANAGER` if set (`yurt fleet exec`), else what [`HOST_LINKS`] and
+/// [`PERSISTENT_SOCKET`] give on the host itself; `None` off a fleet host.
+pub fn locate() -> Option<(PathBuf, PathBuf)> {
+    if let (Some(dir), Some(socket)) = (
+        std::env::var_os(HOST_DIR_ENV),
+        std::env::var_os(SERVICE_MANAGER_ENV),
+    ) {
+        return Some((dir.into(), socket.into()));
+    }
+    let dir = std::fs::canonicalize(Path::new(HOST_LINKS).join("dir")).ok()?;
+    let socket = dir.join(PERSISTENT_SOCKET);
+    Some((dir, socket))
+}
 
 /// Host contract failures.
 #[derive(Debug, thiserror::Error)]

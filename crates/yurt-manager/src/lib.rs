@@ -110,6 +110,8 @@ pub struct Config {
     /// How long a NotReady node's pods still count as unavailable in DaemonSet and
     /// YurtStaticSet rolling updates (`--unready-node-grace`).
     pub unready_node_grace: Duration,
+    /// How long a conversion Job's servant may take (`--node-conversion-timeout`).
+    pub node_conversion_timeout: Duration,
 }
 
 /// Runs the manager until `shutdown`.
@@ -222,6 +224,7 @@ pub async fn run(
             node_servant_image: config.node_servant_image.clone(),
             hub_pod_address: config.hub_pod_address,
             unready_node_grace: config.unready_node_grace,
+            node_conversion_timeout: config.node_conversion_timeout,
             metrics: metrics.clone(),
         };
         for (name, run) in controllers::ALL {

@@ -25,12 +25,69 @@ async fn client(cluster: &ClusterArgs, data_dir: &Path) -> anyhow::Result<kube::
     super::kube_client(kubeconfig(cluster, data_dir).as_ref()).await
 }
 
+/// A wait of at least a second, as a Go duration.
+fn wait_flag(value: &str) -> anyhow::Result<std::time::Duration> {
+    let (negative, d) = yurt_core::go_duration::parse_go_duration(value)
+        .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+    anyhow::ensure!(
+        !negative && d >= std::time::Duration::from_secs(1),
+        "--timeout {value} must be at least 1s"
+    );
+    Ok(d)
+}
+
 /// Runs `yurt adm ...`.
 pub async fn run(data_dir: &Path, args: AdmArgs) -> anyhow::Result<ExitCode> {
     let command = match args.command {
         AdmCommand::Token(command) => command,
         AdmCommand::Join(join) => return super::adm_host::join(join).await,
         AdmCommand::Reset { delete_node } => return super::adm_host::reset(delete_node).await,
+        AdmCommand::Convert {
+            node,
+            nodepool_name,
+            timeout,
+            cluster,
+        } => {
+            let timeout = wait_flag(&timeout)?;
+            let client = client(&cluster, data_dir).await?;
+            let progress = |step: &str| eprintln!("[convert] {step}");
+            let done = yurt_adm::convert::convert(
+                &client,
+                &node,
+                nodepool_name.as_deref(),
+                timeout,
+                &progress,
+            )
+            .await?;
+            match done {
+                yurt_adm::convert::Converted::Already => {
+                    println!("Node {node} already is an edge node: nothing changed.");
+                }
+                yurt_adm::convert::Converted::Done => println!(
+                    "Node {node} is an edge node: kubelet and kube-proxy go through yurt hub, its pods restarted once."
+                ),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        AdmCommand::Revert {
+            node,
+            timeout,
+            cluster,
+        } => {
+            let timeout = wait_flag(&timeout)?;
+            let client = client(&cluster, data_dir).await?;
+            let progress = |step: &str| eprintln!("[revert] {step}");
+            let done = yurt_adm::convert::revert(&client, &node, timeout, &progress).await?;
+            match done {
+                yurt_adm::convert::Converted::Already => {
+                    println!("Node {node} already is a plain node: nothing changed.");
+                }
+                yurt_adm::convert::Converted::Done => println!(
+                    "Node {node} is a plain node: kubelet and kube-proxy talk to the API server directly, yurt hub is gone, its pods restarted once."
+                ),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
     };
     match command {
         TokenCommand::Generate => println!("{}", TokenString::generate()?),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use yurt_adm::discovery::{CaCertHash, CaVerification, Discovery, api_server_url};
 use yurt_adm::join::{HostFiles, JoinOptions, NodeType};
-use yurt_core::host::{HOST_DIR_ENV, HostFacts, SERVICE_MANAGER_ENV, ServiceRequest};
+use yurt_core::host::{HostFacts, ServiceRequest};
 
 use crate::cli::{JoinArgs, NodeServantArgs, NodeServantCommand, NodeServantCommon};
 
@@ -52,20 +52,16 @@ impl yurt_adm::join::Host for FleetHost {
 }
 
 fn host() -> anyhow::Result<FleetHost> {
-    let (Some(dir), Some(socket)) = (
-        std::env::var_os(HOST_DIR_ENV),
-        std::env::var_os(SERVICE_MANAGER_ENV),
-    ) else {
+    let Some((dir, socket)) = yurt_core::host::locate() else {
         bail!(
             "this command runs on a fleet host, whose service manager starts and stops kubelet and the hub: `yurt fleet exec <host> -- yurt adm join|reset ...` or `... -- yurt node-servant ...` (hosts managed by systemd are not supported yet)"
         );
     };
-    let dir = PathBuf::from(dir);
     let facts = HostFacts::load(&dir)?;
     Ok(FleetHost {
         files: HostFiles::new(dir),
         facts,
-        socket: PathBuf::from(socket),
+        socket,
     })
 }
 

@@ -109,7 +109,17 @@ pub async fn run(
             super::follow_routes::run(&dir, &kubeconfig, period, admin_address).await?;
         }
         FleetCommand::Kubeconfig => println!("{}", fleet.admin_kubeconfig().display()),
-        FleetCommand::Supervise => supervise(fleet).await?,
+        FleetCommand::Supervise => supervise(machine, &dir, fleet).await?,
+        FleetCommand::ServiceManager => {
+            let token = CancellationToken::new();
+            let signals = tokio::spawn(yurt_core::shutdown::cancel_on_signal(token.clone()));
+            eprintln!(
+                "serving the service managers of the fleet in {} until stopped",
+                dir.display()
+            );
+            fleet::service_manager::serve_every_host(machine, &dir, token).await?;
+            signals.abort();
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -207,7 +217,11 @@ const SUPERVISE_INTERVAL: Duration = Duration::from_secs(2);
 /// holds the fleet's `up.lock` (so it is the fleet's one owner, and `yurt down` stops
 /// it first), restarts crashed processes until SIGTERM, and writes what it does to its
 /// stderr (the supervisor log). Stopping it leaves the fleet running.
-async fn supervise(mut fleet: Fleet) -> anyhow::Result<()> {
+async fn supervise(
+    machine: &yurt_cluster::MachineConfig,
+    data_dir: &std::path::Path,
+    mut fleet: Fleet,
+) -> anyhow::Result<()> {
     // A session of its own: the terminal of the `yurt up --detach` that started it
     // can close (SIGHUP) or be interrupted (SIGINT) without reaching it.
     let _ = nix::unistd::setsid();
@@ -245,11 +259,21 @@ async fn supervise(mut fleet: Fleet) -> anyhow::Result<()> {
     );
     let token = CancellationToken::new();
     let signals = tokio::spawn(yurt_core::shutdown::cancel_on_signal(token.clone()));
+    // The hosts' service managers, for tools that run on a host from a pod.
+    let services = {
+        let (machine, dir, token) = (machine.clone(), data_dir.to_owned(), token.clone());
+        tokio::spawn(async move {
+            if let Err(e) = fleet::service_manager::serve_every_host(&machine, &dir, token).await {
+                eprintln!("{}: the hosts' service managers: {e}", humantime_now());
+            }
+        })
+    };
     fleet
         .supervise_until(SUPERVISE_INTERVAL, token.cancelled(), |event| {
             eprintln!("{}: {event}", humantime_now());
         })
         .await;
+    let _ = services.await;
     let _ = std::fs::remove_file(&pid_file);
     eprintln!("{}: stopped supervising", humantime_now());
     drop(lock);

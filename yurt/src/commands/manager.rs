@@ -90,6 +90,11 @@ pub struct ManagerRunArgs {
     /// and the rollout waits for it; a node NotReady for longer is offline and skipped.
     #[arg(long, default_value_t = 40)]
     pub unready_node_grace: u64,
+    /// Seconds a conversion Job's `node-servant convert|revert` may take (its `--timeout`;
+    /// the Job's deadline adds two minutes for the pod to start and a failed convert to
+    /// restore the host). Upstream users found fixed short timeouts too short on slow sites.
+    #[arg(long, default_value_t = 600)]
+    pub node_conversion_timeout: u64,
 }
 
 fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
@@ -128,6 +133,7 @@ fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
         manager_username: a.manager_username.clone(),
         hub_pod_address: a.hub_pod_address,
         unready_node_grace: Duration::from_secs(a.unready_node_grace),
+        node_conversion_timeout: Duration::from_secs(a.node_conversion_timeout.max(1)),
     })
 }
 

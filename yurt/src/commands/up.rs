@@ -93,11 +93,28 @@ pub async fn run(
     // Like a service manager with Restart=always: a crashed process starts again,
     // unless a reboot, stop or start owns the host's processes right now.
     let warn = reporter.clone();
+    // The hosts' service managers, for tools that run on a host from a pod.
+    let services = {
+        let (machine, dir, token, warn) = (
+            machine.clone(),
+            data_dir.clone(),
+            token.clone(),
+            reporter.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) =
+                yurt_cluster::fleet::service_manager::serve_every_host(&machine, &dir, token).await
+            {
+                warn.warn(&format!("the hosts' service managers: {e}"));
+            }
+        })
+    };
     fleet
         .supervise_until(SUPERVISE_INTERVAL, token.cancelled(), |event| {
             warn.warn(&event.to_string());
         })
         .await;
+    let _ = services.await;
     eprintln!("stopping the fleet ...");
     take_down(machine, &data_dir).await?;
     Ok(ExitCode::SUCCESS)

@@ -124,10 +124,8 @@ impl Runtime {
         let mut escalated = false;
         loop {
             let running = running_tasks(&self.ctr(&["tasks", "ls"])?);
-            let left: Vec<&ContainerRef> = targets
-                .iter()
-                .filter(|c| running.contains(&c.id))
-                .collect();
+            let left: Vec<&ContainerRef> =
+                targets.iter().filter(|c| running.contains(&c.id)).collect();
             if left.is_empty() {
                 return Ok(targets);
             }

@@ -188,6 +188,8 @@ fn manager_cluster_rules() -> serde_json::Value {
         // patches node labels, annotations and taints from the pool; webhook/node.rs
         // reads a Node its view has not caught up with.
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+        // controllers/nodeconversion: the YurtNodeConversionFailed condition.
+        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
         // lib.rs: the pod feed; daemonpodupdater.rs and yurtstaticset.rs list a set's
         // pods; webhook/endpoints.rs gets a pod; podbinding.rs patches tolerations;
         // yurtstaticset.rs creates and deletes upgrade workers; daemonpodupdater.rs
@@ -223,7 +225,7 @@ fn manager_cluster_rules() -> serde_json::Value {
 }
 
 /// What yurt manager may do in `kube-system`: keep its webhook certificate Secret and
-/// its leader Lease. `create` cannot be confined by name (a POST carries none), so it
+/// its leader Lease, and run the conversion Jobs. `create` cannot be confined by name (a POST carries none), so it
 /// may create Secrets and Leases there but read or change only its own.
 fn manager_system_rules() -> serde_json::Value {
     serde_json::json!([
@@ -234,6 +236,8 @@ fn manager_system_rules() -> serde_json::Value {
         // leader.rs: reads, creates and renews (replaces) the Lease.
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [MANAGER_LEASE], "verbs": ["get", "update"]},
+        // controllers/nodeconversion: the servant's Jobs, watched, made, deleted once done.
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "delete"]},
     ])
 }
 

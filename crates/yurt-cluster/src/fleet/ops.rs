@@ -215,8 +215,8 @@ impl Fleet {
         let hp = self.paths.host(host);
         let images = self.paths.images();
         {
-            let hp = hp.clone();
-            blocking(move || mountns::create(&hp)).await?;
+            let (hp, yurt) = (hp.clone(), self.machine.yurt_binary.clone());
+            blocking(move || mountns::create(&hp, &yurt)).await?;
         }
         for c in self.components_of(host).collect::<Vec<_>>() {
             self.start_component(host, c).await?;
@@ -290,8 +290,8 @@ impl Fleet {
 
     async fn restart(&self, host: &HostId, component: Component) -> Result<()> {
         if let HostId::Edge(_) = host {
-            let hp = self.paths.host(host);
-            blocking(move || mountns::create(&hp)).await?;
+            let (hp, yurt) = (self.paths.host(host), self.machine.yurt_binary.clone());
+            blocking(move || mountns::create(&hp, &yurt)).await?;
         }
         self.start_component(host, component).await?;
         if component == Component::Containerd {
@@ -528,8 +528,8 @@ impl Fleet {
         let running = PidRecord::read(&hp.pid_file(c.name())).is_some_and(|r| r.is_alive());
         if !running {
             if c == Component::Kubelet || c == Component::KubeProxy || c == Component::Containerd {
-                let hp2 = hp.clone();
-                blocking(move || mountns::create(&hp2)).await?;
+                let (hp2, yurt) = (hp.clone(), self.machine.yurt_binary.clone());
+                blocking(move || mountns::create(&hp2, &yurt)).await?;
             }
             if wait {
                 self.start_component(&host, c).await?;

@@ -65,6 +65,111 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener> {
     tokio::net::UnixListener::bind(path).map_err(|e| Error::io(path, e))
 }
 
+/// The socket on which a supervised fleet serves `host`'s service manager
+/// ([`yurt_core::host::PERSISTENT_SOCKET`] in its folder).
+pub fn persistent_socket(fleet: &Fleet, host: &HostId) -> PathBuf {
+    fleet
+        .paths()
+        .host(host)
+        .root()
+        .join(yurt_core::host::PERSISTENT_SOCKET)
+}
+
+/// Binds a persistent socket (mode 0600), replacing a stale one.
+fn bind_persistent(path: &Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| Error::io(path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(path, e))?;
+    Ok(listener)
+}
+
+/// How often the hosts served are matched with the fleet's (added and removed hosts).
+const HOSTS_RESCAN: Duration = Duration::from_secs(2);
+
+/// Serves the service manager of every edge host of the fleet in `data_dir` on its
+/// [`persistent_socket`] until `stop`, following hosts added and removed meanwhile:
+/// what keeps a host's `systemctl` working for tools that run on it from a pod (the
+/// conversion Job's servant). Run by whoever supervises the fleet, or on its own by
+/// `yurt fleet service-manager` (which restarts nothing).
+///
+/// Who may call: root on this machine, and a pod that mounts its host's `/`, which
+/// could as well write the host's units and kill its processes.
+///
+/// # Errors
+/// If the fleet cannot be opened.
+pub async fn serve_every_host(
+    machine: &super::MachineConfig,
+    data_dir: &Path,
+    stop: CancellationToken,
+) -> Result<()> {
+    let fleet = Arc::new(tokio::sync::Mutex::new(Fleet::open(machine, data_dir)?));
+    let mut served: std::collections::HashMap<HostId, (PathBuf, CancellationToken)> =
+        std::collections::HashMap::new();
+    loop {
+        let hosts: Vec<(HostId, PathBuf)> = {
+            let mut f = fleet.lock().await;
+            match f.refresh() {
+                Ok(()) => f
+                    .plan()
+                    .hosts()
+                    .into_iter()
+                    .filter(|h| matches!(h, HostId::Edge(_)))
+                    .map(|h| {
+                        let socket = persistent_socket(&f, &h);
+                        (h, socket)
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "service manager: reading the fleet");
+                    served
+                        .iter()
+                        .map(|(h, (s, _))| (h.clone(), s.clone()))
+                        .collect()
+                }
+            }
+        };
+        for (host, socket) in &hosts {
+            if let Some((_, token)) = served.get(host) {
+                // A reboot clears the host's volatile folder, socket included.
+                if socket.exists() {
+                    continue;
+                }
+                token.cancel();
+            }
+            match bind_persistent(socket) {
+                Ok(listener) => {
+                    let token = stop.child_token();
+                    tokio::spawn(serve(fleet.clone(), host.clone(), listener, token.clone()));
+                    served.insert(host.clone(), (socket.clone(), token));
+                }
+                Err(e) => tracing::warn!(host = %host, error = %e, "service manager: binding"),
+            }
+        }
+        served.retain(|host, (socket, token)| {
+            let keep = hosts.iter().any(|(h, _)| h == host);
+            if !keep {
+                token.cancel();
+                let _ = std::fs::remove_file(socket);
+            }
+            keep
+        });
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(HOSTS_RESCAN) => {}
+        }
+    }
+    for (socket, token) in served.values() {
+        token.cancel();
+        let _ = std::fs::remove_file(socket);
+    }
+    Ok(())
+}
+
 /// Serves requests for `host` on `listener` until `stop`.
 pub async fn serve(
     fleet: Arc<tokio::sync::Mutex<Fleet>>,

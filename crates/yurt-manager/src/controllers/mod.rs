@@ -3,6 +3,7 @@
 
 pub mod csrapprover;
 pub mod daemonpodupdater;
+pub mod nodeconversion;
 pub mod nodepool;
 pub mod podbinding;
 pub mod servicetopology;
@@ -44,6 +45,8 @@ pub struct Inputs {
     /// How long a NotReady node's pods still count as unavailable in rolling updates
     /// (`--unready-node-grace`).
     pub unready_node_grace: std::time::Duration,
+    /// How long a conversion Job's servant may take (`--node-conversion-timeout`).
+    pub node_conversion_timeout: std::time::Duration,
     /// The manager's metrics.
     pub metrics: ManagerMetrics,
 }
@@ -56,6 +59,9 @@ pub const ALL: &[(&str, Run)] = &[
     (csrapprover::NAME, |i, t| Box::pin(csrapprover::run(i, t))),
     (daemonpodupdater::NAME, |i, t| {
         Box::pin(daemonpodupdater::run(i, t))
+    }),
+    (nodeconversion::NAME, |i, t| {
+        Box::pin(nodeconversion::run(i, t))
     }),
     (nodepool::NAME, |i, t| Box::pin(nodepool::run(i, t))),
     (podbinding::NAME, |i, t| Box::pin(podbinding::run(i, t))),
@@ -153,6 +159,9 @@ pub(crate) async fn log_stream_error<T, E1, E2>(
 fn canonical(name: &str) -> Option<&'static str> {
     match name {
         "nodepool" | "nodepool-controller" => Some(nodepool::NAME),
+        "yurtnodeconversion" | "yurt-node-conversion-controller" | "nodeconversion" => {
+            Some(nodeconversion::NAME)
+        }
         "podbinding" | "pod-binding-controller" | "autonomy" => Some(podbinding::NAME),
         "servicetopology"
         | "service-topology-endpoints-controller"

@@ -1,0 +1,526 @@
+//! The yurtnodeconversion controller (reference/openyurt.md §8.3, OpenYurt 1.7's
+//! label-driven conversion): the pool label converts a node, its removal reverts it.
+//!
+//! - A node with `apps.openyurt.io/nodepool` naming an Edge pool and without
+//!   `openyurt.io/is-edge-worker=true` is **converted**; a node with `is-edge-worker=true`
+//!   and no pool label is **reverted**. Cloud pools are skipped; a pool that does not
+//!   exist yet is waited for, and so is a node that is not Ready (the Job needs its
+//!   kubelet; a Node object nothing runs on is never touched).
+//! - The node is cordoned (unless it already was: then it stays so afterwards), its
+//!   condition `YurtNodeConversionFailed` set False with reason `Converting`/`Reverting`,
+//!   and Job `kube-system/node-servant-conversion-<node>` (label
+//!   `openyurt.io/conversion-node`, the direction in annotation
+//!   `openyurt.io/conversion-action`) runs `yurt node-servant convert|revert` on the node:
+//!   privileged, host network and PID, the host's `/` at `/openyurt`, entered with
+//!   `chroot` to run the host's own `yurt` (`yurt_core::host::HOST_LINKS`).
+//! - A succeeded Job: `is-edge-worker=true` and `topology.kubernetes.io/zone=<pool>` (if
+//!   absent) after a convert; both removed after a revert (the zone only if it names a
+//!   pool); reason `Converted`/`Reverted`; uncordoned; the Job deleted. The labels are
+//!   written before the Job goes, so an interrupted finish is completed by the next
+//!   reconcile, which then compares the labels again: a label added and removed while
+//!   a convert ran ends in a revert, one Job after the other, never two at once.
+//! - A failed Job: status True with reason `ConvertFailed`/`RevertFailed` and the Job's
+//!   message; the node stays cordoned; the Job stays (no retry loop, OpenYurt #2551)
+//!   until the labels ask for the other direction or an admin deletes it to retry.
+//!   The servant restores the host when a convert fails, and a failed convert whose
+//!   pool label is then removed is reverted all the same (a half-done convert must
+//!   revert cleanly, OpenYurt #609).
+//! - Beyond upstream: one retry-free Job whose deadline is the servant's timeout
+//!   (`--node-conversion-timeout`) plus two minutes, and a servant that restores a host
+//!   it failed to convert.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use yurt_api::apps::NodePoolType;
+use yurt_api::apps::v1beta2::NodePool;
+use yurt_api::labels::{IS_EDGE_WORKER, NODE_POOL, TOPOLOGY_ZONE};
+
+use crate::metrics::ManagerMetrics;
+
+/// The controller's name for `--controllers`.
+pub const NAME: &str = "yurtnodeconversion";
+/// Where the conversion Jobs run.
+pub const NAMESPACE: &str = "kube-system";
+/// Label on a conversion Job naming its node.
+pub const CONVERSION_NODE: &str = "openyurt.io/conversion-node";
+/// Annotation on a conversion Job: `convert` or `revert`.
+pub const CONVERSION_ACTION: &str = "openyurt.io/conversion-action";
+/// Annotation on a node this controller cordoned (it uncordons only such a node).
+pub const CORDONED_BY_CONVERSION: &str = "openyurt.io/conversion-cordoned";
+/// The node condition reporting conversions.
+pub const CONDITION: &str = "YurtNodeConversionFailed";
+/// The host's own `yurt`, as the Job sees it once it has entered the host's `/`.
+const HOST_YURT: &str = "/run/yurt-host/yurt";
+/// Where the Job mounts the host's `/`.
+const HOST_ROOT: &str = "/openyurt";
+/// What the Job's deadline adds to the servant's timeout.
+const JOB_SLACK: Duration = Duration::from_secs(120);
+
+/// What a node's labels ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wanted {
+    /// Convert into this pool.
+    Convert(String),
+    /// Revert.
+    Revert,
+    /// Nothing (already what it should be, a Cloud pool, or the pool not there yet).
+    Nothing,
+    /// Wait: the pool named does not exist.
+    UnknownPool(String),
+}
+
+impl Wanted {
+    fn action(&self) -> Option<&'static str> {
+        match self {
+            Self::Convert(_) => Some("convert"),
+            Self::Revert => Some("revert"),
+            _ => None,
+        }
+    }
+}
+
+/// What `node` asks for, given the pools, and the action of a failed Job of it (a
+/// failed convert whose pool label is gone still reverts; a failed revert whose pool
+/// label is back converts).
+pub fn wanted(
+    node: &Node,
+    pool_type: impl Fn(&str) -> Option<NodePoolType>,
+    failed: Option<&str>,
+) -> Wanted {
+    let labels = node.labels();
+    let edge = labels.get(IS_EDGE_WORKER).map(String::as_str) == Some("true");
+    match labels.get(NODE_POOL) {
+        Some(pool) if !edge || failed == Some("revert") => match pool_type(pool) {
+            None => Wanted::UnknownPool(pool.clone()),
+            Some(NodePoolType::Cloud) => Wanted::Nothing,
+            Some(_) => Wanted::Convert(pool.clone()),
+        },
+        None if edge || failed == Some("convert") => Wanted::Revert,
+        _ => Wanted::Nothing,
+    }
+}
+
+/// How a Job ended, if it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Still running (or not started).
+    Running,
+    /// Succeeded.
+    Succeeded,
+    /// Failed, with the reason the Job gives.
+    Failed(String),
+}
+
+/// The outcome of `job`.
+pub fn outcome(job: &Job) -> Outcome {
+    let Some(status) = &job.status else {
+        return Outcome::Running;
+    };
+    for c in status.conditions.iter().flatten() {
+        if c.status != "True" {
+            continue;
+        }
+        match c.type_.as_str() {
+            "Complete" => return Outcome::Succeeded,
+            "Failed" => {
+                return Outcome::Failed(
+                    [c.reason.clone(), c.message.clone()]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(": "),
+                );
+            }
+            _ => {}
+        }
+    }
+    Outcome::Running
+}
+
+/// The conversion Job's name for `node`.
+pub fn job_name(node: &str) -> String {
+    format!("node-servant-conversion-{node}")
+}
+
+/// The Job that converts (`pool` given) or reverts `node`.
+///
+/// # Errors
+/// Never for a node name the API server accepted (the Job is JSON of our own).
+pub fn job(
+    node: &str,
+    pool: Option<&str>,
+    image: &str,
+    timeout: Duration,
+) -> Result<Job, serde_json::Error> {
+    let mut servant = vec![
+        "/bin/busybox".to_owned(),
+        "chroot".to_owned(),
+        HOST_ROOT.to_owned(),
+        HOST_YURT.to_owned(),
+        "node-servant".to_owned(),
+    ];
+    match pool {
+        Some(pool) => servant.extend(["convert".to_owned(), format!("--nodepool-name={pool}")]),
+        None => servant.push("revert".to_owned()),
+    }
+    servant.extend([
+        format!("--node-name={node}"),
+        format!("--timeout={}s", timeout.as_secs()),
+    ]);
+    let action = if pool.is_some() { "convert" } else { "revert" };
+    serde_json::from_value(json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(node),
+            "namespace": NAMESPACE,
+            "labels": {CONVERSION_NODE: node},
+            "annotations": {CONVERSION_ACTION: action},
+        },
+        "spec": {
+            // A failed convert restores the host; trying again on its own would loop.
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": (timeout + JOB_SLACK).as_secs(),
+            "template": {
+                "metadata": {"labels": {CONVERSION_NODE: node}},
+                "spec": {
+                    "nodeName": node,
+                    "restartPolicy": "Never",
+                    "hostNetwork": true,
+                    "hostPID": true,
+                    "automountServiceAccountToken": false,
+                    // The node is cordoned and may be tainted: the servant runs anyway.
+                    "tolerations": [{"operator": "Exists"}],
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [{
+                        "name": "node-servant",
+                        "image": image,
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": servant,
+                        // The servant restarts every container of the node but its own.
+                        "env": [
+                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                        ],
+                        "securityContext": {"privileged": true},
+                        "volumeMounts": [{"name": "host-root", "mountPath": HOST_ROOT}],
+                    }],
+                    "volumes": [{"name": "host-root", "hostPath": {"path": "/"}}],
+                },
+            },
+        },
+    }))
+}
+
+/// The node's labels after a successful `action` (`pool`: the pool it converted into;
+/// `is_pool`: whether a name is a pool's); `None` means remove.
+pub fn finished_labels(
+    node: &Node,
+    action: &str,
+    is_pool: impl Fn(&str) -> bool,
+) -> BTreeMap<String, Option<String>> {
+    let labels = node.labels();
+    let mut patch = BTreeMap::new();
+    if action == "convert" {
+        patch.insert(IS_EDGE_WORKER.to_owned(), Some("true".to_owned()));
+        if let Some(pool) = labels.get(NODE_POOL)
+            && !labels.contains_key(TOPOLOGY_ZONE)
+        {
+            patch.insert(TOPOLOGY_ZONE.to_owned(), Some(pool.clone()));
+        }
+    } else {
+        patch.insert(IS_EDGE_WORKER.to_owned(), None);
+        if labels.get(TOPOLOGY_ZONE).is_some_and(|z| is_pool(z)) {
+            patch.insert(TOPOLOGY_ZONE.to_owned(), None);
+        }
+    }
+    patch
+}
+
+fn condition(status: &str, reason: &str, message: &str) -> Value {
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    json!({"status": {"conditions": [{
+        "type": CONDITION,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastHeartbeatTime": now,
+        "lastTransitionTime": now,
+    }]}})
+}
+
+/// Whether the node's kubelet reports it Ready.
+pub fn is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The reason of the node's conversion condition, if it has one.
+pub fn condition_reason(node: &Node) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == CONDITION)
+        .and_then(|c| c.reason.clone())
+}
+
+struct Ctx {
+    client: kube::Client,
+    pools: Store<NodePool>,
+    jobs: Store<Job>,
+    image: String,
+    timeout: Duration,
+    metrics: ManagerMetrics,
+}
+
+/// Reconcile failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// An API call failed.
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    /// The Job could not be built.
+    #[error("building the conversion Job: {0}")]
+    Job(#[from] serde_json::Error),
+}
+
+fn word(action: &str, ing: bool) -> &'static str {
+    match (action, ing) {
+        ("convert", true) => "Converting",
+        ("convert", false) => "Converted",
+        (_, true) => "Reverting",
+        (_, false) => "Reverted",
+    }
+}
+
+async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    let name = node.name_any();
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), NAMESPACE);
+    let current = ctx
+        .jobs
+        .get(&ObjectRef::new(&job_name(&name)).within(NAMESPACE));
+    let action_of = |job: &Job| {
+        job.annotations()
+            .get(CONVERSION_ACTION)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let failed_action = current
+        .as_deref()
+        .and_then(|j| matches!(outcome(j), Outcome::Failed(_)).then(|| action_of(j)));
+    let pool_type = |pool: &str| {
+        ctx.pools
+            .get(&ObjectRef::new(pool))
+            .map(|p| p.spec.type_.clone().unwrap_or(NodePoolType::Edge))
+    };
+    let wanted = wanted(&node, pool_type, failed_action.as_deref());
+
+    if let Some(job) = current {
+        let action = action_of(&job);
+        match outcome(&job) {
+            // One Job at a time: its end reconciles the node again.
+            Outcome::Running => return Ok(Action::await_change()),
+            Outcome::Succeeded => {
+                let labels = finished_labels(&node, &action, |z| {
+                    ctx.pools.get(&ObjectRef::new(z)).is_some()
+                });
+                let mut patch = json!({"metadata": {"labels": labels}});
+                if node.annotations().contains_key(CORDONED_BY_CONVERSION) {
+                    patch["spec"] = json!({"unschedulable": null});
+                    patch["metadata"]["annotations"] = json!({CORDONED_BY_CONVERSION: null});
+                }
+                nodes
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+                let done = word(&action, false);
+                nodes
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(condition(
+                            "False",
+                            done,
+                            &format!("node-servant {action} succeeded"),
+                        )),
+                    )
+                    .await?;
+                delete_job(&jobs, &job).await?;
+                tracing::info!(node = %name, action = %action, "conversion finished");
+                ctx.metrics.reconciled(NAME);
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+            Outcome::Failed(why) => {
+                if wanted.action() == Some(action.as_str()) {
+                    let reason = if action == "convert" {
+                        "ConvertFailed"
+                    } else {
+                        "RevertFailed"
+                    };
+                    if condition_reason(&node).as_deref() != Some(reason) {
+                        let message = format!(
+                            "Job {NAMESPACE}/{} failed ({why}); the node stays cordoned: see the Job's pod log, fix the host, then delete the Job to try again",
+                            job_name(&name)
+                        );
+                        nodes
+                            .patch_status(
+                                &name,
+                                &PatchParams::default(),
+                                &Patch::Strategic(condition("True", reason, &message)),
+                            )
+                            .await?;
+                        tracing::warn!(node = %name, action = %action, %why, "conversion failed");
+                    }
+                    return Ok(Action::await_change());
+                }
+                // The labels now ask for something else: start over.
+                delete_job(&jobs, &job).await?;
+                return Ok(Action::requeue(Duration::from_secs(1)));
+            }
+        }
+    }
+
+    let (pool, action) = match &wanted {
+        Wanted::Convert(pool) => (Some(pool.as_str()), "convert"),
+        Wanted::Revert => (None, "revert"),
+        Wanted::UnknownPool(pool) => {
+            tracing::info!(node = %name, %pool, "waiting for the node's pool to exist");
+            return Ok(Action::requeue(Duration::from_secs(10)));
+        }
+        Wanted::Nothing => return Ok(Action::await_change()),
+    };
+    // The Job needs the node's kubelet: a NotReady node (cut off, or a Node object
+    // nothing runs on) waits, and its next status change reconciles it again.
+    if !is_ready(&node) {
+        tracing::info!(node = %name, action, "waiting for the node to be Ready to start its conversion");
+        return Ok(Action::await_change());
+    }
+    if !node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+    {
+        let patch = json!({
+            "metadata": {"annotations": {CORDONED_BY_CONVERSION: "true"}},
+            "spec": {"unschedulable": true},
+        });
+        nodes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+    nodes
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Strategic(condition(
+                "False",
+                word(action, true),
+                &format!(
+                    "Job {NAMESPACE}/{} runs node-servant {action}",
+                    job_name(&name)
+                ),
+            )),
+        )
+        .await?;
+    match jobs
+        .create(
+            &PostParams::default(),
+            &job(&name, pool, &ctx.image, ctx.timeout)?,
+        )
+        .await
+    {
+        // Made by an earlier reconcile the store has not seen yet.
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        other => {
+            other?;
+        }
+    }
+    tracing::info!(node = %name, action, "conversion started");
+    ctx.metrics.reconciled(NAME);
+    Ok(Action::await_change())
+}
+
+async fn delete_job(jobs: &Api<Job>, job: &Job) -> Result<(), kube::Error> {
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        preconditions: job.uid().map(|uid| kube::api::Preconditions {
+            uid: Some(uid),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match jobs.delete(&job.name_any(), &params).await {
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+fn error_policy(_node: Arc<Node>, error: &ReconcileError, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.reconcile_failed(NAME);
+    tracing::warn!(controller = NAME, error = %error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(3))
+}
+
+/// Runs until `shutdown`.
+pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
+    let jobs_api: Api<Job> = Api::namespaced(inputs.client.clone(), NAMESPACE);
+    let (job_store, job_writer) = kube::runtime::reflector::store();
+    let job_events = kube::runtime::reflector(
+        job_writer,
+        watcher(jobs_api, watcher::Config::default().labels(CONVERSION_NODE)),
+    )
+    .applied_objects();
+    let ctx = Arc::new(Ctx {
+        client: inputs.client,
+        pools: inputs.pools.store(),
+        jobs: job_store,
+        image: inputs.node_servant_image,
+        timeout: inputs.node_conversion_timeout,
+        metrics: inputs.metrics,
+    });
+    Controller::for_stream(inputs.nodes.objects(), inputs.nodes.store())
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .watches_stream(job_events, |job: Job| {
+            job.labels().get(CONVERSION_NODE).map(|n| ObjectRef::new(n))
+        })
+        .watches_stream(inputs.pools.objects(), {
+            let nodes = inputs.nodes.store();
+            move |pool: NodePool| {
+                let name = pool.name_any();
+                nodes
+                    .state()
+                    .iter()
+                    .filter(|n| n.labels().get(NODE_POOL) == Some(&name))
+                    .map(|n| ObjectRef::from_obj(&**n))
+                    .collect::<Vec<_>>()
+            }
+        })
+        .run(
+            super::instrumented(NAME, ctx.metrics.clone(), reconcile),
+            error_policy,
+            ctx,
+        )
+        .for_each(|r| super::log_stream_error(NAME, r))
+        .await;
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,190 @@
+use super::*;
+
+fn node(labels: &[(&str, &str)]) -> Node {
+    let mut n = Node::default();
+    n.metadata.name = Some("edge-z".into());
+    n.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    );
+    n
+}
+
+fn pools(name: &str) -> Option<NodePoolType> {
+    match name {
+        "pool-a" => Some(NodePoolType::Edge),
+        "cloud" => Some(NodePoolType::Cloud),
+        _ => None,
+    }
+}
+
+#[test]
+fn the_pool_label_converts_and_its_removal_reverts() {
+    let plain_in_pool = node(&[(NODE_POOL, "pool-a"), (IS_EDGE_WORKER, "false")]);
+    assert_eq!(
+        wanted(&plain_in_pool, pools, None),
+        Wanted::Convert("pool-a".into())
+    );
+    assert_eq!(
+        wanted(&node(&[(NODE_POOL, "pool-a")]), pools, None),
+        Wanted::Convert("pool-a".into())
+    );
+    let edge = node(&[(NODE_POOL, "pool-a"), (IS_EDGE_WORKER, "true")]);
+    assert_eq!(wanted(&edge, pools, None), Wanted::Nothing);
+    let edge_without_pool = node(&[(IS_EDGE_WORKER, "true")]);
+    assert_eq!(wanted(&edge_without_pool, pools, None), Wanted::Revert);
+    assert_eq!(wanted(&node(&[]), pools, None), Wanted::Nothing);
+    assert_eq!(
+        wanted(&node(&[(NODE_POOL, "cloud")]), pools, None),
+        Wanted::Nothing,
+        "Cloud pools are skipped"
+    );
+    assert_eq!(
+        wanted(&node(&[(NODE_POOL, "later")]), pools, None),
+        Wanted::UnknownPool("later".into())
+    );
+}
+
+#[test]
+fn a_failed_convert_whose_label_is_gone_reverts_and_a_failed_revert_whose_label_is_back_converts() {
+    assert_eq!(wanted(&node(&[]), pools, Some("convert")), Wanted::Revert);
+    assert_eq!(
+        wanted(&node(&[(NODE_POOL, "pool-a")]), pools, Some("convert")),
+        Wanted::Convert("pool-a".into()),
+        "the same failed convert is reported, not retried (the action matches)"
+    );
+    let back = node(&[(NODE_POOL, "pool-a"), (IS_EDGE_WORKER, "true")]);
+    assert_eq!(
+        wanted(&back, pools, Some("revert")),
+        Wanted::Convert("pool-a".into())
+    );
+    assert_eq!(
+        wanted(&node(&[(IS_EDGE_WORKER, "true")]), pools, Some("revert")),
+        Wanted::Revert
+    );
+}
+
+#[test]
+fn the_job_runs_the_hosts_servant_pinned_privileged_and_bounded() {
+    let j = job(
+        "edge-z",
+        Some("pool-a"),
+        "busybox:1",
+        Duration::from_secs(300),
+    )
+    .unwrap();
+    assert_eq!(
+        j.metadata.name.as_deref(),
+        Some("node-servant-conversion-edge-z")
+    );
+    assert_eq!(j.metadata.namespace.as_deref(), Some("kube-system"));
+    assert_eq!(
+        j.labels().get(CONVERSION_NODE).map(String::as_str),
+        Some("edge-z")
+    );
+    assert_eq!(
+        j.annotations().get(CONVERSION_ACTION).map(String::as_str),
+        Some("convert")
+    );
+    let spec = j.spec.as_ref().unwrap();
+    assert_eq!(spec.backoff_limit, Some(0));
+    assert_eq!(spec.active_deadline_seconds, Some(420));
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.node_name.as_deref(), Some("edge-z"));
+    assert_eq!((pod.host_network, pod.host_pid), (Some(true), Some(true)));
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.command.as_ref().unwrap().join(" "),
+        "/bin/busybox chroot /openyurt /run/yurt-host/yurt node-servant convert --nodepool-name=pool-a --node-name=edge-z --timeout=300s"
+    );
+    assert_eq!(c.security_context.as_ref().unwrap().privileged, Some(true));
+    let env: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert_eq!(env, ["POD_NAME", "POD_NAMESPACE"]);
+    let volume = &pod.volumes.as_ref().unwrap()[0];
+    assert_eq!(volume.host_path.as_ref().unwrap().path, "/");
+
+    let r = job("edge-z", None, "busybox:1", Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        r.annotations().get(CONVERSION_ACTION).map(String::as_str),
+        Some("revert")
+    );
+    let cmd = r.spec.unwrap().template.spec.unwrap().containers[0]
+        .command
+        .clone()
+        .unwrap()
+        .join(" ");
+    assert!(
+        cmd.ends_with("node-servant revert --node-name=edge-z --timeout=60s"),
+        "{cmd}"
+    );
+}
+
+fn job_with(conditions: Value) -> Job {
+    serde_json::from_value(json!({
+        "metadata": {"name": "j"},
+        "status": {"conditions": conditions},
+    }))
+    .unwrap()
+}
+
+#[test]
+fn a_jobs_outcome_comes_from_its_true_conditions() {
+    assert_eq!(outcome(&Job::default()), Outcome::Running);
+    assert_eq!(outcome(&job_with(json!([]))), Outcome::Running);
+    assert_eq!(
+        outcome(&job_with(json!([{"type": "Complete", "status": "True"}]))),
+        Outcome::Succeeded
+    );
+    assert_eq!(
+        outcome(&job_with(json!([{"type": "Complete", "status": "False"}]))),
+        Outcome::Running
+    );
+    assert_eq!(
+        outcome(&job_with(
+            json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}])
+        )),
+        Outcome::Failed("BackoffLimitExceeded: Job has reached the specified backoff limit".into())
+    );
+}
+
+#[test]
+fn a_finished_conversion_sets_or_clears_the_edge_label_and_the_pools_zone() {
+    let converted = finished_labels(&node(&[(NODE_POOL, "pool-a")]), "convert", |_| true);
+    assert_eq!(
+        converted.get(IS_EDGE_WORKER),
+        Some(&Some("true".to_owned()))
+    );
+    assert_eq!(
+        converted.get(TOPOLOGY_ZONE),
+        Some(&Some("pool-a".to_owned()))
+    );
+    let zoned = finished_labels(
+        &node(&[(NODE_POOL, "pool-a"), (TOPOLOGY_ZONE, "rack-1")]),
+        "convert",
+        |_| true,
+    );
+    assert!(
+        !zoned.contains_key(TOPOLOGY_ZONE),
+        "a zone already set stays"
+    );
+
+    let reverted = finished_labels(
+        &node(&[(IS_EDGE_WORKER, "true"), (TOPOLOGY_ZONE, "pool-a")]),
+        "revert",
+        |z| z == "pool-a",
+    );
+    assert_eq!(reverted.get(IS_EDGE_WORKER), Some(&None));
+    assert_eq!(reverted.get(TOPOLOGY_ZONE), Some(&None));
+    let other_zone = finished_labels(
+        &node(&[(IS_EDGE_WORKER, "true"), (TOPOLOGY_ZONE, "rack-1")]),
+        "revert",
+        |z| z == "pool-a",
+    );
+    assert!(
+        !other_zone.contains_key(TOPOLOGY_ZONE),
+        "a zone not naming a pool stays"
+    );
+}
