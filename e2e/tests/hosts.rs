@@ -1302,7 +1302,9 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         ensure!(!line_of(&f)?.contains("yurt-hub"), "{}", line_of(&f)?);
         ensure!(env_of(&f, "edge-z", "env", &ip).await? == (before + 2, svc.trim().to_owned()));
 
-        // A label added and removed at once ends reverted, one Job at a time.
+        // A label added and removed at once ends reverted (the controller may see the
+        // label, convert and revert, or not see it at all), one Job at a time: the node
+        // settles plain, uncordoned, with no Job, and stays so.
         f.kubectl(&[
             "label",
             "node",
@@ -1310,10 +1312,21 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
             "apps.openyurt.io/nodepool=pool-a",
         ])?;
         f.kubectl(&["label", "node", "edge-z", "apps.openyurt.io/nodepool-"])?;
-        wait_for(
-            "edge-z reverted again, no Job left",
-            Duration::from_secs(240),
-            || async {
+        let settled = |f: &TestFleet| {
+            let nodes = nodes.clone();
+            let jobs = f.kubectl(&[
+                "get",
+                "jobs",
+                "-n",
+                "kube-system",
+                "-l",
+                "openyurt.io/conversion-node",
+                "-o",
+                "name",
+            ]);
+            async move {
+                let jobs = jobs?;
+                ensure!(jobs.trim().lines().count() <= 1, "overlapping Jobs: {jobs}");
                 let n = nodes.get("edge-z").await?;
                 let reverted = n
                     .status
@@ -1325,21 +1338,31 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
                             && c.reason.as_deref() == Some("Reverted")
                     });
                 let labels = n.metadata.labels.unwrap_or_default();
-                let jobs = f.kubectl(&[
-                    "get",
-                    "jobs",
-                    "-n",
-                    "kube-system",
-                    "-l",
-                    "openyurt.io/conversion-node",
-                    "-o",
-                    "name",
-                ])?;
-                Ok((reverted
-                    && !labels.contains_key("openyurt.io/is-edge-worker")
-                    && !n.spec.and_then(|s| s.unschedulable).unwrap_or(false)
-                    && jobs.trim().is_empty())
-                .then_some(()))
+                anyhow::Ok(
+                    reverted
+                        && !labels.contains_key("openyurt.io/is-edge-worker")
+                        && !n.spec.and_then(|s| s.unschedulable).unwrap_or(false)
+                        && jobs.trim().is_empty(),
+                )
+            }
+        };
+        let quiet_since: std::cell::Cell<Option<std::time::Instant>> = std::cell::Cell::new(None);
+        let quiet = &quiet_since;
+        wait_for(
+            "edge-z plain, uncordoned and without a Job for 15 s",
+            Duration::from_secs(300),
+            || {
+                let check = settled(&f);
+                async move {
+                    if check.await? {
+                        let since = quiet.get().unwrap_or_else(std::time::Instant::now);
+                        quiet.set(Some(since));
+                        Ok((since.elapsed() >= Duration::from_secs(15)).then_some(()))
+                    } else {
+                        quiet.set(None);
+                        Ok(None)
+                    }
+                }
             },
         )
         .await?;

@@ -77,8 +77,8 @@ fn label<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// The node's conversion condition: status, reason, message.
-fn condition(node: &Node) -> Option<(String, String, String)> {
+/// The node's conversion condition: status, reason, message, last transition.
+fn condition(node: &Node) -> Option<(String, String, String, Option<String>)> {
     node.status
         .as_ref()?
         .conditions
@@ -90,8 +90,14 @@ fn condition(node: &Node) -> Option<(String, String, String)> {
                 c.status.clone(),
                 c.reason.clone().unwrap_or_default(),
                 c.message.clone().unwrap_or_default(),
+                c.last_transition_time.as_ref().map(|t| t.0.to_string()),
             )
         })
+}
+
+/// When the condition last changed (a conversion's end must come after it).
+fn transition(node: &Node) -> Option<String> {
+    condition(node).and_then(|c| c.3)
 }
 
 /// Converts `node` into `pool` (default: the pool it is labelled with) and waits.
@@ -125,7 +131,8 @@ pub async fn convert(
             )));
         }
     };
-    if label(&current, IS_EDGE_WORKER) == Some("true") && labelled.as_deref() == Some(&pool) {
+    let edge = label(&current, IS_EDGE_WORKER) == Some("true");
+    if edge && labelled.as_deref() == Some(&pool) {
         return Ok(Converted::Already);
     }
     let pools = kube::core::ApiResource::from_gvk_with_plural(
@@ -146,6 +153,16 @@ pub async fn convert(
             "NodePool {pool} is a Cloud pool: its nodes are not converted"
         )));
     }
+    // The label was there and the conversion failed: the controller keeps that answer
+    // until its Job is deleted.
+    if labelled.is_some()
+        && let Some((status, reason, message, _)) = condition(&current)
+        && status == "True"
+        && reason == "ConvertFailed"
+    {
+        return Err(ConvertError::Failed { reason, message });
+    }
+    let since = transition(&current);
     if labelled.is_none() {
         progress(&format!("labelling Node {node} with {NODE_POOL}={pool}"));
         let patch = json!({"metadata": {"labels": {NODE_POOL: pool}}});
@@ -154,7 +171,12 @@ pub async fn convert(
             .await
             .map_err(api(format!("labelling Node {node}")))?;
     }
-    wait(&nodes, node, "Converted", timeout, progress, |n| {
+    if edge {
+        // Converted already, its pool label gone (a revert was asked and not begun):
+        // with the label back there is nothing to do.
+        return Ok(Converted::Already);
+    }
+    wait(&nodes, node, "Converted", since, timeout, progress, |n| {
         label(n, IS_EDGE_WORKER) == Some("true")
     })
     .await
@@ -178,10 +200,18 @@ pub async fn revert(
         .map_err(api(format!("reading Node {node}")))?;
     let edge = label(&current, IS_EDGE_WORKER) == Some("true");
     let failed_convert =
-        condition(&current).is_some_and(|(s, r, _)| s == "True" && r == "ConvertFailed");
+        condition(&current).is_some_and(|(s, r, _, _)| s == "True" && r == "ConvertFailed");
     if label(&current, NODE_POOL).is_none() && !edge && !failed_convert {
         return Ok(Converted::Already);
     }
+    if label(&current, NODE_POOL).is_none()
+        && let Some((status, reason, message, _)) = condition(&current)
+        && status == "True"
+        && reason == "RevertFailed"
+    {
+        return Err(ConvertError::Failed { reason, message });
+    }
+    let since = transition(&current);
     if label(&current, NODE_POOL).is_some() {
         progress(&format!("removing {NODE_POOL} from Node {node}"));
         let patch = json!({"metadata": {"labels": {NODE_POOL: null}}});
@@ -190,19 +220,21 @@ pub async fn revert(
             .await
             .map_err(api(format!("unlabelling Node {node}")))?;
     }
-    wait(&nodes, node, "Reverted", timeout, progress, |n| {
+    wait(&nodes, node, "Reverted", since, timeout, progress, |n| {
         label(n, IS_EDGE_WORKER) != Some("true")
     })
     .await
     .map(|()| Converted::Done)
 }
 
-/// Waits until the condition's reason is `wanted` and `labelled` holds, failing on a
-/// True condition (the controller's failure).
+/// Waits until the condition's reason is `wanted`, changed since `since` (an earlier
+/// conversion's answer does not count), and `labelled` holds; fails on this
+/// direction's failure.
 async fn wait(
     nodes: &Api<Node>,
     node: &str,
     wanted: &'static str,
+    since: Option<String>,
     timeout: Duration,
     progress: crate::join::Progress<'_>,
     labelled: impl Fn(&Node) -> bool,
@@ -213,7 +245,8 @@ async fn wait(
     loop {
         match nodes.get(node).await {
             Ok(n) => {
-                if let Some((status, reason, message)) = condition(&n) {
+                if let Some((status, reason, message, changed)) = condition(&n) {
+                    let fresh = changed != since;
                     // Only this direction's failure: a revert begins from a failed
                     // convert's condition.
                     let failed = if wanted == "Converted" {
@@ -221,10 +254,10 @@ async fn wait(
                     } else {
                         "RevertFailed"
                     };
-                    if status == "True" && reason == failed {
+                    if fresh && status == "True" && reason == failed {
                         return Err(ConvertError::Failed { reason, message });
                     }
-                    if reason == wanted && labelled(&n) {
+                    if fresh && reason == wanted && labelled(&n) {
                         return Ok(());
                     }
                     if reason != said {

@@ -11,7 +11,8 @@
 //!   [`ServiceRequest`]s for that host while the tool runs (one request per connection:
 //!   a line `start|stop|restart <process>`, where start and restart may say `--no-block`
 //!   to not wait for readiness, answered `ok` or `error <why>`). The socket is
-//!   the root user's only (mode 0600, in the host's folder, which no pod sees).
+//!   the root user's only (mode 0600, in the host's folder, which a pod sees only if it
+//!   may mount the host's `/`).
 //!
 //! A tool started some other way on the host, as the conversion Job's servant is (a
 //! privileged pod that mounts the host's `/` and enters it with `chroot`), finds both
@@ -19,7 +20,9 @@
 //! [`HOST_LINKS`], where `dir` links to the host's folder and `yurt` to the fleet's
 //! binary, and while the fleet is supervised its service manager also answers on
 //! [`PERSISTENT_SOCKET`] in the host's folder (what systemd's socket is on a machine: a
-//! pod that may mount the host's `/` may use it).
+//! pod that may mount the host's `/` may use it). In a fleet such a pod sees the whole
+//! machine, every host's folder and socket included (the hosts share one filesystem):
+//! mounting the host's `/` is a cluster-admin's right, as on any Kubernetes node.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -36,8 +39,8 @@ pub const FACTS_FILE: &str = "host.json";
 /// `yurt` to the fleet's binary.
 pub const HOST_LINKS: &str = "/run/yurt-host";
 /// The service manager's socket served while the fleet is supervised, in the host's
-/// folder.
-pub const PERSISTENT_SOCKET: &str = "run/service-manager.sock";
+/// folder (not in its volatile `run/`, which a reboot clears).
+pub const PERSISTENT_SOCKET: &str = "service-manager.sock";
 
 /// The host's folder and its service manager's socket: `YURT_HOST_DIR` and
 /// `YURT_SERVICE_MANAGER` if set (`yurt fleet exec`), else what [`HOST_LINKS`] and

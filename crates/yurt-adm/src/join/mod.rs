@@ -434,6 +434,12 @@ async fn preflight(
                 "NodePool {pool} is a Cloud pool: join it with --node-type plain"
             )));
         }
+        // Its pool label would have the manager convert it at once.
+        if kind != "Cloud" && options.node_type == NodeType::Plain {
+            return Err(JoinError::Preflight(format!(
+                "NodePool {pool} is an Edge pool, whose plain nodes yurt manager converts to edge nodes: join it with --node-type edge, or as a plain node without --nodepool-name"
+            )));
+        }
     }
     Ok(existed)
 }

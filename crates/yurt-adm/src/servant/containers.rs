@@ -99,50 +99,51 @@ impl Runtime {
         Ok(found)
     }
 
-    /// Stops each running container of the node's pods but those of `own_pod`
-    /// (`namespace`, `name`): SIGTERM, SIGKILL after `grace`; returns them once all are
-    /// stopped. kubelet starts them again.
+    /// Stops each running container of the node's pods that `grace` gives a grace
+    /// period (`None`: left alone): SIGTERM, SIGKILL once its grace has passed; returns
+    /// them once all are stopped. kubelet starts them again.
     ///
     /// # Errors
-    /// `ctr` failed, or a container was still running at `deadline`'s end.
+    /// `ctr` failed, or a container was still running when `within` ended.
     pub async fn restart_containers(
         &self,
-        own_pod: Option<&(String, String)>,
-        grace: Duration,
+        grace: impl Fn(&ContainerRef) -> Option<Duration>,
         within: Duration,
     ) -> Result<Vec<ContainerRef>, String> {
-        let deadline = Instant::now() + within;
-        let targets: Vec<ContainerRef> = self
+        let started = Instant::now();
+        let deadline = started + within;
+        let targets: Vec<(ContainerRef, Duration)> = self
             .running_containers()?
             .into_iter()
-            .filter(|c| own_pod.is_none_or(|(ns, pod)| !(c.namespace == *ns && c.pod == *pod)))
+            .filter_map(|c| grace(&c).map(|g| (c, g)))
             .collect();
-        for c in &targets {
+        for (c, _) in &targets {
             self.kill(&c.id, "SIGTERM")?;
         }
-        let killed_at = Instant::now() + grace;
-        let mut escalated = false;
+        let mut killed: Vec<&str> = Vec::new();
         loop {
             let running = running_tasks(&self.ctr(&["tasks", "ls"])?);
-            let left: Vec<&ContainerRef> =
-                targets.iter().filter(|c| running.contains(&c.id)).collect();
+            let left: Vec<&(ContainerRef, Duration)> = targets
+                .iter()
+                .filter(|(c, _)| running.contains(&c.id))
+                .collect();
             if left.is_empty() {
-                return Ok(targets);
+                return Ok(targets.into_iter().map(|(c, _)| c).collect());
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "still running after SIGKILL: {}",
+                    "still running: {}",
                     left.iter()
-                        .map(ToString::to_string)
+                        .map(|(c, _)| c.to_string())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
             }
-            if !escalated && Instant::now() >= killed_at {
-                for c in &left {
+            for (c, g) in &left {
+                if started.elapsed() >= *g && !killed.contains(&c.id.as_str()) {
                     self.kill(&c.id, "SIGKILL")?;
+                    killed.push(&c.id);
                 }
-                escalated = true;
             }
             tokio::time::sleep(POLL).await;
         }

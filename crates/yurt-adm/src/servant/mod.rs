@@ -88,6 +88,9 @@ fn step(step: &'static str) -> impl Fn(String) -> ServantError {
     move |reason| ServantError::Step { step, reason }
 }
 
+/// How long restoring a host after a failed convert may take.
+pub const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// What to convert or revert.
 #[derive(Debug, Clone)]
 pub struct ServantOptions {
@@ -97,7 +100,8 @@ pub struct ServantOptions {
     pub pool: Option<PoolName>,
     /// How long the whole run may take.
     pub timeout: Duration,
-    /// How long a container has to stop on SIGTERM before it is killed.
+    /// The longest a container has to stop on SIGTERM before it is killed (its pod's
+    /// termination grace period if shorter).
     pub container_stop_timeout: Duration,
     /// A pod whose containers are not restarted (`namespace/name`: the servant's own).
     pub own_pod: Option<(String, String)>,
@@ -163,10 +167,21 @@ pub async fn convert<H: Host + Sync>(
         Err(cause) => {
             progress("convert failed: restoring the host to a plain node");
             let restore_options = ServantOptions {
-                timeout: Duration::from_secs(120),
+                timeout: RESTORE_TIMEOUT,
                 ..options.clone()
             };
-            match Box::pin(revert(host, runtime, &restore_options, progress)).await {
+            // Only what convert changed: a convert that failed before kubelet moved
+            // (the hub not ready, the usual case) only takes the hub away.
+            let restored = if kubelet_through_hub(host.files())
+                || read_state(host.files()).as_deref() == Some("convert restarting containers")
+            {
+                Box::pin(revert(host, runtime, &restore_options, progress))
+                    .await
+                    .map(drop)
+            } else {
+                remove_hub(host).await.map(drop)
+            };
+            match restored {
                 Ok(_) => Err(ServantError::Restored {
                     cause: Box::new(cause),
                 }),
@@ -290,32 +305,36 @@ async fn turn<H: Host + Sync>(
             .map_err(|e| step("hub")(e.to_string()))?;
     }
 
-    let api = match direction {
-        Direction::Convert => KubeletApi::ThroughHub,
-        Direction::Revert => KubeletApi::Direct,
-    };
     let word = match direction {
         Direction::Convert => "kubelet and kube-proxy: through the hub",
         Direction::Revert => "kubelet and kube-proxy: straight to the API server",
     };
     progress(word);
-    let kubelet_changed = files
-        .write_kubelet(facts, role, api)
-        .map_err(step("kubelet"))?;
-    if kubelet_changed {
-        // Recorded before kubelet restarts: a run killed after it restarts the
-        // containers when run again.
+    // kubelet's unit is rewritten only when it points the other way (a plain join's
+    // bootstrap unit already talks to the API server directly). The record comes
+    // first: a run killed between the two finds it and restarts kubelet and the
+    // containers when run again.
+    let wrong_way = kubelet_through_hub(files) == (direction == Direction::Revert);
+    let resumed = read_state(files).as_deref() == Some(pending.as_str());
+    if wrong_way {
         write_state(files, &pending).map_err(step("kubelet"))?;
+        let api = match direction {
+            Direction::Convert => KubeletApi::ThroughHub,
+            Direction::Revert => KubeletApi::Direct,
+        };
+        files
+            .write_kubelet(facts, role, api)
+            .map_err(step("kubelet"))?;
         done.changed = true;
     }
-    host.request(start_or_restart(kubelet_changed, "kubelet"))
+    host.request(start_or_restart(wrong_way || resumed, "kubelet"))
         .await
         .map_err(step("kubelet"))?;
     let proxy_changed = files
         .write_kube_proxy(facts, role)
         .map_err(step("kube-proxy"))?;
     done.changed |= proxy_changed;
-    host.request(start_or_restart(proxy_changed, "kube-proxy"))
+    host.request(start_or_restart(proxy_changed || resumed, "kube-proxy"))
         .await
         .map_err(step("kube-proxy"))?;
 
@@ -332,10 +351,25 @@ async fn turn<H: Host + Sync>(
     if read_state(files).as_deref() == Some(pending.as_str()) {
         progress("containers: restarting each once, so it sees the node's API endpoint");
         let left = deadline.saturating_duration_since(Instant::now());
+        let pods = pods_of(&client, &role.node)
+            .await
+            .map_err(step("restarting containers"))?;
         done.restarted = runtime
             .restart_containers(
-                options.own_pod.as_ref(),
-                options.container_stop_timeout,
+                |c| {
+                    let own = options
+                        .own_pod
+                        .as_ref()
+                        .is_some_and(|(ns, pod)| c.namespace == *ns && c.pod == *pod);
+                    let pod = pods.get(&(c.namespace.clone(), c.pod.clone()));
+                    // A pod that never restarts would fail instead (another Job's).
+                    let never = pod.is_some_and(|p| p.never_restarts);
+                    (!own && !never).then(|| {
+                        pod.map_or(options.container_stop_timeout, |p| {
+                            p.grace.min(options.container_stop_timeout)
+                        })
+                    })
+                },
                 left,
             )
             .await
@@ -350,6 +384,53 @@ async fn turn<H: Host + Sync>(
         write_state(files, finished).map_err(step("finish"))?;
     }
     Ok(done)
+}
+
+/// Whether kubelet's unit points it at the hub.
+fn kubelet_through_hub(files: &HostFiles) -> bool {
+    std::fs::read_to_string(files.unit("kubelet"))
+        .is_ok_and(|unit| unit.contains(&files.hub_kubeconfig().display().to_string()))
+}
+
+/// What a container restart needs to know of a pod.
+struct PodFacts {
+    /// Its restart policy is Never.
+    never_restarts: bool,
+    /// Its termination grace period.
+    grace: Duration,
+}
+
+/// The node's pods, by namespace and name, read with kubelet's credentials (the node
+/// authorizer lets a node list the pods bound to it).
+async fn pods_of(
+    client: &kube::Client,
+    node: &NodeName,
+) -> Result<std::collections::HashMap<(String, String), PodFacts>, String> {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client.clone());
+    let list = pods
+        .list(&kube::api::ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await
+        .map_err(|e| format!("listing the node's pods: {e}"))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let key = (p.metadata.namespace?, p.metadata.name?);
+            let spec = p.spec?;
+            Some((
+                key,
+                PodFacts {
+                    never_restarts: spec.restart_policy.as_deref() == Some("Never"),
+                    grace: Duration::from_secs(
+                        spec.termination_grace_period_seconds
+                            .unwrap_or(30)
+                            .clamp(0, 3600)
+                            .unsigned_abs(),
+                    ),
+                },
+            ))
+        })
+        .collect())
 }
 
 /// Stops the hub and removes what convert wrote for it; whether there was a hub.

@@ -3,8 +3,9 @@
 //! carried out by the fleet from the host's units, like `systemctl` on a machine.
 //!
 //! Who may call: whoever can open the socket, which is root on this machine only (in a
-//! folder of mode 0700 in the host's folder; a pod's mount namespace does not hold the
-//! fleet's data folder). Each `yurt fleet exec` has its own socket, so execs on one host
+//! folder of mode 0700 in the host's folder), and a privileged pod that mounts its host's
+//! `/` (which sees the machine's filesystem, the fleet's data folder included, and could
+//! as well edit the units and kill the processes itself). Each `yurt fleet exec` has its own socket, so execs on one host
 //! run side by side. Each connection carries one request line of at most
 //! [`yurt_core::host::MAX_LINE`] bytes, read within a deadline; anything else is answered
 //! with an error and the connection closed. Requests run one at a time.
@@ -107,12 +108,16 @@ pub async fn serve_every_host(
     data_dir: &Path,
     stop: CancellationToken,
 ) -> Result<()> {
-    let fleet = Arc::new(tokio::sync::Mutex::new(Fleet::open(machine, data_dir)?));
+    // Its own view of the fleet to find hosts, and one per host to carry out requests,
+    // so a slow start on one host holds up no other.
+    let mut fleet = Fleet::open(machine, data_dir)?;
     let mut served: std::collections::HashMap<HostId, (PathBuf, CancellationToken)> =
         std::collections::HashMap::new();
     loop {
+        // The processes this one started and that ended since.
+        fleet.reap();
         let hosts: Vec<(HostId, PathBuf)> = {
-            let mut f = fleet.lock().await;
+            let f = &mut fleet;
             match f.refresh() {
                 Ok(()) => f
                     .plan()
@@ -120,7 +125,7 @@ pub async fn serve_every_host(
                     .into_iter()
                     .filter(|h| matches!(h, HostId::Edge(_)))
                     .map(|h| {
-                        let socket = persistent_socket(&f, &h);
+                        let socket = persistent_socket(f, &h);
                         (h, socket)
                     })
                     .collect(),
@@ -135,16 +140,19 @@ pub async fn serve_every_host(
         };
         for (host, socket) in &hosts {
             if let Some((_, token)) = served.get(host) {
-                // A reboot clears the host's volatile folder, socket included.
+                // A host removed and added again between two scans has a new folder.
                 if socket.exists() {
                     continue;
                 }
                 token.cancel();
             }
-            match bind_persistent(socket) {
-                Ok(listener) => {
+            let bound =
+                Fleet::open(machine, data_dir).and_then(|own| Ok((own, bind_persistent(socket)?)));
+            match bound {
+                Ok((own, listener)) => {
                     let token = stop.child_token();
-                    tokio::spawn(serve(fleet.clone(), host.clone(), listener, token.clone()));
+                    let own = Arc::new(tokio::sync::Mutex::new(own));
+                    tokio::spawn(serve(own, host.clone(), listener, token.clone()));
                     served.insert(host.clone(), (socket.clone(), token));
                 }
                 Err(e) => tracing::warn!(host = %host, error = %e, "service manager: binding"),

@@ -10,9 +10,10 @@
 //! The requests alternate, one at a time, so both see the same machine. Then joins
 //! ([`join`]): `yurt adm join` phase by phase to Node Ready and a first pod Running,
 //! alternating with the anchor, the fleet's own node started from minted certificates as
-//! `yurt up` does; then several joins at once. Conversion comes with the conversion
-//! controller (not built yet).
+//! `yurt up` does; then several joins at once. Then conversions ([`convert`]): a plain
+//! node converted by its pool label and reverted, against a no-op Job on the same node.
 
+mod convert;
 mod join;
 
 use std::path::PathBuf;
@@ -40,6 +41,9 @@ pub struct BenchAdmArgs {
     /// Hosts joining at once, after the single joins (0 or 1: none).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(0..=16))]
     pub concurrent: u16,
+    /// Conversions of a plain node by its pool label and back, each after the anchor (0: none).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(0..=50))]
+    pub conversions: u16,
     /// Folder for the benchmark's fleet (removed afterwards).
     #[arg(long, default_value = "/var/lib/yurt/bench-adm")]
     pub bench_dir: PathBuf,
@@ -56,7 +60,7 @@ pub async fn run(
         &args.bench_dir.join("fleet"),
         "a one-node fleet",
         reporter.as_ref(),
-        async |fleet| measure(fleet, &args, reporter.as_ref()).await,
+        async |fleet| measure(machine, fleet, &args, reporter.as_ref()).await,
     )
     .await?;
     table.print();
@@ -87,6 +91,7 @@ async fn client(
 }
 
 async fn measure(
+    machine: &yurt_cluster::MachineConfig,
     fleet: &yurt_cluster::Fleet,
     args: &BenchAdmArgs,
     reporter: &dyn Reporter,
@@ -194,14 +199,15 @@ async fn measure(
             ms(a),
         );
     }
-    if args.joins > 0 || args.concurrent > 1 {
-        joins(fleet, &admin, &node, args, reporter, &mut table).await?;
+    if args.joins > 0 || args.concurrent > 1 || args.conversions > 0 {
+        joins(machine, fleet, &admin, &node, args, reporter, &mut table).await?;
     }
     Ok(table)
 }
 
 /// The join rows: single joins against the anchor, phase by phase, then concurrent joins.
 async fn joins(
+    machine: &yurt_cluster::MachineConfig,
     fleet: &yurt_cluster::Fleet,
     admin: &kube::Client,
     node: &str,
@@ -345,6 +351,88 @@ async fn joins(
                 s(percentile(&running, 100.0))
             ),
             single(|t| t.pod_running),
+        );
+    }
+    if args.conversions > 0 {
+        conversions(
+            machine, &cli, admin, &pool, &join_args, args, reporter, table,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The conversion rows: a plain node converted and reverted by its pool label, against
+/// a no-op Job on it. The fleet's hosts' service managers are served from here, as a
+/// supervised fleet serves them, for the conversion Job's servant.
+#[allow(clippy::too_many_arguments)]
+async fn conversions(
+    machine: &yurt_cluster::MachineConfig,
+    cli: &join::Cli<'_>,
+    admin: &kube::Client,
+    pool: &str,
+    join_args: &[String],
+    args: &BenchAdmArgs,
+    reporter: &dyn Reporter,
+    table: &mut Table,
+) -> anyhow::Result<()> {
+    let host = "bench-c1";
+    cli.run(&["fleet", "add-host", host, "--pool", pool])
+        .await?;
+    // Without the pool flag: the node joins plain and outside any pool.
+    let plain: Vec<String> = join_args
+        .iter()
+        .take_while(|a| *a != "--nodepool-name")
+        .cloned()
+        .collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let services = {
+        let (machine, dir, stop) = (machine.clone(), cli.dir.to_owned(), stop.clone());
+        tokio::spawn(async move {
+            yurt_cluster::fleet::service_manager::serve_every_host(&machine, &dir, stop).await
+        })
+    };
+    let rounds = convert::measure(
+        cli,
+        admin,
+        host,
+        pool,
+        &plain,
+        usize::from(args.conversions),
+        reporter,
+    )
+    .await;
+    stop.cancel();
+    services.await??;
+    let rounds = rounds?;
+    let s = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+    let mut anchor: Vec<Duration> = rounds.iter().map(|r| r.anchor).collect();
+    anchor.sort();
+    let a = percentile(&anchor, 50.0);
+    for (what, of) in [
+        (
+            "convert: pool label → Converted, p50 / slowest",
+            (|r: &convert::Round| r.convert) as fn(&convert::Round) -> Duration,
+        ),
+        ("revert: label removed → Reverted, p50 / slowest", |r| {
+            r.revert
+        }),
+    ] {
+        let mut v: Vec<Duration> = rounds.iter().map(of).collect();
+        v.sort();
+        let p50 = percentile(&v, 50.0);
+        table.row(
+            what,
+            format!(
+                "{} / {} ({:.1}× the anchor; goal ≤ 15 s; each pod restarted once, none evicted)",
+                s(p50),
+                s(percentile(&v, 100.0)),
+                p50.as_secs_f64() / a.as_secs_f64().max(1e-6)
+            ),
+            format!(
+                "{} (a no-op Job on the node: created → Complete, p50)",
+                s(a)
+            ),
         );
     }
     Ok(())

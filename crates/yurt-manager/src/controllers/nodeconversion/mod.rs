@@ -56,6 +56,8 @@ pub const NAME: &str = "yurtnodeconversion";
 pub const NAMESPACE: &str = "kube-system";
 /// Label on a conversion Job naming its node.
 pub const CONVERSION_NODE: &str = "openyurt.io/conversion-node";
+/// Annotation on a conversion Job naming its node in full.
+pub const CONVERSION_NODE_NAME: &str = "openyurt.io/conversion-node-name";
 /// Annotation on a conversion Job: `convert` or `revert`.
 pub const CONVERSION_ACTION: &str = "openyurt.io/conversion-action";
 /// Annotation on a node this controller cordoned (it uncordons only such a node).
@@ -66,8 +68,10 @@ pub const CONDITION: &str = "YurtNodeConversionFailed";
 const HOST_YURT: &str = "/run/yurt-host/yurt";
 /// Where the Job mounts the host's `/`.
 const HOST_ROOT: &str = "/openyurt";
-/// What the Job's deadline adds to the servant's timeout.
-const JOB_SLACK: Duration = Duration::from_secs(120);
+/// What the Job's deadline adds to the servant's timeout: the servant's restore of a
+/// failed convert (two minutes, `yurt_adm::servant::RESTORE_TIMEOUT`) and a minute for
+/// the pod to start.
+const JOB_SLACK: Duration = Duration::from_secs(180);
 
 /// What a node's labels ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,9 +154,39 @@ pub fn outcome(job: &Job) -> Outcome {
     Outcome::Running
 }
 
-/// The conversion Job's name for `node`.
+/// The longest name or label value a Job's pods can carry (the job controller labels
+/// them `job-name=<Job>`).
+const MAX_LABEL_VALUE: usize = 63;
+
+/// `prefix` + `node`, or, when that is longer than a label value may be, `prefix` + the
+/// node name's head + a hash of the whole name (node names may be 253 characters).
+fn short(prefix: &str, node: &str) -> String {
+    let whole = format!("{prefix}{node}");
+    if whole.len() <= MAX_LABEL_VALUE {
+        return whole;
+    }
+    // FNV-1a, written out: the name must stay the same across manager versions, which
+    // std's hasher does not promise.
+    let hash = node.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let hash = format!("{hash:016x}");
+    let room = MAX_LABEL_VALUE - prefix.len() - 1 - 10;
+    let head: String = node.chars().take(room).collect();
+    let head = head.trim_end_matches(['.', '-']);
+    format!("{prefix}{head}-{}", &hash[..10])
+}
+
+/// The conversion Job's name for `node` (`node-servant-conversion-<node>`, shortened
+/// with a hash when too long for a label value).
 pub fn job_name(node: &str) -> String {
-    format!("node-servant-conversion-{node}")
+    short("node-servant-conversion-", node)
+}
+
+/// The value of the Job's [`CONVERSION_NODE`] label: the node name, or a shortened one
+/// (the whole name is in [`CONVERSION_NODE_NAME`]).
+pub fn node_label(node: &str) -> String {
+    short("", node)
 }
 
 /// The Job that converts (`pool` given) or reverts `node`.
@@ -187,15 +221,15 @@ pub fn job(
         "metadata": {
             "name": job_name(node),
             "namespace": NAMESPACE,
-            "labels": {CONVERSION_NODE: node},
-            "annotations": {CONVERSION_ACTION: action},
+            "labels": {CONVERSION_NODE: node_label(node)},
+            "annotations": {CONVERSION_ACTION: action, CONVERSION_NODE_NAME: node},
         },
         "spec": {
             // A failed convert restores the host; trying again on its own would loop.
             "backoffLimit": 0,
             "activeDeadlineSeconds": (timeout + JOB_SLACK).as_secs(),
             "template": {
-                "metadata": {"labels": {CONVERSION_NODE: node}},
+                "metadata": {"labels": {CONVERSION_NODE: node_label(node)}},
                 "spec": {
                     "nodeName": node,
                     "restartPolicy": "Never",
@@ -262,6 +296,23 @@ fn condition(status: &str, reason: &str, message: &str) -> Value {
     }]}})
 }
 
+/// The action whose failure the node's condition reports (status True,
+/// `ConvertFailed` or `RevertFailed`).
+pub fn failed_by_condition(node: &Node) -> Option<&'static str> {
+    let c = node
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == CONDITION && c.status == "True")?;
+    match c.reason.as_deref() {
+        Some("ConvertFailed") => Some("convert"),
+        Some("RevertFailed") => Some("revert"),
+        _ => None,
+    }
+}
+
 /// Whether the node's kubelet reports it Ready.
 pub fn is_ready(node: &Node) -> bool {
     node.status
@@ -311,6 +362,10 @@ fn word(action: &str, ing: bool) -> &'static str {
 }
 
 async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+    // Until the Jobs are listed, a Job that exists would look missing.
+    if ctx.jobs.wait_until_ready().await.is_err() || ctx.pools.wait_until_ready().await.is_err() {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let name = node.name_any();
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), NAMESPACE);
@@ -323,9 +378,12 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileEr
             .cloned()
             .unwrap_or_default()
     };
+    // A failure is the failed Job's, or, once that Job is gone (deleted to start
+    // over), the node's condition's.
     let failed_action = current
         .as_deref()
-        .and_then(|j| matches!(outcome(j), Outcome::Failed(_)).then(|| action_of(j)));
+        .and_then(|j| matches!(outcome(j), Outcome::Failed(_)).then(|| action_of(j)))
+        .or_else(|| failed_by_condition(&node).map(str::to_owned));
     let pool_type = |pool: &str| {
         ctx.pools
             .get(&ObjectRef::new(pool))
@@ -426,6 +484,21 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileEr
             .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await?;
     }
+    // The Job first: a condition saying Converting with no Job behind it (a failed
+    // create) would leave the next reconcile nothing to go on.
+    match jobs
+        .create(
+            &PostParams::default(),
+            &job(&name, pool, &ctx.image, ctx.timeout)?,
+        )
+        .await
+    {
+        // Made by an earlier reconcile the store has not seen yet.
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        other => {
+            other?;
+        }
+    }
     nodes
         .patch_status(
             &name,
@@ -440,19 +513,6 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileEr
             )),
         )
         .await?;
-    match jobs
-        .create(
-            &PostParams::default(),
-            &job(&name, pool, &ctx.image, ctx.timeout)?,
-        )
-        .await
-    {
-        // Made by an earlier reconcile the store has not seen yet.
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        other => {
-            other?;
-        }
-    }
     tracing::info!(node = %name, action, "conversion started");
     ctx.metrics.reconciled(NAME);
     Ok(Action::await_change())
@@ -499,7 +559,10 @@ pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
     Controller::for_stream(inputs.nodes.objects(), inputs.nodes.store())
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .watches_stream(job_events, |job: Job| {
-            job.labels().get(CONVERSION_NODE).map(|n| ObjectRef::new(n))
+            job.annotations()
+                .get(CONVERSION_NODE_NAME)
+                .or_else(|| job.labels().get(CONVERSION_NODE))
+                .map(|n| ObjectRef::new(n))
         })
         .watches_stream(inputs.pools.objects(), {
             let nodes = inputs.nodes.store();

@@ -90,7 +90,7 @@ fn the_job_runs_the_hosts_servant_pinned_privileged_and_bounded() {
     );
     let spec = j.spec.as_ref().unwrap();
     assert_eq!(spec.backoff_limit, Some(0));
-    assert_eq!(spec.active_deadline_seconds, Some(420));
+    assert_eq!(spec.active_deadline_seconds, Some(480));
     let pod = spec.template.spec.as_ref().unwrap();
     assert_eq!(pod.node_name.as_deref(), Some("edge-z"));
     assert_eq!((pod.host_network, pod.host_pid), (Some(true), Some(true)));
@@ -187,4 +187,57 @@ fn a_finished_conversion_sets_or_clears_the_edge_label_and_the_pools_zone() {
         !other_zone.contains_key(TOPOLOGY_ZONE),
         "a zone not naming a pool stays"
     );
+}
+
+#[test]
+fn long_node_names_give_job_names_and_labels_a_label_value_may_hold() {
+    assert_eq!(job_name("edge-z"), "node-servant-conversion-edge-z");
+    assert_eq!(node_label("edge-z"), "edge-z");
+    let long = "ip-10-0-12-34.us-west-2.compute.internal";
+    let name = job_name(long);
+    assert!(
+        name.len() <= 63 && name.starts_with("node-servant-conversion-ip-10-0-12"),
+        "{name}"
+    );
+    assert_ne!(
+        name,
+        job_name("ip-10-0-12-34.us-west-2.compute.internalx"),
+        "distinct names stay distinct"
+    );
+    assert_eq!(name, job_name(long), "stable");
+    let very_long = "n".repeat(253);
+    assert!(node_label(&very_long).len() <= 63);
+    let j = job(long, None, "busybox:1", Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        j.annotations()
+            .get(CONVERSION_NODE_NAME)
+            .map(String::as_str),
+        Some(long)
+    );
+    assert!(
+        j.labels()
+            .get(CONVERSION_NODE)
+            .is_some_and(|v| v.len() <= 63)
+    );
+}
+
+#[test]
+fn a_failure_outlives_its_job_in_the_nodes_condition() {
+    let mut n = node(&[]);
+    assert_eq!(failed_by_condition(&n), None);
+    n.status = Some(
+        serde_json::from_value(json!({"conditions": [
+            {"type": CONDITION, "status": "True", "reason": "ConvertFailed"},
+        ]}))
+        .unwrap(),
+    );
+    assert_eq!(failed_by_condition(&n), Some("convert"));
+    assert_eq!(wanted(&n, pools, failed_by_condition(&n)), Wanted::Revert);
+    n.status = Some(
+        serde_json::from_value(json!({"conditions": [
+            {"type": CONDITION, "status": "False", "reason": "Converting"},
+        ]}))
+        .unwrap(),
+    );
+    assert_eq!(failed_by_condition(&n), None);
 }
