@@ -362,8 +362,16 @@ fn word(action: &str, ing: bool) -> &'static str {
 }
 
 async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
-    // Until the Jobs are listed, a Job that exists would look missing.
-    if ctx.jobs.wait_until_ready().await.is_err() || ctx.pools.wait_until_ready().await.is_err() {
+    // Until the Jobs are listed, a Job that exists would look missing: wait a moment
+    // (not longer: the Jobs' watch is driven by this controller's own trigger streams,
+    // which a reconcile waiting for good would hold up) and come back.
+    let listed = async {
+        ctx.jobs.wait_until_ready().await.is_ok() && ctx.pools.wait_until_ready().await.is_ok()
+    };
+    if !tokio::time::timeout(Duration::from_secs(1), listed)
+        .await
+        .unwrap_or(false)
+    {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let name = node.name_any();
