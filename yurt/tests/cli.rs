@@ -290,6 +290,77 @@ fn adm_join_and_reset_refuse_bad_input_and_a_host_without_a_service_manager_befo
 }
 
 #[test]
+fn node_servant_and_adm_convert_refuse_bad_input_before_any_connection() {
+    for (args, want) in [
+        (
+            vec![
+                "node-servant",
+                "convert",
+                "--node-name",
+                "Bad_Name",
+                "--nodepool-name",
+                "pool-a",
+            ],
+            "--node-name",
+        ),
+        (
+            vec![
+                "node-servant",
+                "convert",
+                "--node-name",
+                "edge-z",
+                "--nodepool-name",
+                "Pool A",
+            ],
+            "--nodepool-name",
+        ),
+        (
+            vec![
+                "node-servant",
+                "revert",
+                "--node-name",
+                "edge-z",
+                "--timeout",
+                "0s",
+            ],
+            "--timeout",
+        ),
+        (
+            vec![
+                "node-servant",
+                "revert",
+                "--node-name",
+                "edge-z",
+                "--container-stop-timeout",
+                "soon",
+            ],
+            "--container-stop-timeout",
+        ),
+        // Well formed, but not run on a fleet host: nothing would restart kubelet.
+        (
+            vec!["node-servant", "revert", "--node-name", "edge-z"],
+            "runs on a fleet host",
+        ),
+        (
+            vec!["adm", "convert", "--node", "edge-z", "--timeout", "0s"],
+            "--timeout",
+        ),
+        (
+            vec!["adm", "revert", "--node", "edge-z", "--timeout", "1x"],
+            "--timeout",
+        ),
+    ] {
+        let out = Command::new(yurt_binary())
+            .args(&args)
+            .env_remove("YURT_HOST_DIR")
+            .env_remove("YURT_SERVICE_MANAGER")
+            .output()
+            .unwrap();
+        refused(&out, want);
+    }
+}
+
+#[test]
 fn image_push_refuses_bad_sources_and_names_before_reaching_any_fleet() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
