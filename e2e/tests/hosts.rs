@@ -1114,8 +1114,9 @@ fn http_get(f: &TestFleet, host: &str, ip: &str, path: &str) -> anyhow::Result<S
 /// kubelet and kube-proxy back on the API server, removes the hub and restarts the
 /// containers once more; a convert whose hub cannot get its certificates (the manager
 /// stopped) restores the host and says so. Then the same through the pool label
-/// (`yurt adm convert|revert`, the manager's conversion Job), and a label added and
-/// removed at once ends reverted.
+/// (`yurt adm convert|revert`, the manager's conversion Job); a label added and removed
+/// at once ends reverted; a conversion finishes through a manager restart; a servant
+/// killed half-way leaves ConvertFailed and a cordoned node, which a revert cleans.
 #[tokio::test]
 async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() -> anyhow::Result<()>
 {
@@ -1369,11 +1370,115 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         ensure!(!line_of(&f)?.contains("yurt-hub"), "{}", line_of(&f)?);
         ensure!(f.node_ready("edge-z").await? == "True");
 
+        // The manager restarted while its Job runs: the conversion finishes.
+        let jobs_now = |f: &TestFleet| {
+            f.kubectl(&[
+                "get",
+                "jobs",
+                "-n",
+                "kube-system",
+                "-l",
+                "openyurt.io/conversion-node",
+                "-o",
+                "name",
+            ])
+        };
+        f.kubectl(&[
+            "label",
+            "node",
+            "edge-z",
+            "apps.openyurt.io/nodepool=pool-a",
+        ])?;
+        wait_for("the conversion Job", Duration::from_secs(60), || async {
+            Ok((!jobs_now(&f)?.trim().is_empty()).then_some(()))
+        })
+        .await?;
+        f.stop("cloud", "yurt-manager")?;
+        f.start("cloud", "yurt-manager").await?;
+        let out = f.yurt(&["adm", "convert", "--node", "edge-z", "--timeout", "4m"])?;
+        ensure!(out.contains("Node edge-z is an edge node"), "{out}");
+        ensure!(line_of(&f)?.contains("yurt-hub("), "{}", line_of(&f)?);
+        f.yurt(&["adm", "revert", "--node", "edge-z", "--timeout", "4m"])?;
+
+        // A convert killed half-way (the hub installed): ConvertFailed, the node stays
+        // cordoned, `adm convert` says so; reverting it leaves a clean plain node.
+        f.kubectl(&[
+            "label",
+            "node",
+            "edge-z",
+            "apps.openyurt.io/nodepool=pool-a",
+        ])?;
+        let hub_unit = f.dir().join("hosts/edge-z/units/yurt-hub.toml");
+        wait_for(
+            "the servant to install the hub",
+            Duration::from_secs(120),
+            || async { Ok(hub_unit.exists().then_some(())) },
+        )
+        .await?;
+        ensure!(kill_servant()? >= 1, "a servant to kill");
+        let err = refused(
+            &f,
+            &["adm", "convert", "--node", "edge-z", "--timeout", "2m"],
+        )?;
+        ensure!(
+            err.contains("ConvertFailed") && err.contains("stays cordoned"),
+            "{err}"
+        );
+        ensure!(
+            nodes
+                .get("edge-z")
+                .await?
+                .spec
+                .and_then(|s| s.unschedulable)
+                == Some(true),
+            "a failed conversion leaves the node cordoned"
+        );
+        let out = f.yurt(&["adm", "revert", "--node", "edge-z", "--timeout", "4m"])?;
+        ensure!(out.contains("Node edge-z is a plain node"), "{out}");
+        ensure!(!line_of(&f)?.contains("yurt-hub"), "{}", line_of(&f)?);
+        ensure!(
+            !std::fs::read_to_string(&unit)?.contains("through-hub"),
+            "kubelet is direct"
+        );
+        ensure!(
+            !nodes
+                .get("edge-z")
+                .await?
+                .spec
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false),
+            "uncordoned after the revert"
+        );
+        ensure!(jobs_now(&f)?.trim().is_empty(), "no Job left");
+        ensure!(f.node_ready("edge-z").await? == "True");
+
         f.yurt(&["fleet", "remove-host", "edge-z"])?;
         f.kubectl(&["delete", "node", "edge-z"])?;
         Ok(())
     })
     .await
+}
+
+/// SIGKILLs every `yurt node-servant convert` running on this machine (the conversion
+/// Job's); how many.
+fn kill_servant() -> anyhow::Result<usize> {
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if argv.get(1) == Some(&&b"node-servant"[..]) && argv.get(2) == Some(&&b"convert"[..]) {
+            yurt_testkit::run_checked(
+                std::process::Command::new("kill").args(["-KILL", &pid.to_string()]),
+            )?;
+            killed += 1;
+        }
+    }
+    Ok(killed)
 }
 
 /// `yurt fleet service-manager` for a test fleet (which nothing supervises), stopped
