@@ -95,10 +95,10 @@ fn condition(node: &Node) -> Option<(String, String, String, Option<String>)> {
         })
 }
 
-/// When the condition last changed (a conversion's end must come after it).
-fn transition(node: &Node) -> Option<String> {
-    condition(node).and_then(|c| c.3)
-}
+/// The condition as it is before the command acts: the conversion's end must differ
+/// from it (the transition time has one-second resolution, so the whole condition is
+/// compared).
+type Before = Option<(String, String, String, Option<String>)>;
 
 /// Converts `node` into `pool` (default: the pool it is labelled with) and waits.
 ///
@@ -162,7 +162,7 @@ pub async fn convert(
     {
         return Err(ConvertError::Failed { reason, message });
     }
-    let since = transition(&current);
+    let since: Before = condition(&current);
     if labelled.is_none() {
         progress(&format!("labelling Node {node} with {NODE_POOL}={pool}"));
         let patch = json!({"metadata": {"labels": {NODE_POOL: pool}}});
@@ -171,9 +171,12 @@ pub async fn convert(
             .await
             .map_err(api(format!("labelling Node {node}")))?;
     }
-    if edge {
-        // Converted already, its pool label gone (a revert was asked and not begun):
-        // with the label back there is nothing to do.
+    let reverting = since
+        .as_ref()
+        .is_some_and(|(_, reason, _, _)| reason == "Reverting" || reason == "RevertFailed");
+    if edge && !reverting {
+        // Converted already, its pool label gone but no revert begun: with the label
+        // back there is nothing to do.
         return Ok(Converted::Already);
     }
     wait(&nodes, node, "Converted", since, timeout, progress, |n| {
@@ -201,9 +204,6 @@ pub async fn revert(
     let edge = label(&current, IS_EDGE_WORKER) == Some("true");
     let failed_convert =
         condition(&current).is_some_and(|(s, r, _, _)| s == "True" && r == "ConvertFailed");
-    if label(&current, NODE_POOL).is_none() && !edge && !failed_convert {
-        return Ok(Converted::Already);
-    }
     if label(&current, NODE_POOL).is_none()
         && let Some((status, reason, message, _)) = condition(&current)
         && status == "True"
@@ -211,7 +211,10 @@ pub async fn revert(
     {
         return Err(ConvertError::Failed { reason, message });
     }
-    let since = transition(&current);
+    if label(&current, NODE_POOL).is_none() && !edge && !failed_convert {
+        return Ok(Converted::Already);
+    }
+    let since: Before = condition(&current);
     if label(&current, NODE_POOL).is_some() {
         progress(&format!("removing {NODE_POOL} from Node {node}"));
         let patch = json!({"metadata": {"labels": {NODE_POOL: null}}});
@@ -234,7 +237,7 @@ async fn wait(
     nodes: &Api<Node>,
     node: &str,
     wanted: &'static str,
-    since: Option<String>,
+    since: Before,
     timeout: Duration,
     progress: crate::join::Progress<'_>,
     labelled: impl Fn(&Node) -> bool,
@@ -245,8 +248,9 @@ async fn wait(
     loop {
         match nodes.get(node).await {
             Ok(n) => {
-                if let Some((status, reason, message, changed)) = condition(&n) {
-                    let fresh = changed != since;
+                let now = condition(&n);
+                let fresh = now != since;
+                if let Some((status, reason, message, _)) = now {
                     // Only this direction's failure: a revert begins from a failed
                     // convert's condition.
                     let failed = if wanted == "Converted" {

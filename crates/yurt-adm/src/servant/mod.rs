@@ -172,8 +172,10 @@ pub async fn convert<H: Host + Sync>(
             };
             // Only what convert changed: a convert that failed before kubelet moved
             // (the hub not ready, the usual case) only takes the hub away.
+            // A full revert also when a container restart of either direction is
+            // pending: the containers may hold the hub's endpoint.
             let restored = if kubelet_through_hub(host.files())
-                || read_state(host.files()).as_deref() == Some("convert restarting containers")
+                || read_state(host.files()).is_some_and(|s| s.ends_with("restarting containers"))
             {
                 Box::pin(revert(host, runtime, &restore_options, progress))
                     .await
@@ -314,7 +316,12 @@ async fn turn<H: Host + Sync>(
     // bootstrap unit already talks to the API server directly). The record comes
     // first: a run killed between the two finds it and restarts kubelet and the
     // containers when run again.
-    let wrong_way = kubelet_through_hub(files) == (direction == Direction::Revert);
+    // A convert killed while it wrote kubelet's files left them half the edge way.
+    let half_converted = read_state(files).as_deref() == Some("convert restarting containers");
+    let wrong_way = match direction {
+        Direction::Convert => !kubelet_through_hub(files),
+        Direction::Revert => kubelet_through_hub(files) || half_converted,
+    };
     let resumed = read_state(files).as_deref() == Some(pending.as_str());
     if wrong_way {
         write_state(files, &pending).map_err(step("kubelet"))?;
@@ -362,9 +369,10 @@ async fn turn<H: Host + Sync>(
                         .as_ref()
                         .is_some_and(|(ns, pod)| c.namespace == *ns && c.pod == *pod);
                     let pod = pods.get(&(c.namespace.clone(), c.pod.clone()));
-                    // A pod that never restarts would fail instead (another Job's).
-                    let never = pod.is_some_and(|p| p.never_restarts);
-                    (!own && !never).then(|| {
+                    // Only pods kubelet restarts whatever the exit: a Never pod would
+                    // fail, an OnFailure one that exits 0 on SIGTERM would end.
+                    let once_only = pod.is_some_and(|p| !p.always_restarts);
+                    (!own && !once_only).then(|| {
                         pod.map_or(options.container_stop_timeout, |p| {
                             p.grace.min(options.container_stop_timeout)
                         })
@@ -394,8 +402,8 @@ fn kubelet_through_hub(files: &HostFiles) -> bool {
 
 /// What a container restart needs to know of a pod.
 struct PodFacts {
-    /// Its restart policy is Never.
-    never_restarts: bool,
+    /// Its restart policy is Always (the default).
+    always_restarts: bool,
     /// Its termination grace period.
     grace: Duration,
 }
@@ -420,7 +428,7 @@ async fn pods_of(
             Some((
                 key,
                 PodFacts {
-                    never_restarts: spec.restart_policy.as_deref() == Some("Never"),
+                    always_restarts: spec.restart_policy.as_deref().is_none_or(|p| p == "Always"),
                     grace: Duration::from_secs(
                         spec.termination_grace_period_seconds
                             .unwrap_or(30)

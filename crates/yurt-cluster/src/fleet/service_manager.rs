@@ -113,9 +113,16 @@ pub async fn serve_every_host(
     let mut fleet = Fleet::open(machine, data_dir)?;
     let mut served: std::collections::HashMap<HostId, (PathBuf, CancellationToken)> =
         std::collections::HashMap::new();
+    let mut handles: std::collections::HashMap<HostId, Arc<tokio::sync::Mutex<Fleet>>> =
+        std::collections::HashMap::new();
     loop {
-        // The processes this one started and that ended since.
-        fleet.reap();
+        // The processes each host's handle started and that ended since (a busy handle
+        // is reaped at its next request).
+        for own in handles.values() {
+            if let Ok(own) = own.try_lock() {
+                own.reap();
+            }
+        }
         let hosts: Vec<(HostId, PathBuf)> = {
             let f = &mut fleet;
             match f.refresh() {
@@ -152,12 +159,14 @@ pub async fn serve_every_host(
                 Ok((own, listener)) => {
                     let token = stop.child_token();
                     let own = Arc::new(tokio::sync::Mutex::new(own));
+                    handles.insert(host.clone(), own.clone());
                     tokio::spawn(serve(own, host.clone(), listener, token.clone()));
                     served.insert(host.clone(), (socket.clone(), token));
                 }
                 Err(e) => tracing::warn!(host = %host, error = %e, "service manager: binding"),
             }
         }
+        handles.retain(|host, _| hosts.iter().any(|(h, _)| h == host));
         served.retain(|host, (socket, token)| {
             let keep = hosts.iter().any(|(h, _)| h == host);
             if !keep {
@@ -230,6 +239,8 @@ async fn answer(
             Err(why) => format!("error {why}"),
             Ok(request) => {
                 let mut fleet = fleet.lock().await;
+                // Processes this handle started earlier and that ended since.
+                fleet.reap();
                 match carry_out(&mut fleet, host, &request).await {
                     Ok(()) => "ok".to_owned(),
                     Err(e) => format!("error {}", e.to_string().replace('\n', " ")),

@@ -96,9 +96,9 @@ impl Wanted {
     }
 }
 
-/// What `node` asks for, given the pools, and the action of a failed Job of it (a
-/// failed convert whose pool label is gone still reverts; a failed revert whose pool
-/// label is back converts).
+/// What `node` asks for, given the pools, and the action of a failed Job of it: after a
+/// failure the host is in doubt, so the labels alone decide (the pool label converts,
+/// its absence reverts), whatever `is-edge-worker` says.
 pub fn wanted(
     node: &Node,
     pool_type: impl Fn(&str) -> Option<NodePoolType>,
@@ -107,12 +107,12 @@ pub fn wanted(
     let labels = node.labels();
     let edge = labels.get(IS_EDGE_WORKER).map(String::as_str) == Some("true");
     match labels.get(NODE_POOL) {
-        Some(pool) if !edge || failed == Some("revert") => match pool_type(pool) {
+        Some(pool) if !edge || failed.is_some() => match pool_type(pool) {
             None => Wanted::UnknownPool(pool.clone()),
             Some(NodePoolType::Cloud) => Wanted::Nothing,
             Some(_) => Wanted::Convert(pool.clone()),
         },
-        None if edge || failed == Some("convert") => Wanted::Revert,
+        None if edge || failed.is_some() => Wanted::Revert,
         _ => Wanted::Nothing,
     }
 }
@@ -551,11 +551,12 @@ fn error_policy(_node: Arc<Node>, error: &ReconcileError, ctx: Arc<Ctx>) -> Acti
 pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
     let jobs_api: Api<Job> = Api::namespaced(inputs.client.clone(), NAMESPACE);
     let (job_store, job_writer) = kube::runtime::reflector::store();
+    // Touched, not applied: a deleted Job (an admin retrying) reconciles its node too.
     let job_events = kube::runtime::reflector(
         job_writer,
         watcher(jobs_api, watcher::Config::default().labels(CONVERSION_NODE)),
     )
-    .applied_objects();
+    .touched_objects();
     let ctx = Arc::new(Ctx {
         client: inputs.client,
         pools: inputs.pools.store(),

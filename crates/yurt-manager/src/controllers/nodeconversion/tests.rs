@@ -64,6 +64,13 @@ fn a_failed_convert_whose_label_is_gone_reverts_and_a_failed_revert_whose_label_
         wanted(&node(&[(IS_EDGE_WORKER, "true")]), pools, Some("revert")),
         Wanted::Revert
     );
+    // A failed revert after a failed convert (no label, not edge) is reported, not
+    // dropped; so is a failed convert after a failed revert (label back, still edge).
+    assert_eq!(wanted(&node(&[]), pools, Some("revert")), Wanted::Revert);
+    assert_eq!(
+        wanted(&back, pools, Some("convert")),
+        Wanted::Convert("pool-a".into())
+    );
 }
 
 #[test]
