@@ -430,6 +430,11 @@ pub enum ImageCommand {
         /// Push the image to the fleet registry too, under its tag (as `yurt image push`).
         #[arg(long)]
         push: bool,
+        /// Add this `yurt` binary at /usr/local/bin/yurt with the shared libraries it
+        /// loads, and make it the entrypoint unless --entrypoint says otherwise: the
+        /// image `yurt manager manifests` runs.
+        #[arg(long)]
+        with_yurt: bool,
     },
     /// Push an image to the fleet registry: every node then pulls it by name or digest.
     Push {

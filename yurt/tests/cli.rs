@@ -361,6 +361,84 @@ fn node_servant_and_adm_convert_refuse_bad_input_before_any_connection() {
 }
 
 #[test]
+fn manager_manifests_print_an_installable_stream_and_refuse_flags_the_manager_would() {
+    let out = yurt(&[
+        "manager",
+        "manifests",
+        "--image",
+        "yurt.local/yurt:test",
+        "--node-selector",
+        "kubernetes.io/hostname=cloud-w1",
+        "--",
+        "--node-conversion-timeout=900",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "kind: CustomResourceDefinition",
+        "kind: ServiceAccount",
+        "kind: ClusterRoleBinding",
+        "name: yurt-manager-webhook-service",
+        "kind: Deployment",
+        "image: yurt.local/yurt:test",
+        "kubernetes.io/hostname: cloud-w1",
+        "--node-conversion-timeout=900",
+        "--manager-username=system:serviceaccount:kube-system:yurt-manager",
+    ] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+    assert!(text.starts_with("---\n"));
+
+    // Usage errors, as clap reports them (exit 2).
+    for (args, want) in [
+        (vec!["--node-selector", "no-equals"], "not key=value"),
+        (vec!["--node-selector", "a b=c"], "not a label key"),
+        (vec!["--replicas", "0"], "--replicas"),
+        (
+            vec!["--image-pull-policy", "Sometimes"],
+            "--image-pull-policy",
+        ),
+    ] {
+        let mut all = vec!["manager", "manifests"];
+        all.extend_from_slice(&args);
+        let out = yurt(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).starts_with("error: "), "{}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{want}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "nothing printed for {args:?}");
+    }
+    for (args, want) in [
+        (vec!["--namespace", "Kube_System"], "--namespace"),
+        (vec!["--", "--bogus"], "unexpected argument '--bogus'"),
+        (
+            vec!["--", "--working-namespace=x"],
+            "cannot be used multiple times",
+        ),
+        (vec!["--", "crds"], "subcommand"),
+        (
+            vec!["--", "--leader-elect-retry-period=30"],
+            "leader election needs",
+        ),
+    ] {
+        let mut all = vec!["manager", "manifests"];
+        all.extend_from_slice(&args);
+        refused(&yurt(&all), want);
+    }
+
+    // A reader that stops early (`| head`) ends the command quietly.
+    let mut child = Command::new(yurt_binary())
+        .args(["manager", "manifests"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+}
+
+#[test]
 fn image_push_refuses_bad_sources_and_names_before_reaching_any_fleet() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();

@@ -83,20 +83,33 @@ impl ImageSpec {
     ///
     /// # Errors
     /// [`Error::Invalid`] if `ldd` fails or a library is not found; I/O errors.
-    pub fn with_program(mut self, program: &Path) -> Result<Self> {
+    pub fn with_program(self, program: &Path) -> Result<Self> {
+        self.with_program_at(program, program)
+    }
+
+    /// As [`Self::with_program`], with the program itself at `dest` in the image.
+    ///
+    /// # Errors
+    /// As [`Self::with_program`].
+    pub fn with_program_at(mut self, program: &Path, dest: &Path) -> Result<Self> {
         let out = cmd::run(
             &format!("list the shared libraries of {}", program.display()),
             Command::new("ldd").arg(program),
         )?;
-        let mut paths = vec![program.to_path_buf()];
-        paths.extend(shared_libraries(&out).map_err(|line| {
-            Error::Invalid(format!(
-                "{}: shared library not found: {line}",
-                program.display()
-            ))
-        })?);
-        for path in paths {
-            let rel = path.to_string_lossy().trim_start_matches('/').to_owned();
+        let mut paths = vec![(program.to_path_buf(), dest.to_path_buf())];
+        paths.extend(
+            shared_libraries(&out)
+                .map_err(|line| {
+                    Error::Invalid(format!(
+                        "{}: shared library not found: {line}",
+                        program.display()
+                    ))
+                })?
+                .into_iter()
+                .map(|library| (library.clone(), library)),
+        );
+        for (path, dest) in paths {
+            let rel = dest.to_string_lossy().trim_start_matches('/').to_owned();
             if self.files.iter().any(|f| f.path == rel) {
                 continue;
             }
@@ -605,6 +618,22 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), names.len(), "no file twice: {names:?}");
+    }
+
+    #[test]
+    fn a_program_can_sit_elsewhere_in_the_image_with_its_libraries_where_ldd_finds_them() {
+        let program = Path::new("/bin/true");
+        let original = std::fs::read(program).unwrap();
+        let spec = ImageSpec::busybox("yurt.local/t:1")
+            .with_program_at(program, Path::new("/usr/local/bin/probe"))
+            .unwrap();
+        assert_eq!(spec.files[0].path, "usr/local/bin/probe");
+        assert_eq!(spec.files[0].contents, original);
+        assert_eq!(spec.files[0].mode, 0o755);
+        let names: Vec<&str> = spec.files.iter().map(|f| f.path.as_str()).collect();
+        assert!(!names.contains(&"bin/true"), "{names:?}");
+        assert!(names.iter().any(|n| n.contains("libc.so")), "{names:?}");
+        assert!(names.iter().any(|n| n.contains("ld-linux")), "{names:?}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod autonomy;
 pub mod controllers;
 pub mod feed;
+pub mod install;
 pub mod leader;
 pub mod metrics;
 pub mod webhook;
@@ -194,7 +195,7 @@ pub async fn run(
             client.clone(),
             leader::LeaseConfig {
                 namespace: config.namespace.clone(),
-                name: "yurt-manager".to_owned(),
+                name: install::rbac::LEASE_NAME.to_owned(),
                 identity: config.identity.clone(),
                 lease_duration: config.lease_duration,
                 retry_period: config.lease_retry,

@@ -42,20 +42,32 @@ pub async fn run(
             cmd,
             output,
             push,
+            with_yurt,
         } => {
             let mut spec = ImageSpec::busybox(&tag);
             if let Some(e) = json_list("--entrypoint", entrypoint)? {
                 spec.entrypoint = Some(e);
                 spec.cmd = None;
             }
-            if let Some(c) = json_list("--cmd", cmd)? {
-                spec.cmd = Some(c);
+            let cmd = json_list("--cmd", cmd)?;
+            if let Some(c) = &cmd {
+                spec.cmd = Some(c.clone());
             }
             if let Some(dir) = from_dir {
                 if !dir.is_dir() {
                     anyhow::bail!("--from-dir {} is not a folder", dir.display());
                 }
                 spec.files = image::files_from_dir(&dir, &dest)?;
+            }
+            if with_yurt {
+                let yurt = std::env::current_exe().context("find this yurt binary")?;
+                let inside = Path::new(yurt_manager::install::manifests::BINARY_IN_IMAGE);
+                spec = spec.with_program_at(&yurt, inside)?;
+                if spec.entrypoint.is_none() {
+                    spec.entrypoint = Some(vec![inside.display().to_string()]);
+                    // busybox's default `sh` is no argument for yurt.
+                    spec.cmd = cmd;
+                }
             }
             let (built, output) = tokio::task::spawn_blocking(move || {
                 let built = image::build_image(&spec, Path::new(image::BUSYBOX))?;

@@ -25,6 +25,122 @@ pub struct ManagerArgs {
 pub enum ManagerAction {
     /// Print the CustomResourceDefinitions of every OpenYurt kind the manager serves, as YAML.
     Crds,
+    /// Print what installs the manager into a cluster as a Deployment, for
+    /// `kubectl apply -f -`: the CRDs, its ServiceAccount and RBAC, the webhook Service
+    /// and the Deployment (the manager registers its webhooks itself once it runs).
+    Manifests(ManifestsArgs),
+}
+
+/// `yurt manager manifests` flags.
+#[derive(Debug, Args)]
+pub struct ManifestsArgs {
+    /// The image with `yurt` at /usr/local/bin/yurt (`yurt image build --with-yurt
+    /// --tag T --push` makes one and pushes it to a fleet's registry).
+    #[arg(long, default_value = concat!("yurt.local/yurt:v", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+    /// The pods' imagePullPolicy.
+    #[arg(long, default_value = "IfNotPresent", value_parser = ["IfNotPresent", "Always", "Never"])]
+    pub image_pull_policy: String,
+    /// Namespace of the Deployment, Service, ServiceAccount, Lease, webhook Secret and
+    /// conversion Jobs (the manager's --working-namespace).
+    #[arg(long, default_value = "kube-system")]
+    pub namespace: String,
+    /// Replicas: one leads the controllers, every one serves the webhooks.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=10))]
+    pub replicas: u16,
+    /// Run the pods only on nodes with this label, `key=value` (repeatable), for
+    /// example on a cloud worker: the API server must reach the webhooks.
+    #[arg(long = "node-selector", value_parser = label_pair)]
+    pub node_selector: Vec<(String, String)>,
+    /// More `yurt manager` flags for the pods, after `--` (checked as the manager would).
+    #[arg(last = true)]
+    pub manager_flags: Vec<String>,
+}
+
+/// `key=value` with a label key and value as the API server accepts them.
+fn label_pair(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not key=value"))?;
+    let name_part = key.rsplit('/').next().unwrap_or(key);
+    let label_chars = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    let edges_ok = |s: &str| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+    };
+    if key.len() > 253 + 1 + 63
+        || name_part.is_empty()
+        || name_part.len() > 63
+        || !label_chars(name_part)
+        || !edges_ok(name_part)
+        || key.matches('/').count() > 1
+    {
+        return Err(format!("{key:?} is not a label key"));
+    }
+    if value.len() > 63 || !label_chars(value) || (!value.is_empty() && !edges_ok(value)) {
+        return Err(format!("{value:?} is not a label value"));
+    }
+    Ok((key.to_owned(), value.to_owned()))
+}
+
+/// The manifests for `args`, once the pods' manager flags are known to start a manager.
+fn manifests(args: ManifestsArgs) -> anyhow::Result<String> {
+    yurt_core::names::check_dns_label("namespace", &args.namespace)
+        .map_err(|e| anyhow::anyhow!("--namespace: {e}"))?;
+    let options = yurt_manager::install::manifests::Options {
+        image: args.image,
+        image_pull_policy: args.image_pull_policy,
+        namespace: args.namespace,
+        replicas: args.replicas,
+        node_selector: args.node_selector.into_iter().collect(),
+        extra_args: args.manager_flags,
+    };
+    // The pods' command line must be one the manager accepts.
+    let argv = yurt_manager::install::manifests::manager_args(&options);
+    let parsed = <ManagerCheck as clap::Parser>::try_parse_from(
+        std::iter::once("yurt".to_owned()).chain(argv),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "the manager's flags after --: {}",
+            first_line(&e.to_string())
+        )
+    })?;
+    let ManagerCheck::Manager(manager) = parsed;
+    anyhow::ensure!(
+        manager.action.is_none(),
+        "the manager's flags after -- must not name a subcommand"
+    );
+    config(&manager.run).map_err(|e| anyhow::anyhow!("the manager's flags after --: {e}"))?;
+    Ok(yurt_manager::install::manifests::to_yaml(&options))
+}
+
+/// Writes `text` to standard output; a reader that stopped early (`| head`) is no error.
+fn print_stream(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::anyhow!("write to standard output: {e}"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+}
+
+/// Parses the pods' command line as `yurt` would.
+#[derive(Debug, clap::Parser)]
+enum ManagerCheck {
+    Manager(ManagerArgs),
 }
 
 /// Flags of the running manager.
@@ -139,9 +255,16 @@ fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
 
 /// Runs `yurt manager`.
 pub async fn run(args: ManagerArgs) -> anyhow::Result<ExitCode> {
-    if let Some(ManagerAction::Crds) = args.action {
-        print!("{}", yurt_api::crds::to_yaml(&yurt_api::crds::all()));
-        return Ok(ExitCode::SUCCESS);
+    match args.action {
+        Some(ManagerAction::Crds) => {
+            print_stream(&yurt_api::crds::to_yaml(&yurt_api::crds::all()))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(ManagerAction::Manifests(manifest_args)) => {
+            print_stream(&manifests(manifest_args)?)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        None => {}
     }
     let config = config(&args.run)?;
     let client = super::kube_client(args.run.kubeconfig.as_ref()).await?;

@@ -12,6 +12,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::error::{Error, Result};
 use crate::spec::Plan;
+use yurt_manager::install::rbac::Grant;
 
 /// A client from a kubeconfig file.
 ///
@@ -117,26 +118,11 @@ pub async fn register_nodes(client: &kube::Client, plan: &Plan) -> Result<()> {
 
 /// Name of the hubs' ClusterRole, Role and bindings.
 pub const HUB_ROLE: &str = "openyurt:yurthub";
-/// Name of the manager's ClusterRole, Role and bindings.
-pub const MANAGER_ROLE: &str = "openyurt:yurt-manager";
 /// Where the components keep their own objects: the hubs' ConfigMap, the manager's
 /// Secret and Lease (the hub's `--namespace`, the manager's `--working-namespace`).
 pub const SYSTEM_NAMESPACE: &str = "kube-system";
 /// The hubs' settings (yurt-hub `filter/view.rs`, `HUB_CONFIGMAP`).
 const HUB_CONFIGMAP: &str = "yurt-hub-cfg";
-/// The manager's webhook CA and serving certificate (yurt-manager `webhook/certs.rs`).
-const MANAGER_SECRET: &str = "yurt-manager-webhook-certs";
-/// The manager's leader-election Lease (yurt-manager `lib.rs`, `leader.rs`).
-const MANAGER_LEASE: &str = "yurt-manager";
-/// Where the manager's csrapprover writes its Events (core/v1 Events about
-/// cluster-scoped objects, as client-go's recorder does).
-const MANAGER_EVENT_NAMESPACE: &str = "default";
-/// The manager's webhook configurations (yurt-manager `webhook/register.rs`).
-const MANAGER_WEBHOOK_CONFIGURATIONS: [&str; 2] = [
-    "yurt-manager-mutating-webhook-configuration",
-    "yurt-manager-validating-webhook-configuration",
-];
-
 /// What the hubs (group `openyurt:yurthub`) may do cluster-wide beyond what the Node
 /// authorizer grants their node. kubelet, kube-proxy and host-network processes reach
 /// the API server through the hub with its certificate, so this covers them too.
@@ -169,97 +155,6 @@ fn hub_system_rules() -> serde_json::Value {
     ])
 }
 
-/// What yurt manager (user `openyurt:yurt-manager`) may do cluster-wide: exactly the
-/// calls its controllers and webhooks make (the file under yurt-manager/src that makes
-/// each is named beside its rule). Server-side apply authorizes the create of a missing
-/// object with its name, so `resourceNames` confine `create` too where the manager only
-/// applies (CRDs, webhook configurations); a plain POST cannot be confined by name.
-fn manager_cluster_rules() -> serde_json::Value {
-    let crds: Vec<String> = yurt_api::crds::all()
-        .into_iter()
-        .filter_map(|c| c.metadata.name)
-        .collect();
-    serde_json::json!([
-        // webhook/register.rs: server-side apply of our CRDs (NodePool's conversion
-        // webhook) and of our two webhook configurations, nothing else.
-        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "resourceNames": crds, "verbs": ["create", "patch"]},
-        {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"], "resourceNames": MANAGER_WEBHOOK_CONFIGURATIONS, "verbs": ["create", "patch"]},
-        // lib.rs: the node feed (webhooks and every controller); controllers/nodepool.rs
-        // patches node labels, annotations and taints from the pool; webhook/node.rs
-        // reads a Node its view has not caught up with.
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
-        // controllers/nodeconversion: the YurtNodeConversionFailed condition.
-        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
-        // lib.rs: the pod feed; daemonpodupdater.rs and yurtstaticset.rs list a set's
-        // pods; webhook/endpoints.rs gets a pod; podbinding.rs patches tolerations;
-        // yurtstaticset.rs creates and deletes upgrade workers; daemonpodupdater.rs
-        // deletes old pods in an AdvancedRollingUpdate.
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-        // daemonpodupdater.rs, yurtstaticset.rs: the PodNeedUpgrade condition.
-        {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
-        // servicetopology.rs: watches Services, bumps a trigger annotation on their
-        // Endpoints and EndpointSlices.
-        {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
-        {"apiGroups": [""], "resources": ["endpoints"], "verbs": ["patch"]},
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "patch"]},
-        // yurtstaticset.rs: server-side apply of `yurt-static-set-<name>` in the set's
-        // namespace (deleted through its owner reference).
-        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch"]},
-        // daemonpodupdater.rs: DaemonSets and their ControllerRevisions.
-        {"apiGroups": ["apps"], "resources": ["daemonsets", "controllerrevisions"], "verbs": ["list", "watch"]},
-        // yurtappset.rs (YurtAppSet and YurtAppDaemon): one workload per pool.
-        {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["list", "watch", "create", "patch", "delete"]},
-        // lib.rs: the NodePool feed; servicetopology.rs watches pools;
-        // yurtappset.rs, yurtappdaemon.rs, yurtstaticset.rs watch their kinds.
-        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools", "yurtappsets", "yurtappdaemons", "yurtstaticsets"], "verbs": ["list", "watch"]},
-        // nodepool.rs, yurtappset.rs, yurtappdaemon.rs, yurtstaticset.rs: status.
-        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools/status", "yurtappsets/status", "yurtappdaemons/status", "yurtstaticsets/status"], "verbs": ["patch"]},
-        // The workloads and ConfigMaps those write carry blockOwnerDeletion owner
-        // references, which OwnerReferencesPermissionEnforcement checks against this.
-        {"apiGroups": ["apps.openyurt.io"], "resources": ["yurtappsets/finalizers", "yurtappdaemons/finalizers", "yurtstaticsets/finalizers"], "verbs": ["update"]},
-        // controllers/csrapprover.rs: watches CSRs, approves hub and tunnel ones.
-        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["list", "watch"]},
-        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/approval"], "verbs": ["update"]},
-        {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "resourceNames": ["kubernetes.io/kube-apiserver-client", "kubernetes.io/kubelet-serving"], "verbs": ["approve"]},
-    ])
-}
-
-/// What yurt manager may do in `kube-system`: keep its webhook certificate Secret and
-/// its leader Lease, and run the conversion Jobs. `create` cannot be confined by name (a POST carries none), so it
-/// may create Secrets and Leases there but read or change only its own.
-fn manager_system_rules() -> serde_json::Value {
-    serde_json::json!([
-        // webhook/certs.rs: reads the Secret, creates it on first start, replaces an
-        // unusable one.
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
-        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [MANAGER_SECRET], "verbs": ["get", "update"]},
-        // leader.rs: reads, creates and renews (replaces) the Lease.
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [MANAGER_LEASE], "verbs": ["get", "update"]},
-        // controllers/nodeconversion: the servant's Jobs, watched, made, deleted once done.
-        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "delete"]},
-    ])
-}
-
-/// What yurt manager may do in `default`: the csrapprover's Warning Events on requests
-/// it leaves pending, looked up first so each is written once.
-fn manager_event_rules() -> serde_json::Value {
-    serde_json::json!([
-        // controllers/csrapprover.rs: lists the refusal Events of a request, creates one.
-        {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "create"]},
-    ])
-}
-
-/// One identity's rights: a ClusterRole and one Role per namespace, each bound to
-/// `subject` under the same name.
-struct Grant {
-    name: &'static str,
-    subject: serde_json::Value,
-    cluster_rules: serde_json::Value,
-    /// `(namespace, rules)` of each Role.
-    roles: Vec<(&'static str, serde_json::Value)>,
-}
-
 /// Server-side applies `object` (`apiVersion`, `kind`, `metadata.name` set) through `api`.
 async fn apply_object<K>(api: Api<K>, object: serde_json::Value) -> Result<()>
 where
@@ -284,34 +179,32 @@ where
     Ok(())
 }
 
+/// Applies the ClusterRole, Roles and bindings of `grant`.
 async fn apply_grant(client: &kube::Client, grant: Grant) -> Result<()> {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-    use serde_json::json;
-    let (rbac, name, subject) = ("rbac.authorization.k8s.io/v1", grant.name, &grant.subject);
-    let role_ref =
-        |kind: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name});
-    apply_object(
-        Api::<ClusterRole>::all(client.clone()),
-        json!({"apiVersion": rbac, "kind": "ClusterRole", "metadata": {"name": name}, "rules": grant.cluster_rules}),
-    )
-    .await?;
-    apply_object(
-        Api::<ClusterRoleBinding>::all(client.clone()),
-        json!({"apiVersion": rbac, "kind": "ClusterRoleBinding", "metadata": {"name": name}, "roleRef": role_ref("ClusterRole"), "subjects": [subject]}),
-    )
-    .await?;
-    for (ns, rules) in grant.roles {
-        let metadata = json!({"name": name, "namespace": ns});
-        apply_object(
-            Api::<Role>::namespaced(client.clone(), ns),
-            json!({"apiVersion": rbac, "kind": "Role", "metadata": metadata, "rules": rules}),
-        )
-        .await?;
-        apply_object(
-            Api::<RoleBinding>::namespaced(client.clone(), ns),
-            json!({"apiVersion": rbac, "kind": "RoleBinding", "metadata": metadata, "roleRef": role_ref("Role"), "subjects": [subject]}),
-        )
-        .await?;
+    for object in grant.objects() {
+        let namespace = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        match object["kind"].as_str() {
+            Some("ClusterRole") => {
+                apply_object(Api::<ClusterRole>::all(client.clone()), object).await?
+            }
+            Some("ClusterRoleBinding") => {
+                apply_object(Api::<ClusterRoleBinding>::all(client.clone()), object).await?;
+            }
+            Some("Role") => {
+                apply_object(Api::<Role>::namespaced(client.clone(), &namespace), object).await?;
+            }
+            _ => {
+                apply_object(
+                    Api::<RoleBinding>::namespaced(client.clone(), &namespace),
+                    object,
+                )
+                .await?;
+            }
+        }
     }
     Ok(())
 }
@@ -328,10 +221,10 @@ pub async fn apply_hub_rbac(client: &kube::Client) -> Result<()> {
     apply_grant(
         client,
         Grant {
-            name: HUB_ROLE,
+            name: HUB_ROLE.to_owned(),
             subject: serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": crate::pki::HUB_GROUP}),
             cluster_rules: hub_cluster_rules(),
-            roles: vec![(SYSTEM_NAMESPACE, hub_system_rules())],
+            roles: vec![(SYSTEM_NAMESPACE.to_owned(), hub_system_rules())],
         },
     )
     .await
@@ -348,15 +241,10 @@ pub async fn apply_hub_rbac(client: &kube::Client) -> Result<()> {
 pub async fn apply_manager_rbac(client: &kube::Client) -> Result<()> {
     apply_grant(
         client,
-        Grant {
-            name: MANAGER_ROLE,
-            subject: serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::pki::MANAGER_USER}),
-            cluster_rules: manager_cluster_rules(),
-            roles: vec![
-                (SYSTEM_NAMESPACE, manager_system_rules()),
-                (MANAGER_EVENT_NAMESPACE, manager_event_rules()),
-            ],
-        },
+        Grant::manager(
+            serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::pki::MANAGER_USER}),
+            SYSTEM_NAMESPACE,
+        ),
     )
     .await
 }
@@ -371,7 +259,7 @@ pub async fn apply_tunnel_rbac(client: &kube::Client) -> Result<()> {
     apply_grant(
         client,
         Grant {
-            name: "openyurt:yurt-tunnel-server",
+            name: "openyurt:yurt-tunnel-server".to_owned(),
             subject: serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::pki::TUNNEL_SERVER_USER}),
             cluster_rules: serde_json::json!([
                 {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
@@ -394,7 +282,7 @@ pub async fn apply_prometheus_rbac(client: &kube::Client) -> Result<()> {
     apply_grant(
         client,
         Grant {
-            name: "yurt:prometheus",
+            name: "yurt:prometheus".to_owned(),
             subject: serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::pki::PROMETHEUS_USER}),
             cluster_rules: serde_json::json!([
                 {"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"]},
@@ -413,7 +301,7 @@ pub async fn apply_route_controller_rbac(client: &kube::Client) -> Result<()> {
     apply_grant(
         client,
         Grant {
-            name: crate::pki::ROUTE_CONTROLLER_USER,
+            name: crate::pki::ROUTE_CONTROLLER_USER.to_owned(),
             subject: serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::pki::ROUTE_CONTROLLER_USER}),
             cluster_rules: serde_json::json!([
                 {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list"]},
@@ -697,13 +585,7 @@ mod tests {
 
     #[test]
     fn no_rule_uses_a_wildcard() {
-        for set in [
-            hub_cluster_rules(),
-            hub_system_rules(),
-            manager_cluster_rules(),
-            manager_system_rules(),
-            manager_event_rules(),
-        ] {
+        for set in [hub_cluster_rules(), hub_system_rules()] {
             for r in rules(set) {
                 let all = [&r.api_groups, &r.resources, &r.resource_names]
                     .into_iter()
@@ -730,76 +612,5 @@ mod tests {
                 .as_ref()
                 .is_some_and(|u| u.iter().any(|u| u == "/openid/v1/jwks"))
         }));
-    }
-
-    #[test]
-    fn the_manager_keeps_secrets_and_leases_to_its_own_namespace_and_names() {
-        let cluster = rules(manager_cluster_rules());
-        for resource in ["secrets", "leases"] {
-            for group in ["", "coordination.k8s.io"] {
-                assert!(granting(&cluster, group, resource, "get").is_empty());
-                assert!(granting(&cluster, group, resource, "create").is_empty());
-            }
-        }
-        let system = rules(manager_system_rules());
-        for (group, resource, name) in [
-            ("", "secrets", MANAGER_SECRET),
-            ("coordination.k8s.io", "leases", MANAGER_LEASE),
-        ] {
-            for verb in ["get", "update"] {
-                let g = granting(&system, group, resource, verb);
-                assert_eq!(g.len(), 1, "{verb} {resource}");
-                assert_eq!(g[0].resource_names, Some(vec![name.to_owned()]));
-            }
-            assert!(granting(&system, group, resource, "delete").is_empty());
-            assert!(granting(&system, group, resource, "list").is_empty());
-        }
-    }
-
-    #[test]
-    fn the_manager_writes_only_its_own_crds_and_webhook_configurations() {
-        let cluster = rules(manager_cluster_rules());
-        let crds: Vec<String> = yurt_api::crds::all()
-            .into_iter()
-            .filter_map(|c| c.metadata.name)
-            .collect();
-        for verb in ["create", "patch"] {
-            let g = granting(
-                &cluster,
-                "apiextensions.k8s.io",
-                "customresourcedefinitions",
-                verb,
-            );
-            assert_eq!(g.len(), 1);
-            assert_eq!(g[0].resource_names.as_ref(), Some(&crds));
-            for kind in [
-                "mutatingwebhookconfigurations",
-                "validatingwebhookconfigurations",
-            ] {
-                let g = granting(&cluster, "admissionregistration.k8s.io", kind, verb);
-                assert_eq!(g.len(), 1);
-                assert_eq!(g[0].resource_names.as_ref().map(Vec::len), Some(2));
-            }
-        }
-        for verb in ["delete", "update", "get", "list"] {
-            assert!(
-                granting(
-                    &cluster,
-                    "apiextensions.k8s.io",
-                    "customresourcedefinitions",
-                    verb
-                )
-                .is_empty()
-            );
-        }
-        assert!(
-            cluster
-                .iter()
-                .all(|r| r.api_groups.as_ref().is_some_and(|g| !g
-                    .iter()
-                    .any(|g| g == "rbac.authorization.k8s.io"
-                        || g == "raven.openyurt.io"
-                        || g == "network.openyurt.io")))
-        );
     }
 }

@@ -501,8 +501,13 @@ async fn the_agent_reconnects_when_its_connection_is_dropped() {
         ..config
     });
     let node: NodeName = "edge-a1".parse().unwrap();
-    wait_for(|| fleet.agents.get(&node).is_some(), "first connection").await;
-    assert!(state.connected());
+    // The server registers the agent once it has the agent's HTTP/2 preface, which can
+    // be before the agent's own handshake returns and counts the connection: wait for both.
+    wait_for(
+        || fleet.agents.get(&node).is_some() && state.connected(),
+        "first connection, seen by the server and the agent",
+    )
+    .await;
     std::mem::take(&mut *cut.lock().unwrap()).cancel();
     let ok = |m: &AgentMetrics| {
         m.connects
@@ -644,10 +649,18 @@ async fn an_agent_serves_through_every_replica_and_keeps_working_when_one_dies()
         ..fleet.agent_config(fleet.pki.node("edge-a1"), "edge-a1", "127.0.0.1")
     };
     let (state, metrics) = fleet.run_agent(config);
-    wait_for(|| state.connections() == 2, "connections to both replicas").await;
-    assert_eq!(metrics.connected.get(), 2);
     let node: NodeName = "edge-a1".parse().unwrap();
-    assert!(second_agents.get(&node).is_some());
+    // Each end counts the connection after its own handshake: wait for both ends.
+    wait_for(
+        || {
+            state.connections() == 2
+                && fleet.agents.get(&node).is_some()
+                && second_agents.get(&node).is_some()
+        },
+        "connections to both replicas",
+    )
+    .await;
+    assert_eq!(metrics.connected.get(), 2);
     let backend = echo().await;
     let echo_through = |socket: PathBuf| async move {
         let (status, mut stream) = connect_on(&socket, &backend.to_string()).await;

@@ -1,0 +1,310 @@
+//! The manager's rights: exactly the calls its controllers and webhooks make (the file
+//! under yurt-manager/src that makes each is named beside its rule), as one ClusterRole
+//! and a Role in each namespace it writes to, all named [`ROLE_NAME`].
+
+use serde_json::{Value, json};
+
+use crate::webhook::certs::SECRET_NAME;
+use crate::webhook::register::{MUTATING, VALIDATING};
+
+/// Name of the manager's ClusterRole, Roles and their bindings.
+pub const ROLE_NAME: &str = "openyurt:yurt-manager";
+/// The leader-election Lease, in the working namespace (`leader.rs`).
+pub const LEASE_NAME: &str = "yurt-manager";
+/// Where the csrapprover writes its Events (core/v1 Events about cluster-scoped
+/// objects go to `default`, as client-go's recorder does).
+pub const EVENT_NAMESPACE: &str = "default";
+
+const RBAC_API: &str = "rbac.authorization.k8s.io/v1";
+
+/// What the manager may do cluster-wide. Server-side apply authorizes the create of a
+/// missing object with its name, so `resourceNames` confine `create` too where the
+/// manager only applies (CRDs, webhook configurations); a plain POST cannot be confined
+/// by name.
+pub fn cluster_rules() -> Value {
+    let crds: Vec<String> = yurt_api::crds::all()
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    json!([
+        // webhook/register.rs: server-side apply of our CRDs (NodePool's conversion
+        // webhook) and of our two webhook configurations, nothing else.
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "resourceNames": crds, "verbs": ["create", "patch"]},
+        {"apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations", "validatingwebhookconfigurations"], "resourceNames": [MUTATING, VALIDATING], "verbs": ["create", "patch"]},
+        // lib.rs: the node feed (webhooks and every controller); controllers/nodepool.rs
+        // patches node labels, annotations and taints from the pool; webhook/node.rs
+        // reads a Node its view has not caught up with.
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+        // controllers/nodeconversion: the YurtNodeConversionFailed condition.
+        {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+        // lib.rs: the pod feed; daemonpodupdater.rs and yurtstaticset.rs list a set's
+        // pods; webhook/endpoints.rs gets a pod; podbinding.rs patches tolerations;
+        // yurtstaticset.rs creates and deletes upgrade workers; daemonpodupdater.rs
+        // deletes old pods in an AdvancedRollingUpdate.
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        // daemonpodupdater.rs, yurtstaticset.rs: the PodNeedUpgrade condition.
+        {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
+        // servicetopology.rs: watches Services, bumps a trigger annotation on their
+        // Endpoints and EndpointSlices.
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["list", "watch"]},
+        {"apiGroups": [""], "resources": ["endpoints"], "verbs": ["patch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "patch"]},
+        // yurtstaticset.rs: server-side apply of `yurt-static-set-<name>` in the set's
+        // namespace (deleted through its owner reference).
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create", "patch"]},
+        // daemonpodupdater.rs: DaemonSets and their ControllerRevisions.
+        {"apiGroups": ["apps"], "resources": ["daemonsets", "controllerrevisions"], "verbs": ["list", "watch"]},
+        // yurtappset.rs (YurtAppSet and YurtAppDaemon): one workload per pool.
+        {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["list", "watch", "create", "patch", "delete"]},
+        // lib.rs: the NodePool feed; servicetopology.rs watches pools;
+        // yurtappset.rs, yurtappdaemon.rs, yurtstaticset.rs watch their kinds.
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools", "yurtappsets", "yurtappdaemons", "yurtstaticsets"], "verbs": ["list", "watch"]},
+        // nodepool.rs, yurtappset.rs, yurtappdaemon.rs, yurtstaticset.rs: status.
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools/status", "yurtappsets/status", "yurtappdaemons/status", "yurtstaticsets/status"], "verbs": ["patch"]},
+        // The workloads and ConfigMaps those write carry blockOwnerDeletion owner
+        // references, which OwnerReferencesPermissionEnforcement checks against this.
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["yurtappsets/finalizers", "yurtappdaemons/finalizers", "yurtstaticsets/finalizers"], "verbs": ["update"]},
+        // controllers/csrapprover.rs: watches CSRs, approves hub and tunnel ones.
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/approval"], "verbs": ["update"]},
+        {"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "resourceNames": ["kubernetes.io/kube-apiserver-client", "kubernetes.io/kubelet-serving"], "verbs": ["approve"]},
+    ])
+}
+
+/// What the manager may do in its working namespace: keep its webhook certificate
+/// Secret and its leader Lease, and run the conversion Jobs. `create` cannot be
+/// confined by name (a POST carries none), so it may create Secrets and Leases there but
+/// read or change only its own.
+pub fn working_namespace_rules() -> Value {
+    json!([
+        // webhook/certs.rs: reads the Secret, creates it on first start, replaces an
+        // unusable one.
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [SECRET_NAME], "verbs": ["get", "update"]},
+        // leader.rs: reads, creates and renews (replaces) the Lease.
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [LEASE_NAME], "verbs": ["get", "update"]},
+        // controllers/nodeconversion: the servant's Jobs, watched, made, deleted once done.
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "delete"]},
+    ])
+}
+
+/// What the manager may do in [`EVENT_NAMESPACE`]: the csrapprover's Warning Events on
+/// requests it leaves pending, looked up first so each is written once.
+pub fn event_rules() -> Value {
+    json!([
+        // controllers/csrapprover.rs: lists the refusal Events of a request, creates one.
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "create"]},
+    ])
+}
+
+/// One identity's rights: a ClusterRole and one Role per namespace, each bound to
+/// `subject` under the same name.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// Name of the ClusterRole, the Roles and every binding.
+    pub name: String,
+    /// The RBAC subject (`{"kind": "User", ...}`, a Group or a ServiceAccount).
+    pub subject: Value,
+    /// The ClusterRole's rules.
+    pub cluster_rules: Value,
+    /// `(namespace, rules)` of each Role.
+    pub roles: Vec<(String, Value)>,
+}
+
+impl Grant {
+    /// The manager's rights, bound to `subject`, its Role for the working namespace in
+    /// `namespace`.
+    pub fn manager(subject: Value, namespace: &str) -> Self {
+        let mut roles = vec![(namespace.to_owned(), working_namespace_rules())];
+        if namespace == EVENT_NAMESPACE {
+            // One Role per name and namespace: the event rules join the working ones.
+            if let (Some(rules), Some(events)) =
+                (roles[0].1.as_array_mut(), event_rules().as_array())
+            {
+                rules.extend(events.iter().cloned());
+            }
+        } else {
+            roles.push((EVENT_NAMESPACE.to_owned(), event_rules()));
+        }
+        Self {
+            name: ROLE_NAME.to_owned(),
+            subject,
+            cluster_rules: cluster_rules(),
+            roles,
+        }
+    }
+
+    /// The ClusterRole and its binding, then each Role and its binding, as objects for
+    /// server-side apply or `kubectl apply`.
+    pub fn objects(&self) -> Vec<Value> {
+        let name = &self.name;
+        let role_ref = |kind: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name});
+        let mut objects = vec![
+            json!({"apiVersion": RBAC_API, "kind": "ClusterRole", "metadata": {"name": name}, "rules": self.cluster_rules}),
+            json!({"apiVersion": RBAC_API, "kind": "ClusterRoleBinding", "metadata": {"name": name}, "roleRef": role_ref("ClusterRole"), "subjects": [self.subject]}),
+        ];
+        for (namespace, rules) in &self.roles {
+            let metadata = json!({"name": name, "namespace": namespace});
+            objects.push(json!({"apiVersion": RBAC_API, "kind": "Role", "metadata": metadata, "rules": rules}));
+            objects.push(json!({"apiVersion": RBAC_API, "kind": "RoleBinding", "metadata": metadata, "roleRef": role_ref("Role"), "subjects": [self.subject]}));
+        }
+        objects
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::rbac::v1::PolicyRule;
+
+    fn rules(v: Value) -> Vec<PolicyRule> {
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// The rules that grant `verb` on `group`/`resource`, whatever their names.
+    fn granting<'a>(
+        rules: &'a [PolicyRule],
+        group: &str,
+        resource: &str,
+        verb: &str,
+    ) -> Vec<&'a PolicyRule> {
+        let has = |v: &Option<Vec<String>>, x: &str| {
+            v.as_ref()
+                .is_some_and(|v| v.iter().any(|s| s == x || s == "*"))
+        };
+        rules
+            .iter()
+            .filter(|r| has(&r.api_groups, group) && has(&r.resources, resource))
+            .filter(|r| r.verbs.iter().any(|v| v == verb || v == "*"))
+            .collect()
+    }
+
+    #[test]
+    fn no_rule_uses_a_wildcard() {
+        for set in [cluster_rules(), working_namespace_rules(), event_rules()] {
+            for r in rules(set) {
+                let all = [&r.api_groups, &r.resources, &r.resource_names]
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .chain(&r.verbs);
+                assert!(all.clone().all(|s| s != "*"), "wildcard in {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_manager_keeps_secrets_and_leases_to_its_own_namespace_and_names() {
+        let cluster = rules(cluster_rules());
+        for resource in ["secrets", "leases"] {
+            for group in ["", "coordination.k8s.io"] {
+                assert!(granting(&cluster, group, resource, "get").is_empty());
+                assert!(granting(&cluster, group, resource, "create").is_empty());
+            }
+        }
+        let system = rules(working_namespace_rules());
+        for (group, resource, name) in [
+            ("", "secrets", SECRET_NAME),
+            ("coordination.k8s.io", "leases", LEASE_NAME),
+        ] {
+            for verb in ["get", "update"] {
+                let g = granting(&system, group, resource, verb);
+                assert_eq!(g.len(), 1, "{verb} {resource}");
+                assert_eq!(g[0].resource_names, Some(vec![name.to_owned()]));
+            }
+            assert!(granting(&system, group, resource, "delete").is_empty());
+            assert!(granting(&system, group, resource, "list").is_empty());
+        }
+    }
+
+    #[test]
+    fn the_manager_writes_only_its_own_crds_and_webhook_configurations() {
+        let cluster = rules(cluster_rules());
+        let crds: Vec<String> = yurt_api::crds::all()
+            .into_iter()
+            .filter_map(|c| c.metadata.name)
+            .collect();
+        for verb in ["create", "patch"] {
+            let g = granting(
+                &cluster,
+                "apiextensions.k8s.io",
+                "customresourcedefinitions",
+                verb,
+            );
+            assert_eq!(g.len(), 1);
+            assert_eq!(g[0].resource_names.as_ref(), Some(&crds));
+            for kind in [
+                "mutatingwebhookconfigurations",
+                "validatingwebhookconfigurations",
+            ] {
+                let g = granting(&cluster, "admissionregistration.k8s.io", kind, verb);
+                assert_eq!(g.len(), 1);
+                assert_eq!(g[0].resource_names.as_ref().map(Vec::len), Some(2));
+            }
+        }
+        for verb in ["delete", "update", "get", "list"] {
+            assert!(
+                granting(
+                    &cluster,
+                    "apiextensions.k8s.io",
+                    "customresourcedefinitions",
+                    verb
+                )
+                .is_empty()
+            );
+        }
+        assert!(
+            cluster
+                .iter()
+                .all(|r| r.api_groups.as_ref().is_some_and(|g| !g
+                    .iter()
+                    .any(|g| g == "rbac.authorization.k8s.io"
+                        || g == "raven.openyurt.io"
+                        || g == "network.openyurt.io")))
+        );
+    }
+
+    #[test]
+    fn a_grant_binds_each_role_to_its_subject_in_its_namespace() {
+        use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+        let subject = json!({"kind": "ServiceAccount", "name": "yurt-manager", "namespace": "openyurt-system"});
+        let objects = Grant::manager(subject.clone(), "openyurt-system").objects();
+        let kinds: Vec<&str> = objects
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+                "Role",
+                "RoleBinding"
+            ]
+        );
+        let _: ClusterRole = serde_json::from_value(objects[0].clone()).unwrap();
+        let binding: ClusterRoleBinding = serde_json::from_value(objects[1].clone()).unwrap();
+        assert_eq!(binding.role_ref.name, ROLE_NAME);
+        let subjects = binding.subjects.unwrap();
+        assert_eq!(subjects[0].kind, "ServiceAccount");
+        assert_eq!(subjects[0].namespace.as_deref(), Some("openyurt-system"));
+        let working: Role = serde_json::from_value(objects[2].clone()).unwrap();
+        assert_eq!(
+            working.metadata.namespace.as_deref(),
+            Some("openyurt-system")
+        );
+        let events: RoleBinding = serde_json::from_value(objects[5].clone()).unwrap();
+        assert_eq!(events.metadata.namespace.as_deref(), Some(EVENT_NAMESPACE));
+        assert_eq!(events.role_ref.kind, "Role");
+
+        // Working in `default`: one Role there holds both sets of rules.
+        let objects = Grant::manager(subject, EVENT_NAMESPACE).objects();
+        assert_eq!(objects.len(), 4);
+        let both = rules(objects[2]["rules"].clone());
+        assert!(!granting(&both, "", "events", "create").is_empty());
+        assert!(!granting(&both, "batch", "jobs", "create").is_empty());
+    }
+}
