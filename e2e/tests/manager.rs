@@ -947,3 +947,67 @@ async fn only_the_node_and_the_manager_change_is_edge_worker() -> anyhow::Result
     }))
     .await
 }
+
+/// What `yurt manager manifests` prints is what a user pipes into `kubectl apply`: the
+/// API server 1.20 accepts every object (a server-side dry run validates, defaults and
+/// admits each, and stores nothing), and the ClusterRole it grants the pods' service
+/// account has the rules `yurt up` grants the manager it runs on the cloud host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manager_manifests_are_accepted_by_the_api_server() -> anyhow::Result<()> {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
+    within(async {
+        let f = shared().await?;
+        let manifests = f.yurt(&[
+            "manager",
+            "manifests",
+            "--image",
+            "yurt.local/yurt:e2e",
+            "--node-selector",
+            "kubernetes.io/hostname=edge-a1",
+        ])?;
+        let out = f.kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &manifests)?;
+        let documents: Vec<Value> = manifests
+            .split("---\n")
+            .filter(|d| !d.trim().is_empty())
+            .map(serde_yaml::from_str)
+            .collect::<Result<_, _>>()?;
+        let lines: Vec<&str> = out.lines().collect();
+        ensure!(
+            lines.len() == documents.len()
+                && lines.iter().all(|l| l.ends_with("(server dry run)")),
+            "one dry-run line per object ({} objects):\n{out}",
+            documents.len()
+        );
+        for want in [
+            "customresourcedefinition.apiextensions.k8s.io/nodepools.apps.openyurt.io",
+            "serviceaccount/yurt-manager",
+            "clusterrolebinding.rbac.authorization.k8s.io/openyurt:yurt-manager",
+            "service/yurt-manager-webhook-service",
+            "deployment.apps/yurt-manager",
+        ] {
+            ensure!(out.contains(want), "{want} missing:\n{out}");
+        }
+        // Nothing was stored.
+        ensure!(
+            f.kubectl(&["get", "serviceaccount", "yurt-manager", "-n", "kube-system"])
+                .is_err(),
+            "the dry run created the service account"
+        );
+        let printed = documents
+            .iter()
+            .find(|d| d["kind"] == "ClusterRole")
+            .context("no ClusterRole printed")?;
+        let printed: Vec<PolicyRule> = serde_json::from_value(printed["rules"].clone())?;
+        let granted = Api::<ClusterRole>::all(f.client())
+            .get("openyurt:yurt-manager")
+            .await?
+            .rules
+            .unwrap_or_default();
+        ensure!(
+            printed == granted,
+            "printed {printed:?}\nthe fleet's {granted:?}"
+        );
+        Ok(())
+    })
+    .await
+}
