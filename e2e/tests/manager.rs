@@ -973,8 +973,7 @@ async fn the_manager_manifests_are_accepted_by_the_api_server() -> anyhow::Resul
             .collect::<Result<_, _>>()?;
         let lines: Vec<&str> = out.lines().collect();
         ensure!(
-            lines.len() == documents.len()
-                && lines.iter().all(|l| l.ends_with("(server dry run)")),
+            lines.len() == documents.len() && lines.iter().all(|l| l.ends_with("(server dry run)")),
             "one dry-run line per object ({} objects):\n{out}",
             documents.len()
         );

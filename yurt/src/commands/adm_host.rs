@@ -213,8 +213,14 @@ pub async fn node_servant(args: NodeServantArgs) -> anyhow::Result<ExitCode> {
             (Ok(ns), Ok(name)) if !ns.is_empty() && !name.is_empty() => Some((ns, name)),
             _ => None,
         },
+        interrupt: tokio_util::sync::CancellationToken::new(),
     };
     let host = host()?;
+    // SIGTERM (the Job's deadline, its pod deleted) stops the run: a convert restores
+    // the host before the servant exits.
+    tokio::spawn(yurt_core::shutdown::cancel_on_signal(
+        options.interrupt.clone(),
+    ));
     let runtime = Runtime::new(&host.facts.container_runtime_endpoint);
     let word = if convert { "convert" } else { "revert" };
     let progress = |step: &str| eprintln!("[{word}] {step}");

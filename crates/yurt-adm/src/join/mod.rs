@@ -16,7 +16,7 @@
 
 mod files;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::time::{Duration, Instant};
 

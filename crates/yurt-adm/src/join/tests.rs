@@ -7,7 +7,7 @@ use super::files::{HostFiles, KubeletApi};
 use super::*;
 use crate::discovery::{CaVerification, ClusterInfo, Discovery};
 
-fn facts() -> HostFacts {
+pub(crate) fn facts() -> HostFacts {
     HostFacts {
         name: "edge-x".into(),
         address: "10.20.0.100".parse().unwrap(),

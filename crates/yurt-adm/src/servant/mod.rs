@@ -25,6 +25,7 @@ mod tests;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
 use yurt_core::host::ServiceRequest;
 use yurt_core::{NodeName, PoolName};
 
@@ -64,6 +65,9 @@ pub enum ServantError {
         /// Why.
         reason: String,
     },
+    /// The run was told to stop (SIGTERM: the Job's deadline, or its pod deleted).
+    #[error("interrupted (SIGTERM) before it finished")]
+    Interrupted,
     /// A convert failed and the host was restored to a plain node.
     #[error(
         "{cause}; the host was restored: kubelet and kube-proxy talk to the API server directly again and the hub is gone"
@@ -105,6 +109,10 @@ pub struct ServantOptions {
     pub container_stop_timeout: Duration,
     /// A pod whose containers are not restarted (`namespace/name`: the servant's own).
     pub own_pod: Option<(String, String)>,
+    /// Cancelled to stop the run (on SIGTERM): a convert then restores the host (bounded
+    /// by [`RESTORE_TIMEOUT`], which the Job's grace period covers), a revert stops where
+    /// it is and its record lets the next run finish it.
+    pub interrupt: CancellationToken,
 }
 
 /// What a run did.
@@ -151,23 +159,28 @@ pub async fn convert<H: Host + Sync>(
         pool: options.pool.clone(),
         node_type: NodeType::Edge,
     };
-    match turn(
-        host,
-        runtime,
-        options,
-        &role,
-        Direction::Convert,
-        &server,
-        deadline,
-        progress,
+    let turned = until_interrupted(
+        &options.interrupt,
+        turn(
+            host,
+            runtime,
+            options,
+            &role,
+            Direction::Convert,
+            &server,
+            deadline,
+            progress,
+        ),
     )
-    .await
-    {
+    .await;
+    match turned {
         Ok(done) => Ok(done),
         Err(cause) => {
             progress("convert failed: restoring the host to a plain node");
             let restore_options = ServantOptions {
                 timeout: RESTORE_TIMEOUT,
+                // The restore runs to its end (or its timeout) whatever the signal.
+                interrupt: CancellationToken::new(),
                 ..options.clone()
             };
             // Only what convert changed: a convert that failed before kubelet moved
@@ -214,17 +227,33 @@ pub async fn revert<H: Host + Sync>(
         pool: None,
         node_type: NodeType::Plain,
     };
-    turn(
-        host,
-        runtime,
-        options,
-        &role,
-        Direction::Revert,
-        &server,
-        deadline,
-        progress,
+    until_interrupted(
+        &options.interrupt,
+        turn(
+            host,
+            runtime,
+            options,
+            &role,
+            Direction::Revert,
+            &server,
+            deadline,
+            progress,
+        ),
     )
     .await
+}
+
+/// `run`'s result, or [`ServantError::Interrupted`] once `interrupt` is cancelled (`run`
+/// is dropped at its next await: every file it writes is written whole, and its record
+/// says what a later run has to redo).
+async fn until_interrupted(
+    interrupt: &CancellationToken,
+    run: impl std::future::Future<Output = Result<Done, ServantError>>,
+) -> Result<Done, ServantError> {
+    tokio::select! {
+        done = run => done,
+        () = interrupt.cancelled() => Err(ServantError::Interrupted),
+    }
 }
 
 /// The host must be a joined node of this name whose kubelet has a kubeconfig of its

@@ -113,3 +113,84 @@ fn a_runtime_endpoint_names_its_socket() {
         format!("{:?}", Runtime::new("/run/containerd/containerd.sock"))
     );
 }
+
+/// A host whose service manager only records what it is asked.
+struct RecordingHost {
+    files: HostFiles,
+    facts: yurt_core::host::HostFacts,
+    asked: std::sync::Mutex<Vec<ServiceRequest>>,
+}
+
+impl Host for RecordingHost {
+    fn files(&self) -> &HostFiles {
+        &self.files
+    }
+
+    fn facts(&self) -> &yurt_core::host::HostFacts {
+        &self.facts
+    }
+
+    async fn request(&self, request: ServiceRequest) -> Result<(), String> {
+        self.asked.lock().unwrap().push(request);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_convert_restores_the_host_before_it_reports() {
+    // Nothing answers as the hub here: the convert waits for its readiness until told
+    // to stop, as a servant does when its Job's deadline passes.
+    let (_dir, files) = joined_host("system:node:edge-z", true, Some("https://127.0.0.1:1"));
+    std::fs::write(
+        files.kubelet_kubeconfig(),
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: default\n  cluster:\n    server: https://127.0.0.1:1\ncontexts:\n- name: default\n  context:\n    cluster: default\n    user: default\ncurrent-context: default\nusers:\n- name: default\n  user: {}\n",
+    )
+    .unwrap();
+    let kubelet_unit = std::fs::read(files.unit("kubelet")).unwrap();
+    let host = RecordingHost {
+        files,
+        facts: crate::join::tests::facts(),
+        asked: std::sync::Mutex::default(),
+    };
+    let options = ServantOptions {
+        node: "edge-z".parse().unwrap(),
+        pool: Some("pool-a".parse().unwrap()),
+        timeout: Duration::from_secs(600),
+        container_stop_timeout: Duration::from_secs(1),
+        own_pod: None,
+        interrupt: CancellationToken::new(),
+    };
+    let interrupt = options.interrupt.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        interrupt.cancel();
+    });
+    let runtime = Runtime::new("unix:///nonexistent/containerd.sock");
+    let err = tokio::time::timeout(
+        Duration::from_secs(60),
+        convert(&host, &runtime, &options, &|_| {}),
+    )
+    .await
+    .expect("the interrupt ends the convert, not its ten-minute timeout")
+    .unwrap_err();
+    assert!(
+        matches!(&err, ServantError::Restored { cause } if matches!(**cause, ServantError::Interrupted)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("interrupted (SIGTERM)"), "{err}");
+    // The hub it started is stopped and its files are gone; kubelet never moved.
+    assert_eq!(
+        *host.asked.lock().unwrap(),
+        [
+            ServiceRequest::RestartNoBlock("yurt-hub".into()),
+            ServiceRequest::Stop("yurt-hub".into()),
+        ]
+    );
+    assert!(!host.files.unit("yurt-hub").exists());
+    assert!(!host.files.yurthub().exists());
+    assert_eq!(
+        std::fs::read(host.files.unit("kubelet")).unwrap(),
+        kubelet_unit
+    );
+    assert_eq!(read_state(&host.files), None);
+}

@@ -27,7 +27,9 @@
 //!   revert cleanly, OpenYurt #609).
 //! - Beyond upstream: one retry-free Job whose deadline is the servant's timeout
 //!   (`--node-conversion-timeout`) plus two minutes, and a servant that restores a host
-//!   it failed to convert.
+//!   it failed to convert. The Job of a Node deleted meanwhile (a host reset or removed
+//!   mid-conversion) is deleted too ([`ORPHAN_SWEEP`]): no later node of that name
+//!   inherits a stale "job already exists".
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -72,6 +74,63 @@ const HOST_ROOT: &str = "/openyurt";
 /// failed convert (two minutes, `yurt_adm::servant::RESTORE_TIMEOUT`) and a minute for
 /// the pod to start.
 const JOB_SLACK: Duration = Duration::from_secs(180);
+/// How long the servant has between SIGTERM (the Job's deadline, its pod deleted) and
+/// SIGKILL: an interrupted convert restores the host first (at most two minutes,
+/// `yurt_adm::servant::RESTORE_TIMEOUT`), plus half a minute.
+pub const SERVANT_GRACE: Duration = Duration::from_secs(150);
+
+/// How often Jobs whose Node is gone are looked for (a deleted Node reconciles nothing,
+/// so its Job's end would not either).
+pub const ORPHAN_SWEEP: Duration = Duration::from_secs(30);
+
+/// The node a conversion Job is for: its annotation, else its label (a short name).
+pub fn job_node(job: &Job) -> Option<&str> {
+    job.annotations()
+        .get(CONVERSION_NODE_NAME)
+        .or_else(|| job.labels().get(CONVERSION_NODE))
+        .map(String::as_str)
+}
+
+/// The Jobs among `jobs` whose node does not exist (by `node_exists`).
+pub fn orphaned(jobs: &[Arc<Job>], node_exists: impl Fn(&str) -> bool) -> Vec<&Arc<Job>> {
+    jobs.iter()
+        .filter(|job| job_node(job).is_some_and(|node| !node_exists(node)))
+        .collect()
+}
+
+/// Deletes, every [`ORPHAN_SWEEP`], the conversion Jobs whose Node is gone, once both
+/// stores hold a full list.
+async fn sweep_orphans(
+    client: kube::Client,
+    jobs: Store<Job>,
+    nodes: Store<Node>,
+    shutdown: CancellationToken,
+) {
+    let api: Api<Job> = Api::namespaced(client, NAMESPACE);
+    let mut every = tokio::time::interval(ORPHAN_SWEEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if jobs.wait_until_ready().await.is_err() || nodes.wait_until_ready().await.is_err() {
+            return;
+        }
+        let all = jobs.state();
+        for job in orphaned(&all, |n| nodes.get(&ObjectRef::new(n)).is_some()) {
+            let node = job_node(job).unwrap_or_default();
+            match delete_job(&api, job).await {
+                Ok(()) => {
+                    tracing::info!(%node, job = %job.name_any(), "deleted the conversion Job of a deleted node");
+                }
+                Err(e) => {
+                    tracing::warn!(%node, job = %job.name_any(), error = %e, "deleting the conversion Job of a deleted node failed; trying again later");
+                }
+            }
+        }
+    }
+}
 
 /// What a node's labels ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,7 +297,7 @@ pub fn job(
                     "automountServiceAccountToken": false,
                     // The node is cordoned and may be tainted: the servant runs anyway.
                     "tolerations": [{"operator": "Exists"}],
-                    "terminationGracePeriodSeconds": 5,
+                    "terminationGracePeriodSeconds": SERVANT_GRACE.as_secs(),
                     "containers": [{
                         "name": "node-servant",
                         "image": image,
@@ -557,6 +616,12 @@ pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
         watcher(jobs_api, watcher::Config::default().labels(CONVERSION_NODE)),
     )
     .touched_objects();
+    tokio::spawn(sweep_orphans(
+        inputs.client.clone(),
+        job_store.clone(),
+        inputs.nodes.store(),
+        shutdown.clone(),
+    ));
     let ctx = Arc::new(Ctx {
         client: inputs.client,
         pools: inputs.pools.store(),
@@ -567,12 +632,7 @@ pub async fn run(inputs: super::Inputs, shutdown: CancellationToken) {
     });
     Controller::for_stream(inputs.nodes.objects(), inputs.nodes.store())
         .graceful_shutdown_on(shutdown.cancelled_owned())
-        .watches_stream(job_events, |job: Job| {
-            job.annotations()
-                .get(CONVERSION_NODE_NAME)
-                .or_else(|| job.labels().get(CONVERSION_NODE))
-                .map(|n| ObjectRef::new(n))
-        })
+        .watches_stream(job_events, |job: Job| job_node(&job).map(ObjectRef::new))
         .watches_stream(inputs.pools.objects(), {
             let nodes = inputs.nodes.store();
             move |pool: NodePool| {

@@ -102,6 +102,8 @@ fn the_job_runs_the_hosts_servant_pinned_privileged_and_bounded() {
     assert_eq!(pod.node_name.as_deref(), Some("edge-z"));
     assert_eq!((pod.host_network, pod.host_pid), (Some(true), Some(true)));
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    // An interrupted convert has time to restore the host.
+    assert_eq!(pod.termination_grace_period_seconds, Some(150));
     let c = &pod.containers[0];
     assert_eq!(
         c.command.as_ref().unwrap().join(" "),
@@ -247,4 +249,36 @@ fn a_failure_outlives_its_job_in_the_nodes_condition() {
         .unwrap(),
     );
     assert_eq!(failed_by_condition(&n), None);
+}
+
+#[test]
+fn only_jobs_whose_node_is_gone_are_orphans() {
+    let mut short = job_with(json!([]));
+    short.metadata.labels = Some(BTreeMap::from([(
+        CONVERSION_NODE.to_owned(),
+        "edge-a1".to_owned(),
+    )]));
+    let mut long = job_with(json!([]));
+    let long_name = "a-node-name-too-long-for-a-label-value-".repeat(3);
+    long.metadata.labels = Some(BTreeMap::from([(
+        CONVERSION_NODE.to_owned(),
+        node_label(&long_name),
+    )]));
+    long.metadata.annotations = Some(BTreeMap::from([(
+        CONVERSION_NODE_NAME.to_owned(),
+        long_name.clone(),
+    )]));
+    let unlabelled = job_with(json!([]));
+    let jobs = vec![Arc::new(short), Arc::new(long), Arc::new(unlabelled)];
+
+    assert!(orphaned(&jobs, |_| true).is_empty());
+    let gone = orphaned(&jobs, |n| n != "edge-a1");
+    assert_eq!(gone.len(), 1);
+    assert_eq!(job_node(gone[0]), Some("edge-a1"));
+    // A long name is looked up in full, not by its hashed label.
+    let gone = orphaned(&jobs, |n| n != long_name);
+    assert_eq!(gone.len(), 1);
+    assert_eq!(job_node(gone[0]), Some(long_name.as_str()));
+    // A Job naming no node is not ours to judge.
+    assert_eq!(orphaned(&jobs, |_| false).len(), 2);
 }
