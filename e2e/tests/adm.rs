@@ -765,3 +765,84 @@ async fn a_node_registered_without_a_pod_cidr_gets_a_free_one() -> anyhow::Resul
     })
     .await
 }
+
+/// The hosts' service managers (which start, stop and restart kubelet and the hub for
+/// `yurt adm` and the node servant) are for root on the machine and the processes it
+/// runs on a host, not for pods: the socket is a file of mode 0600 outside every
+/// container's filesystem, so an ordinary pod on the node finds no such file anywhere,
+/// nor the host's `/run/yurt-host` links, while the socket serves all along. Only a
+/// privileged pod that mounts the host's `/` (the conversion Job) reaches it, and such a
+/// pod is root on the node anyway.
+#[tokio::test]
+async fn an_ordinary_pod_cannot_reach_its_hosts_service_manager() -> anyhow::Result<()> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    const NODE: &str = "edge-a1";
+    const NS: &str = "e2e-service-manager";
+    within(async {
+        let f = shared().await?;
+        let _served = f.serve_service_managers()?;
+        let socket = f
+            .fleet()
+            .paths()
+            .host(&yurt_cluster::spec::HostId::Edge(NODE.parse()?))
+            .root()
+            .join(yurt_core::host::PERSISTENT_SOCKET);
+        wait_for("the service manager's socket", WAIT, || async {
+            Ok(std::fs::metadata(&socket)
+                .is_ok_and(|m| m.file_type().is_socket())
+                .then_some(()))
+        })
+        .await?;
+        let mode = std::fs::metadata(&socket)?.permissions().mode();
+        ensure!(mode & 0o077 == 0, "socket mode {mode:o}: only its owner may open it");
+        // The test can fail: the socket serves (a malformed request gets an answer).
+        let answer = {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let mut conn = tokio::net::UnixStream::connect(&socket).await?;
+            conn.write_all(b"no such request\n").await?;
+            let mut answer = String::new();
+            tokio::time::timeout(WAIT, conn.read_to_string(&mut answer)).await??;
+            answer
+        };
+        ensure!(!answer.is_empty(), "the service manager answers");
+
+        f.fresh_namespace(NS)?;
+        let machine_path = socket.display().to_string();
+        let script = format!(
+            "for p in {machine_path} /run/yurt-host /run/yurt-host/dir/{sock} /run/yurt-host/yurt; do \
+               if [ -e \"$p\" ]; then echo \"PRESENT $p\"; else echo \"absent $p\"; fi; \
+             done; \
+             find / -xdev -name '{sock}' 2>/dev/null | sed 's/^/FOUND /'; \
+             echo END",
+            sock = yurt_core::host::PERSISTENT_SOCKET,
+        );
+        f.apply(&serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "looker", "namespace": NS},
+            "spec": {
+                "nodeName": NODE,
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "looker",
+                    "image": yurt_cluster::image::BUSYBOX_IMAGE,
+                    "command": ["sh", "-c", script],
+                }],
+            },
+        }))?;
+        let log = wait_for("the pod's findings", Duration::from_secs(120), || async {
+            let log = f.kubectl(&["logs", "-n", NS, "looker"]).unwrap_or_default();
+            Ok(log.contains("END").then_some(log))
+        })
+        .await?;
+        println!("{log}");
+        ensure!(
+            log.lines().filter(|l| l.starts_with("absent ")).count() == 4
+                && !log.contains("PRESENT")
+                && !log.contains("FOUND"),
+            "an ordinary pod sees the service manager or the host's links:\n{log}"
+        );
+        f.kubectl(&["delete", "namespace", NS, "--wait=false"])?;
+        Ok(())
+    })
+    .await
+}

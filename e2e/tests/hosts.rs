@@ -1235,7 +1235,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         // Through the pool label: the manager's conversion Job runs the host's servant
         // from a pod, which reaches the host's service manager (served here without a
         // supervisor, so a crash still fails the test).
-        let _service_manager = ServiceManager::start(&f)?;
+        let _service_manager = f.serve_service_managers()?;
         let nodes: Api<Node> = Api::all(f.client());
         let before = env_of(&f, "edge-z", "env", &ip).await?.0;
         let out = f.yurt(&[
@@ -1472,28 +1472,4 @@ fn kill_servant() -> anyhow::Result<usize> {
         }
     }
     Ok(killed)
-}
-
-/// `yurt fleet service-manager` for a test fleet (which nothing supervises), stopped
-/// when dropped.
-struct ServiceManager(std::process::Child);
-
-impl ServiceManager {
-    fn start(f: &TestFleet) -> anyhow::Result<Self> {
-        let child = std::process::Command::new(&yurt_testkit::machine().yurt_binary)
-            .arg("--data-dir")
-            .arg(f.dir())
-            .args(["fleet", "service-manager"])
-            .stdout(std::fs::File::create(f.dir().join("service-manager.out"))?)
-            .stderr(std::fs::File::create(f.dir().join("service-manager.err"))?)
-            .spawn()?;
-        Ok(Self(child))
-    }
-}
-
-impl Drop for ServiceManager {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

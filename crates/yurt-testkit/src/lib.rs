@@ -570,6 +570,26 @@ impl TestFleet {
         .await?
     }
 
+    /// Runs `yurt fleet service-manager` for this fleet (which nothing supervises): every
+    /// edge host's service-manager socket is served until the guard is dropped.
+    ///
+    /// # Errors
+    /// If it cannot be started.
+    pub fn serve_service_managers(&self) -> anyhow::Result<ServiceManagers> {
+        let child = Command::new(&machine().yurt_binary)
+            .arg("--data-dir")
+            .arg(self.dir())
+            .args(["fleet", "service-manager"])
+            .stdout(std::fs::File::create(
+                self.dir().join("service-manager.out"),
+            )?)
+            .stderr(std::fs::File::create(
+                self.dir().join("service-manager.err"),
+            )?)
+            .spawn()?;
+        Ok(ServiceManagers(child))
+    }
+
     /// Runs the `yurt` binary on this fleet (`--data-dir` set); its stdout.
     ///
     /// # Errors
@@ -889,6 +909,33 @@ impl Drop for LanNeighbour {
         if let Err(e) = yurt_cluster::netns::delete(&self.netns) {
             eprintln!("removing the LAN neighbour {}: {e}", self.netns);
         }
+    }
+}
+
+/// `yurt fleet service-manager` of a test fleet ([`TestFleet::serve_service_managers`]),
+/// stopped when dropped.
+#[derive(Debug)]
+pub struct ServiceManagers(std::process::Child);
+
+impl Drop for ServiceManagers {
+    fn drop(&mut self) {
+        // SIGTERM: it removes its sockets on the way out, so no stale one is left for
+        // later tests to find. SIGKILL if it has not ended within ten seconds.
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
