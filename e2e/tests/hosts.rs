@@ -1391,6 +1391,110 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         let out = f.yurt(&["adm", "convert", "--node", "edge-z", "--timeout", "4m"])?;
         ensure!(out.contains("Node edge-z is an edge node"), "{out}");
         ensure!(line_of(&f)?.contains("yurt-hub("), "{}", line_of(&f)?);
+
+        // The converted node cut off and rebooted: kubelet and the hub come back from
+        // their units, and the pod runs again from the hub's cache, no API server in
+        // reach; once the link is back it serves with the hub's endpoint.
+        let pods: Api<Pod> = Api::namespaced(f.client(), "default");
+        let container_of = |p: Pod| {
+            let status = p.status.unwrap_or_default();
+            let c = status.container_statuses.and_then(|c| c.into_iter().next());
+            let running = c
+                .as_ref()
+                .is_some_and(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()));
+            (c.and_then(|c| c.container_id), running, status.pod_ip)
+        };
+        let (before_reboot, _, _) = container_of(pods.get("env").await?);
+        // Autonomous, so kube-controller-manager does not evict the pod meanwhile: the
+        // manager makes its NoExecute tolerations last forever.
+        f.kubectl(&[
+            "annotate",
+            "node",
+            "edge-z",
+            "node.openyurt.io/autonomy-duration=0",
+        ])?;
+        wait_for(
+            "env tolerating an unreachable edge-z forever",
+            Duration::from_secs(60),
+            || async {
+                let spec = pods.get("env").await?.spec.unwrap_or_default();
+                let forever = |key: &str| {
+                    spec.tolerations.iter().flatten().any(|t| {
+                        t.key.as_deref() == Some(key)
+                            && t.effect.as_deref() == Some("NoExecute")
+                            && t.toleration_seconds.is_none()
+                    })
+                };
+                Ok((forever("node.kubernetes.io/unreachable")
+                    && forever("node.kubernetes.io/not-ready"))
+                .then_some(()))
+            },
+        )
+        .await?;
+        f.cut("edge-z")?;
+        f.reboot("edge-z").await?;
+        wait_for(
+            "env running again on edge-z, offline",
+            Duration::from_secs(120),
+            || async { Ok((running_containers(&f, "edge-z", "env")? == 1).then_some(())) },
+        )
+        .await?;
+        ensure!(line_of(&f)?.contains("yurt-hub("), "{}", line_of(&f)?);
+        f.restore("edge-z")?;
+        wait_for("edge-z Ready again", Duration::from_secs(120), || async {
+            Ok((f.node_ready("edge-z").await? == "True").then_some(()))
+        })
+        .await?;
+        let ip = wait_for(
+            "env's new container and address reported",
+            Duration::from_secs(90),
+            || async {
+                let (container, running, ip) = container_of(pods.get("env").await?);
+                Ok(
+                    (running && container.is_some() && container != before_reboot)
+                        .then_some(ip)
+                        .flatten(),
+                )
+            },
+        )
+        .await?;
+        ensure!(
+            env_of(&f, "edge-z", "env", &ip).await?.1 == "169.254.2.1:10268",
+            "after the reboot the container still sees the hub"
+        );
+        f.kubectl(&[
+            "annotate",
+            "node",
+            "edge-z",
+            "node.openyurt.io/autonomy-duration-",
+        ])?;
+        f.yurt(&["adm", "revert", "--node", "edge-z", "--timeout", "4m"])?;
+
+        // The pool cut while the servant waits for its hub: once the link is back the
+        // hub gets its certificates and the conversion completes.
+        f.kubectl(&[
+            "label",
+            "node",
+            "edge-z",
+            "apps.openyurt.io/nodepool=pool-a",
+        ])?;
+        let hub_unit = f.dir().join("hosts/edge-z/units/yurt-hub.toml");
+        wait_for(
+            "the servant to install the hub",
+            Duration::from_secs(120),
+            || async { Ok(hub_unit.exists().then_some(())) },
+        )
+        .await?;
+        f.cut("pool-a")?;
+        wait_for(
+            "edge-z NotReady while cut",
+            Duration::from_secs(60),
+            || async { Ok((f.node_ready("edge-z").await? != "True").then_some(())) },
+        )
+        .await?;
+        f.restore("pool-a")?;
+        let out = f.yurt(&["adm", "convert", "--node", "edge-z", "--timeout", "5m"])?;
+        ensure!(out.contains("Node edge-z is an edge node"), "{out}");
         f.yurt(&["adm", "revert", "--node", "edge-z", "--timeout", "4m"])?;
 
         // A convert killed half-way (the hub installed): ConvertFailed, the node stays
@@ -1450,6 +1554,34 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         Ok(())
     })
     .await
+}
+
+/// How many running containers named `container` `host`'s containerd has.
+fn running_containers(f: &TestFleet, host: &str, container: &str) -> anyhow::Result<usize> {
+    let id = yurt_cluster::spec::HostId::Edge(host.parse()?);
+    let socket = f.fleet().paths().host(&id).containerd_socket();
+    let ctr = |args: &[&str]| {
+        yurt_testkit::run_checked(
+            std::process::Command::new("ctr")
+                .arg("-a")
+                .arg(&socket)
+                .args(["-n", "k8s.io"])
+                .args(args),
+        )
+    };
+    let mut n = 0;
+    for line in ctr(&["tasks", "ls"])?.lines().skip(1) {
+        let mut words = line.split_whitespace();
+        let (Some(task), Some(_pid), Some("RUNNING")) = (words.next(), words.next(), words.next())
+        else {
+            continue;
+        };
+        let info: serde_json::Value = serde_json::from_str(&ctr(&["containers", "info", task])?)?;
+        if info["Labels"]["io.kubernetes.container.name"] == container {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// SIGKILLs every `yurt node-servant convert` running on this machine (the conversion

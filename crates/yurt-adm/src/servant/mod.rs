@@ -387,7 +387,7 @@ async fn turn<H: Host + Sync>(
     if read_state(files).as_deref() == Some(pending.as_str()) {
         progress("containers: restarting each once, so it sees the node's API endpoint");
         let left = deadline.saturating_duration_since(Instant::now());
-        let pods = pods_of(&client, &role.node)
+        let pods = pods_of(&client, &role.node, deadline)
             .await
             .map_err(step("restarting containers"))?;
         done.restarted = runtime
@@ -430,6 +430,7 @@ fn kubelet_through_hub(files: &HostFiles) -> bool {
 }
 
 /// What a container restart needs to know of a pod.
+#[derive(Debug)]
 struct PodFacts {
     /// Its restart policy is Always (the default).
     always_restarts: bool,
@@ -437,17 +438,31 @@ struct PodFacts {
     grace: Duration,
 }
 
+/// How long the servant waits before asking the API server again after a failed read.
+const RETRY: Duration = Duration::from_secs(2);
+
 /// The node's pods, by namespace and name, read with kubelet's credentials (the node
-/// authorizer lets a node list the pods bound to it).
+/// authorizer lets a node list the pods bound to it). A failed read (the link cut a
+/// moment after the node was Ready) is tried again until `deadline`.
 async fn pods_of(
     client: &kube::Client,
     node: &NodeName,
+    deadline: Instant,
 ) -> Result<std::collections::HashMap<(String, String), PodFacts>, String> {
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client.clone());
-    let list = pods
-        .list(&kube::api::ListParams::default().fields(&format!("spec.nodeName={node}")))
-        .await
-        .map_err(|e| format!("listing the node's pods: {e}"))?;
+    let params = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+    let list = loop {
+        match pods.list(&params).await {
+            Ok(list) => break list,
+            Err(e) if Instant::now() + RETRY >= deadline => {
+                return Err(format!("listing the node's pods: {e}"));
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "listing the node's pods failed; trying again");
+                tokio::time::sleep(RETRY).await;
+            }
+        }
+    };
     Ok(list
         .items
         .into_iter()

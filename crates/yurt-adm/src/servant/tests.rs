@@ -194,3 +194,53 @@ async fn an_interrupted_convert_restores_the_host_before_it_reports() {
     );
     assert_eq!(read_state(&host.files), None);
 }
+
+#[tokio::test]
+async fn the_pods_are_listed_again_when_a_read_fails_within_the_deadline() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // An API server whose first connection is dropped unanswered (a link blip) and
+    // which then answers the node's pod list.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (first, _) = listener.accept().await.unwrap();
+        drop(first);
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut request = vec![0u8; 4096];
+        let n = conn.read(&mut request).await.unwrap();
+        let request = String::from_utf8_lossy(&request[..n]).into_owned();
+        let body = r#"{"kind":"PodList","apiVersion":"v1","metadata":{},"items":[{"metadata":{"name":"web","namespace":"default"},"spec":{"containers":[],"restartPolicy":"Never","terminationGracePeriodSeconds":7}}]}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(answer.as_bytes()).await.unwrap();
+        request
+    });
+    let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let node: NodeName = "edge-z".parse().unwrap();
+    let pods = pods_of(&client, &node, Instant::now() + Duration::from_secs(30))
+        .await
+        .unwrap();
+    let web = &pods[&("default".to_owned(), "web".to_owned())];
+    assert!(!web.always_restarts);
+    assert_eq!(web.grace, Duration::from_secs(7));
+    let request = server.await.unwrap();
+    assert!(
+        request.contains("fieldSelector=spec.nodeName%3Dedge-z"),
+        "{request}"
+    );
+
+    // Past the deadline the failure is reported.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gone = closed.local_addr().unwrap();
+    drop(closed);
+    let client =
+        kube::Client::try_from(kube::Config::new(format!("http://{gone}").parse().unwrap()))
+            .unwrap();
+    let err = pods_of(&client, &node, Instant::now() + Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(err.starts_with("listing the node's pods"), "{err}");
+}
