@@ -162,33 +162,9 @@ fn running_web_pods(
     f: &TestFleet,
     host: &str,
 ) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
-    let id = yurt_cluster::spec::HostId::Edge(host.parse()?);
-    let socket = f.fleet().paths().host(&id).containerd_socket();
-    let ctr = |args: &[&str]| {
-        yurt_testkit::run_checked(
-            std::process::Command::new("ctr")
-                .arg("-a")
-                .arg(&socket)
-                .args(["-n", "k8s.io"])
-                .args(args),
-        )
-    };
-    let running: BTreeSet<String> = ctr(&["tasks", "ls"])?
-        .lines()
-        .skip(1)
-        .filter(|l| l.contains("RUNNING"))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .collect();
     let mut pods = std::collections::BTreeMap::new();
-    for container in &running {
-        let info: serde_json::Value =
-            serde_json::from_str(&ctr(&["containers", "info", container])?)?;
-        let labels = &info["Labels"];
-        if labels["io.kubernetes.container.name"] == "web" {
-            let pod = labels["io.kubernetes.pod.name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+    for (pod, container) in f.running_containers(host)? {
+        if container == "web" {
             *pods.entry(pod).or_insert(0) += 1;
         }
     }

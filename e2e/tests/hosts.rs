@@ -1436,7 +1436,11 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         wait_for(
             "env running again on edge-z, offline",
             Duration::from_secs(120),
-            || async { Ok((running_containers(&f, "edge-z", "env")? == 1).then_some(())) },
+            || async {
+                let running = f.running_containers("edge-z")?;
+                let env = running.iter().filter(|(pod, c)| pod == "env" && c == "env");
+                Ok((env.count() == 1).then_some(()))
+            },
         )
         .await?;
         ensure!(line_of(&f)?.contains("yurt-hub("), "{}", line_of(&f)?);
@@ -1472,19 +1476,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
 
         // The pool cut while the servant waits for its hub: once the link is back the
         // hub gets its certificates and the conversion completes.
-        f.kubectl(&[
-            "label",
-            "node",
-            "edge-z",
-            "apps.openyurt.io/nodepool=pool-a",
-        ])?;
-        let hub_unit = f.dir().join("hosts/edge-z/units/yurt-hub.toml");
-        wait_for(
-            "the servant to install the hub",
-            Duration::from_secs(120),
-            || async { Ok(hub_unit.exists().then_some(())) },
-        )
-        .await?;
+        label_until_the_hub_is_installed(&f).await?;
         f.cut("pool-a")?;
         wait_for(
             "edge-z NotReady while cut",
@@ -1499,19 +1491,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
 
         // A convert killed half-way (the hub installed): ConvertFailed, the node stays
         // cordoned, `adm convert` says so; reverting it leaves a clean plain node.
-        f.kubectl(&[
-            "label",
-            "node",
-            "edge-z",
-            "apps.openyurt.io/nodepool=pool-a",
-        ])?;
-        let hub_unit = f.dir().join("hosts/edge-z/units/yurt-hub.toml");
-        wait_for(
-            "the servant to install the hub",
-            Duration::from_secs(120),
-            || async { Ok(hub_unit.exists().then_some(())) },
-        )
-        .await?;
+        label_until_the_hub_is_installed(&f).await?;
         ensure!(kill_servant()? >= 1, "a servant to kill");
         let err = refused(
             &f,
@@ -1556,32 +1536,22 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
     .await
 }
 
-/// How many running containers named `container` `host`'s containerd has.
-fn running_containers(f: &TestFleet, host: &str, container: &str) -> anyhow::Result<usize> {
-    let id = yurt_cluster::spec::HostId::Edge(host.parse()?);
-    let socket = f.fleet().paths().host(&id).containerd_socket();
-    let ctr = |args: &[&str]| {
-        yurt_testkit::run_checked(
-            std::process::Command::new("ctr")
-                .arg("-a")
-                .arg(&socket)
-                .args(["-n", "k8s.io"])
-                .args(args),
-        )
-    };
-    let mut n = 0;
-    for line in ctr(&["tasks", "ls"])?.lines().skip(1) {
-        let mut words = line.split_whitespace();
-        let (Some(task), Some(_pid), Some("RUNNING")) = (words.next(), words.next(), words.next())
-        else {
-            continue;
-        };
-        let info: serde_json::Value = serde_json::from_str(&ctr(&["containers", "info", task])?)?;
-        if info["Labels"]["io.kubernetes.container.name"] == container {
-            n += 1;
-        }
-    }
-    Ok(n)
+/// Puts edge-z into pool-a by its label and waits for the conversion Job's servant to
+/// install the hub (a convert under way).
+async fn label_until_the_hub_is_installed(f: &TestFleet) -> anyhow::Result<()> {
+    f.kubectl(&[
+        "label",
+        "node",
+        "edge-z",
+        "apps.openyurt.io/nodepool=pool-a",
+    ])?;
+    let hub_unit = f.dir().join("hosts/edge-z/units/yurt-hub.toml");
+    wait_for(
+        "the servant to install the hub",
+        Duration::from_secs(120),
+        || async { Ok(hub_unit.exists().then_some(())) },
+    )
+    .await
 }
 
 /// SIGKILLs every `yurt node-servant convert` running on this machine (the conversion

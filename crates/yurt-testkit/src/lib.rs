@@ -570,6 +570,46 @@ impl TestFleet {
         .await?
     }
 
+    /// The running containers of edge host `host`, as its containerd has them (so
+    /// also while the host is cut off): `(pod, container)` of each, from the labels
+    /// kubelet gives them.
+    ///
+    /// # Errors
+    /// An unknown host, or `ctr` failing.
+    pub fn running_containers(&self, host: &str) -> anyhow::Result<Vec<(String, String)>> {
+        let id = yurt_cluster::spec::HostId::Edge(
+            host.parse()
+                .map_err(|e| anyhow::anyhow!("host {host:?}: {e}"))?,
+        );
+        let socket = self.fleet.paths().host(&id).containerd_socket();
+        let ctr = |args: &[&str]| {
+            run_checked(
+                Command::new("ctr")
+                    .arg("-a")
+                    .arg(&socket)
+                    .args(["-n", "k8s.io"])
+                    .args(args),
+            )
+        };
+        let mut running = Vec::new();
+        for line in ctr(&["tasks", "ls"])?.lines().skip(1) {
+            let mut words = line.split_whitespace();
+            let (Some(task), Some(_pid), Some("RUNNING")) =
+                (words.next(), words.next(), words.next())
+            else {
+                continue;
+            };
+            let info: serde_json::Value =
+                serde_json::from_str(&ctr(&["containers", "info", task])?)?;
+            let label = |key: &str| info["Labels"][key].as_str().unwrap_or_default().to_owned();
+            running.push((
+                label("io.kubernetes.pod.name"),
+                label("io.kubernetes.container.name"),
+            ));
+        }
+        Ok(running)
+    }
+
     /// Runs `yurt fleet service-manager` for this fleet (which nothing supervises): every
     /// edge host's service-manager socket is served until the guard is dropped.
     ///

@@ -560,40 +560,17 @@ pub async fn apply_bootstrap_prerequisites(
 mod tests {
     use super::*;
     use k8s_openapi::api::rbac::v1::PolicyRule;
+    use yurt_manager::install::rbac::{granting, with_wildcards};
 
     fn rules(v: serde_json::Value) -> Vec<PolicyRule> {
         serde_json::from_value(v).unwrap()
     }
 
-    /// The rules that grant `verb` on `group`/`resource`, whatever their names.
-    fn granting<'a>(
-        rules: &'a [PolicyRule],
-        group: &str,
-        resource: &str,
-        verb: &str,
-    ) -> Vec<&'a PolicyRule> {
-        let has = |v: &Option<Vec<String>>, x: &str| {
-            v.as_ref()
-                .is_some_and(|v| v.iter().any(|s| s == x || s == "*"))
-        };
-        rules
-            .iter()
-            .filter(|r| has(&r.api_groups, group) && has(&r.resources, resource))
-            .filter(|r| r.verbs.iter().any(|v| v == verb || v == "*"))
-            .collect()
-    }
-
     #[test]
     fn no_rule_uses_a_wildcard() {
         for set in [hub_cluster_rules(), hub_system_rules()] {
-            for r in rules(set) {
-                let all = [&r.api_groups, &r.resources, &r.resource_names]
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .chain(&r.verbs);
-                assert!(all.clone().all(|s| s != "*"), "wildcard in {r:?}");
-            }
+            let set = rules(set);
+            assert!(with_wildcards(&set).is_empty(), "{set:?}");
         }
     }
 
