@@ -1268,17 +1268,21 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
             env_of(&f, "edge-z", "env", &ip).await? == (before + 1, "169.254.2.1:10268".to_owned()),
             "the pod restarted once more and sees the hub"
         );
-        let jobs = f.kubectl(&[
-            "get",
-            "jobs",
-            "-n",
-            "kube-system",
-            "-l",
-            "openyurt.io/conversion-node",
-            "-o",
-            "name",
-        ])?;
-        ensure!(jobs.trim().is_empty(), "the finished Job is gone: {jobs}");
+        // Deleted in the foreground once done: gone as soon as its finished pod is.
+        wait_for("the finished Job gone", Duration::from_secs(30), || async {
+            let jobs = f.kubectl(&[
+                "get",
+                "jobs",
+                "-n",
+                "kube-system",
+                "-l",
+                "openyurt.io/conversion-node",
+                "-o",
+                "name",
+            ])?;
+            Ok(jobs.trim().is_empty().then_some(()))
+        })
+        .await?;
 
         let out = f.yurt(&["adm", "revert", "--node", "edge-z", "--timeout", "4m"])?;
         ensure!(out.contains("Node edge-z is a plain node"), "{out}");
@@ -1474,10 +1478,24 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         ])?;
         f.yurt(&["adm", "revert", "--node", "edge-z", "--timeout", "4m"])?;
 
-        // The pool cut while the servant waits for its hub: once the link is back the
-        // hub gets its certificates and the conversion completes.
-        label_until_the_hub_is_installed(&f).await?;
+        // The pool cut mid-conversion (the Job made, kubelet not yet moved: its servant
+        // has not started, or waits for its hub): once the link is back the conversion
+        // completes.
+        f.kubectl(&[
+            "label",
+            "node",
+            "edge-z",
+            "apps.openyurt.io/nodepool=pool-a",
+        ])?;
+        wait_for("the conversion Job", Duration::from_secs(60), || async {
+            Ok((!jobs_now(&f)?.trim().is_empty()).then_some(()))
+        })
+        .await?;
         f.cut("pool-a")?;
+        ensure!(
+            !std::fs::read_to_string(&unit)?.contains("through-hub"),
+            "the cut came before the servant moved kubelet"
+        );
         wait_for(
             "edge-z NotReady while cut",
             Duration::from_secs(60),
@@ -1526,7 +1544,10 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
                 .unwrap_or(false),
             "uncordoned after the revert"
         );
-        ensure!(jobs_now(&f)?.trim().is_empty(), "no Job left");
+        wait_for("no Job left", Duration::from_secs(30), || async {
+            Ok(jobs_now(&f)?.trim().is_empty().then_some(()))
+        })
+        .await?;
         ensure!(f.node_ready("edge-z").await? == "True");
 
         f.yurt(&["fleet", "remove-host", "edge-z"])?;

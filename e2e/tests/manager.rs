@@ -980,7 +980,7 @@ async fn the_manager_manifests_are_accepted_by_the_api_server() -> anyhow::Resul
         for want in [
             "customresourcedefinition.apiextensions.k8s.io/nodepools.apps.openyurt.io",
             "serviceaccount/yurt-manager",
-            "clusterrolebinding.rbac.authorization.k8s.io/openyurt:yurt-manager",
+            "clusterrolebinding.rbac.authorization.k8s.io/yurt-manager",
             "service/yurt-manager-webhook-service",
             "deployment.apps/yurt-manager",
         ] {

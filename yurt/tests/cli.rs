@@ -388,11 +388,26 @@ fn manager_manifests_print_an_installable_stream_and_refuse_flags_the_manager_wo
         assert!(text.contains(want), "{want} missing from:\n{text}");
     }
     assert!(text.starts_with("---\n"));
+    let out = yurt(&[
+        "manager",
+        "manifests",
+        "--node-selector",
+        "node-role.kubernetes.io/cloud=",
+        "--",
+        "--leader-elect=false",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
 
     // Usage errors, as clap reports them (exit 2).
     for (args, want) in [
         (vec!["--node-selector", "no-equals"], "not key=value"),
         (vec!["--node-selector", "a b=c"], "not a label key"),
+        (
+            vec!["--node-selector", "Example.com/a=b"],
+            "not a label key",
+        ),
+        (vec!["--node-selector", "/a=b"], "not a label key"),
+        (vec!["--node-selector", "a/b/c=d"], "not a label key"),
         (vec!["--replicas", "0"], "--replicas"),
         (
             vec!["--image-pull-policy", "Sometimes"],
@@ -410,9 +425,19 @@ fn manager_manifests_print_an_installable_stream_and_refuse_flags_the_manager_wo
     for (args, want) in [
         (vec!["--namespace", "Kube_System"], "--namespace"),
         (vec!["--", "--bogus"], "unexpected argument '--bogus'"),
+        (vec!["--", "--working-namespace=x"], "set by the manifests"),
         (
-            vec!["--", "--working-namespace=x"],
-            "cannot be used multiple times",
+            vec!["--", "--webhook-port", "9443"],
+            "--webhook-port is set by the manifests",
+        ),
+        (
+            vec!["--", "--health-probe-addr=0.0.0.0:1"],
+            "set by the manifests",
+        ),
+        (vec!["--", "--kubeconfig=/k"], "set by the manifests"),
+        (
+            vec!["--replicas", "2", "--", "--leader-elect=false"],
+            "every replica would run the controllers",
         ),
         (vec!["--", "crds"], "subcommand"),
         (

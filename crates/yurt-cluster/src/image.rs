@@ -92,24 +92,45 @@ impl ImageSpec {
     /// # Errors
     /// As [`Self::with_program`].
     pub fn with_program_at(mut self, program: &Path, dest: &Path) -> Result<Self> {
-        let out = cmd::run(
-            &format!("list the shared libraries of {}", program.display()),
-            Command::new("ldd").arg(program),
-        )?;
-        let mut paths = vec![(program.to_path_buf(), dest.to_path_buf())];
-        paths.extend(
-            shared_libraries(&out)
-                .map_err(|line| {
+        let what = format!("list the shared libraries of {}", program.display());
+        let mut ldd = Command::new("ldd");
+        ldd.arg(program);
+        let out = cmd::output(&mut ldd)?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A statically linked program needs nothing beside it.
+        let libraries =
+            if said.contains("not a dynamic executable") || said.contains("statically linked") {
+                Vec::new()
+            } else if out.status.success() {
+                shared_libraries(&String::from_utf8_lossy(&out.stdout)).map_err(|line| {
                     Error::Invalid(format!(
                         "{}: shared library not found: {line}",
                         program.display()
                     ))
                 })?
+            } else {
+                return Err(cmd::failed(&what, &ldd, &out));
+            };
+        let rel = dest.to_string_lossy().trim_start_matches('/').to_owned();
+        if self.files.iter().any(|f| f.path == rel) {
+            return Err(Error::Invalid(format!(
+                "the image already holds a file at /{rel}, where {} would go",
+                program.display()
+            )));
+        }
+        let mut paths = vec![(program.to_path_buf(), dest.to_path_buf())];
+        paths.extend(
+            libraries
                 .into_iter()
                 .map(|library| (library.clone(), library)),
         );
         for (path, dest) in paths {
             let rel = dest.to_string_lossy().trim_start_matches('/').to_owned();
+            // A library the image holds already (another program's) is kept once.
             if self.files.iter().any(|f| f.path == rel) {
                 continue;
             }
@@ -634,6 +655,22 @@ mod tests {
         assert!(!names.contains(&"bin/true"), "{names:?}");
         assert!(names.iter().any(|n| n.contains("libc.so")), "{names:?}");
         assert!(names.iter().any(|n| n.contains("ld-linux")), "{names:?}");
+
+        // A statically linked program comes alone.
+        let spec = ImageSpec::busybox("yurt.local/t:1")
+            .with_program_at(Path::new(BUSYBOX), Path::new("/usr/local/bin/bb"))
+            .unwrap();
+        assert_eq!(spec.files.len(), 1);
+        assert_eq!(spec.files[0].path, "usr/local/bin/bb");
+        // A file already at the program's place is not silently kept.
+        let err = spec
+            .with_program_at(program, Path::new("/usr/local/bin/bb"))
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("already holds a file at /usr/local/bin/bb"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -216,11 +216,25 @@ pub async fn node_servant(args: NodeServantArgs) -> anyhow::Result<ExitCode> {
         interrupt: tokio_util::sync::CancellationToken::new(),
     };
     let host = host()?;
-    // SIGTERM (the Job's deadline, its pod deleted) stops the run: a convert restores
-    // the host before the servant exits.
-    tokio::spawn(yurt_core::shutdown::cancel_on_signal(
-        options.interrupt.clone(),
-    ));
+    // SIGTERM (the Job's deadline, its pod deleted) or SIGINT stops the run: a convert
+    // restores the host before the servant exits. A second signal ends it at once (the
+    // host's record lets the next run finish what was started).
+    let interrupt = options.interrupt.clone();
+    tokio::spawn(async move {
+        if yurt_core::shutdown::cancel_on_signal(interrupt)
+            .await
+            .is_some()
+        {
+            eprintln!(
+                "node-servant: stopping (a convert restores the host first); a second signal ends it at once"
+            );
+            let again = tokio_util::sync::CancellationToken::new();
+            if yurt_core::shutdown::cancel_on_signal(again).await.is_some() {
+                eprintln!("node-servant: stopped at once; run it again to finish");
+                std::process::exit(130);
+            }
+        }
+    });
     let runtime = Runtime::new(&host.facts.container_runtime_endpoint);
     let word = if convert { "convert" } else { "revert" };
     let progress = |step: &str| eprintln!("[{word}] {step}");

@@ -57,12 +57,28 @@ pub struct ManifestsArgs {
     pub manager_flags: Vec<String>,
 }
 
-/// `key=value` with a label key and value as the API server accepts them.
+/// `yurt manager` flags `manifests` sets itself (after `--` they are refused).
+const MANIFEST_FLAGS: [&str; 8] = [
+    "--kubeconfig",
+    "--working-namespace",
+    "--manager-username",
+    "--webhook-bind-address",
+    "--webhook-port",
+    "--webhook-host",
+    "--metrics-addr",
+    "--health-probe-addr",
+];
+
+/// `key=value` with a label key and value as the API server accepts them: the key an
+/// optional DNS-subdomain prefix and `/`, then a name of at most 63 characters.
 fn label_pair(text: &str) -> Result<(String, String), String> {
     let (key, value) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not key=value"))?;
-    let name_part = key.rsplit('/').next().unwrap_or(key);
+    let (prefix, name_part) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
     let label_chars = |s: &str| {
         s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -71,12 +87,21 @@ fn label_pair(text: &str) -> Result<(String, String), String> {
         s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
             && s.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
     };
-    if key.len() > 253 + 1 + 63
-        || name_part.is_empty()
+    let prefix_ok = |p: &str| {
+        p.len() <= 253
+            && p.split('.').all(|part| {
+                !part.is_empty()
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && edges_ok(part)
+            })
+    };
+    if name_part.is_empty()
         || name_part.len() > 63
         || !label_chars(name_part)
         || !edges_ok(name_part)
-        || key.matches('/').count() > 1
+        || prefix.is_some_and(|p| !prefix_ok(p))
     {
         return Err(format!("{key:?} is not a label key"));
     }
@@ -98,6 +123,15 @@ fn manifests(args: ManifestsArgs) -> anyhow::Result<String> {
         node_selector: args.node_selector.into_iter().collect(),
         extra_args: args.manager_flags,
     };
+    // Flags the Deployment, its Service and probes are built around.
+    for flag in &options.extra_args {
+        let name = flag.split('=').next().unwrap_or_default();
+        if MANIFEST_FLAGS.contains(&name) {
+            anyhow::bail!(
+                "the manager's flags after --: {name} is set by the manifests (the Service, probes, service account and image are built around it)"
+            );
+        }
+    }
     // The pods' command line must be one the manager accepts.
     let argv = yurt_manager::install::manifests::manager_args(&options);
     let parsed = <ManagerCheck as clap::Parser>::try_parse_from(
@@ -115,6 +149,11 @@ fn manifests(args: ManifestsArgs) -> anyhow::Result<String> {
         "the manager's flags after -- must not name a subcommand"
     );
     config(&manager.run).map_err(|e| anyhow::anyhow!("the manager's flags after --: {e}"))?;
+    anyhow::ensure!(
+        manager.run.leader_elect || options.replicas == 1,
+        "the manager's flags after --: --leader-elect=false with --replicas {}: every replica would run the controllers",
+        options.replicas
+    );
     Ok(yurt_manager::install::manifests::to_yaml(&options))
 }
 

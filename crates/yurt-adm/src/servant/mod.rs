@@ -66,7 +66,7 @@ pub enum ServantError {
         reason: String,
     },
     /// The run was told to stop (SIGTERM: the Job's deadline, or its pod deleted).
-    #[error("interrupted (SIGTERM) before it finished")]
+    #[error("interrupted (SIGTERM or SIGINT) before it finished")]
     Interrupted,
     /// A convert failed and the host was restored to a plain node.
     #[error(
@@ -152,6 +152,87 @@ pub async fn convert<H: Host + Sync>(
     options: &ServantOptions,
     progress: crate::join::Progress<'_>,
 ) -> Result<Done, ServantError> {
+    let _lock = lock_host(host.files(), options, progress).await?;
+    convert_locked(host, runtime, options, progress).await
+}
+
+/// Reverts the node on this host to a plain node: kubelet and kube-proxy straight to
+/// the API server, the hub gone.
+///
+/// # Errors
+/// [`ServantError`] naming the step.
+pub async fn revert<H: Host + Sync>(
+    host: &H,
+    runtime: &Runtime,
+    options: &ServantOptions,
+    progress: crate::join::Progress<'_>,
+) -> Result<Done, ServantError> {
+    let _lock = lock_host(host.files(), options, progress).await?;
+    revert_locked(host, runtime, options, progress).await
+}
+
+/// Where servants on one host take turns.
+fn lock_file(files: &HostFiles) -> PathBuf {
+    files.dir().join("etc/yurt/conversion.lock")
+}
+
+/// Waits (until the run's timeout, or its interrupt) for the host's servant lock: one
+/// servant at a time on a host. A Job replaced while its servant still restores the
+/// host (its pod has a grace period) must not have a second servant rewrite the same
+/// files meanwhile. Held until the returned file is dropped (or the process ends).
+async fn lock_host(
+    files: &HostFiles,
+    options: &ServantOptions,
+    progress: crate::join::Progress<'_>,
+) -> Result<std::fs::File, ServantError> {
+    let fail = step("waiting for another node-servant on this host");
+    let path = lock_file(files);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| fail(format!("{}: {e}", dir.display())))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let deadline = Instant::now() + options.timeout;
+    let mut said = false;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(fail(format!("{}: {e}", path.display())));
+            }
+        }
+        if !said {
+            progress("waiting for another node-servant on this host to finish");
+            said = true;
+        }
+        if Instant::now() >= deadline {
+            return Err(fail(format!(
+                "{} is still held after {:?}",
+                path.display(),
+                options.timeout
+            )));
+        }
+        tokio::select! {
+            () = options.interrupt.cancelled() => return Err(ServantError::Interrupted),
+            () = tokio::time::sleep(LOCK_POLL) => {}
+        }
+    }
+}
+
+/// How often a waiting servant tries the host's lock again.
+const LOCK_POLL: Duration = Duration::from_secs(1);
+
+async fn convert_locked<H: Host + Sync>(
+    host: &H,
+    runtime: &Runtime,
+    options: &ServantOptions,
+    progress: crate::join::Progress<'_>,
+) -> Result<Done, ServantError> {
     let deadline = Instant::now() + options.timeout;
     let server = preflight(host.files(), &options.node)?;
     let role = NodeRole {
@@ -190,7 +271,7 @@ pub async fn convert<H: Host + Sync>(
             let restored = if kubelet_through_hub(host.files())
                 || read_state(host.files()).is_some_and(|s| s.ends_with("restarting containers"))
             {
-                Box::pin(revert(host, runtime, &restore_options, progress))
+                Box::pin(revert_locked(host, runtime, &restore_options, progress))
                     .await
                     .map(drop)
             } else {
@@ -209,12 +290,7 @@ pub async fn convert<H: Host + Sync>(
     }
 }
 
-/// Reverts the node on this host to a plain node: kubelet and kube-proxy straight to
-/// the API server, the hub gone.
-///
-/// # Errors
-/// [`ServantError`] naming the step.
-pub async fn revert<H: Host + Sync>(
+async fn revert_locked<H: Host + Sync>(
     host: &H,
     runtime: &Runtime,
     options: &ServantOptions,
@@ -452,12 +528,16 @@ async fn pods_of(
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::all(client.clone());
     let params = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
     let list = loop {
-        match pods.list(&params).await {
-            Ok(list) => break list,
-            Err(e) if Instant::now() + RETRY >= deadline => {
+        let attempt = tokio::time::timeout_at(deadline.into(), pods.list(&params)).await;
+        match attempt {
+            Ok(Ok(list)) => break list,
+            Err(_) => {
+                return Err("listing the node's pods: no answer before the deadline".to_owned());
+            }
+            Ok(Err(e)) if Instant::now() + RETRY >= deadline => {
                 return Err(format!("listing the node's pods: {e}"));
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "listing the node's pods failed; trying again");
                 tokio::time::sleep(RETRY).await;
             }

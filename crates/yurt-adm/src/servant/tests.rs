@@ -138,8 +138,11 @@ impl Host for RecordingHost {
 
 #[tokio::test]
 async fn an_interrupted_convert_restores_the_host_before_it_reports() {
-    // Nothing answers as the hub here: the convert waits for its readiness until told
-    // to stop, as a servant does when its Job's deadline passes.
+    // In a network namespace of its own (this test's thread, and the `ip` it runs): the
+    // restore deletes the hub's dummy interface, which must not be this machine's, and
+    // nothing answers as the hub there, so the convert waits for its readiness until
+    // told to stop, as a servant does when its Job's deadline passes.
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
     let (_dir, files) = joined_host("system:node:edge-z", true, Some("https://127.0.0.1:1"));
     std::fs::write(
         files.kubelet_kubeconfig(),
@@ -177,7 +180,10 @@ async fn an_interrupted_convert_restores_the_host_before_it_reports() {
         matches!(&err, ServantError::Restored { cause } if matches!(**cause, ServantError::Interrupted)),
         "{err}"
     );
-    assert!(err.to_string().contains("interrupted (SIGTERM)"), "{err}");
+    assert!(
+        err.to_string().contains("interrupted (SIGTERM or SIGINT)"),
+        "{err}"
+    );
     // The hub it started is stopped and its files are gone; kubelet never moved.
     assert_eq!(
         *host.asked.lock().unwrap(),
@@ -243,4 +249,66 @@ async fn the_pods_are_listed_again_when_a_read_fails_within_the_deadline() {
         .await
         .unwrap_err();
     assert!(err.starts_with("listing the node's pods"), "{err}");
+}
+
+#[tokio::test]
+async fn one_servant_at_a_time_on_a_host() {
+    let (_dir, files) = joined_host("system:node:edge-z", true, Some("https://127.0.0.1:1"));
+    let host = RecordingHost {
+        files,
+        facts: crate::join::tests::facts(),
+        asked: std::sync::Mutex::default(),
+    };
+    // Another servant (a replaced Job's, still restoring) holds the host.
+    std::fs::create_dir_all(lock_file(&host.files).parent().unwrap()).unwrap();
+    let held = std::fs::File::create(lock_file(&host.files)).unwrap();
+    held.lock().unwrap();
+    let options = ServantOptions {
+        node: "edge-z".parse().unwrap(),
+        pool: None,
+        timeout: Duration::from_millis(1500),
+        container_stop_timeout: Duration::from_secs(1),
+        own_pod: None,
+        interrupt: CancellationToken::new(),
+    };
+    let runtime = Runtime::new("unix:///nonexistent/containerd.sock");
+    let said = std::sync::Mutex::new(Vec::new());
+    let progress = |s: &str| said.lock().unwrap().push(s.to_owned());
+    let err = revert(&host, &runtime, &options, &progress)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("waiting for another node-servant on this host:"),
+        "{err}"
+    );
+    assert!(host.asked.lock().unwrap().is_empty(), "nothing was touched");
+    assert_eq!(
+        said.lock().unwrap().as_slice(),
+        ["waiting for another node-servant on this host to finish"]
+    );
+
+    // Told to stop while it waits: it stops at once.
+    let interrupted = ServantOptions {
+        timeout: Duration::from_secs(600),
+        ..options.clone()
+    };
+    let stop = interrupted.interrupt.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.cancel();
+    });
+    let err = tokio::time::timeout(
+        Duration::from_secs(30),
+        revert(&host, &runtime, &interrupted, &|_| {}),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    assert!(matches!(err, ServantError::Interrupted), "{err}");
+
+    // Once the other is done, the lock is free for the next servant.
+    held.unlock().unwrap();
+    let file = lock_host(&host.files, &options, &|_| {}).await.unwrap();
+    drop(file);
 }

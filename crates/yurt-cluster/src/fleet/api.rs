@@ -242,6 +242,7 @@ pub async fn apply_manager_rbac(client: &kube::Client) -> Result<()> {
     apply_grant(
         client,
         Grant::manager(
+            yurt_manager::install::rbac::ROLE_NAME,
             serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::pki::MANAGER_USER}),
             SYSTEM_NAMESPACE,
         ),

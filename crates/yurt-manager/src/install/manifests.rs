@@ -33,8 +33,8 @@ pub struct Options {
     pub image: String,
     /// `IfNotPresent`, `Always` or `Never`.
     pub image_pull_policy: String,
-    /// The working namespace: the Deployment, Service, ServiceAccount, Lease, webhook
-    /// Secret and conversion Jobs.
+    /// The working namespace: the Deployment, Service, ServiceAccount, Lease and webhook
+    /// Secret (the conversion Jobs run in kube-system, as OpenYurt's do).
     pub namespace: String,
     /// Replicas (one leads, every one serves the webhooks).
     pub replicas: u16,
@@ -85,7 +85,9 @@ pub fn objects(options: &Options) -> Vec<Value> {
         "metadata": {"name": NAME, "namespace": ns, "labels": labels},
     }));
     let subject = json!({"kind": "ServiceAccount", "name": NAME, "namespace": ns});
-    objects.extend(Grant::manager(subject, ns).objects());
+    // Not `yurt up`'s names: applied to such a fleet, they must not rebind its
+    // manager's rights to the service account.
+    objects.extend(Grant::manager(NAME, subject, ns).objects());
     objects.push(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": SERVICE_NAME, "namespace": ns, "labels": labels},
@@ -280,7 +282,7 @@ mod tests {
             .iter()
             .map(|r| r["metadata"]["namespace"].as_str().unwrap())
             .collect();
-        assert_eq!(roles, ["openyurt-system", "default"]);
+        assert_eq!(roles, ["openyurt-system", "kube-system", "default"]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The manager's rights: exactly the calls its controllers and webhooks make (the file
 //! under yurt-manager/src that makes each is named beside its rule), as one ClusterRole
-//! and a Role in each namespace it writes to, all named [`ROLE_NAME`].
+//! and a Role in each namespace it writes to, with their bindings, all of one name
+//! ([`ROLE_NAME`] for the manager `yurt up` runs).
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Value, json};
@@ -8,7 +9,8 @@ use serde_json::{Value, json};
 use crate::webhook::certs::SECRET_NAME;
 use crate::webhook::register::{MUTATING, VALIDATING};
 
-/// Name of the manager's ClusterRole, Roles and their bindings.
+/// Name of the ClusterRole, Roles and bindings of the manager `yurt up` runs (user
+/// `openyurt:yurt-manager`).
 pub const ROLE_NAME: &str = "openyurt:yurt-manager";
 /// The leader-election Lease, in the working namespace (`leader.rs`).
 pub const LEASE_NAME: &str = "yurt-manager";
@@ -85,6 +87,14 @@ pub fn working_namespace_rules() -> Value {
         // leader.rs: reads, creates and renews (replaces) the Lease.
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [LEASE_NAME], "verbs": ["get", "update"]},
+    ])
+}
+
+/// What the manager may do in the conversion Jobs' namespace
+/// ([`crate::controllers::nodeconversion::NAMESPACE`], where OpenYurt runs them whatever
+/// the working namespace).
+pub fn conversion_job_rules() -> Value {
+    json!([
         // controllers/nodeconversion: the servant's Jobs, watched, made, deleted once done.
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch", "create", "delete"]},
     ])
@@ -148,22 +158,31 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// The manager's rights, bound to `subject`, its Role for the working namespace in
-    /// `namespace`.
-    pub fn manager(subject: Value, namespace: &str) -> Self {
-        let mut roles = vec![(namespace.to_owned(), working_namespace_rules())];
-        if namespace == EVENT_NAMESPACE {
-            // One Role per name and namespace: the event rules join the working ones.
-            if let (Some(rules), Some(events)) =
-                (roles[0].1.as_array_mut(), event_rules().as_array())
-            {
-                rules.extend(events.iter().cloned());
+    /// The manager's rights under `name`, bound to `subject`: its working namespace's
+    /// Role in `namespace`, the conversion Jobs' in theirs, the Events' in
+    /// [`EVENT_NAMESPACE`] (one Role per namespace: rules meeting in one are merged).
+    pub fn manager(name: &str, subject: Value, namespace: &str) -> Self {
+        let mut roles: Vec<(String, Value)> = Vec::new();
+        for (ns, rules) in [
+            (namespace, working_namespace_rules()),
+            (
+                crate::controllers::nodeconversion::NAMESPACE,
+                conversion_job_rules(),
+            ),
+            (EVENT_NAMESPACE, event_rules()),
+        ] {
+            let extra = rules.as_array().cloned().unwrap_or_default();
+            match roles.iter_mut().find(|(n, _)| n == ns) {
+                Some((_, existing)) => {
+                    if let Some(existing) = existing.as_array_mut() {
+                        existing.extend(extra);
+                    }
+                }
+                None => roles.push((ns.to_owned(), Value::Array(extra))),
             }
-        } else {
-            roles.push((EVENT_NAMESPACE.to_owned(), event_rules()));
         }
         Self {
-            name: ROLE_NAME.to_owned(),
+            name: name.to_owned(),
             subject,
             cluster_rules: cluster_rules(),
             roles,
@@ -279,7 +298,7 @@ mod tests {
     fn a_grant_binds_each_role_to_its_subject_in_its_namespace() {
         use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
         let subject = json!({"kind": "ServiceAccount", "name": "yurt-manager", "namespace": "openyurt-system"});
-        let objects = Grant::manager(subject.clone(), "openyurt-system").objects();
+        let objects = Grant::manager("yurt-manager", subject.clone(), "openyurt-system").objects();
         let kinds: Vec<&str> = objects
             .iter()
             .map(|o| o["kind"].as_str().unwrap())
@@ -292,29 +311,46 @@ mod tests {
                 "Role",
                 "RoleBinding",
                 "Role",
+                "RoleBinding",
+                "Role",
                 "RoleBinding"
             ]
         );
         let _: ClusterRole = serde_json::from_value(objects[0].clone()).unwrap();
         let binding: ClusterRoleBinding = serde_json::from_value(objects[1].clone()).unwrap();
-        assert_eq!(binding.role_ref.name, ROLE_NAME);
+        assert_eq!(binding.role_ref.name, "yurt-manager");
         let subjects = binding.subjects.unwrap();
         assert_eq!(subjects[0].kind, "ServiceAccount");
         assert_eq!(subjects[0].namespace.as_deref(), Some("openyurt-system"));
-        let working: Role = serde_json::from_value(objects[2].clone()).unwrap();
-        assert_eq!(
-            working.metadata.namespace.as_deref(),
-            Some("openyurt-system")
-        );
-        let events: RoleBinding = serde_json::from_value(objects[5].clone()).unwrap();
-        assert_eq!(events.metadata.namespace.as_deref(), Some(EVENT_NAMESPACE));
-        assert_eq!(events.role_ref.kind, "Role");
+        let role_in = |ns: &str| -> Vec<PolicyRule> {
+            let role = objects
+                .iter()
+                .find(|o| o["kind"] == "Role" && o["metadata"]["namespace"] == ns)
+                .unwrap();
+            let role: Role = serde_json::from_value(role.clone()).unwrap();
+            role.rules.unwrap_or_default()
+        };
+        // Secrets and the Lease where it works; Jobs where the controller runs them,
+        // whatever the working namespace; Events in default.
+        let working = role_in("openyurt-system");
+        assert!(!granting(&working, "", "secrets", "create").is_empty());
+        assert!(granting(&working, "batch", "jobs", "create").is_empty());
+        let jobs = role_in(crate::controllers::nodeconversion::NAMESPACE);
+        for verb in ["list", "watch", "create", "delete"] {
+            assert_eq!(granting(&jobs, "batch", "jobs", verb).len(), 1, "{verb}");
+        }
+        assert!(granting(&jobs, "", "secrets", "get").is_empty());
+        let events = role_in(EVENT_NAMESPACE);
+        assert!(!granting(&events, "", "events", "create").is_empty());
+        let binding: RoleBinding = serde_json::from_value(objects[7].clone()).unwrap();
+        assert_eq!(binding.role_ref.kind, "Role");
 
-        // Working in `default`: one Role there holds both sets of rules.
-        let objects = Grant::manager(subject, EVENT_NAMESPACE).objects();
-        assert_eq!(objects.len(), 4);
+        // Working in kube-system (as `yurt up`'s manager): one Role there holds the
+        // working and the Job rules.
+        let objects = Grant::manager(ROLE_NAME, subject, "kube-system").objects();
+        assert_eq!(objects.len(), 6);
         let both = rules(objects[2]["rules"].clone());
-        assert!(!granting(&both, "", "events", "create").is_empty());
+        assert!(!granting(&both, "", "secrets", "create").is_empty());
         assert!(!granting(&both, "batch", "jobs", "create").is_empty());
     }
 }

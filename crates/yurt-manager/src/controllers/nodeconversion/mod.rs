@@ -114,8 +114,12 @@ async fn sweep_orphans(
             () = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        if jobs.wait_until_ready().await.is_err() || nodes.wait_until_ready().await.is_err() {
-            return;
+        let listed = async {
+            jobs.wait_until_ready().await.is_ok() && nodes.wait_until_ready().await.is_ok()
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            ok = listed => if !ok { return },
         }
         let all = jobs.state();
         for job in orphaned(&all, |n| nodes.get(&ObjectRef::new(n)).is_some()) {
@@ -460,6 +464,11 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileEr
 
     if let Some(job) = current {
         let action = action_of(&job);
+        // A Job on its way out still has its servant (restoring the host within its
+        // grace period): the next one waits for it to be gone.
+        if job.metadata.deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
+        }
         match outcome(&job) {
             // One Job at a time: its end reconciles the node again.
             Outcome::Running => return Ok(Action::await_change()),
@@ -585,9 +594,11 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileEr
     Ok(Action::await_change())
 }
 
+/// Deletes `job` in the foreground: it stays, marked for deletion, until its pod is
+/// gone (its servant ended), so no next Job for the node starts beside it.
 async fn delete_job(jobs: &Api<Job>, job: &Job) -> Result<(), kube::Error> {
     let params = DeleteParams {
-        propagation_policy: Some(PropagationPolicy::Background),
+        propagation_policy: Some(PropagationPolicy::Foreground),
         preconditions: job.uid().map(|uid| kube::api::Preconditions {
             uid: Some(uid),
             resource_version: None,
