@@ -1270,16 +1270,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         );
         // Deleted in the foreground once done: gone as soon as its finished pod is.
         wait_for("the finished Job gone", Duration::from_secs(30), || async {
-            let jobs = f.kubectl(&[
-                "get",
-                "jobs",
-                "-n",
-                "kube-system",
-                "-l",
-                "openyurt.io/conversion-node",
-                "-o",
-                "name",
-            ])?;
+            let jobs = conversion_jobs(&f)?;
             Ok(jobs.trim().is_empty().then_some(()))
         })
         .await?;
@@ -1303,25 +1294,11 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         // A label added and removed at once ends reverted (the controller may see the
         // label, convert and revert, or not see it at all), one Job at a time: the node
         // settles plain, uncordoned, with no Job, and stays so.
-        f.kubectl(&[
-            "label",
-            "node",
-            "edge-z",
-            "apps.openyurt.io/nodepool=pool-a",
-        ])?;
+        label_into_pool_a(&f)?;
         f.kubectl(&["label", "node", "edge-z", "apps.openyurt.io/nodepool-"])?;
         let settled = |f: &TestFleet| {
             let nodes = nodes.clone();
-            let jobs = f.kubectl(&[
-                "get",
-                "jobs",
-                "-n",
-                "kube-system",
-                "-l",
-                "openyurt.io/conversion-node",
-                "-o",
-                "name",
-            ]);
+            let jobs = conversion_jobs(f);
             async move {
                 let jobs = jobs?;
                 ensure!(jobs.trim().lines().count() <= 1, "overlapping Jobs: {jobs}");
@@ -1368,26 +1345,9 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         ensure!(f.node_ready("edge-z").await? == "True");
 
         // The manager restarted while its Job runs: the conversion finishes.
-        let jobs_now = |f: &TestFleet| {
-            f.kubectl(&[
-                "get",
-                "jobs",
-                "-n",
-                "kube-system",
-                "-l",
-                "openyurt.io/conversion-node",
-                "-o",
-                "name",
-            ])
-        };
-        f.kubectl(&[
-            "label",
-            "node",
-            "edge-z",
-            "apps.openyurt.io/nodepool=pool-a",
-        ])?;
+        label_into_pool_a(&f)?;
         wait_for("the conversion Job", Duration::from_secs(60), || async {
-            Ok((!jobs_now(&f)?.trim().is_empty()).then_some(()))
+            Ok((!conversion_jobs(&f)?.trim().is_empty()).then_some(()))
         })
         .await?;
         f.stop("cloud", "yurt-manager")?;
@@ -1481,14 +1441,9 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         // The pool cut mid-conversion (the Job made, kubelet not yet moved: its servant
         // has not started, or waits for its hub): once the link is back the conversion
         // completes.
-        f.kubectl(&[
-            "label",
-            "node",
-            "edge-z",
-            "apps.openyurt.io/nodepool=pool-a",
-        ])?;
+        label_into_pool_a(&f)?;
         wait_for("the conversion Job", Duration::from_secs(60), || async {
-            Ok((!jobs_now(&f)?.trim().is_empty()).then_some(()))
+            Ok((!conversion_jobs(&f)?.trim().is_empty()).then_some(()))
         })
         .await?;
         f.cut("pool-a")?;
@@ -1545,7 +1500,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
             "uncordoned after the revert"
         );
         wait_for("no Job left", Duration::from_secs(30), || async {
-            Ok(jobs_now(&f)?.trim().is_empty().then_some(()))
+            Ok(conversion_jobs(&f)?.trim().is_empty().then_some(()))
         })
         .await?;
         ensure!(f.node_ready("edge-z").await? == "True");
@@ -1557,15 +1512,35 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
     .await
 }
 
-/// Puts edge-z into pool-a by its label and waits for the conversion Job's servant to
-/// install the hub (a convert under way).
-async fn label_until_the_hub_is_installed(f: &TestFleet) -> anyhow::Result<()> {
+/// The conversion Jobs (`kubectl get -o name`), one per line.
+fn conversion_jobs(f: &TestFleet) -> anyhow::Result<String> {
+    f.kubectl(&[
+        "get",
+        "jobs",
+        "-n",
+        "kube-system",
+        "-l",
+        "openyurt.io/conversion-node",
+        "-o",
+        "name",
+    ])
+}
+
+/// Puts edge-z into pool-a by its label (the manager converts it).
+fn label_into_pool_a(f: &TestFleet) -> anyhow::Result<()> {
     f.kubectl(&[
         "label",
         "node",
         "edge-z",
         "apps.openyurt.io/nodepool=pool-a",
     ])?;
+    Ok(())
+}
+
+/// Puts edge-z into pool-a by its label and waits for the conversion Job's servant to
+/// install the hub (a convert under way).
+async fn label_until_the_hub_is_installed(f: &TestFleet) -> anyhow::Result<()> {
+    label_into_pool_a(f)?;
     let hub_unit = f.dir().join("hosts/edge-z/units/yurt-hub.toml");
     wait_for(
         "the servant to install the hub",
