@@ -282,6 +282,12 @@ pub struct UpArgs {
     /// cloud host's `logs/kube-apiserver-audit.log`.
     #[arg(long, hide = true)]
     pub api_audit_log: bool,
+    /// Upstream Kubernetes only, to install OpenYurt onto as onto any cluster: no hub,
+    /// yurt manager, tunnel, NodePools or sample app; plain edge workers talking to the
+    /// API server directly; a kubelet on the cloud host (node `cloud`) for add-ons such
+    /// as the manager (`yurt manager manifests`). Kept for the fleet's later restarts.
+    #[arg(long, conflicts_with_all = ["prometheus", "second_api_server", "direct_edges"])]
+    pub bare: bool,
     /// Also run Prometheus (Debian's, installed if missing) in the cloud host, scraping
     /// every kubelet's /metrics and /metrics/cadvisor through the API server's node
     /// proxy, so through the tunnel; its UI is printed once the fleet is up. Kept for

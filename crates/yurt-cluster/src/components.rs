@@ -18,7 +18,7 @@ use crate::image;
 use crate::paths::{FleetPaths, HostPaths};
 use crate::pki::{Identity, PkiPaths};
 use crate::probe::Probe;
-use crate::spec::{EdgeApi, EdgePlan, HostId, Plan, Timings, net};
+use crate::spec::{EdgeApi, HostId, Plan, Timings, WorkerPlan, net};
 use crate::upstream::{Binary, UpstreamBinaries};
 
 /// Where agents connect to the tunnel server (OpenYurt's port).
@@ -86,7 +86,7 @@ pub enum Component {
 
 impl Component {
     /// Cloud-host processes in start order.
-    pub const CLOUD: [Component; 11] = [
+    pub const CLOUD: [Component; 14] = [
         Component::Etcd,
         Component::KubeApiserver,
         Component::KubeApiserverReplica,
@@ -98,6 +98,24 @@ impl Component {
         Component::Registry,
         Component::RegistryPush,
         Component::Prometheus,
+        // The cloud host's own node, in a bare fleet (`Plan::cloud_worker`).
+        Component::Containerd,
+        Component::Kubelet,
+        Component::KubeProxy,
+    ];
+    /// What makes a host a Kubernetes node, in start order.
+    pub const NODE: [Component; 3] = [
+        Component::Containerd,
+        Component::Kubelet,
+        Component::KubeProxy,
+    ];
+    /// OpenYurt's own processes (none runs in a fleet started with `yurt up --bare`).
+    pub const OPENYURT: [Component; 5] = [
+        Component::YurtManager,
+        Component::TunnelServer,
+        Component::TunnelServerReplica,
+        Component::TunnelAgent,
+        Component::YurtHub,
     ];
     /// Edge-host processes in start order.
     pub const EDGE: [Component; 5] = [
@@ -302,6 +320,8 @@ pub struct Context<'a> {
     /// How long kube-controller-manager's certificates are valid, seconds (`None`: its
     /// default).
     pub cluster_signing_duration: Option<u64>,
+    /// Whether the fleet runs upstream Kubernetes only (`yurt up --bare`).
+    pub bare: bool,
 }
 
 /// The API server's audit log (when the fleet has one): one JSON event per line.
@@ -414,8 +434,6 @@ fn write(path: &Path, contents: &str) -> Result<()> {
 }
 
 impl Context<'_> {
-    /// The API server's audit flags (none unless the fleet asked for an audit log);
-    /// writes the policy file.
     /// kube-apiserver's egress selection: `cluster` traffic (kubelets, pods,
     /// Service-addressed webhooks) as HTTP CONNECT on the tunnel server's socket.
     fn egress_config(&self, hp: &HostPaths, replica: ControlPlaneReplica) -> Result<PathBuf> {
@@ -454,6 +472,8 @@ impl Context<'_> {
             .collect()
     }
 
+    /// The API server's audit flags (none unless the fleet asked for an audit log);
+    /// writes the policy file.
     fn audit_flags(&self, hp: &HostPaths) -> Result<Vec<OsString>> {
         if !self.api_audit_log {
             return Ok(Vec::new());
@@ -487,6 +507,12 @@ impl Context<'_> {
                 Error::Invalid(format!("{component} runs on edge hosts, not on {host}"))
             })
         };
+        let worker = self.plan.worker(host);
+        let need_worker = || {
+            worker
+                .as_ref()
+                .ok_or_else(|| Error::Invalid(format!("{component} runs on nodes; {host} is none")))
+        };
         let pki = self.pki;
         let cert = |stem: &str| p(&pki.cert(stem));
         let key = |stem: &str| p(&pki.key(stem));
@@ -517,6 +543,15 @@ impl Context<'_> {
                 let replica_flags = match replica {
                     ControlPlaneReplica::First => self.audit_flags(&hp)?,
                     ControlPlaneReplica::Second => vec![arg("--endpoint-reconciler-type=none")],
+                };
+                // Without a tunnel server (a bare fleet) `cluster` traffic goes direct.
+                let egress = if self.bare {
+                    Vec::new()
+                } else {
+                    vec![arg(format!(
+                        "--egress-selector-config-file={}",
+                        p(&self.egress_config(&hp, replica)?)
+                    ))]
                 };
                 CommandLine {
                     program: self.bins.path(Binary::KubeApiserver),
@@ -555,10 +590,6 @@ impl Context<'_> {
                             "--kubelet-certificate-authority={}",
                             p(&pki.ca_cert())
                         )),
-                        arg(format!(
-                            "--egress-selector-config-file={}",
-                            p(&self.egress_config(&hp, replica)?)
-                        )),
                         // Service-addressed webhooks and aggregated APIs are dialled at an
                         // endpoint's address, not the ClusterIP: an endpoint on an edge node
                         // is then routed to its agent like any pod (the cloud host runs no
@@ -577,6 +608,7 @@ impl Context<'_> {
                     ]
                     .into_iter()
                     .chain(replica_flags)
+                    .chain(egress)
                     .collect(),
                     env: Vec::new(),
                 }
@@ -801,7 +833,7 @@ impl Context<'_> {
                 }
             }
             Component::Containerd => {
-                let edge = need_edge()?;
+                let edge = need_worker()?;
                 let config = hp.config().join("containerd.toml");
                 write(&config, &containerd_config(&hp, None))?;
                 for (file, text) in crate::registry::containerd_hosts(&pki.ca_cert()) {
@@ -866,39 +898,46 @@ impl Context<'_> {
                 }
             }
             Component::Kubelet => {
-                let edge = need_edge()?;
+                let worker = need_worker()?;
                 let config = hp.config().join("kubelet.yaml");
-                write(&config, &kubelet_config(self, &hp, edge)?)?;
-                let pool = &self.plan.pools[edge.pool];
+                write(&config, &kubelet_config(self, host, &hp, worker)?)?;
                 // Through the hub: plain HTTP on the node, no credentials of its own.
-                // Direct: the node's own certificate.
+                // Direct (and the cloud's own node): the node's own certificate.
                 let kubeconfig = pki.kubeconfig(&match self.edge_api {
-                    EdgeApi::ThroughHub => crate::pki::HUB_LOCAL.to_owned(),
-                    EdgeApi::Direct => Identity::Node(edge.name.clone()).stem(),
+                    EdgeApi::ThroughHub if !self.bare && worker.pool.is_some() => {
+                        crate::pki::HUB_LOCAL.to_owned()
+                    }
+                    _ => Identity::Node(worker.name.clone()).stem(),
                 });
-                let labels = format!(
-                    "{}={},{}=true",
-                    yurt_api::labels::NODE_POOL,
-                    pool.name,
-                    yurt_api::labels::IS_EDGE_WORKER
-                );
+                // A bare fleet's workers are plain: no pool, not edge.
+                let labels = match worker.pool {
+                    Some(pool) if !self.bare => format!(
+                        "{}={},{}=true",
+                        yurt_api::labels::NODE_POOL,
+                        self.plan.pools[pool].name,
+                        yurt_api::labels::IS_EDGE_WORKER
+                    ),
+                    _ => String::new(),
+                };
                 CommandLine {
                     program: self.bins.path(Binary::Kubelet),
                     args: self.kubelet_args(
                         &hp,
                         &config,
                         &kubeconfig,
-                        &edge.name,
-                        edge.ip,
+                        &worker.name,
+                        worker.ip,
                         &labels,
                     ),
                     env: Vec::new(),
                 }
             }
             Component::KubeProxy => {
-                let edge = need_edge()?;
+                let worker = need_worker()?;
+                let through_hub =
+                    self.edge_api == EdgeApi::ThroughHub && !self.bare && worker.pool.is_some();
                 let config = hp.config().join("kube-proxy.yaml");
-                write(&config, &kube_proxy_config(pki, edge, self.edge_api)?)?;
+                write(&config, &kube_proxy_config(pki, &worker.name, through_hub)?)?;
                 CommandLine {
                     program: self.bins.path(Binary::KubeProxy),
                     args: vec![arg(format!("--config={}", p(&config))), arg("--v=1")],
@@ -924,7 +963,8 @@ impl Context<'_> {
     ) -> Result<CommandLine> {
         let hp = self.paths.host(&HostId::Edge(host.name.clone()));
         let config = hp.config().join("kubelet.yaml");
-        write(&config, &node_kubelet_config(self, &hp, &host.name, None)?)?;
+        let id = HostId::Edge(host.name.clone());
+        write(&config, &node_kubelet_config(self, &id, &hp, None)?)?;
         let pool = &self.plan.pools[host.pool];
         Ok(CommandLine {
             program: self.bins.path(Binary::Kubelet),
@@ -950,7 +990,7 @@ impl Context<'_> {
         labels: &str,
     ) -> Vec<OsString> {
         let socket = format!("unix://{}", p(&hp.containerd_socket()));
-        vec![
+        [
             arg(format!("--config={}", p(config))),
             arg(format!("--kubeconfig={}", p(kubeconfig))),
             arg("--container-runtime=remote"),
@@ -964,9 +1004,11 @@ impl Context<'_> {
             arg(format!("--root-dir={}", p(&hp.kubelet_root()))),
             arg(format!("--hostname-override={node}")),
             arg(format!("--node-ip={ip}")),
-            arg(format!("--node-labels={labels}")),
-            arg("--v=1"),
         ]
+        .into_iter()
+        .chain((!labels.is_empty()).then(|| arg(format!("--node-labels={labels}"))))
+        .chain([arg("--v=1")])
+        .collect()
     }
 }
 
@@ -1080,25 +1122,30 @@ fn yaml(value: &serde_json::Value) -> Result<String> {
     serde_yaml::to_string(value).map_err(|e| Error::Invalid(format!("render YAML: {e}")))
 }
 
-/// The kubelet configuration of an edge host.
+/// The kubelet configuration of a planned node (an edge host's or the cloud worker's).
 ///
 /// # Errors
 /// Only if YAML rendering fails.
-pub fn kubelet_config(ctx: &Context<'_>, hp: &HostPaths, edge: &EdgePlan) -> Result<String> {
-    let serving = PkiPaths::kubelet_serving(&edge.name);
+pub fn kubelet_config(
+    ctx: &Context<'_>,
+    host: &HostId,
+    hp: &HostPaths,
+    worker: &WorkerPlan,
+) -> Result<String> {
+    let serving = PkiPaths::kubelet_serving(&worker.name);
     let pair = (ctx.pki.cert(&serving), ctx.pki.key(&serving));
-    node_kubelet_config(ctx, hp, &edge.name, Some(&pair))
+    node_kubelet_config(ctx, host, hp, Some(&pair))
 }
 
-/// The kubelet configuration of node `node` on the host `hp`, serving with `serving`
+/// The kubelet configuration of `host` (its folder `hp`), serving with `serving`
 /// (certificate, key) or, without, a certificate kubelet makes itself.
 ///
 /// # Errors
 /// Only if YAML rendering or writing its resolver file fails.
 pub fn node_kubelet_config(
     ctx: &Context<'_>,
+    host: &HostId,
     hp: &HostPaths,
-    node: &yurt_core::NodeName,
     serving: Option<&(PathBuf, PathBuf)>,
 ) -> Result<String> {
     let t = ctx.timings;
@@ -1122,7 +1169,7 @@ pub fn node_kubelet_config(
         },
         "authorization": {"mode": "Webhook"},
         "cgroupDriver": "cgroupfs",
-        "cgroupRoot": format!("/{}", crate::fleet::host_cgroup(ctx.plan.slot, &HostId::Edge(node.clone()))),
+        "cgroupRoot": format!("/{}", crate::fleet::host_cgroup(ctx.plan.slot, host)),
         "cgroupsPerQOS": true,
         "enforceNodeAllocatable": ["pods"],
         "failSwapOn": false,
@@ -1155,20 +1202,26 @@ pub fn node_kubelet_config(
     yaml(&config)
 }
 
-/// The kube-proxy configuration of an edge host.
+/// The kube-proxy configuration of node `node`, reaching the API server through the
+/// node's hub or directly.
 ///
 /// # Errors
 /// Only if YAML rendering fails.
-pub fn kube_proxy_config(pki: &PkiPaths, edge: &EdgePlan, edge_api: EdgeApi) -> Result<String> {
-    let kubeconfig = match edge_api {
-        EdgeApi::ThroughHub => crate::pki::HUB_LOCAL.to_owned(),
-        EdgeApi::Direct => Identity::KubeProxy.stem(),
+pub fn kube_proxy_config(
+    pki: &PkiPaths,
+    node: &yurt_core::NodeName,
+    through_hub: bool,
+) -> Result<String> {
+    let kubeconfig = if through_hub {
+        crate::pki::HUB_LOCAL.to_owned()
+    } else {
+        Identity::KubeProxy.stem()
     };
     yaml(&serde_json::json!({
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
         "clientConnection": {"kubeconfig": p(&pki.kubeconfig(&kubeconfig))},
-        "hostnameOverride": edge.name.as_str(),
+        "hostnameOverride": node.as_str(),
         "bindAddress": "0.0.0.0",
         "clusterCIDR": net::CLUSTER_CIDR.to_string(),
         "mode": "iptables",
@@ -1201,6 +1254,7 @@ mod tests {
             api_audit_log: false,
             second_api_server: false,
             cluster_signing_duration: None,
+            bare: false,
         }
     }
 
@@ -1572,13 +1626,89 @@ mod tests {
     }
 
     #[test]
-    fn edge_components_refuse_the_cloud_host() {
+    fn node_components_refuse_a_cloud_host_that_is_no_node() {
         let (_d, plan, paths, pki, bins) = fixture();
         let ctx = context(&plan, &paths, &pki, &bins);
+        for c in Component::NODE {
+            let err = ctx.command_line(c, &HostId::Cloud).unwrap_err();
+            assert!(err.to_string().contains("cloud is none"), "{err}");
+        }
         let err = ctx
-            .command_line(Component::Kubelet, &HostId::Cloud)
+            .command_line(Component::YurtHub, &HostId::Cloud)
             .unwrap_err();
         assert!(err.to_string().contains("runs on edge hosts"), "{err}");
+    }
+
+    #[test]
+    fn a_bare_fleets_cloud_is_a_node_its_edges_are_plain_and_its_api_server_has_no_tunnel() {
+        let (_d, plan, paths, pki, bins) = fixture();
+        let plan = plan.with_cloud_worker(true);
+        let ctx = Context {
+            bare: true,
+            edge_api: EdgeApi::Direct,
+            ..context(&plan, &paths, &pki, &bins)
+        };
+        let cloud = args_of(
+            &ctx.command_line(Component::Kubelet, &HostId::Cloud)
+                .unwrap(),
+        );
+        assert!(
+            cloud.contains(&"--hostname-override=cloud".to_owned()),
+            "{cloud:?}"
+        );
+        assert!(
+            cloud.contains(&"--node-ip=10.10.0.1".to_owned()),
+            "{cloud:?}"
+        );
+        assert!(
+            cloud.contains(&format!(
+                "--kubeconfig={}",
+                p(&pki.kubeconfig(&Identity::Node("cloud".parse().unwrap()).stem()))
+            )),
+            "its own certificate: {cloud:?}"
+        );
+        assert!(
+            !cloud.iter().any(|a| a.starts_with("--node-labels")),
+            "{cloud:?}"
+        );
+        let hp = paths.host(&HostId::Cloud);
+        let config: serde_yaml::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(hp.config().join("kubelet.yaml")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(config["cgroupRoot"].as_str(), Some("/yurt-1/cloud"));
+        ctx.command_line(Component::Containerd, &HostId::Cloud)
+            .unwrap();
+        let cni: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(hp.cni_conf().join("10-yurt-bridge.conflist")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            cni["plugins"][0]["ipam"]["ranges"][0][0]["subnet"], "10.244.0.0/24",
+            "the one /24 no edge host gets"
+        );
+        ctx.command_line(Component::KubeProxy, &HostId::Cloud)
+            .unwrap();
+        let proxy = std::fs::read_to_string(hp.config().join("kube-proxy.yaml")).unwrap();
+        assert!(proxy.contains("hostnameOverride: cloud"), "{proxy}");
+        assert!(!proxy.contains(crate::pki::HUB_LOCAL), "{proxy}");
+
+        let edge = plan.host("edge-a1").unwrap();
+        let kubelet = args_of(&ctx.command_line(Component::Kubelet, &edge).unwrap());
+        assert!(
+            !kubelet.iter().any(|a| a.starts_with("--node-labels")),
+            "plain: {kubelet:?}"
+        );
+        let api = args_of(
+            &ctx.command_line(Component::KubeApiserver, &HostId::Cloud)
+                .unwrap(),
+        );
+        assert!(
+            !api.iter()
+                .any(|a| a.starts_with("--egress-selector-config-file")),
+            "no tunnel server to send `cluster` traffic to: {api:?}"
+        );
+        assert!(api.contains(&"--enable-bootstrap-token-auth=true".to_owned()));
     }
 
     #[test]

@@ -264,25 +264,32 @@ pub fn ensure(paths: &FleetPaths, plan: &Plan) -> Result<PkiPaths> {
     ];
     identities.extend(plan.edges.iter().map(|e| Identity::Node(e.name.clone())));
     identities.extend(plan.edges.iter().map(|e| Identity::Hub(e.name.clone())));
+    if let Some(cloud) = &plan.cloud_worker {
+        identities.push(Identity::Node(cloud.name.clone()));
+    }
     for id in &identities {
         let stem = id.stem();
         if !pki.cert(&stem).exists() || !pki.key(&stem).exists() {
             write_pair(&pki, &stem, &ca.issue(&id.spec())?)?;
         }
     }
-    for edge in &plan.edges {
-        let stem = PkiPaths::kubelet_serving(&edge.name);
+    let kubelets = plan
+        .edges
+        .iter()
+        .map(|e| (&e.name, e.ip))
+        .chain(plan.cloud_worker.iter().map(|w| (&w.name, w.ip)));
+    for (node, ip) in kubelets {
+        let stem = PkiPaths::kubelet_serving(node);
         if !pki.cert(&stem).exists() || !pki.key(&stem).exists() {
             let spec = CertSpec::server(
-                edge.name.as_str(),
-                &[edge.name.as_str(), "localhost"],
-                &[
-                    IpAddr::V4(edge.ip),
-                    IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-                ],
+                node.as_str(),
+                &[node.as_str(), "localhost"],
+                &[IpAddr::V4(ip), IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)],
             );
             write_pair(&pki, &stem, &ca.issue(&spec)?)?;
         }
+    }
+    for edge in &plan.edges {
         let stem = PkiPaths::hub_serving(&edge.name);
         if !pki.cert(&stem).exists() || !pki.key(&stem).exists() {
             let spec = CertSpec::server(

@@ -426,7 +426,28 @@ pub struct Plan {
     pub edges: Vec<EdgePlan>,
     /// Hosts added to the running fleet (`yurt fleet add-host`), by name.
     pub added: Vec<AddedHostPlan>,
+    /// The cloud host's own node, in a fleet started with `yurt up --bare` (a
+    /// control-plane machine that also runs kubelet, as on a kubeadm cluster): cluster
+    /// add-ons installed later (the manager) run there, and the API server reaches
+    /// their Services through its kube-proxy.
+    pub cloud_worker: Option<WorkerPlan>,
 }
+
+/// The node a host's kubelet registers as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerPlan {
+    /// Node name.
+    pub name: NodeName,
+    /// Its address (kubelet's `--node-ip`).
+    pub ip: Ipv4Addr,
+    /// Its pod CIDR.
+    pub pod_cidr: Ipv4Cidr,
+    /// Index of its pool in [`Plan::pools`] (an edge host's).
+    pub pool: Option<usize>,
+}
+
+/// The cloud host's node name in a `yurt up --bare` fleet.
+pub const CLOUD_NODE: &str = "cloud";
 
 impl Plan {
     /// Derives the plan of `spec` in `slot`.
@@ -484,7 +505,36 @@ impl Plan {
             pools,
             edges,
             added: Vec::new(),
+            cloud_worker: None,
         })
+    }
+
+    /// The plan with (or without) the cloud host's own node (`yurt up --bare`): named
+    /// [`CLOUD_NODE`], at the cloud's address, with the one pod CIDR of 10.244/16 no edge
+    /// host gets (`10.244.0.0/24`).
+    pub fn with_cloud_worker(mut self, cloud_worker: bool) -> Self {
+        self.cloud_worker = cloud_worker.then(|| WorkerPlan {
+            name: CLOUD_NODE.parse().expect("a DNS label"),
+            ip: net::CLOUD_IP.addr,
+            pod_cidr: Ipv4Cidr::new(10, 244, 0, 0, 24),
+            pool: None,
+        });
+        self
+    }
+
+    /// The node `host`'s kubelet registers as, when the plan gives it one: a planned
+    /// edge host's, or the cloud worker's. Added hosts get theirs when they join.
+    pub fn worker(&self, host: &HostId) -> Option<WorkerPlan> {
+        match host {
+            HostId::Cloud => self.cloud_worker.clone(),
+            HostId::Router => None,
+            HostId::Edge(name) => self.edge(name.as_str()).map(|e| WorkerPlan {
+                name: e.name.clone(),
+                ip: e.ip,
+                pod_cidr: e.pod_cidr,
+                pool: Some(e.pool),
+            }),
+        }
     }
 
     /// The plan with the hosts recorded as added (`yurt fleet add-host`).

@@ -49,6 +49,10 @@ pub struct FleetState {
     /// (`yurt up --cluster-signing-duration`); `None`: its default, a year.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_signing_duration: Option<u64>,
+    /// Whether the fleet runs upstream Kubernetes only (`yurt up --bare`): no hub,
+    /// manager, tunnel or NodePools; plain edge workers; a kubelet on the cloud host.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub bare: bool,
     /// Hosts added to the running fleet (`yurt fleet add-host`), by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub added_hosts: BTreeMap<String, AddedHost>,
@@ -72,6 +76,7 @@ impl FleetState {
             prometheus: false,
             second_api_server: false,
             cluster_signing_duration: None,
+            bare: false,
             added_hosts: BTreeMap::new(),
         }
     }

@@ -49,7 +49,9 @@ pub struct ManifestsArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=10))]
     pub replicas: u16,
     /// Run the pods only on nodes with this label, `key=value` (repeatable), for
-    /// example on a cloud worker: the API server must reach the webhooks.
+    /// example on a cloud worker: the API server must reach the webhooks. Without it,
+    /// they run on control-plane nodes (`node-role.kubernetes.io/master` or
+    /// `node-role.kubernetes.io/control-plane`).
     #[arg(long = "node-selector", value_parser = label_pair)]
     pub node_selector: Vec<(String, String)>,
     /// More `yurt manager` flags for the pods, after `--` (checked as the manager would).

@@ -71,6 +71,7 @@ pub async fn run(
         prometheus: args.prometheus.then_some(true),
         second_api_server: args.second_api_server.then_some(true),
         cluster_signing_duration: args.cluster_signing_duration,
+        bare: args.bare.then_some(true),
     };
     let started = std::time::Instant::now();
     let mut fleet = tokio::select! {
@@ -187,7 +188,42 @@ fn self_command(data_dir: &Path) -> String {
     }
 }
 
+/// What a bare fleet is, and how to install OpenYurt onto it.
+fn print_bare_welcome(fleet: &Fleet, data_dir: &Path) {
+    let plan = fleet.plan();
+    let yurt = self_command(data_dir);
+    println!(
+        "\nFleet is up, bare: Kubernetes {} with a node on the cloud host and {} plain edge workers in {} sites ({} mode); no OpenYurt component runs.",
+        yurt_cluster::upstream::KUBERNETES_VERSION,
+        plan.edges.len(),
+        plan.pools.len(),
+        fleet.state().spec.mode,
+    );
+    println!(
+        "\n  export KUBECONFIG={}",
+        fleet.admin_kubeconfig().display()
+    );
+    println!("  kubectl get nodes -o wide");
+    println!("  {yurt} fleet status");
+    println!("\nTo install OpenYurt's manager onto it as onto any cluster:");
+    println!("  {yurt} image build --with-yurt --tag yurt.local/yurt:v0.1.0 -o yurt.tar --push");
+    println!(
+        "  {yurt} manager manifests | kubectl apply -f -   # runs on the cloud node, a control-plane node"
+    );
+    println!(
+        "  kubectl label node {} apps.openyurt.io/nodepool=<pool>   # converts it (a NodePool of that name must exist)",
+        plan.edges
+            .first()
+            .map(|e| e.name.to_string())
+            .unwrap_or_default()
+    );
+}
+
 async fn print_welcome(fleet: &Fleet, data_dir: &Path) {
+    if fleet.state().bare {
+        print_bare_welcome(fleet, data_dir);
+        return;
+    }
     let plan = fleet.plan();
     let spec = &fleet.state().spec;
     let yurt = self_command(data_dir);
@@ -292,6 +328,15 @@ mod tests {
         match crate::cli::Cli::try_parse_from(args).unwrap().command {
             crate::cli::Command::Up(a) => a,
             _ => panic!("not up"),
+        }
+    }
+
+    #[test]
+    fn bare_refuses_what_needs_openyurts_components() {
+        assert!(parse(&["yurt", "up", "--bare"]).bare);
+        for other in ["--prometheus", "--second-api-server", "--direct-edges"] {
+            let refused = crate::cli::Cli::try_parse_from(["yurt", "up", "--bare", other]);
+            assert!(refused.is_err(), "--bare {other}");
         }
     }
 

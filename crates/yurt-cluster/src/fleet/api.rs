@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus};
+use k8s_openapi::api::core::v1::{Node, NodeSpec, NodeStatus, Taint};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 use crate::error::{Error, Result};
-use crate::spec::Plan;
+use crate::spec::{HostId, Plan};
 use yurt_manager::install::rbac::Grant;
 
 /// A client from a kubeconfig file.
@@ -45,50 +45,83 @@ pub async fn api_ready(client: &kube::Client) -> bool {
     )
 }
 
-/// Creates each edge host's Node object before its kubelet starts, with its pool
-/// labels and the pod CIDR the address plan gave it, so every node's CNI range, its
-/// Node object and the fleet's routes agree from the start. An existing Node (a
-/// restarted fleet) is left as it is.
+/// Creates each planned node's Node object before its kubelet starts, with the pod
+/// CIDR the address plan gave it (and an edge host's pool labels, unless the fleet is
+/// `bare`), so every node's CNI range, its Node object and the fleet's routes agree
+/// from the start. An existing Node (a restarted fleet) is left as it is.
 ///
 /// # Errors
 /// API errors other than "already exists".
-pub async fn register_nodes(client: &kube::Client, plan: &Plan) -> Result<()> {
+pub async fn register_nodes(client: &kube::Client, plan: &Plan, bare: bool) -> Result<()> {
+    for host in plan.hosts() {
+        register_node(client, plan, &host, bare).await?;
+    }
+    Ok(())
+}
+
+/// [`register_nodes`] for one host (nothing for a host the plan gives no node).
+///
+/// # Errors
+/// API errors other than "already exists".
+pub async fn register_node(
+    client: &kube::Client,
+    plan: &Plan,
+    host: &HostId,
+    bare: bool,
+) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
-    for edge in &plan.edges {
-        let pool = &plan.pools[edge.pool];
+    {
+        let Some(worker) = plan.worker(host) else {
+            return Ok(());
+        };
+        // kubelet 1.20 writes into the annotations of an existing Node without creating
+        // the map (and panics on a nil map): give it the value it sets.
+        let mut annotations = BTreeMap::from([(
+            "volumes.kubernetes.io/controller-managed-attach-detach".to_owned(),
+            "true".to_owned(),
+        )]);
+        let mut labels = BTreeMap::new();
+        if let Some(pool) = worker.pool.filter(|_| !bare) {
+            labels.insert(
+                yurt_api::labels::NODE_POOL.to_owned(),
+                plan.pools[pool].name.to_string(),
+            );
+            labels.insert(
+                yurt_api::labels::IS_EDGE_WORKER.to_owned(),
+                "true".to_owned(),
+            );
+            // Edge nodes of the fleet are autonomous (OpenYurt's default for edge nodes
+            // joined with the hub): the hub reports it in the node's Autonomy condition
+            // and the manager keeps their pods through outages.
+            annotations.insert(
+                yurt_api::labels::AUTONOMY_DURATION.to_owned(),
+                "0".to_owned(),
+            );
+        }
+        // The cloud host's node is a control-plane node as kubeadm 1.20 marks one: both
+        // role labels, and a taint only add-ons that ask for it tolerate.
+        let mut taints = None;
+        if *host == HostId::Cloud {
+            for role in ["master", "control-plane"] {
+                labels.insert(format!("node-role.kubernetes.io/{role}"), String::new());
+            }
+            taints = Some(vec![Taint {
+                key: "node-role.kubernetes.io/master".to_owned(),
+                effect: "NoSchedule".to_owned(),
+                ..Taint::default()
+            }]);
+        }
         let node = Node {
             metadata: ObjectMeta {
-                name: Some(edge.name.to_string()),
-                labels: Some(BTreeMap::from([
-                    (
-                        yurt_api::labels::NODE_POOL.to_owned(),
-                        pool.name.to_string(),
-                    ),
-                    (
-                        yurt_api::labels::IS_EDGE_WORKER.to_owned(),
-                        "true".to_owned(),
-                    ),
-                ])),
-                // kubelet 1.20 writes into the annotations of an existing Node without
-                // creating the map (and panics on a nil map): give it the value it sets.
-                // Edge nodes of the fleet are autonomous (OpenYurt's default for edge
-                // nodes joined with the hub): the hub reports it in the node's Autonomy
-                // condition and the manager keeps their pods through outages.
-                annotations: Some(BTreeMap::from([
-                    (
-                        "volumes.kubernetes.io/controller-managed-attach-detach".to_owned(),
-                        "true".to_owned(),
-                    ),
-                    (
-                        yurt_api::labels::AUTONOMY_DURATION.to_owned(),
-                        "0".to_owned(),
-                    ),
-                ])),
+                name: Some(worker.name.to_string()),
+                labels: Some(labels),
+                annotations: Some(annotations),
                 ..ObjectMeta::default()
             },
             spec: Some(NodeSpec {
-                pod_cidr: Some(edge.pod_cidr.to_string()),
-                pod_cidrs: Some(vec![edge.pod_cidr.to_string()]),
+                pod_cidr: Some(worker.pod_cidr.to_string()),
+                pod_cidrs: Some(vec![worker.pod_cidr.to_string()]),
+                taints,
                 ..NodeSpec::default()
             }),
             // kubelet 1.20 also writes into the capacity maps of an existing Node; they
@@ -108,7 +141,7 @@ pub async fn register_nodes(client: &kube::Client, plan: &Plan) -> Result<()> {
         match nodes.create(&PostParams::default(), &node).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(Error::kube(format!("register node {}", edge.name), e)),
+            Err(e) => return Err(Error::kube(format!("register node {}", worker.name), e)),
         }
     }
     Ok(())
@@ -374,11 +407,12 @@ pub async fn node_readiness(client: &kube::Client, plan: &Plan) -> Result<NodeRe
         .edges
         .iter()
         .map(|e| e.name.to_string())
+        .chain(plan.cloud_worker.iter().map(|w| w.name.to_string()))
         .partition(|n| is_ready(n));
     Ok(NodeReadiness { ready, not_ready })
 }
 
-/// Waits until every edge node of `plan` is Ready, calling `progress` on each change.
+/// Waits until every planned node of `plan` (edge hosts, the cloud worker) is Ready, calling `progress` on each change.
 ///
 /// # Errors
 /// [`Error::NotReady`] naming the nodes that are not Ready after `timeout`.

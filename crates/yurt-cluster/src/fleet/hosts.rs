@@ -55,21 +55,7 @@ impl Fleet {
             blocking(move || network::add_host(&plan, &added)).await?;
         }
         let hp = self.paths.host(host);
-        let facts = yurt_core::host::HostFacts {
-            name: host.to_string(),
-            address: std::net::IpAddr::V4(added.ip),
-            kubelet: self.bins.path(crate::upstream::Binary::Kubelet),
-            kube_proxy: self.bins.path(crate::upstream::Binary::KubeProxy),
-            yurt: self.machine.yurt_binary.clone(),
-            container_runtime_endpoint: format!("unix://{}", hp.containerd_socket().display()),
-            cgroup_root: format!("/{}", host_cgroup(self.plan.slot, host)),
-            pause_image: crate::image::PAUSE_IMAGE.to_owned(),
-            cni_config_dir: hp.cni_conf(),
-            cni_state_dirs: vec![hp.cni_ipam(), hp.cni_cache()],
-        };
-        facts
-            .save(hp.root())
-            .map_err(|e| Error::Invalid(e.to_string()))?;
+        self.save_host_facts(host, added.ip)?;
         let line = components::added_host_containerd(&hp, &self.pki)?;
         Unit::of(
             format!("containerd on {host}, installed by yurt fleet add-host"),
@@ -91,6 +77,28 @@ impl Fleet {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Writes what tools running on `host` (join, reset, the servant) need to know of
+    /// the machine (`yurt_core::host::HostFacts`): its name and address, where the
+    /// binaries, containerd's socket, its cgroup and CNI folders are.
+    pub(crate) fn save_host_facts(&self, host: &HostId, ip: std::net::Ipv4Addr) -> Result<()> {
+        let hp = self.paths.host(host);
+        let facts = yurt_core::host::HostFacts {
+            name: host.to_string(),
+            address: std::net::IpAddr::V4(ip),
+            kubelet: self.bins.path(crate::upstream::Binary::Kubelet),
+            kube_proxy: self.bins.path(crate::upstream::Binary::KubeProxy),
+            yurt: self.machine.yurt_binary.clone(),
+            container_runtime_endpoint: format!("unix://{}", hp.containerd_socket().display()),
+            cgroup_root: format!("/{}", host_cgroup(self.plan.slot, host)),
+            pause_image: crate::image::PAUSE_IMAGE.to_owned(),
+            cni_config_dir: hp.cni_conf(),
+            cni_state_dirs: vec![hp.cni_ipam(), hp.cni_cache()],
+        };
+        facts
+            .save(hp.root())
+            .map_err(|e| Error::Invalid(e.to_string()))
     }
 
     /// The command line of a kubelet for the added host `name` that talks to the API

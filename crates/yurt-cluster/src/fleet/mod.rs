@@ -2,6 +2,7 @@
 //! (up, down, status, cut/restore, reboot, stop/start a process, exec).
 
 mod api;
+mod bare;
 mod hosts;
 mod ops;
 pub mod routes;
@@ -123,7 +124,9 @@ impl Fleet {
         let state = state::load(&paths.state_file())?.ok_or_else(|| Error::NoFleet {
             dir: data_dir.to_owned(),
         })?;
-        let plan = Plan::new(&state.spec, state.slot)?.with_added(&state.added_hosts)?;
+        let plan = Plan::new(&state.spec, state.slot)?
+            .with_added(&state.added_hosts)?
+            .with_cloud_worker(state.bare);
         let bins = upstream::cached(&machine.cache_dir)
             .unwrap_or_else(|| UpstreamBinaries::at(machine.cache_dir.join("kubernetes/missing")));
         Ok(Self {
@@ -213,17 +216,20 @@ impl Fleet {
 
     /// Whether `component` runs on `host` in this fleet (an edge host of a fleet whose
     /// kubelets talk to the API server directly runs no hub; Prometheus and the second
-    /// API server and tunnel server run only in a fleet started with them).
+    /// API server and tunnel server run only in a fleet started with them; a bare
+    /// fleet runs none of OpenYurt's processes, and a kubelet on its cloud host).
     pub fn runs(&self, host: &HostId, component: Component) -> bool {
-        if let HostId::Edge(name) = host
-            && self.plan.added_host(name.as_str()).is_some()
-        {
-            // An added host runs what its units say (add-host installs containerd's,
-            // whoever joins it the rest).
+        if self.joins_itself(host) {
+            // Such a host runs what its units say (containerd's come with the host,
+            // whoever joins or converts it writes the rest).
             return Component::EDGE.contains(&component)
                 && self.unit_file(host, component).exists();
         }
+        if *host == HostId::Cloud && Component::NODE.contains(&component) {
+            return self.plan.cloud_worker.is_some();
+        }
         Component::of(host).contains(&component)
+            && !(self.state.bare && Component::OPENYURT.contains(&component))
             && (component != Component::RouteController || !self.plan.added.is_empty())
             && !(component == Component::YurtHub && self.state.edge_api == EdgeApi::Direct)
             && (component != Component::Prometheus || self.state.prometheus)
@@ -231,6 +237,20 @@ impl Fleet {
                 component,
                 Component::KubeApiserverReplica | Component::TunnelServerReplica
             ) || self.state.second_api_server)
+    }
+
+    /// Whether `host` is an edge host whose kubelet, kube-proxy and hub units are
+    /// written by the tools that run on it (`yurt adm join`, the node servant), not by
+    /// `yurt up`: a host added with `yurt fleet add-host`, and every edge host of a bare
+    /// fleet (`yurt up` joins them with a bootstrap token, as kubeadm joins workers).
+    pub fn joins_itself(&self, host: &HostId) -> bool {
+        match host {
+            HostId::Edge(name) => {
+                self.plan.added_host(name.as_str()).is_some()
+                    || (self.state.bare && self.plan.edge(name.as_str()).is_some())
+            }
+            _ => false,
+        }
     }
 
     /// The processes of `host` in this fleet, in start order.
@@ -277,7 +297,9 @@ impl Fleet {
 
     fn reload_state(&mut self) -> Result<()> {
         if let Some(s) = state::load(&self.paths.state_file())? {
-            self.plan = Plan::new(&s.spec, s.slot)?.with_added(&s.added_hosts)?;
+            self.plan = Plan::new(&s.spec, s.slot)?
+                .with_added(&s.added_hosts)?
+                .with_cloud_worker(s.bare);
             self.state = s;
         }
         Ok(())

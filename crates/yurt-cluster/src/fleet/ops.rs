@@ -64,6 +64,12 @@ pub struct HostStatus {
     pub processes: Vec<ProcessStatus>,
 }
 
+/// Whether `component` on `host` runs in the host's mount namespace: everything of an
+/// edge host, and the cloud host's node processes (its control plane does not).
+fn in_mount_ns(host: &HostId, component: Component) -> bool {
+    matches!(host, HostId::Edge(_)) || Component::NODE.contains(&component)
+}
+
 /// Environment every process on a fleet host gets: the hosts are not cloud instances.
 pub const NO_INSTANCE_METADATA: (&str, &str) = ("AWS_EC2_METADATA_DISABLED", "true");
 
@@ -80,6 +86,7 @@ impl Fleet {
             api_audit_log: self.state.api_audit_log,
             second_api_server: self.state.second_api_server,
             cluster_signing_duration: self.state.cluster_signing_duration,
+            bare: self.state.bare,
         }
     }
 
@@ -149,7 +156,7 @@ impl Fleet {
             args: line.args,
             env,
             netns: Some(netns::path(&self.plan.netns(host))),
-            mountns: matches!(host, HostId::Edge(_)).then(|| hp.mount_ns()),
+            mountns: in_mount_ns(host, component).then(|| hp.mount_ns()),
             cgroup_procs: self
                 .cgroups
                 .procs_files(&system_cgroup(self.plan.slot, host)),
@@ -172,7 +179,7 @@ impl Fleet {
     /// A missing unit of an added host, an unreadable unit, rendering errors.
     pub fn unit(&self, host: &HostId, component: Component) -> Result<Unit> {
         let path = self.unit_file(host, component);
-        if path.exists() || self.is_added(host) {
+        if path.exists() || self.joins_itself(host) {
             return Ok(Unit::load(&path)?);
         }
         self.install_unit(host, component)
@@ -195,6 +202,11 @@ impl Fleet {
     /// Rendering or I/O errors.
     pub(crate) fn install_units(&self, host: &HostId) -> Result<()> {
         if self.is_added(host) {
+            return Ok(());
+        }
+        if self.joins_itself(host) {
+            // A bare fleet's edge host: a machine with containerd, joined later.
+            self.install_unit(host, Component::Containerd)?;
             return Ok(());
         }
         for c in self.components_of(host).collect::<Vec<_>>() {
@@ -223,6 +235,31 @@ impl Fleet {
             if c == Component::Containerd {
                 let socket = hp.containerd_socket();
                 let images = images.clone();
+                blocking(move || import_all(&socket, &images)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the cloud host's own node (a bare fleet's): its mount namespace,
+    /// containerd (with the fleet's images), kubelet and kube-proxy.
+    pub(crate) async fn start_cloud_worker(&self) -> Result<()> {
+        let host = HostId::Cloud;
+        if self.plan.cloud_worker.is_none() {
+            return Ok(());
+        }
+        let hp = self.paths.host(&host);
+        {
+            let (hp, yurt) = (hp.clone(), self.machine.yurt_binary.clone());
+            blocking(move || mountns::create(&hp, &yurt)).await?;
+        }
+        for c in Component::NODE {
+            if !self.runs(&host, c) {
+                continue;
+            }
+            self.start_component(&host, c).await?;
+            if c == Component::Containerd {
+                let (socket, images) = (hp.containerd_socket(), self.paths.images());
                 blocking(move || import_all(&socket, &images)).await?;
             }
         }
@@ -289,7 +326,7 @@ impl Fleet {
     }
 
     async fn restart(&self, host: &HostId, component: Component) -> Result<()> {
-        if let HostId::Edge(_) = host {
+        if in_mount_ns(host, component) {
             let (hp, yurt) = (self.paths.host(host), self.machine.yurt_binary.clone());
             blocking(move || mountns::create(&hp, &yurt)).await?;
         }

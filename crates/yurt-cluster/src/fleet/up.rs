@@ -52,6 +52,12 @@ pub struct UpOptions {
     /// stay valid; `None` keeps an existing fleet's choice (its default, a year, for a
     /// new one).
     pub cluster_signing_duration: Option<std::time::Duration>,
+    /// Whether the fleet runs upstream Kubernetes only, for OpenYurt to be installed
+    /// onto: no hub, manager, tunnel, NodePools or sample app; plain edge workers that
+    /// reach the API server directly; a kubelet on the cloud host for add-ons. `None`
+    /// keeps an existing fleet's choice (off for a new one); a choice that differs
+    /// from an existing fleet's is refused.
+    pub bare: Option<bool>,
 }
 
 /// Pushes `images` (image, repository, tags) to the fleet registry's push process, from
@@ -197,6 +203,32 @@ pub async fn up(
         (None, None) => FleetSpec::default(),
     };
     spec.validate()?;
+    let bare = match (&existing, options.bare) {
+        (Some(s), Some(wanted)) if s.bare != wanted => {
+            return Err(Error::Invalid(format!(
+                "{} holds a fleet {} OpenYurt; remove it with `yurt down --purge --data-dir {}` or use another --data-dir",
+                data_dir.display(),
+                if s.bare { "without" } else { "with" },
+                data_dir.display()
+            )));
+        }
+        (Some(s), None) => s.bare,
+        (_, wanted) => wanted.unwrap_or(false),
+    };
+    if bare {
+        let refused = [
+            (options.prometheus == Some(true), "--prometheus"),
+            (
+                options.second_api_server == Some(true),
+                "--second-api-server",
+            ),
+        ];
+        if let Some((_, flag)) = refused.iter().find(|(asked, _)| *asked) {
+            return Err(Error::Invalid(format!(
+                "{flag} needs OpenYurt's components (the hub, the tunnel), which --bare leaves out"
+            )));
+        }
+    }
     let edge_api = match (&existing, options.edge_api) {
         (Some(s), Some(wanted)) if s.edge_api != wanted => {
             return Err(Error::Invalid(format!(
@@ -207,6 +239,7 @@ pub async fn up(
             )));
         }
         (Some(s), None) => s.edge_api,
+        (_, _) if bare => EdgeApi::Direct,
         (_, wanted) => wanted.unwrap_or_default(),
     };
     let api_audit_log = options
@@ -239,6 +272,7 @@ pub async fn up(
     new_state.api_audit_log = api_audit_log;
     new_state.prometheus = prometheus;
     new_state.second_api_server = second_api_server;
+    new_state.bare = bare;
     new_state.cluster_signing_duration = options
         .cluster_signing_duration
         .map(|d| d.as_secs())
@@ -322,10 +356,16 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     };
     step.finish();
 
+    let bare = fleet.state.bare;
     let step = Step::start(
         reporter,
         format!(
-            "control plane: etcd, kube-apiserver, scheduler, yurt manager, tunnel server, registry{}{}",
+            "control plane: etcd, kube-apiserver, scheduler, {}registry{}{}",
+            if bare {
+                ""
+            } else {
+                "yurt manager, tunnel server, "
+            },
             if fleet.state.second_api_server {
                 ", a second kube-apiserver and tunnel server"
             } else {
@@ -348,20 +388,25 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     // NoExecute again and no pod there is evicted. Nodes Ready before it starts leave
     // nothing behind. Nothing a node needs to become Ready comes from it: certificates
     // come from the fleet's CA, pod CIDRs from the address plan.
+    // The cloud host's own node (a bare fleet's) starts with the edge hosts, below.
     let cloud: Vec<Component> = fleet
         .components_of(&HostId::Cloud)
-        .filter(|c| *c != Component::KubeControllerManager)
+        .filter(|c| *c != Component::KubeControllerManager && !Component::NODE.contains(c))
         .collect();
     for host in plan.hosts() {
         fleet.install_units(&host)?;
     }
     for component in cloud {
-        if component == Component::YurtManager {
+        if component == Component::KubeScheduler {
+            // As on a kubeadm cluster, in every fleet: hosts can join with a token.
             let client = fleet.client().await?;
             let ca = std::fs::read(fleet.pki.ca_cert())
                 .map_err(|e| crate::error::Error::io(fleet.pki.ca_cert(), e))?;
             super::api::apply_bootstrap_prerequisites(&client, &plan.api_url_in_fleet(), &ca)
                 .await?;
+        }
+        if component == Component::YurtManager {
+            let client = fleet.client().await?;
             super::api::apply_hub_rbac(&client).await?;
             super::api::apply_manager_rbac(&client).await?;
         }
@@ -385,8 +430,21 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
     Box::pin(push_images(&paths, &plan, &to_push, &step)).await?;
     step.finish();
 
+    if bare {
+        let step = Step::start(
+            reporter,
+            format!(
+                "nodes: the cloud's own, kube-controller-manager, then {} plain edge workers joined with a bootstrap token",
+                plan.edges.len()
+            ),
+        );
+        // Boxed: joins hold large futures every caller of `up` would carry.
+        Box::pin(fleet.bring_up_bare_nodes(&step)).await?;
+        step.finish();
+        return Ok(());
+    }
     let client = fleet.client().await?;
-    super::api::register_nodes(&client, &plan).await?;
+    super::api::register_nodes(&client, &plan, bare).await?;
     super::api::create_node_pools(&client, &plan).await?;
 
     let step = Step::start(

@@ -59,9 +59,26 @@ pub fn manager_args(options: &Options) -> Vec<String> {
             service_account_user(&options.namespace)
         ),
     ];
+    // The image holds `yurt` and busybox: all a conversion Job or a static pod
+    // upgrade worker needs, unless the flags name another.
+    if !options
+        .extra_args
+        .iter()
+        .any(|a| a.starts_with("--node-servant-image"))
+    {
+        args.push(format!("--node-servant-image={}", options.image));
+    }
     args.extend(options.extra_args.iter().cloned());
     args
 }
+
+/// The control-plane node labels of kubeadm clusters (1.20 sets both): without a
+/// `--node-selector`, the pods run only on such nodes, which the API server reaches
+/// and no edge outage cuts off.
+pub const CONTROL_PLANE_LABELS: [&str; 2] = [
+    "node-role.kubernetes.io/master",
+    "node-role.kubernetes.io/control-plane",
+];
 
 /// Every object, in the order `kubectl apply` needs them (a Namespace first when it is
 /// not one every cluster has).
@@ -122,7 +139,15 @@ pub fn objects(options: &Options) -> Vec<Value> {
     // Generous: a slow API server at start must not get the manager killed.
     pod_spec["containers"][0]["livenessProbe"]["initialDelaySeconds"] = json!(30);
     pod_spec["containers"][0]["livenessProbe"]["failureThreshold"] = json!(6);
-    if !options.node_selector.is_empty() {
+    if options.node_selector.is_empty() {
+        let terms: Vec<Value> = CONTROL_PLANE_LABELS
+            .iter()
+            .map(|key| json!({"matchExpressions": [{"key": key, "operator": "Exists"}]}))
+            .collect();
+        pod_spec["affinity"] = json!({"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms},
+        }});
+    } else {
         pod_spec["nodeSelector"] = json!(options.node_selector);
     }
     if ns == "kube-system" {
@@ -223,6 +248,14 @@ mod tests {
         assert!(args.contains(
             &"--manager-username=system:serviceaccount:kube-system:yurt-manager".to_owned()
         ));
+        assert!(
+            args.contains(&"--node-servant-image=yurt.local/yurt:1".to_owned()),
+            "the conversion Jobs run the manager's own image: {args:?}"
+        );
+        assert!(
+            pod.affinity.is_none(),
+            "a node selector replaces the default"
+        );
         assert_eq!(
             args.last().map(String::as_str),
             Some("--node-conversion-timeout=900")
@@ -259,6 +292,48 @@ mod tests {
             assert_eq!(binding["subjects"][0]["name"], NAME);
             assert_eq!(binding["subjects"][0]["namespace"], "kube-system");
         }
+    }
+
+    #[test]
+    fn without_a_node_selector_the_pods_run_on_control_plane_nodes() {
+        let mut options = options("kube-system");
+        options.node_selector.clear();
+        options.extra_args = vec!["--node-servant-image=busybox:1".to_owned()];
+        let objects = objects(&options);
+        let deployment: Deployment =
+            serde_json::from_value(of_kind(&objects, "Deployment")[0].clone()).unwrap();
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        assert!(pod.node_selector.is_none());
+        let terms = pod
+            .affinity
+            .and_then(|a| a.node_affinity)
+            .and_then(|a| a.required_during_scheduling_ignored_during_execution)
+            .expect("a required node affinity")
+            .node_selector_terms;
+        let keys: Vec<_> = terms
+            .iter()
+            .flat_map(|t| t.match_expressions.iter().flatten())
+            .map(|e| (e.key.as_str(), e.operator.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("node-role.kubernetes.io/master", "Exists"),
+                ("node-role.kubernetes.io/control-plane", "Exists")
+            ],
+            "either label will do (terms are ORed)"
+        );
+        assert_eq!(terms.len(), 2);
+        let args = pod.containers[0].args.clone().unwrap();
+        let servant: Vec<_> = args
+            .iter()
+            .filter(|a| a.starts_with("--node-servant-image"))
+            .collect();
+        assert_eq!(
+            servant,
+            ["--node-servant-image=busybox:1"],
+            "the given one only"
+        );
     }
 
     #[test]
