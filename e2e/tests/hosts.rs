@@ -1032,89 +1032,6 @@ fn servant(f: &TestFleet, host: &str, args: &[&str]) -> anyhow::Result<(bool, St
     ))
 }
 
-/// A pod on `node` serving, on :8080 at `/env`, the API endpoint its container was
-/// started with; its address.
-async fn env_pod_on(f: &TestFleet, node: &str, name: &str) -> anyhow::Result<String> {
-    let pods: Api<Pod> = Api::namespaced(f.client(), "default");
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "env",
-                "image": yurt_cluster::image::BUSYBOX_IMAGE,
-                "command": ["/bin/busybox", "sh", "-c",
-                    "mkdir -p /tmp/www && echo \"$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT\" > /tmp/www/env && exec /bin/busybox httpd -f -p 8080 -h /tmp/www"],
-            }],
-        },
-    }))?;
-    pods.create(&PostParams::default(), &pod).await?;
-    wait_for(
-        &format!("pod {name} Running on {node}"),
-        Duration::from_secs(120),
-        || async {
-            let p = pods.get(name).await?;
-            let status = p.status.unwrap_or_default();
-            Ok((status.phase.as_deref() == Some("Running"))
-                .then_some(status.pod_ip)
-                .flatten())
-        },
-    )
-    .await
-}
-
-/// The restart count of `name`'s container and the endpoint it serves at `/env` (read
-/// from `host`), once the container runs.
-async fn env_of(f: &TestFleet, host: &str, name: &str, ip: &str) -> anyhow::Result<(i32, String)> {
-    let pods: Api<Pod> = Api::namespaced(f.client(), "default");
-    wait_for(
-        &format!("{name}'s container running and serving /env"),
-        Duration::from_secs(90),
-        || async {
-            let p = pods.get(name).await?;
-            let Some(c) = p
-                .status
-                .and_then(|s| s.container_statuses)
-                .and_then(|c| c.into_iter().next())
-            else {
-                return Ok(None);
-            };
-            if c.state.is_none_or(|s| s.running.is_none()) {
-                return Ok(None);
-            }
-            let text = http_get(f, host, ip, "/env")?;
-            Ok(Some((c.restart_count, text)))
-        },
-    )
-    .await
-}
-
-/// A plain HTTP/1.0 GET of `ip:8080` `path` from `host`'s network namespace: the body.
-fn http_get(f: &TestFleet, host: &str, ip: &str, path: &str) -> anyhow::Result<String> {
-    use std::io::{Read as _, Write as _};
-    let ns = f.fleet().plan().netns(&f.fleet().plan().host(host)?);
-    let mut s = yurt_cluster::netns::connect_tcp(
-        &ns,
-        SocketAddr::new(ip.parse()?, 8080),
-        Duration::from_secs(2),
-    )?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer)?;
-    let (head, body) = answer.split_once("\r\n\r\n").context("an HTTP answer")?;
-    ensure!(
-        head.starts_with("HTTP/1.") && head.contains(" 200 "),
-        "{head}"
-    );
-    let body = body.trim().to_owned();
-    ensure!(!body.is_empty(), "an empty body");
-    Ok(body)
-}
-
 /// Issue 13's conversion, on a fleet of its own: a plain node (joined with a token)
 /// converts with `yurt node-servant` to an edge node behind a hub and each container
 /// restarts once with the hub's endpoint; a second convert changes nothing; revert puts
@@ -1162,7 +1079,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
                 .unwrap_or_default()
                 .to_owned())
         };
-        let ip = env_pod_on(&f, "edge-z", "env").await?;
+        let ip = f.env_pod_on("edge-z", "env").await?;
         let svc = f.kubectl(&[
             "get",
             "service",
@@ -1170,7 +1087,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
             "-o",
             "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}",
         ])?;
-        ensure!(env_of(&f, "edge-z", "env", &ip).await? == (0, svc.trim().to_owned()));
+        ensure!(f.env_of("edge-z", "env", &ip).await? == (0, svc.trim().to_owned()));
 
         let convert = [
             "convert",
@@ -1192,14 +1109,14 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         );
         ensure!(line_of(&f)?.contains("yurt-hub("), "{}", line_of(&f)?);
         ensure!(
-            env_of(&f, "edge-z", "env", &ip).await? == (1, "169.254.2.1:10268".to_owned()),
+            f.env_of("edge-z", "env", &ip).await? == (1, "169.254.2.1:10268".to_owned()),
             "the container restarted once and sees the hub"
         );
         ensure!(f.node_ready("edge-z").await? == "True");
         let (ok, said) = servant(&f, "edge-z", &convert)?;
         ensure!(ok && said.contains("already was an edge node"), "{said}");
         ensure!(
-            env_of(&f, "edge-z", "env", &ip).await?.0 == 1,
+            f.env_of("edge-z", "env", &ip).await?.0 == 1,
             "a second convert restarts nothing"
         );
 
@@ -1211,7 +1128,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
             !f.dir().join("hosts/edge-z/var/lib/yurthub").exists(),
             "the hub's files are gone"
         );
-        ensure!(env_of(&f, "edge-z", "env", &ip).await? == (2, svc.trim().to_owned()));
+        ensure!(f.env_of("edge-z", "env", &ip).await? == (2, svc.trim().to_owned()));
 
         // A hub that cannot get its certificates: the convert fails and restores.
         f.stop("cloud", "yurt-manager")?;
@@ -1237,7 +1154,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         // supervisor, so a crash still fails the test).
         let _service_manager = f.serve_service_managers()?;
         let nodes: Api<Node> = Api::all(f.client());
-        let before = env_of(&f, "edge-z", "env", &ip).await?.0;
+        let before = f.env_of("edge-z", "env", &ip).await?.0;
         let out = f.yurt(&[
             "adm",
             "convert",
@@ -1265,7 +1182,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         );
         ensure!(line_of(&f)?.contains("yurt-hub("), "{}", line_of(&f)?);
         ensure!(
-            env_of(&f, "edge-z", "env", &ip).await? == (before + 1, "169.254.2.1:10268".to_owned()),
+            f.env_of("edge-z", "env", &ip).await? == (before + 1, "169.254.2.1:10268".to_owned()),
             "the pod restarted once more and sees the hub"
         );
         // Deleted in the foreground once done: gone as soon as its finished pod is.
@@ -1289,7 +1206,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
             "{labels:?}"
         );
         ensure!(!line_of(&f)?.contains("yurt-hub"), "{}", line_of(&f)?);
-        ensure!(env_of(&f, "edge-z", "env", &ip).await? == (before + 2, svc.trim().to_owned()));
+        ensure!(f.env_of("edge-z", "env", &ip).await? == (before + 2, svc.trim().to_owned()));
 
         // A label added and removed at once ends reverted (the controller may see the
         // label, convert and revert, or not see it at all), one Job at a time: the node
@@ -1427,7 +1344,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         )
         .await?;
         ensure!(
-            env_of(&f, "edge-z", "env", &ip).await?.1 == "169.254.2.1:10268",
+            f.env_of("edge-z", "env", &ip).await?.1 == "169.254.2.1:10268",
             "after the reboot the container still sees the hub"
         );
         f.kubectl(&[

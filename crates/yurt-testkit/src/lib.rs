@@ -570,6 +570,91 @@ impl TestFleet {
         .await?
     }
 
+    /// A pod on `node` serving, on :8080 at `/env`, the API endpoint its container was
+    /// started with; its address.
+    pub async fn env_pod_on(&self, node: &str, name: &str) -> anyhow::Result<String> {
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(self.client(), "default");
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": node,
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{
+                    "name": "env",
+                    "image": yurt_cluster::image::BUSYBOX_IMAGE,
+                    "command": ["/bin/busybox", "sh", "-c",
+                        "mkdir -p /tmp/www && echo \"$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT\" > /tmp/www/env && exec /bin/busybox httpd -f -p 8080 -h /tmp/www"],
+                }],
+            },
+        }))?;
+        pods.create(&kube::api::PostParams::default(), &pod).await?;
+        wait_for(
+            &format!("pod {name} Running on {node}"),
+            Duration::from_secs(120),
+            || async {
+                let p = pods.get(name).await?;
+                let status = p.status.unwrap_or_default();
+                Ok((status.phase.as_deref() == Some("Running"))
+                    .then_some(status.pod_ip)
+                    .flatten())
+            },
+        )
+        .await
+    }
+
+    /// The restart count of `name`'s container and the endpoint it serves at `/env` (read
+    /// from `host`), once the container runs.
+    pub async fn env_of(&self, host: &str, name: &str, ip: &str) -> anyhow::Result<(i32, String)> {
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(self.client(), "default");
+        wait_for(
+            &format!("{name}'s container running and serving /env"),
+            Duration::from_secs(90),
+            || async {
+                let p = pods.get(name).await?;
+                let Some(c) = p
+                    .status
+                    .and_then(|s| s.container_statuses)
+                    .and_then(|c| c.into_iter().next())
+                else {
+                    return Ok(None);
+                };
+                if c.state.is_none_or(|s| s.running.is_none()) {
+                    return Ok(None);
+                }
+                let text = self.http_get(host, ip, "/env")?;
+                Ok(Some((c.restart_count, text)))
+            },
+        )
+        .await
+    }
+
+    /// A plain HTTP/1.0 GET of `ip:8080` `path` from `host`'s network namespace: the body.
+    pub fn http_get(&self, host: &str, ip: &str, path: &str) -> anyhow::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let ns = self.fleet().plan().netns(&self.fleet().plan().host(host)?);
+        let mut s = yurt_cluster::netns::connect_tcp(
+            &ns,
+            std::net::SocketAddr::new(ip.parse()?, 8080),
+            Duration::from_secs(2),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        let (head, body) = answer.split_once("\r\n\r\n").context("an HTTP answer")?;
+        anyhow::ensure!(
+            head.starts_with("HTTP/1.") && head.contains(" 200 "),
+            "{head}"
+        );
+        let body = body.trim().to_owned();
+        anyhow::ensure!(!body.is_empty(), "an empty body");
+        Ok(body)
+    }
+
     /// The running containers of edge host `host`, as its containerd has them (so
     /// also while the host is cut off): `(pod, container)` of each, from the labels
     /// kubelet gives them.

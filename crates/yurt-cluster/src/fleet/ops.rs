@@ -515,19 +515,51 @@ impl Fleet {
     fn end_process(&mut self, host: &str, process: &str, kill: bool) -> Result<()> {
         self.require_up()?;
         let _ops = lock::exclusive(&self.paths.ops_lock())?;
+        if let Some((r, grace)) = self.record_stopped(host, process)? {
+            if kill {
+                process::kill_now(r);
+            } else {
+                process::stop(r, grace);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `process` on `host` as stopped on purpose (first: a supervisor must not
+    /// see its death as a crash); its pid record, if any, and how long it may take to
+    /// stop. The caller holds the operations lock.
+    fn record_stopped(
+        &mut self,
+        host: &str,
+        process: &str,
+    ) -> Result<Option<(PidRecord, Duration)>> {
         let (host, c) = self.component_on(host, process)?;
         let hp = self.paths.host(&host);
-        // Recorded first: a supervisor must not see the death as a crash.
         self.with_state_lock(|f| {
             f.state.set_stopped(&host.to_string(), c.name(), true);
             Ok(())
         })?;
-        if let Some(r) = PidRecord::read(&hp.pid_file(c.name())) {
-            if kill {
-                process::kill_now(r);
-            } else {
-                process::stop(r, c.stop_grace());
-            }
+        Ok(PidRecord::read(&hp.pid_file(c.name())).map(|r| (r, c.stop_grace())))
+    }
+
+    /// [`Fleet::stop_process`] for async callers serving several hosts at once (the
+    /// service manager): the operations lock is waited for, and the process's exit
+    /// awaited, off the runtime's workers. Waiting on them would hold a worker while
+    /// another request, holding the lock, awaits a readiness probe on it: with a
+    /// request per worker, none could finish.
+    ///
+    /// # Errors
+    /// Unknown host or process, fleet not running.
+    pub async fn stop_process_async(&mut self, host: &str, process: &str) -> Result<()> {
+        self.require_up()?;
+        let ops = self.paths.ops_lock();
+        let _ops = blocking(move || lock::exclusive(&ops)).await?;
+        if let Some((r, grace)) = self.record_stopped(host, process)? {
+            blocking(move || {
+                process::stop(r, grace);
+                Ok(())
+            })
+            .await?;
         }
         Ok(())
     }

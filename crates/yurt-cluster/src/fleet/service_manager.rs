@@ -260,14 +260,14 @@ async fn carry_out(fleet: &mut Fleet, host: &HostId, request: &ServiceRequest) -
     tracing::info!(host = %name, request = %request, "service manager");
     match request {
         ServiceRequest::Start(p) => fleet.start_process(&name, p).await,
-        ServiceRequest::Stop(p) => fleet.stop_process(&name, p),
+        ServiceRequest::Stop(p) => fleet.stop_process_async(&name, p).await,
         ServiceRequest::Restart(p) => {
-            fleet.stop_process(&name, p)?;
+            fleet.stop_process_async(&name, p).await?;
             fleet.start_process(&name, p).await
         }
         ServiceRequest::StartNoBlock(p) => fleet.launch_process(&name, p).await,
         ServiceRequest::RestartNoBlock(p) => {
-            fleet.stop_process(&name, p)?;
+            fleet.stop_process_async(&name, p).await?;
             fleet.launch_process(&name, p).await
         }
     }

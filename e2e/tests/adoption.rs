@@ -1,0 +1,385 @@
+//! OpenYurt installed onto a cluster it did not create (issue 13's adoption), on a
+//! fleet of its own: `yurt up --bare` runs upstream Kubernetes only, with the cloud host
+//! a control-plane node and plain workers joined with a bootstrap token; the manager is
+//! installed from `yurt manager manifests` with kubectl and runs as a pod from a locally
+//! built image; its webhooks answer through their Service; pool labels convert the
+//! workers, autonomy holds through a pool cut and an offline reboot, and removing the
+//! labels reverts them.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
+use yurt_cluster::{FleetSpec, NetMode, Timing, UpOptions};
+use yurt_testkit::{TestFleet, fresh_with, wait_for};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(900);
+const WORKERS: [&str; 2] = ["edge-a1", "edge-a2"];
+const IMAGE: &str = "yurt.local/yurt:adopt";
+/// The hub's address as pods on an edge node see the API server.
+const HUB_ENDPOINT: &str = "169.254.2.1:10268";
+
+async fn within<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(TEST_TIMEOUT, fut)
+        .await
+        .context("test did not finish in time")?
+}
+
+/// `host`'s line of `yurt fleet status`.
+fn status_line(f: &TestFleet, host: &str) -> anyhow::Result<String> {
+    Ok(f.yurt(&["fleet", "status"])?
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(host))
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// The reason of `node`'s `YurtNodeConversionFailed` condition, and its labels.
+async fn conversion_of(
+    nodes: &Api<Node>,
+    node: &str,
+) -> anyhow::Result<(Option<String>, std::collections::BTreeMap<String, String>)> {
+    let n = nodes.get(node).await?;
+    let reason = n
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "YurtNodeConversionFailed")
+        .and_then(|c| c.reason);
+    Ok((reason, n.metadata.labels.unwrap_or_default()))
+}
+
+/// Waits until every worker's conversion condition says `reason`.
+async fn wait_conversions(f: &TestFleet, reason: &str) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(f.client());
+    wait_for(
+        &format!("{WORKERS:?} {reason}"),
+        Duration::from_secs(240),
+        || async {
+            let mut seen = Vec::new();
+            for node in WORKERS {
+                seen.push((node, conversion_of(&nodes, node).await?.0));
+            }
+            if seen.iter().all(|(_, r)| r.as_deref() == Some(reason)) {
+                return Ok(Some(()));
+            }
+            // Said while waiting, so a timeout names where each node stands.
+            let jobs = f.kubectl(&["get", "jobs", "-n", "kube-system", "-o", "wide"])?;
+            anyhow::bail!("conditions {seen:?}; Jobs: {jobs}")
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn openyurt_installs_onto_a_bare_cluster_converts_its_workers_and_reverts_them()
+-> anyhow::Result<()> {
+    // Boxed: the whole scenario's state is large.
+    within(Box::pin(async {
+        let spec = FleetSpec {
+            edge_nodes: 2,
+            pools: 1,
+            mode: NetMode::Nat,
+            timing: Timing::Fast,
+            sample_app: false,
+        };
+        let mut f = fresh_with(
+            "adopt",
+            UpOptions {
+                spec: Some(spec),
+                bare: Some(true),
+                ..UpOptions::default()
+            },
+        )
+        .await?;
+        let nodes: Api<Node> = Api::all(f.client());
+
+        // Upstream Kubernetes only: no OpenYurt process, no NodePool, plain workers that
+        // joined with a token (their kubelet certificates approved and signed by
+        // kube-controller-manager), and a control-plane node on the cloud host.
+        let cloud = status_line(&f, "cloud")?;
+        ensure!(
+            cloud.contains("kubelet(") && !cloud.contains("yurt-"),
+            "{cloud}"
+        );
+        for node in WORKERS {
+            let line = status_line(&f, node)?;
+            ensure!(line.contains("kubelet(") && !line.contains("yurt-"), "{line}");
+            let (_, labels) = conversion_of(&nodes, node).await?;
+            ensure!(
+                !labels.keys().any(|k| k.contains("openyurt.io")),
+                "{node} is plain: {labels:?}"
+            );
+        }
+        let control_plane = nodes.get("cloud").await?;
+        ensure!(
+            control_plane
+                .spec
+                .and_then(|s| s.taints)
+                .unwrap_or_default()
+                .iter()
+                .any(|t| t.key == "node-role.kubernetes.io/master" && t.effect == "NoSchedule"),
+            "the cloud node is tainted as kubeadm taints a control-plane node"
+        );
+        let csrs = f.kubectl(&["get", "csr", "-o", "jsonpath={range .items[*]}{.spec.username} {.spec.signerName} {.status.conditions[0].type}{\"\\n\"}{end}"])?;
+        ensure!(
+            csrs.lines()
+                .filter(|l| l.starts_with("system:bootstrap:")
+                    && l.contains("kube-apiserver-client-kubelet Approved"))
+                .count()
+                == WORKERS.len(),
+            "{csrs}"
+        );
+        ensure!(
+            f.kubectl(&["get", "crd", "-o", "name"])?.trim().is_empty(),
+            "no CRD before the install"
+        );
+
+        // The install: the manager's image from this binary, pushed to the registry
+        // every node pulls from; the manifests applied with kubectl.
+        let archive = f.dir().join("yurt-image.tar");
+        f.yurt(&[
+            "image",
+            "build",
+            "--with-yurt",
+            "--tag",
+            IMAGE,
+            "-o",
+            &archive.to_string_lossy(),
+            "--push",
+        ])?;
+        let manifests = f.yurt(&["manager", "manifests", "--image", IMAGE])?;
+        f.kubectl_stdin(&["apply", "-f", "-"], &manifests)?;
+        let pods: Api<Pod> = Api::namespaced(f.client(), "kube-system");
+        let manager = wait_for(
+            "the manager's pod Ready",
+            Duration::from_secs(180),
+            || async {
+                let list = pods
+                    .list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=yurt-manager"))
+                    .await?;
+                Ok(list.items.into_iter().find(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                }))
+            },
+        )
+        .await?;
+        ensure!(
+            manager.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("cloud"),
+            "the manager runs on the control-plane node: {:?}",
+            manager.spec.and_then(|s| s.node_name)
+        );
+        ensure!(
+            !status_line(&f, "cloud")?.contains("yurt-manager("),
+            "the manager is a pod, not a process of the fleet"
+        );
+
+        // Its webhooks answer through their Service: the configurations it registered
+        // name the Service, a valid NodePool passes its conversion and validating
+        // webhooks, and an invalid one is refused by the manager.
+        let webhooks = f.kubectl(&[
+            "get",
+            "validatingwebhookconfigurations,mutatingwebhookconfigurations",
+            "-o",
+            "jsonpath={range .items[*].webhooks[*]}{.clientConfig.service.name} {.clientConfig.url}{\"\\n\"}{end}",
+        ])?;
+        ensure!(
+            !webhooks.trim().is_empty()
+                && webhooks
+                    .lines()
+                    .all(|l| l.trim() == "yurt-manager-webhook-service"),
+            "{webhooks}"
+        );
+        let pool = |name: &str, kind: &str| {
+            serde_json::json!({
+                "apiVersion": "apps.openyurt.io/v1beta1",
+                "kind": "NodePool",
+                "metadata": {"name": name},
+                "spec": {"type": kind},
+            })
+        };
+        let refused = f
+            .kubectl_stdin(&["create", "-f", "-"], &pool("pool-bad", "Nonsense").to_string())
+            .expect_err("an invalid pool is refused");
+        ensure!(
+            format!("{refused:#}").contains("admission webhook")
+                && format!("{refused:#}").contains("Nonsense"),
+            "{refused:#}"
+        );
+        wait_for("NodePool pool-a created", Duration::from_secs(60), || async {
+            Ok(f.apply(&pool("pool-a", "Edge")).ok())
+        })
+        .await?;
+
+        // Pool labels convert both workers (their pods restart once and then see the
+        // hub), the manager's Jobs running the host's servant through the host's
+        // service manager (served here without a supervisor: a crash fails the test).
+        let _service_managers = f.serve_service_managers()?;
+        let svc = f.kubectl(&[
+            "get",
+            "service",
+            "kubernetes",
+            "-o",
+            "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}",
+        ])?;
+        let mut ips = Vec::new();
+        for node in WORKERS {
+            let ip = f.env_pod_on(node, &format!("env-{node}")).await?;
+            ensure!(f.env_of(node, &format!("env-{node}"), &ip).await? == (0, svc.trim().to_owned()));
+            ips.push(ip);
+            // Autonomous once converted: the manager keeps their pods through outages.
+            f.kubectl(&[
+                "annotate",
+                "node",
+                node,
+                "node.openyurt.io/autonomy-duration=0",
+            ])?;
+        }
+        for node in WORKERS {
+            f.kubectl(&["label", "node", node, "apps.openyurt.io/nodepool=pool-a"])?;
+        }
+        wait_conversions(&f, "Converted").await?;
+        for (node, ip) in WORKERS.iter().zip(&ips) {
+            let (_, labels) = conversion_of(&nodes, node).await?;
+            ensure!(
+                labels.get("openyurt.io/is-edge-worker").map(String::as_str) == Some("true"),
+                "{labels:?}"
+            );
+            ensure!(status_line(&f, node)?.contains("yurt-hub("));
+            ensure!(
+                f.env_of(node, &format!("env-{node}"), ip).await?
+                    == (1, HUB_ENDPOINT.to_owned()),
+                "{node}'s container restarted once and sees the hub"
+            );
+        }
+        let serving = f.kubectl(&["get", "csr", "-o", "jsonpath={range .items[*]}{.spec.username} {.spec.signerName} {.status.conditions[0].type}{\"\\n\"}{end}"])?;
+        for node in WORKERS {
+            ensure!(
+                serving.contains(&format!(
+                    "system:node:{node} kubernetes.io/kubelet-serving Approved"
+                )),
+                "the hub's serving certificate approved by the manager: {serving}"
+            );
+        }
+
+        // The pool cut off and one worker rebooted offline: autonomy holds (no pod is
+        // evicted, the rebooted worker runs its pod again from its hub's cache).
+        wait_for(
+            "the env pods tolerating unreachable nodes forever",
+            Duration::from_secs(60),
+            || async {
+                let pods: Api<Pod> = Api::namespaced(f.client(), "default");
+                for node in WORKERS {
+                    let spec = pods.get(&format!("env-{node}")).await?.spec.unwrap_or_default();
+                    let forever = spec.tolerations.iter().flatten().any(|t| {
+                        t.key.as_deref() == Some("node.kubernetes.io/unreachable")
+                            && t.effect.as_deref() == Some("NoExecute")
+                            && t.toleration_seconds.is_none()
+                    });
+                    if !forever {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some(()))
+            },
+        )
+        .await?;
+        let rebooted = WORKERS[1];
+        let env_pods: Api<Pod> = Api::namespaced(f.client(), "default");
+        let container_of = |p: Pod| {
+            p.status
+                .and_then(|s| s.container_statuses)
+                .and_then(|c| c.into_iter().next())
+                .and_then(|c| c.container_id)
+        };
+        let before = container_of(env_pods.get(&format!("env-{rebooted}")).await?);
+        f.cut("pool-a")?;
+        f.reboot(rebooted).await?;
+        wait_for(
+            &format!("env-{rebooted} running again on {rebooted}, offline"),
+            Duration::from_secs(120),
+            || async {
+                let running = f.running_containers(rebooted)?;
+                Ok(running
+                    .iter()
+                    .any(|(pod, c)| *pod == format!("env-{rebooted}") && c == "env")
+                    .then_some(()))
+            },
+        )
+        .await?;
+        wait_for("both workers NotReady while cut", Duration::from_secs(90), || async {
+            for node in WORKERS {
+                if f.node_ready(node).await? == "True" {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        })
+        .await?;
+        ensure!(
+            f.running_containers(WORKERS[0])?
+                .iter()
+                .any(|(pod, _)| *pod == format!("env-{}", WORKERS[0])),
+            "the other worker's pod kept running"
+        );
+        f.restore("pool-a")?;
+        for node in WORKERS {
+            wait_for(&format!("{node} Ready again"), Duration::from_secs(120), || async {
+                Ok((f.node_ready(node).await? == "True").then_some(()))
+            })
+            .await?;
+            let pod = env_pods.get(&format!("env-{node}")).await?;
+            ensure!(
+                pod.metadata.deletion_timestamp.is_none(),
+                "env-{node} was not evicted"
+            );
+        }
+        let ip = wait_for(
+            "the rebooted worker's new container reported",
+            Duration::from_secs(90),
+            || async {
+                let pod = env_pods.get(&format!("env-{rebooted}")).await?;
+                let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+                let now = container_of(pod);
+                Ok((now.is_some() && now != before).then_some(ip).flatten())
+            },
+        )
+        .await?;
+        ensure!(
+            f.env_of(rebooted, &format!("env-{rebooted}"), &ip).await?.1 == HUB_ENDPOINT,
+            "after the reboot the container still sees the hub"
+        );
+        ips[1] = ip;
+
+        // The labels removed: reverted, kubelet straight to the API server, hub gone.
+        for node in WORKERS {
+            f.kubectl(&["label", "node", node, "apps.openyurt.io/nodepool-"])?;
+        }
+        wait_conversions(&f, "Reverted").await?;
+        for (node, ip) in WORKERS.iter().zip(&ips) {
+            let (_, labels) = conversion_of(&nodes, node).await?;
+            ensure!(!labels.contains_key("openyurt.io/is-edge-worker"), "{labels:?}");
+            let line = status_line(&f, node)?;
+            ensure!(!line.contains("yurt-hub"), "{line}");
+            let kubelet =
+                std::fs::read_to_string(f.dir().join(format!("hosts/{node}/units/kubelet.toml")))?;
+            ensure!(!kubelet.contains("through-hub"), "kubelet is direct: {kubelet}");
+            ensure!(
+                !f.dir().join(format!("hosts/{node}/var/lib/yurthub")).exists(),
+                "the hub's files are gone from {node}"
+            );
+            ensure!(
+                f.env_of(node, &format!("env-{node}"), ip).await?.1 == svc.trim(),
+                "{node}'s container sees the API server's Service again"
+            );
+            ensure!(f.node_ready(node).await? == "True");
+        }
+        Ok(())
+    }))
+    .await
+}
