@@ -14,7 +14,9 @@ use kube::api::Api;
 use yurt_cluster::{FleetSpec, NetMode, Timing, UpOptions};
 use yurt_testkit::{TestFleet, fresh_with, wait_for};
 
-const TEST_TIMEOUT: Duration = Duration::from_secs(900);
+/// Below nextest's own limit (6 × 120 s), so a stuck test still removes its fleet and
+/// keeps its logs.
+const TEST_TIMEOUT: Duration = Duration::from_secs(660);
 const WORKERS: [&str; 2] = ["edge-a1", "edge-a2"];
 const IMAGE: &str = "yurt.local/yurt:adopt";
 /// The hub's address as pods on an edge node see the API server.
@@ -203,14 +205,28 @@ async fn openyurt_installs_onto_a_bare_cluster_converts_its_workers_and_reverts_
                 "spec": {"type": kind},
             })
         };
-        let refused = f
-            .kubectl_stdin(&["create", "-f", "-"], &pool("pool-bad", "Nonsense").to_string())
-            .expect_err("an invalid pool is refused");
-        ensure!(
-            format!("{refused:#}").contains("admission webhook")
-                && format!("{refused:#}").contains("Nonsense"),
-            "{refused:#}"
-        );
+        // Until the Service has the pod as an endpoint, the API server finds none.
+        wait_for(
+            "an invalid NodePool refused by the manager's webhook",
+            Duration::from_secs(60),
+            || async {
+                match f.kubectl_stdin(
+                    &["create", "-f", "-"],
+                    &pool("pool-bad", "Nonsense").to_string(),
+                ) {
+                    Ok(out) => anyhow::bail!("an invalid pool was accepted: {out}"),
+                    Err(e) => {
+                        let said = format!("{e:#}");
+                        if said.contains("admission webhook") && said.contains("Nonsense") {
+                            Ok(Some(()))
+                        } else {
+                            anyhow::bail!("{said}")
+                        }
+                    }
+                }
+            },
+        )
+        .await?;
         wait_for("NodePool pool-a created", Duration::from_secs(60), || async {
             Ok(f.apply(&pool("pool-a", "Edge")).ok())
         })

@@ -238,8 +238,8 @@ async fn down_removes_everything_and_up_restarts_with_the_state() -> anyhow::Res
             .filter_map(|p| yurt_cluster::process::PidRecord::read(p))
             .collect();
         // Every process of the cloud host but those this fleet was not started with
-        // (Prometheus, the second API server and its tunnel server), and every edge
-        // process on both edge hosts.
+        // (Prometheus, the second API server and its tunnel server, the node processes
+        // only a bare fleet's cloud runs), and every edge process on both edge hosts.
         use yurt_cluster::components::Component;
         let cloud = Component::CLOUD
             .iter()
@@ -249,7 +249,7 @@ async fn down_removes_everything_and_up_restarts_with_the_state() -> anyhow::Res
                     Component::Prometheus
                         | Component::KubeApiserverReplica
                         | Component::TunnelServerReplica
-                )
+                ) && !Component::NODE.contains(c)
             })
             .count();
         ensure!(

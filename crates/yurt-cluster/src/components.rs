@@ -232,7 +232,13 @@ impl FromStr for Component {
                     .chain(Self::EDGE.iter())
                     .chain(Self::ROUTER.iter())
                     .map(|c| c.name())
-                    .collect::<Vec<_>>()
+                    // The node processes are both the cloud's and the edge's.
+                    .fold(Vec::new(), |mut names, n| {
+                        if !names.contains(&n) {
+                            names.push(n);
+                        }
+                        names
+                    })
                     .join(", "),
             })
     }

@@ -206,7 +206,9 @@ fn print_bare_welcome(fleet: &Fleet, data_dir: &Path) {
     println!("  kubectl get nodes -o wide");
     println!("  {yurt} fleet status");
     println!("\nTo install OpenYurt's manager onto it as onto any cluster:");
-    println!("  {yurt} image build --with-yurt --tag yurt.local/yurt:v0.1.0 -o yurt.tar --push");
+    // The image `yurt manager manifests` names by default.
+    let image = concat!("yurt.local/yurt:v", env!("CARGO_PKG_VERSION"));
+    println!("  {yurt} image build --with-yurt --tag {image} -o yurt.tar --push");
     println!(
         "  {yurt} manager manifests | kubectl apply -f -   # runs on the cloud node, a control-plane node"
     );

@@ -26,46 +26,74 @@ use crate::spec::{HostId, WorkerPlan};
 
 /// How long one host's join may take (its own `--timeout` is the same).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// `yurt adm join --timeout` for each host: discovery, then the rest, each within it,
+/// and its rollback, all before [`JOIN_TIMEOUT`] and its margin.
+const JOIN_OWN_TIMEOUT: &str = "2m";
 /// How long the bootstrap token `yurt up` joins the hosts with stays valid.
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 impl Fleet {
-    /// Starts kube-controller-manager once the cloud's node is Ready, then joins each
-    /// edge host that has not joined yet (a restarted fleet's hosts start from the units
-    /// their join wrote).
+    /// Starts the cloud's node and every host that joined already (a restarted
+    /// fleet's, from the units their join wrote), then kube-controller-manager once
+    /// they are all Ready, then joins each edge host that has not joined yet.
     pub(super) async fn bring_up_bare_nodes(&self, step: &Step<'_>) -> Result<()> {
         let client = self.client().await?;
+        let mut ready_first: Vec<WorkerPlan> = Vec::new();
         if let Some(cloud) = &self.plan.cloud_worker {
             step.detail(&format!("{} (the cloud's own node)", cloud.name));
             super::api::register_node(&client, &self.plan, &HostId::Cloud, true).await?;
             self.start_cloud_worker().await?;
-            wait_node_ready(&client, cloud, Duration::from_secs(120)).await?;
+            ready_first.push(cloud.clone());
+        }
+        let mut to_join = Vec::new();
+        let mut joined = Vec::new();
+        for edge in &self.plan.edges {
+            let host = HostId::Edge(edge.name.clone());
+            self.save_host_facts(&host, edge.ip)?;
+            let hp = self.paths.host(&host);
+            if yurt_adm::join::HostFiles::new(hp.root())
+                .joined_marker()
+                .exists()
+            {
+                joined.push(host);
+                ready_first.extend(self.plan.worker(&HostId::Edge(edge.name.clone())));
+            } else {
+                to_join.push(host);
+            }
+        }
+        if !joined.is_empty() {
+            step.detail(&format!(
+                "{} joined hosts: starting from their units",
+                joined.len()
+            ));
+            futures::future::try_join_all(joined.iter().map(|h| self.start_host(h))).await?;
+        }
+        for worker in &ready_first {
+            wait_node_ready(&client, worker, Duration::from_secs(180)).await?;
         }
         step.detail(Component::KubeControllerManager.name());
         self.start_component(&HostId::Cloud, Component::KubeControllerManager)
             .await?;
-        let mut join: Option<(String, String)> = None;
-        for edge in &self.plan.edges {
-            let host = HostId::Edge(edge.name.clone());
-            let hp = self.paths.host(&host);
-            self.save_host_facts(&host, edge.ip)?;
-            let joined = yurt_adm::join::HostFiles::new(hp.root())
-                .joined_marker()
-                .exists();
-            if joined {
-                step.detail(&format!("{host}: starting from its units"));
-                self.start_host(&host).await?;
-                continue;
-            }
+        // A token lives an hour: one that has lived half of it is replaced, so a long
+        // row of joins never meets an expired one.
+        let mut join: Option<(String, String, Instant)> = None;
+        for host in &to_join {
             step.detail(&format!("{host}: joining"));
-            super::api::register_node(&client, &self.plan, &host, true).await?;
-            self.start_host(&host).await?;
-            if join.is_none() {
-                join = Some(self.bootstrap_token(&client).await?);
+            super::api::register_node(&client, &self.plan, host, true).await?;
+            // Only containerd: whatever a join cut short left behind, the join started
+            // again resumes (and starts kubelet itself).
+            self.start_host_with(host, vec![Component::Containerd])
+                .await?;
+            if join
+                .as_ref()
+                .is_none_or(|(_, _, made)| made.elapsed() > TOKEN_TTL / 2)
+            {
+                let (token, hash) = self.bootstrap_token(&client).await?;
+                join = Some((token, hash, Instant::now()));
             }
-            let (token, hash) = join.as_ref().expect("set above");
-            self.run_join(&host, token, hash).await?;
-            let worker = self.plan.worker(&host).expect("a planned edge host");
+            let (token, hash, _) = join.as_ref().expect("set above");
+            self.run_join(host, token, hash).await?;
+            let worker = self.plan.worker(host).expect("a planned edge host");
             wait_node_ready(&client, &worker, JOIN_TIMEOUT).await?;
         }
         Ok(())
@@ -114,6 +142,10 @@ impl Fleet {
             &host.to_string(),
             "--node-type",
             "plain",
+            // Its own deadline comes well before ours, so a join that cannot finish
+            // rolls itself back rather than being killed half-way.
+            "--timeout",
+            JOIN_OWN_TIMEOUT,
         ]
         .iter()
         .map(|s| (*s).to_owned())

@@ -224,13 +224,23 @@ impl Fleet {
     /// namespace, containerd (with the fleet's images), then whatever else it runs (the
     /// hub, kubelet, kube-proxy and the tunnel agent of a planned host).
     pub(crate) async fn start_host(&self, host: &HostId) -> Result<()> {
+        let all = self.components_of(host).collect();
+        self.start_host_with(host, all).await
+    }
+
+    /// [`Fleet::start_host`] for `components` only (of those the host runs), in order.
+    pub(crate) async fn start_host_with(
+        &self,
+        host: &HostId,
+        components: Vec<Component>,
+    ) -> Result<()> {
         let hp = self.paths.host(host);
         let images = self.paths.images();
         {
             let (hp, yurt) = (hp.clone(), self.machine.yurt_binary.clone());
             blocking(move || mountns::create(&hp, &yurt)).await?;
         }
-        for c in self.components_of(host).collect::<Vec<_>>() {
+        for c in components {
             self.start_component(host, c).await?;
             if c == Component::Containerd {
                 let socket = hp.containerd_socket();
@@ -648,8 +658,8 @@ impl Fleet {
         self.start_host(&host).await
     }
 
-    /// A command that runs `argv` inside `host` (its network namespace, and for edge
-    /// hosts its mount namespace and cgroup, so a reboot ends it too).
+    /// A command that runs `argv` inside `host` (its network namespace, its mount
+    /// namespace if it has one, and its cgroup, so a reboot ends it too).
     ///
     /// # Errors
     /// Unknown host, empty command, fleet not running.
@@ -681,8 +691,8 @@ impl Fleet {
             args: args.iter().map(Into::into).collect(),
             env,
             netns: Some(netns::path(&self.plan.netns(&host))),
-            mountns: (matches!(host, HostId::Edge(_)) && mountns::exists(&hp))
-                .then(|| hp.mount_ns()),
+            // An edge host's, or a bare fleet's cloud node's.
+            mountns: mountns::exists(&hp).then(|| hp.mount_ns()),
             cgroup_procs: self
                 .cgroups
                 .procs_files(&system_cgroup(self.plan.slot, &host)),

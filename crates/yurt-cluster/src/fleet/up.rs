@@ -217,6 +217,10 @@ pub async fn up(
     };
     if bare {
         let refused = [
+            (
+                options.edge_api == Some(EdgeApi::ThroughHub),
+                "edge hosts through the hub",
+            ),
             (options.prometheus == Some(true), "--prometheus"),
             (
                 options.second_api_server == Some(true),
