@@ -236,17 +236,11 @@ async fn openyurt_installs_onto_a_bare_cluster_converts_its_workers_and_reverts_
         // hub), the manager's Jobs running the host's servant through the host's
         // service manager (served here without a supervisor: a crash fails the test).
         let _service_managers = f.serve_service_managers()?;
-        let svc = f.kubectl(&[
-            "get",
-            "service",
-            "kubernetes",
-            "-o",
-            "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}",
-        ])?;
+        let svc = f.kubernetes_service_endpoint()?;
         let mut ips = Vec::new();
         for node in WORKERS {
             let ip = f.env_pod_on(node, &format!("env-{node}")).await?;
-            ensure!(f.env_of(node, &format!("env-{node}"), &ip).await? == (0, svc.trim().to_owned()));
+            ensure!(f.env_of(node, &format!("env-{node}"), &ip).await? == (0, svc.clone()));
             ips.push(ip);
             // Autonomous once converted: the manager keeps their pods through outages.
             f.kubectl(&[
@@ -390,7 +384,7 @@ async fn openyurt_installs_onto_a_bare_cluster_converts_its_workers_and_reverts_
                 "the hub's files are gone from {node}"
             );
             ensure!(
-                f.env_of(node, &format!("env-{node}"), ip).await?.1 == svc.trim(),
+                f.env_of(node, &format!("env-{node}"), ip).await?.1 == svc,
                 "{node}'s container sees the API server's Service again"
             );
             ensure!(f.node_ready(node).await? == "True");

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use yurt_cluster::spec::HostId;
 use yurt_cluster::{FleetSpec, NetMode, Timing};
 use yurt_testkit::{TestFleet, fresh, wait_for};
@@ -39,38 +39,13 @@ fn refused(f: &TestFleet, args: &[&str]) -> anyhow::Result<String> {
     Ok(format!("{err:#}"))
 }
 
+/// A busybox web server on `node` (:8080); its address.
 async fn pod_on(f: &TestFleet, node: &str, name: &str) -> anyhow::Result<String> {
-    let pods: Api<Pod> = Api::namespaced(f.client(), "default");
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "nodeName": node,
-            "terminationGracePeriodSeconds": 1,
-            "containers": [{
-                "name": "web",
-                "image": yurt_cluster::image::BUSYBOX_IMAGE,
-                "command": ["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/"],
-            }],
-        },
-    }))?;
-    pods.create(&PostParams::default(), &pod).await?;
-    wait_for(
-        &format!("pod {name} Running on {node} with an address"),
-        Duration::from_secs(120),
-        || async {
-            anyhow::Ok(
-                async {
-                    let p = pods.get(name).await.ok()?;
-                    let status = p.status?;
-                    (status.phase.as_deref() == Some("Running"))
-                        .then_some(status.pod_ip)
-                        .flatten()
-                }
-                .await,
-            )
-        },
+    f.busybox_pod_on(
+        node,
+        name,
+        "web",
+        &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/"],
     )
     .await
 }
@@ -1080,14 +1055,8 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
                 .to_owned())
         };
         let ip = f.env_pod_on("edge-z", "env").await?;
-        let svc = f.kubectl(&[
-            "get",
-            "service",
-            "kubernetes",
-            "-o",
-            "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}",
-        ])?;
-        ensure!(f.env_of("edge-z", "env", &ip).await? == (0, svc.trim().to_owned()));
+        let svc = f.kubernetes_service_endpoint()?;
+        ensure!(f.env_of("edge-z", "env", &ip).await? == (0, svc.clone()));
 
         let convert = [
             "convert",
@@ -1128,7 +1097,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
             !f.dir().join("hosts/edge-z/var/lib/yurthub").exists(),
             "the hub's files are gone"
         );
-        ensure!(f.env_of("edge-z", "env", &ip).await? == (2, svc.trim().to_owned()));
+        ensure!(f.env_of("edge-z", "env", &ip).await? == (2, svc.clone()));
 
         // A hub that cannot get its certificates: the convert fails and restores.
         f.stop("cloud", "yurt-manager")?;
@@ -1206,7 +1175,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
             "{labels:?}"
         );
         ensure!(!line_of(&f)?.contains("yurt-hub"), "{}", line_of(&f)?);
-        ensure!(f.env_of("edge-z", "env", &ip).await? == (before + 2, svc.trim().to_owned()));
+        ensure!(f.env_of("edge-z", "env", &ip).await? == (before + 2, svc.clone()));
 
         // A label added and removed at once ends reverted (the controller may see the
         // label, convert and revert, or not see it at all), one Job at a time: the node

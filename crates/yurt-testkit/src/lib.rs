@@ -573,6 +573,32 @@ impl TestFleet {
     /// A pod on `node` serving, on :8080 at `/env`, the API endpoint its container was
     /// started with; its address.
     pub async fn env_pod_on(&self, node: &str, name: &str) -> anyhow::Result<String> {
+        self.busybox_pod_on(
+            node,
+            name,
+            "env",
+            &[
+                "/bin/busybox",
+                "sh",
+                "-c",
+                "mkdir -p /tmp/www && echo \"$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT\" > /tmp/www/env && exec /bin/busybox httpd -f -p 8080 -h /tmp/www",
+            ],
+        )
+        .await
+    }
+
+    /// A pod `name` in `default`, pinned to `node`, whose one container `container`
+    /// runs `command` from busybox; its address once Running.
+    ///
+    /// # Errors
+    /// If it cannot be created, or is not Running with an address within 2 minutes.
+    pub async fn busybox_pod_on(
+        &self,
+        node: &str,
+        name: &str,
+        container: &str,
+        command: &[&str],
+    ) -> anyhow::Result<String> {
         let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
             kube::Api::namespaced(self.client(), "default");
         let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
@@ -583,16 +609,15 @@ impl TestFleet {
                 "nodeName": node,
                 "terminationGracePeriodSeconds": 1,
                 "containers": [{
-                    "name": "env",
+                    "name": container,
                     "image": yurt_cluster::image::BUSYBOX_IMAGE,
-                    "command": ["/bin/busybox", "sh", "-c",
-                        "mkdir -p /tmp/www && echo \"$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT\" > /tmp/www/env && exec /bin/busybox httpd -f -p 8080 -h /tmp/www"],
+                    "command": command,
                 }],
             },
         }))?;
         pods.create(&kube::api::PostParams::default(), &pod).await?;
         wait_for(
-            &format!("pod {name} Running on {node}"),
+            &format!("pod {name} Running on {node} with an address"),
             Duration::from_secs(120),
             || async {
                 let p = pods.get(name).await?;
@@ -603,6 +628,24 @@ impl TestFleet {
             },
         )
         .await
+    }
+
+    /// The `kubernetes` Service's `ClusterIP:port`: what a pod on a node without a hub
+    /// is told the API server is.
+    ///
+    /// # Errors
+    /// If kubectl fails.
+    pub fn kubernetes_service_endpoint(&self) -> anyhow::Result<String> {
+        Ok(self
+            .kubectl(&[
+                "get",
+                "service",
+                "kubernetes",
+                "-o",
+                "jsonpath={.spec.clusterIP}:{.spec.ports[0].port}",
+            ])?
+            .trim()
+            .to_owned())
     }
 
     /// The restart count of `name`'s container and the endpoint it serves at `/env` (read

@@ -395,13 +395,9 @@ pub async fn node_readiness(client: &kube::Client, plan: &Plan) -> Result<NodeRe
         .await
         .map_err(|e| Error::kube("list nodes", e))?;
     let is_ready = |name: &str| {
-        list.items.iter().any(|n| {
-            n.metadata.name.as_deref() == Some(name)
-                && n.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
+        list.items
+            .iter()
+            .any(|n| n.metadata.name.as_deref() == Some(name) && node_is_ready(n))
     };
     let (ready, not_ready) = plan
         .edges
@@ -410,6 +406,14 @@ pub async fn node_readiness(client: &kube::Client, plan: &Plan) -> Result<NodeRe
         .chain(plan.cloud_worker.iter().map(|w| w.name.to_string()))
         .partition(|n| is_ready(n));
     Ok(NodeReadiness { ready, not_ready })
+}
+
+/// Whether `node` reports Ready=True.
+pub(crate) fn node_is_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Waits until every planned node of `plan` (edge hosts, the cloud worker) is Ready, calling `progress` on each change.

@@ -212,9 +212,7 @@ async fn wait_node_ready(
             .await
             .ok()
             .flatten()
-            .and_then(|n| n.status)
-            .and_then(|s| s.conditions)
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            .is_some_and(|n| super::api::node_is_ready(&n));
         if ready {
             return Ok(());
         }

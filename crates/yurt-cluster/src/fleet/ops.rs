@@ -255,25 +255,14 @@ impl Fleet {
     /// containerd (with the fleet's images), kubelet and kube-proxy.
     pub(crate) async fn start_cloud_worker(&self) -> Result<()> {
         let host = HostId::Cloud;
-        if self.plan.cloud_worker.is_none() {
+        let node: Vec<Component> = Component::NODE
+            .into_iter()
+            .filter(|&c| self.runs(&host, c))
+            .collect();
+        if node.is_empty() {
             return Ok(());
         }
-        let hp = self.paths.host(&host);
-        {
-            let (hp, yurt) = (hp.clone(), self.machine.yurt_binary.clone());
-            blocking(move || mountns::create(&hp, &yurt)).await?;
-        }
-        for c in Component::NODE {
-            if !self.runs(&host, c) {
-                continue;
-            }
-            self.start_component(&host, c).await?;
-            if c == Component::Containerd {
-                let (socket, images) = (hp.containerd_socket(), self.paths.images());
-                blocking(move || import_all(&socket, &images)).await?;
-            }
-        }
-        Ok(())
+        self.start_host_with(&host, node).await
     }
 
     /// Waits until every edge host's tunnel agent holds a connection to every tunnel
