@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
+use yurt_cluster::image::{CURL_IMAGE, ImageSpec};
 use yurt_cluster::{FleetSpec, NetMode, Timing, UpOptions};
 use yurt_testkit::{TestFleet, fresh_with, wait_for};
 
@@ -21,6 +22,36 @@ const WORKERS: [&str; 2] = ["edge-a1", "edge-a2"];
 const IMAGE: &str = "yurt.local/yurt:adopt";
 /// The hub's address as pods on an edge node see the API server.
 const HUB_ENDPOINT: &str = "169.254.2.1:10268";
+
+/// The header the hub marks answers from its cache with.
+const SOURCE: &str = "x-yurthub-source";
+
+/// The reader pod's GET of its ConfigMap with its own token through the API address
+/// its container was given (the hub's): status line, headers and body.
+fn read_through_hub(f: &TestFleet, node: &str) -> anyhow::Result<String> {
+    const SA: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let script = format!(
+        "curl -sS -D - --max-time 20 --cacert {SA}/ca.crt -H \"Authorization: Bearer $(cat {SA}/token)\" \
+         https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/api/v1/namespaces/default/configmaps/adopt-cm"
+    );
+    let out = f.exec_in_pod(node, "default", "reader", "curl", &["sh", "-c", &script])?;
+    ensure!(
+        out.status.success(),
+        "curl in the reader pod: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).to_lowercase())
+}
+
+/// Whether an answer's status line says 200.
+fn answered_200(answer: &str) -> bool {
+    answer
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("200")
+}
 
 async fn within<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::time::timeout(TEST_TIMEOUT, fut)
@@ -277,6 +308,63 @@ async fn openyurt_installs_onto_a_bare_cluster_converts_its_workers_and_reverts_
             );
         }
 
+        // A pod's own read through its node's hub, online and then offline: offline the
+        // hub proves the pod's token with the service-account issuer's keys it fetched
+        // online, and caches curl's reads as the `yurt-hub-cfg` the manifests made says
+        // once edited, both of which the printed manifests let hubs read. Edited before
+        // the pod starts, so the hubs have the change when it reads.
+        f.kubectl(&[
+            "-n",
+            "kube-system",
+            "patch",
+            "configmap",
+            "yurt-hub-cfg",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"cache_agents":"curl"}}"#,
+        ])?;
+        let reader_node = WORKERS[0];
+        f.apply(&serde_json::json!({
+            "apiVersion": "v1", "kind": "List", "items": [
+                {"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": "adopt-cm", "namespace": "default"},
+                 "data": {"greeting": "adopted-hello"}},
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                 "metadata": {"name": "adopt-reader", "namespace": "default"},
+                 "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                            "resourceNames": ["adopt-cm"], "verbs": ["get"]}]},
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                 "metadata": {"name": "adopt-reader", "namespace": "default"},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "adopt-reader"},
+                 "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]},
+                {"apiVersion": "v1", "kind": "Pod",
+                 "metadata": {"name": "reader", "namespace": "default"},
+                 "spec": {
+                    "nodeName": reader_node,
+                    "terminationGracePeriodSeconds": 1,
+                    "tolerations": [
+                        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
+                        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"},
+                    ],
+                    "containers": [{"name": "curl", "image": CURL_IMAGE, "command": ["sleep", "86400"]}],
+                 }},
+            ]
+        }))?;
+        f.add_image(ImageSpec::curl()?).await?;
+        wait_for("the reader pod running", Duration::from_secs(120), || async {
+            Ok(f.running_containers(reader_node)?
+                .iter()
+                .any(|(pod, c)| pod == "reader" && c == "curl")
+                .then_some(()))
+        })
+        .await?;
+        let online = read_through_hub(&f, reader_node)?;
+        ensure!(
+            answered_200(&online) && online.contains("adopted-hello") && !online.contains(SOURCE),
+            "online, the pod's read is answered by the API server through the hub: {online}"
+        );
+
         // The pool cut off and one worker rebooted offline: autonomy holds (no pod is
         // evicted, the rebooted worker runs its pod again from its hub's cache).
         wait_for(
@@ -336,6 +424,11 @@ async fn openyurt_installs_onto_a_bare_cluster_converts_its_workers_and_reverts_
                 .iter()
                 .any(|(pod, _)| *pod == format!("env-{}", WORKERS[0])),
             "the other worker's pod kept running"
+        );
+        let offline = read_through_hub(&f, reader_node)?;
+        ensure!(
+            answered_200(&offline) && offline.contains("adopted-hello") && offline.contains(SOURCE),
+            "offline, the pod's own read is answered from its hub's cache: {offline}"
         );
         f.restore("pool-a")?;
         for node in WORKERS {

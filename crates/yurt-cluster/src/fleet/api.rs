@@ -150,43 +150,10 @@ pub async fn register_node(
 // === RBAC ===
 
 /// Name of the hubs' ClusterRole, Role and bindings.
-pub const HUB_ROLE: &str = "openyurt:yurthub";
+pub const HUB_ROLE: &str = yurt_manager::install::rbac::HUB_ROLE_NAME;
 /// Where the components keep their own objects: the hubs' ConfigMap, the manager's
 /// Secret and Lease (the hub's `--namespace`, the manager's `--working-namespace`).
 pub const SYSTEM_NAMESPACE: &str = "kube-system";
-/// The hubs' settings (yurt-hub `filter/view.rs`, `HUB_CONFIGMAP`).
-const HUB_CONFIGMAP: &str = "yurt-hub-cfg";
-/// What the hubs (group `openyurt:yurthub`) may do cluster-wide beyond what the Node
-/// authorizer grants their node. kubelet, kube-proxy and host-network processes reach
-/// the API server through the hub with its certificate, so this covers them too.
-fn hub_cluster_rules() -> serde_json::Value {
-    serde_json::json!([
-        // kube-proxy lists and watches Services, Endpoints and EndpointSlices and gets
-        // its Node; kubelet reads Services and Nodes; the hub's filters watch Services
-        // and Nodes (filter/view/) and rewrite Endpoints and EndpointSlices.
-        {"apiGroups": [""], "resources": ["services", "endpoints", "nodes"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
-        // Events of kubelet and kube-proxy (core and events.k8s.io).
-        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
-        // NodePools for the pool-scoped filters: the hub reads its pool's members from
-        // its NodePool's status.nodes (filter/view/pool.rs), as upstream's hub does.
-        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get", "list", "watch"]},
-        // OTA upgrades of static pods: the hub renders the manifest from the
-        // YurtStaticSet itself (ota.rs), so it needs no ConfigMap but its own.
-        {"apiGroups": ["apps.openyurt.io"], "resources": ["yurtstaticsets"], "verbs": ["get"]},
-        // The service-account issuer's public keys, to verify pod tokens offline.
-        {"nonResourceURLs": ["/openid/v1/jwks", "/.well-known/openid-configuration"], "verbs": ["get"]},
-    ])
-}
-
-/// What the hubs may do in `kube-system`: read their own ConfigMap and nothing else
-/// there. The hub watches it with `fieldSelector=metadata.name=yurt-hub-cfg`
-/// (filter/view.rs), the only way RBAC lets a list or watch through `resourceNames`.
-fn hub_system_rules() -> serde_json::Value {
-    serde_json::json!([
-        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [HUB_CONFIGMAP], "verbs": ["get", "list", "watch"]},
-    ])
-}
 
 /// Server-side applies `object` (`apiVersion`, `kind`, `metadata.name` set) through `api`.
 async fn apply_object<K>(api: Api<K>, object: serde_json::Value) -> Result<()>
@@ -253,12 +220,7 @@ async fn apply_grant(client: &kube::Client, grant: Grant) -> Result<()> {
 pub async fn apply_hub_rbac(client: &kube::Client) -> Result<()> {
     apply_grant(
         client,
-        Grant {
-            name: HUB_ROLE.to_owned(),
-            subject: serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": crate::pki::HUB_GROUP}),
-            cluster_rules: hub_cluster_rules(),
-            roles: vec![(SYSTEM_NAMESPACE.to_owned(), hub_system_rules())],
-        },
+        Grant::hub(HUB_ROLE, crate::pki::HUB_GROUP, SYSTEM_NAMESPACE),
     )
     .await
 }
@@ -593,40 +555,4 @@ pub async fn apply_bootstrap_prerequisites(
         .await?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::rbac::v1::PolicyRule;
-    use yurt_manager::install::rbac::{granting, with_wildcards};
-
-    fn rules(v: serde_json::Value) -> Vec<PolicyRule> {
-        serde_json::from_value(v).unwrap()
-    }
-
-    #[test]
-    fn no_rule_uses_a_wildcard() {
-        for set in [hub_cluster_rules(), hub_system_rules()] {
-            let set = rules(set);
-            assert!(with_wildcards(&set).is_empty(), "{set:?}");
-        }
-    }
-
-    #[test]
-    fn hubs_read_only_their_own_config_map() {
-        let cluster = rules(hub_cluster_rules());
-        assert!(granting(&cluster, "", "configmaps", "get").is_empty());
-        let system = rules(hub_system_rules());
-        for verb in ["get", "list", "watch"] {
-            let g = granting(&system, "", "configmaps", verb);
-            assert_eq!(g.len(), 1, "{verb}");
-            assert_eq!(g[0].resource_names, Some(vec![HUB_CONFIGMAP.to_owned()]));
-        }
-        assert!(cluster.iter().any(|r| {
-            r.non_resource_urls
-                .as_ref()
-                .is_some_and(|u| u.iter().any(|u| u == "/openid/v1/jwks"))
-        }));
-    }
 }

@@ -16,7 +16,7 @@ use std::process::{Child, Command};
 use std::sync::Mutex;
 
 pub use api::{NodeReadiness, admin_client, wait_nodes_ready};
-pub use ops::{HostStatus, ProcessState, ProcessStatus};
+pub use ops::{HostStatus, ProcessState, ProcessStatus, Readiness};
 pub use supervisor::{
     RestartBackoff, Supervision, SupervisorEvent, last_report, last_report_file, spawn_supervisor,
     supervision, supervisor_log, supervisor_pid_file, wait_for_supervisor,

@@ -3,7 +3,7 @@
 //! inside a host.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -96,33 +96,14 @@ impl Fleet {
     /// [`Error::ProcessExited`] if it dies while starting, [`Error::NotReady`] on timeout.
     pub(crate) async fn start_component(&self, host: &HostId, component: Component) -> Result<()> {
         let record = self.spawn_component(host, component)?;
-        let hp = self.paths.host(host);
-        let ns = self.plan.netns(host);
-        let log = hp.log(component.name());
-        let host_name = host.to_string();
-        let failed = || {
-            (!record.is_alive()).then(|| Error::ProcessExited {
-                host: host_name.clone(),
-                process: component.name().to_owned(),
-                status: "exited while starting".into(),
-                log: log.clone(),
-                tail: cmd::tail_file(&log, 8),
-            })
-        };
-        let what = format!("{component} on {host}");
-        let check = component.probe(&hp, &self.plan);
-        probe::wait_until(
-            &what,
-            component.start_timeout(),
-            Some(&log),
-            &failed,
-            || probe::check(&ns, &check),
-        )
-        .await?;
+        self.readiness(host, component, record).wait().await?;
         if component == Component::KubeApiserver {
+            let hp = self.paths.host(host);
+            let (log, pid_file) = (hp.log(component.name()), hp.pid_file(component.name()));
+            let failed = exited_while_starting(host, component, &record, &log, &pid_file);
             let client = self.client().await?;
             probe::wait_until(
-                &what,
+                &format!("{component} on {host}"),
                 component.start_timeout(),
                 Some(&log),
                 &failed,
@@ -131,6 +112,26 @@ impl Fleet {
             .await?;
         }
         Ok(())
+    }
+
+    /// How to tell that `component`, just spawned on `host` as `record`, is ready: a
+    /// wait that needs nothing of the fleet, so it can run after its locks are released.
+    pub(crate) fn readiness(
+        &self,
+        host: &HostId,
+        component: Component,
+        record: PidRecord,
+    ) -> Readiness {
+        let hp = self.paths.host(host);
+        Readiness {
+            host: host.clone(),
+            component,
+            record,
+            netns: self.plan.netns(host),
+            log: hp.log(component.name()),
+            pid_file: hp.pid_file(component.name()),
+            check: component.probe(&hp, &self.plan),
+        }
     }
 
     /// Spawns `component` on `host` from its unit (and the host's environment,
@@ -564,11 +565,16 @@ impl Fleet {
     }
 
     /// Starts one process on a host (if it is not running) and waits until it is ready.
+    /// The fleet's operations lock is held only while it is spawned: a slow start (a hub
+    /// whose link is cut) holds up no reboot, stop or start of another process.
     ///
     /// # Errors
     /// Unknown host or process, fleet not running, start failures.
     pub async fn start_process(&mut self, host: &str, process: &str) -> Result<()> {
-        self.start_process_then(host, process, true).await
+        match self.begin_start(host, process).await? {
+            Some(readiness) => readiness.wait().await,
+            None => Ok(()),
+        }
     }
 
     /// Starts one process on a host (if it is not running) without waiting for it to be
@@ -577,10 +583,17 @@ impl Fleet {
     /// # Errors
     /// Unknown host or process, fleet not running, spawn failures.
     pub async fn launch_process(&mut self, host: &str, process: &str) -> Result<()> {
-        self.start_process_then(host, process, false).await
+        self.begin_start(host, process).await.map(drop)
     }
 
-    async fn start_process_then(&mut self, host: &str, process: &str, wait: bool) -> Result<()> {
+    /// Spawns one process on a host if it is not running, under the fleet's operations
+    /// lock, and gives the wait for its readiness, to be run with no lock held (`None`:
+    /// it was running, or is ready already). containerd is waited for here: the images
+    /// are imported into it before the lock is released.
+    ///
+    /// # Errors
+    /// Unknown host or process, fleet not running, spawn failures.
+    pub async fn begin_start(&mut self, host: &str, process: &str) -> Result<Option<Readiness>> {
         self.require_up()?;
         let ops = self.paths.ops_lock();
         let _ops = blocking(move || lock::exclusive(&ops)).await?;
@@ -594,23 +607,23 @@ impl Fleet {
             Ok(())
         })?;
         let running = PidRecord::read(&hp.pid_file(c.name())).is_some_and(|r| r.is_alive());
-        if !running {
-            if c == Component::Kubelet || c == Component::KubeProxy || c == Component::Containerd {
-                let (hp2, yurt) = (hp.clone(), self.machine.yurt_binary.clone());
-                blocking(move || mountns::create(&hp2, &yurt)).await?;
-            }
-            if wait {
-                self.start_component(&host, c).await?;
-            } else {
-                self.spawn_component(&host, c)?;
-            }
-            if c == Component::Containerd {
-                let socket = hp.containerd_socket();
-                let images = self.paths.images();
-                blocking(move || import_all(&socket, &images)).await?;
-            }
+        if running {
+            return Ok(None);
         }
-        Ok(())
+        if c == Component::Kubelet || c == Component::KubeProxy || c == Component::Containerd {
+            let (hp2, yurt) = (hp.clone(), self.machine.yurt_binary.clone());
+            blocking(move || mountns::create(&hp2, &yurt)).await?;
+        }
+        let record = self.spawn_component(&host, c)?;
+        let readiness = self.readiness(&host, c, record);
+        if c != Component::Containerd {
+            return Ok(Some(readiness));
+        }
+        readiness.wait().await?;
+        let socket = hp.containerd_socket();
+        let images = self.paths.images();
+        blocking(move || import_all(&socket, &images)).await?;
+        Ok(None)
     }
 
     /// Reboots an edge host: every process on it dies at once (containers included, as
@@ -756,4 +769,65 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Error::Invalid(format!("background task failed: {e}")))?
+}
+
+/// A readiness wait for a process just spawned ([`Fleet::readiness`]).
+#[derive(Debug)]
+pub struct Readiness {
+    host: HostId,
+    component: Component,
+    record: PidRecord,
+    netns: String,
+    log: PathBuf,
+    pid_file: PathBuf,
+    check: probe::Probe,
+}
+
+impl Readiness {
+    /// Waits until the process answers its probe.
+    ///
+    /// # Errors
+    /// [`Error::ProcessExited`] if it dies first (stopped by another operation, or
+    /// crashed), [`Error::NotReady`] on timeout.
+    pub async fn wait(self) -> Result<()> {
+        let failed = exited_while_starting(
+            &self.host,
+            self.component,
+            &self.record,
+            &self.log,
+            &self.pid_file,
+        );
+        probe::wait_until(
+            &format!("{} on {}", self.component, self.host),
+            self.component.start_timeout(),
+            Some(&self.log),
+            &failed,
+            || probe::check(&self.netns, &self.check),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// The error for `component` on `host` (`record`) no longer running while it starts,
+/// unless another start (a reboot's, once no lock is held) put a live one in its place
+/// (`pid_file`), whose readiness is then waited for instead.
+fn exited_while_starting<'a>(
+    host: &HostId,
+    component: Component,
+    record: &'a PidRecord,
+    log: &'a Path,
+    pid_file: &'a Path,
+) -> impl Fn() -> Option<Error> + Sync + 'a {
+    let host = host.to_string();
+    move || {
+        let replaced = || PidRecord::read(pid_file).is_some_and(|r| r.is_alive());
+        (!record.is_alive() && !replaced()).then(|| Error::ProcessExited {
+            host: host.clone(),
+            process: component.name().to_owned(),
+            status: "exited while starting".into(),
+            log: log.to_owned(),
+            tail: cmd::tail_file(log, 8),
+        })
+    }
 }

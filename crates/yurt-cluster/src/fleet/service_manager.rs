@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 use yurt_core::host::{MAX_LINE, ServiceRequest};
 
-use super::Fleet;
+use super::{Fleet, Readiness};
 use crate::error::{Error, Result};
 use crate::spec::HostId;
 
@@ -238,10 +238,20 @@ async fn answer(
         {
             Err(why) => format!("error {why}"),
             Ok(request) => {
-                let mut fleet = fleet.lock().await;
-                // Processes this handle started earlier and that ended since.
-                fleet.reap();
-                match carry_out(&mut fleet, host, &request).await {
+                let done = {
+                    let mut fleet = fleet.lock().await;
+                    // Processes this handle started earlier and that ended since.
+                    fleet.reap();
+                    carry_out(&mut fleet, host, &request).await
+                };
+                // A blocking start waits for readiness with no lock held: requests
+                // for other hosts, and reboots, go on meanwhile.
+                let done = match done {
+                    Ok(Some(readiness)) => readiness.wait().await,
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                match done {
                     Ok(()) => "ok".to_owned(),
                     Err(e) => format!("error {}", e.to_string().replace('\n', " ")),
                 }
@@ -252,23 +262,29 @@ async fn answer(
     stream.shutdown().await
 }
 
-async fn carry_out(fleet: &mut Fleet, host: &HostId, request: &ServiceRequest) -> Result<()> {
+/// Carries out `request`; for a blocking start, what is left to wait for once the fleet
+/// is released.
+async fn carry_out(
+    fleet: &mut Fleet,
+    host: &HostId,
+    request: &ServiceRequest,
+) -> Result<Option<Readiness>> {
     // Each request is carried out on the fleet as it is now (another exec, a reboot or
     // the supervisor may have changed it).
     fleet.refresh()?;
     let name = host.to_string();
     tracing::info!(host = %name, request = %request, "service manager");
     match request {
-        ServiceRequest::Start(p) => fleet.start_process(&name, p).await,
-        ServiceRequest::Stop(p) => fleet.stop_process_async(&name, p).await,
+        ServiceRequest::Start(p) => fleet.begin_start(&name, p).await,
+        ServiceRequest::Stop(p) => fleet.stop_process_async(&name, p).await.map(|()| None),
         ServiceRequest::Restart(p) => {
             fleet.stop_process_async(&name, p).await?;
-            fleet.start_process(&name, p).await
+            fleet.begin_start(&name, p).await
         }
-        ServiceRequest::StartNoBlock(p) => fleet.launch_process(&name, p).await,
+        ServiceRequest::StartNoBlock(p) => fleet.launch_process(&name, p).await.map(|()| None),
         ServiceRequest::RestartNoBlock(p) => {
             fleet.stop_process_async(&name, p).await?;
-            fleet.launch_process(&name, p).await
+            fleet.launch_process(&name, p).await.map(|()| None)
         }
     }
 }

@@ -103,7 +103,8 @@ pub const TUNNEL_SERVER_ACCOUNT: &str = "system:serviceaccount:kube-system:yurt-
 
 const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
 const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
-const HUB_GROUP: &str = "openyurt:yurthub";
+/// The group of the hubs' own client certificates.
+pub const HUB_GROUP: &str = "openyurt:yurthub";
 const TENANT_GROUP_PREFIX: &str = "openyurt:tenant:";
 const TUNNEL_GROUP: &str = "openyurt:yurttunnel";
 const TUNNEL_AGENT_CN: &str = "tunnel-agent-client";

@@ -12,13 +12,16 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use super::rbac::Grant;
+use super::rbac::{Grant, HUB_CONFIGMAP, HUB_GROUP, HUB_ROLE_NAME};
 use crate::webhook::certs::SERVICE_NAME;
 
 /// Name of the Deployment, its ServiceAccount and the pods' `app.kubernetes.io/name`.
 pub const NAME: &str = "yurt-manager";
 /// Where the `yurt` binary sits in the manager's image (`yurt image build --with-yurt`).
 pub const BINARY_IN_IMAGE: &str = "/usr/local/bin/yurt";
+/// The hubs' namespace (their `--namespace`, as conversions and joins start them),
+/// where their ConfigMap is.
+pub const HUB_NAMESPACE: &str = "kube-system";
 /// The webhook server's port in the pod (`--webhook-port`'s default).
 pub const WEBHOOK_PORT: u16 = 10273;
 /// The metrics port (`--metrics-addr`'s default).
@@ -105,6 +108,17 @@ pub fn objects(options: &Options) -> Vec<Value> {
     // Not `yurt up`'s names: applied to such a fleet, they must not rebind its
     // manager's rights to the service account.
     objects.extend(Grant::manager(NAME, subject, ns).objects());
+    // The hubs the conversions install: what kubelet, kube-proxy and the hubs' filters
+    // read beyond the Node authorizer's grants (NodePools, their ConfigMap, the
+    // service-account issuer's keys that prove pods' tokens offline), bound to the group
+    // of the hubs' own certificates. The same objects as `yurt up`'s.
+    objects.extend(Grant::hub(HUB_ROLE_NAME, HUB_GROUP, HUB_NAMESPACE).objects());
+    objects.push(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": HUB_CONFIGMAP, "namespace": HUB_NAMESPACE},
+        // More clients whose reads the hubs cache (`*`: every client), comma-separated.
+        "data": {"cache_agents": ""},
+    }));
     objects.push(json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": SERVICE_NAME, "namespace": ns, "labels": labels},
@@ -283,15 +297,36 @@ mod tests {
             Some("/readyz")
         );
 
-        // The bindings name the pods' service account.
-        for binding in of_kind(&objects, "ClusterRoleBinding")
+        // The manager's bindings name the pods' service account, the hubs' the group of
+        // their certificates; nothing else is bound.
+        let bindings: Vec<&Value> = of_kind(&objects, "ClusterRoleBinding")
             .into_iter()
             .chain(of_kind(&objects, "RoleBinding"))
-        {
-            assert_eq!(binding["subjects"][0]["kind"], "ServiceAccount");
-            assert_eq!(binding["subjects"][0]["name"], NAME);
-            assert_eq!(binding["subjects"][0]["namespace"], "kube-system");
+            .collect();
+        for binding in &bindings {
+            let subject = &binding["subjects"][0];
+            if binding["metadata"]["name"] == NAME {
+                assert_eq!(subject["kind"], "ServiceAccount");
+                assert_eq!(subject["name"], NAME);
+                assert_eq!(subject["namespace"], "kube-system");
+            } else {
+                assert_eq!(binding["metadata"]["name"], HUB_ROLE_NAME);
+                assert_eq!(subject["kind"], "Group");
+                assert_eq!(subject["name"], "openyurt:yurthub");
+            }
         }
+        assert_eq!(
+            bindings
+                .iter()
+                .filter(|b| b["metadata"]["name"] == HUB_ROLE_NAME)
+                .count(),
+            2,
+            "the hubs' cluster and namespace bindings"
+        );
+        let config = of_kind(&objects, "ConfigMap");
+        assert_eq!(config.len(), 1);
+        assert_eq!(config[0]["metadata"]["name"], "yurt-hub-cfg");
+        assert_eq!(config[0]["metadata"]["namespace"], HUB_NAMESPACE);
     }
 
     #[test]
@@ -353,11 +388,29 @@ mod tests {
                 .get("priorityClassName")
                 .is_none()
         );
-        let roles: Vec<&str> = of_kind(&objects, "Role")
+        let roles: Vec<(&str, &str)> = of_kind(&objects, "Role")
             .iter()
-            .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+            .map(|r| {
+                (
+                    r["metadata"]["name"].as_str().unwrap(),
+                    r["metadata"]["namespace"].as_str().unwrap(),
+                )
+            })
             .collect();
-        assert_eq!(roles, ["openyurt-system", "kube-system", "default"]);
+        assert_eq!(
+            roles,
+            [
+                (NAME, "openyurt-system"),
+                (NAME, "kube-system"),
+                (NAME, "default"),
+                (HUB_ROLE_NAME, "kube-system"),
+            ],
+            "the hubs' ConfigMap stays where the hubs look for it"
+        );
+        assert_eq!(
+            of_kind(&objects, "ConfigMap")[0]["metadata"]["namespace"],
+            "kube-system"
+        );
     }
 
     #[test]

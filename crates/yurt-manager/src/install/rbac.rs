@@ -6,6 +6,7 @@
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Value, json};
 
+use crate::controllers::csrapprover;
 use crate::webhook::certs::SECRET_NAME;
 use crate::webhook::register::{MUTATING, VALIDATING};
 
@@ -109,6 +110,51 @@ pub fn event_rules() -> Value {
     ])
 }
 
+// === the hubs ===
+
+/// Name of the hubs' ClusterRole, Role and bindings.
+pub const HUB_ROLE_NAME: &str = "openyurt:yurthub";
+/// The group of the hubs' own client certificates (`system:node:<node>` in
+/// `system:nodes` and this: yurt-hub `certificate/csr.rs`), which the csrapprover
+/// approves only for the node itself (`controllers/csrapprover.rs`).
+pub const HUB_GROUP: &str = csrapprover::HUB_GROUP;
+/// The hubs' settings ConfigMap (yurt-hub `filter/view/mod.rs`), in the hubs'
+/// `--namespace`.
+pub const HUB_CONFIGMAP: &str = "yurt-hub-cfg";
+
+/// What the hubs may do cluster-wide beyond what the Node authorizer grants their node.
+/// kubelet, kube-proxy and host-network processes reach the API server through the hub
+/// with its certificate, so this covers them too.
+pub fn hub_cluster_rules() -> Value {
+    json!([
+        // kube-proxy lists and watches Services, Endpoints and EndpointSlices and gets
+        // its Node; kubelet reads Services and Nodes; the hub's filters watch Services
+        // and Nodes (yurt-hub filter/view/) and rewrite Endpoints and EndpointSlices.
+        {"apiGroups": [""], "resources": ["services", "endpoints", "nodes"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+        // Events of kubelet and kube-proxy (core and events.k8s.io).
+        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch", "update"]},
+        // NodePools for the pool-scoped filters: the hub reads its pool's members from
+        // its NodePool's status.nodes (yurt-hub filter/view/pool.rs), as upstream's does.
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools"], "verbs": ["get", "list", "watch"]},
+        // OTA upgrades of static pods: the hub renders the manifest from the
+        // YurtStaticSet itself (yurt-hub ota.rs), so it needs no ConfigMap but its own.
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["yurtstaticsets"], "verbs": ["get"]},
+        // The service-account issuer's public keys, to prove pods' tokens offline
+        // (yurt-hub identity/keys.rs). 1.20 binds its discovery role to no one.
+        {"nonResourceURLs": ["/openid/v1/jwks", "/.well-known/openid-configuration"], "verbs": ["get"]},
+    ])
+}
+
+/// What the hubs may do in their namespace: read their own ConfigMap and nothing else
+/// there. The hub watches it with `fieldSelector=metadata.name=yurt-hub-cfg`, the only
+/// way RBAC lets a list or watch through `resourceNames`.
+pub fn hub_namespace_rules() -> Value {
+    json!([
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [HUB_CONFIGMAP], "verbs": ["get", "list", "watch"]},
+    ])
+}
+
 /// The rules among `rules` that grant `verb` on `group`/`resource`, whatever their
 /// names (wildcards count): for checking what a grant allows.
 pub fn granting<'a>(
@@ -189,6 +235,17 @@ impl Grant {
         }
     }
 
+    /// The hubs' rights under `name`, bound to the group `group` (their certificates'),
+    /// their ConfigMap's Role in `namespace` (the hubs' `--namespace`).
+    pub fn hub(name: &str, group: &str, namespace: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            subject: json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": group}),
+            cluster_rules: hub_cluster_rules(),
+            roles: vec![(namespace.to_owned(), hub_namespace_rules())],
+        }
+    }
+
     /// The ClusterRole and its binding, then each Role and its binding, as objects for
     /// server-side apply or `kubectl apply`.
     pub fn objects(&self) -> Vec<Value> {
@@ -217,7 +274,13 @@ mod tests {
 
     #[test]
     fn no_rule_uses_a_wildcard() {
-        for set in [cluster_rules(), working_namespace_rules(), event_rules()] {
+        for set in [
+            cluster_rules(),
+            working_namespace_rules(),
+            event_rules(),
+            hub_cluster_rules(),
+            hub_namespace_rules(),
+        ] {
             let set = rules(set);
             assert!(with_wildcards(&set).is_empty(), "{set:?}");
         }
@@ -352,5 +415,45 @@ mod tests {
         let both = rules(objects[2]["rules"].clone());
         assert!(!granting(&both, "", "secrets", "create").is_empty());
         assert!(!granting(&both, "batch", "jobs", "create").is_empty());
+    }
+
+    #[test]
+    fn hubs_read_only_their_own_config_map_and_the_issuer_keys() {
+        let cluster = rules(hub_cluster_rules());
+        assert!(granting(&cluster, "", "configmaps", "get").is_empty());
+        assert!(granting(&cluster, "", "secrets", "get").is_empty());
+        let own = rules(hub_namespace_rules());
+        for verb in ["get", "list", "watch"] {
+            let g = granting(&own, "", "configmaps", verb);
+            assert_eq!(g.len(), 1, "{verb}");
+            assert_eq!(g[0].resource_names, Some(vec![HUB_CONFIGMAP.to_owned()]));
+        }
+        assert!(granting(&own, "", "configmaps", "update").is_empty());
+        for url in ["/openid/v1/jwks", "/.well-known/openid-configuration"] {
+            assert!(
+                cluster.iter().any(|r| r
+                    .non_resource_urls
+                    .as_ref()
+                    .is_some_and(|u| u.iter().any(|u| u == url))),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_hub_grant_binds_the_hub_group_in_its_namespace() {
+        let objects = Grant::hub(HUB_ROLE_NAME, HUB_GROUP, "kube-system").objects();
+        let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
+        );
+        for binding in [&objects[1], &objects[3]] {
+            assert_eq!(
+                binding["subjects"],
+                json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "openyurt:yurthub"}])
+            );
+        }
+        assert_eq!(objects[2]["metadata"]["namespace"], "kube-system");
     }
 }

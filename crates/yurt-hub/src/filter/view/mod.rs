@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures_util::TryStreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Agents;
@@ -215,9 +215,17 @@ pub async fn run(
         let selector = format!("metadata.name={HUB_CONFIGMAP}");
         async move {
             let cfg = watcher::Config::default().fields(&selector);
-            let mut stream = std::pin::pin!(watcher(api, cfg));
+            // A lasting failure (a cluster whose RBAC does not let hubs read it: 403)
+            // must not cost the API server a request per second from every hub.
+            let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff());
+            let mut failing = false;
             loop {
-                match stream.try_next().await {
+                let event = stream.try_next().await;
+                if failing && event.is_ok() {
+                    tracing::info!("{HUB_CONFIGMAP} readable again");
+                    failing = false;
+                }
+                match event {
                     Ok(Some(watcher::Event::Apply(c) | watcher::Event::InitApply(c)))
                         if c.metadata.name.as_deref() == Some(HUB_CONFIGMAP) =>
                     {
@@ -230,10 +238,15 @@ pub async fn run(
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "yurt-hub-cfg watch");
-                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    Err(e) if !failing => {
+                        tracing::warn!(
+                            error = %e,
+                            namespace = %namespace,
+                            "cannot read {HUB_CONFIGMAP}: cache agents and filters keep what they have until it can be read (retried with backoff)"
+                        );
+                        failing = true;
                     }
+                    Err(e) => tracing::debug!(error = %e, "{HUB_CONFIGMAP} watch"),
                 }
             }
         }

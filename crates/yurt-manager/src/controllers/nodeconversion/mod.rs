@@ -62,6 +62,9 @@ pub const CONVERSION_NODE: &str = "openyurt.io/conversion-node";
 pub const CONVERSION_NODE_NAME: &str = "openyurt.io/conversion-node-name";
 /// Annotation on a conversion Job: `convert` or `revert`.
 pub const CONVERSION_ACTION: &str = "openyurt.io/conversion-action";
+/// Job annotation: the UID of the Node the Job was made for. A Node deleted and made
+/// again under the same name is another node: the old one's Job is not its.
+pub const CONVERSION_NODE_UID: &str = "openyurt.io/conversion-node-uid";
 /// Annotation on a node this controller cordoned (it uncordons only such a node).
 pub const CORDONED_BY_CONVERSION: &str = "openyurt.io/conversion-cordoned";
 /// The node condition reporting conversions.
@@ -91,15 +94,26 @@ pub fn job_node(job: &Job) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// The Jobs among `jobs` whose node does not exist (by `node_exists`).
-pub fn orphaned(jobs: &[Arc<Job>], node_exists: impl Fn(&str) -> bool) -> Vec<&Arc<Job>> {
+/// Whether `job` was made for the Node whose UID is `uid`. A Job recording no UID (made
+/// by an older manager) is taken to be the node's.
+pub fn made_for(job: &Job, uid: &str) -> bool {
+    job.annotations()
+        .get(CONVERSION_NODE_UID)
+        .is_none_or(|recorded| recorded == uid)
+}
+
+/// The Jobs among `jobs` whose node does not exist, or is another Node of the same name
+/// (`uid_of`: the UID of the Node of that name, `None` when there is none).
+pub fn orphaned(jobs: &[Arc<Job>], uid_of: impl Fn(&str) -> Option<String>) -> Vec<&Arc<Job>> {
     jobs.iter()
-        .filter(|job| job_node(job).is_some_and(|node| !node_exists(node)))
+        .filter(|job| {
+            job_node(job).is_some_and(|node| uid_of(node).is_none_or(|uid| !made_for(job, &uid)))
+        })
         .collect()
 }
 
-/// Deletes, every [`ORPHAN_SWEEP`], the conversion Jobs whose Node is gone, once both
-/// stores hold a full list.
+/// Deletes, every [`ORPHAN_SWEEP`], the conversion Jobs whose Node is gone (or was made
+/// again), once both stores hold a full list.
 async fn sweep_orphans(
     client: kube::Client,
     jobs: Store<Job>,
@@ -122,11 +136,16 @@ async fn sweep_orphans(
             ok = listed => if !ok { return },
         }
         let all = jobs.state();
-        for job in orphaned(&all, |n| nodes.get(&ObjectRef::new(n)).is_some()) {
+        let uid_of = |n: &str| {
+            nodes
+                .get(&ObjectRef::new(n))
+                .map(|node| node.uid().unwrap_or_default())
+        };
+        for job in orphaned(&all, uid_of) {
             let node = job_node(job).unwrap_or_default();
             match delete_job(&api, job).await {
                 Ok(()) => {
-                    tracing::info!(%node, job = %job.name_any(), "deleted the conversion Job of a deleted node");
+                    tracing::info!(%node, job = %job.name_any(), "deleted the conversion Job of a deleted (or remade) node");
                 }
                 Err(e) => {
                     tracing::warn!(%node, job = %job.name_any(), error = %e, "deleting the conversion Job of a deleted node failed; trying again later");
@@ -252,12 +271,14 @@ pub fn node_label(node: &str) -> String {
     short("", node)
 }
 
-/// The Job that converts (`pool` given) or reverts `node`.
+/// The Job that converts (`pool` given) or reverts `node` (the Node whose UID is
+/// `node_uid`).
 ///
 /// # Errors
 /// Never for a node name the API server accepted (the Job is JSON of our own).
 pub fn job(
     node: &str,
+    node_uid: &str,
     pool: Option<&str>,
     image: &str,
     timeout: Duration,
@@ -285,7 +306,7 @@ pub fn job(
             "name": job_name(node),
             "namespace": NAMESPACE,
             "labels": {CONVERSION_NODE: node_label(node)},
-            "annotations": {CONVERSION_ACTION: action, CONVERSION_NODE_NAME: node},
+            "annotations": {CONVERSION_ACTION: action, CONVERSION_NODE_NAME: node, CONVERSION_NODE_UID: node_uid},
         },
         "spec": {
             // A failed convert restores the host; trying again on its own would loop.
@@ -443,6 +464,17 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileEr
     let current = ctx
         .jobs
         .get(&ObjectRef::new(&job_name(&name)).within(NAMESPACE));
+    let uid = node.uid().unwrap_or_default();
+    if let Some(job) = current.as_deref().filter(|job| !made_for(job, &uid)) {
+        // The Job of an earlier Node of this name (deleted and made again before the
+        // orphan sweep came by): not this node's; it goes first.
+        if job.metadata.deletion_timestamp.is_none() {
+            tracing::info!(node = %name, job = %job.name_any(), "deleting the conversion Job of an earlier Node of this name");
+            delete_job(&jobs, job).await?;
+        }
+        // Its deletion, once done, reconciles the node again (the Jobs' watch).
+        return Ok(Action::await_change());
+    }
     let action_of = |job: &Job| {
         job.annotations()
             .get(CONVERSION_ACTION)
@@ -565,7 +597,7 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Ctx>) -> Result<Action, ReconcileEr
     match jobs
         .create(
             &PostParams::default(),
-            &job(&name, pool, &ctx.image, ctx.timeout)?,
+            &job(&name, &uid, pool, &ctx.image, ctx.timeout)?,
         )
         .await
     {

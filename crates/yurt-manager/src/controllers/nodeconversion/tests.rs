@@ -77,6 +77,7 @@ fn a_failed_convert_whose_label_is_gone_reverts_and_a_failed_revert_whose_label_
 fn the_job_runs_the_hosts_servant_pinned_privileged_and_bounded() {
     let j = job(
         "edge-z",
+        "uid-z",
         Some("pool-a"),
         "busybox:1",
         Duration::from_secs(300),
@@ -95,6 +96,11 @@ fn the_job_runs_the_hosts_servant_pinned_privileged_and_bounded() {
         j.annotations().get(CONVERSION_ACTION).map(String::as_str),
         Some("convert")
     );
+    assert_eq!(
+        j.annotations().get(CONVERSION_NODE_UID).map(String::as_str),
+        Some("uid-z")
+    );
+    assert!(made_for(&j, "uid-z") && !made_for(&j, "uid-of-a-newer-edge-z"));
     let spec = j.spec.as_ref().unwrap();
     assert_eq!(spec.backoff_limit, Some(0));
     assert_eq!(spec.active_deadline_seconds, Some(480));
@@ -115,7 +121,14 @@ fn the_job_runs_the_hosts_servant_pinned_privileged_and_bounded() {
     let volume = &pod.volumes.as_ref().unwrap()[0];
     assert_eq!(volume.host_path.as_ref().unwrap().path, "/");
 
-    let r = job("edge-z", None, "busybox:1", Duration::from_secs(60)).unwrap();
+    let r = job(
+        "edge-z",
+        "uid-z",
+        None,
+        "busybox:1",
+        Duration::from_secs(60),
+    )
+    .unwrap();
     assert_eq!(
         r.annotations().get(CONVERSION_ACTION).map(String::as_str),
         Some("revert")
@@ -216,7 +229,7 @@ fn long_node_names_give_job_names_and_labels_a_label_value_may_hold() {
     assert_eq!(name, job_name(long), "stable");
     let very_long = "n".repeat(253);
     assert!(node_label(&very_long).len() <= 63);
-    let j = job(long, None, "busybox:1", Duration::from_secs(60)).unwrap();
+    let j = job(long, "uid-long", None, "busybox:1", Duration::from_secs(60)).unwrap();
     assert_eq!(
         j.annotations()
             .get(CONVERSION_NODE_NAME)
@@ -271,14 +284,42 @@ fn only_jobs_whose_node_is_gone_are_orphans() {
     let unlabelled = job_with(json!([]));
     let jobs = vec![Arc::new(short), Arc::new(long), Arc::new(unlabelled)];
 
-    assert!(orphaned(&jobs, |_| true).is_empty());
-    let gone = orphaned(&jobs, |n| n != "edge-a1");
+    let uid = |exists: bool| exists.then(|| "uid-1".to_owned());
+    assert!(orphaned(&jobs, |_| uid(true)).is_empty());
+    let gone = orphaned(&jobs, |n| uid(n != "edge-a1"));
     assert_eq!(gone.len(), 1);
     assert_eq!(job_node(gone[0]), Some("edge-a1"));
     // A long name is looked up in full, not by its hashed label.
-    let gone = orphaned(&jobs, |n| n != long_name);
+    let gone = orphaned(&jobs, |n| uid(n != long_name));
     assert_eq!(gone.len(), 1);
     assert_eq!(job_node(gone[0]), Some(long_name.as_str()));
     // A Job naming no node is not ours to judge.
-    assert_eq!(orphaned(&jobs, |_| false).len(), 2);
+    assert_eq!(orphaned(&jobs, |_| None).len(), 2);
+}
+
+#[test]
+fn the_job_of_an_earlier_node_of_the_same_name_is_an_orphan() {
+    let earlier = Arc::new(
+        job(
+            "edge-a1",
+            "uid-old",
+            Some("pool-a"),
+            "busybox:1",
+            Duration::from_secs(60),
+        )
+        .unwrap(),
+    );
+    let jobs = vec![earlier];
+    assert!(orphaned(&jobs, |_| Some("uid-old".to_owned())).is_empty());
+    let gone = orphaned(&jobs, |_| Some("uid-new".to_owned()));
+    assert_eq!(gone.len(), 1, "the Node was deleted and made again");
+    // A Job from before UIDs were recorded stays its node's.
+    let mut old_style = (*jobs[0]).clone();
+    old_style
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove(CONVERSION_NODE_UID);
+    assert!(made_for(&old_style, "uid-new"));
 }
