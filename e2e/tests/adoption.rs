@@ -3,8 +3,9 @@
 //! a control-plane node and plain workers joined with a bootstrap token; the manager is
 //! installed from `yurt manager manifests` with kubectl and runs as a pod from a locally
 //! built image; its webhooks answer through their Service; pool labels convert the
-//! workers, autonomy holds through a pool cut and an offline reboot, and removing the
-//! labels reverts them.
+//! workers, a pod's own reads are served from its hub's cache offline, autonomy holds
+//! through a pool cut and an offline reboot, and removing the labels reverts them. Pods
+//! on the control-plane node are reachable from the sites.
 
 use std::time::Duration;
 
@@ -211,6 +212,18 @@ async fn openyurt_installs_onto_a_bare_cluster_converts_its_workers_and_reverts_
             !status_line(&f, "cloud")?.contains("yurt-manager("),
             "the manager is a pod, not a process of the fleet"
         );
+
+        // Pods on the control-plane node are reachable from the sites (the router routes
+        // its pod CIDR), as add-ons on a flat pod network are.
+        let cloud_pod = f.env_pod_on("cloud", "env-cloud").await?;
+        let api_service = f.kubernetes_service_endpoint()?;
+        for node in WORKERS {
+            let seen = f.http_get(node, &cloud_pod, "/env")?;
+            ensure!(
+                seen == api_service,
+                "{node} reaches the cloud's pod, which sees the API server's Service: {seen}"
+            );
+        }
 
         // Its webhooks answer through their Service: the configurations it registered
         // name the Service, a valid NodePool passes its conversion and validating

@@ -237,6 +237,13 @@ pub fn create(plan: &Plan) -> Result<()> {
         netns::sysctl(&ns, "net/bridge/bridge-nf-call-iptables", "1", true)?;
     }
 
+    // The cloud's own node (`yurt up --bare`): its pods (the cluster's add-ons) are
+    // reachable from the sites, as a flat pod network has them. The cloud host routes
+    // the rest of the pod range to the router already.
+    if let Some(cloud) = &plan.cloud_worker {
+        route(&router, &cloud.pod_cidr.to_string(), cloud.ip)?;
+    }
+
     if plan.mode == NetMode::Nat {
         nat_rules(plan)?;
     }

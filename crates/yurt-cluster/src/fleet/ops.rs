@@ -96,6 +96,17 @@ impl Fleet {
     /// [`Error::ProcessExited`] if it dies while starting, [`Error::NotReady`] on timeout.
     pub(crate) async fn start_component(&self, host: &HostId, component: Component) -> Result<()> {
         let record = self.spawn_component(host, component)?;
+        self.wait_ready(host, component, record).await
+    }
+
+    /// Waits until `component`, spawned on `host` as `record`, is ready: its probe, and
+    /// for kube-apiserver its `/readyz` as well (the port opens before it serves).
+    async fn wait_ready(
+        &self,
+        host: &HostId,
+        component: Component,
+        record: PidRecord,
+    ) -> Result<()> {
         self.readiness(host, component, record).wait().await?;
         if component == Component::KubeApiserver {
             let hp = self.paths.host(host);
@@ -578,7 +589,8 @@ impl Fleet {
     }
 
     /// Starts one process on a host (if it is not running) without waiting for it to be
-    /// ready (`systemctl --no-block`); only a process that cannot be spawned fails.
+    /// ready (`systemctl --no-block`); only a process that cannot be spawned fails
+    /// (containerd and kube-apiserver are still waited for, [`Fleet::begin_start`]).
     ///
     /// # Errors
     /// Unknown host or process, fleet not running, spawn failures.
@@ -588,8 +600,10 @@ impl Fleet {
 
     /// Spawns one process on a host if it is not running, under the fleet's operations
     /// lock, and gives the wait for its readiness, to be run with no lock held (`None`:
-    /// it was running, or is ready already). containerd is waited for here: the images
-    /// are imported into it before the lock is released.
+    /// it was running, or is ready already). containerd (the images are imported into
+    /// it) and kube-apiserver (its `/readyz`) are waited for here, under the lock. A
+    /// start that finds the process running answers at once, as it did before, even if
+    /// another start of it is still waiting for its readiness (systemd would wait).
     ///
     /// # Errors
     /// Unknown host or process, fleet not running, spawn failures.
@@ -615,15 +629,19 @@ impl Fleet {
             blocking(move || mountns::create(&hp2, &yurt)).await?;
         }
         let record = self.spawn_component(&host, c)?;
-        let readiness = self.readiness(&host, c, record);
-        if c != Component::Containerd {
-            return Ok(Some(readiness));
+        match c {
+            Component::Containerd => {
+                self.wait_ready(&host, c, record).await?;
+                let socket = hp.containerd_socket();
+                let images = self.paths.images();
+                blocking(move || import_all(&socket, &images)).await?;
+                Ok(None)
+            }
+            // Its readiness needs the fleet's client: waited for here (the cloud's
+            // API server is restarted by hand, not by a service manager).
+            Component::KubeApiserver => self.wait_ready(&host, c, record).await.map(|()| None),
+            _ => Ok(Some(self.readiness(&host, c, record))),
         }
-        readiness.wait().await?;
-        let socket = hp.containerd_socket();
-        let images = self.paths.images();
-        blocking(move || import_all(&socket, &images)).await?;
-        Ok(None)
     }
 
     /// Reboots an edge host: every process on it dies at once (containers included, as

@@ -93,6 +93,8 @@ pub fn desired(plan: &Plan, node_cidrs: &BTreeMap<String, String>) -> (Vec<PodRo
         .iter()
         .map(|e| (e.pool, e.ip, e.pod_cidr, e.name.to_string()))
         .collect();
+    // The cloud's own node (a bare fleet's): routed by the router only (no pool).
+    let cloud = plan.cloud_worker.as_ref();
     let mut refused = Vec::new();
     let mut candidates = Vec::new();
     for host in &plan.added {
@@ -113,7 +115,12 @@ pub fn desired(plan: &Plan, node_cidrs: &BTreeMap<String, String>) -> (Vec<PodRo
             ));
             continue;
         }
-        if let Some((_, _, _, other)) = owners.iter().find(|o| overlaps(o.2, cidr)) {
+        let overlapped = owners
+            .iter()
+            .map(|o| (o.2, o.3.as_str()))
+            .chain(cloud.iter().map(|c| (c.pod_cidr, c.name.as_str())))
+            .find(|(c, _)| overlaps(*c, cidr));
+        if let Some((_, other)) = overlapped {
             refused.push(format!(
                 "{}: pod CIDR {cidr} overlaps planned host {other}'s",
                 host.name
@@ -158,6 +165,13 @@ pub fn desired(plan: &Plan, node_cidrs: &BTreeMap<String, String>) -> (Vec<PodRo
                 via: *via,
             });
         }
+    }
+    if let Some(cloud) = cloud {
+        routes.push(PodRoute {
+            netns: router,
+            dst: cloud.pod_cidr.to_string(),
+            via: cloud.ip,
+        });
     }
     routes.sort();
     (routes, refused)
@@ -451,6 +465,32 @@ mod tests {
                 .all(|r| r.dst == "10.244.77.0/24"),
             "only edge-w is routed: {routes:?}"
         );
+    }
+
+    #[test]
+    fn a_bare_fleets_cloud_node_is_routed_by_the_router_and_its_cidr_is_nobody_elses() {
+        let plan = plan_with(&[("edge-x", "pool-a", 100)]).with_cloud_worker(true);
+        let cidrs = BTreeMap::from([("edge-x".to_owned(), "10.244.0.0/24".to_owned())]);
+        let (routes, refused) = desired(&plan, &cidrs);
+        assert!(
+            refused
+                .iter()
+                .any(|r| r.starts_with("edge-x:") && r.contains("overlaps planned host cloud")),
+            "{refused:?}"
+        );
+        let to_cloud: Vec<&PodRoute> = routes.iter().filter(|r| r.dst == "10.244.0.0/24").collect();
+        assert_eq!(
+            to_cloud,
+            [&PodRoute {
+                netns: plan.netns(&HostId::Router),
+                dst: "10.244.0.0/24".to_owned(),
+                via: net::CLOUD_IP.addr,
+            }],
+            "the router only: every site reaches the cloud through it"
+        );
+        // Without the cloud's node, nothing routes its range.
+        let (routes, _) = desired(&plan_with(&[]), &BTreeMap::new());
+        assert!(!routes.iter().any(|r| r.dst == "10.244.0.0/24"));
     }
 
     #[test]

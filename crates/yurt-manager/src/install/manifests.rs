@@ -113,11 +113,12 @@ pub fn objects(options: &Options) -> Vec<Value> {
     // service-account issuer's keys that prove pods' tokens offline), bound to the group
     // of the hubs' own certificates. The same objects as `yurt up`'s.
     objects.extend(Grant::hub(HUB_ROLE_NAME, HUB_GROUP, HUB_NAMESPACE).objects());
+    // Without data: applying the manifests again (an upgrade) keeps what operators set
+    // there (`cache_agents`: more clients whose reads the hubs cache, `*` for all;
+    // `servicetopology` and the other filters' names: more clients they apply to).
     objects.push(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": HUB_CONFIGMAP, "namespace": HUB_NAMESPACE},
-        // More clients whose reads the hubs cache (`*`: every client), comma-separated.
-        "data": {"cache_agents": ""},
     }));
     objects.push(json!({
         "apiVersion": "v1", "kind": "Service",
@@ -327,6 +328,10 @@ mod tests {
         assert_eq!(config.len(), 1);
         assert_eq!(config[0]["metadata"]["name"], "yurt-hub-cfg");
         assert_eq!(config[0]["metadata"]["namespace"], HUB_NAMESPACE);
+        assert!(
+            config[0].get("data").is_none(),
+            "applying the manifests again keeps what operators set"
+        );
     }
 
     #[test]
