@@ -24,6 +24,18 @@ pub struct RequestLabels {
     pub verb: &'static str,
 }
 
+/// The API verbs whose request counts are there from the start ([`HubMetrics::register`]).
+pub const REQUEST_VERBS: [&str; 8] = [
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+];
+
 /// Labels of request latency histograms.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ServedByLabel {
@@ -135,6 +147,17 @@ impl HubMetrics {
             "Whether an API server is healthy (1) or not (0)",
             self.server_healthy.clone(),
         );
+        // Every API verb's count by upstream, cache and error exists from the start, at
+        // zero: a hub just started that has sent no LIST upstream yet says 0, not nothing
+        // (a reader cannot tell nothing from a failed scrape).
+        for served_by in ["upstream", "cache", "error"] {
+            for verb in REQUEST_VERBS {
+                drop(
+                    self.requests
+                        .get_or_create(&RequestLabels { served_by, verb }),
+                );
+            }
+        }
         registry.register(
             "requests",
             "Requests by who answered them and verb",
@@ -246,5 +269,31 @@ impl HubMetrics {
         self.requests
             .get_or_create(&RequestLabels { served_by, verb })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_counts_exist_at_zero_before_any_request() {
+        let metrics = HubMetrics::default();
+        let mut registry = Registry::with_prefix("yurt_hub");
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        for served_by in ["upstream", "cache", "error"] {
+            for verb in REQUEST_VERBS {
+                let line = format!(
+                    "yurt_hub_requests_total{{served_by=\"{served_by}\",verb=\"{verb}\"}} 0\n"
+                );
+                assert!(text.contains(&line), "{line} in {text}");
+            }
+        }
+        metrics.request("upstream", "list");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(text.contains("yurt_hub_requests_total{served_by=\"upstream\",verb=\"list\"} 1\n"));
     }
 }

@@ -30,6 +30,9 @@ mod pool;
 
 /// The ConfigMap of hub settings.
 pub const HUB_CONFIGMAP: &str = "yurt-hub-cfg";
+
+/// How long reading `yurt-hub-cfg` may keep failing before the hub says so.
+const CONFIG_FAILURE_WARN_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 /// The node label naming a node's pool.
 pub const POOL_LABEL: &str = "apps.openyurt.io/nodepool";
 
@@ -218,12 +221,15 @@ pub async fn run(
             // A lasting failure (a cluster whose RBAC does not let hubs read it: 403)
             // must not cost the API server a request per second from every hub.
             let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff());
-            let mut failing = false;
+            // A failure at start (the hub's own port not serving yet, or offline with
+            // nothing cached) is normal; one that lasts is said once.
+            let mut failing_since: Option<std::time::Instant> = None;
+            let mut warned = false;
             loop {
                 let event = stream.try_next().await;
-                if failing && event.is_ok() {
+                if event.is_ok() && failing_since.take().is_some() && warned {
                     tracing::info!("{HUB_CONFIGMAP} readable again");
-                    failing = false;
+                    warned = false;
                 }
                 match event {
                     Ok(Some(watcher::Event::Apply(c) | watcher::Event::InitApply(c)))
@@ -238,15 +244,19 @@ pub async fn run(
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => break,
-                    Err(e) if !failing => {
-                        tracing::warn!(
-                            error = %e,
-                            namespace = %namespace,
-                            "cannot read {HUB_CONFIGMAP}: cache agents and filters keep what they have until it can be read (retried with backoff)"
-                        );
-                        failing = true;
+                    Err(e) => {
+                        let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+                        if !warned && since.elapsed() >= CONFIG_FAILURE_WARN_AFTER {
+                            tracing::warn!(
+                                error = %e,
+                                namespace = %namespace,
+                                "cannot read {HUB_CONFIGMAP}: cache agents and filters keep what they have until it can be read (retried with backoff)"
+                            );
+                            warned = true;
+                        } else {
+                            tracing::debug!(error = %e, "{HUB_CONFIGMAP} watch");
+                        }
                     }
-                    Err(e) => tracing::debug!(error = %e, "{HUB_CONFIGMAP} watch"),
                 }
             }
         }
