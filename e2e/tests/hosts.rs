@@ -299,6 +299,78 @@ fn approved_with(csr: &serde_json::Value, words: &str) -> bool {
 /// the hub, the pool's labels; bad input refused before anything changes; a rerun
 /// refused, and a resumed one finishing without redoing what is done; `yurt adm reset
 /// --delete-node` leaving only the host's containerd, and the host joining again.
+/// kubelet on the joined `node` serves with a certificate of the cluster's CA (its
+/// serving CSR, approved by the manager), as the API server checks it for logs and
+/// exec: a client verifying against that CA gets through TLS to kubelet's 401. Behind
+/// NAT, the API server reaches that kubelet only through the tunnel agent the join
+/// started (found through kube-system/x-tunnel-server-svc): exec and logs of `pod` work.
+async fn kubelet_is_reached_through_the_tunnel(
+    f: &TestFleet,
+    node: &str,
+    pod: &str,
+) -> anyhow::Result<()> {
+    let nodes: Api<Node> = Api::all(f.client());
+    let address = nodes
+        .get(node)
+        .await?
+        .status
+        .and_then(|s| s.addresses)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|a| a.type_ == "InternalIP")
+        .with_context(|| format!("{node} has no InternalIP"))?
+        .address;
+    let ca = yurt_cluster::pki::PkiPaths::new(f.fleet().paths()).ca_cert();
+    let ca = ca.display().to_string();
+    let url = format!("https://{address}:10250/healthz");
+    let mut last = String::new();
+    wait_for(
+        &format!("kubelet on {node} serving a certificate of the cluster's CA"),
+        Duration::from_secs(60),
+        || {
+            let answer = f.exec(
+                node,
+                &[
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "5",
+                    "--cacert",
+                    &ca,
+                    &url,
+                ],
+            );
+            let code = answer
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            let done = code == "401";
+            last = code;
+            async move { Ok(done.then_some(())) }
+        },
+    )
+    .await
+    .with_context(|| format!("last answer: {last:?}"))?;
+    wait_for(
+        &format!("kubectl exec into {pod} through the tunnel"),
+        Duration::from_secs(60),
+        || async {
+            Ok(
+                f.kubectl(&["exec", pod, "--", "echo", "through-the-tunnel"])
+                    .ok()
+                    .filter(|out| out.trim() == "through-the-tunnel"),
+            )
+        },
+    )
+    .await?;
+    f.kubectl(&["logs", pod])
+        .with_context(|| format!("kubectl logs of {pod} on {node}"))?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Result<()> {
     within(async {
@@ -503,7 +575,13 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             .lines()
             .find(|l| l.starts_with("edge-x"))
             .unwrap_or_default();
-        for p in ["containerd(", "yurt-hub(", "kubelet(", "kube-proxy("] {
+        for p in [
+            "containerd(",
+            "yurt-hub(",
+            "kubelet(",
+            "kube-proxy(",
+            "tunnel-agent(",
+        ] {
             ensure!(line.contains(p), "{p} in {line}");
         }
         let units = f.dir().join("hosts/edge-x/units");
@@ -521,6 +599,12 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             Duration::from_secs(60),
             || async { Ok(reachable(&f, &a1, &ip).then_some(())) },
         )
+        .await?;
+        Box::pin(kubelet_is_reached_through_the_tunnel(
+            &f,
+            "edge-x",
+            "web-joined",
+        ))
         .await?;
 
         // Again: refused, the host is joined.
@@ -604,7 +688,8 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             line.contains("containerd(")
                 && !line.contains("kubelet")
                 && !line.contains("yurt-hub")
-                && !line.contains("kube-proxy"),
+                && !line.contains("kube-proxy")
+                && !line.contains("tunnel-agent"),
             "{line}"
         );
         let host_dir = f.dir().join("hosts/edge-x");
@@ -617,6 +702,7 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             "units/kubelet.toml",
             "units/yurt-hub.toml",
             "units/kube-proxy.toml",
+            "units/yurt-tunnel-agent.toml",
         ] {
             ensure!(!host_dir.join(gone).exists(), "{gone} is left");
         }

@@ -19,7 +19,7 @@ use yurt_core::host::ServiceRequest;
 use crate::join::{Host, HostFiles};
 
 /// The processes join adds, in the order they are stopped.
-pub const JOIN_PROCESSES: [&str; 3] = ["kubelet", "kube-proxy", "yurt-hub"];
+pub const JOIN_PROCESSES: [&str; 4] = ["kubelet", "kube-proxy", "yurt-hub", crate::tunnel::AGENT];
 
 /// The hub's dummy interface.
 pub(crate) const HUB_DUMMY: &str = "hub-dummy0";
@@ -74,7 +74,7 @@ pub async fn reset<H: Host + Sync>(
             ..e
         })?;
     }
-    progress("stopping kubelet, kube-proxy and yurt hub");
+    progress("stopping kubelet, kube-proxy, yurt hub and the tunnel agent");
     for process in JOIN_PROCESSES {
         if files.unit(process).exists() {
             host.request(ServiceRequest::Stop(process.to_owned()))

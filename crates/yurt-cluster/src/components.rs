@@ -401,6 +401,20 @@ fn prometheus_targets(plan: &Plan) -> Result<String> {
     serde_json::to_string_pretty(&groups).map_err(|e| Error::Invalid(format!("targets: {e}")))
 }
 
+/// Where agents reach the tunnel servers the cloud runs (with the second API server,
+/// a second tunnel server): the cloud host's fleet address, each server's agent port.
+pub fn tunnel_server_addresses(second_api_server: bool) -> Vec<SocketAddrV4> {
+    let replicas: &[ControlPlaneReplica] = if second_api_server {
+        &[ControlPlaneReplica::First, ControlPlaneReplica::Second]
+    } else {
+        &[ControlPlaneReplica::First]
+    };
+    replicas
+        .iter()
+        .map(|r| SocketAddrV4::new(net::CLOUD_IP.addr, r.agent_port()))
+        .collect()
+}
+
 /// A program, its arguments and environment (what a unit holds).
 pub use yurt_core::units::CommandLine;
 
@@ -461,20 +475,9 @@ impl Context<'_> {
 
     /// The agent's `--tunnelserver-addr` flags: one per tunnel server the cloud runs.
     fn tunnel_servers(&self) -> Vec<OsString> {
-        let replicas: &[ControlPlaneReplica] = if self.second_api_server {
-            &[ControlPlaneReplica::First, ControlPlaneReplica::Second]
-        } else {
-            &[ControlPlaneReplica::First]
-        };
-        replicas
-            .iter()
-            .map(|r| {
-                arg(format!(
-                    "--tunnelserver-addr={}:{}",
-                    net::CLOUD_IP.addr,
-                    r.agent_port()
-                ))
-            })
+        tunnel_server_addresses(self.second_api_server)
+            .into_iter()
+            .map(|a| arg(format!("--tunnelserver-addr={a}")))
             .collect()
     }
 

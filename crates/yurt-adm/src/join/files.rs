@@ -433,6 +433,12 @@ pub fn kubelet_config(facts: &HostFacts, ca: &Path, host_dir: &Path) -> String {
         },
         "authorization": {"mode": "Webhook"},
         "rotateCertificates": true,
+        // The serving certificate by CSR (signer kubernetes.io/kubelet-serving, which
+        // yurt-manager's approver signs off for the node's own addresses), not the
+        // self-signed one kubelet makes otherwise: the API server checks kubelets'
+        // certificates (`--kubelet-certificate-authority`), so `kubectl logs/exec` to
+        // a joined node failed with x509 before.
+        "serverTLSBootstrap": true,
         "cgroupDriver": "cgroupfs",
         "cgroupRoot": facts.cgroup_root,
         "cgroupsPerQOS": true,

@@ -354,9 +354,88 @@ async fn phases<H: Host + Sync>(
 
     progress("node: waiting for it to be Ready");
     wait_ready(bootstrap, &options.node, deadline).await?;
+    if options.node_type == NodeType::Edge {
+        tunnel_agent(host, &options.node, deadline, progress).await?;
+    }
     files
         .mark_joined(options.node.as_str())
         .map_err(phase("finish"))
+}
+
+/// Writes and starts the node's tunnel agent when the cluster has a tunnel (see
+/// [`crate::tunnel`]): the servers from the tunnel's Endpoints, read with kubelet's
+/// credentials; while the Service names no server (one restarting), read again until the
+/// deadline.
+pub(crate) async fn tunnel_agent<H: Host + Sync>(
+    host: &H,
+    node: &NodeName,
+    deadline: Instant,
+    progress: Progress<'_>,
+) -> Result<(), JoinError> {
+    use crate::tunnel::{AGENT, SERVICE};
+    let fail = phase("tunnel agent");
+    let files = host.files();
+    let client = kubelet_client(files).await.map_err(&fail)?;
+    let servers = loop {
+        match read_through(deadline, || crate::tunnel::server_addresses(&client)).await {
+            Ok(Some(servers)) if !servers.is_empty() => break servers,
+            Ok(Some(_)) if Instant::now() + POLL < deadline => tokio::time::sleep(POLL).await,
+            Ok(Some(_)) => {
+                return Err(fail(format!(
+                    "the Endpoints of {}/{} name no tunnel server (none ready)",
+                    SERVICE.0, SERVICE.1
+                )));
+            }
+            Ok(None) => {
+                progress(
+                    "tunnel agent: none, the cluster has no tunnel (no kube-system/x-tunnel-server-svc)",
+                );
+                return Ok(());
+            }
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                progress(&format!(
+                    "tunnel agent: none, this node may not read the Endpoints of {}/{}: {}",
+                    SERVICE.0, SERVICE.1, status.message
+                ));
+                return Ok(());
+            }
+            Err(e) => {
+                return Err(fail(format!(
+                    "reading the Endpoints of {}/{}: {e}",
+                    SERVICE.0, SERVICE.1
+                )));
+            }
+        }
+    };
+    let cidrs = read_through(deadline, || {
+        crate::tunnel::pod_cidrs_of(&client, node.as_str())
+    })
+    .await
+    .map_err(|e| fail(format!("reading Node {node}'s pod CIDRs: {e}")))?;
+    progress(&format!("tunnel agent: to {}", servers.join(", ")));
+    let unit = crate::tunnel::agent_unit(files, host.facts(), node.as_str(), &servers, &cidrs);
+    let changed = unit
+        .save(&files.unit(AGENT))
+        .map_err(|e| fail(e.to_string()))?;
+    host.request(start_or_restart(changed, AGENT))
+        .await
+        .map_err(fail)
+}
+
+/// A client with kubelet's own credentials, straight to the API server.
+///
+/// # Errors
+/// kubelet's kubeconfig is missing or invalid.
+pub(crate) async fn kubelet_client(files: &HostFiles) -> Result<kube::Client, String> {
+    let path = files.kubelet_kubeconfig();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    config.connect_timeout = Some(Duration::from_secs(10));
+    config.read_timeout = Some(Duration::from_secs(30));
+    kube::Client::try_from(config).map_err(|e| e.to_string())
 }
 
 /// A process whose unit changed is restarted (a running one would keep its old

@@ -208,7 +208,8 @@ fn a_plain_node_says_it_is_no_edge_worker() {
 }
 
 #[test]
-fn kubelets_configuration_names_the_hosts_cgroup_root_and_client_ca() {
+fn kubelets_configuration_names_the_hosts_cgroup_root_and_client_ca_and_asks_for_a_serving_certificate()
+ {
     let dir = tempfile::tempdir().unwrap();
     let text = kubelet_config(&facts(), std::path::Path::new("/h/ca.crt"), dir.path());
     let config: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -219,6 +220,7 @@ fn kubelets_configuration_names_the_hosts_cgroup_root_and_client_ca() {
     );
     assert_eq!(config["authentication"]["anonymous"]["enabled"], false);
     assert_eq!(config["rotateCertificates"], true);
+    assert_eq!(config["serverTLSBootstrap"], true);
 }
 
 #[test]

@@ -5,14 +5,16 @@
 //!
 //! - **convert**: the hub from kubelet's rotating certificate (asking for its own client
 //!   and serving certificates, as a join's hub), its readiness, then kubelet and
-//!   kube-proxy through it; then every container of the node's pods is restarted once,
+//!   kube-proxy through it, the tunnel agent once the node is Ready (when the cluster
+//!   has a tunnel, [`crate::tunnel`]); then every container of the node's pods is restarted once,
 //!   so it gets the hub's `KUBERNETES_SERVICE_HOST`/`PORT` (kubelet computes them when it
 //!   starts a container). A convert that fails after it changed anything restores the
 //!   host (kubelet and kube-proxy straight to the API server, the hub gone) before it
 //!   reports the failure.
 //! - **revert**: kubelet and kube-proxy straight to the API server with kubelet's own
 //!   kubeconfig (which convert never touches, so a half-done convert reverts: OpenYurt
-//!   #609), the hub stopped and its files removed, the containers restarted once.
+//!   #609), the hub and the tunnel agent stopped and their files removed, the
+//!   containers restarted once.
 //!
 //! Both are idempotent: a rerun finishes what a killed run left (the containers are
 //! restarted if the last run changed kubelet's API and did not get to them), and a
@@ -451,7 +453,7 @@ async fn turn<H: Host + Sync>(
         .map_err(step("kube-proxy"))?;
 
     if direction == Direction::Revert {
-        progress("hub: stopping it and removing its files");
+        progress("hub and tunnel agent: stopping them and removing their files");
         done.changed |= remove_hub(host).await?;
     }
 
@@ -459,6 +461,14 @@ async fn turn<H: Host + Sync>(
     crate::join::wait_ready(&client, &role.node, deadline)
         .await
         .map_err(|e| step("node")(e.to_string()))?;
+    if direction == Direction::Convert {
+        crate::join::tunnel_agent(host, &role.node, deadline, progress)
+            .await
+            .map_err(|e| match e {
+                crate::join::JoinError::Phase { phase, reason } => step(phase)(reason),
+                other => step("tunnel agent")(other.to_string()),
+            })?;
+    }
 
     if read_state(files).as_deref() == Some(pending.as_str()) {
         progress("containers: restarting each once, so it sees the node's API endpoint");
@@ -565,9 +575,17 @@ async fn pods_of(
         .collect())
 }
 
-/// Stops the hub and removes what convert wrote for it; whether there was a hub.
+/// Stops the hub and the tunnel agent and removes what convert wrote for them; whether
+/// there was a hub.
 async fn remove_hub<H: Host + Sync>(host: &H) -> Result<bool, ServantError> {
     let files = host.files();
+    let agent = files.unit(crate::tunnel::AGENT);
+    if agent.exists() {
+        host.request(ServiceRequest::Stop(crate::tunnel::AGENT.into()))
+            .await
+            .map_err(step("tunnel agent"))?;
+    }
+    crate::reset::remove(&agent).map_err(step("tunnel agent"))?;
     let unit = files.unit("yurt-hub");
     let had = unit.exists();
     if had {
@@ -593,14 +611,7 @@ fn start_or_restart(changed: bool, process: &str) -> ServiceRequest {
 /// A client with kubelet's own credentials, straight to the API server (to read the
 /// Node and, for a diagnosis, CSRs).
 async fn kubelet_client(files: &HostFiles) -> Result<kube::Client, ServantError> {
-    let fail = step("reading kubelet's kubeconfig");
-    let path = files.kubelet_kubeconfig();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
-        .map_err(|e| fail(format!("{}: {e}", path.display())))?;
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+    crate::join::kubelet_client(files)
         .await
-        .map_err(|e| fail(e.to_string()))?;
-    config.connect_timeout = Some(Duration::from_secs(10));
-    config.read_timeout = Some(Duration::from_secs(30));
-    kube::Client::try_from(config).map_err(|e| fail(e.to_string()))
+        .map_err(step("reading kubelet's kubeconfig"))
 }

@@ -266,6 +266,57 @@ pub async fn apply_tunnel_rbac(client: &kube::Client) -> Result<()> {
     .await
 }
 
+/// Where tunnel agents find the tunnel servers, as OpenYurt's agents do: Service
+/// `kube-system/x-tunnel-server-svc`. The servers are processes of the cloud host, not
+/// pods, so the Service has no selector (and no cluster IP: nothing dials it through
+/// kube-proxy) and its Endpoints name every server's agent address. `yurt adm join`
+/// and the node servant read them to write an edge node's agent.
+///
+/// # Errors
+/// API errors.
+pub async fn apply_tunnel_discovery(
+    client: &kube::Client,
+    servers: &[std::net::SocketAddrV4],
+) -> Result<()> {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    use serde_json::json;
+    const NAMESPACE: &str = "kube-system";
+    const NAME: &str = "x-tunnel-server-svc";
+    let port_name = |i: usize| {
+        if i == 0 {
+            "tunnel".to_owned()
+        } else {
+            format!("tunnel-{}", i + 1)
+        }
+    };
+    let metadata = json!({"name": NAME, "namespace": NAMESPACE,
+                          "labels": {"app.kubernetes.io/managed-by": "yurt-up"}});
+    let service_ports: Vec<_> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, a)| json!({"name": port_name(i), "protocol": "TCP", "port": a.port(), "targetPort": a.port()}))
+        .collect();
+    apply_object(
+        Api::<Service>::namespaced(client.clone(), NAMESPACE),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": metadata,
+               "spec": {"clusterIP": "None", "ports": service_ports}}),
+    )
+    .await?;
+    let subsets: Vec<_> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            json!({"addresses": [{"ip": a.ip().to_string()}],
+                   "ports": [{"name": port_name(i), "protocol": "TCP", "port": a.port()}]})
+        })
+        .collect();
+    apply_object(
+        Api::<Endpoints>::namespaced(client.clone(), NAMESPACE),
+        json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": metadata, "subsets": subsets}),
+    )
+    .await
+}
+
 /// What Prometheus may do: GET through the API server's node proxy (every kubelet's
 /// `/metrics` and `/metrics/cadvisor`), nothing else. Its targets come from a file
 /// (Debian's Prometheus has no Kubernetes discovery), so it lists no nodes. The proxy

@@ -415,7 +415,10 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
             super::api::apply_manager_rbac(&client).await?;
         }
         if component == Component::TunnelServer {
-            super::api::apply_tunnel_rbac(&fleet.client().await?).await?;
+            let client = fleet.client().await?;
+            super::api::apply_tunnel_rbac(&client).await?;
+            let servers = crate::components::tunnel_server_addresses(fleet.state.second_api_server);
+            super::api::apply_tunnel_discovery(&client, &servers).await?;
         }
         if component == Component::Prometheus {
             super::api::apply_prometheus_rbac(&fleet.client().await?).await?;
