@@ -1167,6 +1167,13 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
             f.env_of("edge-z", "env", &ip).await? == (1, "169.254.2.1:10268".to_owned()),
             "the container restarted once and sees the hub"
         );
+        // An edge node now: the API server reaches it through the agent convert started.
+        ensure!(
+            line_of(&f)?.contains("yurt-tunnel-agent("),
+            "{}",
+            line_of(&f)?
+        );
+        Box::pin(kubelet_is_reached_through_the_tunnel(&f, "edge-z", "env")).await?;
         ensure!(f.node_ready("edge-z").await? == "True");
         let (ok, said) = servant(&f, "edge-z", &convert)?;
         ensure!(ok && said.contains("already was an edge node"), "{said}");
@@ -1178,7 +1185,17 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         let revert = ["revert", "--node-name", "edge-z"];
         let (ok, said) = servant(&f, "edge-z", &revert)?;
         ensure!(ok && said.contains("Node edge-z is a plain node"), "{said}");
-        ensure!(!line_of(&f)?.contains("yurt-hub"), "{}", line_of(&f)?);
+        ensure!(
+            !line_of(&f)?.contains("yurt-hub") && !line_of(&f)?.contains("tunnel-agent"),
+            "{}",
+            line_of(&f)?
+        );
+        ensure!(
+            !f.dir()
+                .join("hosts/edge-z/units/yurt-tunnel-agent.toml")
+                .exists(),
+            "the agent's unit is gone"
+        );
         ensure!(
             !f.dir().join("hosts/edge-z/var/lib/yurthub").exists(),
             "the hub's files are gone"
