@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use yurt_cluster::image::{CURL_IMAGE, ImageSpec};
@@ -311,13 +312,26 @@ async fn openyurt_installs_onto_a_bare_cluster_converts_its_workers_and_reverts_
                 "{node}'s container restarted once and sees the hub"
             );
         }
-        let serving = f.kubectl(&["get", "csr", "-o", "jsonpath={range .items[*]}{.spec.username} {.spec.signerName} {.status.conditions[0].type}{\"\\n\"}{end}"])?;
+        // The hub's serving CSR, told from kubelet's (same signer, same user: a converted
+        // kubelet asks for its own too) by the hub's pod address.
+        let csrs: Api<CertificateSigningRequest> = Api::all(f.client());
+        let csrs = csrs.list(&Default::default()).await?.items;
         for node in WORKERS {
+            let user = format!("system:node:{node}");
             ensure!(
-                serving.contains(&format!(
-                    "system:node:{node} kubernetes.io/kubelet-serving Approved"
-                )),
-                "the hub's serving certificate approved by the manager: {serving}"
+                csrs.iter().any(|c| {
+                    c.spec.username.as_deref() == Some(user.as_str())
+                        && yurt_adm::join::is_hub_csr(c)
+                        && c.spec.signer_name == "kubernetes.io/kubelet-serving"
+                        && c.status.as_ref().is_some_and(|s| {
+                            s.certificate.is_some()
+                                && s.conditions
+                                    .iter()
+                                    .flatten()
+                                    .any(|c| c.type_ == "Approved")
+                        })
+                }),
+                "the hub's serving certificate of {node} approved by the manager"
             );
         }
 

@@ -293,12 +293,6 @@ fn approved_with(csr: &serde_json::Value, words: &str) -> bool {
             })
 }
 
-/// Issue 13's join, on a host added to a running fleet: a token from the real `kubeadm
-/// token create`, kubelet's TLS bootstrap approved by kube-controller-manager, the hub's
-/// client and serving certificates by our manager, kubelet and kube-proxy then through
-/// the hub, the pool's labels; bad input refused before anything changes; a rerun
-/// refused, and a resumed one finishing without redoing what is done; `yurt adm reset
-/// --delete-node` leaving only the host's containerd, and the host joining again.
 /// kubelet on the joined `node` serves with a certificate of the cluster's CA (its
 /// serving CSR, approved by the manager), as the API server checks it for logs and
 /// exec: a client verifying against that CA gets through TLS to kubelet's 401. Behind
@@ -371,6 +365,12 @@ async fn kubelet_is_reached_through_the_tunnel(
     Ok(())
 }
 
+/// Issue 13's join, on a host added to a running fleet: a token from the real `kubeadm
+/// token create`, kubelet's TLS bootstrap approved by kube-controller-manager, the hub's
+/// client and serving certificates by our manager, kubelet and kube-proxy then through
+/// the hub, the pool's labels; bad input refused before anything changes; a rerun
+/// refused, and a resumed one finishing without redoing what is done; `yurt adm reset
+/// --delete-node` leaving only the host's containerd, and the host joining again.
 #[tokio::test]
 async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Result<()> {
     within(async {
@@ -562,13 +562,18 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
                 .any(|c| approved_with(c, "yurthub client certificate")),
             "{hub_client:#?}"
         );
+        // Told from kubelet's (same signer, same user) by the hub's pod address.
         let serving = csrs_of(&f, "kubernetes.io/kubelet-serving", user)?;
+        let hubs = |c: &serde_json::Value| {
+            serde_json::from_value(c.clone()).is_ok_and(|c| yurt_adm::join::is_hub_csr(&c))
+        };
         ensure!(
             serving
                 .iter()
-                .any(|c| approved_with(c, "serving certificate of its own node")),
+                .any(|c| hubs(c) && approved_with(c, "serving certificate of its own node")),
             "{serving:#?}"
         );
+
         // kubelet and kube-proxy go through the hub; everything runs.
         let status = f.yurt(&["fleet", "status"])?;
         let line = status

@@ -188,7 +188,11 @@ impl HostFiles {
         api: KubeletApi,
     ) -> Result<bool, String> {
         let config = self.kubelet_root().join("config.yaml");
-        write(&config, &kubelet_config(facts, &self.ca(), &self.dir))?;
+        let serving_by_csr = options.node_type == NodeType::Edge;
+        write(
+            &config,
+            &kubelet_config(facts, &self.ca(), &self.dir, serving_by_csr),
+        )?;
         let mut labels = Vec::new();
         if let Some(pool) = &options.pool {
             labels.push(format!("{}={pool}", yurt_api_labels::NODE_POOL));
@@ -414,7 +418,22 @@ fn hub_kubeconfig() -> String {
 /// kubelet's configuration on a joined host: kubeadm's defaults where they matter
 /// (webhook authentication and authorization, client CA, certificate rotation), with
 /// the host's cgroup root and nothing that reaches outside the machine.
-pub fn kubelet_config(facts: &HostFacts, ca: &Path, host_dir: &Path) -> String {
+///
+/// With `serving_by_csr` (an edge node's) kubelet asks for its serving certificate by
+/// CSR (signer `kubernetes.io/kubelet-serving`), which yurt-manager's approver signs off
+/// for the node's own addresses: an edge node needs the manager anyway (its hub's
+/// certificates), and an API server that checks kubelets' certificates
+/// (`--kubelet-certificate-authority`, as every `yurt up` fleet's does) refuses the
+/// self-signed one, so `kubectl logs/exec` to a joined edge node failed with x509. A
+/// plain node keeps kubeadm's default, a certificate kubelet makes itself: on a cluster
+/// without OpenYurt's manager nothing would approve the CSR, and kubelet would serve no
+/// TLS at all.
+pub fn kubelet_config(
+    facts: &HostFacts,
+    ca: &Path,
+    host_dir: &Path,
+    serving_by_csr: bool,
+) -> String {
     let resolv = host_dir.join("etc/resolv.conf");
     // Pods get no upstream resolver: nothing in a fleet may reach outside the machine.
     let _ = write(&resolv, "# no upstream DNS\n");
@@ -433,12 +452,7 @@ pub fn kubelet_config(facts: &HostFacts, ca: &Path, host_dir: &Path) -> String {
         },
         "authorization": {"mode": "Webhook"},
         "rotateCertificates": true,
-        // The serving certificate by CSR (signer kubernetes.io/kubelet-serving, which
-        // yurt-manager's approver signs off for the node's own addresses), not the
-        // self-signed one kubelet makes otherwise: the API server checks kubelets'
-        // certificates (`--kubelet-certificate-authority`), so `kubectl logs/exec` to
-        // a joined node failed with x509 before.
-        "serverTLSBootstrap": true,
+        "serverTLSBootstrap": serving_by_csr,
         "cgroupDriver": "cgroupfs",
         "cgroupRoot": facts.cgroup_root,
         "cgroupsPerQOS": true,

@@ -364,14 +364,15 @@ async fn phases<H: Host + Sync>(
 
 /// Writes and starts the node's tunnel agent when the cluster has a tunnel (see
 /// [`crate::tunnel`]): the servers from the tunnel's Endpoints, read with kubelet's
-/// credentials; while the Service names no server (one restarting), read again until the
-/// deadline.
+/// credentials; while they name no server (one restarting), read again until the
+/// deadline. Without a tunnel, an agent an earlier run left is stopped and removed.
+/// Whether the host changed.
 pub(crate) async fn tunnel_agent<H: Host + Sync>(
     host: &H,
     node: &NodeName,
     deadline: Instant,
     progress: Progress<'_>,
-) -> Result<(), JoinError> {
+) -> Result<bool, JoinError> {
     use crate::tunnel::{AGENT, SERVICE};
     let fail = phase("tunnel agent");
     let files = host.files();
@@ -388,16 +389,16 @@ pub(crate) async fn tunnel_agent<H: Host + Sync>(
             }
             Ok(None) => {
                 progress(
-                    "tunnel agent: none, the cluster has no tunnel (no kube-system/x-tunnel-server-svc)",
+                    "tunnel agent: none, the cluster has no tunnel (no Endpoints kube-system/x-tunnel-server-svc)",
                 );
-                return Ok(());
+                return remove_tunnel_agent(host).await.map_err(fail);
             }
             Err(kube::Error::Api(status)) if status.code == 403 => {
                 progress(&format!(
                     "tunnel agent: none, this node may not read the Endpoints of {}/{}: {}",
                     SERVICE.0, SERVICE.1, status.message
                 ));
-                return Ok(());
+                return remove_tunnel_agent(host).await.map_err(fail);
             }
             Err(e) => {
                 return Err(fail(format!(
@@ -419,7 +420,23 @@ pub(crate) async fn tunnel_agent<H: Host + Sync>(
         .map_err(|e| fail(e.to_string()))?;
     host.request(start_or_restart(changed, AGENT))
         .await
-        .map_err(fail)
+        .map_err(fail)?;
+    Ok(changed)
+}
+
+/// Stops the node's tunnel agent and removes its unit, if it has one; whether it had.
+///
+/// # Errors
+/// The service manager or the removal failed.
+pub(crate) async fn remove_tunnel_agent<H: Host + Sync>(host: &H) -> Result<bool, String> {
+    let unit = host.files().unit(crate::tunnel::AGENT);
+    if !unit.exists() {
+        return Ok(false);
+    }
+    host.request(ServiceRequest::Stop(crate::tunnel::AGENT.into()))
+        .await?;
+    crate::reset::remove(&unit)?;
+    Ok(true)
 }
 
 /// A client with kubelet's own credentials, straight to the API server.
@@ -585,7 +602,7 @@ async fn wait_bootstrapped(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let pending = pending_csrs(client, node, &[KUBELET_CLIENT_SIGNER]).await;
+            let pending = pending_csrs(client, node, &[KUBELET_CLIENT_SIGNER], |_| true).await;
             return Err(JoinError::Phase {
                 phase: "kubelet TLS bootstrap",
                 reason: match pending.first() {
@@ -604,15 +621,20 @@ async fn wait_bootstrapped(
 
 /// kubelet's client certificates (kube-controller-manager approves the bootstrapping ones).
 const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// Serving certificates: the hub's and an edge node's kubelet's.
+const SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 /// The hub's serving and client certificates (our manager's csrapprover approves them).
-const HUB_SIGNERS: [&str; 2] = [
-    "kubernetes.io/kubelet-serving",
-    "kubernetes.io/kube-apiserver-client",
-];
+const HUB_SIGNERS: [&str; 2] = [SERVING_SIGNER, "kubernetes.io/kube-apiserver-client"];
 
-/// The names of `node`'s CSRs with one of `signers` that are neither approved nor denied,
-/// newest first (the bootstrap token may list CSRs: kubeadm's node-bootstrapper role).
-async fn pending_csrs(client: &kube::Client, node: &NodeName, signers: &[&str]) -> Vec<String> {
+/// The names of `node`'s CSRs with one of `signers` that are neither approved nor denied
+/// and that `keep` keeps, newest first (the bootstrap token may list CSRs: kubeadm's
+/// node-bootstrapper role).
+async fn pending_csrs(
+    client: &kube::Client,
+    node: &NodeName,
+    signers: &[&str],
+    keep: fn(&CertificateSigningRequest) -> bool,
+) -> Vec<String> {
     let csrs: Api<CertificateSigningRequest> = Api::all(client.clone());
     let Ok(list) = csrs.list(&ListParams::default()).await else {
         return Vec::new();
@@ -627,7 +649,7 @@ async fn pending_csrs(client: &kube::Client, node: &NodeName, signers: &[&str]) 
                 s.certificate.is_none() && s.conditions.as_ref().is_none_or(Vec::is_empty)
             })
         })
-        .filter(|c| csr_subject(c).as_deref() == Some(subject.as_str()))
+        .filter(|c| csr_subject(c).as_deref() == Some(subject.as_str()) && keep(c))
         .collect();
     pending.sort_by_key(|c| std::cmp::Reverse(c.metadata.creation_timestamp.clone().map(|t| t.0)));
     pending
@@ -637,14 +659,56 @@ async fn pending_csrs(client: &kube::Client, node: &NodeName, signers: &[&str]) 
 }
 
 fn csr_subject(csr: &CertificateSigningRequest) -> Option<String> {
+    csr_request(csr).map(|(subject, _)| subject)
+}
+
+/// The subject (common name) and the IP addresses a CSR's request asks for.
+fn csr_request(csr: &CertificateSigningRequest) -> Option<(String, Vec<std::net::IpAddr>)> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
     let (_, pem) = x509_parser::pem::parse_x509_pem(&csr.spec.request.0).ok()?;
     let (_, req) = <x509_parser::certification_request::X509CertificationRequest as x509_parser::prelude::FromDer<_>>::from_der(&pem.contents).ok()?;
-    req.certification_request_info
+    let subject = req
+        .certification_request_info
         .subject
         .iter_common_name()
         .next()
         .and_then(|c| c.as_str().ok())
-        .map(str::to_owned)
+        .map(str::to_owned)?;
+    let mut ips = Vec::new();
+    for extension in req.requested_extensions().into_iter().flatten() {
+        if let ParsedExtension::SubjectAlternativeName(san) = extension {
+            for name in &san.general_names {
+                if let GeneralName::IPAddress(bytes) = name {
+                    match bytes.len() {
+                        4 => {
+                            ips.extend(<[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from))
+                        }
+                        16 => ips.extend(
+                            <[u8; 16]>::try_from(*bytes)
+                                .ok()
+                                .map(std::net::IpAddr::from),
+                        ),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    Some((subject, ips))
+}
+
+/// The address the hub serves pods on (its `--hub-pod-address` default, which a join
+/// keeps), and which its serving certificate names: what tells the hub's serving CSR
+/// from kubelet's (same signer, same requester).
+const HUB_POD_ADDRESS: std::net::IpAddr =
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(169, 254, 2, 1));
+
+/// Whether `csr` is one of the hub's: any of its client CSRs, a serving one only if it
+/// names the hub's pod address (an edge node's kubelet asks for serving certificates
+/// with the same signer and as the same user).
+pub fn is_hub_csr(csr: &CertificateSigningRequest) -> bool {
+    csr.spec.signer_name != SERVING_SIGNER
+        || csr_request(csr).is_some_and(|(_, ips)| ips.contains(&HUB_POD_ADDRESS))
 }
 
 /// The hub's readiness endpoint, on the host's loopback (this process runs in the host).
@@ -664,7 +728,7 @@ pub(crate) async fn wait_hub_ready(
             Err(e) => e,
         };
         if Instant::now() >= deadline {
-            let pending = pending_csrs(client, node, &HUB_SIGNERS).await;
+            let pending = pending_csrs(client, node, &HUB_SIGNERS, is_hub_csr).await;
             let csrs = if pending.is_empty() {
                 String::new()
             } else {

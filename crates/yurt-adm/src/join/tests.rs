@@ -208,10 +208,15 @@ fn a_plain_node_says_it_is_no_edge_worker() {
 }
 
 #[test]
-fn kubelets_configuration_names_the_hosts_cgroup_root_and_client_ca_and_asks_for_a_serving_certificate()
+fn kubelets_configuration_names_the_hosts_cgroup_root_and_client_ca_and_asks_an_edge_nodes_serving_certificate()
  {
     let dir = tempfile::tempdir().unwrap();
-    let text = kubelet_config(&facts(), std::path::Path::new("/h/ca.crt"), dir.path());
+    let text = kubelet_config(
+        &facts(),
+        std::path::Path::new("/h/ca.crt"),
+        dir.path(),
+        true,
+    );
     let config: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(config["cgroupRoot"], "/yurt-0/edge-x");
     assert_eq!(
@@ -221,6 +226,16 @@ fn kubelets_configuration_names_the_hosts_cgroup_root_and_client_ca_and_asks_for
     assert_eq!(config["authentication"]["anonymous"]["enabled"], false);
     assert_eq!(config["rotateCertificates"], true);
     assert_eq!(config["serverTLSBootstrap"], true);
+    // A plain node's kubelet makes its own (kubeadm's default): nothing may approve a
+    // CSR on a cluster without OpenYurt's manager.
+    let plain = kubelet_config(
+        &facts(),
+        std::path::Path::new("/h/ca.crt"),
+        dir.path(),
+        false,
+    );
+    let plain: serde_json::Value = serde_json::from_str(&plain).unwrap();
+    assert_eq!(plain["serverTLSBootstrap"], false);
 }
 
 #[test]
@@ -336,5 +351,61 @@ fn only_a_node_the_first_run_found_missing_counts_as_made_by_the_join() {
             .join("etc/yurt/node-existed-before-join")
             .starts_with(p)),
         "reset removes the record"
+    );
+}
+
+fn csr(
+    signer: &str,
+    cn: &str,
+    ips: &[&str],
+) -> k8s_openapi::api::certificates::v1::CertificateSigningRequest {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::DnsName("edge-x".try_into().unwrap()));
+    for ip in ips {
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress(ip.parse().unwrap()));
+    }
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = params.serialize_request(&key).unwrap().pem().unwrap();
+    k8s_openapi::api::certificates::v1::CertificateSigningRequest {
+        spec: k8s_openapi::api::certificates::v1::CertificateSigningRequestSpec {
+            signer_name: signer.to_owned(),
+            request: k8s_openapi::ByteString(pem.into_bytes()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_hubs_serving_csr_is_told_from_kubelets_by_the_hubs_pod_address() {
+    let hub = csr(
+        SERVING_SIGNER,
+        "system:node:edge-x",
+        &["10.20.0.100", "169.254.2.1"],
+    );
+    let kubelet = csr(SERVING_SIGNER, "system:node:edge-x", &["10.20.0.100"]);
+    let client = csr(
+        "kubernetes.io/kube-apiserver-client",
+        "system:node:edge-x",
+        &[],
+    );
+    assert!(is_hub_csr(&hub));
+    assert!(!is_hub_csr(&kubelet));
+    assert!(is_hub_csr(&client));
+    assert_eq!(csr_subject(&kubelet).as_deref(), Some("system:node:edge-x"));
+    let (_, ips) = csr_request(&hub).unwrap();
+    assert_eq!(
+        ips,
+        [
+            "10.20.0.100".parse::<std::net::IpAddr>().unwrap(),
+            HUB_POD_ADDRESS
+        ]
     );
 }

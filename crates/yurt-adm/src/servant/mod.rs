@@ -462,7 +462,7 @@ async fn turn<H: Host + Sync>(
         .await
         .map_err(|e| step("node")(e.to_string()))?;
     if direction == Direction::Convert {
-        crate::join::tunnel_agent(host, &role.node, deadline, progress)
+        done.changed |= crate::join::tunnel_agent(host, &role.node, deadline, progress)
             .await
             .map_err(|e| match e {
                 crate::join::JoinError::Phase { phase, reason } => step(phase)(reason),
@@ -579,13 +579,9 @@ async fn pods_of(
 /// there was a hub.
 async fn remove_hub<H: Host + Sync>(host: &H) -> Result<bool, ServantError> {
     let files = host.files();
-    let agent = files.unit(crate::tunnel::AGENT);
-    if agent.exists() {
-        host.request(ServiceRequest::Stop(crate::tunnel::AGENT.into()))
-            .await
-            .map_err(step("tunnel agent"))?;
-    }
-    crate::reset::remove(&agent).map_err(step("tunnel agent"))?;
+    crate::join::remove_tunnel_agent(host)
+        .await
+        .map_err(step("tunnel agent"))?;
     let unit = files.unit("yurt-hub");
     let had = unit.exists();
     if had {
