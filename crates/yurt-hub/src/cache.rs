@@ -278,14 +278,27 @@ impl Cache {
                 }
             }),
             _ => codec::decode_object(format, body).map(|obj| {
-                if obj.kind != "Status" && !obj.info.name.is_empty() {
-                    let key = Self::key(component, r, &obj);
+                if let Some(key) = Self::object_key(component, r, &obj) {
                     let _ = self.store.upsert(key, obj);
                 }
             }),
         };
         if let Err(e) = result {
             tracing::debug!(component, gvr = %r.gvr, error = %e, "response not cached");
+        }
+    }
+
+    /// Where a single-object answer (GET, create, update, patch) to `r` is stored for
+    /// `component`: nowhere for a Status or an object without a name.
+    fn object_key(component: &str, r: &ResourceRequest, obj: &RawObject) -> Option<ObjectKey> {
+        (obj.kind != "Status" && !obj.info.name.is_empty()).then(|| Self::key(component, r, obj))
+    }
+
+    /// [`Cache::ingest`] of a single-object answer already decoded, awaiting room in the
+    /// write queue instead of blocking a thread.
+    pub async fn ingest_object(&self, component: &str, r: &ResourceRequest, obj: RawObject) {
+        if let Some(key) = Self::object_key(component, r, &obj) {
+            let _ = self.store.upsert_async(key, obj).await;
         }
     }
 
