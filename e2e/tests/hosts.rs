@@ -303,6 +303,31 @@ async fn kubelet_is_reached_through_the_tunnel(
     node: &str,
     pod: &str,
 ) -> anyhow::Result<()> {
+    Box::pin(kubelet_serves_a_certificate_of_the_cluster_ca(f, node)).await?;
+    wait_for(
+        &format!("kubectl exec into {pod} through the tunnel"),
+        Duration::from_secs(60),
+        || async {
+            Ok(
+                f.kubectl(&["exec", pod, "--", "echo", "through-the-tunnel"])
+                    .ok()
+                    .filter(|out| out.trim() == "through-the-tunnel"),
+            )
+        },
+    )
+    .await?;
+    f.kubectl(&["logs", pod])
+        .with_context(|| format!("kubectl logs of {pod} on {node}"))?;
+    Ok(())
+}
+
+/// kubelet on `node` answers a client that checks its certificate against the cluster's
+/// CA (401: it asks who is calling), as the API server's `--kubelet-certificate-authority`
+/// requires; a self-signed certificate fails the handshake (curl says 000).
+async fn kubelet_serves_a_certificate_of_the_cluster_ca(
+    f: &TestFleet,
+    node: &str,
+) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(f.client());
     let address = nodes
         .get(node)
@@ -348,20 +373,6 @@ async fn kubelet_is_reached_through_the_tunnel(
     )
     .await
     .with_context(|| format!("last answer: {last:?}"))?;
-    wait_for(
-        &format!("kubectl exec into {pod} through the tunnel"),
-        Duration::from_secs(60),
-        || async {
-            Ok(
-                f.kubectl(&["exec", pod, "--", "echo", "through-the-tunnel"])
-                    .ok()
-                    .filter(|out| out.trim() == "through-the-tunnel"),
-            )
-        },
-    )
-    .await?;
-    f.kubectl(&["logs", pod])
-        .with_context(|| format!("kubectl logs of {pod} on {node}"))?;
     Ok(())
 }
 
@@ -1137,6 +1148,9 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         )?;
         let (ok, said) = join_ended(&f, &mut join, "join-plain", Duration::from_secs(240)).await?;
         ensure!(ok, "{said}");
+        // As the cluster's kube-system/kubelet-config-1.20 says (the fleet's manager
+        // approves kubelets' serving CSRs).
+        Box::pin(kubelet_serves_a_certificate_of_the_cluster_ca(&f, "edge-z")).await?;
         let unit = f.dir().join("hosts/edge-z/units/kubelet.toml");
         let line_of = |f: &TestFleet| -> anyhow::Result<String> {
             Ok(f.yurt(&["fleet", "status"])?
@@ -1206,6 +1220,8 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
             "the hub's files are gone"
         );
         ensure!(f.env_of("edge-z", "env", &ip).await? == (2, svc.clone()));
+        // Reverted, kubelet serves as a plain join on this cluster has it.
+        Box::pin(kubelet_serves_a_certificate_of_the_cluster_ca(&f, "edge-z")).await?;
 
         // A hub that cannot get its certificates: the convert fails and restores.
         f.stop("cloud", "yurt-manager")?;

@@ -186,9 +186,9 @@ impl HostFiles {
         facts: &HostFacts,
         options: &NodeRole,
         api: KubeletApi,
+        serving_by_csr: bool,
     ) -> Result<bool, String> {
         let config = self.kubelet_root().join("config.yaml");
-        let serving_by_csr = options.node_type == NodeType::Edge;
         write(
             &config,
             &kubelet_config(facts, &self.ca(), &self.dir, serving_by_csr),
@@ -419,15 +419,16 @@ fn hub_kubeconfig() -> String {
 /// (webhook authentication and authorization, client CA, certificate rotation), with
 /// the host's cgroup root and nothing that reaches outside the machine.
 ///
-/// With `serving_by_csr` (an edge node's) kubelet asks for its serving certificate by
-/// CSR (signer `kubernetes.io/kubelet-serving`), which yurt-manager's approver signs off
-/// for the node's own addresses: an edge node needs the manager anyway (its hub's
+/// With `serving_by_csr` kubelet asks for its serving certificate by CSR (signer
+/// `kubernetes.io/kubelet-serving`), which yurt-manager's approver signs off for the
+/// node's own addresses. Every edge node does: it needs the manager anyway (its hub's
 /// certificates), and an API server that checks kubelets' certificates
-/// (`--kubelet-certificate-authority`, as every `yurt up` fleet's does) refuses the
-/// self-signed one, so `kubectl logs/exec` to a joined edge node failed with x509. A
-/// plain node keeps kubeadm's default, a certificate kubelet makes itself: on a cluster
-/// without OpenYurt's manager nothing would approve the CSR, and kubelet would serve no
-/// TLS at all.
+/// (`--kubelet-certificate-authority`, as every `yurt up` fleet's does) refuses a
+/// self-signed one, so `kubectl logs/exec` to it would fail with x509. A plain node does
+/// what the cluster's kubelet configuration says
+/// ([`super::cluster_kubelets_serve_by_csr`]), else keeps kubeadm's default, a
+/// certificate kubelet makes itself: on a cluster without OpenYurt's manager nothing
+/// would approve the CSR, and kubelet would serve no TLS at all.
 pub fn kubelet_config(
     facts: &HostFacts,
     ca: &Path,

@@ -303,8 +303,17 @@ async fn phases<H: Host + Sync>(
         files
             .write_bootstrap_kubeconfig(cluster, &options.discovery.token.to_string())
             .map_err(phase("kubelet TLS bootstrap"))?;
+        let serving_by_csr = options.node_type == NodeType::Edge
+            || cluster_kubelets_serve_by_csr(bootstrap, deadline)
+                .await
+                .map_err(phase("kubelet TLS bootstrap"))?;
         files
-            .write_kubelet(host.facts(), &options.role(), files::KubeletApi::Bootstrap)
+            .write_kubelet(
+                host.facts(),
+                &options.role(),
+                files::KubeletApi::Bootstrap,
+                serving_by_csr,
+            )
             .map_err(phase("kubelet TLS bootstrap"))?;
         host.request(ServiceRequest::Restart("kubelet".into()))
             .await
@@ -333,7 +342,12 @@ async fn phases<H: Host + Sync>(
         wait_hub_ready(bootstrap, &options.node, deadline).await?;
         progress("kubelet and kube-proxy: through the hub");
         let changed = files
-            .write_kubelet(host.facts(), &options.role(), files::KubeletApi::ThroughHub)
+            .write_kubelet(
+                host.facts(),
+                &options.role(),
+                files::KubeletApi::ThroughHub,
+                true,
+            )
             .map_err(phase("kubelet through the hub"))?;
         host.request(start_or_restart(changed, "kubelet"))
             .await
@@ -538,6 +552,73 @@ async fn preflight(
         }
     }
     Ok(existed)
+}
+
+/// The ConfigMap in `kube-system` where kubeadm keeps the cluster's kubelet
+/// configuration for kubelets of `major.minor` (key [`KUBELET_CONFIG_KEY`]).
+pub fn kubelet_config_map(major: &str, minor: &str) -> String {
+    // A managed cluster's minor can carry a suffix ("20+").
+    let minor: String = minor.chars().take_while(char::is_ascii_digit).collect();
+    format!("kubelet-config-{major}.{minor}")
+}
+
+/// The key of [`kubelet_config_map`] holding the KubeletConfiguration (YAML).
+pub const KUBELET_CONFIG_KEY: &str = "kubelet";
+
+/// Whether a cluster's KubeletConfiguration (`text`, YAML or JSON) has kubelets ask for
+/// their serving certificates by CSR (`serverTLSBootstrap`, false when absent).
+///
+/// # Errors
+/// `text` is not a KubeletConfiguration.
+pub fn serves_by_csr(text: &str) -> Result<bool, String> {
+    let config: serde_json::Value =
+        serde_yaml::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
+    if config["kind"] != "KubeletConfiguration" {
+        return Err(format!(
+            "kind {} is not KubeletConfiguration",
+            config["kind"]
+        ));
+    }
+    match &config["serverTLSBootstrap"] {
+        serde_json::Value::Null => Ok(false),
+        serde_json::Value::Bool(b) => Ok(*b),
+        other => Err(format!("serverTLSBootstrap {other} is not a boolean")),
+    }
+}
+
+/// Whether the cluster has its kubelets ask for serving certificates by CSR, as `kubeadm
+/// join` learns it: from [`kubelet_config_map`] for the API server's version, readable by
+/// bootstrap tokens and nodes. A cluster without it, or one that does not let `client`
+/// read it, keeps kubeadm's default (false: kubelet serves a certificate it makes
+/// itself).
+///
+/// # Errors
+/// The API server could not be read until `deadline`, or the ConfigMap holds no
+/// KubeletConfiguration.
+pub async fn cluster_kubelets_serve_by_csr(
+    client: &kube::Client,
+    deadline: Instant,
+) -> Result<bool, String> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let version = read_through(deadline, || client.apiserver_version())
+        .await
+        .map_err(|e| format!("reading the API server's version: {e}"))?;
+    let name = kubelet_config_map(&version.major, &version.minor);
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
+    let found = match read_through(deadline, || maps.get_opt(&name)).await {
+        Ok(found) => found,
+        Err(kube::Error::Api(status)) if status.code == 403 => None,
+        Err(e) => return Err(format!("reading kube-system/{name}: {e}")),
+    };
+    let Some(text) = found
+        .as_ref()
+        .and_then(|m| m.data.as_ref())
+        .and_then(|d| d.get(KUBELET_CONFIG_KEY))
+    else {
+        tracing::info!(config_map = %name, "no cluster kubelet configuration: kubelet serves a self-signed certificate");
+        return Ok(false);
+    };
+    serves_by_csr(text).map_err(|e| format!("kube-system/{name} key {KUBELET_CONFIG_KEY}: {e}"))
 }
 
 /// Runs `read` until it succeeds, fails for good, or `deadline` passes: no connection, a

@@ -75,12 +75,12 @@ fn kubelet_bootstraps_directly_then_goes_through_the_hub_and_rewrites_change_not
     assert_eq!(mode & 0o777, 0o600, "the token is readable by root only");
     assert!(
         files
-            .write_kubelet(&facts, &opts.role(), KubeletApi::Bootstrap)
+            .write_kubelet(&facts, &opts.role(), KubeletApi::Bootstrap, true)
             .unwrap()
     );
     assert!(
         !files
-            .write_kubelet(&facts, &opts.role(), KubeletApi::Bootstrap)
+            .write_kubelet(&facts, &opts.role(), KubeletApi::Bootstrap, true)
             .unwrap(),
         "unchanged"
     );
@@ -134,7 +134,7 @@ fn kubelet_bootstraps_directly_then_goes_through_the_hub_and_rewrites_change_not
 
     assert!(
         files
-            .write_kubelet(&facts, &opts.role(), KubeletApi::ThroughHub)
+            .write_kubelet(&facts, &opts.role(), KubeletApi::ThroughHub, true)
             .unwrap()
     );
     let exec = exec_of(&files, "kubelet");
@@ -188,7 +188,7 @@ fn a_plain_node_says_it_is_no_edge_worker() {
     let mut opts = options(NodeType::Plain);
     opts.pool = None;
     files
-        .write_kubelet(&facts(), &opts.role(), KubeletApi::Bootstrap)
+        .write_kubelet(&facts(), &opts.role(), KubeletApi::Bootstrap, false)
         .unwrap();
     let flags =
         std::fs::read_to_string(dir.path().join("var/lib/kubelet/kubeadm-flags.env")).unwrap();
@@ -408,4 +408,37 @@ fn the_hubs_serving_csr_is_told_from_kubelets_by_the_hubs_pod_address() {
             HUB_POD_ADDRESS
         ]
     );
+}
+
+#[test]
+fn the_clusters_kubelet_configuration_is_found_by_version_and_says_how_kubelet_serves() {
+    assert_eq!(kubelet_config_map("1", "20"), "kubelet-config-1.20");
+    assert_eq!(kubelet_config_map("1", "20+"), "kubelet-config-1.20");
+    let config = |rest: &str| {
+        format!("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{rest}")
+    };
+    assert_eq!(
+        serves_by_csr(&config("serverTLSBootstrap: true\n")),
+        Ok(true)
+    );
+    assert_eq!(
+        serves_by_csr(&config("serverTLSBootstrap: false\n")),
+        Ok(false)
+    );
+    assert_eq!(
+        serves_by_csr(&config("rotateCertificates: true\n")),
+        Ok(false)
+    );
+    // kubeadm writes YAML; JSON is YAML too.
+    assert_eq!(
+        serves_by_csr(r#"{"kind":"KubeletConfiguration","serverTLSBootstrap":true}"#),
+        Ok(true)
+    );
+    for bad in [
+        config("serverTLSBootstrap: \"yes please\"\n"),
+        "kind: ConfigMap\nserverTLSBootstrap: true\n".to_owned(),
+        "{{{".to_owned(),
+    ] {
+        assert!(serves_by_csr(&bad).is_err(), "{bad}");
+    }
 }

@@ -432,12 +432,19 @@ async fn turn<H: Host + Sync>(
     let resumed = read_state(files).as_deref() == Some(pending.as_str());
     if wrong_way {
         write_state(files, &pending).map_err(step("kubelet"))?;
-        let api = match direction {
-            Direction::Convert => KubeletApi::ThroughHub,
-            Direction::Revert => KubeletApi::Direct,
+        // An edge node's kubelet serves a certificate of the cluster CA; reverted, it
+        // serves what a plain join on this cluster would.
+        let (api, serving_by_csr) = match direction {
+            Direction::Convert => (KubeletApi::ThroughHub, true),
+            Direction::Revert => (
+                KubeletApi::Direct,
+                crate::join::cluster_kubelets_serve_by_csr(&client, deadline)
+                    .await
+                    .map_err(step("kubelet"))?,
+            ),
         };
         files
-            .write_kubelet(facts, role, api)
+            .write_kubelet(facts, role, api, serving_by_csr)
             .map_err(step("kubelet"))?;
         done.changed = true;
     }

@@ -495,7 +495,12 @@ const NODES_PROXIER: &str = "openyurt:nodes-proxier";
 /// - nodes may read what kube-proxy reads (`openyurt:nodes-proxier`, binding 1.20's
 ///   `system:node-proxier`): a plain node joined by `yurt adm join` runs kube-proxy
 ///   with kubelet's credentials, where kubeadm runs a DaemonSet with a service
-///   account of that role.
+///   account of that role;
+/// - `kube-system/kubelet-config-<major>.<minor>`: the cluster's KubeletConfiguration,
+///   readable by the bootstrap group and nodes (Role and RoleBinding
+///   `kubeadm:kubelet-config-<major>.<minor>`), from which `yurt adm join` takes whether
+///   kubelets ask for serving certificates by CSR (`kubelets_serve_by_csr`: where a
+///   manager approves them; the API server checks kubelets' certificates).
 ///
 /// # Errors
 /// API errors.
@@ -503,6 +508,7 @@ pub async fn apply_bootstrap_prerequisites(
     client: &kube::Client,
     server: &str,
     ca_pem: &[u8],
+    kubelets_serve_by_csr: bool,
 ) -> Result<()> {
     use base64::Engine as _;
     use k8s_openapi::api::core::v1::ConfigMap;
@@ -605,5 +611,73 @@ pub async fn apply_bootstrap_prerequisites(
         )
         .await?;
     }
+    let version = client
+        .apiserver_version()
+        .await
+        .map_err(|e| Error::kube("read the API server's version", e))?;
+    let name = yurt_adm::join::kubelet_config_map(&version.major, &version.minor);
+    apply_object(
+        Api::<ConfigMap>::namespaced(client.clone(), SYSTEM),
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "namespace": SYSTEM},
+               "data": {"kubelet": cluster_kubelet_config(kubelets_serve_by_csr)}}),
+    )
+    .await?;
+    let metadata = json!({"name": format!("kubeadm:{name}"), "namespace": SYSTEM});
+    apply_object(
+        Api::<Role>::namespaced(client.clone(), SYSTEM),
+        json!({"apiVersion": rbac, "kind": "Role", "metadata": metadata,
+               "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                          "resourceNames": [name], "verbs": ["get"]}]}),
+    )
+    .await?;
+    apply_object(
+        Api::<RoleBinding>::namespaced(client.clone(), SYSTEM),
+        json!({"apiVersion": rbac, "kind": "RoleBinding", "metadata": metadata,
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("kubeadm:{name}")},
+               "subjects": [group("system:nodes"), group(BOOTSTRAP_TOKEN_GROUP)]}),
+    )
+    .await?;
     Ok(())
+}
+
+const SYSTEM: &str = "kube-system";
+
+/// The cluster-wide part of kubelets' configuration, as kubeadm keeps it for joining
+/// hosts (YAML): webhook authentication and authorization against the cluster CA,
+/// rotating client certificates, and serving certificates by CSR when
+/// `serve_by_csr`.
+pub fn cluster_kubelet_config(serve_by_csr: bool) -> String {
+    format!(
+        "apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: true
+  x509:
+    clientCAFile: /etc/kubernetes/pki/ca.crt
+authorization:
+  mode: Webhook
+clusterDomain: cluster.local
+rotateCertificates: true
+serverTLSBootstrap: {serve_by_csr}
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_kubelet_configuration_says_what_join_reads() {
+        for serve_by_csr in [true, false] {
+            assert_eq!(
+                yurt_adm::join::serves_by_csr(&cluster_kubelet_config(serve_by_csr)),
+                Ok(serve_by_csr)
+            );
+        }
+    }
 }

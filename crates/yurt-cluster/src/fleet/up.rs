@@ -406,8 +406,15 @@ async fn bring_up(fleet: &Fleet, reporter: &dyn Reporter) -> Result<()> {
             let client = fleet.client().await?;
             let ca = std::fs::read(fleet.pki.ca_cert())
                 .map_err(|e| crate::error::Error::io(fleet.pki.ca_cert(), e))?;
-            super::api::apply_bootstrap_prerequisites(&client, &plan.api_url_in_fleet(), &ca)
-                .await?;
+            // Kubelets ask for serving certificates by CSR where the fleet's manager
+            // approves them; a bare fleet has none (kubeadm's default: self-signed).
+            super::api::apply_bootstrap_prerequisites(
+                &client,
+                &plan.api_url_in_fleet(),
+                &ca,
+                !fleet.state.bare,
+            )
+            .await?;
         }
         if component == Component::YurtManager {
             let client = fleet.client().await?;
