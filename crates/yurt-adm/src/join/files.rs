@@ -176,6 +176,15 @@ impl HostFiles {
         }
     }
 
+    /// Whether the kubelet configuration this host has asks for a serving certificate
+    /// by CSR (false without one).
+    pub fn kubelet_serves_by_csr(&self) -> bool {
+        std::fs::read_to_string(self.kubelet_root().join("config.yaml"))
+            .ok()
+            .and_then(|text| super::serves_by_csr(&text).ok())
+            .unwrap_or(false)
+    }
+
     /// kubelet's configuration, flags and unit for `api`; returns whether the unit
     /// changed (a running kubelet then needs a restart).
     ///

@@ -587,10 +587,11 @@ pub fn serves_by_csr(text: &str) -> Result<bool, String> {
 }
 
 /// Whether the cluster has its kubelets ask for serving certificates by CSR, as `kubeadm
-/// join` learns it: from [`kubelet_config_map`] for the API server's version, readable by
-/// bootstrap tokens and nodes. A cluster without it, or one that does not let `client`
-/// read it, keeps kubeadm's default (false: kubelet serves a certificate it makes
-/// itself).
+/// join` learns it: from `kube-system/kubelet-config` (kubeadm 1.23 and later) or else
+/// [`kubelet_config_map`] for the API server's version (earlier ones), which bootstrap
+/// tokens and nodes may read. A cluster without either, or one that does not let
+/// `client` read them, keeps kubeadm's default (false: kubelet serves a certificate it
+/// makes itself).
 ///
 /// # Errors
 /// The API server could not be read until `deadline`, or the ConfigMap holds no
@@ -603,22 +604,27 @@ pub async fn cluster_kubelets_serve_by_csr(
     let version = read_through(deadline, || client.apiserver_version())
         .await
         .map_err(|e| format!("reading the API server's version: {e}"))?;
-    let name = kubelet_config_map(&version.major, &version.minor);
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "kube-system");
-    let found = match read_through(deadline, || maps.get_opt(&name)).await {
-        Ok(found) => found,
-        Err(kube::Error::Api(status)) if status.code == 403 => None,
-        Err(e) => return Err(format!("reading kube-system/{name}: {e}")),
-    };
-    let Some(text) = found
-        .as_ref()
-        .and_then(|m| m.data.as_ref())
-        .and_then(|d| d.get(KUBELET_CONFIG_KEY))
-    else {
-        tracing::info!(config_map = %name, "no cluster kubelet configuration: kubelet serves a self-signed certificate");
-        return Ok(false);
-    };
-    serves_by_csr(text).map_err(|e| format!("kube-system/{name} key {KUBELET_CONFIG_KEY}: {e}"))
+    for name in [
+        "kubelet-config".to_owned(),
+        kubelet_config_map(&version.major, &version.minor),
+    ] {
+        let found = match read_through(deadline, || maps.get_opt(&name)).await {
+            Ok(found) => found,
+            Err(kube::Error::Api(status)) if status.code == 403 => None,
+            Err(e) => return Err(format!("reading kube-system/{name}: {e}")),
+        };
+        if let Some(text) = found
+            .as_ref()
+            .and_then(|m| m.data.as_ref())
+            .and_then(|d| d.get(KUBELET_CONFIG_KEY))
+        {
+            return serves_by_csr(text)
+                .map_err(|e| format!("kube-system/{name} key {KUBELET_CONFIG_KEY}: {e}"));
+        }
+    }
+    tracing::info!("no cluster kubelet configuration: kubelet serves a self-signed certificate");
+    Ok(false)
 }
 
 /// Runs `read` until it succeeds, fails for good, or `deadline` passes: no connection, a

@@ -442,3 +442,17 @@ fn the_clusters_kubelet_configuration_is_found_by_version_and_says_how_kubelet_s
         assert!(serves_by_csr(&bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn the_hosts_kubelet_configuration_says_how_kubelet_serves_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = HostFiles::new(dir.path());
+    let opts = options(NodeType::Plain);
+    assert!(!files.kubelet_serves_by_csr(), "no configuration yet");
+    for serving in [true, false] {
+        files
+            .write_kubelet(&facts(), &opts.role(), KubeletApi::Direct, serving)
+            .unwrap();
+        assert_eq!(files.kubelet_serves_by_csr(), serving);
+    }
+}

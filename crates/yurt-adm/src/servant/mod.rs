@@ -226,6 +226,10 @@ async fn lock_host(
     }
 }
 
+/// How long a revert reads the cluster's kubelet configuration before it keeps
+/// kubelet's serving certificate as it is.
+const CLUSTER_CONFIG_WAIT: Duration = Duration::from_secs(15);
+
 /// How often a waiting servant tries the host's lock again.
 const LOCK_POLL: Duration = Duration::from_secs(1);
 
@@ -431,18 +435,27 @@ async fn turn<H: Host + Sync>(
     };
     let resumed = read_state(files).as_deref() == Some(pending.as_str());
     if wrong_way {
-        write_state(files, &pending).map_err(step("kubelet"))?;
         // An edge node's kubelet serves a certificate of the cluster CA; reverted, it
-        // serves what a plain join on this cluster would.
+        // serves what a plain join on this cluster would, or, when the cluster cannot
+        // say (a cut link: a restore must not wait on it), what it serves now.
         let (api, serving_by_csr) = match direction {
             Direction::Convert => (KubeletApi::ThroughHub, true),
-            Direction::Revert => (
-                KubeletApi::Direct,
-                crate::join::cluster_kubelets_serve_by_csr(&client, deadline)
+            Direction::Revert => {
+                let ask_until = deadline.min(Instant::now() + CLUSTER_CONFIG_WAIT);
+                let serving = match crate::join::cluster_kubelets_serve_by_csr(&client, ask_until)
                     .await
-                    .map_err(step("kubelet"))?,
-            ),
+                {
+                    Ok(serving) => serving,
+                    Err(e) => {
+                        let kept = files.kubelet_serves_by_csr();
+                        tracing::warn!(error = %e, kept, "the cluster's kubelet configuration could not be read: kubelet's serving certificate is kept as it is");
+                        kept
+                    }
+                };
+                (KubeletApi::Direct, serving)
+            }
         };
+        write_state(files, &pending).map_err(step("kubelet"))?;
         files
             .write_kubelet(facts, role, api, serving_by_csr)
             .map_err(step("kubelet"))?;

@@ -164,8 +164,6 @@ async fn open_watches(
     Ok(tasks)
 }
 
-/// `a − b` in microseconds, with its sign (on a noisy machine the difference of two
-/// percentiles can be negative).
 /// One turn's p50 and p99 through the hub minus through the bare proxy, in µs.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct TurnDifference {
@@ -197,6 +195,8 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// `a − b` in microseconds, with its sign (on a noisy machine the difference of two
+/// percentiles can be negative).
 fn signed_us(a: Duration, b: Duration) -> String {
     let d = a.as_secs_f64() - b.as_secs_f64();
     format!("{:+.0} µs", d * 1e6)
