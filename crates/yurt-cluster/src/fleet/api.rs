@@ -617,31 +617,30 @@ pub async fn apply_bootstrap_prerequisites(
         .map_err(|e| Error::kube("read the API server's version", e))?;
     let name = yurt_adm::join::kubelet_config_map(&version.major, &version.minor);
     apply_object(
-        Api::<ConfigMap>::namespaced(client.clone(), SYSTEM),
+        Api::<ConfigMap>::namespaced(client.clone(), SYSTEM_NAMESPACE),
         json!({"apiVersion": "v1", "kind": "ConfigMap",
-               "metadata": {"name": name, "namespace": SYSTEM},
+               "metadata": {"name": name, "namespace": SYSTEM_NAMESPACE},
                "data": {"kubelet": cluster_kubelet_config(kubelets_serve_by_csr)}}),
     )
     .await?;
-    let metadata = json!({"name": format!("kubeadm:{name}"), "namespace": SYSTEM});
+    let role = format!("kubeadm:{name}");
+    let metadata = json!({"name": role, "namespace": SYSTEM_NAMESPACE});
     apply_object(
-        Api::<Role>::namespaced(client.clone(), SYSTEM),
+        Api::<Role>::namespaced(client.clone(), SYSTEM_NAMESPACE),
         json!({"apiVersion": rbac, "kind": "Role", "metadata": metadata,
                "rules": [{"apiGroups": [""], "resources": ["configmaps"],
                           "resourceNames": [name], "verbs": ["get"]}]}),
     )
     .await?;
     apply_object(
-        Api::<RoleBinding>::namespaced(client.clone(), SYSTEM),
+        Api::<RoleBinding>::namespaced(client.clone(), SYSTEM_NAMESPACE),
         json!({"apiVersion": rbac, "kind": "RoleBinding", "metadata": metadata,
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("kubeadm:{name}")},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
                "subjects": [group("system:nodes"), group(BOOTSTRAP_TOKEN_GROUP)]}),
     )
     .await?;
     Ok(())
 }
-
-const SYSTEM: &str = "kube-system";
 
 /// The cluster-wide part of kubelets' configuration, as kubeadm keeps it for joining
 /// hosts (YAML): webhook authentication and authorization against the cluster CA,
