@@ -5,7 +5,9 @@
 //! built image; its webhooks answer through their Service; pool labels convert the
 //! workers, a pod's own reads are served from its hub's cache offline, autonomy holds
 //! through a pool cut and an offline reboot, and removing the labels reverts them. Pods
-//! on the control-plane node are reachable from the sites.
+//! on the control-plane node are reachable from the sites. The tunnel is installed the
+//! same way (`yurt tunnel-server manifests`, and the API server's egress pointed at its
+//! socket): the converted workers, behind NAT, are reached through their agents.
 
 use std::time::Duration;
 
@@ -106,6 +108,84 @@ async fn wait_conversions(f: &TestFleet, reason: &str) -> anyhow::Result<()> {
         },
     )
     .await
+}
+
+/// The tunnel installed as on a kubeadm cluster: the server's printed manifests
+/// applied (a host-network pod on the control-plane node, presenting the API server's
+/// certificate, with kubeadm's file names in the fleet's PKI folder), then kube-apiserver
+/// pointed at its socket, as an administrator edits its static pod: its unit edited and
+/// the process restarted.
+async fn install_the_tunnel(f: &mut TestFleet) -> anyhow::Result<()> {
+    let pki = f.dir().join("pki");
+    let path = |p: std::path::PathBuf| p.to_string_lossy().into_owned();
+    let socket = path(f.dir().join("tunnel-egress/egress.sock"));
+    let manifests = f.yurt(&[
+        "tunnel-server",
+        "manifests",
+        "--image",
+        IMAGE,
+        "--ca-file",
+        &path(pki.join("ca.crt")),
+        "--cert-file",
+        &path(pki.join("apiserver.crt")),
+        "--key-file",
+        &path(pki.join("apiserver.key")),
+        "--egress-socket",
+        &socket,
+    ])?;
+    f.kubectl_stdin(&["apply", "-f", "-"], &manifests)?;
+    let pods: Api<Pod> = Api::namespaced(f.client(), "kube-system");
+    let server = wait_for(
+        "the tunnel server's pod Ready",
+        Duration::from_secs(120),
+        || async {
+            let list = pods
+                .list(
+                    &kube::api::ListParams::default()
+                        .labels("app.kubernetes.io/name=yurt-tunnel-server"),
+                )
+                .await?;
+            let ready = |p: &Pod| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            };
+            if let Some(pod) = list.items.iter().find(|p| ready(p)) {
+                return Ok(Some(pod.clone()));
+            }
+            // Said while waiting, so a timeout shows why it is not ready.
+            let states: Vec<_> = list
+                .items
+                .iter()
+                .filter_map(|p| p.status.as_ref()?.container_statuses.clone())
+                .collect();
+            anyhow::bail!("not ready: {states:?}")
+        },
+    )
+    .await?;
+    ensure!(
+        server.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some("cloud"),
+        "the tunnel server runs beside the API server, on the control-plane node"
+    );
+    let config = f.yurt(&[
+        "tunnel-server",
+        "egress-selector-config",
+        "--egress-socket",
+        &socket,
+    ])?;
+    let config_file = f.dir().join("egress-selector.yaml");
+    std::fs::write(&config_file, config)?;
+    let unit_file = f.dir().join("hosts/cloud/units/kube-apiserver.toml");
+    let mut unit = yurt_core::units::Unit::load(&unit_file)?;
+    unit.exec.push(format!(
+        "--egress-selector-config-file={}",
+        config_file.display()
+    ));
+    unit.save(&unit_file)?;
+    f.stop("cloud", "kube-apiserver")?;
+    f.start("cloud", "kube-apiserver").await?;
+    Ok(())
 }
 
 #[tokio::test]
@@ -295,6 +375,15 @@ async fn openyurt_installs_onto_a_bare_cluster_converts_its_workers_and_reverts_
                 "node.openyurt.io/autonomy-duration=0",
             ])?;
         }
+        // Behind NAT, the API server cannot reach the workers' kubelets.
+        let pod_a = format!("env-{}", WORKERS[0]);
+        ensure!(
+            f.kubectl(&["exec", "--request-timeout=20s", &pod_a, "--", "echo", "unreached"])
+                .is_err(),
+            "before the tunnel, exec into a pod behind NAT fails"
+        );
+        Box::pin(install_the_tunnel(&mut f)).await?;
+
         for node in WORKERS {
             f.kubectl(&["label", "node", node, "apps.openyurt.io/nodepool=pool-a"])?;
         }
@@ -306,6 +395,22 @@ async fn openyurt_installs_onto_a_bare_cluster_converts_its_workers_and_reverts_
                 "{labels:?}"
             );
             ensure!(status_line(&f, node)?.contains("yurt-hub("));
+            // The servant started the node's tunnel agent (it found the server through
+            // the Service the manifests made): the API server reaches kubelet behind NAT.
+            ensure!(status_line(&f, node)?.contains("yurt-tunnel-agent("));
+            let pod = format!("env-{node}");
+            wait_for(
+                &format!("kubectl exec into {pod} through the tunnel"),
+                Duration::from_secs(60),
+                || async {
+                    Ok(f.kubectl(&["exec", &pod, "--", "echo", "through-the-tunnel"])
+                        .ok()
+                        .filter(|out| out.trim() == "through-the-tunnel"))
+                },
+            )
+            .await?;
+            f.kubectl(&["logs", &pod])
+                .with_context(|| format!("kubectl logs of {pod} through the tunnel"))?;
             ensure!(
                 f.env_of(node, &format!("env-{node}"), ip).await?
                     == (1, HUB_ENDPOINT.to_owned()),
@@ -495,7 +600,7 @@ async fn openyurt_installs_onto_a_bare_cluster_converts_its_workers_and_reverts_
             let (_, labels) = conversion_of(&nodes, node).await?;
             ensure!(!labels.contains_key("openyurt.io/is-edge-worker"), "{labels:?}");
             let line = status_line(&f, node)?;
-            ensure!(!line.contains("yurt-hub"), "{line}");
+            ensure!(!line.contains("yurt-hub") && !line.contains("yurt-tunnel-agent"), "{line}");
             let kubelet =
                 std::fs::read_to_string(f.dir().join(format!("hosts/{node}/units/kubelet.toml")))?;
             ensure!(!kubelet.contains("through-hub"), "kubelet is direct: {kubelet}");

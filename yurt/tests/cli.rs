@@ -464,6 +464,88 @@ fn manager_manifests_print_an_installable_stream_and_refuse_flags_the_manager_wo
 }
 
 #[test]
+fn tunnel_server_manifests_and_egress_config_print_what_installs_it_and_refuse_bad_paths() {
+    let out = yurt(&[
+        "tunnel-server",
+        "manifests",
+        "--image",
+        "yurt.local/yurt:test",
+        "--egress-socket",
+        "/srv/tunnel/egress.sock",
+        "--agent-port",
+        "10300",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("---\n"));
+    for want in [
+        "kind: ServiceAccount",
+        "kind: ClusterRoleBinding",
+        "kind: RoleBinding",
+        "name: x-tunnel-server-svc",
+        "kind: DaemonSet",
+        "hostNetwork: true",
+        "image: yurt.local/yurt:test",
+        "--egress-socket=/srv/tunnel/egress.sock",
+        "--agent-bind-address=0.0.0.0:10300",
+        "--cert-file=/etc/kubernetes/pki/apiserver.crt",
+        "path: /srv/tunnel",
+    ] {
+        assert!(text.contains(want), "{want} missing from:\n{text}");
+    }
+    let out = yurt(&[
+        "tunnel-server",
+        "egress-selector-config",
+        "--egress-socket",
+        "/srv/tunnel/egress.sock",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("apiVersion: apiserver.k8s.io/v1beta1\n"),
+        "{text}"
+    );
+    assert!(text.contains("udsName: /srv/tunnel/egress.sock"), "{text}");
+
+    for (args, want) in [
+        (
+            vec!["manifests", "--ca-file", "ca.crt"],
+            "--ca-file: ca.crt is not an absolute path",
+        ),
+        (
+            vec!["manifests", "--egress-socket", "/egress.sock"],
+            "no folder",
+        ),
+        (vec!["manifests", "--agent-port", "0"], "--agent-port"),
+        (vec!["manifests", "--image", ""], "--image"),
+        (
+            vec!["egress-selector-config", "--egress-socket", "x.sock"],
+            "not an absolute path",
+        ),
+    ] {
+        let mut all = vec!["tunnel-server"];
+        all.extend_from_slice(&args);
+        refused(&yurt(&all), want);
+    }
+    // Usage errors (exit 2): a bad flag value, and running the server without its files.
+    for (args, want) in [
+        (vec!["manifests", "--agent-port", "70000"], "--agent-port"),
+        (
+            vec!["manifests", "--node-selector", "no-equals"],
+            "not key=value",
+        ),
+        (vec!["--egress-socket", "/x.sock"], "--ca-file"),
+    ] {
+        let mut all = vec!["tunnel-server"];
+        all.extend_from_slice(&args);
+        let out = yurt(&all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{want}: {}", stderr(&out));
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
 fn image_push_refuses_bad_sources_and_names_before_reaching_any_fleet() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();

@@ -458,17 +458,8 @@ impl Context<'_> {
     /// Service-addressed webhooks) as HTTP CONNECT on the tunnel server's socket.
     fn egress_config(&self, hp: &HostPaths, replica: ControlPlaneReplica) -> Result<PathBuf> {
         let path = hp.config().join(replica.egress_config_name());
-        let config = serde_json::json!({
-            "apiVersion": "apiserver.k8s.io/v1beta1",
-            "kind": "EgressSelectorConfiguration",
-            "egressSelections": [{
-                "name": "cluster",
-                "connection": {
-                    "proxyProtocol": "HTTPConnect",
-                    "transport": {"uds": {"udsName": p(&replica.egress_socket(hp))}},
-                },
-            }],
-        });
+        let config =
+            yurt_tunnel::install::egress_selector_configuration(&replica.egress_socket(hp));
         write(&path, &yaml(&config)?)?;
         Ok(path)
     }

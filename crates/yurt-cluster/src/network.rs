@@ -186,6 +186,17 @@ pub fn create(plan: &Plan) -> Result<()> {
         &net::CLUSTER_CIDR.to_string(),
         net::ROUTER_WAN_IP.addr,
     )?;
+    if plan.cloud_worker.is_some() {
+        // The cloud's own node (a bare fleet) runs kube-proxy, and its host-network pods
+        // dial Services (the in-cluster `kubernetes` address among them): the kernel
+        // needs a route to the service range before kube-proxy's rule rewrites the
+        // address, as a real machine's default route gives. Nothing answers there.
+        route(
+            &cloud,
+            &net::SERVICE_CIDR.to_string(),
+            net::ROUTER_WAN_IP.addr,
+        )?;
+    }
     netns::sysctl(&router, "net/ipv4/ip_forward", "1", false)?;
     // The site bridges live in the router: keep bridged frames out of its iptables.
     netns::sysctl(&router, "net/bridge/bridge-nf-call-iptables", "0", true)?;

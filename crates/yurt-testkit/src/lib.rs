@@ -248,6 +248,27 @@ fn keep_logs(dir: &Path) -> std::io::Result<()> {
             let log = log?;
             std::fs::copy(log.path(), to.join(log.file_name()))?;
         }
+        // The containers' logs kubelet keeps (pods of add-ons, of the tests).
+        copy_tree(&host.path().join("var-log/pods"), &to.join("pods"))?;
+    }
+    Ok(())
+}
+
+/// Copies the files under `from` (if it exists) to the same places under `to`; links
+/// are left out.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(to)?;
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
     }
     Ok(())
 }

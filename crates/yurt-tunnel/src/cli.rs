@@ -37,15 +37,17 @@ fn positive(ok: bool, message: &str) -> Result<(), CliError> {
 /// Flags both ends share.
 #[derive(Debug, Args)]
 pub struct CommonArgs {
+    // The files are required, but optional in type: `yurt tunnel-server manifests`
+    // needs none of them, and clap leaves a required flag unset under a subcommand.
     /// The cluster CA: it signs the server's certificate and every agent's.
-    #[arg(long)]
-    pub ca_file: PathBuf,
+    #[arg(long, required = true)]
+    pub ca_file: Option<PathBuf>,
     /// This side's certificate.
-    #[arg(long)]
-    pub cert_file: PathBuf,
+    #[arg(long, required = true)]
+    pub cert_file: Option<PathBuf>,
     /// This side's private key.
-    #[arg(long)]
-    pub key_file: PathBuf,
+    #[arg(long, required = true)]
+    pub key_file: Option<PathBuf>,
     /// Seconds between HTTP/2 PINGs on the tunnel connection.
     #[arg(long, default_value_t = 15)]
     pub keepalive_interval_seconds: u64,
@@ -59,12 +61,19 @@ pub struct CommonArgs {
 
 impl CommonArgs {
     /// The TLS files.
-    pub fn tls(&self) -> TlsFiles {
-        TlsFiles {
-            ca: self.ca_file.clone(),
-            cert: self.cert_file.clone(),
-            key: self.key_file.clone(),
-        }
+    ///
+    /// # Errors
+    /// One of them not given.
+    pub fn tls(&self) -> Result<TlsFiles, CliError> {
+        let given = |path: &Option<PathBuf>, flag: &str| {
+            path.clone()
+                .ok_or_else(|| CliError::Invalid(format!("{flag} is required")))
+        };
+        Ok(TlsFiles {
+            ca: given(&self.ca_file, "--ca-file")?,
+            cert: given(&self.cert_file, "--cert-file")?,
+            key: given(&self.key_file, "--key-file")?,
+        })
     }
 
     /// The keepalive.
@@ -144,7 +153,7 @@ impl AgentArgs {
     /// Unreadable certificate, another node's, or a flag out of range.
     pub fn config(&self) -> Result<AgentConfig, CliError> {
         let args = self;
-        let tls = args.common.tls();
+        let tls = args.common.tls()?;
         let own = crate::tls::certs(&tls.cert)?;
         let identity = crate::tls::node_of(own.first())
             .map_err(|e| CliError::Invalid(format!("{}: {e}", tls.cert.display())))?;

@@ -10,6 +10,7 @@ pub mod agent;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod connect;
+pub mod install;
 pub mod metrics;
 pub mod server;
 pub mod splice;

@@ -73,7 +73,7 @@ const MANIFEST_FLAGS: [&str; 8] = [
 
 /// `key=value` with a label key and value as the API server accepts them: the key an
 /// optional DNS-subdomain prefix and `/`, then a name of at most 63 characters.
-fn label_pair(text: &str) -> Result<(String, String), String> {
+pub(crate) fn label_pair(text: &str) -> Result<(String, String), String> {
     let (key, value) = text
         .split_once('=')
         .ok_or_else(|| format!("{text:?} is not key=value"))?;
@@ -160,7 +160,7 @@ fn manifests(args: ManifestsArgs) -> anyhow::Result<String> {
 }
 
 /// Writes `text` to standard output; a reader that stopped early (`| head`) is no error.
-fn print_stream(text: &str) -> anyhow::Result<()> {
+pub(crate) fn print_stream(text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {

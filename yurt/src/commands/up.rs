@@ -219,6 +219,33 @@ fn print_bare_welcome(fleet: &Fleet, data_dir: &Path) {
             .map(|e| e.name.to_string())
             .unwrap_or_default()
     );
+    // kubeadm's file names, in the fleet's folders instead of /etc/kubernetes.
+    let pki = fleet.paths().pki();
+    let root = fleet.paths().root().to_owned();
+    let socket = root.join("tunnel-egress/egress.sock");
+    let config = root.join("egress-selector.yaml");
+    println!(
+        "\nTo reach the workers behind NAT (kubectl logs/exec), the tunnel server beside the API server, as on a kubeadm cluster:"
+    );
+    println!(
+        "  {yurt} tunnel-server manifests --ca-file {} --cert-file {} --key-file {} --egress-socket {} | kubectl apply -f -",
+        pki.join("ca.crt").display(),
+        pki.join("apiserver.crt").display(),
+        pki.join("apiserver.key").display(),
+        socket.display(),
+    );
+    println!(
+        "  {yurt} tunnel-server egress-selector-config --egress-socket {} > {}",
+        socket.display(),
+        config.display(),
+    );
+    println!(
+        "  # add \"--egress-selector-config-file={}\" to exec in {}, then:",
+        config.display(),
+        root.join("hosts/cloud/units/kube-apiserver.toml").display(),
+    );
+    println!("  {yurt} fleet stop cloud kube-apiserver && {yurt} fleet start cloud kube-apiserver");
+    println!("  # converted workers then start their tunnel agents");
 }
 
 async fn print_welcome(fleet: &Fleet, data_dir: &Path) {

@@ -257,9 +257,7 @@ pub async fn apply_tunnel_rbac(client: &kube::Client) -> Result<()> {
         Grant {
             name: "openyurt:yurt-tunnel-server".to_owned(),
             subject: serde_json::json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::pki::TUNNEL_SERVER_USER}),
-            cluster_rules: serde_json::json!([
-                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "watch"]},
-            ]),
+            cluster_rules: yurt_tunnel::install::cluster_rules(),
             roles: Vec::new(),
         },
     )
