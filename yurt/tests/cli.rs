@@ -481,7 +481,6 @@ fn tunnel_server_manifests_and_egress_config_print_what_installs_it_and_refuse_b
     for want in [
         "kind: ServiceAccount",
         "kind: ClusterRoleBinding",
-        "kind: RoleBinding",
         "name: x-tunnel-server-svc",
         "kind: DaemonSet",
         "hostNetwork: true",

@@ -15,7 +15,8 @@
 //! - the server's service account (`kube-system/yurt-tunnel-server`, the requester
 //!   the manager's csrapprover accepts for the tunnel's proxy client certificate) may list
 //!   and watch Nodes, its routing table, and nothing else;
-//! - nodes (`system:nodes`) may get the Service's Endpoints, to find the servers;
+//! - nodes find the servers by getting the Service's Endpoints, which the Node
+//!   authorizer allows every node already (its static rules: `get` on Endpoints);
 //! - the egress socket is created mode 0600 by the server (root), for the API server
 //!   (root) alone; agents need a certificate of a Node from the cluster CA.
 //!
@@ -40,8 +41,6 @@ pub const NAME: &str = "yurt-tunnel-server";
 pub const NAMESPACE: &str = "kube-system";
 /// The Service agents find the servers through (OpenYurt's name).
 pub const DISCOVERY_SERVICE: &str = "x-tunnel-server-svc";
-/// The Role and RoleBinding that let nodes read the Service's Endpoints.
-pub const DISCOVERY_ROLE: &str = "yurt-tunnel-server-discovery";
 /// Where the `yurt` binary sits in the image (`yurt image build --with-yurt`).
 pub const BINARY_IN_IMAGE: &str = "/usr/local/bin/yurt";
 /// The server's `/healthz`, `/readyz` and `/metrics` port, on the host's loopback only.
@@ -184,20 +183,6 @@ pub fn objects(options: &Options) -> Result<Vec<Value>, InstallError> {
         "metadata": {"name": NAME, "labels": labels},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NAME},
         "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}],
-    }));
-    // Agents are started by join and the servant with kubelet's credentials, which may
-    // not read Endpoints on a kubeadm cluster: this one, by name, and only get.
-    objects.push(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": DISCOVERY_ROLE, "namespace": NAMESPACE, "labels": labels},
-        "rules": [{"apiGroups": [""], "resources": ["endpoints"],
-                   "resourceNames": [DISCOVERY_SERVICE], "verbs": ["get"]}],
-    }));
-    objects.push(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": DISCOVERY_ROLE, "namespace": NAMESPACE, "labels": labels},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": DISCOVERY_ROLE},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}],
     }));
     // Headless: agents dial each server's own address (every API server has its own),
     // never a virtual IP that would pick one for them.

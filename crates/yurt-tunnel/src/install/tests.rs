@@ -2,7 +2,7 @@ use std::path::Path;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use serde::Deserialize as _;
 use serde::de::DeserializeOwned;
 
@@ -34,8 +34,6 @@ fn every_object_is_a_valid_kubernetes_object_and_the_yaml_reads_back() {
     let _: ServiceAccount = one(&objects, "ServiceAccount");
     let _: ClusterRole = one(&objects, "ClusterRole");
     let _: ClusterRoleBinding = one(&objects, "ClusterRoleBinding");
-    let _: Role = one(&objects, "Role");
-    let _: RoleBinding = one(&objects, "RoleBinding");
     let _: Service = one(&objects, "Service");
     let _: DaemonSet = one(&objects, "DaemonSet");
     let yaml = to_yaml(&objects);
@@ -46,7 +44,7 @@ fn every_object_is_a_valid_kubernetes_object_and_the_yaml_reads_back() {
 }
 
 #[test]
-fn the_server_may_only_watch_nodes_and_nodes_may_only_read_the_discovery_endpoints() {
+fn the_server_may_only_watch_nodes() {
     let objects = objects(&options()).unwrap();
     let role: ClusterRole = one(&objects, "ClusterRole");
     let rules = role.rules.unwrap();
@@ -73,26 +71,12 @@ fn the_server_may_only_watch_nodes_and_nodes_may_only_read_the_discovery_endpoin
         Some("openyurt:yurt-tunnel-server")
     );
 
-    let discovery: Role = one(&objects, "Role");
-    let rules = discovery.rules.unwrap();
-    assert_eq!(rules.len(), 1);
-    assert_eq!(rules[0].verbs, ["get"]);
-    assert_eq!(
-        rules[0].resources.as_deref(),
-        Some(&["endpoints".to_owned()][..])
+    // Nodes get the Service's Endpoints by the Node authorizer's own rules: no grant.
+    assert!(
+        !objects
+            .iter()
+            .any(|o| o["kind"] == "Role" || o["kind"] == "RoleBinding")
     );
-    assert_eq!(
-        rules[0].resource_names.as_deref(),
-        Some(&[DISCOVERY_SERVICE.to_owned()][..])
-    );
-    let binding: RoleBinding = one(&objects, "RoleBinding");
-    let subjects = binding.subjects.unwrap();
-    assert_eq!(subjects.len(), 1);
-    assert_eq!(
-        (subjects[0].kind.as_str(), subjects[0].name.as_str()),
-        ("Group", "system:nodes")
-    );
-    assert_eq!(binding.metadata.namespace.as_deref(), Some(NAMESPACE));
 }
 
 #[test]
