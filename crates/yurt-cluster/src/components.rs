@@ -1154,47 +1154,21 @@ pub fn node_kubelet_config(
     write(&resolv, "# yurt fleet: no upstream DNS\n")?;
     let manifests = hp.manifests();
     std::fs::create_dir_all(&manifests).map_err(|e| Error::io(&manifests, e))?;
-    let mut config = serde_json::json!({
-        "apiVersion": "kubelet.config.k8s.io/v1beta1",
-        "kind": "KubeletConfiguration",
-        "address": "0.0.0.0",
-        "port": 10250,
-        "readOnlyPort": 0,
-        "healthzBindAddress": "127.0.0.1",
-        "healthzPort": 10248,
-        "authentication": {
-            "anonymous": {"enabled": false},
-            "webhook": {"enabled": true},
-            "x509": {"clientCAFile": p(&ctx.pki.ca_cert())},
-        },
-        "authorization": {"mode": "Webhook"},
-        "cgroupDriver": "cgroupfs",
-        "cgroupRoot": format!("/{}", crate::fleet::host_cgroup(ctx.plan.slot, host)),
-        "cgroupsPerQOS": true,
-        "enforceNodeAllocatable": ["pods"],
-        "failSwapOn": false,
-        "clusterDomain": "cluster.local",
-        "resolvConf": p(&resolv),
+    let mut config = yurt_adm::join::base_kubelet_config(
+        &ctx.pki.ca_cert(),
+        &format!("/{}", crate::fleet::host_cgroup(ctx.plan.slot, host)),
+        &resolv,
         // Bind-mounted from the host's folder in its mount namespace (mountns.rs), at
         // the path OpenYurt's static pod tooling expects.
-        "staticPodPath": crate::mountns::STATIC_POD_DIR,
-        "serializeImagePulls": false,
-        "nodeLeaseDurationSeconds": t.node_lease.as_secs(),
-        "nodeStatusUpdateFrequency": secs(t.node_status_update),
-        // Images come from no registry: never garbage-collect them.
-        "imageGCHighThresholdPercent": 100,
-        "imageGCLowThresholdPercent": 99,
-        "evictionHard": {
-            "memory.available": "100Mi",
-            "nodefs.available": "1%",
-            "imagefs.available": "1%",
-        },
-        "maxPods": 110,
-        // 1.20 defaults to 5 requests/s towards the API: with a few dozen pods starting
-        // at once, their status updates queue behind it for tens of seconds.
-        "kubeAPIQPS": 50,
-        "kubeAPIBurst": 100,
-    });
+        crate::mountns::STATIC_POD_DIR,
+    );
+    config["nodeLeaseDurationSeconds"] = t.node_lease.as_secs().into();
+    config["nodeStatusUpdateFrequency"] = secs(t.node_status_update).into();
+    config["maxPods"] = 110.into();
+    // 1.20 defaults to 5 requests/s towards the API: with a few dozen pods starting at
+    // once, their status updates queue behind it for tens of seconds.
+    config["kubeAPIQPS"] = 50.into();
+    config["kubeAPIBurst"] = 100.into();
     if let Some((cert, key)) = serving {
         config["tlsCertFile"] = p(cert).into();
         config["tlsPrivateKeyFile"] = p(key).into();
@@ -1300,6 +1274,31 @@ mod tests {
         .unwrap();
         assert_eq!(config["cgroupRoot"].as_str(), Some("/yurt-1/edge-b1"));
         assert_eq!(config["nodeLeaseDurationSeconds"].as_u64(), Some(10));
+        // The base every kubelet of ours shares, then the fleet's own settings.
+        assert_eq!(config["kind"].as_str(), Some("KubeletConfiguration"));
+        assert_eq!(config["readOnlyPort"].as_u64(), Some(0));
+        assert_eq!(
+            config["authentication"]["anonymous"]["enabled"].as_bool(),
+            Some(false)
+        );
+        assert!(
+            config["authentication"]["x509"]["clientCAFile"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("/pki/ca.crt"))
+        );
+        assert_eq!(
+            config["staticPodPath"].as_str(),
+            Some(crate::mountns::STATIC_POD_DIR)
+        );
+        assert_eq!(config["kubeAPIQPS"].as_u64(), Some(50));
+        assert_eq!(config["maxPods"].as_u64(), Some(110));
+        assert!(
+            config["tlsCertFile"]
+                .as_str()
+                .is_some_and(|f| f.ends_with(".crt"))
+        );
+        // A planned node's serving certificate is minted: it asks for none.
+        assert!(config.get("serverTLSBootstrap").is_none());
     }
 
     #[test]

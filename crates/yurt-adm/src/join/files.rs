@@ -447,6 +447,25 @@ pub fn kubelet_config(
     let resolv = host_dir.join("etc/resolv.conf");
     // Pods get no upstream resolver: nothing in a fleet may reach outside the machine.
     let _ = write(&resolv, "# no upstream DNS\n");
+    let mut config =
+        base_kubelet_config(ca, &facts.cgroup_root, &resolv, "/etc/kubernetes/manifests");
+    config["rotateCertificates"] = true.into();
+    config["serverTLSBootstrap"] = serving_by_csr.into();
+    config.to_string()
+}
+
+/// What every kubelet of ours runs with, joined or planned by `yurt up` (which adds its
+/// timings and certificates): kubeadm's defaults where they matter (webhook
+/// authentication and authorization against the cluster CA `ca`, no anonymous access,
+/// no read-only port, health on loopback), the host's cgroup root under the cgroupfs
+/// driver, the resolver file `resolv_conf`, static pods from `static_pod_path`, and
+/// images never garbage-collected (they come from no registry).
+pub fn base_kubelet_config(
+    ca: &Path,
+    cgroup_root: &str,
+    resolv_conf: &Path,
+    static_pod_path: &str,
+) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -461,16 +480,14 @@ pub fn kubelet_config(
             "x509": {"clientCAFile": ca.display().to_string()},
         },
         "authorization": {"mode": "Webhook"},
-        "rotateCertificates": true,
-        "serverTLSBootstrap": serving_by_csr,
         "cgroupDriver": "cgroupfs",
-        "cgroupRoot": facts.cgroup_root,
+        "cgroupRoot": cgroup_root,
         "cgroupsPerQOS": true,
         "enforceNodeAllocatable": ["pods"],
         "failSwapOn": false,
         "clusterDomain": "cluster.local",
-        "resolvConf": resolv.display().to_string(),
-        "staticPodPath": "/etc/kubernetes/manifests",
+        "resolvConf": resolv_conf.display().to_string(),
+        "staticPodPath": static_pod_path,
         "serializeImagePulls": false,
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
@@ -480,5 +497,4 @@ pub fn kubelet_config(
             "imagefs.available": "1%",
         },
     })
-    .to_string()
 }

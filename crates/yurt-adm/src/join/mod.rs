@@ -28,7 +28,7 @@ use yurt_core::{NodeName, PoolName};
 
 use crate::discovery::{ClusterInfo, Discovery};
 
-pub use files::{HostFiles, KubeletApi, kubelet_config};
+pub use files::{HostFiles, KubeletApi, base_kubelet_config, kubelet_config};
 
 /// What kind of node the host becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
