@@ -377,11 +377,16 @@ async fn openyurt_installs_onto_a_bare_cluster_converts_its_workers_and_reverts_
         }
         // Behind NAT, the API server cannot reach the workers' kubelets.
         let pod_a = format!("env-{}", WORKERS[0]);
-        ensure!(
-            f.kubectl(&["exec", "--request-timeout=20s", &pod_a, "--", "echo", "unreached"])
-                .is_err(),
-            "before the tunnel, exec into a pod behind NAT fails"
-        );
+        match f.kubectl(&["exec", "--request-timeout=20s", &pod_a, "--", "echo", "unreached"]) {
+            Ok(out) => anyhow::bail!("before the tunnel, exec into a pod behind NAT worked: {out}"),
+            Err(e) => {
+                let said = format!("{e:#}");
+                ensure!(
+                    said.contains("dial") || said.to_lowercase().contains("timeout"),
+                    "before the tunnel, exec fails reaching kubelet, not otherwise: {said}"
+                );
+            }
+        }
         Box::pin(install_the_tunnel(&mut f)).await?;
 
         for node in WORKERS {

@@ -53,6 +53,8 @@ pub enum TunnelServerAction {
     Manifests(TunnelManifestsArgs),
     /// Print kube-apiserver's `--egress-selector-config-file` for the server's socket:
     /// its `cluster` traffic (kubelets, pods, webhooks) as HTTP CONNECT through the tunnel.
+    /// On kubeadm, kube-apiserver's static pod must also mount this file and the
+    /// socket's folder (hostPath volumes), as for Konnectivity.
     EgressSelectorConfig(EgressConfigArgs),
 }
 
@@ -78,7 +80,8 @@ pub struct TunnelManifestsArgs {
     /// Its key.
     #[arg(long, default_value = "/etc/kubernetes/pki/apiserver.key")]
     pub key_file: PathBuf,
-    /// The socket kube-apiserver's egress connects to (its folder is shared with the host).
+    /// The socket kube-apiserver's egress connects to: its folder is mounted read-write
+    /// into the pods, so it must be a folder of its own.
     #[arg(long, default_value = DEFAULT_EGRESS_SOCKET)]
     pub egress_socket: PathBuf,
     /// The port agents connect to on the control-plane hosts.

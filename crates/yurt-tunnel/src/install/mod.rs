@@ -22,9 +22,14 @@
 //!
 //! What the administrator does besides `kubectl apply`: point kube-apiserver at the
 //! socket with `--egress-selector-config-file` (the file `egress-selector-config`
-//! prints), as for Konnectivity. Until the API server is restarted with it, nothing goes
-//! through the tunnel; once it is, the API server's `cluster` traffic (kubelets, pods,
-//! Service-addressed webhooks) needs the server running on its machine.
+//! prints), as for Konnectivity; on kubeadm its static pod must also mount that file and
+//! the socket's folder (hostPath). Until the API server is restarted with it, nothing
+//! goes through the tunnel; once it is, the API server's `cluster` traffic (kubelets,
+//! pods, Service-addressed webhooks) needs the server running on its machine, so a
+//! server that cannot start cuts the API server off from every node and webhook. The API
+//! server should also check kubelets' certificates (`--kubelet-certificate-authority`)
+//! and dial webhooks at their endpoints (`--enable-aggregator-routing`): the server
+//! routes by what Nodes report, and refuses a target several Nodes claim.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -49,6 +54,20 @@ pub const ADMIN_PORT: u16 = 10265;
 pub const CONTROL_PLANE_LABELS: [&str; 2] = [
     "node-role.kubernetes.io/master",
     "node-role.kubernetes.io/control-plane",
+];
+
+/// Folders of a host that hold more than a socket should: never the socket's.
+const SHARED_FOLDERS: [&str; 10] = [
+    "/etc/kubernetes",
+    "/etc/kubernetes/pki",
+    "/etc/kubernetes/manifests",
+    "/var/lib/kubelet",
+    "/var/lib/etcd",
+    "/var/run/secrets",
+    "/run/containerd",
+    "/var/lib/containerd",
+    "/run/systemd",
+    "/var/lib/yurthub",
 ];
 
 /// What to install.
@@ -87,6 +106,11 @@ pub enum InstallError {
     /// A socket path whose folder cannot be mounted.
     #[error("--egress-socket: {0} has no folder to share with the host")]
     SocketFolder(String),
+    /// A socket folder shared with other files of the host.
+    #[error(
+        "--egress-socket: its folder {0} would be mounted read-write into the pod: give the socket a folder of its own (not one holding the TLS files, not a system folder)"
+    )]
+    SharedFolder(String),
     /// Port 0, or the admin port.
     #[error("--agent-port: {0} is not a port agents can connect to")]
     Port(u16),
@@ -161,6 +185,19 @@ pub fn objects(options: &Options) -> Result<Vec<Value>, InstallError> {
         .parent()
         .filter(|d| d.parent().is_some() && options.egress_socket.file_name().is_some())
         .ok_or_else(|| InstallError::SocketFolder(options.egress_socket.display().to_string()))?;
+    // Mounted read-write into the pod: a folder of its own, never one holding the
+    // cluster's keys (kubeadm's /etc/kubernetes holds the CA's and etcd's).
+    let holds_tls_files = [&options.ca_file, &options.cert_file, &options.key_file]
+        .iter()
+        .any(|file| file.starts_with(socket_dir));
+    if holds_tls_files
+        || socket_dir.components().count() < 3
+        || SHARED_FOLDERS
+            .iter()
+            .any(|shared| socket_dir == std::path::Path::new(shared))
+    {
+        return Err(InstallError::SharedFolder(socket_dir.display().to_string()));
+    }
     if options.agent_port == 0 || options.agent_port == ADMIN_PORT {
         return Err(InstallError::Port(options.agent_port));
     }
@@ -191,6 +228,9 @@ pub fn objects(options: &Options) -> Result<Vec<Value>, InstallError> {
         "metadata": {"name": DISCOVERY_SERVICE, "namespace": NAMESPACE, "labels": labels},
         "spec": {
             "clusterIP": "None",
+            // Agents write the addresses they find into their units once: a server
+            // starting up (a rolling update) must be among them.
+            "publishNotReadyAddresses": true,
             "selector": labels,
             "ports": [{"name": "tunnel", "protocol": "TCP",
                        "port": options.agent_port, "targetPort": options.agent_port}],
@@ -243,7 +283,13 @@ pub fn objects(options: &Options) -> Result<Vec<Value>, InstallError> {
             // Why it stopped, in the pod's status (`kubectl describe`), from its log.
             "terminationMessagePolicy": "FallbackToLogsOnError",
             // Root: it reads the API server's key and makes a socket only root opens.
-            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true},
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                // Root owns the files it reads and the socket it makes; the port is
+                // unprivileged: no capability is needed.
+                "capabilities": {"drop": ["ALL"]},
+            },
         }],
         "volumes": volumes,
     });

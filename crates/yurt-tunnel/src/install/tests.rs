@@ -22,10 +22,18 @@ fn options() -> Options {
 }
 
 /// The one object of `kind`, as the typed object the API server would read.
-fn one<T: DeserializeOwned>(objects: &[Value], kind: &str) -> T {
+fn one<T: DeserializeOwned + serde::Serialize>(objects: &[Value], kind: &str) -> T {
     let found: Vec<_> = objects.iter().filter(|o| o["kind"] == kind).collect();
     assert_eq!(found.len(), 1, "one {kind}");
-    serde_json::from_value(found[0].clone()).unwrap_or_else(|e| panic!("{kind}: {e}"))
+    let typed: T =
+        serde_json::from_value(found[0].clone()).unwrap_or_else(|e| panic!("{kind}: {e}"));
+    // Every field known to the API (typed objects drop what they do not know).
+    assert_eq!(
+        &serde_json::to_value(&typed).unwrap(),
+        found[0],
+        "{kind} has a field the API does not"
+    );
+    typed
 }
 
 #[test]
@@ -205,6 +213,21 @@ fn options_no_pod_could_run_with_are_refused_with_the_flag_named() {
     assert!(refused(&|o| o.egress_socket = "egress.sock".into()).starts_with("--egress-socket:"));
     assert!(refused(&|o| o.egress_socket = "/egress.sock".into()).contains("no folder"));
     assert!(refused(&|o| o.egress_socket = "/".into()).starts_with("--egress-socket:"));
+    // Folders that hold more than the socket: refused.
+    for socket in [
+        "/etc/kubernetes/egress.sock",
+        "/etc/kubernetes/pki/egress.sock",
+        "/run/egress.sock",
+        "/var/lib/kubelet/egress.sock",
+    ] {
+        let said = refused(&|o| o.egress_socket = socket.into());
+        assert!(said.contains("a folder of its own"), "{socket}: {said}");
+    }
+    let said = refused(&|o| {
+        o.ca_file = "/srv/tunnel/ca.crt".into();
+        o.egress_socket = "/srv/tunnel/egress.sock".into();
+    });
+    assert!(said.contains("a folder of its own"), "{said}");
     assert!(refused(&|o| o.agent_port = 0).starts_with("--agent-port:"));
     assert!(refused(&|o| o.agent_port = ADMIN_PORT).starts_with("--agent-port:"));
     assert!(refused(&|o| o.image = " ".into()).starts_with("--image:"));

@@ -384,6 +384,18 @@ async fn serve_connect(mut stream: UnixStream, shared: Arc<Shared>, token: Cance
                 direct(stream, &target, early, &shared, started, token).await;
                 return;
             }
+            Route::Contested { nodes } => {
+                let nodes: Vec<&str> = nodes.iter().map(NodeName::as_str).collect();
+                tracing::warn!(claimants = ?nodes, "target claimed by several nodes: refused");
+                Refusal::new(
+                    502,
+                    format!(
+                        "{} is claimed by nodes {} (their addresses, names or pod CIDRs): refused rather than guess which",
+                        target,
+                        nodes.join(", ")
+                    ),
+                )
+            }
         };
         tracing::info!(code = answer.code, reason = %answer.reason, "CONNECT refused");
         let _ = stream.write_all(&connect::error_head(answer.code, &answer.reason)).await;

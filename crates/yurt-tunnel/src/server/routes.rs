@@ -1,5 +1,12 @@
 //! Which node owns a CONNECT target: the server's index of Nodes (addresses, host
 //! names, pod CIDRs), kept by a watch. Node names are never resolved through DNS.
+//!
+//! A Node's addresses are what its kubelet reports: a hostile node can claim another
+//! node's address, a pod address of another node's range or another node's host name,
+//! to have the API server's connections for it (logs, exec, webhooks) carried to its own
+//! agent. So a target claimed by more than one Node (as an address, a name, or inside a
+//! pod CIDR) goes to none of them: the CONNECT is refused naming the claimants, a
+//! denial the cluster's admin sees, never a silent hijack.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -80,15 +87,30 @@ pub enum Route {
     },
     /// Not a node's: dialled directly from the server's host.
     Direct,
+    /// Claimed by several nodes: refused.
+    Contested {
+        /// The claimants, sorted.
+        nodes: Vec<NodeName>,
+    },
 }
 
 #[derive(Debug, Default)]
 struct Index {
     nodes: HashMap<NodeName, NodeRoute>,
-    by_ip: HashMap<IpAddr, NodeName>,
-    by_name: HashMap<String, NodeName>,
+    /// Every node claiming each address (sorted, no repeats).
+    by_ip: HashMap<IpAddr, Vec<NodeName>>,
+    /// Every node claiming each name (its own, or a host name it reports).
+    by_name: HashMap<String, Vec<NodeName>>,
     cidrs: Vec<(IpNet, NodeName)>,
     synced: bool,
+}
+
+fn claim<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<NodeName>>, key: K, node: &NodeName) {
+    let claimants = map.entry(key).or_default();
+    if !claimants.contains(node) {
+        claimants.push(node.clone());
+        claimants.sort();
+    }
 }
 
 impl Index {
@@ -98,19 +120,28 @@ impl Index {
         self.cidrs.clear();
         for (name, route) in &self.nodes {
             for ip in &route.addresses {
-                self.by_ip.insert(*ip, name.clone());
+                claim(&mut self.by_ip, *ip, name);
             }
-            self.by_name.insert(name.as_str().to_owned(), name.clone());
+            claim(&mut self.by_name, name.as_str().to_owned(), name);
             for host in &route.hostnames {
-                self.by_name.insert(host.clone(), name.clone());
+                claim(&mut self.by_name, host.clone(), name);
             }
             for net in &route.pod_cidrs {
                 self.cidrs.push((*net, name.clone()));
             }
         }
-        // Most specific first, should two ranges overlap.
-        self.cidrs
-            .sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+    }
+
+    /// Every node claiming `ip`: as one of its addresses or inside one of its pod CIDRs.
+    fn claimants_of_ip(&self, ip: &IpAddr) -> Vec<NodeName> {
+        let mut nodes = self.by_ip.get(ip).cloned().unwrap_or_default();
+        for (net, node) in &self.cidrs {
+            if net.contains(ip) && !nodes.contains(node) {
+                nodes.push(node.clone());
+            }
+        }
+        nodes.sort();
+        nodes
     }
 }
 
@@ -172,25 +203,26 @@ impl Routes {
     }
 
     /// The route of `host`: a node address, a node's name, or an address in a node's
-    /// pod CIDR; anything else is direct.
+    /// pod CIDR; anything no node claims is direct, anything several claim is contested.
     pub fn resolve(&self, host: &Host) -> Route {
         let index = self.read();
-        let node = match host {
-            Host::Ip(ip) => index.by_ip.get(ip).or_else(|| {
-                index
-                    .cidrs
-                    .iter()
-                    .find(|(net, _)| net.contains(ip))
-                    .map(|(_, n)| n)
-            }),
-            Host::Name(name) => index.by_name.get(name),
+        let mut claimants = match host {
+            Host::Ip(ip) => index.claimants_of_ip(ip),
+            Host::Name(name) => index.by_name.get(name).cloned().unwrap_or_default(),
         };
-        match node.and_then(|n| index.nodes.get(n)) {
-            Some(route) => Route::Node {
-                node: route.name.clone(),
-                edge: route.edge,
+        match claimants.len() {
+            0 => Route::Direct,
+            1 => match index.nodes.get(&claimants[0]) {
+                Some(route) => Route::Node {
+                    node: route.name.clone(),
+                    edge: route.edge,
+                },
+                None => Route::Direct,
             },
-            None => Route::Direct,
+            _ => {
+                claimants.dedup();
+                Route::Contested { nodes: claimants }
+            }
         }
     }
 }
@@ -284,6 +316,53 @@ mod tests {
         assert_eq!(
             routes.resolve(&Host::Ip("10.244.1.77".parse().unwrap())),
             Route::Direct
+        );
+    }
+
+    #[test]
+    fn a_target_two_nodes_claim_goes_to_neither() {
+        let routes = Routes::default();
+        let mut hostile = node("edge-x", "10.10.0.5", "10.244.9.0/24", true);
+        // Another node's address, a pod address in another node's range, and another
+        // node's name, all reported as its own.
+        hostile.addresses.push("10.244.0.7".parse().unwrap());
+        hostile.hostnames.push("cloud-1".to_owned());
+        routes.replace_all([
+            node("cloud-1", "10.10.0.5", "10.244.0.0/24", false),
+            hostile,
+        ]);
+        let contested = Route::Contested {
+            nodes: vec!["cloud-1".parse().unwrap(), "edge-x".parse().unwrap()],
+        };
+        for target in [
+            Host::Ip("10.10.0.5".parse().unwrap()),
+            Host::Ip("10.244.0.7".parse().unwrap()),
+            Host::Name("cloud-1".into()),
+        ] {
+            assert_eq!(routes.resolve(&target), contested, "{target:?}");
+        }
+        // A pod range claimed inside another node's: contested too.
+        routes.upsert(node("edge-y", "10.10.3.3", "10.244.0.128/25", true));
+        assert!(matches!(
+            routes.resolve(&Host::Ip("10.244.0.200".parse().unwrap())),
+            Route::Contested { .. }
+        ));
+        // What only one node claims still routes to it.
+        assert_eq!(
+            routes.resolve(&Host::Ip("10.244.0.3".parse().unwrap())),
+            Route::Node {
+                node: "cloud-1".parse().unwrap(),
+                edge: false
+            }
+        );
+        // The claim withdrawn: the owner has its address back.
+        routes.remove(&"edge-x".parse().unwrap());
+        assert_eq!(
+            routes.resolve(&Host::Ip("10.10.0.5".parse().unwrap())),
+            Route::Node {
+                node: "cloud-1".parse().unwrap(),
+                edge: false
+            }
         );
     }
 

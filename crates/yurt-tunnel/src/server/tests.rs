@@ -342,6 +342,31 @@ async fn an_edge_node_without_an_agent_gets_a_502_naming_it_at_once() {
 }
 
 #[tokio::test]
+async fn a_target_two_nodes_claim_is_refused_naming_both() {
+    // edge-x reports edge-b1's address as its own (a node writes its own status).
+    let mut hostile = route("edge-x", "10.10.9.9", "10.244.9.0/24");
+    hostile.addresses.push("10.10.2.2".parse().unwrap());
+    let fleet = start(vec![
+        route("edge-b1", "10.10.2.2", "10.244.3.0/24"),
+        hostile,
+    ])
+    .await;
+    let (status, _) = fleet.connect("10.10.2.2:10250").await;
+    assert!(
+        status.starts_with(
+            "HTTP/1.1 502 10.10.2.2:10250 is claimed by nodes edge-b1, edge-x (their addresses, names or pod CIDRs)"
+        ),
+        "{status}"
+    );
+    // Its own address still reaches it (or says it has no agent).
+    let (status, _) = fleet.connect("10.10.9.9:10250").await;
+    assert!(
+        status.starts_with("HTTP/1.1 502 node edge-x has no tunnel agent"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
 async fn malformed_requests_get_a_400_and_the_server_keeps_serving() {
     let fleet = start(vec![route("edge-a1", "127.0.0.1", "10.244.1.0/24")]).await;
     for bad in [
