@@ -17,7 +17,7 @@ use kube::core::crd::merge_crds;
 use kube::core::crd::v1::CustomResourceExt;
 use serde_json::{Value, json};
 
-use crate::{apps, network, raven};
+use crate::{apps, iot, network, raven};
 
 /// Name of the NodePool CRD.
 pub const NODEPOOL_CRD_NAME: &str = "nodepools.apps.openyurt.io";
@@ -33,6 +33,12 @@ pub const YURTSTATICSET_CRD_NAME: &str = "yurtstaticsets.apps.openyurt.io";
 pub const GATEWAY_CRD_NAME: &str = "gateways.raven.openyurt.io";
 /// Name of the PoolService CRD.
 pub const POOLSERVICE_CRD_NAME: &str = "poolservices.network.openyurt.io";
+/// Name of the Device CRD.
+pub const DEVICE_CRD_NAME: &str = "devices.iot.openyurt.io";
+/// Name of the DeviceService CRD.
+pub const DEVICESERVICE_CRD_NAME: &str = "deviceservices.iot.openyurt.io";
+/// Name of the DeviceProfile CRD.
+pub const DEVICEPROFILE_CRD_NAME: &str = "deviceprofiles.iot.openyurt.io";
 
 /// The CRDs upstream serves through yurt-manager's conversion webhook.
 pub const CONVERTED_CRD_NAMES: &[&str] =
@@ -43,7 +49,8 @@ pub const CONVERSION_WEBHOOK_PATH: &str = "/convert";
 pub const CONVERSION_REVIEW_VERSIONS: &[&str] = &["v1beta1", "v1alpha1"];
 
 /// Every CRD of this crate, in a stable order (NodePool, NodeBucket, YurtAppSet,
-/// YurtAppDaemon, YurtStaticSet, Gateway, PoolService).
+/// YurtAppDaemon, YurtStaticSet, Gateway, PoolService, Device, DeviceService,
+/// DeviceProfile).
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![
         node_pool(),
@@ -53,7 +60,25 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         yurt_static_set(),
         gateway(),
         pool_service(),
+        device(),
+        device_service(),
+        device_profile(),
     ]
+}
+
+/// Device: `v1alpha1`.
+pub fn device() -> CustomResourceDefinition {
+    finish(iot::v1alpha1::Device::crd())
+}
+
+/// DeviceService: `v1alpha1`.
+pub fn device_service() -> CustomResourceDefinition {
+    finish(iot::v1alpha1::DeviceService::crd())
+}
+
+/// DeviceProfile: `v1alpha1`.
+pub fn device_profile() -> CustomResourceDefinition {
+    finish(iot::v1alpha1::DeviceProfile::crd())
 }
 
 /// NodePool: `v1alpha1` (deprecated), `v1beta1`, `v1beta2` (storage).

@@ -4,10 +4,11 @@
 //! - [`apps`]: `apps.openyurt.io` (NodePool, NodeBucket, YurtAppSet, YurtAppDaemon,
 //!   YurtStaticSet), one module per version.
 //! - [`raven`]: `raven.openyurt.io` Gateway. [`network`]: `network.openyurt.io` PoolService.
+//! - [`iot`]: `iot.openyurt.io` Device, DeviceService and DeviceProfile.
 //! - [`crds`]: one CRD per kind with all its versions, matching upstream's manifests.
 //! - [`labels`]: label, annotation and condition names.
 //!
-//! The `iot.openyurt.io` kinds join later. This crate does no I/O.
+//! PlatformAdmin (`iot.openyurt.io`) joins later. This crate does no I/O.
 //!
 //! ```
 //! use yurt_api::apps::v1beta2::{NodePool, NodePoolSpec, NodePoolType};
@@ -27,6 +28,7 @@
 pub mod apps;
 mod common;
 pub mod crds;
+pub mod iot;
 pub mod labels;
 pub mod network;
 pub mod raven;

@@ -6,7 +6,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use yurt_api::{apps, network, raven};
+use yurt_api::{apps, iot, network, raven};
 
 const T0: &str = "2024-05-01T10:00:00Z";
 
@@ -471,6 +471,162 @@ fn pool_service_round_trips() {
         ps.spec.load_balancer_class.as_deref(),
         Some("service.openyurt.io/elb")
     );
+}
+
+#[test]
+fn device_round_trips_as_yurt_iot_dock_writes_it() {
+    // A virtual device as synced from EdgeX: its protocol map, a desired value, and the
+    // status the edge reports (numbers as EdgeX formats them, strings).
+    let device: iot::v1alpha1::Device = round_trip(json!({
+        "apiVersion": "iot.openyurt.io/v1alpha1",
+        "kind": "Device",
+        "metadata": {
+            "name": "hangzhou-random-integer-device",
+            "namespace": "default",
+            "labels": { "yurt-iot-dock/edgex-object.name": "Random-Integer-Device" },
+            "finalizers": ["iot.openyurt.io/device"],
+        },
+        "spec": {
+            "description": "Example of Device Virtual",
+            "adminState": "UNLOCKED",
+            "operatingState": "UP",
+            "protocols": { "other": { "Address": "device-virtual-int-01", "Protocol": "300" } },
+            "labels": ["device-virtual-example"],
+            "serviceName": "device-virtual",
+            "profileName": "Random-Integer-Device",
+            "notify": true,
+            "managed": false,
+            "nodePool": "hangzhou",
+            "deviceProperties": {
+                "Int8": { "name": "Int8", "desiredValue": "12", "putURL": "http://edgex-core-command:59882/api/v3/device/name/Random-Integer-Device/Int8" },
+            },
+        },
+        "status": {
+            "lastConnected": 1_714_557_600_000_i64,
+            "lastReported": 1_714_557_601_000_i64,
+            "synced": true,
+            "edgeId": "0f5a3b4e-2c7d-4a1e-9b7f-6c2d9e1f0a11",
+            "adminState": "UNLOCKED",
+            "operatingState": "UP",
+            "deviceProperties": {
+                "Int8": { "name": "Int8", "actualValue": "12", "getURL": "http://edgex-core-command:59882/api/v3/device/name/Random-Integer-Device/Int8" },
+                "Float32": { "name": "Float32", "actualValue": "1.000000" },
+            },
+            "conditions": [
+                { "type": "DeviceSynced", "status": "True", "lastTransitionTime": T0 },
+                { "type": "DeviceManaging", "status": "False", "reason": "Unmanaged", "message": "the edge owns it" },
+            ],
+        },
+    }));
+    assert_eq!(device.spec.admin_state, Some(iot::AdminState::Unlocked));
+    assert_eq!(device.spec.operating_state, Some(iot::OperatingState::Up));
+    let status = device.status.unwrap();
+    assert_eq!(
+        status.device_properties.unwrap()["Float32"].actual_value,
+        "1.000000"
+    );
+}
+
+#[test]
+fn device_service_round_trips() {
+    round_trip::<iot::v1alpha1::DeviceService>(json!({
+        "apiVersion": "iot.openyurt.io/v1alpha1",
+        "kind": "DeviceService",
+        "metadata": { "name": "hangzhou-device-virtual", "namespace": "default" },
+        "spec": {
+            "baseAddress": "http://edgex-device-virtual:59900",
+            "description": "the virtual driver",
+            "labels": ["virtual"],
+            "adminState": "UNLOCKED",
+            "managed": true,
+            "nodePool": "hangzhou",
+        },
+        "status": {
+            "synced": true,
+            "edgeId": "b6b1c1a0-1d2e-4f3a-8b9c-0d1e2f3a4b5c",
+            "lastConnected": 1_714_557_600_000_i64,
+            "lastReported": 0,
+            "adminState": "UNLOCKED",
+            "conditions": [{ "type": "DeviceServiceSynced", "status": "True", "lastTransitionTime": T0 }],
+        },
+    }));
+}
+
+#[test]
+fn device_profile_round_trips_with_string_attributes_and_ranges() {
+    // A Modbus profile as users write it: every attribute and bound a string (numbers
+    // quoted), a command over two resources.
+    let profile: iot::v1alpha1::DeviceProfile = round_trip(json!({
+        "apiVersion": "iot.openyurt.io/v1alpha1",
+        "kind": "DeviceProfile",
+        "metadata": { "name": "hangzhou-thermostat", "namespace": "default" },
+        "spec": {
+            "nodePool": "hangzhou",
+            "description": "a Modbus thermostat",
+            "manufacturer": "Acme",
+            "model": "T-100",
+            "labels": ["modbus", "hvac"],
+            "deviceResources": [
+                {
+                    "description": "room temperature",
+                    "name": "Temperature",
+                    "tag": "temp",
+                    "isHidden": false,
+                    "properties": {
+                        "readWrite": "R", "valueType": "Float32", "units": "C",
+                        "minimum": "-40", "maximum": "85", "scale": "0.1", "offset": "0",
+                        "base": "0", "mask": "0", "shift": "0", "assertion": "",
+                        "defaultValue": "0", "mediaType": "",
+                    },
+                    "attributes": { "primaryTable": "INPUT_REGISTERS", "startingAddress": "0", "rawType": "Int16" },
+                },
+                {
+                    "description": "set point",
+                    "name": "SetPoint",
+                    "isHidden": false,
+                    "properties": { "readWrite": "RW", "valueType": "Int16", "minimum": "5", "maximum": "30" },
+                    "attributes": { "primaryTable": "HOLDING_REGISTERS", "startingAddress": "1" },
+                },
+            ],
+            "deviceCommands": [{
+                "name": "Climate",
+                "isHidden": false,
+                "readWrite": "R",
+                "resourceOperations": [
+                    { "deviceResource": "Temperature", "defaultValue": "" },
+                    { "deviceResource": "SetPoint", "defaultValue": "20", "mappings": { "20": "comfort" } },
+                ],
+            }],
+        },
+        "status": { "id": "5e2b1a90-3c4d-4e5f-8a9b-0c1d2e3f4a5b", "synced": true },
+    }));
+    let resources = profile.spec.device_resources.unwrap();
+    assert_eq!(
+        resources[0].attributes.as_ref().unwrap()["startingAddress"],
+        "0"
+    );
+}
+
+#[test]
+fn a_device_without_its_required_fields_is_rejected() {
+    let err = serde_json::from_value::<iot::v1alpha1::Device>(json!({
+        "apiVersion": "iot.openyurt.io/v1alpha1",
+        "kind": "Device",
+        "metadata": { "name": "broken", "namespace": "default" },
+        "spec": { "serviceName": "device-virtual", "notify": true },
+    }))
+    .expect_err("spec.profileName is required");
+    assert!(err.to_string().contains("profileName"), "{err}");
+    // An attribute given as a number, not a string: upstream's schema refuses it too.
+    let err = serde_json::from_value::<iot::v1alpha1::DeviceProfile>(json!({
+        "apiVersion": "iot.openyurt.io/v1alpha1",
+        "kind": "DeviceProfile",
+        "metadata": { "name": "broken", "namespace": "default" },
+        "spec": { "deviceResources": [{ "description": "d", "name": "n", "isHidden": false,
+                  "properties": {}, "attributes": { "startingAddress": 0 } }] },
+    }))
+    .expect_err("attributes are strings");
+    assert!(err.to_string().contains("string"), "{err}");
 }
 
 #[test]

@@ -30,7 +30,7 @@ fn upstream_dir() -> PathBuf {
         .map_or_else(|| PathBuf::from(DEFAULT_UPSTREAM_DIR), PathBuf::from)
 }
 
-/// Upstream's CRDs this crate covers (everything but `iot.openyurt.io`, which comes later).
+/// Upstream's CRDs this crate covers (everything but PlatformAdmin, which comes later).
 fn upstream_crds() -> Vec<(String, CustomResourceDefinition)> {
     let dir = upstream_dir();
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
@@ -43,8 +43,8 @@ fn upstream_crds() -> Vec<(String, CustomResourceDefinition)> {
         .map(|e| e.expect("readable directory entry").path())
         .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
         .filter(|p| {
-            !p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("iot."))
+            p.file_name()
+                .is_none_or(|n| n.to_string_lossy() != "iot.openyurt.io_platformadmins.yaml")
         })
         .collect();
     files.sort();
@@ -65,7 +65,11 @@ fn upstream_crds() -> Vec<(String, CustomResourceDefinition)> {
 #[test]
 fn every_upstream_crd_has_an_identical_counterpart() {
     let upstream = upstream_crds();
-    assert_eq!(upstream.len(), 7, "expected 7 non-iot upstream CRDs");
+    assert_eq!(
+        upstream.len(),
+        10,
+        "expected 10 upstream CRDs besides PlatformAdmin"
+    );
     let ours = yurt_api::crds::all();
     let mut problems = Vec::new();
     for (file, up) in &upstream {
@@ -294,6 +298,9 @@ fn crd_name_constants_name_the_generated_crds() {
             YURTSTATICSET_CRD_NAME,
             GATEWAY_CRD_NAME,
             POOLSERVICE_CRD_NAME,
+            DEVICE_CRD_NAME,
+            DEVICESERVICE_CRD_NAME,
+            DEVICEPROFILE_CRD_NAME,
         ]
     );
     for converted in CONVERTED_CRD_NAMES {
