@@ -39,6 +39,8 @@ pub const DEVICE_CRD_NAME: &str = "devices.iot.openyurt.io";
 pub const DEVICESERVICE_CRD_NAME: &str = "deviceservices.iot.openyurt.io";
 /// Name of the DeviceProfile CRD.
 pub const DEVICEPROFILE_CRD_NAME: &str = "deviceprofiles.iot.openyurt.io";
+/// Name of the PlatformAdmin CRD.
+pub const PLATFORMADMIN_CRD_NAME: &str = "platformadmins.iot.openyurt.io";
 
 /// The CRDs upstream serves through yurt-manager's conversion webhook.
 pub const CONVERTED_CRD_NAMES: &[&str] =
@@ -50,7 +52,7 @@ pub const CONVERSION_REVIEW_VERSIONS: &[&str] = &["v1beta1", "v1alpha1"];
 
 /// Every CRD of this crate, in a stable order (NodePool, NodeBucket, YurtAppSet,
 /// YurtAppDaemon, YurtStaticSet, Gateway, PoolService, Device, DeviceService,
-/// DeviceProfile).
+/// DeviceProfile, PlatformAdmin).
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![
         node_pool(),
@@ -63,7 +65,25 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         device(),
         device_service(),
         device_profile(),
+        platform_admin(),
     ]
+}
+
+/// PlatformAdmin: `v1alpha1` (deprecated) and `v1alpha2`, neither served nor stored, and
+/// `v1beta1` (served, storage), as upstream keeps them.
+pub fn platform_admin() -> CustomResourceDefinition {
+    let mut crd = merged(
+        vec![
+            iot::v1alpha1::PlatformAdmin::crd(),
+            iot::v1alpha2::PlatformAdmin::crd(),
+            iot::v1beta1::PlatformAdmin::crd(),
+        ],
+        "v1beta1",
+    );
+    for version in &mut crd.spec.versions {
+        version.served = version.name == "v1beta1";
+    }
+    crd
 }
 
 /// Device: `v1alpha1`.

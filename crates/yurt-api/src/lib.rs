@@ -4,11 +4,11 @@
 //! - [`apps`]: `apps.openyurt.io` (NodePool, NodeBucket, YurtAppSet, YurtAppDaemon,
 //!   YurtStaticSet), one module per version.
 //! - [`raven`]: `raven.openyurt.io` Gateway. [`network`]: `network.openyurt.io` PoolService.
-//! - [`iot`]: `iot.openyurt.io` Device, DeviceService and DeviceProfile.
+//! - [`iot`]: `iot.openyurt.io` Device, DeviceService, DeviceProfile and PlatformAdmin.
 //! - [`crds`]: one CRD per kind with all its versions, matching upstream's manifests.
 //! - [`labels`]: label, annotation and condition names.
 //!
-//! PlatformAdmin (`iot.openyurt.io`) joins later. This crate does no I/O.
+//! This crate does no I/O.
 //!
 //! ```
 //! use yurt_api::apps::v1beta2::{NodePool, NodePoolSpec, NodePoolType};

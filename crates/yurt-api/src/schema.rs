@@ -20,6 +20,11 @@ pub(crate) fn preserve_unknown_object(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "type": "object", "x-kubernetes-preserve-unknown-fields": true })
 }
 
+/// An object with no declared fields (upstream's schema for an embedded `ObjectMeta`).
+pub(crate) fn free_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({ "type": "object" })
+}
+
 /// An integer without a `format`: upstream declares these fields as Go `int`.
 pub(crate) fn integer(_: &mut SchemaGenerator) -> Schema {
     json_schema!({ "type": "integer" })

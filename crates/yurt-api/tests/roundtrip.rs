@@ -630,6 +630,61 @@ fn a_device_without_its_required_fields_is_rejected() {
 }
 
 #[test]
+fn platform_admin_v1beta1_round_trips_as_upstream_writes_it() {
+    let admin: iot::v1beta1::PlatformAdmin = round_trip(json!({
+        "apiVersion": "iot.openyurt.io/v1beta1",
+        "kind": "PlatformAdmin",
+        "metadata": { "name": "edgex-sample", "namespace": "default", "finalizers": ["iot.openyurt.io"] },
+        "spec": {
+            "version": "minnesota",
+            "imageRegistry": "registry.local",
+            "nodepools": ["hangzhou", "beijing"],
+            "platform": "edgex",
+            "components": [{ "name": "yurt-iot-dock" }, { "name": "edgex-device-virtual" }],
+            "security": false,
+        },
+        "status": {
+            "ready": true,
+            "initialized": true,
+            "readyComponentNum": 2,
+            "unreadyComponentNum": 0,
+            "conditions": [{ "type": "DeploymentAvailable", "status": "True", "lastTransitionTime": T0, "reason": "", "message": "" }],
+        },
+    }));
+    assert_eq!(admin.spec.nodepools.unwrap(), ["hangzhou", "beijing"]);
+}
+
+#[test]
+fn platform_admin_unserved_versions_decode() {
+    // Never served, but their types decode what upstream wrote in them.
+    let old: iot::v1alpha1::PlatformAdmin = serde_json::from_value(json!({
+        "apiVersion": "iot.openyurt.io/v1alpha1",
+        "kind": "PlatformAdmin",
+        "metadata": { "name": "old", "namespace": "default" },
+        "spec": {
+            "version": "jakarta", "poolName": "hangzhou", "serviceType": "ClusterIP",
+            "additionalDeployments": [{ "metadata": { "name": "extra" }, "spec": {
+                "selector": { "matchLabels": { "app": "extra" } },
+                "template": { "metadata": { "labels": { "app": "extra" } },
+                              "spec": { "containers": [{ "name": "c", "image": "busybox" }] } } } }],
+            "additionalServices": [{ "spec": { "ports": [{ "port": 80 }] } }],
+        },
+    }))
+    .unwrap();
+    let extra = &old.spec.additional_deployments.unwrap()[0];
+    assert_eq!(
+        extra.spec.template.spec.as_ref().unwrap().containers[0].name,
+        "c"
+    );
+    round_trip::<iot::v1alpha2::PlatformAdmin>(json!({
+        "apiVersion": "iot.openyurt.io/v1alpha2",
+        "kind": "PlatformAdmin",
+        "metadata": { "name": "mid", "namespace": "default" },
+        "spec": { "version": "minnesota", "poolName": "hangzhou", "platform": "edgex", "components": [{ "name": "yurt-iot-dock" }] },
+    }));
+}
+
+#[test]
 fn unknown_string_values_survive_a_round_trip() {
     // The CRD accepts any string here, so decoding must too, or one odd object would break
     // every list of its kind.

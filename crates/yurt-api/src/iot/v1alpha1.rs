@@ -419,3 +419,133 @@ pub struct DeviceProfileStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synced: Option<bool>,
 }
+
+// === PlatformAdmin (neither served nor stored: the CRD keeps its schema) ===
+//
+// Upstream's schema of this version spells out the embedded DeploymentSpec and
+// ServiceSpec in full (9,000 lines of YAML). Ours keeps them as objects stored as given:
+// no request can carry this version (it is not served, and v1beta1 is stored), and the
+// full schemas would make the CRD too large for `kubectl apply`'s annotation.
+
+/// A condition of a PlatformAdmin (the same shape as a device's).
+pub type PlatformAdminCondition = DeviceCondition;
+
+/// Desired state of a `v1alpha1` PlatformAdmin: the edge platform of one pool, with
+/// extra Services and Deployments.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "iot.openyurt.io",
+    version = "v1alpha1",
+    kind = "PlatformAdmin",
+    namespaced,
+    status = "PlatformAdminStatus",
+    shortname = "pa",
+    category = "yurt",
+    derive = "Default",
+    derive = "PartialEq",
+    doc = "The edge platform of a node pool (iot.openyurt.io/v1alpha1, neither served nor stored).",
+    deprecated = "iot.openyurt.io/v1alpha1 PlatformAdmin will be deprecated in future; use iot.openyurt.io/v1alpha2 PlatformAdmin; v1alpha1 PlatformAdmin.Spec.ServiceType only support ClusterIP",
+    printcolumn(
+        name = "READY",
+        type_ = "boolean",
+        json_path = ".status.ready",
+        description = "Whether the platform is ready"
+    ),
+    printcolumn(
+        name = "Service",
+        type_ = "integer",
+        json_path = ".status.serviceReplicas",
+        description = "Services"
+    ),
+    printcolumn(
+        name = "ReadyService",
+        type_ = "integer",
+        json_path = ".status.serviceReadyReplicas",
+        description = "Ready Services"
+    ),
+    printcolumn(
+        name = "Deployment",
+        type_ = "integer",
+        json_path = ".status.deploymentReplicas",
+        description = "Deployments"
+    ),
+    printcolumn(
+        name = "ReadyDeployment",
+        type_ = "integer",
+        json_path = ".status.deploymentReadyReplicas",
+        description = "Ready Deployments"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformAdminSpec {
+    /// The platform's release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Where its images come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_registry: Option<String>,
+    /// The node pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_name: Option<String>,
+    /// The type of its Services (only `ClusterIP`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_type: Option<String>,
+    /// More Services to run in the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_services: Option<Vec<ServiceTemplateSpec>>,
+    /// More Deployments to run in the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_deployments: Option<Vec<DeploymentTemplateSpec>>,
+}
+
+/// A Service to create: its metadata and spec.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct ServiceTemplateSpec {
+    /// The Service's metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::free_object")]
+    pub metadata: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    /// The Service's spec (kept as given in the schema: this version is never served).
+    #[schemars(schema_with = "crate::schema::preserve_unknown_object")]
+    pub spec: k8s_openapi::api::core::v1::ServiceSpec,
+}
+
+/// A Deployment to create: its metadata and spec.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct DeploymentTemplateSpec {
+    /// The Deployment's metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::free_object")]
+    pub metadata: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    /// The Deployment's spec (kept as given in the schema: this version is never served).
+    #[schemars(schema_with = "crate::schema::preserve_unknown_object")]
+    pub spec: k8s_openapi::api::apps::v1::DeploymentSpec,
+}
+
+/// Observed state of a `v1alpha1` PlatformAdmin.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlatformAdminStatus {
+    /// Whether the platform is ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// Whether it was set up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initialized: Option<bool>,
+    /// Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_replicas: Option<i32>,
+    /// Ready Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_ready_replicas: Option<i32>,
+    /// Deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_replicas: Option<i32>,
+    /// Ready Deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment_ready_replicas: Option<i32>,
+    /// Latest observations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<PlatformAdminCondition>>,
+}
