@@ -230,6 +230,88 @@ async fn webhooks_refuse_invalid_pools_deletes_with_members_and_pool_moves() -> 
     .await
 }
 
+/// The `iot.openyurt.io` kinds are served as upstream's (short names, a Device with
+/// quoted numbers stored as written), and PlatformAdmin gets upstream's defaults and
+/// checks: one platform per pool, known pools, `edgex` and a known version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iot_kinds_are_served_and_platformadmins_are_defaulted_and_checked() -> anyhow::Result<()> {
+    within(async {
+        let f = shared().await?;
+        let f = &f;
+        for name in ["e2e-pa", "e2e-pa-2", "e2e-pa-bad"] {
+            f.kubectl(&["delete", "platformadmin", name, "--ignore-not-found"])?;
+        }
+        f.kubectl(&["delete", "device", "e2e-thermostat", "--ignore-not-found"])?;
+        let (ok, out) = kubectl_stdin(
+            f,
+            &["create"],
+            &json!({
+                "apiVersion": "iot.openyurt.io/v1alpha1", "kind": "Device",
+                "metadata": {"name": "e2e-thermostat", "namespace": "default"},
+                "spec": {
+                    "serviceName": "modbus", "profileName": "thermostat", "notify": false,
+                    "nodePool": "pool-a", "managed": true, "adminState": "UNLOCKED",
+                    "protocols": {"modbus-tcp": {"Address": "10.20.1.50", "Port": "502", "UnitID": "1"}},
+                    "deviceProperties": {"SetPoint": {"name": "SetPoint", "desiredValue": "21"}},
+                },
+            }),
+        )?;
+        ensure!(ok, "{out}");
+        let dev = get_json(f, &["get", "dev", "e2e-thermostat"])?;
+        ensure!(
+            dev["spec"]["protocols"]["modbus-tcp"]["Port"] == "502"
+                && dev["spec"]["deviceProperties"]["SetPoint"]["desiredValue"] == "21",
+            "{dev}"
+        );
+        f.kubectl(&["delete", "device", "e2e-thermostat"])?;
+
+        // Defaults: the latest EdgeX release and the edgex platform.
+        let (ok, out) = kubectl_stdin(
+            f,
+            &["create"],
+            &json!({
+                "apiVersion": "iot.openyurt.io/v1beta1", "kind": "PlatformAdmin",
+                "metadata": {"name": "e2e-pa", "namespace": "default"},
+                "spec": {"nodepools": ["pool-a"]},
+            }),
+        )?;
+        ensure!(ok, "{out}");
+        let pa = get_json(f, &["get", "pa", "e2e-pa"])?;
+        ensure!(
+            pa["spec"]["version"] == "napa" && pa["spec"]["platform"] == "edgex",
+            "{pa}"
+        );
+        // One platform per pool, whichever namespace; unknown pools, platforms and
+        // versions are refused, each named.
+        let (ok, out) = kubectl_stdin(
+            f,
+            &["create"],
+            &json!({
+                "apiVersion": "iot.openyurt.io/v1beta1", "kind": "PlatformAdmin",
+                "metadata": {"name": "e2e-pa-2", "namespace": "kube-public"},
+                "spec": {"nodepools": ["pool-a"]},
+            }),
+        )?;
+        ensure!(!ok && out.contains("already used by PlatformAdmin default/e2e-pa"), "{out}");
+        let (ok, out) = kubectl_stdin(
+            f,
+            &["create"],
+            &json!({
+                "apiVersion": "iot.openyurt.io/v1beta1", "kind": "PlatformAdmin",
+                "metadata": {"name": "e2e-pa-bad", "namespace": "default"},
+                "spec": {"nodepools": ["no-such-pool"], "platform": "kubeedge", "version": "v9"},
+            }),
+        )?;
+        ensure!(
+            !ok && out.contains("no-such-pool") && out.contains("kubeedge") && out.contains("v9"),
+            "{out}"
+        );
+        f.kubectl(&["delete", "platformadmin", "e2e-pa"])?;
+        Ok(())
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1beta1_and_v1beta2_clients_see_the_same_pool() -> anyhow::Result<()> {
     within(async {

@@ -68,6 +68,9 @@ pub fn cluster_rules() -> Value {
         // The workloads and ConfigMaps those write carry blockOwnerDeletion owner
         // references, which OwnerReferencesPermissionEnforcement checks against this.
         {"apiGroups": ["apps.openyurt.io"], "resources": ["yurtappsets/finalizers", "yurtappdaemons/finalizers", "yurtstaticsets/finalizers"], "verbs": ["update"]},
+        // webhook/platformadmin.rs: one platform per pool, checked against every
+        // PlatformAdmin.
+        {"apiGroups": ["iot.openyurt.io"], "resources": ["platformadmins"], "verbs": ["list"]},
         // controllers/csrapprover.rs: watches CSRs, approves hub and tunnel ones.
         {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["list", "watch"]},
         {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/approval"], "verbs": ["update"]},

@@ -6,6 +6,8 @@
 //! - NodePool mutate/validate and YurtAppSet validate: `Fail`. A NodePool that skipped validation could change
 //!   an immutable type or be deleted with members; refusing NodePool writes while the
 //!   manager is down is the safer outage, and it touches nothing else.
+//! - PlatformAdmin mutate/validate: `Fail`, as upstream (a platform's pools and
+//!   version are checked or not set at all).
 //! - Node, Endpoints, EndpointSlice: `Ignore`. These are core objects every component
 //!   writes; the cluster must keep working when the manager is down. What the webhooks
 //!   add (pool label guard, ready endpoints on autonomous nodes) is best effort.
@@ -15,6 +17,7 @@ pub mod conversion;
 pub mod endpoints;
 pub mod node;
 pub mod nodepool;
+pub mod platformadmin;
 pub mod register;
 pub mod yurtappset;
 pub mod yurtstaticset;
@@ -144,6 +147,18 @@ pub fn router(state: WebhookState) -> Router {
             }),
         )
         .route(
+            platformadmin::MUTATE_PATH,
+            post(|State(s): State<WebhookState>, Json(r)| {
+                admit(s, "platformadmin-mutate", platformadmin::mutate, r)
+            }),
+        )
+        .route(
+            platformadmin::VALIDATE_PATH,
+            post(|State(s): State<WebhookState>, Json(r)| {
+                admit(s, "platformadmin-validate", platformadmin::validate, r)
+            }),
+        )
+        .route(
             conversion::PATH,
             post(|State(s): State<WebhookState>, Json(r)| async move {
                 s.metrics.webhook("nodepool-convert", true);
@@ -207,6 +222,23 @@ pub async fn serve(
     Ok(())
 }
 
+/// A store holding `objects`, as a reflector leaves it after its first list.
+#[cfg(test)]
+pub(crate) fn filled<K>(objects: Vec<K>) -> kube::runtime::reflector::Store<K>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    use kube::runtime::watcher::Event;
+    let (store, mut writer) = kube::runtime::reflector::store();
+    writer.apply_watcher_event(&Event::Init);
+    for o in objects {
+        writer.apply_watcher_event(&Event::InitApply(o));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    store
+}
+
 /// A webhook state over prefilled stores whose API client answers nothing and
 /// counts the calls made to it.
 #[cfg(test)]
@@ -214,20 +246,6 @@ pub(crate) fn test_state(
     nodes: Vec<k8s_openapi::api::core::v1::Node>,
     pods: Vec<k8s_openapi::api::core::v1::Pod>,
 ) -> (WebhookState, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use kube::runtime::watcher::Event;
-    fn filled<K>(objects: Vec<K>) -> kube::runtime::reflector::Store<K>
-    where
-        K: kube::Resource + Clone + 'static,
-        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-    {
-        let (store, mut writer) = kube::runtime::reflector::store();
-        writer.apply_watcher_event(&Event::Init);
-        for o in objects {
-            writer.apply_watcher_event(&Event::InitApply(o));
-        }
-        writer.apply_watcher_event(&Event::InitDone);
-        store
-    }
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counted = calls.clone();
     let service = tower::service_fn(move |_req: http::Request<kube::client::Body>| {

@@ -11,7 +11,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 
 use super::certs::SERVICE_NAME;
-use super::{conversion, endpoints, node, nodepool, yurtappset, yurtstaticset};
+use super::{conversion, endpoints, node, nodepool, platformadmin, yurtappset, yurtstaticset};
 use crate::ManagerError;
 
 /// Name of the mutating configuration (OpenYurt's).
@@ -118,6 +118,17 @@ fn mutating_hooks() -> Vec<Hook> {
             fail: true,
         },
         Hook {
+            name: "mutate.iot.v1beta1.platformadmin.openyurt.io",
+            path: platformadmin::MUTATE_PATH,
+            rule: rule(
+                &["iot.openyurt.io"],
+                &["v1beta1"],
+                &["platformadmins"],
+                &["CREATE", "UPDATE"],
+            ),
+            fail: true,
+        },
+        Hook {
             name: "mutate.core.v1.node.openyurt.io",
             path: node::MUTATE_PATH,
             rule: rule(&[""], &["v1"], &["nodes"], &["CREATE", "UPDATE"]),
@@ -174,6 +185,17 @@ fn validating_hooks() -> Vec<Hook> {
                 &["apps.openyurt.io"],
                 &["v1alpha1"],
                 &["yurtstaticsets"],
+                &["CREATE", "UPDATE"],
+            ),
+            fail: true,
+        },
+        Hook {
+            name: "validate.iot.v1beta1.platformadmin.openyurt.io",
+            path: platformadmin::VALIDATE_PATH,
+            rule: rule(
+                &["iot.openyurt.io"],
+                &["v1beta1"],
+                &["platformadmins"],
                 &["CREATE", "UPDATE"],
             ),
             fail: true,
