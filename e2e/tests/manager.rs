@@ -231,8 +231,10 @@ async fn webhooks_refuse_invalid_pools_deletes_with_members_and_pool_moves() -> 
 }
 
 /// The `iot.openyurt.io` kinds are served as upstream's (short names, a Device with
-/// quoted numbers stored as written), and PlatformAdmin gets upstream's defaults and
-/// checks: one platform per pool, known pools, `edgex` and a known version.
+/// quoted numbers stored as written) and checked by the manager (a desired value out of
+/// its resource's range refused, the pool mirrored into the pool label); PlatformAdmin
+/// gets upstream's defaults and checks: one platform per pool, known pools, `edgex` and
+/// a known version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iot_kinds_are_served_and_platformadmins_are_defaulted_and_checked() -> anyhow::Result<()> {
     within(async {
@@ -241,29 +243,66 @@ async fn iot_kinds_are_served_and_platformadmins_are_defaulted_and_checked() -> 
         for name in ["e2e-pa", "e2e-pa-2", "e2e-pa-bad"] {
             f.kubectl(&["delete", "platformadmin", name, "--ignore-not-found"])?;
         }
-        f.kubectl(&["delete", "device", "e2e-thermostat", "--ignore-not-found"])?;
+        for (kind, name) in [
+            ("device", "e2e-thermostat"),
+            ("device", "e2e-bad-device"),
+            ("deviceprofile", "e2e-thermostat"),
+            ("deviceservice", "e2e-modbus"),
+        ] {
+            f.kubectl(&["delete", kind, name, "--ignore-not-found"])?;
+        }
+        // A profile and a service, then a device using them: numbers quoted, stored as
+        // written, the pool mirrored into the pool label.
         let (ok, out) = kubectl_stdin(
             f,
             &["create"],
-            &json!({
+            &json!({"apiVersion": "v1", "kind": "List", "items": [
+                {"apiVersion": "iot.openyurt.io/v1alpha1", "kind": "DeviceProfile",
+                 "metadata": {"name": "e2e-thermostat", "namespace": "default"},
+                 "spec": {"nodePool": "pool-a", "deviceResources": [
+                    {"description": "room", "name": "Temperature", "isHidden": false,
+                     "properties": {"valueType": "Float32", "readWrite": "R"},
+                     "attributes": {"primaryTable": "INPUT_REGISTERS", "startingAddress": "0"}},
+                    {"description": "set point", "name": "SetPoint", "isHidden": false,
+                     "properties": {"valueType": "Int16", "readWrite": "RW", "minimum": "5", "maximum": "30"},
+                     "attributes": {"primaryTable": "HOLDING_REGISTERS", "startingAddress": "1"}}]}},
+                {"apiVersion": "iot.openyurt.io/v1alpha1", "kind": "DeviceService",
+                 "metadata": {"name": "e2e-modbus", "namespace": "default"},
+                 "spec": {"baseAddress": "modbus://pool-a", "nodePool": "pool-a"}},
+            ]}),
+        )?;
+        ensure!(ok, "{out}");
+        let device = |name: &str, set_point: &str| {
+            json!({
                 "apiVersion": "iot.openyurt.io/v1alpha1", "kind": "Device",
-                "metadata": {"name": "e2e-thermostat", "namespace": "default"},
+                "metadata": {"name": name, "namespace": "default"},
                 "spec": {
-                    "serviceName": "modbus", "profileName": "thermostat", "notify": false,
+                    "serviceName": "e2e-modbus", "profileName": "e2e-thermostat", "notify": false,
                     "nodePool": "pool-a", "managed": true, "adminState": "UNLOCKED",
                     "protocols": {"modbus-tcp": {"Address": "10.20.1.50", "Port": "502", "UnitID": "1"}},
-                    "deviceProperties": {"SetPoint": {"name": "SetPoint", "desiredValue": "21"}},
+                    "deviceProperties": {"SetPoint": {"name": "SetPoint", "desiredValue": set_point}},
                 },
-            }),
-        )?;
+            })
+        };
+        let (ok, out) = kubectl_stdin(f, &["create"], &device("e2e-thermostat", "21"))?;
         ensure!(ok, "{out}");
         let dev = get_json(f, &["get", "dev", "e2e-thermostat"])?;
         ensure!(
             dev["spec"]["protocols"]["modbus-tcp"]["Port"] == "502"
-                && dev["spec"]["deviceProperties"]["SetPoint"]["desiredValue"] == "21",
+                && dev["spec"]["deviceProperties"]["SetPoint"]["desiredValue"] == "21"
+                && dev["metadata"]["labels"]["apps.openyurt.io/nodepool"] == "pool-a",
             "{dev}"
         );
-        f.kubectl(&["delete", "device", "e2e-thermostat"])?;
+        // Out of the resource's range: refused, naming it.
+        let (ok, out) = kubectl_stdin(f, &["create"], &device("e2e-bad-device", "31"))?;
+        ensure!(!ok && out.contains("outside SetPoint's range [5, 30]"), "{out}");
+        for (kind, name) in [
+            ("device", "e2e-thermostat"),
+            ("deviceprofile", "e2e-thermostat"),
+            ("deviceservice", "e2e-modbus"),
+        ] {
+            f.kubectl(&["delete", kind, name])?;
+        }
 
         // Defaults: the latest EdgeX release and the edgex platform.
         let (ok, out) = kubectl_stdin(

@@ -71,6 +71,8 @@ pub fn cluster_rules() -> Value {
         // webhook/platformadmin.rs: one platform per pool, checked against every
         // PlatformAdmin.
         {"apiGroups": ["iot.openyurt.io"], "resources": ["platformadmins"], "verbs": ["list"]},
+        // webhook/device: a Device's profile and service, looked up in its namespace.
+        {"apiGroups": ["iot.openyurt.io"], "resources": ["deviceprofiles", "deviceservices"], "verbs": ["list"]},
         // controllers/csrapprover.rs: watches CSRs, approves hub and tunnel ones.
         {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests"], "verbs": ["list", "watch"]},
         {"apiGroups": ["certificates.k8s.io"], "resources": ["certificatesigningrequests/approval"], "verbs": ["update"]},

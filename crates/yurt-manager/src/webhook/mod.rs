@@ -8,12 +8,15 @@
 //!   manager is down is the safer outage, and it touches nothing else.
 //! - PlatformAdmin mutate/validate: `Fail`, as upstream (a platform's pools and
 //!   version are checked or not set at all).
+//! - Device, DeviceService and DeviceProfile mutate/validate: `Fail`: an object that
+//!   skipped them would reach no agent (no pool label) or fail at the edge quietly.
 //! - Node, Endpoints, EndpointSlice: `Ignore`. These are core objects every component
 //!   writes; the cluster must keep working when the manager is down. What the webhooks
 //!   add (pool label guard, ready endpoints on autonomous nodes) is best effort.
 
 pub mod certs;
 pub mod conversion;
+pub mod device;
 pub mod endpoints;
 pub mod node;
 pub mod nodepool;
@@ -156,6 +159,30 @@ pub fn router(state: WebhookState) -> Router {
             platformadmin::VALIDATE_PATH,
             post(|State(s): State<WebhookState>, Json(r)| {
                 admit(s, "platformadmin-validate", platformadmin::validate, r)
+            }),
+        )
+        .route(
+            device::MUTATE_PATH,
+            post(|State(s): State<WebhookState>, Json(r)| {
+                admit(s, "iot-mutate", device::mutate, r)
+            }),
+        )
+        .route(
+            device::VALIDATE_DEVICE_PATH,
+            post(|State(s): State<WebhookState>, Json(r)| {
+                admit(s, "device-validate", device::validate_device, r)
+            }),
+        )
+        .route(
+            device::VALIDATE_PROFILE_PATH,
+            post(|State(s): State<WebhookState>, Json(r)| {
+                admit(s, "deviceprofile-validate", device::validate_profile, r)
+            }),
+        )
+        .route(
+            device::VALIDATE_SERVICE_PATH,
+            post(|State(s): State<WebhookState>, Json(r)| {
+                admit(s, "deviceservice-validate", device::validate_service, r)
             }),
         )
         .route(

@@ -11,7 +11,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext
 use kube::api::{Api, ObjectMeta, Patch, PatchParams};
 
 use super::certs::SERVICE_NAME;
-use super::{conversion, endpoints, node, nodepool, platformadmin, yurtappset, yurtstaticset};
+use super::{
+    conversion, device, endpoints, node, nodepool, platformadmin, yurtappset, yurtstaticset,
+};
 use crate::ManagerError;
 
 /// Name of the mutating configuration (OpenYurt's).
@@ -129,6 +131,17 @@ fn mutating_hooks() -> Vec<Hook> {
             fail: true,
         },
         Hook {
+            name: "mutate.iot.v1alpha1.devices.openyurt.io",
+            path: device::MUTATE_PATH,
+            rule: rule(
+                &["iot.openyurt.io"],
+                &["v1alpha1"],
+                &["devices", "deviceservices", "deviceprofiles"],
+                &["CREATE", "UPDATE"],
+            ),
+            fail: true,
+        },
+        Hook {
             name: "mutate.core.v1.node.openyurt.io",
             path: node::MUTATE_PATH,
             rule: rule(&[""], &["v1"], &["nodes"], &["CREATE", "UPDATE"]),
@@ -196,6 +209,39 @@ fn validating_hooks() -> Vec<Hook> {
                 &["iot.openyurt.io"],
                 &["v1beta1"],
                 &["platformadmins"],
+                &["CREATE", "UPDATE"],
+            ),
+            fail: true,
+        },
+        Hook {
+            name: "validate.iot.v1alpha1.device.openyurt.io",
+            path: device::VALIDATE_DEVICE_PATH,
+            rule: rule(
+                &["iot.openyurt.io"],
+                &["v1alpha1"],
+                &["devices"],
+                &["CREATE", "UPDATE"],
+            ),
+            fail: true,
+        },
+        Hook {
+            name: "validate.iot.v1alpha1.deviceprofile.openyurt.io",
+            path: device::VALIDATE_PROFILE_PATH,
+            rule: rule(
+                &["iot.openyurt.io"],
+                &["v1alpha1"],
+                &["deviceprofiles"],
+                &["CREATE", "UPDATE"],
+            ),
+            fail: true,
+        },
+        Hook {
+            name: "validate.iot.v1alpha1.deviceservice.openyurt.io",
+            path: device::VALIDATE_SERVICE_PATH,
+            rule: rule(
+                &["iot.openyurt.io"],
+                &["v1alpha1"],
+                &["deviceservices"],
                 &["CREATE", "UPDATE"],
             ),
             fail: true,
