@@ -251,27 +251,9 @@ async fn iot_kinds_are_served_and_platformadmins_are_defaulted_and_checked() -> 
         ] {
             f.kubectl(&["delete", kind, name, "--ignore-not-found"])?;
         }
-        // A profile and a service, then a device using them: numbers quoted, stored as
-        // written, the pool mirrored into the pool label.
-        let (ok, out) = kubectl_stdin(
-            f,
-            &["create"],
-            &json!({"apiVersion": "v1", "kind": "List", "items": [
-                {"apiVersion": "iot.openyurt.io/v1alpha1", "kind": "DeviceProfile",
-                 "metadata": {"name": "e2e-thermostat", "namespace": "default"},
-                 "spec": {"nodePool": "pool-a", "deviceResources": [
-                    {"description": "room", "name": "Temperature", "isHidden": false,
-                     "properties": {"valueType": "Float32", "readWrite": "R"},
-                     "attributes": {"primaryTable": "INPUT_REGISTERS", "startingAddress": "0"}},
-                    {"description": "set point", "name": "SetPoint", "isHidden": false,
-                     "properties": {"valueType": "Int16", "readWrite": "RW", "minimum": "5", "maximum": "30"},
-                     "attributes": {"primaryTable": "HOLDING_REGISTERS", "startingAddress": "1"}}]}},
-                {"apiVersion": "iot.openyurt.io/v1alpha1", "kind": "DeviceService",
-                 "metadata": {"name": "e2e-modbus", "namespace": "default"},
-                 "spec": {"baseAddress": "modbus://pool-a", "nodePool": "pool-a"}},
-            ]}),
-        )?;
-        ensure!(ok, "{out}");
+        // A device may come before its profile and service (`kubectl apply -f dir/`
+        // applies files in name order): accepted, with a warning. Numbers are quoted and
+        // stored as written, and the pool is mirrored into the pool label.
         let device = |name: &str, set_point: &str| {
             json!({
                 "apiVersion": "iot.openyurt.io/v1alpha1", "kind": "Device",
@@ -293,6 +275,26 @@ async fn iot_kinds_are_served_and_platformadmins_are_defaulted_and_checked() -> 
                 && dev["metadata"]["labels"]["apps.openyurt.io/nodepool"] == "pool-a",
             "{dev}"
         );
+        // Its profile and service.
+        let (ok, out) = kubectl_stdin(
+            f,
+            &["create"],
+            &json!({"apiVersion": "v1", "kind": "List", "items": [
+                {"apiVersion": "iot.openyurt.io/v1alpha1", "kind": "DeviceProfile",
+                 "metadata": {"name": "e2e-thermostat", "namespace": "default"},
+                 "spec": {"nodePool": "pool-a", "deviceResources": [
+                    {"description": "room", "name": "Temperature", "isHidden": false,
+                     "properties": {"valueType": "Float32", "readWrite": "R"},
+                     "attributes": {"primaryTable": "INPUT_REGISTERS", "startingAddress": "0"}},
+                    {"description": "set point", "name": "SetPoint", "isHidden": false,
+                     "properties": {"valueType": "Int16", "readWrite": "RW", "minimum": "5", "maximum": "30"},
+                     "attributes": {"primaryTable": "HOLDING_REGISTERS", "startingAddress": "1"}}]}},
+                {"apiVersion": "iot.openyurt.io/v1alpha1", "kind": "DeviceService",
+                 "metadata": {"name": "e2e-modbus", "namespace": "default"},
+                 "spec": {"baseAddress": "modbus://pool-a", "nodePool": "pool-a"}},
+            ]}),
+        )?;
+        ensure!(ok, "{out}");
         // Out of the resource's range: refused, naming it.
         let (ok, out) = kubectl_stdin(f, &["create"], &device("e2e-bad-device", "31"))?;
         ensure!(!ok && out.contains("outside SetPoint's range [5, 30]"), "{out}");

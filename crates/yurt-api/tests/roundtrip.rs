@@ -528,6 +528,43 @@ fn device_round_trips_as_yurt_iot_dock_writes_it() {
 }
 
 #[test]
+fn a_device_as_yurt_iot_dock_creates_it_from_the_edge_decodes() {
+    // Go omits `managed: false`, and writes an empty status and a zero-decimal number.
+    let device: iot::v1alpha1::Device = serde_json::from_value(json!({
+        "apiVersion": "iot.openyurt.io/v1alpha1",
+        "kind": "Device",
+        "metadata": {
+            "name": "hangzhou-modbus-device",
+            "namespace": "default",
+            "labels": { "yurt-iot-dock/edgex-object.name": "Modbus-Device" },
+        },
+        "spec": {
+            "adminState": "UNLOCKED",
+            "operatingState": "UP",
+            "protocols": { "modbus-tcp": { "Address": "10.20.1.50", "Port": "502", "UnitID": "1.000000" } },
+            "serviceName": "device-modbus",
+            "profileName": "Modbus-Thermostat",
+            "notify": false,
+            "nodePool": "hangzhou",
+        },
+        "status": {},
+    }))
+    .expect("dock's device decodes");
+    assert_eq!(device.spec.managed, None);
+    assert_eq!(
+        device.spec.protocols.unwrap()["modbus-tcp"]["UnitID"],
+        "1.000000"
+    );
+    assert_fits_crd(
+        &serde_json::to_value(iot::v1alpha1::Device::new(
+            "d",
+            iot::v1alpha1::DeviceSpec::default(),
+        ))
+        .unwrap(),
+    );
+}
+
+#[test]
 fn device_service_round_trips() {
     round_trip::<iot::v1alpha1::DeviceService>(json!({
         "apiVersion": "iot.openyurt.io/v1alpha1",

@@ -5,8 +5,9 @@
 //!   manifest lists, every pool in `spec.nodepools` exists, and no other PlatformAdmin
 //!   already covers one of them (one platform per pool).
 //!
-//! Unlike upstream, every problem is reported at once, and "another PlatformAdmin" means
-//! another object (namespace and name), not merely another name.
+//! Unlike upstream, every problem is reported at once, "another PlatformAdmin" means
+//! another object (namespace and name), not merely another name, and an object being
+//! deleted is never refused (its finalizer must come off even if its pools are gone).
 
 use kube::api::{Api, ListParams};
 use kube::core::DynamicObject;
@@ -154,6 +155,14 @@ pub async fn validate(
     if !matches!(req.operation, Operation::Create | Operation::Update) {
         return resp;
     }
+    // Being deleted (a finalizer removed): never refused, whatever went away first.
+    if req
+        .object
+        .as_ref()
+        .is_some_and(|o| o.metadata.deletion_timestamp.is_some())
+    {
+        return resp;
+    }
     let admin: PlatformAdmin = match object(req.object.as_ref()).map(serde_json::from_value) {
         Some(Ok(a)) => a,
         Some(Err(e)) => {
@@ -161,6 +170,15 @@ pub async fn validate(
         }
         None => return resp,
     };
+    if tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        state.pools.wait_until_ready(),
+    )
+    .await
+    .map_or(true, |r| r.is_err())
+    {
+        return resp.deny("the manager has not read the NodePools yet; retry");
+    }
     // Every namespace's: a pool has one platform, whichever namespace declares it.
     let stored = match Api::<PlatformAdmin>::all(state.client.clone())
         .list(&ListParams::default())

@@ -46,48 +46,97 @@ const MODBUS_TABLES: [&str; 4] = [
     "INPUT_REGISTERS",
     "HOLDING_REGISTERS",
 ];
-/// Modbus raw types a register may hold before scaling.
-const MODBUS_RAW_TYPES: [&str; 8] = [
-    "INT16", "UINT16", "INT32", "UINT32", "INT64", "UINT64", "FLOAT32", "FLOAT64",
-];
+/// Modbus raw types a register may hold before scaling (device-modbus reads 16-bit
+/// raw values only).
+const MODBUS_RAW_TYPES: [&str; 2] = ["INT16", "UINT16"];
 
-/// The object named `name`: by its own name, or by the platform's name yurt-iot-dock
-/// labels a synced object with.
-pub fn resolve<'a, K: Resource>(objects: &'a [K], name: &str) -> Option<&'a K> {
+/// The platform's name of an object: yurt-iot-dock's label when it has one (a synced
+/// object), else its own name (upstream's `getEdgeXName`).
+pub fn platform_name<K: Resource>(object: &K) -> &str {
+    object
+        .meta()
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(EDGEX_NAME_LABEL))
+        .or(object.meta().name.as_ref())
+        .map_or("", String::as_str)
+}
+
+/// The object of `pool` whose platform name is `name` (each pool's dock keeps its own
+/// copy of a platform object, under the same label value). With no pool, any.
+pub fn resolve<'a, K: Resource>(
+    objects: &'a [K],
+    name: &str,
+    pool: Option<&str>,
+    pool_of: impl Fn(&K) -> Option<&str>,
+) -> Option<&'a K> {
     objects
         .iter()
-        .find(|o| o.meta().name.as_deref() == Some(name))
-        .or_else(|| {
-            objects.iter().find(|o| {
-                o.meta()
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(EDGEX_NAME_LABEL))
-                    .is_some_and(|n| n == name)
-            })
-        })
+        .find(|o| platform_name(*o) == name && pool.is_none_or(|p| pool_of(o) == Some(p)))
 }
 
 fn one_of(value: &str, allowed: &[&str]) -> bool {
     allowed.iter().any(|a| a.eq_ignore_ascii_case(value))
 }
 
-/// A number as EdgeX's client reads it (also `"1.000000"`, as values synced back from
-/// the edge are written).
+/// A number as EdgeX's client reads it (Go's `ParseFloat`: no surrounding space).
 fn number(text: &str) -> Option<f64> {
-    text.trim().parse::<f64>().ok().filter(|n| n.is_finite())
+    text.parse::<f64>().ok().filter(|n| n.is_finite())
 }
 
-fn unsigned(text: &str) -> bool {
-    let t = text.trim();
-    match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).is_ok(),
-        None => t.parse::<u64>().is_ok(),
+/// A boolean as Go's `ParseBool` (and `cast.ToBoolE`) reads it.
+fn go_bool(text: &str) -> bool {
+    matches!(
+        text,
+        "1" | "t" | "T" | "TRUE" | "true" | "True" | "0" | "f" | "F" | "FALSE" | "false" | "False"
+    )
+}
+
+/// An integer as Go's `ParseInt(s, 0, 64)` reads it (base from the prefix: `0x`, `0o`
+/// or `0`, `0b`), after `cast`'s trimming of a zero decimal part (`"1.000000"` is 1).
+fn go_integer(text: &str) -> Option<i64> {
+    let text = match text.split_once('.') {
+        Some((whole, decimals)) if !decimals.is_empty() && decimals.bytes().all(|b| b == b'0') => {
+            whole
+        }
+        _ => text,
+    };
+    let (negative, digits) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let lower = digits.to_ascii_lowercase();
+    let magnitude = if let Some(hex) = lower.strip_prefix("0x") {
+        i64::from_str_radix(hex, 16).ok()?
+    } else if let Some(bin) = lower.strip_prefix("0b") {
+        i64::from_str_radix(bin, 2).ok()?
+    } else if let Some(oct) = lower.strip_prefix("0o") {
+        i64::from_str_radix(oct, 8).ok()?
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        i64::from_str_radix(&lower[1..], 8).ok()?
+    } else {
+        lower.parse::<i64>().ok()?
+    };
+    Some(if negative { -magnitude } else { magnitude })
+}
+
+/// A Modbus starting address as device-modbus reads it: a register (0 to 65535, in any
+/// base Go reads), or `register.bit` with a bit of 0 to 15.
+fn modbus_address(text: &str) -> bool {
+    let register = |t: &str| go_integer(t).is_some_and(|n| (0..=65535).contains(&n));
+    if register(text) {
+        return true;
+    }
+    match text.split_once('.') {
+        Some((reg, bit)) => register(reg) && bit.parse::<u8>().is_ok_and(|b| b <= 15),
+        None => false,
     }
 }
 
+/// A field that is set (Go leaves an empty string unset).
 fn given(value: Option<&String>) -> Option<&str> {
-    value.map(|v| v.trim()).filter(|v| !v.is_empty())
+    value.map(String::as_str).filter(|v| !v.is_empty())
 }
 
 fn resource_problems(at: &str, resource: &DeviceResource, out: &mut Vec<String>) {
@@ -123,11 +172,13 @@ fn resource_problems(at: &str, resource: &DeviceResource, out: &mut Vec<String>)
             ));
         }
     }
+    // yurt-iot-dock converts the mask with a base-10 `ParseUint` (a hex mask is
+    // dropped silently there).
     if let Some(v) = given(p.mask.as_ref())
-        && !unsigned(v)
+        && v.parse::<u64>().is_err()
     {
         out.push(format!(
-            "{at}.properties.mask: Invalid value: {v:?}: not an unsigned integer"
+            "{at}.properties.mask: Invalid value: {v:?}: not an unsigned decimal integer"
         ));
     }
     if let Some(v) = given(p.shift.as_ref())
@@ -158,14 +209,10 @@ fn resource_problems(at: &str, resource: &DeviceResource, out: &mut Vec<String>)
             None => out.push(format!(
                 "{at}.attributes.startingAddress: Required value: a Modbus resource needs its address"
             )),
-            Some(a) => {
-                let ok = number(a).is_some_and(|n| n.fract() == 0.0 && (0.0..=65535.0).contains(&n));
-                if !ok {
-                    out.push(format!(
-                        "{at}.attributes.startingAddress: Invalid value: {a:?}: must be a register address, 0 to 65535"
-                    ));
-                }
-            }
+            Some(a) if !modbus_address(a) => out.push(format!(
+                "{at}.attributes.startingAddress: Invalid value: {a:?}: must be a register address, 0 to 65535 (or register.bit)"
+            )),
+            Some(_) => {}
         }
         if let Some(raw) = attributes.get("rawType")
             && !one_of(raw, &MODBUS_RAW_TYPES)
@@ -177,7 +224,7 @@ fn resource_problems(at: &str, resource: &DeviceResource, out: &mut Vec<String>)
         }
         for swap in ["isByteSwap", "isWordSwap"] {
             if let Some(v) = attributes.get(swap)
-                && !(v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false"))
+                && !go_bool(v)
             {
                 out.push(format!(
                     "{at}.attributes.{swap}: Invalid value: {v:?}: must be true or false"
@@ -194,7 +241,7 @@ pub fn profile_problems(profile: &DeviceProfile) -> Vec<String> {
     let mut names = BTreeSet::new();
     for (i, resource) in resources.iter().enumerate() {
         let at = format!("spec.deviceResources[{i}]");
-        if resource.name.trim().is_empty() {
+        if resource.name.is_empty() {
             out.push(format!("{at}.name: Required value"));
         } else if !names.insert(resource.name.as_str()) {
             out.push(format!("{at}.name: Duplicate value: {:?}", resource.name));
@@ -214,7 +261,7 @@ pub fn profile_problems(profile: &DeviceProfile) -> Vec<String> {
         if !commands.insert(command.name.as_str()) {
             out.push(format!("{at}.name: Duplicate value: {:?}", command.name));
         }
-        if !one_of(command.read_write.trim(), &READ_WRITE) {
+        if !one_of(&command.read_write, &READ_WRITE) {
             out.push(format!(
                 "{at}.readWrite: Unsupported value: {:?}: must be R, W or RW",
                 command.read_write
@@ -233,23 +280,37 @@ pub fn profile_problems(profile: &DeviceProfile) -> Vec<String> {
     out
 }
 
-/// The range of an integer value type.
-fn integer_range(value_type: &str) -> Option<(f64, f64)> {
-    let t = value_type.to_ascii_lowercase();
-    Some(match t.as_str() {
-        "int8" => (f64::from(i8::MIN), f64::from(i8::MAX)),
-        "int16" => (f64::from(i16::MIN), f64::from(i16::MAX)),
-        "int32" => (f64::from(i32::MIN), f64::from(i32::MAX)),
-        // Beyond 2^53 a float cannot tell neighbours apart; the bounds still hold.
-        #[allow(clippy::cast_precision_loss)]
-        "int64" => (i64::MIN as f64, i64::MAX as f64),
-        "uint8" => (0.0, f64::from(u8::MAX)),
-        "uint16" => (0.0, f64::from(u16::MAX)),
-        "uint32" => (0.0, f64::from(u32::MAX)),
-        #[allow(clippy::cast_precision_loss)]
-        "uint64" => (0.0, u64::MAX as f64),
+/// The bit size and signedness of an integer value type.
+fn integer_type(value_type: &str) -> Option<(u32, bool)> {
+    Some(match value_type.to_ascii_lowercase().as_str() {
+        "int8" => (8, true),
+        "int16" => (16, true),
+        "int32" => (32, true),
+        "int64" => (64, true),
+        "uint8" => (8, false),
+        "uint16" => (16, false),
+        "uint32" => (32, false),
+        "uint64" => (64, false),
         _ => return None,
     })
+}
+
+/// Whether `text` is a value of the integer type, as device-sdk reads one (Go's base-10
+/// `ParseInt`/`ParseUint` with the type's bit size), and its value.
+fn typed_integer(text: &str, bits: u32, signed: bool) -> Option<f64> {
+    if signed {
+        let n = text.parse::<i64>().ok()?;
+        let limit = 1i128 << (bits - 1);
+        (i128::from(n) >= -limit && i128::from(n) < limit)
+            .then_some(n)
+            // Bounds comparison only: a float near 2^63 is close enough.
+            .map(|n| n as f64)
+    } else {
+        let n = text.strip_prefix('+').unwrap_or(text).parse::<u64>().ok()?;
+        (bits == 64 || n < (1u64 << bits))
+            .then_some(n)
+            .map(|n| n as f64)
+    }
 }
 
 /// Problems with a device's desired values against its profile.
@@ -277,44 +338,50 @@ pub fn device_problems(device: &Device, profile: &DeviceProfile) -> Vec<String> 
             ));
             continue;
         }
-        let value = desired.desired_value.trim();
+        let value = desired.desired_value.as_str();
         if value.is_empty() {
             // Upstream treats an empty desired value as "none".
             continue;
         }
-        let value_type = p.value_type.as_deref().unwrap_or("").trim();
-        let is_float = value_type.eq_ignore_ascii_case("float32")
-            || value_type.eq_ignore_ascii_case("float64");
-        let range = integer_range(value_type);
-        if value_type.eq_ignore_ascii_case("bool") {
-            if !(value.eq_ignore_ascii_case("true") || value.eq_ignore_ascii_case("false")) {
-                out.push(format!(
-                    "{at}.desiredValue: Invalid value: {value:?}: {} is a Bool (true or false)",
-                    resource.name
-                ));
+        let value_type = p.value_type.as_deref().unwrap_or("");
+        let wrong_type = || {
+            format!(
+                "{at}.desiredValue: Invalid value: {value:?}: {} is a {value_type}",
+                resource.name
+            )
+        };
+        let n = if value_type.eq_ignore_ascii_case("bool") {
+            if !go_bool(value) {
+                out.push(format!("{} (true or false)", wrong_type()));
             }
             continue;
-        }
-        if !is_float && range.is_none() {
+        } else if let Some((bits, signed)) = integer_type(value_type) {
+            match typed_integer(value, bits, signed) {
+                Some(n) => n,
+                None => {
+                    out.push(wrong_type());
+                    continue;
+                }
+            }
+        } else if value_type.eq_ignore_ascii_case("float32")
+            || value_type.eq_ignore_ascii_case("float64")
+        {
+            let limit = if value_type.eq_ignore_ascii_case("float32") {
+                f64::from(f32::MAX)
+            } else {
+                f64::MAX
+            };
+            match number(value).filter(|n| n.abs() <= limit) {
+                Some(n) => n,
+                None => {
+                    out.push(wrong_type());
+                    continue;
+                }
+            }
+        } else {
             // Strings, arrays, binaries and objects: the driver decides.
             continue;
-        }
-        let Some(n) = number(value) else {
-            out.push(format!(
-                "{at}.desiredValue: Invalid value: {value:?}: {} is a {value_type}",
-                resource.name
-            ));
-            continue;
         };
-        if let Some((lo, hi)) = range
-            && (n.fract() != 0.0 || n < lo || n > hi)
-        {
-            out.push(format!(
-                "{at}.desiredValue: Invalid value: {value:?}: {} is a {value_type}",
-                resource.name
-            ));
-            continue;
-        }
         let min = given(p.minimum.as_ref()).and_then(number);
         let max = given(p.maximum.as_ref()).and_then(number);
         if min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m) {

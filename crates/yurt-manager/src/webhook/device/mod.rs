@@ -9,14 +9,21 @@
 //!   minimum, maximum, scale, offset and base as floats, mask as an unsigned and shift as
 //!   a signed integer), minimum ≤ maximum, Modbus attributes that make sense, commands
 //!   naming the profile's own resources;
-//! - validating a device: its pool exists, its profile and service exist in its
-//!   namespace (by name, or by the platform's name yurt-iot-dock labels synced objects
-//!   with), and each desired value names a writable resource of the profile, parses as
-//!   its type and lies within its bounds;
+//! - validating a device: its pool exists, and each desired value names a writable
+//!   resource of its profile, parses as its type (as EdgeX's device SDK parses it) and
+//!   lies within its bounds. Its profile and service are looked up in its namespace and
+//!   pool by the platform's name (yurt-iot-dock's label, else the object's name); one
+//!   not found yet is a warning, not a refusal, so `kubectl apply -f dir/` may create a
+//!   device before its profile;
 //! - validating a service: a base address, and its pool exists.
 //!
+//! What is checked on update is what changed: an object being deleted (a finalizer
+//! removed) is never refused, nor one whose pool, profile or service went away first.
+//! Devices the cloud does not manage (synced from the edge: yurt-iot-dock's label, or
+//! `managed` not true) get the pool check only: the edge owns them.
+//!
 //! Values stay strings, as upstream's are: users quote numbers, and values synced from
-//! the edge come back as `"1.000000"`, which parse the same.
+//! the edge come back as `"1.000000"`.
 
 mod checks;
 #[cfg(test)]
@@ -29,7 +36,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::{Value, json};
 use yurt_api::iot::v1alpha1::{Device, DeviceProfile, DeviceService};
 
-pub use checks::{device_problems, profile_problems, resolve};
+pub use checks::{device_problems, platform_name, profile_problems, resolve};
 
 use super::WebhookState;
 
@@ -99,14 +106,38 @@ pub async fn mutate(
     }
 }
 
+/// How long a request waits for the manager's NodePool view after a restart.
+const POOLS_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The request's object and old object, or the answer to give without checking: not a
+/// create or update, an object being deleted, no spec (upstream's schema allows one), or
+/// one that does not decode.
 fn decoded<K: serde::de::DeserializeOwned>(
     req: &AdmissionRequest<DynamicObject>,
     kind: &str,
-) -> Option<Result<K, String>> {
-    let value = object(req.object.as_ref())?;
-    Some(
-        serde_json::from_value(value).map_err(|e| format!("{kind} {:?} is invalid: {e}", req.name)),
-    )
+) -> Result<(K, Option<K>), Box<AdmissionResponse>> {
+    let resp = AdmissionResponse::from(req);
+    if !matches!(req.operation, Operation::Create | Operation::Update) {
+        return Err(Box::new(resp));
+    }
+    let Some(value) = object(req.object.as_ref()) else {
+        return Err(Box::new(resp));
+    };
+    if !value
+        .pointer("/metadata/deletionTimestamp")
+        .is_none_or(Value::is_null)
+        || value.get("spec").is_none_or(Value::is_null)
+    {
+        return Err(Box::new(resp));
+    }
+    let new = serde_json::from_value(value).map_err(|e| {
+        Box::new(
+            resp.clone()
+                .deny(format!("{kind} {:?} is invalid: {e}", req.name)),
+        )
+    })?;
+    let old = object(req.old_object.as_ref()).and_then(|v| serde_json::from_value(v).ok());
+    Ok((new, old))
 }
 
 fn answer(
@@ -114,8 +145,13 @@ fn answer(
     kind: &str,
     name: &str,
     problems: &[String],
+    warnings: Vec<String>,
 ) -> AdmissionResponse {
     if problems.is_empty() {
+        let mut resp = resp;
+        if !warnings.is_empty() {
+            resp.warnings = Some(warnings);
+        }
         resp
     } else {
         resp.deny(format!(
@@ -125,13 +161,30 @@ fn answer(
     }
 }
 
-fn pool_problem(state: &WebhookState, pool: Option<&str>) -> Option<String> {
-    let pool = pool.filter(|p| !p.is_empty())?;
-    state
+/// The problem with `pool` when it is set and changed from `old_pool` (`Err`: the
+/// manager cannot tell yet).
+async fn pool_problem(
+    state: &WebhookState,
+    pool: Option<&str>,
+    old_pool: Option<Option<&str>>,
+) -> Result<Option<String>, String> {
+    let Some(pool) = pool.filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    if old_pool == Some(Some(pool)) {
+        return Ok(None);
+    }
+    if tokio::time::timeout(POOLS_READY_WAIT, state.pools.wait_until_ready())
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        return Err("the manager has not read the NodePools yet; retry".to_owned());
+    }
+    Ok(state
         .pools
         .get(&ObjectRef::new(pool))
         .is_none()
-        .then(|| format!("spec.nodePool: Invalid value: {pool:?}: no such NodePool"))
+        .then(|| format!("spec.nodePool: Invalid value: {pool:?}: no such NodePool")))
 }
 
 /// The validating DeviceProfile webhook.
@@ -139,18 +192,19 @@ pub async fn validate_profile(
     state: &WebhookState,
     req: &AdmissionRequest<DynamicObject>,
 ) -> AdmissionResponse {
-    let resp = AdmissionResponse::from(req);
-    if !matches!(req.operation, Operation::Create | Operation::Update) {
-        return resp;
-    }
-    let profile: DeviceProfile = match decoded(req, "DeviceProfile") {
-        Some(Ok(p)) => p,
-        Some(Err(e)) => return resp.deny(e),
-        None => return resp,
+    let (profile, old): (DeviceProfile, Option<DeviceProfile>) = match decoded(req, "DeviceProfile")
+    {
+        Ok(objects) => objects,
+        Err(resp) => return *resp,
     };
+    let resp = AdmissionResponse::from(req);
     let mut problems = profile_problems(&profile);
-    problems.extend(pool_problem(state, profile.spec.node_pool.as_deref()));
-    answer(resp, "DeviceProfile", &req.name, &problems)
+    let old_pool = old.as_ref().map(|o| o.spec.node_pool.as_deref());
+    match pool_problem(state, profile.spec.node_pool.as_deref(), old_pool).await {
+        Ok(p) => problems.extend(p),
+        Err(e) => return resp.deny(e),
+    }
+    answer(resp, "DeviceProfile", &req.name, &problems, Vec::new())
 }
 
 /// The validating DeviceService webhook.
@@ -158,46 +212,71 @@ pub async fn validate_service(
     state: &WebhookState,
     req: &AdmissionRequest<DynamicObject>,
 ) -> AdmissionResponse {
-    let resp = AdmissionResponse::from(req);
-    if !matches!(req.operation, Operation::Create | Operation::Update) {
-        return resp;
-    }
-    let service: DeviceService = match decoded(req, "DeviceService") {
-        Some(Ok(s)) => s,
-        Some(Err(e)) => return resp.deny(e),
-        None => return resp,
+    let (service, old): (DeviceService, Option<DeviceService>) = match decoded(req, "DeviceService")
+    {
+        Ok(objects) => objects,
+        Err(resp) => return *resp,
     };
+    let resp = AdmissionResponse::from(req);
     let mut problems = Vec::new();
-    if service.spec.base_address.trim().is_empty() {
+    if service.spec.base_address.is_empty() {
         problems.push("spec.baseAddress: Required value".to_owned());
     }
-    problems.extend(pool_problem(state, service.spec.node_pool.as_deref()));
-    answer(resp, "DeviceService", &req.name, &problems)
+    let old_pool = old.as_ref().map(|o| o.spec.node_pool.as_deref());
+    match pool_problem(state, service.spec.node_pool.as_deref(), old_pool).await {
+        Ok(p) => problems.extend(p),
+        Err(e) => return resp.deny(e),
+    }
+    answer(resp, "DeviceService", &req.name, &problems, Vec::new())
 }
 
-/// The validating Device webhook: reads its namespace's profiles and services.
+/// Whether the cloud manages `device` (the edge owns synced and unmanaged ones).
+fn managed_by_the_cloud(device: &Device) -> bool {
+    device.spec.managed == Some(true)
+        && !device
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(EDGEX_NAME_LABEL))
+}
+
+/// The validating Device webhook: reads its namespace's profiles and services (from the
+/// API server's watch cache).
 pub async fn validate_device(
     state: &WebhookState,
     req: &AdmissionRequest<DynamicObject>,
 ) -> AdmissionResponse {
-    let resp = AdmissionResponse::from(req);
-    if !matches!(req.operation, Operation::Create | Operation::Update) {
-        return resp;
-    }
-    let device: Device = match decoded(req, "Device") {
-        Some(Ok(d)) => d,
-        Some(Err(e)) => return resp.deny(e),
-        None => return resp,
+    let (device, old): (Device, Option<Device>) = match decoded(req, "Device") {
+        Ok(objects) => objects,
+        Err(resp) => return *resp,
     };
+    let resp = AdmissionResponse::from(req);
+    let mut problems = Vec::new();
+    let old_pool = old.as_ref().map(|o| o.spec.node_pool.as_deref());
+    let pool = device.spec.node_pool.as_deref();
+    match pool_problem(state, pool, old_pool).await {
+        Ok(p) => problems.extend(p),
+        Err(e) => return resp.deny(e),
+    }
+    let unchanged = old.as_ref().is_some_and(|o| {
+        o.spec.profile_name == device.spec.profile_name
+            && o.spec.service_name == device.spec.service_name
+            && o.spec.node_pool == device.spec.node_pool
+            && o.spec.device_properties == device.spec.device_properties
+    });
+    if !managed_by_the_cloud(&device) || unchanged {
+        return answer(resp, "Device", &req.name, &problems, Vec::new());
+    }
     let namespace = req
         .namespace
         .clone()
         .unwrap_or_else(|| "default".to_owned());
+    let cached = ListParams::default().match_any();
     let profiles = Api::<DeviceProfile>::namespaced(state.client.clone(), &namespace)
-        .list(&ListParams::default())
+        .list(&cached)
         .await;
     let services = Api::<DeviceService>::namespaced(state.client.clone(), &namespace)
-        .list(&ListParams::default())
+        .list(&cached)
         .await;
     let (profiles, services) = match (profiles, services) {
         (Ok(p), Ok(s)) => (p.items, s.items),
@@ -208,23 +287,28 @@ pub async fn validate_device(
             ));
         }
     };
-    let mut problems = Vec::new();
-    problems.extend(pool_problem(state, device.spec.node_pool.as_deref()));
-    let profile = resolve(&profiles, &device.spec.profile_name);
-    if profile.is_none() {
-        problems.push(format!(
-            "spec.profileName: Not found: {:?}: no DeviceProfile of that name in namespace {namespace}",
-            device.spec.profile_name
+    let mut warnings = Vec::new();
+    let profile = resolve(&profiles, &device.spec.profile_name, pool, |p| {
+        p.spec.node_pool.as_deref()
+    });
+    match profile {
+        Some(profile) => problems.extend(device_problems(&device, profile)),
+        None => warnings.push(format!(
+            "spec.profileName {:?}: no DeviceProfile of that name in namespace {namespace}{}: its desired values are not checked",
+            device.spec.profile_name,
+            pool.map(|p| format!(" and pool {p}")).unwrap_or_default()
+        )),
+    }
+    if resolve(&services, &device.spec.service_name, pool, |s| {
+        s.spec.node_pool.as_deref()
+    })
+    .is_none()
+    {
+        warnings.push(format!(
+            "spec.serviceName {:?}: no DeviceService of that name in namespace {namespace}{}",
+            device.spec.service_name,
+            pool.map(|p| format!(" and pool {p}")).unwrap_or_default()
         ));
     }
-    if resolve(&services, &device.spec.service_name).is_none() {
-        problems.push(format!(
-            "spec.serviceName: Not found: {:?}: no DeviceService of that name in namespace {namespace}",
-            device.spec.service_name
-        ));
-    }
-    if let Some(profile) = profile {
-        problems.extend(device_problems(&device, profile));
-    }
-    answer(resp, "Device", &req.name, &problems)
+    answer(resp, "Device", &req.name, &problems, warnings)
 }

@@ -37,8 +37,18 @@ fn thermostat() -> DeviceProfile {
             ),
             resource(
                 "Gain",
-                json!({"valueType": "float64", "readWrite": "W", "mask": "0xFF", "shift": "-2"}),
+                json!({"valueType": "float64", "readWrite": "W", "mask": "255", "shift": "-2"}),
                 json!({})
+            ),
+            resource(
+                "Ratio",
+                json!({"valueType": "Float32", "readWrite": "RW"}),
+                json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": "0x10", "isWordSwap": "t"})
+            ),
+            resource(
+                "Alarm",
+                json!({"valueType": "Bool", "readWrite": "R"}),
+                json!({"primaryTable": "HOLDING_REGISTERS", "startingAddress": "3.15"})
             ),
             resource(
                 "Label",
@@ -62,7 +72,7 @@ fn device(properties: Value) -> Device {
         "apiVersion": "iot.openyurt.io/v1alpha1", "kind": "Device",
         "metadata": {"name": "hz-t1", "namespace": "default"},
         "spec": {"serviceName": "modbus", "profileName": "Thermostat", "notify": false,
-                 "nodePool": "hz", "deviceProperties": properties},
+                 "nodePool": "hz", "managed": true, "deviceProperties": properties},
     }))
     .expect("a device")
 }
@@ -93,8 +103,13 @@ fn every_problem_of_a_profile_is_named() {
             ),
             resource(
                 "C",
+                json!({"valueType": "Int16", "mask": "0xFF"}),
+                json!({"primaryTable": "COILS", "startingAddress": "70000", "rawType": "INT32"})
+            ),
+            resource(
+                "E",
                 json!({"valueType": "Int16"}),
-                json!({"primaryTable": "COILS", "startingAddress": "70000"})
+                json!({"primaryTable": "COILS", "startingAddress": "1.16"})
             ),
             resource("D", json!({}), json!({})),
         ]),
@@ -115,8 +130,11 @@ fn every_problem_of_a_profile_is_named() {
         "spec.deviceResources[2].attributes.startingAddress: Required value",
         "spec.deviceResources[2].attributes.rawType: Unsupported value: \"INT12\"",
         "spec.deviceResources[2].attributes.isWordSwap: Invalid value: \"yes\"",
+        "spec.deviceResources[3].properties.mask: Invalid value: \"0xFF\"",
         "spec.deviceResources[3].attributes.startingAddress: Invalid value: \"70000\"",
-        "spec.deviceResources[4].properties.valueType: Required value",
+        "spec.deviceResources[3].attributes.rawType: Unsupported value: \"INT32\"",
+        "spec.deviceResources[4].attributes.startingAddress: Invalid value: \"1.16\"",
+        "spec.deviceResources[5].properties.valueType: Required value",
         "spec.deviceCommands[0].readWrite: Unsupported value: \"Q\"",
         "spec.deviceCommands[0].resourceOperations[0].deviceResource: Not found: \"Nope\"",
     ];
@@ -135,9 +153,11 @@ fn desired_values_must_be_writable_typed_and_in_range() {
     let ok = device(json!({
         "SetPoint": {"name": "SetPoint", "desiredValue": "21"},
         "Heating": {"name": "Heating", "desiredValue": "TRUE"},
+        "Heating2": {"name": "Heating", "desiredValue": "t"},
         "Gain": {"name": "Gain", "desiredValue": "1.5e3"},
+        "Ratio": {"name": "Ratio", "desiredValue": "-3.4e38"},
         "Label": {"name": "Label", "desiredValue": "anything at all"},
-        "Level": {"name": "Level", "desiredValue": "255.000000"},
+        "Level": {"name": "Level", "desiredValue": "255"},
         "Unset": {"name": "SetPoint", "desiredValue": ""},
     }));
     assert_eq!(device_problems(&ok, &profile), Vec::<String>::new());
@@ -150,6 +170,9 @@ fn desired_values_must_be_writable_typed_and_in_range() {
         "e": {"name": "Level", "desiredValue": "256"},
         "f": {"name": "Gain", "desiredValue": "fast"},
         "g": {"name": "Missing", "desiredValue": "1"},
+        "h": {"name": "Level", "desiredValue": "255.000000"},
+        "i": {"name": "Ratio", "desiredValue": "1e39"},
+        "j": {"name": "SetPoint", "desiredValue": " 21"},
     }));
     let said = device_problems(&bad, &profile);
     let want = [
@@ -160,6 +183,9 @@ fn desired_values_must_be_writable_typed_and_in_range() {
         "spec.deviceProperties[e].desiredValue: Invalid value: \"256\": Level is a Uint8",
         "spec.deviceProperties[f].desiredValue: Invalid value: \"fast\": Gain is a float64",
         "spec.deviceProperties[g].name: Not found: \"Missing\"",
+        "spec.deviceProperties[h].desiredValue: Invalid value: \"255.000000\": Level is a Uint8",
+        "spec.deviceProperties[i].desiredValue: Invalid value: \"1e39\": Ratio is a Float32",
+        "spec.deviceProperties[j].desiredValue: Invalid value: \" 21\": SetPoint is a Int16",
     ];
     for w in want {
         assert!(
@@ -171,11 +197,27 @@ fn desired_values_must_be_writable_typed_and_in_range() {
 }
 
 #[test]
-fn references_resolve_by_name_or_by_the_platforms_name() {
-    let profiles = vec![thermostat()];
-    assert!(resolve(&profiles, "hz-thermostat").is_some());
-    assert!(resolve(&profiles, "Thermostat").is_some());
-    assert!(resolve(&profiles, "thermostat").is_none());
+fn references_resolve_by_the_platforms_name_in_the_same_pool() {
+    let mut other_pool = thermostat();
+    other_pool.metadata.name = Some("bj-thermostat".to_owned());
+    other_pool.spec.node_pool = Some("bj".to_owned());
+    let profiles = vec![other_pool, thermostat()];
+    fn pool_of(p: &DeviceProfile) -> Option<&str> {
+        p.spec.node_pool.as_deref()
+    }
+    // The label is the platform's name; each pool has its own copy.
+    let found = resolve(&profiles, "Thermostat", Some("hz"), pool_of).expect("hz's copy");
+    assert_eq!(found.metadata.name.as_deref(), Some("hz-thermostat"));
+    let found = resolve(&profiles, "Thermostat", Some("bj"), pool_of).expect("bj's copy");
+    assert_eq!(found.metadata.name.as_deref(), Some("bj-thermostat"));
+    assert!(resolve(&profiles, "Thermostat", Some("sh"), pool_of).is_none());
+    // A labelled object's own name is not the platform's.
+    assert!(resolve(&profiles, "hz-thermostat", Some("hz"), pool_of).is_none());
+    assert!(resolve(&profiles, "thermostat", None, pool_of).is_none());
+    // Unlabelled: its own name.
+    let mut plain = thermostat();
+    plain.metadata.labels = None;
+    assert!(resolve(&[plain], "hz-thermostat", None, pool_of).is_some());
 }
 
 #[test]
@@ -223,6 +265,67 @@ fn review(kind: &str, resource: &str, object: Value) -> AdmissionRequest<Dynamic
 }
 
 #[tokio::test]
+async fn deleted_unmanaged_and_unchanged_devices_are_let_through_without_lookups() {
+    let (state, calls) = crate::webhook::test_state(Vec::new(), Vec::new());
+    let pools = crate::webhook::filled(vec![yurt_api::apps::v1beta2::NodePool::new(
+        "hz",
+        Default::default(),
+    )]);
+    let state = crate::webhook::WebhookState { pools, ..state };
+    // Being deleted: a finalizer comes off even though nothing it names exists.
+    let mut gone = serde_json::to_value(device(
+        json!({"SetPoint": {"name": "SetPoint", "desiredValue": "99"}}),
+    ))
+    .unwrap();
+    gone["metadata"]["deletionTimestamp"] = json!("2026-12-03T10:00:00Z");
+    gone["spec"]["nodePool"] = json!("deleted-pool");
+    let resp = validate_device(&state, &update("Device", "devices", gone.clone(), gone)).await;
+    assert!(resp.allowed, "{}", resp.result.message);
+    // Synced from the edge (the platform's label), or not managed: pool check only.
+    let mut synced = serde_json::to_value(device(json!({}))).unwrap();
+    synced["metadata"]["labels"] = json!({EDGEX_NAME_LABEL: "T1"});
+    let resp = validate_device(&state, &review("Device", "devices", synced)).await;
+    assert!(resp.allowed, "{}", resp.result.message);
+    let mut unmanaged = serde_json::to_value(device(json!({}))).unwrap();
+    unmanaged["spec"].as_object_mut().unwrap().remove("managed");
+    let resp = validate_device(&state, &review("Device", "devices", unmanaged)).await;
+    assert!(resp.allowed, "{}", resp.result.message);
+    // An update that changes none of what is checked.
+    let same = serde_json::to_value(device(
+        json!({"SetPoint": {"name": "SetPoint", "desiredValue": "21"}}),
+    ))
+    .unwrap();
+    let resp = validate_device(&state, &update("Device", "devices", same.clone(), same)).await;
+    assert!(resp.allowed, "{}", resp.result.message);
+    assert_eq!(
+        calls.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no lookups"
+    );
+    // A profile whose pool went away is still updated (its pool did not change).
+    let mut prof = serde_json::to_value(thermostat()).unwrap();
+    prof["spec"]["nodePool"] = json!("deleted-pool");
+    let resp = validate_profile(
+        &state,
+        &update("DeviceProfile", "deviceprofiles", prof.clone(), prof),
+    )
+    .await;
+    assert!(resp.allowed, "{}", resp.result.message);
+}
+
+fn update(
+    kind: &str,
+    resource: &str,
+    object: Value,
+    old: Value,
+) -> AdmissionRequest<DynamicObject> {
+    let mut req = review(kind, resource, object);
+    req.operation = Operation::Update;
+    req.old_object = Some(serde_json::from_value(old).unwrap());
+    req
+}
+
+#[tokio::test]
 async fn a_device_is_refused_when_its_references_cannot_be_read_and_a_profile_names_an_unknown_pool()
  {
     let (state, calls) = crate::webhook::test_state(Vec::new(), Vec::new());
@@ -251,7 +354,7 @@ async fn a_device_is_refused_when_its_references_cannot_be_read_and_a_profile_na
     );
     let svc = json!({"apiVersion": "iot.openyurt.io/v1alpha1", "kind": "DeviceService",
                      "metadata": {"name": "modbus", "namespace": "default"},
-                     "spec": {"baseAddress": " "}});
+                     "spec": {"baseAddress": ""}});
     let resp = validate_service(&state, &review("DeviceService", "deviceservices", svc)).await;
     assert!(!resp.allowed);
     assert!(
