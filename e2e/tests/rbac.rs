@@ -168,6 +168,11 @@ const TABLE: &[Row] = &[
     (Who::Manager, "delete certificatesigningrequests.certificates.k8s.io", false, "never"),
     (Who::Manager, "create events -n default", true, "csrapprover.rs refusals"),
     (Who::Manager, "create events -n kube-system", false, "only in default"),
+    (Who::Manager, "list platformadmins.iot.openyurt.io -A", true, "one platform per pool (webhook/platformadmin.rs)"),
+    (Who::Manager, "list deviceprofiles.iot.openyurt.io -n default", true, "a device's profile (webhook/device)"),
+    (Who::Manager, "list deviceservices.iot.openyurt.io -n default", true, "a device's service (webhook/device)"),
+    (Who::Manager, "update devices.iot.openyurt.io -n default", false, "the webhooks only read"),
+    (Who::Hub, "list devices.iot.openyurt.io -A", false, "no device agent reads through the hub yet"),
 ];
 
 /// Signers are no API resource, so kubectl cannot ask about them: the manager's signer
