@@ -5,8 +5,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// A condition of a PlatformAdmin.
-pub use super::v1alpha1::PlatformAdminCondition;
+/// A condition of a PlatformAdmin, a component, and the observed state: as in
+/// `v1alpha2`.
+pub use super::v1alpha2::{Component, PlatformAdminCondition, PlatformAdminStatus};
 
 /// Desired state of a `v1beta1` PlatformAdmin.
 #[allow(clippy::duplicated_attributes)]
@@ -61,32 +62,4 @@ pub struct PlatformAdminSpec {
     /// Whether the platform runs in its secure mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<bool>,
-}
-
-/// A component of the platform, by name (`yurt-iot-dock`, `edgex-device-virtual`, ...).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-pub struct Component {
-    /// Its name.
-    pub name: String,
-}
-
-/// Observed state of a `v1beta1` PlatformAdmin.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PlatformAdminStatus {
-    /// Whether the platform is ready.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready: Option<bool>,
-    /// Whether it was set up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub initialized: Option<bool>,
-    /// Components ready.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_component_num: Option<i32>,
-    /// Components not ready.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unready_component_num: Option<i32>,
-    /// Latest observations.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub conditions: Option<Vec<PlatformAdminCondition>>,
 }
