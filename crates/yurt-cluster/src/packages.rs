@@ -25,6 +25,10 @@ pub const RUNTIME_PACKAGES: &[&str] = &[
     "util-linux",
     // The pods' TLS client: copied with its libraries into the `yurt.local/curl:1` image.
     "curl",
+    // The MQTT broker the device tests drive devices through (not run by fleets).
+    "mosquitto",
+    // The device tests' pymodbus venv.
+    "python3-venv",
 ];
 
 /// Packages needed to build the upstream Kubernetes binaries.

@@ -6,6 +6,7 @@
 //! - [`fresh`]: a fleet of its own for a test that cuts links, reboots hosts or stops
 //!   processes; removed (with its data) when the handle is dropped, even on panic.
 //!
+//! - [`peers`]: real protocol peers (pymodbus in a cached venv) run inside hosts.
 //! - [`fault_proxy`]: a userspace TCP relay that delays and cuts connections (no
 //!   `tc netem` here), listening and connecting inside the fleet's network namespaces.
 //!
@@ -21,6 +22,7 @@
 
 mod extra_hub;
 pub mod fault_proxy;
+pub mod peers;
 
 pub use extra_hub::ExtraHub;
 

@@ -13,6 +13,53 @@ pub mod v1alpha1;
 pub mod v1alpha2;
 pub mod v1beta1;
 
+/// The label yurt-iot-dock gives an object it synced from the platform: the platform's
+/// own name, which devices use for their profile and service.
+pub const EDGEX_NAME_LABEL: &str = "yurt-iot-dock/edgex-object.name";
+
+/// The platform's name of an object: yurt-iot-dock's label when it has one (a synced
+/// object), else its own name (upstream's `getEdgeXName`).
+pub fn platform_name<K: kube::Resource>(object: &K) -> &str {
+    object
+        .meta()
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(EDGEX_NAME_LABEL))
+        .or(object.meta().name.as_ref())
+        .map_or("", String::as_str)
+}
+
+/// EdgeX's value types (compared without regard to case, as users write them both ways).
+pub const VALUE_TYPES: [&str; 27] = [
+    "Bool",
+    "String",
+    "Uint8",
+    "Uint16",
+    "Uint32",
+    "Uint64",
+    "Int8",
+    "Int16",
+    "Int32",
+    "Int64",
+    "Float32",
+    "Float64",
+    "Binary",
+    "Object",
+    "ObjectArray",
+    "BoolArray",
+    "StringArray",
+    "Uint8Array",
+    "Uint16Array",
+    "Uint32Array",
+    "Uint64Array",
+    "Int8Array",
+    "Int16Array",
+    "Int32Array",
+    "Int64Array",
+    "Float32Array",
+    "Float64Array",
+];
+
 /// The API group of every kind in this module.
 pub const GROUP: &str = "iot.openyurt.io";
 

@@ -5,38 +5,8 @@ use std::collections::BTreeSet;
 use kube::Resource;
 use yurt_api::iot::v1alpha1::{Device, DeviceProfile, DeviceResource};
 
-use super::EDGEX_NAME_LABEL;
+use yurt_api::iot::platform_name;
 
-/// EdgeX's value types (compared without regard to case, as users write them both ways).
-const VALUE_TYPES: [&str; 27] = [
-    "Bool",
-    "String",
-    "Uint8",
-    "Uint16",
-    "Uint32",
-    "Uint64",
-    "Int8",
-    "Int16",
-    "Int32",
-    "Int64",
-    "Float32",
-    "Float64",
-    "Binary",
-    "Object",
-    "ObjectArray",
-    "BoolArray",
-    "StringArray",
-    "Uint8Array",
-    "Uint16Array",
-    "Uint32Array",
-    "Uint64Array",
-    "Int8Array",
-    "Int16Array",
-    "Int32Array",
-    "Int64Array",
-    "Float32Array",
-    "Float64Array",
-];
 /// EdgeX's read-write modes.
 const READ_WRITE: [&str; 4] = ["R", "W", "RW", "WR"];
 /// Modbus tables (EdgeX's Modbus driver's names).
@@ -49,18 +19,6 @@ const MODBUS_TABLES: [&str; 4] = [
 /// Modbus raw types a register may hold before scaling (device-modbus reads 16-bit
 /// raw values only).
 const MODBUS_RAW_TYPES: [&str; 2] = ["INT16", "UINT16"];
-
-/// The platform's name of an object: yurt-iot-dock's label when it has one (a synced
-/// object), else its own name (upstream's `getEdgeXName`).
-pub fn platform_name<K: Resource>(object: &K) -> &str {
-    object
-        .meta()
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(EDGEX_NAME_LABEL))
-        .or(object.meta().name.as_ref())
-        .map_or("", String::as_str)
-}
 
 /// The object of `pool` whose platform name is `name` (each pool's dock keeps its own
 /// copy of a platform object, under the same label value). With no pool, any.
@@ -143,9 +101,9 @@ fn resource_problems(at: &str, resource: &DeviceResource, out: &mut Vec<String>)
     let p = &resource.properties;
     match given(p.value_type.as_ref()) {
         None => out.push(format!("{at}.properties.valueType: Required value")),
-        Some(t) if !one_of(t, &VALUE_TYPES) => out.push(format!(
+        Some(t) if !one_of(t, &yurt_api::iot::VALUE_TYPES) => out.push(format!(
             "{at}.properties.valueType: Unsupported value: {t:?}: EdgeX's types are {}",
-            VALUE_TYPES.join(", ")
+            yurt_api::iot::VALUE_TYPES.join(", ")
         )),
         Some(_) => {}
     }

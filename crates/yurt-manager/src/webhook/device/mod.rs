@@ -36,7 +36,8 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::{Value, json};
 use yurt_api::iot::v1alpha1::{Device, DeviceProfile, DeviceService};
 
-pub use checks::{device_problems, platform_name, profile_problems, resolve};
+pub use checks::{device_problems, profile_problems, resolve};
+pub use yurt_api::iot::platform_name;
 
 use super::WebhookState;
 
@@ -49,9 +50,7 @@ pub const VALIDATE_PROFILE_PATH: &str = "/validate-iot-openyurt-io-v1alpha1-devi
 /// Path of the validating DeviceService webhook.
 pub const VALIDATE_SERVICE_PATH: &str = "/validate-iot-openyurt-io-v1alpha1-deviceservice";
 
-/// The label yurt-iot-dock gives an object it synced from the platform: the platform's
-/// own name, which devices use for their profile and service.
-pub const EDGEX_NAME_LABEL: &str = "yurt-iot-dock/edgex-object.name";
+pub use yurt_api::iot::EDGEX_NAME_LABEL;
 
 fn object(o: Option<&DynamicObject>) -> Option<Value> {
     o.and_then(|o| serde_json::to_value(o).ok())

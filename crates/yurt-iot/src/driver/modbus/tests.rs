@@ -1,0 +1,379 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::layout::{Batch, Location, Raw, Table, plan};
+use super::simulator::{Memory, Simulator};
+use super::*;
+use crate::driver::{Resource, test_resource};
+use crate::value::ValueType;
+
+fn resource(name: &str, value_type: ValueType, attributes: &[(&str, &str)]) -> Resource {
+    Resource {
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        ..test_resource(name, value_type)
+    }
+}
+
+fn holding(name: &str, value_type: ValueType, address: u16) -> Resource {
+    resource(
+        name,
+        value_type,
+        &[
+            ("primaryTable", "HOLDING_REGISTERS"),
+            ("startingAddress", &address.to_string()),
+        ],
+    )
+}
+
+fn properties(sim: &Simulator, extra: &[(&str, &str)]) -> ProtocolProperties {
+    let mut p: ProtocolProperties = BTreeMap::new();
+    p.insert("Address".into(), sim.address().ip().to_string());
+    p.insert("Port".into(), sim.address().port().to_string());
+    for (k, v) in extra {
+        p.insert((*k).into(), (*v).into());
+    }
+    p
+}
+
+async fn device(size: usize) -> Simulator {
+    Simulator::start(
+        "127.0.0.1:0".parse().expect("an address"),
+        Memory::with_size(size),
+    )
+    .await
+    .expect("the simulator listens")
+}
+
+async fn connect(sim: &Simulator, extra: &[(&str, &str)]) -> Box<dyn Session> {
+    ModbusTcpDriver
+        .connect("dev", &properties(sim, extra))
+        .await
+        .expect("connects")
+}
+
+#[test]
+fn endpoints_take_edgex_properties_with_defaults() {
+    let mut p = ProtocolProperties::new();
+    assert!(
+        Endpoint::from_properties(&p).is_err(),
+        "Address is required"
+    );
+    p.insert("Address".into(), "plc-1".into());
+    assert_eq!(
+        Endpoint::from_properties(&p),
+        Ok(Endpoint {
+            host: "plc-1".into(),
+            port: 502,
+            unit: 1,
+            timeout: Duration::from_secs(5),
+        })
+    );
+    p.insert("UnitID".into(), "0x11".into());
+    p.insert("Timeout".into(), "0.5".into());
+    let e = Endpoint::from_properties(&p).expect("parses");
+    assert_eq!((e.unit, e.timeout), (17, Duration::from_millis(500)));
+    p.insert("Port".into(), "70000".into());
+    let err = Endpoint::from_properties(&p).expect_err("no such port");
+    assert_eq!(
+        err.to_string(),
+        "modbus-tcp: Port \"70000\" is not a number from 0 to 65535"
+    );
+}
+
+#[test]
+fn locations_follow_device_modbus() {
+    let r = resource(
+        "t",
+        ValueType::Float32,
+        &[
+            ("primaryTable", "INPUT_REGISTERS"),
+            ("startingAddress", "0x10"),
+            ("rawType", "Int16"),
+        ],
+    );
+    let l = Location::of(&r).expect("located");
+    assert_eq!(
+        (l.table, l.address, l.count, l.raw),
+        (Table::InputRegisters, 16, 1, Raw::Int16)
+    );
+    let bad = resource(
+        "c",
+        ValueType::Int16,
+        &[("primaryTable", "COILS"), ("startingAddress", "1")],
+    );
+    assert!(Location::of(&bad).is_err(), "a coil holds a Bool");
+    let s = resource(
+        "s",
+        ValueType::String,
+        &[
+            ("primaryTable", "HOLDING_REGISTERS"),
+            ("startingAddress", "1"),
+        ],
+    );
+    assert!(
+        Location::of(&s)
+            .expect_err("a size is needed")
+            .to_string()
+            .contains("stringRegisterSize")
+    );
+    let end = holding("e", ValueType::Float64, 65533);
+    assert!(
+        Location::of(&end).is_err(),
+        "four registers from 65533 pass the end"
+    );
+    let bit = resource(
+        "b",
+        ValueType::Bool,
+        &[
+            ("primaryTable", "HOLDING_REGISTERS"),
+            ("startingAddress", "7.3"),
+        ],
+    );
+    assert_eq!(Location::of(&bit).expect("located").bit, Some(3));
+}
+
+#[test]
+fn thirty_two_bit_values_honour_byte_and_word_swaps() {
+    let value = Value::Float(f64::from(1.5f32)); // 0x3FC0_0000
+    let cases = [
+        (false, false, [0x3FC0, 0x0000]),
+        (true, false, [0xC03F, 0x0000]),
+        (false, true, [0x0000, 0x3FC0]),
+        (true, true, [0x0000, 0xC03F]),
+    ];
+    for (byte_swap, word_swap, words) in cases {
+        let mut r = holding("f", ValueType::Float32, 0);
+        r.attributes
+            .insert("isByteSwap".into(), byte_swap.to_string());
+        r.attributes
+            .insert("isWordSwap".into(), word_swap.to_string());
+        let l = Location::of(&r).expect("located");
+        assert_eq!(l.encode_registers(value.clone()).expect("encodes"), words);
+        assert_eq!(l.decode_registers(&words), Ok(value.clone()));
+    }
+    // 16- and 64-bit values are never swapped (device-modbus).
+    let mut r = holding("i", ValueType::Int16, 0);
+    r.attributes.insert("isByteSwap".into(), "true".into());
+    let l = Location::of(&r).expect("located");
+    assert_eq!(l.encode_registers(Value::Int(-2)), Ok(vec![0xFFFE]));
+}
+
+#[test]
+fn strings_are_nul_padded_and_trimmed() {
+    let r = resource(
+        "s",
+        ValueType::String,
+        &[
+            ("primaryTable", "HOLDING_REGISTERS"),
+            ("startingAddress", "0"),
+            ("stringRegisterSize", "3"),
+        ],
+    );
+    let l = Location::of(&r).expect("located");
+    let words = l
+        .encode_registers(Value::String("abc".into()))
+        .expect("fits");
+    assert_eq!(words, vec![0x6162, 0x6300, 0x0000]);
+    assert_eq!(l.decode_registers(&words), Ok(Value::String("abc".into())));
+    assert!(l.encode_registers(Value::String("abcdefg".into())).is_err());
+}
+
+#[test]
+fn contiguous_registers_are_read_together_up_to_the_limit() {
+    let locs: Vec<Location> = [
+        holding("a", ValueType::Float32, 0), // 0..2
+        holding("b", ValueType::Int16, 2),   // 2..3, touching
+        holding("c", ValueType::Int16, 10),  // a gap
+        resource(
+            "d",
+            ValueType::Bool,
+            &[("primaryTable", "COILS"), ("startingAddress", "2")],
+        ),
+        holding("e", ValueType::Int16, 1), // inside a's range (overlap)
+    ]
+    .iter()
+    .map(|r| Location::of(r).expect("located"))
+    .collect();
+    let refs: Vec<&Location> = locs.iter().collect();
+    assert_eq!(
+        plan(&refs),
+        vec![
+            Batch {
+                table: Table::Coils,
+                address: 2,
+                count: 1,
+                members: vec![3]
+            },
+            Batch {
+                table: Table::HoldingRegisters,
+                address: 0,
+                count: 3,
+                members: vec![0, 4, 1]
+            },
+            Batch {
+                table: Table::HoldingRegisters,
+                address: 10,
+                count: 1,
+                members: vec![2]
+            },
+        ]
+    );
+    let many: Vec<Location> = (0..130)
+        .map(|a| Location::of(&holding("r", ValueType::Uint16, a)).expect("located"))
+        .collect();
+    let refs: Vec<&Location> = many.iter().collect();
+    let batches = plan(&refs);
+    assert_eq!(
+        batches.iter().map(|b| b.count).collect::<Vec<_>>(),
+        vec![125, 5]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_contiguous_properties_are_one_request_and_writes_read_back() {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let sim = device(64).await;
+        sim.with_memory(|m| {
+            for (i, r) in m.holding_registers.iter_mut().enumerate().take(10) {
+                *r = i as u16 * 100;
+            }
+        });
+        let resources: Vec<Resource> = (0..10)
+            .map(|i| holding(&format!("r{i}"), ValueType::Uint16, i))
+            .collect();
+        let refs: Vec<&Resource> = resources.iter().collect();
+        let mut session = connect(&sim, &[]).await;
+        let before = sim.requests();
+        let read = session.read(&refs).await.expect("reads");
+        assert_eq!(sim.requests() - before, 1, "one request for ten registers");
+        assert_eq!(read[7], Ok(Value::Uint(700)));
+
+        let f = holding("f", ValueType::Float32, 20);
+        session.write(&f, Value::Float(21.5)).await.expect("writes");
+        assert_eq!(
+            sim.with_memory(|m| m.holding_registers[20..22].to_vec()),
+            vec![0x41AC, 0]
+        );
+        assert_eq!(
+            session.read(&[&f]).await.expect("reads"),
+            vec![Ok(Value::Float(21.5))]
+        );
+
+        let coil = resource(
+            "c",
+            ValueType::Bool,
+            &[("primaryTable", "COILS"), ("startingAddress", "5")],
+        );
+        session
+            .write(&coil, Value::Bool(true))
+            .await
+            .expect("writes a coil");
+        assert!(sim.with_memory(|m| m.coils[5]));
+
+        // One bit of a register, the others kept.
+        sim.with_memory(|m| m.holding_registers[30] = 0b1000_0001);
+        let bit = resource(
+            "b",
+            ValueType::Bool,
+            &[
+                ("primaryTable", "HOLDING_REGISTERS"),
+                ("startingAddress", "30.2"),
+            ],
+        );
+        session
+            .write(&bit, Value::Bool(true))
+            .await
+            .expect("writes a bit");
+        assert_eq!(sim.with_memory(|m| m.holding_registers[30]), 0b1000_0101);
+        assert_eq!(
+            session.read(&[&bit]).await.expect("reads"),
+            vec![Ok(Value::Bool(true))]
+        );
+
+        let input = resource(
+            "i",
+            ValueType::Int16,
+            &[
+                ("primaryTable", "INPUT_REGISTERS"),
+                ("startingAddress", "0"),
+            ],
+        );
+        assert!(matches!(
+            session.write(&input, Value::Int(1)).await,
+            Err(DriverError::Config(_))
+        ));
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_the_device_refuses_does_not_hide_the_others() {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let sim = device(12).await;
+        sim.with_memory(|m| m.holding_registers[10] = 42);
+        // 10..11 exists, 11..13 passes the end of the device's map: one batch, refused.
+        let good = holding("good", ValueType::Uint16, 10);
+        let bad = holding("bad", ValueType::Uint32, 11);
+        let mut session = connect(&sim, &[]).await;
+        let read = session
+            .read(&[&good, &bad])
+            .await
+            .expect("the connection holds");
+        assert_eq!(read[0], Ok(Value::Uint(42)));
+        assert!(
+            matches!(&read[1], Err(DriverError::Refused(m)) if m.contains("Illegal data address")),
+            "{read:?}"
+        );
+        // The session still works.
+        assert_eq!(
+            session.read(&[&good]).await.expect("reads"),
+            vec![Ok(Value::Uint(42))]
+        );
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_device_times_out_and_a_gone_one_is_unreachable() {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let sim = device(8).await;
+        let r = holding("r", ValueType::Uint16, 0);
+        let mut session = connect(&sim, &[("Timeout", "0.3")]).await;
+        sim.set_hung(true);
+        let err = session.read(&[&r]).await.expect_err("no answer");
+        assert_eq!(err, DriverError::Timeout(Duration::from_millis(300)));
+        assert!(err.is_connection());
+        let props = properties(&sim, &[("Timeout", "0.3")]);
+        sim.stop().await;
+        let err = match ModbusTcpDriver.connect("dev", &props).await {
+            Err(e) => e,
+            Ok(_) => panic!("connected to a stopped device"),
+        };
+        assert!(matches!(err, DriverError::Unreachable(_)), "{err:?}");
+    })
+    .await
+    .expect("in time");
+}
+
+#[test]
+fn check_refuses_writable_resources_in_read_only_tables() {
+    let mut p = ProtocolProperties::new();
+    p.insert("Address".into(), "127.0.0.1".into());
+    let r = resource(
+        "i",
+        ValueType::Int16,
+        &[
+            ("primaryTable", "INPUT_REGISTERS"),
+            ("startingAddress", "0"),
+        ],
+    );
+    let err = ModbusTcpDriver
+        .check(&p, &[r])
+        .expect_err("read-only table");
+    assert!(err.to_string().contains("read-only table"), "{err}");
+}
