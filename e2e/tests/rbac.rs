@@ -128,8 +128,21 @@ const TABLE: &[Row] = &[
     // No way to more rights.
     (Who::Manager, "escalate clusterroles.rbac.authorization.k8s.io", false, "RBAC"),
     (Who::Manager, "bind clusterroles.rbac.authorization.k8s.io", false, "RBAC"),
+    (Who::Manager, "bind clusterroles.rbac.authorization.k8s.io/cluster-admin", false, "RBAC"),
+    (Who::Manager, "bind clusterroles.rbac.authorization.k8s.io/openyurt:yurt-manager", false, "its own role to others"),
+    (Who::Manager, "bind roles.rbac.authorization.k8s.io -n kube-system", false, "RBAC"),
     (Who::Manager, "create clusterrolebindings.rbac.authorization.k8s.io", false, "RBAC"),
-    (Who::Manager, "create rolebindings.rbac.authorization.k8s.io -n kube-system", false, "RBAC"),
+    (Who::Manager, "create clusterroles.rbac.authorization.k8s.io", false, "RBAC"),
+    (Who::Manager, "create roles.rbac.authorization.k8s.io -n default", false, "RBAC"),
+    (Who::Manager, "update rolebindings.rbac.authorization.k8s.io -n default", false, "RBAC"),
+    // PlatformAdmins: the agents' account and its binding to their roles, which the
+    // manager may bind but not hold (a RoleBinding to any other role is refused by the
+    // API server's escalation check).
+    (Who::Manager, "bind clusterroles.rbac.authorization.k8s.io/openyurt:yurt-iot-dock", true, "platformadmin: the agents' role"),
+    (Who::Manager, "bind clusterroles.rbac.authorization.k8s.io/openyurt:yurt-iot-dock-virtual", true, "platformadmin: virtual devices"),
+    (Who::Manager, "create rolebindings.rbac.authorization.k8s.io -n default", true, "platformadmin: binds the agents' roles"),
+    (Who::Manager, "create serviceaccounts -n default", true, "platformadmin: the agents' account"),
+    (Who::Manager, "delete serviceaccounts -n default", false, "owner references do it"),
     (Who::Manager, "impersonate users", false, "impersonation"),
     (Who::Manager, "create serviceaccounts --subresource=token -n kube-system", false, "tokens"),
     // Controllers: what they call.
@@ -161,7 +174,8 @@ const TABLE: &[Row] = &[
     (Who::Manager, "patch endpointslices.discovery.k8s.io -n default", true, "servicetopology.rs"),
     (Who::Manager, "update services -n default", false, "only watched"),
     (Who::Manager, "patch yurtappsets.apps.openyurt.io --subresource=status -n default", true, "yurtappset.rs"),
-    (Who::Manager, "create yurtappsets.apps.openyurt.io -n default", false, "users create them"),
+    (Who::Manager, "create yurtappsets.apps.openyurt.io -n default", true, "platformadmin: the agents' YurtAppSet (apply)"),
+    (Who::Manager, "delete yurtappsets.apps.openyurt.io -n default", false, "owner references do it"),
     (Who::Manager, "delete nodepools.apps.openyurt.io", false, "users delete them"),
     (Who::Manager, "create gateways.raven.openyurt.io", false, "no raven controller"),
     (Who::Manager, "update certificatesigningrequests.certificates.k8s.io --subresource=approval", true, "csrapprover.rs"),
@@ -172,7 +186,12 @@ const TABLE: &[Row] = &[
     (Who::Manager, "list deviceprofiles.iot.openyurt.io -n default", true, "a device's profile (webhook/device)"),
     (Who::Manager, "list deviceservices.iot.openyurt.io -n default", true, "a device's service (webhook/device)"),
     (Who::Manager, "update devices.iot.openyurt.io -n default", false, "the webhooks only read"),
-    (Who::Hub, "list devices.iot.openyurt.io -A", false, "no device agent reads through the hub yet"),
+    (Who::Manager, "create devices.iot.openyurt.io -n default", false, "agents create the virtual devices"),
+    (Who::Manager, "patch devices.iot.openyurt.io --subresource=status -n default", false, "agents write status"),
+    (Who::Manager, "patch platformadmins.iot.openyurt.io -n default", true, "platformadmin: its finalizer"),
+    (Who::Manager, "patch platformadmins.iot.openyurt.io --subresource=status -n default", true, "platformadmin: status"),
+    (Who::Manager, "delete platformadmins.iot.openyurt.io -n default", false, "users delete them"),
+    (Who::Hub, "list devices.iot.openyurt.io -A", false, "agents read with their own service account"),
 ];
 
 /// Signers are no API resource, so kubectl cannot ask about them: the manager's signer

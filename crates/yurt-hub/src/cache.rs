@@ -22,7 +22,9 @@ use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::StatusError;
 use crate::store::{ObjectKey, Shape, Store, StoreError};
 
-/// Components cached by default (OpenYurt's list).
+/// Components cached by default: OpenYurt's list, and the device agents (our
+/// `yurt-iot-agent`, and upstream's `yurt-iot-dock`, which OpenYurt leaves out so its
+/// list and watch break after a restart while the cloud is cut).
 pub const DEFAULT_AGENTS: &[&str] = &[
     "kubelet",
     "kube-proxy",
@@ -31,6 +33,8 @@ pub const DEFAULT_AGENTS: &[&str] = &[
     "raven-agent-ds",
     "yurttunnel-agent",
     "yurthub",
+    "yurt-iot-agent",
+    "yurt-iot-dock",
 ];
 
 /// Resources never cached.
@@ -1057,6 +1061,8 @@ mod tests {
             a.contains("kubelet")
                 && a.contains("multiplexer-proxy-edge-a1")
                 && a.contains("my-app")
+                && a.contains("yurt-iot-agent")
+                && a.contains("yurt-iot-dock")
         );
         assert!(!a.contains("kubectl"));
         a.set_configured("kubectl, Foo");

@@ -101,6 +101,9 @@ pub struct Config {
     pub lease_renew_deadline: Duration,
     /// Image of the YurtStaticSet upgrade workers (`--node-servant-image`).
     pub node_servant_image: String,
+    /// Image of the device agent PlatformAdmins deploy (`--iot-agent-image`): `yurt` at
+    /// /usr/local/bin/yurt.
+    pub iot_agent_image: String,
     /// The manager's own user name as the API server authenticates it
     /// (`--manager-username`): the node webhook lets it, and the node itself, change a
     /// node's `is-edge-worker` label.
@@ -223,6 +226,7 @@ pub async fn run(
             pods: pod_feed.clone(),
             pools: pool_feed.clone(),
             node_servant_image: config.node_servant_image.clone(),
+            iot_agent_image: config.iot_agent_image.clone(),
             hub_pod_address: config.hub_pod_address,
             unready_node_grace: config.unready_node_grace,
             node_conversion_timeout: config.node_conversion_timeout,

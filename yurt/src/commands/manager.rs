@@ -229,6 +229,10 @@ pub struct ManagerRunArgs {
     /// Image of the YurtStaticSet upgrade workers (needs only `sh`, `cp` and `mv`).
     #[arg(long, default_value = "openyurt/node-servant:latest")]
     pub node_servant_image: String,
+    /// Image of the device agent each PlatformAdmin runs in its pools, with `yurt` at
+    /// /usr/local/bin/yurt (`yurt image build --with-yurt --tag T --push`).
+    #[arg(long, default_value = concat!("yurt.local/yurt:v", env!("CARGO_PKG_VERSION")))]
+    pub iot_agent_image: String,
     /// This manager's user name as the API server authenticates it (its service account,
     /// or its client certificate's CN): with the node itself, the only user the node
     /// webhook lets change `openyurt.io/is-edge-worker`.
@@ -287,6 +291,7 @@ fn config(a: &ManagerRunArgs) -> anyhow::Result<yurt_manager::Config> {
         lease_retry: Duration::from_secs(a.leader_elect_retry_period),
         lease_renew_deadline: Duration::from_secs(a.leader_elect_renew_deadline),
         node_servant_image: a.node_servant_image.clone(),
+        iot_agent_image: a.iot_agent_image.clone(),
         manager_username: a.manager_username.clone(),
         hub_pod_address: a.hub_pod_address,
         unready_node_grace: Duration::from_secs(a.unready_node_grace),

@@ -229,7 +229,9 @@ pub async fn apply_hub_rbac(client: &kube::Client) -> Result<()> {
 /// webhook configurations, run its controllers and webhooks with the verbs they call
 /// (ClusterRole `openyurt:yurt-manager`), keep its webhook certificate Secret and
 /// leader Lease in `kube-system` (Role `kube-system/openyurt:yurt-manager`) and write
-/// the csrapprover's Events in `default` (Role `default/openyurt:yurt-manager`).
+/// the csrapprover's Events in `default` (Role `default/openyurt:yurt-manager`); and the
+/// device agents' ClusterRoles `openyurt:yurt-iot-dock` and
+/// `openyurt:yurt-iot-dock-virtual`, which the manager may bind.
 ///
 /// # Errors
 /// API errors.
@@ -242,7 +244,16 @@ pub async fn apply_manager_rbac(client: &kube::Client) -> Result<()> {
             SYSTEM_NAMESPACE,
         ),
     )
-    .await
+    .await?;
+    // The device agents' ClusterRoles, which the manager binds per PlatformAdmin.
+    for role in yurt_manager::install::rbac::iot_agent_roles() {
+        apply_object(
+            Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(client.clone()),
+            role,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// What the tunnel server (user `openyurt:yurt-tunnel-server`) may do: list and watch

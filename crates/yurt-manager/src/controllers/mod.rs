@@ -5,6 +5,7 @@ pub mod csrapprover;
 pub mod daemonpodupdater;
 pub mod nodeconversion;
 pub mod nodepool;
+pub mod platformadmin;
 pub mod podbinding;
 pub mod servicetopology;
 pub mod yurtappdaemon;
@@ -40,6 +41,8 @@ pub struct Inputs {
     pub pools: Feed<NodePool>,
     /// The image that runs YurtStaticSet upgrade workers.
     pub node_servant_image: String,
+    /// The image of the device agent a PlatformAdmin deploys.
+    pub iot_agent_image: String,
     /// The hubs' pod-facing address, allowed in every node's serving certificate.
     pub hub_pod_address: std::net::IpAddr,
     /// How long a NotReady node's pods still count as unavailable in rolling updates
@@ -64,6 +67,9 @@ pub const ALL: &[(&str, Run)] = &[
         Box::pin(nodeconversion::run(i, t))
     }),
     (nodepool::NAME, |i, t| Box::pin(nodepool::run(i, t))),
+    (platformadmin::NAME, |i, t| {
+        Box::pin(platformadmin::run(i, t))
+    }),
     (podbinding::NAME, |i, t| Box::pin(podbinding::run(i, t))),
     (servicetopology::NAME, |i, t| {
         Box::pin(servicetopology::run(i.client, i.metrics, t))
@@ -167,6 +173,9 @@ fn canonical(name: &str) -> Option<&'static str> {
         | "service-topology-endpoints-controller"
         | "service-topology-endpointslice-controller" => Some(servicetopology::NAME),
         "csrapprover" | "csr-approver-controller" => Some(csrapprover::NAME),
+        "platformadmin" | "platform-admin-controller" | "platformadmin-controller" => {
+            Some(platformadmin::NAME)
+        }
         "daemonpodupdater" | "daemon-pod-updater-controller" => Some(daemonpodupdater::NAME),
         "yurtappset" | "yurt-app-set-controller" => Some(yurtappset::NAME),
         "yurtappdaemon" | "yurt-app-daemon-controller" => Some(yurtappdaemon::NAME),

@@ -108,6 +108,8 @@ pub fn objects(options: &Options) -> Vec<Value> {
     // Not `yurt up`'s names: applied to such a fleet, they must not rebind its
     // manager's rights to the service account.
     objects.extend(Grant::manager(NAME, subject, ns).objects());
+    // What the device agents PlatformAdmins run may do (bound per PlatformAdmin).
+    objects.extend(crate::install::rbac::iot_agent_roles());
     // The hubs the conversions install: what kubelet, kube-proxy and the hubs' filters
     // read beyond the Node authorizer's grants (NodePools, their ConfigMap, the
     // service-account issuer's keys that prove pods' tokens offline), bound to the group

@@ -7,6 +7,7 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 use serde_json::{Value, json};
 
 use crate::controllers::csrapprover;
+use crate::controllers::platformadmin::{AGENT_ROLE, VIRTUAL_DEVICES_ROLE};
 use crate::webhook::certs::SECRET_NAME;
 use crate::webhook::register::{MUTATING, VALIDATING};
 
@@ -63,14 +64,27 @@ pub fn cluster_rules() -> Value {
         // lib.rs: the NodePool feed; servicetopology.rs watches pools;
         // yurtappset.rs, yurtappdaemon.rs, yurtstaticset.rs watch their kinds.
         {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools", "yurtappsets", "yurtappdaemons", "yurtstaticsets"], "verbs": ["list", "watch"]},
+        // controllers/platformadmin: server-side apply of each PlatformAdmin's agents'
+        // YurtAppSet (deleted through its owner reference).
+        {"apiGroups": ["apps.openyurt.io"], "resources": ["yurtappsets"], "verbs": ["create", "patch"]},
         // nodepool.rs, yurtappset.rs, yurtappdaemon.rs, yurtstaticset.rs: status.
         {"apiGroups": ["apps.openyurt.io"], "resources": ["nodepools/status", "yurtappsets/status", "yurtappdaemons/status", "yurtstaticsets/status"], "verbs": ["patch"]},
         // The workloads and ConfigMaps those write carry blockOwnerDeletion owner
         // references, which OwnerReferencesPermissionEnforcement checks against this.
         {"apiGroups": ["apps.openyurt.io"], "resources": ["yurtappsets/finalizers", "yurtappdaemons/finalizers", "yurtstaticsets/finalizers"], "verbs": ["update"]},
         // webhook/platformadmin.rs: one platform per pool, checked against every
-        // PlatformAdmin.
-        {"apiGroups": ["iot.openyurt.io"], "resources": ["platformadmins"], "verbs": ["list"]},
+        // PlatformAdmin; controllers/platformadmin: watches them, puts on and takes off
+        // their finalizer, writes their status.
+        {"apiGroups": ["iot.openyurt.io"], "resources": ["platformadmins"], "verbs": ["list", "watch", "patch"]},
+        {"apiGroups": ["iot.openyurt.io"], "resources": ["platformadmins/status"], "verbs": ["patch"]},
+        {"apiGroups": ["iot.openyurt.io"], "resources": ["platformadmins/finalizers"], "verbs": ["update"]},
+        // controllers/platformadmin: each PlatformAdmin's agents get a ServiceAccount and
+        // a RoleBinding to the agents' ClusterRole, which the manager may bind but does
+        // not hold (so it cannot write Devices itself).
+        // A name taken by an object of a deleted PlatformAdmin is read to wait for it.
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["get", "create"]},
+        {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "resourceNames": [AGENT_ROLE, VIRTUAL_DEVICES_ROLE], "verbs": ["bind"]},
         // webhook/device: a Device's profile and service, looked up in its namespace.
         {"apiGroups": ["iot.openyurt.io"], "resources": ["deviceprofiles", "deviceservices"], "verbs": ["list"]},
         // controllers/csrapprover.rs: watches CSRs, approves hub and tunnel ones.
@@ -113,6 +127,36 @@ pub fn event_rules() -> Value {
         // controllers/csrapprover.rs: lists the refusal Events of a request, creates one.
         {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "create"]},
     ])
+}
+
+// === the device agents ===
+
+/// What a PlatformAdmin's device agents may do in its namespace (the ClusterRole
+/// [`AGENT_ROLE`], bound there by the platformadmin controller): read devices, profiles
+/// and services, write devices' status. They change no spec: an edge node cannot
+/// rewrite what another pool's agent drives.
+pub fn iot_agent_rules() -> Value {
+    json!([
+        {"apiGroups": ["iot.openyurt.io"], "resources": ["devices", "deviceprofiles", "deviceservices"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["iot.openyurt.io"], "resources": ["devices/status"], "verbs": ["patch"]},
+    ])
+}
+
+/// What the agents of a PlatformAdmin with `edgex-device-virtual` may do besides
+/// (ClusterRole [`VIRTUAL_DEVICES_ROLE`], bound only then): create the virtual devices,
+/// their profiles and service.
+pub fn iot_virtual_devices_rules() -> Value {
+    json!([
+        {"apiGroups": ["iot.openyurt.io"], "resources": ["devices", "deviceprofiles", "deviceservices"], "verbs": ["create"]},
+    ])
+}
+
+/// The device agents' ClusterRoles, installed with the manager.
+pub fn iot_agent_roles() -> Vec<Value> {
+    vec![
+        json!({"apiVersion": RBAC_API, "kind": "ClusterRole", "metadata": {"name": AGENT_ROLE}, "rules": iot_agent_rules()}),
+        json!({"apiVersion": RBAC_API, "kind": "ClusterRole", "metadata": {"name": VIRTUAL_DEVICES_ROLE}, "rules": iot_virtual_devices_rules()}),
+    ]
 }
 
 // === the hubs ===
@@ -356,10 +400,77 @@ mod tests {
                 .iter()
                 .all(|r| r.api_groups.as_ref().is_some_and(|g| !g
                     .iter()
-                    .any(|g| g == "rbac.authorization.k8s.io"
-                        || g == "raven.openyurt.io"
-                        || g == "network.openyurt.io")))
+                    .any(|g| g == "raven.openyurt.io" || g == "network.openyurt.io")))
         );
+        // RBAC: it may bind the device agents' role (a RoleBinding per PlatformAdmin)
+        // and nothing else: no role of its own making, no other role bound.
+        let rbac: Vec<&PolicyRule> = cluster
+            .iter()
+            .filter(|r| {
+                r.api_groups
+                    .as_ref()
+                    .is_some_and(|g| g.iter().any(|g| g == "rbac.authorization.k8s.io"))
+            })
+            .collect();
+        assert_eq!(rbac.len(), 2, "{rbac:?}");
+        let rbac_group = "rbac.authorization.k8s.io";
+        for kind in ["roles", "clusterroles", "clusterrolebindings"] {
+            for verb in ["create", "patch", "update", "escalate"] {
+                assert!(
+                    granting(&cluster, rbac_group, kind, verb).is_empty(),
+                    "{verb} {kind}"
+                );
+            }
+        }
+        let bind = granting(&cluster, rbac_group, "clusterroles", "bind");
+        assert_eq!(bind.len(), 1);
+        assert_eq!(
+            bind[0].resource_names,
+            Some(vec![AGENT_ROLE.to_owned(), VIRTUAL_DEVICES_ROLE.to_owned()])
+        );
+        assert!(granting(&cluster, rbac_group, "roles", "bind").is_empty());
+        // The agents' rights are not the manager's.
+        for verb in ["create", "patch", "update", "delete"] {
+            assert!(
+                granting(&cluster, "iot.openyurt.io", "devices", verb).is_empty(),
+                "{verb}"
+            );
+        }
+    }
+
+    #[test]
+    fn device_agents_read_and_report_but_change_no_spec() {
+        let agent = rules(iot_agent_rules());
+        assert!(with_wildcards(&agent).is_empty());
+        for kind in ["devices", "deviceprofiles", "deviceservices"] {
+            for verb in ["get", "list", "watch"] {
+                assert_eq!(
+                    granting(&agent, "iot.openyurt.io", kind, verb).len(),
+                    1,
+                    "{verb} {kind}"
+                );
+            }
+            for verb in ["create", "patch", "update", "delete"] {
+                assert!(
+                    granting(&agent, "iot.openyurt.io", kind, verb).is_empty(),
+                    "{verb} {kind}"
+                );
+            }
+        }
+        assert_eq!(
+            granting(&agent, "iot.openyurt.io", "devices/status", "patch").len(),
+            1
+        );
+        let virtual_devices = rules(iot_virtual_devices_rules());
+        for kind in ["devices", "deviceprofiles", "deviceservices"] {
+            assert_eq!(
+                granting(&virtual_devices, "iot.openyurt.io", kind, "create").len(),
+                1
+            );
+            assert!(granting(&virtual_devices, "iot.openyurt.io", kind, "patch").is_empty());
+        }
+        assert!(granting(&agent, "iot.openyurt.io", "platformadmins", "get").is_empty());
+        assert!(granting(&agent, "", "secrets", "get").is_empty());
     }
 
     #[test]
