@@ -27,10 +27,11 @@ echo "== Debian packages and upstream Kubernetes"
 "$YURT" setup
 
 # Tests that bring up fleets of their own (nextest's own-fleet group, one at a time).
-OWN='binary(adoption) | binary(fault_fleets) | binary(hosts) | binary(registry_faults) | binary(tunnel) | binary(autonomy) | binary(eviction) | binary(upgrades) | binary(pod_identity) | binary(wan_soak) | (package(yurt) & binary(cli))'
-# The five-minute outage and the ten-minute WAN soak mostly wait: they run beside the
-# other own-fleet tests (one after the other: nextest's own-fleet group).
-LONG_CUT='(binary(autonomy) & test(five_minutes)) | binary(wan_soak)'
+OWN='binary(adoption) | binary(devices) | binary(fault_fleets) | binary(hosts) | binary(registry_faults) | binary(tunnel) | binary(autonomy) | binary(eviction) | binary(upgrades) | binary(pod_identity) | binary(wan_soak) | (package(yurt) & binary(cli))'
+# The five-minute outage, the ten-minute WAN soak and the devices' offline test mostly
+# wait: they run beside the other own-fleet tests (one after the other: nextest's
+# own-fleet group).
+LONG_CUT='(binary(autonomy) & test(five_minutes)) | binary(wan_soak) | binary(devices)'
 status=0
 
 echo "== tests: unit tests and the shared fleet"

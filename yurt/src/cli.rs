@@ -57,6 +57,8 @@ pub enum Command {
     TunnelServer(Box<crate::commands::tunnel::TunnelServerArgs>),
     /// The edge end of the tunnel (alias `yurt-tunnel-agent`): dials out to the server and connects its streams to this node.
     TunnelAgent(Box<yurt_tunnel::cli::AgentArgs>),
+    /// Devices (OpenYurt's iot.openyurt.io): the device agent of a node pool.
+    Iot(Box<crate::commands::iot::IotArgs>),
     /// Administer nodes of a cluster (alias `yurtadm`): bootstrap tokens (interoperable with `kubeadm token`), joining hosts.
     Adm(AdmArgs),
     /// Convert the joined node this runs on to an edge node behind a hub, or revert it (OpenYurt's node-servant; the conversion controller runs it in a Job).
@@ -491,6 +493,11 @@ pub enum BenchCommand {
     Adm(crate::commands::bench_adm::BenchAdmArgs),
     /// The tunnel against raw TCP and TLS-only relays: throughput, latency, CONNECT, many streams, agent memory.
     Tunnel(crate::commands::bench_tunnel::BenchTunnelArgs),
+    /// The device agent at scale: poll cycles, Modbus requests, CPU, memory and status writes of 1,000 devices against upstream's cadence.
+    Iot(crate::commands::bench_iot::BenchIotArgs),
+    /// The device loops `yurt bench iot` measures (started by it).
+    #[command(hide = true)]
+    IotAgents(crate::commands::bench_iot::IotAgentsArgs),
     /// The bare proxy `yurt bench hub` measures the hub against (started by it).
     #[command(hide = true)]
     BareProxy(crate::commands::bench_hub::bare_proxy::BareProxyArgs),

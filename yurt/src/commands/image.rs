@@ -27,6 +27,26 @@ fn json_list(flag: &str, value: Option<String>) -> anyhow::Result<Option<Vec<Str
         .transpose()
 }
 
+/// The image of this `yurt` (busybox with the binary at
+/// [`yurt_manager::install::manifests::BINARY_IN_IMAGE`]), pushed to the fleet's
+/// registry as `tag`: what the device agents PlatformAdmins run pull.
+pub async fn push_yurt_image(
+    machine: &MachineConfig,
+    data_dir: &Path,
+    tag: &str,
+) -> anyhow::Result<()> {
+    let yurt = std::env::current_exe().context("find this yurt binary")?;
+    let inside = Path::new(yurt_manager::install::manifests::BINARY_IN_IMAGE);
+    let mut spec = ImageSpec::busybox(tag).with_program_at(&yurt, inside)?;
+    spec.entrypoint = Some(vec![inside.display().to_string()]);
+    spec.cmd = None;
+    let built =
+        tokio::task::spawn_blocking(move || image::build_image(&spec, Path::new(image::BUSYBOX)))
+            .await??;
+    let image = OciImage::from_built(&built)?;
+    push_to_fleet(machine, data_dir, &image, &[tag.to_owned()]).await
+}
+
 /// Runs `yurt image ...`.
 pub async fn run(
     machine: &MachineConfig,

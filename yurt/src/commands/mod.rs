@@ -5,6 +5,7 @@ mod adm_host;
 mod bench;
 pub mod bench_adm;
 pub mod bench_hub;
+pub mod bench_iot;
 pub mod bench_manager;
 mod bench_pull;
 mod bench_table;
@@ -13,6 +14,7 @@ mod fleet;
 mod follow_routes;
 pub mod hub;
 mod image;
+pub mod iot;
 pub mod manager;
 pub mod tunnel;
 mod up;
@@ -28,7 +30,12 @@ use crate::progress::SpinnerReporter;
 
 /// A client for `kubeconfig`, else `$KUBECONFIG`'s or the in-cluster one.
 async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
-    let config = match kubeconfig {
+    Ok(kube::Client::try_from(kube_config(kubeconfig).await?)?)
+}
+
+/// The client configuration of `kubeconfig`, else `$KUBECONFIG`'s or the in-cluster one.
+async fn kube_config(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc = kube::config::Kubeconfig::read_from(path)
                 .with_context(|| format!("cannot read kubeconfig {}", path.display()))?;
@@ -39,8 +46,7 @@ async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Clien
         None => kube::Config::infer()
             .await
             .context("no kubeconfig given and not running in a cluster")?,
-    };
-    Ok(kube::Client::try_from(config)?)
+    })
 }
 
 /// Runs the parsed command line.
@@ -61,6 +67,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manager(args) => manager::run(*args).await,
         Command::TunnelServer(args) => tunnel::run_server(*args).await,
         Command::TunnelAgent(args) => tunnel::run_agent(*args).await,
+        Command::Iot(args) => iot::run(*args).await,
         Command::Adm(args) => adm::run(&cli.data_dir, args).await,
         Command::NodeServant(args) => adm_host::node_servant(args).await,
     }

@@ -83,6 +83,16 @@ pub async fn run(
         }
     };
     eprintln!("fleet up in {:.1}s", started.elapsed().as_secs_f64());
+    if !args.bare {
+        // The image the manager's PlatformAdmins run their device agents from (its
+        // --iot-agent-image default): this binary, in the fleet's registry.
+        let tag = concat!("yurt.local/yurt:v", env!("CARGO_PKG_VERSION"));
+        if let Err(e) = super::image::push_yurt_image(machine, &data_dir, tag).await {
+            reporter.warn(&format!(
+                "the device agents' image {tag} is not in the fleet's registry ({e:#}): PlatformAdmins cannot run their agents until `yurt image build --with-yurt --tag {tag} -o yurt.tar --push`"
+            ));
+        }
+    }
     print_welcome(&fleet, &data_dir).await;
     if args.detach {
         token.cancel();

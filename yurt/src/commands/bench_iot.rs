@@ -1,0 +1,353 @@
+//! `yurt bench iot`: the device agent's loops at scale against an in-process Modbus
+//! device: many devices × properties polled every second, with a share of the values
+//! changing; our figure beside the anchor measured in the same run, the same loops with
+//! one request per property (what EdgeX's device-modbus does for yurt-iot-dock, which
+//! reads every readable command of every device each round) and upstream's status cadence
+//! (one write per device per 5 s).
+//!
+//! The loops run in a child process (`yurt bench iot-agents`, hidden) so that its CPU
+//! and memory are the agent's alone; the Modbus device runs here. Status writes are
+//! counted as the agent's status writer makes them: one per observation whose state
+//! changed (heartbeats aside). Not measured here (they need an API server): the latency
+//! from `kubectl patch` to the register, and the catch-up after a reconnect (the e2e
+//! `devices` checks both behaviours on a real fleet).
+
+use std::net::SocketAddr;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use yurt_iot::driver::modbus::ModbusTcpDriver;
+use yurt_iot::driver::modbus::simulator::{Memory, Simulator};
+use yurt_iot::driver::{Access, Resource};
+use yurt_iot::engine::{DeviceConfig, Observed};
+use yurt_iot::metrics::Metrics;
+use yurt_iot::value::{Range, Transform, ValueType};
+
+use super::bench_manager::usage;
+use super::bench_table::Table;
+
+/// `yurt bench iot` flags.
+#[derive(Debug, Args)]
+pub struct BenchIotArgs {
+    /// Devices.
+    #[arg(long, default_value_t = 1000)]
+    pub devices: usize,
+    /// Properties (holding registers) per device.
+    #[arg(long, default_value_t = 10)]
+    pub properties: usize,
+    /// Seconds measured per scenario (after a warm-up of 3 s).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+/// `yurt bench iot-agents` (started by `yurt bench iot`).
+#[derive(Debug, Args)]
+pub struct IotAgentsArgs {
+    /// The Modbus device.
+    #[arg(long)]
+    pub modbus: SocketAddr,
+    /// Devices.
+    #[arg(long)]
+    pub devices: usize,
+    /// Properties per device.
+    #[arg(long)]
+    pub properties: usize,
+    /// Seconds to run after the warm-up.
+    #[arg(long)]
+    pub seconds: u64,
+    /// Lay each property two registers apart, so no read can cover two (one request per
+    /// property: the anchor).
+    #[arg(long)]
+    pub per_property: bool,
+}
+
+const WARM_UP: Duration = Duration::from_secs(3);
+
+/// Where property `p` of device `d` lives.
+fn register(d: usize, p: usize, properties: usize, per_property: bool) -> usize {
+    let stride = if per_property { 2 } else { 1 };
+    (d * properties + p) * stride
+}
+
+/// Runs the loops and prints one line of results: `cycles p50_ms p99_ms changes`.
+pub async fn agents(args: IotAgentsArgs) -> anyhow::Result<ExitCode> {
+    let driver: Arc<dyn yurt_iot::driver::Driver> = Arc::new(ModbusTcpDriver);
+    let cancel = CancellationToken::new();
+    let mut collectors = Vec::new();
+    for d in 0..args.devices {
+        let resources = (0..args.properties)
+            .map(|p| Resource {
+                name: format!("p{p}"),
+                value_type: ValueType::Uint16,
+                access: Access {
+                    read: true,
+                    write: false,
+                },
+                transform: Transform::default(),
+                range: Range::default(),
+                attributes: [
+                    ("primaryTable".to_owned(), "HOLDING_REGISTERS".to_owned()),
+                    (
+                        "startingAddress".to_owned(),
+                        register(d, p, args.properties, args.per_property).to_string(),
+                    ),
+                ]
+                .into(),
+                hidden: false,
+                default_value: None,
+            })
+            .collect();
+        let config = DeviceConfig {
+            name: format!("device-{d}"),
+            driver: Arc::clone(&driver),
+            properties: [
+                ("Address".to_owned(), args.modbus.ip().to_string()),
+                ("Port".to_owned(), args.modbus.port().to_string()),
+            ]
+            .into(),
+            resources,
+            desired: Vec::new(),
+            writes: false,
+            polls: true,
+            poll_interval: Duration::from_secs(1),
+        };
+        let (_configs, configs_rx) = watch::channel(config);
+        let (observed_tx, mut observed) = watch::channel(Observed::default());
+        tokio::spawn(yurt_iot::engine::run(
+            configs_rx,
+            Arc::new(observed_tx),
+            Metrics::default(),
+            cancel.clone(),
+        ));
+        let stop = cancel.clone();
+        collectors.push(tokio::spawn(async move {
+            let _keep = _configs;
+            let started = Instant::now();
+            let mut cycles = Vec::new();
+            let mut changes = 0u64;
+            let mut last: Option<Observed> = None;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    changed = observed.changed() => if changed.is_err() { break },
+                }
+                let o = observed.borrow_and_update().clone();
+                if started.elapsed() < WARM_UP {
+                    last = Some(o);
+                    continue;
+                }
+                cycles.push(o.cycle);
+                if last.as_ref().is_some_and(|l| !l.same_state(&o)) {
+                    changes += 1;
+                }
+                last = Some(o);
+            }
+            (cycles, changes)
+        }));
+    }
+    tokio::time::sleep(WARM_UP + Duration::from_secs(args.seconds)).await;
+    cancel.cancel();
+    let mut cycles = Vec::new();
+    let mut changes = 0;
+    for c in collectors {
+        let (mut d, n) = c.await.context("a collector")?;
+        cycles.append(&mut d);
+        changes += n;
+    }
+    cycles.sort();
+    let pick = |q: f64| {
+        cycles
+            .get(((cycles.len() as f64 - 1.0) * q).round() as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "{} {:.3} {:.3} {}",
+        cycles.len(),
+        pick(0.5),
+        pick(0.99),
+        changes
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Outcome {
+    cycles_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    changes_per_s: f64,
+    requests_per_s: f64,
+    cpu_percent: f64,
+    rss_mib: f64,
+}
+
+/// One scenario: the child's loops for `seconds`, `changing` of the registers changed
+/// every second.
+async fn scenario(
+    args: &BenchIotArgs,
+    per_property: bool,
+    changing: f64,
+) -> anyhow::Result<Outcome> {
+    let size = args.devices * args.properties * 2 + 2;
+    let sim = Simulator::start("127.0.0.1:0".parse()?, Memory::with_size(size.min(65_536)))
+        .await
+        .context("the Modbus device")?;
+    let exe = std::env::current_exe().context("this yurt")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args([
+            "bench",
+            "iot-agents",
+            "--modbus",
+            &sim.address().to_string(),
+        ])
+        .args(["--devices", &args.devices.to_string()])
+        .args(["--properties", &args.properties.to_string()])
+        .args(["--seconds", &args.seconds.to_string()])
+        .args(per_property.then_some("--per-property"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the loops")?;
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .context("the child's pid")?;
+    let changes_per_second = (args.devices * args.properties) as f64 * changing;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut measured: Option<(Instant, f64, u64)> = None;
+    let mut peak_rss: f64 = 0.0;
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let mut round: u16 = 0;
+    let end = Instant::now() + WARM_UP + Duration::from_secs(args.seconds);
+    while Instant::now() < end {
+        tick.tick().await;
+        round = round.wrapping_add(1);
+        // A share of the values changes every second (spread over the devices).
+        let count = changes_per_second.round() as usize;
+        sim.with_memory(|m| {
+            for i in 0..count {
+                let d = (i * 7919) % args.devices;
+                let p = i % args.properties;
+                let r = register(d, p, args.properties, per_property);
+                if let Some(v) = m.holding_registers.get_mut(r) {
+                    *v = v.wrapping_add(round);
+                }
+            }
+        });
+        let (rss, cpu) = usage(pid).unwrap_or_default();
+        peak_rss = peak_rss.max(rss);
+        if measured.is_none() && Instant::now() + Duration::from_secs(args.seconds) >= end {
+            measured = Some((Instant::now(), cpu, sim.requests()));
+        }
+    }
+    let (started, cpu_before, requests_before) = measured.context("no measurement window")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let (rss, cpu_after) = usage(pid).unwrap_or_default();
+    peak_rss = peak_rss.max(rss);
+    let requests = sim.requests() - requests_before;
+    let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
+        .await
+        .context("the loops' results")??
+        .context("no results from the loops")?;
+    let _ = child.wait().await;
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    anyhow::ensure!(fields.len() == 4, "unreadable results {line:?}");
+    Ok(Outcome {
+        cycles_per_s: fields[0] / args.seconds as f64,
+        p50_ms: fields[1],
+        p99_ms: fields[2],
+        changes_per_s: fields[3] / args.seconds as f64,
+        requests_per_s: requests as f64 / elapsed,
+        cpu_percent: (cpu_after - cpu_before) / elapsed * 100.0,
+        rss_mib: peak_rss,
+    })
+}
+
+/// Runs `yurt bench iot`.
+pub async fn run(args: BenchIotArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.devices > 0 && args.properties > 0,
+        "--devices and --properties must be positive"
+    );
+    anyhow::ensure!(
+        args.devices * args.properties * 2 <= 65_536,
+        "devices × properties must fit one Modbus table twice over (at most 32768)"
+    );
+    anyhow::ensure!(args.seconds >= 2, "--seconds must be at least 2");
+    println!(
+        "{} devices × {} properties polled every second, {} s per scenario",
+        args.devices, args.properties, args.seconds
+    );
+    let mut table = Table::new(
+        "yurt bench iot: the device agent's loops (one process), against an in-process Modbus device",
+        "ours",
+        "anchor, same run",
+    )
+    .with_progress();
+    let anchor = scenario(&args, true, 0.0).await?;
+    let steady = scenario(&args, false, 0.0).await?;
+    let some = scenario(&args, false, 0.01).await?;
+    let all = scenario(&args, false, 1.0).await?;
+    let upstream_writes = args.devices as f64 / 5.0;
+    table.row(
+        "poll cycles per second",
+        format!("{:.0}", steady.cycles_per_s),
+        format!("{:.0} one request per property", anchor.cycles_per_s),
+    );
+    table.row(
+        "poll cycle p50 / p99 (goal p99 ≤ 1 s)",
+        format!("{:.1} / {:.1} ms", steady.p50_ms, steady.p99_ms),
+        format!(
+            "{:.1} / {:.1} ms one request per property",
+            anchor.p50_ms, anchor.p99_ms
+        ),
+    );
+    table.row(
+        "Modbus requests per second",
+        format!("{:.0}", steady.requests_per_s),
+        format!(
+            "{:.0} one request per property ({:.1}×)",
+            anchor.requests_per_s,
+            anchor.requests_per_s / steady.requests_per_s.max(1.0)
+        ),
+    );
+    table.row(
+        "agent CPU, % of a core (goal ≤ 25%)",
+        format!("{:.1}%", steady.cpu_percent),
+        format!("{:.1}% one request per property", anchor.cpu_percent),
+    );
+    table.row(
+        "agent RSS, peak (goal ≤ 40 MiB)",
+        format!("{:.1} MiB", steady.rss_mib),
+        format!("{:.1} MiB one request per property", anchor.rss_mib),
+    );
+    for (what, o, share) in [
+        ("0%", &steady, 0.0),
+        ("1%", &some, 0.01),
+        ("100%", &all, 1.0),
+    ] {
+        table.row(
+            &format!("status writes per second, {what} of values changing (beyond heartbeats)"),
+            format!("{:.1}", o.changes_per_s),
+            format!(
+                "{upstream_writes:.0} upstream's cadence (every device every 5 s); {:.0} devices changed per second",
+                (args.devices as f64).min((args.devices * args.properties) as f64 * share)
+            ),
+        );
+    }
+    table.row(
+        "with 100% changing: cycle p99, CPU",
+        format!("{:.1} ms, {:.1}%", all.p99_ms, all.cpu_percent),
+        format!("{:.1} ms, {:.1}% at 0%", steady.p99_ms, steady.cpu_percent),
+    );
+    table.print();
+    Ok(ExitCode::SUCCESS)
+}
