@@ -264,6 +264,131 @@ fn mqtt_objects(host_ip: &str) -> Value {
     ]})
 }
 
+/// A client that the API server takes for `user` (the admin impersonating it: the
+/// token of the agent's account is not needed to be it).
+async fn client_as(f: &TestFleet, user: &str) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(f.fleet().admin_kubeconfig())?;
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    config.auth_info.impersonate = Some(user.to_owned());
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// The pool's agent runs under its pool's account, which writes its pool's devices
+/// (their status) and no other pool's: not their status, and it creates none there.
+async fn agents_are_confined_to_their_pool(f: &TestFleet) -> anyhow::Result<()> {
+    let account = format!("edgex-sample-yurt-iot-dock-{POOL}");
+    let pods: Value = serde_json::from_str(&f.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        NS,
+        "-l",
+        "app.kubernetes.io/name=yurt-iot-dock",
+        "-o",
+        "json",
+    ])?)?;
+    let accounts: Vec<&str> = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            p.pointer("/spec/serviceAccountName")
+                .and_then(Value::as_str)
+        })
+        .collect();
+    ensure!(
+        !accounts.is_empty() && accounts.iter().all(|a| *a == account),
+        "the agent runs as its pool's account: {accounts:?}"
+    );
+    // Another site's pool (no nodes needed) and an unmanaged device in it.
+    let elsewhere = "elsewhere";
+    f.apply(&json!({
+        "apiVersion": "apps.openyurt.io/v1beta1", "kind": "NodePool",
+        "metadata": {"name": elsewhere}, "spec": {"type": "Edge"},
+    }))?;
+    let foreign = |name: &str| {
+        json!({
+            "apiVersion": "iot.openyurt.io/v1alpha1", "kind": "Device",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"serviceName": "device-virtual", "profileName": "Random-Integer-Device",
+                     "nodePool": elsewhere, "managed": false, "notify": false},
+        })
+    };
+    f.apply(&foreign("foreign-1"))?;
+    let agent = client_as(f, &format!("system:serviceaccount:{NS}:{account}")).await?;
+    let devices = kube::Api::<kube::core::DynamicObject>::namespaced_with(
+        agent,
+        NS,
+        &kube::core::ApiResource {
+            group: "iot.openyurt.io".into(),
+            version: "v1alpha1".into(),
+            api_version: "iot.openyurt.io/v1alpha1".into(),
+            kind: "Device".into(),
+            plural: "devices".into(),
+        },
+    );
+    let refused = |what: &str, r: Result<kube::core::DynamicObject, kube::Error>| match r {
+        Err(kube::Error::Api(s))
+            if s.message
+                .contains(&format!("is the device agent of pool \"{POOL}\"")) =>
+        {
+            Ok(())
+        }
+        other => Err(anyhow::anyhow!("{what} as the agent of {POOL}: {other:?}")),
+    };
+    let params = kube::api::PatchParams::default();
+    let status = json!({"status": {"operatingState": "DOWN"}});
+    refused(
+        "another pool's device status",
+        devices
+            .patch_status("foreign-1", &params, &kube::api::Patch::Merge(&status))
+            .await,
+    )?;
+    let created = serde_json::from_value(foreign("foreign-2"))?;
+    refused(
+        "a device created in another pool",
+        devices
+            .create(&kube::api::PostParams::default(), &created)
+            .await,
+    )?;
+    // Its own pool's device: the same write goes through.
+    let own = format!("{POOL}-random-integer-device");
+    wait_for(
+        "the agent's own virtual device",
+        Duration::from_secs(120),
+        || async {
+            Ok(f.kubectl(&[
+                "get",
+                "device",
+                &own,
+                "-n",
+                NS,
+                "--ignore-not-found",
+                "-o",
+                "name",
+            ])?
+            .contains(&own)
+            .then_some(()))
+        },
+    )
+    .await?;
+    devices
+        .patch_status(
+            &own,
+            &params,
+            &kube::api::Patch::Merge(&json!({"status": {}})),
+        )
+        .await
+        .context("its own pool's device status as the agent")?;
+    f.kubectl(&["delete", "device", "foreign-1", "-n", NS])?;
+    f.kubectl(&["delete", "nodepool", elsewhere])?;
+    Ok(())
+}
+
 fn patch_desired(f: &TestFleet, name: &str, property: &str, value: &str) -> anyhow::Result<String> {
     let patch = json!({"spec": {"deviceProperties": {property: {"name": property, "desiredValue": value}}}});
     f.kubectl(&[
@@ -354,6 +479,8 @@ async fn platform_admin_virtual_and_modbus_devices_online_and_offline() -> anyho
         );
 
         eprintln!("[{:>5.1?}] PlatformAdmin ready", begun.elapsed());
+        agents_are_confined_to_their_pool(&f).await?;
+        eprintln!("[{:>5.1?}] the pool's agent is confined to its pool", begun.elapsed());
         // The five virtual devices appear, synced, with readings.
         let virtual_int = format!("{POOL}-random-integer-device");
         wait_for("the five virtual devices", Duration::from_secs(120), || async {

@@ -142,6 +142,8 @@ const TABLE: &[Row] = &[
     (Who::Manager, "bind clusterroles.rbac.authorization.k8s.io/openyurt:yurt-iot-dock-virtual", true, "platformadmin: virtual devices"),
     (Who::Manager, "create rolebindings.rbac.authorization.k8s.io -n default", true, "platformadmin: binds the agents' roles"),
     (Who::Manager, "create serviceaccounts -n default", true, "platformadmin: the agents' account"),
+    (Who::Manager, "watch serviceaccounts -A", true, "webhook/device: the agents' accounts, each confined to its pool"),
+    (Who::Manager, "update serviceaccounts -n default", false, "accounts are made once"),
     (Who::Manager, "delete serviceaccounts -n default", false, "owner references do it"),
     (Who::Manager, "impersonate users", false, "impersonation"),
     (Who::Manager, "create serviceaccounts --subresource=token -n kube-system", false, "tokens"),

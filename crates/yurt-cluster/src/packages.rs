@@ -25,8 +25,10 @@ pub const RUNTIME_PACKAGES: &[&str] = &[
     "util-linux",
     // The pods' TLS client: copied with its libraries into the `yurt.local/curl:1` image.
     "curl",
-    // The MQTT broker the device tests drive devices through (not run by fleets).
+    // The MQTT broker the device tests drive devices through (not run by fleets), and
+    // the clients they publish and subscribe with.
     "mosquitto",
+    "mosquitto-clients",
     // The device tests' pymodbus venv.
     "python3-venv",
 ];

@@ -107,11 +107,20 @@ where
     /// Watches every object of `api`'s kind into the feed until `shutdown`; `kind` names
     /// it in logs. Watch failures are retried with backoff.
     pub fn start(&self, api: Api<K>, kind: &'static str, shutdown: CancellationToken) {
+        self.start_selected(api, watcher::Config::default(), kind, shutdown);
+    }
+
+    /// As [`Feed::start`], for the objects `selected` picks (a label selector).
+    pub fn start_selected(
+        &self,
+        api: Api<K>,
+        selected: watcher::Config,
+        kind: &'static str,
+        shutdown: CancellationToken,
+    ) {
         let fanout = self.fanout.clone();
         tokio::spawn(async move {
-            let mut events = watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
+            let mut events = watcher(api, selected).default_backoff().boxed();
             loop {
                 let event = tokio::select! {
                     () = shutdown.cancelled() => break,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::Api;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -163,6 +163,16 @@ pub async fn run(
     // One watch of NodePools, started once the conversion webhook is registered.
     let pool_feed = feed::Feed::<NodePool>::new();
     let pools = pool_feed.store();
+    // One watch of the device agents' ServiceAccounts, which the device webhook confines
+    // to their pools.
+    let agent_account_feed = feed::Feed::<ServiceAccount>::new();
+    agent_account_feed.start_selected(
+        Api::<ServiceAccount>::all(client.clone()),
+        kube::runtime::watcher::Config::default()
+            .labels(controllers::platformadmin::PLATFORM_ADMIN_LABEL),
+        "serviceaccount",
+        shutdown.clone(),
+    );
 
     // Webhooks first: the CRD's conversion and the pools' validation need them.
     let certs = webhook::certs::ensure(&client, &config.namespace, &config.webhook_ips).await?;
@@ -172,6 +182,7 @@ pub async fn run(
         nodes: nodes.clone(),
         pods: pod_feed.store(),
         pools: pools.clone(),
+        agent_accounts: agent_account_feed.store(),
         metrics: metrics.clone(),
         manager_username: config.manager_username.clone(),
     };

@@ -78,11 +78,13 @@ pub fn cluster_rules() -> Value {
         {"apiGroups": ["iot.openyurt.io"], "resources": ["platformadmins"], "verbs": ["list", "watch", "patch"]},
         {"apiGroups": ["iot.openyurt.io"], "resources": ["platformadmins/status"], "verbs": ["patch"]},
         {"apiGroups": ["iot.openyurt.io"], "resources": ["platformadmins/finalizers"], "verbs": ["update"]},
-        // controllers/platformadmin: each PlatformAdmin's agents get a ServiceAccount and
-        // a RoleBinding to the agents' ClusterRole, which the manager may bind but does
-        // not hold (so it cannot write Devices itself).
+        // controllers/platformadmin: each PlatformAdmin's agent in each pool gets a
+        // ServiceAccount and RoleBindings to the agents' ClusterRoles, which the manager
+        // may bind but does not hold (so it cannot write Devices itself).
         // A name taken by an object of a deleted PlatformAdmin is read to wait for it.
-        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "create"]},
+        // webhook/device: watches the agents' accounts (by label) to confine each to
+        // its pool.
+        {"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["get", "list", "watch", "create"]},
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["get", "create"]},
         {"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "resourceNames": [AGENT_ROLE, VIRTUAL_DEVICES_ROLE], "verbs": ["bind"]},
         // webhook/device: a Device's profile and service, looked up in its namespace.

@@ -55,6 +55,9 @@ pub struct WebhookState {
     pub pods: Store<k8s_openapi::api::core::v1::Pod>,
     /// Every NodePool (v1beta2), kept current by a reflector.
     pub pools: Store<NodePool>,
+    /// The device agents' ServiceAccounts (those labelled with a PlatformAdmin), kept
+    /// current by a reflector: each is confined to the Devices of its pool.
+    pub agent_accounts: Store<k8s_openapi::api::core::v1::ServiceAccount>,
     /// Metrics.
     pub metrics: crate::metrics::ManagerMetrics,
     /// The manager's own user name, as the API server authenticates it: besides a node
@@ -288,6 +291,7 @@ pub(crate) fn test_state(
         nodes: filled(nodes),
         pods: filled(pods),
         pools: filled(Vec::new()),
+        agent_accounts: filled(Vec::new()),
         metrics: crate::metrics::ManagerMetrics::default(),
         manager_username: "openyurt:yurt-manager".to_owned(),
     };

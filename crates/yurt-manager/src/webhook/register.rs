@@ -219,7 +219,7 @@ fn validating_hooks() -> Vec<Hook> {
             rule: rule(
                 &["iot.openyurt.io"],
                 &["v1alpha1"],
-                &["devices"],
+                &["devices", "devices/status"],
                 &["CREATE", "UPDATE"],
             ),
             fail: true,

@@ -9,11 +9,17 @@
 //! counterpart (devices are driven natively); any other component named in
 //! `spec.components` is not run, and the `ComponentsSupported` condition names it.
 //!
-//! Each PlatformAdmin gets a ServiceAccount and a RoleBinding (to the ClusterRole
-//! [`AGENT_ROLE`], installed with the manager; and to [`VIRTUAL_DEVICES_ROLE`] when it
-//! asks for the virtual devices) in its namespace for its agents; all are owned by it
-//! and go with it. Upstream's finalizer is kept: it comes
-//! off once the PlatformAdmin is being deleted (its owned objects are then collected).
+//! Each pool's agent has an identity of its own: a ServiceAccount per PlatformAdmin and
+//! pool ([`agent_account`], labelled with the pool), bound in the PlatformAdmin's
+//! namespace to the ClusterRole [`AGENT_ROLE`] (installed with the manager), and to
+//! [`VIRTUAL_DEVICES_ROLE`] when it asks for the virtual devices. RBAC cannot tell
+//! pools apart, so the device webhook confines each such account to the Devices of its
+//! pool: a node that gives its agent's token away cannot write another pool's devices.
+//! (Upstream runs every pool's yurt-iot-dock under one account.) All are owned by the
+//! PlatformAdmin and go with it; a pool taken off it keeps its account and bindings
+//! until then (still confined to that pool; the manager may not delete accounts).
+//! Upstream's finalizer is kept: it comes off once the PlatformAdmin is being deleted
+//! (its owned objects are then collected).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -31,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use yurt_api::apps::v1beta1::YurtAppSet;
 use yurt_api::iot::PLATFORM_ADMIN_FINALIZER;
 use yurt_api::iot::v1beta1::PlatformAdmin;
+use yurt_api::labels::NODE_POOL;
 
 use crate::install::manifests::BINARY_IN_IMAGE;
 use crate::metrics::ManagerMetrics;
@@ -88,6 +95,11 @@ struct Ctx {
 /// and RoleBinding).
 pub fn agent_name(pa: &PlatformAdmin) -> String {
     format!("{}-{AGENT_COMPONENT}", pa.name_any())
+}
+
+/// The ServiceAccount of `pa`'s agent in `pool`.
+pub fn agent_account(pa: &PlatformAdmin, pool: &str) -> String {
+    format!("{}-{pool}", agent_name(pa))
 }
 
 /// The components named in `spec.components`: whether the virtual driver is on, and
@@ -156,6 +168,9 @@ pub fn agent_app_set(pa: &PlatformAdmin, image: &str) -> Value {
                         "template": {
                             "metadata": {"labels": labels},
                             "spec": {
+                                // Each pool's account, set by the tweak below; this
+                                // one is never created, so a pod that missed the tweak
+                                // does not start.
                                 "serviceAccountName": name,
                                 "containers": [{
                                     "name": AGENT_COMPONENT,
@@ -203,12 +218,74 @@ pub fn agent_app_set(pa: &PlatformAdmin, image: &str) -> Value {
                             "operation": "add",
                             "path": "/spec/template/spec/containers/0/args/-",
                             "value": "--nodepool={{nodepool-name}}",
+                        }, {
+                            "operation": "replace",
+                            "path": "/spec/template/spec/serviceAccountName",
+                            "value": format!("{name}-{{{{nodepool-name}}}}"),
                         }],
                     },
                 }],
             },
         },
     })
+}
+
+/// What [`agent_accounts`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountObject {
+    /// A pool's agent's ServiceAccount.
+    ServiceAccount,
+    /// A binding of it to one of the agents' ClusterRoles.
+    RoleBinding,
+}
+
+/// The identity of `pa`'s agent in each of its pools: a ServiceAccount labelled with the
+/// PlatformAdmin and the pool (what the device webhook confines it by), and its
+/// RoleBindings, all owned by `pa`. Accounts come before the bindings naming them.
+pub fn agent_accounts(pa: &PlatformAdmin) -> Vec<(AccountObject, Value)> {
+    let namespace = pa.namespace().unwrap_or_default();
+    let owner = pa.controller_owner_ref(&()).map(|mut o| {
+        o.block_owner_deletion = Some(true);
+        o
+    });
+    let (virtual_devices, _) = components(pa);
+    let mut objects = Vec::new();
+    for pool in pa.spec.nodepools.iter().flatten() {
+        let account = agent_account(pa, pool);
+        let metadata = |name: &str, generated: &str| {
+            json!({
+                "name": name,
+                "namespace": namespace,
+                "labels": {
+                    GENERATE_LABEL: generated,
+                    PLATFORM_ADMIN_LABEL: pa.name_any(),
+                    NODE_POOL: pool,
+                },
+                "ownerReferences": owner.iter().collect::<Vec<_>>(),
+            })
+        };
+        objects.push((
+            AccountObject::ServiceAccount,
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": metadata(&account, "ServiceAccount")}),
+        ));
+        let mut roles = vec![(account.clone(), AGENT_ROLE)];
+        if virtual_devices {
+            roles.push((format!("{account}-virtual"), VIRTUAL_DEVICES_ROLE));
+        }
+        for (binding, role) in roles {
+            objects.push((
+                AccountObject::RoleBinding,
+                json!({
+                    "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                    "metadata": metadata(&binding, "RoleBinding"),
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                    "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+                }),
+            ));
+        }
+    }
+    objects
 }
 
 /// `pa`'s status from its agents' YurtAppSet (`None`: not made yet).
@@ -367,45 +444,28 @@ async fn reconcile(pa: Arc<PlatformAdmin>, ctx: Arc<Ctx>) -> Result<Action, Reco
         .await?;
         return Ok(Action::await_change());
     }
-    let name = agent_name(&pa);
-    let owner = pa.controller_owner_ref(&()).map(|mut o| {
-        o.block_owner_deletion = Some(true);
-        o
-    });
-    let metadata = json!({
-        "name": name,
-        "namespace": namespace,
-        "labels": {GENERATE_LABEL: "ServiceAccount", PLATFORM_ADMIN_LABEL: pa.name_any()},
-        "ownerReferences": owner.into_iter().collect::<Vec<_>>(),
-    });
     let uid = pa.uid().unwrap_or_default();
-    create_once(
-        Api::<ServiceAccount>::namespaced(ctx.client.clone(), &namespace),
-        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata}),
-        &uid,
-    )
-    .await?;
-    let (virtual_devices, _) = components(&pa);
-    let mut roles = vec![(name.clone(), AGENT_ROLE)];
-    if virtual_devices {
-        roles.push((format!("{name}-virtual"), VIRTUAL_DEVICES_ROLE));
+    for (kind, object) in agent_accounts(&pa) {
+        match kind {
+            AccountObject::ServiceAccount => {
+                create_once(
+                    Api::<ServiceAccount>::namespaced(ctx.client.clone(), &namespace),
+                    object,
+                    &uid,
+                )
+                .await?;
+            }
+            AccountObject::RoleBinding => {
+                create_once(
+                    Api::<RoleBinding>::namespaced(ctx.client.clone(), &namespace),
+                    object,
+                    &uid,
+                )
+                .await?;
+            }
+        }
     }
-    for (binding, role) in roles {
-        let mut binding_meta = metadata.clone();
-        binding_meta["name"] = json!(binding);
-        binding_meta["labels"][GENERATE_LABEL] = json!("RoleBinding");
-        create_once(
-            Api::<RoleBinding>::namespaced(ctx.client.clone(), &namespace),
-            json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                "metadata": binding_meta,
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-            }),
-            &uid,
-        )
-        .await?;
-    }
+    let name = agent_name(&pa);
     let sets: Api<YurtAppSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let set = sets
         .patch(

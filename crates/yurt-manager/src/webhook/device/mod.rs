@@ -15,7 +15,13 @@
 //!   pool by the platform's name (yurt-iot-dock's label, else the object's name); one
 //!   not found yet is a warning, not a refusal, so `kubectl apply -f dir/` may create a
 //!   device before its profile;
-//! - validating a service: a base address, and its pool exists.
+//! - validating a service: a base address, and its pool exists;
+//! - confining each pool's device agent: a ServiceAccount labelled with a PlatformAdmin
+//!   (the platformadmin controller makes one per pool, with the pool's label) may create
+//!   and write (a Device's status included) only objects of the three kinds in its pool,
+//!   before and after. RBAC
+//!   cannot tell pools apart; this keeps a node that hands out its agent's token from
+//!   writing the devices of other sites.
 //!
 //! What is checked on update is what changed: an object being deleted (a finalizer
 //! removed) is never refused, nor one whose pool, profile or service went away first.
@@ -191,6 +197,9 @@ pub async fn validate_profile(
     state: &WebhookState,
     req: &AdmissionRequest<DynamicObject>,
 ) -> AdmissionResponse {
+    if let Err(resp) = confined(state, req, "DeviceProfile").await {
+        return *resp;
+    }
     let (profile, old): (DeviceProfile, Option<DeviceProfile>) = match decoded(req, "DeviceProfile")
     {
         Ok(objects) => objects,
@@ -211,6 +220,9 @@ pub async fn validate_service(
     state: &WebhookState,
     req: &AdmissionRequest<DynamicObject>,
 ) -> AdmissionResponse {
+    if let Err(resp) = confined(state, req, "DeviceService").await {
+        return *resp;
+    }
     let (service, old): (DeviceService, Option<DeviceService>) = match decoded(req, "DeviceService")
     {
         Ok(objects) => objects,
@@ -239,12 +251,111 @@ fn managed_by_the_cloud(device: &Device) -> bool {
             .is_some_and(|l| l.contains_key(EDGEX_NAME_LABEL))
 }
 
-/// The validating Device webhook: reads its namespace's profiles and services (from the
-/// API server's watch cache).
+/// The pool whose Devices `username` is confined to: `Some` for a device agent's
+/// ServiceAccount (empty when its account names no pool: it may write none), `None` for
+/// any other user. `Err`: the manager has not read the agents' accounts yet.
+async fn agent_pool(state: &WebhookState, username: &str) -> Result<Option<String>, String> {
+    let Some((namespace, name)) = username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+    else {
+        return Ok(None);
+    };
+    if tokio::time::timeout(POOLS_READY_WAIT, state.agent_accounts.wait_until_ready())
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        return Err("the manager has not read the device agents' accounts yet; retry".to_owned());
+    }
+    Ok(state
+        .agent_accounts
+        .get(&ObjectRef::new(name).within(namespace))
+        .map(|account| {
+            account
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(yurt_api::labels::NODE_POOL))
+                .cloned()
+                .unwrap_or_default()
+        }))
+}
+
+/// Why the request's user may not write this object (a `kind`): it is a pool's device
+/// agent and the object (before or after) belongs to another pool. `Err`: cannot tell
+/// yet.
+async fn agent_problem(
+    state: &WebhookState,
+    req: &AdmissionRequest<DynamicObject>,
+    kind: &str,
+) -> Result<Option<String>, String> {
+    let username = req.user_info.username.as_deref().unwrap_or_default();
+    let Some(agent_pool) = agent_pool(state, username).await? else {
+        return Ok(None);
+    };
+    let pool_of = |o: Option<&DynamicObject>| {
+        object(o).map(|v| {
+            v.pointer("/spec/nodePool")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        })
+    };
+    let pools = [
+        pool_of(req.object.as_ref()),
+        pool_of(req.old_object.as_ref()),
+    ];
+    Ok(pools
+        .into_iter()
+        .flatten()
+        .find(|pool| agent_pool.is_empty() || *pool != agent_pool)
+        .map(|pool| {
+            if agent_pool.is_empty() {
+                return format!(
+                    "{username} is a device agent's account that names no pool (no {} label): it may write no {kind}",
+                    yurt_api::labels::NODE_POOL
+                );
+            }
+            format!(
+                "{username} is the device agent of pool {agent_pool:?}: it may not write a {kind} of {}",
+                if pool.is_empty() {
+                    "no pool".to_owned()
+                } else {
+                    format!("pool {pool:?}")
+                }
+            )
+        }))
+}
+
+/// The answer refusing a device agent's write outside its pool, or `Ok` to go on.
+async fn confined(
+    state: &WebhookState,
+    req: &AdmissionRequest<DynamicObject>,
+    kind: &str,
+) -> Result<(), Box<AdmissionResponse>> {
+    let resp = AdmissionResponse::from(req);
+    match agent_problem(state, req, kind).await {
+        Ok(None) => Ok(()),
+        Ok(Some(problem)) => Err(Box::new(
+            resp.deny(format!("{kind} {:?} is forbidden: {problem}", req.name)),
+        )),
+        Err(e) => Err(Box::new(resp.deny(e))),
+    }
+}
+
+/// The validating Device webhook (Devices and their status): confines the pools' device
+/// agents to their pools' Devices, then checks the Device, reading its namespace's
+/// profiles and services (from the API server's watch cache).
 pub async fn validate_device(
     state: &WebhookState,
     req: &AdmissionRequest<DynamicObject>,
 ) -> AdmissionResponse {
+    if let Err(resp) = confined(state, req, "Device").await {
+        return *resp;
+    }
+    if req.sub_resource.as_deref() == Some("status") {
+        return AdmissionResponse::from(req);
+    }
     let (device, old): (Device, Option<Device>) = match decoded(req, "Device") {
         Ok(objects) => objects,
         Err(resp) => return *resp,

@@ -365,3 +365,183 @@ async fn a_device_is_refused_when_its_references_cannot_be_read_and_a_profile_na
         resp.result.message
     );
 }
+
+fn agent_account(name: &str, pool: Option<&str>) -> k8s_openapi::api::core::v1::ServiceAccount {
+    let mut labels = json!({"iot.openyurt.io/platformadmin": "edgex"});
+    if let Some(pool) = pool {
+        labels[yurt_api::labels::NODE_POOL] = json!(pool);
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+    }))
+    .expect("a ServiceAccount")
+}
+
+fn as_user(
+    mut req: AdmissionRequest<DynamicObject>,
+    user: &str,
+) -> AdmissionRequest<DynamicObject> {
+    req.user_info.username = Some(user.to_owned());
+    req
+}
+
+fn status_of(req: AdmissionRequest<DynamicObject>) -> AdmissionRequest<DynamicObject> {
+    let mut req = req;
+    req.sub_resource = Some("status".to_owned());
+    req
+}
+
+#[tokio::test]
+async fn a_pools_device_agent_writes_only_its_pools_objects() {
+    let (state, _calls) = crate::webhook::test_state(Vec::new(), Vec::new());
+    let pool = |name: &str| yurt_api::apps::v1beta2::NodePool::new(name, Default::default());
+    let state = crate::webhook::WebhookState {
+        pools: crate::webhook::filled(vec![pool("hz"), pool("bj")]),
+        agent_accounts: crate::webhook::filled(vec![
+            agent_account("edgex-yurt-iot-dock-hz", Some("hz")),
+            agent_account("no-pool", None),
+        ]),
+        ..state
+    };
+    let hz_agent = "system:serviceaccount:default:edgex-yurt-iot-dock-hz";
+    let in_pool = |pool: &str| {
+        let mut d = serde_json::to_value(device(json!({}))).unwrap();
+        d["spec"]["nodePool"] = json!(pool);
+        // Synced from the edge: only the pool is checked, no lookups.
+        d["spec"]["managed"] = json!(false);
+        d
+    };
+    let status_update = |old: Value, new: Value| status_of(update("Device", "devices", new, old));
+
+    // Its own pool's device: status and creation.
+    let own = status_update(in_pool("hz"), in_pool("hz"));
+    let resp = validate_device(&state, &as_user(own, hz_agent)).await;
+    assert!(resp.allowed, "{}", resp.result.message);
+    let create = review("Device", "devices", in_pool("hz"));
+    let resp = validate_device(&state, &as_user(create, hz_agent)).await;
+    assert!(resp.allowed, "{}", resp.result.message);
+
+    // Another pool's device: status, creation, or moving one out of or into its pool.
+    for (what, req) in [
+        ("status", status_update(in_pool("bj"), in_pool("bj"))),
+        ("create", review("Device", "devices", in_pool("bj"))),
+        (
+            "move in",
+            update("Device", "devices", in_pool("hz"), in_pool("bj")),
+        ),
+        (
+            "move out",
+            update("Device", "devices", in_pool("bj"), in_pool("hz")),
+        ),
+        (
+            "no pool",
+            review("Device", "devices", {
+                let mut d = in_pool("hz");
+                d["spec"].as_object_mut().unwrap().remove("nodePool");
+                d
+            }),
+        ),
+    ] {
+        let resp = validate_device(&state, &as_user(req, hz_agent)).await;
+        assert!(!resp.allowed, "{what}: allowed");
+        assert!(
+            resp.result
+                .message
+                .contains("is the device agent of pool \"hz\": it may not write a Device of"),
+            "{what}: {}",
+            resp.result.message
+        );
+    }
+    // Profiles and services (the virtual devices' role creates them) likewise.
+    let mut prof = serde_json::to_value(thermostat()).unwrap();
+    prof["spec"]["nodePool"] = json!("bj");
+    let resp = validate_profile(
+        &state,
+        &as_user(review("DeviceProfile", "deviceprofiles", prof), hz_agent),
+    )
+    .await;
+    assert!(!resp.allowed);
+    assert!(
+        resp.result.message.contains("DeviceProfile"),
+        "{}",
+        resp.result.message
+    );
+    let svc = json!({"apiVersion": "iot.openyurt.io/v1alpha1", "kind": "DeviceService",
+                     "metadata": {"name": "modbus", "namespace": "default"},
+                     "spec": {"baseAddress": "tcp://x", "nodePool": "bj"}});
+    let resp = validate_service(
+        &state,
+        &as_user(
+            review("DeviceService", "deviceservices", svc.clone()),
+            hz_agent,
+        ),
+    )
+    .await;
+    assert!(!resp.allowed);
+    // The same service in its own pool passes.
+    let mut own_svc = svc.clone();
+    own_svc["spec"]["nodePool"] = json!("hz");
+    let resp = validate_service(
+        &state,
+        &as_user(review("DeviceService", "deviceservices", own_svc), hz_agent),
+    )
+    .await;
+    assert!(resp.allowed, "{}", resp.result.message);
+
+    // An agent account naming no pool writes nothing.
+    let resp = validate_device(
+        &state,
+        &as_user(
+            status_update(in_pool("hz"), in_pool("hz")),
+            "system:serviceaccount:default:no-pool",
+        ),
+    )
+    .await;
+    assert!(!resp.allowed);
+    assert!(
+        resp.result.message.contains("names no pool"),
+        "{}",
+        resp.result.message
+    );
+
+    // Other users and accounts are left to RBAC: the same account name in another
+    // namespace is not the agent.
+    for user in [
+        "alice",
+        "system:serviceaccount:default:someone-else",
+        "system:serviceaccount:other:edgex-yurt-iot-dock-hz",
+    ] {
+        let req = status_update(in_pool("bj"), in_pool("bj"));
+        let resp = validate_device(&state, &as_user(req, user)).await;
+        assert!(resp.allowed, "{user}: {}", resp.result.message);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn accounts_not_yet_read_mean_retry_not_allow() {
+    let (state, _calls) = crate::webhook::test_state(Vec::new(), Vec::new());
+    let (unread, _writer) = kube::runtime::reflector::store();
+    let state = crate::webhook::WebhookState {
+        agent_accounts: unread,
+        ..state
+    };
+    let mut d = serde_json::to_value(device(json!({}))).unwrap();
+    d["spec"]["managed"] = json!(false);
+    let req = status_of(update("Device", "devices", d.clone(), d.clone()));
+    let resp = validate_device(
+        &state,
+        &as_user(req, "system:serviceaccount:default:edgex-yurt-iot-dock-hz"),
+    )
+    .await;
+    assert!(!resp.allowed);
+    assert!(
+        resp.result.message.contains("retry"),
+        "{}",
+        resp.result.message
+    );
+    // A user who is no service account is not held up.
+    let req = status_of(update("Device", "devices", d.clone(), d));
+    let resp = validate_device(&state, &as_user(req, "alice")).await;
+    assert!(resp.allowed, "{}", resp.result.message);
+}
