@@ -57,9 +57,15 @@ pub struct IotAgentArgs {
     /// (annotation `iot.openyurt.io/poll-interval`).
     #[arg(long, default_value_t = 5.0)]
     pub poll_interval_seconds: f64,
-    /// Seconds after which an unchanged status is written anyway (`lastConnected`).
+    /// Seconds after which an unchanged status is written anyway (`lastConnected`), give
+    /// or take a tenth per device so a pool's devices do not beat in step.
     #[arg(long, default_value_t = 60)]
     pub status_heartbeat_seconds: u64,
+    /// When a device's status is written: `on-change` (coalesced, plus the heartbeat),
+    /// or `heartbeat` only (with --status-heartbeat-seconds 5: upstream yurt-iot-dock's
+    /// cadence, every device every 5 s, changed or not; for comparison).
+    #[arg(long, value_enum, default_value_t = StatusWrites::OnChange)]
+    pub status_writes: StatusWrites,
     /// The least seconds between two status writes of one device (changes in between
     /// are coalesced).
     #[arg(long, default_value_t = 1.0)]
@@ -75,6 +81,15 @@ pub struct IotAgentArgs {
     /// `/healthz`, `/readyz` and `/metrics` (yurt-iot-dock's health-probe port).
     #[arg(long, default_value = "0.0.0.0:8081")]
     pub admin_address: SocketAddr,
+}
+
+/// `--status-writes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusWrites {
+    /// When it changes, and every heartbeat.
+    OnChange,
+    /// Every heartbeat only.
+    Heartbeat,
 }
 
 fn token() -> tokio_util::sync::CancellationToken {
@@ -180,6 +195,7 @@ async fn run_agent(args: IotAgentArgs) -> anyhow::Result<ExitCode> {
             args.status_retry_max_seconds as f64,
             "--status-retry-max-seconds",
         )?,
+        status_on_change: args.status_writes == StatusWrites::OnChange,
         virtual_devices: args.virtual_devices,
     };
     let client = agent_client(args.kubeconfig.as_ref()).await?;

@@ -17,7 +17,7 @@
 //! administrator (`kubectl patch device NAME --type=merge -p
 //! '{"metadata":{"finalizers":null}}'`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,8 +60,13 @@ pub struct AgentConfig {
     /// How often a device is polled when neither it nor its profile says
     /// ([`world::POLL_INTERVAL_ANNOTATION`]).
     pub poll_interval: Duration,
-    /// How often an unchanged status is written anyway (for `lastConnected`).
+    /// How often an unchanged status is written anyway (for `lastConnected`); each
+    /// device's interval varies by up to a tenth either way, so a pool's devices, all
+    /// written when the agent starts, do not beat in step.
     pub heartbeat: Duration,
+    /// Write a status when it changes (else only every heartbeat: with a 5 s heartbeat,
+    /// upstream yurt-iot-dock's cadence, kept to compare against).
+    pub status_on_change: bool,
     /// The least time between two status writes of one device (changes in between are
     /// coalesced into the next).
     pub min_status_interval: Duration,
@@ -102,32 +107,61 @@ fn name_of<K: kube::Resource>(o: &K) -> String {
     o.meta().name.clone().unwrap_or_default()
 }
 
+/// What a watch event changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Changed {
+    Nothing,
+    /// The object of this name (added, changed or deleted).
+    One(String),
+    /// Anything: a relist ended.
+    All,
+}
+
+impl Changed {
+    /// What two changes amount to.
+    fn and(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::Nothing, c) | (c, Self::Nothing) => c,
+            (Self::One(a), Self::One(b)) if a == b => Self::One(a),
+            _ => Self::All,
+        }
+    }
+}
+
 /// Applies a watch event to `known` (and to its buffer while a relist is under way);
-/// returns whether anything changed.
+/// returns what changed.
 fn apply<K: kube::Resource + Clone>(
     known: &mut BTreeMap<String, K>,
     init: &mut Option<BTreeMap<String, K>>,
     event: Event<K>,
-) -> bool {
+) -> Changed {
     match event {
         Event::Apply(o) => {
-            known.insert(name_of(&o), o);
-            true
+            let name = name_of(&o);
+            known.insert(name.clone(), o);
+            Changed::One(name)
         }
-        Event::Delete(o) => known.remove(&name_of(&o)).is_some(),
+        Event::Delete(o) => {
+            let name = name_of(&o);
+            if known.remove(&name).is_some() {
+                Changed::One(name)
+            } else {
+                Changed::Nothing
+            }
+        }
         Event::Init => {
             *init = Some(BTreeMap::new());
-            false
+            Changed::Nothing
         }
         Event::InitApply(o) => {
             init.get_or_insert_with(BTreeMap::new)
                 .insert(name_of(&o), o);
-            false
+            Changed::Nothing
         }
         Event::InitDone => {
             // Objects deleted while the agent was not watching go now.
             *known = init.take().unwrap_or_default();
-            true
+            Changed::All
         }
     }
 }
@@ -235,7 +269,7 @@ impl Agent {
                     }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "watching Devices");
-                        false
+                        Changed::Nothing
                     }
                     None => break,
                 },
@@ -243,11 +277,15 @@ impl Agent {
                     Some(Ok(e)) => {
                         listed.1 |= matches!(e, Event::InitDone);
                         let k = &mut self.known;
-                        apply(&mut k.profiles, &mut k.profiles_init, e)
+                        // A profile may be any number of devices': all are looked at.
+                        match apply(&mut k.profiles, &mut k.profiles_init, e) {
+                            Changed::Nothing => Changed::Nothing,
+                            _ => Changed::All,
+                        }
                     }
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "watching DeviceProfiles");
-                        false
+                        Changed::Nothing
                     }
                     None => break,
                 },
@@ -277,14 +315,25 @@ impl Agent {
                             }
                         }
                     }
-                    false
+                    Changed::Nothing
                 }
             };
-            if changed {
+            if changed != Changed::Nothing {
                 // Until both kinds are listed, what is known may be half the pool: a
                 // device without its profile would be reported stuck for nothing.
-                if listed == (true, true) || self.ready.load(Ordering::Relaxed) {
-                    self.reconcile();
+                let was_ready = self.ready.load(Ordering::Relaxed);
+                if listed == (true, true) || was_ready {
+                    // One device's event (most are the agent's own status writes coming
+                    // back) looks at that device only: a pool of thousands is not
+                    // walked, nor copied, a thousand times a second.
+                    match changed.and(if was_ready {
+                        Changed::Nothing
+                    } else {
+                        Changed::All
+                    }) {
+                        Changed::One(name) => self.reconcile_device(&name),
+                        _ => self.reconcile(),
+                    }
                     self.ready.store(true, Ordering::Relaxed);
                 }
                 save_due.get_or_insert_with(|| Instant::now() + Duration::from_secs(1));
@@ -335,51 +384,80 @@ impl Agent {
     /// Starts, reconfigures and stops device loops to match what is known.
     fn reconcile(&mut self) {
         let profiles: Vec<DeviceProfile> = self.known.profiles.values().cloned().collect();
-        let wanted: BTreeMap<String, Device> =
-            world::pool_devices(&self.known.devices, &self.config.pool)
-                .map(|(n, d)| (n.clone(), d.clone()))
-                .collect();
+        let wanted: BTreeSet<String> = world::pool_devices(&self.known.devices, &self.config.pool)
+            .map(|(n, _)| n.clone())
+            .collect();
         self.runners.retain(|name, r| {
-            let keep = wanted.contains_key(name);
+            let keep = wanted.contains(name);
             if !keep {
                 r.cancel.cancel();
             }
             keep
         });
-        for (name, device) in wanted {
-            let fingerprint = world::fingerprint(&device, &profiles);
-            if let Some(r) = self.runners.get(&name) {
-                // The status writer works from the latest object (its own writes
-                // included); the loop only from a changed spec.
-                let version = device.metadata.resource_version.clone();
-                r.device.send_if_modified(|d| {
-                    let newer = d.metadata.resource_version != version;
-                    if newer {
-                        *d = device.clone();
-                    }
-                    newer
-                });
-                if r.fingerprint == fingerprint {
-                    continue;
+        for name in wanted {
+            self.drive(&name, &profiles);
+        }
+        self.count();
+    }
+
+    /// As [`Agent::reconcile`], for the device named `name` only.
+    fn reconcile_device(&mut self, name: &str) {
+        let wanted = self
+            .known
+            .devices
+            .get(name)
+            .is_some_and(|d| world::drives(d, &self.config.pool));
+        if wanted {
+            let profiles: Vec<DeviceProfile> = self.known.profiles.values().cloned().collect();
+            self.drive(name, &profiles);
+        } else if let Some(r) = self.runners.remove(name) {
+            r.cancel.cancel();
+        }
+        self.count();
+    }
+
+    /// Starts or reconfigures the loop of the known device `name`.
+    fn drive(&mut self, name: &str, profiles: &[DeviceProfile]) {
+        let Some(device) = self.known.devices.get(name) else {
+            return;
+        };
+        let fingerprint = world::fingerprint(device, profiles);
+        if let Some(r) = self.runners.get(name) {
+            // The status writer works from the latest object (its own writes
+            // included); the loop only from a changed spec.
+            let version = device.metadata.resource_version.clone();
+            r.device.send_if_modified(|d| {
+                let newer = d.metadata.resource_version != version;
+                if newer {
+                    *d = device.clone();
                 }
-            }
-            let plan = world::plan(&device, &profiles, &self.drivers, self.config.poll_interval);
-            match (self.runners.get_mut(&name), plan) {
-                (Some(r), Plan::Drive(config)) if !r.stuck => {
-                    r.fingerprint = fingerprint;
-                    if let Some(c) = &r.config {
-                        c.send_replace(config);
-                    }
-                }
-                (_, plan) => {
-                    if let Some(old) = self.runners.remove(&name) {
-                        old.cancel.cancel();
-                    }
-                    let runner = self.start(device, plan, fingerprint);
-                    self.runners.insert(name, runner);
-                }
+                newer
+            });
+            if r.fingerprint == fingerprint {
+                return;
             }
         }
+        let plan = world::plan(device, profiles, &self.drivers, self.config.poll_interval);
+        let device = device.clone();
+        match (self.runners.get_mut(name), plan) {
+            (Some(r), Plan::Drive(config)) if !r.stuck => {
+                r.fingerprint = fingerprint;
+                if let Some(c) = &r.config {
+                    c.send_replace(config);
+                }
+            }
+            (_, plan) => {
+                if let Some(old) = self.runners.remove(name) {
+                    old.cancel.cancel();
+                }
+                let runner = self.start(device, plan, fingerprint);
+                self.runners.insert(name.to_owned(), runner);
+            }
+        }
+    }
+
+    /// The devices gauges.
+    fn count(&self) {
         let stuck = self.runners.values().filter(|r| r.stuck).count();
         self.metrics
             .devices
@@ -502,6 +580,8 @@ impl StatusWriter {
         let mut basis: Option<(View, Option<String>)> = None;
         let mut last_write: Option<Instant> = None;
         let mut failures: u32 = 0;
+        let jittered = || self.config.heartbeat.mul_f64(0.9 + fastrand::f64() * 0.2);
+        let mut beat = jittered();
         loop {
             let view = match &mut source {
                 Source::Engine(rx) => {
@@ -511,10 +591,10 @@ impl StatusWriter {
                 }
                 Source::Stuck(v) => Some(v.clone()),
             };
-            let mut wait = self.config.heartbeat;
+            let mut wait = beat;
             if let Some(view) = view {
                 let since = last_write.map(|t| t.elapsed());
-                let heartbeat = since.is_none_or(|s| s >= self.config.heartbeat);
+                let heartbeat = since.is_none_or(|s| s >= beat);
                 let version = device.borrow_and_update().metadata.resource_version.clone();
                 // Most wake-ups are a poll that changed only the time: skip building the
                 // status unless the state, the object or the heartbeat asks for it.
@@ -524,14 +604,14 @@ impl StatusWriter {
                         *rv == version && v.same_state(&view)
                     });
                 if unchanged && !heartbeat {
-                    wait =
-                        since.map_or(Duration::ZERO, |s| self.config.heartbeat.saturating_sub(s));
+                    wait = since.map_or(Duration::ZERO, |s| beat.saturating_sub(s));
                 } else {
                     let current = device.borrow().clone();
                     let (time, ms) = now();
                     let patch = status::patch(&current, &view, &time, ms);
                     let significant = status::significant(&patch);
-                    let changed = written.as_ref() != Some(&significant);
+                    let changed =
+                        self.config.status_on_change && written.as_ref() != Some(&significant);
                     let early = since.map_or(Duration::ZERO, |s| {
                         self.config.min_status_interval.saturating_sub(s)
                     });
@@ -555,10 +635,11 @@ impl StatusWriter {
                                 basis = Some((view, version));
                                 last_write = Some(Instant::now());
                                 failures = 0;
+                                beat = jittered();
                             }
                             Err(kube::Error::Api(s)) if s.code == 404 => {
                                 // Gone: the agent stops this writer when it sees the deletion.
-                                wait = self.config.heartbeat;
+                                wait = beat;
                             }
                             Err(e) => {
                                 failures = failures.saturating_add(1);
@@ -578,7 +659,7 @@ impl StatusWriter {
                     } else {
                         basis = Some((view, version));
                         if let Some(s) = since {
-                            wait = self.config.heartbeat.saturating_sub(s);
+                            wait = beat.saturating_sub(s);
                         }
                     }
                 }
@@ -671,3 +752,6 @@ where
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests;

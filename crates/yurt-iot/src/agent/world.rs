@@ -178,9 +178,12 @@ pub fn pool_devices<'a>(
     devices: &'a BTreeMap<String, Device>,
     pool: &str,
 ) -> impl Iterator<Item = (&'a String, &'a Device)> {
-    devices.iter().filter(move |(_, d)| {
-        d.spec.node_pool.as_deref() == Some(pool) && d.metadata.deletion_timestamp.is_none()
-    })
+    devices.iter().filter(move |(_, d)| drives(d, pool))
+}
+
+/// Whether the agent of `pool` drives `device`: one of its pool, not being deleted.
+pub fn drives(device: &Device, pool: &str) -> bool {
+    device.spec.node_pool.as_deref() == Some(pool) && device.metadata.deletion_timestamp.is_none()
 }
 
 #[cfg(test)]

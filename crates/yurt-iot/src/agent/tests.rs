@@ -1,0 +1,130 @@
+use serde_json::json;
+
+use super::*;
+
+fn device(name: &str, pool: &str, generation: i64) -> Device {
+    serde_json::from_value(json!({
+        "apiVersion": "iot.openyurt.io/v1alpha1", "kind": "Device",
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                     "generation": generation, "resourceVersion": generation.to_string()},
+        "spec": {"serviceName": "s", "profileName": "no-such-profile", "notify": false,
+                 "nodePool": pool, "managed": true},
+    }))
+    .expect("a device")
+}
+
+/// An agent whose API client answers nothing (its status writers retry quietly).
+fn agent() -> Agent {
+    let service = tower::service_fn(|_req: http::Request<kube::client::Body>| async {
+        Err::<http::Response<kube::client::Body>, _>(std::io::Error::other(
+            "no API server in this test",
+        ))
+    });
+    let config = AgentConfig {
+        namespace: "default".into(),
+        pool: "hz".into(),
+        state_dir: std::env::temp_dir(),
+        poll_interval: Duration::from_secs(5),
+        heartbeat: Duration::from_secs(60),
+        status_on_change: true,
+        min_status_interval: Duration::from_secs(1),
+        status_retry_max: Duration::from_secs(5),
+        virtual_devices: false,
+    };
+    Agent::new(
+        kube::Client::new(service, "default"),
+        config,
+        Metrics::default(),
+    )
+    .expect("an agent")
+}
+
+#[test]
+fn a_watch_event_names_what_it_changed() {
+    let mut known = BTreeMap::new();
+    let mut init = None;
+    assert_eq!(
+        apply(&mut known, &mut init, Event::Apply(device("a", "hz", 1))),
+        Changed::One("a".into())
+    );
+    assert_eq!(
+        apply(&mut known, &mut init, Event::Delete(device("b", "hz", 1))),
+        Changed::Nothing,
+        "a device never known"
+    );
+    assert_eq!(apply(&mut known, &mut init, Event::Init), Changed::Nothing);
+    assert_eq!(
+        apply(
+            &mut known,
+            &mut init,
+            Event::InitApply(device("b", "hz", 1))
+        ),
+        Changed::Nothing
+    );
+    assert!(known.contains_key("a"), "kept until the relist ends");
+    assert_eq!(apply(&mut known, &mut init, Event::InitDone), Changed::All);
+    assert_eq!(known.keys().collect::<Vec<_>>(), ["b"]);
+    assert_eq!(
+        apply(&mut known, &mut init, Event::Delete(device("b", "hz", 1))),
+        Changed::One("b".into())
+    );
+
+    let one = |n: &str| Changed::One(n.to_owned());
+    assert_eq!(Changed::Nothing.and(one("a")), one("a"));
+    assert_eq!(one("a").and(Changed::Nothing), one("a"));
+    assert_eq!(one("a").and(one("a")), one("a"));
+    assert_eq!(one("a").and(one("b")), Changed::All);
+    assert_eq!(Changed::All.and(Changed::Nothing), Changed::All);
+}
+
+#[tokio::test]
+async fn one_devices_event_touches_that_devices_loop_only() {
+    let mut agent = agent();
+    for (name, pool) in [("a", "hz"), ("b", "hz"), ("c", "hz"), ("other", "bj")] {
+        agent
+            .known
+            .devices
+            .insert(name.into(), device(name, pool, 1));
+    }
+    agent.reconcile();
+    assert_eq!(
+        agent.runners.keys().collect::<Vec<_>>(),
+        ["a", "b", "c"],
+        "its pool's devices only"
+    );
+    let token = |agent: &Agent, n: &str| agent.runners[n].cancel.clone();
+    let (a, b, c) = (token(&agent, "a"), token(&agent, "b"), token(&agent, "c"));
+
+    // Its own status write coming back (same generation): the loop stays, the status
+    // writer gets the newer object.
+    let mut echoed = device("b", "hz", 1);
+    echoed.metadata.resource_version = Some("7".into());
+    agent.known.devices.insert("b".into(), echoed);
+    agent.reconcile_device("b");
+    assert!(!b.is_cancelled());
+    assert_eq!(
+        agent.runners["b"]
+            .device
+            .borrow()
+            .metadata
+            .resource_version
+            .as_deref(),
+        Some("7")
+    );
+
+    // A changed spec: that loop is replaced, no other.
+    agent.known.devices.insert("b".into(), device("b", "hz", 2));
+    agent.reconcile_device("b");
+    assert!(b.is_cancelled());
+    assert!(!agent.runners["b"].cancel.is_cancelled());
+    assert!(!a.is_cancelled() && !c.is_cancelled());
+
+    // Deleted, or moved to another pool: its loop stops.
+    agent.known.devices.remove("c");
+    agent.reconcile_device("c");
+    assert!(c.is_cancelled());
+    agent.known.devices.insert("a".into(), device("a", "bj", 2));
+    agent.reconcile_device("a");
+    assert!(a.is_cancelled());
+    assert_eq!(agent.runners.keys().collect::<Vec<_>>(), ["b"]);
+}
