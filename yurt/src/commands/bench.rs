@@ -24,7 +24,7 @@ pub async fn run(machine: &MachineConfig, cmd: BenchCommand) -> anyhow::Result<E
         BenchCommand::Manager(args) => super::bench_manager::run(machine, args).await,
         BenchCommand::Adm(args) => super::bench_adm::run(machine, args).await,
         BenchCommand::Tunnel(args) => super::bench_tunnel::run(args).await,
-        BenchCommand::Iot(args) => super::bench_iot::run(args).await,
+        BenchCommand::Iot(args) => super::bench_iot::run(machine, args).await,
         BenchCommand::IotAgents(args) => super::bench_iot::agents(args).await,
         BenchCommand::BareProxy(args) => super::bench_hub::bare_proxy::run(args).await,
         BenchCommand::TunnelAgents(args) => super::bench_tunnel::many_agents(args).await,

@@ -35,7 +35,7 @@ use yurt_hub::store::{ObjectKey, Shape, Store, StoreConfig};
 
 use super::bench::percentile;
 
-mod api_load;
+pub(crate) mod api_load;
 pub mod bare_proxy;
 mod fake_api;
 mod online;

@@ -15,7 +15,7 @@
 
 mod audit;
 mod churn;
-mod prometheus;
+pub(crate) mod prometheus;
 
 use std::collections::BTreeMap;
 use std::path::Path;
