@@ -73,6 +73,10 @@ pub struct IotAgentArgs {
     /// The longest wait, in seconds, before a failed status write is retried.
     #[arg(long, default_value_t = 5)]
     pub status_retry_max_seconds: u64,
+    /// Status writes in flight at once (each is one connection to the hub: the API
+    /// client speaks HTTP/1.1); more wait their turn, their changes coalesced.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_concurrent_status_writes: u16,
     /// Register EdgeX's five virtual devices (Random-Boolean-Device, ...) in the pool, as
     /// `managed: false` devices driven by the virtual driver (PlatformAdmin component
     /// `edgex-device-virtual`).
@@ -196,6 +200,7 @@ async fn run_agent(args: IotAgentArgs) -> anyhow::Result<ExitCode> {
             "--status-retry-max-seconds",
         )?,
         status_on_change: args.status_writes == StatusWrites::OnChange,
+        max_concurrent_status_writes: usize::from(args.max_concurrent_status_writes),
         virtual_devices: args.virtual_devices,
     };
     let client = agent_client(args.kubeconfig.as_ref()).await?;

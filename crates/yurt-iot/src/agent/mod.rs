@@ -28,7 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -72,6 +72,11 @@ pub struct AgentConfig {
     pub min_status_interval: Duration,
     /// The longest wait before retrying a failed status write.
     pub status_retry_max: Duration,
+    /// Status writes in flight at once, across the pool's devices. The API client speaks
+    /// HTTP/1.1, one connection per request in flight: unbounded, a thousand devices
+    /// written at once (the agent's start, a link back after a cut, every value
+    /// changing) open a thousand TLS connections to the hub, each with its buffers.
+    pub max_concurrent_status_writes: usize,
     /// Register EdgeX's five virtual devices in the pool (PlatformAdmin component
     /// `edgex-device-virtual`).
     pub virtual_devices: bool,
@@ -175,6 +180,8 @@ pub struct Agent {
     known: Known,
     runners: BTreeMap<String, Runner>,
     ready: Arc<AtomicBool>,
+    /// Permits for status writes in flight ([`AgentConfig::max_concurrent_status_writes`]).
+    status_writes: Arc<Semaphore>,
 }
 
 impl Agent {
@@ -193,6 +200,7 @@ impl Agent {
                 world::MIN_POLL_INTERVAL
             )));
         }
+        let status_writes = Arc::new(Semaphore::new(config.max_concurrent_status_writes.max(1)));
         Ok(Self {
             client,
             config,
@@ -201,6 +209,7 @@ impl Agent {
             known: Known::default(),
             runners: BTreeMap::new(),
             ready: Arc::new(AtomicBool::new(false)),
+            status_writes,
         })
     }
 
@@ -495,6 +504,7 @@ impl Agent {
             name,
             config: self.config.clone(),
             metrics: self.metrics.clone(),
+            permits: Arc::clone(&self.status_writes),
         };
         tokio::spawn(
             writer
@@ -559,6 +569,7 @@ struct StatusWriter {
     name: String,
     config: AgentConfig,
     metrics: Metrics,
+    permits: Arc<Semaphore>,
 }
 
 fn now() -> (Time, i64) {
@@ -616,6 +627,12 @@ impl StatusWriter {
                         self.config.min_status_interval.saturating_sub(s)
                     });
                     if (changed || heartbeat) && early.is_zero() {
+                        // Waits its turn among the pool's writes (the semaphore is never
+                        // closed; were it, the write goes ahead unbounded).
+                        let _permit = tokio::select! {
+                            () = cancel.cancelled() => return,
+                            permit = self.permits.acquire() => permit.ok(),
+                        };
                         let started = Instant::now();
                         let outcome = self
                             .api

@@ -15,10 +15,31 @@ fn device(name: &str, pool: &str, generation: i64) -> Device {
 
 /// An agent whose API client answers nothing (its status writers retry quietly).
 fn agent() -> Agent {
-    let service = tower::service_fn(|_req: http::Request<kube::client::Body>| async {
-        Err::<http::Response<kube::client::Body>, _>(std::io::Error::other(
-            "no API server in this test",
-        ))
+    agent_with(16, Arc::new(InFlight::default()))
+}
+
+/// Requests in flight at the fake API server, and the most at once.
+#[derive(Default)]
+struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+/// An agent allowing `writes` status writes at once, whose API client holds each
+/// request 50 ms (counted in `in_flight`) and then fails it.
+fn agent_with(writes: usize, in_flight: Arc<InFlight>) -> Agent {
+    use std::sync::atomic::Ordering::SeqCst;
+    let service = tower::service_fn(move |_req: http::Request<kube::client::Body>| {
+        let in_flight = Arc::clone(&in_flight);
+        async move {
+            let now = in_flight.now.fetch_add(1, SeqCst) + 1;
+            in_flight.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            in_flight.now.fetch_sub(1, SeqCst);
+            Err::<http::Response<kube::client::Body>, _>(std::io::Error::other(
+                "no API server in this test",
+            ))
+        }
     });
     let config = AgentConfig {
         namespace: "default".into(),
@@ -29,6 +50,7 @@ fn agent() -> Agent {
         status_on_change: true,
         min_status_interval: Duration::from_secs(1),
         status_retry_max: Duration::from_secs(5),
+        max_concurrent_status_writes: writes,
         virtual_devices: false,
     };
     Agent::new(
@@ -127,4 +149,35 @@ async fn one_devices_event_touches_that_devices_loop_only() {
     agent.reconcile_device("a");
     assert!(a.is_cancelled());
     assert_eq!(agent.runners.keys().collect::<Vec<_>>(), ["b"]);
+}
+
+#[tokio::test]
+async fn status_writes_in_flight_are_bounded_across_the_pool() {
+    use std::sync::atomic::Ordering::SeqCst;
+    // 100 devices that cannot be driven (no profile): each writer writes at once.
+    let run = |writes: usize| async move {
+        let in_flight = Arc::new(InFlight::default());
+        let mut agent = agent_with(writes, Arc::clone(&in_flight));
+        for d in 0..100 {
+            let name = format!("d{d:03}");
+            agent
+                .known
+                .devices
+                .insert(name.clone(), device(&name, "hz", 1));
+        }
+        agent.reconcile();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for r in agent.runners.values() {
+            r.cancel.cancel();
+        }
+        in_flight.most.load(SeqCst)
+    };
+    let bounded = run(4).await;
+    assert!(
+        (1..=4).contains(&bounded),
+        "{bounded} writes in flight at once"
+    );
+    // The same pool unbounded: the bound above is what held them back.
+    let unbounded = run(1000).await;
+    assert!(unbounded > 4, "{unbounded} writes in flight at once");
 }
