@@ -210,6 +210,16 @@ pub fn significant(status: &Value) -> Value {
     s
 }
 
+/// A fingerprint of a status (from [`significant`]), to tell whether it changed since
+/// it was last written without keeping it. JSON maps serialize in key order, so equal
+/// statuses have equal fingerprints.
+pub fn fingerprint(significant: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    significant.to_string().hash(&mut hasher);
+    hasher.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +312,15 @@ mod tests {
             99,
         );
         assert_eq!(significant(&p), significant(&later));
+        assert_eq!(
+            fingerprint(&significant(&p)),
+            fingerprint(&significant(&later))
+        );
+        let other = patch(&device(true), &view, &now(), 0);
+        assert_ne!(
+            fingerprint(&significant(&p)),
+            fingerprint(&significant(&other))
+        );
     }
 
     #[test]

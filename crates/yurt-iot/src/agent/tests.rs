@@ -181,3 +181,91 @@ async fn status_writes_in_flight_are_bounded_across_the_pool() {
     let unbounded = run(1000).await;
     assert!(unbounded > 4, "{unbounded} writes in flight at once");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_write_going_through_after_a_cut_wakes_every_writer_in_backoff() {
+    use std::sync::atomic::Ordering::SeqCst;
+    // The API server is out of reach until `up`; then every write goes through.
+    let up = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let service = {
+        let (up, written, attempts) =
+            (Arc::clone(&up), Arc::clone(&written), Arc::clone(&attempts));
+        tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let (up, written) = (Arc::clone(&up), Arc::clone(&written));
+            attempts.fetch_add(1, SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if !up.load(SeqCst) {
+                    return Err(std::io::Error::other("the link is cut"));
+                }
+                let name = req
+                    .uri()
+                    .path()
+                    .trim_end_matches("/status")
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let body =
+                    serde_json::to_vec(&device(&name, "hz", 1)).map_err(std::io::Error::other)?;
+                if let Ok(mut w) = written.lock() {
+                    w.insert(name);
+                }
+                Ok(http::Response::new(kube::client::Body::from(body)))
+            }
+        })
+    };
+    let config = AgentConfig {
+        namespace: "default".into(),
+        pool: "hz".into(),
+        state_dir: std::env::temp_dir(),
+        poll_interval: Duration::from_secs(5),
+        heartbeat: Duration::from_secs(600),
+        status_on_change: true,
+        min_status_interval: Duration::from_secs(1),
+        status_retry_max: Duration::from_secs(30),
+        max_concurrent_status_writes: 16,
+        virtual_devices: false,
+    };
+    let mut agent = Agent::new(
+        kube::Client::new(service, "default"),
+        config,
+        Metrics::default(),
+    )
+    .expect("an agent");
+    for d in 0..100 {
+        let name = format!("d{d:03}");
+        agent
+            .known
+            .devices
+            .insert(name.clone(), device(&name, "hz", 1));
+    }
+    agent.reconcile();
+    // Long enough a cut for every writer's backoff to reach 15-30 s.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(written.lock().map(|w| w.is_empty()).unwrap_or(false));
+    // Each writer has tried at least five times (waits of at most 2, 4, 8 and 16 s): a
+    // writer in backoff holds no turn of the pool's writes.
+    let tried = attempts.load(SeqCst);
+    assert!(tried >= 500, "{tried} writes tried in 60 s by 100 writers");
+
+    up.store(true, SeqCst);
+    let back = tokio::time::Instant::now();
+    let count = || written.lock().map(|w| w.len()).unwrap_or(0);
+    while count() < 100 && back.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let caught_up = back.elapsed();
+    for r in agent.runners.values() {
+        r.cancel.cancel();
+    }
+    assert_eq!(count(), 100);
+    // The first retry after the link is back wakes the rest: one backoff's worth of
+    // waiting would be 15 s or more.
+    assert!(
+        caught_up < Duration::from_secs(5),
+        "every device written {caught_up:?} after the link came back"
+    );
+}

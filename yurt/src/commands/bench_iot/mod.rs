@@ -95,6 +95,8 @@ fn register(d: usize, p: usize, properties: usize, per_property: bool) -> usize 
 pub async fn agents(args: IotAgentsArgs) -> anyhow::Result<ExitCode> {
     let driver: Arc<dyn yurt_iot::driver::Driver> = Arc::new(ModbusTcpDriver);
     let cancel = CancellationToken::new();
+    // One set for the process, as in the agent.
+    let metrics = Metrics::default();
     let mut collectors = Vec::new();
     for d in 0..args.devices {
         let resources = (0..args.properties)
@@ -138,7 +140,7 @@ pub async fn agents(args: IotAgentsArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(yurt_iot::engine::run(
             configs_rx,
             Arc::new(observed_tx),
-            Metrics::default(),
+            metrics.clone(),
             cancel.clone(),
         ));
         let stop = cancel.clone();
@@ -254,6 +256,9 @@ async fn scenario(
     let changes_per_second = (args.devices * args.properties) as f64 * changing;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut measured: Option<(Instant, f64, u64)> = None;
+    // The child ends by itself when its time is up: the window closes at the last
+    // sample taken while it still ran (a sample of a child gone reads as zero CPU).
+    let mut last: Option<(Instant, f64, u64)> = None;
     let mut peak_rss: f64 = 0.0;
     let mut peak_parts = (0.0, 0.0);
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
@@ -274,20 +279,27 @@ async fn scenario(
                 }
             }
         });
-        let (rss, cpu) = usage(pid).unwrap_or_default();
+        let Some((rss, cpu)) = usage(pid) else {
+            continue;
+        };
         if rss > peak_rss {
             peak_rss = rss;
             peak_parts = rss_parts(pid).unwrap_or_default();
         }
-        if measured.is_none() && Instant::now() + Duration::from_secs(args.seconds) >= end {
-            measured = Some((Instant::now(), cpu, sim.requests()));
+        let sample = (Instant::now(), cpu, sim.requests());
+        if measured.is_none() && sample.0 + Duration::from_secs(args.seconds) >= end {
+            measured = Some(sample);
         }
+        last = Some(sample);
     }
     let (started, cpu_before, requests_before) = measured.context("no measurement window")?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let (rss, cpu_after) = usage(pid).unwrap_or_default();
-    peak_rss = peak_rss.max(rss);
-    let requests = sim.requests() - requests_before;
+    let (ended, cpu_after, requests_after) = last.context("no sample of the loops")?;
+    let elapsed = ended.duration_since(started).as_secs_f64();
+    anyhow::ensure!(
+        elapsed > 0.5,
+        "the loops ended before the window ({elapsed:.1} s)"
+    );
+    let requests = requests_after - requests_before;
     let line = tokio::time::timeout(Duration::from_secs(30), stdout.next_line())
         .await
         .context("the loops' results")??
