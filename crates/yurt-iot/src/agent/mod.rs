@@ -638,6 +638,11 @@ impl StatusWriter {
         let mut basis: Option<(View, Option<String>)> = None;
         let mut last_write: Option<Instant> = None;
         let mut failures: u32 = 0;
+        // This writer's last try was woken by another's write going through (and failed
+        // again, if it is still set at a failure): it then waits out its whole backoff, so
+        // a link that is up but failing some writes (an overloaded server) does not turn
+        // every write that goes through into a wave of retries.
+        let mut woken = false;
         let jittered = || self.config.heartbeat.mul_f64(0.9 + fastrand::f64() * 0.2);
         let mut beat = jittered();
         loop {
@@ -707,6 +712,7 @@ impl StatusWriter {
                                 basis = Some((view, version));
                                 last_write = Some(Instant::now());
                                 failures = 0;
+                                woken = false;
                                 beat = jittered();
                             }
                             Err(kube::Error::Api(s)) if s.code == 404 => {
@@ -717,9 +723,11 @@ impl StatusWriter {
                             Err(e) => {
                                 // Created before the failure is recorded: a write that goes
                                 // through from here on wakes this one, if the link was the
-                                // trouble (a refusal of this object waits out its backoff).
+                                // trouble (a refusal of this object waits out its backoff)
+                                // and it was not woken so already.
                                 let back = self.link.back.notified();
                                 let link_trouble = link_trouble(&e);
+                                let listen = link_trouble && !woken;
                                 if link_trouble {
                                     self.link.failing.store(true, Ordering::Relaxed);
                                 } else {
@@ -733,8 +741,8 @@ impl StatusWriter {
                                 tracing::debug!(error = %e, retry_in = ?wait, "writing the device's status");
                                 tokio::select! {
                                     () = cancel.cancelled() => return,
-                                    () = tokio::time::sleep(wait) => {}
-                                    () = back, if link_trouble => {}
+                                    () = tokio::time::sleep(wait) => woken = false,
+                                    () = back, if listen => woken = true,
                                 }
                                 continue;
                             }

@@ -269,3 +269,80 @@ async fn a_write_going_through_after_a_cut_wakes_every_writer_in_backoff() {
         "every device written {caught_up:?} after the link came back"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn writes_refused_by_a_server_that_is_up_wait_out_their_backoff_while_others_go_through() {
+    use std::sync::atomic::Ordering::SeqCst;
+    // Ten devices' writes are always answered 500; the other ninety go through, each
+    // beating every 2 s (45 writes a second that each say the link is fine).
+    let refused_tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let service = {
+        let refused_tries = Arc::clone(&refused_tries);
+        tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let refused_tries = Arc::clone(&refused_tries);
+            async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let name = req
+                    .uri()
+                    .path()
+                    .trim_end_matches("/status")
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                let (code, body) = if name.as_str() < "d010" {
+                    refused_tries.fetch_add(1, SeqCst);
+                    let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                        "message": "overloaded", "reason": "InternalError", "code": 500});
+                    (500, status.to_string().into_bytes())
+                } else {
+                    let device = serde_json::to_vec(&device(&name, "hz", 1))
+                        .map_err(std::io::Error::other)?;
+                    (200, device)
+                };
+                http::Response::builder()
+                    .status(code)
+                    .body(kube::client::Body::from(body))
+                    .map_err(std::io::Error::other)
+            }
+        })
+    };
+    let config = AgentConfig {
+        namespace: "default".into(),
+        pool: "hz".into(),
+        state_dir: std::env::temp_dir(),
+        poll_interval: Duration::from_secs(5),
+        heartbeat: Duration::from_secs(2),
+        status_on_change: true,
+        min_status_interval: Duration::from_secs(1),
+        status_retry_max: Duration::from_secs(30),
+        max_concurrent_status_writes: 16,
+        virtual_devices: false,
+    };
+    let mut agent = Agent::new(
+        kube::Client::new(service, "default"),
+        config,
+        Metrics::default(),
+    )
+    .expect("an agent");
+    for d in 0..100 {
+        let name = format!("d{d:03}");
+        agent
+            .known
+            .devices
+            .insert(name.clone(), device(&name, "hz", 1));
+    }
+    agent.reconcile();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    for r in agent.runners.values() {
+        r.cancel.cancel();
+    }
+    // Backing off from 2 s to 30 s, each tries about eight times in a minute (a wake by
+    // a write going through counts once per backoff); woken by every write that goes
+    // through, each would try dozens of times a second.
+    let tries = refused_tries.load(SeqCst);
+    assert!(
+        (10..=200).contains(&tries),
+        "{tries} tries of ten refused writers in 60 s"
+    );
+}
