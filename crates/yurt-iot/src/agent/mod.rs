@@ -94,7 +94,7 @@ struct Runner {
     fingerprint: String,
     stuck: bool,
     device: watch::Sender<Device>,
-    config: Option<watch::Sender<DeviceConfig>>,
+    config: Option<watch::Sender<Arc<DeviceConfig>>>,
     cancel: CancellationToken,
 }
 
@@ -299,7 +299,8 @@ impl Agent {
         let mut devices = std::pin::pin!(self.watch::<Device>());
         let mut profiles = std::pin::pin!(self.watch::<DeviceProfile>());
         let mut save_due: Option<Instant> = None;
-        let mut saved = Snapshot::default();
+        // What is on disk, as a fingerprint (not a second copy of the pool).
+        let mut saved: Option<u64> = None;
         let mut listed = (false, false);
         loop {
             let changed = tokio::select! {
@@ -340,20 +341,20 @@ impl Agent {
                 } => {
                     save_due = None;
                     let next = self.snapshot();
-                    if next != saved {
+                    let print = next.fingerprint();
+                    if saved != Some(print) {
                         let dir = self.config.state_dir.clone();
-                        let copy = next.clone();
-                        let outcome = tokio::task::spawn_blocking(move || snapshot::save(&dir, &copy)).await;
-                        match outcome {
-                            Ok(Ok(())) => saved = next,
-                            Ok(Err(e)) => {
+                        let outcome = tokio::task::spawn_blocking(move || snapshot::save(&dir, &next)).await;
+                        let failure = match outcome {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(e.to_string()),
+                            Err(e) => Some(e.to_string()),
+                        };
+                        match failure {
+                            None => saved = Some(print),
+                            Some(error) => {
                                 self.metrics.snapshot_failures.inc();
-                                tracing::warn!(error = %e, "saving the device snapshot");
-                                save_due = Some(Instant::now() + Duration::from_secs(5));
-                            }
-                            Err(e) => {
-                                self.metrics.snapshot_failures.inc();
-                                tracing::warn!(error = %e, "saving the device snapshot");
+                                tracing::warn!(%error, "saving the device snapshot");
                                 save_due = Some(Instant::now() + Duration::from_secs(5));
                             }
                         }
@@ -486,7 +487,7 @@ impl Agent {
             (Some(r), Plan::Drive(config)) if !r.stuck => {
                 r.fingerprint = fingerprint;
                 if let Some(c) = &r.config {
-                    c.send_replace(config);
+                    c.send_replace(Arc::new(config));
                 }
             }
             (_, plan) => {
@@ -515,7 +516,7 @@ impl Agent {
         let span = tracing::info_span!("device", device = %name, pool = %self.config.pool);
         let (stuck, config_tx, source) = match plan {
             Plan::Drive(config) => {
-                let (config_tx, config_rx) = watch::channel(config);
+                let (config_tx, config_rx) = watch::channel(Arc::new(config));
                 let (observed_tx, observed_rx) = watch::channel(Observed::default());
                 tokio::spawn(
                     supervise(
@@ -559,7 +560,7 @@ impl Agent {
 /// library's assertion) is reported in the device's status and started again, never
 /// left dead behind a status that still says UP.
 async fn supervise(
-    configs: watch::Receiver<DeviceConfig>,
+    configs: watch::Receiver<Arc<DeviceConfig>>,
     observed: Arc<watch::Sender<Observed>>,
     metrics: Metrics,
     cancel: CancellationToken,

@@ -42,6 +42,33 @@ pub struct Snapshot {
     pub profiles: Vec<DeviceProfile>,
 }
 
+impl Snapshot {
+    /// A fingerprint of the snapshot as it would be written: equal for equal snapshots
+    /// (JSON maps are written in key order), so the agent keeps this, not a copy of
+    /// what is on disk.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::Hasher;
+        /// Feeds the encoder's output to the hasher without building the text.
+        struct Feed<'a>(&'a mut std::hash::DefaultHasher);
+        impl std::io::Write for Feed<'_> {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.write(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut hasher = std::hash::DefaultHasher::new();
+        // Encoding these types cannot fail; were it to, the snapshot is saved (and the
+        // save reports the error) every time.
+        if serde_json::to_writer(Feed(&mut hasher), self).is_err() {
+            return fastrand::u64(..);
+        }
+        hasher.finish()
+    }
+}
+
 /// How loading went.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Loaded {
@@ -122,6 +149,15 @@ mod tests {
         assert!(matches!(load(dir.path(), "hangzhou"), Loaded::Corrupt(_)));
         assert!(dir.path().join(format!("{FILE_NAME}.corrupt")).exists());
         assert_eq!(load(dir.path(), "hangzhou"), Loaded::Missing);
+    }
+
+    #[test]
+    fn equal_snapshots_have_equal_fingerprints_and_a_change_changes_it() {
+        assert_eq!(snapshot().fingerprint(), snapshot().fingerprint());
+        let mut other = snapshot();
+        other.pool = "beijing".into();
+        assert_ne!(snapshot().fingerprint(), other.fingerprint());
+        assert_ne!(snapshot().fingerprint(), Snapshot::default().fingerprint());
     }
 
     #[test]

@@ -124,7 +124,8 @@ struct Retry {
 }
 
 struct Loop {
-    config: DeviceConfig,
+    /// Shared with the agent's copy: a pool's configurations are held once.
+    config: Arc<DeviceConfig>,
     targets: Vec<Target>,
     session: Option<Box<dyn Session>>,
     observed: Observed,
@@ -183,7 +184,7 @@ fn targets(config: &DeviceConfig, problems: &mut BTreeMap<String, String>) -> Ve
 }
 
 impl Loop {
-    fn new(config: DeviceConfig, metrics: Metrics) -> Self {
+    fn new(config: Arc<DeviceConfig>, metrics: Metrics) -> Self {
         let mut this = Self {
             config,
             targets: Vec::new(),
@@ -200,7 +201,7 @@ impl Loop {
 
     /// Takes a new configuration; the session is kept when the device's protocol
     /// properties are the same.
-    fn reconfigure(&mut self, next: Option<DeviceConfig>) {
+    fn reconfigure(&mut self, next: Option<Arc<DeviceConfig>>) {
         if let Some(next) = next {
             if next.properties != self.config.properties
                 || next.driver.protocol() != self.config.driver.protocol()
@@ -433,7 +434,7 @@ impl Loop {
 /// configuration from `configs` at once, and publishes each observation that differs
 /// from the last (or only in its time) on `observed`.
 pub async fn run(
-    mut configs: watch::Receiver<DeviceConfig>,
+    mut configs: watch::Receiver<Arc<DeviceConfig>>,
     observed: Arc<watch::Sender<Observed>>,
     metrics: Metrics,
     cancel: CancellationToken,

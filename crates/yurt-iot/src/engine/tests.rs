@@ -64,14 +64,14 @@ fn config(address: SocketAddr, desired: &[(&str, &str)]) -> DeviceConfig {
 }
 
 struct Running {
-    configs: watch::Sender<DeviceConfig>,
+    configs: watch::Sender<Arc<DeviceConfig>>,
     observed: watch::Receiver<Observed>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 fn start(config: DeviceConfig) -> Running {
-    let (configs, configs_rx) = watch::channel(config);
+    let (configs, configs_rx) = watch::channel(Arc::new(config));
     let (observed_tx, observed) = watch::channel(Observed::default());
     let cancel = CancellationToken::new();
     let task = tokio::spawn(run(
@@ -166,7 +166,10 @@ async fn readings_appear_and_desired_values_are_written_read_back_and_restored()
     // A new desired value is written at once.
     let mut next = config(sim.address(), &[("setpoint", "21.5"), ("mode", "7")]);
     next.poll_interval = Duration::from_secs(3600);
-    device.configs.send(next).expect("the loop listens");
+    device
+        .configs
+        .send(Arc::new(next))
+        .expect("the loop listens");
     device
         .until("mode 7", |o| reading(o, "mode").as_deref() == Some("7"))
         .await;

@@ -135,7 +135,7 @@ pub async fn agents(args: IotAgentsArgs) -> anyhow::Result<ExitCode> {
             polls: true,
             poll_interval: Duration::from_secs(1),
         };
-        let (_configs, configs_rx) = watch::channel(config);
+        let (_configs, configs_rx) = watch::channel(Arc::new(config));
         let (observed_tx, mut observed) = watch::channel(Observed::default());
         tokio::spawn(yurt_iot::engine::run(
             configs_rx,

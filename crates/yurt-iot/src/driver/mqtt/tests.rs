@@ -306,7 +306,7 @@ async fn the_engine_reads_published_values_while_a_command_goes_unanswered() {
             polls: true,
             poll_interval: Duration::from_secs(1),
         };
-        let (_configs, configs_rx) = watch::channel(config);
+        let (_configs, configs_rx) = watch::channel(Arc::new(config));
         let (observed_tx, mut observed) = watch::channel(Observed::default());
         let cancel = CancellationToken::new();
         let task = tokio::spawn(crate::engine::run(
