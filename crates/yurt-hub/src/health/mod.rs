@@ -92,6 +92,12 @@ impl Health {
         self.any.subscribe()
     }
 
+    /// Sets server `index`'s health as a probe would (tests of what follows it).
+    #[cfg(test)]
+    pub(crate) fn set_for_test(&self, index: usize, healthy: bool) {
+        self.set(index, healthy);
+    }
+
     fn set(&self, index: usize, healthy: bool) {
         if let Some(s) = self.servers.get(index) {
             let was = s.healthy.swap(healthy, Ordering::AcqRel);

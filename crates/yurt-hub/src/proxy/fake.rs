@@ -71,7 +71,11 @@ pub fn hub_sharing(
     };
     let hub = Arc::new(Hub {
         cache: Cache::new(store, Arc::new(Agents::new("edge-a1", &[])), "edge-a1"),
-        health: Arc::new(Health::new(&[], metrics.clone())),
+        // One server, unhealthy until a test says otherwise.
+        health: Arc::new(Health::new(
+            &["https://fake-server".to_owned()],
+            metrics.clone(),
+        )),
         balancer: Balancer::new(Vec::new()),
         filters,
         metrics,

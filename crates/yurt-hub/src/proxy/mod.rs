@@ -6,7 +6,7 @@
 //! | verb | offline |
 //! |---|---|
 //! | get, list | from the cache (a never-listed shape is 404; an empty kubelet pod list is 404) |
-//! | watch | held open with no events; ends when the cloud is back (clients then re-watch) |
+//! | watch | held open with no events; ends when the cloud is back, never within 1.5 s of its start (clients then re-watch, not relist) |
 //! | create | echoed back (201) |
 //! | update, patch | the cached object |
 //! | delete | refused (403), so the client retries later |

@@ -307,4 +307,39 @@ mod tests {
             .expect("ends on shutdown");
         assert!(end.is_none(), "ends without an event");
     }
+
+    #[tokio::test]
+    async fn a_held_watch_ends_when_the_cloud_is_back_but_never_within_a_second() {
+        use http_body_util::BodyExt as _;
+        let (hub, _dir) = fake::hub(Limits::default(), Filters::none());
+        let watch = || {
+            send(
+                &hub,
+                &OFFLINE,
+                Origin::Local,
+                request("GET", "/api/v1/pods?watch=true", &[KUBELET], b""),
+            )
+        };
+        // Started just before the cloud came back: client-go would take an end now for
+        // an error and list everything again.
+        let mut young = watch().await.into_body();
+        hub.health.set_for_test(0, true);
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(1200), young.frame()).await;
+        assert!(early.is_err(), "a held watch ended within a second");
+        let end = tokio::time::timeout(fake::WAIT, young.frame())
+            .await
+            .expect("ends once the cloud is back");
+        assert!(end.is_none(), "ends without an event");
+
+        // One held longer ends as soon as the cloud is back.
+        hub.health.set_for_test(0, false);
+        let mut old = watch().await.into_body();
+        tokio::time::sleep(super::super::watch::HELD_WATCH_MIN_AGE).await;
+        hub.health.set_for_test(0, true);
+        let end = tokio::time::timeout(std::time::Duration::from_millis(1000), old.frame())
+            .await
+            .expect("ends at once");
+        assert!(end.is_none());
+    }
 }

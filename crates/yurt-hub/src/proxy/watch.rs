@@ -121,14 +121,22 @@ pub fn push_event(format: Format, wire: &[u8], buf: &mut Vec<u8>) {
     }
 }
 
+/// The least a held watch lasts before the cloud's return ends it. client-go (1.20's
+/// reflector) takes a watch that ends within a second with no event for an error and
+/// lists everything again; a client that re-watched just before the link came back
+/// would otherwise relist for nothing.
+pub const HELD_WATCH_MIN_AGE: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// A watch with no events that ends when the cloud is healthy again (the client then
-/// re-watches upstream from its resourceVersion), when its timeout passes, or on shutdown.
+/// re-watches upstream from its resourceVersion; not before [`HELD_WATCH_MIN_AGE`]),
+/// when its timeout passes, or on shutdown.
 pub fn hold(hub: &Arc<Hub>, r: &ResourceRequest, accept: &[Format]) -> Response<ResponseBody> {
     let format = accept.first().copied().unwrap_or(Format::Json);
     let (tx, body) = body::channel(1);
     let mut online = hub.health.subscribe();
     let timeout = cache::offline_watch_timeout(r, hub.config.min_request_timeout);
     let shutdown = hub.shutdown.clone();
+    let started = tokio::time::Instant::now();
     tokio::spawn(async move {
         let until_online = async {
             while !*online.borrow_and_update() {
@@ -136,6 +144,7 @@ pub fn hold(hub: &Arc<Hub>, r: &ResourceRequest, accept: &[Format]) -> Response<
                     std::future::pending::<()>().await;
                 }
             }
+            tokio::time::sleep_until(started + HELD_WATCH_MIN_AGE).await;
         };
         tokio::select! {
             () = until_online => {}
