@@ -47,25 +47,7 @@ impl Snapshot {
     /// (JSON maps are written in key order), so the agent keeps this, not a copy of
     /// what is on disk.
     pub fn fingerprint(&self) -> u64 {
-        use std::hash::Hasher;
-        /// Feeds the encoder's output to the hasher without building the text.
-        struct Feed<'a>(&'a mut std::hash::DefaultHasher);
-        impl std::io::Write for Feed<'_> {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.write(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut hasher = std::hash::DefaultHasher::new();
-        // Encoding these types cannot fail; were it to, the snapshot is saved (and the
-        // save reports the error) every time.
-        if serde_json::to_writer(Feed(&mut hasher), self).is_err() {
-            return fastrand::u64(..);
-        }
-        hasher.finish()
+        super::status::fingerprint(self)
     }
 }
 

@@ -210,13 +210,28 @@ pub fn significant(status: &Value) -> Value {
     s
 }
 
-/// A fingerprint of a status (from [`significant`]), to tell whether it changed since
-/// it was last written without keeping it. JSON maps serialize in key order, so equal
-/// statuses have equal fingerprints.
-pub fn fingerprint(significant: &Value) -> u64 {
-    use std::hash::{Hash, Hasher};
+/// A fingerprint of what `value` encodes to in JSON (a status from [`significant`], the
+/// agent's snapshot), to tell whether it changed since it was last written without
+/// keeping it. JSON maps encode in key order, so equal values have equal fingerprints.
+pub fn fingerprint<T: serde::Serialize>(value: &T) -> u64 {
+    use std::hash::Hasher;
+    /// Feeds the encoder's output to the hasher without building the text.
+    struct Feed<'a>(&'a mut std::hash::DefaultHasher);
+    impl std::io::Write for Feed<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.write(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
     let mut hasher = std::hash::DefaultHasher::new();
-    significant.to_string().hash(&mut hasher);
+    // Encoding these types cannot fail; were it to, each fingerprint differs, so the
+    // value is written again every time (and that write reports the error).
+    if serde_json::to_writer(Feed(&mut hasher), value).is_err() {
+        return fastrand::u64(..);
+    }
     hasher.finish()
 }
 

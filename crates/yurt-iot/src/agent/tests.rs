@@ -61,6 +61,61 @@ fn agent_with(writes: usize, in_flight: Arc<InFlight>) -> Agent {
     .expect("an agent")
 }
 
+/// `count` devices of the pool (`d000`...) that cannot be driven, each writer writing at
+/// once.
+fn add_devices(agent: &mut Agent, count: usize) {
+    for d in 0..count {
+        let name = format!("d{d:03}");
+        agent
+            .known
+            .devices
+            .insert(name.clone(), device(&name, "hz", 1));
+    }
+    agent.reconcile();
+}
+
+/// The device a status write names (`.../devices/<name>/status`).
+fn device_written(req: &http::Request<kube::client::Body>) -> String {
+    let path = req.uri().path().trim_end_matches("/status");
+    path.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
+/// An agent through `service`, beating every `heartbeat`, backing off up to 30 s, 16
+/// writes at once, with `devices` devices that cannot be driven (each writes at once).
+fn agent_over<S>(service: S, heartbeat: Duration, devices: usize) -> Agent
+where
+    S: tower::Service<
+            http::Request<kube::client::Body>,
+            Response = http::Response<kube::client::Body>,
+        > + Send
+        + Sync
+        + Clone
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+{
+    let config = AgentConfig {
+        namespace: "default".into(),
+        pool: "hz".into(),
+        state_dir: std::env::temp_dir(),
+        poll_interval: Duration::from_secs(5),
+        heartbeat,
+        status_on_change: true,
+        min_status_interval: Duration::from_secs(1),
+        status_retry_max: Duration::from_secs(30),
+        max_concurrent_status_writes: 16,
+        virtual_devices: false,
+    };
+    let mut agent = Agent::new(
+        kube::Client::new(service, "default"),
+        config,
+        Metrics::default(),
+    )
+    .expect("an agent");
+    add_devices(&mut agent, devices);
+    agent
+}
+
 #[test]
 fn a_watch_event_names_what_it_changed() {
     let mut known = BTreeMap::new();
@@ -158,14 +213,7 @@ async fn status_writes_in_flight_are_bounded_across_the_pool() {
     let run = |writes: usize| async move {
         let in_flight = Arc::new(InFlight::default());
         let mut agent = agent_with(writes, Arc::clone(&in_flight));
-        for d in 0..100 {
-            let name = format!("d{d:03}");
-            agent
-                .known
-                .devices
-                .insert(name.clone(), device(&name, "hz", 1));
-        }
-        agent.reconcile();
+        add_devices(&mut agent, 100);
         tokio::time::sleep(Duration::from_millis(300)).await;
         for r in agent.runners.values() {
             r.cancel.cancel();
@@ -200,14 +248,7 @@ async fn a_write_going_through_after_a_cut_wakes_every_writer_in_backoff() {
                 if !up.load(SeqCst) {
                     return Err(std::io::Error::other("the link is cut"));
                 }
-                let name = req
-                    .uri()
-                    .path()
-                    .trim_end_matches("/status")
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
+                let name = device_written(&req);
                 let body =
                     serde_json::to_vec(&device(&name, "hz", 1)).map_err(std::io::Error::other)?;
                 if let Ok(mut w) = written.lock() {
@@ -217,32 +258,7 @@ async fn a_write_going_through_after_a_cut_wakes_every_writer_in_backoff() {
             }
         })
     };
-    let config = AgentConfig {
-        namespace: "default".into(),
-        pool: "hz".into(),
-        state_dir: std::env::temp_dir(),
-        poll_interval: Duration::from_secs(5),
-        heartbeat: Duration::from_secs(600),
-        status_on_change: true,
-        min_status_interval: Duration::from_secs(1),
-        status_retry_max: Duration::from_secs(30),
-        max_concurrent_status_writes: 16,
-        virtual_devices: false,
-    };
-    let mut agent = Agent::new(
-        kube::Client::new(service, "default"),
-        config,
-        Metrics::default(),
-    )
-    .expect("an agent");
-    for d in 0..100 {
-        let name = format!("d{d:03}");
-        agent
-            .known
-            .devices
-            .insert(name.clone(), device(&name, "hz", 1));
-    }
-    agent.reconcile();
+    let agent = agent_over(service, Duration::from_secs(600), 100);
     // Long enough a cut for every writer's backoff to reach 15-30 s.
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert!(written.lock().map(|w| w.is_empty()).unwrap_or(false));
@@ -282,14 +298,7 @@ async fn writes_refused_by_a_server_that_is_up_wait_out_their_backoff_while_othe
             let refused_tries = Arc::clone(&refused_tries);
             async move {
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                let name = req
-                    .uri()
-                    .path()
-                    .trim_end_matches("/status")
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
+                let name = device_written(&req);
                 let (code, body) = if name.as_str() < "d010" {
                     refused_tries.fetch_add(1, SeqCst);
                     let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -307,32 +316,7 @@ async fn writes_refused_by_a_server_that_is_up_wait_out_their_backoff_while_othe
             }
         })
     };
-    let config = AgentConfig {
-        namespace: "default".into(),
-        pool: "hz".into(),
-        state_dir: std::env::temp_dir(),
-        poll_interval: Duration::from_secs(5),
-        heartbeat: Duration::from_secs(2),
-        status_on_change: true,
-        min_status_interval: Duration::from_secs(1),
-        status_retry_max: Duration::from_secs(30),
-        max_concurrent_status_writes: 16,
-        virtual_devices: false,
-    };
-    let mut agent = Agent::new(
-        kube::Client::new(service, "default"),
-        config,
-        Metrics::default(),
-    )
-    .expect("an agent");
-    for d in 0..100 {
-        let name = format!("d{d:03}");
-        agent
-            .known
-            .devices
-            .insert(name.clone(), device(&name, "hz", 1));
-    }
-    agent.reconcile();
+    let agent = agent_over(service, Duration::from_secs(2), 100);
     tokio::time::sleep(Duration::from_secs(60)).await;
     for r in agent.runners.values() {
         r.cancel.cancel();
