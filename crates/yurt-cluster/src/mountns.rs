@@ -67,6 +67,8 @@ pub fn create(host: &HostPaths, yurt: &std::path::Path) -> Result<()> {
         std::fs::create_dir_all(&source).map_err(|e| Error::io(&source, e))?;
         std::fs::create_dir_all(target).map_err(|e| Error::io(target, e))?;
     }
+    let kubelet_root = host.kubelet_root();
+    std::fs::create_dir_all(&kubelet_root).map_err(|e| Error::io(&kubelet_root, e))?;
     for dir in ["/run/netns", "/run/containerd", yurt_core::host::HOST_LINKS] {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
@@ -85,6 +87,14 @@ pub fn create(host: &HostPaths, yurt: &std::path::Path) -> Result<()> {
     for (source, target) in private_mounts(host) {
         script.push_str(&format!("mount --bind '{}' {target}\n", source.display()));
     }
+    // kubelet's root folder is a shared mount of its own before kubelet starts, as it is
+    // on a real host where `/` is shared. Otherwise kubelet bind-mounts the folder onto
+    // itself at start, while its pod-resources server renames its socket into a folder
+    // below: a rename that races a mount on a parent fails with EXDEV and kubelet exits.
+    script.push_str(&format!(
+        "mount --bind '{0}' '{0}'\nmount --make-rshared '{0}'\n",
+        kubelet_root.display()
+    ));
     // The host contract's links (yurt_core::host::HOST_LINKS), for tools that enter
     // the host's `/` from a pod.
     let links = yurt_core::host::HOST_LINKS;
@@ -111,4 +121,36 @@ pub fn create(host: &HostPaths, yurt: &std::path::Path) -> Result<()> {
 /// If unmounting fails.
 pub fn destroy(host: &HostPaths) -> Result<()> {
     mounts::unmount_under(&host.mount_ns_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::paths::FleetPaths;
+    use crate::spec::HostId;
+
+    /// kubelet makes its root folder a shared mount at start unless it already is one,
+    /// by bind-mounting the folder onto itself, while its pod-resources server renames a
+    /// socket into a folder below it at the same moment: a rename that races a mount on
+    /// a parent fails with EXDEV, and kubelet exits.
+    #[test]
+    fn kubelets_root_is_a_shared_mount_before_kubelet_starts() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let host = FleetPaths::new(dir.path()).host(&HostId::Cloud);
+        create(&host, Path::new("/bin/true")).expect("the host's mount namespace");
+        let seen = Command::new("nsenter")
+            .arg(format!("--mount={}", host.mount_ns().display()))
+            .args(["--", "cat", "/proc/self/mountinfo"])
+            .output();
+        destroy(&host).expect("the namespace released");
+        let seen = seen.expect("nsenter runs");
+        let table = mounts::parse_mountinfo(&String::from_utf8_lossy(&seen.stdout));
+        let root = table.iter().find(|m| m.target == host.kubelet_root());
+        assert!(
+            root.is_some_and(|m| m.shared),
+            "kubelet's root in the host's namespace: {root:?}"
+        );
+    }
 }

@@ -13,6 +13,9 @@ pub struct Mount {
     pub target: PathBuf,
     /// Its filesystem type.
     pub fstype: String,
+    /// Whether it is in a peer group (`shared:N`): mounts made below it propagate to
+    /// its peers, and kubelet takes its root folder on such a mount as already set up.
+    pub shared: bool,
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space).
@@ -46,9 +49,11 @@ pub fn parse_mountinfo(text: &str) -> Vec<Mount> {
             let target = fields.get(4)?;
             let sep = fields.iter().position(|f| *f == "-")?;
             let fstype = fields.get(sep + 1)?;
+            let optional = fields.get(6..sep).unwrap_or_default();
             Some(Mount {
                 target: PathBuf::from(unescape(target)),
                 fstype: (*fstype).to_owned(),
+                shared: optional.iter().any(|f| f.starts_with("shared:")),
             })
         })
         .collect()
@@ -114,6 +119,10 @@ mod tests {
         assert_eq!(m[0].target, PathBuf::from("/mnt/with space"));
         assert_eq!(m[0].fstype, "ext3");
         assert_eq!(m[2].fstype, "nsfs");
+        assert_eq!(
+            m.iter().map(|m| m.shared).collect::<Vec<_>>(),
+            [false, true, false]
+        );
     }
 
     #[test]
