@@ -162,7 +162,7 @@ impl Drivers {
         Self {
             drivers: vec![
                 Arc::new(simulated::VirtualDriver::default()),
-                Arc::new(modbus::ModbusTcpDriver),
+                Arc::new(modbus::ModbusTcpDriver::default()),
                 Arc::new(mqtt::MqttDriver::default()),
             ],
         }

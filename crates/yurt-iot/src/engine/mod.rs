@@ -257,12 +257,10 @@ impl Loop {
             .filter(|i| self.config.resources[*i].access.read)
             .collect();
         let mut last = None;
+        // The configuration is shared, not copied, while the session is borrowed.
+        let config = Arc::clone(&self.config);
+        let refs: Vec<&Resource> = readable.iter().map(|i| &config.resources[*i]).collect();
         for _attempt in 0..2 {
-            let resources: Vec<Resource> = readable
-                .iter()
-                .map(|i| self.config.resources[*i].clone())
-                .collect();
-            let refs: Vec<&Resource> = resources.iter().collect();
             let outcome = match self.session().await {
                 Ok(s) => s.read(&refs).await,
                 Err(e) => Err(e),

@@ -38,7 +38,7 @@ fn config(address: SocketAddr, desired: &[(&str, &str)]) -> DeviceConfig {
         .insert("rawType".into(), "INT16".into());
     DeviceConfig {
         name: "plc-1".into(),
-        driver: Arc::new(ModbusTcpDriver),
+        driver: Arc::new(ModbusTcpDriver::default()),
         properties: [
             ("Address".to_owned(), address.ip().to_string()),
             ("Port".to_owned(), address.port().to_string()),

@@ -93,7 +93,7 @@ fn register(d: usize, p: usize, properties: usize, per_property: bool) -> usize 
 
 /// Runs the loops and prints one line of results: `cycles p50_ms p99_ms changes`.
 pub async fn agents(args: IotAgentsArgs) -> anyhow::Result<ExitCode> {
-    let driver: Arc<dyn yurt_iot::driver::Driver> = Arc::new(ModbusTcpDriver);
+    let driver: Arc<dyn yurt_iot::driver::Driver> = Arc::new(ModbusTcpDriver::default());
     let cancel = CancellationToken::new();
     // One set for the process, as in the agent.
     let metrics = Metrics::default();

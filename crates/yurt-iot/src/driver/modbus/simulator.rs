@@ -1,7 +1,8 @@
 //! An in-process Modbus TCP device: the four tables in memory, for tests and for `yurt
 //! bench iot`. It answers every unit id; an address beyond its size is refused with an
 //! IllegalDataAddress exception, as a real device with a smaller map does; it can be
-//! made to stop answering (a hung device) or be stopped (a device that went away).
+//! made to stop answering (a hung device) or be stopped (a device that went away). It
+//! counts the connections it accepted and the requests each unit id was sent.
 
 use std::future::Future;
 use std::io;
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_modbus::server::tcp::{Server, accept_tcp_connection};
-use tokio_modbus::{ExceptionCode, Request, Response};
+use tokio_modbus::{ExceptionCode, Request, Response, SlaveRequest};
 
 /// The simulated device's tables.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,6 +45,8 @@ impl Memory {
 struct Shared {
     memory: Mutex<Memory>,
     requests: AtomicU64,
+    requests_by_unit: Mutex<std::collections::BTreeMap<u8, u64>>,
+    connections: AtomicU64,
     hung: AtomicBool,
 }
 
@@ -113,13 +116,21 @@ struct Device(Arc<Shared>);
 type Answer = Pin<Box<dyn Future<Output = Result<Response, ExceptionCode>> + Send>>;
 
 impl tokio_modbus::server::Service for Device {
-    type Request = Request<'static>;
+    type Request = SlaveRequest<'static>;
     type Response = Response;
     type Exception = ExceptionCode;
     type Future = Answer;
 
     fn call(&self, request: Self::Request) -> Self::Future {
         self.0.requests.fetch_add(1, Ordering::Relaxed);
+        *self
+            .0
+            .requests_by_unit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(request.slave)
+            .or_default() += 1;
+        let request = request.request;
         if self.0.hung.load(Ordering::Relaxed) {
             return Box::pin(std::future::pending());
         }
@@ -148,6 +159,7 @@ impl Simulator {
             let server = Server::new(listener);
             let on_connected = |stream, peer| {
                 let device = device.clone();
+                device.0.connections.fetch_add(1, Ordering::Relaxed);
                 async move { accept_tcp_connection(stream, peer, move |_| Ok(Some(device.clone()))) }
             };
             if let Err(e) = server
@@ -175,6 +187,21 @@ impl Simulator {
     /// Requests answered or swallowed so far.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests sent to unit id `unit` so far.
+    pub fn requests_for(&self, unit: u8) -> u64 {
+        let by_unit = self
+            .shared
+            .requests_by_unit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        by_unit.get(&unit).copied().unwrap_or(0)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
     }
 
     /// Reads or changes the tables (as the process behind the device would).

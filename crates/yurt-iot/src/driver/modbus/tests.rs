@@ -48,7 +48,7 @@ async fn device(size: usize) -> Simulator {
 }
 
 async fn connect(sim: &Simulator, extra: &[(&str, &str)]) -> Box<dyn Session> {
-    ModbusTcpDriver
+    ModbusTcpDriver::default()
         .connect("dev", &properties(sim, extra))
         .await
         .expect("connects")
@@ -350,7 +350,7 @@ async fn a_hung_device_times_out_and_a_gone_one_is_unreachable() {
         assert!(err.is_connection());
         let props = properties(&sim, &[("Timeout", "0.3")]);
         sim.stop().await;
-        let err = match ModbusTcpDriver.connect("dev", &props).await {
+        let err = match ModbusTcpDriver::default().connect("dev", &props).await {
             Err(e) => e,
             Ok(_) => panic!("connected to a stopped device"),
         };
@@ -372,8 +372,116 @@ fn check_refuses_writable_resources_in_read_only_tables() {
             ("startingAddress", "0"),
         ],
     );
-    let err = ModbusTcpDriver
+    let err = ModbusTcpDriver::default()
         .check(&p, &[r])
         .expect_err("read-only table");
     assert!(err.to_string().contains("read-only table"), "{err}");
+}
+
+/// PLCs and gateways accept few connections (often 4 to 16): devices at one address
+/// and port (register blocks of one PLC, units behind one gateway) share one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_at_one_address_share_one_connection_each_asked_as_its_unit() {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let (plc, other) = (device(40).await, device(8).await);
+        for i in 0..20 {
+            plc.with_memory(|m| m.holding_registers[i] = 100 + i as u16);
+        }
+        let driver = ModbusTcpDriver::default();
+        let mut sessions = Vec::new();
+        for unit in 1..=20u8 {
+            let props = properties(&plc, &[("UnitID", &unit.to_string())]);
+            sessions.push(driver.connect("dev", &props).await.expect("connects"));
+        }
+        let mut elsewhere = driver
+            .connect("dev", &properties(&other, &[]))
+            .await
+            .expect("connects");
+        let reads = sessions.iter_mut().enumerate().map(|(i, s)| async move {
+            let r = holding("r", ValueType::Uint16, i as u16);
+            s.read(&[&r]).await
+        });
+        let reads = futures_util::future::join_all(reads).await;
+        for (i, read) in reads.into_iter().enumerate() {
+            assert_eq!(read, Ok(vec![Ok(Value::Uint(100 + i as u64))]));
+        }
+        let r = holding("r", ValueType::Uint16, 0);
+        assert!(elsewhere.read(&[&r]).await.is_ok());
+        assert_eq!((plc.connections(), other.connections()), (1, 1));
+        for unit in 1..=20u8 {
+            assert_eq!(plc.requests_for(unit), 1, "unit {unit}");
+        }
+    })
+    .await
+    .expect("in time");
+}
+
+/// A request that timed out may still be answered late, so its connection is closed;
+/// the other devices on it learn so at their next request, and their next session opens
+/// a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_under_one_device_is_opened_again_by_the_next() {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let plc = device(8).await;
+        plc.with_memory(|m| m.holding_registers[0] = 7);
+        let r = holding("r", ValueType::Uint16, 0);
+        let driver = ModbusTcpDriver::default();
+        let quick = properties(&plc, &[("Timeout", "0.3"), ("UnitID", "1")]);
+        let other = properties(&plc, &[("UnitID", "2")]);
+        let mut first = driver.connect("a", &quick).await.expect("connects");
+        let mut second = driver.connect("b", &other).await.expect("connects");
+        plc.set_hung(true);
+        let err = first.read(&[&r]).await.expect_err("no answer");
+        assert_eq!(err, DriverError::Timeout(Duration::from_millis(300)));
+        plc.set_hung(false);
+        let err = second
+            .read(&[&r])
+            .await
+            .expect_err("its connection is gone");
+        assert!(err.is_connection(), "{err:?}");
+        let mut second = driver.connect("b", &other).await.expect("connects again");
+        assert_eq!(second.read(&[&r]).await, Ok(vec![Ok(Value::Uint(7))]));
+        assert_eq!(
+            first.read(&[&r]).await.map_err(|e| e.is_connection()),
+            Err(true)
+        );
+        assert_eq!(plc.connections(), 2);
+    })
+    .await
+    .expect("in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_waits_for_its_turn_no_longer_than_its_timeout() {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let plc = device(8).await;
+        let r = holding("r", ValueType::Uint16, 0);
+        let driver = ModbusTcpDriver::default();
+        let slow = properties(&plc, &[("Timeout", "3"), ("UnitID", "1")]);
+        let quick = properties(&plc, &[("Timeout", "0.3"), ("UnitID", "2")]);
+        let mut holder = driver.connect("a", &slow).await.expect("connects");
+        let mut waiter = driver.connect("b", &quick).await.expect("connects");
+        plc.set_hung(true);
+        let held =
+            tokio::spawn(async move { holder.read(&[&holding("r", ValueType::Uint16, 0)]).await });
+        while plc.requests_for(1) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let asked = std::time::Instant::now();
+        let err = waiter.read(&[&r]).await.expect_err("no turn in time");
+        assert_eq!(err, DriverError::Timeout(Duration::from_millis(300)));
+        assert!(
+            asked.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert_eq!(plc.requests_for(2), 0, "never sent");
+        assert!(
+            !held.is_finished(),
+            "the first request still waits for its answer"
+        );
+        held.abort();
+    })
+    .await
+    .expect("in time");
 }
