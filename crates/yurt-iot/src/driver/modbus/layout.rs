@@ -6,6 +6,7 @@
 
 use crate::driver::{DriverError, Resource};
 use crate::value::{Value, ValueType, parse_go_bool};
+use yurt_api::iot::edgex::modbus_starting_address;
 
 /// The most registers one read may ask for (the Modbus limit).
 pub const MAX_REGISTERS_PER_READ: u16 = 125;
@@ -135,22 +136,6 @@ fn config(resource: &Resource, what: String) -> DriverError {
     DriverError::Config(format!("resource {:?}: {what}", resource.name))
 }
 
-/// An integer as Go's `ParseUint(s, 0, 16)` reads it.
-fn go_u16(text: &str) -> Option<u16> {
-    let lower = text.trim().to_ascii_lowercase();
-    if let Some(hex) = lower.strip_prefix("0x") {
-        u16::from_str_radix(hex, 16).ok()
-    } else if let Some(bin) = lower.strip_prefix("0b") {
-        u16::from_str_radix(bin, 2).ok()
-    } else if let Some(oct) = lower.strip_prefix("0o") {
-        u16::from_str_radix(oct, 8).ok()
-    } else if lower.len() > 1 && lower.starts_with('0') {
-        u16::from_str_radix(&lower[1..], 8).ok()
-    } else {
-        lower.parse().ok()
-    }
-}
-
 impl Location {
     /// Where `resource` lives, from its attributes.
     pub fn of(resource: &Resource) -> Result<Self, DriverError> {
@@ -168,31 +153,14 @@ impl Location {
         let address_text = resource
             .attribute("startingAddress")
             .ok_or_else(|| config(resource, "attribute startingAddress is required".into()))?;
-        let (address, bit) = match go_u16(address_text) {
-            Some(a) => (a, None),
-            None => match address_text.split_once('.') {
-                Some((reg, bit)) => match (go_u16(reg), bit.parse::<u8>().ok().filter(|b| *b < 16))
-                {
-                    (Some(a), Some(b)) => (a, Some(b)),
-                    _ => {
-                        return Err(config(
-                            resource,
-                            format!(
-                                "startingAddress {address_text:?} is not a register (0-65535) or register.bit"
-                            ),
-                        ));
-                    }
-                },
-                None => {
-                    return Err(config(
-                        resource,
-                        format!(
-                            "startingAddress {address_text:?} is not a register (0-65535) or register.bit"
-                        ),
-                    ));
-                }
-            },
-        };
+        let (address, bit) = modbus_starting_address(address_text).ok_or_else(|| {
+            config(
+                resource,
+                format!(
+                    "startingAddress {address_text:?} is not a register (0-65535) or register.bit"
+                ),
+            )
+        })?;
         let raw_type = resource.attribute("rawType");
         let raw = match (
             resource.value_type,

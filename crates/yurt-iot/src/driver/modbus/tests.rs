@@ -485,3 +485,26 @@ async fn a_device_waits_for_its_turn_no_longer_than_its_timeout() {
     .await
     .expect("in time");
 }
+
+/// Numbers synced back from the edge come as `"1.000000"` (yurt-iot-dock's `%f`): the
+/// register, as the webhook reads it, not a bit of it.
+#[test]
+fn an_address_synced_back_from_the_edge_as_a_decimal_is_the_register() {
+    let at = |value_type, address: &str| {
+        let r = resource(
+            "r",
+            value_type,
+            &[
+                ("primaryTable", "HOLDING_REGISTERS"),
+                ("startingAddress", address),
+            ],
+        );
+        Location::of(&r).map(|l| (l.address, l.bit))
+    };
+    assert_eq!(at(ValueType::Uint16, "1.000000"), Ok((1, None)));
+    assert_eq!(at(ValueType::Uint16, "0x10"), Ok((16, None)));
+    assert_eq!(at(ValueType::Bool, "30.2"), Ok((30, Some(2))));
+    assert_eq!(at(ValueType::Bool, "30.15"), Ok((30, Some(15))));
+    assert!(at(ValueType::Bool, "30.16").is_err());
+    assert!(at(ValueType::Uint16, "65536").is_err());
+}

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use kube::Resource;
 use yurt_api::iot::v1alpha1::{Device, DeviceProfile, DeviceResource};
 
+use yurt_api::iot::edgex::modbus_starting_address;
 use yurt_api::iot::platform_name;
 
 /// EdgeX's read-write modes.
@@ -48,48 +49,6 @@ fn go_bool(text: &str) -> bool {
         text,
         "1" | "t" | "T" | "TRUE" | "true" | "True" | "0" | "f" | "F" | "FALSE" | "false" | "False"
     )
-}
-
-/// An integer as Go's `ParseInt(s, 0, 64)` reads it (base from the prefix: `0x`, `0o`
-/// or `0`, `0b`), after `cast`'s trimming of a zero decimal part (`"1.000000"` is 1).
-fn go_integer(text: &str) -> Option<i64> {
-    let text = match text.split_once('.') {
-        Some((whole, decimals)) if !decimals.is_empty() && decimals.bytes().all(|b| b == b'0') => {
-            whole
-        }
-        _ => text,
-    };
-    let (negative, digits) = match text.as_bytes().first() {
-        Some(b'-') => (true, &text[1..]),
-        Some(b'+') => (false, &text[1..]),
-        _ => (false, text),
-    };
-    let lower = digits.to_ascii_lowercase();
-    let magnitude = if let Some(hex) = lower.strip_prefix("0x") {
-        i64::from_str_radix(hex, 16).ok()?
-    } else if let Some(bin) = lower.strip_prefix("0b") {
-        i64::from_str_radix(bin, 2).ok()?
-    } else if let Some(oct) = lower.strip_prefix("0o") {
-        i64::from_str_radix(oct, 8).ok()?
-    } else if lower.len() > 1 && lower.starts_with('0') {
-        i64::from_str_radix(&lower[1..], 8).ok()?
-    } else {
-        lower.parse::<i64>().ok()?
-    };
-    Some(if negative { -magnitude } else { magnitude })
-}
-
-/// A Modbus starting address as device-modbus reads it: a register (0 to 65535, in any
-/// base Go reads), or `register.bit` with a bit of 0 to 15.
-fn modbus_address(text: &str) -> bool {
-    let register = |t: &str| go_integer(t).is_some_and(|n| (0..=65535).contains(&n));
-    if register(text) {
-        return true;
-    }
-    match text.split_once('.') {
-        Some((reg, bit)) => register(reg) && bit.parse::<u8>().is_ok_and(|b| b <= 15),
-        None => false,
-    }
 }
 
 /// A field that is set (Go leaves an empty string unset).
@@ -167,7 +126,7 @@ fn resource_problems(at: &str, resource: &DeviceResource, out: &mut Vec<String>)
             None => out.push(format!(
                 "{at}.attributes.startingAddress: Required value: a Modbus resource needs its address"
             )),
-            Some(a) if !modbus_address(a) => out.push(format!(
+            Some(a) if modbus_starting_address(a).is_none() => out.push(format!(
                 "{at}.attributes.startingAddress: Invalid value: {a:?}: must be a register address, 0 to 65535 (or register.bit)"
             )),
             Some(_) => {}
