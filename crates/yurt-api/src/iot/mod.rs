@@ -10,6 +10,7 @@
 use crate::common::string_enum;
 
 pub mod edgex;
+pub mod mqtt;
 pub mod v1alpha1;
 pub mod v1alpha2;
 pub mod v1beta1;

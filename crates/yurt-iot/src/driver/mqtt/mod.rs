@@ -7,6 +7,14 @@
 //! - a write publishes `{"<resource>": <value>}` on `<CommandTopic>/<resource>/set/<id>`
 //!   and waits for any answer on `command/response/<id>`.
 //!
+//! Devices that publish on topics of their own (a sensor's `tele/<name>/SENSOR`) are
+//! read there too ([`yurt_api::iot::mqtt`]): the device's `ValueTopic` property, whose
+//! JSON payload holds a key per resource (or what the resource's `jsonPath` attribute
+//! names), or a resource's own `topic` attribute, whose whole payload is its value (or
+//! what its `jsonPath` names). The agent subscribes to each such topic when a resource
+//! first needs it, again after every reconnect, and reads the latest payload (a retained
+//! one included).
+//!
 //! Device properties: `CommandTopic` (EdgeX's; without it the device only publishes),
 //! and the broker, which EdgeX keeps in its service's configuration and we take from the
 //! device: `Host`, `Port` (1883), `Timeout` (seconds an answer may take, 5). A command
@@ -20,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeFilter};
 use serde_json::Value as Json;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -30,6 +38,7 @@ use super::{
     timeout_property,
 };
 use crate::value::{Value, ValueType};
+use yurt_api::iot::mqtt::{json_pointer, topic_problem};
 
 #[cfg(test)]
 mod tests;
@@ -42,6 +51,9 @@ pub const RESPONSE_TOPIC: &str = "command/response/#";
 pub const DEFAULT_PORT: u16 = 1883;
 /// How long an answer may take when a device names no `Timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Topics per SUBSCRIBE packet when subscribing again after a reconnect (well under the
+/// client's 10 KiB packet limit for topics of up to 100 bytes).
+const SUBSCRIBE_CHUNK: usize = 64;
 /// The pause before connecting to a broker again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
@@ -51,6 +63,8 @@ type Key = (String, String);
 struct Inbox {
     /// The last value each (device, resource) published, and when.
     latest: HashMap<Key, (Json, Instant)>,
+    /// Devices' own value topics subscribed to, and the last payload each carried.
+    topics: HashMap<String, Option<Vec<u8>>>,
     /// Commands waiting for their answer, by id.
     pending: HashMap<String, oneshot::Sender<Vec<u8>>>,
 }
@@ -70,6 +84,9 @@ impl Broker {
     }
 
     fn received(&self, topic: &str, payload: &[u8]) {
+        if let Some(last) = self.inbox().topics.get_mut(topic) {
+            *last = Some(payload.to_vec());
+        }
         if let Some(id) = topic.strip_prefix("command/response/") {
             let waiting = self.inbox().pending.remove(id);
             if let Some(tx) = waiting {
@@ -150,11 +167,23 @@ fn connect_broker(host: &str, port: u16) -> Arc<Broker> {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     broker.connected.store(true, Ordering::Relaxed);
-                    for topic in [INCOMING_TOPIC, RESPONSE_TOPIC] {
-                        if let Err(e) = client.subscribe(topic, QoS::AtMostOnce).await {
-                            tracing::warn!(broker = %endpoint, error = %e, "subscribing");
+                    let own: Vec<String> = broker.inbox().topics.keys().cloned().collect();
+                    let fixed = [INCOMING_TOPIC, RESPONSE_TOPIC].map(str::to_owned);
+                    let all: Vec<String> = fixed.into_iter().chain(own).collect();
+                    // Sent from a task of its own: the requests queue for this loop, which
+                    // must go on polling for the queue to drain.
+                    let (client, at) = (client.clone(), endpoint.clone());
+                    tokio::spawn(async move {
+                        for chunk in all.chunks(SUBSCRIBE_CHUNK) {
+                            let filters = chunk
+                                .iter()
+                                .map(|t| SubscribeFilter::new(t.clone(), QoS::AtMostOnce));
+                            if let Err(e) = client.subscribe_many(filters).await {
+                                tracing::warn!(broker = %at, error = %e, "subscribing");
+                                return;
+                            }
                         }
-                    }
+                    });
                     tracing::info!(broker = %endpoint, "connected to the MQTT broker");
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => broker.received(&p.topic, &p.payload),
@@ -182,6 +211,8 @@ pub struct Endpoint {
     pub port: u16,
     /// EdgeX's `CommandTopic`, if the device takes commands.
     pub command_topic: Option<String>,
+    /// The topic the device publishes its values on, if it has one of its own.
+    pub value_topic: Option<String>,
     /// How long an answer may take.
     pub timeout: Duration,
 }
@@ -209,12 +240,46 @@ impl Endpoint {
                 "mqtt: CommandTopic may not hold the wildcards # or +".into(),
             ));
         }
+        let value_topic = property(properties, "ValueTopic").map(str::to_owned);
+        if let Some(problem) = value_topic.as_deref().and_then(topic_problem) {
+            return Err(DriverError::Config(format!("mqtt: ValueTopic {problem}")));
+        }
         Ok(Self {
             host,
             port,
             command_topic,
+            value_topic,
             timeout,
         })
+    }
+
+    /// Where a resource's value is published, when it is on a topic of the device's
+    /// own: the topic and a JSON Pointer into its payload.
+    fn value_source(&self, resource: &Resource) -> Result<Option<(String, String)>, DriverError> {
+        let path = resource.attribute("jsonPath");
+        let (topic, path) = match (resource.attribute("topic"), &self.value_topic) {
+            (Some(topic), _) => {
+                if let Some(problem) = topic_problem(topic) {
+                    return Err(DriverError::Config(format!(
+                        "resource {:?}: topic {problem}",
+                        resource.name
+                    )));
+                }
+                (topic.to_owned(), path.unwrap_or("$").to_owned())
+            }
+            (None, Some(topic)) => (
+                topic.clone(),
+                path.map_or_else(
+                    || format!("/{}", resource.name.replace('~', "~0").replace('/', "~1")),
+                    str::to_owned,
+                ),
+            ),
+            (None, None) => return Ok(None),
+        };
+        let pointer = json_pointer(&path).map_err(|e| {
+            DriverError::Config(format!("resource {:?}: jsonPath {e}", resource.name))
+        })?;
+        Ok(Some((topic, pointer)))
     }
 }
 
@@ -230,8 +295,16 @@ impl Driver for MqttDriver {
         "mqtt"
     }
 
-    fn check(&self, properties: &ProtocolProperties, _: &[Resource]) -> Result<(), DriverError> {
-        Endpoint::from_properties(properties).map(|_| ())
+    fn check(
+        &self,
+        properties: &ProtocolProperties,
+        resources: &[Resource],
+    ) -> Result<(), DriverError> {
+        let endpoint = Endpoint::from_properties(properties)?;
+        for r in resources {
+            endpoint.value_source(r)?;
+        }
+        Ok(())
     }
 
     async fn connect(
@@ -350,6 +423,59 @@ impl MqttSession {
         }
     }
 
+    /// A resource's value from the latest payload on a topic of the device's own,
+    /// subscribing to the topic the first time.
+    async fn on_own_topic(
+        &self,
+        topic: &str,
+        pointer: &str,
+        resource: &Resource,
+    ) -> Result<Result<Value, DriverError>, DriverError> {
+        let latest = {
+            let mut inbox = self.broker.inbox();
+            match inbox.topics.get(topic) {
+                Some(latest) => Some(latest.clone()),
+                None => {
+                    inbox.topics.insert(topic.to_owned(), None);
+                    None
+                }
+            }
+        };
+        let Some(latest) = latest else {
+            if let Err(e) = self.broker.client.subscribe(topic, QoS::AtMostOnce).await {
+                self.broker.inbox().topics.remove(topic);
+                return Err(DriverError::Unreachable(e.to_string()));
+            }
+            return Ok(Err(DriverError::Refused(format!(
+                "no value published yet on {topic}"
+            ))));
+        };
+        let Some(payload) = latest else {
+            return Ok(Err(DriverError::Refused(format!(
+                "no value published yet on {topic}"
+            ))));
+        };
+        let json = match serde_json::from_slice::<Json>(&payload) {
+            Ok(json) => json,
+            // Not JSON: the whole payload is a value of its own.
+            Err(_) if pointer.is_empty() => {
+                Json::String(String::from_utf8_lossy(&payload).into_owned())
+            }
+            Err(e) => {
+                return Ok(Err(DriverError::Refused(format!(
+                    "the payload on {topic} is not JSON: {e}"
+                ))));
+            }
+        };
+        Ok(match json.pointer(pointer) {
+            Some(value) => from_json(value, resource.value_type),
+            None => Err(DriverError::Refused(format!(
+                "the payload on {topic} has nothing at {}",
+                resource.attribute("jsonPath").unwrap_or(pointer)
+            ))),
+        })
+    }
+
     async fn get(&self, topic: &str, resource: &Resource) -> Result<Value, DriverError> {
         let id = command_id();
         let answer = self
@@ -383,6 +509,17 @@ impl Session for MqttSession {
         self.last_read = Some(Instant::now());
         let mut out = Vec::with_capacity(resources.len());
         for r in resources {
+            match self.endpoint.value_source(r) {
+                Ok(Some((topic, pointer))) => {
+                    out.push(self.on_own_topic(&topic, &pointer, r).await?);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            }
             let pushed = self
                 .broker
                 .inbox()

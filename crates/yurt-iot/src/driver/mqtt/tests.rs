@@ -350,3 +350,157 @@ async fn the_engine_reads_published_values_while_a_command_goes_unanswered() {
     .await
     .expect("in time");
 }
+
+/// A device that publishes on topics of its own (a sensor's `tele/<name>/SENSOR` JSON):
+/// the device's ValueTopic, or a resource's own topic, and a JSON path into the payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_on_a_devices_own_topics_are_picked_by_their_json_path() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let broker = Mosquitto::start(None);
+        let (sensor, _) = device(broker.port).await;
+        let publish = |topic: &'static str, payload: &'static str| {
+            let sensor = sensor.clone();
+            async move {
+                sensor
+                    .publish(topic, QoS::AtLeastOnce, true, payload)
+                    .await
+                    .expect("publishes");
+            }
+        };
+        publish(
+            "tele/sensor1/SENSOR",
+            r#"{"AM2301":{"Temperature":22.5,"Humidity":40}}"#,
+        )
+        .await;
+        publish("stat/sensor1/POWER", "ON").await;
+        let driver = MqttDriver::default();
+        let props: ProtocolProperties = [
+            ("Host".to_owned(), "127.0.0.1".to_owned()),
+            ("Port".to_owned(), broker.port.to_string()),
+            ("ValueTopic".to_owned(), "tele/sensor1/SENSOR".to_owned()),
+        ]
+        .into();
+        let with = |name: &str, value_type, attributes: &[(&str, &str)]| Resource {
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..resource(name, value_type)
+        };
+        let temperature = with(
+            "temperature",
+            ValueType::Float32,
+            &[("jsonPath", "$.AM2301.Temperature")],
+        );
+        let humidity = with(
+            "humidity",
+            ValueType::Uint8,
+            &[("jsonPath", "AM2301.Humidity")],
+        );
+        let power = with(
+            "power",
+            ValueType::String,
+            &[("topic", "stat/sensor1/POWER")],
+        );
+        let missing = with(
+            "missing",
+            ValueType::Uint8,
+            &[("jsonPath", "AM2301.Pressure")],
+        );
+        let resources = [&temperature, &humidity, &power, &missing];
+        driver
+            .check(
+                &props,
+                &[temperature.clone(), humidity.clone(), power.clone()],
+            )
+            .expect("valid");
+        let mut session = driver.connect("sensor1", &props).await.expect("a session");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let read = loop {
+            let read = session.read(&resources).await;
+            if read
+                .as_ref()
+                .is_ok_and(|r| r[..3].iter().all(Result::is_ok))
+            {
+                break read.expect("read");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never read: {read:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(read[0], Ok(Value::Float(22.5)));
+        assert_eq!(read[1], Ok(Value::Uint(40)));
+        assert_eq!(read[2], Ok(Value::String("ON".into())));
+        assert!(
+            matches!(&read[3], Err(DriverError::Refused(m)) if m.contains("AM2301.Pressure")),
+            "{:?}",
+            read[3]
+        );
+        publish(
+            "tele/sensor1/SENSOR",
+            r#"{"AM2301":{"Temperature":23,"Humidity":41}}"#,
+        )
+        .await;
+        loop {
+            let read = session.read(&[&temperature]).await.expect("reads");
+            if read == vec![Ok(Value::Float(23.0))] {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the new value never came: {read:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // A restarted broker (which kept nothing) is subscribed to again.
+        let port = broker.port;
+        drop(broker);
+        let _broker = Mosquitto::start(Some(port));
+        let (sensor, _) = device(port).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            sensor
+                .publish(
+                    "tele/sensor1/SENSOR",
+                    QoS::AtLeastOnce,
+                    false,
+                    r#"{"AM2301":{"Temperature":24,"Humidity":42}}"#,
+                )
+                .await
+                .expect("publishes");
+            let read = session.read(&[&temperature]).await;
+            if read == Ok(vec![Ok(Value::Float(24.0))]) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the new value never came: {read:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("in time");
+}
+
+#[test]
+fn value_topics_and_json_paths_are_checked() {
+    let driver = MqttDriver::default();
+    let mut props: ProtocolProperties = [("Host".to_owned(), "broker".to_owned())].into();
+    props.insert("ValueTopic".into(), "tele/+/SENSOR".into());
+    let err = driver.check(&props, &[]).expect_err("a filter");
+    assert!(err.to_string().contains("ValueTopic"), "{err}");
+    props.insert("ValueTopic".into(), "tele/s/SENSOR".into());
+    let mut r = resource("t", ValueType::Float32);
+    r.attributes.insert("jsonPath".into(), "a[x]".into());
+    let err = driver.check(&props, &[r.clone()]).expect_err("a bad path");
+    assert!(err.to_string().contains("jsonPath"), "{err}");
+    r.attributes.insert("jsonPath".into(), "a[0]".into());
+    r.attributes.insert("topic".into(), "stat/#".into());
+    let err = driver.check(&props, &[r.clone()]).expect_err("a filter");
+    assert!(err.to_string().contains("topic"), "{err}");
+    r.attributes.insert("topic".into(), "stat/s/POWER".into());
+    driver.check(&props, &[r]).expect("valid");
+}

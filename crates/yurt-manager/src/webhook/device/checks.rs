@@ -6,6 +6,7 @@ use kube::Resource;
 use yurt_api::iot::v1alpha1::{Device, DeviceProfile, DeviceResource};
 
 use yurt_api::iot::edgex::modbus_starting_address;
+use yurt_api::iot::mqtt::{json_pointer, topic_problem};
 use yurt_api::iot::platform_name;
 
 /// EdgeX's read-write modes.
@@ -148,6 +149,21 @@ fn resource_problems(at: &str, resource: &DeviceResource, out: &mut Vec<String>)
                 ));
             }
         }
+    }
+    // MQTT values on a device's own topics (yurt_api::iot::mqtt).
+    if let Some(topic) = attributes.get("topic")
+        && let Some(problem) = topic_problem(topic)
+    {
+        out.push(format!(
+            "{at}.attributes.topic: Invalid value: {topic:?}: {problem}"
+        ));
+    }
+    if let Some(path) = attributes.get("jsonPath")
+        && let Err(problem) = json_pointer(path)
+    {
+        out.push(format!(
+            "{at}.attributes.jsonPath: Invalid value: {problem}"
+        ));
     }
 }
 

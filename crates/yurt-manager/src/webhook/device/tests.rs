@@ -545,3 +545,29 @@ async fn accounts_not_yet_read_mean_retry_not_allow() {
     let resp = validate_device(&state, &as_user(req, "alice")).await;
     assert!(resp.allowed, "{}", resp.result.message);
 }
+
+#[test]
+fn mqtt_value_topics_and_json_paths_are_read_as_the_driver_reads_them() {
+    let sensor = profile(
+        json!([
+            resource(
+                "Temperature",
+                json!({"valueType": "Float32", "readWrite": "R"}),
+                json!({"topic": "tele/sensor1/SENSOR", "jsonPath": "$.AM2301.Temperature"})
+            ),
+            resource(
+                "Power",
+                json!({"valueType": "String", "readWrite": "R"}),
+                json!({"topic": "stat/+/POWER", "jsonPath": "a[x]"})
+            ),
+        ]),
+        json!([]),
+    );
+    assert_eq!(
+        profile_problems(&sensor),
+        [
+            "spec.deviceResources[1].attributes.topic: Invalid value: \"stat/+/POWER\": may not hold the wildcards # or +",
+            "spec.deviceResources[1].attributes.jsonPath: Invalid value: \"a[x]\": [x] is not an array index (digits only)",
+        ]
+    );
+}
