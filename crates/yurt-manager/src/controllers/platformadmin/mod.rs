@@ -399,12 +399,34 @@ where
     }
 }
 
-fn finalizers_without(pa: &PlatformAdmin) -> Vec<String> {
-    pa.finalizers()
+/// Sets the PlatformAdmin's finalizers to its own with ours added or removed, at the
+/// resourceVersion read (a conflict retries from a fresh read, so no one else's
+/// finalizer is lost).
+async fn set_finalizer(
+    api: &Api<PlatformAdmin>,
+    pa: &PlatformAdmin,
+    present: bool,
+) -> Result<(), kube::Error> {
+    let mut finalizers: Vec<String> = pa
+        .finalizers()
         .iter()
         .filter(|f| *f != PLATFORM_ADMIN_FINALIZER)
         .cloned()
-        .collect()
+        .collect();
+    if present {
+        finalizers.push(PLATFORM_ADMIN_FINALIZER.to_owned());
+    }
+    let patch = json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": pa.resource_version(),
+    }});
+    api.patch(
+        &pa.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(drop)
 }
 
 async fn reconcile(pa: Arc<PlatformAdmin>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
@@ -416,32 +438,12 @@ async fn reconcile(pa: Arc<PlatformAdmin>, ctx: Arc<Ctx>) -> Result<Action, Reco
         .any(|f| f == PLATFORM_ADMIN_FINALIZER);
     if pa.metadata.deletion_timestamp.is_some() {
         if has_finalizer {
-            let patch = json!({"metadata": {
-                "finalizers": finalizers_without(&pa),
-                "resourceVersion": pa.resource_version(),
-            }});
-            api.patch(
-                &pa.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await?;
+            set_finalizer(&api, &pa, false).await?;
         }
         return Ok(Action::await_change());
     }
     if !has_finalizer {
-        let mut finalizers = pa.finalizers().to_vec();
-        finalizers.push(PLATFORM_ADMIN_FINALIZER.to_owned());
-        let patch = json!({"metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": pa.resource_version(),
-        }});
-        api.patch(
-            &pa.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+        set_finalizer(&api, &pa, true).await?;
         return Ok(Action::await_change());
     }
     let uid = pa.uid().unwrap_or_default();
