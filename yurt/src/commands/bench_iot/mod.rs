@@ -3,7 +3,9 @@
 //! changing; our figure beside the anchor measured in the same run, the same loops with
 //! one request per property (what EdgeX's device-modbus does for yurt-iot-dock, which
 //! reads every readable command of every device each round) and upstream's status cadence
-//! (one write per device per 5 s).
+//! (one write per device per 5 s). Then every device's enforced register is tampered with
+//! at once, and each device's time until its loop wrote it back is read from the device's
+//! memory.
 //!
 //! The loops run in a child process (`yurt bench iot-agents`, hidden) so that its CPU
 //! and memory are the agent's alone; the Modbus device runs here. Status writes are
@@ -31,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use yurt_iot::driver::modbus::ModbusTcpDriver;
 use yurt_iot::driver::modbus::simulator::{Memory, Simulator};
 use yurt_iot::driver::{Access, Resource};
-use yurt_iot::engine::{DeviceConfig, Observed};
+use yurt_iot::engine::{Desired, DeviceConfig, Observed};
 use yurt_iot::metrics::Metrics;
 use yurt_iot::value::{Range, Transform, ValueType};
 
@@ -81,6 +83,10 @@ pub struct IotAgentsArgs {
     /// property: the anchor).
     #[arg(long)]
     pub per_property: bool,
+    /// Make each device's first property writable with this desired value, which the
+    /// loops keep enforcing.
+    #[arg(long)]
+    pub enforce: Option<u16>,
 }
 
 const WARM_UP: Duration = Duration::from_secs(3);
@@ -105,7 +111,7 @@ pub async fn agents(args: IotAgentsArgs) -> anyhow::Result<ExitCode> {
                 value_type: ValueType::Uint16,
                 access: Access {
                     read: true,
-                    write: false,
+                    write: p == 0 && args.enforce.is_some(),
                 },
                 transform: Transform::default(),
                 range: Range::default(),
@@ -130,8 +136,15 @@ pub async fn agents(args: IotAgentsArgs) -> anyhow::Result<ExitCode> {
             ]
             .into(),
             resources,
-            desired: Vec::new(),
-            writes: false,
+            desired: args
+                .enforce
+                .map(|v| Desired {
+                    resource: "p0".into(),
+                    text: v.to_string(),
+                })
+                .into_iter()
+                .collect(),
+            writes: args.enforce.is_some(),
             polls: true,
             poll_interval: Duration::from_secs(1),
         };
@@ -322,6 +335,101 @@ async fn scenario(
     })
 }
 
+/// What a tampered register's restoring took, over the devices: p50, p99 and the
+/// longest, in ms.
+struct Restored {
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+/// The value the tamper scenario's loops enforce, and the one the tamper writes.
+const ENFORCED: u16 = 7;
+const TAMPERED: u16 = 0;
+
+/// Every device's enforced register set to another value at once (a PLC reset, or
+/// someone at the panel), then each device's time until its loop wrote it back, seen in
+/// the device's memory.
+async fn tamper_scenario(args: &BenchIotArgs, per_property: bool) -> anyhow::Result<Restored> {
+    let size = args.devices * args.properties * 2 + 2;
+    let sim = Simulator::start("127.0.0.1:0".parse()?, Memory::with_size(size.min(65_536)))
+        .await
+        .context("the Modbus device")?;
+    let exe = std::env::current_exe().context("this yurt")?;
+    let _child = tokio::process::Command::new(exe)
+        .args([
+            "bench",
+            "iot-agents",
+            "--modbus",
+            &sim.address().to_string(),
+        ])
+        .args(["--devices", &args.devices.to_string()])
+        .args(["--properties", &args.properties.to_string()])
+        .args(["--seconds", "60", "--enforce", &ENFORCED.to_string()])
+        .args(per_property.then_some("--per-property"))
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the loops")?;
+    let registers: Vec<usize> = (0..args.devices)
+        .map(|d| register(d, 0, args.properties, per_property))
+        .collect();
+    let all_enforced = |m: &Memory| {
+        registers
+            .iter()
+            .all(|r| m.holding_registers.get(*r) == Some(&ENFORCED))
+    };
+    let deadline = Instant::now() + WARM_UP + Duration::from_secs(15);
+    while !sim.with_memory(|m| all_enforced(m)) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the loops never wrote every device's desired value"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Past the first round of writes and read-backs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tampered = Instant::now();
+    sim.with_memory(|m| {
+        for r in &registers {
+            if let Some(v) = m.holding_registers.get_mut(*r) {
+                *v = TAMPERED;
+            }
+        }
+    });
+    let mut restored: Vec<Option<Duration>> = vec![None; registers.len()];
+    let deadline = tampered + Duration::from_secs(20);
+    while restored.iter().any(Option::is_none) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} of {} devices not restored in 20 s",
+            restored.iter().filter(|r| r.is_none()).count(),
+            registers.len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = tampered.elapsed();
+        sim.with_memory(|m| {
+            for (i, r) in registers.iter().enumerate() {
+                if restored[i].is_none() && m.holding_registers.get(*r) == Some(&ENFORCED) {
+                    restored[i] = Some(now);
+                }
+            }
+        });
+    }
+    let mut times: Vec<Duration> = restored.into_iter().flatten().collect();
+    times.sort();
+    let ms = |q: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * q).round() as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Ok(Restored {
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
+        max_ms: ms(1.0),
+    })
+}
+
 /// Runs `yurt bench iot`.
 pub async fn run(
     machine: &yurt_cluster::MachineConfig,
@@ -354,6 +462,8 @@ pub async fn run(
     let steady = scenario(&args, false, 0.0).await?;
     let some = scenario(&args, false, 0.01).await?;
     let all = scenario(&args, false, 1.0).await?;
+    let restored = tamper_scenario(&args, false).await?;
+    let restored_anchor = tamper_scenario(&args, true).await?;
     let upstream_writes = args.devices as f64 / 5.0;
     table.row(
         "poll cycles per second",
@@ -408,6 +518,17 @@ pub async fn run(
         "with 100% changing: cycle p99, CPU",
         format!("{:.1} ms, {:.1}%", all.p99_ms, all.cpu_percent),
         format!("{:.1} ms, {:.1}% at 0%", steady.p99_ms, steady.cpu_percent),
+    );
+    table.row(
+        "tamper → restored, p50 / p99 / longest of every device (goal ≤ poll interval + 1 s = 2 s)",
+        format!(
+            "{:.0} / {:.0} / {:.0} ms",
+            restored.p50_ms, restored.p99_ms, restored.max_ms
+        ),
+        format!(
+            "{:.0} / {:.0} / {:.0} ms one request per property (upstream's yurt-iot-dock writes once, without reading back: never restored)",
+            restored_anchor.p50_ms, restored_anchor.p99_ms, restored_anchor.max_ms
+        ),
     );
     table.print();
     if args.api_devices > 0 {
