@@ -23,7 +23,7 @@
 //! pause), subscribing again each time.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Topics per SUBSCRIBE packet when subscribing again after a reconnect (well under the
 /// client's 10 KiB packet limit for topics of up to 100 bytes).
 const SUBSCRIBE_CHUNK: usize = 64;
+/// The largest MQTT packet taken or sent. MQTT 3.1.1 cannot refuse one packet and keep
+/// the connection, so this is generous; a larger one still drops the connection (and is
+/// logged with the error), as mosquitto's own `message_size_limit` would refuse it.
+pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
 /// The pause before connecting to a broker again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
@@ -74,6 +78,8 @@ struct Broker {
     client: AsyncClient,
     inbox: Mutex<Inbox>,
     connected: AtomicBool,
+    /// Connections made so far.
+    connects: AtomicU64,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -149,11 +155,15 @@ fn connect_broker(host: &str, port: u16) -> Arc<Broker> {
     let id = format!("yurt-iot-agent-{:016x}", fastrand::u64(..));
     let mut options = MqttOptions::new(id, host, port);
     options.set_keep_alive(Duration::from_secs(30));
+    // A packet over the limit ends the connection, for every device on the broker:
+    // rumqttc's 10 KiB default is smaller than payloads devices publish.
+    options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     let (client, mut events) = AsyncClient::new(options, 256);
     let broker = Arc::new(Broker {
         client: client.clone(),
         inbox: Mutex::new(Inbox::default()),
         connected: AtomicBool::new(false),
+        connects: AtomicU64::new(0),
         task: Mutex::new(None),
     });
     let weak = Arc::downgrade(&broker);
@@ -167,6 +177,7 @@ fn connect_broker(host: &str, port: u16) -> Arc<Broker> {
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     broker.connected.store(true, Ordering::Relaxed);
+                    broker.connects.fetch_add(1, Ordering::Relaxed);
                     let own: Vec<String> = broker.inbox().topics.keys().cloned().collect();
                     let fixed = [INCOMING_TOPIC, RESPONSE_TOPIC].map(str::to_owned);
                     let all: Vec<String> = fixed.into_iter().chain(own).collect();

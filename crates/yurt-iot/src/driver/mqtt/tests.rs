@@ -504,3 +504,57 @@ fn value_topics_and_json_paths_are_checked() {
     r.attributes.insert("topic".into(), "stat/s/POWER".into());
     driver.check(&props, &[r]).expect("valid");
 }
+
+/// A payload far over rumqttc's default 10 KiB limit (a device's blob, or a stranger on
+/// the broker) used to drop the broker connection, and every device on it with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_payload_is_taken_without_dropping_the_broker() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let broker = Mosquitto::start(None);
+        let _thermo = device(broker.port).await;
+        let driver = MqttDriver::default();
+        let mut session = connected(&driver, broker.port).await;
+        // A publisher whose own client takes the large packet.
+        let mut options = MqttOptions::new("blob-publisher", "127.0.0.1", broker.port);
+        options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let (publisher, mut events) = AsyncClient::new(options, 8);
+        tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        let blob = "x".repeat(64 * 1024);
+        publisher
+            .publish(
+                "incoming/data/thermo/blob",
+                QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&serde_json::json!({ "blob": blob })).expect("JSON"),
+            )
+            .await
+            .expect("publishes");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let large = resource("blob", ValueType::String);
+        loop {
+            let read = session.read(&[&large]).await;
+            if read == Ok(vec![Ok(Value::String(blob.clone()))]) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the large value never came: {:?}",
+                read.map(|r| r
+                    .into_iter()
+                    .map(|v| v.map(|v| v.to_string().len()))
+                    .collect::<Vec<_>>())
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let connects = driver
+            .brokers
+            .lock()
+            .expect("brokers")
+            .values()
+            .map(|b| b.connects.load(Ordering::Relaxed))
+            .collect::<Vec<_>>();
+        assert_eq!(connects, [1], "the broker connection was never dropped");
+    })
+    .await
+    .expect("in time");
+}
