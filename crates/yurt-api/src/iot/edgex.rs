@@ -18,31 +18,41 @@ pub fn go_integer(text: &str) -> Option<i64> {
         _ => (false, text),
     };
     let lower = digits.to_ascii_lowercase();
-    let magnitude = if let Some(hex) = lower.strip_prefix("0x") {
-        i64::from_str_radix(hex, 16).ok()?
+    let (radix, digits) = if let Some(hex) = lower.strip_prefix("0x") {
+        (16, hex)
     } else if let Some(bin) = lower.strip_prefix("0b") {
-        i64::from_str_radix(bin, 2).ok()?
+        (2, bin)
     } else if let Some(oct) = lower.strip_prefix("0o") {
-        i64::from_str_radix(oct, 8).ok()?
+        (8, oct)
     } else if lower.len() > 1 && lower.starts_with('0') {
-        i64::from_str_radix(&lower[1..], 8).ok()?
+        (8, &lower[1..])
     } else {
-        lower.parse::<i64>().ok()?
+        (10, lower.as_str())
     };
-    Some(if negative { -magnitude } else { magnitude })
+    // One sign, before the prefix: Rust's parsers would take another after it.
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    let magnitude = i128::from(u64::from_str_radix(digits, radix).ok()?);
+    i64::try_from(if negative { -magnitude } else { magnitude }).ok()
 }
 
 /// A Modbus `startingAddress` as device-modbus reads it: a register (0 to 65535, in any
-/// base Go reads; a zero decimal part is no bit), or `register.bit` with a bit of 0 to
-/// 15 for one bit of a register.
+/// base Go reads), or `register.bit` with a bit of 0 to 15 (one or two digits) for one
+/// bit of a register. Three or more zero decimals are a number written with `%f`
+/// (`"1.000000"`, synced back from the edge): the register.
 pub fn modbus_starting_address(text: &str) -> Option<(u16, Option<u8>)> {
     let register = |t: &str| go_integer(t).and_then(|n| u16::try_from(n).ok());
-    if let Some(r) = register(text) {
-        return Some((r, None));
+    match text.split_once('.') {
+        Some((r, bit)) if (1..=2).contains(&bit.len()) => {
+            let bit = bit
+                .parse::<u8>()
+                .ok()
+                .filter(|b| *b <= 15 && bit.bytes().all(|c| c.is_ascii_digit()))?;
+            Some((register(r)?, Some(bit)))
+        }
+        _ => register(text).map(|r| (r, None)),
     }
-    let (r, bit) = text.split_once('.')?;
-    let bit = bit.parse::<u8>().ok().filter(|b| *b <= 15)?;
-    Some((register(r)?, Some(bit)))
 }
 
 #[cfg(test)]
@@ -59,6 +69,11 @@ mod tests {
         assert_eq!(go_integer("1.5"), None);
         assert_eq!(go_integer(""), None);
         assert_eq!(go_integer(" 1"), None);
+        for twice in ["--5", "+-5", "0x-5", "-+5", "0x+5", "--9223372036854775808"] {
+            assert_eq!(go_integer(twice), None, "{twice:?}");
+        }
+        assert_eq!(go_integer("-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(go_integer("9223372036854775808"), None);
     }
 
     #[test]
@@ -66,6 +81,10 @@ mod tests {
         assert_eq!(modbus_starting_address("1.000000"), Some((1, None)));
         assert_eq!(modbus_starting_address("65535"), Some((65535, None)));
         assert_eq!(modbus_starting_address("30.2"), Some((30, Some(2))));
+        assert_eq!(modbus_starting_address("30.0"), Some((30, Some(0))));
+        assert_eq!(modbus_starting_address("30.00"), Some((30, Some(0))));
+        assert_eq!(modbus_starting_address("30.000"), Some((30, None)));
+        assert_eq!(modbus_starting_address("30.+1"), None);
         assert_eq!(modbus_starting_address("0x1e.15"), Some((30, Some(15))));
         assert_eq!(modbus_starting_address("30.16"), None);
         assert_eq!(modbus_starting_address("65536"), None);

@@ -8,6 +8,10 @@
 //! path (`$.AM2301.Temperature`, `sensors[0].value`) or a JSON Pointer (`/a/b/0`, for
 //! keys holding dots).
 
+/// The longest value topic: the agent subscribes again to all of a broker's topics in
+/// packets of a bounded size after every reconnect.
+pub const MAX_TOPIC_BYTES: usize = 1024;
+
 /// Why `topic` cannot be a value topic, if it cannot: values are kept per topic, so it
 /// must be a plain topic name, not a filter.
 pub fn topic_problem(topic: &str) -> Option<&'static str> {
@@ -17,8 +21,8 @@ pub fn topic_problem(topic: &str) -> Option<&'static str> {
         Some("may not hold the wildcards # or +")
     } else if topic.contains('\0') {
         Some("may not hold a NUL character")
-    } else if topic.len() > usize::from(u16::MAX) {
-        Some("is longer than MQTT allows (65535 bytes)")
+    } else if topic.len() > MAX_TOPIC_BYTES {
+        Some("is longer than 1024 bytes")
     } else {
         None
     }
@@ -112,5 +116,6 @@ mod tests {
         assert!(topic_problem("tele/+/SENSOR").is_some());
         assert!(topic_problem("tele/#").is_some());
         assert!(topic_problem("").is_some());
+        assert!(topic_problem(&"t".repeat(1025)).is_some());
     }
 }

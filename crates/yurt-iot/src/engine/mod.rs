@@ -406,15 +406,27 @@ impl Loop {
         let raw = self.targets[t].raw.clone();
         let wanted = self.targets[t].value.clone();
         self.observed.writes += 1;
-        let session = self.session().await?;
-        session.write(resource, raw).await?;
-        if !resource.access.read {
-            return Ok(wanted);
-        }
-        let back = session
-            .read(&[resource])
-            .await?
-            .pop()
+        // A connection error is tried once more on a new session, as reads are: a
+        // connection shared with other devices may have been closed under this one.
+        let mut attempt = 0;
+        let back = loop {
+            attempt += 1;
+            let outcome = match self.session().await {
+                Ok(session) => match session.write(resource, raw.clone()).await {
+                    Ok(()) if !resource.access.read => return Ok(wanted),
+                    Ok(()) => session.read(&[resource]).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Err(e) if e.is_connection() && attempt < 2 => self.session = None,
+                other => break other?,
+            }
+        };
+        let back = back
+            .into_iter()
+            .next()
             .unwrap_or_else(|| Err(DriverError::Refused("no reading".into())))?;
         let back = resource.transform.read(back, resource.value_type)?;
         if back.same_as(&wanted, resource.value_type) {

@@ -62,6 +62,10 @@ struct LinkState {
     context: Option<Context>,
     /// Connections opened so far: a session made on an earlier one is told it is gone.
     opened: u64,
+    /// A request was sent and its turn ended before its answer came (its device's
+    /// loop was cancelled): the answer may still arrive, so the connection is not used
+    /// again.
+    in_flight: bool,
 }
 
 impl ModbusTcpDriver {
@@ -177,6 +181,11 @@ impl Driver for ModbusTcpDriver {
         let link = self.link(&endpoint);
         let opened = {
             let mut state = link.turn(endpoint.timeout).await?;
+            if state.in_flight {
+                // A request cancelled mid-way: its answer may still come.
+                state.context = None;
+                state.in_flight = false;
+            }
             if state.context.is_none() {
                 let target = &link.target;
                 let stream = tokio::time::timeout(endpoint.timeout, TcpStream::connect(target))
@@ -357,8 +366,8 @@ async fn write_on(
 }
 
 impl ModbusSession {
-    /// The connection this session was made on, addressed to its unit; an error when
-    /// that connection was closed since.
+    /// The connection this session was made on, addressed to its unit, marked as used
+    /// by a request; an error when that connection was closed since.
     fn context<'s>(&self, state: &'s mut LinkState) -> Result<&'s mut Context, DriverError> {
         let gone = || {
             DriverError::Unreachable(format!(
@@ -366,9 +375,16 @@ impl ModbusSession {
                 self.link.target
             ))
         };
-        if state.opened != self.opened {
+        if state.in_flight {
+            state.context = None;
+            state.in_flight = false;
+        }
+        if state.opened != self.opened || state.context.is_none() {
             return Err(gone());
         }
+        // Cleared by close_after once the answer is in; left set when the turn is
+        // cancelled mid-request.
+        state.in_flight = true;
         let ctx = state.context.as_mut().ok_or_else(gone)?;
         ctx.set_slave(self.unit);
         Ok(ctx)
@@ -378,6 +394,7 @@ impl ModbusSession {
 /// Closes the connection after a connection error: an answer that comes late must never
 /// be taken for the next request's.
 fn close_after<T>(state: &mut LinkState, outcome: &Result<T, DriverError>) {
+    state.in_flight = false;
     if outcome.as_ref().is_err_and(DriverError::is_connection) {
         state.context = None;
     }

@@ -480,7 +480,19 @@ async fn a_device_waits_for_its_turn_no_longer_than_its_timeout() {
             !held.is_finished(),
             "the first request still waits for its answer"
         );
+        // Cancelled mid-request (its device deleted): the answer may still come, so the
+        // connection is not used again.
         held.abort();
+        let _ = held.await;
+        plc.set_hung(false);
+        let err = waiter
+            .read(&[&r])
+            .await
+            .expect_err("not on that connection");
+        assert!(err.is_connection(), "{err:?}");
+        let mut waiter = driver.connect("b", &quick).await.expect("connects again");
+        assert!(waiter.read(&[&r]).await.is_ok());
+        assert_eq!(plc.connections(), 2);
     })
     .await
     .expect("in time");

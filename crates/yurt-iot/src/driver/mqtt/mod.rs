@@ -51,8 +51,8 @@ pub const RESPONSE_TOPIC: &str = "command/response/#";
 pub const DEFAULT_PORT: u16 = 1883;
 /// How long an answer may take when a device names no `Timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Topics per SUBSCRIBE packet when subscribing again after a reconnect (well under the
-/// client's 10 KiB packet limit for topics of up to 100 bytes).
+/// Topics per SUBSCRIBE packet when subscribing again after a reconnect: with topics of
+/// at most `MAX_TOPIC_BYTES` (1 KiB), well under `MAX_PACKET_BYTES`.
 const SUBSCRIBE_CHUNK: usize = 64;
 /// The largest MQTT packet taken or sent. MQTT 3.1.1 cannot refuse one packet and keep
 /// the connection, so this is generous; a larger one still drops the connection (and is
@@ -63,10 +63,39 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 type Key = (String, String);
 
+/// The most values kept per device from `incoming/data/...` (a device has that many
+/// resources at most in any profile seen; keys beyond are published for nothing).
+const MAX_VALUES_PER_DEVICE: usize = 256;
+
+#[derive(Default)]
+struct DeviceEntry {
+    sessions: usize,
+    values: usize,
+}
+
+impl Inbox {
+    /// Keeps a value a device published, if the device is driven here and has room.
+    fn keep(&mut self, device: &str, resource: String, value: Json, at: Instant) {
+        let Some(entry) = self.devices.get_mut(device) else {
+            return;
+        };
+        let key = (device.to_owned(), resource);
+        if let Some(slot) = self.latest.get_mut(&key) {
+            *slot = (value, at);
+        } else if entry.values < MAX_VALUES_PER_DEVICE {
+            entry.values += 1;
+            self.latest.insert(key, (value, at));
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inbox {
     /// The last value each (device, resource) published, and when.
     latest: HashMap<Key, (Json, Instant)>,
+    /// Devices with a live session here: their sessions, and the values kept for them.
+    /// What anyone publishes for other names on the broker is not kept.
+    devices: HashMap<String, DeviceEntry>,
     /// Devices' own value topics subscribed to, and the last payload each carried.
     topics: HashMap<String, Option<Vec<u8>>>,
     /// Commands waiting for their answer, by id.
@@ -111,26 +140,20 @@ impl Broker {
         }
         let now = Instant::now();
         let mut inbox = self.inbox();
+        if !inbox.devices.contains_key(device) {
+            return;
+        }
         match serde_json::from_slice::<Json>(payload) {
             Ok(Json::Object(map)) if !map.is_empty() => {
                 for (resource, value) in map {
-                    inbox
-                        .latest
-                        .insert((device.to_owned(), resource), (value, now));
+                    inbox.keep(device, resource, value, now);
                 }
             }
             // One resource: the whole payload is its value.
-            Ok(other) => {
-                inbox
-                    .latest
-                    .insert((device.to_owned(), source.to_owned()), (other, now));
-            }
+            Ok(other) => inbox.keep(device, source.to_owned(), other, now),
             Err(_) => {
                 let text = String::from_utf8_lossy(payload).into_owned();
-                inbox.latest.insert(
-                    (device.to_owned(), source.to_owned()),
-                    (Json::String(text), now),
-                );
+                inbox.keep(device, source.to_owned(), Json::String(text), now);
             }
         }
     }
@@ -332,6 +355,12 @@ impl Driver for MqttDriver {
                     .or_insert_with(|| connect_broker(&endpoint.host, endpoint.port)),
             )
         };
+        broker
+            .inbox()
+            .devices
+            .entry(device.to_owned())
+            .or_default()
+            .sessions += 1;
         Ok(Box::new(MqttSession {
             broker,
             device: device.to_owned(),
@@ -386,6 +415,20 @@ fn command_id() -> String {
         (b >> 48) & 0x3fff | 0x8000,
         b & 0xffff_ffff_ffff
     )
+}
+
+impl Drop for MqttSession {
+    fn drop(&mut self) {
+        let mut inbox = self.broker.inbox();
+        let last = inbox.devices.get_mut(&self.device).is_some_and(|e| {
+            e.sessions = e.sessions.saturating_sub(1);
+            e.sessions == 0
+        });
+        if last {
+            inbox.devices.remove(&self.device);
+            inbox.latest.retain(|(d, _), _| *d != self.device);
+        }
+    }
 }
 
 impl MqttSession {

@@ -558,3 +558,25 @@ async fn a_large_payload_is_taken_without_dropping_the_broker() {
     .await
     .expect("in time");
 }
+
+/// Anyone on the broker may publish under `incoming/data/<any>/<any>`: only devices
+/// driven here are kept, each with at most so many values.
+#[test]
+fn only_driven_devices_values_are_kept_and_only_so_many() {
+    let mut inbox = Inbox::default();
+    let now = Instant::now();
+    inbox.keep("stranger", "x".into(), Json::Null, now);
+    assert!(inbox.latest.is_empty());
+    inbox
+        .devices
+        .insert("thermo".into(), DeviceEntry::default());
+    for i in 0..1000 {
+        inbox.keep("thermo", format!("k{i}"), Json::from(i), now);
+    }
+    assert_eq!(inbox.latest.len(), MAX_VALUES_PER_DEVICE);
+    inbox.keep("thermo", "k0".into(), Json::from(-1), now);
+    assert_eq!(
+        inbox.latest[&("thermo".to_owned(), "k0".to_owned())].0,
+        Json::from(-1)
+    );
+}
