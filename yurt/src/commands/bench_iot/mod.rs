@@ -235,19 +235,20 @@ pub(super) fn rss_parts(pid: i32) -> Option<(f64, f64)> {
     Some((kib("RssAnon:")? / 1024.0, kib("RssFile:")? / 1024.0))
 }
 
-/// One scenario: the child's loops for `seconds`, `changing` of the registers changed
-/// every second.
-async fn scenario(
+/// The in-process Modbus device, sized for the benchmark, and the loops' child process
+/// polling it (killed when dropped).
+async fn device_and_loops(
     args: &BenchIotArgs,
     per_property: bool,
-    changing: f64,
-) -> anyhow::Result<Outcome> {
+    extra: &[&str],
+    stdout: Stdio,
+) -> anyhow::Result<(Simulator, tokio::process::Child)> {
     let size = args.devices * args.properties * 2 + 2;
     let sim = Simulator::start("127.0.0.1:0".parse()?, Memory::with_size(size.min(65_536)))
         .await
         .context("the Modbus device")?;
     let exe = std::env::current_exe().context("this yurt")?;
-    let mut child = tokio::process::Command::new(exe)
+    let child = tokio::process::Command::new(exe)
         .args([
             "bench",
             "iot-agents",
@@ -256,12 +257,25 @@ async fn scenario(
         ])
         .args(["--devices", &args.devices.to_string()])
         .args(["--properties", &args.properties.to_string()])
-        .args(["--seconds", &args.seconds.to_string()])
+        .args(extra)
         .args(per_property.then_some("--per-property"))
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .kill_on_drop(true)
         .spawn()
         .context("starting the loops")?;
+    Ok((sim, child))
+}
+
+/// One scenario: the child's loops for `seconds`, `changing` of the registers changed
+/// every second.
+async fn scenario(
+    args: &BenchIotArgs,
+    per_property: bool,
+    changing: f64,
+) -> anyhow::Result<Outcome> {
+    let seconds = args.seconds.to_string();
+    let (sim, mut child) =
+        device_and_loops(args, per_property, &["--seconds", &seconds], Stdio::piped()).await?;
     let pid = child
         .id()
         .and_then(|p| i32::try_from(p).ok())
@@ -351,26 +365,14 @@ const TAMPERED: u16 = 0;
 /// someone at the panel), then each device's time until its loop wrote it back, seen in
 /// the device's memory.
 async fn tamper_scenario(args: &BenchIotArgs, per_property: bool) -> anyhow::Result<Restored> {
-    let size = args.devices * args.properties * 2 + 2;
-    let sim = Simulator::start("127.0.0.1:0".parse()?, Memory::with_size(size.min(65_536)))
-        .await
-        .context("the Modbus device")?;
-    let exe = std::env::current_exe().context("this yurt")?;
-    let _child = tokio::process::Command::new(exe)
-        .args([
-            "bench",
-            "iot-agents",
-            "--modbus",
-            &sim.address().to_string(),
-        ])
-        .args(["--devices", &args.devices.to_string()])
-        .args(["--properties", &args.properties.to_string()])
-        .args(["--seconds", "60", "--enforce", &ENFORCED.to_string()])
-        .args(per_property.then_some("--per-property"))
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the loops")?;
+    let enforced = ENFORCED.to_string();
+    let (sim, _child) = device_and_loops(
+        args,
+        per_property,
+        &["--seconds", "60", "--enforce", &enforced],
+        Stdio::null(),
+    )
+    .await?;
     let registers: Vec<usize> = (0..args.devices)
         .map(|d| register(d, 0, args.properties, per_property))
         .collect();
@@ -418,15 +420,11 @@ async fn tamper_scenario(args: &BenchIotArgs, per_property: bool) -> anyhow::Res
     }
     let mut times: Vec<Duration> = restored.into_iter().flatten().collect();
     times.sort();
-    let ms = |q: f64| {
-        times
-            .get(((times.len() as f64 - 1.0) * q).round() as usize)
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
+    let ms = |p: f64| super::bench::percentile(&times, p).as_secs_f64() * 1000.0;
     Ok(Restored {
-        p50_ms: ms(0.5),
-        p99_ms: ms(0.99),
-        max_ms: ms(1.0),
+        p50_ms: ms(50.0),
+        p99_ms: ms(99.0),
+        max_ms: ms(100.0),
     })
 }
 

@@ -495,16 +495,13 @@ impl MqttSession {
                 }
             }
         };
-        let Some(latest) = latest else {
-            if let Err(e) = self.broker.client.subscribe(topic, QoS::AtMostOnce).await {
-                self.broker.inbox().topics.remove(topic);
-                return Err(DriverError::Unreachable(e.to_string()));
-            }
-            return Ok(Err(DriverError::Refused(format!(
-                "no value published yet on {topic}"
-            ))));
-        };
-        let Some(payload) = latest else {
+        if latest.is_none()
+            && let Err(e) = self.broker.client.subscribe(topic, QoS::AtMostOnce).await
+        {
+            self.broker.inbox().topics.remove(topic);
+            return Err(DriverError::Unreachable(e.to_string()));
+        }
+        let Some(Some(payload)) = latest else {
             return Ok(Err(DriverError::Refused(format!(
                 "no value published yet on {topic}"
             ))));
