@@ -34,8 +34,20 @@ pub const KUBECONFIG_KEY: &str = "kubeconfig";
 pub const JWS_KEY_PREFIX: &str = "jws-kubeconfig-";
 /// kubeadm's default for how long discovery may take.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5 * 60);
-/// kubeadm's pause between attempts.
+/// kubeadm's pause between attempts (the longest; see [`FIRST_RETRY`]).
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// The first pause between attempts, doubled after each until the retry interval.
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+
+/// The pauses between discovery's attempts. A token created a moment ago (`token create
+/// --print-join-command`, then the join) is signed by kube-controller-manager's
+/// bootstrapsigner within a second, so the first pauses are short, doubling up to
+/// `longest` (kubeadm waits its 5 s at once).
+fn pauses(longest: Duration) -> impl Iterator<Item = Duration> {
+    std::iter::successors(Some(FIRST_RETRY.min(longest)), move |p| {
+        Some((*p * 2).min(longest))
+    })
+}
 
 /// Why discovery failed.
 #[derive(Debug, thiserror::Error)]
@@ -366,7 +378,9 @@ impl Discovery {
             kube::Api::namespaced(client.clone(), CLUSTER_INFO_NAMESPACE);
         let started = Instant::now();
         let id = self.token.id();
+        let mut pauses = pauses(self.retry_interval);
         loop {
+            let pause = pauses.next().unwrap_or(self.retry_interval);
             let left = deadline.saturating_duration_since(Instant::now());
             let attempt = tokio::time::timeout(left, api.get(CLUSTER_INFO)).await;
             let last = match attempt {
@@ -404,7 +418,7 @@ impl Discovery {
                 error = last.as_deref().unwrap_or("no signature for this token yet"),
                 "discovery: will try again"
             );
-            if Instant::now() + self.retry_interval >= deadline {
+            if Instant::now() + pause >= deadline {
                 let waited = started.elapsed();
                 return Err(match last {
                     None => DiscoveryError::NotSigned {
@@ -418,7 +432,7 @@ impl Discovery {
                     },
                 });
             }
-            tokio::time::sleep(self.retry_interval).await;
+            tokio::time::sleep(pause).await;
         }
     }
 }

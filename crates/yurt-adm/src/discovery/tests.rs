@@ -198,6 +198,28 @@ fn cluster_info_must_hold_one_cluster_with_an_https_server_and_a_pem_ca() {
     }
 }
 
+#[test]
+fn discovery_tries_again_soon_at_first_then_at_its_interval() {
+    let ms = |v: &[u64]| {
+        v.iter()
+            .map(|m| Duration::from_millis(*m))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        super::pauses(Duration::from_secs(5))
+            .take(8)
+            .collect::<Vec<_>>(),
+        ms(&[250, 500, 1000, 2000, 4000, 5000, 5000, 5000])
+    );
+    assert_eq!(
+        super::pauses(Duration::from_millis(100))
+            .take(3)
+            .collect::<Vec<_>>(),
+        ms(&[100, 100, 100]),
+        "never longer than the interval"
+    );
+}
+
 fn discovery(server: &str, timeout: Duration) -> Discovery {
     Discovery {
         server: api_server_url(server).expect("url"),

@@ -4,7 +4,12 @@
 //! client certificate), the node's pool and edge labels set by kubelet at registration;
 //! then, for an edge node, the hub (started from kubelet's certificate, asking for a
 //! client certificate of its own and its serving certificate by CSR), its readiness,
-//! and only then kubelet and kube-proxy pointed at it.
+//! and only then kubelet pointed at it, and kube-proxy once the Node is Ready.
+//!
+//! An edge node's hub starts as soon as kubelet holds its client certificate, while
+//! kubelet is still starting (a 1.20 kubelet spends five seconds of every start in
+//! cAdvisor's retries for a Docker daemon before it registers its Node): its serving
+//! certificate, for the hub's pod address alone, is approved before the Node exists.
 //!
 //! Every phase is idempotent and the next run resumes where a killed one stopped: what
 //! is done is read from the host's files (kubelet's kubeconfig, the units), never from
@@ -315,7 +320,9 @@ async fn phases<H: Host + Sync>(
                 serving_by_csr,
             )
             .map_err(phase("kubelet TLS bootstrap"))?;
-        host.request(ServiceRequest::Restart("kubelet".into()))
+        // Not waited for by the service manager: kubelet is ready long after it holds its
+        // certificate (see the module's notes), and the wait below names a pending CSR.
+        host.request(ServiceRequest::RestartNoBlock("kubelet".into()))
             .await
             .map_err(phase("kubelet TLS bootstrap"))?;
         wait_bootstrapped(bootstrap, files, &options.node, deadline).await?;
@@ -339,8 +346,13 @@ async fn phases<H: Host + Sync>(
             ServiceRequest::StartNoBlock("yurt-hub".into())
         };
         host.request(request).await.map_err(phase("hub"))?;
+        // Meanwhile kubelet registers its Node; once the cluster gives it a pod CIDR,
+        // containerd renders the pod network. A kubelet restarted before that would
+        // report the Node NotReady until its next status update, 10 s later.
+        progress("registration: kubelet registers its Node");
+        wait_registered(bootstrap, &options.node, deadline).await?;
         wait_hub_ready(bootstrap, &options.node, deadline).await?;
-        progress("kubelet and kube-proxy: through the hub");
+        progress("kubelet through the hub: restarting kubelet behind the hub");
         let changed = files
             .write_kubelet(
                 host.facts(),
@@ -356,18 +368,20 @@ async fn phases<H: Host + Sync>(
         host.request(ServiceRequest::Start("kubelet".into()))
             .await
             .map_err(phase("kubelet"))?;
-        progress("kube-proxy: with kubelet's credentials");
     }
-    // Through the hub on an edge node, with kubelet's credentials on a plain one.
+    progress("node: waiting for it to be Ready");
+    wait_ready(bootstrap, &options.node, deadline).await?;
+
+    // Once the Node exists: kube-proxy 1.20 reads its address from it and, started
+    // before, waits in a backoff of up to a minute. Through the hub on an edge node,
+    // with kubelet's credentials on a plain one.
+    progress("kube-proxy: starting it");
     let changed = files
         .write_kube_proxy(host.facts(), &options.role())
         .map_err(phase("kube-proxy"))?;
     host.request(start_or_restart(changed, "kube-proxy"))
         .await
         .map_err(phase("kube-proxy"))?;
-
-    progress("node: waiting for it to be Ready");
-    wait_ready(bootstrap, &options.node, deadline).await?;
     if options.node_type == NodeType::Edge {
         tunnel_agent(host, &options.node, deadline, progress).await?;
     }
@@ -671,21 +685,21 @@ fn is_ready(node: &Node) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Between two reads of the API server while waiting.
 const POLL: Duration = Duration::from_millis(500);
+/// Between two looks at the host's own files or the hub's loopback readyz.
+const LOCAL_POLL: Duration = Duration::from_millis(100);
 
-/// Waits for kubelet's kubeconfig (written once its client certificate is issued) and
-/// its Node; on the deadline, names the CSR still pending.
+/// Waits for kubelet's kubeconfig, written once its client certificate is issued (as
+/// kubeadm's join does); on the deadline, names the CSR still pending.
 async fn wait_bootstrapped(
     client: &kube::Client,
     files: &HostFiles,
     node: &NodeName,
     deadline: Instant,
 ) -> Result<(), JoinError> {
-    let nodes: Api<Node> = Api::all(client.clone());
     loop {
-        if files.kubelet_bootstrapped()
-            && nodes.get_opt(node.as_str()).await.ok().flatten().is_some()
-        {
+        if files.kubelet_bootstrapped() {
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -697,14 +711,42 @@ async fn wait_bootstrapped(
                         "kubelet's client certificate was not issued in time: CSR {name} is still pending (is kube-controller-manager running with its csrapproving and csrsigning controllers? `kubectl get csr {name}`)"
                     ),
                     None => format!(
-                        "kubelet neither asked for its client certificate nor registered Node {node} in time; see its log"
+                        "kubelet did not ask for the client certificate of Node {node} in time; see its log"
                     ),
                 },
             });
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(LOCAL_POLL).await;
     }
 }
+
+/// Waits until Node `node` exists.
+async fn wait_registered(
+    client: &kube::Client,
+    node: &NodeName,
+    deadline: Instant,
+) -> Result<(), JoinError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    loop {
+        let last = match nodes.get_opt(node.as_str()).await {
+            Ok(Some(_)) => return Ok(()),
+            Ok(None) => "it does not exist yet".to_owned(),
+            Err(e) => format!("reading it: {e}"),
+        };
+        if Instant::now() >= deadline {
+            return Err(JoinError::Phase {
+                phase: "registration",
+                reason: format!(
+                    "kubelet did not register Node {node} in time ({last}); see its log"
+                ),
+            });
+        }
+        tokio::time::sleep(REGISTRATION_POLL).await;
+    }
+}
+
+/// Between two reads of the Node while kubelet registers it (one join's short wait).
+const REGISTRATION_POLL: Duration = Duration::from_millis(200);
 
 /// kubelet's client certificates (kube-controller-manager approves the bootstrapping ones).
 const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
@@ -831,7 +873,7 @@ pub(crate) async fn wait_hub_ready(
                 ),
             });
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(LOCAL_POLL).await;
     }
 }
 

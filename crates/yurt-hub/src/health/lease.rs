@@ -5,11 +5,17 @@
 //! holds no copy: at start, after a conflict (someone else wrote it, e.g. a pool
 //! leader's delegated heartbeat: then it retries the PUT once with the fresh copy),
 //! after the Lease was deleted, or after the server refused the copy itself.
+//!
+//! Like kubelet's, a Lease without an owner gets the node's Node as its owner (one read
+//! of the Node's metadata per renewal until it has one; none while the Node is not
+//! registered yet, as when a joining node's hub starts before kubelet registers): deleting
+//! the Node then deletes its Lease.
 
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use kube::api::{Api, ObjectMeta, PostParams};
 
 use super::LEASE_NAMESPACE;
@@ -48,18 +54,19 @@ impl LeaseRenewer {
     /// The API server's refusal or the transport's failure of the last request made.
     pub(super) async fn renew(&mut self, client: &kube::Client) -> Result<(), kube::Error> {
         let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+        let nodes: Api<Node> = Api::all(client.clone());
         let base = match self.latest.clone() {
             Some(lease) => lease,
-            None => match self.ensure(&api).await? {
+            None => match self.ensure(&api, &nodes).await? {
                 Some(lease) => lease,
                 None => return Ok(()),
             },
         };
-        match self.put(&api, base).await {
+        match self.put(&api, &nodes, base).await {
             Err(kube::Error::Api(s)) if s.is_conflict() || s.is_not_found() => {
                 tracing::debug!(node = %self.node, code = s.code, "lease changed upstream: reading it again");
-                match self.ensure(&api).await? {
-                    Some(fresh) => self.put(&api, fresh).await,
+                match self.ensure(&api, &nodes).await? {
+                    Some(fresh) => self.put(&api, &nodes, fresh).await,
                     None => Ok(()),
                 }
             }
@@ -69,13 +76,17 @@ impl LeaseRenewer {
 
     /// Reads the Lease: `Some` to renew; `None` when there was none and the hub created
     /// it (renewed by its creation).
-    async fn ensure(&mut self, api: &Api<Lease>) -> Result<Option<Lease>, kube::Error> {
+    async fn ensure(
+        &mut self,
+        api: &Api<Lease>,
+        nodes: &Api<Node>,
+    ) -> Result<Option<Lease>, kube::Error> {
         self.latest = None;
         if let Some(lease) = api.get_opt(&self.node).await? {
             self.latest = Some(lease.clone());
             return Ok(Some(lease));
         }
-        let lease = Lease {
+        let mut lease = Lease {
             metadata: ObjectMeta {
                 name: Some(self.node.clone()),
                 namespace: Some(LEASE_NAMESPACE.to_owned()),
@@ -88,12 +99,51 @@ impl LeaseRenewer {
                 ..LeaseSpec::default()
             }),
         };
+        self.own(nodes, &mut lease).await;
         self.latest = Some(api.create(&PostParams::default(), &lease).await?);
         Ok(None)
     }
 
+    /// Makes the node's Node the owner of `lease` if it has none and the Node can be read
+    /// (kubelet's `setNodeOwnerFunc`); otherwise leaves it as it is.
+    async fn own(&self, nodes: &Api<Node>, lease: &mut Lease) {
+        if lease
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_some_and(|o| !o.is_empty())
+        {
+            return;
+        }
+        match nodes.get_metadata_opt(&self.node).await {
+            Ok(Some(node)) => {
+                if let Some(uid) = node.metadata.uid {
+                    lease.metadata.owner_references = Some(vec![OwnerReference {
+                        api_version: "v1".to_owned(),
+                        kind: "Node".to_owned(),
+                        name: self.node.clone(),
+                        uid,
+                        ..OwnerReference::default()
+                    }]);
+                }
+            }
+            Ok(None) => {
+                tracing::debug!(node = %self.node, "no Node yet to own the node's Lease");
+            }
+            Err(e) => {
+                tracing::debug!(node = %self.node, error = %e, "reading the Node to own the node's Lease");
+            }
+        }
+    }
+
     /// PUTs `base` renewed now, and keeps what the server returns.
-    async fn put(&mut self, api: &Api<Lease>, mut base: Lease) -> Result<(), kube::Error> {
+    async fn put(
+        &mut self,
+        api: &Api<Lease>,
+        nodes: &Api<Node>,
+        mut base: Lease,
+    ) -> Result<(), kube::Error> {
+        self.own(nodes, &mut base).await;
         let spec = base.spec.get_or_insert_with(LeaseSpec::default);
         spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
         spec.holder_identity = Some(self.node.clone());
@@ -138,6 +188,8 @@ pub(super) mod fake {
 
     struct State {
         lease: Option<Value>,
+        /// The uid of the node's Node, once it exists.
+        node_uid: Option<String>,
         rv: u64,
         requests: Vec<(Method, String)>,
         /// Answers to give the next requests instead of serving them.
@@ -157,6 +209,7 @@ pub(super) mod fake {
             Self {
                 state: Arc::new(Mutex::new(State {
                     lease: None,
+                    node_uid: None,
                     rv: 0,
                     requests: Vec::new(),
                     failures: Vec::new(),
@@ -217,6 +270,22 @@ pub(super) mod fake {
             s.failures = codes.iter().rev().copied().collect();
         }
 
+        /// The node's Node is registered, with `uid`.
+        pub(in crate::health) fn register_node(&self, uid: &str) {
+            self.state.lock().expect("not poisoned").node_uid = Some(uid.to_owned());
+        }
+
+        /// How many reads of a Node the server saw.
+        pub(in crate::health) fn node_reads(&self) -> usize {
+            self.state
+                .lock()
+                .expect("not poisoned")
+                .requests
+                .iter()
+                .filter(|(m, p)| m == Method::GET && p.starts_with("/api/v1/nodes/"))
+                .count()
+        }
+
         /// Someone deletes the Lease.
         pub(in crate::health) fn delete(&self) {
             self.state.lock().expect("not poisoned").lease = None;
@@ -270,6 +339,18 @@ pub(super) mod fake {
             s.requests.push((method.clone(), path.to_owned()));
             if method == Method::PUT {
                 self.puts.send_modify(|n| *n += 1);
+            }
+            // The Node (for the Lease's owner) is answered apart: injected failures are
+            // for the Lease's requests.
+            if let Some(name) = path.strip_prefix("/api/v1/nodes/") {
+                return match &s.node_uid {
+                    Some(uid) if *method == Method::GET => ok(
+                        StatusCode::OK,
+                        &json!({"apiVersion": "v1", "kind": "Node",
+                                "metadata": {"name": name, "uid": uid}}),
+                    ),
+                    _ => status(StatusCode::NOT_FOUND, "NotFound"),
+                };
             }
             if let Some(code) = s.failures.pop() {
                 return status(code, "Injected");
@@ -422,6 +503,51 @@ mod tests {
             fake.lease().expect("the lease")["spec"]["holderIdentity"],
             NODE
         );
+    }
+
+    #[tokio::test]
+    async fn the_lease_gets_its_node_as_owner_once_the_node_is_registered() {
+        // A joining node's hub renews (here: creates) the Lease before kubelet has
+        // registered the Node.
+        let fake = FakeLeases::default();
+        let client = fake.client();
+        let mut lease = LeaseRenewer::new(NODE, Duration::from_secs(40));
+        assert!(probe(&client, &mut lease).await);
+        assert!(probe(&client, &mut lease).await);
+        let owners = |fake: &FakeLeases| {
+            fake.lease().expect("the lease")["metadata"]["ownerReferences"].clone()
+        };
+        assert_eq!(owners(&fake), serde_json::Value::Null, "no Node, no owner");
+        assert_eq!(
+            fake.node_reads(),
+            2,
+            "the Node is looked for at each renewal"
+        );
+        fake.register_node("uid-1");
+        assert!(probe(&client, &mut lease).await);
+        assert_eq!(
+            owners(&fake),
+            serde_json::json!([{"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": "uid-1"}]),
+            "deleting the Node deletes its Lease"
+        );
+        for _ in 0..3 {
+            assert!(probe(&client, &mut lease).await);
+        }
+        assert_eq!(
+            fake.node_reads(),
+            3,
+            "an owned Lease is renewed without reading the Node"
+        );
+        assert_eq!(
+            counts(&fake),
+            (1, 1, 5),
+            "(GET, POST, PUT) of the Lease, as before"
+        );
+        // Deleted with its Node (collected), then made again for the new Node.
+        fake.delete();
+        fake.register_node("uid-2");
+        assert!(probe(&client, &mut lease).await);
+        assert_eq!(owners(&fake)[0]["uid"], "uid-2");
     }
 
     #[tokio::test]

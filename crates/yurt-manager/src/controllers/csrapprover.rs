@@ -8,7 +8,7 @@
 //! | certificate | signer | subject | usages | requester | SANs |
 //! |---|---|---|---|---|---|
 //! | hub client | `kubernetes.io/kube-apiserver-client` | CN `system:node:<n>`, ≥ 2 orgs, all of `openyurt:yurthub`, `system:nodes`, `openyurt:tenant:*` | client | `system:node:<n>` (the same `<n>`) in `system:nodes` | not checked (a client-only certificate) |
-//! | node serving (hub pod port, kubelet) | `kubernetes.io/kubelet-serving` | CN `system:node:<n>`, the single org `system:nodes` | server | `system:node:<n>` (the same `<n>`) in `system:nodes` | ≥ 1, DNS and IP only, each one `<n>`, an address of Node `<n>` (`status.addresses`: IPs, hostnames, DNS names) or the hub's pod address (`--hub-pod-address`, 169.254.2.1); never the API server's names (`kubernetes`, `kubernetes.default…`); Node `<n>` must exist |
+//! | node serving (hub pod port, kubelet) | `kubernetes.io/kubelet-serving` | CN `system:node:<n>`, the single org `system:nodes` | server | `system:node:<n>` (the same `<n>`) in `system:nodes` | ≥ 1, DNS and IP only, each one `<n>`, an address of Node `<n>` (`status.addresses`: IPs, hostnames, DNS names) or the hub's pod address (`--hub-pod-address`, 169.254.2.1); never the API server's names (`kubernetes`, `kubernetes.default…`); Node `<n>` must exist unless the hub's pod address is the only SAN (every node's: a joining node's hub asks before kubelet registers the Node) |
 //! | tunnel agent | `kubernetes.io/kube-apiserver-client` | CN `tunnel-agent-client`, the single org `openyurt:yurttunnel` | client | any node: `system:node:*` in `system:nodes` | not checked |
 //! | tunnel proxy client | `kubernetes.io/kube-apiserver-client` | CN `tunnel-proxy-client`, the single org `openyurt:yurttunnel` | client | only the tunnel server's service account, `system:serviceaccount:kube-system:yurt-tunnel-server` | not checked |
 //!
@@ -450,6 +450,16 @@ impl Rules {
         }
         if let Some(dns) = req.dns_names.iter().find(|d| is_api_server_name(d)) {
             return Err(Refusal::ApiServerName(dns.clone()));
+        }
+        // The hub's pod address is every node's: a request for it alone needs no Node (a
+        // joining node's hub asks before kubelet has registered one).
+        if req.dns_names.is_empty()
+            && req
+                .ip_addresses
+                .iter()
+                .all(|ip| *ip == self.hub_pod_address)
+        {
+            return Ok(());
         }
         let node = node.ok_or_else(|| Refusal::NoNode(name.to_owned()))?;
         let addresses = node
@@ -1166,6 +1176,35 @@ HFggw1doRlZa/p7pWR96wWIRG61Fl6VEIq15UkyxZ0VTCKyy
                     "system:node:edge-z9",
                     &["edge-z9"],
                     Refused("node edge-z9 does not exist"),
+                ),
+                case(
+                    "a missing Node, its address",
+                    SERVER,
+                    node_requester("edge-z9"),
+                    "system:node:edge-z9",
+                    &["169.254.2.1", "10.0.2.11"],
+                    Refused("node edge-z9 does not exist"),
+                ),
+                // A joining node's hub asks before kubelet has registered the Node (yurt
+                // adm join starts it as soon as kubelet holds its client certificate):
+                // the hub's pod address is every node's, so it needs no Node.
+                case(
+                    "a missing Node, only the hub's pod address",
+                    SERVER,
+                    node_requester("edge-z9"),
+                    "system:node:edge-z9",
+                    &["169.254.2.1"],
+                    Approved,
+                ),
+                case(
+                    "a missing Node, the hub's pod address for another node",
+                    SERVER,
+                    node_requester("edge-z9"),
+                    "system:node:edge-z8",
+                    &["169.254.2.1"],
+                    Refused(
+                        "requester system:node:edge-z9 may not obtain a certificate for system:node:edge-z8",
+                    ),
                 ),
                 case(
                     "another node's serving certificate",

@@ -16,12 +16,15 @@ use kube::api::{Api, DeleteParams, PostParams};
 use tokio::io::AsyncBufReadExt as _;
 
 /// The phases `yurt adm join` reports, by the start of its progress line.
-pub const PHASES: [&str; 5] = [
+pub const PHASES: [&str; 8] = [
     "discovery",
     "preflight",
     "kubelet TLS bootstrap",
     "hub",
-    "kubelet and kube-proxy",
+    "registration",
+    "kubelet through the hub",
+    "node",
+    "kube-proxy",
 ];
 
 /// One host's way in, timed from the command.
