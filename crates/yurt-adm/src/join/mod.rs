@@ -333,6 +333,9 @@ async fn phases<H: Host + Sync>(
         .remove_bootstrap_kubeconfig()
         .map_err(phase("kubelet TLS bootstrap"))?;
 
+    // When kubelet was restarted behind the hub: the Ready that counts is the one it
+    // reports from there, not one the kubelet before it left on the Node.
+    let mut restarted = None;
     if options.node_type == NodeType::Edge {
         progress("hub: starting yurt hub from kubelet's certificate");
         let changed = files
@@ -352,6 +355,7 @@ async fn phases<H: Host + Sync>(
         progress("registration: kubelet registers its Node");
         wait_registered(bootstrap, &options.node, deadline).await?;
         wait_hub_ready(bootstrap, &options.node, deadline).await?;
+        wait_hub_serves_node(&options.node, deadline).await?;
         progress("kubelet through the hub: restarting kubelet behind the hub");
         let changed = files
             .write_kubelet(
@@ -361,6 +365,7 @@ async fn phases<H: Host + Sync>(
                 true,
             )
             .map_err(phase("kubelet through the hub"))?;
+        restarted = Some(jiff::Timestamp::now());
         host.request(start_or_restart(changed, "kubelet"))
             .await
             .map_err(phase("kubelet through the hub"))?;
@@ -370,7 +375,7 @@ async fn phases<H: Host + Sync>(
             .map_err(phase("kubelet"))?;
     }
     progress("node: waiting for it to be Ready");
-    wait_ready(bootstrap, &options.node, deadline).await?;
+    wait_ready_since(bootstrap, &options.node, restarted, deadline).await?;
 
     // Once the Node exists: kube-proxy 1.20 reads its address from it and, started
     // before, waits in a backoff of up to a minute. Through the hub on an edge node,
@@ -678,6 +683,29 @@ fn is_transient(e: &kube::Error) -> bool {
     }
 }
 
+/// Whether `node` is Ready and, with `since`, was reported so at or after then (less a
+/// second: heartbeats are written in whole seconds).
+pub(crate) fn ready_since(node: &Node, since: Option<jiff::Timestamp>) -> bool {
+    let heartbeat = || {
+        node.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "Ready")?
+            .last_heartbeat_time
+            .as_ref()
+            .map(|t| t.0)
+    };
+    is_ready(node)
+        && since.is_none_or(|since| {
+            let since = since
+                .checked_sub(jiff::SignedDuration::from_secs(1))
+                .unwrap_or(since);
+            heartbeat().is_some_and(|at| at >= since)
+        })
+}
+
 fn is_ready(node: &Node) -> bool {
     node.status
         .as_ref()
@@ -687,7 +715,7 @@ fn is_ready(node: &Node) -> bool {
 
 /// Between two reads of the API server while waiting.
 const POLL: Duration = Duration::from_millis(500);
-/// Between two looks at the host's own files or the hub's loopback readyz.
+/// Between two looks at the host's own files.
 const LOCAL_POLL: Duration = Duration::from_millis(100);
 
 /// Waits for kubelet's kubeconfig, written once its client certificate is issued (as
@@ -873,7 +901,39 @@ pub(crate) async fn wait_hub_ready(
                 ),
             });
         }
-        tokio::time::sleep(LOCAL_POLL).await;
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Waits until the hub answers a read of Node `node` on kubelet's port (from the API
+/// server, or from its cache once it holds the Node). A hub that started while the API
+/// server was restarting stays offline until two health probes passed (up to 20 s),
+/// and from an empty cache: kubelet restarted behind it then fails to read its Node and
+/// reports the Node NotReady.
+async fn wait_hub_serves_node(node: &NodeName, deadline: Instant) -> Result<(), JoinError> {
+    let failed = |reason: String| JoinError::Phase {
+        phase: "hub",
+        reason,
+    };
+    let url = files::HUB_LOCAL
+        .parse()
+        .map_err(|e| failed(format!("{}: {e}", files::HUB_LOCAL)))?;
+    let mut config = kube::Config::new(url);
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(10));
+    let client = kube::Client::try_from(config).map_err(|e| failed(e.to_string()))?;
+    let nodes: Api<Node> = Api::all(client);
+    loop {
+        let last = match nodes.get(node.as_str()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            return Err(failed(format!(
+                "yurt hub did not serve Node {node} to local clients in time (is it online? `yurt fleet status`, its log); its last answer: {last}"
+            )));
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -908,11 +968,23 @@ pub(crate) async fn wait_ready(
     node: &NodeName,
     deadline: Instant,
 ) -> Result<(), JoinError> {
+    wait_ready_since(client, node, None, deadline).await
+}
+
+/// Waits for Node `node` to be Ready; with `since`, Ready as kubelet reported it at or
+/// after then (its heartbeat, written with the host's clock, as `since` is; in whole
+/// seconds, hence the second's slack).
+async fn wait_ready_since(
+    client: &kube::Client,
+    node: &NodeName,
+    since: Option<jiff::Timestamp>,
+    deadline: Instant,
+) -> Result<(), JoinError> {
     let nodes: Api<Node> = Api::all(client.clone());
     loop {
         let got = nodes.get_opt(node.as_str()).await;
         if let Ok(Some(n)) = &got
-            && is_ready(n)
+            && ready_since(n, since)
         {
             return Ok(());
         }

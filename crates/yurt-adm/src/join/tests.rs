@@ -456,3 +456,43 @@ fn the_hosts_kubelet_configuration_says_how_kubelet_serves_now() {
         assert_eq!(files.kubelet_serves_by_csr(), serving);
     }
 }
+
+#[test]
+fn ready_counts_after_kubelets_restart_only_when_reported_since() {
+    use k8s_openapi::api::core::v1::{NodeCondition, NodeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    let at = |s: &str| s.parse::<jiff::Timestamp>().expect("time");
+    let node = |status: &str, heartbeat: &str| Node {
+        status: Some(NodeStatus {
+            conditions: Some(vec![NodeCondition {
+                type_: "Ready".into(),
+                status: status.into(),
+                last_heartbeat_time: Some(Time(at(heartbeat))),
+                ..NodeCondition::default()
+            }]),
+            ..NodeStatus::default()
+        }),
+        ..Node::default()
+    };
+    let restarted = Some(at("2026-12-04T10:00:00.600Z"));
+    // The kubelet before the restart reported Ready a while ago: not this one's.
+    assert!(!ready_since(
+        &node("True", "2026-12-04T09:59:50Z"),
+        restarted
+    ));
+    assert!(ready_since(&node("True", "2026-12-04T09:59:50Z"), None));
+    // Heartbeats are whole seconds: one in the restart's second (or the one before) counts.
+    assert!(ready_since(
+        &node("True", "2026-12-04T10:00:00Z"),
+        restarted
+    ));
+    assert!(ready_since(
+        &node("True", "2026-12-04T10:00:03Z"),
+        restarted
+    ));
+    assert!(!ready_since(
+        &node("False", "2026-12-04T10:00:03Z"),
+        restarted
+    ));
+    assert!(!ready_since(&Node::default(), None));
+}
