@@ -365,7 +365,9 @@ async fn phases<H: Host + Sync>(
                 true,
             )
             .map_err(phase("kubelet through the hub"))?;
-        restarted = Some(jiff::Timestamp::now());
+        // A rerun that finds kubelet behind the hub already (unchanged) restarts nothing,
+        // and kubelet reports an unchanged status only every five minutes.
+        restarted = changed.then(jiff::Timestamp::now);
         host.request(start_or_restart(changed, "kubelet"))
             .await
             .map_err(phase("kubelet through the hub"))?;
