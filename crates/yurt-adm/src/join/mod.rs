@@ -7,9 +7,10 @@
 //! and only then kubelet pointed at it, and kube-proxy once the Node is Ready.
 //!
 //! An edge node's hub starts as soon as kubelet holds its client certificate, while
-//! kubelet is still starting (a 1.20 kubelet spends five seconds of every start in
-//! cAdvisor's retries for a Docker daemon before it registers its Node): its serving
-//! certificate, for the hub's pod address alone, is approved before the Node exists.
+//! kubelet is still starting (a stock 1.20 kubelet built with Docker support spends five
+//! seconds of every start in cAdvisor's retries for a Docker daemon before it registers
+//! its Node; the fleet's is built without): its serving certificate, for the hub's pod
+//! address alone, is approved before the Node exists.
 //!
 //! Every phase is idempotent and the next run resumes where a killed one stopped: what
 //! is done is read from the host's files (kubelet's kubeconfig, the units), never from
