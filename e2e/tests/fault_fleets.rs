@@ -403,12 +403,15 @@ async fn routed_fleet_runs_pods_and_the_cloud_reaches_every_kubelet() -> anyhow:
 /// Certificates rotated with a short signing duration: kube-controller-manager signs for
 /// six minutes (backdated five, so one minute left at issue). A hub asking for its
 /// serving certificate by CSR renews it again and again, each new one is presented from
-/// the next connection, and the hub stays ready throughout, with no restart.
+/// the next connection, and the hub stays ready throughout, with no restart. Then a host
+/// joined with a bootstrap token, whose every certificate comes from a CSR: kubelet's
+/// client and serving certificates and its hub's client certificate are renewed while
+/// its Node stays Ready and its pod answers, looked at every second for two minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_renews_short_lived_serving_certificates_and_stays_ready() -> anyhow::Result<()> {
     const NODE: &str = "edge-a1";
     within(async {
-        let f = yurt_testkit::fresh_with(
+        let mut f = yurt_testkit::fresh_with(
             "e2e-rotation",
             UpOptions {
                 spec: Some(spec(1, 1, NetMode::Nat, false)),
@@ -453,6 +456,117 @@ async fn a_hub_renews_short_lived_serving_certificates_and_stays_ready() -> anyh
             log.matches("serving certificate issued").count() >= 3,
             "{log}"
         );
+        drop(hub);
+
+        f.yurt(&["fleet", "add-host", "edge-x", "--pool", "pool-a"])?;
+        f.fleet_mut().refresh()?;
+        let printed = f.yurt(&[
+            "adm",
+            "token",
+            "create",
+            "--ttl",
+            "10m",
+            "--print-join-command",
+        ])?;
+        let word_after = |flag: &str| {
+            let mut words = printed.split_whitespace();
+            words.find(|w| *w == flag);
+            words
+                .next()
+                .map(str::to_owned)
+                .with_context(|| format!("{flag} in {printed}"))
+        };
+        let (token, hash) = (
+            word_after("--token")?,
+            word_after("--discovery-token-ca-cert-hash")?,
+        );
+        let yurt = machine().yurt_binary.display().to_string();
+        let out = f.yurt(&[
+            "fleet",
+            "exec",
+            "edge-x",
+            "--",
+            &yurt,
+            "adm",
+            "join",
+            "10.10.0.1:6443",
+            "--token",
+            &token,
+            "--discovery-token-ca-cert-hash",
+            &hash,
+            "--nodepool-name",
+            "pool-a",
+        ])?;
+        ensure!(out.contains("joined the cluster as node edge-x"), "{out}");
+        let ip = f
+            .busybox_pod_on(
+                "edge-x",
+                "web-rotating",
+                "web",
+                &["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/"],
+            )
+            .await?;
+        let peer = f.fleet().plan().netns(&HostId::Edge(NODE.parse()?));
+        let web = SocketAddr::new(ip.parse()?, 8080);
+        let answers = || {
+            yurt_cluster::netns::connect_tcp(&peer, web, Duration::from_secs(2)).is_ok()
+        };
+        wait_for("the pod on edge-x answering", Duration::from_secs(60), || async {
+            Ok(answers().then_some(()))
+        })
+        .await?;
+        // Certificates issued to the joined node, by signer.
+        let issued = |f: &TestFleet| -> anyhow::Result<Vec<(String, usize)>> {
+            let all: serde_json::Value =
+                serde_json::from_str(&f.kubectl(&["get", "csr", "-o", "json"])?)?;
+            let items = all["items"].as_array().context("items")?;
+            Ok(RENEWED
+                .iter()
+                .map(|signer| {
+                    let n = items
+                        .iter()
+                        .filter(|c| {
+                            c["spec"]["signerName"] == *signer
+                                && c["spec"]["username"] == "system:node:edge-x"
+                                && c["status"]["certificate"].is_string()
+                        })
+                        .count();
+                    ((*signer).to_owned(), n)
+                })
+                .collect())
+        };
+        const RENEWED: [&str; 3] = [
+            "kubernetes.io/kube-apiserver-client-kubelet",
+            "kubernetes.io/kube-apiserver-client",
+            "kubernetes.io/kubelet-serving",
+        ];
+        let before = issued(&f)?;
+        let until = std::time::Instant::now() + Duration::from_secs(120);
+        while std::time::Instant::now() < until {
+            ensure!(
+                f.node_ready("edge-x").await? == "True",
+                "edge-x stopped being Ready while its certificates rotate"
+            );
+            ensure!(answers(), "the pod on edge-x stopped answering");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let after = issued(&f)?;
+        eprintln!("certificates issued to edge-x by signer, before and after two minutes: {before:?} → {after:?}");
+        for ((signer, was), (_, now)) in before.iter().zip(&after) {
+            ensure!(
+                now >= &(was + 2),
+                "{signer}: {} certificates issued to edge-x in two minutes (before {was}, after {now})",
+                now.saturating_sub(*was)
+            );
+        }
+        let restarts = f.kubectl(&[
+            "get",
+            "pod",
+            "web-rotating",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ])?;
+        ensure!(restarts.trim() == "0", "the pod restarted: {restarts}");
         Ok(())
     })
     .await
