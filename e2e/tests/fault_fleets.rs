@@ -460,26 +460,7 @@ async fn a_hub_renews_short_lived_serving_certificates_and_stays_ready() -> anyh
 
         f.yurt(&["fleet", "add-host", "edge-x", "--pool", "pool-a"])?;
         f.fleet_mut().refresh()?;
-        let printed = f.yurt(&[
-            "adm",
-            "token",
-            "create",
-            "--ttl",
-            "10m",
-            "--print-join-command",
-        ])?;
-        let word_after = |flag: &str| {
-            let mut words = printed.split_whitespace();
-            words.find(|w| *w == flag);
-            words
-                .next()
-                .map(str::to_owned)
-                .with_context(|| format!("{flag} in {printed}"))
-        };
-        let (token, hash) = (
-            word_after("--token")?,
-            word_after("--discovery-token-ca-cert-hash")?,
-        );
+        let (token, hash) = f.join_token_and_hash()?;
         let yurt = machine().yurt_binary.display().to_string();
         let out = f.yurt(&[
             "fleet",

@@ -855,27 +855,6 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
     .await
 }
 
-/// A bootstrap token (30 minutes) and the CA hash, as `--print-join-command` prints them.
-fn token_and_hash(f: &TestFleet) -> anyhow::Result<(String, String)> {
-    let printed = f.yurt(&[
-        "adm",
-        "token",
-        "create",
-        "--ttl",
-        "30m",
-        "--print-join-command",
-    ])?;
-    let word_after = |flag: &str| {
-        let mut words = printed.split_whitespace();
-        words.find(|w| *w == flag);
-        words.next().map(str::to_owned)
-    };
-    Ok((
-        word_after("--token").context("a token")?,
-        word_after("--discovery-token-ca-cert-hash").context("a CA hash")?,
-    ))
-}
-
 /// `yurt adm join` on `host` as a child process, its output in `<fleet>/<log>.out|err`.
 fn spawn_join(
     f: &TestFleet,
@@ -968,7 +947,7 @@ async fn a_join_resumes_after_a_kill_rides_out_faults_and_rolls_back_when_it_can
         let mut f = fresh("join-faults", spec).await?;
         f.yurt(&["fleet", "add-host", "edge-y", "--pool", "pool-a"])?;
         f.fleet_mut().refresh()?;
-        let (token, hash) = token_and_hash(&f)?;
+        let (token, hash) = f.join_token_and_hash()?;
         let args = [
             "--token",
             token.as_str(),
@@ -1204,7 +1183,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         let mut f = fresh("servant", spec).await?;
         f.yurt(&["fleet", "add-host", "edge-z", "--pool", "pool-a"])?;
         f.fleet_mut().refresh()?;
-        let (token, hash) = token_and_hash(&f)?;
+        let (token, hash) = f.join_token_and_hash()?;
         let mut join = spawn_join(
             &f,
             "edge-z",

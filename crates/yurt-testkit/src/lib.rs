@@ -791,6 +791,34 @@ impl TestFleet {
         run_checked(&mut cmd)
     }
 
+    /// A bootstrap token (30 minutes) and the CA hash, as `yurt adm token create
+    /// --print-join-command` prints them.
+    ///
+    /// # Errors
+    /// A failing command, or output without either.
+    pub fn join_token_and_hash(&self) -> anyhow::Result<(String, String)> {
+        let printed = self.yurt(&[
+            "adm",
+            "token",
+            "create",
+            "--ttl",
+            "30m",
+            "--print-join-command",
+        ])?;
+        let word_after = |flag: &str| {
+            let mut words = printed.split_whitespace();
+            words.find(|w| *w == flag);
+            words
+                .next()
+                .map(str::to_owned)
+                .with_context(|| format!("{flag} in {printed}"))
+        };
+        Ok((
+            word_after("--token")?,
+            word_after("--discovery-token-ca-cert-hash")?,
+        ))
+    }
+
     /// Builds with `yurt image build` an image (busybox) whose file `/data/word` holds
     /// `word`, so its digest is new for a new word, and pushes it with `yurt image push`
     /// as each of `names`; returns its digest.

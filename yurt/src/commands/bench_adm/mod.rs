@@ -156,17 +156,9 @@ async fn measure(
     // controller waits 10 s before its first list of Nodes (`wait.Poll`, not
     // `PollImmediate`), so the first request of a new cluster is signed about 14 s after
     // kube-controller-manager starts, whoever approves it.
-    let (warm_up, _key) =
-        yurt_hub::certificate::csr::new_request("bench-warm-up", &["system:nodes"], &[])?;
-    yurt_hub::certificate::csr::request_certificate(
-        &as_bootstrapper,
-        "kubernetes.io/kube-apiserver-client-kubelet",
-        &["digital signature", "key encipherment", "client auth"],
-        &warm_up,
-        Duration::from_secs(60),
-    )
-    .await
-    .context("a first certificate request, not measured")?;
+    bootstrap_kubelet_request(&as_bootstrapper, &kubelet_client_csr("bench-warm-up")?)
+        .await
+        .context("a first certificate request, not measured")?;
     let (mut ours, mut anchor) = (Vec::new(), Vec::new());
     for i in 0..args.csrs {
         let started = Instant::now();
@@ -175,21 +167,11 @@ async fn measure(
             .context("the hub's serving certificate")?;
         ours.push(started.elapsed());
 
-        let (csr, _key) = yurt_hub::certificate::csr::new_request(
-            &format!("bench-joiner-{i}"),
-            &["system:nodes"],
-            &[],
-        )?;
+        let csr = kubelet_client_csr(&format!("bench-joiner-{i}"))?;
         let started = Instant::now();
-        yurt_hub::certificate::csr::request_certificate(
-            &as_bootstrapper,
-            "kubernetes.io/kube-apiserver-client-kubelet",
-            &["digital signature", "key encipherment", "client auth"],
-            &csr,
-            Duration::from_secs(60),
-        )
-        .await
-        .context("a bootstrapping kubelet's client certificate")?;
+        bootstrap_kubelet_request(&as_bootstrapper, &csr)
+            .await
+            .context("a bootstrapping kubelet's client certificate")?;
         anchor.push(started.elapsed());
     }
     step.finish();
@@ -219,6 +201,24 @@ async fn measure(
         joins(machine, fleet, &admin, &node, args, reporter, &mut table).await?;
     }
     Ok(table)
+}
+
+/// A kubelet client certificate request for `node` (its key made here, before any timing).
+fn kubelet_client_csr(node: &str) -> anyhow::Result<String> {
+    Ok(yurt_hub::certificate::csr::new_request(node, &["system:nodes"], &[])?.0)
+}
+
+/// Asks for `csr` as a kubelet's TLS bootstrap does and waits until it is issued.
+async fn bootstrap_kubelet_request(client: &kube::Client, csr: &str) -> anyhow::Result<()> {
+    yurt_hub::certificate::csr::request_certificate(
+        client,
+        "kubernetes.io/kube-apiserver-client-kubelet",
+        &["digital signature", "key encipherment", "client auth"],
+        csr,
+        Duration::from_secs(60),
+    )
+    .await?;
+    Ok(())
 }
 
 /// The join rows: single joins against the anchor, phase by phase, then concurrent joins.
