@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::api::Api;
+use kube::api::{Api, ListParams};
 use yurt_cluster::spec::HostId;
 use yurt_cluster::{FleetSpec, NetMode, Timing};
 use yurt_testkit::{TestFleet, fresh, wait_for};
@@ -385,15 +385,17 @@ async fn kubelet_serves_a_certificate_of_the_cluster_ca(
 #[tokio::test]
 async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Result<()> {
     within(async {
+        // Two pools of one node each: edge-a1 in pool-a, edge-b1 in pool-b.
         let spec = FleetSpec {
             edge_nodes: 2,
-            pools: 1,
+            pools: 2,
             mode: NetMode::Nat,
             timing: Timing::Fast,
             sample_app: false,
         };
         let mut f = fresh("join", spec).await?;
         f.yurt(&["fleet", "add-host", "edge-x", "--pool", "pool-a"])?;
+        f.yurt(&["fleet", "add-host", "edge-y", "--pool", "pool-b"])?;
         f.fleet_mut().refresh()?;
         let mut kubeadm = std::process::Command::new(
             f.fleet()
@@ -423,6 +425,11 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             "10m",
             "--print-join-command",
         ])?;
+        let our_token = {
+            let mut words = ours.split_whitespace();
+            words.find(|w| *w == "--token");
+            words.next().context("ours printed a token")?.to_owned()
+        };
         ensure!(
             ours.contains(" adm join 10.10.0.1:6443 --token ")
                 && ours
@@ -431,11 +438,11 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             "ours: {ours}\nkubeadm's: {printed}"
         );
         let yurt = yurt_testkit::machine().yurt_binary.display().to_string();
-        let join = |extra: &[&str]| -> anyhow::Result<String> {
+        let join_on = |host: &str, extra: &[&str]| -> anyhow::Result<String> {
             let mut args = vec![
                 "fleet",
                 "exec",
-                "edge-x",
+                host,
                 "--",
                 &yurt,
                 "adm",
@@ -445,6 +452,8 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             args.extend_from_slice(extra);
             f.yurt(&args)
         };
+        let join = |extra: &[&str]| join_on("edge-x", extra);
+        let host_dir = f.dir().join("hosts/edge-x");
 
         // Bad input: one line, nothing started. Two tokens the cluster holds but does not
         // sign cluster-info for (expired; no signing usage), as a script or an old
@@ -601,6 +610,46 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             !line.contains("kubelet"),
             "nothing started by refused joins: {line}"
         );
+        for left in JOIN_WRITES {
+            ensure!(
+                !host_dir.join(left).exists(),
+                "a refused join left {left} on the host"
+            );
+        }
+
+        // Each pool's workload of a YurtAppSet: one pod per node (required
+        // anti-affinity), two per pool, so the second of each waits for a joined host.
+        let pool_workload = serde_json::json!({
+            "apiVersion": "apps.openyurt.io/v1beta1", "kind": "YurtAppSet",
+            "metadata": {"name": "per-node", "namespace": "default"},
+            "spec": {
+                "pools": ["pool-a", "pool-b"],
+                "workload": {"workloadTemplate": {"deploymentTemplate": {
+                    "metadata": {"labels": {"app": "per-node"}},
+                    "spec": {
+                        "replicas": 2,
+                        "selector": {"matchLabels": {"app": "per-node"}},
+                        "template": {
+                            "metadata": {"labels": {"app": "per-node"}},
+                            "spec": {
+                                "affinity": {"podAntiAffinity": {
+                                    "requiredDuringSchedulingIgnoredDuringExecution": [{
+                                        "labelSelector": {"matchLabels": {"app": "per-node"}},
+                                        "topologyKey": "kubernetes.io/hostname",
+                                    }],
+                                }},
+                                "containers": [{
+                                    "name": "sleep",
+                                    "image": yurt_cluster::image::BUSYBOX_IMAGE,
+                                    "command": ["/bin/busybox", "sleep", "100000"],
+                                }],
+                            },
+                        },
+                    },
+                }}},
+            },
+        });
+        f.apply(&pool_workload)?;
 
         // The join.
         let args = [
@@ -613,14 +662,54 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
         ];
         let out = join(&args)?;
         ensure!(out.contains("joined the cluster as node edge-x"), "{out}");
+        // And one into the other pool, with a token of ours.
+        let out = join_on(
+            "edge-y",
+            &[
+                "--token",
+                &our_token,
+                "--discovery-token-ca-cert-hash",
+                &hash,
+                "--nodepool-name",
+                "pool-b",
+            ],
+        )?;
+        ensure!(out.contains("joined the cluster as node edge-y"), "{out}");
         let nodes: Api<Node> = Api::all(f.client());
-        let node = nodes.get("edge-x").await?;
-        let labels = node.metadata.labels.unwrap_or_default();
-        ensure!(
-            labels.get("apps.openyurt.io/nodepool").map(String::as_str) == Some("pool-a")
-                && labels.get("openyurt.io/is-edge-worker").map(String::as_str) == Some("true"),
-            "{labels:?}"
-        );
+        for (host, pool) in [("edge-x", "pool-a"), ("edge-y", "pool-b")] {
+            let node = nodes.get(host).await?;
+            let labels = node.metadata.labels.unwrap_or_default();
+            ensure!(
+                labels.get("apps.openyurt.io/nodepool").map(String::as_str) == Some(pool)
+                    && labels.get("openyurt.io/is-edge-worker").map(String::as_str) == Some("true"),
+                "{host}: {labels:?}"
+            );
+        }
+        // The pools' workload lands on the joined hosts: its second pod in each.
+        let pods: Api<Pod> = Api::namespaced(f.client(), "default");
+        wait_for(
+            "the YurtAppSet's pods Running on edge-x (pool-a) and edge-y (pool-b)",
+            Duration::from_secs(120),
+            || async {
+                // Each pool's Deployment selects its pool's nodes.
+                let running_on: Vec<String> = pods
+                    .list(&ListParams::default().labels("app=per-node"))
+                    .await?
+                    .into_iter()
+                    .filter(|p| {
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    })
+                    .filter_map(|p| p.spec?.node_name)
+                    .collect();
+                Ok((running_on.iter().any(|n| n == "edge-x")
+                    && running_on.iter().any(|n| n == "edge-y"))
+                .then_some(()))
+            },
+        )
+        .await?;
+        f.kubectl(&["delete", "yurtappset", "per-node", "--wait=true"])?;
+        f.yurt(&["fleet", "remove-host", "edge-y"])?;
+        f.kubectl(&["delete", "node", "edge-y"])?;
         // kubelet's client certificate: approved and signed by kube-controller-manager.
         let kubelet = csrs_of(
             &f,
@@ -780,18 +869,7 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
                 && !line.contains("tunnel-agent"),
             "{line}"
         );
-        let host_dir = f.dir().join("hosts/edge-x");
-        for gone in [
-            "etc/kubernetes",
-            "etc/yurt",
-            "var/lib/kubelet",
-            "var/lib/yurthub",
-            "var/lib/kube-proxy",
-            "units/kubelet.toml",
-            "units/yurt-hub.toml",
-            "units/kube-proxy.toml",
-            "units/yurt-tunnel-agent.toml",
-        ] {
+        for gone in JOIN_WRITES {
             ensure!(!host_dir.join(gone).exists(), "{gone} is left");
         }
         ensure!(
@@ -854,6 +932,20 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
     })
     .await
 }
+
+/// What a join writes in its host's folder (none of it there before the join, or after
+/// a refused join or a reset).
+const JOIN_WRITES: [&str; 9] = [
+    "etc/kubernetes",
+    "etc/yurt",
+    "var/lib/kubelet",
+    "var/lib/yurthub",
+    "var/lib/kube-proxy",
+    "units/kubelet.toml",
+    "units/yurt-hub.toml",
+    "units/kube-proxy.toml",
+    "units/yurt-tunnel-agent.toml",
+];
 
 /// `yurt adm join` on `host` as a child process, its output in `<fleet>/<log>.out|err`.
 fn spawn_join(
@@ -1558,6 +1650,59 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
                 == Some(true),
             "a failed conversion leaves the node cordoned"
         );
+        // Its Job is kept for the record and not retried, not even when the node
+        // changes and is reconciled again: the same Job, one pod, failed.
+        let failed_job = || -> anyhow::Result<(String, i64, usize)> {
+            let job: serde_json::Value = serde_json::from_str(&f.kubectl(&[
+                "get",
+                "job",
+                "-n",
+                "kube-system",
+                "node-servant-conversion-edge-z",
+                "-o",
+                "json",
+            ])?)?;
+            let pods = f.kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                "kube-system",
+                "-l",
+                "job-name=node-servant-conversion-edge-z",
+                "-o",
+                "name",
+            ])?;
+            Ok((
+                job["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                job["status"]["failed"].as_i64().unwrap_or_default(),
+                pods.trim().lines().count(),
+            ))
+        };
+        let (uid, failed, pods_run) = failed_job()?;
+        ensure!(
+            failed == 1 && pods_run == 1,
+            "the failed Job: failed {failed}, {pods_run} pods"
+        );
+        f.kubectl(&[
+            "annotate",
+            "node",
+            "edge-z",
+            "e2e.openyurt.io/nudge=1",
+            "--overwrite",
+        ])?;
+        // Looked at every second for 10 s (not in `wait_for`, which retries errors).
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let seen = failed_job()?;
+            ensure!(
+                seen == (uid.clone(), 1, 1),
+                "the failed Job was replaced or retried: {seen:?} (was {uid})"
+            );
+        }
+        f.kubectl(&["annotate", "node", "edge-z", "e2e.openyurt.io/nudge-"])?;
         let out = f.yurt(&["adm", "revert", "--node", "edge-z", "--timeout", "4m"])?;
         ensure!(out.contains("Node edge-z is a plain node"), "{out}");
         ensure!(!line_of(&f)?.contains("yurt-hub"), "{}", line_of(&f)?);

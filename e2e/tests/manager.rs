@@ -1016,6 +1016,40 @@ async fn only_the_node_and_the_manager_change_is_edge_worker() -> anyhow::Result
         ensure!(removed.is_err(), "an admin removed is-edge-worker");
         f.kubectl(&["label", "node", NODE, "e2e.openyurt.io/free=yes"])
             .context("other labels stay free")?;
+        // The same through `nodes/status`, where 1.20 keeps the status strategy's hands
+        // off metadata: the webhook sees that route too. A free label there passes, so
+        // the refusal is the webhook's, not the route's.
+        let admin = Api::<Node>::all(f.client());
+        let status_patch = |labels: serde_json::Value| {
+            kube::api::Patch::Merge(json!({"metadata": {"labels": labels}}))
+        };
+        let through_status = admin
+            .patch_status(
+                NODE,
+                &kube::api::PatchParams::default(),
+                &status_patch(json!({"openyurt.io/is-edge-worker": "false"})),
+            )
+            .await;
+        ensure!(
+            through_status.as_ref().is_err_and(|e| e
+                .to_string()
+                .contains("is set only by the node itself and the conversion controller")),
+            "an admin changed is-edge-worker through nodes/status: {through_status:?}"
+        );
+        admin
+            .patch_status(
+                NODE,
+                &kube::api::PatchParams::default(),
+                &status_patch(json!({"e2e.openyurt.io/free-status": "yes"})),
+            )
+            .await
+            .context("other labels stay free through nodes/status")?;
+        let labels = node(f, NODE).await?.metadata.labels.unwrap_or_default();
+        ensure!(
+            labels.get("openyurt.io/is-edge-worker").map(String::as_str) == Some("true")
+                && labels.contains_key("e2e.openyurt.io/free-status"),
+            "{labels:?}"
+        );
 
         // Another node, then the node itself and the manager.
         let pki = yurt_cluster::pki::PkiPaths::new(f.fleet().paths());
