@@ -1725,11 +1725,121 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         .await?;
         ensure!(f.node_ready("edge-z").await? == "True");
 
+        // A servant that fails through the controller: something on the host holds the
+        // hub's port, so the hub never gets ready and the servant gives up at its
+        // timeout (the manager's --node-conversion-timeout, made 20 s here). It restores
+        // the host before its Job fails: ConvertFailed finds kubelet direct and no hub.
+        // Then the documented way out: fix the host, delete the Job, converted.
+        let manager_unit = f.dir().join("hosts/cloud/units/yurt-manager.toml");
+        let as_started = std::fs::read_to_string(&manager_unit)?;
+        let mut quick = yurt_core::units::Unit::load(&manager_unit)?;
+        quick.exec.push("--node-conversion-timeout=20".to_owned());
+        quick.save(&manager_unit)?;
+        f.stop("cloud", "yurt-manager")?;
+        f.start("cloud", "yurt-manager").await?;
+        let squatter = yurt_cluster::netns::listen_tcp(
+            &f.fleet().plan().netns(&HostId::Edge("edge-z".parse()?)),
+            "127.0.0.1:10261".parse()?,
+        )?;
+        label_into_pool_a(&f)?;
+        let err = refused(
+            &f,
+            &["adm", "convert", "--node", "edge-z", "--timeout", "3m"],
+        )?;
+        ensure!(err.contains("ConvertFailed"), "{err}");
+        ensure!(
+            !line_of(&f)?.contains("yurt-hub("),
+            "no hub after the failed convert: {}",
+            line_of(&f)?
+        );
+        ensure!(
+            !std::fs::read_to_string(&unit)?.contains("through-hub"),
+            "kubelet is direct again before ConvertFailed"
+        );
+        // Read from the host's files: kubelet's logs of a plain node behind NAT cannot
+        // be reached from the cloud.
+        let servant_pod = f.kubectl(&[
+            "get",
+            "pods",
+            "-n",
+            "kube-system",
+            "-l",
+            "job-name=node-servant-conversion-edge-z",
+            "-o",
+            "jsonpath={.items[0].metadata.uid}",
+        ])?;
+        let servant_log = pod_logs(&f, "edge-z", servant_pod.trim())?;
+        ensure!(
+            servant_log.contains("the host was restored"),
+            "the servant restored the host: {servant_log}"
+        );
+        ensure!(f.node_ready("edge-z").await? == "True");
+        drop(squatter);
+        std::fs::write(&manager_unit, &as_started)?;
+        f.stop("cloud", "yurt-manager")?;
+        f.start("cloud", "yurt-manager").await?;
+        f.kubectl(&[
+            "delete",
+            "job",
+            "-n",
+            "kube-system",
+            "node-servant-conversion-edge-z",
+        ])?;
+        // (`adm convert` would answer the old ConvertFailed until the controller starts
+        // over: the condition is waited for here.)
+        wait_for(
+            "edge-z converted after its failed Job was deleted",
+            Duration::from_secs(240),
+            || async {
+                let n = nodes.get("edge-z").await?;
+                let converted = n
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| {
+                        c.type_ == "YurtNodeConversionFailed"
+                            && c.reason.as_deref() == Some("Converted")
+                    });
+                Ok(converted.then_some(()))
+            },
+        )
+        .await?;
+        ensure!(line_of(&f)?.contains("yurt-hub("), "{}", line_of(&f)?);
+        f.yurt(&["adm", "revert", "--node", "edge-z", "--timeout", "4m"])?;
+
         f.yurt(&["fleet", "remove-host", "edge-z"])?;
         f.kubectl(&["delete", "node", "edge-z"])?;
         Ok(())
     })
     .await
+}
+
+/// The logs kubelet on `host` keeps of the pod with `uid`, every container's, read from
+/// the host's files.
+fn pod_logs(f: &TestFleet, host: &str, uid: &str) -> anyhow::Result<String> {
+    let pods = f.dir().join(format!("hosts/{host}/var-log/pods"));
+    let mut logs = String::new();
+    for pod in std::fs::read_dir(&pods)?.flatten() {
+        if !pod
+            .file_name()
+            .to_string_lossy()
+            .ends_with(&format!("_{uid}"))
+        {
+            continue;
+        }
+        for container in std::fs::read_dir(pod.path())?.flatten() {
+            for log in std::fs::read_dir(container.path())?.flatten() {
+                logs.push_str(&std::fs::read_to_string(log.path())?);
+            }
+        }
+    }
+    ensure!(
+        !logs.is_empty(),
+        "no logs of pod {uid} in {}",
+        pods.display()
+    );
+    Ok(logs)
 }
 
 /// The conversion Jobs (`kubectl get -o name`), one per line.

@@ -142,6 +142,21 @@ pub fn connect_tcp(ns: &str, addr: SocketAddr, timeout: Duration) -> std::io::Re
     .map_err(|_| std::io::Error::other("netns connect thread panicked"))?
 }
 
+/// Listens on `addr` inside the namespace `ns` (as [`connect_tcp`]: a short-lived thread
+/// joins the namespace and binds; the socket stays in it).
+///
+/// # Errors
+/// If the namespace cannot be entered or the address cannot be bound.
+pub fn listen_tcp(ns: &str, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let handle = std::fs::File::open(path(ns))?;
+    std::thread::spawn(move || {
+        setns(&handle, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        std::net::TcpListener::bind(addr)
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("netns listen thread panicked"))?
+}
+
 /// Checks that namespaces can be created on this machine.
 ///
 /// # Errors
