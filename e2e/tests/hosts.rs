@@ -578,6 +578,17 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
                 ],
                 "a Ready Node named edge-a1 exists",
             ),
+            (
+                vec![
+                    "--token",
+                    &token,
+                    "--discovery-token-ca-cert-hash",
+                    &hash,
+                    "--node-name",
+                    "Edge_X",
+                ],
+                "--node-name",
+            ),
         ] {
             let err = join(&extra)
                 .err()
