@@ -15,9 +15,21 @@ use yurt_cluster::{FleetSpec, NetMode, Timing};
 use yurt_testkit::{TestFleet, fresh, wait_for};
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(600);
+/// The conversion test's: one fleet through a dozen conversions, two manager restarts
+/// and an offline reboot (about 380 s alone on two cores).
+const CONVERSION_TEST_TIMEOUT: Duration = Duration::from_secs(900);
 
 async fn within<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::time::timeout(TEST_TIMEOUT, fut)
+        .await
+        .context("test did not finish in time")?
+}
+
+async fn within_for<T>(
+    limit: Duration,
+    fut: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::time::timeout(limit, fut)
         .await
         .context("test did not finish in time")?
 }
@@ -422,7 +434,7 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             "token",
             "create",
             "--ttl",
-            "10m",
+            "30m",
             "--print-join-command",
         ])?;
         let our_token = {
@@ -587,7 +599,7 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
                     "--node-name",
                     "Edge_X",
                 ],
-                "--node-name",
+                "--node-name: invalid node name \"Edge_X\"",
             ),
         ] {
             let err = join(&extra)
@@ -643,6 +655,7 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
                         "template": {
                             "metadata": {"labels": {"app": "per-node"}},
                             "spec": {
+                                "terminationGracePeriodSeconds": 0,
                                 "affinity": {"podAntiAffinity": {
                                     "requiredDuringSchedulingIgnoredDuringExecution": [{
                                         "labelSelector": {"matchLabels": {"app": "per-node"}},
@@ -673,6 +686,13 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
         ];
         let out = join(&args)?;
         ensure!(out.contains("joined the cluster as node edge-x"), "{out}");
+        // The list of what a join writes is right: all of it is there now.
+        for written in JOIN_WRITES {
+            ensure!(
+                host_dir.join(written).exists(),
+                "the join wrote no {written}"
+            );
+        }
         // And one into the other pool, with a token of ours.
         let out = join_on(
             "edge-y",
@@ -702,19 +722,44 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             "the YurtAppSet's pods Running on edge-x (pool-a) and edge-y (pool-b)",
             Duration::from_secs(120),
             || async {
-                // Each pool's Deployment selects its pool's nodes.
-                let running_on: Vec<String> = pods
+                // Grouped by the pool whose workload made them: one pod per node
+                // holds whatever the pools' node selectors say, this does not.
+                let mut by_pool = std::collections::BTreeMap::<String, Vec<String>>::new();
+                for p in pods
                     .list(&ListParams::default().labels("app=per-node"))
                     .await?
-                    .into_iter()
-                    .filter(|p| {
-                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                    })
-                    .filter_map(|p| p.spec?.node_name)
-                    .collect();
-                Ok((running_on.iter().any(|n| n == "edge-x")
-                    && running_on.iter().any(|n| n == "edge-y"))
-                .then_some(()))
+                {
+                    let running =
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+                    let pool = p
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get("apps.openyurt.io/pool-name").cloned());
+                    if let (true, Some(pool), Some(node)) =
+                        (running, pool, p.spec.and_then(|s| s.node_name))
+                    {
+                        by_pool.entry(pool).or_default().push(node);
+                    }
+                }
+                for nodes in by_pool.values_mut() {
+                    nodes.sort();
+                }
+                let wanted = std::collections::BTreeMap::from([
+                    (
+                        "pool-a".to_owned(),
+                        vec!["edge-a1".to_owned(), "edge-x".to_owned()],
+                    ),
+                    (
+                        "pool-b".to_owned(),
+                        vec!["edge-b1".to_owned(), "edge-y".to_owned()],
+                    ),
+                ]);
+                if by_pool == wanted {
+                    Ok(Some(()))
+                } else {
+                    anyhow::bail!("running by pool: {by_pool:?}")
+                }
             },
         )
         .await?;
@@ -1275,7 +1320,7 @@ fn servant(f: &TestFleet, host: &str, args: &[&str]) -> anyhow::Result<(bool, St
 #[tokio::test]
 async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() -> anyhow::Result<()>
 {
-    within(async {
+    within_for(CONVERSION_TEST_TIMEOUT, async {
         let spec = FleetSpec {
             edge_nodes: 1,
             pools: 1,
@@ -1663,7 +1708,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         );
         // Its Job is kept for the record and not retried, not even when the node
         // changes and is reconciled again: the same Job, one pod, failed.
-        let failed_job = || -> anyhow::Result<(String, i64, usize)> {
+        let failed_job = || -> anyhow::Result<(String, bool, i64, usize)> {
             let job: serde_json::Value = serde_json::from_str(&f.kubectl(&[
                 "get",
                 "job",
@@ -1688,15 +1733,32 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
                     .as_str()
                     .unwrap_or_default()
                     .to_owned(),
+                job["metadata"]["deletionTimestamp"].is_null(),
                 job["status"]["failed"].as_i64().unwrap_or_default(),
                 pods.trim().lines().count(),
             ))
         };
-        let (uid, failed, pods_run) = failed_job()?;
+        let (uid, kept, failed, pods_run) = failed_job()?;
         ensure!(
-            failed == 1 && pods_run == 1,
-            "the failed Job: failed {failed}, {pods_run} pods"
+            kept && failed == 1 && pods_run == 1,
+            "the failed Job: kept {kept}, failed {failed}, {pods_run} pods"
         );
+        let reason_now = || {
+            let nodes = nodes.clone();
+            async move {
+                anyhow::Ok(
+                    nodes
+                        .get("edge-z")
+                        .await?
+                        .status
+                        .and_then(|s| s.conditions)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find(|c| c.type_ == "YurtNodeConversionFailed")
+                        .and_then(|c| c.reason),
+                )
+            }
+        };
         f.kubectl(&[
             "annotate",
             "node",
@@ -1709,8 +1771,13 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
             tokio::time::sleep(Duration::from_secs(1)).await;
             let seen = failed_job()?;
             ensure!(
-                seen == (uid.clone(), 1, 1),
-                "the failed Job was replaced or retried: {seen:?} (was {uid})"
+                seen == (uid.clone(), true, 1, 1),
+                "the failed Job was replaced, deleted or retried: {seen:?} (was {uid})"
+            );
+            let reason = reason_now().await?;
+            ensure!(
+                reason.as_deref() == Some("ConvertFailed"),
+                "the node's answer changed: {reason:?}"
             );
         }
         f.kubectl(&["annotate", "node", "edge-z", "e2e.openyurt.io/nudge-"])?;
@@ -1781,7 +1848,8 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         ])?;
         let servant_log = pod_logs(&f, "edge-z", servant_pod.trim())?;
         ensure!(
-            servant_log.contains("the host was restored"),
+            servant_log.contains("yurt hub was not ready in time")
+                && servant_log.contains("the host was restored"),
             "the servant restored the host: {servant_log}"
         );
         ensure!(f.node_ready("edge-z").await? == "True");
@@ -1802,17 +1870,11 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
             "edge-z converted after its failed Job was deleted",
             Duration::from_secs(240),
             || async {
-                let n = nodes.get("edge-z").await?;
-                let converted = n
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| {
-                        c.type_ == "YurtNodeConversionFailed"
-                            && c.reason.as_deref() == Some("Converted")
-                    });
-                Ok(converted.then_some(()))
+                // Not Converted yet: the reason it gives instead is what a timeout says.
+                match reason_now().await? {
+                    Some(r) if r == "Converted" => Ok(Some(())),
+                    other => anyhow::bail!("the node's conversion condition: {other:?}"),
+                }
             },
         )
         .await?;

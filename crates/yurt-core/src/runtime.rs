@@ -24,9 +24,16 @@ where
             ExitCode::from(1)
         })?;
     runtime.block_on(command).map_err(|e| {
-        eprintln!("error: {e}");
+        eprintln!("{}", error_line(&e));
         ExitCode::from(1)
     })
+}
+
+/// The line a failed command leaves on stderr: the error with its causes, `outer:
+/// inner` (an `anyhow::Error`'s alternate form; the plain one would say only what was
+/// being done, as `error: --node-name`, and not what was wrong).
+fn error_line(e: &impl Display) -> String {
+    format!("error: {e:#}")
 }
 
 #[cfg(test)]
@@ -40,5 +47,16 @@ mod tests {
             block_on(1, async { Err::<(), _>("no".to_owned()) }),
             Err(ExitCode::from(1))
         );
+    }
+
+    #[test]
+    fn a_failure_is_reported_with_its_causes_on_one_line() {
+        let e = anyhow::anyhow!("invalid node name \"Edge_X\": must be a DNS label")
+            .context("--node-name");
+        assert_eq!(
+            error_line(&e),
+            "error: --node-name: invalid node name \"Edge_X\": must be a DNS label"
+        );
+        assert_eq!(error_line(&"plain"), "error: plain");
     }
 }
