@@ -421,13 +421,13 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
                 f.fleet().admin_kubeconfig().display()
             ));
         let printed = yurt_testkit::run_checked(&mut kubeadm)?;
-        let word_after = |flag: &str| {
-            let mut words = printed.split_whitespace();
+        let word_after = |text: &str, flag: &str| {
+            let mut words = text.split_whitespace();
             words.find(|w| *w == flag);
             words.next().map(str::to_owned)
         };
-        let token = word_after("--token").context("kubeadm printed a token")?;
-        let hash = word_after("--discovery-token-ca-cert-hash").context("a CA hash")?;
+        let token = word_after(&printed, "--token").context("kubeadm printed a token")?;
+        let hash = word_after(&printed, "--discovery-token-ca-cert-hash").context("a CA hash")?;
         // Ours prints the same endpoint and pin, as a command runnable on a host.
         let ours = f.yurt(&[
             "adm",
@@ -437,11 +437,7 @@ async fn an_added_host_joins_with_a_kubeadm_token_behind_a_hub() -> anyhow::Resu
             "30m",
             "--print-join-command",
         ])?;
-        let our_token = {
-            let mut words = ours.split_whitespace();
-            words.find(|w| *w == "--token");
-            words.next().context("ours printed a token")?.to_owned()
-        };
+        let our_token = word_after(&ours, "--token").context("ours printed a token")?;
         ensure!(
             ours.contains(" adm join 10.10.0.1:6443 --token ")
                 && ours
@@ -1718,16 +1714,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
                 "-o",
                 "json",
             ])?)?;
-            let pods = f.kubectl(&[
-                "get",
-                "pods",
-                "-n",
-                "kube-system",
-                "-l",
-                "job-name=node-servant-conversion-edge-z",
-                "-o",
-                "name",
-            ])?;
+            let pods = servant_job_pods(&f, "name")?;
             Ok((
                 job["metadata"]["uid"]
                     .as_str()
@@ -1836,16 +1823,7 @@ async fn a_plain_node_converts_to_an_edge_node_and_back_with_the_node_servant() 
         );
         // Read from the host's files: kubelet's logs of a plain node behind NAT cannot
         // be reached from the cloud.
-        let servant_pod = f.kubectl(&[
-            "get",
-            "pods",
-            "-n",
-            "kube-system",
-            "-l",
-            "job-name=node-servant-conversion-edge-z",
-            "-o",
-            "jsonpath={.items[0].metadata.uid}",
-        ])?;
+        let servant_pod = servant_job_pods(&f, "jsonpath={.items[0].metadata.uid}")?;
         let servant_log = pod_logs(&f, "edge-z", servant_pod.trim())?;
         ensure!(
             servant_log.contains("yurt hub was not ready in time")
@@ -1913,6 +1891,20 @@ fn pod_logs(f: &TestFleet, host: &str, uid: &str) -> anyhow::Result<String> {
         pods.display()
     );
     Ok(logs)
+}
+
+/// The pods of edge-z's conversion Job, as `kubectl get -o <output>` prints them.
+fn servant_job_pods(f: &TestFleet, output: &str) -> anyhow::Result<String> {
+    f.kubectl(&[
+        "get",
+        "pods",
+        "-n",
+        "kube-system",
+        "-l",
+        "job-name=node-servant-conversion-edge-z",
+        "-o",
+        output,
+    ])
 }
 
 /// The conversion Jobs (`kubectl get -o name`), one per line.

@@ -133,13 +133,7 @@ pub fn sysctl(ns: &str, key: &str, value: &str, optional: bool) -> Result<()> {
 /// # Errors
 /// If the namespace cannot be entered or the connection fails.
 pub fn connect_tcp(ns: &str, addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    let handle = std::fs::File::open(path(ns))?;
-    std::thread::spawn(move || {
-        setns(&handle, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-        TcpStream::connect_timeout(&addr, timeout)
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("netns connect thread panicked"))?
+    in_namespace(ns, move || TcpStream::connect_timeout(&addr, timeout))
 }
 
 /// Listens on `addr` inside the namespace `ns` (as [`connect_tcp`]: a short-lived thread
@@ -148,13 +142,22 @@ pub fn connect_tcp(ns: &str, addr: SocketAddr, timeout: Duration) -> std::io::Re
 /// # Errors
 /// If the namespace cannot be entered or the address cannot be bound.
 pub fn listen_tcp(ns: &str, addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    in_namespace(ns, move || std::net::TcpListener::bind(addr))
+}
+
+/// Runs `make` on a short-lived thread that has joined the network namespace `ns`
+/// (namespaces are per thread); a socket it makes keeps that namespace.
+fn in_namespace<T: Send + 'static>(
+    ns: &str,
+    make: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
     let handle = std::fs::File::open(path(ns))?;
     std::thread::spawn(move || {
         setns(&handle, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-        std::net::TcpListener::bind(addr)
+        make()
     })
     .join()
-    .map_err(|_| std::io::Error::other("netns listen thread panicked"))?
+    .map_err(|_| std::io::Error::other("netns thread panicked"))?
 }
 
 /// Checks that namespaces can be created on this machine.
