@@ -147,6 +147,21 @@ fn rss(pid: u32) -> u64 {
     Resident::of(pid).total
 }
 
+/// CPU time a process's live threads have had, from each thread's
+/// `/proc/PID/task/TID/schedstat` (nanoseconds, unlike `/proc/PID/stat`'s 10 ms ticks).
+/// Zero for a process that is gone.
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let nanos = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
 // === storage ===
 
 fn config_map(i: u64) -> (ObjectKey, RawObject) {

@@ -21,7 +21,9 @@ use yurt_cluster::progress::{Reporter, Step};
 use yurt_hub::codec::{self, Format};
 
 use super::fake_api::{self, FakeApi, PODS_PATH, SERVICES_PATH, SLICES_PATH, SMALL_PATH};
-use super::{BenchHubArgs, HubProcess, Table, h1, hub_process, load, load_requests, mib, rss, us};
+use super::{
+    BenchHubArgs, HubProcess, Table, cpu_time, h1, hub_process, load, load_requests, mib, rss, us,
+};
 use crate::commands::bench::percentile;
 
 const PODS: usize = 1000;
@@ -162,6 +164,29 @@ async fn open_watches(
         }));
     }
     Ok(tasks)
+}
+
+/// CPU a process spent while another took the load: its cost of merely running.
+#[derive(Debug, Default)]
+struct Idle {
+    cpu: Duration,
+    wall: Duration,
+}
+
+impl Idle {
+    fn add(&mut self, cpu: Duration, wall: Duration) {
+        self.cpu += cpu;
+        self.wall += wall;
+    }
+
+    /// CPU seconds per second of wall time.
+    fn per_second(&self) -> f64 {
+        if self.wall.is_zero() {
+            0.0
+        } else {
+            self.cpu.as_secs_f64() / self.wall.as_secs_f64()
+        }
+    }
 }
 
 /// One turn's p50 and p99 through the hub minus through the bare proxy, in µs.
@@ -387,8 +412,25 @@ pub(super) async fn section(
         let (mut pass_err, mut cached_err, mut bare_err, mut direct_err) = (0, 0, 0, 0);
         // Each turn's hub − bare proxy difference, its two sides a second apart.
         let mut paired = Vec::new();
+        // CPU time the hub and the bare proxy spent in their pass-through turns, and the
+        // requests those turns made: a figure the machine's noise moves far less than a
+        // latency percentile.
+        // Each also idles through the other's turn: what it spends then (health probes,
+        // timers) is taken off per second of load, so only the requests' own cost remains.
+        let (mut hub_cpu, mut bare_cpu, mut hub_requests, mut bare_requests) =
+            (Duration::ZERO, Duration::ZERO, 0usize, 0usize);
+        let (mut hub_idle, mut bare_idle) = (Idle::default(), Idle::default());
         for _ in 0..args.seconds {
+            let cpu = cpu_time(hub.child.id());
+            let bare_before = cpu_time(bare.child.id());
+            let started = std::time::Instant::now();
             let (l, e) = load(rate, 1, conns, || plain(hub.proxy), SMALL_PATH, "bench/1").await?;
+            hub_cpu += cpu_time(hub.child.id()).saturating_sub(cpu);
+            bare_idle.add(
+                cpu_time(bare.child.id()).saturating_sub(bare_before),
+                started.elapsed(),
+            );
+            hub_requests += l.len() + e;
             let turn_pass = l.clone();
             pass.extend(l);
             pass_err += e;
@@ -403,7 +445,16 @@ pub(super) async fn section(
             .await?;
             cached.extend(l);
             cached_err += e;
+            let cpu = cpu_time(bare.child.id());
+            let hub_before = cpu_time(hub.child.id());
+            let started = std::time::Instant::now();
             let (l, e) = load(rate, 1, conns, || plain(bare.proxy), SMALL_PATH, "bench/1").await?;
+            bare_cpu += cpu_time(bare.child.id()).saturating_sub(cpu);
+            hub_idle.add(
+                cpu_time(hub.child.id()).saturating_sub(hub_before),
+                started.elapsed(),
+            );
+            bare_requests += l.len() + e;
             paired.push(TurnDifference::of(turn_pass, l.clone()));
             bare_lat.extend(l);
             bare_err += e;
@@ -457,6 +508,26 @@ pub(super) async fn section(
                 paired.iter().map(|d| d.p99).fold(f64::NEG_INFINITY, f64::max)
             ),
         );
+        // The turns last about one second each: the idle rate is taken off per turn.
+        let turns = args.seconds as f64;
+        let per_request = |cpu: Duration, idle: &Idle, n: usize| {
+            (cpu.as_secs_f64() - idle.per_second() * turns).max(0.0) * 1e6 / n.max(1) as f64
+        };
+        let (hub_per, bare_per) = (
+            per_request(hub_cpu, &hub_idle, hub_requests),
+            per_request(bare_cpu, &bare_idle, bare_requests),
+        );
+        table.row(
+            &format!("CPU time per request at {rate} req/s, through the hub (all its threads, pass-through turns, its idle rate taken off)"),
+            format!("{hub_per:.1} µs"),
+            format!(
+                "bare proxy: {bare_per:.1} µs; the hub's code: {:+.1} µs per request ({:.2}×); idle: hub {:.1} ms/s, bare proxy {:.1} ms/s",
+                hub_per - bare_per,
+                hub_per / bare_per.max(f64::EPSILON),
+                hub_idle.per_second() * 1e3,
+                bare_idle.per_second() * 1e3,
+            ),
+        );
         table.row(
             &format!("added latency of the hub's code at {rate} req/s (hub − bare proxy, all turns pooled): p50 / p99"),
             format!(
@@ -501,5 +572,35 @@ mod tests {
         let bare: Vec<_> = (1..=100).map(us).collect();
         let d = TurnDifference::of(hub, bare);
         assert_eq!((d.p50.round(), d.p99.round()), (100.0, 100.0));
+    }
+
+    #[test]
+    fn the_idle_rate_is_cpu_per_second_of_wall_time() {
+        let mut idle = Idle::default();
+        assert_eq!(idle.per_second(), 0.0, "nothing seen yet");
+        idle.add(Duration::from_millis(3), Duration::from_secs(1));
+        idle.add(Duration::from_millis(1), Duration::from_secs(1));
+        assert!((idle.per_second() - 0.002).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_process_cpu_time_grows_with_its_work_and_is_zero_once_gone() {
+        let me = std::process::id();
+        let before = cpu_time(me);
+        assert!(before > Duration::ZERO, "a live process has run");
+        // Spin until the figure shows 20 ms more; a reading that never grows fails at
+        // the wall limit, however busy the machine is.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while cpu_time(me).saturating_sub(before) < Duration::from_millis(20) {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "CPU time did not grow while this thread spun"
+            );
+            for _ in 0..10_000 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(1));
+            }
+        }
+        assert_eq!(cpu_time(u32::MAX), Duration::ZERO);
     }
 }
