@@ -253,7 +253,9 @@ pub async fn forward<B: RequestBody, S: Server<B>>(
                 url: server.url().clone(),
                 index: server.index(),
             });
-            match shared_watch::serve(hub, opener, ctx, plan).await {
+            // Boxed, like the offline answer below: most requests are not shared watches
+            // and should not carry this future's size ([`super::routing::dispatch`]).
+            match Box::pin(shared_watch::serve(hub, opener, ctx, plan)).await {
                 shared_watch::Outcome::Served(resp) => {
                     hub.metrics.request("upstream", Verb::Watch.as_str());
                     return resp;
@@ -308,7 +310,7 @@ pub async fn forward<B: RequestBody, S: Server<B>>(
             }
             failure.report(&hub.health, server.index());
             if falls_back_to_cache(&ctx.info, &method) {
-                return offline::answer::<B>(hub, ctx, None).await;
+                return Box::pin(offline::answer::<B>(hub, ctx, None)).await;
             }
             hub.metrics.request("error", verb.as_str());
             return failure.status().into_response(&ctx.accept);

@@ -96,11 +96,14 @@ pub async fn dispatch<B: RequestBody, U: Upstream<B>>(
     if let Some(c) = &ctx.component {
         span.record("component", c.as_str());
     }
+    // The lease path, upgrades and offline answers are boxed: every request's future,
+    // which hyper moves into place for each request, then has the size of the online
+    // path it nearly always takes rather than that of the largest branch.
     match route(&ctx, req.headers(), hub.config.node_name.as_str()) {
-        Route::KubeletLease(r) => lease::answer(hub, upstream, &ctx, *r, req).await,
+        Route::KubeletLease(r) => Box::pin(lease::answer(hub, upstream, &ctx, *r, req)).await,
         Route::Upgrade => match upstream.pick(&hub.health) {
-            Some(server) => upgrade::forward(hub, &server, origin, req).await,
-            None => offline::answer(hub, &ctx, Some(req)).await,
+            Some(server) => Box::pin(upgrade::forward(hub, &server, origin, req)).await,
+            None => Box::pin(offline::answer(hub, &ctx, Some(req))).await,
         },
         Route::Proxy { own_node_get } => match upstream.pick(&hub.health) {
             Some(server) => {
@@ -110,7 +113,7 @@ pub async fn dispatch<B: RequestBody, U: Upstream<B>>(
                 }
                 resp
             }
-            None => offline::answer(hub, &ctx, Some(req)).await,
+            None => Box::pin(offline::answer(hub, &ctx, Some(req))).await,
         },
     }
 }

@@ -166,6 +166,11 @@ async fn open_watches(
     Ok(tasks)
 }
 
+/// The size of the future `handler` returns, without calling it.
+fn future_size<A, B, C, F: Future>(_handler: fn(A, B, C) -> F) -> usize {
+    std::mem::size_of::<F>()
+}
+
 /// CPU a process spent while another took the load: its cost of merely running.
 #[derive(Debug, Default)]
 struct Idle {
@@ -392,6 +397,12 @@ pub(super) async fn section(
         "RSS, online and idle (against the in-process API server)",
         mib(rss(hub.child.id())),
         "≤ 10 MiB target".into(),
+    );
+
+    table.row(
+        "size of the future of one request through the hub (hyper moves it into place for each request)",
+        format!("{} bytes", future_size(yurt_hub::proxy::handle)),
+        "its offline, lease, upgrade and shared-watch branches are boxed".into(),
     );
 
     // Added latency of the hub's code.
