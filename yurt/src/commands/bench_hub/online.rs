@@ -171,6 +171,32 @@ fn future_size<A, B, C, F: Future>(_handler: fn(A, B, C) -> F) -> usize {
     std::mem::size_of::<F>()
 }
 
+/// What one load turn cost: the CPU of the process under load and of the one idling.
+struct CpuTurn {
+    busy: Duration,
+    idle: Duration,
+    wall: Duration,
+}
+
+impl CpuTurn {
+    /// Runs `turn` against `busy` and reads what it and `idle` spent meanwhile.
+    async fn measure<T>(
+        busy: &HubProcess,
+        idle: &HubProcess,
+        turn: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<(T, Self)> {
+        let (busy_before, idle_before) = (cpu_time(busy.child.id()), cpu_time(idle.child.id()));
+        let started = std::time::Instant::now();
+        let out = turn.await?;
+        let cost = Self {
+            busy: cpu_time(busy.child.id()).saturating_sub(busy_before),
+            idle: cpu_time(idle.child.id()).saturating_sub(idle_before),
+            wall: started.elapsed(),
+        };
+        Ok((out, cost))
+    }
+}
+
 /// CPU a process spent while another took the load: its cost of merely running.
 #[derive(Debug, Default)]
 struct Idle {
@@ -425,22 +451,21 @@ pub(super) async fn section(
         let mut paired = Vec::new();
         // CPU time the hub and the bare proxy spent in their pass-through turns, and the
         // requests those turns made: a figure the machine's noise moves far less than a
-        // latency percentile.
-        // Each also idles through the other's turn: what it spends then (health probes,
-        // timers) is taken off per second of load, so only the requests' own cost remains.
+        // latency percentile. Each also idles through the other's turn: what it spends
+        // then (health probes, timers) is taken off per second of load, so only the
+        // requests' own cost remains.
         let (mut hub_cpu, mut bare_cpu, mut hub_requests, mut bare_requests) =
             (Duration::ZERO, Duration::ZERO, 0usize, 0usize);
         let (mut hub_idle, mut bare_idle) = (Idle::default(), Idle::default());
         for _ in 0..args.seconds {
-            let cpu = cpu_time(hub.child.id());
-            let bare_before = cpu_time(bare.child.id());
-            let started = std::time::Instant::now();
-            let (l, e) = load(rate, 1, conns, || plain(hub.proxy), SMALL_PATH, "bench/1").await?;
-            hub_cpu += cpu_time(hub.child.id()).saturating_sub(cpu);
-            bare_idle.add(
-                cpu_time(bare.child.id()).saturating_sub(bare_before),
-                started.elapsed(),
-            );
+            let ((l, e), turn) = CpuTurn::measure(
+                &hub,
+                &bare,
+                load(rate, 1, conns, || plain(hub.proxy), SMALL_PATH, "bench/1"),
+            )
+            .await?;
+            hub_cpu += turn.busy;
+            bare_idle.add(turn.idle, turn.wall);
             hub_requests += l.len() + e;
             let turn_pass = l.clone();
             pass.extend(l);
@@ -456,15 +481,14 @@ pub(super) async fn section(
             .await?;
             cached.extend(l);
             cached_err += e;
-            let cpu = cpu_time(bare.child.id());
-            let hub_before = cpu_time(hub.child.id());
-            let started = std::time::Instant::now();
-            let (l, e) = load(rate, 1, conns, || plain(bare.proxy), SMALL_PATH, "bench/1").await?;
-            bare_cpu += cpu_time(bare.child.id()).saturating_sub(cpu);
-            hub_idle.add(
-                cpu_time(hub.child.id()).saturating_sub(hub_before),
-                started.elapsed(),
-            );
+            let ((l, e), turn) = CpuTurn::measure(
+                &bare,
+                &hub,
+                load(rate, 1, conns, || plain(bare.proxy), SMALL_PATH, "bench/1"),
+            )
+            .await?;
+            bare_cpu += turn.busy;
+            hub_idle.add(turn.idle, turn.wall);
             bare_requests += l.len() + e;
             paired.push(TurnDifference::of(turn_pass, l.clone()));
             bare_lat.extend(l);
